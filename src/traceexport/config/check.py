@@ -1,0 +1,73 @@
+"""``validate_config_file``: everything the daemon would check at start, without starting anything.
+
+Besides the schema it builds every sink and compiles every mapping (no network I/O), checks the serve
+rules (token beyond loopback) and, when the Celery extra is installed, the ``sources.celery`` section.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from traceexport.config.loader import parse_config, read_config_data
+from traceexport.config.models import Config
+from traceexport.config.resolve import build_routes, serve_problems
+from traceexport.errors import ConfigError, Problem
+
+CELERY_HINT = "the Celery source needs its extra: pip install 'traceexport[celery]'"
+
+
+def celery_problems(settings: Mapping[str, Any] | None) -> list[Problem]:
+    """Problems in ``sources.celery``, checked by the Celery source's own settings model."""
+    if settings is None:
+        return []
+    try:
+        load_celery_settings(settings)
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def load_celery_settings(settings: Mapping[str, Any]) -> Any:
+    """The Celery source's validated settings; ConfigError when the extra is missing or a key is wrong."""
+    try:
+        module = importlib.import_module("traceexport.sources.celery")
+    except ImportError as exc:
+        raise ConfigError([Problem("sources.celery", f"{CELERY_HINT} ({exc})")]) from exc
+    return module.CelerySourceSettings.from_config(dict(settings), where="sources.celery")
+
+
+def validate_config_file(path: str | Path, env: Mapping[str, str] | None = None) -> list[Problem]:
+    """Every problem in config file ``path`` by key path (and line); an empty list means it would start."""
+    env = os.environ if env is None else env
+    data, lines, problems = read_config_data(Path(path), env)
+    if problems and not data:
+        return problems
+    config, more = parse_config(data, lines)
+    problems += more
+    if config is None:
+        return problems
+    if not config.sinks:
+        problems.append(Problem("sinks", "no sink configured: add a sinks section (or pass --to to serve)"))
+    problems += serve_problems(config)
+    problems += celery_problems(config.sources.celery)
+    problems += _route_problems(config, env)
+    return problems
+
+
+def _route_problems(config: Config, env: Mapping[str, str]) -> list[Problem]:
+    try:
+        routes = build_routes(config, env)
+    except ConfigError as exc:
+        return exc.problems
+    except ImportError as exc:  # a part of traceexport missing from this install
+        return [Problem("sinks", f"cannot build sinks: {exc}")]
+    for route in routes:
+        route.sink.shutdown(1.0)
+    return []
+
+
+__all__ = ["CELERY_HINT", "celery_problems", "load_celery_settings", "validate_config_file"]

@@ -1,0 +1,143 @@
+"""Read a YAML config file: ``${ENV}`` substitution, validation, every problem with its key path and line.
+
+Substitution happens in string values after YAML parsing, so an environment value can never change
+the file's structure and line numbers stay true. ``$${`` writes a literal ``${``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from traceexport.config.models import Config
+from traceexport.errors import ConfigError, Problem
+
+_VAR = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(:?-([^}]*))?\}")
+Path_ = tuple[str | int, ...]
+
+
+def substitute(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
+    """``text`` with ``${VAR}`` / ``${VAR:-default}`` / ``${VAR-default}`` replaced; also the missing names.
+
+    ``:-`` uses the default when the variable is unset or empty, ``-`` only when it is unset.
+    """
+    missing: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        escaped, name, default_part, default = match.groups()
+        if escaped:
+            return match.group(0)[1:]
+        value = env.get(name)
+        if default_part is not None:
+            empty_counts = default_part.startswith(":")
+            if value is None or (empty_counts and value == ""):
+                return default or ""
+            return value
+        if value is None:
+            missing.append(name)
+            return ""
+        return value
+
+    return _VAR.sub(replace, text), missing
+
+
+def _walk_substitute(
+    node: Any, env: Mapping[str, str], path: Path_, problems: list[tuple[Path_, str]]
+) -> Any:
+    if isinstance(node, str):
+        value, missing = substitute(node, env)
+        for name in missing:
+            hint = f"set it, or write ${{{name}:-default}}"
+            problems.append((path, f"environment variable {name} is not set ({hint})"))
+        return value
+    if isinstance(node, dict):
+        return {k: _walk_substitute(v, env, (*path, str(k)), problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_walk_substitute(v, env, (*path, i), problems) for i, v in enumerate(node)]
+    return node
+
+
+def _line_index(
+    node: yaml.Node | None, path: Path_ = (), index: dict[Path_, int] | None = None
+) -> dict[Path_, int]:
+    """Key path -> 1-based line of that key in the file."""
+    index = {} if index is None else index
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = (*path, str(key_node.value))
+            index[child] = key_node.start_mark.line + 1
+            _line_index(value_node, child, index)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            index[(*path, i)] = item.start_mark.line + 1
+            _line_index(item, (*path, i), index)
+    return index
+
+
+def _problem(path: Path_, message: str, lines: Mapping[Path_, int]) -> Problem:
+    where = ".".join(str(p) for p in path)
+    for end in range(len(path), 0, -1):
+        line = lines.get(path[:end])
+        if line is not None:
+            return Problem(where, f"{message} (line {line})")
+    return Problem(where, message)
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    if error.get("type") == "extra_forbidden":
+        return "unknown key"
+    message = str(error.get("msg", "invalid"))
+    return message.removeprefix("Value error, ")
+
+
+def read_config_data(
+    path: Path, env: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[Path_, int], list[Problem]]:
+    """The substituted YAML of ``path``, its key lines, and the problems found so far."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return {}, {}, [Problem(str(path), f"cannot read config file: {exc.strerror or exc}")]
+    try:
+        raw = yaml.safe_load(text)
+        lines = _line_index(yaml.compose(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        return {}, {}, [Problem(where, f"not valid YAML: {getattr(exc, 'problem', None) or exc}")]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        return {}, {}, [Problem(str(path), "the config file must be a YAML mapping (key: value)")]
+    found: list[tuple[Path_, str]] = []
+    data = _walk_substitute(raw, env, (), found)
+    return data, lines, [_problem(p, m, lines) for p, m in found]
+
+
+def parse_config(
+    data: Mapping[str, Any], lines: Mapping[Path_, int] | None = None
+) -> tuple[Config | None, list[Problem]]:
+    """Validate config data; every pydantic error becomes one Problem with its key path."""
+    try:
+        return Config.model_validate(dict(data)), []
+    except ValidationError as exc:
+        return None, [_problem(tuple(e["loc"]), _message(e), lines or {}) for e in exc.errors()]
+
+
+def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """The validated config of ``path`` (defaults when None); ConfigError lists every problem."""
+    if path is None:
+        return Config()
+    env = os.environ if env is None else env
+    data, lines, problems = read_config_data(Path(path), env)
+    config, more = parse_config(data, lines) if not problems or data else (None, [])
+    problems += more
+    if problems or config is None:
+        raise ConfigError(problems, title=f"invalid configuration in {path}")
+    return config

@@ -1,0 +1,149 @@
+"""The daemon's configuration as pydantic models: defaults live here, unknown keys are errors.
+
+Sink sections are the one open place: besides the routing keys below, every key of a sink section is a
+sink option handed to :func:`traceexport.sinks.create_sink`, which validates it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, SecretStr, field_validator
+
+from traceexport.records.types import RECORD_TYPES, canonical_type
+
+SINK_TYPES = ("opik", "amplitude", "otlp", "langfuse", "file")
+MAPPING_BACKENDS = ("opik", "amplitude", "otlp", "langfuse")
+DEFAULT_LISTEN = "127.0.0.1:4319"
+DEFAULT_SPOOL_DIR = "traceexport-spool"
+DEFAULT_OUT_DIR = "traceexport-out"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def _parse_duration(value: Any) -> Any:
+    """``"500ms"``, ``"30s"``, ``"5m"``, ``"24h"``, ``"7d"`` or a number of seconds -> seconds."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"{value!r} is not a duration (use e.g. 30s, 5m, 24h or a number of seconds)")
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0)]
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:4319"`` / ``"[::1]:4319"`` / ``":4319"`` -> (host, port); ValueError when malformed."""
+    host, sep, port_text = value.strip().rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:4319)")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port_text)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SpoolConfig(_Strict):
+    """Where accepted records wait for delivery, and what happens when it is full."""
+
+    dir: Path = Path(DEFAULT_SPOOL_DIR)
+    max_bytes: ByteSize = ByteSize(1024**3)
+    on_full: Literal["refuse", "drop_oldest"] = "refuse"
+
+
+class RetryConfig(_Strict):
+    """How long a failing delivery is retried before it goes to the dead letter."""
+
+    max_attempts: int = Field(default=20, ge=1)
+    max_age: Duration = 24 * 3600.0
+    initial_backoff: Duration = 1.0
+    max_backoff: Duration = 300.0
+
+
+class SinkConfig(BaseModel):
+    """One destination: routing keys plus the sink's own options (every other key)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: Literal["opik", "amplitude", "otlp", "langfuse", "file"]
+    mapping: Literal["opik", "amplitude", "otlp", "langfuse"] | None = None
+    mapping_files: list[Path] = []
+    records: list[str] | None = None
+    apps: list[str] | None = None
+    sample: float = Field(default=1.0, ge=0.0, le=1.0)
+
+    @field_validator("records")
+    @classmethod
+    def _known_types(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        unknown = [name for name in value if canonical_type(name) is None]
+        if unknown:
+            raise ValueError(f"unknown record type(s) {', '.join(map(repr, unknown))} "
+                             f"(known: {', '.join(RECORD_TYPES)})")
+        return [canonical_type(name) or name for name in value]
+
+    @property
+    def mapping_backend(self) -> str:
+        """The built-in mapping this sink consumes (a file sink writes OTLP spans unless told otherwise)."""
+        if self.mapping:
+            return self.mapping
+        return "otlp" if self.type == "file" else self.type
+
+    def options(self) -> dict[str, Any]:
+        """The sink's own options: every key that is not a routing key."""
+        return dict(self.model_extra or {})
+
+
+class HttpSourceConfig(_Strict):
+    """The HTTP ingest endpoint (``POST /v1/dify/traces``)."""
+
+    listen: str = DEFAULT_LISTEN
+    token: SecretStr | None = None
+    max_body_bytes: ByteSize = ByteSize(10 * 1024 * 1024)
+    shutdown_grace: Duration = 10.0
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+
+class SourcesConfig(_Strict):
+    """Inputs: HTTP ingest (on unless set to null) and Dify's Celery queue (when present)."""
+
+    http: HttpSourceConfig | None = HttpSourceConfig()
+    celery: dict[str, Any] | None = None
+
+
+class EnrichConfig(BaseModel):
+    """Workflow node enrichment from Dify's PostgreSQL; other keys go to the enricher unchanged."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    database_url: SecretStr | None = None
+
+
+class Config(_Strict):
+    """The whole daemon configuration."""
+
+    spool: SpoolConfig = SpoolConfig()
+    retry: RetryConfig = RetryConfig()
+    sinks: dict[str, SinkConfig] = {}
+    sources: SourcesConfig = SourcesConfig()
+    enrich: EnrichConfig = EnrichConfig()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["logfmt", "json"] = "logfmt"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value

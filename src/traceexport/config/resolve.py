@@ -1,0 +1,181 @@
+"""From flags, environment and file to one effective config, and from config to pipeline routes.
+
+Precedence: a flag wins over its ``TRACEEXPORT_*`` variable, which wins over the config file, which
+wins over the embedded default. With no config and no ``--to``, the daemon writes mapped OTLP spans to
+``./traceexport-out`` through the ``file`` sink, so a fresh machine has something to look at.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from traceexport.config.loader import load_config, parse_config
+from traceexport.config.models import DEFAULT_OUT_DIR, SINK_TYPES, Config, split_host_port
+from traceexport.errors import ConfigError, Problem
+
+if TYPE_CHECKING:
+    from traceexport.pipeline import Route
+
+ENV_NAMES = {
+    "config": "TRACEEXPORT_CONFIG",
+    "listen": "TRACEEXPORT_LISTEN",
+    "to": "TRACEEXPORT_TO",
+    "spool": "TRACEEXPORT_SPOOL",
+    "token": "TRACEEXPORT_TOKEN",
+    "log_level": "TRACEEXPORT_LOG_LEVEL",
+}
+DATABASE_URL_ENV = "TRACEEXPORT_DIFY_DATABASE_URL"
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """The common settings given as flags (None: not given); each has a ``TRACEEXPORT_*`` twin."""
+
+    config: str | None = None
+    listen: str | None = None
+    to: str | None = None
+    spool: str | None = None
+    token: str | None = None
+    log_level: str | None = None
+
+    def with_env(self, env: Mapping[str, str]) -> Overrides:
+        """Flags first, then their environment variables (empty variables count as unset)."""
+        values = {f.name: getattr(self, f.name) or env.get(ENV_NAMES[f.name]) or None for f in fields(self)}
+        return Overrides(**values)
+
+    def source(self, name: str) -> str:
+        """How to name a setting in an error message: its flag and its variable."""
+        return f"--{name.replace('_', '-')} / {ENV_NAMES[name]}"
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _select_sinks(data: dict[str, Any], to: str, problems: list[Problem]) -> None:
+    configured: dict[str, Any] = data.get("sinks") or {}
+    chosen: dict[str, Any] = {}
+    for name in (n.strip() for n in to.split(",")):
+        if not name:
+            continue
+        if name in configured:
+            chosen[name] = configured[name]
+        elif name in SINK_TYPES:
+            chosen[name] = {"type": name, "path": DEFAULT_OUT_DIR} if name == "file" else {"type": name}
+        else:
+            known = ", ".join([*configured, *(t for t in SINK_TYPES if t not in configured)])
+            problems.append(Problem("--to / TRACEEXPORT_TO", f"unknown sink {name!r} (known: {known})"))
+    data["sinks"] = chosen
+
+
+def _apply(data: dict[str, Any], o: Overrides, has_file: bool, problems: list[Problem]) -> None:
+    """Overlay flags/environment on file data (in place), recording problems."""
+    if o.to:
+        _select_sinks(data, o.to, problems)
+    elif not data.get("sinks"):
+        if has_file:
+            problems.append(Problem("sinks", "no sink configured: add a sinks section or pass --to opik"))
+        else:
+            data["sinks"] = {"file": {"type": "file", "path": DEFAULT_OUT_DIR}}
+    if o.spool:
+        data["spool"] = {**(data.get("spool") or {}), "dir": o.spool}
+    if o.listen or o.token:
+        http = dict(data["sources"].get("http") or {})
+        if o.listen:
+            try:
+                split_host_port(o.listen)
+                http["listen"] = o.listen
+            except ValueError as exc:
+                problems.append(Problem(o.source("listen"), str(exc)))
+        if o.token:
+            http["token"] = o.token
+        data["sources"] = {**data["sources"], "http": http}
+    if o.log_level:
+        if o.log_level.lower() in _LEVELS:
+            data["log_level"] = o.log_level.lower()
+        else:
+            message = f"{o.log_level!r} is not one of {', '.join(_LEVELS)}"
+            problems.append(Problem(o.source("log_level"), message))
+
+
+def serve_problems(config: Config) -> list[Problem]:
+    """Rules that hold for a running daemon: a token is required when listening beyond loopback."""
+    http = config.sources.http
+    if http is None:
+        return [] if config.sources.celery is not None else [
+            Problem("sources", "no input: enable sources.http or configure sources.celery")]
+    host, _ = split_host_port(http.listen)
+    if not is_loopback(host) and (http.token is None or not http.token.get_secret_value()):
+        message = (f"a token is required to listen on {http.listen} (beyond loopback): "
+                   "set --token / TRACEEXPORT_TOKEN, or listen on 127.0.0.1")
+        return [Problem("sources.http.token", message)]
+    return []
+
+
+def resolve_config(flags: Overrides | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """The effective config from flags, environment, the config file and defaults; ConfigError if invalid."""
+    env = os.environ if env is None else env
+    o = (flags or Overrides()).with_env(env)
+    base = load_config(o.config, env)
+    data = base.model_dump(exclude_unset=False)
+    problems: list[Problem] = []
+    _apply(data, o, o.config is not None, problems)
+    if env.get(DATABASE_URL_ENV):
+        data["enrich"] = {**(data.get("enrich") or {}), "database_url": env[DATABASE_URL_ENV]}
+    config, more = parse_config(data)
+    problems += more
+    if config is not None and not problems:
+        problems += serve_problems(config)
+    if problems or config is None:
+        raise ConfigError(problems, title="invalid configuration")
+    return config
+
+
+def build_routes(config: Config, env: Mapping[str, str] | None = None) -> list[Route]:
+    """One pipeline route per configured sink; ConfigError lists every sink or mapping problem."""
+    from traceexport.mapping import load_mapping
+    from traceexport.pipeline import Route
+    from traceexport.sinks import create_sink
+
+    env = os.environ if env is None else env
+    routes: list[Route] = []
+    problems: list[Problem] = []
+    for name, sink_config in config.sinks.items():
+        try:
+            mapping = load_mapping(sink_config.mapping_backend, extra_files=tuple(sink_config.mapping_files))
+            options = sink_config.options()
+            if sink_config.type == "file":  # the file sink names its output after the mapping it holds
+                options["mapping"] = sink_config.mapping_backend
+            sink = create_sink(sink_config.type, name, options, env)
+        except ConfigError as exc:
+            problems += [_prefixed(f"sinks.{name}", p) for p in exc.problems]
+            continue
+        records, apps = sink_config.records, sink_config.apps
+        routes.append(Route(sink, mapping, record_types=frozenset(records) if records is not None else None,
+                            app_ids=frozenset(apps) if apps is not None else None, sample=sink_config.sample))
+    if problems:
+        for route in routes:
+            route.sink.shutdown(1.0)
+        raise ConfigError(problems, title="invalid sink configuration")
+    return routes
+
+
+def _prefixed(prefix: str, problem: Problem) -> Problem:
+    if not problem.where:
+        if problem.message.startswith(f"{prefix}.") or problem.message.startswith(f"{prefix}:"):
+            return problem  # the sink already named its key path
+        return Problem(prefix, problem.message)
+    if problem.where.startswith(("/", ".")) or ":" in problem.where:  # a file location: keep it, add the sink
+        return Problem(problem.where, f"{prefix}: {problem.message}")
+    return Problem(f"{prefix}.{problem.where}", problem.message)

@@ -1,0 +1,190 @@
+"""The sidecar daemon: sources feed the durable pipeline until SIGTERM/SIGINT.
+
+Start order: pipeline (spool + delivery workers), then inputs (HTTP ingest, Celery). Stop order is the
+reverse: inputs stop taking work first (HTTP answers 503 while in-flight requests finish within a
+bounded grace period), then delivery stops after its current batch. Everything not yet delivered stays
+in the spool, and the next start on the same spool resumes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from traceexport.config import Config, build_routes, split_host_port
+from traceexport.config.check import load_celery_settings
+from traceexport.errors import ConfigError, Problem
+from traceexport.logs import add_secrets, log_event
+from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route
+from traceexport.sources.http import INGEST_PATH, IngestServer, IngestSettings
+
+log = logging.getLogger("traceexport.daemon")
+PIPELINE_STOP_TIMEOUT = 15.0
+
+
+def pipeline_settings(config: Config) -> PipelineSettings:
+    """The pipeline's settings from the ``spool`` and ``retry`` sections."""
+    retry = config.retry
+    return PipelineSettings(
+        max_bytes=int(config.spool.max_bytes),
+        on_full=config.spool.on_full,
+        retry=RetryPolicy(max_attempts=retry.max_attempts, max_age=retry.max_age,
+                          initial_backoff=retry.initial_backoff, max_backoff=retry.max_backoff),
+    )
+
+
+def build_prepare(config: Config, env: Mapping[str, str]) -> Callable[..., Any] | None:
+    """The workflow-node enricher when a Dify database is configured, else None."""
+    if config.enrich.database_url is None:
+        return None
+    from traceexport.enrich import build_enricher
+
+    url = config.enrich.database_url.get_secret_value()
+    section = {**(config.enrich.model_extra or {}), "database_url": url}
+    enricher: Callable[..., Any] = build_enricher(section, environ=env)
+    return enricher
+
+
+def describe_sinks(config: Config) -> str:
+    """``file → traceexport-out, opik`` for the start-up line."""
+    parts = []
+    for name, sink in config.sinks.items():
+        target = sink.options().get("path")
+        parts.append(f"{name} ({sink.type}) → {target}" if target else f"{name} ({sink.type})")
+    return ", ".join(parts)
+
+
+class Daemon:
+    """Everything ``traceexport serve`` runs, with an explicit start/stop for tests and embedding."""
+
+    def __init__(self, config: Config, env: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.env = os.environ if env is None else env
+        self.pipeline: Pipeline | None = None
+        self.http: IngestServer | None = None
+        self.celery: Any = None
+        self._stop_requested = threading.Event()
+        self._running = False
+        http = config.sources.http
+        add_secrets([http.token.get_secret_value() if http and http.token else None,
+                     config.enrich.database_url.get_secret_value() if config.enrich.database_url else None])
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Build and start everything; ConfigError (bad sinks, missing extra) or OSError (port taken)."""
+        routes = build_routes(self.config, self.env)
+        try:
+            self._start(routes)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, routes: list[Route]) -> None:
+        spool_dir = Path(self.config.spool.dir)
+        prepare = build_prepare(self.config, self.env)
+        self.pipeline = Pipeline(spool_dir, routes, pipeline_settings(self.config), prepare=prepare)
+        self.pipeline.start()
+        self._running = True
+        if self.config.sources.celery is not None:
+            self.celery = self._celery_source(self.pipeline)
+            self.celery.start()
+        http = self.config.sources.http
+        if http is not None:
+            host, port = split_host_port(http.listen)
+            token = http.token.get_secret_value() if http.token else None
+            settings = IngestSettings(host=host, port=port, token=token, shutdown_grace=http.shutdown_grace,
+                                      max_body_bytes=int(http.max_body_bytes))
+            self.http = IngestServer(settings, self.pipeline.accept, ready=self.not_ready_reason,
+                                     metrics_text=self.pipeline.prometheus_text)
+            self.http.start()
+        log_event(log, "serve.started", listen=self.listen_url or "-", sinks=",".join(self.config.sinks),
+                  spool=str(spool_dir), celery=self.celery is not None, enrich=prepare is not None)
+
+    def _celery_source(self, pipeline: Pipeline) -> Any:
+        settings = load_celery_settings(self.config.sources.celery or {})
+        from traceexport.sources.celery import CelerySource
+
+        return CelerySource(settings, pipeline.accept)
+
+    def stop(self) -> None:
+        """Stop inputs, then delivery; idempotent. Undelivered records stay in the spool."""
+        cut = False
+        if self.http is not None:
+            cut = not self.http.stop()
+            self.http = None
+        if self.celery is not None:
+            self.celery.stop(PIPELINE_STOP_TIMEOUT)
+            self.celery = None
+        if self.pipeline is not None:
+            pending = sum(self.pipeline.pending().values())
+            self.pipeline.stop(PIPELINE_STOP_TIMEOUT)
+            self.pipeline.close()
+            self.pipeline = None
+            self._running = False
+            log_event(log, "serve.stopped", pending_in_spool=pending, requests_cut=cut)
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to shut down (safe from a signal handler)."""
+        self._stop_requested.set()
+
+    def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT, stop; the exit code."""
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            print(self.banner(), file=sys.stderr, flush=True)
+            self._stop_requested.wait()
+            log_event(log, "serve.stopping")
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._stop_requested.is_set():  # a second signal: the spool is durable, leave now
+            log_event(log, "serve.forced_exit", logging.WARNING, signal=signal.Signals(signum).name)
+            os._exit(130)
+        self._stop_requested.set()
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def listen_url(self) -> str | None:
+        """The ingest URL, with the real port, or None when HTTP ingest is off."""
+        if self.http is None:
+            return None
+        host, port = self.http.address
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{port}{INGEST_PATH}"
+
+    def banner(self) -> str:
+        """The one start-up line: where it listens and where output goes."""
+        inputs = [f"listening on {self.listen_url}"] if self.listen_url else []
+        if self.celery is not None:
+            inputs.append(f"consuming Celery queue {self.celery.settings.queue!r}")
+        return (f"traceexport: {' and '.join(inputs)}; sending to {describe_sinks(self.config)}; "
+                f"spool {self.config.spool.dir}")
+
+    def not_ready_reason(self) -> str | None:
+        """None when ready: pipeline running and spool directory writable; else why not."""
+        if not self._running:
+            return "pipeline not running"
+        if not os.access(self.config.spool.dir, os.W_OK):
+            return f"spool directory {self.config.spool.dir} is not writable"
+        return None
+
+
+def start_problem(exc: OSError, config: Config) -> ConfigError:
+    """A one-line ConfigError for a start-up OSError such as a port already in use."""
+    where = "sources.http.listen" if config.sources.http else "spool.dir"
+    return ConfigError([Problem(where, f"cannot start: {exc.strerror or exc}")], title="cannot start")
+
+
+__all__ = ["Daemon", "build_prepare", "describe_sinks", "pipeline_settings", "start_problem"]

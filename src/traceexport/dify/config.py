@@ -1,0 +1,134 @@
+"""The provider config Dify stores for an app, and the hook settings resolved from it and the environment.
+
+Dify builds the config class from the stored ``tracing_config`` dict: every key listed in the registry
+entry's ``other_keys`` arrives as a string (``""`` when unset) and every key in ``secret_keys`` is
+encrypted at rest by Dify. Empty values fall back to environment variables, so an app can be switched to
+the provider with an empty ``tracing_config`` and everything configured once per deployment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+PROVIDER_NAME = "traceexport"
+SECRET_KEYS = ["token"]
+OTHER_KEYS = ["mode", "sinks", "config_file", "endpoint", "tee"]
+MODES = ("in_process", "forward")
+DEFAULT_SPOOL = "/app/api/storage/traceexport-spool"
+DEFAULT_QUEUE_SIZE = 10_000
+_MODE_ALIASES = {"": "", "in_process": "in_process", "in-process": "in_process", "inprocess": "in_process",
+                 "local": "in_process", "forward": "forward", "sidecar": "forward"}
+
+
+class TraceExportConfig(BaseModel):
+    """What an app stores for the ``traceexport`` provider (all optional; empty means "use the environment").
+
+    * ``mode``: ``in_process`` (export from Dify's worker) or ``forward`` (post to a traceexport sidecar).
+    * ``sinks``: comma-separated sink types for in-process mode, e.g. ``"opik,langfuse"``.
+    * ``config_file``: a traceexport YAML config whose sinks are used in in-process mode.
+    * ``endpoint`` / ``token``: the sidecar's base URL and bearer token for forward mode.
+    * ``tee``: a Dify built-in provider (e.g. ``langfuse``) that keeps receiving the app's traces too.
+    """
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    mode: str = ""
+    sinks: str = ""
+    config_file: str = ""
+    endpoint: str = ""
+    token: str = ""
+    tee: str = ""
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _known_mode(cls, value: Any) -> str:
+        text = "" if value is None else str(value).strip().lower()
+        if text not in _MODE_ALIASES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)} (got {text!r})")
+        return _MODE_ALIASES[text]
+
+    @field_validator("sinks", "config_file", "endpoint", "token", "tee", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> str:
+        return "" if value is None else str(value).strip()
+
+
+@dataclass(frozen=True)
+class HookSettings:
+    """Everything the hook needs, resolved once per trace instance from the stored config and env."""
+
+    mode: str = "in_process"
+    sinks: tuple[str, ...] = ()
+    config_file: str | None = None
+    endpoint: str | None = None
+    token: str | None = None
+    tee: str | None = None
+    spool_dir: Path = Path(DEFAULT_SPOOL)
+    queue_size: int = DEFAULT_QUEUE_SIZE
+
+    @property
+    def runtime_key(self) -> tuple[str, ...]:
+        """Settings that share one hand-off queue, pipeline and spool (the tee does not matter here)."""
+        return (self.mode, ",".join(self.sinks), self.config_file or "", self.endpoint or "", self.token or "",
+                str(self.spool_dir))
+
+    @property
+    def slug(self) -> str:
+        """A short stable name for this configuration's spool directory (no secret in it)."""
+        text = "|".join((self.mode, ",".join(self.sinks), self.config_file or "", self.endpoint or ""))
+        return f"{self.mode}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+
+    def problems(self) -> list[str]:
+        """What makes these settings unusable (empty when they look right); no I/O beyond a file check."""
+        found: list[str] = []
+        if self.mode == "forward":
+            if not self.endpoint:
+                found.append("forward mode needs an endpoint (tracing_config.endpoint or TRACEEXPORT_FORWARD_URL)")
+            elif not self.endpoint.startswith(("http://", "https://")):
+                found.append(f"endpoint must start with http:// or https:// (got {self.endpoint!r})")
+        elif not self.sinks and not self.config_file:
+            found.append("in-process mode needs sinks (tracing_config.sinks or TRACEEXPORT_TO) "
+                         "or a config file (tracing_config.config_file or TRACEEXPORT_CONFIG)")
+        if self.config_file and not Path(self.config_file).is_file():
+            found.append(f"config file {self.config_file} does not exist")
+        if self.tee == PROVIDER_NAME:
+            found.append("tee cannot name the traceexport provider itself")
+        return found
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip().lower() for part in text.split(",") if part.strip())
+
+
+def resolve_settings(config: Any, env: Mapping[str, str] | None = None) -> HookSettings:
+    """Hook settings from a stored config (a TraceExportConfig, a dict or None), falling back to ``env``."""
+    env = os.environ if env is None else env
+    if isinstance(config, BaseModel):
+        stored = TraceExportConfig.model_validate(config.model_dump())
+    else:
+        stored = TraceExportConfig.model_validate(dict(config or {}))
+    mode = stored.mode or _MODE_ALIASES.get(env.get("TRACEEXPORT_MODE", "").strip().lower(), "") or "in_process"
+    try:
+        queue_size = max(1, int(env.get("TRACEEXPORT_HOOK_QUEUE_SIZE", DEFAULT_QUEUE_SIZE)))
+    except ValueError:
+        queue_size = DEFAULT_QUEUE_SIZE
+    return HookSettings(
+        mode=mode,
+        sinks=_split(stored.sinks or env.get("TRACEEXPORT_TO", "")),
+        config_file=stored.config_file or env.get("TRACEEXPORT_CONFIG") or None,
+        endpoint=(stored.endpoint or env.get("TRACEEXPORT_FORWARD_URL") or "").rstrip("/") or None,
+        token=stored.token or env.get("TRACEEXPORT_FORWARD_TOKEN") or None,
+        tee=(stored.tee or env.get("TRACEEXPORT_TEE", "")).strip().lower() or None,
+        spool_dir=Path(env.get("TRACEEXPORT_SPOOL") or DEFAULT_SPOOL),
+        queue_size=queue_size,
+    )
+
+
+__all__ = ["OTHER_KEYS", "PROVIDER_NAME", "SECRET_KEYS", "HookSettings", "TraceExportConfig", "resolve_settings"]

@@ -1,0 +1,126 @@
+"""Routes for the hook: the sinks of a config file, of ``TRACEEXPORT_TO``, or the single forward sink.
+
+Every sink is wrapped so its HTTP calls run with OpenTelemetry instrumentation suppressed: Dify
+instruments httpx/requests when its own OTel export is on, and the hook must not trace its own exports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from traceexport.dify.config import HookSettings
+from traceexport.pipeline import PipelineSettings, RetryPolicy, Route
+from traceexport.records import Record
+from traceexport.sinks import create_sink
+from traceexport.sinks.base import ExportResult, Payload, Sink
+
+# Tests (and embedders) may replace how routes are built; None means the built-in wiring below.
+RouteFactory = Callable[[HookSettings, Mapping[str, str]], list[Route]]
+ROUTE_FACTORY: RouteFactory | None = None
+
+
+class EnvelopeMapping:
+    """The identity mapping of the forward sink: a record becomes its TaskData envelope."""
+
+    backend = "forward"
+
+    def map(self, record: Record, /) -> list[Payload]:
+        """One ``envelope`` payload carrying the record as Dify wrote it."""
+        return [Payload(kind="envelope", body=record.envelope, key=record.key)]
+
+
+@contextlib.contextmanager
+def suppressed_instrumentation() -> Iterator[None]:
+    """Run the block with OpenTelemetry instrumentation (including HTTP client spans) switched off."""
+    try:
+        from opentelemetry.instrumentation.utils import suppress_http_instrumentation, suppress_instrumentation
+    except ImportError:  # opentelemetry-instrumentation absent: set the context keys through the API
+        token = _attach_suppression()
+        try:
+            yield
+        finally:
+            _detach(token)
+        return
+    with suppress_instrumentation(), suppress_http_instrumentation():
+        yield
+
+
+def _attach_suppression() -> object | None:
+    try:
+        from opentelemetry import context
+    except ImportError:
+        return None
+    ctx = context.get_current()
+    for name in ("_SUPPRESS_INSTRUMENTATION_KEY", "_SUPPRESS_HTTP_INSTRUMENTATION_KEY"):
+        key = getattr(context, name, None)
+        if key is not None:
+            ctx = context.set_value(key, True, ctx)
+    return context.attach(ctx)
+
+
+def _detach(token: object | None) -> None:
+    if token is None:
+        return
+    from opentelemetry import context
+
+    context.detach(token)  # type: ignore[arg-type]
+
+
+class QuietSink:
+    """A sink whose exports run with OpenTelemetry instrumentation suppressed; otherwise the same sink."""
+
+    def __init__(self, inner: Sink) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.backend = inner.backend
+        self.limits = inner.limits
+
+    def request_bodies(self, payloads: Sequence[Payload], /) -> list[Any]:
+        """The wrapped sink's request bodies (pure, nothing to suppress)."""
+        return self.inner.request_bodies(payloads)
+
+    def export(self, payloads: Sequence[Payload], /) -> ExportResult:
+        """One export attempt of the wrapped sink, invisible to Dify's instrumentation."""
+        with suppressed_instrumentation():
+            return self.inner.export(payloads)
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Shut the wrapped sink down."""
+        with suppressed_instrumentation():
+            self.inner.shutdown(timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def build_plan(settings: HookSettings, env: Mapping[str, str]) -> tuple[list[Route], PipelineSettings]:
+    """Routes and pipeline settings for ``settings``; raises ConfigError when a sink or the config is invalid."""
+    if ROUTE_FACTORY is not None:
+        routes, pipeline_settings = ROUTE_FACTORY(settings, env), PipelineSettings()
+    elif settings.mode == "forward":
+        options = {"url": settings.endpoint, "token": settings.token}
+        routes = [Route(create_sink("forward", "forward", options, env), EnvelopeMapping())]
+        pipeline_settings = PipelineSettings()
+    else:
+        routes, pipeline_settings = _configured_routes(settings, env)
+    quiet = [Route(QuietSink(r.sink), r.mapping, r.record_types, r.app_ids, r.sample) for r in routes]
+    return quiet, pipeline_settings
+
+
+def _configured_routes(settings: HookSettings, env: Mapping[str, str]) -> tuple[list[Route], PipelineSettings]:
+    """The sinks of the config file and/or ``sinks`` list, resolved exactly as ``traceexport serve`` does."""
+    from traceexport.config import build_routes
+    from traceexport.config.resolve import Overrides, resolve_config
+
+    flags = Overrides(config=settings.config_file, to=",".join(settings.sinks) or None)
+    config = resolve_config(flags, env)
+    retry = RetryPolicy(max_attempts=config.retry.max_attempts, max_age=config.retry.max_age,
+                        initial_backoff=config.retry.initial_backoff, max_backoff=config.retry.max_backoff)
+    pipeline_settings = PipelineSettings(max_bytes=int(config.spool.max_bytes), on_full=config.spool.on_full,
+                                         retry=retry)
+    return build_routes(config, env), pipeline_settings
+
+
+__all__ = ["ROUTE_FACTORY", "EnvelopeMapping", "QuietSink", "build_plan", "suppressed_instrumentation"]

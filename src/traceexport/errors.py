@@ -1,0 +1,101 @@
+"""The one error hierarchy of traceexport.
+
+::
+
+    TraceExportError
+    ├── ConfigError                 bad config or mapping at start-up; lists every problem
+    ├── RecordError                 one input record is invalid or cannot be mapped
+    ├── SpoolFullError              back-pressure: the spool refuses new input (retryable)
+    └── ExportError                 a delivery attempt failed
+        ├── RetryableExportError    .retry_after: seconds the backend asked us to wait (or None)
+        └── PermanentExportError    .status_code, a short body excerpt with secrets removed
+
+Foreign exceptions (httpx, sqlite3, yaml, pydantic) are translated into these at exactly one
+boundary each, with ``raise ... from exc``. Every message is one line and says what to do next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+class TraceExportError(Exception):
+    """Base class of every error traceexport raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One problem found while loading a config or mapping: where it is, and what is wrong."""
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+
+class ConfigError(TraceExportError):
+    """A config file, mapping file or option is invalid; ``problems`` lists every issue found."""
+
+    def __init__(self, problems: Iterable[Problem | str], *, title: str = "invalid configuration") -> None:
+        self.problems: list[Problem] = [p if isinstance(p, Problem) else Problem("", p) for p in problems]
+        self.title = title
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        """All problems, one per line, under the title."""
+        lines = [f"{self.title} ({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}):"]
+        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class RecordError(TraceExportError):
+    """One record is invalid or cannot be mapped; ``reason`` is a single line fit for a dead letter."""
+
+    def __init__(self, reason: str, *, source: str = "") -> None:
+        self.reason = " ".join(reason.split())  # always one line
+        self.source = source
+        super().__init__(f"{source}: {self.reason}" if source else self.reason)
+
+
+class SpoolFullError(TraceExportError):
+    """The spool is at its size limit; the caller should retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str = "spool is full", *, retry_after: float = 5.0) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class ExportError(TraceExportError):
+    """A delivery attempt to a backend failed."""
+
+
+class RetryableExportError(ExportError):
+    """The attempt may succeed later (throttling, 5xx, transport error)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, status_code: int | None = None):
+        self.retry_after = retry_after
+        self.status_code = status_code
+        super().__init__(message)
+
+
+class PermanentExportError(ExportError):
+    """Retrying will not help (bad auth, payload rejected); the items go to the dead letter."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, body_excerpt: str = ""):
+        self.status_code = status_code
+        self.body_excerpt = body_excerpt
+        super().__init__(message)
+
+
+__all__ = [
+    "ConfigError",
+    "ExportError",
+    "PermanentExportError",
+    "Problem",
+    "RecordError",
+    "RetryableExportError",
+    "SpoolFullError",
+    "TraceExportError",
+]

@@ -1,0 +1,84 @@
+"""Structured logs: one line per event worth a human's attention (logfmt or JSON lines), never per record.
+
+Call ``log_event(logger, "serve.started", listen="127.0.0.1:4319")``; the event name is the message and
+keyword fields become ``key=value`` pairs. Every rendered line passes through
+:func:`traceexport.sinks.http.redact`, and known secret values registered with :func:`add_secrets` are
+masked too, so a secret cannot reach the log by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from traceexport.sinks.http import redact
+
+_SECRETS: set[str] = set()
+_FIELDS = "te_fields"
+
+
+def add_secrets(values: Iterable[str | None]) -> None:
+    """Remember secret values (tokens, keys) that must be masked wherever they would appear in a log line."""
+    _SECRETS.update(v for v in values if v and len(v) >= 4)
+
+
+def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log one event with structured fields."""
+    logger.log(level, event, extra={_FIELDS: fields})
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    stamp = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+    out: dict[str, Any] = {
+        "ts": stamp.replace("+00:00", "Z"),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "event": record.getMessage(),
+    }
+    out.update(getattr(record, _FIELDS, None) or {})
+    if record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def _logfmt_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split())
+    if text == "" or any(c in text for c in ' ="\\'):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+class LogfmtFormatter(logging.Formatter):
+    """``ts=... level=info logger=traceexport.daemon event=serve.started listen=127.0.0.1:4319``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = " ".join(f"{k}={_logfmt_value(v)}" for k, v in _fields(record).items())
+        return redact(line, _SECRETS)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line with the same keys as the logfmt form."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(json.dumps(_fields(record), default=str, ensure_ascii=False), _SECRETS)
+
+
+def setup_logging(level: str = "info", fmt: str = "logfmt", stream: TextIO | None = None) -> None:
+    """Send traceexport's logs to ``stream`` (stderr) at ``level``; third-party loggers at warning."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("traceexport").setLevel(level.upper())
+
+
+__all__ = ["JsonFormatter", "LogfmtFormatter", "add_secrets", "log_event", "setup_logging"]

@@ -1,0 +1,335 @@
+"""Compile mapping value specs into plain Python closures, once, at load time.
+
+Every problem is collected with its file, line and key path; nothing is evaluated while compiling.
+A compiled getter takes the record context (a dict) and returns a value; ``None`` means "absent" and
+the field is left out of the output.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from traceexport.mapping.expressions import (
+    Call,
+    Expression,
+    ExpressionSyntaxError,
+    Literal,
+    PathRef,
+    is_template,
+    parse_expression,
+    split_template,
+)
+from traceexport.mapping.functions import REGISTRY
+
+Getter = Callable[[dict[str, Any]], Any]
+
+
+class Const:
+    """A compiled value that does not depend on the record."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+Compiled = Getter | Const
+
+
+class MappingRuntimeError(Exception):
+    """A registry function failed on one record; carries the key path for the one-line reason."""
+
+    def __init__(self, where: str, function: str, exc: Exception) -> None:
+        self.where = where
+        super().__init__(f"{where}: {function} failed: {type(exc).__name__}: {exc}")
+
+
+def as_getter(compiled: Compiled) -> Getter:
+    if isinstance(compiled, Const):
+        value = compiled.value
+        return lambda ctx: value
+    return compiled
+
+
+class Scope:
+    """What a path may name at one place in a mapping: record fields, derived keys, ``item``."""
+
+    def __init__(self, fields: frozenset[str], derived: frozenset[str], in_each: bool = False) -> None:
+        self.fields = fields
+        self.derived = derived
+        self.in_each = in_each
+
+    def check(self, ref: PathRef) -> str | None:
+        root = ref.parts[0]
+        if root == "item":
+            return None if self.in_each else "$item is only available inside an entity with 'each'"
+        if root == "derived" and len(ref.parts) > 1 and ref.parts[1] not in self.derived:
+            return f"unknown derived field {ref.parts[1]!r} (see mappings/README.md for the list)"
+        if root not in self.fields:
+            return f"unknown field {root!r} for this record type"
+        return None
+
+
+class Compiler:
+    """Turns specs into getters, appending ``(where, message)`` problems instead of raising."""
+
+    def __init__(self, tables: dict[str, Any], options: dict[str, Any] | None = None) -> None:
+        self.tables = tables
+        self.options = options or {}
+        self.problems: list[tuple[str, str]] = []
+
+    def problem(self, where: str, message: str) -> Const:
+        self.problems.append((where, message))
+        return Const(None)
+
+    # --- values --------------------------------------------------------------------------------------
+    def value(self, spec: Any, where: str, scope: Scope) -> Compiled:
+        if isinstance(spec, str):
+            return self._string(spec, where, scope)
+        if isinstance(spec, dict):
+            return self._mapping(spec, where, scope)
+        if isinstance(spec, list):
+            return self._list(spec, where, scope)
+        return Const(spec)
+
+    def _string(self, spec: str, where: str, scope: Scope) -> Compiled:
+        try:
+            if spec.startswith("$$"):
+                return Const(spec[1:])
+            if is_template(spec):
+                return self._template(spec, where, scope)
+            if spec.startswith("$") or _looks_like_call(spec):
+                return self._expression(parse_expression(spec), where, scope)
+        except ExpressionSyntaxError as exc:
+            return self.problem(where, f"bad expression {spec!r}: {exc}")
+        return Const(spec)
+
+    def _template(self, spec: str, where: str, scope: Scope) -> Compiled:
+        parts: list[Compiled] = []
+        for part in split_template(spec):
+            parts.append(Const(part) if isinstance(part, str) else self._expression(part, where, scope))
+        getters = [(p.value, None) if isinstance(p, Const) else (None, p) for p in parts]
+
+        def template(ctx: dict[str, Any]) -> str:
+            out: list[str] = []
+            for text, getter in getters:
+                if getter is None:
+                    out.append(str(text))
+                else:
+                    value = getter(ctx)
+                    out.append("" if value is None else str(value))
+            return "".join(out)
+
+        return template
+
+    def _list(self, spec: list[Any], where: str, scope: Scope) -> Compiled:
+        items = [as_getter(self.value(item, f"{where}[{i}]", scope)) for i, item in enumerate(spec)]
+
+        def build_list(ctx: dict[str, Any]) -> list[Any]:
+            return [v for v in (g(ctx) for g in items) if v is not None]
+
+        return build_list
+
+    def _mapping(self, spec: dict[Any, Any], where: str, scope: Scope) -> Compiled:
+        directives = [k for k in spec if isinstance(k, str) and k.startswith("$") and k != "$merge"]
+        if directives:
+            return self._directive(spec, directives, where, scope)
+        return self.object(spec, where, scope)
+
+    def object(self, spec: dict[Any, Any], where: str, scope: Scope) -> Getter:
+        """An object builder: scalar constants copied, dynamic fields evaluated, nulls left out."""
+        consts: dict[str, Any] = {}
+        dynamic: list[tuple[str, Getter]] = []
+        merges: list[Getter] = []
+        for key, sub in spec.items():
+            sub_where = f"{where}.{key}" if where else str(key)
+            if key == "$merge":
+                for i, merge_spec in enumerate(sub if isinstance(sub, list) else [sub]):
+                    merges.append(as_getter(self.value(merge_spec, f"{sub_where}[{i}]", scope)))
+                continue
+            compiled = self.value(sub, sub_where, scope)
+            if isinstance(compiled, Const):
+                if compiled.value is not None:
+                    consts[str(key)] = compiled.value
+            else:
+                dynamic.append((str(key), compiled))
+        return _object_builder(consts, dynamic, merges)
+
+    def _directive(self, spec: dict[Any, Any], directives: list[str], where: str, scope: Scope) -> Compiled:
+        name = directives[0]
+        if name == "$literal" and len(spec) == 1:
+            literal = spec["$literal"]
+            if isinstance(literal, dict | list):
+                return lambda ctx: copy.deepcopy(literal)
+            return Const(literal)
+        if name == "$if" and set(spec) <= {"$if", "then", "else"}:
+            cond = as_getter(self.value(spec["$if"], f"{where}.$if", scope))
+            then = as_getter(self.value(spec.get("then"), f"{where}.then", scope))
+            otherwise = as_getter(self.value(spec.get("else"), f"{where}.else", scope))
+            return lambda ctx: then(ctx) if cond(ctx) else otherwise(ctx)
+        allowed = "'$literal' alone, or '$if' with 'then'/'else'"
+        return self.problem(where, f"bad directive {name!r}: use {allowed}, or '$merge' inside an object")
+
+    # --- expressions ---------------------------------------------------------------------------------
+    def _expression(self, expr: Expression, where: str, scope: Scope) -> Compiled:
+        head = self._head(expr.head, where, scope)
+        steps: list[tuple[Callable[..., Any], list[Compiled], bool, str]] = []
+        for call in expr.steps:
+            function = REGISTRY.get(call.name)
+            if function is None:
+                self.problem(where, f"unknown function {call.name!r}")
+                continue
+            args = self._arguments(call, where, scope)
+            steps.append((function.impl, args, function.null_aware, call.name))
+        if not steps:
+            return head
+        return _pipeline(as_getter(head), steps, where)
+
+    def _head(self, head: PathRef | Literal | Call, where: str, scope: Scope) -> Compiled:
+        if isinstance(head, Literal):
+            return Const(head.value)
+        if isinstance(head, PathRef):
+            return self._path(head, where, scope)
+        function = REGISTRY.get(head.name)
+        if function is None:
+            return self.problem(where, f"unknown function {head.name!r}")
+        if not function.head:
+            return self.problem(where, f"{head.name} needs a piped value: write '$field | {head.name}(...)'")
+        if not head.args:
+            return self.problem(where, f"{head.name}() needs at least one argument")
+        first, rest = head.args[0], Call(head.name, head.args[1:])
+        first_getter = as_getter(self._head(first, where, scope))
+        args = self._arguments(rest, where, scope, offset=1)
+        return _pipeline(first_getter, [(function.impl, args, True, head.name)], where)
+
+    def _arguments(self, call: Call, where: str, scope: Scope, offset: int = 0) -> list[Compiled]:
+        function = REGISTRY[call.name]
+        count = len(call.args) + offset
+        if not function.min_args <= count <= function.max_args:
+            expected = (str(function.min_args) if function.min_args == function.max_args
+                        else f"{function.min_args} to {function.max_args}")
+            self.problem(where, f"{call.name} takes {expected} argument(s), got {count}")
+        args: list[Compiled] = []
+        for index, arg in enumerate(call.args):
+            kind = function.arg_kinds[index + offset] if index + offset < len(function.arg_kinds) else "any"
+            args.append(self._argument(arg, kind, call.name, where, scope))
+        return args
+
+    def _argument(self, arg: PathRef | Literal, kind: str, name: str, where: str, scope: Scope) -> Compiled:
+        if isinstance(arg, PathRef):
+            if kind != "any":
+                return self.problem(where, f"{name}: this argument must be a literal {kind}, not a path")
+            return self._path(arg, where, scope)
+        if kind == "table":
+            if arg.value not in self.tables:
+                known = ", ".join(sorted(self.tables)) or "none defined"
+                return self.problem(where, f"{name}: unknown table {arg.value!r} (tables: {known})")
+            return Const(self.tables[arg.value])
+        if kind == "int" and not isinstance(arg.value, int):
+            return self.problem(where, f"{name}: argument must be an integer, got {arg.value!r}")
+        return Const(arg.value)
+
+    def _path(self, ref: PathRef, where: str, scope: Scope) -> Compiled:
+        if ref.parts[0] == "options":
+            name = ref.parts[1] if len(ref.parts) == 2 else None
+            if name not in self.options:
+                known = ", ".join(sorted(self.options)) or "none defined"
+                return self.problem(where, f"{ref.text}: unknown option (options: {known})")
+            return Const(self.options[name])
+        message = scope.check(ref)
+        if message:
+            return self.problem(where, f"{ref.text}: {message}")
+        return path_getter(ref.parts)
+
+
+def _looks_like_call(text: str) -> bool:
+    """``coalesce($a, $b)`` style head calls: a registry name directly followed by '('."""
+    name, paren, _ = text.partition("(")
+    return bool(paren) and name.strip() in REGISTRY and REGISTRY[name.strip()].head
+
+
+def _object_builder(consts: dict[str, Any], dynamic: list[tuple[str, Getter]], merges: list[Getter]) -> Getter:
+    if not merges:
+        def build(ctx: dict[str, Any]) -> dict[str, Any]:
+            out = consts.copy()
+            for key, getter in dynamic:
+                value = getter(ctx)
+                if value is not None:
+                    out[key] = value
+            return out
+
+        return build
+
+    def build_with_merges(ctx: dict[str, Any]) -> dict[str, Any]:
+        out = consts.copy()
+        for key, getter in dynamic:
+            value = getter(ctx)
+            if value is not None:
+                out[key] = value
+        for merge in merges:
+            extra = merge(ctx)
+            if isinstance(extra, dict):
+                out.update((k, v) for k, v in extra.items() if v is not None)
+        return out
+
+    return build_with_merges
+
+
+def _pipeline(head: Getter, steps: list[tuple[Callable[..., Any], list[Compiled], bool, str]], where: str) -> Getter:
+    plan: list[tuple[Callable[..., Any], tuple[Any, ...] | None, list[Getter] | None, bool, str]] = []
+    for impl, args, null_aware, name in steps:
+        if all(isinstance(a, Const) for a in args):
+            plan.append((impl, tuple(a.value for a in args if isinstance(a, Const)), None, null_aware, name))
+        else:
+            plan.append((impl, None, [as_getter(a) for a in args], null_aware, name))
+
+    def run(ctx: dict[str, Any]) -> Any:
+        value = head(ctx)
+        for impl, const_args, arg_getters, null_aware, name in plan:
+            if value is None and not null_aware:
+                return None
+            try:
+                if const_args is not None:
+                    value = impl(value, *const_args)
+                else:
+                    assert arg_getters is not None
+                    value = impl(value, *[g(ctx) for g in arg_getters])
+            except MappingRuntimeError:
+                raise
+            except Exception as exc:  # a registry function failed on this record's data
+                raise MappingRuntimeError(where, name, exc) from exc
+        return value
+
+    return run
+
+
+def path_getter(parts: tuple[str | int, ...]) -> Getter:
+    """A getter for a fixed path; missing keys, wrong types and out-of-range indexes give None."""
+    if len(parts) == 1 and isinstance(parts[0], str):
+        key = parts[0]
+        return lambda ctx: ctx.get(key)
+    if len(parts) == 2 and isinstance(parts[0], str) and isinstance(parts[1], str):
+        first, second = str(parts[0]), str(parts[1])
+
+        def get2(ctx: dict[str, Any]) -> Any:
+            value = ctx.get(first)
+            return value.get(second) if value.__class__ is dict else None
+
+        return get2
+
+    def get_n(ctx: dict[str, Any]) -> Any:
+        value: Any = ctx
+        for part in parts:
+            if isinstance(value, dict):
+                value = value.get(str(part))
+            elif isinstance(value, list) and isinstance(part, int):
+                value = value[part] if -len(value) <= part < len(value) else None
+            else:
+                return None
+            if value is None:
+                return None
+        return value
+
+    return get_n

@@ -1,0 +1,214 @@
+"""A compiled mapping: record type → entities → payloads. Pure: no I/O after load."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from traceexport.errors import ConfigError, Problem, RecordError
+from traceexport.mapping.compiler import (
+    Compiled,
+    Compiler,
+    Const,
+    Getter,
+    MappingRuntimeError,
+    Scope,
+    as_getter,
+)
+from traceexport.mapping.loader import (
+    BACKENDS,
+    LineDict,
+    builtin_mapping_path,
+    merge_override,
+    read_yaml,
+    resolve,
+)
+from traceexport.records.normalize import DERIVED_KEYS
+from traceexport.records.parse import Record
+from traceexport.records.types import RECORD_TYPES
+from traceexport.sinks.base import Payload
+
+BACKEND_KINDS: dict[str, frozenset[str]] = {
+    "opik": frozenset({"trace", "span"}),
+    "langfuse": frozenset({"span"}),
+    "otlp": frozenset({"span"}),
+    "amplitude": frozenset({"event"}),
+}
+_TOP_KEYS = frozenset({"backend", "description", "definitions", "options", "tables", "records"})
+_ENTITY_KEYS = frozenset({"kind", "when", "each", "key", "body"})
+_CONTEXT_ROOTS = frozenset({"derived", "app_id", "record_type"})
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """One compiled entity of a record type: a trace, span or event template."""
+
+    name: str
+    kind: str
+    when: Getter | None
+    each: Getter | None
+    key: Getter | None
+    body: Getter
+
+
+class Mapping:
+    """A loaded, compiled mapping for one backend."""
+
+    def __init__(self, backend: str, entities: dict[str, list[Entity]], files: Sequence[str]) -> None:
+        self.backend = backend
+        self.entities = entities
+        self.files = list(files)
+
+    def record_types(self) -> list[str]:
+        return sorted(self.entities)
+
+    def map(self, record: Record, ref: int = -1) -> list[Payload]:
+        """The payloads for ``record``; RecordError when it cannot be mapped (others are unaffected)."""
+        entities = self.entities.get(record.type)
+        if entities is None:
+            raise RecordError(f"the {self.backend} mapping has no section for record type {record.type!r}")
+        ctx = record.data
+        payloads: list[Payload] = []
+        try:
+            for entity in entities:
+                if entity.when is not None and not entity.when(ctx):
+                    continue
+                if entity.each is None:
+                    payloads.append(self._payload(entity, ctx, ref))
+                    continue
+                items = entity.each(ctx)
+                for item in items if isinstance(items, list) else []:
+                    payloads.append(self._payload(entity, {**ctx, "item": item}, ref))
+        except MappingRuntimeError as exc:
+            raise RecordError(f"{self.backend} mapping {exc}") from exc
+        except Exception as exc:  # defensive: a mapping must never take the pipeline down
+            raise RecordError(f"{self.backend} mapping failed for {record.type}: {type(exc).__name__}: {exc}") from exc
+        return payloads
+
+    @staticmethod
+    def _payload(entity: Entity, ctx: dict[str, Any], ref: int) -> Payload:
+        key = entity.key(ctx) if entity.key is not None else ""
+        return Payload(entity.kind, entity.body(ctx), "" if key is None else str(key), ref)
+
+
+def _where(doc: LineDict, key: Any, path: str) -> str:
+    file, line = doc.lines.get(key, (doc.file, doc.line))
+    return f"{file}:{line}: {path}" if file else path
+
+
+def compile_document(document: LineDict, files: Sequence[str], options: dict[str, Any] | None = None) -> Mapping:
+    """Compile a resolved mapping document, collecting every problem before raising ConfigError.
+
+    ``options`` override the document's ``options`` section (switches such as Amplitude node events).
+    """
+    problems: list[Problem] = []
+    backend = document.get("backend")
+    if backend not in BACKENDS:
+        problems.append(Problem(_where(document, "backend", "backend"), f"must be one of {', '.join(BACKENDS)}"))
+        raise ConfigError(problems, title="invalid mapping")
+    for key in document:
+        if key not in _TOP_KEYS:
+            allowed = ", ".join(sorted(_TOP_KEYS))
+            problems.append(Problem(_where(document, key, str(key)), f"unknown key (allowed: {allowed})"))
+    tables = document.get("tables") or {}
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        problems.append(Problem(_where(document, "tables", "tables"), "must map table names to objects"))
+        tables = {}
+    declared = document.get("options") or {}
+    if not isinstance(declared, dict):
+        problems.append(Problem(_where(document, "options", "options"), "must map option names to values"))
+        declared = {}
+    for name in options or {}:
+        if name not in declared:
+            known = ", ".join(sorted(declared)) or "none"
+            message = f"not an option of the {backend} mapping (options: {known})"
+            problems.append(Problem(f"mapping option {name!r}", message))
+    compiler = Compiler(tables, {**declared, **(options or {})})
+    entities: dict[str, list[Entity]] = {}
+    records = document.get("records")
+    if not isinstance(records, LineDict):
+        problems.append(Problem(_where(document, "records", "records"), "must be an object of record types"))
+        raise ConfigError(problems, title="invalid mapping")
+    for record_type, section in records.items():
+        path = f"records.{record_type}"
+        if record_type not in RECORD_TYPES:
+            known = ", ".join(RECORD_TYPES)
+            problems.append(Problem(_where(records, record_type, path), f"unknown record type (known: {known})"))
+            continue
+        if section is None:
+            continue
+        if not isinstance(section, LineDict):
+            problems.append(Problem(_where(records, record_type, path), "must be an object of entities"))
+            continue
+        fields = frozenset(RECORD_TYPES[record_type][1].model_fields) | _CONTEXT_ROOTS
+        entities[record_type] = _compile_entities(section, path, str(backend), fields, compiler, problems)
+    for where, message in compiler.problems:
+        problems.append(Problem(where, message))
+    if problems:
+        raise ConfigError(problems, title="invalid mapping")
+    return Mapping(str(backend), entities, files)
+
+
+def _compile_entities(section: LineDict, path: str, backend: str, fields: frozenset[str], compiler: Compiler,
+                      problems: list[Problem]) -> list[Entity]:
+    out: list[Entity] = []
+    for name, spec in section.items():
+        epath = f"{path}.{name}"
+        where = _where(section, name, epath)
+        if not isinstance(spec, LineDict):
+            problems.append(Problem(where, "an entity must be an object with kind and body"))
+            continue
+        for key in spec:
+            if key not in _ENTITY_KEYS:
+                problems.append(Problem(_where(spec, key, f"{epath}.{key}"),
+                                        f"unknown entity key (allowed: {', '.join(sorted(_ENTITY_KEYS))})"))
+        kind = spec.get("kind")
+        if kind not in BACKEND_KINDS[backend]:
+            allowed = ", ".join(sorted(BACKEND_KINDS[backend]))
+            problems.append(Problem(_where(spec, "kind", f"{epath}.kind"), f"must be one of: {allowed} for {backend}"))
+        body = spec.get("body")
+        if not isinstance(body, dict):
+            problems.append(Problem(_where(spec, "body", f"{epath}.body"), "must be an object"))
+            continue
+        scope = Scope(fields, DERIVED_KEYS, in_each="each" in spec)
+        when = _optional(compiler, spec, "when", epath, Scope(fields, DERIVED_KEYS))
+        each = _optional(compiler, spec, "each", epath, Scope(fields, DERIVED_KEYS))
+        key = _optional(compiler, spec, "key", epath, scope)
+        body_getter = compiler.object(body, _located(spec, "body", epath), scope)
+        out.append(Entity(str(name), str(kind), when, each, key, body_getter))
+    return out
+
+
+def _located(doc: LineDict, key: str, path: str) -> str:
+    return _where(doc, key, f"{path}.{key}")
+
+
+def _optional(compiler: Compiler, spec: LineDict, key: str, path: str, scope: Scope) -> Getter | None:
+    if key not in spec:
+        return None
+    compiled: Compiled = compiler.value(spec[key], _located(spec, key, path), scope)
+    if isinstance(compiled, Const) and key == "when":
+        return None if compiled.value else (lambda ctx: False)
+    return as_getter(compiled)
+
+
+def load_mapping(backend_or_path: str | Path, extra_files: Sequence[str | Path] = (),
+                 options: dict[str, Any] | None = None) -> Mapping:
+    """The built-in mapping for a backend (or a mapping file), extended by ``extra_files`` in order.
+
+    Each extra file must say ``extends: builtin`` (or extend another file); its overrides win.
+    """
+    text = str(backend_or_path)
+    base_path = builtin_mapping_path(text) if text in BACKENDS else Path(text)
+    document = resolve(base_path)
+    files = [str(base_path)]
+    for extra in extra_files:
+        override = read_yaml(Path(extra))
+        if not isinstance(override, LineDict):
+            raise ConfigError([Problem(str(extra), "a mapping file must be a YAML mapping")], title="invalid mapping")
+        override.pop("extends", None)
+        document = merge_override(document, override)
+        files.append(str(extra))
+    return compile_document(document, files, options)

@@ -1,0 +1,123 @@
+"""The dead letter: what a sink could not take, kept in the spool with its reason until replayed or purged."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from traceexport.pipeline.spool import Spool, bump
+
+_COLUMNS = ("id, sink, record_key, record_type, app_id, reason, status_code, permanent, attempts, "
+            "first_attempt, last_attempt")
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterEntry:
+    """One dead-lettered record for one sink (``envelope`` only when asked for)."""
+
+    id: int
+    sink: str
+    record_key: str
+    record_type: str
+    app_id: str | None
+    reason: str
+    status_code: int | None
+    permanent: bool
+    attempts: int
+    first_attempt: float | None
+    last_attempt: float
+    envelope: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-compatible form (without the envelope when it was not loaded)."""
+        data = asdict(self)
+        if self.envelope is None:
+            del data["envelope"]
+        return data
+
+
+def _where(sink: str | None, since: float | None = None, before: float | None = None,
+           ids: Sequence[int] = ()) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if sink is not None:
+        clauses.append("sink = ?")
+        params.append(sink)
+    if since is not None:
+        clauses.append("last_attempt >= ?")
+        params.append(since)
+    if before is not None:
+        clauses.append("last_attempt < ?")
+        params.append(before)
+    if ids:
+        clauses.append(f"id IN ({', '.join('?' * len(ids))})")
+        params.extend(ids)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _entry(row: Sequence[Any], envelope: str | None = None) -> DeadLetterEntry:
+    (entry_id, sink, key, rtype, app_id, reason, code, permanent, attempts, first, last) = row
+    return DeadLetterEntry(entry_id, sink, key, rtype, app_id, reason, code, bool(permanent), attempts, first,
+                           last, json.loads(envelope) if envelope is not None else None)
+
+
+def list_entries(spool: Spool, sink: str | None = None, *, after_id: int = 0,
+                 limit: int | None = None) -> list[DeadLetterEntry]:
+    """Dead letters, oldest first, optionally for one sink and after a given id."""
+    where, params = _where(sink)
+    where += (" AND" if where else " WHERE") + " id > ?"
+    params.append(after_id)
+    sql = f"SELECT {_COLUMNS} FROM dead_letters{where} ORDER BY id"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    return [_entry(row) for row in spool.conn().execute(sql, params)]
+
+
+def last_id(spool: Spool) -> int:
+    """The highest dead-letter id so far (0 when empty)."""
+    return int(spool.conn().execute("SELECT coalesce(max(id), 0) FROM dead_letters").fetchone()[0])
+
+
+def get_entry(spool: Spool, entry_id: int) -> DeadLetterEntry | None:
+    """One dead letter with its envelope, or None."""
+    row = spool.conn().execute(f"SELECT {_COLUMNS}, envelope FROM dead_letters WHERE id = ?",
+                               (entry_id,)).fetchone()
+    return None if row is None else _entry(row[:-1], row[-1])
+
+
+def replay(spool: Spool, sink: str | None = None, since: float | None = None, ids: Sequence[int] = (),
+           now: float | None = None) -> dict[str, int]:
+    """Move matching dead letters back to their sink's queue; returns how many per sink."""
+    now = time.time() if now is None else now
+    moved: dict[str, int] = {}
+    with spool.write() as conn:
+        bits = dict(conn.execute("SELECT name, bit FROM sinks").fetchall())
+        for name, bit in bits.items():
+            if sink is not None and name != sink:
+                continue
+            where, params = _where(name, since=since, ids=ids)
+            n = conn.execute(
+                "INSERT INTO records(mask, key, type, app_id, trace_key, received, envelope) "
+                f"SELECT ?, record_key, record_type, app_id, NULL, ?, envelope FROM dead_letters{where} "
+                "ORDER BY id", [1 << bit, now, *params]).rowcount
+            if n:
+                conn.execute(f"DELETE FROM dead_letters{where}", params)
+                moved[name] = n
+        bump(conn, ((name, "replayed", n) for name, n in moved.items()))
+    return moved
+
+
+def count(spool: Spool, sink: str | None = None, before: float | None = None) -> int:
+    """How many dead letters match."""
+    where, params = _where(sink, before=before)
+    return int(spool.conn().execute(f"SELECT count(*) FROM dead_letters{where}", params).fetchone()[0])
+
+
+def purge(spool: Spool, sink: str | None = None, before: float | None = None) -> int:
+    """Delete matching dead letters for good; returns how many."""
+    where, params = _where(sink, before=before)
+    with spool.write() as conn:
+        return int(conn.execute(f"DELETE FROM dead_letters{where}", params).rowcount)

@@ -1,0 +1,112 @@
+"""The pipeline: accept records durably, then deliver them to every routed sink in the background."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from traceexport.pipeline.metrics import prometheus_text, snapshot
+from traceexport.pipeline.prepared import Prepare, PreparedRecords
+from traceexport.pipeline.queue import SinkQueue
+from traceexport.pipeline.routing import check_routes, mask_for
+from traceexport.pipeline.settings import PipelineSettings, Route
+from traceexport.pipeline.spool import Spool, SpoolRow
+from traceexport.pipeline.worker import SinkWorker
+from traceexport.records import Record
+
+
+class Pipeline:
+    """Spool + one delivery worker per sink.
+
+    ``accept`` returns once the records are committed to the spool; ``start`` runs delivery threads;
+    ``stop`` lets each finish its current batch and leaves everything else pending in the spool, so the
+    next pipeline on the same directory resumes where this one stopped.
+    """
+
+    def __init__(self, spool_dir: Path, routes: list[Route], settings: PipelineSettings | None = None,
+                 prepare: Prepare | None = None) -> None:
+        check_routes(routes)
+        self.settings = settings or PipelineSettings()
+        self.routes = list(routes)
+        self.spool = Spool(Path(spool_dir), self.settings)
+        self.bits = self.spool.register_sinks([r.sink.name for r in self.routes])
+        records = PreparedRecords(prepare, self.settings.prepare_cache_size, shared=len(self.routes) > 1)
+        self.workers = [SinkWorker(r, SinkQueue(self.spool, r.sink.name, self.bits[r.sink.name]), records,
+                                   self.spool, self.settings) for r in self.routes]
+        self._started = False
+
+    @property
+    def sink_names(self) -> list[str]:
+        """Names of this pipeline's sinks, in route order."""
+        return [r.sink.name for r in self.routes]
+
+    def accept(self, records: Sequence[Record]) -> None:
+        """Persist ``records`` for every sink they are routed to; returns once committed.
+
+        Raises SpoolFullError (retryable, ``.retry_after``) when the spool is at its size limit.
+        Records no route wants are not stored.
+        """
+        rows = []
+        for record in records:
+            mask = mask_for(record, self.routes, self.bits)
+            if mask:
+                rows.append(SpoolRow(mask, record.key, record.type, record.app_id, record.trace_key,
+                                     json.dumps(record.envelope, separators=(",", ":"), default=str)))
+        self.spool.accept(rows)
+        for worker in self.workers:
+            worker.wake()
+
+    def start(self) -> None:
+        """Start one delivery thread per sink (idempotent)."""
+        for worker in self.workers:
+            worker.start()
+        self._started = True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop delivery within ``timeout`` seconds, shut the sinks down; pending items stay in the spool."""
+        deadline = time.monotonic() + timeout
+        for worker in self.workers:
+            worker.stop(max(deadline - time.monotonic(), 0.1))
+        for route in self.routes:
+            # Shutting down must not raise into the caller; delivery state is durable anyway.
+            with contextlib.suppress(Exception):
+                route.sink.shutdown(max(deadline - time.monotonic(), 0.1))
+        self._started = False
+
+    def close(self) -> None:
+        """Stop (if running) and close the spool."""
+        if self._started:
+            self.stop()
+        self.spool.close()
+
+    def pending(self) -> dict[str, int]:
+        """Records still owed to each sink of this pipeline (fresh plus waiting for retry)."""
+        return {name: self.spool.backlog(name)[0] for name in self.sink_names}
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is pending for any sink; False if ``timeout`` seconds pass first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not any(self.pending().values()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters per sink (accepted, exported, retried, ...), queue depth and oldest pending age."""
+        return snapshot(self.spool, self.sink_names)
+
+    def prometheus_text(self) -> str:
+        """:meth:`metrics` in the Prometheus text exposition format, for the daemon's /metrics."""
+        return prometheus_text(self.metrics())
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,131 @@
+"""One sink's view of the spool: read its next items, then record every item's outcome at once.
+
+The sink's durable cursor moves only when a batch's outcomes are committed, in the same transaction
+as its retries, dead letters and counters, so a process killed mid-batch re-sends that batch on restart
+(at-least-once; deterministic ids make the re-send harmless).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from traceexport.pipeline.spool import Spool, bump
+from traceexport.sinks.http import redact
+
+
+@dataclass(slots=True)
+class Item:
+    """One record waiting for one sink."""
+
+    seq: int
+    key: str
+    type: str
+    app_id: str | None
+    envelope: str
+    attempts: int = 0
+    first_attempt: float | None = None
+    from_retry: bool = False
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """Why an item goes to the dead letter."""
+
+    item: Item
+    reason: str
+    status_code: int | None
+    permanent: bool
+    attempts: int
+    first_attempt: float | None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one batch; committed in a single transaction."""
+
+    delivered: list[Item] = field(default_factory=list)
+    skipped: list[Item] = field(default_factory=list)
+    # (item, not_before, attempts, first_attempt, reason, status_code)
+    retry: list[tuple[Item, float, int, float | None, str, int | None]] = field(default_factory=list)
+    deferred: list[tuple[Item, float]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+class SinkQueue:
+    """Reads and commits for one sink; used by that sink's worker thread only."""
+
+    def __init__(self, spool: Spool, name: str, bit: int) -> None:
+        self.spool = spool
+        self.name = name
+        self.bit = bit
+        row = spool.conn().execute("SELECT cursor FROM sinks WHERE name = ?", (name,)).fetchone()
+        self.cursor: int = int(row[0]) if row else 0
+        self.read_pos = self.cursor  # how far fresh records have been read (ahead of cursor in a batch)
+        self._last_cursor_write = 0.0
+
+    def fetch_due(self, limit: int, now: float, exclude: set[int]) -> list[Item]:
+        """Items whose retry time has come, oldest due first."""
+        rows = self.spool.conn().execute(
+            "SELECT r.seq, rec.key, rec.type, rec.app_id, rec.envelope, r.attempts, r.first_attempt "
+            "FROM retries r JOIN records rec USING(seq) WHERE r.sink = ? AND r.not_before <= ? "
+            "ORDER BY r.not_before LIMIT ?", (self.name, now, limit + len(exclude))).fetchall()
+        items = [Item(s, k, t, a, e, n, f, True) for s, k, t, a, e, n, f in rows if s not in exclude]
+        return items[:limit]
+
+    def fetch_fresh(self, limit: int) -> list[Item]:
+        """The next records routed to this sink after :attr:`read_pos`; advances it."""
+        with self.spool.read() as conn:
+            rows = conn.execute(
+                "SELECT seq, key, type, app_id, envelope FROM records WHERE seq > ? AND (mask >> ?) & 1 "
+                "ORDER BY seq LIMIT ?", (self.read_pos, self.bit, limit)).fetchall()
+            if len(rows) < limit:
+                top = conn.execute("SELECT max(seq) FROM records").fetchone()[0]
+                self.read_pos = max(self.read_pos, int(top or 0))
+            elif rows:
+                self.read_pos = int(rows[-1][0])
+        return [Item(s, k, t, a, e) for s, k, t, a, e in rows]
+
+    def next_due(self) -> float | None:
+        """When the earliest retry of this sink is due (epoch seconds), or None."""
+        row = self.spool.conn().execute(
+            "SELECT min(not_before) FROM retries WHERE sink = ?", (self.name,)).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def commit(self, outcome: Outcome, now: float | None = None) -> None:
+        """Record every outcome of a batch and move the cursor to :attr:`read_pos`, atomically."""
+        now = time.time() if now is None else now
+        done_retries = [(self.name, i.seq) for i in (*outcome.delivered, *outcome.skipped) if i.from_retry]
+        done_retries += [(self.name, d.item.seq) for d in outcome.dead if d.item.from_retry]
+        with self.spool.write() as conn:
+            conn.execute("UPDATE sinks SET cursor = ? WHERE name = ?", (self.read_pos, self.name))
+            conn.executemany("DELETE FROM retries WHERE sink = ? AND seq = ?", done_retries)
+            conn.executemany(
+                "INSERT OR REPLACE INTO retries(sink, seq, not_before, attempts, first_attempt, last_reason, "
+                "status_code) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(self.name, i.seq, nb, n, f, redact(reason), code)
+                 for i, nb, n, f, reason, code in outcome.retry]
+                + [(self.name, i.seq, nb, i.attempts, i.first_attempt, "deferred by the enricher", None)
+                   for i, nb in outcome.deferred])
+            conn.executemany(
+                "INSERT INTO dead_letters(sink, record_key, record_type, app_id, reason, status_code, "
+                "permanent, attempts, first_attempt, last_attempt, envelope) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(self.name, d.item.key, d.item.type, d.item.app_id, redact(d.reason), d.status_code,
+                  int(d.permanent), d.attempts, d.first_attempt, now, d.item.envelope) for d in outcome.dead])
+            bump(conn, [(self.name, "exported", len(outcome.delivered)),
+                        (self.name, "skipped", len(outcome.skipped)),
+                        (self.name, "retried", len(outcome.retry)),
+                        (self.name, "deferred", len(outcome.deferred)),
+                        (self.name, "dead_lettered", len(outcome.dead))])
+        self.cursor = self.read_pos
+        self._last_cursor_write = time.monotonic()
+
+    def save_cursor(self, every: float = 1.0) -> None:
+        """Persist a read position that moved past records of other sinks only (at most every ``every`` s)."""
+        if self.read_pos == self.cursor or time.monotonic() - self._last_cursor_write < every:
+            return
+        with self.spool.write() as conn:
+            conn.execute("UPDATE sinks SET cursor = ? WHERE name = ?", (self.read_pos, self.name))
+        self.cursor = self.read_pos
+        self._last_cursor_write = time.monotonic()

@@ -1,0 +1,66 @@
+"""The values that configure a pipeline: routes, retry policy and spool limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from traceexport.records import Record
+from traceexport.sinks.base import Payload, Sink
+
+
+class Mapping(Protocol):
+    """Anything with ``map(record) -> list[Payload]`` (a compiled mapping, or a test stand-in)."""
+
+    def map(self, record: Record, /) -> list[Payload]:
+        """The payloads ``record`` becomes; raises RecordError when it cannot be mapped."""
+        ...
+
+
+@dataclass(frozen=True)
+class Route:
+    """Send records to ``sink`` through ``mapping``, optionally filtered and sampled.
+
+    ``record_types`` and ``app_ids`` keep only the named types / apps (None keeps all). ``sample`` keeps
+    that fraction of traces, decided by a hash of ``record.trace_key`` so a trace is kept or dropped whole.
+    """
+
+    sink: Sink
+    mapping: Mapping
+    record_types: frozenset[str] | None = None
+    app_ids: frozenset[str] | None = None
+    sample: float = 1.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter; a ``Retry-After`` from the backend is a floor, never cut short.
+
+    An item goes to the dead letter after ``max_attempts`` failed attempts, or when its first attempt is
+    older than ``max_age`` seconds, with the last failure's reason.
+    """
+
+    max_attempts: int = 20
+    max_age: float = 24 * 3600.0
+    initial_backoff: float = 1.0
+    max_backoff: float = 300.0
+    multiplier: float = 2.0
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Spool and delivery settings.
+
+    ``max_bytes`` bounds the spool file on disk; when it is reached ``on_full="refuse"`` raises
+    SpoolFullError (back-pressure) and ``"drop_oldest"`` deletes the oldest records, counting each drop.
+    ``fsync`` makes every commit durable against power loss (SQLite ``synchronous=FULL``); without it
+    commits still survive a killed process.
+    """
+
+    max_bytes: int = 2 * 1024**3
+    on_full: Literal["refuse", "drop_oldest"] = "refuse"
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    fsync: bool = True
+    poll_interval: float = 0.5
+    full_retry_after: float = 5.0
+    prepare_cache_size: int = 4096

@@ -1,0 +1,203 @@
+"""One delivery thread per sink: gather a batch, map it, make one export attempt, record the outcome.
+
+A batch is bounded by ``sink.limits.max_items`` records and ``sink.limits.linger_seconds`` of waiting
+for more. Each record's payloads are delivered together: a record is done when all of them were
+accepted, dead-lettered when one was refused permanently (or its retries ran out), and retried otherwise.
+When a whole batch fails, or the backend sends ``Retry-After``, the sink pauses: no request reaches
+that backend before the wait is over, while the other sinks go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+
+from traceexport.errors import RecordError
+from traceexport.pipeline.prepared import PreparedRecords
+from traceexport.pipeline.queue import DeadLetter, Item, Outcome, SinkQueue
+from traceexport.pipeline.retry import backoff, gives_up
+from traceexport.pipeline.settings import PipelineSettings, Route
+from traceexport.pipeline.spool import Spool
+from traceexport.sinks.base import ExportResult, ItemFailure, Payload
+from traceexport.sinks.http import redact
+
+log = logging.getLogger(__name__)
+
+
+class SinkWorker:
+    """The delivery loop of one sink, in its own daemon thread."""
+
+    def __init__(self, route: Route, queue: SinkQueue, records: PreparedRecords, spool: Spool,
+                 settings: PipelineSettings) -> None:
+        self.route = route
+        self.sink = route.sink
+        self.queue = queue
+        self.records = records
+        self.spool = spool
+        self.settings = settings
+        self.paused_until = 0.0
+        self._rng = random.Random()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the thread (idempotent)."""
+        if self._thread is None:
+            self._stop.clear()
+            name = f"traceexport-{self.sink.name}"
+            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float) -> bool:
+        """Ask the thread to finish its current batch and stop; True if it did within ``timeout``."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        stopped = not self._thread.is_alive()
+        self._thread = None
+        return stopped
+
+    def wake(self) -> None:
+        """New records were accepted: look for them now."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception as exc:  # a spool or sink bug must not kill delivery: log, back off, go on
+                log.error("sink %s: delivery loop error (%s: %s); retrying in %.1fs", self.sink.name,
+                          type(exc).__name__, redact(str(exc)), self.settings.poll_interval)
+                self.queue.read_pos = self.queue.cursor
+                self._stop.wait(self.settings.poll_interval)
+
+    def _wait(self, seconds: float) -> None:
+        self._wake.wait(max(seconds, 0.0))
+
+    # -- one round -------------------------------------------------------------------------------
+    def step(self) -> bool:
+        """Deliver one batch if one is ready; False when there was nothing to do (it waited instead)."""
+        now = time.time()
+        if self.paused_until > now:
+            self._stop.wait(min(self.paused_until - now, self.settings.poll_interval))
+            return False
+        batch = self._collect(now)
+        if not batch:
+            self.queue.save_cursor()
+            self.spool.sweep()
+            due = self.queue.next_due()
+            wait = self.settings.poll_interval if due is None else min(self.settings.poll_interval, due - now)
+            self._wait(max(wait, 0.01))
+            return False
+        self.queue.commit(self.deliver(batch))
+        self.spool.sweep()
+        return True
+
+    def _collect(self, now: float) -> list[Item]:
+        limit = max(self.sink.limits.max_items, 1)
+        self._wake.clear()
+        items = self.queue.fetch_due(limit, now, set())
+        if len(items) >= limit:
+            return items
+        fresh = self.queue.fetch_fresh(limit - len(items))
+        items += fresh
+        linger = self.sink.limits.linger_seconds
+        deadline = time.monotonic() + linger
+        while fresh and len(items) < limit and not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wake.wait(remaining)
+            self._wake.clear()
+            items += self.queue.fetch_fresh(limit - len(items))
+        return items
+
+    def deliver(self, batch: Sequence[Item]) -> Outcome:
+        """Map and export ``batch`` once; classify every item (no spool writes here)."""
+        now = time.time()
+        out = Outcome()
+        payloads: list[Payload] = []
+        owners: list[int] = []
+        for index, item in enumerate(batch):
+            mapped = self._map(item, now, out)
+            if mapped is None:
+                continue
+            if not mapped:
+                out.skipped.append(item)
+            payloads.extend(mapped)
+            owners.extend([index] * len(mapped))
+        if payloads:
+            self._classify(batch, owners, self._export(payloads), now, out)
+        return out
+
+    def _map(self, item: Item, now: float, out: Outcome) -> list[Payload] | None:
+        try:
+            got = self.records.get(item.key, item.envelope, now)
+            if isinstance(got, float):
+                out.deferred.append((item, got))
+                return None
+            return self.route.mapping.map(got)
+        except RecordError as exc:
+            reason = exc.reason
+        except Exception as exc:  # a mapping bug dead-letters this record, never stops the sink
+            reason = f"mapping failed: {type(exc).__name__}: {exc}"
+        out.dead.append(DeadLetter(item, reason, None, True, item.attempts, item.first_attempt or now))
+        return None
+
+    def _export(self, payloads: list[Payload]) -> ExportResult:
+        result = ExportResult()
+        size = max(self.sink.limits.max_items, 1)
+        for offset in range(0, len(payloads), size):
+            chunk = payloads[offset:offset + size]
+            try:
+                part = self.sink.export(chunk)
+            except Exception as exc:  # sinks should not raise; if one does, it is a retryable failure
+                reason = redact(f"{self.sink.name} export raised {type(exc).__name__}: {exc}")
+                part = ExportResult.all_failed(len(chunk), ItemFailure(reason, permanent=False))
+            result.merge(part, offset)
+        return result
+
+    def _classify(self, batch: Sequence[Item], owners: list[int], result: ExportResult, now: float,
+                  out: Outcome) -> None:
+        failures: dict[int, list[ItemFailure]] = {}
+        for index, failure in result.failures.items():
+            failures.setdefault(owners[index], []).append(failure)
+        policy = self.settings.retry
+        jitter = self._rng.random()
+        for index in sorted(set(owners)):
+            item, found = batch[index], failures.get(index)
+            if not found:
+                out.delivered.append(item)
+                continue
+            attempts, first = item.attempts + 1, item.first_attempt or now
+            permanent = next((f for f in found if f.permanent), None)
+            if permanent is not None:
+                code = permanent.status_code
+                out.dead.append(DeadLetter(item, permanent.reason, code, True, attempts, first))
+                continue
+            failure = max(found, key=lambda f: f.retry_after or 0.0)
+            if gives_up(policy, attempts, first, now):
+                reason = f"gave up after {attempts} attempts over {now - first:.0f}s: {failure.reason}"
+                out.dead.append(DeadLetter(item, reason, failure.status_code, False, attempts, first))
+                continue
+            delay = backoff(policy, attempts, jitter, failure.retry_after)
+            out.retry.append((item, now + delay, attempts, first, failure.reason, failure.status_code))
+        self._pause(result, out, now)
+
+    def _pause(self, result: ExportResult, out: Outcome, now: float) -> None:
+        asked = max((f.retry_after or 0.0 for f in result.failures.values()), default=0.0)
+        until = now + asked if asked else 0.0
+        if out.retry and not out.delivered:
+            until = max(until, min(nb for _, nb, *_ in out.retry))
+        if until > now:
+            reason = next(iter(result.failures.values())).reason
+            log.warning("sink %s: pausing %.1fs after a failed attempt: %s", self.sink.name, until - now,
+                        redact(reason))
+        self.paused_until = until

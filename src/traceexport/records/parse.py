@@ -1,0 +1,173 @@
+"""Turn input into records: TaskData envelopes or bare TraceInfo dicts, as JSON, JSON arrays or JSON lines.
+
+Every failure is a :class:`RecordError` with a one-line reason; the good records beside it go on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from traceexport.errors import RecordError
+from traceexport.records.normalize import normalize
+from traceexport.records.types import RECORD_TYPES, canonical_type, dify_class_name
+
+
+@dataclass(slots=True)
+class Record:
+    """One normalised Dify trace record.
+
+    ``data`` is the mapping context: the TraceInfo fields (cleaned), plus ``derived``, ``app_id`` and
+    ``record_type``. ``envelope`` is the record as a TaskData dict, the form the spool keeps.
+    """
+
+    type: str
+    app_id: str | None
+    data: dict[str, Any]
+    envelope: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        """Stable identity of this record: the same record re-sent has the same key."""
+        return str(self.data["derived"]["record_key"])
+
+    @property
+    def trace_key(self) -> str:
+        """The Dify id of the trace this record belongs to (message, workflow run, ...)."""
+        return str(self.data["derived"]["trace_key"])
+
+
+def _describe_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "(record)"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    more = len(exc.errors()) - 3
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def infer_type(trace_info: dict[str, Any]) -> str | None:
+    """Guess the record type of a bare TraceInfo dict from its distinctive fields."""
+    keys = trace_info.keys()
+    if "node_execution_id" in keys:
+        return "workflow_node"
+    if "workflow_run_id" in keys and "workflow_run_status" in keys:
+        return "workflow"
+    if "tool_name" in keys and "tool_inputs" in keys:
+        return "tool"
+    if "suggested_question" in keys:
+        return "suggested_question"
+    if "flagged" in keys and "action" in keys:
+        return "moderation"
+    if "documents" in keys:
+        return "dataset_retrieval"
+    if "conversation_model" in keys or "message_tokens" in keys:
+        return "message"
+    if "operation_type" in keys and "instruction" in keys:
+        return "prompt_generation"
+    if "tenant_id" in keys and "conversation_id" in keys:
+        return "generate_name"
+    return None
+
+
+def record_from_trace_info(trace_info: Any, type_name: str | None = None, app_id: str | None = None) -> Record:
+    """A Record from a bare TraceInfo dict (or Dify's pydantic object) and, optionally, its type name."""
+    if hasattr(trace_info, "model_dump") and not isinstance(trace_info, dict):
+        type_name = type_name or type(trace_info).__name__
+        trace_info = trace_info.model_dump()
+    if not isinstance(trace_info, dict):
+        raise RecordError(f"trace_info must be a JSON object, got {type(trace_info).__name__}")
+    if type_name is None:
+        for field_name in ("trace_info_type", "record_type", "type"):
+            value = trace_info.get(field_name)
+            if isinstance(value, str) and canonical_type(value):
+                type_name = value
+                break
+    record_type = canonical_type(type_name) if type_name else infer_type(trace_info)
+    if record_type is None:
+        if type_name:
+            raise RecordError(f"unknown record type {type_name!r}")
+        raise RecordError("cannot tell the record type: give trace_info_type or send a TaskData envelope")
+    model_cls = RECORD_TYPES[record_type][1]
+    try:
+        model = model_cls.model_validate(trace_info)
+    except ValidationError as exc:
+        raise RecordError(f"{dify_class_name(record_type)}: {_describe_validation(exc)}") from exc
+    data = dict(model.__dict__)
+    normalize(record_type, data, app_id)
+    envelope = {"app_id": data["app_id"], "trace_info_type": dify_class_name(record_type), "trace_info": trace_info}
+    return Record(type=record_type, app_id=data["app_id"], data=data, envelope=envelope)
+
+
+def record_from_obj(obj: Any, type_name: str | None = None) -> Record:
+    """A Record from a TaskData envelope dict or a bare TraceInfo dict."""
+    if not isinstance(obj, dict):
+        raise RecordError(f"expected a JSON object, got {type(obj).__name__}")
+    if "trace_info" in obj and ("trace_info_type" in obj or "app_id" in obj):
+        declared = obj.get("trace_info_type")
+        trace_info = obj.get("trace_info")
+        if trace_info is None:
+            raise RecordError(
+                f"envelope has trace_info null (trace_info_type {declared!r}): Dify found nothing to trace; skipped"
+            )
+        if not isinstance(declared, str) or not declared:
+            raise RecordError("envelope has no trace_info_type")
+        if canonical_type(declared) is None:
+            raise RecordError(f"unknown record type {declared!r}")
+        app_id = obj.get("app_id") if isinstance(obj.get("app_id"), str) else None
+        return record_from_trace_info(trace_info, declared, app_id)
+    return record_from_trace_info(obj, type_name)
+
+
+def iter_json_values(text: str | bytes) -> Iterator[tuple[str, Any]]:
+    """Yield ``(location, value)`` for a JSON object, a JSON array or JSON lines.
+
+    A line that is not JSON yields a RecordError as its value, so the caller reports it and goes on.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            yield "input", RecordError(f"input is not UTF-8: {exc.reason} at byte {exc.start}")
+            return
+    stripped = text.strip()
+    if not stripped:
+        return
+    try:
+        whole = json.loads(stripped)
+    except json.JSONDecodeError:
+        whole = _NOT_WHOLE
+    if whole is not _NOT_WHOLE:
+        if isinstance(whole, list):
+            for index, item in enumerate(whole):
+                yield f"[{index}]", item
+        else:
+            yield "", whole
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f"line {number}", json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield f"line {number}", RecordError(f"not valid JSON: {exc.msg} at column {exc.colno}")
+
+
+_NOT_WHOLE = object()
+
+
+def parse_records(text: str | bytes, source: str = "", type_name: str | None = None) -> Iterator[Record | RecordError]:
+    """Every record in ``text``, or a RecordError naming where it was and what is wrong."""
+    for location, value in iter_json_values(text):
+        where = f"{source}:{location}" if source and location else (source or location)
+        if isinstance(value, RecordError):
+            yield RecordError(value.reason, source=where)
+            continue
+        try:
+            yield record_from_obj(value, type_name)
+        except RecordError as exc:
+            yield RecordError(exc.reason, source=where)

@@ -1,0 +1,96 @@
+"""The backend interface every sink implements, and the values that cross it.
+
+A sink turns mapped :class:`Payload` items into requests for one backend. It makes **one attempt**
+per :meth:`Sink.export` call and classifies the outcome per item; the delivery pipeline owns retries,
+backoff and the dead letter. :meth:`Sink.request_bodies` is pure (no I/O): ``traceexport map`` prints
+what it returns, so what users inspect is exactly what goes on the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """One backend entity produced by a mapping: an Opik trace or span, an OTLP span, an Amplitude event.
+
+    ``kind`` is the entity kind named in the mapping (``trace``, ``span``, ``event``), ``body`` the
+    JSON-compatible object, ``key`` its deterministic id (re-sending yields the same key), and
+    ``record_ref`` an opaque reference the pipeline uses to tie the payload back to its source record.
+    """
+
+    kind: str
+    body: dict[str, Any]
+    key: str = ""
+    record_ref: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFailure:
+    """Why one payload of a batch was not accepted, and whether trying again can help."""
+
+    reason: str
+    permanent: bool
+    status_code: int | None = None
+    retry_after: float | None = None
+
+
+@dataclass(slots=True)
+class ExportResult:
+    """Outcome of one export attempt: payload indexes absent from ``failures`` were accepted."""
+
+    failures: dict[int, ItemFailure] = field(default_factory=dict)
+    # Items the backend accepted only partly (OTLP partial_success): counted, not retried.
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @classmethod
+    def success(cls) -> ExportResult:
+        return cls()
+
+    @classmethod
+    def all_failed(cls, count: int, failure: ItemFailure) -> ExportResult:
+        """Every item of the batch failed the same way (transport error, 5xx, 401 ...)."""
+        return cls(failures=dict.fromkeys(range(count), failure))
+
+    def merge(self, other: ExportResult, offset: int) -> None:
+        """Fold in the result of a sub-batch that started at ``offset`` in this batch."""
+        for index, failure in other.failures.items():
+            self.failures[index + offset] = failure
+        self.warnings.extend(other.warnings)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """How large one export call may be; sinks split further by encoded bytes themselves."""
+
+    max_items: int = 1000
+    max_bytes: int = 4 * 1024 * 1024
+    linger_seconds: float = 1.0
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """A backend: pure request building plus one classified delivery attempt per call."""
+
+    name: str  # the instance name used in config and routing, e.g. "opik" or "langfuse-eu"
+    backend: str  # the mapping it consumes: opik | langfuse | otlp | amplitude | file
+    limits: BatchLimits
+
+    def request_bodies(self, payloads: Sequence[Payload], /) -> list[Any]:
+        """The exact request bodies (JSON-compatible) this batch becomes; no I/O."""
+        ...
+
+    def export(self, payloads: Sequence[Payload], /) -> ExportResult:
+        """Send the batch once and classify every item's outcome; never raises for HTTP outcomes."""
+        ...
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Release connections; idempotent."""
+        ...

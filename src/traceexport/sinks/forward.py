@@ -1,0 +1,143 @@
+"""The forward sink: TaskData envelopes to a traceexport sidecar's ingest endpoint.
+
+Used by the Dify hook in forward mode: the hook spools locally and this sink posts the envelopes as a
+JSON array to ``{url}/v1/dify/traces`` with ``Authorization: Bearer <token>``. Outcomes follow the
+sidecar's contract (``traceexport.sources.http``):
+
+* 202 ``{"accepted": n}``: every envelope is durable in the sidecar's spool.
+* 400 ``{"accepted": n, "rejected": [{"index": i, "reason": ...}]}``: the listed envelopes fail
+  permanently with the sidecar's reason, the others were accepted. A 400 without such a list fails all.
+* 413: the batch is split in halves and re-sent within the call; a single envelope too large fails.
+* 401/403 permanent (check the token); 408/429/5xx and transport errors retryable (``Retry-After`` honoured).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
+from traceexport.sinks.http import classify_response, classify_transport_error, redact
+from traceexport.sinks.opik import load_settings
+
+INGEST_PATH = "/v1/dify/traces"
+ENV = {"url": "TRACEEXPORT_FORWARD_URL", "token": "TRACEEXPORT_FORWARD_TOKEN"}
+
+
+class ForwardSettings(BaseModel):
+    """Options of a ``forward`` sink: config keys, falling back to ``TRACEEXPORT_FORWARD_*`` variables."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    token: SecretStr | None = None
+    timeout: float = Field(30.0, gt=0)
+    format: Literal["json", "ndjson"] = "json"
+    max_items: int = Field(500, ge=1)
+    max_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// (the sidecar's base URL)")
+        return value.rstrip("/")
+
+
+class ForwardSink:
+    """Posts envelope payloads to a traceexport sidecar; one attempt per :meth:`export` call."""
+
+    backend = "forward"
+
+    def __init__(self, name: str, settings: ForwardSettings, *, transport: httpx.BaseTransport | None = None):
+        self.name = name
+        self.settings = settings
+        self.limits = BatchLimits(max_items=settings.max_items, max_bytes=settings.max_bytes, linger_seconds=0.2)
+        token = settings.token.get_secret_value() if settings.token else ""
+        self._secrets = [token] if token else []
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.Client(base_url=settings.url, headers=headers, timeout=settings.timeout,
+                                    transport=transport)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def request_bodies(self, payloads: Sequence[Payload], /) -> list[Any]:
+        """One request body: the envelopes as a JSON array (NDJSON is the same list, one per line)."""
+        return [[p.body for p in payloads]] if payloads else []
+
+    def export(self, payloads: Sequence[Payload], /) -> ExportResult:
+        """Post the envelopes once; classify every envelope's outcome (never raises for HTTP outcomes)."""
+        if not payloads:
+            return ExportResult.success()
+        try:
+            body, content_type = self._encode(payloads)
+            response = self._client.post(INGEST_PATH, content=body, headers={"Content-Type": content_type})
+        except httpx.HTTPError as exc:
+            return ExportResult.all_failed(len(payloads), classify_transport_error(
+                exc, backend="traceexport sidecar", secrets=self._secrets))
+        if response.status_code == 413 and len(payloads) > 1:
+            return self._split(payloads)
+        if response.status_code == 400:
+            return self._rejections(response, len(payloads))
+        failure = classify_response(response, backend="traceexport sidecar", secrets=self._secrets,
+                                    auth_hint="the token (tracing_config.token / TRACEEXPORT_FORWARD_TOKEN)")
+        if failure is not None:
+            return ExportResult.all_failed(len(payloads), failure)
+        return self._rejections(response, len(payloads)) if response.status_code != 202 else ExportResult()
+
+    def _encode(self, payloads: Sequence[Payload]) -> tuple[bytes, str]:
+        bodies = [p.body for p in payloads]
+        if self.settings.format == "ndjson":
+            lines = (json.dumps(b, separators=(",", ":"), default=str, ensure_ascii=False) for b in bodies)
+            return ("\n".join(lines) + "\n").encode(), "application/x-ndjson"
+        return json.dumps(bodies, separators=(",", ":"), default=str, ensure_ascii=False).encode(), "application/json"
+
+    def _split(self, payloads: Sequence[Payload]) -> ExportResult:
+        middle = len(payloads) // 2
+        result = self.export(payloads[:middle])
+        result.merge(self.export(payloads[middle:]), middle)
+        return result
+
+    def _rejections(self, response: httpx.Response, count: int) -> ExportResult:
+        """Per-envelope failures from a ``rejected`` list; a 400 without one fails every envelope."""
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        rejected = answer.get("rejected") if isinstance(answer, dict) else None
+        result = ExportResult()
+        for item in rejected if isinstance(rejected, list) else []:
+            if not isinstance(item, dict):
+                continue
+            index = item.get("index", (item.get("line") or 0) - 1)  # NDJSON lines count from 1
+            if isinstance(index, int) and 0 <= index < count:
+                reason = redact(f"sidecar rejected the record: {item.get('reason', 'no reason given')}", self._secrets)
+                result.failures[index] = ItemFailure(reason=reason, permanent=True, status_code=response.status_code)
+        if not result.failures and response.status_code == 400:
+            failure = classify_response(response, backend="traceexport sidecar", secrets=self._secrets)
+            return ExportResult.all_failed(count, failure or ItemFailure("sidecar answered 400", permanent=True))
+        return result
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Close the HTTP client; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._client.close()
+
+
+def from_config(name: str, options: Mapping[str, Any], env: Mapping[str, str], *,
+                transport: httpx.BaseTransport | None = None) -> ForwardSink:
+    """A forward sink from ``options`` (winning; ``url``, ``token``, ...) and ``TRACEEXPORT_FORWARD_*`` variables."""
+    given = {key: value for key, value in options.items() if value not in (None, "")}
+    settings = load_settings(ForwardSettings, name, given, env, env_names=ENV)
+    return ForwardSink(name, settings, transport=transport)
+
+
+__all__ = ["INGEST_PATH", "ForwardSettings", "ForwardSink", "from_config"]

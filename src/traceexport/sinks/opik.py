@@ -1,0 +1,303 @@
+"""The Opik sink: traces and spans through Opik's REST batch endpoints.
+
+``POST {url}/v1/private/traces/batch`` ``{"traces": [Trace_Write...]}`` first, then
+``POST {url}/v1/private/spans/batch`` ``{"spans": [Span_Write...]}``; at most ``max_items`` (≤1000) items and
+``max_bytes`` encoded bytes per request. Opik Cloud wants ``authorization: <key>`` (no ``Bearer``) and
+``Comet-Workspace``; a self-hosted server wants neither.
+
+Outcomes: 204 accepted. 400/409/413/422 reject the *whole* request for one bad item, so the sink bisects
+the request (within a budget of extra requests) until the offending items stand alone and fail
+permanently; items not isolated within the budget are reported retryable. 401/403 fail permanently with
+the settings to check. 408/429/5xx and transport errors are retryable with ``Retry-After`` /
+``RateLimit-Reset`` honoured, and the requests not yet sent in that call fail the same way unsent.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from traceexport.errors import ConfigError, Problem
+from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
+from traceexport.sinks.http import classify_response, classify_transport_error, excerpt, redact
+
+OPIK_CLOUD_URL = "https://www.comet.com/opik/api"
+COLLECTIONS = (("trace", "traces"), ("span", "spans"))  # send order: traces before spans
+SPLIT_STATUS = frozenset({400, 409, 413, 422})  # one bad item rejects the request: bisect
+ENV = {"url": "OPIK_URL_OVERRIDE", "api_key": "OPIK_API_KEY", "workspace": "OPIK_WORKSPACE",
+       "project_name": "OPIK_PROJECT_NAME"}
+ALIASES = {"project": "project_name"}  # Dify's Opik provider field names
+AUTH_HINT = "OPIK_API_KEY (sinks.<name>.api_key) and OPIK_WORKSPACE (sinks.<name>.workspace)"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_settings(model: type[M], name: str, options: Mapping[str, Any], env: Mapping[str, str], *,
+                  env_names: Mapping[str, str], aliases: Mapping[str, str] | None = None,
+                  extra_checks: Callable[[M], dict[str, str]] | None = None) -> M:
+    """Validate a sink's settings from config-file ``options`` (winning) and environment variables.
+
+    ``env_names`` maps a field to its environment variable; ``aliases`` maps other option names to
+    fields. Every problem is reported by where it came from (``sinks.<name>.<key>`` or the variable name)
+    in one :class:`ConfigError`; values are never echoed, so secrets stay out of the message.
+    (Shared by the opik and amplitude sinks; a candidate for a common ``sinks/_settings.py``.)
+    """
+    values: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    problems: list[Problem] = []
+    for field, variable in env_names.items():
+        if env.get(variable):
+            values[field], where[field] = env[variable], variable
+    given: dict[str, str] = {}
+    for key, value in options.items():
+        field = (aliases or {}).get(key, key)
+        if field in given:
+            other = f"sinks.{name}.{given[field]}"
+            problems.append(Problem(f"sinks.{name}.{key}", f"same setting as {other}; give only one"))
+        given[field] = key
+        values[field], where[field] = value, f"sinks.{name}.{key}"
+    try:
+        settings = model.model_validate(values)
+    except ValidationError as exc:
+        for error in exc.errors(include_input=False, include_url=False):
+            field = str(error["loc"][0]) if error["loc"] else ""
+            rest = "".join(f".{part}" for part in error["loc"][1:])
+            message = error["msg"]
+            if error["type"] == "missing" and field in env_names:
+                message += f" (set {env_names[field]} or sinks.{name}.{field})"
+            problems.append(Problem(where.get(field, f"sinks.{name}.{field}") + rest, message))
+    else:
+        for field, message in (extra_checks(settings) if extra_checks else {}).items():
+            problems.append(Problem(where.get(field, f"sinks.{name}.{field}"), message))
+        if not problems:
+            return settings
+    raise ConfigError(problems, title=f"invalid configuration for sink {name!r}")
+
+
+class OpikSettings(BaseModel):
+    """Options of an ``opik`` sink: config-file keys, falling back to the environment variables in ``ENV``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = OPIK_CLOUD_URL
+    api_key: SecretStr | None = None
+    workspace: str | None = None
+    project_name: str | None = None
+    timeout: float = Field(30.0, gt=0)
+    max_items: int = Field(1000, ge=1, le=1000)
+    max_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    max_bisect_requests: int = Field(64, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://localhost:5173/api")
+        return value.rstrip("/")
+
+    @field_validator("workspace", "project_name")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+@dataclass(slots=True)
+class _Item:
+    index: int
+    body: dict[str, Any]
+    encoded: bytes
+
+
+@dataclass(slots=True)
+class _Request:
+    collection: str
+    items: list[_Item]
+
+    def content(self) -> bytes:
+        return b'{"%s":[' % self.collection.encode() + b",".join(i.encoded for i in self.items) + b"]}"
+
+
+def _encode(body: Any) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+class OpikSink:
+    """One Opik backend (Cloud or self-hosted); see the module docstring for the outcome rules."""
+
+    backend = "opik"
+
+    def __init__(self, name: str, settings: OpikSettings, *, transport: httpx.BaseTransport | None = None):
+        self.name = name
+        self.settings = settings
+        self.limits = BatchLimits(max_items=settings.max_items, max_bytes=settings.max_bytes)
+        self._transport = transport
+        self._client: httpx.Client | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        key = settings.api_key.get_secret_value() if settings.api_key else ""
+        self._secrets = (key,) if key else ()
+        self._auth_hint = AUTH_HINT.replace("<name>", name)
+
+    # -- pure request building -------------------------------------------------------------------
+    def request_bodies(self, payloads: Sequence[Payload], /) -> list[Any]:
+        """``{"traces": [...]}`` then ``{"spans": [...]}`` bodies; unsendable payloads are left out."""
+        items, _ = self._prepare(payloads)
+        return [{r.collection: [i.body for i in r.items]} for r in self._plan(items)]
+
+    def _prepare(self, payloads: Sequence[Payload]) -> tuple[dict[str, list[_Item]], dict[int, ItemFailure]]:
+        items: dict[str, list[_Item]] = {kind: [] for kind, _ in COLLECTIONS}
+        rejected: dict[int, ItemFailure] = {}
+        for index, payload in enumerate(payloads):
+            if payload.kind not in items:
+                reason = f"opik sink cannot send payload kind {payload.kind!r} (expected trace or span)"
+                rejected[index] = ItemFailure(reason, permanent=True)
+                continue
+            body = dict(payload.body)
+            if self.settings.project_name and not body.get("project_name"):
+                body["project_name"] = self.settings.project_name
+            try:
+                items[payload.kind].append(_Item(index, body, _encode(body)))
+            except (TypeError, ValueError) as exc:
+                reason = f"opik {payload.kind} body is not valid JSON: {exc}"
+                rejected[index] = ItemFailure(reason, permanent=True)
+        return items, rejected
+
+    def _plan(self, items: Mapping[str, list[_Item]]) -> list[_Request]:
+        requests: list[_Request] = []
+        for kind, collection in COLLECTIONS:
+            overhead = len(collection) + 8
+            chunk: list[_Item] = []
+            size = overhead
+            for item in items[kind]:
+                if chunk and (len(chunk) >= self.settings.max_items
+                              or size + len(item.encoded) + 1 > self.settings.max_bytes):
+                    requests.append(_Request(collection, chunk))
+                    chunk, size = [], overhead
+                chunk.append(item)
+                size += len(item.encoded) + 1
+            if chunk:
+                requests.append(_Request(collection, chunk))
+        return requests
+
+    # -- delivery ----------------------------------------------------------------------------------
+    def export(self, payloads: Sequence[Payload], /) -> ExportResult:
+        """Send traces then spans once; bisect rejected requests; classify every payload."""
+        items, rejected = self._prepare(payloads)
+        result = ExportResult(failures=rejected)
+        client = self._get_client()
+        if client is None:
+            failure = ItemFailure(f"opik sink {self.name!r} is shut down", permanent=False)
+            result.failures.update({i: failure for i in range(len(payloads)) if i not in rejected})
+            return result
+        budget = [self.settings.max_bisect_requests]
+        blocked: ItemFailure | None = None
+        for request in self._plan(items):
+            if blocked is not None:
+                result.failures.update({i.index: blocked for i in request.items})
+                continue
+            blocked = self._send(client, request, result, budget)
+        return result
+
+    def _send(self, client: httpx.Client, request: _Request, result: ExportResult,
+              budget: list[int]) -> ItemFailure | None:
+        """Post one request; returns a failure that also dooms the requests not yet sent, else None."""
+        try:
+            response = client.post(f"/v1/private/{request.collection}/batch", content=request.content(),
+                                   headers={"Content-Type": "application/json"})
+        except httpx.HTTPError as exc:
+            failure = classify_transport_error(exc, backend="opik", secrets=self._secrets)
+            result.failures.update({i.index: failure for i in request.items})
+            return failure
+        refused = classify_response(response, backend="opik", secrets=self._secrets,
+                                    auth_hint=self._auth_hint)
+        if refused is None:
+            return None
+        failure = refused
+        if response.status_code not in SPLIT_STATUS:
+            if response.status_code == 404:
+                failure = ItemFailure(f"{failure.reason}; check OPIK_URL_OVERRIDE (sinks.{self.name}.url)",
+                                      permanent=True, status_code=404)
+            result.failures.update({i.index: failure for i in request.items})
+            return failure
+        return self._bisect(client, request, response, result, budget)
+
+    def _bisect(self, client: httpx.Client, request: _Request, response: httpx.Response, result: ExportResult,
+                budget: list[int]) -> ItemFailure | None:
+        status, errors = response.status_code, self._errors(response)
+        entity = request.collection[:-1]
+        if len(request.items) == 1:
+            result.failures[request.items[0].index] = ItemFailure(
+                f"opik rejected the {entity} ({status}): {errors}", permanent=True, status_code=status)
+            return None
+        if budget[0] < 2:
+            failure = ItemFailure(
+                f"opik rejected a batch of {len(request.items)} {request.collection} ({status}: {errors}); "
+                "the offending item was not isolated in this attempt", permanent=False, status_code=status)
+            result.failures.update({i.index: failure for i in request.items})
+            return None
+        budget[0] -= 2
+        middle = len(request.items) // 2
+        halves = [_Request(request.collection, request.items[:middle]),
+                  _Request(request.collection, request.items[middle:])]
+        for position, half in enumerate(halves):
+            blocked = self._send(client, half, result, budget)
+            if blocked is not None:
+                for rest in halves[position + 1:]:
+                    result.failures.update({i.index: blocked for i in rest.items})
+                return blocked
+        return None
+
+    def _errors(self, response: httpx.Response) -> str:
+        """Opik's ``{"errors": [...]}`` joined into one secret-free line, else a body excerpt."""
+        try:
+            errors = response.json().get("errors")
+        except (ValueError, AttributeError):
+            errors = None
+        if isinstance(errors, list) and errors:
+            return redact(" ".join("; ".join(str(e) for e in errors).split()), self._secrets)[:300]
+        return excerpt(response, self._secrets) or "(empty body)"
+
+    def _get_client(self) -> httpx.Client | None:
+        with self._lock:
+            if self._closed:
+                return None
+            if self._client is None:
+                headers = {"User-Agent": "traceexport"}
+                if self.settings.api_key is not None:
+                    headers["authorization"] = self.settings.api_key.get_secret_value()
+                if self.settings.workspace:
+                    headers["Comet-Workspace"] = self.settings.workspace
+                self._client = httpx.Client(base_url=self.settings.url, headers=headers,
+                                            timeout=self.settings.timeout, transport=self._transport)
+            return self._client
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Close the HTTP connections; idempotent."""
+        with self._lock:
+            self._closed = True
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+def from_config(name: str, options: Mapping[str, Any], env: Mapping[str, str], *,
+                transport: httpx.BaseTransport | None = None) -> OpikSink:
+    """An Opik sink from config-file ``options`` (winning) and ``OPIK_*`` environment variables."""
+    settings = load_settings(OpikSettings, name, options, env, env_names=ENV, aliases=ALIASES,
+                             extra_checks=_cloud_needs_key)
+    return OpikSink(name, settings, transport=transport)
+
+
+def _cloud_needs_key(settings: OpikSettings) -> dict[str, str]:
+    if settings.url == OPIK_CLOUD_URL and settings.api_key is None:
+        return {"api_key": "Opik Cloud needs an API key: set OPIK_API_KEY, or OPIK_URL_OVERRIDE for a "
+                           "self-hosted server"}
+    return {}

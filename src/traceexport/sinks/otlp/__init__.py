@@ -1,0 +1,36 @@
+"""The ``otlp`` sink: OTLP/HTTP (protobuf or JSON) or OTLP/gRPC to any OTLP backend or Collector.
+
+Options (config file, win over the environment) and their environment variables:
+
+=====================  =========================================================  ============================
+option                 environment                                                 default
+=====================  =========================================================  ============================
+``endpoint``           ``OTEL_EXPORTER_OTLP_ENDPOINT`` (``/v1/traces`` appended)  ``http://localhost:4318``
+``traces_endpoint``    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (used as is)
+``protocol``           ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL``                   ``http/protobuf``
+``headers``            ``OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`` (``k=v,k=v``)
+``compression``        ``OTEL_EXPORTER_OTLP_[TRACES_]COMPRESSION``                ``gzip`` (HTTP), none (gRPC)
+``timeout`` (s)        ``OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT`` (ms)               10 s
+``insecure``           ``OTEL_EXPORTER_OTLP_[TRACES_]INSECURE`` (gRPC, no scheme) false
+``service_name``       ``OTEL_SERVICE_NAME``                                       ``dify``
+``resource_attributes``  ``OTEL_RESOURCE_ATTRIBUTES``
+``project_name``       (resource ``openinference.project.name``, Phoenix)
+``max_spans``, ``max_bytes``, ``linger_seconds``                                  512, 4 MiB, 1 s
+=====================  =========================================================  ============================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from traceexport.sinks.otlp.config import OtlpOptions, OtlpSettings, otlp_settings
+from traceexport.sinks.otlp.sink import OtlpSink
+
+
+def from_config(name: str, options: Mapping[str, Any], env: Mapping[str, str]) -> OtlpSink:
+    """An :class:`OtlpSink` from config-file ``options`` and ``OTEL_*`` environment variables."""
+    return OtlpSink(name, otlp_settings(name, options, env))
+
+
+__all__ = ["OtlpOptions", "OtlpSettings", "OtlpSink", "from_config"]

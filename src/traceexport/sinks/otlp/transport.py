@@ -1,0 +1,146 @@
+"""Send one ``ExportTraceServiceRequest`` over OTLP/HTTP (httpx) or OTLP/gRPC (grpcio, imported lazily).
+
+A transport makes one attempt and classifies it: ``SendOutcome.failure`` is None when the receiver
+accepted the request; ``rejected`` / ``message`` carry an OTLP ``partial_success``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from traceexport.sinks.base import ItemFailure
+from traceexport.sinks.http import classify_response, classify_transport_error, redact
+from traceexport.sinks.otlp.config import OtlpSettings
+from traceexport.sinks.otlp_encoding import decode_partial_success, serialize
+
+USER_AGENT = "traceexport-otlp"
+# gRPC status codes (names) that may succeed on a later attempt; every other code is permanent.
+RETRYABLE_GRPC = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED"})
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """The classified outcome of one request."""
+
+    failure: ItemFailure | None = None
+    rejected: int = 0
+    message: str = ""
+
+
+class Transport(Protocol):
+    """One-attempt sender of an export request."""
+
+    def send(self, request: ExportTraceServiceRequest) -> SendOutcome:
+        """Send ``request`` once; never raises for transport or receiver failures."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; idempotent."""
+        ...
+
+
+class HttpTransport:
+    """OTLP/HTTP with protobuf or JSON bodies, optionally gzip-compressed."""
+
+    def __init__(self, settings: OtlpSettings, backend: str,
+                 client_transport: httpx.BaseTransport | None = None) -> None:
+        self._settings = settings
+        self._backend = backend
+        self._json = settings.protocol == "http/json"
+        headers = {"User-Agent": USER_AGENT, **settings.headers}
+        self._client = httpx.Client(timeout=settings.timeout, headers=headers, transport=client_transport)
+
+    def send(self, request: ExportTraceServiceRequest) -> SendOutcome:
+        body, headers = serialize(request, json_body=self._json, compress=self._settings.compression)
+        try:
+            response = self._client.post(self._settings.endpoint, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            return SendOutcome(classify_transport_error(exc, backend=self._backend,
+                                                        secrets=self._settings.secrets))
+        failure = classify_response(response, backend=self._backend, secrets=self._settings.secrets,
+                                    auth_hint=self._settings.auth_hint)
+        if failure is not None:
+            return SendOutcome(failure)
+        rejected, message = decode_partial_success(response.content, response.headers.get("content-type", ""))
+        return SendOutcome(None, rejected, redact(message, self._settings.secrets))
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class GrpcTransport:
+    """OTLP/gRPC through the ``TraceService/Export`` stub shipped in opentelemetry-proto."""
+
+    def __init__(self, settings: OtlpSettings, backend: str) -> None:
+        import grpc  # lazy: the core install works without the grpc extra
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
+
+        self._grpc: Any = grpc
+        self._settings = settings
+        self._backend = backend
+        target = settings.endpoint.split("://", 1)[-1].rstrip("/")
+        options = [("grpc.primary_user_agent", USER_AGENT)]
+        if settings.insecure:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
+        self._stub = TraceServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._metadata = tuple((k.lower(), v) for k, v in settings.headers.items())
+        self._compression = grpc.Compression.Gzip if settings.compression else grpc.Compression.NoCompression
+        self._closed = False
+
+    def send(self, request: ExportTraceServiceRequest) -> SendOutcome:
+        try:
+            response = self._stub.Export(request, metadata=self._metadata, timeout=self._settings.timeout,
+                                         compression=self._compression)
+        except self._grpc.RpcError as exc:
+            return SendOutcome(self._classify(exc))
+        partial = response.partial_success
+        message = redact(partial.error_message, self._settings.secrets)
+        return SendOutcome(None, int(partial.rejected_spans), message)
+
+    def _classify(self, exc: Any) -> ItemFailure:
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        code_name = getattr(code, "name", "UNKNOWN")
+        details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+        reason = redact(f"{self._backend} answered gRPC {code_name}: {details}", self._settings.secrets)
+        if code_name in RETRYABLE_GRPC:
+            return ItemFailure(reason=reason, permanent=False, retry_after=_grpc_retry_after(exc))
+        if code_name == "UNAUTHENTICATED" and self._settings.auth_hint:
+            reason += f"; check {self._settings.auth_hint}"
+        return ItemFailure(reason=reason, permanent=True)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._channel.close()
+
+
+def _grpc_retry_after(exc: Any) -> float | None:
+    """Seconds from a ``google.rpc.RetryInfo`` in the error's trailing metadata, if present."""
+    try:
+        from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+
+        for key, value in exc.trailing_metadata() or ():
+            if key == "grpc-status-details-bin":
+                status = status_pb2.Status.FromString(value)
+                for detail in status.details:
+                    if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                        info = error_details_pb2.RetryInfo()
+                        detail.Unpack(info)
+                        return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
+    except Exception:  # best effort: a malformed detail only loses the hint
+        return None
+    return None
+
+
+def make_transport(settings: OtlpSettings, backend: str,
+                   client_transport: httpx.BaseTransport | None = None) -> Transport:
+    """The transport for ``settings.protocol``."""
+    if settings.protocol == "grpc":
+        return GrpcTransport(settings, backend)
+    return HttpTransport(settings, backend, client_transport)

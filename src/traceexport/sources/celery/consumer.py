@@ -1,0 +1,212 @@
+"""The kombu consumer threads bound to Dify's ``ops_trace`` queue, and the CelerySource lifecycle.
+
+Each consumer thread owns one broker connection (kombu connections are not thread-safe) and takes
+at most ``prefetch`` messages at a time. Messages are acknowledged by hand, only after the record
+is durable (late ack); a consumer that dies keeps its messages unacknowledged and the Redis
+transport hands them out again after ``visibility_timeout``. Consumers share nothing, so several
+sidecars can consume one queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from traceexport.errors import ConfigError
+from traceexport.sinks.http import redact
+from traceexport.sources.celery.message import BadMessage, parse_task, task_name_of
+from traceexport.sources.celery.processor import Accept, Stats, TraceFileProcessor
+from traceexport.sources.celery.settings import CelerySourceSettings
+from traceexport.sources.storage import Storage, open_storage
+
+log = logging.getLogger("traceexport.sources.celery")
+
+
+def _kombu() -> Any:
+    try:
+        import kombu
+        import kombu.mixins
+    except ImportError as exc:
+        raise ConfigError(
+            ["sources.celery needs celery and redis: install traceexport[celery]"], title="missing dependency"
+        ) from exc
+    return kombu
+
+
+class _Stop(Exception):
+    """Raised inside kombu's reconnect loop to abandon it when the source is stopping."""
+
+
+def _consumer_class(kombu: Any) -> type:
+    class _Consumer(kombu.mixins.ConsumerMixin):  # type: ignore[misc]
+        """One thread's consumer: decode, check the task name, hand over to the processor."""
+
+        def __init__(self, source: CelerySource, name: str) -> None:
+            s = source.settings
+            self.source = source
+            self.name = name
+            self.connection = kombu.Connection(
+                s.broker_url.get_secret_value(), transport_options=s.kombu_transport_options()
+            )
+            exchange = kombu.Exchange(s.queue, type="direct")
+            self.queue = kombu.Queue(s.queue, exchange, routing_key=s.queue)
+            self._lost = False
+
+        def get_consumers(self, consumer_cls: Any, channel: Any) -> list[Any]:
+            return [
+                consumer_cls(
+                    queues=[self.queue],
+                    on_message=self.on_message,
+                    accept=["json"],
+                    prefetch_count=self.source.settings.prefetch,
+                    no_ack=False,
+                )
+            ]
+
+        def on_connection_error(self, exc: Exception, interval: float) -> None:
+            if self.source.stopping.is_set():
+                raise _Stop() from exc
+            if not self._lost:
+                log.warning(
+                    "%s: broker %s unreachable (%s); retrying every %.0f s or so",
+                    self.name,
+                    self.source.settings.masked_broker_url(),
+                    redact(str(exc)),
+                    interval,
+                )
+            self._lost = True
+
+        def on_connection_revived(self) -> None:
+            if self._lost:
+                log.info("%s: broker %s reachable again", self.name, self.source.settings.masked_broker_url())
+            self._lost = False
+
+        def on_message(self, message: Any) -> None:
+            self.source.handle(message)
+
+    return _Consumer
+
+
+class CelerySource:
+    """Consumes Dify's ``ops_trace`` Celery queue and hands each stored record to ``accept``.
+
+    ``accept`` is the pipeline's ``Pipeline.accept``: durable when it returns, SpoolFullError under
+    back-pressure. ``start()`` returns at once; ``stop(timeout)`` finishes the message in hand (or
+    puts it back on the queue) and closes the broker connections.
+    """
+
+    def __init__(
+        self, settings: CelerySourceSettings, accept: Accept, *, storage: Storage | None = None
+    ) -> None:
+        self.settings = settings
+        self.stopping = threading.Event()
+        self.stats = Stats()
+        self._kombu = _kombu()
+        self.storage = storage if storage is not None else open_storage(settings.storage)
+        self.processor = TraceFileProcessor(
+            self.storage,
+            accept,
+            failed_prefix=settings.failed_prefix,
+            retry_delay=settings.retry_delay,
+            stopping=self.stopping,
+            stats=self.stats,
+        )
+        self._threads: list[threading.Thread] = []
+        self._consumers: list[Any] = []
+
+    def start(self) -> None:
+        """Start ``concurrency`` consumer threads; idempotent."""
+        if self._threads:
+            return
+        self.stopping.clear()
+        consumer_cls = _consumer_class(self._kombu)
+        for index in range(self.settings.concurrency):
+            consumer = consumer_cls(self, f"celery-source-{index}")
+            thread = threading.Thread(target=self._run, args=(consumer,), name=consumer.name, daemon=True)
+            self._consumers.append(consumer)
+            self._threads.append(thread)
+            thread.start()
+        log.info(
+            "consuming queue %r on %s (task %s, storage %s, %d consumer(s), prefetch %d)",
+            self.settings.queue,
+            self.settings.masked_broker_url(),
+            self.settings.task_name,
+            self.storage.describe(),
+            self.settings.concurrency,
+            self.settings.prefetch,
+        )
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop consuming and wait up to ``timeout`` seconds in all; idempotent."""
+        self.stopping.set()
+        for consumer in self._consumers:
+            consumer.should_stop = True
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            log.warning(
+                "celery source: %s still busy after %.0f s; messages in hand stay unacked",
+                alive,
+                timeout,
+            )
+        self._threads, self._consumers = [], []
+
+    def _run(self, consumer: Any) -> None:
+        """A consumer thread: kombu's reconnecting loop, restarted if anything unexpected escapes it."""
+        while not self.stopping.is_set():
+            try:
+                consumer.run()
+            except _Stop:
+                return
+            except Exception as exc:  # keep consuming whatever went wrong; say what it was
+                reason = redact(f"{type(exc).__name__}: {exc}")
+                log.error("%s: consumer failed (%s); restarting", consumer.name, reason)
+                self.stopping.wait(self.settings.retry_delay or 1.0)
+
+    def handle(self, message: Any) -> None:
+        """One broker message: decode, route by task name, process; never raises but for broker errors."""
+        try:
+            body = message.decode()
+        except Exception as exc:
+            self.stats.add("bad_message")
+            log.warning(
+                "message %s on queue %r cannot be decoded (%s, content type %s); acknowledged and dropped",
+                _message_id(message),
+                self.settings.queue,
+                type(exc).__name__,
+                message.content_type,
+            )
+            message.ack()
+            return
+        name = task_name_of(message.headers, body)
+        if name != self.settings.task_name:
+            self.stats.add("unknown_task")
+            log.warning(
+                "message %s on queue %r is task %r, not %r; acknowledged and dropped",
+                _message_id(message),
+                self.settings.queue,
+                name,
+                self.settings.task_name,
+            )
+            message.ack()
+            return
+        try:
+            ref = parse_task(message.headers, body)
+        except BadMessage as exc:
+            self.stats.add("bad_message")
+            log.warning("message %s: %s; acknowledged and dropped", _message_id(message), exc.reason)
+            message.ack()
+            return
+        self.processor.process(ref, message.ack, message.requeue)
+
+
+def _message_id(message: Any) -> str:
+    headers = message.headers or {}
+    return str(headers.get("id") or message.properties.get("correlation_id") or "?")
+
+
+__all__ = ["CelerySource"]

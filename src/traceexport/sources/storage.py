@@ -1,0 +1,235 @@
+"""Read and delete the files Dify's API writes to its storage (``ops_trace/{app_id}/{file_id}.json``).
+
+Two backends, chosen by ``storage.type`` in the config:
+
+* ``local`` — the directory Dify's storage lives in, mounted into the sidecar (Dify's docker default:
+  ``/app/api/storage``, OpenDAL ``fs`` scheme or the older ``STORAGE_TYPE=local``).
+* ``s3`` — an S3-compatible bucket (AWS, MinIO, R2, ...) through boto3, imported only when used
+  (``pip install 'traceexport[s3]'``).
+
+Keys are Dify's object keys (``/``-separated, relative); a key that would leave the storage root is
+refused. ``load`` returns ``None`` for a missing object (already consumed by another sidecar);
+every other failure is a :class:`StorageError`, which callers treat as transient.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from traceexport.errors import ConfigError, TraceExportError
+
+_KEY_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+
+
+class StorageError(TraceExportError):
+    """Dify's storage could not be read or written right now (I/O error, S3 unavailable); retry later."""
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is a safe relative object key (``[A-Za-z0-9._-]`` parts, no ``..``); else ValueError."""
+    parts = key.split("/")
+    if not key or any(not _KEY_PART.match(part) or part in {".", ".."} for part in parts):
+        raise ValueError(f"unsafe storage key {key!r}")
+    return key
+
+
+class Storage(Protocol):
+    """The three operations the Celery source needs from Dify's storage."""
+
+    def load(self, key: str) -> bytes | None:
+        """The object's bytes, or None when it does not exist; StorageError on any other failure."""
+        ...
+
+    def save(self, key: str, data: bytes) -> None:
+        """Write the object (atomically where the backend allows); StorageError on failure."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; a missing object is not an error; StorageError on failure."""
+        ...
+
+    def describe(self) -> str:
+        """Where the storage is, for log lines (never a secret)."""
+        ...
+
+
+class LocalStorageSettings(BaseModel):
+    """``storage: {type: local, path: /app/api/storage}`` — Dify's storage directory, mounted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["local"] = "local"
+    path: Path = Path("/app/api/storage")
+
+
+class S3StorageSettings(BaseModel):
+    """``storage: {type: s3, bucket, endpoint_url, region, access_key, secret_key}`` — Dify's S3 bucket."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["s3"]
+    bucket: str = Field(min_length=1)
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    addressing_style: Literal["auto", "virtual", "path"] = "auto"
+
+
+StorageSettings = Annotated[LocalStorageSettings | S3StorageSettings, Field(discriminator="type")]
+
+
+class LocalStorage:
+    """Dify's storage as a local directory (a shared volume)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*check_key(key).split("/"))
+
+    def load(self, key: str) -> bytes | None:
+        """The file's bytes, or None when it does not exist."""
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read {key} from {self.root}: {exc.strerror or exc}") from exc
+
+    def save(self, key: str, data: bytes) -> None:
+        """Write the file atomically (temporary file + rename), creating directories as needed."""
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise StorageError(f"cannot write {key} under {self.root}: {exc.strerror or exc}") from exc
+
+    def delete(self, key: str) -> None:
+        """Remove the file; a missing file is fine."""
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {key} under {self.root}: {exc.strerror or exc}") from exc
+
+    def describe(self) -> str:
+        """``local:/app/api/storage``."""
+        return f"local:{self.root}"
+
+
+class S3Storage:
+    """Dify's storage as an S3-compatible bucket; ``client`` may be injected (tests, custom sessions)."""
+
+    def __init__(self, settings: S3StorageSettings, client: Any = None) -> None:
+        self.bucket = settings.bucket
+        self._endpoint = settings.endpoint_url or "aws"
+        self._client = client if client is not None else _s3_client(settings)
+        self._client_error: type[Exception] = _client_error_class()
+
+    def load(self, key: str) -> bytes | None:
+        """The object's bytes, or None for NoSuchKey / 404."""
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=check_key(key))
+            data: bytes = response["Body"].read()
+            return data
+        except self._client_error as exc:
+            if _error_code(exc) in {"NoSuchKey", "404", "NotFound"}:
+                return None
+            raise StorageError(f"cannot read {key} from s3://{self.bucket}: {_error_code(exc)}") from exc
+        except Exception as exc:  # botocore transport errors have no common base worth importing
+            raise StorageError(f"cannot read {key} from s3://{self.bucket}: {type(exc).__name__}") from exc
+
+    def save(self, key: str, data: bytes) -> None:
+        """Put the object (S3 writes are atomic)."""
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=check_key(key), Body=data)
+        except Exception as exc:
+            raise StorageError(f"cannot write {key} to s3://{self.bucket}: {_describe(exc)}") from exc
+
+    def delete(self, key: str) -> None:
+        """Delete the object (S3 answers success for a missing key)."""
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=check_key(key))
+        except Exception as exc:
+            if isinstance(exc, self._client_error) and _error_code(exc) in {"NoSuchKey", "404"}:
+                return
+            raise StorageError(f"cannot delete {key} from s3://{self.bucket}: {_describe(exc)}") from exc
+
+    def describe(self) -> str:
+        """``s3://bucket (endpoint)`` without credentials."""
+        return f"s3://{self.bucket} ({self._endpoint})"
+
+
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", "") or type(exc).__name__)
+    return type(exc).__name__
+
+
+def _describe(exc: Exception) -> str:
+    return _error_code(exc) if getattr(exc, "response", None) else type(exc).__name__
+
+
+def _client_error_class() -> type[Exception]:
+    try:
+        from botocore.exceptions import ClientError
+    except ImportError:  # an injected fake client without botocore installed
+        return _NeverRaised
+    return ClientError
+
+
+class _NeverRaised(Exception):
+    """Stands in for botocore's ClientError when botocore is absent."""
+
+
+def _s3_client(settings: S3StorageSettings) -> Any:
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError as exc:
+        raise ConfigError(
+            ["storage.type: s3 needs boto3: install traceexport[s3]"], title="missing dependency"
+        ) from exc
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        region_name=settings.region,
+        aws_access_key_id=settings.access_key.get_secret_value() if settings.access_key else None,
+        aws_secret_access_key=settings.secret_key.get_secret_value() if settings.secret_key else None,
+        config=Config(s3={"addressing_style": settings.addressing_style}, retries={"max_attempts": 3}),
+    )
+
+
+def open_storage(settings: LocalStorageSettings | S3StorageSettings) -> Storage:
+    """The storage backend the settings describe."""
+    if isinstance(settings, S3StorageSettings):
+        return S3Storage(settings)
+    return LocalStorage(settings.path)
+
+
+__all__ = [
+    "LocalStorage",
+    "LocalStorageSettings",
+    "S3Storage",
+    "S3StorageSettings",
+    "Storage",
+    "StorageError",
+    "StorageSettings",
+    "check_key",
+    "open_storage",
+]

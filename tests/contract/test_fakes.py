@@ -1,0 +1,252 @@
+"""The fakes reject what the published contracts reject, and the shared server base behaves as documented."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fakes import FakeServer, RecordedRequest, Response
+from tests.fakes.amplitude_server import AmplitudeFake
+from tests.fakes.opik_server import OpikFake, is_uuid7, uuid7
+
+T0 = "2026-11-21T13:26:58.677171Z"
+KEY = "amp-test-key-0123456789"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _trace(**fields: Any) -> dict[str, Any]:
+    return {"id": uuid7(), "name": "t", "start_time": T0, **fields}
+
+
+def _span(**fields: Any) -> dict[str, Any]:
+    return {"id": uuid7(), "trace_id": uuid7(), "name": "s", "type": "general", "start_time": T0, **fields}
+
+
+def _event(**fields: Any) -> dict[str, Any]:
+    return {"event_type": "dify message", "user_id": "user-00001", "time": 1763731618677, **fields}
+
+
+def _amp(fake: AmplitudeFake, events: list[Any], path: str = "/2/httpapi", **extra: Any) -> httpx.Response:
+    return httpx.post(fake.url + path, json={"api_key": KEY, "events": events, **extra})
+
+
+# -- the shared base ------------------------------------------------------------------------------
+
+class _Echo(FakeServer):
+    def handle(self, request: RecordedRequest) -> Response:
+        return Response(200, {"path": request.path})
+
+
+def test_fault_plan_answers_in_order_then_recovers() -> None:
+    """Planned faults answer the next N requests in order, then the subclass answers again."""
+    with _Echo() as fake:
+        fake.fail_next(2, 503)
+        fake.fail_next(1, 429, headers={"Retry-After": "7"})
+        codes = [httpx.get(f"{fake.url}/x").status_code for _ in range(4)]
+        assert codes == [503, 503, 429, 200]
+        assert fake.requests[2].status == 429
+        fake.fail_next(1, 429, headers={"Retry-After": "7"})
+        assert httpx.get(f"{fake.url}/x").headers["retry-after"] == "7"
+
+
+def test_drop_next_is_a_transport_error_and_is_recorded() -> None:
+    """A dropped request closes the connection unanswered and is recorded with status 0."""
+    with _Echo() as fake:
+        fake.drop_next(1)
+        with pytest.raises(httpx.TransportError):
+            httpx.post(f"{fake.url}/y", json={"a": 1})
+        assert [(r.path, r.status, r.json()) for r in fake.requests] == [("/y", 0, {"a": 1})]
+
+
+def test_control_endpoints_program_and_report_without_being_recorded() -> None:
+    """/_fake/faults plans a fault, /_fake/requests lists requests, /_fake/reset forgets; none are recorded."""
+    with _Echo() as fake:
+        httpx.post(f"{fake.url}/_fake/faults", json={"count": 1, "status": 502})
+        assert httpx.get(f"{fake.url}/a").status_code == 502
+        listed = httpx.get(f"{fake.url}/_fake/requests").json()
+        assert [(r["path"], r["status"]) for r in listed] == [("/a", 502)]
+        httpx.post(f"{fake.url}/_fake/reset")
+        assert fake.requests == []
+
+
+def test_stop_is_idempotent_and_frees_the_port() -> None:
+    """stop() can be called twice, and afterwards nothing answers on the URL."""
+    fake = _Echo().start()
+    url = fake.url
+    fake.stop()
+    fake.stop()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url + "/x", timeout=2)
+
+
+# -- Opik ---------------------------------------------------------------------------------------------
+
+def test_uuid7_helper_makes_version_7_ids() -> None:
+    """The test helper's ids are UUIDv7 and a uuid4 is not."""
+    assert is_uuid7(uuid7()) and not is_uuid7(str(uuid.uuid4())) and not is_uuid7("not-a-uuid")
+
+
+@pytest.mark.parametrize(("collection", "item", "message"), [
+    ("traces", _trace(id=str(uuid.uuid4())), "Trace id must be a version 7 UUID"),
+    ("spans", _span(id=str(uuid.uuid4())), "Span id must be a version 7 UUID"),
+    ("spans", _span(trace_id=str(uuid.uuid1())), "Trace id must be a version 7 UUID"),
+    ("spans", _span(parent_span_id=str(uuid.uuid4())), "Span id must be a version 7 UUID"),
+])
+def test_opik_rejects_ids_that_are_not_uuid7(opik_fake: OpikFake, collection: str, item: dict[str, Any],
+                                             message: str) -> None:
+    """Any supplied id that is not a UUIDv7 fails the whole batch with Opik's 400 error body."""
+    good = _trace() if collection == "traces" else _span()
+    response = httpx.post(f"{opik_fake.url}/v1/private/{collection}/batch", json={collection: [good, item]})
+    assert response.status_code == 400
+    assert response.json() == {"errors": [message]}
+    assert not opik_fake.traces and not opik_fake.spans
+
+
+@pytest.mark.parametrize(("collection", "items", "fragment"), [
+    ("traces", [{"id": uuid7(), "name": "no start"}], "startTime must not be null"),
+    ("traces", [], "size must be between 1 and 1000"),
+    ("spans", [_span() for _ in range(1001)], "size must be between 1 and 1000"),
+    ("spans", [_span(type="retriever")], "type must be one of"),
+    ("spans", [_span(usage={"prompt_tokens": 1.5})], "usage values must be 32-bit integers"),
+    ("traces", [_trace(error_info={"exception_type": "E"})], "exception_type and traceback"),
+    ("traces", [_trace(project_name="  ")], "projectName must not be blank"),
+    ("traces", [_trace(start_time="yesterday")], "startTime must be a date-time"),
+])
+def test_opik_bean_validation_answers_422(opik_fake: OpikFake, collection: str, items: list[Any],
+                                          fragment: str) -> None:
+    """Missing start_time, bad sizes, enums, usage, error_info and blank project answer 422 {"errors": [...]}."""
+    response = httpx.post(f"{opik_fake.url}/v1/private/{collection}/batch", json={collection: items})
+    assert response.status_code == 422
+    assert any(fragment in e for e in response.json()["errors"])
+
+
+def test_opik_malformed_json_answers_400(opik_fake: OpikFake) -> None:
+    """A body that is not JSON answers 400 {"errors": [...]}."""
+    response = httpx.post(f"{opik_fake.url}/v1/private/traces/batch", content=b"{nope",
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["errors"]
+
+
+def test_opik_auth_headers_are_enforced_when_configured() -> None:
+    """With a key and workspace configured, a wrong key is 401, a wrong workspace 403, both right is 204."""
+    with OpikFake(api_key="opik-key-123", workspace="acme") as fake:
+        url = f"{fake.url}/v1/private/traces/batch"
+        body = {"traces": [_trace()]}
+        assert httpx.post(url, json=body, headers={"authorization": "Bearer opik-key-123",
+                                                   "Comet-Workspace": "acme"}).status_code == 401
+        assert httpx.post(url, json=body, headers={"authorization": "opik-key-123",
+                                                   "Comet-Workspace": "other"}).status_code == 403
+        assert httpx.post(url, json=body, headers={"authorization": "opik-key-123",
+                                                   "Comet-Workspace": "acme"}).status_code == 204
+
+
+def test_opik_stores_by_id_and_the_latest_last_updated_at_wins(opik_fake: OpikFake) -> None:
+    """Re-posting an id upserts; an older last_updated_at does not overwrite a newer one."""
+    trace_id = uuid7()
+    url = f"{opik_fake.url}/v1/private/traces/batch"
+    for name, version in (("v2", "2026-11-21T13:00:02Z"), ("v1", "2026-11-21T13:00:01Z")):
+        body = {"traces": [_trace(id=trace_id, name=name, last_updated_at=version)]}
+        assert httpx.post(url, json=body).status_code == 204
+    assert list(opik_fake.traces) == [trace_id] and opik_fake.traces[trace_id]["name"] == "v2"
+
+
+def test_opik_feedback_scores_are_recorded(opik_fake: OpikFake) -> None:
+    """PUT feedback-scores answers 204 and keeps the scores."""
+    score = {"id": uuid7(), "name": "quality", "value": 1, "source": "sdk"}
+    response = httpx.put(f"{opik_fake.url}/v1/private/traces/feedback-scores", json={"scores": [score]})
+    assert response.status_code == 204 and opik_fake.feedback_scores == [score]
+
+
+# -- Amplitude ----------------------------------------------------------------------------------------
+
+def test_amplitude_accepts_a_valid_request_with_the_documented_body(amplitude_fake: AmplitudeFake) -> None:
+    """A valid request answers 200 with code, events_ingested, payload_size_bytes and server_upload_time."""
+    response = _amp(amplitude_fake, [_event(), _event(device_id="device-1", user_id=None)])
+    body = response.json()
+    assert response.status_code == 200 and body["code"] == 200 and body["events_ingested"] == 2
+    assert {"payload_size_bytes", "server_upload_time"} <= body.keys()
+    assert len(amplitude_fake.events) == 2
+
+
+def test_amplitude_lists_each_bad_event_by_field(amplitude_fake: AmplitudeFake) -> None:
+    """Short ids, never-accepted ids, missing event_type and non-int time are listed by field and index."""
+    events = [_event(), _event(user_id="abc"), _event(user_id="null"), _event(event_type=None),
+              _event(time="2026-11-21"), _event(time=1.5)]
+    response = _amp(amplitude_fake, events)
+    assert response.status_code == 400
+    assert response.json() == {
+        "code": 400, "error": "Invalid field values on some events",
+        "events_with_invalid_id_lengths": {"user_id": [1]},
+        "events_with_missing_fields": {"user_id": [2], "event_type": [3]},
+        "events_with_invalid_fields": {"time": [4, 5]},
+    }
+    assert amplitude_fake.events == []
+
+
+def test_amplitude_min_id_length_option_allows_short_ids(amplitude_fake: AmplitudeFake) -> None:
+    """options.min_id_length lowers the id length check."""
+    assert _amp(amplitude_fake, [_event(user_id="abc")], options={"min_id_length": 3}).status_code == 200
+
+
+@pytest.mark.parametrize(("body", "missing"), [({"events": [_event()]}, "api_key"), ({"api_key": KEY}, "events")])
+def test_amplitude_missing_field_is_named(amplitude_fake: AmplitudeFake, body: dict[str, Any], missing: str) -> None:
+    """A request without api_key or events answers 400 with missing_field."""
+    response = httpx.post(f"{amplitude_fake.url}/2/httpapi", json=body)
+    assert response.status_code == 400 and response.json()["missing_field"] == missing
+
+
+def test_amplitude_wrong_key_and_content_type_are_rejected(amplitude_fake: AmplitudeFake) -> None:
+    """A wrong key answers 400 "Invalid API key" without echoing it; a non-JSON content type answers 400."""
+    response = httpx.post(f"{amplitude_fake.url}/2/httpapi", json={"api_key": "wrong-key-xyz", "events": [_event()]})
+    assert response.status_code == 400 and response.json()["error"].startswith("Invalid API key")
+    assert "wrong-key-xyz" not in response.text
+    plain = httpx.post(f"{amplitude_fake.url}/2/httpapi", content=b'{"api_key":"x","events":[]}',
+                       headers={"content-type": "text/plain"})
+    assert plain.status_code == 400
+
+
+def test_amplitude_too_many_events_or_bytes_is_413(amplitude_fake: AmplitudeFake) -> None:
+    """2000 events, or a body of 1 MB or more on /2/httpapi, answer 413 Payload too large."""
+    assert _amp(amplitude_fake, [_event()] * 2000).status_code == 413
+    big = [_event(event_properties={"blob": "x" * 1000}) for _ in range(1000)]
+    response = _amp(amplitude_fake, big)
+    assert response.status_code == 413 and response.json() == {"code": 413, "error": "Payload too large"}
+    assert _amp(amplitude_fake, big, path="/batch").status_code == 200
+
+
+def test_amplitude_dedups_on_id_and_insert_id(amplitude_fake: AmplitudeFake) -> None:
+    """The same (device_id or user_id, insert_id) is stored once; another user with that insert_id is not a dup."""
+    _amp(amplitude_fake, [_event(insert_id="i-1"), _event(insert_id="i-1"), _event(insert_id="i-1", user_id="user-2")])
+    assert len(amplitude_fake.events) == 2 and amplitude_fake.duplicates == 1
+
+
+def test_amplitude_throttle_mode_answers_429_listing_users_and_events() -> None:
+    """Throttled user ids answer 429 with eps_threshold, throttled_users and throttled_events; nothing stored."""
+    with AmplitudeFake(throttle_users=["user-hot-1"]) as fake:
+        response = _amp(fake, [_event(), _event(user_id="user-hot-1")])
+        assert response.status_code == 429
+        body = response.json()
+        assert body["throttled_users"] == {"user-hot-1": 31} and body["throttled_events"] == [1]
+        assert body["eps_threshold"] == 30 and fake.events == []
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("module", ["tests.fakes.opik_server", "tests.fakes.amplitude_server"])
+def test_fakes_run_as_a_subprocess_printing_their_url(module: str) -> None:
+    """``python -m tests.fakes.<fake> --port 0`` prints its URL first and serves until terminated."""
+    process = subprocess.Popen([sys.executable, "-m", module, "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        assert httpx.get(f"{url}/_fake/state", timeout=5).status_code == 200
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0

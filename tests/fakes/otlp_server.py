@@ -1,0 +1,211 @@
+"""A fake OTLP receiver: ``POST /v1/traces`` (OTLP/HTTP protobuf or JSON) and, optionally, OTLP/gRPC.
+
+It decodes every ``ExportTraceServiceRequest`` like a Collector would and records each span as a plain
+dict (:func:`span_dict`) with its resource attributes, so tests assert on what went over the wire:
+
+* content type ``application/x-protobuf`` or ``application/json`` (else 415), ``Content-Encoding: gzip``
+  accepted, an undecodable body -> 400;
+* the answer is an ``ExportTraceServiceResponse`` in the request's encoding, carrying a
+  ``partial_success`` when :meth:`OtlpFake.reject_spans` asked for one;
+* faults (503 for N requests, 429 with ``Retry-After``, dropped connections) come from the base class.
+
+Run out of process: ``python -m tests.fakes.otlp_server --port 0 [--reject-spans N --reject-message M]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from collections.abc import Iterable, Mapping
+from concurrent import futures
+from typing import Any
+
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from tests.fakes._server import FakeServer, RecordedRequest, Response, run_main
+
+from traceexport.sinks.otlp_encoding import from_wire
+
+TRACES_PATH = "/v1/traces"
+KIND_NAMES = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
+STATUS_NAMES = {0: "UNSET", 1: "OK", 2: "ERROR"}
+
+
+def any_value(value: Any) -> Any:
+    """A protobuf ``AnyValue`` as a plain Python value."""
+    which = value.WhichOneof("value")
+    if which == "array_value":
+        return [any_value(v) for v in value.array_value.values]
+    if which == "kvlist_value":
+        return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
+    return None if which is None else getattr(value, which)
+
+
+def attributes(key_values: Iterable[Any]) -> dict[str, Any]:
+    """A KeyValue list as a dict."""
+    return {kv.key: any_value(kv.value) for kv in key_values}
+
+
+def span_dict(span: Any, resource: Mapping[str, Any], scope: str = "") -> dict[str, Any]:
+    """One received span in the sink's payload shape, plus ``resource`` and ``scope``."""
+    return {
+        "traceId": span.trace_id.hex(),
+        "spanId": span.span_id.hex(),
+        "parentSpanId": span.parent_span_id.hex() or None,
+        "name": span.name,
+        "kind": KIND_NAMES.get(span.kind, str(span.kind)),
+        "startTimeUnixNano": span.start_time_unix_nano,
+        "endTimeUnixNano": span.end_time_unix_nano,
+        "attributes": attributes(span.attributes),
+        "status": {"code": STATUS_NAMES.get(span.status.code, str(span.status.code)),
+                   "message": span.status.message},
+        "events": [{"name": e.name, "timeUnixNano": e.time_unix_nano, "attributes": attributes(e.attributes)}
+                   for e in span.events],
+        "resource": dict(resource),
+        "scope": scope,
+    }
+
+
+def request_spans(request: ExportTraceServiceRequest) -> list[dict[str, Any]]:
+    """Every span of a decoded request, flattened across resources and scopes."""
+    spans = []
+    for resource_spans in request.resource_spans:
+        resource = attributes(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            spans.extend(span_dict(s, resource, scope_spans.scope.name) for s in scope_spans.spans)
+    return spans
+
+
+def export_response(rejected: int, message: str, *, as_json: bool) -> Response:
+    """A 200 ``ExportTraceServiceResponse`` (with a partial success when ``rejected`` or ``message``)."""
+    answer = ExportTraceServiceResponse()
+    if rejected or message:
+        answer.partial_success.rejected_spans = rejected
+        answer.partial_success.error_message = message
+    if as_json:
+        return Response(200, json_format.MessageToDict(answer))
+    return Response(200, answer.SerializeToString(), {"Content-Type": "application/x-protobuf"})
+
+
+class _Spans:
+    """Thread-safe span store with a partial-success plan, shared by the HTTP and gRPC fakes."""
+
+    def __init__(self) -> None:
+        self.spans: list[dict[str, Any]] = []
+        self.rejection: tuple[int, str] = (0, "")
+        self._spans_lock = threading.Lock()
+
+    def record(self, request: ExportTraceServiceRequest) -> tuple[int, str]:
+        spans = request_spans(request)
+        with self._spans_lock:
+            self.spans.extend(spans)
+            return self.rejection
+
+    def reject_spans(self, count: int, message: str = "") -> None:
+        """Answer every later export with ``partial_success{rejected_spans=count, error_message=message}``."""
+        self.rejection = (count, message)
+
+    def spans_named(self, name: str) -> list[dict[str, Any]]:
+        """Recorded spans called ``name``."""
+        with self._spans_lock:
+            return [s for s in self.spans if s["name"] == name]
+
+
+class OtlpFake(FakeServer, _Spans):
+    """OTLP/HTTP receiver on 127.0.0.1 recording decoded spans in :attr:`spans`."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        FakeServer.__init__(self, host, port)
+        _Spans.__init__(self)
+
+    @property
+    def traces_url(self) -> str:
+        """The full ``/v1/traces`` URL (for ``traces_endpoint``)."""
+        return self.url + TRACES_PATH
+
+    def handle(self, request: RecordedRequest) -> Response:
+        if request.method != "POST" or request.path.split("?", 1)[0] != TRACES_PATH:
+            return Response(404, {"error": f"no route for {request.method} {request.path}"})
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in ("application/x-protobuf", "application/json"):
+            return Response(415, {"error": f"unsupported content type {content_type!r}"})
+        try:
+            decoded = from_wire(request.body, content_type, request.headers.get("content-encoding", ""))
+        except (ValueError, OSError) as exc:
+            return Response(400, {"error": f"cannot decode ExportTraceServiceRequest: {exc}"})
+        rejected, message = self.record(decoded)
+        return export_response(rejected, message, as_json=content_type == "application/json")
+
+    def state(self) -> dict[str, Any]:
+        return {"spans": self.spans}
+
+    def reset_state(self) -> None:
+        self.spans.clear()
+        self.rejection = (0, "")
+
+
+class OtlpGrpcFake(_Spans):
+    """OTLP/gRPC receiver (``TraceService/Export``) on 127.0.0.1, with a fail-next-N status plan."""
+
+    def __init__(self) -> None:
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+        super().__init__()
+        self.metadata: list[dict[str, str]] = []
+        self._failures: list[tuple[Any, str]] = []
+        fake = self
+
+        class Servicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+            def Export(self, request: Any, context: Any) -> Any:
+                fake.metadata.append({k: v for k, v in context.invocation_metadata() if isinstance(v, str)})
+                if fake._failures:
+                    code, details = fake._failures.pop(0)
+                    context.abort(code, details)
+                rejected, message = fake.record(request)
+                answer = ExportTraceServiceResponse()
+                answer.partial_success.rejected_spans = rejected
+                answer.partial_success.error_message = message
+                return answer
+
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self._server)
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def fail_next(self, count: int, code_name: str, details: str = "injected") -> None:
+        """The next ``count`` exports end with gRPC status ``code_name`` (e.g. ``UNAVAILABLE``)."""
+        import grpc
+
+        self._failures.extend([(grpc.StatusCode[code_name], details)] * count)
+
+    def __enter__(self) -> OtlpGrpcFake:
+        self._server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.stop(grace=None)
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reject-spans", type=int, default=0, help="report this many spans rejected")
+    parser.add_argument("--reject-message", default="", help="partial_success.error_message to report")
+
+
+def _build(args: argparse.Namespace) -> OtlpFake:
+    fake = OtlpFake(host=args.host, port=args.port)
+    fake.reject_spans(args.reject_spans, args.reject_message)
+    return fake
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the fake until SIGTERM, printing its base URL first."""
+    return run_main(_build, argv, _configure)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

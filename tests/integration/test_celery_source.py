@@ -1,0 +1,419 @@
+"""The Celery source against a real redis-server and messages produced exactly as Dify produces them.
+
+The tests at the top need no broker: message parsing, the ack/delete order, settings validation.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from traceexport.errors import ConfigError, SpoolFullError
+from traceexport.records import Record
+from traceexport.sources.celery import (
+    DIFY_TASK_NAME,
+    BadMessage,
+    CelerySource,
+    CelerySourceSettings,
+    Stats,
+    TraceFileProcessor,
+    mask_url,
+    parse_task,
+)
+from traceexport.sources.storage import LocalStorage
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / "tests" / "data" / "samples"
+SHARED_SAMPLES = REPO / ".." / "shared" / "dify" / "samples"
+
+
+def _samples() -> dict[str, bytes]:
+    folder = SAMPLES if SAMPLES.is_dir() else SHARED_SAMPLES
+    if not folder.is_dir():
+        pytest.skip(f"no sample records: neither {SAMPLES} nor {SHARED_SAMPLES} exists")
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.json")) if "node_executions" not in p.name}
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)  # polling interval, bounded by the deadline
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Recorder:
+    """A thread-safe ``accept`` that records records; ``refuse`` makes the next N calls raise SpoolFull."""
+
+    def __init__(self, refuse: int = 0, retry_after: float = 0.05) -> None:
+        self.records: list[Record] = []
+        self.calls = 0
+        self.refuse = refuse
+        self.retry_after = retry_after
+        self.lock = threading.Lock()
+
+    def __call__(self, records: Sequence[Record]) -> None:
+        with self.lock:
+            self.calls += 1
+            if self.refuse:
+                self.refuse -= 1
+                raise SpoolFullError(retry_after=self.retry_after)
+            self.records.extend(records)
+
+    def keys(self) -> list[str]:
+        with self.lock:
+            return [r.key for r in self.records]
+
+
+def _message_envelope(message_id: str) -> dict[str, Any]:
+    """The chat-message sample with a fresh message id, so each copy is a distinct record."""
+    envelope = json.loads(_samples()["05-message-chat.json"])
+    envelope = copy.deepcopy(envelope)
+    envelope["trace_info"]["message_id"] = message_id
+    if isinstance(envelope["trace_info"].get("message_data"), dict):
+        envelope["trace_info"]["message_data"]["id"] = message_id
+    return envelope
+
+
+# --------------------------------------------------------------------------- no broker needed
+
+
+def test_parse_task_reads_celery_protocol_2_as_dify_sends_it() -> None:
+    """A protocol 2 message (task name in headers, body [args, kwargs, embed]) yields app and file ids."""
+    headers = {"task": DIFY_TASK_NAME, "id": "t-1"}
+    body = [[{"file_id": "abc123", "app_id": "83d767f2-49a5"}], {}, {"callbacks": None}]
+    ref = parse_task(headers, body)
+    assert (ref.task_id, ref.app_id, ref.file_id) == ("t-1", "83d767f2-49a5", "abc123")
+    assert ref.storage_key == "ops_trace/83d767f2-49a5/abc123.json"
+
+
+def test_parse_task_reads_protocol_1_and_rejects_unsafe_ids() -> None:
+    """Protocol 1 bodies are read too, and ids that could escape the storage root are refused."""
+    body = {"task": DIFY_TASK_NAME, "id": "t-2", "args": [{"file_id": "f", "app_id": "tenant-1"}], "kwargs": {}}
+    assert parse_task({}, body).storage_key == "ops_trace/tenant-1/f.json"
+    with pytest.raises(BadMessage, match="app_id"):
+        parse_task({"task": DIFY_TASK_NAME}, [[{"file_id": "f", "app_id": "../etc"}], {}, {}])
+    with pytest.raises(BadMessage, match="expected one argument"):
+        parse_task({"task": DIFY_TASK_NAME}, [[], {}, {}])
+
+
+def test_processor_accepts_then_acks_then_deletes(tmp_path: Path) -> None:
+    """The record is accepted before the message is acknowledged, and the file is deleted only after."""
+    storage = LocalStorage(tmp_path)
+    ref = parse_task({"task": DIFY_TASK_NAME, "id": "t"}, [[{"file_id": "f1", "app_id": "a1"}], {}, {}])
+    storage.save(ref.storage_key, _samples()["12-generate-name.json"])
+    events: list[str] = []
+
+    def accept(records: Sequence[Record]) -> None:
+        events.append(f"accept:{records[0].type}:file={storage.load(ref.storage_key) is not None}")
+
+    def ack() -> None:
+        events.append(f"ack:file={storage.load(ref.storage_key) is not None}")
+
+    processor = TraceFileProcessor(
+        storage, accept, failed_prefix="failed/", retry_delay=0, stopping=threading.Event(), stats=Stats()
+    )
+    assert processor.process(ref, ack, lambda: events.append("requeue")) == "accepted"
+    assert events == ["accept:generate_name:file=True", "ack:file=True"]
+    assert storage.load(ref.storage_key) is None
+
+
+def test_processor_requeues_without_ack_when_the_spool_is_full(tmp_path: Path) -> None:
+    """SpoolFullError leaves the message unacknowledged: it is requeued and the file is kept."""
+    storage = LocalStorage(tmp_path)
+    ref = parse_task({"task": DIFY_TASK_NAME, "id": "t"}, [[{"file_id": "f1", "app_id": "a1"}], {}, {}])
+    storage.save(ref.storage_key, _samples()["12-generate-name.json"])
+    events: list[str] = []
+    stats = Stats()
+    processor = TraceFileProcessor(
+        storage, Recorder(refuse=1, retry_after=0), failed_prefix="failed/", retry_delay=0,
+        stopping=threading.Event(), stats=stats,
+    )
+    outcome = processor.process(ref, lambda: events.append("ack"), lambda: events.append("requeue"))
+    assert (outcome, events, stats.snapshot()["retry"]) == ("retry", ["requeue"], 1)
+    assert storage.load(ref.storage_key) is not None
+
+
+def test_settings_report_every_problem_with_its_key_path() -> None:
+    """Bad ``sources.celery`` values become one ConfigError naming each key."""
+    with pytest.raises(ConfigError) as info:
+        CelerySourceSettings.from_config({"concurrency": 0, "storage": {"type": "s3"}, "bogus": 1})
+    text = str(info.value)
+    assert "sources.celery.concurrency" in text
+    assert "sources.celery.storage.s3.bucket" in text
+    assert "sources.celery.bogus" in text
+
+
+def test_broker_password_is_masked_in_logged_urls() -> None:
+    """The broker URL in log lines never carries the password."""
+    assert mask_url("redis://:difyai123456@redis:6379/1") == "redis://:***@redis:6379/1"
+    assert mask_url("redis://user:pw@[::1]:6380/0") == "redis://user:***@[::1]:6380/0"
+    assert mask_url("redis://redis:6379/1") == "redis://redis:6379/1"
+    settings = CelerySourceSettings(broker_url="redis://:difyai123456@redis:6379/1")  # type: ignore[arg-type]
+    assert "difyai123456" not in repr(settings)
+
+
+def test_missing_celery_extra_is_a_config_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without kombu installed the source refuses to start with a ConfigError naming the extra."""
+    monkeypatch.setitem(sys.modules, "kombu", None)
+    monkeypatch.setitem(sys.modules, "kombu.mixins", None)
+    with pytest.raises(ConfigError, match=r"traceexport\[celery\]"):
+        CelerySource(CelerySourceSettings(storage={"type": "local", "path": tmp_path}), Recorder())  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- real redis-server
+
+try:  # the support helpers import celery/redis lazily; these imports are stdlib-only at module level
+    from tests.support.dify_producer import DifyProducer
+    from tests.support.redis_server import RedisServer, redis_server_binary
+except ImportError:  # pragma: no cover - running from another rootdir
+    sys.path.insert(0, str(REPO))
+    from tests.support.dify_producer import DifyProducer
+    from tests.support.redis_server import RedisServer, redis_server_binary
+
+UNACKED = "traceexport.unacked"
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A throwaway redis-server; skipped when the binary is absent."""
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    with RedisServer.start(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+def storage_root(tmp_path: Path) -> Path:
+    """Dify's storage directory as the sidecar sees it."""
+    root = tmp_path / "storage"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def producer(redis: RedisServer, storage_root: Path) -> Iterator[DifyProducer]:
+    """Dify's API side: writes files and enqueues process_trace_tasks on db 1."""
+    prod = DifyProducer(redis.url(1), storage_root)
+    yield prod
+    prod.close()
+
+
+def _settings(redis: RedisServer, storage_root: Path, **extra: Any) -> CelerySourceSettings:
+    values: dict[str, Any] = {
+        "broker_url": redis.url(1),
+        "storage": {"type": "local", "path": str(storage_root)},
+        "visibility_timeout": 2,
+        "retry_delay": 0.1,
+    }
+    values.update(extra)
+    return CelerySourceSettings.from_config(values)
+
+
+def _drained(redis: RedisServer) -> bool:
+    client = redis.client(1)
+    return bool(client.llen("ops_trace") == 0 and client.hlen(UNACKED) == 0)
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in (root / "ops_trace").rglob("*.json"))
+
+
+@pytest.mark.integration
+def test_sample_records_arrive_and_messages_and_files_are_gone(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer
+) -> None:
+    """Every sample record reaches accept(); the queue ends empty with nothing unacked and no files left."""
+    samples = _samples()
+    for data in samples.values():
+        producer.send(data)
+    recorder = Recorder()
+    source = CelerySource(_settings(redis, storage_root, concurrency=2), recorder)
+    source.start()
+    try:
+        _wait_for(lambda: len(recorder.records) == len(samples), what="all samples accepted")
+        _wait_for(lambda: _drained(redis) and not _files(storage_root), what="queue drained, files deleted")
+    finally:
+        source.stop(10)
+    types = sorted(r.type for r in recorder.records)
+    assert types == sorted(
+        ["workflow", "message", "tool", "dataset_retrieval", "moderation", "suggested_question", "generate_name"]
+    )
+    assert source.stats.snapshot()["accepted"] == len(samples)
+
+
+_CRASHING_CONSUMER = textwrap.dedent(
+    """
+    import json, sys, threading
+    from pathlib import Path
+    from traceexport.sources.celery import CelerySource, CelerySourceSettings
+
+    settings = CelerySourceSettings.from_config(json.loads(sys.argv[1]))
+    marker = Path(sys.argv[2])
+
+    def accept(records):
+        marker.write_text(records[0].key)   # received, not yet acknowledged ...
+        threading.Event().wait()            # ... and never returns: the test kills us here
+
+    CelerySource(settings, accept).start()
+    threading.Event().wait()
+    """
+)
+
+
+@pytest.mark.integration
+def test_a_crash_between_receipt_and_ack_loses_nothing(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer, tmp_path: Path
+) -> None:
+    """A consumer killed (-9) inside accept() leaves message and file; a new consumer delivers and cleans up."""
+    key = producer.send(_samples()["05-message-chat.json"])
+    settings = _settings(redis, storage_root, visibility_timeout=1)
+    marker = tmp_path / "received"
+    config = json.dumps(settings.model_dump(mode="json") | {"broker_url": redis.url(1)})
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    child = subprocess.Popen([sys.executable, "-c", _CRASHING_CONSUMER, config, str(marker)], env=env)
+    try:
+        _wait_for(marker.exists, what="the child consumer to receive the message")
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    client = redis.client(1)
+    assert client.hlen(UNACKED) == 1 and client.llen("ops_trace") == 0
+    assert (storage_root / key).exists()
+
+    recorder = Recorder()
+    source = CelerySource(settings, recorder)
+    source.start()
+    try:
+        _wait_for(lambda: recorder.keys() == [marker.read_text()], what="the redelivered record")
+        _wait_for(lambda: _drained(redis) and not (storage_root / key).exists(), what="ack and delete")
+    finally:
+        source.stop(10)
+
+
+@pytest.mark.integration
+def test_a_broken_file_is_reported_kept_and_does_not_stop_the_others(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dify's ``trace_info: null`` file is logged with its reason and kept under failed/; the rest go on."""
+    samples = _samples()
+    producer.send(samples["05-message-chat.json"])
+    broken = producer.send({"app_id": "83d767f2-49a5-4a3f-89fd-fdebaf4cfca1", "trace_info_type": "dict", "trace_info": None})
+    producer.send(samples["12-generate-name.json"])
+    recorder = Recorder()
+    source = CelerySource(_settings(redis, storage_root), recorder)
+    caplog.set_level(logging.INFO, logger="traceexport.sources.celery")
+    source.start()
+    try:
+        _wait_for(lambda: len(recorder.records) == 2 and source.stats.snapshot()["invalid"] == 1, what="2 ok, 1 bad")
+        _wait_for(lambda: _drained(redis) and not _files(storage_root), what="queue drained, files gone")
+    finally:
+        source.stop(10)
+    kept = storage_root / "traceexport" / "failed" / broken
+    assert json.loads(kept.read_bytes())["trace_info"] is None
+    lines = [r.getMessage() for r in caplog.records if "not a valid record" in r.getMessage()]
+    assert len(lines) == 1 and "trace_info null" in lines[0] and str(Path(broken).name) in lines[0]
+
+
+@pytest.mark.integration
+def test_a_missing_file_is_acknowledged_and_counted(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer
+) -> None:
+    """A task whose file is gone (handled by another sidecar) is acknowledged, not retried forever."""
+    producer.enqueue("83d767f2-49a5-4a3f-89fd-fdebaf4cfca1", uuid.uuid4().hex)
+    source = CelerySource(_settings(redis, storage_root), Recorder())
+    source.start()
+    try:
+        _wait_for(lambda: source.stats.snapshot()["missing"] == 1 and _drained(redis), what="missing acked")
+    finally:
+        source.stop(10)
+
+
+@pytest.mark.integration
+def test_a_full_spool_requeues_until_accepted(redis: RedisServer, storage_root: Path, producer: DifyProducer) -> None:
+    """SpoolFullError twice puts the message back twice; the third attempt delivers it once and cleans up."""
+    key = producer.send(_samples()["12-generate-name.json"])
+    recorder = Recorder(refuse=2, retry_after=0.05)
+    source = CelerySource(_settings(redis, storage_root), recorder)
+    source.start()
+    try:
+        _wait_for(lambda: len(recorder.records) == 1, what="the record after two refusals")
+        _wait_for(lambda: _drained(redis) and not (storage_root / key).exists(), what="ack and delete")
+    finally:
+        source.stop(10)
+    assert recorder.calls == 3 and source.stats.snapshot()["retry"] == 2
+
+
+@pytest.mark.integration
+def test_stop_while_the_spool_is_full_puts_the_message_back(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer
+) -> None:
+    """stop() cuts the back-pressure wait short and leaves the message on the queue with its file."""
+    key = producer.send(_samples()["12-generate-name.json"])
+    recorder = Recorder(refuse=1000, retry_after=60)
+    source = CelerySource(_settings(redis, storage_root), recorder)
+    source.start()
+    _wait_for(lambda: recorder.calls >= 1, what="the first refused accept")
+    started = time.monotonic()
+    source.stop(10)
+    assert time.monotonic() - started < 10
+    client = redis.client(1)
+    _wait_for(lambda: client.llen("ops_trace") == 1 and client.hlen(UNACKED) == 0, what="message back on queue")
+    assert (storage_root / key).exists()
+
+
+@pytest.mark.integration
+def test_two_consumers_on_one_queue_lose_nothing(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer
+) -> None:
+    """Two sidecars sharing the queue (prefetch 2) deliver every message at least once and leave nothing."""
+    ids = [str(uuid.uuid4()) for _ in range(16)]
+    for message_id in ids:
+        producer.send(_message_envelope(message_id))
+    first, second = Recorder(), Recorder()
+    sources = [
+        CelerySource(_settings(redis, storage_root, prefetch=2), first),
+        CelerySource(_settings(redis, storage_root, prefetch=2), second),
+    ]
+    for source in sources:
+        source.start()
+    try:
+        expected = {f"message:{i}" for i in ids}
+        _wait_for(lambda: set(first.keys()) | set(second.keys()) == expected, what="every message delivered")
+        _wait_for(lambda: _drained(redis) and not _files(storage_root), what="queue drained, files gone")
+    finally:
+        for source in sources:
+            source.stop(10)
+    assert len(first.keys()) + len(second.keys()) >= len(ids)
+
+
+@pytest.mark.integration
+def test_an_unknown_task_on_the_queue_is_logged_and_dropped(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A message for another task name is acknowledged with one warning naming the task."""
+    producer.app.send_task("tasks.something_else", args=[{"x": 1}], queue="ops_trace")
+    source = CelerySource(_settings(redis, storage_root), Recorder())
+    caplog.set_level(logging.WARNING, logger="traceexport.sources.celery")
+    source.start()
+    try:
+        _wait_for(lambda: source.stats.snapshot()["unknown_task"] == 1 and _drained(redis), what="dropped")
+    finally:
+        source.stop(10)
+    assert any("tasks.something_else" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,87 @@
+"""Produce trace tasks exactly the way Dify's API does, for the Celery source's integration tests.
+
+Dify's ``TraceQueueManager.send_to_celery`` (RECORDS.md §1.4) does, per record::
+
+    file_id = uuid4().hex
+    storage.save(f"ops_trace/{app_id}/{file_id}.json", task_data.model_dump_json().encode("utf-8"))
+    process_trace_tasks.delay({"file_id": file_id, "app_id": app_id})
+
+where ``process_trace_tasks`` is a ``@shared_task(queue="ops_trace", bind=True, ...)`` in module
+``tasks.ops_trace_task`` and the Celery app is built as in Dify's ``extensions/ext_celery.py``: Redis
+broker, Celery's defaults for everything Dify does not set (message protocol 2, JSON serializer,
+UTF-8), ``task_ignore_result=True``. This producer builds the same app and sends through the same
+``delay`` call, so the consumer sees byte-for-byte what Dify would enqueue.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+TASK_NAME = "tasks.ops_trace_task.process_trace_tasks"
+QUEUE = "ops_trace"
+
+
+def dify_celery_app(broker_url: str) -> Any:
+    """A Celery app configured the way Dify's ``ext_celery.init_app`` configures its own."""
+    from celery import Celery
+
+    app = Celery("app", broker=broker_url, backend="redis", set_as_current=False)
+    app.conf.update(
+        result_backend=broker_url,
+        broker_transport_options={},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        timezone="UTC",
+        task_ignore_result=True,
+    )
+
+    @app.task(name=TASK_NAME, queue=QUEUE, bind=True, max_retries=60, default_retry_delay=5)
+    def process_trace_tasks(self: Any, file_info: dict[str, Any]) -> None:  # pragma: no cover - never run here
+        raise RuntimeError("the producer only sends; Dify's worker (or traceexport) consumes")
+
+    return app
+
+
+class DifyProducer:
+    """Stores TaskData files under ``storage_root`` and enqueues ``process_trace_tasks`` like Dify."""
+
+    def __init__(self, broker_url: str, storage_root: Path) -> None:
+        self.storage_root = storage_root
+        self.app = dify_celery_app(broker_url)
+        self.task = self.app.tasks[TASK_NAME]
+
+    def store(self, envelope: dict[str, Any] | bytes, app_id: str | None = None, file_id: str | None = None) -> str:
+        """Write one TaskData file the way Dify does and return its storage key."""
+        data = envelope if isinstance(envelope, bytes) else _dify_json(envelope)
+        if app_id is None:
+            app_id = json.loads(data)["app_id"]
+        file_id = file_id or uuid.uuid4().hex
+        key = f"ops_trace/{app_id}/{file_id}.json"
+        path = self.storage_root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return key
+
+    def enqueue(self, app_id: str, file_id: str) -> str:
+        """``process_trace_tasks.delay({"file_id": ..., "app_id": ...})``; returns the Celery task id."""
+        result = self.task.delay({"file_id": file_id, "app_id": app_id})
+        return str(result.id)
+
+    def send(self, envelope: dict[str, Any] | bytes) -> str:
+        """Store the file, then enqueue its task (Dify's order); returns the storage key."""
+        key = self.store(envelope)
+        _, app_id, name = key.split("/")
+        self.enqueue(app_id, name.removesuffix(".json"))
+        return key
+
+    def close(self) -> None:
+        """Release the broker connection pool."""
+        self.app.close()
+
+
+def _dify_json(envelope: dict[str, Any]) -> bytes:
+    """pydantic ``model_dump_json`` style: compact separators, raw UTF-8."""
+    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
