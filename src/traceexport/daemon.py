@@ -8,6 +8,7 @@ in the spool, and the next start on the same spool resumes it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -18,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from traceexport.config import Config, build_routes, split_host_port
+from traceexport.config import DEFAULT_OUT_DIR, Config, build_routes, split_host_port
 from traceexport.config.check import load_celery_settings
 from traceexport.errors import ConfigError, Problem
 from traceexport.logs import add_secrets, log_event
@@ -52,11 +53,13 @@ def build_prepare(config: Config, env: Mapping[str, str]) -> Callable[..., Any] 
     return enricher
 
 
-def describe_sinks(config: Config) -> str:
-    """``file → traceexport-out, opik`` for the start-up line."""
+def describe_sinks(config: Config, env: Mapping[str, str]) -> str:
+    """``file (file) → traceexport-out, opik (opik)`` for the start-up line."""
     parts = []
     for name, sink in config.sinks.items():
         target = sink.options().get("path")
+        if sink.type == "file" and not target:
+            target = env.get("TRACEEXPORT_FILE_SINK_DIR") or DEFAULT_OUT_DIR
         parts.append(f"{name} ({sink.type}) → {target}" if target else f"{name} ({sink.type})")
     return ", ".join(parts)
 
@@ -90,19 +93,20 @@ class Daemon:
         spool_dir = Path(self.config.spool.dir)
         prepare = build_prepare(self.config, self.env)
         self.pipeline = Pipeline(spool_dir, routes, pipeline_settings(self.config), prepare=prepare)
-        self.pipeline.start()
-        self._running = True
-        if self.config.sources.celery is not None:
-            self.celery = self._celery_source(self.pipeline)
-            self.celery.start()
         http = self.config.sources.http
-        if http is not None:
+        if http is not None:  # bind first: a taken port fails before anything runs
             host, port = split_host_port(http.listen)
             token = http.token.get_secret_value() if http.token else None
             settings = IngestSettings(host=host, port=port, token=token, shutdown_grace=http.shutdown_grace,
                                       max_body_bytes=int(http.max_body_bytes))
             self.http = IngestServer(settings, self.pipeline.accept, ready=self.not_ready_reason,
                                      metrics_text=self.pipeline.prometheus_text)
+        self.pipeline.start()
+        self._running = True
+        if self.config.sources.celery is not None:
+            self.celery = self._celery_source(self.pipeline)
+            self.celery.start()
+        if self.http is not None:
             self.http.start()
         log_event(log, "serve.started", listen=self.listen_url or "-", sinks=",".join(self.config.sinks),
                   spool=str(spool_dir), celery=self.celery is not None, enrich=prepare is not None)
@@ -124,11 +128,16 @@ class Daemon:
             self.celery = None
         if self.pipeline is not None:
             pending = sum(self.pipeline.pending().values())
-            self.pipeline.stop(PIPELINE_STOP_TIMEOUT)
+            if self._running:
+                self.pipeline.stop(PIPELINE_STOP_TIMEOUT)  # also shuts the sinks down
+            else:
+                for route in self.pipeline.routes:
+                    route.sink.shutdown(1.0)
             self.pipeline.close()
             self.pipeline = None
+            if self._running:
+                log_event(log, "serve.stopped", pending_in_spool=pending, requests_cut=cut)
             self._running = False
-            log_event(log, "serve.stopped", pending_in_spool=pending, requests_cut=cut)
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to shut down (safe from a signal handler)."""
@@ -169,7 +178,7 @@ class Daemon:
         inputs = [f"listening on {self.listen_url}"] if self.listen_url else []
         if self.celery is not None:
             inputs.append(f"consuming Celery queue {self.celery.settings.queue!r}")
-        return (f"traceexport: {' and '.join(inputs)}; sending to {describe_sinks(self.config)}; "
+        return (f"traceexport: {' and '.join(inputs)}; sending to {describe_sinks(self.config, self.env)}; "
                 f"spool {self.config.spool.dir}")
 
     def not_ready_reason(self) -> str | None:
@@ -183,8 +192,11 @@ class Daemon:
 
 def start_problem(exc: OSError, config: Config) -> ConfigError:
     """A one-line ConfigError for a start-up OSError such as a port already in use."""
-    where = "sources.http.listen" if config.sources.http else "spool.dir"
-    return ConfigError([Problem(where, f"cannot start: {exc.strerror or exc}")], title="cannot start")
+    http = config.sources.http
+    if http is not None and exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+        return ConfigError([Problem("sources.http.listen", f"cannot listen on {http.listen}: {exc.strerror}")],
+                           title="cannot start")
+    return ConfigError([Problem("", f"cannot start: {exc.strerror or exc}")], title="cannot start")
 
 
 __all__ = ["Daemon", "build_prepare", "describe_sinks", "pipeline_settings", "start_problem"]

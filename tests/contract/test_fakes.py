@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from tests.fakes import FakeServer, RecordedRequest, Response
 from tests.fakes.amplitude_server import AmplitudeFake
 from tests.fakes.opik_server import OpikFake, is_uuid7, uuid7

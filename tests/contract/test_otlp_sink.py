@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-
 from tests.fakes.otlp_server import OtlpFake, OtlpGrpcFake
+from tests.support.processes import python_process, read_line, stop_process
+
 from traceexport.errors import ConfigError, RecordError
 from traceexport.sinks import Sink, create_sink
 from traceexport.sinks.base import Payload
 from traceexport.sinks.otlp import OtlpSink, from_config
 
-REPO = Path(__file__).resolve().parents[2]
 T0 = 1_763_731_618_000_000_000
 
 
@@ -327,11 +323,9 @@ def test_grpc_unreachable_is_retryable() -> None:
 @pytest.mark.integration
 def test_fake_runs_as_a_subprocess() -> None:
     """`python -m tests.fakes.otlp_server --port 0` prints its URL first and records spans for the control API."""
-    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.otlp_server", "--port", "0"], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = python_process(["-m", "tests.fakes.otlp_server", "--port", "0"])
     try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
+        url = read_line(proc, timeout=30)
         assert url.startswith("http://127.0.0.1:")
         sink = from_config("o", {"endpoint": url}, {})
         assert sink.export([span(0)]).ok
@@ -339,12 +333,7 @@ def test_fake_runs_as_a_subprocess() -> None:
         state = httpx.get(url + "/_fake/state", timeout=5).json()
         assert [s["name"] for s in state["spans"]] == ["span-0"]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, timeout=10)
 
 
 def test_fake_rejects_unknown_content_type(fake: OtlpFake) -> None:

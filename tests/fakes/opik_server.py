@@ -149,7 +149,7 @@ class OpikFake(FakeServer):
             return Response(400, {"errors": ["Unable to process JSON"]})
         if not isinstance(body, dict):
             return Response(400, {"errors": ["Unable to process JSON"]})
-        items = body.get(collection)
+        items: Any = body.get(collection)
         violations = bean_violations(collection, items)
         if violations:
             return Response(422, {"errors": violations})

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.dify_producer import DifyProducer
+from tests.support.redis_server import RedisServer, free_port, redis_server_binary
 
 from traceexport.errors import ConfigError, SpoolFullError
 from traceexport.records import Record
@@ -142,8 +144,12 @@ def test_processor_requeues_without_ack_when_the_spool_is_full(tmp_path: Path) -
     events: list[str] = []
     stats = Stats()
     processor = TraceFileProcessor(
-        storage, Recorder(refuse=1, retry_after=0), failed_prefix="failed/", retry_delay=0,
-        stopping=threading.Event(), stats=stats,
+        storage,
+        Recorder(refuse=1, retry_after=0),
+        failed_prefix="failed/",
+        retry_delay=0,
+        stopping=threading.Event(),
+        stats=stats,
     )
     outcome = processor.process(ref, lambda: events.append("ack"), lambda: events.append("requeue"))
     assert (outcome, events, stats.snapshot()["retry"]) == ("retry", ["requeue"], 1)
@@ -178,14 +184,6 @@ def test_missing_celery_extra_is_a_config_error(monkeypatch: pytest.MonkeyPatch,
 
 
 # --------------------------------------------------------------------------- real redis-server
-
-try:  # the support helpers import celery/redis lazily; these imports are stdlib-only at module level
-    from tests.support.dify_producer import DifyProducer
-    from tests.support.redis_server import RedisServer, redis_server_binary
-except ImportError:  # pragma: no cover - running from another rootdir
-    sys.path.insert(0, str(REPO))
-    from tests.support.dify_producer import DifyProducer
-    from tests.support.redis_server import RedisServer, redis_server_binary
 
 UNACKED = "traceexport.unacked"
 
@@ -314,7 +312,9 @@ def test_a_broken_file_is_reported_kept_and_does_not_stop_the_others(
     """Dify's ``trace_info: null`` file is logged with its reason and kept under failed/; the rest go on."""
     samples = _samples()
     producer.send(samples["05-message-chat.json"])
-    broken = producer.send({"app_id": "83d767f2-49a5-4a3f-89fd-fdebaf4cfca1", "trace_info_type": "dict", "trace_info": None})
+    broken = producer.send(
+        {"app_id": "83d767f2-49a5-4a3f-89fd-fdebaf4cfca1", "trace_info_type": "dict", "trace_info": None}
+    )
     producer.send(samples["12-generate-name.json"])
     recorder = Recorder()
     source = CelerySource(_settings(redis, storage_root), recorder)
@@ -417,3 +417,72 @@ def test_an_unknown_task_on_the_queue_is_logged_and_dropped(
     finally:
         source.stop(10)
     assert any("tasks.something_else" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.integration
+def test_a_broker_down_at_start_is_retried_until_it_comes_up(
+    tmp_path: Path, storage_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The source starts without its broker, logs one masked line, and consumes once Redis is up."""
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    settings = CelerySourceSettings.from_config(
+        {
+            "broker_url": f"redis://:pw-not-logged@127.0.0.1:{port}/1",
+            "storage": {"type": "local", "path": str(storage_root)},
+        }
+    )
+    recorder = Recorder()
+    source = CelerySource(settings, recorder)
+    caplog.set_level(logging.INFO, logger="traceexport.sources.celery")
+    source.start()
+    try:
+        _wait_for(lambda: any("unreachable" in r.getMessage() for r in caplog.records), what="the unreachable line")
+        with RedisServer.start(tmp_path / "late-redis", port=port) as server:
+            server.client(1).config_set("requirepass", "pw-not-logged")
+            prod = DifyProducer(f"redis://:pw-not-logged@127.0.0.1:{port}/1", storage_root)
+            try:
+                prod.send(_samples()["12-generate-name.json"])
+            finally:
+                prod.close()
+            _wait_for(lambda: len(recorder.records) == 1, timeout=20, what="the record after the broker came up")
+    finally:
+        source.stop(10)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "pw-not-logged" not in text and "reachable again" in text
+
+
+@pytest.mark.integration
+def test_sample_records_reach_a_file_sink_through_a_real_pipeline(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer, tmp_path: Path
+) -> None:
+    """Dify's queue → CelerySource → Pipeline.accept (spool) → otlp mapping → file sink, with the queue drained."""
+    from traceexport.mapping import load_mapping
+    from traceexport.pipeline import Pipeline, Route
+    from traceexport.records import record_from_obj
+    from traceexport.sinks.file import FileSink
+
+    samples = _samples()
+    mapping = load_mapping("otlp")
+    expected = sum(len(mapping.map(record_from_obj(json.loads(data)))) for data in samples.values())
+    out = tmp_path / "out"
+    pipeline = Pipeline(tmp_path / "spool", [Route(FileSink("file", out, "otlp", fsync=False), mapping)])
+    pipeline.start()
+    source = CelerySource(_settings(redis, storage_root), pipeline.accept)
+    for data in samples.values():
+        producer.send(data)
+    source.start()
+
+    def lines() -> int:
+        path = out / "otlp.jsonl"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    try:
+        _wait_for(lambda: lines() >= expected, timeout=30, what=f"{expected} spans in the file sink")
+        _wait_for(lambda: _drained(redis) and not _files(storage_root), what="queue drained, files deleted")
+    finally:
+        source.stop(10)
+        pipeline.stop(10)
+        pipeline.close()
+    assert lines() == expected

@@ -38,7 +38,9 @@ def dify_celery_app(broker_url: str) -> Any:
         task_ignore_result=True,
     )
 
-    @app.task(name=TASK_NAME, queue=QUEUE, bind=True, max_retries=60, default_retry_delay=5)
+    # Dify uses @shared_task; shared=False only keeps test apps from sharing one registry. The message
+    # sent is the same: the name, queue and options below are what routes and labels it.
+    @app.task(name=TASK_NAME, queue=QUEUE, bind=True, max_retries=60, default_retry_delay=5, shared=False)
     def process_trace_tasks(self: Any, file_info: dict[str, Any]) -> None:  # pragma: no cover - never run here
         raise RuntimeError("the producer only sends; Dify's worker (or traceexport) consumes")
 

@@ -65,19 +65,25 @@ CREATE INDEX workflow_node_execution_workflow_run_idx
     ON workflow_node_executions (tenant_id, app_id, workflow_id, triggered_from, workflow_run_id);
 """
 _COLUMNS = (
-    "id tenant_id app_id workflow_id triggered_from workflow_run_id index predecessor_node_id "
-    "node_execution_id node_id node_type title inputs process_data outputs status error elapsed_time "
-    "execution_metadata created_at created_by_role created_by finished_at"
-).split()
+    "id", "tenant_id", "app_id", "workflow_id", "triggered_from", "workflow_run_id", "index",
+    "predecessor_node_id", "node_execution_id", "node_id", "node_type", "title", "inputs", "process_data",
+    "outputs", "status", "error", "elapsed_time", "execution_metadata", "created_at", "created_by_role",
+    "created_by", "finished_at",
+)  # fmt: skip
 
 
 class PostgresUnavailable(Exception):
     """PostgreSQL cannot be started here; the message names the missing piece."""
 
 
+def _version_key(bin_dir: str) -> tuple[int, ...]:
+    parts = Path(bin_dir).parent.name.split(".")
+    return tuple(int(p) if p.isdigit() else 0 for p in parts)
+
+
 def find_bin_dir() -> Path | None:
     """The newest ``/usr/lib/postgresql/*/bin`` holding ``postgres`` and ``initdb``, or PATH's."""
-    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(Path(d).parent.name or 0))
+    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key)
     for candidate in reversed(dirs):
         if (Path(candidate) / "postgres").exists() and (Path(candidate) / "initdb").exists():
             return Path(candidate)
@@ -110,15 +116,15 @@ class PostgresServer:
             _chown(root, user)
             (root / "pwfile").write_text(password + "\n")
             _chown(root / "pwfile", user)
-            _run([str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", "postgres", "-E", "UTF8",
-                  "--locale=C", "--auth=scram-sha-256", f"--pwfile={root / 'pwfile'}", "--no-sync"], user)
+            initdb = [str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", "postgres", "-E", "UTF8"]
+            _run([*initdb, "--locale=C", "--auth=scram-sha-256", f"--pwfile={root / 'pwfile'}", "--no-sync"], user)
             port = _free_port()
-            log = open(root / "postgres.log", "wb")  # noqa: SIM115 - the child process owns it
-            process = subprocess.Popen(
-                [str(bin_dir / "postgres"), "-D", str(root / "data"), "-p", str(port), "-h", "127.0.0.1",
-                 "-k", str(root), "-c", "fsync=off", "-c", "full_page_writes=off"],
-                stdout=log, stderr=subprocess.STDOUT, **_user_kwargs(user),
-            )  # fmt: skip
+            with open(root / "postgres.log", "wb") as log:  # the child keeps its own descriptor
+                process = subprocess.Popen(
+                    [str(bin_dir / "postgres"), "-D", str(root / "data"), "-p", str(port), "-h", "127.0.0.1",
+                     "-k", str(root), "-c", "fsync=off", "-c", "full_page_writes=off"],
+                    stdout=log, stderr=subprocess.STDOUT, **_user_kwargs(user),
+                )  # fmt: skip
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
             raise

@@ -26,7 +26,8 @@ def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -42,25 +43,25 @@ class RedisServer:
         self.workdir = workdir
 
     @classmethod
-    def start(cls, workdir: Path, *, attempts: int = 3) -> RedisServer:
-        """Start redis-server in ``workdir`` and wait (bounded) until it answers PING."""
+    def start(cls, workdir: Path, *, port: int | None = None, attempts: int = 3) -> RedisServer:
+        """Start redis-server in ``workdir`` (on ``port``, else a free one); wait (bounded) for PING."""
         binary = redis_server_binary()
         if binary is None:
             raise RuntimeError("redis-server is not installed")
         workdir.mkdir(parents=True, exist_ok=True)
         last_error = "not started"
         for _ in range(attempts):  # a free port can be taken between probing and binding
-            port = _free_port()
-            args = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+            chosen = port or free_port()
+            args = [binary, "--bind", "127.0.0.1", "--port", str(chosen), "--save", "", "--appendonly", "no"]
             args += ["--dir", str(workdir), "--protected-mode", "yes", "--loglevel", "warning"]
-            log = (workdir / f"redis-{port}.log").open("wb")
+            log = (workdir / f"redis-{chosen}.log").open("wb")
             process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
             log.close()
-            server = cls(process, port, workdir)
+            server = cls(process, chosen, workdir)
             if server._wait_ready(START_TIMEOUT):
                 return server
             server.stop()
-            last_error = (workdir / f"redis-{port}.log").read_text(errors="replace")[-500:]
+            last_error = (workdir / f"redis-{chosen}.log").read_text(errors="replace")[-500:]
         raise RuntimeError(f"redis-server did not start: {last_error}")
 
     def _wait_ready(self, timeout: float) -> bool:

@@ -21,8 +21,8 @@ def add_common_flags(parser: argparse.ArgumentParser, *, serve: bool) -> None:
     env = ENV_NAMES
     parser.add_argument("--config", metavar="FILE", help=f"YAML config file (env {env['config']})")
     parser.add_argument("--to", metavar="SINK[,SINK...]",
-                        help="sinks to send to: names from the config, or a type (opik, langfuse, otlp, amplitude, "
-                             f"file) set up by its usual environment variables (env {env['to']})")
+                        help="sinks to send to: names from the config, or a sink type (opik, langfuse, otlp, "
+                             f"amplitude, file) set up by its usual environment variables (env {env['to']})")
     parser.add_argument("--spool", metavar="DIR", help=f"spool directory (env {env['spool']})")
     if serve:
         parser.add_argument("--listen", metavar="HOST:PORT",

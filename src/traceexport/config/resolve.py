@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from traceexport.config.loader import load_config, parse_config
-from traceexport.config.models import DEFAULT_OUT_DIR, SINK_TYPES, Config, split_host_port
+from traceexport.config.models import SINK_TYPES, Config, split_host_port
 from traceexport.errors import ConfigError, Problem
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ def _select_sinks(data: dict[str, Any], to: str, problems: list[Problem]) -> Non
         if name in configured:
             chosen[name] = configured[name]
         elif name in SINK_TYPES:
-            chosen[name] = {"type": name, "path": DEFAULT_OUT_DIR} if name == "file" else {"type": name}
+            chosen[name] = {"type": name}
         else:
             known = ", ".join([*configured, *(t for t in SINK_TYPES if t not in configured)])
             problems.append(Problem("--to / TRACEEXPORT_TO", f"unknown sink {name!r} (known: {known})"))
@@ -87,7 +87,7 @@ def _apply(data: dict[str, Any], o: Overrides, has_file: bool, problems: list[Pr
         if has_file:
             problems.append(Problem("sinks", "no sink configured: add a sinks section or pass --to opik"))
         else:
-            data["sinks"] = {"file": {"type": "file", "path": DEFAULT_OUT_DIR}}
+            data["sinks"] = {"file": {"type": "file"}}
     if o.spool:
         data["spool"] = {**(data.get("spool") or {}), "dir": o.spool}
     if o.listen or o.token:
@@ -123,8 +123,12 @@ def serve_problems(config: Config) -> list[Problem]:
     return []
 
 
-def resolve_config(flags: Overrides | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """The effective config from flags, environment, the config file and defaults; ConfigError if invalid."""
+def resolve_config(flags: Overrides | None = None, env: Mapping[str, str] | None = None, *,
+                   serve: bool = True) -> Config:
+    """The effective config from flags, environment, the config file and defaults; ConfigError if invalid.
+
+    ``serve=False`` (replay) skips the rules that only matter to a listening daemon.
+    """
     env = os.environ if env is None else env
     o = (flags or Overrides()).with_env(env)
     base = load_config(o.config, env)
@@ -135,7 +139,7 @@ def resolve_config(flags: Overrides | None = None, env: Mapping[str, str] | None
         data["enrich"] = {**(data.get("enrich") or {}), "database_url": env[DATABASE_URL_ENV]}
     config, more = parse_config(data)
     problems += more
-    if config is not None and not problems:
+    if config is not None and not problems and serve:
         problems += serve_problems(config)
     if problems or config is None:
         raise ConfigError(problems, title="invalid configuration")
@@ -176,6 +180,8 @@ def _prefixed(prefix: str, problem: Problem) -> Problem:
         if problem.message.startswith(f"{prefix}.") or problem.message.startswith(f"{prefix}:"):
             return problem  # the sink already named its key path
         return Problem(prefix, problem.message)
+    if problem.where == prefix or problem.where.startswith(f"{prefix}."):
+        return problem  # already a full key path
     if problem.where.startswith(("/", ".")) or ":" in problem.where:  # a file location: keep it, add the sink
         return Problem(problem.where, f"{prefix}: {problem.message}")
     return Problem(f"{prefix}.{problem.where}", problem.message)

@@ -17,9 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-PROVIDER_NAME = "traceexport"
-SECRET_KEYS = ["token"]
-OTHER_KEYS = ["mode", "sinks", "config_file", "endpoint", "tee"]
+from traceexport.dify.names import OTHER_KEYS, PROVIDER_NAME, SECRET_KEYS
+
 MODES = ("in_process", "forward")
 DEFAULT_SPOOL = "/app/api/storage/traceexport-spool"
 DEFAULT_QUEUE_SIZE = 10_000

@@ -88,8 +88,8 @@ def _section(source: Any) -> dict[str, Any]:
         return {}
     if not isinstance(source, Mapping) and hasattr(source, "enrich"):
         source = source.enrich
-    elif isinstance(source, Mapping) and isinstance(source.get("enrich"), Mapping | type(None)):
-        source = source.get("enrich") or {}
+    elif isinstance(source, Mapping) and "enrich" in source:
+        source = source["enrich"] or {}
     if hasattr(source, "model_dump"):
         source = source.model_dump()
     section = dict(source) if isinstance(source, Mapping) else {}
@@ -101,6 +101,8 @@ def _section(source: Any) -> dict[str, Any]:
 
 def enrich_settings(source: Any, environ: Mapping[str, str]) -> EnrichSettings:
     """Validated settings; ConfigError lists every problem with its key path (never the URL itself)."""
+    if isinstance(source, EnrichSettings):
+        return source
     section = _section(source)
     problems: list[Problem] = []
     known = {f.name for f in fields(EnrichSettings)}
@@ -113,7 +115,7 @@ def enrich_settings(source: Any, environ: Mapping[str, str]) -> EnrichSettings:
             if seconds is None:
                 problems.append(Problem(f"enrich.{key}", "must be seconds: a number, or like '30s', '500ms'"))
             values[key] = seconds
-    url = section.get("database_url") or environ.get(ENV_DATABASE_URL) or ""
+    url = environ.get(ENV_DATABASE_URL) or section.get("database_url") or ""  # the variable wins, as in config
     if not str(url).strip():
         problems.append(Problem("enrich.database_url", f"not set; set it or the {ENV_DATABASE_URL} variable"))
     elif not str(url).startswith(("postgresql://", "postgres://")) and "=" not in str(url):

@@ -55,6 +55,10 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached or the query failed; the message has no secrets."""
 
 
+class QueryRejected(Exception):
+    """The database refused this run's query for good (e.g. a run id that is not a uuid)."""
+
+
 def _import_psycopg() -> ModuleType:
     try:
         return importlib.import_module("psycopg")
@@ -91,9 +95,10 @@ class NodeReader:
                     cur.execute(_QUERY.format(filters=filters), params)
                     return list(cur.fetchall())
             except self._psycopg.DataError as exc:  # e.g. a run id that is not a uuid: retrying will not help
-                raise LookupError(self._describe(exc)) from exc
+                raise QueryRejected(self._describe(exc)) from exc
             except self._psycopg.Error as exc:
-                self._drop()
+                if isinstance(exc, self._psycopg.OperationalError) or conn.broken or conn.closed:
+                    self._drop()
                 raise DatabaseUnavailable(self._describe(exc)) from exc
 
     def _connection(self) -> Any:
@@ -101,7 +106,7 @@ class NodeReader:
             return self._conn
         if self._clock() < self._down_until:
             raise DatabaseUnavailable("database was unreachable moments ago; not retrying yet")
-        s = self._settings
+        s, conn = self._settings, None
         try:
             conn = self._psycopg.connect(
                 s.database_url,
@@ -116,6 +121,9 @@ class NodeReader:
             conn.execute("SELECT set_config('statement_timeout', %s, false)", [timeout_ms])
         except self._psycopg.Error as exc:
             self._down_until = self._clock() + s.reconnect_interval
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
             raise DatabaseUnavailable(self._describe(exc)) from exc
         self._conn = conn
         return conn
@@ -206,7 +214,7 @@ class PostgresEnricher:
             return None
         try:
             rows = self._reader.fetch(run_id, _text(data.get("tenant_id")), _text(record.app_id))
-        except LookupError as exc:
+        except QueryRejected as exc:
             self._count("database_errors")
             self._db_log.warning("workflow nodes: cannot query run %s: %s", run_id, exc)
             self._give_up(record, [])

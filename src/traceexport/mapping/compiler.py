@@ -26,6 +26,25 @@ from traceexport.mapping.functions import REGISTRY
 Getter = Callable[[dict[str, Any]], Any]
 
 
+class Where:
+    """A place in a mapping file: file, line and key path, rendered as ``file:line: key.path``."""
+
+    __slots__ = ("file", "line", "path")
+
+    def __init__(self, file: str, line: int, path: str) -> None:
+        self.file, self.line, self.path = file, line, path
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.path}" if self.file else self.path
+
+    def child(self, key: Any, container: Any = None) -> Where:
+        """The place of ``key`` inside ``container`` (a LineDict knows each key's own line)."""
+        lines = getattr(container, "lines", None)
+        file, line = lines[key] if lines and key in lines else (self.file, self.line)
+        suffix = f"[{key}]" if isinstance(key, int) else f".{key}"
+        return Where(file, line, f"{self.path}{suffix}" if self.path else str(key))
+
+
 class Const:
     """A compiled value that does not depend on the record."""
 
@@ -41,9 +60,9 @@ Compiled = Getter | Const
 class MappingRuntimeError(Exception):
     """A registry function failed on one record; carries the key path for the one-line reason."""
 
-    def __init__(self, where: str, function: str, exc: Exception) -> None:
+    def __init__(self, where: Where, function: str, exc: Exception) -> None:
         self.where = where
-        super().__init__(f"{where}: {function} failed: {type(exc).__name__}: {exc}")
+        super().__init__(f"{where.path}: {function} failed: {type(exc).__name__}: {exc}")
 
 
 def as_getter(compiled: Compiled) -> Getter:
@@ -80,12 +99,12 @@ class Compiler:
         self.options = options or {}
         self.problems: list[tuple[str, str]] = []
 
-    def problem(self, where: str, message: str) -> Const:
-        self.problems.append((where, message))
+    def problem(self, where: Where, message: str) -> Const:
+        self.problems.append((str(where), message))
         return Const(None)
 
     # --- values --------------------------------------------------------------------------------------
-    def value(self, spec: Any, where: str, scope: Scope) -> Compiled:
+    def value(self, spec: Any, where: Where, scope: Scope) -> Compiled:
         if isinstance(spec, str):
             return self._string(spec, where, scope)
         if isinstance(spec, dict):
@@ -94,7 +113,7 @@ class Compiler:
             return self._list(spec, where, scope)
         return Const(spec)
 
-    def _string(self, spec: str, where: str, scope: Scope) -> Compiled:
+    def _string(self, spec: str, where: Where, scope: Scope) -> Compiled:
         try:
             if spec.startswith("$$"):
                 return Const(spec[1:])
@@ -106,7 +125,7 @@ class Compiler:
             return self.problem(where, f"bad expression {spec!r}: {exc}")
         return Const(spec)
 
-    def _template(self, spec: str, where: str, scope: Scope) -> Compiled:
+    def _template(self, spec: str, where: Where, scope: Scope) -> Compiled:
         parts: list[Compiled] = []
         for part in split_template(spec):
             parts.append(Const(part) if isinstance(part, str) else self._expression(part, where, scope))
@@ -124,30 +143,30 @@ class Compiler:
 
         return template
 
-    def _list(self, spec: list[Any], where: str, scope: Scope) -> Compiled:
-        items = [as_getter(self.value(item, f"{where}[{i}]", scope)) for i, item in enumerate(spec)]
+    def _list(self, spec: list[Any], where: Where, scope: Scope) -> Compiled:
+        items = [as_getter(self.value(item, where.child(i), scope)) for i, item in enumerate(spec)]
 
         def build_list(ctx: dict[str, Any]) -> list[Any]:
             return [v for v in (g(ctx) for g in items) if v is not None]
 
         return build_list
 
-    def _mapping(self, spec: dict[Any, Any], where: str, scope: Scope) -> Compiled:
+    def _mapping(self, spec: dict[Any, Any], where: Where, scope: Scope) -> Compiled:
         directives = [k for k in spec if isinstance(k, str) and k.startswith("$") and k != "$merge"]
         if directives:
             return self._directive(spec, directives, where, scope)
         return self.object(spec, where, scope)
 
-    def object(self, spec: dict[Any, Any], where: str, scope: Scope) -> Getter:
+    def object(self, spec: dict[Any, Any], where: Where, scope: Scope) -> Getter:
         """An object builder: scalar constants copied, dynamic fields evaluated, nulls left out."""
         consts: dict[str, Any] = {}
         dynamic: list[tuple[str, Getter]] = []
         merges: list[Getter] = []
         for key, sub in spec.items():
-            sub_where = f"{where}.{key}" if where else str(key)
+            sub_where = where.child(key, spec)
             if key == "$merge":
                 for i, merge_spec in enumerate(sub if isinstance(sub, list) else [sub]):
-                    merges.append(as_getter(self.value(merge_spec, f"{sub_where}[{i}]", scope)))
+                    merges.append(as_getter(self.value(merge_spec, sub_where.child(i), scope)))
                 continue
             compiled = self.value(sub, sub_where, scope)
             if isinstance(compiled, Const):
@@ -157,7 +176,7 @@ class Compiler:
                 dynamic.append((str(key), compiled))
         return _object_builder(consts, dynamic, merges)
 
-    def _directive(self, spec: dict[Any, Any], directives: list[str], where: str, scope: Scope) -> Compiled:
+    def _directive(self, spec: dict[Any, Any], directives: list[str], where: Where, scope: Scope) -> Compiled:
         name = directives[0]
         if name == "$literal" and len(spec) == 1:
             literal = spec["$literal"]
@@ -165,15 +184,15 @@ class Compiler:
                 return lambda ctx: copy.deepcopy(literal)
             return Const(literal)
         if name == "$if" and set(spec) <= {"$if", "then", "else"}:
-            cond = as_getter(self.value(spec["$if"], f"{where}.$if", scope))
-            then = as_getter(self.value(spec.get("then"), f"{where}.then", scope))
-            otherwise = as_getter(self.value(spec.get("else"), f"{where}.else", scope))
+            cond = as_getter(self.value(spec["$if"], where.child("$if", spec), scope))
+            then = as_getter(self.value(spec.get("then"), where.child("then", spec), scope))
+            otherwise = as_getter(self.value(spec.get("else"), where.child("else", spec), scope))
             return lambda ctx: then(ctx) if cond(ctx) else otherwise(ctx)
         allowed = "'$literal' alone, or '$if' with 'then'/'else'"
         return self.problem(where, f"bad directive {name!r}: use {allowed}, or '$merge' inside an object")
 
     # --- expressions ---------------------------------------------------------------------------------
-    def _expression(self, expr: Expression, where: str, scope: Scope) -> Compiled:
+    def _expression(self, expr: Expression, where: Where, scope: Scope) -> Compiled:
         head = self._head(expr.head, where, scope)
         steps: list[tuple[Callable[..., Any], list[Compiled], bool, str]] = []
         for call in expr.steps:
@@ -187,7 +206,7 @@ class Compiler:
             return head
         return _pipeline(as_getter(head), steps, where)
 
-    def _head(self, head: PathRef | Literal | Call, where: str, scope: Scope) -> Compiled:
+    def _head(self, head: PathRef | Literal | Call, where: Where, scope: Scope) -> Compiled:
         if isinstance(head, Literal):
             return Const(head.value)
         if isinstance(head, PathRef):
@@ -204,7 +223,7 @@ class Compiler:
         args = self._arguments(rest, where, scope, offset=1)
         return _pipeline(first_getter, [(function.impl, args, True, head.name)], where)
 
-    def _arguments(self, call: Call, where: str, scope: Scope, offset: int = 0) -> list[Compiled]:
+    def _arguments(self, call: Call, where: Where, scope: Scope, offset: int = 0) -> list[Compiled]:
         function = REGISTRY[call.name]
         count = len(call.args) + offset
         if not function.min_args <= count <= function.max_args:
@@ -217,7 +236,7 @@ class Compiler:
             args.append(self._argument(arg, kind, call.name, where, scope))
         return args
 
-    def _argument(self, arg: PathRef | Literal, kind: str, name: str, where: str, scope: Scope) -> Compiled:
+    def _argument(self, arg: PathRef | Literal, kind: str, name: str, where: Where, scope: Scope) -> Compiled:
         if isinstance(arg, PathRef):
             if kind != "any":
                 return self.problem(where, f"{name}: this argument must be a literal {kind}, not a path")
@@ -231,7 +250,7 @@ class Compiler:
             return self.problem(where, f"{name}: argument must be an integer, got {arg.value!r}")
         return Const(arg.value)
 
-    def _path(self, ref: PathRef, where: str, scope: Scope) -> Compiled:
+    def _path(self, ref: PathRef, where: Where, scope: Scope) -> Compiled:
         if ref.parts[0] == "options":
             name = ref.parts[1] if len(ref.parts) == 2 else None
             if name not in self.options:
@@ -277,7 +296,7 @@ def _object_builder(consts: dict[str, Any], dynamic: list[tuple[str, Getter]], m
     return build_with_merges
 
 
-def _pipeline(head: Getter, steps: list[tuple[Callable[..., Any], list[Compiled], bool, str]], where: str) -> Getter:
+def _pipeline(head: Getter, steps: list[tuple[Callable[..., Any], list[Compiled], bool, str]], where: Where) -> Getter:
     plan: list[tuple[Callable[..., Any], tuple[Any, ...] | None, list[Getter] | None, bool, str]] = []
     for impl, args, null_aware, name in steps:
         if all(isinstance(a, Const) for a in args):

@@ -15,6 +15,7 @@ from traceexport.mapping.compiler import (
     Getter,
     MappingRuntimeError,
     Scope,
+    Where,
     as_getter,
 )
 from traceexport.mapping.loader import (
@@ -181,8 +182,9 @@ def _compile_entities(section: LineDict, path: str, backend: str, fields: frozen
     return out
 
 
-def _located(doc: LineDict, key: str, path: str) -> str:
-    return _where(doc, key, f"{path}.{key}")
+def _located(doc: LineDict, key: str, path: str) -> Where:
+    file, line = doc.lines.get(key, (doc.file, doc.line))
+    return Where(file, line, f"{path}.{key}")
 
 
 def _optional(compiler: Compiler, spec: LineDict, key: str, path: str, scope: Scope) -> Getter | None:

@@ -246,6 +246,11 @@ def _when(value: Any, condition: Any) -> Any:
     return value if condition else None
 
 
+@_register("unless", "the value when the argument is falsy (null, false, empty), else null: unless($derived.nodes)", 1)
+def _unless(value: Any, condition: Any) -> Any:
+    return None if condition else value
+
+
 @_register("when_equals", "the value when the two arguments are equal, else null: when_equals($currency, 'USD')", 2)
 def _when_equals(value: Any, left: Any, right: Any) -> Any:
     return value if left == right else None
@@ -283,6 +288,14 @@ def _get(value: Any, key: Any) -> Any:
     if isinstance(value, list) and isinstance(key, int) and -len(value) <= key < len(value):
         return value[key]
     return None
+
+
+@_register("where_in", "the objects of a list whose KEY value is a truthy entry of a table: "
+           "where_in('kind', llm_kinds)", 2, arg_kinds=("any", "table"))
+def _where_in(value: Any, key: Any, table: dict[Any, Any]) -> Any:
+    if not isinstance(value, list):
+        return None
+    return [item for item in value if isinstance(item, dict) and table.get(item.get(key))]
 
 
 @_register("first", "the first item of a list")

@@ -134,7 +134,9 @@ class SinkWorker:
             payloads.extend(mapped)
             owners.extend([index] * len(mapped))
         if payloads:
-            self._classify(batch, owners, self._export(payloads), now, out)
+            result = self._export(payloads)
+            # Waits (Retry-After, backoff) count from the answer, not from when the batch was built.
+            self._classify(batch, owners, result, time.time(), out)
         return out
 
     def _map(self, item: Item, now: float, out: Outcome) -> list[Payload] | None:

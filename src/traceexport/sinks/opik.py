@@ -44,8 +44,9 @@ def load_settings(model: type[M], name: str, options: Mapping[str, Any], env: Ma
     """Validate a sink's settings from config-file ``options`` (winning) and environment variables.
 
     ``env_names`` maps a field to its environment variable; ``aliases`` maps other option names to
-    fields. Every problem is reported by where it came from (``sinks.<name>.<key>`` or the variable name)
-    in one :class:`ConfigError`; values are never echoed, so secrets stay out of the message.
+    fields; an option given as null or "" counts as not given. Every problem is reported by where it
+    came from (``sinks.<name>.<key>`` or the variable name) in one :class:`ConfigError`; values are
+    never echoed, so secrets stay out of the message.
     (Shared by the opik and amplitude sinks; a candidate for a common ``sinks/_settings.py``.)
     """
     values: dict[str, Any] = {}
@@ -57,6 +58,8 @@ def load_settings(model: type[M], name: str, options: Mapping[str, Any], env: Ma
     given: dict[str, str] = {}
     for key, value in options.items():
         field = (aliases or {}).get(key, key)
+        if value in (None, "") and field in model.model_fields:
+            continue  # an empty option (e.g. an unset ${VAR}) leaves the environment's value in place
         if field in given:
             other = f"sinks.{name}.{given[field]}"
             problems.append(Problem(f"sinks.{name}.{key}", f"same setting as {other}; give only one"))

@@ -155,9 +155,12 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "traceexport"
-    sys_version = ""
     timeout = 30  # seconds a client may stall mid-request
     server: _Server
+
+    def version_string(self) -> str:
+        """The Server header: no Python version on the wire."""
+        return self.server_version
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence per-request access lines: logs carry events, not traffic."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from traceexport.errors import ConfigError
@@ -65,16 +67,31 @@ def _consumer_class(kombu: Any) -> type:
                 )
             ]
 
+        @contextmanager
+        def establish_connection(self) -> Iterator[Any]:
+            """Connect, retrying with backoff (1 s doubling to 30 s) that stop() interrupts at once."""
+            with self.create_connection() as conn:
+                delay = 1.0
+                while True:
+                    try:
+                        conn.ensure_connection(max_retries=0, reraise_as_library_errors=False)
+                        break
+                    except (*conn.recoverable_connection_errors, *conn.connection_errors, OSError) as exc:
+                        self.on_connection_error(exc, delay)
+                        if self.source.stopping.wait(delay):
+                            raise _Stop() from exc
+                        delay = min(delay * 2, 30.0)
+                yield conn
+
         def on_connection_error(self, exc: Exception, interval: float) -> None:
             if self.source.stopping.is_set():
                 raise _Stop() from exc
             if not self._lost:
                 log.warning(
-                    "%s: broker %s unreachable (%s); retrying every %.0f s or so",
+                    "%s: broker %s unreachable (%s); retrying with backoff",
                     self.name,
                     self.source.settings.masked_broker_url(),
                     redact(str(exc)),
-                    interval,
                 )
             self._lost = True
 
@@ -97,9 +114,7 @@ class CelerySource:
     puts it back on the queue) and closes the broker connections.
     """
 
-    def __init__(
-        self, settings: CelerySourceSettings, accept: Accept, *, storage: Storage | None = None
-    ) -> None:
+    def __init__(self, settings: CelerySourceSettings, accept: Accept, *, storage: Storage | None = None) -> None:
         self.settings = settings
         self.stopping = threading.Event()
         self.stats = Stats()

@@ -46,9 +46,7 @@ class CelerySourceSettings(BaseModel):
         try:
             return cls.model_validate(obj if obj is not None else {})
         except ValidationError as exc:
-            problems = [
-                Problem(".".join([where, *(str(p) for p in err["loc"])]), err["msg"]) for err in exc.errors()
-            ]
+            problems = [Problem(".".join([where, *(str(p) for p in err["loc"])]), err["msg"]) for err in exc.errors()]
             raise ConfigError(problems) from exc
 
     def kombu_transport_options(self) -> dict[str, Any]:
@@ -73,15 +71,15 @@ def mask_url(url: str) -> str:
     """``redis://:secret@host:6379/1`` -> ``redis://:***@host:6379/1``; other URLs unchanged."""
     try:
         parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        port = f":{parts.port}" if parts.port is not None else ""
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
-        return url
     user = parts.username or ""
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
     return urlunsplit((parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, parts.fragment))
 
 

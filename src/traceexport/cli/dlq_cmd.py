@@ -1,0 +1,159 @@
+"""``traceexport dlq``: list, show, replay and purge the dead letter kept in the spool."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from traceexport.cli.status_cmd import add_spool_argument, open_spool
+from traceexport.pipeline import deadletter
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_when(text: str, now: float | None = None) -> float:
+    """Epoch seconds from an ISO 8601 time (naive = UTC) or an age such as ``30m``, ``2h``, ``7d`` ago."""
+    now = time.time() if now is None else now
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if match:
+        return now - float(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (use ISO 8601 like 2025-01-31T12:00:00Z, or an age like 30m, 2h, 7d)"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def register(sub: Any) -> None:
+    """Add the ``dlq`` command and its sub-commands."""
+    parser = sub.add_parser(
+        "dlq", help="inspect, replay or purge dead-lettered records",
+        description="Records a sink refused permanently, or gave up on after its retries, are kept in the "
+                    "spool's dead letter with the reason. Replay moves them back to their sink's queue: a "
+                    "running daemon, or the next 'traceexport export'/'serve' on the same spool, delivers them.")
+    actions = parser.add_subparsers(dest="dlq_action", metavar="ACTION")
+    listing = actions.add_parser("list", help="list dead letters (oldest first)",
+                                 description="List dead letters, oldest first.")
+    add_spool_argument(listing)
+    listing.add_argument("--sink", help="only this sink's dead letters")
+    listing.add_argument("--json", action="store_true", help="print a JSON array (without envelopes)")
+    listing.set_defaults(func=run_list)
+    show = actions.add_parser("show", help="show one dead letter with its record",
+                              description="Show one dead letter, including the stored record envelope.")
+    add_spool_argument(show)
+    show.add_argument("id", type=int, metavar="ID", help="dead letter id (from 'dlq list')")
+    show.set_defaults(func=run_show)
+    again = actions.add_parser("replay", help="move dead letters back to their sink's queue",
+                               description="Move dead letters back to their sink's queue for another try.")
+    add_spool_argument(again)
+    again.add_argument("--sink", help="only this sink's dead letters")
+    again.add_argument("--since", type=parse_when, metavar="T",
+                       help="only entries whose last attempt was at or after T (ISO 8601 time, or age: 2h)")
+    again.add_argument("ids", nargs="*", type=int, metavar="ID", help="only these ids (default: all matching)")
+    again.set_defaults(func=run_replay)
+    purge = actions.add_parser("purge", help="delete dead letters for good",
+                               description="Delete dead letters for good. Needs --yes.")
+    add_spool_argument(purge)
+    purge.add_argument("--sink", help="only this sink's dead letters")
+    purge.add_argument("--before", type=parse_when, metavar="T",
+                       help="only entries whose last attempt was before T (ISO 8601 time, or age: 7d)")
+    purge.add_argument("--yes", action="store_true", help="confirm the deletion")
+    purge.set_defaults(func=run_purge)
+    parser.set_defaults(func=lambda args: _usage(parser))
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _stamp(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Print dead letters as a table or JSON."""
+    spool = open_spool(args)
+    if spool is None:
+        return 2
+    try:
+        entries = deadletter.list_entries(spool, args.sink)
+    finally:
+        spool.close()
+    if args.json:
+        print(json.dumps([e.as_dict() for e in entries], indent=2))
+        return 0
+    if not entries:
+        print("the dead letter is empty" + (f" for sink {args.sink}" if args.sink else ""))
+        return 0
+    print(f"{'ID':>6}  {'SINK':<12} {'TYPE':<18} {'ATTEMPTS':>8}  {'LAST ATTEMPT':<20}  REASON")
+    for e in entries:
+        kind = "permanent" if e.permanent else "gave up"
+        print(f"{e.id:>6}  {e.sink:<12} {e.record_type:<18} {e.attempts:>8}  {_stamp(e.last_attempt):<20}  "
+              f"[{kind}] {e.reason[:160]}")
+    print(f"{len(entries)} entries; 'traceexport dlq show ID' for one, 'traceexport dlq replay' to retry")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    """Print one dead letter as JSON, envelope included."""
+    spool = open_spool(args)
+    if spool is None:
+        return 2
+    try:
+        entry = deadletter.get_entry(spool, args.id)
+    finally:
+        spool.close()
+    if entry is None:
+        print(f"error: no dead letter with id {args.id}", file=sys.stderr)
+        return 2
+    data = entry.as_dict()
+    data["first_attempt_utc"], data["last_attempt_utc"] = _stamp(entry.first_attempt), _stamp(entry.last_attempt)
+    print(json.dumps(data, indent=2))
+    return 0
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """Move matching dead letters back to their sinks' queues."""
+    spool = open_spool(args)
+    if spool is None:
+        return 2
+    try:
+        moved = deadletter.replay(spool, args.sink, since=args.since, ids=args.ids)
+    finally:
+        spool.close()
+    if not moved:
+        print("nothing to replay")
+        return 0
+    for sink, n in sorted(moved.items()):
+        print(f"{n} record{'s' if n != 1 else ''} queued again for {sink}")
+    print("a running daemon delivers them now; otherwise run 'traceexport export --to SINK' on this spool")
+    return 0
+
+
+def run_purge(args: argparse.Namespace) -> int:
+    """Delete matching dead letters; refuses without --yes."""
+    spool = open_spool(args)
+    if spool is None:
+        return 2
+    try:
+        if not args.yes:
+            n = deadletter.count(spool, args.sink, before=args.before)
+            print(f"error: would delete {n} dead letters for good; add --yes to confirm", file=sys.stderr)
+            return 2
+        n = deadletter.purge(spool, args.sink, before=args.before)
+    finally:
+        spool.close()
+    print(f"deleted {n} dead letter{'s' if n != 1 else ''}")
+    return 0

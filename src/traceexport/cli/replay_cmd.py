@@ -1,0 +1,214 @@
+"""``traceexport replay PATH...``: backfill trace records from files through the durable pipeline.
+
+Resumable: a ledger (``--state``, default ``<spool>/replay-ledger.sqlite``) names every record already
+handed to each sink, and a second run skips them. Broken files and records are reported with one-line
+reasons and the rest goes on. Exit codes: 0 all delivered; 1 could not finish (records still pending
+after ``--timeout``, or dead-lettered); 2 bad input (broken files or records) or bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from traceexport.cli.serve_cmd import add_common_flags, overrides_from
+from traceexport.config import Config, build_routes, resolve_config
+from traceexport.errors import ConfigError, RecordError, SpoolFullError
+from traceexport.logs import setup_logging
+from traceexport.records import Record
+from traceexport.sources.replay import FileResult, Ledger, ReplayStats, read_file, replay_files
+
+MAX_PROBLEMS_PER_FILE = 20
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``replay`` sub-command."""
+    parser = subparsers.add_parser("replay", help="backfill records from JSON/JSONL files or a Dify ops_trace tree",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="files or directories (walked for *.json, *.jsonl)")
+    add_common_flags(parser, serve=False)
+    parser.add_argument("--state", metavar="FILE", help="ledger of records already sent (default: in the spool)")
+    parser.add_argument("--dry-run", action="store_true", help="parse and map only; report counts; send nothing")
+    parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="how long to wait for delivery to finish (default 600)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar on stderr (default: when stderr is a terminal)")
+    parser.add_argument("--batch", type=int, default=500, help=argparse.SUPPRESS)
+    parser.set_defaults(func=run)
+
+
+class _Out:
+    """Progress bar (tqdm when installed) plus problem lines printed above it."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar: Any = None
+        if enabled:
+            try:  # optional: without tqdm there is no bar, the output is otherwise the same
+                tqdm = importlib.import_module("tqdm").tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, unit="B", unit_scale=True, desc="replay", file=sys.stderr,
+                                dynamic_ncols=True)
+
+    def advance(self, size: int, stats: ReplayStats) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{stats.records} records, {stats.bad_records} bad", refresh=False)
+            self.bar.update(size)
+
+    def line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Replay the files; the exit code."""
+    flags = overrides_from(args)
+    try:
+        config = resolve_config(flags, serve=False)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 2
+    setup_logging(config.log_level, os.environ.get("TRACEEXPORT_LOG_FORMAT") or config.log_format)
+    explicit_spool = flags.with_env(os.environ).spool
+    spool_dir = Path(explicit_spool) if explicit_spool else Path(config.spool.dir) / "replay"
+    state = Path(args.state) if args.state else spool_dir / "replay-ledger.sqlite"
+    files = list(replay_files(args.paths))
+    sizes = {f: (f.stat().st_size if f.is_file() else 0) for f in files}
+    enabled = sys.stderr.isatty() if args.progress is None else args.progress
+    out = _Out(sum(sizes.values()), enabled)
+    try:
+        if args.dry_run:
+            return _dry_run(config, files, state, out)
+        return _replay(config, files, spool_dir, state, out, args)
+    except ConfigError as exc:
+        out.close()
+        print(exc.render(), file=sys.stderr)
+        return 2
+
+
+def _read_all(files: Sequence[Path], out: _Out, stats: ReplayStats,
+              handle: Callable[[list[Record]], None]) -> None:
+    for path in files:
+        result: FileResult = read_file(path)
+        stats.files += 1
+        stats.records += len(result.records)
+        stats.bad_records += len(result.problems) if result.records else 0
+        stats.broken_files += 1 if result.broken else 0
+        for text in result.problems[:MAX_PROBLEMS_PER_FILE]:
+            out.line(f"{'broken file' if result.broken else 'bad record'}: {text}")
+        if len(result.problems) > MAX_PROBLEMS_PER_FILE:
+            out.line(f"... and {len(result.problems) - MAX_PROBLEMS_PER_FILE} more problem(s) in {path}")
+        handle(result.records)
+        out.advance(result.size, stats)
+
+
+def _dry_run(config: Config, files: Sequence[Path], state: Path, out: _Out) -> int:
+    from traceexport.mapping import load_mapping
+
+    mappings = {name: load_mapping(sc.mapping_backend, extra_files=tuple(sc.mapping_files))
+                for name, sc in config.sinks.items()}
+    ledger = Ledger(state) if state.exists() else None
+    stats = ReplayStats(payloads=dict.fromkeys(mappings, 0))
+
+    def handle(records: list[Record]) -> None:
+        for record in records:
+            if ledger is not None and not ledger.missing_sinks(record.key, mappings):
+                stats.skipped += 1
+                continue
+            try:
+                for name, mapping in mappings.items():
+                    sink = config.sinks[name]
+                    if (sink.records is None or record.type in sink.records) and (
+                            sink.apps is None or record.app_id in sink.apps):
+                        stats.payloads[name] += len(mapping.map(record))
+                stats.accepted += 1
+            except RecordError as exc:
+                stats.bad_records += 1
+                out.line(f"bad record: {record.key}: {exc.reason}")
+
+    _read_all(files, out, stats, handle)
+    out.close()
+    if ledger is not None:
+        ledger.close()
+    print(f"replay (dry run): {stats.summary(dry_run=True)}", file=sys.stderr)
+    return 2 if stats.broken_files or stats.bad_records else 0
+
+
+def _replay(config: Config, files: Sequence[Path], spool_dir: Path, state: Path, out: _Out,
+            args: argparse.Namespace) -> int:
+    from traceexport.daemon import build_prepare, pipeline_settings
+    from traceexport.pipeline import Pipeline
+
+    routes = build_routes(config)
+    pipeline = Pipeline(spool_dir, routes, pipeline_settings(config), prepare=build_prepare(config, os.environ))
+    ledger = Ledger(state)
+    sinks = list(pipeline.sink_names)
+    stats = ReplayStats()
+    seen: set[str] = set()
+    batch: list[Record] = []
+
+    def flush() -> None:
+        while batch:
+            try:
+                pipeline.accept(batch)
+            except SpoolFullError as exc:  # delivery is running: wait for room, as the daemon's clients do
+                time.sleep(min(max(exc.retry_after, 0.1), 30.0))
+                continue
+            ledger.add([r.key for r in batch], sinks)
+            stats.accepted += len(batch)
+            batch.clear()
+
+    def handle(records: list[Record]) -> None:
+        for record in records:
+            if record.key in seen:
+                stats.duplicates += 1
+            elif not ledger.missing_sinks(record.key, sinks):
+                stats.skipped += 1
+            else:
+                batch.append(record)
+            seen.add(record.key)
+            if len(batch) >= args.batch:
+                flush()
+
+    dead_before = sum(pipeline.metrics()["dead_letters"].values())
+    pipeline.start()
+    try:
+        _read_all(files, out, stats, handle)
+        flush()
+        out.close()
+        idle = pipeline.wait_idle(args.timeout)
+        metrics = pipeline.metrics()
+    finally:
+        out.close()
+        pipeline.close()
+        ledger.close()
+    return _report(stats, metrics, idle, dead_before, spool_dir)
+
+
+def _report(stats: ReplayStats, metrics: dict[str, Any], idle: bool, dead_before: int, spool_dir: Path) -> int:
+    print(f"replay: {stats.summary(dry_run=False)}", file=sys.stderr)
+    dead = sum(metrics["dead_letters"].values()) - dead_before
+    code = 2 if stats.broken_files or stats.bad_records else 0
+    if dead > 0:
+        print(f"replay: {dead} record(s) went to the dead letter; see 'traceexport dlq list --spool {spool_dir}'",
+              file=sys.stderr)
+        code = 1
+    if not idle:
+        pending = sum(s["queue_depth"] for s in metrics["sinks"].values())
+        print(f"replay: {pending} record(s) still pending in {spool_dir}; run replay again to resume "
+              "(or raise --timeout)", file=sys.stderr)
+        code = 1
+    return code

@@ -1,0 +1,119 @@
+"""The trace instance Dify's ops trace manager creates for an app switched to the ``traceexport`` provider.
+
+Dify calls ``TraceExportTrace(config)`` whenever it needs an instance (saving the config, showing the
+project URL, and in the Celery worker for every trace), so construction is cheap and holds no resources:
+the process-wide exporter is looked up on the first ``trace()``. Nothing here raises into Dify.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from traceexport.dify.config import PROVIDER_NAME, HookSettings, resolve_settings
+from traceexport.dify.runtime import Item, exporter_for
+from traceexport.dify.stats import RATE_LOG, STATS
+from traceexport.dify.tee import app_id_of, call_tee
+
+HOMEPAGE = "https://github.com/traceexport/traceexport"
+_URL_VARIABLES = ("LANGFUSE_HOST", "LANGFUSE_BASE_URL", "OPIK_URL_OVERRIDE", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+class TraceExportTrace:
+    """Dify's trace-instance interface: ``trace``, ``api_check``, ``get_project_url``, ``get_project_key``."""
+
+    def __init__(self, trace_config: Any) -> None:
+        self.trace_config = trace_config
+        self.settings: HookSettings | None = None
+        self.config_error: str | None = None
+        try:
+            self.settings = resolve_settings(trace_config)
+        except Exception as exc:  # a stored config Dify accepted earlier must not break Dify now
+            self.config_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+    def trace(self, trace_info: Any) -> None:
+        """Hand the TraceInfo to the exporter (non-blocking) and to the tee provider; never raises."""
+        try:
+            self._trace(trace_info)
+        except Exception as exc:
+            STATS.incr("errors")
+            RATE_LOG("dify.hook.trace_failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _trace(self, trace_info: Any) -> None:
+        STATS.incr("traced")
+        if self.settings is None:
+            STATS.incr("dropped_unconfigured")
+            RATE_LOG("dify.hook.bad_config", error=self.config_error)
+            return
+        app_id = app_id_of(trace_info)
+        if isinstance(trace_info, dict):
+            data, type_name = dict(trace_info), str(trace_info.get("trace_info_type") or "")
+        else:
+            data, type_name = trace_info.model_dump(), type(trace_info).__name__
+        exporter_for(self.settings).submit(Item(type_name, data, app_id))
+        if self.settings.tee:
+            call_tee(self.settings.tee, app_id, trace_info)
+
+    def api_check(self) -> bool:
+        """True when the config is usable: sinks build (no network); in forward mode the sidecar is healthy."""
+        problem = self._check()
+        if problem:
+            RATE_LOG("dify.hook.api_check_failed", logging.WARNING, reason=problem)
+            return False
+        return True
+
+    def _check(self) -> str | None:
+        if self.settings is None:
+            return self.config_error or "invalid configuration"
+        found = self.settings.problems()
+        if found:
+            return "; ".join(found)
+        try:
+            from traceexport.dify.wiring import build_plan
+
+            routes, _ = build_plan(self.settings, os.environ)
+        except Exception as exc:
+            return f"{exc}".replace("\n", " ")
+        try:
+            if self.settings.mode == "forward":
+                return self._sidecar_health()
+        finally:
+            for route in routes:
+                route.sink.shutdown(1.0)
+        return None
+
+    def _sidecar_health(self) -> str | None:
+        import httpx
+
+        from traceexport.dify.wiring import suppressed_instrumentation
+
+        assert self.settings is not None and self.settings.endpoint is not None
+        try:
+            with suppressed_instrumentation():
+                response = httpx.get(f"{self.settings.endpoint}/healthz", timeout=5.0)
+        except httpx.HTTPError as exc:
+            return f"sidecar {self.settings.endpoint} unreachable ({type(exc).__name__})"
+        if response.status_code != 200:
+            return f"sidecar {self.settings.endpoint}/healthz answered {response.status_code}"
+        return None
+
+    def get_project_url(self) -> str:
+        """Where the traces can be looked at: the sidecar, a configured backend URL, or the project page."""
+        settings = self.settings
+        if settings is not None and settings.mode == "forward" and settings.endpoint:
+            return settings.endpoint
+        for name in _URL_VARIABLES:
+            if os.environ.get(name):
+                return os.environ[name]
+        return HOMEPAGE
+
+    def get_project_key(self) -> str:
+        """A stable key naming this configuration (no secret in it)."""
+        return self.settings.slug if self.settings is not None else PROVIDER_NAME
+
+    def close(self) -> None:
+        """Nothing to release: the exporter is shared by every instance of the process."""
+
+
+__all__ = ["TraceExportTrace"]

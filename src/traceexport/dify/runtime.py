@@ -1,0 +1,310 @@
+"""The per-process exporter behind the provider: a bounded hand-off queue, one background thread, a pipeline.
+
+``trace()`` only dumps the TraceInfo and does a non-blocking put. The background thread turns items into
+records and ``accept``\\ s them into this process's own spool; the pipeline's sink workers deliver. One
+exporter exists per distinct configuration and process. Each claims a *slot* directory under the spool
+root with an exclusive ``flock``, so processes never share a spool and a restarted process adopts (and
+delivers) what a dead one left behind. After ``fork`` the child starts with fresh state and a slot of its
+own; the parent's pipeline and SQLite connection are left untouched in the child.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import json
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from decimal import Decimal
+from pathlib import Path
+from time import monotonic
+from typing import Any
+from uuid import UUID
+
+from traceexport.dify import tee
+from traceexport.dify.config import HookSettings
+from traceexport.dify.stats import RATE_LOG, STATS
+from traceexport.errors import RecordError, SpoolFullError
+from traceexport.records import Record, record_from_trace_info
+
+MAX_SLOTS = 512
+BATCH = 200
+RESTART_AFTER = 30.0  # seconds before an exporter whose pipeline could not start tries again
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One TraceInfo as handed over by ``trace()``: Dify's class name, its python-mode dump, the app id."""
+
+    type_name: str
+    data: dict[str, Any]
+    app_id: str | None = None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, Decimal | UUID):
+        return str(value)
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    for method in ("to_dict", "model_dump"):
+        dump = getattr(value, method, None)
+        if callable(dump):
+            return dump()
+    return None  # an ORM object or similar that Dify itself could not serialise either
+
+
+def to_record(item: Item) -> Record:
+    """A Record from a handed-over item, made JSON-safe the way Dify's TaskData file would be."""
+    data = json.loads(json.dumps(item.data, default=_json_default))
+    return record_from_trace_info(data, item.type_name, item.app_id)
+
+
+def claim_slot(root: Path) -> tuple[Path, int]:
+    """The first slot directory under ``root`` no live process holds, locked (path, lock fd)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for index in range(MAX_SLOTS):
+        slot = root / f"slot-{index}"
+        slot.mkdir(exist_ok=True)
+        fd = os.open(slot / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        return slot, fd
+    raise OSError(f"all {MAX_SLOTS} spool slots under {root} are in use")
+
+
+class Exporter:
+    """Hand-off queue + background thread + pipeline for one configuration in one process."""
+
+    def __init__(self, settings: HookSettings, env: dict[str, str]) -> None:
+        self.settings = settings
+        self.env = env
+        self._reset()
+
+    def _reset(self) -> None:
+        self.queue: queue.Queue[Item] = queue.Queue(maxsize=self.settings.queue_size)
+        self.pipeline: Any = None
+        self.slot: Path | None = None
+        self._slot_fd: int | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._pid = os.getpid()
+
+    # -- the caller's side -----------------------------------------------------------------------
+    def submit(self, item: Item) -> None:
+        """Put ``item`` into the hand-off queue without blocking; count and log a drop when it is full."""
+        if self._thread is None or self._pid != os.getpid():
+            self._start()
+        try:
+            self.queue.put_nowait(item)
+        except queue.Full:
+            STATS.incr("dropped_queue_full")
+            RATE_LOG("dify.hook.queue_full", size=self.settings.queue_size,
+                     hint="the exporter cannot keep up; raise TRACEEXPORT_HOOK_QUEUE_SIZE or check the spool")
+            return
+        STATS.incr("queued")
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # forked without the at-fork hook having run
+                self.after_fork()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="traceexport-dify-hook", daemon=True)
+                self._thread.start()
+
+    # -- the background thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            if self.pipeline is None and not self._open():
+                self._discard_until_restart()
+                continue
+            self._drain_once(timeout=0.5)
+        self._drain_once(timeout=0.0, until_empty=True)
+
+    def _open(self) -> bool:
+        from traceexport.dify.wiring import build_plan
+        from traceexport.pipeline import Pipeline
+
+        try:
+            if self.slot is None:
+                self.slot, self._slot_fd = claim_slot(self.settings.spool_dir / self.settings.slug)
+            routes, pipeline_settings = build_plan(self.settings, self.env)
+            pipeline = Pipeline(self.slot, routes, pipeline_settings)
+            pipeline.start()
+        except Exception as exc:
+            STATS.incr("errors")
+            RATE_LOG("dify.hook.exporter_not_started", error=f"{type(exc).__name__}: {exc}".splitlines()[0],
+                     mode=self.settings.mode, retry_in=f"{RESTART_AFTER:.0f}s")
+            return False
+        self.pipeline = pipeline
+        return True
+
+    def _discard_until_restart(self) -> None:
+        """Without a pipeline nothing can be kept: count what arrives until the next start attempt."""
+        if self._stopping.wait(RESTART_AFTER):
+            return
+        dropped = 0
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.queue.get_nowait()
+                self.queue.task_done()
+                dropped += 1
+        if dropped:
+            STATS.incr("dropped_unconfigured", dropped)
+
+    def _drain_once(self, timeout: float, until_empty: bool = False) -> None:
+        while True:
+            batch = self._take(timeout)
+            if not batch:
+                return
+            try:
+                self._accept([r for r in map(self._convert, batch) if r is not None])
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+            if not until_empty:
+                return
+
+    def _take(self, timeout: float) -> list[Item]:
+        try:
+            first = self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
+        except queue.Empty:
+            return []
+        batch = [first]
+        with contextlib.suppress(queue.Empty):
+            while len(batch) < BATCH:
+                batch.append(self.queue.get_nowait())
+        return batch
+
+    def _convert(self, item: Item) -> Record | None:
+        try:
+            return to_record(item)
+        except RecordError as exc:
+            STATS.incr("invalid_records")
+            RATE_LOG("dify.hook.invalid_record", type=item.type_name, reason=exc.reason)
+        except Exception as exc:
+            STATS.incr("errors")
+            RATE_LOG("dify.hook.convert_failed", type=item.type_name, error=f"{type(exc).__name__}: {exc}")
+        return None
+
+    def _accept(self, records: list[Record]) -> None:
+        while records:
+            try:
+                self.pipeline.accept(records)
+            except SpoolFullError as exc:
+                STATS.incr("spool_full_waits")
+                RATE_LOG("dify.hook.spool_full", retry_after=exc.retry_after, slot=str(self.slot))
+                if self._stopping.wait(max(exc.retry_after, 0.1)):
+                    STATS.incr("dropped_shutdown", len(records))
+                    return
+                continue
+            except Exception as exc:
+                STATS.incr("errors")
+                STATS.incr("dropped_unconfigured", len(records))
+                RATE_LOG("dify.hook.accept_failed", error=f"{type(exc).__name__}: {exc}", records=len(records))
+                return
+            STATS.incr("accepted", len(records))
+            return
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def flush(self, timeout: float) -> bool:
+        """Wait until the hand-off queue is empty and accepted (not delivered); False on timeout."""
+        deadline = monotonic() + timeout
+        while self.queue.unfinished_tasks:
+            if monotonic() >= deadline or self._thread is None:
+                return False
+            self._stopping.wait(0.01)
+        return True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Accept what is still queued, then stop the pipeline (pending deliveries stay in the spool)."""
+        self._stopping.set()
+        if self._thread is not None and self._pid == os.getpid():
+            self._thread.join(timeout)
+        if self.pipeline is not None:
+            with contextlib.suppress(Exception):
+                self.pipeline.close()
+        if self._slot_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._slot_fd)
+        self._thread = None
+        self.pipeline = None
+        self._slot_fd = None
+        self.slot = None
+
+    def after_fork(self) -> None:
+        """In a forked child: keep the parent's objects alive but unused, start over with fresh state."""
+        _FORK_ORPHANS.append((self.pipeline, self._slot_fd, self.queue))
+        self._reset()
+
+    def metrics(self) -> dict[str, Any]:
+        """Queue depth, slot and (when running) the pipeline's own metrics."""
+        out: dict[str, Any] = {"mode": self.settings.mode, "sinks": list(self.settings.sinks),
+                               "queued": self.queue.qsize(), "slot": str(self.slot) if self.slot else None}
+        if self.pipeline is not None:
+            with contextlib.suppress(Exception):
+                out["pipeline"] = self.pipeline.metrics()
+        return out
+
+
+_EXPORTERS: dict[tuple[str, ...], Exporter] = {}
+_REGISTRY_LOCK = threading.Lock()
+_FORK_ORPHANS: list[Any] = []
+
+
+def exporter_for(settings: HookSettings) -> Exporter:
+    """The process's exporter for ``settings`` (created on first use)."""
+    key = settings.runtime_key
+    exporter = _EXPORTERS.get(key)
+    if exporter is None:
+        with _REGISTRY_LOCK:
+            exporter = _EXPORTERS.get(key)
+            if exporter is None:
+                exporter = _EXPORTERS[key] = Exporter(settings, dict(os.environ))
+    return exporter
+
+
+def runtime_metrics() -> list[dict[str, Any]]:
+    """Metrics of every exporter of this process."""
+    return [exporter.metrics() for exporter in list(_EXPORTERS.values())]
+
+
+def flush_all(timeout: float = 5.0) -> bool:
+    """Wait until every exporter's hand-off queue is accepted into its spool; False on timeout."""
+    return all(exporter.flush(timeout) for exporter in list(_EXPORTERS.values()))
+
+
+def shutdown_all(timeout: float = 5.0) -> None:
+    """Stop every exporter of this process and forget them (registered with ``atexit``)."""
+    with _REGISTRY_LOCK:
+        exporters = list(_EXPORTERS.values())
+        _EXPORTERS.clear()
+    for exporter in exporters:
+        with contextlib.suppress(Exception):
+            exporter.stop(timeout)
+
+
+def _after_fork_in_child() -> None:
+    global _REGISTRY_LOCK
+    _REGISTRY_LOCK = threading.Lock()
+    STATS.after_fork()
+    RATE_LOG.after_fork()
+    tee.after_fork()
+    for exporter in list(_EXPORTERS.values()):
+        exporter.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(shutdown_all)
+
+__all__ = ["Exporter", "Item", "claim_slot", "exporter_for", "flush_all", "runtime_metrics", "shutdown_all",
+           "to_record"]

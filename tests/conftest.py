@@ -1,0 +1,38 @@
+"""Shared fixtures: the sample records, the shared reference folder, and record parsing helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from traceexport.records import Record, parse_records
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+SAMPLES = TESTS / "data" / "samples"
+SHARED = REPO.parent / "shared"
+SAMPLE_FILES = sorted(p for p in SAMPLES.glob("*.json") if "node_executions" not in p.name)
+
+
+def load_records(path: Path) -> list[Record]:
+    """Every record in a file; fails the test if any record is rejected."""
+    records = []
+    for item in parse_records(path.read_bytes(), str(path)):
+        assert isinstance(item, Record), f"unexpected rejection: {item}"
+        records.append(item)
+    return records
+
+
+@pytest.fixture
+def sample_records() -> list[Record]:
+    """The seven community-edition sample records, one per type."""
+    return [record for path in SAMPLE_FILES for record in load_records(path)]
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    """The ../shared reference folder beside the checkout; skips visibly when it is absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} not found: the shared reference documents are only beside the CI checkout")
+    return SHARED

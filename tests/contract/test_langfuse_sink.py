@@ -1,0 +1,178 @@
+"""The ``langfuse`` sink against the contract-checking fake of Langfuse's OTLP endpoint."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from tests.fakes.langfuse_server import OTEL_PATH, LangfuseFake
+
+from traceexport.errors import ConfigError
+from traceexport.sinks import Sink, create_sink
+from traceexport.sinks.base import Payload
+from traceexport.sinks.langfuse import from_config
+from traceexport.sinks.otlp import OtlpSink
+
+PK, SK = "pk-lf-1234567890", "sk-lf-abcdefghijkl"
+T0 = 1_763_731_618_000_000_000
+
+
+def span(i: int = 0, **extra: Any) -> Payload:
+    """A valid OTLP span payload with deterministic ids."""
+    body: dict[str, Any] = {
+        "traceId": "4bf92f3577b34da6a3ce929d0e0e4736", "spanId": f"{i + 1:016x}", "name": f"span-{i}",
+        "kind": "INTERNAL", "startTimeUnixNano": T0, "endTimeUnixNano": T0 + 10,
+        "attributes": {"langfuse.observation.type": "generation", "session.id": "conv-1"},
+        "status": {"code": "UNSET"},
+    }
+    body.update(extra)
+    return Payload("span", body)
+
+
+@pytest.fixture
+def fake() -> Iterator[LangfuseFake]:
+    with LangfuseFake(PK, SK) as server:
+        yield server
+
+
+def sink_for(fake: LangfuseFake, **options: Any) -> OtlpSink:
+    return from_config("langfuse", {"host": fake.url, "public_key": PK, "secret_key": SK, **options}, {})
+
+
+def test_is_a_thin_otlp_sink() -> None:
+    """create_sink('langfuse') is an OtlpSink with backend 'langfuse' satisfying the Sink protocol."""
+    sink = create_sink("langfuse", env={"LANGFUSE_PUBLIC_KEY": PK, "LANGFUSE_SECRET_KEY": SK})
+    assert isinstance(sink, Sink) and isinstance(sink, OtlpSink)
+    assert sink.backend == "langfuse"
+
+
+def test_export_uses_otel_endpoint_basic_auth_and_v4_header(fake: LangfuseFake) -> None:
+    """Spans go as gzip protobuf to /api/public/otel/v1/traces with Basic auth and ingestion version 4."""
+    sink = sink_for(fake)
+    result = sink.export([span(0), span(1)])
+    sink.shutdown()
+    assert result.ok, result.failures
+    (request,) = fake.requests
+    assert request.path == OTEL_PATH
+    assert request.headers["authorization"] == "Basic " + base64.b64encode(f"{PK}:{SK}".encode()).decode()
+    assert request.headers["content-type"] == "application/x-protobuf"
+    assert request.headers["content-encoding"] == "gzip"
+    assert fake.ingestion_versions == ["4"]
+    assert [s["spanId"] for s in fake.spans] == ["0000000000000001", "0000000000000002"]
+    assert fake.spans[0]["attributes"]["session.id"] == "conv-1"
+    assert fake.spans[0]["resource"]["service.name"] == "dify"
+
+
+def test_json_protocol_sends_keyvalue_lists(fake: LangfuseFake) -> None:
+    """http/json bodies carry attributes as KeyValue lists, which the fake (like Langfuse) requires."""
+    sink = sink_for(fake, protocol="http/json", compression="none")
+    assert sink.export([span(0)]).ok
+    body = fake.requests[0].json()
+    assert isinstance(body["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["attributes"], list)
+
+
+def test_wrong_keys_give_permanent_401_without_secrets(fake: LangfuseFake) -> None:
+    """Bad credentials are a permanent 401 naming the key variables; no key appears in the reason."""
+    sink = from_config("langfuse", {"host": fake.url, "public_key": PK, "secret_key": "sk-lf-wrongwrong"}, {})
+    failure = sink.export([span(0)]).failures[0]
+    assert failure.permanent and failure.status_code == 401
+    assert "LANGFUSE_PUBLIC_KEY/LANGFUSE_SECRET_KEY" in failure.reason
+    assert PK not in failure.reason and "sk-lf-wrongwrong" not in failure.reason
+
+
+def test_never_uses_legacy_ingestion(fake: LangfuseFake) -> None:
+    """No request goes to the deprecated /api/public/ingestion endpoint."""
+    sink_for(fake, max_spans=1).export([span(0), span(1), span(2)])
+    assert fake.requests and all(r.path == OTEL_PATH for r in fake.requests)
+    assert not fake.requests_to("/api/public/ingestion")
+
+
+def test_server_error_is_retryable(fake: LangfuseFake) -> None:
+    """A 503 from Langfuse is retryable, with the Retry-After honoured on 429."""
+    fake.fail_next(1, 503)
+    fake.fail_next(1, 429, headers={"Retry-After": "3"})
+    sink = sink_for(fake)
+    assert not sink.export([span(0)]).failures[0].permanent
+    assert sink.export([span(0)]).failures[0].retry_after == 3.0
+
+
+def test_hosts_regions_and_env() -> None:
+    """EU Cloud is the default; region us, LANGFUSE_BASE_URL, LANGFUSE_HOST and option host select others."""
+    keys = {"LANGFUSE_PUBLIC_KEY": PK, "LANGFUSE_SECRET_KEY": SK}
+    assert from_config("l", {}, keys).settings.endpoint == "https://cloud.langfuse.com/api/public/otel/v1/traces"
+    assert from_config("l", {"region": "us"}, keys).settings.endpoint.startswith("https://us.cloud.langfuse.com/")
+    env = {**keys, "LANGFUSE_HOST": "https://lf.example.com/"}
+    assert from_config("l", {}, env).settings.endpoint == "https://lf.example.com/api/public/otel/v1/traces"
+    env["LANGFUSE_BASE_URL"] = "https://base.example.com"
+    assert from_config("l", {}, env).settings.endpoint.startswith("https://base.example.com/")
+    assert from_config("l", {"host": "http://self:3000"}, env).settings.endpoint.startswith("http://self:3000/")
+
+
+def test_dify_provider_field_names_are_accepted() -> None:
+    """Dify's Langfuse provider fields public_key, secret_key and host are valid option names."""
+    sink = from_config("l", {"public_key": PK, "secret_key": SK, "host": "https://lf.example.com"}, {})
+    assert sink.settings.headers["x-langfuse-ingestion-version"] == "4"
+
+
+def test_missing_keys_and_bad_options_are_all_listed() -> None:
+    """Missing keys, a bad region and an unknown option are reported together, each with its key."""
+    with pytest.raises(ConfigError) as info:
+        from_config("lf", {"region": "asia", "ingestion": True}, {})
+    wheres = {p.where for p in info.value.problems}
+    assert wheres == {"sinks.lf.region", "sinks.lf.ingestion"}
+    with pytest.raises(ConfigError) as info:
+        from_config("lf", {"host": "not a url"}, {})
+    wheres = {p.where for p in info.value.problems}
+    assert wheres == {"sinks.lf.public_key", "sinks.lf.secret_key", "sinks.lf.host"}
+    assert "LANGFUSE_SECRET_KEY" in str(info.value)
+
+
+def test_secret_key_never_in_config_error_or_repr() -> None:
+    """The secret key does not appear in a ConfigError nor in the sink's repr."""
+    with pytest.raises(ConfigError) as info:
+        from_config("lf", {"secret_key": SK, "host": "bad"}, {})
+    assert SK not in str(info.value)
+    assert SK not in repr(from_config("lf", {"secret_key": SK, "public_key": PK}, {}))
+
+
+# -- the fake's own contract ---------------------------------------------------------------------------
+
+
+def post(fake: LangfuseFake, body: bytes, content_type: str = "application/json", **headers: str) -> httpx.Response:
+    auth = "Basic " + base64.b64encode(f"{PK}:{SK}".encode()).decode()
+    return httpx.post(fake.url + OTEL_PATH, content=body,
+                      headers={"Authorization": auth, "Content-Type": content_type, **headers})
+
+
+def otlp_json(*spans: dict[str, Any]) -> bytes:
+    return json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": list(spans)}]}]}).encode()
+
+
+def test_fake_rejects_bad_content_type_and_version(fake: LangfuseFake) -> None:
+    """The fake answers 400 'Invalid content type' and 400 for an ingestion version above 4."""
+    answer = post(fake, b"{}", "text/plain")
+    assert (answer.status_code, answer.json()) == (400, {"error": "Invalid content type"})
+    assert post(fake, otlp_json(), **{"x-langfuse-ingestion-version": "5"}).status_code == 400
+    assert post(fake, otlp_json()).json() == {}
+    assert fake.ingestion_versions == [None]
+
+
+def test_fake_rejects_whole_export_for_one_bad_span(fake: LangfuseFake) -> None:
+    """One zero traceId, or attributes given as an object, rejects the whole export."""
+    good = {"traceId": "4bf92f3577b34da6a3ce929d0e0e4736", "spanId": "00f067aa0ba902b7", "name": "ok"}
+    zero = {**good, "traceId": "0" * 32, "name": "zero"}
+    assert post(fake, otlp_json(good, zero)).status_code == 400
+    assert post(fake, otlp_json({**good, "attributes": {"a": 1}})).status_code == 400
+    assert post(fake, otlp_json({**good, "spanId": ""})).status_code == 400
+    assert fake.spans == []
+    assert post(fake, otlp_json(good)).status_code == 200 and len(fake.spans) == 1
+
+
+def test_fake_requires_basic_auth(fake: LangfuseFake) -> None:
+    """Without the right Basic credentials the fake answers 401."""
+    assert httpx.post(fake.url + OTEL_PATH, content=otlp_json(),
+                      headers={"Content-Type": "application/json"}).status_code == 401

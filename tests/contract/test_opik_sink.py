@@ -1,0 +1,337 @@
+"""The ``opik`` sink against the contract-checking Opik fake, the published OpenAPI schemas and the SDK."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tests.fakes.opik_server import OpikFake, is_uuid7, uuid7
+
+from traceexport.errors import ConfigError
+from traceexport.sinks import Sink, create_sink
+from traceexport.sinks.base import Payload
+from traceexport.sinks.opik import OpikSink, from_config
+
+T0, T1 = "2026-11-21T13:26:58.677171Z", "2026-11-21T13:26:59.001000Z"
+KEY = "opik-secret-key-9f8e7d6c"
+SPEC = Path(__file__).resolve().parents[2] / ".." / "shared" / "contracts" / "opik-openapi.yaml"
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
+
+
+def _trace(**fields: Any) -> Payload:
+    body = {"id": uuid7(), "name": "message", "start_time": T0, "end_time": T1, "input": {"query": "hi"},
+            "output": {"answer": "hello"}, "metadata": {"app_id": "a1"}, "tags": ["dify"],
+            "thread_id": "conv-1", **fields}
+    return Payload("trace", body, key=str(body["id"]))
+
+
+def _span(trace_id: str, **fields: Any) -> Payload:
+    body = {"id": uuid7(), "trace_id": trace_id, "name": "llm", "type": "llm", "start_time": T0, "end_time": T1,
+            "model": "gpt-4o-mini", "provider": "openai",
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}, **fields}
+    return Payload("span", body, key=str(body["id"]))
+
+
+def _batch(spans: int = 3) -> list[Payload]:
+    trace = _trace()
+    return [trace, *(_span(trace.body["id"]) for _ in range(spans))]
+
+
+def _sink(fake: OpikFake, **options: Any) -> OpikSink:
+    return from_config("opik", {"url": fake.url, **options}, {})
+
+
+# -- configuration ------------------------------------------------------------------------------------
+
+def test_from_config_reads_the_opik_environment_variables() -> None:
+    """OPIK_URL_OVERRIDE, OPIK_API_KEY, OPIK_WORKSPACE and OPIK_PROJECT_NAME configure the sink."""
+    env = {"OPIK_URL_OVERRIDE": "http://localhost:5173/api/", "OPIK_API_KEY": KEY, "OPIK_WORKSPACE": "acme",
+           "OPIK_PROJECT_NAME": "dify"}
+    sink = from_config("opik", {}, env)
+    assert sink.settings.url == "http://localhost:5173/api"
+    assert sink.settings.api_key is not None and sink.settings.api_key.get_secret_value() == KEY
+    assert (sink.settings.workspace, sink.settings.project_name) == ("acme", "dify")
+
+
+def test_config_file_wins_and_dify_field_names_are_aliases() -> None:
+    """Options override the environment, and Dify's ``project`` is accepted for project_name."""
+    env = {"OPIK_URL_OVERRIDE": "http://env:5173/api", "OPIK_PROJECT_NAME": "from-env"}
+    sink = from_config("opik", {"url": "http://file:5173/api", "project": "from-file"}, env)
+    assert (sink.settings.url, sink.settings.project_name) == ("http://file:5173/api", "from-file")
+
+
+def test_empty_options_leave_the_environment_in_place() -> None:
+    """An option given as null or "" (e.g. an unset ${VAR}) does not hide the environment variable."""
+    sink = from_config("opik", {"url": "http://127.0.0.1:9/api", "api_key": "", "workspace": None},
+                       {"OPIK_API_KEY": KEY, "OPIK_WORKSPACE": "acme"})
+    assert sink.settings.api_key is not None and sink.settings.workspace == "acme"
+
+
+def test_create_sink_builds_an_opik_sink_that_satisfies_the_protocol() -> None:
+    """create_sink("opik") returns an OpikSink that is a Sink with backend "opik"."""
+    sink = create_sink("opik", "opik-local", {"url": "http://127.0.0.1:9/api"}, {})
+    assert isinstance(sink, OpikSink) and isinstance(sink, Sink) and sink.backend == "opik"
+    assert sink.name == "opik-local" and sink.limits.max_items == 1000
+
+
+def test_bad_config_lists_every_problem_by_key_without_secrets() -> None:
+    """Each invalid or unknown option is reported with its key path, and the key value is never echoed."""
+    options = {"url": "localhost:5173", "max_items": 5000, "colour": "blue", "project": "a", "project_name": "b",
+               "api_key": KEY}
+    with pytest.raises(ConfigError) as caught:
+        from_config("opik", options, {})
+    text = str(caught.value)
+    for where in ("sinks.opik.url", "sinks.opik.max_items", "sinks.opik.colour", "sinks.opik.project_name"):
+        assert where in text
+    assert KEY not in text
+
+
+def test_opik_cloud_without_a_key_is_a_config_error() -> None:
+    """The default Opik Cloud URL without OPIK_API_KEY is refused at start-up, naming the variable."""
+    with pytest.raises(ConfigError, match="OPIK_API_KEY"):
+        from_config("opik", {}, {})
+
+
+# -- request building ---------------------------------------------------------------------------------
+
+def test_request_bodies_send_traces_before_spans_and_fill_project_name() -> None:
+    """Bodies are {"traces"} before {"spans"}; project_name is set only where the body lacks one."""
+    trace = _trace()
+    payloads = [_span(trace.body["id"]), trace, _span(trace.body["id"], project_name="own")]
+    sink = from_config("opik", {"url": "http://127.0.0.1:9/api", "project_name": "dify"}, {})
+    bodies = sink.request_bodies(payloads)
+    assert [next(iter(b)) for b in bodies] == ["traces", "spans"]
+    assert [s["project_name"] for s in bodies[1]["spans"]] == ["dify", "own"]
+    assert bodies[0]["traces"][0]["project_name"] == "dify"
+
+
+def test_request_bodies_respect_item_and_byte_limits() -> None:
+    """Requests hold at most max_items items and at most max_bytes encoded bytes."""
+    trace_id = uuid7()
+    payloads = [_span(trace_id, input={"text": "x" * 500}) for _ in range(10)]
+    by_count = from_config("opik", {"url": "http://127.0.0.1:9/api", "max_items": 4}, {}).request_bodies(payloads)
+    assert [len(b["spans"]) for b in by_count] == [4, 4, 2]
+    by_bytes = from_config("opik", {"url": "http://127.0.0.1:9/api", "max_bytes": 2048}, {})
+    bodies = by_bytes.request_bodies(payloads)
+    assert len(bodies) > 1 and sum(len(b["spans"]) for b in bodies) == 10
+    assert all(len(json.dumps(b, separators=(",", ":"))) <= 2048 for b in bodies)
+
+
+# -- delivery -----------------------------------------------------------------------------------------
+
+def test_export_stores_everything_with_the_auth_headers() -> None:
+    """A good batch is accepted: raw key in authorization (no Bearer), Comet-Workspace, traces posted first."""
+    with OpikFake(api_key=KEY, workspace="acme") as fake:
+        sink = from_config("opik", {"url": fake.url, "api_key": KEY, "workspace": "acme"}, {})
+        payloads = _batch(3)
+        assert sink.export(payloads).ok
+        assert [r.path for r in fake.requests] == ["/v1/private/traces/batch", "/v1/private/spans/batch"]
+        assert all(r.headers["authorization"] == KEY and r.headers["comet-workspace"] == "acme"
+                   for r in fake.requests)
+        assert set(fake.traces) == {payloads[0].key} and set(fake.spans) == {p.key for p in payloads[1:]}
+        sink.shutdown()
+
+
+def test_400_bisection_isolates_the_one_bad_item(opik_fake: OpikFake) -> None:
+    """One span with a uuid4 id fails permanently with Opik's message; the other spans are stored."""
+    payloads = _batch(8)
+    bad = 5
+    payloads[bad] = _span(payloads[0].body["id"], id=str(uuid.uuid4()))
+    result = _sink(opik_fake).export(payloads)
+    assert set(result.failures) == {bad}
+    failure = result.failures[bad]
+    assert failure.permanent and failure.status_code == 400
+    assert "Span id must be a version 7 UUID" in failure.reason
+    assert len(opik_fake.spans) == 7 and len(opik_fake.traces) == 1
+    assert len(opik_fake.requests) <= 1 + 1 + 2 * 3  # traces, spans, then two halves per level of 8
+
+
+def test_422_bisection_isolates_items_missing_start_time(opik_fake: OpikFake) -> None:
+    """Two spans without start_time fail permanently with the 422 message; the rest are stored."""
+    payloads = _batch(6)
+    for index in (2, 6):
+        body = dict(payloads[index].body)
+        del body["start_time"]
+        payloads[index] = Payload("span", body, key=payloads[index].key)
+    result = _sink(opik_fake).export(payloads)
+    assert set(result.failures) == {2, 6}
+    assert all(f.permanent and f.status_code == 422 and "startTime" in f.reason for f in result.failures.values())
+    assert len(opik_fake.spans) == 4
+
+
+def test_bisection_budget_exhausted_reports_retryable(opik_fake: OpikFake) -> None:
+    """With no bisection budget a rejected batch is reported retryable, not dead-lettered."""
+    payloads = _batch(4)
+    payloads[2] = _span(payloads[0].body["id"], type="retriever")
+    result = _sink(opik_fake, max_bisect_requests=0).export(payloads)
+    assert set(result.failures) == {1, 2, 3, 4}
+    assert not any(f.permanent for f in result.failures.values())
+
+
+@pytest.mark.parametrize(("options", "setting"), [({"api_key": "wrong-key-1234"}, "OPIK_API_KEY"),
+                                                  ({"api_key": KEY, "workspace": "other"}, "OPIK_WORKSPACE")])
+def test_auth_failures_are_permanent_and_name_the_setting(options: dict[str, str], setting: str) -> None:
+    """401/403 fail every item permanently, say which setting to check, and never show the key."""
+    with OpikFake(api_key=KEY, workspace="acme") as fake:
+        result = _sink(fake, **options).export(_batch(2))
+        assert set(result.failures) == {0, 1, 2}
+        assert len(fake.requests) == 1  # the spans request is not attempted after an auth failure
+        for failure in result.failures.values():
+            assert failure.permanent and setting in failure.reason
+            assert KEY not in failure.reason and "wrong-key-1234" not in failure.reason
+
+
+@pytest.mark.parametrize("header", ["Retry-After", "RateLimit-Reset"])
+def test_429_is_retryable_and_honours_the_wait(opik_fake: OpikFake, header: str) -> None:
+    """A 429 with Retry-After or Opik's RateLimit-Reset gives retryable failures carrying that wait."""
+    opik_fake.fail_next(1, 429, body={"errors": ["rate limited"]}, headers={header: "7"})
+    result = _sink(opik_fake).export(_batch(2))
+    assert set(result.failures) == {0, 1, 2}
+    assert all(not f.permanent and f.retry_after == 7 and f.status_code == 429 for f in result.failures.values())
+
+
+def test_503_on_spans_is_retryable_for_spans_only(opik_fake: OpikFake) -> None:
+    """A 503 on the spans request fails the spans retryably while the accepted trace stays accepted."""
+    opik_fake.fail_next(1, 503, path_prefix="/v1/private/spans")
+    result = _sink(opik_fake).export(_batch(2))
+    assert set(result.failures) == {1, 2}
+    assert all(not f.permanent and f.status_code == 503 for f in result.failures.values())
+    assert len(opik_fake.traces) == 1
+
+
+def test_transport_errors_are_retryable(opik_fake: OpikFake) -> None:
+    """A dropped connection, and a server that is gone, give retryable failures for every item."""
+    opik_fake.drop_next(1)
+    dropped = _sink(opik_fake).export(_batch(1))
+    assert set(dropped.failures) == {0, 1} and not any(f.permanent for f in dropped.failures.values())
+    sink = _sink(opik_fake, timeout=2)
+    opik_fake.stop()
+    gone = sink.export(_batch(1))
+    assert set(gone.failures) == {0, 1} and all("unreachable" in f.reason for f in gone.failures.values())
+
+
+def test_unknown_kind_fails_permanently_and_shutdown_is_idempotent(opik_fake: OpikFake) -> None:
+    """A non trace/span payload fails permanently; shutdown twice is fine; export after it is retryable."""
+    sink = _sink(opik_fake)
+    result = sink.export([Payload("event", {"event_type": "x"}), *_batch(1)])
+    assert set(result.failures) == {0} and result.failures[0].permanent
+    sink.shutdown()
+    sink.shutdown()
+    after = sink.export(_batch(1))
+    assert set(after.failures) == {0, 1} and not after.failures[0].permanent
+
+
+# -- independent oracles: the published schema and the official SDK ---------------------------------
+
+@cache
+def _spec() -> dict[str, Any]:
+    class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]  # libyaml: 6x faster
+        pass
+
+    # contracts README §0: a bare "- =" in the spec resolves to the YAML 1.1 value tag
+    Loader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
+    with SPEC.open(encoding="utf-8") as handle:
+        spec: dict[str, Any] = yaml.load(handle, Loader=Loader)
+    # The generated JsonListString_Write says type: object beside anyOf [object, array, string]; the server
+    # accepts all three, so the contradictory top-level type is dropped.
+    spec["components"]["schemas"]["JsonListString_Write"].pop("type", None)
+    return spec
+
+
+def _validate_with_spec(schema_name: str, items: list[dict[str, Any]]) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    spec = _spec()
+    schemas = spec["components"]["schemas"]
+    root = {"$ref": f"#/components/schemas/{schema_name}", "components": {"schemas": schemas}}
+    validator = jsonschema.Draft202012Validator(root,
+                                                format_checker=jsonschema.FormatChecker())
+    for item in items:
+        errors = [e.message for e in validator.iter_errors(item)]
+        assert not errors, f"{schema_name}: {errors}"
+        assert set(item) <= set(schemas[schema_name]["properties"]), f"unknown fields in {schema_name}"
+
+
+def _validate_with_sdk(traces: list[dict[str, Any]], spans: list[dict[str, Any]]) -> None:
+    pytest.importorskip("opik")
+    from opik.rest_api.types import SpanWrite, TraceWrite
+
+    for model, items in ((TraceWrite, traces), (SpanWrite, spans)):
+        for item in items:
+            parsed = model.model_validate(item)
+            assert not parsed.model_extra, f"{model.__name__} does not know {sorted(parsed.model_extra or {})}"
+
+
+def _bodies_by_collection(bodies: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    traces = [t for b in bodies for t in b.get("traces", [])]
+    spans = [s for b in bodies for s in b.get("spans", [])]
+    return traces, spans
+
+
+def test_hand_built_bodies_match_the_openapi_schema() -> None:
+    """The sink's trace and span bodies validate against Trace_Write / Span_Write of opik-openapi.yaml."""
+    if not SPEC.exists():
+        pytest.skip(f"{SPEC} is absent (../shared is not beside the repository)")
+    sink = from_config("opik", {"url": "http://127.0.0.1:9/api", "project_name": "dify"}, {})
+    traces, spans = _bodies_by_collection(sink.request_bodies(_batch(2)))
+    _validate_with_spec("Trace_Write", traces)
+    _validate_with_spec("Span_Write", spans)
+
+
+def test_hand_built_bodies_parse_with_the_official_sdk_models() -> None:
+    """The official opik SDK's TraceWrite / SpanWrite REST models parse the bodies with no unknown fields."""
+    sink = from_config("opik", {"url": "http://127.0.0.1:9/api"}, {})
+    _validate_with_sdk(*_bodies_by_collection(sink.request_bodies(_batch(2))))
+
+
+# -- end to end with the real mapping -----------------------------------------------------------------
+
+def mapped_samples(backend: str) -> list[tuple[Any, list[Payload]]]:
+    """(record, payloads) for each of the seven sample records, or skip while the mapping is not ready."""
+    try:
+        from traceexport.mapping import load_mapping
+        from traceexport.records import record_from_obj
+    except ImportError as exc:
+        pytest.skip(f"the mapping engine is not importable yet: {exc}")
+    try:
+        mapping = load_mapping(backend)
+    except ConfigError as exc:
+        pytest.skip(f"the built-in {backend} mapping does not load yet: {exc.problems[0]}")
+    files = sorted(p for p in SAMPLES.glob("[0-9][0-9]-*.json") if not p.name.endswith(".node_executions.json"))
+    records = [record_from_obj(json.loads(p.read_text(encoding="utf-8"))) for p in files]
+    assert len(records) == 7
+    return [(record, mapping.map(record)) for record in records]
+
+
+def _trace_ids(payloads: list[Payload]) -> set[str]:
+    return {str(p.body["id"]) if p.kind == "trace" else str(p.body.get("trace_id")) for p in payloads}
+
+
+def test_seven_samples_map_and_export_to_the_fake(opik_fake: OpikFake) -> None:
+    """The seven mapped samples are stored with UUIDv7 ids, each record in one trace, 05 and 11 in the same."""
+    mapped = mapped_samples("opik")
+    payloads = [p for _, ps in mapped for p in ps]
+    result = _sink(opik_fake).export(payloads)
+    assert result.ok, result.failures
+    assert opik_fake.traces and opik_fake.spans
+    for entity in (*opik_fake.traces.values(), *opik_fake.spans.values()):
+        assert all(is_uuid7(entity[k]) for k in ("id", "trace_id", "parent_span_id") if entity.get(k))
+    by_record = {record.key: _trace_ids(ps) for record, ps in mapped}
+    assert all(len(ids) == 1 for ids in by_record.values()), by_record
+    by_trace_key: dict[str, set[str]] = {}
+    for record, ps in mapped:
+        by_trace_key.setdefault(record.trace_key, set()).update(_trace_ids(ps))
+    assert all(len(ids) == 1 for ids in by_trace_key.values()), by_trace_key
+    assert len({frozenset(ids) for ids in by_trace_key.values()}) == len(by_trace_key)
+    message = "34f376f0-0dc2-4eff-8e89-6381f0f4ed94"  # sample 05 (message) and 11 (suggested question)
+    assert {r.type for r, _ in mapped if r.trace_key == message} == {"message", "suggested_question"}
+    sink = from_config("opik", {"url": opik_fake.url}, {})
+    traces_sent, spans_sent = _bodies_by_collection(sink.request_bodies(payloads))
+    if SPEC.exists():
+        _validate_with_spec("Trace_Write", traces_sent)
+        _validate_with_spec("Span_Write", spans_sent)
+    _validate_with_sdk(traces_sent, spans_sent)

@@ -1,0 +1,1 @@
+"""Shared stand-in pieces of Dify's ``api/core/ops`` (shapes from RECORDS.md, not Dify's code)."""

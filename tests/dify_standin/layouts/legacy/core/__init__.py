@@ -1,0 +1,1 @@
+"""Stand-in of Dify's api/core package."""

@@ -1,0 +1,1 @@
+"""Stand-in of api/core/ops/entities."""

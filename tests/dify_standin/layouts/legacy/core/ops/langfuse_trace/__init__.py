@@ -1,0 +1,1 @@
+"""Stand-in of core/ops/langfuse_trace."""

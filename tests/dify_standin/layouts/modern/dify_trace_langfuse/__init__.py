@@ -1,0 +1,1 @@
+"""Stand-in of the dify-trace-langfuse workspace package."""

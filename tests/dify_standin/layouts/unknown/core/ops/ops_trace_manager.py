@@ -1,0 +1,3 @@
+"""A layout the hook does not know: the registry lives somewhere else entirely."""
+
+PROVIDERS = ("langfuse",)

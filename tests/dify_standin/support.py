@@ -1,0 +1,112 @@
+"""Test helpers for the Dify hook: a recording sink, an in-thread sidecar, and a clean hook state."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from traceexport.dify import registry, runtime, tee, wiring
+from traceexport.dify.config import HookSettings
+from traceexport.dify.stats import STATS
+from traceexport.pipeline import Route
+from traceexport.records import Record
+from traceexport.sinks.base import BatchLimits, ExportResult, Payload
+
+
+class RecordingSink:
+    """A sink that keeps every payload body it is given (thread-safe)."""
+
+    backend = "recording"
+
+    def __init__(self, name: str = "recording") -> None:
+        self.name = name
+        self.limits = BatchLimits(max_items=100, linger_seconds=0.05)
+        self.bodies: list[dict[str, Any]] = []
+        self.contexts: list[Any] = []
+        self._lock = threading.Lock()
+
+    def request_bodies(self, payloads: Sequence[Payload], /) -> list[Any]:
+        return [p.body for p in payloads]
+
+    def export(self, payloads: Sequence[Payload], /) -> ExportResult:
+        from opentelemetry import context
+
+        with self._lock:
+            self.contexts.append(context.get_value(context._SUPPRESS_INSTRUMENTATION_KEY))
+            self.bodies.extend(p.body for p in payloads)
+        return ExportResult.success()
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        return None
+
+
+class TypeMapping:
+    """Maps a record to one payload naming its type and key (stands in for a backend mapping)."""
+
+    def map(self, record: Record, /) -> list[Payload]:
+        return [Payload(kind="event", body={"type": record.type, "key": record.key}, key=record.key)]
+
+
+def recording_routes(sink: RecordingSink) -> Callable[[HookSettings, Mapping[str, str]], list[Route]]:
+    """A ROUTE_FACTORY sending everything to ``sink``."""
+    return lambda settings, env: [Route(sink, TypeMapping())]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Poll ``condition`` until true or ``timeout`` seconds pass (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Sidecar:
+    """The real HTTP ingest source in a thread, keeping the envelopes it accepted."""
+
+    def __init__(self, port: int = 0, token: str | None = None) -> None:
+        from traceexport.sources.http import IngestServer, IngestSettings
+
+        self.records: list[Record] = []
+        self._lock = threading.Lock()
+        self.server = IngestServer(IngestSettings(host="127.0.0.1", port=port, token=token), self._accept)
+
+    def _accept(self, records: list[Record]) -> None:
+        with self._lock:
+            self.records.extend(records)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.address
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> Sidecar:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(1.0)
+
+
+def reset_hook() -> Iterator[None]:
+    """Fixture body: a clean hook before and after a test."""
+    registry.uninstall()
+    wiring.ROUTE_FACTORY = None
+    tee.clear_cache()
+    yield
+    runtime.shutdown_all(5.0)
+    registry.uninstall()
+    wiring.ROUTE_FACTORY = None
+    tee.clear_cache()
+    STATS.__init__()  # type: ignore[misc]

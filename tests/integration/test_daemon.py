@@ -1,0 +1,148 @@
+"""``python -m traceexport serve`` as a real process: ingest, refusals, back-pressure, SIGTERM and resume."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.conftest import SAMPLE_FILES
+from tests.fakes.otlp_server import OtlpFake
+from tests.support.processes import python_env, start_process, stop_process, wait_until
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "integration-token-0123456789"
+BANNER = re.compile(r"listening on (http://127\.0\.0\.1:\d+)/v1/dify/traces")
+
+
+class Served:
+    """One daemon process started from a config file, with its log and ingest URL."""
+
+    def __init__(self, tmp_path: Path, config: str, name: str = "daemon") -> None:
+        self.config_path = tmp_path / f"{name}.yaml"
+        self.config_path.write_text(config, encoding="utf-8")
+        self.log_path = tmp_path / f"{name}.log"
+        self.proc = start_process([sys.executable, "-m", "traceexport", "serve", "--config", str(self.config_path),
+                                   "--listen", "127.0.0.1:0"], cwd=tmp_path, stderr_path=self.log_path,
+                                  env=python_env({"TEST_TOKEN": TOKEN, "TRACEEXPORT_LOG_LEVEL": "info"}))
+        wait_until(lambda: BANNER.search(self.log()) is not None or self.proc.poll() is not None,
+                   timeout=60, what="the daemon's start-up line")
+        match = BANNER.search(self.log())
+        assert match, f"daemon did not start: {self.log()}"
+        self.base = match.group(1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def post(self, body: Any, *, content_type: str = "application/json", token: str | None = TOKEN) -> httpx.Response:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = {"Content-Type": content_type}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return httpx.post(f"{self.base}/v1/dify/traces", content=data, headers=headers, timeout=30)
+
+    def metric(self, name: str, sink: str) -> float:
+        text = httpx.get(f"{self.base}/metrics", timeout=10).text
+        match = re.search(rf'^{name}{{sink="{sink}"}} (\S+)$', text, re.MULTILINE)
+        return float(match.group(1)) if match else -1.0
+
+    def stop(self) -> int:
+        return stop_process(self.proc, timeout=30)
+
+
+def config(spool: Path, sink: str, *, spool_extra: str = "") -> str:
+    return (f"spool:\n  dir: {spool}\n{spool_extra}retry:\n  initial_backoff: 0.2\n  max_backoff: 0.5\n"
+            f"sources:\n  http:\n    token: ${{TEST_TOKEN}}\n    max_body_bytes: 20000\n"
+            f"sinks:\n{sink}")
+
+
+@pytest.fixture
+def otlp() -> Iterator[OtlpFake]:
+    fake = OtlpFake().start()
+    yield fake
+    fake.stop()
+
+
+def otlp_sink(fake: OtlpFake) -> str:
+    return f"  out:\n    type: otlp\n    traces_endpoint: {fake.traces_url}\n"
+
+
+def sample(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def test_posted_samples_reach_the_backend_and_bad_requests_are_refused(tmp_path: Path, otlp: OtlpFake) -> None:
+    """Every sample posted is delivered; 401, 413, 400 (bad JSON, unknown type) and 415 answer as documented."""
+    served = Served(tmp_path, config(tmp_path / "spool", otlp_sink(otlp)))
+    try:
+        for path in SAMPLE_FILES:
+            response = served.post(sample(path))
+            assert response.status_code == 202, (path.name, response.text)
+        wait_until(lambda: served.metric("traceexport_records_exported_total", "out") == len(SAMPLE_FILES),
+                   timeout=60, what="all samples exported")
+        assert len(otlp.spans) >= len(SAMPLE_FILES)
+
+        unauthorised = served.post(sample(SAMPLE_FILES[0]), token=None)
+        assert unauthorised.status_code == 401 and "WWW-Authenticate" in unauthorised.headers
+        assert served.post(b"[" + b" " * 30000 + b"]").status_code == 413
+        bad_json = served.post(b'{"app_id": ')
+        assert bad_json.status_code == 400 and "not valid JSON" in bad_json.json()["rejected"][0]["reason"]
+        assert served.post(b"x", content_type="text/plain").status_code == 415
+        mixed = served.post([{"app_id": "a", "trace_info_type": "MadeUpTraceInfo", "trace_info": {}},
+                             sample(SAMPLE_FILES[0])])
+        assert mixed.status_code == 400 and mixed.json()["accepted"] == 1
+        assert "MadeUpTraceInfo" in mixed.json()["rejected"][0]["reason"]
+        assert httpx.get(f"{served.base}/readyz").status_code == 200
+    finally:
+        assert served.stop() == 0
+    assert TOKEN not in served.log() and "Traceback" not in served.log()
+
+
+def test_full_spool_answers_503_with_retry_after(tmp_path: Path, otlp: OtlpFake) -> None:
+    """With a tiny spool limit the daemon pushes back with 503 and Retry-After."""
+    served = Served(tmp_path, config(tmp_path / "spool", otlp_sink(otlp), spool_extra="  max_bytes: 1\n"))
+    try:
+        response = served.post(sample(SAMPLE_FILES[0]))
+        assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
+    finally:
+        assert served.stop() == 0
+
+
+def test_sigterm_keeps_undelivered_records_and_restart_delivers_them(tmp_path: Path, otlp: OtlpFake) -> None:
+    """Records the backend did not take before SIGTERM stay in the spool and go out after a restart."""
+    otlp.fail_next(10_000, 503)
+    text = config(tmp_path / "spool", otlp_sink(otlp))
+    first = Served(tmp_path, text, "first")
+    try:
+        for path in SAMPLE_FILES[:3]:
+            assert first.post(sample(path)).status_code == 202
+        wait_until(lambda: len(otlp.requests) > 0, timeout=30, what="a delivery attempt")
+    finally:
+        assert first.stop() == 0
+    assert "event=serve.stopped pending_in_spool=3" in first.log()
+    assert not otlp.spans
+
+    otlp.reset()
+    second = Served(tmp_path, text, "second")
+    try:
+        wait_until(lambda: second.metric("traceexport_records_exported_total", "out") == 3, timeout=60,
+                   what="the spooled records delivered after restart")
+        assert otlp.spans and second.metric("traceexport_queue_depth", "out") == 0
+    finally:
+        assert second.stop() == 0
+
+
+def test_public_listen_without_token_refuses_to_start(tmp_path: Path) -> None:
+    """Listening beyond loopback without a token exits 2 with a message naming the fix."""
+    result = subprocess.run([sys.executable, "-m", "traceexport", "serve", "--listen", "0.0.0.0:0"],
+                            cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "TRACEEXPORT_TOKEN" in result.stderr and "Traceback" not in result.stderr

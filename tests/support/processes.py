@@ -1,0 +1,106 @@
+"""Start and stop subprocesses in tests with bounded waits; every process is ended by its own id.
+
+Usage::
+
+    proc = start_process([sys.executable, "-m", "tests.fakes.opik_server", "--port", "0"])
+    url = read_line(proc, timeout=10)          # first stdout line, or TimeoutError
+    wait_until(lambda: fake_has_requests(), timeout=10, what="first request")
+    kill_hard(proc)                            # SIGKILL by pid, then reap
+    stop_process(proc, timeout=5)              # SIGTERM, then SIGKILL after timeout; idempotent
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def python_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The current environment with the repository root on PYTHONPATH (so ``tests.*`` imports work)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.update(extra or {})
+    return env
+
+
+def start_process(argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None,
+                  stderr_path: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``argv`` with stdout piped; stderr goes to ``stderr_path`` (or is piped)."""
+    stderr = open(stderr_path, "wb") if stderr_path is not None else subprocess.PIPE  # noqa: SIM115
+    try:
+        return subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
+                                env=dict(env) if env is not None else python_env(), cwd=cwd or REPO_ROOT)
+    finally:
+        if stderr_path is not None:
+            stderr.close()  # type: ignore[union-attr]
+
+
+def python_process(args: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    """Start ``python args...`` with the test environment (see :func:`start_process`)."""
+    return start_process([sys.executable, *args], **kwargs)  # type: ignore[arg-type]
+
+
+def read_line(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> str:
+    """The next line of ``proc``'s stdout; TimeoutError if none arrives within ``timeout`` seconds."""
+    assert proc.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    try:
+        if not selector.select(timeout):
+            raise TimeoutError(f"no output from pid {proc.pid} within {timeout}s")
+        line = proc.stdout.readline()
+    finally:
+        selector.close()
+    if not line:
+        raise RuntimeError(f"pid {proc.pid} closed its stdout (exit code {proc.poll()})")
+    return line.decode().strip()
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float = 10.0, interval: float = 0.02,
+               what: str = "condition") -> None:
+    """Poll ``predicate`` until true; AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def kill_hard(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """SIGKILL ``proc`` by its pid and reap it; returns its exit status."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    return proc.wait(timeout)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int:
+    """SIGTERM ``proc``, SIGKILL it if it is still alive after ``timeout``; idempotent; returns the status."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            kill_hard(proc)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    return proc.wait(timeout)
+
+
+def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, str, str]:
+    """Wait for ``proc`` to exit (killing it after ``timeout``); its status, stdout and stderr text."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_hard(proc)
+        out, err = proc.communicate(timeout=5)
+        raise AssertionError(f"pid {proc.pid} did not exit within {timeout}s; stderr: {err!r}") from None
+    return proc.returncode, (out or b"").decode(), (err or b"").decode()

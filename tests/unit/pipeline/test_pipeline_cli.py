@@ -1,0 +1,118 @@
+"""The ``dlq``, ``status`` and ``export`` commands against a real spool (in-process, no network)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pipeline_helpers import SAMPLES, ScriptedSink, StandInMapping, fail_first, make_records
+
+from traceexport.cli import main
+from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route
+from traceexport.sinks.base import ItemFailure
+
+FAST = PipelineSettings(fsync=False, poll_interval=0.01, retry=RetryPolicy(max_attempts=1))
+
+
+def _spool_with_dead_letters(spool: Path, n: int = 3) -> None:
+    sink = ScriptedSink("opik", fail_first(99, ItemFailure("opik rejected the request (422)", True, 422)))
+    with Pipeline(spool, [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.accept(make_records(n))
+        pipe.start()
+        assert pipe.wait_idle(10)
+
+
+def test_dlq_list_json_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`dlq list --json` lists entries with their reasons; `dlq show ID` prints the stored envelope."""
+    _spool_with_dead_letters(tmp_path)
+    assert main(["dlq", "list", "--spool", str(tmp_path), "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert len(entries) == 3 and entries[0]["reason"] == "opik rejected the request (422)"
+    assert entries[0]["sink"] == "opik" and entries[0]["status_code"] == 422
+    assert main(["dlq", "show", "--spool", str(tmp_path), str(entries[0]["id"])]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["envelope"]["trace_info_type"] == "MessageTraceInfo"
+    assert main(["dlq", "show", "--spool", str(tmp_path), "999"]) == 2
+
+
+def test_dlq_replay_requeues_for_the_next_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`dlq replay` empties the dead letter and the next pipeline on the spool delivers those records."""
+    _spool_with_dead_letters(tmp_path)
+    assert main(["dlq", "replay", "--spool", str(tmp_path), "--sink", "opik"]) == 0
+    assert "3 records queued again for opik" in capsys.readouterr().out
+    sink = ScriptedSink("opik")
+    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.start()
+        assert pipe.wait_idle(10)
+        figures = pipe.metrics()["sinks"]["opik"]
+    assert len(sink.delivered) == 3
+    assert figures["replayed"] == 3 and figures["dead_lettered"] == 3
+
+
+def test_dlq_purge_needs_yes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`dlq purge` refuses without --yes and deletes with it."""
+    _spool_with_dead_letters(tmp_path, 2)
+    assert main(["dlq", "purge", "--spool", str(tmp_path)]) == 2
+    assert "would delete 2" in capsys.readouterr().err
+    assert main(["dlq", "purge", "--spool", str(tmp_path), "--before", "2999-01-01", "--yes"]) == 0
+    assert main(["dlq", "list", "--spool", str(tmp_path), "--json"]) == 0
+    assert "deleted 2" in capsys.readouterr().out
+
+
+def test_status_json_shows_counters_from_another_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`status --json` reads the persisted counters, queue depth and oldest age written by a pipeline."""
+    _spool_with_dead_letters(tmp_path, 2)
+    with Pipeline(tmp_path, [Route(ScriptedSink("opik"), StandInMapping())], FAST) as pipe:
+        pipe.accept(make_records(4, start=100))
+    assert main(["status", "--spool", str(tmp_path), "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)["sinks"]["opik"]
+    assert figures["accepted"] == 6 and figures["dead_lettered"] == 2 and figures["queue_depth"] == 4
+    assert figures["oldest_pending_age_seconds"] >= 0
+    assert main(["status", "--spool", str(tmp_path)]) == 0
+    assert "opik" in capsys.readouterr().out
+
+
+def test_status_without_spool_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`status` on a directory without a spool exits 2 with a one-line message naming the option."""
+    assert main(["status", "--spool", str(tmp_path / "none")]) == 2
+    assert "--spool" in capsys.readouterr().err
+
+
+def test_prometheus_text_has_a_series_per_sink(tmp_path: Path) -> None:
+    """The Prometheus exposition carries the counters and gauges labelled by sink."""
+    with Pipeline(tmp_path, [Route(ScriptedSink("opik"), StandInMapping())], FAST) as pipe:
+        pipe.accept(make_records(2))
+        text = pipe.prometheus_text()
+    assert 'traceexport_records_accepted_total{sink="opik"} 2' in text
+    assert 'traceexport_queue_depth{sink="opik"} 2' in text
+    assert "# TYPE traceexport_records_exported_total counter" in text
+
+
+def test_export_to_file_sink_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`export --to file` delivers the valid records and exits 2 naming each invalid one on stderr."""
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"trace_info_type": "Nope", "trace_info": {}}\nnot json\n')
+    code = main(["export", "--to", "file", "--spool", str(tmp_path / "spool"),
+                 str(SAMPLES / "05-message-chat.json"), str(SAMPLES / "07-tool-call.json"), str(bad)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "unknown record type 'Nope'" in err and "line 2: not valid JSON" in err
+    assert "file: 2 records delivered" in err
+    lines = (tmp_path / "out" / "otlp.jsonl").read_text().splitlines()
+    assert lines and all(json.loads(line)["kind"] == "span" for line in lines)
+
+
+def test_export_exit_zero_when_everything_is_delivered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`export` exits 0 when every record was accepted by every named sink."""
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    assert main(["export", "--to", "file", "--spool", str(tmp_path / "spool"),
+                 str(SAMPLES / "05-message-chat.json")]) == 0
+
+
+def test_export_unknown_sink_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown --to sink exits 2 with the list of known sinks, never a traceback."""
+    assert main(["export", "--to", "nowhere", "--spool", str(tmp_path), str(SAMPLES / "05-message-chat.json")]) == 2
+    assert "unknown sink type 'nowhere'" in capsys.readouterr().err

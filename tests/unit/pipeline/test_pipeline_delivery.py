@@ -1,0 +1,154 @@
+"""Per-sink delivery: cursor, retries, dead letter, deferral by the enricher, fan-out isolation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline_helpers import ScriptedSink, StandInMapping, fail_first, make_records, wait_for
+
+from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter
+from traceexport.records import Record
+from traceexport.sinks.base import ExportResult, ItemFailure, Payload
+
+QUICK = RetryPolicy(max_attempts=3, max_age=60.0, initial_backoff=0.01, max_backoff=0.02)
+FAST = PipelineSettings(fsync=False, poll_interval=0.01, retry=QUICK)
+
+
+def test_cursor_moves_only_when_outcomes_are_committed(tmp_path: Path) -> None:
+    """A batch delivered but not committed (process killed) is delivered again by the next pipeline."""
+    sink = ScriptedSink("a")
+    pipe = Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST)
+    pipe.accept(make_records(3))
+    worker = pipe.workers[0]
+    batch = worker._collect(time.time())
+    worker.deliver(batch)  # delivered, then "killed" before commit
+    pipe.close()
+    again = ScriptedSink("a")
+    pipe = Pipeline(tmp_path, [Route(again, StandInMapping())], FAST)
+    pipe.workers[0].step()
+    assert len(again.delivered) == 3
+    assert pipe.pending() == {"a": 0}
+    pipe.close()
+
+
+def test_retryable_failures_are_retried_until_delivered(tmp_path: Path) -> None:
+    """Items failing with a 503 twice are delivered on the third attempt and counted as retried."""
+    sink = ScriptedSink("a", fail_first(2, ItemFailure("503", permanent=False, status_code=503)))
+    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.accept(make_records(5))
+        pipe.start()
+        assert pipe.wait_idle(10)
+        figures = pipe.metrics()["sinks"]["a"]
+    assert len(set(sink.delivered)) == 5
+    assert figures["exported"] == 5 and figures["retried"] == 10
+
+
+def test_exhausted_retries_go_to_the_dead_letter_with_the_last_reason(tmp_path: Path) -> None:
+    """After max_attempts failures an item is dead-lettered, not permanent, with the last failure's reason."""
+    sink = ScriptedSink("a", fail_first(99, ItemFailure("backend answered 503", permanent=False, status_code=503)))
+    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.accept(make_records(2))
+        pipe.start()
+        assert pipe.wait_idle(10)
+        entries = deadletter.list_entries(pipe.spool)
+    assert len(sink.calls) == 3
+    assert [e.attempts for e in entries] == [3, 3]
+    assert all(not e.permanent and "backend answered 503" in e.reason and e.status_code == 503 for e in entries)
+
+
+def test_permanent_failure_dead_letters_at_once_and_redacts(tmp_path: Path) -> None:
+    """A permanent failure goes to the dead letter after one attempt; secrets in the reason are masked."""
+    failure = ItemFailure("rejected (400): api_key=abcdefghijkl", permanent=True, status_code=400)
+    sink = ScriptedSink("a", fail_first(99, failure))
+    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.accept(make_records(1))
+        pipe.start()
+        assert pipe.wait_idle(10)
+        entry = deadletter.list_entries(pipe.spool)[0]
+        full = deadletter.get_entry(pipe.spool, entry.id)
+    assert len(sink.calls) == 1
+    assert entry.permanent and entry.attempts == 1 and entry.status_code == 400
+    assert "abcdefghijkl" not in entry.reason
+    assert full is not None and full.envelope is not None and full.envelope["trace_info_type"] == "MessageTraceInfo"
+
+
+def test_mapping_error_dead_letters_only_that_record(tmp_path: Path) -> None:
+    """A record the mapping refuses lands in the dead letter with the reason; the others are delivered."""
+    records = make_records(4)
+    sink = ScriptedSink("a")
+    mapping = StandInMapping(bad=frozenset({records[1].key}))
+    with Pipeline(tmp_path, [Route(sink, mapping)], FAST) as pipe:
+        pipe.accept(records)
+        pipe.start()
+        assert pipe.wait_idle(10)
+        entries = deadletter.list_entries(pipe.spool)
+    assert sorted(sink.delivered) == sorted(r.key for i, r in enumerate(records) if i != 1)
+    assert [(e.record_key, e.reason) for e in entries] == [(records[1].key, "stand-in mapping refuses this record")]
+
+
+def test_unreachable_sink_does_not_hold_back_another(tmp_path: Path) -> None:
+    """With one sink failing every attempt, the other sink still receives every record promptly."""
+    down = ScriptedSink("down", fail_first(10**6, ItemFailure("unreachable", permanent=False)))
+    up = ScriptedSink("up")
+    settings = PipelineSettings(fsync=False, poll_interval=0.01, retry=RetryPolicy(initial_backoff=5.0))
+    with Pipeline(tmp_path, [Route(down, StandInMapping()), Route(up, StandInMapping())], settings) as pipe:
+        pipe.accept(make_records(30))
+        pipe.start()
+        assert wait_for(lambda: len(up.delivered) == 30)
+        assert pipe.pending()["down"] == 30
+        pipe.stop(5)
+
+
+def test_retry_after_pauses_the_sink_for_at_least_that_long(tmp_path: Path) -> None:
+    """After a 429 with Retry-After 0.5 s, the sink's next attempt comes no sooner than 0.5 s later."""
+    sink = ScriptedSink("a", fail_first(1, ItemFailure("429", permanent=False, status_code=429, retry_after=0.5)))
+    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.accept(make_records(3))
+        pipe.start()
+        assert pipe.wait_idle(10)
+    assert len(sink.calls) == 2
+    assert sink.calls[1][0] - sink.calls[0][0] >= 0.5
+
+
+def test_partial_failure_retries_only_the_failed_records(tmp_path: Path) -> None:
+    """When the backend refuses one item of a batch, only that record is retried."""
+    def plan(payloads: Sequence[Payload], number: int) -> ExportResult:
+        if number == 0:
+            return ExportResult(failures={1: ItemFailure("busy", permanent=False)})
+        return ExportResult.success()
+    sink = ScriptedSink("a", plan)
+    records = make_records(3)
+    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.accept(records)
+        pipe.start()
+        assert pipe.wait_idle(10)
+    assert sink.calls[1][1] == [records[1].key]
+
+
+def test_enricher_defers_one_record_without_blocking_the_rest(tmp_path: Path) -> None:
+    """A record the enricher asks to wait for is sent later; the rest go at once; prepare runs once per key."""
+    records = make_records(3)
+    late = records[0].key
+    calls: dict[str, int] = {}
+    ready_at = time.time() + 0.3
+
+    def prepare(record: Record) -> float | None:
+        calls[record.key] = calls.get(record.key, 0) + 1
+        if record.key == late and time.time() < ready_at:
+            return 0.3
+        record.data["enriched"] = True
+        return None
+
+    a, b = ScriptedSink("a"), ScriptedSink("b")
+    routes = [Route(a, StandInMapping()), Route(b, StandInMapping())]
+    with Pipeline(tmp_path, routes, FAST, prepare=prepare) as pipe:
+        pipe.accept(records)
+        pipe.start()
+        assert wait_for(lambda: len(a.delivered) == 2 and len(b.delivered) == 2)
+        assert late not in a.delivered
+        assert pipe.wait_idle(10)
+    assert a.delivered[-1] == late and b.delivered[-1] == late
+    assert all(n == 1 for k, n in calls.items() if k != late)
+    assert calls[late] <= 3

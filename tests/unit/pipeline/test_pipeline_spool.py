@@ -1,0 +1,94 @@
+"""The SQLite spool: durable accept, size limit, cleanup, resume after reopening."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pipeline_helpers import ScriptedSink, StandInMapping, make_records
+
+from traceexport.errors import SpoolFullError
+from traceexport.pipeline import Pipeline, PipelineSettings, Route
+from traceexport.pipeline.spool import Spool
+
+FAST = PipelineSettings(fsync=False, poll_interval=0.01)
+
+
+def _pipe(tmp_path: Path, *sinks: ScriptedSink, settings: PipelineSettings = FAST) -> Pipeline:
+    return Pipeline(tmp_path / "spool", [Route(s, StandInMapping()) for s in sinks], settings)
+
+
+def test_accepted_records_survive_reopening(tmp_path: Path) -> None:
+    """Records accepted by one pipeline are pending for the next pipeline opened on the same directory."""
+    first = _pipe(tmp_path, ScriptedSink("a"))
+    first.accept(make_records(5))
+    first.close()
+    second = _pipe(tmp_path, ScriptedSink("a"))
+    assert second.pending() == {"a": 5}
+    assert second.metrics()["sinks"]["a"]["accepted"] == 5
+    second.close()
+
+
+def test_sequence_numbers_never_go_back_after_deletes(tmp_path: Path) -> None:
+    """Once delivered records are swept, new records still get higher sequence numbers than the cursor."""
+    sink = ScriptedSink("a")
+    pipe = _pipe(tmp_path, sink)
+    pipe.accept(make_records(3))
+    pipe.workers[0].step()
+    pipe.spool.sweep(every=0)
+    assert pipe.spool.record_count() == 0
+    pipe.accept(make_records(2, start=10))
+    pipe.workers[0].step()
+    assert len(sink.delivered) == 5
+    pipe.close()
+
+
+def test_full_spool_refuses_with_retryable_error_and_keeps_what_it_has(tmp_path: Path) -> None:
+    """Over max_bytes, accept raises SpoolFullError with retry_after and stores nothing of that call."""
+    settings = PipelineSettings(fsync=False, max_bytes=200_000, full_retry_after=3.0)
+    pipe = _pipe(tmp_path, ScriptedSink("a"), settings=settings)
+    accepted = 0
+    with pytest.raises(SpoolFullError) as err:
+        for start in range(0, 1000, 5):
+            pipe.accept(make_records(5, start=start))
+            accepted += 5
+    assert err.value.retry_after == 3.0
+    assert accepted > 0
+    assert pipe.pending() == {"a": accepted}
+    pipe.close()
+
+
+def test_drop_oldest_counts_every_drop(tmp_path: Path) -> None:
+    """With on_full=drop_oldest the oldest records make room and each drop is counted for its sink."""
+    settings = PipelineSettings(fsync=False, max_bytes=200_000, on_full="drop_oldest")
+    pipe = _pipe(tmp_path, ScriptedSink("a"), settings=settings)
+    for start in range(0, 300, 5):
+        pipe.accept(make_records(5, start=start))
+    figures = pipe.metrics()["sinks"]["a"]
+    assert figures["dropped"] > 0
+    assert figures["accepted"] == 300
+    assert figures["queue_depth"] + figures["dropped"] == 300
+    pipe.close()
+
+
+def test_sweep_keeps_records_another_sink_still_owes(tmp_path: Path) -> None:
+    """A record delivered to one sink stays in the spool until the other routed sink is done with it."""
+    fast, slow = ScriptedSink("fast"), ScriptedSink("slow")
+    pipe = _pipe(tmp_path, fast, slow)
+    pipe.accept(make_records(4))
+    pipe.workers[0].step()
+    pipe.spool.sweep(every=0)
+    assert pipe.spool.record_count() == 4
+    pipe.workers[1].step()
+    pipe.spool.sweep(every=0)
+    assert pipe.spool.record_count() == 0
+    pipe.close()
+
+
+def test_missing_spool_is_reported_without_creating_one(tmp_path: Path) -> None:
+    """Opening a spool for reading where none exists says so and creates nothing."""
+    from traceexport.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no spool at"):
+        Spool(tmp_path / "nothing", create=False)
+    assert not (tmp_path / "nothing").exists()

@@ -1,0 +1,256 @@
+"""Daemon configuration: ${ENV} substitution, every problem listed with its key path, precedence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from traceexport.config import (
+    Overrides,
+    build_routes,
+    celery_problems,
+    load_config,
+    resolve_config,
+    substitute,
+    validate_config_file,
+)
+from traceexport.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "traceexport.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problem_text(exc: ConfigError) -> list[str]:
+    return [str(p) for p in exc.problems]
+
+
+# -- substitution ---------------------------------------------------------------------------------
+def test_substitute_replaces_set_variables_and_defaults() -> None:
+    """${VAR} takes the value, ${VAR:-d} falls back on unset or empty, ${VAR-d} only on unset."""
+    env = {"A": "1", "EMPTY": ""}
+    assert substitute("x${A}y", env) == ("x1y", [])
+    assert substitute("${B:-two}", env) == ("two", [])
+    assert substitute("${EMPTY:-two}", env) == ("two", [])
+    assert substitute("${EMPTY-two}", env) == ("", [])
+    assert substitute("${A:-two}", env) == ("1", [])
+
+
+def test_substitute_reports_missing_names_and_keeps_escapes() -> None:
+    """A missing variable without default is reported by name; $${X} stays a literal ${X}."""
+    assert substitute("${NOPE}/${A}", {"A": "a"}) == ("/a", ["NOPE"])
+    assert substitute("$${A}", {"A": "a"}) == ("${A}", [])
+
+
+def test_missing_variable_is_a_config_error_naming_it_and_its_key(tmp_path: Path) -> None:
+    """An unset variable without default fails loading with its name, key path and line."""
+    path = write(tmp_path, "spool:\n  dir: /tmp/x\nsinks:\n  o:\n    type: opik\n    api_key: ${OPIK_KEY_XYZ}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    (problem,) = info.value.problems
+    assert problem.where == "sinks.o.api_key"
+    assert "OPIK_KEY_XYZ" in problem.message and "line 6" in problem.message
+
+
+def test_substituted_values_are_coerced_by_the_schema(tmp_path: Path) -> None:
+    """A number or size from the environment validates like one written in the file."""
+    path = write(tmp_path, "spool:\n  max_bytes: ${SIZE}\nretry:\n  max_age: ${AGE:-2h}\n")
+    config = load_config(path, env={"SIZE": "64MB"})
+    assert int(config.spool.max_bytes) == 64_000_000
+    assert config.retry.max_age == 7200.0
+
+
+# -- validation -----------------------------------------------------------------------------------
+BAD = """\
+spool:
+  max_bytes: lots
+  on_full: explode
+retry:
+  max_age: forever
+sinks:
+  a:
+    type: opik
+    sample: 2
+  b:
+    type: nope
+  c:
+    type: file
+    records: [workflow, bogus]
+colour: blue
+"""
+
+
+def test_every_problem_is_listed_with_key_path_and_line(tmp_path: Path) -> None:
+    """Validation keeps going after the first error and names each key path with its line."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, BAD), env={})
+    where = {p.where: p.message for p in info.value.problems}
+    assert set(where) >= {"spool.max_bytes", "spool.on_full", "retry.max_age", "sinks.a.sample",
+                          "sinks.b.type", "sinks.c.records", "colour"}
+    assert "line 2" in where["spool.max_bytes"]
+    assert "unknown key" in where["colour"] and "line 15" in where["colour"]
+    assert "bogus" in where["sinks.c.records"]
+    assert "forever" in where["retry.max_age"]
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    """Broken YAML is one problem with the file and line, not a traceback."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "spool:\n  dir: [unclosed\n"), env={})
+    assert "not valid YAML" in problem_text(info.value)[0]
+
+
+def test_validate_config_file_lists_sink_option_problems(tmp_path: Path) -> None:
+    """validate_config_file builds sinks without starting anything and reports their own options."""
+    path = write(tmp_path, f"sinks:\n  out:\n    type: file\n    path: {tmp_path / 'out'}\n    bogus: 1\n")
+    problems = [str(p) for p in validate_config_file(path, env={})]
+    assert any("sinks.out.bogus" in p for p in problems), problems
+
+
+def test_validate_config_file_accepts_a_good_file(tmp_path: Path) -> None:
+    """A complete config with a file sink has no problems."""
+    path = write(tmp_path, f"sinks:\n  out:\n    type: file\n    path: {tmp_path / 'out'}\n")
+    assert validate_config_file(path, env={}) == []
+
+
+def test_validate_config_file_requires_a_token_beyond_loopback(tmp_path: Path) -> None:
+    """Listening on 0.0.0.0 without a token is reported at sources.http.token."""
+    path = write(tmp_path, f"sinks:\n  out:\n    type: file\n    path: {tmp_path}\n"
+                           "sources:\n  http:\n    listen: 0.0.0.0:4319\n")
+    assert [p.where for p in validate_config_file(path, env={})] == ["sources.http.token"]
+
+
+def test_celery_section_is_checked_by_the_celery_settings() -> None:
+    """A wrong key under sources.celery is reported with its full key path."""
+    assert [p.where for p in celery_problems({"brokr": "redis://x"})] == ["sources.celery.brokr"]
+
+
+# -- precedence and defaults ---------------------------------------------------------------------
+FILE = """\
+spool:
+  dir: from-file
+sources:
+  http:
+    listen: 127.0.0.1:1111
+log_level: warning
+sinks:
+  mine:
+    type: file
+    path: out
+"""
+
+
+def test_no_config_runs_the_embedded_default() -> None:
+    """Without file, flags or env: loopback :4319, ./traceexport-spool and a file sink."""
+    config = resolve_config(Overrides(), env={})
+    assert config.sources.http is not None and config.sources.http.listen == "127.0.0.1:4319"
+    assert str(config.spool.dir) == "traceexport-spool"
+    assert {name: s.type for name, s in config.sinks.items()} == {"file": "file"}
+    assert config.sinks["file"].mapping_backend == "otlp"
+
+
+def test_file_values_apply_when_nothing_overrides_them(tmp_path: Path) -> None:
+    """The config file wins over the embedded defaults."""
+    config = resolve_config(Overrides(config=str(write(tmp_path, FILE))), env={})
+    assert str(config.spool.dir) == "from-file" and config.log_level == "warning"
+    assert config.sources.http is not None and config.sources.http.listen == "127.0.0.1:1111"
+
+
+def test_environment_wins_over_the_file(tmp_path: Path) -> None:
+    """TRACEEXPORT_* variables win over the config file, including the config path itself."""
+    env = {"TRACEEXPORT_CONFIG": str(write(tmp_path, FILE)), "TRACEEXPORT_SPOOL": "from-env",
+           "TRACEEXPORT_LISTEN": "127.0.0.1:2222", "TRACEEXPORT_LOG_LEVEL": "DEBUG"}
+    config = resolve_config(Overrides(), env=env)
+    assert str(config.spool.dir) == "from-env" and config.log_level == "debug"
+    assert config.sources.http is not None and config.sources.http.listen == "127.0.0.1:2222"
+
+
+def test_flags_win_over_environment(tmp_path: Path) -> None:
+    """A flag wins over its TRACEEXPORT_* variable."""
+    env = {"TRACEEXPORT_CONFIG": str(write(tmp_path, FILE)), "TRACEEXPORT_SPOOL": "from-env",
+           "TRACEEXPORT_TOKEN": "env-token-123"}
+    config = resolve_config(Overrides(spool="from-flag", token="flag-token-456", listen="0.0.0.0:3333"), env=env)
+    assert str(config.spool.dir) == "from-flag"
+    http = config.sources.http
+    assert http is not None and http.listen == "0.0.0.0:3333"
+    assert http.token is not None and http.token.get_secret_value() == "flag-token-456"
+
+
+def test_to_selects_configured_sinks_or_env_only_sink_types(tmp_path: Path) -> None:
+    """--to names configured sinks, or a sink type configured by its own environment variables."""
+    path = str(write(tmp_path, FILE))
+    config = resolve_config(Overrides(config=path, to="mine,opik"), env={})
+    assert {name: s.type for name, s in config.sinks.items()} == {"mine": "file", "opik": "opik"}
+    assert resolve_config(Overrides(to="langfuse"), env={}).sinks["langfuse"].type == "langfuse"
+
+
+def test_to_with_an_unknown_name_is_a_config_error() -> None:
+    """An unknown --to name is reported with the names that would work."""
+    with pytest.raises(ConfigError) as info:
+        resolve_config(Overrides(to="nowhere"), env={})
+    assert "nowhere" in problem_text(info.value)[0] and "opik" in problem_text(info.value)[0]
+
+
+def test_bad_flag_values_name_the_flag() -> None:
+    """A malformed --listen or --log-level is reported by flag and variable name."""
+    with pytest.raises(ConfigError) as info:
+        resolve_config(Overrides(listen="nowhere", log_level="loud"), env={})
+    assert [p.where for p in info.value.problems] == ["--listen / TRACEEXPORT_LISTEN",
+                                                      "--log-level / TRACEEXPORT_LOG_LEVEL"]
+
+
+def test_token_is_required_beyond_loopback() -> None:
+    """Serving on a public address without a token is refused; with one it is fine."""
+    with pytest.raises(ConfigError) as info:
+        resolve_config(Overrides(listen="0.0.0.0:4319"), env={})
+    assert info.value.problems[0].where == "sources.http.token"
+    assert resolve_config(Overrides(listen="0.0.0.0:4319", token="s3cret-token"), env={})
+
+
+def test_config_file_without_sinks_needs_to(tmp_path: Path) -> None:
+    """A config file that defines no sink and no --to is an error, not a silent default."""
+    with pytest.raises(ConfigError) as info:
+        resolve_config(Overrides(config=str(write(tmp_path, "log_level: info\n"))), env={})
+    assert info.value.problems[0].where == "sinks"
+
+
+def test_database_url_comes_from_the_environment() -> None:
+    """TRACEEXPORT_DIFY_DATABASE_URL turns workflow node enrichment on."""
+    config = resolve_config(Overrides(), env={"TRACEEXPORT_DIFY_DATABASE_URL": "postgresql://u:p@db/dify"})
+    assert config.enrich.database_url is not None
+    assert "p@db" not in repr(config.enrich)
+
+
+def test_build_routes_applies_routing_keys(tmp_path: Path) -> None:
+    """Each sink section becomes a route with its record-type and app filters and sample rate."""
+    path = write(tmp_path, f"sinks:\n  out:\n    type: file\n    path: {tmp_path}\n"
+                           "    records: [WorkflowTraceInfo, message]\n    apps: [a1]\n    sample: 0.5\n")
+    (route,) = build_routes(load_config(path, env={}), env={})
+    try:
+        assert route.record_types == frozenset({"workflow", "message"})
+        assert route.app_ids == frozenset({"a1"}) and route.sample == 0.5
+        assert route.sink.name == "out"
+    finally:
+        route.sink.shutdown(1.0)
+
+
+def test_logs_are_one_structured_line_with_secrets_masked() -> None:
+    """log_event renders one logfmt line with its fields, and registered secrets never appear."""
+    import io
+    import logging
+
+    from traceexport.logs import add_secrets, log_event, setup_logging
+
+    stream = io.StringIO()
+    setup_logging("info", "logfmt", stream)
+    add_secrets(["tok-very-secret-1234"])
+    log_event(logging.getLogger("traceexport.test"), "serve.started", listen="127.0.0.1:4319",
+              detail="token tok-very-secret-1234 in use")
+    line = stream.getvalue().strip()
+    assert "\n" not in line and "event=serve.started" in line and "listen=127.0.0.1:4319" in line
+    assert "tok-very-secret-1234" not in line
+    setup_logging("info", "json", stream)
+    logging.getLogger().handlers.clear()

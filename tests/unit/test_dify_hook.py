@@ -1,0 +1,377 @@
+"""The Dify hook: registry patching in every layout, both export modes, the tee, and never raising."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.dify_standin import activate, sample_envelopes, trace_info_objects
+from tests.dify_standin.support import RecordingSink, Sidecar, free_port, recording_routes, reset_hook, wait_for
+
+from traceexport import dify
+from traceexport.dify import provider, runtime, wiring
+from traceexport.dify.autoload import autoload
+from traceexport.dify.config import HookSettings, TraceExportConfig, resolve_settings
+from traceexport.dify.stats import STATS
+from traceexport.sinks.base import Payload
+from traceexport.sinks.forward import ForwardSettings, ForwardSink
+
+CLASS_LAYOUTS = ["legacy", "modern"]
+SEVEN = {"workflow", "message", "tool", "dataset_retrieval", "moderation", "suggested_question", "generate_name"}
+APP = "83d767f2-49a5-4a3f-89fd-fdebaf4cfca1"
+
+
+@pytest.fixture(autouse=True)
+def clean_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("TRACEEXPORT_SPOOL", str(tmp_path / "spool"))
+    for name in ("TRACEEXPORT_TO", "TRACEEXPORT_CONFIG", "TRACEEXPORT_MODE", "TRACEEXPORT_FORWARD_URL",
+                 "TRACEEXPORT_FORWARD_TOKEN", "TRACEEXPORT_TEE", "TRACEEXPORT_DIFY_HOOK"):
+        monkeypatch.delenv(name, raising=False)
+    yield from reset_hook()
+
+
+@pytest.fixture
+def recording() -> RecordingSink:
+    sink = RecordingSink()
+    wiring.ROUTE_FACTORY = recording_routes(sink)
+    return sink
+
+
+def _entry(config: dict[str, Any]) -> Any:
+    import core.ops.ops_trace_manager as manager
+
+    entry = manager.provider_config_map["traceexport"]
+    return entry["trace_instance"](entry["config_class"](**config))
+
+
+# -- registry ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["legacy", "modern", "dictmap"])
+def test_install_resolves_traceexport_and_keeps_builtins(layout: str) -> None:
+    """After install() the registry resolves traceexport with Dify's base classes while langfuse still resolves."""
+    with activate(layout):
+        assert dify.install() is True
+        import core.ops.ops_trace_manager as manager
+        from core.ops.base_trace_instance import BaseTraceInstance
+        from core.ops.entities.config_entity import BaseTracingConfig
+
+        entry = manager.provider_config_map["traceexport"]
+        assert entry["secret_keys"] == ["token"] and "sinks" in entry["other_keys"]
+        assert issubclass(entry["config_class"], BaseTracingConfig)
+        assert issubclass(entry["trace_instance"], BaseTraceInstance)
+        assert manager.provider_config_map["langfuse"]["trace_instance"].__name__ == "LangFuseDataTrace"
+        with pytest.raises(KeyError):
+            manager.provider_config_map["no-such-provider"]
+
+
+@pytest.mark.parametrize("layout", CLASS_LAYOUTS)
+def test_install_is_idempotent(layout: str) -> None:
+    """A second install() leaves the single patch in place and the registry working."""
+    with activate(layout):
+        assert dify.install() and dify.install()
+        import core.ops.ops_trace_manager as manager
+
+        patched = manager.OpsTraceProviderConfigMap.__getitem__
+        assert dify.install()
+        assert manager.OpsTraceProviderConfigMap.__getitem__ is patched
+        assert manager.provider_config_map["traceexport"]["config_class"].__name__ == "TraceExportConfig"
+
+
+def test_unrecognised_layout_logs_one_line_and_does_not_raise(caplog: pytest.LogCaptureFixture) -> None:
+    """A registry module the hook does not know yields False and exactly one clear warning."""
+    with activate("unknown"), caplog.at_level(logging.INFO, logger="traceexport.dify"):
+        assert dify.install() is False
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].getMessage() == "dify.hook.not_installed"
+    assert dify.installed() is False
+
+
+def test_missing_dify_logs_one_line_and_does_not_raise(caplog: pytest.LogCaptureFixture) -> None:
+    """Outside Dify (no core.ops at all) install() returns False with one warning."""
+    with caplog.at_level(logging.WARNING, logger="traceexport.dify"):
+        assert dify.install() is False
+    assert len(caplog.records) == 1
+
+
+@pytest.mark.parametrize("layout", CLASS_LAYOUTS)
+def test_deferred_install_patches_when_dify_imports_its_registry(layout: str) -> None:
+    """With defer=True the registry is patched the moment Dify imports it, and the enum-derived set knows us."""
+    with activate(layout):
+        assert dify.install(defer=True) is True
+        assert "core.ops.ops_trace_manager" not in sys.modules
+        import services.ops_service as service
+
+        assert service.provider_config_map["traceexport"]["trace_instance"].__name__ == "TraceExportTrace"
+        if layout == "modern":
+            assert service.configured_providers(["traceexport", "langfuse", "x"]) == ["traceexport", "langfuse"]
+            from core.ops.entities.config_entity import TracingProviderEnum
+
+            assert "traceexport" in [p.value for p in TracingProviderEnum]
+
+
+def test_autoload_is_a_no_op_without_the_environment_flag() -> None:
+    """Without TRACEEXPORT_DIFY_HOOK the autoload installs nothing."""
+    finders = list(sys.meta_path)
+    assert autoload() is False
+    assert sys.meta_path == finders
+
+
+def test_pth_line_imports_the_autoload_only_when_enabled(tmp_path: Path) -> None:
+    """The .pth line costs an env lookup when off and imports the autoload when TRACEEXPORT_DIFY_HOOK=1."""
+    line = (Path(dify.__file__).parent / "traceexport_dify_hook.pth").read_text().strip()
+    assert line.startswith("import ")
+    probe = f"exec({line!r}); import sys; print('traceexport.dify.autoload' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "TRACEEXPORT_DIFY_HOOK"}
+    off = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    on = subprocess.run([sys.executable, "-c", probe], env={**env, "TRACEEXPORT_DIFY_HOOK": "1"},
+                        capture_output=True, text=True, timeout=60)
+    assert (off.stdout.strip(), on.stdout.strip()) == ("False", "True")
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+def test_config_falls_back_to_environment() -> None:
+    """Empty stored values take TRACEEXPORT_* variables; stored values win."""
+    env = {"TRACEEXPORT_TO": "opik, Langfuse", "TRACEEXPORT_FORWARD_URL": "http://sidecar:4319/",
+           "TRACEEXPORT_SPOOL": "/tmp/s"}
+    assert resolve_settings({"sinks": "", "mode": ""}, env).sinks == ("opik", "langfuse")
+    forward = resolve_settings(TraceExportConfig(mode="sidecar"), env)
+    assert (forward.mode, forward.endpoint) == ("forward", "http://sidecar:4319")
+    assert resolve_settings({"sinks": "amplitude"}, env).sinks == ("amplitude",)
+
+
+def test_config_rejects_an_unknown_mode() -> None:
+    """A mode that is neither in_process nor forward fails when Dify builds the config class."""
+    with pytest.raises(ValueError, match="mode must be one of"):
+        TraceExportConfig(mode="carrier-pigeon")
+
+
+# -- exporting ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", CLASS_LAYOUTS)
+def test_in_process_mode_exports_all_seven_types(layout: str, recording: RecordingSink) -> None:
+    """Each of the seven TraceInfo types handed to trace() reaches the sink through the spool."""
+    with activate(layout):
+        dify.install()
+        instance = _entry({"sinks": "recording", "mode": "in_process"})
+        for trace_info in trace_info_objects():
+            assert instance.trace(trace_info) is None
+        assert wait_for(lambda: len(recording.bodies) >= 7)
+    assert {body["type"] for body in recording.bodies} == SEVEN
+    assert all(flag is True for flag in recording.contexts)  # exports ran with instrumentation suppressed
+    assert STATS.snapshot()["accepted"] == 7
+
+
+def test_console_flow_then_worker_task_exports(recording: RecordingSink) -> None:
+    """Saving the config (api_check) and enabling the provider makes Dify's worker task export every record."""
+    with activate("modern"):
+        from tests.dify_standin.common import manager
+
+        dify.install()
+        manager.APPS[APP] = {"tenant_id": "t1", "tracing": None}
+        assert manager.create_tracing_app_config(APP, "traceexport", {"sinks": "recording", "token": ""}) == {
+            "result": "success"}
+        manager.OpsTraceManager.update_app_tracing_config(APP, True, "traceexport")
+        for envelope in sample_envelopes():
+            manager.process_trace_task({**envelope, "app_id": APP})
+        assert wait_for(lambda: len(recording.bodies) >= 7)
+
+
+@pytest.mark.parametrize("layout", CLASS_LAYOUTS)
+def test_forward_mode_delivers_envelopes_to_the_sidecar(layout: str) -> None:
+    """In forward mode every record reaches the sidecar's ingest endpoint as a parseable envelope."""
+    with Sidecar(token="s3cret-token") as sidecar, activate(layout):
+        dify.install()
+        instance = _entry({"mode": "forward", "endpoint": sidecar.url, "token": "s3cret-token"})
+        assert instance.api_check() is True
+        for trace_info in trace_info_objects():
+            instance.trace(trace_info)
+        assert wait_for(lambda: len(sidecar.records) >= 7)
+    assert {r.type for r in sidecar.records} == SEVEN
+
+
+def test_down_sidecar_loses_nothing_once_it_is_back() -> None:
+    """Records traced while the sidecar is down are spooled and all delivered once it starts."""
+    port = free_port()
+    with activate("legacy"):
+        dify.install()
+        instance = _entry({"mode": "forward", "endpoint": f"http://127.0.0.1:{port}"})
+        assert instance.api_check() is False  # unreachable sidecar: the config would not be saved
+        for trace_info in trace_info_objects():
+            instance.trace(trace_info)
+        assert dify.flush(10.0)
+        exporter = runtime.exporter_for(instance.settings)
+        assert wait_for(lambda: exporter.metrics()["pipeline"]["sinks"]["forward"]["retried"] >= 1)
+        with Sidecar(port=port) as sidecar:
+            assert wait_for(lambda: len(sidecar.records) >= 7, timeout=30.0)
+    assert {r.type for r in sidecar.records} == SEVEN
+
+
+# -- never raising --------------------------------------------------------------------------------
+
+class _Exploding:
+    metadata: dict[str, Any] = {}
+
+    def model_dump(self) -> dict[str, Any]:
+        raise RuntimeError("boom")
+
+
+def test_failures_inside_trace_are_swallowed_and_counted(recording: RecordingSink,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failing dump, an unparseable record and a failing exporter never raise out of trace()."""
+    instance = provider.TraceExportTrace(TraceExportConfig(sinks="recording"))
+    instance.trace(_Exploding())
+    instance.trace({"trace_info_type": "NoSuchTraceInfo", "x": 1})
+    assert dify.flush(10.0)
+    monkeypatch.setattr(provider, "exporter_for", lambda settings: 1 / 0)
+    instance.trace({"trace_info_type": "MessageTraceInfo"})
+    counts = STATS.snapshot()
+    assert counts["errors"] == 2 and counts["invalid_records"] == 1 and counts["traced"] == 3
+
+
+def test_full_hand_off_queue_drops_and_counts(monkeypatch: pytest.MonkeyPatch, recording: RecordingSink) -> None:
+    """When the exporter cannot keep up, trace() returns at once and counts the drops."""
+    import threading
+
+    release = threading.Event()
+    sink_factory = wiring.ROUTE_FACTORY
+    assert sink_factory is not None
+
+    def slow_factory(settings: HookSettings, env: Any) -> Any:
+        release.wait(10.0)
+        return sink_factory(settings, env)
+
+    wiring.ROUTE_FACTORY = slow_factory
+    monkeypatch.setenv("TRACEEXPORT_HOOK_QUEUE_SIZE", "2")
+    instance = provider.TraceExportTrace(TraceExportConfig(sinks="recording"))
+    with activate("legacy"):
+        objects = trace_info_objects()
+    for trace_info in objects:
+        instance.trace(trace_info)
+    release.set()
+    assert STATS.snapshot()["dropped_queue_full"] >= 4
+    assert wait_for(lambda: len(recording.bodies) == STATS.snapshot()["queued"])
+
+
+def test_a_raising_sink_does_not_reach_dify(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sink whose export raises is the pipeline's problem: trace() still returns normally."""
+
+    class Broken(RecordingSink):
+        def export(self, payloads: Any, /) -> Any:
+            raise RuntimeError("sink exploded")
+
+    wiring.ROUTE_FACTORY = recording_routes(Broken())
+    instance = provider.TraceExportTrace(TraceExportConfig(sinks="recording"))
+    with activate("legacy"):
+        for trace_info in trace_info_objects():
+            instance.trace(trace_info)
+    assert dify.flush(10.0) and STATS.snapshot()["accepted"] == 7
+
+
+# -- tee ------------------------------------------------------------------------------------------
+
+def test_tee_keeps_the_builtin_provider_receiving(recording: RecordingSink) -> None:
+    """With tee=langfuse the app's stored Langfuse provider gets the records too, and its errors are swallowed."""
+    with activate("legacy"):
+        from tests.dify_standin.common import builtin, manager
+
+        dify.install()
+        manager.APPS[APP] = {"tenant_id": "t1", "tracing": None}
+        assert manager.create_tracing_app_config(APP, "langfuse", {"public_key": "pk", "secret_key": "sk"})
+        instance = _entry({"sinks": "recording", "tee": "langfuse"})
+        objects = [o for o in trace_info_objects() if o.metadata.get("app_id") == APP]
+        for trace_info in objects:
+            instance.trace(trace_info)
+        assert builtin.LangFuseDataTrace.received[-len(objects):] == objects
+        builtin.LangFuseDataTrace.fail = True
+        try:
+            instance.trace(objects[0])
+        finally:
+            builtin.LangFuseDataTrace.fail = False
+        builtin.LangFuseDataTrace.received.clear()
+    assert STATS.snapshot()["tee_errors"] == 1
+    assert wait_for(lambda: len(recording.bodies) == len(objects) + 1)
+
+
+# -- provider surface -----------------------------------------------------------------------------
+
+def test_api_check_and_project_strings() -> None:
+    """api_check is False for an incomplete config, and the project URL/key are plain strings."""
+    bad = provider.TraceExportTrace(TraceExportConfig(mode="forward"))
+    assert bad.api_check() is False
+    good = provider.TraceExportTrace(TraceExportConfig(mode="forward", endpoint="http://127.0.0.1:9"))
+    assert good.get_project_url() == "http://127.0.0.1:9"
+    assert good.get_project_key().startswith("forward-")
+    assert isinstance(provider.TraceExportTrace(TraceExportConfig()).get_project_url(), str)
+
+
+# -- forward sink ---------------------------------------------------------------------------------
+
+def _sink(handler: Any) -> ForwardSink:
+    settings = ForwardSettings(url="http://sidecar.test", token="tok-123456")
+    return ForwardSink("forward", settings, transport=httpx.MockTransport(handler))
+
+
+def _payloads(count: int) -> list[Payload]:
+    return [Payload(kind="envelope", body={"app_id": "a", "n": i}, key=str(i)) for i in range(count)]
+
+
+def test_forward_sink_posts_a_json_array_with_the_bearer_token() -> None:
+    """202 accepts every envelope; the request is a JSON array with the bearer token."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, json={"accepted": 2})
+
+    assert _sink(handler).export(_payloads(2)).ok
+    assert seen[0].url.path == "/v1/dify/traces" and seen[0].headers["authorization"] == "Bearer tok-123456"
+    assert [b["n"] for b in json.loads(seen[0].content)] == [0, 1]
+
+
+def test_forward_sink_classifies_rejections_throttling_and_auth() -> None:
+    """400 rejects only the listed envelopes; 503 is retryable with Retry-After; 401 is permanent."""
+    rejected = _sink(lambda r: httpx.Response(400, json={"accepted": 2, "rejected": [{"index": 1, "reason": "bad"}]}))
+    result = rejected.export(_payloads(3))
+    assert list(result.failures) == [1] and result.failures[1].permanent and "bad" in result.failures[1].reason
+    busy = _sink(lambda r: httpx.Response(503, headers={"Retry-After": "7"}, json={"error": "full"}))
+    failure = busy.export(_payloads(2)).failures[0]
+    assert not failure.permanent and failure.retry_after == 7.0
+    denied = _sink(lambda r: httpx.Response(401, json={"error": "missing or wrong bearer token"}))
+    failures = denied.export(_payloads(2)).failures
+    assert all(f.permanent for f in failures.values()) and "tok-123456" not in failures[0].reason
+
+
+def test_forward_sink_splits_a_batch_the_sidecar_finds_too_large() -> None:
+    """413 halves the batch within the call until each part fits."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(413 if len(json.loads(request.content)) > 1 else 202)
+
+    assert _sink(handler).export(_payloads(4)).ok
+
+
+def test_in_process_mode_with_a_real_config_file_writes_mapped_spans(tmp_path: Path) -> None:
+    """With a traceexport config file (file sink, OTLP mapping) every sample becomes spans on disk."""
+    out = tmp_path / "out"
+    config = tmp_path / "traceexport.yaml"
+    config.write_text(f"sinks:\n  disk:\n    type: file\n    path: {out}\n    fsync: false\n")
+    with activate("modern"):
+        dify.install()
+        instance = _entry({"config_file": str(config)})
+        assert instance.api_check() is True
+        for trace_info in trace_info_objects():
+            instance.trace(trace_info)
+        assert dify.flush(10.0)
+        exporter = runtime.exporter_for(instance.settings)
+        assert exporter.pipeline.wait_idle(30.0)
+        metrics = exporter.metrics()["pipeline"]
+    lines = (out / "otlp.jsonl").read_text().splitlines()
+    assert len(lines) >= 7 and metrics["sinks"]["disk"]["dead_lettered"] == 0

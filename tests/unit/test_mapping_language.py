@@ -1,0 +1,241 @@
+"""The mapping language: compilation, evaluation, errors, extension and determinism."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SAMPLES, load_records
+from traceexport.errors import ConfigError, RecordError
+from traceexport.mapping import BACKENDS, function_names, load_mapping
+from traceexport.mapping.ids import span_id_hex, trace_id_hex, uuid7_from
+from traceexport.records import Record, record_from_obj
+
+
+def _write(tmp_path: Path, text: str, name: str = "m.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _message() -> Record:
+    return load_records(SAMPLES / "05-message-chat.json")[0]
+
+
+MINIMAL = """\
+backend: otlp
+tables:
+  names: {chat: Chat app}
+records:
+  message:
+    span:
+      kind: span
+      key: "$derived.message_id | span_id('x')"
+      body:
+        name: "mode {{ $conversation_mode | lookup(names) }}"
+        tokens: $message_tokens
+        missing: $trace_id
+        both: "coalesce($trace_id, $message_id)"
+        upper: "$conversation_mode | upper"
+        literal: "$$not a path"
+        tags: [a, $trace_id, $conversation_mode]
+        nested: {x: 1, y: "$derived.model"}
+        choice: {$if: $derived.failed, then: bad, else: good}
+        raw: {$literal: {"$if": 1}}
+        $merge: "$inputs | oi_messages('m') "
+"""
+
+
+def test_paths_templates_functions_and_directives(tmp_path: Path) -> None:
+    """Every value form evaluates as documented, and null fields are left out."""
+    mapping = load_mapping(_write(tmp_path, MINIMAL))
+    (payload,) = mapping.map(_message())
+    body = payload.body
+    assert body["name"] == "mode Chat app"
+    assert body["tokens"] == 412
+    assert "missing" not in body
+    assert body["both"] == "34f376f0-0dc2-4eff-8e89-6381f0f4ed94"
+    assert body["upper"] == "CHAT"
+    assert body["literal"] == "$not a path"
+    assert body["tags"] == ["a", "chat"]
+    assert body["nested"] == {"x": 1, "y": "gpt-4o-mini"}
+    assert body["choice"] == "good"
+    assert body["raw"] == {"$if": 1}
+    assert body["m.0.message.role"] == "system"
+    assert payload.key == span_id_hex("34f376f0-0dc2-4eff-8e89-6381f0f4ed94", "x")
+
+
+def test_broken_mapping_lists_every_problem_with_file_line_and_key(tmp_path: Path) -> None:
+    """A broken mapping fails at load with each problem as file:line: key.path."""
+    path = _write(tmp_path, """\
+backend: otlp
+records:
+  message:
+    span:
+      kind: trace
+      body:
+        a: $nope
+        b: "$message_id | frobnicate"
+        c: "$message_id | truncate(many)"
+        d: "$message_id | lookup(no_table)"
+        e: "$derived.modl"
+        f: "$message_id |"
+        g: "$item.x"
+        h: {$bogus: 1}
+        i: "$options.nope"
+  nonsense: {}
+""")
+    with pytest.raises(ConfigError) as caught:
+        load_mapping(path)
+    text = caught.value.render()
+    expected = [
+        ":5: records.message.span.kind: must be one of: span for otlp",
+        ":7: records.message.span.body.a: $nope: unknown field 'nope'",
+        ":8: records.message.span.body.b: unknown function 'frobnicate'",
+        ":9: records.message.span.body.c: truncate: argument must be an integer",
+        ":10: records.message.span.body.d: lookup: unknown table 'no_table'",
+        ":11: records.message.span.body.e: $derived.modl: unknown derived field 'modl'",
+        ":12: records.message.span.body.f: bad expression",
+        ":13: records.message.span.body.g: $item.x: $item is only available inside an entity with 'each'",
+        ":14: records.message.span.body.h: bad directive '$bogus'",
+        ":15: records.message.span.body.i: $options.nope: unknown option",
+        ":16: records.nonsense: unknown record type",
+    ]
+    for fragment in expected:
+        assert fragment in text, f"missing {fragment!r} in:\n{text}"
+    assert len(caught.value.problems) == len(expected)
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    """A YAML syntax error is a ConfigError with the file and line."""
+    path = _write(tmp_path, "backend: otlp\nrecords:\n  message: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"m\.yaml:\d+: YAML syntax"):
+        load_mapping(path)
+
+
+def test_wrong_argument_count_is_a_load_error(tmp_path: Path) -> None:
+    """Calling a function with the wrong number of arguments fails at load, not per record."""
+    path = _write(tmp_path, "backend: otlp\nrecords:\n  message:\n    s:\n      kind: span\n"
+                            "      body: {a: \"$message_id | replace('x')\"}\n")
+    with pytest.raises(ConfigError, match="replace takes 2 argument"):
+        load_mapping(path)
+
+
+def test_a_record_that_cannot_be_mapped_fails_alone(tmp_path: Path) -> None:
+    """A runtime failure is a one-line RecordError naming the key path; the next record still maps."""
+    path = _write(tmp_path, "backend: opik\nrecords:\n  message:\n    s:\n      kind: span\n"
+                            "      body: {id: \"$message_id | uuid7($gen_ai_server_time_to_first_token)\","
+                            " soft: \"$inputs | get(0) | get('role') | mul(2)\"}\n")
+    mapping = load_mapping(path)
+    good = _message()
+    assert "soft" not in mapping.map(good)[0].body  # mul on text gives null, not an error
+    failing = _message()
+    failing.data["gen_ai_server_time_to_first_token"] = float("nan")
+    with pytest.raises(RecordError) as caught:
+        mapping.map(failing)
+    assert "records.message.s.body.id: uuid7 failed: ValueError" in caught.value.reason
+    assert "\n" not in caught.value.reason
+    assert mapping.map(good)  # the mapping goes on
+
+
+def test_record_type_without_section_is_a_record_error(tmp_path: Path) -> None:
+    """A record type the mapping does not mention is rejected with a reason, not dropped silently."""
+    mapping = load_mapping(_write(tmp_path, MINIMAL))
+    tool = load_records(SAMPLES / "07-tool-call.json")[0]
+    with pytest.raises(RecordError, match="no section for record type 'tool'"):
+        mapping.map(tool)
+
+
+def test_user_file_overrides_drops_and_wildcards(tmp_path: Path) -> None:
+    """An extending file overrides a field, drops fields with ~, and '*' reaches every record type."""
+    path = _write(tmp_path, """\
+extends: builtin
+backend: opik
+records:
+  "*":
+    span:
+      body:
+        input: ~
+        output: ~
+  message:
+    trace:
+      body:
+        thread_id: "$derived.session_id | sha256(16)"
+        input: ~
+    llm: ~
+""")
+    mapping = load_mapping("opik", [path])
+    payloads = mapping.map(_message())
+    assert [p.kind for p in payloads] == ["trace"]
+    trace = payloads[0].body
+    assert "input" not in trace and "output" in trace
+    assert len(trace["thread_id"]) == 16 and trace["thread_id"] != "ab6854be-ee76-4c99-932e-088af3fc5804"
+    tool_span = mapping.map(load_records(SAMPLES / "07-tool-call.json")[0])[0].body
+    assert "input" not in tool_span and "output" not in tool_span and tool_span["type"] == "tool"
+
+
+def test_options_switch_content_off_and_node_events_on() -> None:
+    """Mapping options turn content off everywhere and Amplitude node events on."""
+    quiet = load_mapping("otlp", options={"send_content": False})
+    for payload in quiet.map(_message()):
+        assert "input.value" not in payload.body["attributes"]
+        assert "output.value" not in payload.body["attributes"]
+    record = _message()
+    workflow = load_records(SAMPLES / "01-workflow-ok.json")[0]
+    workflow.data["derived"]["nodes"] = [{"id": "n1", "kind": "llm", "title": "LLM", "start": record.data["start_time"]},
+                                         {"id": "n2", "kind": "chain", "title": "Start"}]
+    assert [p.body["event_type"] for p in load_mapping("amplitude").map(workflow)] == ["Dify Workflow Run"]
+    loud = load_mapping("amplitude", options={"node_events": True})
+    assert [p.body["event_type"] for p in loud.map(workflow)] == ["Dify Workflow Run", "Dify Workflow Node"]
+    with pytest.raises(ConfigError, match="not an option"):
+        load_mapping("amplitude", options={"nodes_events": True})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_record_always_maps_to_same_ids(backend: str, sample_records: list[Record]) -> None:
+    """Mapping the same records twice (freshly parsed) yields identical keys and bodies."""
+    mapping = load_mapping(backend)
+    first = [(p.kind, p.key, json.dumps(p.body, sort_keys=True, default=str)) for r in sample_records
+             for p in mapping.map(r)]
+    again = [record_from_obj(r.envelope) for r in sample_records]
+    second = [(p.kind, p.key, json.dumps(p.body, sort_keys=True, default=str)) for r in again for p in mapping.map(r)]
+    assert first == second
+    assert all(key for _, key, _ in first)
+
+
+def test_opik_ids_are_uuid7_and_message_children_join_the_message_trace(sample_records: list[Record]) -> None:
+    """Every Opik id is a UUIDv7, and the suggested-question span shares its message's trace id."""
+    mapping = load_mapping("opik")
+    by_type = {r.type: mapping.map(r) for r in sample_records}
+    for payloads in by_type.values():
+        for payload in payloads:
+            for field in ("id", "trace_id", "parent_span_id"):
+                if field in payload.body:
+                    assert uuid.UUID(payload.body[field]).version == 7
+    message_trace = by_type["message"][0].body["id"]
+    assert by_type["suggested_question"][0].body["trace_id"] == message_trace
+
+
+def test_id_helpers() -> None:
+    """Trace ids keep the Dify UUID's digits; uuid7 carries the instant; span ids are 16 hex digits."""
+    assert trace_id_hex("34f376f0-0dc2-4eff-8e89-6381f0f4ed94") == "34f376f00dc24eff8e896381f0f4ed94"
+    assert len(trace_id_hex("generate_name:abc")) == 32
+    value = uuid.UUID(uuid7_from("34f376f0-0dc2-4eff-8e89-6381f0f4ed94", 1773493544771))
+    assert value.version == 7 and int(value.hex[:12], 16) == 1773493544771
+    assert len(span_id_hex("x", "y")) == 16 and span_id_hex("x", "y") != span_id_hex("x", "z")
+
+
+def test_builtin_mappings_cover_every_record_type() -> None:
+    """Each built-in mapping has a section for all nine record types."""
+    for backend in BACKENDS:
+        assert len(load_mapping(backend).record_types()) == 9, backend
+
+
+def test_function_registry_is_documented() -> None:
+    """Every registry function appears in mappings/README.md."""
+    readme = (Path(__file__).resolve().parents[2] / "mappings" / "README.md").read_text(encoding="utf-8")
+    missing = [name for name in function_names() if f"`{name}" not in readme]
+    assert not missing, f"undocumented functions: {missing}"

@@ -1,0 +1,134 @@
+"""Reading, writing and deleting Dify storage files: a local directory, and S3 through an injected client."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from traceexport.errors import ConfigError
+from traceexport.sources.storage import (
+    LocalStorage,
+    LocalStorageSettings,
+    S3Storage,
+    S3StorageSettings,
+    StorageError,
+    check_key,
+    open_storage,
+)
+
+KEY = "ops_trace/83d767f2-49a5-4a3f-89fd-fdebaf4cfca1/0f1e2d3c4b5a.json"
+
+
+def test_local_storage_round_trip_and_missing_file_is_none(tmp_path: Path) -> None:
+    """save → load returns the bytes, delete removes them, and a missing file loads as None."""
+    storage = LocalStorage(tmp_path)
+    storage.save(KEY, b'{"a":1}')
+    assert (tmp_path / KEY).read_bytes() == b'{"a":1}'
+    assert storage.load(KEY) == b'{"a":1}'
+    storage.delete(KEY)
+    assert storage.load(KEY) is None
+    storage.delete(KEY)  # deleting twice is fine
+
+
+def test_local_save_is_atomic_and_leaves_no_temporary_files(tmp_path: Path) -> None:
+    """Overwriting goes through a temporary file and rename; nothing else is left in the folder."""
+    storage = LocalStorage(tmp_path)
+    storage.save(KEY, b"one")
+    storage.save(KEY, b"two")
+    assert storage.load(KEY) == b"two"
+    assert [p.name for p in (tmp_path / KEY).parent.iterdir()] == ["0f1e2d3c4b5a.json"]
+
+
+def test_local_io_failure_is_a_storage_error(tmp_path: Path) -> None:
+    """An I/O error (here a file where a directory should be) is a StorageError, not a crash."""
+    (tmp_path / "ops_trace").write_text("not a directory")
+    storage = LocalStorage(tmp_path)
+    with pytest.raises(StorageError, match="cannot read"):
+        storage.load(KEY)
+    with pytest.raises(StorageError, match="cannot write"):
+        storage.save(KEY, b"x")
+
+
+@pytest.mark.parametrize("key", ["", "../etc/passwd", "ops_trace/../x.json", "/abs/path", "a//b", "ops_trace/.hidden"])
+def test_unsafe_keys_are_refused(key: str) -> None:
+    """Keys that are empty, absolute, or climb out of the storage root are refused."""
+    with pytest.raises(ValueError, match="unsafe storage key"):
+        check_key(key)
+
+
+def test_open_storage_defaults_to_difys_docker_path() -> None:
+    """``storage: {type: local}`` means Dify's docker volume path /app/api/storage."""
+    storage = open_storage(LocalStorageSettings())
+    assert isinstance(storage, LocalStorage)
+    assert storage.describe() == "local:/app/api/storage"
+
+
+class FakeS3:
+    """The three boto3 S3 client calls the storage uses, over a dict; ``fail`` raises instead."""
+
+    def __init__(self, error_factory: Any) -> None:
+        self.objects: dict[tuple[str, str], bytes] = {}
+        self.fail: str | None = None
+        self.error_factory = error_factory
+
+    def _check(self) -> None:
+        if self.fail:
+            raise self.error_factory(self.fail)
+
+    def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:
+        self._check()
+        if (Bucket, Key) not in self.objects:
+            raise self.error_factory("NoSuchKey")
+        return {"Body": io.BytesIO(self.objects[(Bucket, Key)])}
+
+    def put_object(self, Bucket: str, Key: str, Body: bytes) -> None:
+        self._check()
+        self.objects[(Bucket, Key)] = Body
+
+    def delete_object(self, Bucket: str, Key: str) -> None:
+        self._check()
+        self.objects.pop((Bucket, Key), None)
+
+
+@pytest.fixture
+def fake_s3() -> FakeS3:
+    """A fake S3 client raising botocore's real ClientError; skipped without botocore."""
+    exceptions = pytest.importorskip("botocore.exceptions", reason="botocore is not installed (traceexport[s3])")
+
+    def error(code: str) -> Exception:
+        return exceptions.ClientError({"Error": {"Code": code, "Message": "secret-free"}}, "Op")  # type: ignore[no-any-return]
+
+    return FakeS3(error)
+
+
+def test_s3_round_trip_and_no_such_key_is_none(fake_s3: FakeS3) -> None:
+    """S3 objects load, save and delete by Dify's key; NoSuchKey loads as None."""
+    storage = S3Storage(S3StorageSettings(type="s3", bucket="dify"), client=fake_s3)
+    assert storage.load(KEY) is None
+    storage.save(KEY, b"data")
+    assert fake_s3.objects[("dify", KEY)] == b"data"
+    assert storage.load(KEY) == b"data"
+    storage.delete(KEY)
+    assert storage.load(KEY) is None
+
+
+def test_s3_errors_are_storage_errors_without_credentials(fake_s3: FakeS3) -> None:
+    """Other S3 errors become StorageError naming the error code; settings never print the secret key."""
+    settings = S3StorageSettings(type="s3", bucket="dify", access_key="AKIAEXAMPLE", secret_key="s3cr3t-value")  # type: ignore[arg-type]
+    storage = S3Storage(settings, client=fake_s3)
+    fake_s3.fail = "SlowDown"
+    with pytest.raises(StorageError, match="SlowDown") as info:
+        storage.load(KEY)
+    assert "s3cr3t-value" not in str(info.value) and "s3cr3t-value" not in repr(settings)
+    assert "s3cr3t-value" not in storage.describe()
+
+
+def test_s3_without_boto3_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Choosing S3 without the s3 extra installed fails at start-up naming traceexport[s3]."""
+    monkeypatch.setitem(sys.modules, "boto3", None)
+    with pytest.raises(ConfigError, match=r"traceexport\[s3\]"):
+        open_storage(S3StorageSettings(type="s3", bucket="dify"))
