@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -176,3 +177,21 @@ def test_fake_requires_basic_auth(fake: LangfuseFake) -> None:
     """Without the right Basic credentials the fake answers 401."""
     assert httpx.post(fake.url + OTEL_PATH, content=otlp_json(),
                       headers={"Content-Type": "application/json"}).status_code == 401
+
+
+def test_mapped_samples_pass_the_langfuse_contract(fake: LangfuseFake) -> None:
+    """Every sample record mapped with the langfuse mapping is accepted whole by the contract-checking fake."""
+    from traceexport.mapping import load_mapping
+    from traceexport.records import record_from_obj
+
+    samples = Path(__file__).resolve().parents[1] / "data" / "samples"
+    files = sorted(p for p in samples.glob("*.json") if "node_executions" not in p.name)
+    if not files:
+        pytest.skip(f"no sample records in {samples}")
+    mapping = load_mapping("langfuse")
+    payloads = [p for f in files for p in mapping.map(record_from_obj(json.loads(f.read_text())))]
+    for protocol in ("http/protobuf", "http/json"):
+        assert sink_for(fake, protocol=protocol).export(payloads).ok
+    assert len(fake.spans) == 2 * len(payloads)
+    types = {s["attributes"].get("langfuse.observation.type") for s in fake.spans}
+    assert {"chain", "generation", "tool", "retriever", "guardrail"} <= types

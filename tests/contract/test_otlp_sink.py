@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -343,3 +344,49 @@ def test_fake_rejects_unknown_content_type(fake: OtlpFake) -> None:
     answer = httpx.post(fake.traces_url, content=body,
                         headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
     assert answer.status_code == 400
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"traceId": "0" * 32}, "all zeros"),
+    ({"spanId": "abc"}, "16 hex digits"),
+    ({"parentSpanId": "xyz"}, "16 hex digits"),
+    ({"kind": "SIDEWAYS"}, "kind"),
+    ({"status": {"code": "MAYBE"}}, "status.code"),
+    ({"startTimeUnixNano": "soon"}, "startTimeUnixNano"),
+    ({"endTimeUnixNano": T0 - 1}, "before"),
+])
+def test_invalid_span_dicts_are_record_errors(change: dict[str, Any], message: str) -> None:
+    """Each malformed span field is a one-line RecordError naming the field."""
+    sink = from_config("o", {}, {})
+    with pytest.raises(RecordError, match=message):
+        sink.request_bodies([Payload("span", {**span(0).body, **change})])
+
+
+def test_span_field_spellings_and_events() -> None:
+    """Enum names with OTLP prefixes, numeric-string times, huge ints and events are encoded faithfully."""
+    sink = from_config("o", {"protocol": "http/json"}, {})
+    body = {**span(0).body, "kind": "SPAN_KIND_SERVER", "status": {"code": "STATUS_CODE_ERROR"},
+            "startTimeUnixNano": str(T0), "attributes": {"big": 2**70},
+            "events": [{"name": "exception", "timeUnixNano": T0 + 1, "attributes": {"exception.type": "E"}}]}
+    (request,) = sink.request_bodies([Payload("span", body)])
+    encoded = request["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    assert (encoded["kind"], encoded["status"]["code"], encoded["startTimeUnixNano"]) == (2, 2, str(T0))
+    assert encoded["attributes"] == [{"key": "big", "value": {"stringValue": str(2**70)}}]
+    assert encoded["events"][0]["name"] == "exception"
+
+
+def test_mapped_samples_reach_the_receiver(fake: OtlpFake) -> None:
+    """Every sample record mapped with the otlp mapping is delivered with its OpenInference span kind."""
+    from traceexport.mapping import load_mapping
+    from traceexport.records import record_from_obj
+
+    samples = Path(__file__).resolve().parents[1] / "data" / "samples"
+    files = sorted(p for p in samples.glob("*.json") if "node_executions" not in p.name)
+    if not files:
+        pytest.skip(f"no sample records in {samples}")
+    mapping = load_mapping("otlp")
+    payloads = [p for f in files for p in mapping.map(record_from_obj(json.loads(f.read_text())))]
+    assert sink_for(fake).export(payloads).ok
+    assert [s["spanId"] for s in fake.spans] == [p.body["spanId"] for p in payloads]
+    kinds = {s["attributes"]["openinference.span.kind"] for s in fake.spans}
+    assert {"CHAIN", "LLM", "TOOL", "RETRIEVER", "GUARDRAIL"} <= kinds

@@ -27,7 +27,6 @@ from typing import Any
 
 from tests.fakes._server import FakeServer, RecordedRequest, Response, run_main
 from tests.fakes.otlp_server import request_spans
-
 from traceexport.sinks.otlp_encoding import from_wire
 
 OTEL_PATH = "/api/public/otel/v1/traces"

@@ -25,8 +25,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from tests.fakes._server import FakeServer, RecordedRequest, Response, run_main
 
+from tests.fakes._server import FakeServer, RecordedRequest, Response, run_main
 from traceexport.sinks.otlp_encoding import from_wire
 
 TRACES_PATH = "/v1/traces"

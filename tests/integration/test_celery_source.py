@@ -284,7 +284,8 @@ def test_a_crash_between_receipt_and_ack_loses_nothing(
     settings = _settings(redis, storage_root, visibility_timeout=1)
     marker = tmp_path / "received"
     config = json.dumps(settings.model_dump(mode="json") | {"broker_url": redis.url(1)})
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    paths = [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     child = subprocess.Popen([sys.executable, "-c", _CRASHING_CONSUMER, config, str(marker)], env=env)
     try:
         _wait_for(marker.exists, what="the child consumer to receive the message")
@@ -404,19 +405,42 @@ def test_two_consumers_on_one_queue_lose_nothing(
 
 
 @pytest.mark.integration
-def test_an_unknown_task_on_the_queue_is_logged_and_dropped(
+def test_another_task_on_the_queue_is_moved_unchanged_for_difys_worker(
     redis: RedisServer, storage_root: Path, producer: DifyProducer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A message for another task name is acknowledged with one warning naming the task."""
-    producer.app.send_task("tasks.something_else", args=[{"x": 1}], queue="ops_trace")
+    """A message for another task is moved as it is to ops_trace_other, with one warning naming the task."""
+    task_id = producer.app.send_task("tasks.something_else", args=[{"x": 1}], queue="ops_trace").id
+    original = json.loads(redis.client(1).lindex("ops_trace", 0))
     source = CelerySource(_settings(redis, storage_root), Recorder())
+    caplog.set_level(logging.WARNING, logger="traceexport.sources.celery")
+    source.start()
+    client = redis.client(1)
+    try:
+        _wait_for(lambda: client.llen("ops_trace_other") == 1 and _drained(redis), what="the message moved")
+    finally:
+        source.stop(10)
+    moved = json.loads(client.lindex("ops_trace_other", 0))
+    assert moved["body"] == original["body"] and moved["headers"] == original["headers"]
+    assert moved["headers"]["id"] == task_id and moved["content-type"] == "application/json"
+    assert source.stats.snapshot()["unknown_task"] == 1
+    assert any("tasks.something_else" in r.getMessage() and "ops_trace_other" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.integration
+def test_another_task_is_dropped_with_a_warning_when_other_tasks_queue_is_null(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With ``other_tasks_queue: null`` a foreign task is acknowledged and dropped, and the log says so."""
+    producer.app.send_task("tasks.something_else", args=[{"x": 1}], queue="ops_trace")
+    source = CelerySource(_settings(redis, storage_root, other_tasks_queue=None), Recorder())
     caplog.set_level(logging.WARNING, logger="traceexport.sources.celery")
     source.start()
     try:
         _wait_for(lambda: source.stats.snapshot()["unknown_task"] == 1 and _drained(redis), what="dropped")
     finally:
         source.stop(10)
-    assert any("tasks.something_else" in r.getMessage() for r in caplog.records)
+    assert redis.client(1).llen("ops_trace_other") == 0
+    assert any("dropped" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.integration

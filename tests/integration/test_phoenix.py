@@ -168,8 +168,9 @@ def test_workflow_io(exported: Exported) -> None:
     """The workflow root carries the run's inputs and outputs."""
     info = exported.records["01-workflow-ok"].envelope["trace_info"]
     attrs = exported.span("01-workflow-ok")["attributes"]
-    assert info["workflow_run_inputs"]["contract_text"][:20] in str(attrs["input.value"])
-    assert info["workflow_run_outputs"]["summary"][:20] in str(attrs["output.value"])
+    assert attrs["input.mime_type"] == attrs["output.mime_type"] == "application/json"
+    assert json.loads(attrs["input.value"]) == info["workflow_run_inputs"]
+    assert json.loads(attrs["output.value"]) == info["workflow_run_outputs"]
 
 
 def test_session_and_user_ids(exported: Exported) -> None:

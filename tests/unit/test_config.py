@@ -244,6 +244,8 @@ def test_logs_are_one_structured_line_with_secrets_masked() -> None:
 
     from traceexport.logs import add_secrets, log_event, setup_logging
 
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, logging.getLogger("traceexport").level)
     stream = io.StringIO()
     setup_logging("info", "logfmt", stream)
     add_secrets(["tok-very-secret-1234"])
@@ -252,5 +254,6 @@ def test_logs_are_one_structured_line_with_secrets_masked() -> None:
     line = stream.getvalue().strip()
     assert "\n" not in line and "event=serve.started" in line and "listen=127.0.0.1:4319" in line
     assert "tok-very-secret-1234" not in line
-    setup_logging("info", "json", stream)
-    logging.getLogger().handlers.clear()
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    logging.getLogger("traceexport").setLevel(saved[2])

@@ -17,7 +17,7 @@ from traceexport.sinks import Payload, create_sink
 _PLACEHOLDER_OPTIONS: dict[str, dict[str, Any]] = {
     "amplitude": {"api_key": "<AMPLITUDE_API_KEY>"},
     "langfuse": {"public_key": "<LANGFUSE_PUBLIC_KEY>", "secret_key": "<LANGFUSE_SECRET_KEY>"},
-    "opik": {},
+    "opik": {"api_key": "<OPIK_API_KEY>"},
     "otlp": {"protocol": "http/json"},
 }
 _SECRET_ENV = ("AMPLITUDE_API_KEY", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "OPIK_API_KEY")

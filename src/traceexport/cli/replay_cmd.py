@@ -3,7 +3,8 @@
 Resumable: a ledger (``--state``, default ``<spool>/replay-ledger.sqlite``) names every record already
 handed to each sink, and a second run skips them. Broken files and records are reported with one-line
 reasons and the rest goes on. Exit codes: 0 all delivered; 1 could not finish (records still pending
-after ``--timeout``, or dead-lettered); 2 bad input (broken files or records) or bad usage.
+after ``--timeout``, or dead-lettered after the retries ran out); 2 bad input (broken files or records,
+records a backend refused permanently) or bad usage.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from traceexport.cli.serve_cmd import add_common_flags, overrides_from
 from traceexport.config import Config, build_routes, resolve_config
 from traceexport.errors import ConfigError, RecordError, SpoolFullError
 from traceexport.logs import setup_logging
+from traceexport.pipeline.deadletter import DeadLetterEntry
 from traceexport.records import Record
 from traceexport.sources.replay import FileResult, Ledger, ReplayStats, read_file, replay_files
 
@@ -150,7 +152,7 @@ def _dry_run(config: Config, files: Sequence[Path], state: Path, out: _Out) -> i
 def _replay(config: Config, files: Sequence[Path], spool_dir: Path, state: Path, out: _Out,
             args: argparse.Namespace) -> int:
     from traceexport.daemon import build_prepare, pipeline_settings
-    from traceexport.pipeline import Pipeline
+    from traceexport.pipeline import Pipeline, deadletter
 
     routes = build_routes(config)
     pipeline = Pipeline(spool_dir, routes, pipeline_settings(config), prepare=build_prepare(config, os.environ))
@@ -183,7 +185,7 @@ def _replay(config: Config, files: Sequence[Path], spool_dir: Path, state: Path,
             if len(batch) >= args.batch:
                 flush()
 
-    dead_before = sum(pipeline.metrics()["dead_letters"].values())
+    dead_before = deadletter.last_id(pipeline.spool)
     pipeline.start()
     try:
         _read_all(files, out, stats, handle)
@@ -191,20 +193,26 @@ def _replay(config: Config, files: Sequence[Path], spool_dir: Path, state: Path,
         out.close()
         idle = pipeline.wait_idle(args.timeout)
         metrics = pipeline.metrics()
+        dead = deadletter.list_entries(pipeline.spool, after_id=dead_before)
     finally:
         out.close()
         pipeline.close()
         ledger.close()
-    return _report(stats, metrics, idle, dead_before, spool_dir)
+    return _report(stats, metrics, idle, dead, spool_dir)
 
 
-def _report(stats: ReplayStats, metrics: dict[str, Any], idle: bool, dead_before: int, spool_dir: Path) -> int:
+def _report(stats: ReplayStats, metrics: dict[str, Any], idle: bool, dead: Sequence[DeadLetterEntry],
+            spool_dir: Path) -> int:
+    """Print the summary and problems; the exit code (1 beats 2 beats 0)."""
     print(f"replay: {stats.summary(dry_run=False)}", file=sys.stderr)
-    dead = sum(metrics["dead_letters"].values()) - dead_before
-    code = 2 if stats.broken_files or stats.bad_records else 0
-    if dead > 0:
-        print(f"replay: {dead} record(s) went to the dead letter; see 'traceexport dlq list --spool {spool_dir}'",
+    code = 2 if stats.broken_files or stats.bad_records or dead else 0
+    for entry in dead[:MAX_PROBLEMS_PER_FILE]:
+        print(f"dead letter: {entry.sink}: {entry.record_type} record {entry.record_key}: {entry.reason}",
               file=sys.stderr)
+    if dead:
+        print(f"replay: {len(dead)} record(s) went to the dead letter; see "
+              f"'traceexport dlq list --spool {spool_dir}'", file=sys.stderr)
+    if any(not entry.permanent for entry in dead):  # gave up retrying: could not finish
         code = 1
     if not idle:
         pending = sum(s["queue_depth"] for s in metrics["sinks"].values())

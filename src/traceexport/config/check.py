@@ -50,7 +50,7 @@ def validate_config_file(path: str | Path, env: Mapping[str, str] | None = None)
     problems += more
     if config is None:
         return problems
-    if not config.sinks:
+    if not config.sinks and not env.get("TRACEEXPORT_TO"):
         problems.append(Problem("sinks", "no sink configured: add a sinks section (or pass --to to serve)"))
     problems += serve_problems(config)
     problems += celery_problems(config.sources.celery)

@@ -34,8 +34,8 @@ class Pipeline:
         self.routes = list(routes)
         self.spool = Spool(Path(spool_dir), self.settings)
         self.bits = self.spool.register_sinks([r.sink.name for r in self.routes])
-        records = PreparedRecords(prepare, self.settings.prepare_cache_size, shared=len(self.routes) > 1)
-        self.workers = [SinkWorker(r, SinkQueue(self.spool, r.sink.name, self.bits[r.sink.name]), records,
+        self.records = PreparedRecords(prepare, self.settings.prepare_cache_size)
+        self.workers = [SinkWorker(r, SinkQueue(self.spool, r.sink.name, self.bits[r.sink.name]), self.records,
                                    self.spool, self.settings) for r in self.routes]
         self._started = False
 
@@ -50,13 +50,15 @@ class Pipeline:
         Raises SpoolFullError (retryable, ``.retry_after``) when the spool is at its size limit.
         Records no route wants are not stored.
         """
-        rows = []
+        rows, kept = [], []
         for record in records:
             mask = mask_for(record, self.routes, self.bits)
             if mask:
+                kept.append(record)
                 rows.append(SpoolRow(mask, record.key, record.type, record.app_id, record.trace_key,
                                      json.dumps(record.envelope, separators=(",", ":"), default=str)))
         self.spool.accept(rows)
+        self.records.seed(kept)
         for worker in self.workers:
             worker.wake()
 
@@ -91,7 +93,7 @@ class Pipeline:
         """Wait until nothing is pending for any sink; False if ``timeout`` seconds pass first."""
         deadline = time.monotonic() + timeout
         while True:
-            if not any(self.pending().values()):
+            if not any(self.spool.has_pending(name) for name in self.sink_names):
                 return True
             if time.monotonic() >= deadline:
                 return False

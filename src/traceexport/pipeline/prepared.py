@@ -3,6 +3,7 @@
 Sink workers parse the stored envelope with ``record_from_obj`` (so a mapping fix applies on replay)
 and call the enricher's ``prepare`` hook. A small LRU keyed by record key holds the prepared record, or
 the time until which the enricher asked to wait, so several sinks neither re-parse nor re-enrich it.
+Records accepted by this process are seeded into it, so in steady state a record is parsed once.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from traceexport.errors import RecordError
 from traceexport.records import Record, record_from_obj
@@ -21,14 +22,29 @@ Prepare = Callable[[Record], float | None]
 log = logging.getLogger(__name__)
 
 
+class _Entry:
+    __slots__ = ("not_before", "prepared", "record")
+
+    def __init__(self, record: Record | None, prepared: bool, not_before: float = 0.0) -> None:
+        self.record = record
+        self.prepared = prepared
+        self.not_before = not_before
+
+
 class PreparedRecords:
     """Parse-and-prepare with a bounded per-key cache (thread-safe)."""
 
-    def __init__(self, prepare: Prepare | None, size: int, shared: bool) -> None:
+    def __init__(self, prepare: Prepare | None, size: int) -> None:
         self._prepare = prepare
-        self._size = size if (shared or prepare is not None) else 0
-        self._cache: OrderedDict[str, Record | float] = OrderedDict()
+        self._size = size
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
+        self._prepare_lock = threading.Lock()  # prepare runs once per record, never concurrently on one
+
+    def seed(self, records: Sequence[Record]) -> None:
+        """Remember freshly accepted records so their first delivery needs no re-parse."""
+        for record in records:
+            self._put(record.key, _Entry(record, prepared=self._prepare is None))
 
     def get(self, key: str, envelope: str, now: float | None = None) -> Record | float:
         """The ready record, or the epoch time before which it must not be tried (deferred).
@@ -36,22 +52,33 @@ class PreparedRecords:
         Raises RecordError when the stored envelope no longer parses.
         """
         now = time.time() if now is None else now
-        with self._lock:
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._cache.move_to_end(key)
-        if isinstance(cached, Record):
-            return cached
-        if cached is not None and cached > now:
-            return cached
-        record = _parse(envelope)
-        if self._prepare is not None:
+        entry = self._lookup(key)
+        if entry is not None and entry.record is not None and entry.prepared:
+            return entry.record
+        if entry is not None and entry.record is None and entry.not_before > now:
+            return entry.not_before
+        if self._prepare is None:
+            record = entry.record if entry is not None and entry.record is not None else _parse(envelope)
+            self._put(key, _Entry(record, True))
+            return record
+        with self._prepare_lock:
+            entry = self._lookup(key)
+            if entry is not None and entry.record is not None and entry.prepared:
+                return entry.record
+            record = entry.record if entry is not None and entry.record is not None else _parse(envelope)
             wait = self._call_prepare(record)
             if wait is not None and wait > 0:
-                self._put(key, now + wait)
+                self._put(key, _Entry(None, False, now + wait))
                 return now + wait
-        self._put(key, record)
+            self._put(key, _Entry(record, True))
         return record
+
+    def _lookup(self, key: str) -> _Entry | None:
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is not None:
+                self._cache.move_to_end(key)
+            return entry
 
     def _call_prepare(self, record: Record) -> float | None:
         assert self._prepare is not None
@@ -64,11 +91,11 @@ class PreparedRecords:
                         record.key, type(exc).__name__, exc)
             return None
 
-    def _put(self, key: str, value: Record | float) -> None:
+    def _put(self, key: str, entry: _Entry) -> None:
         if not self._size:
             return
         with self._lock:
-            self._cache[key] = value
+            self._cache[key] = entry
             self._cache.move_to_end(key)
             while len(self._cache) > self._size:
                 self._cache.popitem(last=False)

@@ -63,4 +63,5 @@ class PipelineSettings:
     fsync: bool = True
     poll_interval: float = 0.5
     full_retry_after: float = 5.0
-    prepare_cache_size: int = 4096
+    # Parsed/enriched records kept in memory, shared by sink workers (bounded: RSS matters).
+    prepare_cache_size: int = 2048

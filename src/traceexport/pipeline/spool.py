@@ -266,6 +266,18 @@ class Spool:
         olds = [t for t in (oldest, oldest_retry) if t is not None]
         return int(fresh) + int(retry), (min(olds) if olds else None)
 
+    def has_pending(self, sink: str) -> bool:
+        """Whether anything is pending for ``sink``; cheap even with a large backlog."""
+        with self.read() as conn:
+            row = conn.execute("SELECT bit, cursor FROM sinks WHERE name = ?", (sink,)).fetchone()
+            if row is None:
+                return False
+            bit, cursor = row
+            fresh = conn.execute("SELECT 1 FROM records WHERE seq > ? AND (mask >> ?) & 1 LIMIT 1",
+                                 (cursor, bit)).fetchone()
+            retry = conn.execute("SELECT 1 FROM retries WHERE sink = ? LIMIT 1", (sink,)).fetchone()
+        return fresh is not None or retry is not None
+
     def record_count(self) -> int:
         """Records held in the spool (for any sink)."""
         return int(self.conn().execute("SELECT count(*) FROM records").fetchone()[0])

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from traceexport.records.normalize import as_utc, short_provider, to_number
+from traceexport.records.values import as_utc, short_provider, to_number
 
 FAILED_NODE_STATUSES = frozenset({"failed", "exception", "stopped"})
 _TOOL_TYPES = frozenset({"tool", "http-request", "code", "agent"})

@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from traceexport.errors import RecordError
+from traceexport.records.nodes import node_from_ee_record
+from traceexport.records.values import as_utc, none_if_blank, short_provider, to_number
 
 _PRICE_KEYS = (
     "total_price",
@@ -24,34 +26,6 @@ _PRICE_KEYS = (
 )
 _FAILED_WORKFLOW_STATUSES = frozenset({"failed", "stopped", "partial-succeeded", "exception"})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def as_utc(value: Any) -> datetime | None:
-    """A timezone-aware UTC datetime from a datetime or ISO string; naive values are UTC."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    if not isinstance(value, datetime):
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
-def to_number(value: Any) -> float | None:
-    """A float from a number or a Decimal string such as ``"0.0001194"``; None when not numeric."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    try:
-        return float(str(value))
-    except ValueError:
-        return None
 
 
 def _clean_usage(usage: Any) -> None:
@@ -72,23 +46,8 @@ def _clean_message_data(message_data: Any) -> dict[str, Any] | None:
     return message_data
 
 
-def _none_if_blank(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value)
-    return text if text.strip() else None
-
-
-def short_provider(provider: Any) -> str | None:
-    """``langgenius/openai/openai`` -> ``openai``: Dify plugin ids name the provider last."""
-    text = _none_if_blank(provider)
-    if text is None:
-        return None
-    return text.rsplit("/", 1)[-1]
-
-
 def _user_from_invoked_by(invoked_by: Any) -> str | None:
-    text = _none_if_blank(invoked_by)
+    text = none_if_blank(invoked_by)
     if text is None or text == "anonymous":
         return None
     return text.split(":", 1)[1] if ":" in text else text
@@ -141,7 +100,7 @@ def normalize(record_type: str, data: dict[str, Any], app_id: str | None) -> dic
     data["message_data"] = message_data
     md: dict[str, Any] = message_data or {}
     if "error" in data:
-        data["error"] = _none_if_blank(data["error"])
+        data["error"] = none_if_blank(data["error"])
 
     facts = _Facts()
     _TYPE_FACTS[record_type](data, meta, md, facts)
@@ -183,7 +142,7 @@ def normalize(record_type: str, data: dict[str, Any], app_id: str | None) -> dic
         "status": "error" if (facts.failed or facts.error is not None) else "ok",
         "model": facts.model,
         "provider": short_provider(facts.provider),
-        "provider_id": _none_if_blank(facts.provider),
+        "provider_id": none_if_blank(facts.provider),
         "input_tokens": facts.input_tokens,
         "output_tokens": facts.output_tokens,
         "total_tokens": facts.total_tokens,
@@ -211,6 +170,8 @@ def normalize(record_type: str, data: dict[str, Any], app_id: str | None) -> dic
     }
     if record_type == "dataset_retrieval":
         derived.update(_documents(data.get("documents")))
+    elif record_type == "workflow_node":
+        derived["nodes"] = [node_from_ee_record(data)]
     data["derived"] = derived
     data["app_id"] = derived["app_id"]
     data["record_type"] = record_type
@@ -256,7 +217,7 @@ def _workflow(data: dict[str, Any], meta: dict[str, Any], md: dict[str, Any], f:
 
 def _message(data: dict[str, Any], meta: dict[str, Any], md: dict[str, Any], f: _Facts) -> None:
     f.span_key = _first(data.get("message_id"), md.get("id")) or ""
-    f.error = data.get("error") or _none_if_blank(md.get("error"))
+    f.error = data.get("error") or none_if_blank(md.get("error"))
     f.failed = md.get("status") == "error"
     if f.failed and f.error is None:
         f.error = "message status is error"
@@ -290,7 +251,7 @@ def _tool(data: dict[str, Any], meta: dict[str, Any], md: dict[str, Any], f: _Fa
 def _suggested_question(data: dict[str, Any], meta: dict[str, Any], md: dict[str, Any], f: _Facts) -> None:
     message_id = _first(data.get("message_id"), md.get("id")) or ""
     f.span_key = message_id
-    f.error = data.get("error") or _none_if_blank(data.get("status_message") if data.get("status") == "error" else None)
+    f.error = data.get("error") or none_if_blank(data.get("status_message") if data.get("status") == "error" else None)
     f.model = data.get("model_id")
     f.provider = data.get("model_provider")
     # total_tokens belongs to the answered message, not to the suggestion call (RECORDS.md §1.3).
@@ -376,6 +337,6 @@ DERIVED_KEYS = frozenset(
         "app_id", "app_name", "tenant_id", "workflow_id", "workflow_run_id", "conversation_id", "message_id",
         "session_id", "user_id", "documents", "document_count", "top_score",
         # workflow node spans (enrichment / Enterprise node records)
-        "nodes", "nodes_missing",
+        "nodes", "nodes_missing", "nodes_incomplete", "nodes_source",
     }
 )

@@ -92,3 +92,17 @@ def test_missing_spool_is_reported_without_creating_one(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no spool at"):
         Spool(tmp_path / "nothing", create=False)
     assert not (tmp_path / "nothing").exists()
+
+
+def test_wait_idle_sees_records_after_a_moved_cursor(tmp_path: Path) -> None:
+    """wait_idle is False while records beyond an advanced cursor are pending, True once delivered."""
+    sink = ScriptedSink("a", max_items=2)
+    pipe = _pipe(tmp_path, ScriptedSink("z"), sink)
+    pipe.accept(make_records(5))
+    pipe.workers[1].step()
+    pipe.workers[0].step()
+    assert not pipe.wait_idle(0)
+    pipe.start()
+    assert pipe.wait_idle(10)
+    assert len(sink.delivered) == 5
+    pipe.close()

@@ -18,7 +18,7 @@ from typing import Any
 
 from traceexport.errors import ConfigError
 from traceexport.sinks.http import redact
-from traceexport.sources.celery.message import BadMessage, parse_task, task_name_of
+from traceexport.sources.celery.dispatch import MessageDispatcher
 from traceexport.sources.celery.processor import Accept, Stats, TraceFileProcessor
 from traceexport.sources.celery.settings import CelerySourceSettings
 from traceexport.sources.storage import Storage, open_storage
@@ -128,6 +128,7 @@ class CelerySource:
             stopping=self.stopping,
             stats=self.stats,
         )
+        self.dispatcher = MessageDispatcher(settings, self.processor, self.stats, self._kombu)
         self._threads: list[threading.Thread] = []
         self._consumers: list[Any] = []
 
@@ -183,45 +184,8 @@ class CelerySource:
                 self.stopping.wait(self.settings.retry_delay or 1.0)
 
     def handle(self, message: Any) -> None:
-        """One broker message: decode, route by task name, process; never raises but for broker errors."""
-        try:
-            body = message.decode()
-        except Exception as exc:
-            self.stats.add("bad_message")
-            log.warning(
-                "message %s on queue %r cannot be decoded (%s, content type %s); acknowledged and dropped",
-                _message_id(message),
-                self.settings.queue,
-                type(exc).__name__,
-                message.content_type,
-            )
-            message.ack()
-            return
-        name = task_name_of(message.headers, body)
-        if name != self.settings.task_name:
-            self.stats.add("unknown_task")
-            log.warning(
-                "message %s on queue %r is task %r, not %r; acknowledged and dropped",
-                _message_id(message),
-                self.settings.queue,
-                name,
-                self.settings.task_name,
-            )
-            message.ack()
-            return
-        try:
-            ref = parse_task(message.headers, body)
-        except BadMessage as exc:
-            self.stats.add("bad_message")
-            log.warning("message %s: %s; acknowledged and dropped", _message_id(message), exc.reason)
-            message.ack()
-            return
-        self.processor.process(ref, message.ack, message.requeue)
-
-
-def _message_id(message: Any) -> str:
-    headers = message.headers or {}
-    return str(headers.get("id") or message.properties.get("correlation_id") or "?")
+        """One broker message (called by the consumer threads)."""
+        self.dispatcher.handle(message)
 
 
 __all__ = ["CelerySource"]

@@ -22,8 +22,9 @@ class CelerySourceSettings(BaseModel):
     before it is handed out again (after a consumer crash). Keep it well above the longest time one
     message can take, including waiting on a full spool. ``unacked_prefix`` keeps this source's
     in-flight bookkeeping apart from Dify's own workers, so a short timeout here never re-delivers
-    Dify's other tasks. ``transport_options`` are passed to kombu's Redis transport as they are (e.g.
-    ``global_keyprefix``, sentinel ``master_name``).
+    Dify's other tasks. Messages on the queue for any other task are moved unchanged to
+    ``other_tasks_queue`` (null: dropped with a warning). ``transport_options`` are passed to kombu's
+    Redis transport as they are (e.g. ``global_keyprefix``, sentinel ``master_name``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -37,6 +38,7 @@ class CelerySourceSettings(BaseModel):
     visibility_timeout: float = Field(default=3600.0, gt=0)
     retry_delay: float = Field(default=5.0, ge=0)
     failed_prefix: str = Field(default="traceexport/failed/", pattern=r"^[A-Za-z0-9_][A-Za-z0-9._/-]*/$")
+    other_tasks_queue: str | None = Field(default="ops_trace_other", min_length=1)
     unacked_prefix: str = Field(default="traceexport.", pattern=r"^[A-Za-z0-9_.:-]+$")
     transport_options: dict[str, Any] = {}
 

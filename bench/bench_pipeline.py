@@ -1,0 +1,195 @@
+"""Pipeline benchmark: end-to-end throughput and peak memory with a large backlog on disk.
+
+1. Throughput: raw Dify envelopes in (parsed, accepted into the spool with fsync, mapped by the real
+   otlp mapping, encoded by the real OTLP sink) and out to a trivial local OTLP/HTTP receiver running
+   in its own process on 127.0.0.1 (or to the file sink with ``--target file``).
+2. Backlog: ``--backlog`` records (default 1,000,000) written straight into a spool, then a pipeline
+   opened on it drains for ``--drain-seconds``; peak RSS of this process is reported.
+
+    python bench/bench_pipeline.py [--records 20000] [--backlog 1000000] [--target http|file]
+
+Not a test: it prints figures, and the ratio against the OpenTelemetry SDK row of ../shared/PEERS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from traceexport.mapping import load_mapping
+from traceexport.pipeline import Pipeline, PipelineSettings, Route
+from traceexport.pipeline.spool import Spool, SpoolRow
+from traceexport.records import record_from_obj
+from traceexport.sinks import create_sink
+
+SAMPLE = Path(__file__).parents[1] / "tests" / "data" / "samples" / "05-message-chat.json"
+OTEL_SDK_DEFAULT = 3700.0  # records/s, ../shared/PEERS.md
+GOAL_RATE, GOAL_RSS_MB = 5000.0, 200.0
+
+RECEIVER = """
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+s = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(f"http://127.0.0.1:{s.server_address[1]}", flush=True)
+s.serve_forever()
+"""
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MB.
+
+    VmHWM from /proc (reset by exec), not ru_maxrss, which Linux carries over from the parent across
+    fork+exec and would report the builder's peak for the drain process.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def envelope_texts(n: int, offset: int = 0) -> list[str]:
+    """``n`` JSON envelopes of the sample chat record with distinct message ids."""
+    template = SAMPLE.read_text()
+    old = json.loads(template)["trace_info"]["message_id"]
+    return [template.replace(old, f"20000000-0000-4000-8000-{i:012d}") for i in range(offset, offset + n)]
+
+
+def make_sink(target: str, url: str | None, out: Path):
+    if target == "file":
+        return create_sink("file", options={"path": str(out), "fsync": True}, env={})
+    return create_sink("otlp", env={"OTEL_EXPORTER_OTLP_ENDPOINT": str(url),
+                                    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
+
+
+def throughput(n: int, target: str, url: str | None, work: Path) -> float:
+    """Records per second from raw envelopes to the receiver, spool fsync'd."""
+    texts = envelope_texts(n)
+    sink = make_sink(target, url, work / "out")
+    pipe = Pipeline(work / "spool-tp", [Route(sink, load_mapping(sink.backend))], PipelineSettings())
+    start = time.perf_counter()
+    pipe.start()
+    for i in range(0, n, 500):
+        pipe.accept([record_from_obj(json.loads(t)) for t in texts[i:i + 500]])
+    idle = pipe.wait_idle(600)
+    elapsed = time.perf_counter() - start
+    exported = pipe.metrics()["sinks"][sink.name]["exported"]
+    pipe.close()
+    assert idle and exported == n, f"only {exported} of {n} exported"
+    return n / elapsed
+
+
+def build_backlog(spool_dir: Path, count: int, sink_name: str) -> float:
+    """Write ``count`` records straight into a spool for ``sink_name``; seconds taken."""
+    spool = Spool(spool_dir, PipelineSettings(fsync=False, max_bytes=64 * 1024**3))
+    bit = spool.register_sinks([sink_name])[sink_name]
+    start = time.perf_counter()
+    for offset in range(0, count, 5_000):
+        texts = envelope_texts(min(5_000, count - offset), offset)
+        spool.accept([SpoolRow(1 << bit, f"message:{offset + i}", "message", "app", f"t{offset + i}", t)
+                      for i, t in enumerate(texts)])
+    spool.close()
+    return time.perf_counter() - start
+
+
+def drain(spool_dir: Path, seconds: float, target: str, url: str | None, work: Path) -> tuple[int, float]:
+    """Deliver from the backlog for ``seconds``; (records delivered, rate)."""
+    sink = make_sink(target, url, work / "out-backlog")
+    settings = PipelineSettings(max_bytes=64 * 1024**3)
+    pipe = Pipeline(spool_dir, [Route(sink, load_mapping(sink.backend))], settings)
+    depth = pipe.metrics()["sinks"][sink.name]["queue_depth"]
+    start = time.perf_counter()
+    pipe.start()
+    time.sleep(seconds)
+    pipe.stop()
+    elapsed = time.perf_counter() - start
+    done = pipe.metrics()["sinks"][sink.name]["exported"]
+    pipe.close()
+    print(f"  backlog depth at start: {depth:,}")
+    return done, done / elapsed
+
+
+def run_throughput(args: argparse.Namespace, url: str | None, work: Path) -> None:
+    rate = throughput(args.records, args.target, url, work)
+    print(f"throughput: {rate:,.0f} records/s end to end ({args.records:,} message records, fsync on, "
+          f"target {args.target}); goal {GOAL_RATE:,.0f}/s: {'met' if rate >= GOAL_RATE else 'MISSED'}; "
+          f"x{rate / OTEL_SDK_DEFAULT:.2f} the OTel SDK default (~{OTEL_SDK_DEFAULT:,.0f}/s)", flush=True)
+
+
+def run_backlog(args: argparse.Namespace, url: str | None, work: Path) -> None:
+    spool_dir = work / "spool-backlog"
+    sink_name = "otlp" if args.target == "http" else "file"
+    took = build_backlog(spool_dir, args.backlog, sink_name)
+    size = (spool_dir / "spool.db").stat().st_size
+    print(f"backlog: {args.backlog:,} records written in {took:.0f}s ({size / 1e9:.2f} GB on disk); "
+          f"peak RSS while building: {peak_rss_mb():.0f} MB", flush=True)
+    # The drain runs in a fresh process so its peak RSS is its own, not the builder's.
+    child = subprocess.run([sys.executable, __file__, "--phase", "drain", "--target", args.target,
+                            "--drain-seconds", str(args.drain_seconds), "--workdir", str(work),
+                            "--url", url or ""], check=False)
+    if child.returncode:
+        raise SystemExit(child.returncode)
+
+
+def run_drain(args: argparse.Namespace, url: str | None, work: Path) -> None:
+    done, drain_rate = drain(work / "spool-backlog", args.drain_seconds, args.target, url, work)
+    rss = peak_rss_mb()
+    print(f"  drained {done:,} records in {args.drain_seconds:.0f}s ({drain_rate:,.0f}/s) from the backlog")
+    print(f"peak RSS of a pipeline delivering from the backlog: {rss:.0f} MB; goal <= {GOAL_RSS_MB:.0f} MB: "
+          f"{'met' if rss <= GOAL_RSS_MB else 'MISSED'}", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=20_000, help="records for the throughput run")
+    parser.add_argument("--backlog", type=int, default=1_000_000, help="records held on disk for the RSS run")
+    parser.add_argument("--drain-seconds", type=float, default=15.0, help="how long to deliver from the backlog")
+    parser.add_argument("--target", choices=("http", "file"), default="http",
+                        help="a local OTLP/HTTP receiver process (default) or the file sink")
+    parser.add_argument("--workdir", type=Path, default=None, help="where spools go (default: a temp dir)")
+    parser.add_argument("--phase", choices=("all", "throughput", "backlog", "drain"), default="all",
+                        help="run one part only (drain expects a backlog built in --workdir)")
+    parser.add_argument("--url", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    if args.phase == "drain":
+        run_drain(args, args.url or None, work)
+        return 0
+    receiver = None
+    url = None
+    if args.target == "http":
+        receiver = subprocess.Popen([sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True)
+        assert receiver.stdout is not None
+        url = receiver.stdout.readline().strip()
+    try:
+        if args.phase in ("all", "throughput"):
+            run_throughput(args, url, work)
+        if args.phase in ("all", "backlog"):
+            run_backlog(args, url, work)
+    finally:
+        if receiver is not None:
+            receiver.kill()
+            receiver.wait()
+    print(f"(work dir {work}; delete it when done)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""Small value conversions shared by record normalisation and node shaping."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+
+def as_utc(value: Any) -> datetime | None:
+    """A timezone-aware UTC datetime from a datetime or ISO string; naive values are UTC."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def to_number(value: Any) -> float | None:
+    """A float from a number or a Decimal string such as ``"0.0001194"``; None when not numeric."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(str(value))
+    except ValueError:
+        return None
+
+
+def none_if_blank(value: Any) -> str | None:
+    """The value as text, or None when it is null or only whitespace."""
+    if value is None:
+        return None
+    text = str(value)
+    return text if text.strip() else None
+
+
+def short_provider(provider: Any) -> str | None:
+    """``langgenius/openai/openai`` -> ``openai``: Dify plugin ids name the provider last."""
+    text = none_if_blank(provider)
+    if text is None:
+        return None
+    return text.rsplit("/", 1)[-1]

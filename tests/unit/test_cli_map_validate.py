@@ -1,0 +1,120 @@
+"""`traceexport map` and `traceexport validate` from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SAMPLE_FILES, SAMPLES, TESTS
+from traceexport.cli import build_parser, main
+from traceexport.mapping import BACKENDS
+
+EDGE_200KB = TESTS / "data" / "edge" / "edge-message-200kb-output.json"
+
+
+def _lines(text: str) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_map_prints_request_bodies_for_all_samples(backend: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`map --to B` prints the batched request bodies for the seven samples and exits 0."""
+    code = main(["map", "--to", backend, *map(str, SAMPLE_FILES)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    bodies = _lines(out)
+    assert bodies
+    text = json.dumps(bodies)
+    if backend == "opik":
+        assert any("traces" in b for b in bodies) and any("spans" in b for b in bodies)
+    elif backend == "amplitude":
+        assert sum(len(b["events"]) for b in bodies) == 7
+        assert '"api_key": "***"' in text  # credentials never printed
+    else:
+        spans = [s for b in bodies for rs in b["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
+        assert len(spans) == 8  # the message record has a root span and an LLM span
+
+
+def test_map_reports_bad_records_and_still_prints_good_ones(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad record gets one line on stderr and exit 2, while the good records are still printed."""
+    good = (SAMPLES / "07-tool-call.json").read_text(encoding="utf-8")
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(
+        json.dumps(json.loads(good)) + "\n"
+        + '{"app_id": "a", "trace_info_type": "dict", "trace_info": null}\n'
+        + "not json at all\n",
+        encoding="utf-8",
+    )
+    code = main(["map", "--to", "opik", "--payloads", str(mixed)])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert [p["kind"] for p in _lines(out)] == ["span"]
+    errors = err.strip().splitlines()
+    assert len(errors) == 2
+    assert "line 2: envelope has trace_info null" in errors[0]
+    assert "line 3: not valid JSON" in errors[1]
+    assert "Traceback" not in err
+
+
+def test_map_handles_a_200kb_output(capsys: pytest.CaptureFixture[str]) -> None:
+    """A 200 KB answer maps whole into OTLP attributes (truncation is a mapping choice, not an accident)."""
+    code = main(["map", "--to", "otlp", "--payloads", str(EDGE_200KB)])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    llm = [p for p in _lines(out) if p["body"]["name"].startswith("chat")][0]
+    original = json.loads(EDGE_200KB.read_text(encoding="utf-8"))["trace_info"]["outputs"]
+    assert len(original) > 190_000
+    assert llm["body"]["attributes"]["output.value"] == original
+
+
+def test_map_option_and_user_mapping(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--option and --mapping change the output: content off, user id hashed."""
+    override = tmp_path / "mine.yaml"
+    override.write_text("extends: builtin\nbackend: amplitude\noptions: {hash_user_ids: true}\n", encoding="utf-8")
+    code = main(["map", "--to", "amplitude", "--payloads", "--mapping", str(override),
+                 str(SAMPLES / "05-message-chat.json")])
+    (event,) = _lines(capsys.readouterr()[0])
+    assert code == 0 and len(event["body"]["user_id"]) == 32
+    main(["map", "--to", "otlp", "--payloads", "--option", "send_content=false", str(SAMPLES / "05-message-chat.json")])
+    for payload in _lines(capsys.readouterr()[0]):
+        assert "input.value" not in payload["body"]["attributes"]
+
+
+def test_validate_builtin_mappings_and_samples(capsys: pytest.CaptureFixture[str]) -> None:
+    """`validate --records` checks all four built-ins and maps every sample through each."""
+    code = main(["validate", *sum((["--records", str(p)] for p in SAMPLE_FILES), [])])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "28 record mappings succeeded" in out
+
+
+def test_validate_points_at_file_line_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A broken mapping makes `validate` exit 2 listing file:line: key.path for each problem."""
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("extends: builtin\nbackend: opik\nrecords:\n  tool:\n    span:\n      body:\n"
+                      "        name: \"$tool_nam\"\n        tags: \"$tool_name | nope\"\n", encoding="utf-8")
+    code = main(["validate", "--mapping", str(broken)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{broken}:7: records.tool.span.body.name: $tool_nam: unknown field 'tool_nam'" in err
+    assert f"{broken}:8: records.tool.span.body.tags: unknown function 'nope'" in err
+
+
+def _undocumented(parser: argparse.ArgumentParser, prefix: str) -> list[str]:
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                missing += _undocumented(sub, f"{prefix} {name}")
+        elif action.dest != "help" and not action.help:
+            missing.append(f"{prefix}: {action.option_strings or action.dest}")
+    return missing
+
+
+def test_every_command_documents_every_option() -> None:
+    """`--help` of every command and sub-command describes each of its options."""
+    assert _undocumented(build_parser(), "traceexport") == []
