@@ -31,12 +31,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import handwritten  # noqa: E402  (bench/ is not a package)
-
-from traceexport.mapping import ids, load_mapping  # noqa: E402
-from traceexport.records import parse_records  # noqa: E402
-from traceexport.records.parse import Record  # noqa: E402
-from traceexport.records.types import COMMUNITY_TYPES  # noqa: E402
+import handwritten  # bench/ is not a package: found through the sys.path entry above
+from traceexport.mapping import ids, load_mapping
+from traceexport.records import parse_records
+from traceexport.records.parse import Record
+from traceexport.records.types import COMMUNITY_TYPES
 
 GOAL_RATE = 20_000.0
 GOAL_RATIO = 1.5
@@ -173,12 +172,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     records = parse_all(envelopes)
     by_type: dict[str, list[Record]] = {t: [r for r in records if r.type == t] for t in COMMUNITY_TYPES}
     paths = {**{t: rs for t, rs in by_type.items() if rs}, "mixed": records}
-    pairs = {backend: (load_mapping(backend).map, builder)
+    pairs: dict[str, tuple[Mapper, Mapper]] = {backend: (load_mapping(backend).map, builder)
              for backend, builder in (("otlp", handwritten.otlp_payloads), ("opik", handwritten.opik_payloads))}
     for engine, hand in pairs.values():  # warm up, and fail early if the baseline went stale
         for record in records[: len(texts)]:
             if [(p.kind, p.key, p.body) for p in engine(record)] != [(p.kind, p.key, p.body) for p in hand(record)]:
-                sys.exit(f"hand-written baseline differs from the mapping for {record.type}: update bench/handwritten.py")
+                sys.exit(f"bench/handwritten.py differs from the mapping for {record.type}: update it")
     print(f"{len(records)} records ({len(records) // len(texts)} per type), {args.rounds} rounds, "
           f">= {args.seconds}s of {args.clock} time per measurement, Python {sys.version.split()[0]}")
     load, cores = os.getloadavg()[0], os.cpu_count() or 1

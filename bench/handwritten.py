@@ -78,7 +78,8 @@ def _messages(value: Any, default_role: str) -> list[tuple[str, str]]:
     for item in value if isinstance(value, list) else []:
         if isinstance(item, dict):
             content = item.get("text") if "text" in item else item.get("content")
-            out.append((str(item.get("role") or default_role), content if isinstance(content, str) else _dumps(content)))
+            text = content if isinstance(content, str) else _dumps(content)
+            out.append((str(item.get("role") or default_role), text))
     return out
 
 
@@ -113,10 +114,10 @@ def _documents(documents: Any) -> dict[str, Any]:
 def _otlp_span(data: dict[str, Any], span_id: str | None, parent: str | None, name: str, kind: str,
                attributes: dict[str, Any]) -> Payload:
     d = data["derived"]
-    status = {"code": "ERROR" if d["failed"] else "OK"}
+    status: dict[str, Any] = {"code": "ERROR" if d["failed"] else "OK"}
     if d["error"] is not None:
         status["message"] = d["error"]
-    body = {"startTimeUnixNano": d["start_ns"], "endTimeUnixNano": d["end_ns"],
+    body: dict[str, Any] = {"startTimeUnixNano": d["start_ns"], "endTimeUnixNano": d["end_ns"],
             "traceId": trace_id_hex(str(d["trace_key"])), "name": name, "kind": kind, "status": status,
             "attributes": attributes}
     if span_id is not None:
@@ -304,7 +305,7 @@ def _opik(kind: str, data: dict[str, Any], d: dict[str, Any], fields: dict[str, 
     anchor = d["anchor_time"]
     trace_id = uuid7_from(str(d["trace_key"]), anchor)
     end = _iso(d["end"])
-    body = {"start_time": _iso(d["start"]), "end_time": end, "last_updated_at": end}
+    body: dict[str, Any] = {"start_time": _iso(d["start"]), "end_time": end, "last_updated_at": end}
     if role is None:
         entity_id: str | None = trace_id
         body["id"] = trace_id

@@ -55,7 +55,7 @@ def recording_routes(sink: RecordingSink) -> Callable[[HookSettings, Mapping[str
     return lambda settings, env: [Route(sink, TypeMapping())]
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
     """Poll ``condition`` until true or ``timeout`` seconds pass (no fixed sleeps)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -18,7 +18,7 @@ GOLDEN = Path(__file__).resolve().parent
 CASES = sorted((GOLDEN / "cases").glob("*.json"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mapping(backend: str) -> Any:
     return load_mapping(backend)
 

@@ -1,4 +1,4 @@
-"""Every backend × every golden case maps exactly to its reviewed expected payloads."""
+"""Every backend and every golden case maps exactly to its reviewed expected payloads."""
 
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ def test_samples_cover_every_community_record_type() -> None:
 @pytest.mark.parametrize("backend", sorted(_BUILDERS))
 @pytest.mark.parametrize("sample", _SAMPLES, ids=lambda p: p.stem)
 def test_handwritten_equals_mapping(sample: Path, backend: str, variant: str, mappings: dict[str, Mapping]) -> None:
-    """For every sample (as-is, failed, without end time) the hand-written kinds, keys and bodies equal the mapping's."""
+    """Every sample, as-is, failed and without end time, gets the mapping's kinds, keys and bodies by hand too."""
     record = _record(sample, variant)
     expected = [(p.kind, p.key, p.body) for p in mappings[backend].map(record)]
     actual = [(p.kind, p.key, p.body) for p in _BUILDERS[backend](record)]

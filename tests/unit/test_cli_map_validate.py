@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from tests.conftest import SAMPLE_FILES, SAMPLES, TESTS
+
 from traceexport.cli import build_parser, main
 from traceexport.mapping import BACKENDS
 
@@ -65,7 +65,7 @@ def test_map_handles_a_200kb_output(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["map", "--to", "otlp", "--payloads", str(EDGE_200KB)])
     out, _ = capsys.readouterr()
     assert code == 0
-    llm = [p for p in _lines(out) if p["body"]["name"].startswith("chat")][0]
+    llm = next(p for p in _lines(out) if p["body"]["name"].startswith("chat"))
     original = json.loads(EDGE_200KB.read_text(encoding="utf-8"))["trace_info"]["outputs"]
     assert len(original) > 190_000
     assert llm["body"]["attributes"]["output.value"] == original
@@ -86,7 +86,7 @@ def test_map_option_and_user_mapping(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_validate_builtin_mappings_and_samples(capsys: pytest.CaptureFixture[str]) -> None:
     """`validate --records` checks all four built-ins and maps every sample through each."""
-    code = main(["validate", *sum((["--records", str(p)] for p in SAMPLE_FILES), [])])
+    code = main(["validate", *[arg for p in SAMPLE_FILES for arg in ("--records", str(p))]])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "28 record mappings succeeded" in out

@@ -7,8 +7,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from tests.conftest import SAMPLES, load_records
+
 from traceexport.errors import ConfigError, RecordError
 from traceexport.mapping import BACKENDS, function_names, load_mapping
 from traceexport.mapping.ids import span_id_hex, trace_id_hex, uuid7_from
@@ -185,8 +185,10 @@ def test_options_switch_content_off_and_node_events_on() -> None:
         assert "output.value" not in payload.body["attributes"]
     record = _message()
     workflow = load_records(SAMPLES / "01-workflow-ok.json")[0]
-    workflow.data["derived"]["nodes"] = [{"id": "n1", "kind": "llm", "title": "LLM", "start": record.data["start_time"]},
-                                         {"id": "n2", "kind": "chain", "title": "Start"}]
+    workflow.data["derived"]["nodes"] = [
+        {"id": "n1", "kind": "llm", "title": "LLM", "start": record.data["start_time"]},
+        {"id": "n2", "kind": "chain", "title": "Start"},
+    ]
     assert [p.body["event_type"] for p in load_mapping("amplitude").map(workflow)] == ["Dify Workflow Run"]
     loud = load_mapping("amplitude", options={"node_events": True})
     assert [p.body["event_type"] for p in loud.map(workflow)] == ["Dify Workflow Run", "Dify Workflow Node"]

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 from pydantic import BaseModel
-
 from tests.conftest import SAMPLES
+
 from traceexport.errors import RecordError
 from traceexport.records import COMMUNITY_TYPES, Record, parse_records, record_from_obj, record_from_trace_info
 
