@@ -115,6 +115,7 @@ def test_retry_after_is_honoured(tmp_path: Path) -> None:
 
 
 DRIVER = """
+import sys
 from pathlib import Path
 from traceexport.mapping import load_mapping
 from traceexport.pipeline import Pipeline, Route

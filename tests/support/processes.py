@@ -60,7 +60,10 @@ def read_line(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> str:
     finally:
         selector.close()
     if not line:
-        raise RuntimeError(f"pid {proc.pid} closed its stdout (exit code {proc.poll()})")
+        err = ""
+        if proc.stderr is not None and proc.wait(5) is not None:
+            err = proc.stderr.read().decode(errors="replace")[-2000:]
+        raise RuntimeError(f"pid {proc.pid} closed its stdout (exit code {proc.poll()}): {err}")
     return line.decode().strip()
 
 

@@ -77,6 +77,9 @@ class Pipeline:
             # Shutting down must not raise into the caller; delivery state is durable anyway.
             with contextlib.suppress(Exception):
                 route.sink.shutdown(max(deadline - time.monotonic(), 0.1))
+        # Leave the spool tidy: delete what every sink is done with (errors here lose nothing).
+        with contextlib.suppress(Exception):
+            self.spool.sweep(every=0)
         self._started = False
 
     def close(self) -> None:
