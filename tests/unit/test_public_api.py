@@ -14,3 +14,12 @@ def test_public_api_is_pinned() -> None:
     ])
     for name in traceexport.__all__:
         assert hasattr(traceexport, name), name
+
+
+def test_redact_masks_tokens_after_their_scheme() -> None:
+    """redact() hides the credential itself, including what follows 'Bearer'/'Basic' in a header."""
+    from traceexport.sinks.http import redact
+
+    for text in ("authorization: Bearer abcdefghijkl", "Authorization: Basic cGs6c2s9c2VjcmV0",
+                 '{"api_key": "abcdefghijkl"}', "token=abcdefghijkl&x=1", "Bearer abcdefghijkl"):
+        assert "abcdefghijkl" not in redact(text) and "cGs6c2s9c2VjcmV0" not in redact(text), text

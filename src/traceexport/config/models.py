@@ -75,6 +75,7 @@ class SinkConfig(BaseModel):
     type: Literal["opik", "amplitude", "otlp", "langfuse", "file"]
     mapping: Literal["opik", "amplitude", "otlp", "langfuse"] | None = None
     mapping_files: list[Path] = []
+    mapping_options: dict[str, Any] = {}
     records: list[str] | None = None
     apps: list[str] | None = None
     sample: float = Field(default=1.0, ge=0.0, le=1.0)

@@ -157,7 +157,8 @@ def build_routes(config: Config, env: Mapping[str, str] | None = None) -> list[R
     problems: list[Problem] = []
     for name, sink_config in config.sinks.items():
         try:
-            mapping = load_mapping(sink_config.mapping_backend, extra_files=tuple(sink_config.mapping_files))
+            mapping = load_mapping(sink_config.mapping_backend, extra_files=tuple(sink_config.mapping_files),
+                                   options=dict(sink_config.mapping_options) or None)
             options = sink_config.options()
             if sink_config.type == "file":  # the file sink names its output after the mapping it holds
                 options["mapping"] = sink_config.mapping_backend

@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from traceexport.records.values import as_utc, short_provider, to_number
+from traceexport.records.values import EPOCH, as_utc, short_provider, timing, to_number
 
 FAILED_NODE_STATUSES = frozenset({"failed", "exception", "stopped"})
 _TOOL_TYPES = frozenset({"tool", "http-request", "code", "agent"})
 _RETRIEVER_TYPES = frozenset({"knowledge-retrieval"})
 _CONTAINER_KEYS = ("iteration_id", "loop_id")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_json_field(value: Any) -> dict[str, Any] | None:
@@ -115,27 +114,13 @@ def _tool_provider(metadata: Mapping[str, Any]) -> str | None:
     return _text(info.get("provider_id")) if isinstance(info, Mapping) else None
 
 
-def _ns(moment: datetime) -> int:
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
-
-
 def _timing(start: datetime, elapsed: Any, finished: Any) -> dict[str, Any]:
     seconds = to_number(elapsed)
     if seconds is not None and seconds >= 0:
         end = start + timedelta(seconds=seconds)
     else:
         end = as_utc(finished) or start
-    end = max(end, start)  # clamp: Dify's timers are not monotonic
-    start_ns, end_ns = _ns(start), _ns(end)
-    return {
-        "start": start,
-        "end": end,
-        "start_ns": start_ns,
-        "end_ns": end_ns,
-        "start_ms": start_ns // 1_000_000,
-        "duration_ms": round((end_ns - start_ns) / 1_000_000, 3),
-    }
+    return timing(start, end)
 
 
 def _llm_facts(
@@ -175,7 +160,7 @@ def node_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
     node_type = str(row.get("node_type") or "")
     title = _text(row.get("title"))
     status = str(row.get("status") or "").lower()
-    start = as_utc(row.get("created_at")) or as_utc(row.get("finished_at")) or _EPOCH
+    start = as_utc(row.get("created_at")) or as_utc(row.get("finished_at")) or EPOCH
     kind = node_kind(node_type, process_data)
     node: dict[str, Any] = {
         "id": _text(row.get("id")),

@@ -8,12 +8,12 @@ provider, user and session, tokens, cost, and retrieval documents.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from traceexport.errors import RecordError
 from traceexport.records.nodes import node_from_ee_record
-from traceexport.records.values import as_utc, none_if_blank, short_provider, to_number
+from traceexport.records.values import as_utc, none_if_blank, short_provider, timing, to_number
 
 _PRICE_KEYS = (
     "total_price",
@@ -25,7 +25,6 @@ _PRICE_KEYS = (
     "completion_price",
 )
 _FAILED_WORKFLOW_STATUSES = frozenset({"failed", "stopped", "partial-succeeded", "exception"})
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _clean_usage(usage: Any) -> None:
@@ -114,28 +113,20 @@ def normalize(record_type: str, data: dict[str, Any], app_id: str | None) -> dic
     end_inferred = end is None
     if end is None:
         end = _fallback_end(start, facts.fallback_seconds, md)
-    if end < start:
-        end = start  # clamp: Dify's timers are not monotonic
-    data["start_time"], data["end_time"] = start, end
+    times = timing(start, end)
+    data["start_time"], data["end_time"] = times["start"], times["end"]
 
     message_id = _first(data.get("message_id"), meta.get("message_id"), md.get("id"))
     conversation_id = _first(data.get("conversation_id"), meta.get("conversation_id"), md.get("conversation_id"))
     anchor = as_utc(md.get("created_at")) or start
     trace_key = _first(data.get("trace_id"), facts.trace_key, message_id) or f"{record_type}:{facts.span_key}"
-    start_ns = _ns(start)
-    end_ns = _ns(end)
     derived = {
         "record_type": record_type,
         "trace_key": trace_key,
         "span_key": facts.span_key,
         "record_key": f"{record_type}:{facts.span_key}",
         "anchor_time": anchor,
-        "start": start,
-        "end": end,
-        "start_ns": start_ns,
-        "end_ns": end_ns,
-        "start_ms": start_ns // 1_000_000,
-        "duration_ms": round((end_ns - start_ns) / 1_000_000, 3),
+        **times,
         "end_time_inferred": end_inferred,
         "failed": facts.failed or facts.error is not None,
         "error": facts.error,
@@ -176,11 +167,6 @@ def normalize(record_type: str, data: dict[str, Any], app_id: str | None) -> dic
     data["app_id"] = derived["app_id"]
     data["record_type"] = record_type
     return data
-
-
-def _ns(moment: datetime) -> int:
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
 def _fallback_end(start: datetime, seconds: float | None, md: dict[str, Any]) -> datetime:

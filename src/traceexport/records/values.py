@@ -48,3 +48,26 @@ def short_provider(provider: Any) -> str | None:
     if text is None:
         return None
     return text.rsplit("/", 1)[-1]
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def epoch_ns(moment: datetime) -> int:
+    """Exact integer nanoseconds since the epoch for an aware datetime (no float rounding)."""
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def timing(start: datetime, end: datetime) -> dict[str, Any]:
+    """Start and end (end clamped to start) in the forms mappings use: datetimes, ns, ms, duration."""
+    end = max(end, start)  # clamp: Dify's timers are not monotonic
+    start_ns, end_ns = epoch_ns(start), epoch_ns(end)
+    return {
+        "start": start,
+        "end": end,
+        "start_ns": start_ns,
+        "end_ns": end_ns,
+        "start_ms": start_ns // 1_000_000,
+        "duration_ms": round((end_ns - start_ns) / 1_000_000, 3),
+    }

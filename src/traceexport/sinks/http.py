@@ -20,7 +20,10 @@ RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 3600.0
 _EXCERPT = 300
 _SECRET_PATTERNS = [
-    re.compile(r"(?i)(authorization|api[_-]?key|secret[_-]?key|password|token)([\"']?\s*[:=]\s*[\"']?)([^\s\"',}&]+)"),
+    re.compile(
+        r"(?i)(authorization|api[_-]?key|secret[_-]?key|password|token)([\"']?\s*[:=]\s*[\"']?)"
+        r"((?:basic\s+|bearer\s+)?[^\s\"',}&]+)"
+    ),
     re.compile(r"(?i)\b(basic|bearer)\s+[A-Za-z0-9+/=._-]{6,}"),
     re.compile(r"\b(sk|pk)-lf-[A-Za-z0-9-]+"),
 ]
