@@ -9,10 +9,10 @@ changes this file must follow.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
+from traceexport import _json as fastjson
 from traceexport.mapping.ids import span_id_hex, trace_id_hex, uuid7_from
 from traceexport.records.parse import Record
 from traceexport.sinks.base import Payload
@@ -33,14 +33,8 @@ def _compact(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return _iso(value)
-    return list(value) if isinstance(value, set | tuple) else str(value)
+# The same fast JSON the engine uses (pydantic-core): a fair baseline uses the best tool at hand.
+_dumps = fastjson.dumps
 
 
 def _text(value: Any) -> str | None:
@@ -368,7 +362,7 @@ def _opik_message(data: dict[str, Any], d: dict[str, Any]) -> list[Payload]:
 def _parse_json(value: Any) -> Any:
     if isinstance(value, str):
         try:
-            return json.loads(value)
+            return fastjson.loads(value)
         except ValueError:
             return value
     return value

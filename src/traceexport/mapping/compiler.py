@@ -54,7 +54,17 @@ class Const:
         self.value = value
 
 
-Compiled = Getter | Const
+class Path:
+    """A compiled bare path (``$a`` or ``$a.b``): object builders and pipelines read these inline."""
+
+    __slots__ = ("get", "parts")
+
+    def __init__(self, parts: tuple[str | int, ...]) -> None:
+        self.parts = parts
+        self.get = path_getter(parts)
+
+
+Compiled = Getter | Const | Path
 
 
 class MappingRuntimeError(Exception):
@@ -69,6 +79,8 @@ def as_getter(compiled: Compiled) -> Getter:
     if isinstance(compiled, Const):
         value = compiled.value
         return lambda ctx: value
+    if isinstance(compiled, Path):
+        return compiled.get
     return compiled
 
 
@@ -129,7 +141,7 @@ class Compiler:
         parts: list[Compiled] = []
         for part in split_template(spec):
             parts.append(Const(part) if isinstance(part, str) else self._expression(part, where, scope))
-        getters = [(p.value, None) if isinstance(p, Const) else (None, p) for p in parts]
+        getters = [(p.value, None) if isinstance(p, Const) else (None, as_getter(p)) for p in parts]
 
         def template(ctx: dict[str, Any]) -> str:
             out: list[str] = []
@@ -160,7 +172,7 @@ class Compiler:
     def object(self, spec: dict[Any, Any], where: Where, scope: Scope) -> Getter:
         """An object builder: scalar constants copied, dynamic fields evaluated, nulls left out."""
         consts: dict[str, Any] = {}
-        dynamic: list[tuple[str, Getter]] = []
+        dynamic: list[tuple[str, Getter | Path]] = []
         merges: list[Getter] = []
         for key, sub in spec.items():
             sub_where = where.child(key, spec)
@@ -201,10 +213,15 @@ class Compiler:
                 self.problem(where, f"unknown function {call.name!r}")
                 continue
             args = self._arguments(call, where, scope)
+            folded = _fold_condition(call.name, args)
+            if folded is _KEEP:
+                continue  # when(true) / unless(false): the step does nothing
+            if folded is _DROP:
+                return Const(None)  # when(false) / unless(true): the whole value is absent
             steps.append((function.impl, args, function.null_aware, call.name))
         if not steps:
             return head
-        return _pipeline(as_getter(head), steps, where)
+        return _pipeline(head, steps, where)
 
     def _head(self, head: PathRef | Literal | Call, where: Where, scope: Scope) -> Compiled:
         if isinstance(head, Literal):
@@ -260,7 +277,18 @@ class Compiler:
         message = scope.check(ref)
         if message:
             return self.problem(where, f"{ref.text}: {message}")
-        return path_getter(ref.parts)
+        return Path(ref.parts)
+
+
+_KEEP, _DROP = object(), object()
+
+
+def _fold_condition(name: str, args: list[Compiled]) -> object:
+    """Constant folding for when()/unless() on a compile-time constant such as ``$options.send_content``."""
+    if name not in ("when", "unless") or len(args) != 1 or not isinstance(args[0], Const):
+        return None
+    truthy = bool(args[0].value)
+    return _KEEP if truthy == (name == "when") else _DROP
 
 
 def _looks_like_call(text: str) -> bool:
@@ -269,21 +297,40 @@ def _looks_like_call(text: str) -> bool:
     return bool(paren) and name.strip() in REGISTRY and REGISTRY[name.strip()].head
 
 
-def _object_builder(consts: dict[str, Any], dynamic: list[tuple[str, Getter]], merges: list[Getter]) -> Getter:
-    if not merges:
-        def build(ctx: dict[str, Any]) -> dict[str, Any]:
-            out = consts.copy()
-            for key, getter in dynamic:
-                value = getter(ctx)
-                if value is not None:
-                    out[key] = value
-            return out
+def _object_builder(consts: dict[str, Any], dynamic: list[tuple[str, Getter | Path]],
+                    merges: list[Getter]) -> Getter:
+    """Build an object per record: scalar constants copied, bare paths read inline, other fields called.
 
-        return build
+    Paths ``$a`` and ``$a.b`` are the most common field values; reading them here instead of through a
+    closure per field is what keeps the engine near hand-written speed.
+    """
+    top: list[tuple[str, str]] = []
+    nested: dict[str, list[tuple[str, str]]] = {}
+    calls: list[tuple[str, Getter]] = []
+    for key, compiled in dynamic:
+        parts = compiled.parts if isinstance(compiled, Path) else None
+        if parts is not None and len(parts) == 1 and isinstance(parts[0], str):
+            top.append((key, parts[0]))
+        elif parts is not None and len(parts) == 2 and all(isinstance(p, str) for p in parts):
+            nested.setdefault(str(parts[0]), []).append((key, str(parts[1])))
+        else:
+            calls.append((key, as_getter(compiled)))
+    groups = list(nested.items())
 
-    def build_with_merges(ctx: dict[str, Any]) -> dict[str, Any]:
+    def build(ctx: dict[str, Any]) -> dict[str, Any]:
         out = consts.copy()
-        for key, getter in dynamic:
+        for key, name in top:
+            value = ctx.get(name)
+            if value is not None:
+                out[key] = value
+        for root, fields in groups:
+            inner = ctx.get(root)
+            if inner.__class__ is dict:
+                for key, name in fields:
+                    value = inner.get(name)
+                    if value is not None:
+                        out[key] = value
+        for key, getter in calls:
             value = getter(ctx)
             if value is not None:
                 out[key] = value
@@ -293,16 +340,29 @@ def _object_builder(consts: dict[str, Any], dynamic: list[tuple[str, Getter]], m
                 out.update((k, v) for k, v in extra.items() if v is not None)
         return out
 
-    return build_with_merges
+    return build
 
 
-def _pipeline(head: Getter, steps: list[tuple[Callable[..., Any], list[Compiled], bool, str]], where: Where) -> Getter:
+def _pipeline(head_compiled: Compiled, steps: list[tuple[Callable[..., Any], list[Compiled], bool, str]],
+              where: Where) -> Getter:
+    """Chain ``head`` through registry functions; a null input stops the chain unless a step is null-aware.
+
+    The common shape (every argument a constant) is specialised: it is the hot path of most mappings.
+    """
     plan: list[tuple[Callable[..., Any], tuple[Any, ...] | None, list[Getter] | None, bool, str]] = []
     for impl, args, null_aware, name in steps:
         if all(isinstance(a, Const) for a in args):
             plan.append((impl, tuple(a.value for a in args if isinstance(a, Const)), None, null_aware, name))
         else:
             plan.append((impl, None, [as_getter(a) for a in args], null_aware, name))
+    head = as_getter(head_compiled)
+    if len(plan) == 1 and plan[0][1] is not None:
+        if (isinstance(head_compiled, Path) and len(head_compiled.parts) == 2 and not plan[0][3]
+                and all(isinstance(part, str) for part in head_compiled.parts)):
+            return _single_step_on_path(head_compiled, plan[0][0], plan[0][1], plan[0][4], where)
+        return _single_step(head, plan[0][0], plan[0][1], plan[0][3], plan[0][4], where)
+    if len(plan) == 1 and plan[0][2] is not None:
+        return _single_dynamic_step(head, plan[0][0], plan[0][2], plan[0][3], plan[0][4], where)
 
     def run(ctx: dict[str, Any]) -> Any:
         value = head(ctx)
@@ -322,6 +382,53 @@ def _pipeline(head: Getter, steps: list[tuple[Callable[..., Any], list[Compiled]
         return value
 
     return run
+
+
+def _single_step(head: Getter, impl: Callable[..., Any], args: tuple[Any, ...], null_aware: bool, name: str,
+                 where: Where) -> Getter:
+    def run_one(ctx: dict[str, Any]) -> Any:
+        value = head(ctx)
+        if value is None and not null_aware:
+            return None
+        try:
+            return impl(value, *args)
+        except Exception as exc:  # a registry function failed on this record's data
+            raise MappingRuntimeError(where, name, exc) from exc
+
+    return run_one
+
+
+def _single_step_on_path(path: Path, impl: Callable[..., Any], args: tuple[Any, ...], name: str,
+                         where: Where) -> Getter:
+    root, field = str(path.parts[0]), path.parts[1]
+
+    def run_on_path(ctx: dict[str, Any]) -> Any:
+        value = ctx.get(root)
+        if value.__class__ is not dict:
+            return None
+        value = value.get(field)
+        if value is None:
+            return None
+        try:
+            return impl(value, *args)
+        except Exception as exc:  # a registry function failed on this record's data
+            raise MappingRuntimeError(where, name, exc) from exc
+
+    return run_on_path
+
+
+def _single_dynamic_step(head: Getter, impl: Callable[..., Any], args: list[Getter], null_aware: bool, name: str,
+                         where: Where) -> Getter:
+    def run_one(ctx: dict[str, Any]) -> Any:
+        value = head(ctx)
+        if value is None and not null_aware:
+            return None
+        try:
+            return impl(value, *[g(ctx) for g in args])
+        except Exception as exc:  # a registry function failed on this record's data
+            raise MappingRuntimeError(where, name, exc) from exc
+
+    return run_one
 
 
 def path_getter(parts: tuple[str | int, ...]) -> Getter:

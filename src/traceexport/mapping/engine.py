@@ -52,6 +52,8 @@ class Entity:
     each: Getter | None
     key: Getter | None
     body: Getter
+    # The key is the same expression as this top-level body field: read it from the body, not recomputed.
+    key_field: str | None = None
 
 
 class Mapping:
@@ -90,6 +92,10 @@ class Mapping:
 
     @staticmethod
     def _payload(entity: Entity, ctx: dict[str, Any], ref: int) -> Payload:
+        if entity.key_field is not None:
+            body = entity.body(ctx)
+            key = body.get(entity.key_field)
+            return Payload(entity.kind, body, "" if key is None else str(key), ref)
         key = entity.key(ctx) if entity.key is not None else ""
         return Payload(entity.kind, entity.body(ctx), "" if key is None else str(key), ref)
 
@@ -178,8 +184,15 @@ def _compile_entities(section: LineDict, path: str, backend: str, fields: frozen
         each = _optional(compiler, spec, "each", epath, Scope(fields, DERIVED_KEYS))
         key = _optional(compiler, spec, "key", epath, scope)
         body_getter = compiler.object(body, _located(spec, "body", epath), scope)
-        out.append(Entity(str(name), str(kind), when, each, key, body_getter))
+        out.append(Entity(str(name), str(kind), when, each, key, body_getter, _key_field(spec.get("key"), body)))
     return out
+
+
+def _key_field(key_spec: Any, body: dict[Any, Any]) -> str | None:
+    """The top-level body field whose spec is textually the key's spec (never when a $merge could override it)."""
+    if not isinstance(key_spec, str) or "$merge" in body:
+        return None
+    return next((str(field) for field, spec in body.items() if spec == key_spec), None)
 
 
 def _located(doc: LineDict, key: str, path: str) -> Where:

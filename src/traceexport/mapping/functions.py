@@ -9,12 +9,12 @@ kinds are checked when the mapping compiles: ``table`` arguments must name an en
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from traceexport import _json as fastjson
 from traceexport.mapping import ids
 
 Impl = Callable[..., Any]
@@ -48,15 +48,7 @@ def _register(name: str, doc: str, min_args: int = 0, max_args: int | None = Non
 
 
 def _dump(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return _iso(value)
-    if isinstance(value, set | tuple):
-        return list(value)
-    return str(value)
+    return fastjson.dumps(value)
 
 
 def _iso(moment: datetime) -> str:
@@ -133,7 +125,7 @@ def _json(value: Any, force: Any = False) -> str:
 def _parse_json(value: Any) -> Any:
     if isinstance(value, str):
         try:
-            return json.loads(value)
+            return fastjson.loads(value)
         except ValueError:
             return value
     return value

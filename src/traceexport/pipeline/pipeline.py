@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from traceexport import _json
 from traceexport.pipeline.metrics import prometheus_text, snapshot
 from traceexport.pipeline.prepared import Prepare, PreparedRecords
 from traceexport.pipeline.queue import SinkQueue
@@ -34,7 +34,7 @@ class Pipeline:
         self.routes = list(routes)
         self.spool = Spool(Path(spool_dir), self.settings)
         self.bits = self.spool.register_sinks([r.sink.name for r in self.routes])
-        self.records = PreparedRecords(prepare, self.settings.prepare_cache_size)
+        self.records = PreparedRecords(prepare, self.settings.prepare_cache_size, len(self.routes))
         self.workers = [SinkWorker(r, SinkQueue(self.spool, r.sink.name, self.bits[r.sink.name]), self.records,
                                    self.spool, self.settings) for r in self.routes]
         self._started = False
@@ -50,15 +50,16 @@ class Pipeline:
         Raises SpoolFullError (retryable, ``.retry_after``) when the spool is at its size limit.
         Records no route wants are not stored.
         """
-        rows, kept = [], []
+        rows, kept, fanout = [], [], []
         for record in records:
             mask = mask_for(record, self.routes, self.bits)
             if mask:
                 kept.append(record)
+                fanout.append(mask.bit_count())
                 rows.append(SpoolRow(mask, record.key, record.type, record.app_id, record.trace_key,
-                                     json.dumps(record.envelope, separators=(",", ":"), default=str)))
+                                     _json.dumps(record.envelope)))
         self.spool.accept(rows)
-        self.records.seed(kept)
+        self.records.seed(kept, fanout)
         for worker in self.workers:
             worker.wake()
 

@@ -3,18 +3,20 @@
 Sink workers parse the stored envelope with ``record_from_obj`` (so a mapping fix applies on replay)
 and call the enricher's ``prepare`` hook. A small LRU keyed by record key holds the prepared record, or
 the time until which the enricher asked to wait, so several sinks neither re-parse nor re-enrich it.
-Records accepted by this process are seeded into it, so in steady state a record is parsed once.
+Records accepted by this process are seeded into it with the number of sinks they are routed to; an
+entry leaves the cache once that many sinks have taken it, so the cache holds only records still on
+their way, and in steady state a record is parsed once.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
+from traceexport import _json
 from traceexport.errors import RecordError
 from traceexport.records import Record, record_from_obj
 
@@ -23,28 +25,31 @@ log = logging.getLogger(__name__)
 
 
 class _Entry:
-    __slots__ = ("not_before", "prepared", "record")
+    __slots__ = ("not_before", "prepared", "record", "remaining")
 
-    def __init__(self, record: Record | None, prepared: bool, not_before: float = 0.0) -> None:
+    def __init__(self, record: Record | None, prepared: bool, not_before: float = 0.0, remaining: int = 0) -> None:
         self.record = record
         self.prepared = prepared
         self.not_before = not_before
+        self.remaining = remaining  # sinks still to take this record; 0: unknown (kept until evicted)
 
 
 class PreparedRecords:
     """Parse-and-prepare with a bounded per-key cache (thread-safe)."""
 
-    def __init__(self, prepare: Prepare | None, size: int) -> None:
+    def __init__(self, prepare: Prepare | None, size: int, sinks: int = 0) -> None:
         self._prepare = prepare
         self._size = size
+        self._sinks = sinks  # records not seeded here (read back from the spool) may go to every sink
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._prepare_lock = threading.Lock()  # prepare runs once per record, never concurrently on one
 
-    def seed(self, records: Sequence[Record]) -> None:
-        """Remember freshly accepted records so their first delivery needs no re-parse."""
-        for record in records:
-            self._put(record.key, _Entry(record, prepared=self._prepare is None))
+    def seed(self, records: Sequence[Record], fanout: Sequence[int] | None = None) -> None:
+        """Remember freshly accepted records (routed to ``fanout[i]`` sinks) so delivery needs no re-parse."""
+        for index, record in enumerate(records):
+            remaining = fanout[index] if fanout is not None else 0
+            self._put(record.key, _Entry(record, prepared=self._prepare is None, remaining=remaining))
 
     def get(self, key: str, envelope: str, now: float | None = None) -> Record | float:
         """The ready record, or the epoch time before which it must not be tried (deferred).
@@ -54,12 +59,13 @@ class PreparedRecords:
         now = time.time() if now is None else now
         entry = self._lookup(key)
         if entry is not None and entry.record is not None and entry.prepared:
+            self._taken(key, entry)
             return entry.record
         if entry is not None and entry.record is None and entry.not_before > now:
             return entry.not_before
         if self._prepare is None:
             record = entry.record if entry is not None and entry.record is not None else _parse(envelope)
-            self._put(key, _Entry(record, True))
+            self._keep_for_others(key, record, entry)
             return record
         with self._prepare_lock:
             entry = self._lookup(key)
@@ -68,10 +74,31 @@ class PreparedRecords:
             record = entry.record if entry is not None and entry.record is not None else _parse(envelope)
             wait = self._call_prepare(record)
             if wait is not None and wait > 0:
-                self._put(key, _Entry(None, False, now + wait))
+                remaining = entry.remaining if entry is not None else 0
+                self._put(key, _Entry(None, False, now + wait, remaining))
                 return now + wait
-            self._put(key, _Entry(record, True))
+            self._keep_for_others(key, record, entry)
         return record
+
+    def _keep_for_others(self, key: str, record: Record, entry: _Entry | None) -> None:
+        """This sink took the prepared record; keep it only if other routed sinks still need it."""
+        remaining = entry.remaining if entry is not None else self._sinks
+        if remaining == 1:
+            self._drop(key)
+        else:
+            self._put(key, _Entry(record, True, remaining=max(remaining - 1, 0)))
+
+    def _taken(self, key: str, entry: _Entry) -> None:
+        """One more sink has the record: forget it once every routed sink has."""
+        with self._lock:
+            if entry.remaining == 1:
+                self._cache.pop(key, None)
+            elif entry.remaining > 1:
+                entry.remaining -= 1
+
+    def _drop(self, key: str) -> None:
+        with self._lock:
+            self._cache.pop(key, None)
 
     def _lookup(self, key: str) -> _Entry | None:
         with self._lock:
@@ -103,7 +130,7 @@ class PreparedRecords:
 
 def _parse(envelope: str) -> Record:
     try:
-        obj = json.loads(envelope)
-    except json.JSONDecodeError as exc:
-        raise RecordError(f"stored envelope is not JSON: {exc.msg}") from exc
+        obj = _json.loads(envelope)
+    except ValueError as exc:
+        raise RecordError(f"stored envelope is not JSON: {exc}") from exc
     return record_from_obj(obj)

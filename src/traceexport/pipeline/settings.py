@@ -64,4 +64,4 @@ class PipelineSettings:
     poll_interval: float = 0.5
     full_retry_after: float = 5.0
     # Parsed/enriched records kept in memory, shared by sink workers (bounded: RSS matters).
-    prepare_cache_size: int = 2048
+    prepare_cache_size: int = 8192

@@ -5,13 +5,13 @@ Every failure is a :class:`RecordError` with a one-line reason; the good records
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
+from traceexport import _json
 from traceexport.errors import RecordError
 from traceexport.records.normalize import normalize
 from traceexport.records.types import RECORD_TYPES, canonical_type, dify_class_name
@@ -138,8 +138,8 @@ def iter_json_values(text: str | bytes) -> Iterator[tuple[str, Any]]:
     if not stripped:
         return
     try:
-        whole = json.loads(stripped)
-    except json.JSONDecodeError:
+        whole = _json.loads(stripped)
+    except ValueError:
         whole = _NOT_WHOLE
     if whole is not _NOT_WHOLE:
         if isinstance(whole, list):
@@ -152,9 +152,9 @@ def iter_json_values(text: str | bytes) -> Iterator[tuple[str, Any]]:
         if not line.strip():
             continue
         try:
-            yield f"line {number}", json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield f"line {number}", RecordError(f"not valid JSON: {exc.msg} at column {exc.colno}")
+            yield f"line {number}", _json.loads(line)
+        except ValueError as exc:
+            yield f"line {number}", RecordError(f"not valid JSON: {exc}")
 
 
 _NOT_WHOLE = object()

@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from traceexport import _json
 from traceexport.errors import RecordError, SpoolFullError
 from traceexport.logs import log_event
 from traceexport.records import Record, record_from_obj, record_from_trace_info
@@ -56,18 +57,16 @@ def parse_body(body: bytes, content_type: str, type_name: str | None = None,
         for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
-                    items.append(({"line": number}, json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    reason = f"not valid JSON: {exc.msg} at column {exc.colno}"
-                    items.append(({"line": number}, RecordError(reason)))
+                    items.append(({"line": number}, _json.loads(line)))
+                except ValueError as exc:
+                    items.append(({"line": number}, RecordError(f"not valid JSON: {exc}")))
     else:
         try:
-            value = json.loads(body.decode("utf-8-sig"))
+            value = _json.loads(body.decode("utf-8-sig"))
         except UnicodeDecodeError as exc:
             return [], [{"index": 0, "reason": f"body is not UTF-8 ({exc.reason} at byte {exc.start})"}]
-        except json.JSONDecodeError as exc:
-            at = f"line {exc.lineno} column {exc.colno}"
-            return [], [{"index": 0, "reason": f"body is not valid JSON: {exc.msg} at {at}"}]
+        except ValueError as exc:
+            return [], [{"index": 0, "reason": f"body is not valid JSON: {exc}"}]
         values = value if isinstance(value, list) else [value]
         items = [({"index": i}, v) for i, v in enumerate(values)]
     records: list[Record] = []

@@ -7,22 +7,18 @@ from importlib import metadata
 from typing import Any
 
 import httpx
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from traceexport.errors import RecordError
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
 from traceexport.sinks.otlp.config import OtlpSettings
 from traceexport.sinks.otlp.transport import Transport, make_transport
-from traceexport.sinks.otlp_encoding import (
-    build_request,
-    chunk,
-    encode_resource,
-    encode_span,
-    to_json,
-    wire_size,
-)
+from traceexport.sinks.otlp_encoding import SCOPE_NAME, chunk, to_json
+from traceexport.sinks.otlp_wire import request_bytes, resource_bytes, scope_bytes, span_bytes
 
 _RESOURCE_OVERHEAD = 64  # ResourceSpans/ScopeSpans framing and the scope name, on top of the resource itself
+_PER_SPAN_OVERHEAD = 8  # tag and length prefix of one span inside ScopeSpans
+_JSON_FACTOR = 2  # OTLP/JSON (hex ids, key names, base-10 numbers) is at most about twice the protobuf size
 
 
 def _version() -> str:
@@ -32,11 +28,11 @@ def _version() -> str:
         return ""
 
 
-def encode_payload(payload: Payload) -> Span:
-    """A ``span`` payload as a protobuf Span; raises RecordError for another kind or an invalid body."""
+def encode_payload(payload: Payload) -> bytes:
+    """A ``span`` payload as serialized Span bytes; raises RecordError for another kind or an invalid body."""
     if payload.kind != "span":
         raise RecordError(f"the OTLP sink only sends 'span' payloads, got {payload.kind!r}")
-    return encode_span(payload.body)
+    return span_bytes(payload.body)
 
 
 class OtlpSink:
@@ -54,8 +50,8 @@ class OtlpSink:
         self.limits = BatchLimits(max_items=settings.max_spans, max_bytes=settings.max_bytes,
                                   linger_seconds=settings.linger_seconds)
         self._json = settings.protocol == "http/json"
-        self._resource = encode_resource(settings.resource_attributes)
-        self._scope_version = _version()
+        self._resource = resource_bytes(settings.resource_attributes)
+        self._scope = scope_bytes(SCOPE_NAME, _version())
         self._http_transport = http_transport
         self._transport: Transport | None = None
         self._closed = False
@@ -65,11 +61,17 @@ class OtlpSink:
                 f"protocol={self.settings.protocol!r})")
 
     # -- pure ------------------------------------------------------------------------------------
-    def _groups(self, spans: Sequence[Span]) -> list[list[int]]:
-        sizes = [wire_size(span, json_body=self._json) for span in spans]
-        overhead = self._resource.ByteSize() + _RESOURCE_OVERHEAD
-        return chunk(sizes, max_items=self.settings.max_spans, max_bytes=self.settings.max_bytes,
-                     overhead=overhead)
+    def _size(self, span: bytes) -> int:
+        """Bytes one span adds to an uncompressed request body in the chosen encoding (an upper-ish bound)."""
+        return len(span) * (_JSON_FACTOR if self._json else 1) + _PER_SPAN_OVERHEAD
+
+    def _groups(self, spans: Sequence[bytes]) -> list[list[int]]:
+        overhead = len(self._resource) + len(self._scope) + _RESOURCE_OVERHEAD
+        return chunk([self._size(span) for span in spans], max_items=self.settings.max_spans,
+                     max_bytes=self.settings.max_bytes, overhead=overhead)
+
+    def _request(self, spans: Sequence[bytes]) -> bytes:
+        return request_bytes(spans, self._resource, self._scope)
 
     def request_bodies(self, payloads: Sequence[Payload], /) -> list[Any]:
         """The OTLP/JSON form of each request of this batch (what ``traceexport map --to otlp`` prints)."""
@@ -79,14 +81,14 @@ class OtlpSink:
                 spans.append(encode_payload(payload))
             except RecordError as exc:
                 raise RecordError(f"payload {index}: {exc.reason}") from exc
-        return [to_json(build_request([spans[i] for i in group], self._resource, self._scope_version))
+        return [to_json(ExportTraceServiceRequest.FromString(self._request([spans[i] for i in group])))
                 for group in self._groups(spans)]
 
     # -- delivery --------------------------------------------------------------------------------
     def export(self, payloads: Sequence[Payload], /) -> ExportResult:
         """Send the batch (possibly as several requests) once; classify every payload's outcome."""
         result = ExportResult()
-        encoded: list[tuple[int, Span]] = []
+        encoded: list[tuple[int, bytes]] = []
         for index, payload in enumerate(payloads):
             try:
                 encoded.append((index, encode_payload(payload)))
@@ -105,17 +107,17 @@ class OtlpSink:
                 result.failures.update(dict.fromkeys(indexes, failure))
         return result
 
-    def _oversize(self, group: list[int], encoded: list[tuple[int, Span]]) -> ItemFailure | None:
+    def _oversize(self, group: list[int], encoded: list[tuple[int, bytes]]) -> ItemFailure | None:
         if len(group) != 1:
             return None
-        size = wire_size(encoded[group[0]][1], json_body=self._json)
-        if size + self._resource.ByteSize() + _RESOURCE_OVERHEAD <= self.settings.max_bytes:
+        size = self._size(encoded[group[0]][1])
+        if size + len(self._resource) + len(self._scope) + _RESOURCE_OVERHEAD <= self.settings.max_bytes:
             return None
         return ItemFailure(f"{self.backend}: span is {size} bytes, over max_bytes={self.settings.max_bytes}",
                            permanent=True)
 
-    def _send_group(self, spans: list[Span], result: ExportResult) -> ItemFailure | None:
-        outcome = self._client().send(build_request(spans, self._resource, self._scope_version))
+    def _send_group(self, spans: list[bytes], result: ExportResult) -> ItemFailure | None:
+        outcome = self._client().send(self._request(spans))
         if outcome.failure is None and (outcome.rejected > 0 or outcome.message):
             result.warnings.append(
                 f"{self.name}: {self.backend} rejected {outcome.rejected} of {len(spans)} spans"

@@ -1,4 +1,4 @@
-"""Send one ``ExportTraceServiceRequest`` over OTLP/HTTP (httpx) or OTLP/gRPC (grpcio, imported lazily).
+"""Send one serialized ``ExportTraceServiceRequest`` over OTLP/HTTP (httpx) or OTLP/gRPC (grpcio, imported lazily).
 
 A transport makes one attempt and classifies it: ``SendOutcome.failure`` is None when the receiver
 accepted the request; ``rejected`` / ``message`` carry an OTLP ``partial_success``.
@@ -34,8 +34,8 @@ class SendOutcome:
 class Transport(Protocol):
     """One-attempt sender of an export request."""
 
-    def send(self, request: ExportTraceServiceRequest) -> SendOutcome:
-        """Send ``request`` once; never raises for transport or receiver failures."""
+    def send(self, request: bytes) -> SendOutcome:
+        """Send a serialized ``ExportTraceServiceRequest`` once; never raises for transport or receiver failures."""
         ...
 
     def close(self) -> None:
@@ -54,7 +54,7 @@ class HttpTransport:
         headers = {"User-Agent": USER_AGENT, **settings.headers}
         self._client = httpx.Client(timeout=settings.timeout, headers=headers, transport=client_transport)
 
-    def send(self, request: ExportTraceServiceRequest) -> SendOutcome:
+    def send(self, request: bytes) -> SendOutcome:
         body, headers = serialize(request, json_body=self._json, compress=self._settings.compression)
         try:
             response = self._client.post(self._settings.endpoint, content=body, headers=headers)
@@ -93,9 +93,10 @@ class GrpcTransport:
         self._compression = grpc.Compression.Gzip if settings.compression else grpc.Compression.NoCompression
         self._closed = False
 
-    def send(self, request: ExportTraceServiceRequest) -> SendOutcome:
+    def send(self, request: bytes) -> SendOutcome:
         try:
-            response = self._stub.Export(request, metadata=self._metadata, timeout=self._settings.timeout,
+            message = ExportTraceServiceRequest.FromString(request)
+            response = self._stub.Export(message, metadata=self._metadata, timeout=self._settings.timeout,
                                          compression=self._compression)
         except self._grpc.RpcError as exc:
             return SendOutcome(self._classify(exc))

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from traceexport import _json
 from traceexport.errors import RecordError, SpoolFullError
 from traceexport.records import Record, record_from_obj
 from traceexport.sinks.http import redact
@@ -164,7 +165,7 @@ class TraceFileProcessor:
 def parse_file(raw: bytes) -> Record:
     """The Record in a stored TaskData file; RecordError with a one-line reason otherwise."""
     try:
-        obj: Any = json.loads(raw.decode("utf-8-sig"))
+        obj: Any = _json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         raise RecordError(f"file is not UTF-8: {exc.reason} at byte {exc.start}") from exc
     except json.JSONDecodeError as exc:
