@@ -32,7 +32,8 @@ MAX_PROBLEMS_PER_FILE = 20
 def register(subparsers: Any) -> None:
     """Add the ``replay`` sub-command."""
     parser = subparsers.add_parser("replay", help="backfill records from JSON/JSONL files or a Dify ops_trace tree",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   description=(__doc__ or "").replace("``", ""),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="PATH", help="files or directories (walked for *.json, *.jsonl)")
     add_common_flags(parser, serve=False)
     parser.add_argument("--state", metavar="FILE", help="ledger of records already sent (default: in the spool)")

@@ -43,7 +43,8 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
 def register(subparsers: Any) -> None:
     """Add the ``serve`` sub-command."""
     parser = subparsers.add_parser("serve", help="run the sidecar daemon (HTTP ingest, Celery source)",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   description=(__doc__ or "").replace("``", ""),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(parser, serve=True)
     parser.set_defaults(func=run)
 
