@@ -361,8 +361,6 @@ def _pipeline(head_compiled: Compiled, steps: list[tuple[Callable[..., Any], lis
                 and all(isinstance(part, str) for part in head_compiled.parts)):
             return _single_step_on_path(head_compiled, plan[0][0], plan[0][1], plan[0][4], where)
         return _single_step(head, plan[0][0], plan[0][1], plan[0][3], plan[0][4], where)
-    if len(plan) == 1 and plan[0][2] is not None:
-        return _single_dynamic_step(head, plan[0][0], plan[0][2], plan[0][3], plan[0][4], where)
 
     def run(ctx: dict[str, Any]) -> Any:
         value = head(ctx)
@@ -415,20 +413,6 @@ def _single_step_on_path(path: Path, impl: Callable[..., Any], args: tuple[Any, 
             raise MappingRuntimeError(where, name, exc) from exc
 
     return run_on_path
-
-
-def _single_dynamic_step(head: Getter, impl: Callable[..., Any], args: list[Getter], null_aware: bool, name: str,
-                         where: Where) -> Getter:
-    def run_one(ctx: dict[str, Any]) -> Any:
-        value = head(ctx)
-        if value is None and not null_aware:
-            return None
-        try:
-            return impl(value, *[g(ctx) for g in args])
-        except Exception as exc:  # a registry function failed on this record's data
-            raise MappingRuntimeError(where, name, exc) from exc
-
-    return run_one
 
 
 def path_getter(parts: tuple[str | int, ...]) -> Getter:

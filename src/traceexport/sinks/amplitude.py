@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
 from traceexport.sinks.http import classify_response, classify_transport_error, redact, retry_after_from
-from traceexport.sinks.opik import load_settings
+from traceexport.sinks.settings import load_settings
 
 BASE_URLS = {"us": "https://api2.amplitude.com", "eu": "https://api.eu.amplitude.com"}
 PATHS = {"httpapi": "/2/httpapi", "batch": "/batch"}

@@ -15,7 +15,6 @@ be cleaned up), so the pipeline keeps the records.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -23,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from traceexport import _json
 from traceexport.errors import ConfigError
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
 
@@ -56,8 +56,7 @@ class FileSink:
 
     def export(self, payloads: Sequence[Payload], /) -> ExportResult:
         """Append the batch (fsync'd when configured); an OSError fails every item, retryably."""
-        lines = "".join(json.dumps(b, separators=(",", ":"), default=str) + "\n"
-                        for b in self.request_bodies(payloads))
+        lines = "".join(_json.dumps(b) + "\n" for b in self.request_bodies(payloads))
         try:
             with self._lock:
                 handle = self._open()

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
 from traceexport.sinks.http import classify_response, classify_transport_error, redact
-from traceexport.sinks.opik import load_settings
+from traceexport.sinks.settings import load_settings
 
 INGEST_PATH = "/v1/dify/traces"
 ENV = {"url": "TRACEEXPORT_FORWARD_URL", "token": "TRACEEXPORT_FORWARD_TOKEN"}
