@@ -10,7 +10,7 @@ from typing import Any
 
 from traceexport.dify import registry, runtime, tee, wiring
 from traceexport.dify.config import HookSettings
-from traceexport.dify.stats import STATS
+from traceexport.dify.counters import STATS
 from traceexport.pipeline import Route
 from traceexport.records import Record
 from traceexport.sinks.base import BatchLimits, ExportResult, Payload

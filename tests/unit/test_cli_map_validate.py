@@ -12,7 +12,7 @@ from tests.conftest import SAMPLE_FILES, SAMPLES, TESTS
 from traceexport.cli import build_parser, main
 from traceexport.mapping import BACKENDS
 
-EDGE_200KB = TESTS / "data" / "edge" / "edge-message-200kb-output.json"
+EDGE_200KB = TESTS / "golden" / "cases" / "edge-message-200kb-output.json"
 
 
 def _lines(text: str) -> list[dict]:  # type: ignore[type-arg]

@@ -20,7 +20,7 @@ from traceexport import dify
 from traceexport.dify import provider, runtime, wiring
 from traceexport.dify.autoload import autoload
 from traceexport.dify.config import HookSettings, TraceExportConfig, resolve_settings
-from traceexport.dify.stats import STATS
+from traceexport.dify.counters import STATS
 from traceexport.sinks.base import Payload
 from traceexport.sinks.forward import ForwardSettings, ForwardSink
 

@@ -33,7 +33,7 @@ def __getattr__(name: str) -> Any:
 
 def stats() -> dict[str, Any]:
     """The hook's counters (traced, queued, dropped, accepted, errors, ...) and per-exporter metrics."""
-    from traceexport.dify.stats import stats as snapshot
+    from traceexport.dify.counters import stats as snapshot
 
     return snapshot()
 

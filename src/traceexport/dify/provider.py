@@ -12,8 +12,8 @@ import os
 from typing import Any
 
 from traceexport.dify.config import PROVIDER_NAME, HookSettings, resolve_settings
+from traceexport.dify.counters import RATE_LOG, STATS
 from traceexport.dify.runtime import Item, exporter_for
-from traceexport.dify.stats import RATE_LOG, STATS
 from traceexport.dify.tee import app_id_of, call_tee
 
 HOMEPAGE = "https://github.com/traceexport/traceexport"

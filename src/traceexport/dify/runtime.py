@@ -27,7 +27,7 @@ from uuid import UUID
 
 from traceexport.dify import tee
 from traceexport.dify.config import HookSettings
-from traceexport.dify.stats import RATE_LOG, STATS
+from traceexport.dify.counters import RATE_LOG, STATS
 from traceexport.errors import RecordError, SpoolFullError
 from traceexport.records import Record, record_from_trace_info
 

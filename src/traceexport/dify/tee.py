@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from traceexport.dify.config import PROVIDER_NAME
-from traceexport.dify.stats import RATE_LOG, STATS
+from traceexport.dify.counters import RATE_LOG, STATS
 
 REGISTRY_MODULE = "core.ops.ops_trace_manager"
 CACHE_SECONDS = 300.0
