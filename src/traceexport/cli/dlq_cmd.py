@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from traceexport.cli.status_cmd import add_spool_argument, open_spool
+from traceexport.cli.status_cmd import add_spool_argument, query_spool
 from traceexport.pipeline import deadletter
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -84,13 +84,9 @@ def _stamp(epoch: float | None) -> str:
 
 def run_list(args: argparse.Namespace) -> int:
     """Print dead letters as a table or JSON."""
-    spool = open_spool(args)
-    if spool is None:
+    entries = query_spool(args, lambda spool: deadletter.list_entries(spool, args.sink))
+    if entries is None:
         return 2
-    try:
-        entries = deadletter.list_entries(spool, args.sink)
-    finally:
-        spool.close()
     if args.json:
         print(json.dumps([e.as_dict() for e in entries], indent=2))
         return 0
@@ -108,13 +104,10 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     """Print one dead letter as JSON, envelope included."""
-    spool = open_spool(args)
-    if spool is None:
+    found = query_spool(args, lambda spool: [deadletter.get_entry(spool, args.id)])
+    if found is None:
         return 2
-    try:
-        entry = deadletter.get_entry(spool, args.id)
-    finally:
-        spool.close()
+    entry = found[0]
     if entry is None:
         print(f"error: no dead letter with id {args.id}", file=sys.stderr)
         return 2
@@ -126,13 +119,9 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_replay(args: argparse.Namespace) -> int:
     """Move matching dead letters back to their sinks' queues."""
-    spool = open_spool(args)
-    if spool is None:
+    moved = query_spool(args, lambda spool: deadletter.replay(spool, args.sink, since=args.since, ids=args.ids))
+    if moved is None:
         return 2
-    try:
-        moved = deadletter.replay(spool, args.sink, since=args.since, ids=args.ids)
-    finally:
-        spool.close()
     if not moved:
         print("nothing to replay")
         return 0
@@ -144,16 +133,13 @@ def run_replay(args: argparse.Namespace) -> int:
 
 def run_purge(args: argparse.Namespace) -> int:
     """Delete matching dead letters; refuses without --yes."""
-    spool = open_spool(args)
-    if spool is None:
+    if not args.yes:
+        would = query_spool(args, lambda spool: deadletter.count(spool, args.sink, before=args.before))
+        if would is not None:
+            print(f"error: would delete {would} dead letters for good; add --yes to confirm", file=sys.stderr)
         return 2
-    try:
-        if not args.yes:
-            n = deadletter.count(spool, args.sink, before=args.before)
-            print(f"error: would delete {n} dead letters for good; add --yes to confirm", file=sys.stderr)
-            return 2
-        n = deadletter.purge(spool, args.sink, before=args.before)
-    finally:
-        spool.close()
+    n = query_spool(args, lambda spool: deadletter.purge(spool, args.sink, before=args.before))
+    if n is None:
+        return 2
     print(f"deleted {n} dead letter{'s' if n != 1 else ''}")
     return 0

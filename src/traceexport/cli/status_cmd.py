@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from traceexport.errors import ConfigError
 from traceexport.pipeline.metrics import snapshot
 from traceexport.pipeline.spool import Spool, spool_dir_default
 
+T = TypeVar("T")
 _COLUMNS = ("accepted", "exported", "retried", "dead_lettered", "dropped", "queue_depth",
             "oldest_pending_age_seconds")
 _HEADINGS = ("ACCEPTED", "EXPORTED", "RETRIED", "DEAD", "DROPPED", "PENDING", "OLDEST")
@@ -32,6 +34,17 @@ def open_spool(args: argparse.Namespace) -> Spool | None:
         return None
 
 
+def query_spool(args: argparse.Namespace, query: Callable[[Spool], T]) -> T | None:
+    """Run ``query`` on the existing spool and close it; None (after saying why) when there is no spool."""
+    spool = open_spool(args)
+    if spool is None:
+        return None
+    try:
+        return query(spool)
+    finally:
+        spool.close()
+
+
 def register(sub: Any) -> None:
     """Add the ``status`` command."""
     parser = sub.add_parser(
@@ -46,13 +59,9 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the status of the spool; 0, or 2 when there is no spool."""
-    spool = open_spool(args)
-    if spool is None:
+    snap = query_spool(args, snapshot)
+    if snap is None:
         return 2
-    try:
-        snap = snapshot(spool)
-    finally:
-        spool.close()
     if args.json:
         print(json.dumps(snap, indent=2, sort_keys=True))
         return 0

@@ -125,3 +125,7 @@ TRACE_INFO_TYPES: dict[str, type[BaseTraceInfo]] = {
     for cls in (WorkflowTraceInfo, MessageTraceInfo, ModerationTraceInfo, SuggestedQuestionTraceInfo,
                 DatasetRetrievalTraceInfo, ToolTraceInfo, GenerateNameTraceInfo)
 }
+
+
+__all__ = ["BaseTraceInfo", "DatasetRetrievalTraceInfo", "GenerateNameTraceInfo", "MessageTraceInfo",
+           "ModerationTraceInfo", "SuggestedQuestionTraceInfo", "TaskData", "ToolTraceInfo", "WorkflowTraceInfo"]

@@ -1,16 +1,3 @@
-"""Stand-in of core/ops/entities/trace_entity.py."""
+"""Stand-in of core/ops/entities/trace_entity.py: the same models in every layout."""
 
-from tests.dify_standin.common.entities import (
-    BaseTraceInfo,
-    DatasetRetrievalTraceInfo,
-    GenerateNameTraceInfo,
-    MessageTraceInfo,
-    ModerationTraceInfo,
-    SuggestedQuestionTraceInfo,
-    TaskData,
-    ToolTraceInfo,
-    WorkflowTraceInfo,
-)
-
-__all__ = ["BaseTraceInfo", "DatasetRetrievalTraceInfo", "GenerateNameTraceInfo", "MessageTraceInfo",
-           "ModerationTraceInfo", "SuggestedQuestionTraceInfo", "TaskData", "ToolTraceInfo", "WorkflowTraceInfo"]
+from tests.dify_standin.common.entities import *  # noqa: F403
