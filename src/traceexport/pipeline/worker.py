@@ -194,9 +194,17 @@ class SinkWorker:
         self._pause(result, out, now)
 
     def _pause(self, result: ExportResult, out: Outcome, now: float) -> None:
+        """Pause the whole sink only when nothing got through: a backend-wide outage or throttle.
+
+        When some items were accepted (e.g. Amplitude throttling a few users for 30 s), only the failed
+        items wait for their own retry time; the rest of the queue goes on.
+        """
+        if out.delivered:
+            self.paused_until = 0.0
+            return
         asked = max((f.retry_after or 0.0 for f in result.failures.values()), default=0.0)
         until = now + asked if asked else 0.0
-        if out.retry and not out.delivered:
+        if out.retry:
             until = max(until, min(nb for _, nb, *_ in out.retry))
         if until > now:
             reason = next(iter(result.failures.values())).reason

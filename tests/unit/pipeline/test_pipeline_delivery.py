@@ -127,6 +127,27 @@ def test_partial_failure_retries_only_the_failed_records(tmp_path: Path) -> None
     assert sink.calls[1][1] == [records[1].key]
 
 
+def test_throttled_items_wait_while_the_rest_of_the_queue_goes_on(tmp_path: Path) -> None:
+    """Items refused with their own Retry-After (Amplitude's throttled users) wait; later batches go at once."""
+    throttled: list[str] = []
+
+    def plan(payloads: Sequence[Payload], number: int) -> ExportResult:
+        if number == 0:
+            throttled.append(payloads[0].key)
+            return ExportResult(failures={0: ItemFailure("429 user throttled", permanent=False, retry_after=30.0)})
+        return ExportResult.success()
+
+    sink = ScriptedSink("a", plan, max_items=2)
+    records = make_records(6)
+    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.accept(records)
+        pipe.start()
+        assert wait_for(lambda: len(sink.delivered) == 5, timeout=10)
+        assert throttled[0] not in sink.delivered  # still waiting out its 30 s
+        assert pipe.pending()["a"] == 1
+        pipe.stop()
+
+
 def test_enricher_defers_one_record_without_blocking_the_rest(tmp_path: Path) -> None:
     """A record the enricher asks to wait for is sent later; the rest go at once; prepare runs once per key."""
     records = make_records(3)
