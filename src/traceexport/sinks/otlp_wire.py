@@ -71,16 +71,39 @@ def any_value(value: Any) -> bytes | None:
 
 
 def key_values(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
-    """Repeated ``KeyValue`` fields under ``tag``, in the dict's order, nulls left out."""
-    out = []
+    """Repeated ``KeyValue`` fields under ``tag``, in the dict's order, nulls left out.
+
+    Lengths are computed, not measured on concatenations, so each value's bytes are copied once here
+    (into the joined result) instead of once per nesting level.
+    """
+    parts: list[bytes] = []
+    append = parts.append
     for key, value in (attributes or {}).items():
-        encoded = any_value(value)
-        if encoded is None:
+        if value is None:
             continue
+        if value.__class__ is str:
+            payload = value.encode("utf-8")
+            head = _varint(len(payload))
+            value_len = 1 + len(head) + len(payload)
+            value_parts: tuple[bytes, ...] = (b"\x0a", head, payload)
+        else:
+            encoded = any_value(value)
+            if encoded is None:
+                continue
+            value_len = len(encoded)
+            value_parts = (encoded,)
         key_bytes = str(key).encode("utf-8")
-        entry = (_field(b"\x0a", key_bytes) if key_bytes else b"") + _field(b"\x12", encoded)
-        out.append(_field(tag, entry))
-    return b"".join(out)
+        value_head = _varint(value_len)
+        entry_len = 1 + len(value_head) + value_len
+        if key_bytes:
+            key_head = _varint(len(key_bytes))
+            entry_len += 1 + len(key_head) + len(key_bytes)
+            parts += (tag, _varint(entry_len), b"\x0a", key_head, key_bytes, b"\x12", value_head)
+        else:
+            parts += (tag, _varint(entry_len), b"\x12", value_head)
+        for part in value_parts:
+            append(part)
+    return b"".join(parts)
 
 
 def span_bytes(body: Mapping[str, Any]) -> bytes:
@@ -140,7 +163,20 @@ def scope_bytes(name: str, version: str) -> bytes:
 
 
 def request_bytes(spans: Iterable[bytes], resource: bytes, scope: bytes) -> bytes:
-    """A serialized ``ExportTraceServiceRequest``: one ResourceSpans holding one ScopeSpans."""
-    scope_spans = _field(b"\x0a", scope) + b"".join(_field(b"\x12", span) for span in spans)
-    resource_spans = _field(b"\x0a", resource) + _field(b"\x12", scope_spans)
-    return _field(b"\x0a", resource_spans)
+    """A serialized ``ExportTraceServiceRequest``: one ResourceSpans holding one ScopeSpans.
+
+    Built as one list of parts and joined once, so each span's bytes are copied a single time.
+    """
+    scope_field = _field(b"\x0a", scope)
+    span_parts: list[bytes] = []
+    spans_len = 0
+    for span in spans:
+        head = _varint(len(span))
+        span_parts += (b"\x12", head, span)
+        spans_len += 1 + len(head) + len(span)
+    scope_spans_len = len(scope_field) + spans_len
+    resource_field = _field(b"\x0a", resource)
+    scope_spans_head = _varint(scope_spans_len)
+    resource_spans_len = len(resource_field) + 1 + len(scope_spans_head) + scope_spans_len
+    return b"".join([b"\x0a", _varint(resource_spans_len), resource_field, b"\x12", scope_spans_head,
+                     scope_field, *span_parts])
