@@ -257,3 +257,13 @@ def test_logs_are_one_structured_line_with_secrets_masked() -> None:
     root.handlers[:] = saved[0]
     root.setLevel(saved[1])
     logging.getLogger("traceexport").setLevel(saved[2])
+
+
+def test_validate_lists_sink_problems_even_when_another_section_is_broken(tmp_path: Path) -> None:
+    """A broken spool section does not hide the sinks' own option problems: every problem is listed."""
+    path = tmp_path / "c.yaml"
+    path.write_text("spool:\n  max_bytes: lots\nsinks:\n  opik:\n    type: opik\n    url: not-a-url\n"
+                    "    colour: blue\n", encoding="utf-8")
+    problems = " | ".join(str(p) for p in validate_config_file(path, env={}))
+    assert "spool.max_bytes" in problems
+    assert "sinks.opik.url" in problems and "sinks.opik.colour" in problems

@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from traceexport.config.loader import parse_config, read_config_data
-from traceexport.config.models import Config
+from traceexport.config.models import Config, SinkConfig
 from traceexport.config.resolve import build_routes, serve_problems
 from traceexport.errors import ConfigError, Problem
 
@@ -48,14 +50,27 @@ def validate_config_file(path: str | Path, env: Mapping[str, str] | None = None)
         return problems
     config, more = parse_config(data, lines)
     problems += more
-    if config is None:
-        return problems
+    if config is None:  # other sections are broken: still check the sinks that parsed, so all is listed
+        return problems + _route_problems(_sinks_only(data), env)
     if not config.sinks and not env.get("TRACEEXPORT_TO"):
         problems.append(Problem("sinks", "no sink configured: add a sinks section (or pass --to to serve)"))
     problems += serve_problems(config)
     problems += celery_problems(config.sources.celery)
     problems += _route_problems(config, env)
     return problems
+
+
+def _sinks_only(data: Mapping[str, Any]) -> Config:
+    """A config holding just the sink sections that are valid on their own."""
+    sinks = data.get("sinks") if isinstance(data.get("sinks"), Mapping) else {}
+    valid = {}
+    for name, section in (sinks or {}).items():
+        try:
+            SinkConfig.model_validate(section)
+        except ValidationError:
+            continue  # parse_config has reported it already
+        valid[name] = section
+    return Config.model_validate({"sinks": valid})
 
 
 def _route_problems(config: Config, env: Mapping[str, str]) -> list[Problem]:
