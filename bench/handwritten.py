@@ -85,10 +85,6 @@ def _oi(messages: list[tuple[str, str]], prefix: str) -> dict[str, str]:
     return out
 
 
-def _genai(messages: list[tuple[str, str]]) -> str:
-    return _dumps([{"role": r, "parts": [{"type": "text", "content": c}]} for r, c in messages])
-
-
 def _chat(messages: list[tuple[str, str]]) -> list[dict[str, str]]:
     return [{"role": r, "content": c} for r, c in messages]
 
@@ -190,12 +186,10 @@ def _otlp_message(data: dict[str, Any], d: dict[str, Any]) -> list[Payload]:
     llm = _compact(llm)
     if inputs is not None:
         prompt = _messages(inputs, "user")
-        llm["gen_ai.input.messages"] = _genai(prompt)
         llm["input.value"] = _dumps(_chat(prompt))
         llm.update(_oi(prompt, "llm.input_messages"))
     if outputs is not None:
         answer = _messages(outputs, "assistant")
-        llm["gen_ai.output.messages"] = _genai(answer)
         llm.update(_oi(answer, "llm.output_messages"))
     model = _or(d["model"], "llm")
     return [agent_span, _otlp_span(data, _sid(d["message_id"], "llm"), message_sid, f"chat {model}", "CLIENT", llm)]
@@ -206,8 +200,7 @@ def _otlp_tool(data: dict[str, Any], d: dict[str, Any]) -> list[Payload]:
     attrs = _context(data, d)
     attrs.update({
         "openinference.span.kind": "TOOL", "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name,
-        "gen_ai.tool.type": "extension", "gen_ai.tool.call.arguments": _text(tool_in),
-        "gen_ai.tool.call.result": _text(tool_out), "tool.name": name,
+        "gen_ai.tool.type": "extension", "tool.name": name,
         "tool.parameters": _text(data["tool_parameters"] or None), "input.value": _text(tool_in),
         "input.mime_type": _JSON, "output.value": _text(tool_out),
         "dify.tool.provider": config.get("tool_provider"), "dify.tool.provider_type": config.get("tool_provider_type"),
@@ -223,7 +216,7 @@ def _otlp_retrieval(data: dict[str, Any], d: dict[str, Any]) -> list[Payload]:
     attrs = _context(data, d)
     attrs.update({
         "openinference.span.kind": "RETRIEVER", "gen_ai.operation.name": "retrieval",
-        "gen_ai.retrieval.query.text": query, "input.value": query,
+        "input.value": query,
         "dify.retrieval.document_count": d["document_count"], "dify.retrieval.top_score": d["top_score"],
         "tag.tags": ["dataset_retrieval"], "error.type": "RetrievalError" if d["failed"] else None,
     })
