@@ -9,6 +9,7 @@ in the spool, and the next start on the same spool resumes it.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import signal
@@ -36,6 +37,7 @@ def pipeline_settings(config: Config) -> PipelineSettings:
     return PipelineSettings(
         max_bytes=int(config.spool.max_bytes),
         on_full=config.spool.on_full,
+        delivery_process=config.spool.delivery_process,
         retry=RetryPolicy(max_attempts=retry.max_attempts, max_age=retry.max_age,
                           initial_backoff=retry.initial_backoff, max_backoff=retry.max_backoff),
     )
@@ -92,7 +94,10 @@ class Daemon:
     def _start(self, routes: list[Route]) -> None:
         spool_dir = Path(self.config.spool.dir)
         prepare = build_prepare(self.config, self.env)
-        self.pipeline = Pipeline(spool_dir, routes, pipeline_settings(self.config), prepare=prepare)
+        env = dict(self.env)  # picklable: a delivery process rebuilds sinks and enricher from config + env
+        self.pipeline = Pipeline(spool_dir, routes, pipeline_settings(self.config), prepare=prepare,
+                                 route_factory=functools.partial(build_routes, self.config, env),
+                                 prepare_factory=functools.partial(build_prepare, self.config, env))
         http = self.config.sources.http
         if http is not None:  # bind first: a taken port fails before anything runs
             host, port = split_host_port(http.listen)
@@ -185,6 +190,9 @@ class Daemon:
         """None when ready: pipeline running and spool directory writable; else why not."""
         if not self._running:
             return "pipeline not running"
+        delivery = self.pipeline.delivery if self.pipeline is not None else None
+        if delivery is not None and not delivery.alive():
+            return "delivery process is not running"
         if not os.access(self.config.spool.dir, os.W_OK):
             return f"spool directory {self.config.spool.dir} is not writable"
         return None

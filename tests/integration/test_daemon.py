@@ -146,3 +146,19 @@ def test_public_listen_without_token_refuses_to_start(tmp_path: Path) -> None:
                             cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "TRACEEXPORT_TOKEN" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_delivery_in_a_second_process_delivers_and_stops_cleanly(tmp_path: Path, otlp: OtlpFake) -> None:
+    """With spool.delivery_process on, a child process delivers what the daemon accepts; SIGTERM ends both."""
+    served = Served(tmp_path, config(tmp_path / "spool", otlp_sink(otlp),
+                                     spool_extra="  delivery_process: true\n"))
+    try:
+        for path in SAMPLE_FILES:
+            assert served.post(sample(path)).status_code == 202
+        wait_until(lambda: served.metric("traceexport_records_exported_total", "out") == len(SAMPLE_FILES),
+                   timeout=60, what="all samples exported by the delivery process")
+        assert len(otlp.spans) == len(SAMPLE_FILES) + 1
+        assert httpx.get(f"{served.base}/readyz").status_code == 200
+    finally:
+        assert served.stop() == 0
+    assert "Traceback" not in served.log()

@@ -56,6 +56,8 @@ class SpoolConfig(_Strict):
     dir: Path = Path(DEFAULT_SPOOL_DIR)
     max_bytes: ByteSize = ByteSize(1024**3)
     on_full: Literal["refuse", "drop_oldest"] = "refuse"
+    # Deliver from a second process on the same spool: ingest and delivery each get a core.
+    delivery_process: bool = False
 
 
 class RetryConfig(_Strict):

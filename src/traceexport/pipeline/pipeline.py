@@ -11,6 +11,7 @@ from typing import Any
 from traceexport import _json
 from traceexport.pipeline.metrics import prometheus_text, snapshot
 from traceexport.pipeline.prepared import Prepare, PreparedRecords
+from traceexport.pipeline.process import DeliveryProcess, PrepareFactory, RouteFactory
 from traceexport.pipeline.queue import SinkQueue
 from traceexport.pipeline.routing import check_routes, mask_for
 from traceexport.pipeline.settings import PipelineSettings, Route
@@ -28,15 +29,21 @@ class Pipeline:
     """
 
     def __init__(self, spool_dir: Path, routes: list[Route], settings: PipelineSettings | None = None,
-                 prepare: Prepare | None = None) -> None:
+                 prepare: Prepare | None = None, *, route_factory: RouteFactory | None = None,
+                 prepare_factory: PrepareFactory | None = None) -> None:
         check_routes(routes)
         self.settings = settings or PipelineSettings()
         self.routes = list(routes)
         self.spool = Spool(Path(spool_dir), self.settings)
         self.bits = self.spool.register_sinks([r.sink.name for r in self.routes])
-        self.records = PreparedRecords(prepare, self.settings.prepare_cache_size, len(self.routes))
-        self.workers = [SinkWorker(r, SinkQueue(self.spool, r.sink.name, self.bits[r.sink.name]), self.records,
-                                   self.spool, self.settings) for r in self.routes]
+        # With a delivery process, this process only accepts: the child rebuilds the routes and delivers.
+        self.delivery = (DeliveryProcess(Path(spool_dir), route_factory, self.settings, prepare_factory)
+                         if self.settings.delivery_process and route_factory is not None else None)
+        self.records = PreparedRecords(prepare, 0 if self.delivery else self.settings.prepare_cache_size,
+                                       len(self.routes))
+        self.workers = [] if self.delivery else [
+            SinkWorker(r, SinkQueue(self.spool, r.sink.name, self.bits[r.sink.name]), self.records, self.spool,
+                       self.settings) for r in self.routes]
         self._started = False
 
     @property
@@ -64,7 +71,9 @@ class Pipeline:
             worker.wake()
 
     def start(self) -> None:
-        """Start one delivery thread per sink (idempotent)."""
+        """Start one delivery thread per sink, or the delivery process (idempotent)."""
+        if self.delivery is not None:
+            self.delivery.start()
         for worker in self.workers:
             worker.start()
         self._started = True
@@ -72,6 +81,8 @@ class Pipeline:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop delivery within ``timeout`` seconds, shut the sinks down; pending items stay in the spool."""
         deadline = time.monotonic() + timeout
+        if self.delivery is not None:
+            self.delivery.stop(max(deadline - time.monotonic(), 0.1))
         for worker in self.workers:
             worker.stop(max(deadline - time.monotonic(), 0.1))
         for route in self.routes:

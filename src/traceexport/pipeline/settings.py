@@ -54,7 +54,8 @@ class PipelineSettings:
     ``max_bytes`` bounds the spool file on disk; when it is reached ``on_full="refuse"`` raises
     SpoolFullError (back-pressure) and ``"drop_oldest"`` deletes the oldest records, counting each drop.
     ``fsync`` makes every commit durable against power loss (SQLite ``synchronous=FULL``); without it
-    commits still survive a killed process.
+    commits still survive a killed process. ``delivery_process`` runs the sink workers in a child
+    process (see :mod:`traceexport.pipeline.process`), so ingest and delivery use two cores.
     """
 
     max_bytes: int = 2 * 1024**3
@@ -65,3 +66,5 @@ class PipelineSettings:
     full_retry_after: float = 5.0
     # Parsed/enriched records kept in memory, shared by sink workers (bounded: RSS matters).
     prepare_cache_size: int = 8192
+    # Deliver from a child process on the same spool (a second core); needs a route factory.
+    delivery_process: bool = False

@@ -1,0 +1,85 @@
+"""Delivery in a child process on the same spool: a second core, same guarantees."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline_helpers import make_records, wait_for
+
+from traceexport.mapping import load_mapping
+from traceexport.pipeline import Pipeline, PipelineSettings, Route
+from traceexport.sinks import create_sink
+
+
+def file_routes(out: str) -> list[Route]:
+    """One file-sink route (module level, so the child process can rebuild it)."""
+    sink = create_sink("file", "file", {"path": out, "fsync": False}, env={})
+    return [Route(sink, load_mapping("otlp"))]
+
+
+def _lines(out: Path) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(line) for path in out.glob("*.jsonl") for line in path.read_text("utf-8").splitlines()]
+
+
+def test_child_process_delivers_what_the_parent_accepts(tmp_path: Path) -> None:
+    """With delivery_process on, records accepted here are delivered by the child and counted in the spool."""
+    out = tmp_path / "out"
+    factory = functools.partial(file_routes, str(out))
+    settings = PipelineSettings(delivery_process=True, poll_interval=0.05)
+    with Pipeline(tmp_path / "spool", factory(), settings, route_factory=factory) as pipe:
+        assert pipe.delivery is not None and pipe.workers == []
+        pipe.start()
+        pipe.accept(make_records(20))
+        assert pipe.wait_idle(60)
+        assert pipe.metrics()["sinks"]["file"]["exported"] == 20
+        assert pipe.delivery.alive()
+        pipe.stop()
+        assert not pipe.delivery.alive()
+    assert len(_lines(out)) == 40  # a root span and an LLM span per message record
+
+
+DRIVER = r"""
+import functools, sys, time
+sys.path.insert(0, sys.argv[3])
+from test_delivery_process import file_routes
+from traceexport.pipeline import Pipeline, PipelineSettings
+factory = functools.partial(file_routes, sys.argv[2])
+pipe = Pipeline(sys.argv[1], factory(), PipelineSettings(delivery_process=True), route_factory=factory)
+pipe.start()
+print(pipe.delivery._process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_child_exits_when_the_parent_is_killed(tmp_path: Path) -> None:
+    """A parent killed with SIGKILL does not leave its delivery process running."""
+    here = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
+    parent = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path / "spool"), str(tmp_path / "out"), here],
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+
+        def gone() -> bool:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                return True
+            try:
+                with open(f"/proc/{child}/stat", encoding="ascii") as stat:  # a zombie awaiting init counts
+                    return stat.read().split()[2] == "Z"
+            except FileNotFoundError:
+                return True
+
+        assert wait_for(gone, timeout=15)
+    finally:
+        parent.kill()
