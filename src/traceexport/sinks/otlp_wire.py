@@ -70,39 +70,44 @@ def any_value(value: Any) -> bytes | None:
     return _field(b"\x0a", str(value).encode("utf-8"))
 
 
+_KEY_FIELDS: dict[str, bytes] = {}  # attribute key -> its encoded KeyValue.key field (keys repeat a lot)
+
+
+def _key_field(key: str) -> bytes:
+    field = _KEY_FIELDS.get(key)
+    if field is None:
+        raw = key.encode("utf-8")
+        field = b"\x0a" + _varint(len(raw)) + raw if raw else b""
+        if len(_KEY_FIELDS) < 8192:
+            _KEY_FIELDS[key] = field
+    return field
+
+
 def key_values(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     """Repeated ``KeyValue`` fields under ``tag``, in the dict's order, nulls left out.
 
     Lengths are computed, not measured on concatenations, so each value's bytes are copied once here
-    (into the joined result) instead of once per nesting level.
+    (into the joined result) instead of once per nesting level; encoded keys are cached.
     """
     parts: list[bytes] = []
-    append = parts.append
     for key, value in (attributes or {}).items():
         if value is None:
             continue
+        key_field = _key_field(key if key.__class__ is str else str(key))
         if value.__class__ is str:
             payload = value.encode("utf-8")
             head = _varint(len(payload))
             value_len = 1 + len(head) + len(payload)
-            value_parts: tuple[bytes, ...] = (b"\x0a", head, payload)
-        else:
-            encoded = any_value(value)
-            if encoded is None:
-                continue
-            value_len = len(encoded)
-            value_parts = (encoded,)
-        key_bytes = str(key).encode("utf-8")
-        value_head = _varint(value_len)
-        entry_len = 1 + len(value_head) + value_len
-        if key_bytes:
-            key_head = _varint(len(key_bytes))
-            entry_len += 1 + len(key_head) + len(key_bytes)
-            parts += (tag, _varint(entry_len), b"\x0a", key_head, key_bytes, b"\x12", value_head)
-        else:
-            parts += (tag, _varint(entry_len), b"\x12", value_head)
-        for part in value_parts:
-            append(part)
+            value_head = _varint(value_len)
+            entry_len = len(key_field) + 1 + len(value_head) + value_len
+            parts += (tag, _varint(entry_len), key_field, b"\x12", value_head, b"\x0a", head, payload)
+            continue
+        encoded = any_value(value)
+        if encoded is None:
+            continue
+        value_head = _varint(len(encoded))
+        entry_len = len(key_field) + 1 + len(value_head) + len(encoded)
+        parts += (tag, _varint(entry_len), key_field, b"\x12", value_head, encoded)
     return b"".join(parts)
 
 
