@@ -92,18 +92,13 @@ class SinkQueue:
             "SELECT min(not_before) FROM retries WHERE sink = ?", (self.name,)).fetchone()
         return None if row[0] is None else float(row[0])
 
-    def commit(self, outcome: Outcome, now: float | None = None, upto: int | None = None) -> None:
-        """Record every outcome of a batch and move the cursor to ``upto`` (default :attr:`read_pos`), atomically.
-
-        A worker that maps the next batch while one is in flight commits each batch with the read
-        position that batch ended at, so the cursor never passes records that are not settled yet.
-        """
+    def commit(self, outcome: Outcome, now: float | None = None) -> None:
+        """Record every outcome of a batch and move the cursor to :attr:`read_pos`, atomically."""
         now = time.time() if now is None else now
-        position = self.read_pos if upto is None else upto
         done_retries = [(self.name, i.seq) for i in (*outcome.delivered, *outcome.skipped) if i.from_retry]
         done_retries += [(self.name, d.item.seq) for d in outcome.dead if d.item.from_retry]
         with self.spool.write() as conn:
-            conn.execute("UPDATE sinks SET cursor = ? WHERE name = ?", (position, self.name))
+            conn.execute("UPDATE sinks SET cursor = ? WHERE name = ?", (self.read_pos, self.name))
             conn.executemany("DELETE FROM retries WHERE sink = ? AND seq = ?", done_retries)
             conn.executemany(
                 "INSERT OR REPLACE INTO retries(sink, seq, not_before, attempts, first_attempt, last_reason, "
@@ -123,7 +118,7 @@ class SinkQueue:
                         (self.name, "retried", len(outcome.retry)),
                         (self.name, "deferred", len(outcome.deferred)),
                         (self.name, "dead_lettered", len(outcome.dead))])
-        self.cursor = position
+        self.cursor = self.read_pos
         self._last_cursor_write = time.monotonic()
 
     def save_cursor(self, every: float = 1.0) -> None:

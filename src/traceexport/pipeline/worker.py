@@ -14,8 +14,6 @@ import random
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from traceexport.errors import RecordError
 from traceexport.pipeline.prepared import PreparedRecords
@@ -27,22 +25,6 @@ from traceexport.sinks.base import ExportResult, ItemFailure, Payload
 from traceexport.sinks.http import redact
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class Job:
-    """One mapped batch: its items, the read position after it, and the export in flight (if any)."""
-
-    batch: list[Item]
-    upto: int
-    outcome: Outcome
-    payloads: list[Payload] = field(default_factory=list)
-    owners: list[int] = field(default_factory=list)
-    future: Future[ExportResult] | None = None
-
-    @property
-    def seqs(self) -> set[int]:
-        return {item.seq for item in self.batch}
 
 
 class SinkWorker:
@@ -87,62 +69,14 @@ class SinkWorker:
         self._wake.set()
 
     def _run(self) -> None:
-        """The delivery loop, pipelined: the next batch is mapped while the previous one is on the wire."""
-        inflight: Job | None = None
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"traceexport-{self.sink.name}-send") as sender:
-            while not self._stop.is_set():
-                try:
-                    inflight = self._round(inflight, sender)
-                except Exception as exc:  # a spool or sink bug must not kill delivery: log, back off, go on
-                    log.error("sink %s: delivery loop error (%s: %s); retrying in %.1fs", self.sink.name,
-                              type(exc).__name__, redact(str(exc)), self.settings.poll_interval)
-                    inflight = None  # not committed: its records are sent again (at-least-once)
-                    self.queue.read_pos = self.queue.cursor
-                    self._stop.wait(self.settings.poll_interval)
-            if inflight is not None:
-                self._settle(inflight)
-
-    def _round(self, inflight: Job | None, sender: ThreadPoolExecutor) -> Job | None:
-        """Map the next batch, settle the one in flight, then put the new one on the wire."""
-        now = time.time()
-        if self.paused_until > now:
-            if inflight is not None:
-                self._settle(inflight)
-                return None
-            self._stop.wait(min(self.paused_until - now, self.settings.poll_interval))
-            return None
-        batch = self._collect(now, inflight.seqs if inflight is not None else set())
-        if not batch:
-            if inflight is not None:
-                self._settle(inflight)
-                return None
-            self._idle(now)
-            return None
-        job = self._prepare(batch)
-        if inflight is not None:
-            self._settle(inflight)
-            if self.paused_until > time.time():  # the previous answer asked us to wait: send this one later
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception as exc:  # a spool or sink bug must not kill delivery: log, back off, go on
+                log.error("sink %s: delivery loop error (%s: %s); retrying in %.1fs", self.sink.name,
+                          type(exc).__name__, redact(str(exc)), self.settings.poll_interval)
                 self.queue.read_pos = self.queue.cursor
-                return None
-        if job.payloads:
-            job.future = sender.submit(self._export, job.payloads)
-            return job
-        self._settle(job)
-        return None
-
-    def _settle(self, job: Job) -> None:
-        """Wait for the job's export, classify every item and commit the outcome with the job's position."""
-        if job.future is not None:
-            self._classify(job.batch, job.owners, job.future.result(), time.time(), job.outcome)
-        self.queue.commit(job.outcome, upto=job.upto)
-        self.spool.sweep()
-
-    def _idle(self, now: float) -> None:
-        self.queue.save_cursor()
-        self.spool.sweep()
-        due = self.queue.next_due()
-        wait = self.settings.poll_interval if due is None else min(self.settings.poll_interval, due - now)
-        self._wait(max(wait, 0.01))
+                self._stop.wait(self.settings.poll_interval)
 
     def _wait(self, seconds: float) -> None:
         self._wake.wait(max(seconds, 0.0))
@@ -156,16 +90,20 @@ class SinkWorker:
             return False
         batch = self._collect(now)
         if not batch:
-            self._idle(now)
+            self.queue.save_cursor()
+            self.spool.sweep()
+            due = self.queue.next_due()
+            wait = self.settings.poll_interval if due is None else min(self.settings.poll_interval, due - now)
+            self._wait(max(wait, 0.01))
             return False
         self.queue.commit(self.deliver(batch))
         self.spool.sweep()
         return True
 
-    def _collect(self, now: float, exclude: set[int] | None = None) -> list[Item]:
+    def _collect(self, now: float) -> list[Item]:
         limit = max(self.sink.limits.max_items, 1)
         self._wake.clear()
-        items = self.queue.fetch_due(limit, now, exclude or set())
+        items = self.queue.fetch_due(limit, now, set())
         if len(items) >= limit:
             return items
         fresh = self.queue.fetch_fresh(limit - len(items))
@@ -183,26 +121,23 @@ class SinkWorker:
 
     def deliver(self, batch: Sequence[Item]) -> Outcome:
         """Map and export ``batch`` once; classify every item (no spool writes here)."""
-        job = self._prepare(batch)
-        if job.payloads:
-            result = self._export(job.payloads)
-            # Waits (Retry-After, backoff) count from the answer, not from when the batch was built.
-            self._classify(job.batch, job.owners, result, time.time(), job.outcome)
-        return job.outcome
-
-    def _prepare(self, batch: Sequence[Item]) -> Job:
-        """Map every item of ``batch``; the job remembers the read position the batch ends at."""
         now = time.time()
-        job = Job(list(batch), self.queue.read_pos, Outcome())
+        out = Outcome()
+        payloads: list[Payload] = []
+        owners: list[int] = []
         for index, item in enumerate(batch):
-            mapped = self._map(item, now, job.outcome)
+            mapped = self._map(item, now, out)
             if mapped is None:
                 continue
             if not mapped:
-                job.outcome.skipped.append(item)
-            job.payloads.extend(mapped)
-            job.owners.extend([index] * len(mapped))
-        return job
+                out.skipped.append(item)
+            payloads.extend(mapped)
+            owners.extend([index] * len(mapped))
+        if payloads:
+            result = self._export(payloads)
+            # Waits (Retry-After, backoff) count from the answer, not from when the batch was built.
+            self._classify(batch, owners, result, time.time(), out)
+        return out
 
     def _map(self, item: Item, now: float, out: Outcome) -> list[Payload] | None:
         try:
