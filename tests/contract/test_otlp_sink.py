@@ -68,7 +68,7 @@ def test_protobuf_export_keeps_ids_times_and_attributes(fake: OtlpFake) -> None:
     assert result.ok and not result.warnings
     (request,) = fake.requests
     assert request.headers["content-type"] == "application/x-protobuf"
-    assert request.headers["content-encoding"] == "gzip"
+    assert "content-encoding" not in request.headers  # the OTLP spec's default: no compression
     first, second = fake.spans
     assert first["traceId"] == "0af7651916cd43dd8448eb211c80319c" and first["spanId"] == "0000000000000001"
     assert first["parentSpanId"] is None and second["parentSpanId"] == "0000000000000001"
@@ -390,3 +390,16 @@ def test_mapped_samples_reach_the_receiver(fake: OtlpFake) -> None:
     assert [s["spanId"] for s in fake.spans] == [p.body["spanId"] for p in payloads]
     kinds = {s["attributes"]["openinference.span.kind"] for s in fake.spans}
     assert {"CHAIN", "LLM", "TOOL", "RETRIEVER", "GUARDRAIL"} <= kinds
+
+
+def test_gzip_is_one_setting_away(fake: OtlpFake) -> None:
+    """compression: gzip (or OTEL_EXPORTER_OTLP_COMPRESSION=gzip) compresses the body; the receiver decodes it."""
+    sink = sink_for(fake, compression="gzip")
+    assert sink.export([span(0)]).ok
+    sink.shutdown()
+    (request,) = fake.requests
+    assert request.headers["content-encoding"] == "gzip"
+    assert [s["spanId"] for s in fake.spans] == ["0000000000000001"]
+    from_env = from_config("otlp", {"endpoint": fake.url}, {"OTEL_EXPORTER_OTLP_COMPRESSION": "gzip"})
+    assert from_env.settings.compression is True
+    from_env.shutdown()

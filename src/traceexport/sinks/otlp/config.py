@@ -246,7 +246,8 @@ def otlp_settings(name: str, options: Mapping[str, Any], env: Mapping[str, str])
         endpoint=endpoint,
         protocol=protocol,
         headers=headers,
-        compression=resolve_compression(opts, env, problems, default=protocol != "grpc"),
+        # The OTLP exporter spec's default is no compression; gzip is one setting away for remote receivers.
+        compression=resolve_compression(opts, env, problems, default=False),
         timeout=resolve_timeout(opts, env, problems),
         insecure=_resolve_insecure(opts, env, endpoint) if protocol == "grpc" else False,
         resource_attributes=resolve_resource(opts, env, problems, opts.project_name),
