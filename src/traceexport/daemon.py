@@ -37,7 +37,8 @@ def pipeline_settings(config: Config) -> PipelineSettings:
     return PipelineSettings(
         max_bytes=int(config.spool.max_bytes),
         on_full=config.spool.on_full,
-        delivery_process=config.spool.delivery_process,
+        delivery_process=(config.spool.delivery_process if config.spool.delivery_process is not None
+                          else (os.cpu_count() or 1) >= 2),
         retry=RetryPolicy(max_attempts=retry.max_attempts, max_age=retry.max_age,
                           initial_backoff=retry.initial_backoff, max_backoff=retry.max_backoff),
     )

@@ -56,8 +56,9 @@ class SpoolConfig(_Strict):
     dir: Path = Path(DEFAULT_SPOOL_DIR)
     max_bytes: ByteSize = ByteSize(1024**3)
     on_full: Literal["refuse", "drop_oldest"] = "refuse"
-    # Deliver from a second process on the same spool: ingest and delivery each get a core.
-    delivery_process: bool = False
+    # Deliver from a second process on the same spool, so ingest and delivery each get a core.
+    # Unset: on when the machine has two cores or more.
+    delivery_process: bool | None = None
 
 
 class RetryConfig(_Strict):
