@@ -85,10 +85,6 @@ def _oi(messages: list[tuple[str, str]], prefix: str) -> dict[str, str]:
     return out
 
 
-def _chat(messages: list[tuple[str, str]]) -> list[dict[str, str]]:
-    return [{"role": r, "content": c} for r, c in messages]
-
-
 def _documents(documents: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for index, doc in enumerate(documents if isinstance(documents, list) else []):
@@ -184,10 +180,10 @@ def _otlp_message(data: dict[str, Any], d: dict[str, Any]) -> list[Payload]:
         "error.type": "MessageError" if failed else None,
     })
     llm = _compact(llm)
-    if inputs is not None:
-        prompt = _messages(inputs, "user")
-        llm["input.value"] = _dumps(_chat(prompt))
-        llm.update(_oi(prompt, "llm.input_messages"))
+    prompt = d.get("messages")  # the prompt, normalised once by the record parser
+    if prompt is not None:
+        llm["input.value"] = _dumps(prompt)
+        llm.update(_oi([(m["role"], m["content"]) for m in prompt], "llm.input_messages"))
     if outputs is not None:
         answer = _messages(outputs, "assistant")
         llm.update(_oi(answer, "llm.output_messages"))
@@ -329,9 +325,9 @@ def _opik_workflow(data: dict[str, Any], d: dict[str, Any]) -> list[Payload]:
 
 
 def _opik_message(data: dict[str, Any], d: dict[str, Any]) -> list[Payload]:
-    inputs, outputs, mode = data["inputs"], data["outputs"], data["conversation_mode"]
+    outputs, mode = data["outputs"], data["conversation_mode"]
     md = data["message_data"]
-    messages = None if inputs is None else _chat(_messages(inputs, "user"))
+    messages = d.get("messages")
     ttft = data["gen_ai_server_time_to_first_token"]
     ttft_ms = ttft * 1000 if isinstance(ttft, int | float) else None
     meta = _metadata(data, d)

@@ -16,6 +16,7 @@ from typing import Any
 
 from traceexport import _json as fastjson
 from traceexport.mapping import ids
+from traceexport.records.values import message_pairs
 
 Impl = Callable[..., Any]
 
@@ -350,39 +351,30 @@ def _flatten_indexed(value: Any, prefix: Any, subkey: Any = "") -> dict[str, Any
 
 
 # --- Dify message shapes ---------------------------------------------------------------------------
-def _dify_messages(value: Any, default_role: str) -> list[dict[str, Any]]:
-    """Dify's saved prompt list ``[{role, text, files}]`` (or plain text) as ``[{role, content}]``."""
-    if isinstance(value, str):
-        return [{"role": default_role, "content": value}]
-    messages: list[dict[str, Any]] = []
-    for item in value if isinstance(value, list) else []:
-        if isinstance(item, dict):
-            content = item.get("text") if "text" in item else item.get("content")
-            messages.append({"role": str(item.get("role") or default_role),
-                             "content": content if isinstance(content, str) else _dump(content)})
-    return messages
+def _pairs(value: Any, role: Any) -> list[tuple[str, str]]:
+    """(role, text) pairs of a Dify prompt list, a [{role, content}] list or plain text."""
+    return [(r, c if isinstance(c, str) else _dump(c)) for r, c in message_pairs(value, str(role))]
 
 
 @_register("chat_messages", "Dify prompt list or text as [{role, content}] (OpenAI style); role for text: "
            "chat_messages('assistant')", 0, 1)
 def _chat_messages(value: Any, role: Any = "user") -> list[dict[str, Any]]:
-    return _dify_messages(value, str(role))
+    return [{"role": r, "content": c} for r, c in _pairs(value, role)]
 
 
 @_register("genai_messages", "Dify prompt list or text as GenAI semconv messages "
            "[{role, parts:[{type: text, content}]}]: genai_messages('assistant')", 0, 1)
 def _genai_messages(value: Any, role: Any = "user") -> list[dict[str, Any]]:
-    return [{"role": m["role"], "parts": [{"type": "text", "content": m["content"]}]}
-            for m in _dify_messages(value, str(role))]
+    return [{"role": r, "parts": [{"type": "text", "content": c}]} for r, c in _pairs(value, role)]
 
 
 @_register("oi_messages", "an object to merge: messages as OpenInference PREFIX.N.message.{role,content} keys: "
            "oi_messages('llm.input_messages')", 1, 2)
 def _oi_messages(value: Any, prefix: Any, role: Any = "user") -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for index, message in enumerate(_dify_messages(value, str(role))):
-        out[f"{prefix}.{index}.message.role"] = message["role"]
-        out[f"{prefix}.{index}.message.content"] = message["content"]
+    for index, (message_role, content) in enumerate(_pairs(value, role)):
+        out[f"{prefix}.{index}.message.role"] = message_role
+        out[f"{prefix}.{index}.message.content"] = content
     return out
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from traceexport import _json as fastjson
 from traceexport.errors import RecordError
 from traceexport.records.nodes import node_from_ee_record
-from traceexport.records.values import as_utc, none_if_blank, short_provider, timing, to_number
+from traceexport.records.values import as_utc, message_pairs, none_if_blank, short_provider, timing, to_number
 
 _PRICE_KEYS = (
     "total_price",
@@ -159,6 +160,10 @@ def normalize(record_type: str, data: dict[str, Any], app_id: str | None) -> dic
             _user_from_invoked_by(data.get("invoked_by")),
         ),
     }
+    inputs = data.get("inputs")
+    if isinstance(inputs, list | str):  # the prompt as [{role, content}], once for every mapping
+        derived["messages"] = [{"role": role, "content": content if isinstance(content, str) else _text(content)}
+                               for role, content in message_pairs(inputs, "user")]
     if record_type == "dataset_retrieval":
         derived.update(_documents(data.get("documents")))
     elif record_type == "workflow_node":
@@ -294,6 +299,10 @@ _TYPE_FACTS = {
 }
 
 
+def _text(value: Any) -> str:
+    return fastjson.dumps(value)
+
+
 def _documents(documents: Any) -> dict[str, Any]:
     """Retrieval documents as ``[{id, content, score, metadata}]`` plus count and top score."""
     out: list[dict[str, Any]] = []
@@ -324,5 +333,7 @@ DERIVED_KEYS = frozenset(
         "session_id", "user_id", "documents", "document_count", "top_score",
         # workflow node spans (enrichment / Enterprise node records)
         "nodes", "nodes_missing", "nodes_incomplete", "nodes_source",
+        # the prompt (inputs) as [{role, content}]
+        "messages",
     }
 )

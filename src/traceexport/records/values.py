@@ -71,3 +71,16 @@ def timing(start: datetime, end: datetime) -> dict[str, Any]:
         "start_ms": start_ns // 1_000_000,
         "duration_ms": round((end_ns - start_ns) / 1_000_000, 3),
     }
+
+
+def message_pairs(value: Any, default_role: str) -> list[tuple[str, Any]]:
+    """Dify's saved prompt list ``[{role, text, files}]`` (or ``[{role, content}]``, or plain text) as
+    ``(role, content)`` pairs; non-text content is left as is for the caller to encode."""
+    if isinstance(value, str):
+        return [(default_role, value)]
+    pairs: list[tuple[str, Any]] = []
+    for item in value if isinstance(value, list) else ():
+        if isinstance(item, dict):
+            content = item.get("text") if "text" in item else item.get("content")
+            pairs.append((str(item.get("role") or default_role), content))
+    return pairs
