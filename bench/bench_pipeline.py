@@ -111,7 +111,7 @@ def throughput(n: int, target: str, url: str | None, work: Path, stream: str = "
     start = time.perf_counter()
     for i in range(0, n, 500):
         pipe.accept([r for r in parse_records("\n".join(texts[i:i + 500])) if isinstance(r, Record)])
-    idle = pipe.wait_idle(600)
+    idle = pipe.flush(600)
     elapsed = time.perf_counter() - start
     exported = pipe.metrics()["sinks"][sink.name]["exported"]
     pipe.close()

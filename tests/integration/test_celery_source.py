@@ -136,6 +136,18 @@ def test_processor_accepts_then_acks_then_deletes(tmp_path: Path) -> None:
     assert storage.load(ref.storage_key) is None
 
 
+def test_processor_sets_aside_a_stored_file_that_is_not_json(tmp_path: Path) -> None:
+    """A stored file that is not JSON is invalid with a one-line reason: acknowledged and kept, never raised."""
+    storage = LocalStorage(tmp_path)
+    ref = parse_task({"task": DIFY_TASK_NAME, "id": "t"}, [[{"file_id": "f2", "app_id": "a1"}], {}, {}])
+    storage.save(ref.storage_key, b"{not json")
+    events: list[str] = []
+    processor = TraceFileProcessor(storage, lambda records: events.append("accept"), failed_prefix="failed/",
+                                   retry_delay=0, stopping=threading.Event(), stats=Stats())
+    assert processor.process(ref, lambda: events.append("ack"), lambda: events.append("requeue")) == "invalid"
+    assert events == ["ack"] and processor.stats.snapshot()["invalid"] == 1
+
+
 def test_processor_requeues_without_ack_when_the_spool_is_full(tmp_path: Path) -> None:
     """SpoolFullError leaves the message unacknowledged: it is requeued and the file is kept."""
     storage = LocalStorage(tmp_path)

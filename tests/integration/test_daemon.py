@@ -107,11 +107,19 @@ def test_posted_samples_reach_the_backend_and_bad_requests_are_refused(tmp_path:
 
 
 def test_full_spool_answers_503_with_retry_after(tmp_path: Path, otlp: OtlpFake) -> None:
-    """With a tiny spool limit the daemon pushes back with 503 and Retry-After."""
-    served = Served(tmp_path, config(tmp_path / "spool", otlp_sink(otlp), spool_extra="  max_bytes: 1\n"))
+    """With the smallest spool (1 MiB) and the backend down, the daemon pushes back with 503 and Retry-After."""
+    otlp.fail_next(10**6, 503)
+    served = Served(tmp_path, config(tmp_path / "spool", otlp_sink(otlp), spool_extra="  max_bytes: 1MiB\n"))
+    lines = "\n".join(json.dumps(sample(SAMPLE_FILES[0])) for _ in range(2)).encode()  # under max_body_bytes
     try:
-        response = served.post(sample(SAMPLE_FILES[0]))
-        assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
+        statuses = []
+        for _ in range(400):  # 2 records of a few KB per post: full long before 400 posts
+            response = served.post(lines, content_type="application/x-ndjson")
+            statuses.append(response.status_code)
+            if response.status_code != 202:
+                break
+        assert statuses[0] == 202 and statuses[-1] == 503, statuses
+        assert int(response.headers["Retry-After"]) >= 1
     finally:
         assert served.stop() == 0
 

@@ -196,7 +196,7 @@ def test_full_spool_refuses_new_input_and_keeps_what_was_accepted(tmp_path: Path
     accepted records are delivered and input is taken again."""
     with OpikFake() as fake:
         fake.fail_next(10**6, 503)
-        settings = PipelineSettings(retry=QUICK, max_bytes=300_000, full_retry_after=2.0)
+        settings = PipelineSettings(retry=QUICK, max_bytes=1_500_000, full_retry_after=2.0)
         with Pipeline(tmp_path, [opik_route(fake)], settings) as pipe:
             pipe.start()
             accepted: list[Record] = []

@@ -18,6 +18,7 @@ SINK_TYPES = ("opik", "amplitude", "otlp", "langfuse", "file")
 MAPPING_BACKENDS = ("opik", "amplitude", "otlp", "langfuse")
 DEFAULT_LISTEN = "127.0.0.1:4319"
 DEFAULT_SPOOL_DIR = "traceexport-spool"
+MIN_SPOOL_BYTES = 1024**2  # an empty spool file alone takes ~360 KB (32 KiB pages)
 DEFAULT_OUT_DIR = "traceexport-out"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -54,7 +55,7 @@ class SpoolConfig(_Strict):
     """Where accepted records wait for delivery, and what happens when it is full."""
 
     dir: Path = Path(DEFAULT_SPOOL_DIR)
-    max_bytes: ByteSize = ByteSize(1024**3)
+    max_bytes: Annotated[ByteSize, Field(ge=MIN_SPOOL_BYTES)] = ByteSize(1024**3)
     on_full: Literal["refuse", "drop_oldest"] = "refuse"
     # Deliver from a second process on the same spool, so ingest and delivery each get a core.
     # Unset: on when the machine has two cores or more.

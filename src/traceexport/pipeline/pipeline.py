@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from traceexport import _json
 from traceexport.pipeline.metrics import prometheus_text, snapshot
 from traceexport.pipeline.prepared import Prepare, PreparedRecords
 from traceexport.pipeline.process import DeliveryProcess, PrepareFactory, RouteFactory
@@ -30,7 +30,7 @@ class Pipeline:
 
     def __init__(self, spool_dir: Path, routes: list[Route], settings: PipelineSettings | None = None,
                  prepare: Prepare | None = None, *, route_factory: RouteFactory | None = None,
-                 prepare_factory: PrepareFactory | None = None) -> None:
+                 prepare_factory: PrepareFactory | None = None, flushing: Any = None) -> None:
         check_routes(routes)
         self.settings = settings or PipelineSettings()
         self.routes = list(routes)
@@ -41,9 +41,11 @@ class Pipeline:
                          if self.settings.delivery_process and route_factory is not None else None)
         self.records = PreparedRecords(prepare, 0 if self.delivery else self.settings.prepare_cache_size,
                                        len(self.routes))
+        # Up while flush() waits: workers send partial batches at once (a delivery process passes its own).
+        self._flushing = flushing if flushing is not None else threading.Event()
         self.workers = [] if self.delivery else [
             SinkWorker(r, SinkQueue(self.spool, r.sink.name, self.bits[r.sink.name]), self.records, self.spool,
-                       self.settings) for r in self.routes]
+                       self.settings, self._flushing) for r in self.routes]
         self._started = False
 
     @property
@@ -64,9 +66,15 @@ class Pipeline:
                 kept.append(record)
                 fanout.append(mask.bit_count())
                 rows.append(SpoolRow(mask, record.key, record.type, record.app_id, record.trace_key,
-                                     _json.dumps(record.envelope)))
+                                     record.envelope_text()))
         self.spool.accept(rows)
         self.records.seed(kept, fanout)
+        self.wake()
+
+    def wake(self) -> None:
+        """Records were committed (here or by another process): let delivery look now."""
+        if self.delivery is not None:
+            self.delivery.notify()
         for worker in self.workers:
             worker.wake()
 
@@ -113,6 +121,28 @@ class Pipeline:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
+
+    def flush(self, timeout: float) -> bool:
+        """Deliver everything accepted so far without lingering for fuller batches; False on timeout.
+
+        For callers that know no more input is coming soon (``export``, ``replay``): the last partial
+        batch goes out now instead of after the sink's linger time.
+        """
+        self._set_flushing(True)
+        try:
+            return self.wait_idle(timeout)
+        finally:
+            self._set_flushing(False)
+
+    def _set_flushing(self, on: bool) -> None:
+        if self.delivery is not None:
+            self.delivery.set_flushing(on)
+        elif on:
+            self._flushing.set()
+        else:
+            self._flushing.clear()
+        for worker in self.workers:
+            worker.wake()
 
     def metrics(self) -> dict[str, Any]:
         """Counters per sink (accepted, exported, retried, ...), queue depth and oldest pending age."""

@@ -4,8 +4,10 @@ One Python process is bound to one core by the GIL. Ingest (parsing, the spool c
 (re-parsing, mapping, encoding, HTTP) are independent once a record is in the spool, so the parent
 accepts and a spawned child delivers, both working on the same SQLite file (WAL lets them). Sinks are
 not picklable, so the child rebuilds its routes from a picklable factory (a module-level function, or
-a ``functools.partial`` of one). The child stops when asked, and on its own when the parent dies
-(``kill -9``), leaving everything undelivered in the spool for the next start.
+a ``functools.partial`` of one). After every commit the parent sets a shared "new records" event, so
+the child's workers look at once instead of sleeping out their poll interval or linger time. The child
+stops when asked, and on its own when the parent dies (``kill -9``), leaving everything undelivered in
+the spool for the next start.
 """
 
 from __future__ import annotations
@@ -37,14 +39,29 @@ class DeliveryProcess:
         self.prepare_factory = prepare_factory
         context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
         self._stop = context.Event()
+        self._accepted = context.Event()
+        self._flushing = context.Event()
         self._process = context.Process(
             target=run_delivery, name="traceexport-delivery", daemon=True,
-            args=(self.spool_dir, route_factory, settings, prepare_factory, self._stop, os.getpid()))
+            args=(self.spool_dir, route_factory, settings, prepare_factory, self._stop, self._accepted,
+                  self._flushing, os.getpid()))
 
     def start(self) -> None:
         """Spawn the child (idempotent)."""
         if self._process.pid is None:
             self._process.start()
+
+    def notify(self) -> None:
+        """New records are committed: wake the child's workers."""
+        self._accepted.set()
+
+    def set_flushing(self, on: bool) -> None:
+        """While on, the child's workers send partial batches at once instead of lingering."""
+        if on:
+            self._flushing.set()
+        else:
+            self._flushing.clear()
+        self._accepted.set()
 
     def alive(self) -> bool:
         """True while the child runs."""
@@ -63,15 +80,20 @@ class DeliveryProcess:
 
 
 def run_delivery(spool_dir: Path, route_factory: RouteFactory, settings: PipelineSettings,
-                 prepare_factory: PrepareFactory | None, stop: Any, parent_pid: int) -> None:
+                 prepare_factory: PrepareFactory | None, stop: Any, accepted: Any, flushing: Any,
+                 parent_pid: int) -> None:
     """The child's main: deliver from the spool until told to stop or orphaned."""
     from traceexport.pipeline.pipeline import Pipeline  # the child imports on its own
 
     local = dataclasses.replace(settings, delivery_process=False)
-    pipe = Pipeline(spool_dir, route_factory(), local, prepare_factory() if prepare_factory else None)
+    pipe = Pipeline(spool_dir, route_factory(), local, prepare_factory() if prepare_factory else None,
+                    flushing=flushing)
     pipe.start()
     try:
-        while not stop.wait(0.5):
+        while not stop.is_set():
+            if accepted.wait(0.5):
+                accepted.clear()  # cleared before the workers look: a later commit sets it again
+                pipe.wake()
             if os.getppid() != parent_pid:  # the parent died: stop cleanly, the spool keeps the rest
                 break
     finally:

@@ -36,6 +36,7 @@ MAX_SINKS = 62
 COUNTER_NAMES = (
     "accepted", "exported", "retried", "deferred", "dead_lettered", "dropped", "skipped", "replayed",
 )
+_PAGE_SIZE = 32768
 # Rows beyond the slowest cursor examined per sweep for records owed only to faster sinks.
 _SWEEP_WINDOW = 20_000
 
@@ -100,6 +101,9 @@ class Spool:
         if conn is None:
             try:
                 conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+                # Records are a few KB each: 32 KiB pages hold several, which halves the cost of inserting
+                # and deleting them (bench). Only takes effect on a new file, before WAL is switched on.
+                conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute(f"PRAGMA synchronous={'FULL' if self.settings.fsync else 'NORMAL'}")
             except sqlite3.Error as exc:
@@ -233,13 +237,14 @@ class Spool:
             sinks = conn.execute("SELECT bit, cursor FROM sinks").fetchall()
             if not sinks:
                 return 0
-            low = min(c for _, c in sinks)
+            low, high = min(c for _, c in sinks), max(c for _, c in sinks)
             done = "seq NOT IN (SELECT seq FROM retries)"
             deleted = conn.execute(f"DELETE FROM records WHERE seq <= ? AND {done}", (low,)).rowcount
-            owed = " AND ".join(f"NOT ((mask >> {bit}) & 1 AND seq > {cursor})" for bit, cursor in sinks)
-            deleted += conn.execute(
-                f"DELETE FROM records WHERE seq > ? AND seq <= ? AND {owed} "
-                "AND seq NOT IN (SELECT seq FROM retries)", (low, low + _SWEEP_WINDOW)).rowcount
+            if high > low:  # past the fastest cursor every record is still owed to some sink
+                owed = " AND ".join(f"NOT ((mask >> {bit}) & 1 AND seq > {cursor})" for bit, cursor in sinks)
+                deleted += conn.execute(
+                    f"DELETE FROM records WHERE seq > ? AND seq <= ? AND {owed} AND {done}",
+                    (low, min(high, low + _SWEEP_WINDOW))).rowcount
         return int(deleted)
 
     # -- counters --------------------------------------------------------------------------------

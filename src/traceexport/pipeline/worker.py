@@ -1,8 +1,9 @@
 """One delivery thread per sink: gather a batch, map it, make one export attempt, record the outcome.
 
 A batch is bounded by ``sink.limits.max_items`` records and ``sink.limits.linger_seconds`` of waiting
-for more. Each record's payloads are delivered together: a record is done when all of them were
-accepted, dead-lettered when one was refused permanently (or its retries ran out), and retried otherwise.
+for more (no waiting while the pipeline is flushing). Each record's payloads are delivered together: a
+record is done when all of them were accepted, dead-lettered when one was refused permanently (or its
+retries ran out), and retried otherwise.
 When a whole batch fails, or the backend sends ``Retry-After``, the sink pauses: no request reaches
 that backend before the wait is over, while the other sinks go on.
 """
@@ -14,6 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
 from traceexport.errors import RecordError
 from traceexport.pipeline.prepared import PreparedRecords
@@ -27,11 +29,19 @@ from traceexport.sinks.http import redact
 log = logging.getLogger(__name__)
 
 
+class Flag(Protocol):
+    """A threading or multiprocessing Event, as far as a worker reads it."""
+
+    def is_set(self) -> bool:
+        """Whether the flag is up."""
+        ...
+
+
 class SinkWorker:
     """The delivery loop of one sink, in its own daemon thread."""
 
     def __init__(self, route: Route, queue: SinkQueue, records: PreparedRecords, spool: Spool,
-                 settings: PipelineSettings) -> None:
+                 settings: PipelineSettings, flushing: Flag | None = None) -> None:
         self.route = route
         self.sink = route.sink
         self.queue = queue
@@ -42,6 +52,7 @@ class SinkWorker:
         self._rng = random.Random()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._flushing: Flag = flushing if flushing is not None else threading.Event()  # up: never linger
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -110,7 +121,7 @@ class SinkWorker:
         items += fresh
         linger = self.sink.limits.linger_seconds
         deadline = time.monotonic() + linger
-        while fresh and len(items) < limit and not self._stop.is_set():
+        while fresh and len(items) < limit and not self._stop.is_set() and not self._flushing.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

@@ -22,13 +22,19 @@ class Record:
     """One normalised Dify trace record.
 
     ``data`` is the mapping context: the TraceInfo fields (cleaned), plus ``derived``, ``app_id`` and
-    ``record_type``. ``envelope`` is the record as a TaskData dict, the form the spool keeps.
+    ``record_type``. ``envelope`` is the record as a TaskData dict, the form the spool keeps (as
+    :meth:`envelope_text`).
     """
 
     type: str
     app_id: str | None
     data: dict[str, Any]
     envelope: dict[str, Any]
+    raw: str | None = None  # the envelope's JSON text as received, when it arrived as one JSON text
+
+    def envelope_text(self) -> str:
+        """The envelope as JSON text: the text it arrived as (no re-encoding), else freshly encoded."""
+        return self.raw if self.raw is not None else _json.dumps(self.envelope)
 
     @property
     def key(self) -> str:
@@ -103,8 +109,12 @@ def record_from_trace_info(trace_info: Any, type_name: str | None = None, app_id
     return Record(type=record_type, app_id=data["app_id"], data=data, envelope=envelope)
 
 
-def record_from_obj(obj: Any, type_name: str | None = None) -> Record:
-    """A Record from a TaskData envelope dict or a bare TraceInfo dict."""
+def record_from_obj(obj: Any, type_name: str | None = None, *, raw: str | None = None) -> Record:
+    """A Record from a TaskData envelope dict or a bare TraceInfo dict.
+
+    ``raw`` is the JSON text ``obj`` was parsed from, if the caller has it: an envelope keeps it as its
+    stored form instead of being encoded again.
+    """
     if not isinstance(obj, dict):
         raise RecordError(f"expected a JSON object, got {type(obj).__name__}")
     if "trace_info" in obj and ("trace_info_type" in obj or "app_id" in obj):
@@ -119,7 +129,9 @@ def record_from_obj(obj: Any, type_name: str | None = None) -> Record:
         if canonical_type(declared) is None:
             raise RecordError(f"unknown record type {declared!r}")
         app_id = obj.get("app_id") if isinstance(obj.get("app_id"), str) else None
-        return record_from_trace_info(trace_info, declared, app_id)
+        record = record_from_trace_info(trace_info, declared, app_id)
+        record.raw = raw
+        return record
     return record_from_trace_info(obj, type_name)
 
 
@@ -128,11 +140,17 @@ def iter_json_values(text: str | bytes) -> Iterator[tuple[str, Any]]:
 
     A line that is not JSON yields a RecordError as its value, so the caller reports it and goes on.
     """
+    for location, value, _raw in _json_values(text):
+        yield location, value
+
+
+def _json_values(text: str | bytes) -> Iterator[tuple[str, Any, str | None]]:
+    """:func:`iter_json_values` plus each value's own JSON text (None for the items of an array)."""
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            yield "input", RecordError(f"input is not UTF-8: {exc.reason} at byte {exc.start}")
+            yield "input", RecordError(f"input is not UTF-8: {exc.reason} at byte {exc.start}"), None
             return
     stripped = text.strip()
     if not stripped:
@@ -144,17 +162,17 @@ def iter_json_values(text: str | bytes) -> Iterator[tuple[str, Any]]:
     if whole is not _NOT_WHOLE:
         if isinstance(whole, list):
             for index, item in enumerate(whole):
-                yield f"[{index}]", item
+                yield f"[{index}]", item, None
         else:
-            yield "", whole
+            yield "", whole, stripped
         return
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            yield f"line {number}", _json.loads(line)
+            yield f"line {number}", _json.loads(line), line
         except ValueError as exc:
-            yield f"line {number}", RecordError(f"not valid JSON: {exc}")
+            yield f"line {number}", RecordError(f"not valid JSON: {exc}"), None
 
 
 _NOT_WHOLE = object()
@@ -162,12 +180,12 @@ _NOT_WHOLE = object()
 
 def parse_records(text: str | bytes, source: str = "", type_name: str | None = None) -> Iterator[Record | RecordError]:
     """Every record in ``text``, or a RecordError naming where it was and what is wrong."""
-    for location, value in iter_json_values(text):
+    for location, value, raw in _json_values(text):
         where = f"{source}:{location}" if source and location else (source or location)
         if isinstance(value, RecordError):
             yield RecordError(value.reason, source=where)
             continue
         try:
-            yield record_from_obj(value, type_name)
+            yield record_from_obj(value, type_name, raw=raw)
         except RecordError as exc:
             yield RecordError(exc.reason, source=where)

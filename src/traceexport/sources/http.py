@@ -51,29 +51,33 @@ class IngestSettings:
 def parse_body(body: bytes, content_type: str, type_name: str | None = None,
                app_id: str | None = None) -> tuple[list[Record], list[dict[str, Any]]]:
     """The records of a request body and the rejections (``{"index"|"line": n, "reason": ...}``)."""
-    items: list[tuple[dict[str, int], Any]] = []
+    # (where, value, the value's own JSON text when it has one: an envelope is stored as received)
+    items: list[tuple[dict[str, int], Any, str | None]] = []
     if content_type in NDJSON_TYPES:
         text = body.decode("utf-8-sig", errors="replace")
         for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
-                    items.append(({"line": number}, _json.loads(line)))
+                    items.append(({"line": number}, _json.loads(line), line))
                 except ValueError as exc:
-                    items.append(({"line": number}, RecordError(f"not valid JSON: {exc}")))
+                    items.append(({"line": number}, RecordError(f"not valid JSON: {exc}"), None))
     else:
         try:
-            value = _json.loads(body.decode("utf-8-sig"))
+            text = body.decode("utf-8-sig")
+            value = _json.loads(text)
         except UnicodeDecodeError as exc:
             return [], [{"index": 0, "reason": f"body is not UTF-8 ({exc.reason} at byte {exc.start})"}]
         except ValueError as exc:
             return [], [{"index": 0, "reason": f"body is not valid JSON: {exc}"}]
-        values = value if isinstance(value, list) else [value]
-        items = [({"index": i}, v) for i, v in enumerate(values)]
+        if isinstance(value, list):
+            items = [({"index": i}, v, None) for i, v in enumerate(value)]
+        else:
+            items = [({"index": 0}, value, text)]
     records: list[Record] = []
     rejected: list[dict[str, Any]] = []
-    for where, value in items:
+    for where, value, raw in items:
         try:
-            records.append(_record(value, type_name, app_id))
+            records.append(_record(value, type_name, app_id, raw))
         except RecordError as exc:
             rejected.append({**where, "reason": exc.reason})
         except Exception as exc:  # a parser bug must cost one record, not the request
@@ -81,12 +85,12 @@ def parse_body(body: bytes, content_type: str, type_name: str | None = None,
     return records, rejected
 
 
-def _record(value: Any, type_name: str | None, app_id: str | None) -> Record:
+def _record(value: Any, type_name: str | None, app_id: str | None, raw: str | None) -> Record:
     if isinstance(value, RecordError):
         raise value
     if app_id and isinstance(value, dict) and "trace_info" not in value:
         return record_from_trace_info(value, type_name, app_id)
-    return record_from_obj(value, type_name)
+    return record_from_obj(value, type_name, raw=raw)
 
 
 class IngestServer:

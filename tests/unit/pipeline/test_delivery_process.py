@@ -17,9 +17,12 @@ from traceexport.pipeline import Pipeline, PipelineSettings, Route
 from traceexport.sinks import create_sink
 
 
-def file_routes(out: str) -> list[Route]:
+def file_routes(out: str, linger: float | None = None) -> list[Route]:
     """One file-sink route (module level, so the child process can rebuild it)."""
-    sink = create_sink("file", "file", {"path": out, "fsync": False}, env={})
+    options: dict[str, object] = {"path": out, "fsync": False}
+    if linger is not None:
+        options["linger_seconds"] = linger
+    sink = create_sink("file", "file", options, env={})
     return [Route(sink, load_mapping("otlp"))]
 
 
@@ -42,6 +45,31 @@ def test_child_process_delivers_what_the_parent_accepts(tmp_path: Path) -> None:
         pipe.stop()
         assert not pipe.delivery.alive()
     assert len(_lines(out)) == 40  # a root span and an LLM span per message record
+
+
+def test_the_child_looks_as_soon_as_the_parent_commits(tmp_path: Path) -> None:
+    """Each accept wakes the child: with a 10-minute poll interval, records are still delivered at once."""
+    out = tmp_path / "out"
+    factory = functools.partial(file_routes, str(out), 0.0)
+    settings = PipelineSettings(delivery_process=True, poll_interval=600)
+    with Pipeline(tmp_path / "spool", factory(), settings, route_factory=factory) as pipe:
+        pipe.start()
+        for start in range(0, 6, 2):
+            pipe.accept(make_records(2, start=start))
+            assert pipe.wait_idle(60)
+    assert len(_lines(out)) == 12
+
+
+def test_flush_sends_the_child_s_partial_batch_without_lingering(tmp_path: Path) -> None:
+    """flush() makes the delivery process send a partial batch now, not after the sink's 10-minute linger."""
+    out = tmp_path / "out"
+    factory = functools.partial(file_routes, str(out), 600.0)
+    settings = PipelineSettings(delivery_process=True, poll_interval=0.05)
+    with Pipeline(tmp_path / "spool", factory(), settings, route_factory=factory) as pipe:
+        pipe.start()
+        pipe.accept(make_records(3))
+        assert pipe.flush(60)
+    assert len(_lines(out)) == 6
 
 
 DRIVER = r"""

@@ -173,3 +173,14 @@ def test_enricher_defers_one_record_without_blocking_the_rest(tmp_path: Path) ->
     assert a.delivered[-1] == late and b.delivered[-1] == late
     assert all(n == 1 for k, n in calls.items() if k != late)
     assert calls[late] <= 3
+
+
+def test_flush_sends_a_partial_batch_without_waiting_out_the_linger(tmp_path: Path) -> None:
+    """flush() delivers a batch smaller than max_items at once although the sink would linger 10 minutes."""
+    sink = ScriptedSink("a", max_items=100, linger=600.0)
+    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.start()
+        pipe.accept(make_records(3))
+        assert pipe.flush(30)
+        assert len(sink.delivered) == 3
+        assert not pipe._flushing.is_set()  # lingering resumes for whatever comes next

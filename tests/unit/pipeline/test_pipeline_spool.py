@@ -45,7 +45,7 @@ def test_sequence_numbers_never_go_back_after_deletes(tmp_path: Path) -> None:
 
 def test_full_spool_refuses_with_retryable_error_and_keeps_what_it_has(tmp_path: Path) -> None:
     """Over max_bytes, accept raises SpoolFullError with retry_after and stores nothing of that call."""
-    settings = PipelineSettings(fsync=False, max_bytes=200_000, full_retry_after=3.0)
+    settings = PipelineSettings(fsync=False, max_bytes=1_500_000, full_retry_after=3.0)
     pipe = _pipe(tmp_path, ScriptedSink("a"), settings=settings)
     accepted = 0
     with pytest.raises(SpoolFullError) as err:
@@ -60,14 +60,14 @@ def test_full_spool_refuses_with_retryable_error_and_keeps_what_it_has(tmp_path:
 
 def test_drop_oldest_counts_every_drop(tmp_path: Path) -> None:
     """With on_full=drop_oldest the oldest records make room and each drop is counted for its sink."""
-    settings = PipelineSettings(fsync=False, max_bytes=200_000, on_full="drop_oldest")
+    settings = PipelineSettings(fsync=False, max_bytes=1_500_000, on_full="drop_oldest")
     pipe = _pipe(tmp_path, ScriptedSink("a"), settings=settings)
-    for start in range(0, 300, 5):
+    for start in range(0, 800, 5):
         pipe.accept(make_records(5, start=start))
     figures = pipe.metrics()["sinks"]["a"]
     assert figures["dropped"] > 0
-    assert figures["accepted"] == 300
-    assert figures["queue_depth"] + figures["dropped"] == 300
+    assert figures["accepted"] == 800
+    assert figures["queue_depth"] + figures["dropped"] == 800
     pipe.close()
 
 
@@ -105,4 +105,43 @@ def test_wait_idle_sees_records_after_a_moved_cursor(tmp_path: Path) -> None:
     pipe.start()
     assert pipe.wait_idle(10)
     assert len(sink.delivered) == 5
+    pipe.close()
+
+
+def test_a_new_spool_uses_large_pages_and_an_old_small_page_spool_still_opens(tmp_path: Path) -> None:
+    """New spool files get 32 KiB pages; a spool made with SQLite's default 4 KiB pages keeps working."""
+    import sqlite3
+
+    new = Spool(tmp_path / "new")
+    assert new.conn().execute("PRAGMA page_size").fetchone()[0] == 32768
+    new.close()
+    old_dir = tmp_path / "old"
+    old_dir.mkdir()
+    sqlite3.connect(old_dir / "spool.db").execute("PRAGMA page_size=4096").connection.execute(
+        "CREATE TABLE t(x)").connection.close()
+    pipe = Pipeline(old_dir, [Route(ScriptedSink("a"), StandInMapping())], FAST)
+    pipe.accept(make_records(2))
+    assert pipe.pending() == {"a": 2}
+    assert pipe.spool.conn().execute("PRAGMA page_size").fetchone()[0] == 4096
+    pipe.close()
+
+
+def test_the_spool_stores_an_envelope_as_it_arrived(tmp_path: Path) -> None:
+    """A record parsed from a JSON line is stored as that line's text, not re-encoded; a bare one is encoded."""
+    import json
+
+    from pipeline_helpers import message_envelope
+
+    from traceexport.records import parse_records
+    from traceexport.records.parse import Record as ParsedRecord
+
+    line = json.dumps(message_envelope(1), indent=None, separators=(", ", ": "))
+    bare = json.dumps(message_envelope(2)["trace_info"] | {"trace_info_type": "MessageTraceInfo"})
+    records = [r for r in parse_records(line + "\n" + bare) if isinstance(r, ParsedRecord)]
+    assert [r.raw is not None for r in records] == [True, False]
+    pipe = _pipe(tmp_path, ScriptedSink("a"))
+    pipe.accept(records)
+    stored = [row[0] for row in pipe.spool.conn().execute("SELECT envelope FROM records ORDER BY seq")]
+    assert stored[0] == line
+    assert json.loads(stored[1])["trace_info_type"] == "MessageTraceInfo"
     pipe.close()

@@ -14,7 +14,6 @@ at worst a file behind (never a lost record). Outcomes:
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -165,12 +164,13 @@ class TraceFileProcessor:
 def parse_file(raw: bytes) -> Record:
     """The Record in a stored TaskData file; RecordError with a one-line reason otherwise."""
     try:
-        obj: Any = _json.loads(raw.decode("utf-8-sig"))
+        text = raw.decode("utf-8-sig")
+        obj: Any = _json.loads(text)
     except UnicodeDecodeError as exc:
         raise RecordError(f"file is not UTF-8: {exc.reason} at byte {exc.start}") from exc
-    except json.JSONDecodeError as exc:
-        raise RecordError(f"file is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
-    return record_from_obj(obj)
+    except ValueError as exc:  # the fast parser's errors read "<what> at line L column C"
+        raise RecordError(f"file is not JSON: {exc}") from exc
+    return record_from_obj(obj, raw=text)
 
 
 __all__ = ["ACCEPTED", "INVALID", "MISSING", "RETRY", "Accept", "Stats", "TraceFileProcessor", "parse_file"]
