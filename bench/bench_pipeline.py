@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -96,9 +97,16 @@ def routes_for(target: str, url: str | None, out: Path) -> list[Route]:
     return [Route(sink, load_mapping(sink.backend))]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time used so far by process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(n: int, target: str, url: str | None, work: Path, stream: str = "message",
-               delivery_process: bool = False) -> float:
-    """Records per second from raw envelopes to the receiver, spool fsync'd."""
+               delivery_process: bool = False) -> tuple[float, dict[str, float]]:
+    """Records per second from raw envelopes to the receiver, spool fsync'd; CPU microseconds per record
+    of the ingesting process and of the delivery process (when there is one)."""
     warmup, *texts = stream_texts(n + 1, stream)
     factory = functools.partial(routes_for, target, url, work / "out")
     routes = factory()
@@ -108,15 +116,20 @@ def throughput(n: int, target: str, url: str | None, work: Path, stream: str = "
     pipe.start()  # started and warmed up (one record delivered) before the clock starts
     pipe.accept([r for r in parse_records(warmup) if isinstance(r, Record)])
     assert pipe.wait_idle(120), "warm-up record not delivered"
+    pids = {"ingest": os.getpid()}
+    if pipe.delivery is not None and pipe.delivery.pid is not None:
+        pids["delivery"] = pipe.delivery.pid
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     start = time.perf_counter()
     for i in range(0, n, 500):
         pipe.accept([r for r in parse_records("\n".join(texts[i:i + 500])) if isinstance(r, Record)])
-    idle = pipe.flush(600)
+    idle = pipe.flush(600)  # end of input: the last partial batch goes now, not after the linger time
     elapsed = time.perf_counter() - start
+    cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / n * 1e6 for name, pid in pids.items()}
     exported = pipe.metrics()["sinks"][sink.name]["exported"]
     pipe.close()
     assert idle and exported == n + 1, f"only {exported} of {n + 1} exported"
-    return n / elapsed
+    return n / elapsed, cpu
 
 
 def build_backlog(spool_dir: Path, count: int, sink_name: str) -> float:
@@ -153,12 +166,14 @@ def run_throughput(args: argparse.Namespace, url: str | None, work: Path) -> Non
     streams = ("mixed", "message") if args.stream == "both" else (args.stream,)
     for separate in (False, True):
         for stream in streams:
-            rate = throughput(args.records, args.target, url, work / f"{stream}-{separate}", stream, separate)
+            rate, cpu = throughput(args.records, args.target, url, work / f"{stream}-{separate}", stream, separate)
             what = "chat-message records (2 spans each)" if stream == "message" else "records of the seven types"
             how = "delivery in a second process" if separate else "one process"
             print(f"throughput: {rate:,.0f} records/s end to end ({args.records:,} {what}, {how}, fsync on, "
                   f"target {args.target}); goal {GOAL_RATE:,.0f}/s: {'met' if rate >= GOAL_RATE else 'MISSED'}; "
                   f"x{rate / OTEL_SDK_DEFAULT:.2f} the OTel SDK default (~{OTEL_SDK_DEFAULT:,.0f}/s)", flush=True)
+            print("  CPU per record: " + ", ".join(f"{name} process {us:,.0f} us" for name, us in cpu.items()),
+                  flush=True)
 
 
 def run_backlog(args: argparse.Namespace, url: str | None, work: Path) -> None:

@@ -124,7 +124,7 @@ def deliver(spool_dir: Path, routes: list[Route], records: Sequence[Record], set
         if not _accept_all(pipe, records, deadline):
             _report_stuck(pipe, spool_dir, names, accepted_all=False)
             return 1
-        idle = pipe.wait_idle(max(deadline - time.monotonic(), 0.0))
+        idle = pipe.flush(max(deadline - time.monotonic(), 0.0))
     finally:
         pipe.stop()
     try:

@@ -192,7 +192,7 @@ def _replay(config: Config, files: Sequence[Path], spool_dir: Path, state: Path,
         _read_all(files, out, stats, handle)
         flush()
         out.close()
-        idle = pipeline.wait_idle(args.timeout)
+        idle = pipeline.flush(args.timeout)
         metrics = pipeline.metrics()
         dead = deadletter.list_entries(pipeline.spool, after_id=dead_before)
     finally:

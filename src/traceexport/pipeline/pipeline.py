@@ -18,6 +18,7 @@ from traceexport.pipeline.settings import PipelineSettings, Route
 from traceexport.pipeline.spool import Spool, SpoolRow
 from traceexport.pipeline.worker import SinkWorker
 from traceexport.records import Record
+from traceexport.records.compact import compact_bytes
 
 
 class Pipeline:
@@ -60,16 +61,29 @@ class Pipeline:
         Records no route wants are not stored.
         """
         rows, kept, fanout = [], [], []
+        compact = self._compact_wanted()
         for record in records:
             mask = mask_for(record, self.routes, self.bits)
             if mask:
                 kept.append(record)
                 fanout.append(mask.bit_count())
                 rows.append(SpoolRow(mask, record.key, record.type, record.app_id, record.trace_key,
-                                     record.envelope_text()))
+                                     record.envelope_text(), compact_bytes(record) if compact else None))
         self.spool.accept(rows)
         self.records.seed(kept, fanout)
         self.wake()
+
+    def _compact_wanted(self) -> bool:
+        """Store the compact form only while a delivery process is falling behind, but not far behind.
+
+        It spares that process a parse per record and costs this one an encoding: worth it when
+        delivery is the slower side (the two then even out). During an outage the backlog grows past
+        ``compact_max_lag`` and new records are stored without it: no extra disk for a long backlog.
+        """
+        if self.delivery is None:
+            return False  # delivery here takes the parsed records from memory
+        lag = self.spool.lag(self.sink_names)
+        return self.settings.compact_min_lag <= lag < self.settings.compact_max_lag
 
     def wake(self) -> None:
         """Records were committed (here or by another process): let delivery look now."""

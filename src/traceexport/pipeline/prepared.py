@@ -1,7 +1,8 @@
 """Records re-parsed from the spool, enriched once and shared by every sink's worker.
 
-Sink workers parse the stored envelope with ``record_from_obj`` (so a mapping fix applies on replay)
-and call the enricher's ``prepare`` hook. A small LRU keyed by record key holds the prepared record, or
+Sink workers parse the stored envelope with ``record_from_obj`` (so a mapping fix applies on replay),
+or read the compact normalised form stored beside it by the same traceexport version, and call the
+enricher's ``prepare`` hook. A small LRU keyed by record key holds the prepared record, or
 the time until which the enricher asked to wait, so several sinks neither re-parse nor re-enrich it.
 Records accepted by this process are seeded into it with the number of sinks they are routed to; an
 entry leaves the cache once that many sinks have taken it, so the cache holds only records still on
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 from traceexport import _json
 from traceexport.errors import RecordError
 from traceexport.records import Record, record_from_obj
+from traceexport.records.compact import record_from_compact
 
 Prepare = Callable[[Record], float | None]
 log = logging.getLogger(__name__)
@@ -51,10 +53,11 @@ class PreparedRecords:
             remaining = fanout[index] if fanout is not None else 0
             self._put(record.key, _Entry(record, prepared=self._prepare is None, remaining=remaining))
 
-    def get(self, key: str, envelope: str, now: float | None = None) -> Record | float:
+    def get(self, key: str, envelope: str, now: float | None = None, compact: bytes | None = None) -> Record | float:
         """The ready record, or the epoch time before which it must not be tried (deferred).
 
-        Raises RecordError when the stored envelope no longer parses.
+        ``compact`` is the record's stored normalised form, read instead of parsing ``envelope`` when it
+        is usable. Raises RecordError when the stored envelope no longer parses.
         """
         now = time.time() if now is None else now
         entry = self._lookup(key)
@@ -64,14 +67,14 @@ class PreparedRecords:
         if entry is not None and entry.record is None and entry.not_before > now:
             return entry.not_before
         if self._prepare is None:
-            record = entry.record if entry is not None and entry.record is not None else _parse(envelope)
+            record = entry.record if entry is not None and entry.record is not None else _parse(envelope, compact)
             self._keep_for_others(key, record, entry)
             return record
         with self._prepare_lock:
             entry = self._lookup(key)
             if entry is not None and entry.record is not None and entry.prepared:
                 return entry.record
-            record = entry.record if entry is not None and entry.record is not None else _parse(envelope)
+            record = entry.record if entry is not None and entry.record is not None else _parse(envelope, compact)
             wait = self._call_prepare(record)
             if wait is not None and wait > 0:
                 remaining = entry.remaining if entry is not None else 0
@@ -128,7 +131,11 @@ class PreparedRecords:
                 self._cache.popitem(last=False)
 
 
-def _parse(envelope: str) -> Record:
+def _parse(envelope: str, compact: bytes | None = None) -> Record:
+    if compact is not None:
+        record = record_from_compact(compact, envelope)
+        if record is not None:
+            return record
     try:
         obj = _json.loads(envelope)
     except ValueError as exc:

@@ -51,6 +51,11 @@ class DeliveryProcess:
         if self._process.pid is None:
             self._process.start()
 
+    @property
+    def pid(self) -> int | None:
+        """The child's process id once started."""
+        return self._process.pid
+
     def notify(self) -> None:
         """New records are committed: wake the child's workers."""
         self._accepted.set()

@@ -26,6 +26,7 @@ class Item:
     attempts: int = 0
     first_attempt: float | None = None
     from_retry: bool = False
+    compact: bytes | None = None  # the record's normalised form, when the accepting process stored it
 
 
 @dataclass(slots=True)
@@ -67,24 +68,24 @@ class SinkQueue:
     def fetch_due(self, limit: int, now: float, exclude: set[int]) -> list[Item]:
         """Items whose retry time has come, oldest due first."""
         rows = self.spool.conn().execute(
-            "SELECT r.seq, rec.key, rec.type, rec.app_id, rec.envelope, r.attempts, r.first_attempt "
+            "SELECT r.seq, rec.key, rec.type, rec.app_id, rec.envelope, r.attempts, r.first_attempt, rec.compact "
             "FROM retries r JOIN records rec USING(seq) WHERE r.sink = ? AND r.not_before <= ? "
             "ORDER BY r.not_before LIMIT ?", (self.name, now, limit + len(exclude))).fetchall()
-        items = [Item(s, k, t, a, e, n, f, True) for s, k, t, a, e, n, f in rows if s not in exclude]
+        items = [Item(s, k, t, a, e, n, f, True, c) for s, k, t, a, e, n, f, c in rows if s not in exclude]
         return items[:limit]
 
     def fetch_fresh(self, limit: int) -> list[Item]:
         """The next records routed to this sink after :attr:`read_pos`; advances it."""
         with self.spool.read() as conn:
             rows = conn.execute(
-                "SELECT seq, key, type, app_id, envelope FROM records WHERE seq > ? AND (mask >> ?) & 1 "
+                "SELECT seq, key, type, app_id, envelope, compact FROM records WHERE seq > ? AND (mask >> ?) & 1 "
                 "ORDER BY seq LIMIT ?", (self.read_pos, self.bit, limit)).fetchall()
             if len(rows) < limit:
                 top = conn.execute("SELECT max(seq) FROM records").fetchone()[0]
                 self.read_pos = max(self.read_pos, int(top or 0))
             elif rows:
                 self.read_pos = int(rows[-1][0])
-        return [Item(s, k, t, a, e) for s, k, t, a, e in rows]
+        return [Item(s, k, t, a, e, compact=c) for s, k, t, a, e, c in rows]
 
     def next_due(self) -> float | None:
         """When the earliest retry of this sink is due (epoch seconds), or None."""

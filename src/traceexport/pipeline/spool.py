@@ -4,8 +4,9 @@ and counters.
 Layout (all in ``<spool_dir>/spool.db``):
 
 * ``records``: every accepted record (envelope JSON plus key, type, app id, trace key, received time)
-  and ``mask``, a bit per sink it is routed to. ``seq`` is AUTOINCREMENT so it never goes back, even
-  after deletes: sink cursors rely on that.
+  and ``mask``, a bit per sink it is routed to. ``compact`` optionally holds the record's already
+  normalised form (:mod:`traceexport.records.compact`) so a delivery process need not parse it again.
+  ``seq`` is AUTOINCREMENT so it never goes back, even after deletes: sink cursors rely on that.
 * ``sinks``: name -> bit, and ``cursor``, the highest ``seq`` that sink has finished with (delivered,
   dead-lettered, or moved to ``retries``).
 * ``retries``: per sink, records to try again at ``not_before`` (failed attempts, or deferred by the
@@ -43,7 +44,7 @@ _SWEEP_WINDOW = 20_000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records(
     seq INTEGER PRIMARY KEY AUTOINCREMENT, mask INTEGER NOT NULL, key TEXT NOT NULL, type TEXT NOT NULL,
-    app_id TEXT, trace_key TEXT, received REAL NOT NULL, envelope TEXT NOT NULL);
+    app_id TEXT, trace_key TEXT, received REAL NOT NULL, envelope TEXT NOT NULL, compact BLOB);
 CREATE TABLE IF NOT EXISTS sinks(name TEXT PRIMARY KEY, bit INTEGER NOT NULL UNIQUE,
     cursor INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS retries(sink TEXT NOT NULL, seq INTEGER NOT NULL, not_before REAL NOT NULL,
@@ -71,6 +72,7 @@ class SpoolRow:
     app_id: str | None
     trace_key: str | None
     envelope: str
+    compact: bytes | None = None
 
 
 class Spool:
@@ -93,6 +95,14 @@ class Spool:
         self._lock = threading.Lock()
         self._last_sweep = 0.0
         self.conn().executescript(_SCHEMA)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Bring a spool written by an older version up to this schema (columns only ever get added)."""
+        columns = {row[1] for row in self.conn().execute("PRAGMA table_info(records)")}
+        if "compact" not in columns:
+            with self.write() as conn:
+                conn.execute("ALTER TABLE records ADD COLUMN compact BLOB")
 
     # -- connections -----------------------------------------------------------------------------
     def conn(self) -> sqlite3.Connection:
@@ -177,7 +187,7 @@ class Spool:
         if not rows:
             return
         now = time.time() if now is None else now
-        incoming = sum(len(r.envelope) + len(r.key) + 64 for r in rows)
+        incoming = sum(len(r.envelope) + len(r.compact or b"") + len(r.key) + 64 for r in rows)
         with self.write() as conn:
             over = self.used_bytes() + incoming - self.settings.max_bytes
             if over > 0:
@@ -187,9 +197,9 @@ class Spool:
                         "the spool size limit", retry_after=self.settings.full_retry_after)
                 self._drop_oldest(conn, over, now)
             conn.executemany(
-                "INSERT INTO records(mask, key, type, app_id, trace_key, received, envelope) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(r.mask, r.key, r.type, r.app_id, r.trace_key, now, r.envelope) for r in rows])
+                "INSERT INTO records(mask, key, type, app_id, trace_key, received, envelope, compact) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.mask, r.key, r.type, r.app_id, r.trace_key, now, r.envelope, r.compact) for r in rows])
             accepted: dict[int, int] = {}
             for r in rows:
                 accepted[r.mask] = accepted.get(r.mask, 0) + 1
@@ -207,7 +217,8 @@ class Spool:
         freed = 0
         dropped: list[int] = []
         per_sink: dict[str, int] = {}
-        for seq, mask, size in conn.execute("SELECT seq, mask, length(envelope) FROM records ORDER BY seq"):
+        for seq, mask, size in conn.execute(
+                "SELECT seq, mask, length(envelope) + ifnull(length(compact), 0) FROM records ORDER BY seq"):
             dropped.append(seq)
             freed += size + 128
             for name, bit, cursor in sinks:
@@ -270,6 +281,16 @@ class Spool:
                 (sink,)).fetchone()
         olds = [t for t in (oldest, oldest_retry) if t is not None]
         return int(fresh) + int(retry), (min(olds) if olds else None)
+
+    def lag(self, sinks: Sequence[str]) -> int:
+        """How many sequence numbers the slowest of ``sinks`` is behind the newest record (0 if none)."""
+        conn = self.conn()
+        top = conn.execute("SELECT seq FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+        if top is None or not sinks:
+            return 0
+        marks = ",".join("?" * len(sinks))
+        low = conn.execute(f"SELECT min(cursor) FROM sinks WHERE name IN ({marks})", tuple(sinks)).fetchone()[0]
+        return max(int(top[0]) - int(low or 0), 0)
 
     def has_pending(self, sink: str) -> bool:
         """Whether anything is pending for ``sink``; cheap even with a large backlog."""

@@ -152,7 +152,7 @@ class SinkWorker:
 
     def _map(self, item: Item, now: float, out: Outcome) -> list[Payload] | None:
         try:
-            got = self.records.get(item.key, item.envelope, now)
+            got = self.records.get(item.key, item.envelope, now, item.compact)
             if isinstance(got, float):
                 out.deferred.append((item, got))
                 return None

@@ -6,7 +6,6 @@ Every failure is a :class:`RecordError` with a one-line reason; the good records
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,24 +16,38 @@ from traceexport.records.normalize import normalize
 from traceexport.records.types import RECORD_TYPES, canonical_type, dify_class_name
 
 
-@dataclass(slots=True)
 class Record:
     """One normalised Dify trace record.
 
     ``data`` is the mapping context: the TraceInfo fields (cleaned), plus ``derived``, ``app_id`` and
-    ``record_type``. ``envelope`` is the record as a TaskData dict, the form the spool keeps (as
-    :meth:`envelope_text`).
+    ``record_type``. ``envelope`` is the record as a TaskData dict; the spool keeps it as
+    :meth:`envelope_text`. ``raw`` is that text as received, when the record arrived as one JSON text
+    (then the envelope dict may be left out and is parsed from ``raw`` only if asked for).
     """
 
-    type: str
-    app_id: str | None
-    data: dict[str, Any]
-    envelope: dict[str, Any]
-    raw: str | None = None  # the envelope's JSON text as received, when it arrived as one JSON text
+    __slots__ = ("_envelope", "app_id", "data", "raw", "type")
+
+    def __init__(self, type: str, app_id: str | None, data: dict[str, Any],
+                 envelope: dict[str, Any] | None = None, raw: str | None = None) -> None:
+        if envelope is None and raw is None:
+            raise ValueError("a Record needs its envelope or the envelope's JSON text")
+        self.type = type
+        self.app_id = app_id
+        self.data = data
+        self._envelope = envelope
+        self.raw = raw
+
+    @property
+    def envelope(self) -> dict[str, Any]:
+        """The record as a TaskData dict (``app_id``, ``trace_info_type``, ``trace_info``)."""
+        if self._envelope is None:
+            assert self.raw is not None
+            self._envelope = _json.loads(self.raw)
+        return self._envelope
 
     def envelope_text(self) -> str:
         """The envelope as JSON text: the text it arrived as (no re-encoding), else freshly encoded."""
-        return self.raw if self.raw is not None else _json.dumps(self.envelope)
+        return self.raw if self.raw is not None else _json.dumps(self._envelope)
 
     @property
     def key(self) -> str:
@@ -45,6 +58,9 @@ class Record:
     def trace_key(self) -> str:
         """The Dify id of the trace this record belongs to (message, workflow run, ...)."""
         return str(self.data["derived"]["trace_key"])
+
+    def __repr__(self) -> str:
+        return f"Record(type={self.type!r}, app_id={self.app_id!r}, key={self.key!r})"
 
 
 def _describe_validation(exc: ValidationError) -> str:

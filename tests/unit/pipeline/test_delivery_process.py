@@ -72,6 +72,23 @@ def test_flush_sends_the_child_s_partial_batch_without_lingering(tmp_path: Path)
     assert len(_lines(out)) == 6
 
 
+def test_the_child_delivers_records_from_their_compact_form(tmp_path: Path) -> None:
+    """Records stored with a compact form (the child lagging) are delivered from it, spans unchanged."""
+    outputs = []
+    for name, min_lag in (("parsed", 10**9), ("compact", 0)):
+        out = tmp_path / name
+        factory = functools.partial(file_routes, str(out), 0.0)
+        settings = PipelineSettings(delivery_process=True, poll_interval=0.05, compact_min_lag=min_lag)
+        with Pipeline(tmp_path / f"spool-{name}", factory(), settings, route_factory=factory) as pipe:
+            pipe.accept(make_records(5))
+            stored = pipe.spool.conn().execute("SELECT count(compact) FROM records").fetchone()[0]
+            assert stored == (5 if name == "compact" else 0)
+            pipe.start()
+            assert pipe.flush(60)
+        outputs.append(sorted(json.dumps(line, sort_keys=True) for line in _lines(out)))
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 10
+
+
 DRIVER = r"""
 import functools, sys, time
 sys.path.insert(0, sys.argv[3])
@@ -80,7 +97,7 @@ from traceexport.pipeline import Pipeline, PipelineSettings
 factory = functools.partial(file_routes, sys.argv[2])
 pipe = Pipeline(sys.argv[1], factory(), PipelineSettings(delivery_process=True), route_factory=factory)
 pipe.start()
-print(pipe.delivery._process.pid, flush=True)
+print(pipe.delivery.pid, flush=True)
 time.sleep(600)
 """
 

@@ -145,3 +145,44 @@ def test_the_spool_stores_an_envelope_as_it_arrived(tmp_path: Path) -> None:
     assert stored[0] == line
     assert json.loads(stored[1])["trace_info_type"] == "MessageTraceInfo"
     pipe.close()
+
+
+def test_a_spool_from_before_the_compact_column_is_upgraded(tmp_path: Path) -> None:
+    """A spool written without the ``compact`` column opens, gains it, and keeps its pending records."""
+    import sqlite3
+
+    old = tmp_path / "spool"
+    old.mkdir()
+    conn = sqlite3.connect(old / "spool.db")
+    conn.executescript(
+        "CREATE TABLE records(seq INTEGER PRIMARY KEY AUTOINCREMENT, mask INTEGER NOT NULL, key TEXT NOT NULL, "
+        "type TEXT NOT NULL, app_id TEXT, trace_key TEXT, received REAL NOT NULL, envelope TEXT NOT NULL);"
+        "CREATE TABLE sinks(name TEXT PRIMARY KEY, bit INTEGER NOT NULL UNIQUE, cursor INTEGER NOT NULL DEFAULT 0);")
+    record = make_records(1)[0]
+    conn.execute("INSERT INTO sinks VALUES ('a', 0, 0)")
+    conn.execute("INSERT INTO records(mask, key, type, app_id, trace_key, received, envelope) "
+                 "VALUES (1, ?, 'message', NULL, 't', 0, ?)", (record.key, record.envelope_text()))
+    conn.commit()
+    conn.close()
+    sink = ScriptedSink("a")
+    pipe = _pipe(tmp_path, sink)
+    pipe.workers[0].step()
+    assert sink.delivered == [record.key]
+    pipe.close()
+
+
+def test_compact_forms_are_stored_only_while_delivery_lags_within_bounds(tmp_path: Path) -> None:
+    """With a delivery process, records get a compact form only while the sink is between the two lags behind."""
+    import functools
+
+    from test_delivery_process import file_routes
+
+    factory = functools.partial(file_routes, str(tmp_path / "out"))
+    settings = PipelineSettings(fsync=False, delivery_process=True, compact_min_lag=2, compact_max_lag=6)
+    pipe = Pipeline(tmp_path / "spool", factory(), settings, route_factory=factory)  # never started
+    for start in range(0, 10, 2):
+        pipe.accept(make_records(2, start=start))
+    stored = [row[0] is not None for row in pipe.spool.conn().execute("SELECT compact FROM records ORDER BY seq")]
+    # lag before each accept: 0, 2, 4, 6, 8 records
+    assert stored == [False, False, True, True, True, True, False, False, False, False]
+    pipe.close()
