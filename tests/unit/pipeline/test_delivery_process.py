@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from pipeline_helpers import make_records, wait_for
 
@@ -30,12 +31,19 @@ def _lines(out: Path) -> list[dict]:  # type: ignore[type-arg]
     return [json.loads(line) for path in out.glob("*.jsonl") for line in path.read_text("utf-8").splitlines()]
 
 
+def _child_pipe(tmp_path: Path, name: str, linger: float | None = None,
+                **settings: Any) -> tuple[Pipeline, Path]:
+    """A pipeline delivering from a child process into the file sink at ``tmp_path/name``."""
+    out = tmp_path / name
+    factory = functools.partial(file_routes, str(out), linger)
+    options = PipelineSettings(delivery_process=True, **settings)
+    return Pipeline(tmp_path / f"spool-{name}", factory(), options, route_factory=factory), out
+
+
 def test_child_process_delivers_what_the_parent_accepts(tmp_path: Path) -> None:
     """With delivery_process on, records accepted here are delivered by the child and counted in the spool."""
-    out = tmp_path / "out"
-    factory = functools.partial(file_routes, str(out))
-    settings = PipelineSettings(delivery_process=True, poll_interval=0.05)
-    with Pipeline(tmp_path / "spool", factory(), settings, route_factory=factory) as pipe:
+    pipe, out = _child_pipe(tmp_path, "out", poll_interval=0.05)
+    with pipe:
         assert pipe.delivery is not None and pipe.workers == []
         pipe.start()
         pipe.accept(make_records(20))
@@ -49,10 +57,8 @@ def test_child_process_delivers_what_the_parent_accepts(tmp_path: Path) -> None:
 
 def test_the_child_looks_as_soon_as_the_parent_commits(tmp_path: Path) -> None:
     """Each accept wakes the child: with a 10-minute poll interval, records are still delivered at once."""
-    out = tmp_path / "out"
-    factory = functools.partial(file_routes, str(out), 0.0)
-    settings = PipelineSettings(delivery_process=True, poll_interval=600)
-    with Pipeline(tmp_path / "spool", factory(), settings, route_factory=factory) as pipe:
+    pipe, out = _child_pipe(tmp_path, "out", 0.0, poll_interval=600)
+    with pipe:
         pipe.start()
         for start in range(0, 6, 2):
             pipe.accept(make_records(2, start=start))
@@ -62,10 +68,8 @@ def test_the_child_looks_as_soon_as_the_parent_commits(tmp_path: Path) -> None:
 
 def test_flush_sends_the_child_s_partial_batch_without_lingering(tmp_path: Path) -> None:
     """flush() makes the delivery process send a partial batch now, not after the sink's 10-minute linger."""
-    out = tmp_path / "out"
-    factory = functools.partial(file_routes, str(out), 600.0)
-    settings = PipelineSettings(delivery_process=True, poll_interval=0.05)
-    with Pipeline(tmp_path / "spool", factory(), settings, route_factory=factory) as pipe:
+    pipe, out = _child_pipe(tmp_path, "out", 600.0, poll_interval=0.05)
+    with pipe:
         pipe.start()
         pipe.accept(make_records(3))
         assert pipe.flush(60)
@@ -76,10 +80,8 @@ def test_the_child_delivers_records_from_their_compact_form(tmp_path: Path) -> N
     """Records stored with a compact form (the child lagging) are delivered from it, spans unchanged."""
     outputs = []
     for name, min_lag in (("parsed", 10**9), ("compact", 0)):
-        out = tmp_path / name
-        factory = functools.partial(file_routes, str(out), 0.0)
-        settings = PipelineSettings(delivery_process=True, poll_interval=0.05, compact_min_lag=min_lag)
-        with Pipeline(tmp_path / f"spool-{name}", factory(), settings, route_factory=factory) as pipe:
+        pipe, out = _child_pipe(tmp_path, name, 0.0, poll_interval=0.05, compact_min_lag=min_lag)
+        with pipe:
             pipe.accept(make_records(5))
             stored = pipe.spool.conn().execute("SELECT count(compact) FROM records").fetchone()[0]
             assert stored == (5 if name == "compact" else 0)
