@@ -77,6 +77,7 @@ class DeliveryProcess:
         if self._process.pid is None:
             return
         self._stop.set()
+        self._accepted.set()  # wakes the child's loop at once
         self._process.join(timeout)
         if self._process.is_alive():
             log.warning("delivery process did not stop within %.0fs; terminating it (nothing is lost)", timeout)
