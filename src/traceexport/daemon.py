@@ -116,6 +116,9 @@ class Daemon:
             self.http.start()
         log_event(log, "serve.started", listen=self.listen_url or "-", sinks=",".join(self.config.sinks),
                   spool=str(spool_dir), celery=self.celery is not None, enrich=prepare is not None)
+        for name, owed in self.pipeline.orphaned().items():
+            log_event(log, "serve.sink_not_configured", logging.WARNING, sink=name, undelivered=owed,
+                      hint=f"kept in the spool; add the sink back, or: traceexport dlq retire {name}")
 
     def _celery_source(self, pipeline: Pipeline) -> Any:
         settings = load_celery_settings(self.config.sources.celery or {})

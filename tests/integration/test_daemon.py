@@ -170,3 +170,23 @@ def test_delivery_in_a_second_process_delivers_and_stops_cleanly(tmp_path: Path,
     finally:
         assert served.stop() == 0
     assert "Traceback" not in served.log()
+
+
+def test_start_warns_about_records_owed_to_a_sink_no_longer_configured(tmp_path: Path, otlp: OtlpFake) -> None:
+    """A spool still holding records for a sink the config dropped is named in a start-up warning."""
+    from traceexport.pipeline.spool import Spool, SpoolRow
+    from traceexport.records import record_from_obj
+
+    spool = Spool(tmp_path / "spool")
+    bit = spool.register_sinks(["retired-sink"])["retired-sink"]
+    record = record_from_obj(sample(SAMPLE_FILES[0]))
+    spool.accept([SpoolRow(1 << bit, record.key, record.type, record.app_id, record.trace_key,
+                           record.envelope_text())])
+    spool.close()
+    served = Served(tmp_path, config(tmp_path / "spool", otlp_sink(otlp)))
+    try:
+        wait_until(lambda: "serve.started" in served.log(), timeout=30, what="the daemon started")
+    finally:
+        assert served.stop() == 0
+    line = next(line for line in served.log().splitlines() if "serve.sink_not_configured" in line)
+    assert "sink=retired-sink undelivered=1" in line and "dlq retire retired-sink" in line

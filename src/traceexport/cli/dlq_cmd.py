@@ -1,4 +1,4 @@
-"""``traceexport dlq``: list, show, replay and purge the dead letter kept in the spool."""
+"""``traceexport dlq``: list, show, replay and purge the dead letter kept in the spool; retire a sink."""
 
 from __future__ import annotations
 
@@ -68,6 +68,15 @@ def register(sub: Any) -> None:
                        help="only entries whose last attempt was before T (ISO 8601 time, or age: 7d)")
     purge.add_argument("--yes", action="store_true", help="confirm the deletion")
     purge.set_defaults(func=run_purge)
+    retire = actions.add_parser(
+        "retire", help="dead-letter what a sink removed from the config is still owed",
+        description="A sink taken out of the config keeps its undelivered records in the spool (nothing is "
+                    "dropped silently). Retire moves them to its dead letter with a reason, so the spool can "
+                    "free them: then 'dlq purge --sink SINK --yes' deletes them, or, if the sink comes back, "
+                    "'dlq replay --sink SINK' queues them again. Meant for sinks no daemon delivers to.")
+    add_spool_argument(retire)
+    retire.add_argument("sink", metavar="SINK", help="the sink's name, as 'traceexport status' lists it")
+    retire.set_defaults(func=run_retire)
     parser.set_defaults(func=lambda args: _usage(parser))
 
 
@@ -142,4 +151,19 @@ def run_purge(args: argparse.Namespace) -> int:
     if n is None:
         return 2
     print(f"deleted {n} dead letter{'s' if n != 1 else ''}")
+    return 0
+
+
+def run_retire(args: argparse.Namespace) -> int:
+    """Dead-letter every record still owed to one sink."""
+    found = query_spool(args, lambda spool: [deadletter.retire(spool, args.sink)])
+    if found is None:
+        return 2
+    moved = found[0]
+    if moved is None:
+        print(f"error: this spool has no sink named {args.sink!r} ('traceexport status' lists them)",
+              file=sys.stderr)
+        return 2
+    print(f"{moved} record{'s' if moved != 1 else ''} still owed to {args.sink} moved to its dead letter; "
+          f"'traceexport dlq purge --sink {args.sink} --yes' deletes them")
     return 0

@@ -105,6 +105,7 @@ def replay(spool: Spool, sink: str | None = None, since: float | None = None, id
                 "ORDER BY id", [1 << bit, now, *params]).rowcount
             if n:
                 conn.execute(f"DELETE FROM dead_letters{where}", params)
+                conn.execute("UPDATE sinks SET last_seq = (SELECT max(seq) FROM records) WHERE name = ?", (name,))
                 moved[name] = n
         bump(conn, ((name, "replayed", n) for name, n in moved.items()))
     return moved
@@ -121,3 +122,33 @@ def purge(spool: Spool, sink: str | None = None, before: float | None = None) ->
     where, params = _where(sink, before=before)
     with spool.write() as conn:
         return int(conn.execute(f"DELETE FROM dead_letters{where}", params).rowcount)
+
+
+def retire(spool: Spool, sink: str, now: float | None = None) -> int | None:
+    """Move everything still owed to ``sink`` (fresh or waiting for a retry) to its dead letter.
+
+    For a sink taken out of the config: its undelivered records otherwise stay in the spool for good.
+    Each gets the reason "sink retired"; ``replay --sink`` brings them back if the sink returns. Returns
+    how many records were moved, or None when the spool has never known ``sink``.
+    """
+    now = time.time() if now is None else now
+    reason = f"sink {sink} retired with 'traceexport dlq retire' while this record was undelivered"
+    with spool.write() as conn:
+        row = conn.execute("SELECT bit, cursor FROM sinks WHERE name = ?", (sink,)).fetchone()
+        if row is None:
+            return None
+        bit, cursor = row
+        columns = ("INSERT INTO dead_letters(sink, record_key, record_type, app_id, reason, status_code, "
+                   "permanent, attempts, first_attempt, last_attempt, envelope) ")
+        waiting = conn.execute(
+            columns + "SELECT ?, rec.key, rec.type, rec.app_id, ? || ' (last failure: ' || "
+            "ifnull(r.last_reason, '?') || ')', r.status_code, 1, r.attempts, r.first_attempt, ?, rec.envelope "
+            "FROM retries r JOIN records rec USING(seq) WHERE r.sink = ? ORDER BY r.seq",
+            (sink, reason, now, sink)).rowcount
+        conn.execute("DELETE FROM retries WHERE sink = ?", (sink,))
+        fresh = conn.execute(
+            columns + "SELECT ?, key, type, app_id, ?, NULL, 1, 0, NULL, ?, envelope FROM records "
+            "WHERE seq > ? AND (mask >> ?) & 1 ORDER BY seq", (sink, reason, now, cursor, bit)).rowcount
+        conn.execute("UPDATE sinks SET cursor = max(cursor, last_seq) WHERE name = ?", (sink,))
+        bump(conn, [(sink, "dead_lettered", waiting + fresh)])
+    return int(waiting + fresh)

@@ -122,6 +122,12 @@ class Pipeline:
             self.stop()
         self.spool.close()
 
+    def orphaned(self) -> dict[str, int]:
+        """Records still owed to sinks this spool knows but this pipeline does not deliver to."""
+        others = set(self.spool.sink_bits()) - set(self.sink_names)
+        owed = {name: self.spool.backlog(name)[0] for name in sorted(others)}
+        return {name: n for name, n in owed.items() if n}
+
     def pending(self) -> dict[str, int]:
         """Records still owed to each sink of this pipeline (fresh plus waiting for retry)."""
         return {name: self.spool.backlog(name)[0] for name in self.sink_names}

@@ -7,8 +7,10 @@ Layout (all in ``<spool_dir>/spool.db``):
   and ``mask``, a bit per sink it is routed to. ``compact`` optionally holds the record's already
   normalised form (:mod:`traceexport.records.compact`) so a delivery process need not parse it again.
   ``seq`` is AUTOINCREMENT so it never goes back, even after deletes: sink cursors rely on that.
-* ``sinks``: name -> bit, and ``cursor``, the highest ``seq`` that sink has finished with (delivered,
-  dead-lettered, or moved to ``retries``).
+* ``sinks``: name -> bit, ``cursor``, the highest ``seq`` that sink has finished with (delivered,
+  dead-lettered, or moved to ``retries``), and ``last_seq``, the highest ``seq`` ever routed to it: a
+  sink owes nothing outside ``(cursor, last_seq]``, which lets the sweep delete whole ranges (and
+  keeps a sink removed from the config from holding back the cleanup of newer records).
 * ``retries``: per sink, records to try again at ``not_before`` (failed attempts, or deferred by the
   enricher) with their attempt count.
 * ``dead_letters``: what a sink could not take, with the reason and a copy of the envelope.
@@ -46,7 +48,7 @@ CREATE TABLE IF NOT EXISTS records(
     seq INTEGER PRIMARY KEY AUTOINCREMENT, mask INTEGER NOT NULL, key TEXT NOT NULL, type TEXT NOT NULL,
     app_id TEXT, trace_key TEXT, received REAL NOT NULL, envelope TEXT NOT NULL, compact BLOB);
 CREATE TABLE IF NOT EXISTS sinks(name TEXT PRIMARY KEY, bit INTEGER NOT NULL UNIQUE,
-    cursor INTEGER NOT NULL DEFAULT 0);
+    cursor INTEGER NOT NULL DEFAULT 0, last_seq INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS retries(sink TEXT NOT NULL, seq INTEGER NOT NULL, not_before REAL NOT NULL,
     attempts INTEGER NOT NULL, first_attempt REAL, last_reason TEXT, status_code INTEGER,
     PRIMARY KEY(sink, seq)) WITHOUT ROWID;
@@ -94,6 +96,7 @@ class Spool:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._last_sweep = 0.0
+        self._last_scan = 0.0
         self.conn().executescript(_SCHEMA)
         self._upgrade()
 
@@ -103,6 +106,11 @@ class Spool:
         if "compact" not in columns:
             with self.write() as conn:
                 conn.execute("ALTER TABLE records ADD COLUMN compact BLOB")
+        columns = {row[1] for row in self.conn().execute("PRAGMA table_info(sinks)")}
+        if "last_seq" not in columns:
+            with self.write() as conn:  # unknown until now: assume every sink may owe every record
+                conn.execute("ALTER TABLE sinks ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0")
+                conn.execute("UPDATE sinks SET last_seq = (SELECT ifnull(max(seq), 0) FROM records)")
 
     # -- connections -----------------------------------------------------------------------------
     def conn(self) -> sqlite3.Connection:
@@ -200,6 +208,7 @@ class Spool:
                 "INSERT INTO records(mask, key, type, app_id, trace_key, received, envelope, compact) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(r.mask, r.key, r.type, r.app_id, r.trace_key, now, r.envelope, r.compact) for r in rows])
+            last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
             accepted: dict[int, int] = {}
             for r in rows:
                 accepted[r.mask] = accepted.get(r.mask, 0) + 1
@@ -209,6 +218,7 @@ class Spool:
                 for bit, name in names.items():
                     if mask >> bit & 1:
                         per_sink[name] = per_sink.get(name, 0) + count
+            conn.executemany("UPDATE sinks SET last_seq = ? WHERE name = ?", [(last, name) for name in per_sink])
             bump(conn, ((name, "accepted", n) for name, n in per_sink.items()))
 
     def _drop_oldest(self, conn: sqlite3.Connection, over: int, now: float) -> None:
@@ -237,22 +247,34 @@ class Spool:
         bump(conn, ((name, "dropped", n) for name, n in per_sink.items()))
 
     # -- cleanup ---------------------------------------------------------------------------------
-    def sweep(self, *, every: float = 1.0) -> int:
-        """Delete records every routed sink is done with; at most once per ``every`` seconds."""
+    def sweep(self, *, every: float = 1.0, scan_every: float = 30.0) -> int:
+        """Delete records every routed sink is done with; at most once per ``every`` seconds.
+
+        Three steps, cheapest first: everything up to the slowest cursor; whole ranges above it that no
+        sink can owe (outside every ``(cursor, last_seq]``), such as everything newer than what a sink
+        removed from the config was ever sent; and, at most every ``scan_every`` seconds, a look at
+        each record's mask in a window above the slowest cursor, for records owed only to faster sinks.
+        """
         now = time.monotonic()
         with self._lock:
             if now - self._last_sweep < every:
                 return 0
             self._last_sweep = now
+            scan = now - self._last_scan >= scan_every
+            if scan:
+                self._last_scan = now
         with self.write() as conn:
-            sinks = conn.execute("SELECT bit, cursor FROM sinks").fetchall()
+            sinks = conn.execute("SELECT bit, cursor, last_seq FROM sinks").fetchall()
             if not sinks:
                 return 0
-            low, high = min(c for _, c in sinks), max(c for _, c in sinks)
+            low, high = min(c for _, c, _ in sinks), max(c for _, c, _ in sinks)
             done = "seq NOT IN (SELECT seq FROM retries)"
             deleted = conn.execute(f"DELETE FROM records WHERE seq <= ? AND {done}", (low,)).rowcount
-            if high > low:  # past the fastest cursor every record is still owed to some sink
-                owed = " AND ".join(f"NOT ((mask >> {bit}) & 1 AND seq > {cursor})" for bit, cursor in sinks)
+            for start, end in _unowed_ranges(low, [(c, last) for _, c, last in sinks]):
+                deleted += conn.execute(f"DELETE FROM records WHERE seq > ? AND seq <= ? AND {done}",
+                                        (start, end)).rowcount
+            if scan and high > low:  # past the fastest cursor every record is still owed to some sink
+                owed = " AND ".join(f"NOT ((mask >> {bit}) & 1 AND seq > {cursor})" for bit, cursor, _ in sinks)
                 deleted += conn.execute(
                     f"DELETE FROM records WHERE seq > ? AND seq <= ? AND {owed} AND {done}",
                     (low, min(high, low + _SWEEP_WINDOW))).rowcount
@@ -307,6 +329,20 @@ class Spool:
     def record_count(self) -> int:
         """Records held in the spool (for any sink)."""
         return int(self.conn().execute("SELECT count(*) FROM records").fetchone()[0])
+
+
+def _unowed_ranges(low: int, owing: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The ``(start, end]`` ranges above ``low`` outside every sink's ``(cursor, last_seq]``."""
+    ranges: list[tuple[int, int]] = []
+    position = low
+    for cursor, last in sorted((c, last) for c, last in owing if last > c):
+        if cursor > position:
+            ranges.append((position, cursor))
+        position = max(position, last)
+    top = max((max(c, last) for c, last in owing), default=low)  # nothing newer than this was ever routed
+    if top > position:
+        ranges.append((position, top))
+    return ranges
 
 
 def bump(conn: sqlite3.Connection, increments: Iterable[tuple[str, str, int]]) -> None:

@@ -9,7 +9,7 @@ import pytest
 from pipeline_helpers import SAMPLES, ScriptedSink, StandInMapping, fail_first, make_records
 
 from traceexport.cli import main
-from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route
+from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter
 from traceexport.sinks.base import ItemFailure
 
 FAST = PipelineSettings(fsync=False, poll_interval=0.01, retry=RetryPolicy(max_attempts=1))
@@ -48,6 +48,40 @@ def test_dlq_replay_requeues_for_the_next_run(tmp_path: Path, capsys: pytest.Cap
         figures = pipe.metrics()["sinks"]["opik"]
     assert len(sink.delivered) == 3
     assert figures["replayed"] == 3 and figures["dead_lettered"] == 3
+
+
+def test_dlq_retire_dead_letters_what_a_removed_sink_is_owed(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`dlq retire SINK` moves a removed sink's fresh and retrying records to its dead letter, the spool
+    can then free them, and `dlq replay` brings them back if the sink returns."""
+    failing = ScriptedSink("old", fail_first(1, ItemFailure("503", permanent=False, status_code=503)))
+    settings = PipelineSettings(fsync=False, poll_interval=0.01, retry=RetryPolicy(initial_backoff=600))
+    with Pipeline(tmp_path, [Route(ScriptedSink("new"), StandInMapping()), Route(failing, StandInMapping())],
+                  settings) as pipe:
+        pipe.accept(make_records(2))
+        pipe.workers[1].step()  # both fail once: now waiting for a retry in 10 minutes
+        pipe.accept(make_records(3, start=10))  # never tried
+        pipe.workers[0].step()
+        assert pipe.orphaned() == {}
+    with Pipeline(tmp_path, [Route(ScriptedSink("new"), StandInMapping())], FAST) as pipe:
+        assert pipe.orphaned() == {"old": 5}
+    assert main(["dlq", "retire", "--spool", str(tmp_path), "old"]) == 0
+    assert "5 records still owed to old moved to its dead letter" in capsys.readouterr().out
+    assert main(["dlq", "retire", "--spool", str(tmp_path), "nope"]) == 2
+    assert "no sink named 'nope'" in capsys.readouterr().err
+    with Pipeline(tmp_path, [Route(ScriptedSink("new"), StandInMapping())], FAST) as pipe:
+        assert pipe.orphaned() == {}
+        pipe.spool.sweep(every=0)
+        assert pipe.spool.record_count() == 0
+        entries = deadletter.list_entries(pipe.spool)
+        assert len(entries) == 5 and all("retired" in e.reason for e in entries)
+        assert sum("last failure: 503" in e.reason for e in entries) == 2
+    assert main(["dlq", "replay", "--spool", str(tmp_path), "--sink", "old"]) == 0
+    returned = ScriptedSink("old")
+    with Pipeline(tmp_path, [Route(returned, StandInMapping())], FAST) as pipe:
+        pipe.start()
+        assert pipe.wait_idle(10)
+    assert len(returned.delivered) == 5
 
 
 def test_dlq_purge_needs_yes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -186,3 +186,32 @@ def test_compact_forms_are_stored_only_while_delivery_lags_within_bounds(tmp_pat
     # lag before each accept: 0, 2, 4, 6, 8 records
     assert stored == [False, False, True, True, True, True, False, False, False, False]
     pipe.close()
+
+
+def test_a_sink_removed_from_the_config_keeps_only_what_it_was_owed(tmp_path: Path) -> None:
+    """Records accepted after a sink left the config are swept once delivered; the removed sink's own
+    undelivered records stay (nothing lost), so the spool does not grow until it refuses input."""
+    first = _pipe(tmp_path, ScriptedSink("a"), ScriptedSink("gone"))
+    first.accept(make_records(3))
+    first.close()
+    sink = ScriptedSink("a")
+    pipe = _pipe(tmp_path, sink)
+    for start in range(100, 600, 100):
+        pipe.accept(make_records(100, start=start))
+        while pipe.workers[0].step():
+            pass
+        pipe.spool.sweep(every=0, scan_every=3600)
+    assert len(sink.delivered) == 503
+    assert pipe.spool.record_count() == 3  # what "gone" was owed before it was removed
+    pipe.close()
+    assert Pipeline(tmp_path / "spool", [Route(ScriptedSink("gone"), StandInMapping())], FAST).pending() == {"gone": 3}
+
+
+def test_unowed_ranges_are_the_gaps_between_what_sinks_still_owe() -> None:
+    """Ranges above the slowest cursor that lie outside every (cursor, last_seq] are free to delete."""
+    from traceexport.pipeline.spool import _unowed_ranges
+
+    assert _unowed_ranges(0, [(0, 3), (100, 500)]) == [(3, 100)]
+    assert _unowed_ranges(0, [(0, 3), (203, 203)]) == [(3, 203)]
+    assert _unowed_ranges(10, [(10, 50), (20, 40), (60, 70), (80, 80)]) == [(50, 60), (70, 80)]
+    assert _unowed_ranges(5, [(5, 5)]) == []
