@@ -7,11 +7,15 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from traceexport.cli.status_cmd import add_spool_argument, query_spool
 from traceexport.pipeline import deadletter
+from traceexport.pipeline.spool import Spool
+
+T = TypeVar("T")
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -85,6 +89,16 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+def _query_one(args: argparse.Namespace, query: Callable[[Spool], T | None], missing: str) -> T | None:
+    """What ``query`` finds in the spool, or None after saying why (no spool, or ``missing``)."""
+    found = query_spool(args, lambda spool: [query(spool)])
+    if found is None:
+        return None
+    if found[0] is None:
+        print(f"error: {missing}", file=sys.stderr)
+    return found[0]
+
+
 def _stamp(epoch: float | None) -> str:
     if epoch is None:
         return "-"
@@ -113,12 +127,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     """Print one dead letter as JSON, envelope included."""
-    found = query_spool(args, lambda spool: [deadletter.get_entry(spool, args.id)])
-    if found is None:
-        return 2
-    entry = found[0]
+    entry = _query_one(args, lambda spool: deadletter.get_entry(spool, args.id), f"no dead letter with id {args.id}")
     if entry is None:
-        print(f"error: no dead letter with id {args.id}", file=sys.stderr)
         return 2
     data = entry.as_dict()
     data["first_attempt_utc"], data["last_attempt_utc"] = _stamp(entry.first_attempt), _stamp(entry.last_attempt)
@@ -156,13 +166,9 @@ def run_purge(args: argparse.Namespace) -> int:
 
 def run_retire(args: argparse.Namespace) -> int:
     """Dead-letter every record still owed to one sink."""
-    found = query_spool(args, lambda spool: [deadletter.retire(spool, args.sink)])
-    if found is None:
-        return 2
-    moved = found[0]
+    moved = _query_one(args, lambda spool: deadletter.retire(spool, args.sink),
+                       f"this spool has no sink named {args.sink!r} ('traceexport status' lists them)")
     if moved is None:
-        print(f"error: this spool has no sink named {args.sink!r} ('traceexport status' lists them)",
-              file=sys.stderr)
         return 2
     print(f"{moved} record{'s' if moved != 1 else ''} still owed to {args.sink} moved to its dead letter; "
           f"'traceexport dlq purge --sink {args.sink} --yes' deletes them")
