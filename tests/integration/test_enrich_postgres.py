@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from tests.support.postgres_server import (
     PostgresServer,
-    PostgresUnavailable,
     create_node_table,
     create_readonly_role,
     insert_rows,
+    running_or_skip,
 )
 
 from traceexport.enrich import ENV_DATABASE_URL, build_enricher, enrich_settings
@@ -41,17 +41,11 @@ class FakeClock:
 @pytest.fixture(scope="module")
 def server() -> Iterator[PostgresServer]:
     """One PostgreSQL for the module, with Dify's table and the README's read-only role."""
-    try:
-        pg = PostgresServer.start()
-    except PostgresUnavailable as exc:
-        pytest.skip(f"cannot run PostgreSQL: {exc}")
-    try:
+    with running_or_skip() as pg:
         with pg.admin() as conn:
             create_node_table(conn)
             create_readonly_role(conn, RO_ROLE, RO_PASSWORD)
         yield pg
-    finally:
-        pg.stop()
 
 
 @pytest.fixture

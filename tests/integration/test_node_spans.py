@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.postgres_server import PostgresServer, PostgresUnavailable, create_node_table, insert_rows
+from tests.support.postgres_server import create_node_table, insert_rows, running_or_skip
 
 from traceexport.enrich import build_enricher
 from traceexport.mapping import load_mapping
@@ -25,11 +25,7 @@ LLM_ROW = "5622ec1a-51ad-41e6-a698-aaef14f29c25"
 @pytest.fixture(scope="module")
 def enriched() -> Iterator[Record]:
     """Sample 01, enriched from its node rows in a throwaway PostgreSQL."""
-    try:
-        server = PostgresServer.start()
-    except PostgresUnavailable as exc:
-        pytest.skip(f"cannot run PostgreSQL: {exc}")
-    try:
+    with running_or_skip() as server:
         with server.admin() as conn:
             create_node_table(conn)
             insert_rows(conn, json.loads((SAMPLES / "01-workflow-ok.node_executions.json").read_text("utf-8")))
@@ -41,8 +37,6 @@ def enriched() -> Iterator[Record]:
         finally:
             enricher.close()
         yield record
-    finally:
-        server.stop()
 
 
 def _spans(backend: str, record: Record) -> list[dict[str, Any]]:

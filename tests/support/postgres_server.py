@@ -3,6 +3,7 @@
 Usage::
 
     server = PostgresServer.start()          # raises PostgresUnavailable (say why) when it cannot run
+    with running_or_skip() as server: ...    # in a test or fixture: start, skip if impossible, stop
     with server.admin() as conn:             # a superuser connection (autocommit)
         create_node_table(conn)
     server.url("traceexport_ro", "secret")   # postgresql://traceexport_ro:secret@127.0.0.1:PORT/dify
@@ -95,6 +96,21 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_or_skip() -> Iterator[PostgresServer]:
+    """A started server for a test or fixture, stopped afterwards; skips (saying why) when none can run."""
+    import pytest
+
+    try:
+        server = PostgresServer.start()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"cannot run PostgreSQL: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class PostgresServer:

@@ -47,8 +47,7 @@ def register(sub: Any) -> None:
     actions = parser.add_subparsers(dest="dlq_action", metavar="ACTION")
     listing = actions.add_parser("list", help="list dead letters (oldest first)",
                                  description="List dead letters, oldest first.")
-    add_spool_argument(listing)
-    listing.add_argument("--sink", help="only this sink's dead letters")
+    _add_filters(listing)
     listing.add_argument("--json", action="store_true", help="print a JSON array (without envelopes)")
     listing.set_defaults(func=run_list)
     show = actions.add_parser("show", help="show one dead letter with its record",
@@ -58,16 +57,14 @@ def register(sub: Any) -> None:
     show.set_defaults(func=run_show)
     again = actions.add_parser("replay", help="move dead letters back to their sink's queue",
                                description="Move dead letters back to their sink's queue for another try.")
-    add_spool_argument(again)
-    again.add_argument("--sink", help="only this sink's dead letters")
+    _add_filters(again)
     again.add_argument("--since", type=parse_when, metavar="T",
                        help="only entries whose last attempt was at or after T (ISO 8601 time, or age: 2h)")
     again.add_argument("ids", nargs="*", type=int, metavar="ID", help="only these ids (default: all matching)")
     again.set_defaults(func=run_replay)
     purge = actions.add_parser("purge", help="delete dead letters for good",
                                description="Delete dead letters for good. Needs --yes.")
-    add_spool_argument(purge)
-    purge.add_argument("--sink", help="only this sink's dead letters")
+    _add_filters(purge)
     purge.add_argument("--before", type=parse_when, metavar="T",
                        help="only entries whose last attempt was before T (ISO 8601 time, or age: 7d)")
     purge.add_argument("--yes", action="store_true", help="confirm the deletion")
@@ -82,6 +79,12 @@ def register(sub: Any) -> None:
     retire.add_argument("sink", metavar="SINK", help="the sink's name, as 'traceexport status' lists it")
     retire.set_defaults(func=run_retire)
     parser.set_defaults(func=lambda args: _usage(parser))
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    """The spool location and ``--sink``, shared by the sub-commands that select dead letters."""
+    add_spool_argument(parser)
+    parser.add_argument("--sink", help="only this sink's dead letters")
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
