@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -149,7 +150,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(tmp_path: Path) -> None:
             wait_exit(proc, 10)
         delivered_before = len(fake.traces)
         assert 0 < delivered_before < 500, "the kill should land mid-stream"
-        resume = start_process(["traceexport", "export", "--to", "opik", "--spool", str(spool)],
+        resume = start_process([sys.executable, "-m", "traceexport", "export", "--to", "opik", "--spool", str(spool)],
                                env=python_env({"OPIK_URL_OVERRIDE": fake.url}))
         code, _, err = wait_exit(resume, 120)
         assert code == 0, err

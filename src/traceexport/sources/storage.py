@@ -190,7 +190,8 @@ def _client_error_class() -> type[Exception]:
         from botocore.exceptions import ClientError
     except ImportError:  # an injected fake client without botocore installed
         return _NeverRaised
-    return ClientError
+    error_class: type[Exception] = ClientError
+    return error_class
 
 
 class _NeverRaised(Exception):
