@@ -4,6 +4,13 @@ Dify builds the config class from the stored ``tracing_config`` dict: every key 
 entry's ``other_keys`` arrives as a string (``""`` when unset) and every key in ``secret_keys`` is
 encrypted at rest by Dify. Empty values fall back to environment variables, so an app can be switched to
 the provider with an empty ``tracing_config`` and everything configured once per deployment.
+
+Two facts of Dify shape this class (``OpsTraceManager.encrypt_tracing_config``): Dify encrypts only the
+secret keys present in the request, then stores this class's full dump; every later read decrypts every
+secret key the dump holds. So the dump leaves out an empty ``token`` (stored as an empty plain string, it
+could never be decrypted), and constructing the class never raises: it is also built from stored configs
+in Dify's request path. Values that make no sense are reported by :func:`HookSettings.problems` instead,
+which the provider's ``api_check`` raises to Dify's console as a one-line reason.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, field_validator, model_serializer
 
 from traceexport.dify.names import OTHER_KEYS, PROVIDER_NAME, SECRET_KEYS
 
@@ -45,18 +52,18 @@ class TraceExportConfig(BaseModel):
     token: str = ""
     tee: str = ""
 
-    @field_validator("mode", mode="before")
-    @classmethod
-    def _known_mode(cls, value: Any) -> str:
-        text = "" if value is None else str(value).strip().lower()
-        if text not in _MODE_ALIASES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)} (got {text!r})")
-        return _MODE_ALIASES[text]
-
-    @field_validator("sinks", "config_file", "endpoint", "token", "tee", mode="before")
+    @field_validator("mode", "sinks", "config_file", "endpoint", "token", "tee", mode="before")
     @classmethod
     def _text(cls, value: Any) -> str:
         return "" if value is None else str(value).strip()
+
+    @model_serializer(mode="wrap")
+    def _without_empty_secrets(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped: dict[str, Any] = handler(self)
+        for key in SECRET_KEYS:
+            if not dumped.get(key):
+                dumped.pop(key, None)
+        return dumped
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,7 @@ class HookSettings:
     """Everything the hook needs, resolved once per trace instance from the stored config and env."""
 
     mode: str = "in_process"
+    unknown_mode: str = ""
     sinks: tuple[str, ...] = ()
     config_file: str | None = None
     endpoint: str | None = None
@@ -87,6 +95,8 @@ class HookSettings:
     def problems(self) -> list[str]:
         """What makes these settings unusable (empty when they look right); no I/O beyond a file check."""
         found: list[str] = []
+        if self.unknown_mode:
+            found.append(f"mode must be one of {', '.join(MODES)} (got {self.unknown_mode!r})")
         if self.mode == "forward":
             if not self.endpoint:
                 found.append("forward mode needs an endpoint (tracing_config.endpoint or TRACEEXPORT_FORWARD_URL)")
@@ -99,6 +109,9 @@ class HookSettings:
             found.append(f"config file {self.config_file} does not exist")
         if self.tee == PROVIDER_NAME:
             found.append("tee cannot name the traceexport provider itself")
+        if self.token and "*" in self.token:
+            found.append("token contains '*', which Dify takes for a masked placeholder and stores unencrypted; "
+                         "send the real token")
         return found
 
 
@@ -113,13 +126,15 @@ def resolve_settings(config: Any, env: Mapping[str, str] | None = None) -> HookS
         stored = TraceExportConfig.model_validate(config.model_dump())
     else:
         stored = TraceExportConfig.model_validate(dict(config or {}))
-    mode = stored.mode or _MODE_ALIASES.get(env.get("TRACEEXPORT_MODE", "").strip().lower(), "") or "in_process"
+    given = stored.mode or env.get("TRACEEXPORT_MODE", "").strip()
+    mode = _MODE_ALIASES.get(given.lower())
     try:
         queue_size = max(1, int(env.get("TRACEEXPORT_HOOK_QUEUE_SIZE", DEFAULT_QUEUE_SIZE)))
     except ValueError:
         queue_size = DEFAULT_QUEUE_SIZE
     return HookSettings(
-        mode=mode,
+        mode=mode or "in_process",
+        unknown_mode="" if mode is not None else given,
         sinks=_split(stored.sinks or env.get("TRACEEXPORT_TO", "")),
         config_file=stored.config_file or env.get("TRACEEXPORT_CONFIG") or None,
         endpoint=(stored.endpoint or env.get("TRACEEXPORT_FORWARD_URL") or "").rstrip("/") or None,

@@ -13,8 +13,9 @@ from typing import Any
 
 from traceexport.dify.config import PROVIDER_NAME, HookSettings, resolve_settings
 from traceexport.dify.counters import RATE_LOG, STATS
+from traceexport.dify.origin import app_id_of
 from traceexport.dify.runtime import Item, exporter_for
-from traceexport.dify.tee import app_id_of, call_tee
+from traceexport.dify.tee import call_tee
 
 HOMEPAGE = "https://github.com/traceexport/traceexport"
 _URL_VARIABLES = ("LANGFUSE_HOST", "LANGFUSE_BASE_URL", "OPIK_URL_OVERRIDE", "OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -56,11 +57,15 @@ class TraceExportTrace:
             call_tee(self.settings.tee, app_id, trace_info)
 
     def api_check(self) -> bool:
-        """True when the config is usable: sinks build (no network); in forward mode the sidecar is healthy."""
+        """True when the config is usable: sinks build (no network); in forward mode the sidecar is healthy.
+
+        Dify calls this when a config is saved, and shows what it raises as the console's 400 answer, so a
+        problem raises ValueError with the reason (Dify would only say "Invalid Credentials" for False).
+        """
         problem = self._check()
         if problem:
             RATE_LOG("dify.hook.api_check_failed", logging.WARNING, reason=problem)
-            return False
+            raise ValueError(f"traceexport: {problem}")
         return True
 
     def _check(self) -> str | None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from traceexport.dify import importhook
 from traceexport.dify.names import OTHER_KEYS, PROVIDER_NAME, SECRET_KEYS
+from traceexport.dify.stored_config import patch_decrypt, unpatch_decrypt
 
 log = logging.getLogger("traceexport.dify")
 
@@ -57,6 +58,15 @@ def provider_entry() -> dict[str, Any]:
     return dict(cached[1])
 
 
+def _entry_or_key_error() -> dict[str, Any]:
+    """Our entry; a KeyError (Dify's "no such provider", handled on every path) if it cannot be built."""
+    try:
+        return provider_entry()
+    except Exception as exc:
+        log_event(log, "dify.hook.provider_unavailable", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
+        raise KeyError(f"traceexport provider unavailable: {type(exc).__name__}") from exc
+
+
 def _patch_class(registry_class: type) -> None:
     if _MARK in registry_class.__dict__:
         return
@@ -65,7 +75,7 @@ def _patch_class(registry_class: type) -> None:
 
     def __getitem__(self: Any, key: Any) -> Any:
         if key == PROVIDER_NAME:
-            return provider_entry()
+            return _entry_or_key_error()
         return original_getitem(self, key)
 
     def __contains__(self: Any, key: Any) -> bool:
@@ -118,6 +128,10 @@ def patch_registry(module: ModuleType) -> bool:
         _unrecognised(f"{module.__name__} has neither OpsTraceProviderConfigMap.__getitem__ "
                       "nor a provider_config_map dict")
         return False
+    if not patch_decrypt(getattr(module, "OpsTraceManager", None)):
+        log_event(log, "dify.hook.decrypt_not_guarded", logging.WARNING,
+                  reason=f"{module.__name__}.OpsTraceManager.decrypt_tracing_config not found; an unreadable "
+                         "stored config would not be tolerated")
     _extend_enum(getattr(sys.modules.get(CONFIG_MODULE), "TracingProviderEnum", None))
     importhook.when_imported(SERVICE_MODULE, _extend_service)
     _state["installed"] = layout
@@ -185,6 +199,7 @@ def uninstall() -> None:
     registry = getattr(module, "provider_config_map", None)
     if type(registry) is dict:
         registry.pop(PROVIDER_NAME, None)
+    unpatch_decrypt(getattr(module, "OpsTraceManager", None))
     _state["installed"] = None
     _state.pop("entry", None)
 

@@ -13,21 +13,18 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
-import json
 import os
 import queue
 import threading
 from dataclasses import dataclass
-from datetime import date, datetime, time
-from decimal import Decimal
 from pathlib import Path
 from time import monotonic
 from typing import Any
-from uuid import UUID
 
 from traceexport.dify import tee
 from traceexport.dify.config import HookSettings
 from traceexport.dify.counters import RATE_LOG, STATS
+from traceexport.dify.serialize import json_safe
 from traceexport.errors import RecordError, SpoolFullError
 from traceexport.records import Record, record_from_trace_info
 
@@ -45,24 +42,9 @@ class Item:
     app_id: str | None = None
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, Decimal | UUID):
-        return str(value)
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    for method in ("to_dict", "model_dump"):
-        dump = getattr(value, method, None)
-        if callable(dump):
-            return dump()
-    return None  # an ORM object or similar that Dify itself could not serialise either
-
-
 def to_record(item: Item) -> Record:
-    """A Record from a handed-over item, made JSON-safe the way Dify's TaskData file would be."""
-    data = json.loads(json.dumps(item.data, default=_json_default))
-    return record_from_trace_info(data, item.type_name, item.app_id)
+    """A Record from a handed-over item, made JSON-safe the way Dify's TaskData file holds it."""
+    return record_from_trace_info(json_safe(item.data), item.type_name, item.app_id)
 
 
 def claim_slot(root: Path) -> tuple[Path, int]:

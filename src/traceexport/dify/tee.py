@@ -24,16 +24,6 @@ _cache: dict[tuple[str, str], tuple[float, Any]] = {}
 _lock = threading.Lock()
 
 
-def app_id_of(trace_info: Any) -> str | None:
-    """The app a TraceInfo belongs to: ``metadata.app_id``, else its message's ``app_id``."""
-    metadata = getattr(trace_info, "metadata", None)
-    if isinstance(metadata, dict) and isinstance(metadata.get("app_id"), str):
-        return str(metadata["app_id"])
-    message = getattr(trace_info, "message_data", None)
-    value = message.get("app_id") if isinstance(message, dict) else getattr(message, "app_id", None)
-    return str(value) if value else None
-
-
 def _build_instance(provider: str, app_id: str) -> Any:
     module = sys.modules.get(REGISTRY_MODULE)
     if module is None:
@@ -93,4 +83,4 @@ def after_fork() -> None:
     _cache.clear()
 
 
-__all__ = ["app_id_of", "call_tee", "clear_cache", "tee_instance"]
+__all__ = ["call_tee", "clear_cache", "tee_instance"]

@@ -41,9 +41,19 @@ def _clean_message_data(message_data: Any) -> dict[str, Any] | None:
     if "total_price" in message_data:
         message_data["total_price"] = to_number(message_data["total_price"])
     meta = message_data.get("message_metadata")
+    if isinstance(meta, str):  # the column's JSON text, as Dify's Message row holds it
+        meta = message_data["message_metadata"] = _json_object(meta)
     if isinstance(meta, dict):
         _clean_usage(meta.get("usage"))
     return message_data
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = fastjson.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _user_from_invoked_by(invoked_by: Any) -> str | None:

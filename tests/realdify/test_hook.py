@@ -1,0 +1,93 @@
+"""The library hook inside real Dify: set up as the README says, it keeps the app working and delivers every record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.realdify.conftest import Backends, DifyStack
+from tests.realdify.entities import BACKENDS, differences, mapped, received
+
+# The README's console call, verbatim: no token, a tee to a provider the app may not have configured.
+README_CONFIG = {"mode": "in_process", "sinks": "opik,langfuse", "tee": "langfuse"}
+ALL_SINKS = ",".join(BACKENDS)
+SEVEN_TYPES = {"WorkflowTraceInfo", "MessageTraceInfo", "ToolTraceInfo", "DatasetRetrievalTraceInfo",
+               "ModerationTraceInfo", "SuggestedQuestionTraceInfo", "GenerateNameTraceInfo"}
+
+
+def hook_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """What the README's docker-compose override sets on Dify's api and worker services."""
+    return {"TRACEEXPORT_DIFY_HOOK": "1", "TRACEEXPORT_SPOOL": str(tmp_path / "hook-spool"), **extra}
+
+
+def configure_both_apps(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Steps: the README's two console calls for the chat app and the workflow app."""
+    return [{"op": "configure", "app_id": app, "provider": "traceexport", "config": config}
+            for app in ("$chat_app", "$workflow_app")]
+
+
+def assert_delivered_as_mapped(files: list[str], backends: Backends, names: tuple[str, ...] = BACKENDS) -> None:
+    """Every backend's fake holds exactly what ``traceexport map`` prints for the TaskData files."""
+    assert {Path(f).read_text().split('"trace_info_type":"')[1].split('"')[0] for f in files} >= SEVEN_TYPES
+    for backend in names:
+        expected = mapped(backend, files, backends.env())
+        fake = backends.fake(backend)
+        fake.wait_for(lambda f=fake, b=backend, e=expected: len(received(b, f)) >= len(e), timeout=30)
+        problems = differences(expected, received(backend, fake))
+        assert not problems, f"{backend}: " + "\n".join(problems)
+
+
+def test_the_readme_setup_leaves_the_app_working(stack: DifyStack, backends: Backends, tmp_path: Path) -> None:
+    """Configured exactly as the README's curl does (no token), the app's request path, worker and console work."""
+    results = stack.run([{"op": "seed"}, *configure_both_apps(README_CONFIG),
+                         {"op": "probe", "app_id": "$chat_app", "provider": "traceexport"}],
+                        **hook_env(tmp_path), **backends.env())
+    assert results[1] == {"create": {"result": "success"}}
+    probe = results[3]
+    assert probe["queue_manager"] == probe["trace_instance"] == probe["console"] == "ok", probe
+    assert "token" not in probe["console_config"]
+    assert probe["console_config"]["sinks"] == "opik,langfuse"
+
+
+@pytest.mark.parametrize("stored_token", ["", "bm90IGEgY2lwaGVydGV4dA==", "abc***xyz"],
+                         ids=["empty-plain-text", "foreign-ciphertext", "masked-plain-text"])
+def test_an_unreadable_stored_config_fails_alone(stack: DifyStack, tmp_path: Path, stored_token: str) -> None:
+    """A stored token Dify cannot decrypt breaks neither the app's requests nor the console, and records still flow."""
+    config = {"mode": "in_process", "sinks": "file", "config_file": "", "endpoint": "", "tee": "",
+              "token": stored_token}
+    env = hook_env(tmp_path, TRACEEXPORT_FILE_SINK_DIR=str(tmp_path / "out"))
+    results = stack.run([{"op": "seed"},
+                         {"op": "store_config", "app_id": "$chat_app", "provider": "traceexport", "config": config},
+                         {"op": "probe", "app_id": "$chat_app", "provider": "traceexport"},
+                         {"op": "produce", "archive": str(tmp_path / "archive"), "apps": ["$chat_app"]},
+                         {"op": "work"}, {"op": "flush", "timeout": 30}], **env)
+    probe = results[2]
+    assert probe["queue_manager"] == probe["trace_instance"] == probe["console"] == "ok", probe
+    stats = results[5]["stats"]
+    assert stats["accepted"] == len(results[3]["files"]) == 7 and stats["errors"] == 0, stats
+
+
+def test_a_masked_token_is_refused_when_saved(stack: DifyStack, tmp_path: Path) -> None:
+    """Saving a token with '*' (Dify would store it unencrypted) is refused with the reason, and nothing is stored."""
+    results = stack.run([{"op": "seed"},
+                         {"op": "configure", "app_id": "$chat_app", "provider": "traceexport", "enable": False,
+                          "config": {"mode": "forward", "endpoint": "http://127.0.0.1:9", "token": "abc***xyz"}},
+                         {"op": "probe", "app_id": "$chat_app", "provider": "traceexport"}], **hook_env(tmp_path))
+    assert "token contains '*'" in results[1]["create_error"]
+    assert results[2]["console"] == "none"
+
+
+def test_in_process_hook_delivers_every_record_as_map_prints_it(stack: DifyStack, backends: Backends,
+                                                               tmp_path: Path) -> None:
+    """Dify's worker task runs the provider for all seven record types; all four backends receive what map prints."""
+    results = stack.run([{"op": "seed"}, *configure_both_apps({"mode": "in_process", "sinks": ALL_SINKS}),
+                         {"op": "produce", "archive": str(tmp_path / "archive")}, {"op": "work"},
+                         {"op": "flush", "timeout": 60}], **hook_env(tmp_path), **backends.env())
+    files, ran, flushed = results[3]["files"], results[4]["ran"], results[5]
+    assert len(files) == len(ran) == 8 and {r["state"] for r in ran} == {"SUCCESS"}
+    assert flushed["undelivered"] == 0, flushed
+    stats = flushed["stats"]
+    assert stats["traced"] == stats["accepted"] == 8 and stats["invalid_records"] == stats["errors"] == 0, stats
+    assert_delivered_as_mapped(files, backends)
