@@ -9,6 +9,7 @@ import copy
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from traceexport.sources.storage import LocalStorage
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "tests" / "data" / "samples"
 SHARED_SAMPLES = REPO / ".." / "shared" / "dify" / "samples"
+DIFY_REAL = REPO / ".." / "shared" / "dify" / "real"
 
 
 def _samples() -> dict[str, bytes]:
@@ -246,6 +248,31 @@ def test_the_empty_queue_hint_names_the_key_and_the_setting() -> None:
     assert "'dify:ops_trace' holds 3 message(s)" in text and "REDIS_KEY_PREFIX is probably 'dify'" in text
     assert "clear the key prefix" in (hint_for(prefixed, {"ops_trace": 2}) or "")
     assert "global_keyprefix: 'q.'" in (hint_for(plain, {"q.ops_trace": 1}) or "")
+
+
+def _default_queues(version: str) -> list[str]:
+    """The community edition's DEFAULT_QUEUES of a real Dify tree's worker entrypoint, minus ops_trace."""
+    entrypoint = DIFY_REAL / f"dify-{version}" / "api" / "docker" / "entrypoint.sh"
+    if not entrypoint.is_file():
+        pytest.skip(f"{entrypoint} not found: the real Dify trees are only beside the CI checkout")
+    text = entrypoint.read_text()
+    community = text[text.index("# Community edition") :]
+    line = re.search(r'DEFAULT_QUEUES="([^"]+)"', community)
+    assert line is not None, f"no community DEFAULT_QUEUES in {entrypoint}"
+    return [q for q in line.group(1).split(",") if q != "ops_trace"]
+
+
+def test_readme_and_compose_queue_lists_match_difys_entrypoints() -> None:
+    """The README's CELERY_QUEUES per Dify version, and the compose default, are Dify's lists minus ops_trace."""
+    readme = (REPO / "README.md").read_text()
+    for row, version in (("1.10.x (1.10.1)", "1.10.1"), ("1.14.x (1.14.1)", "1.14.1")):
+        documented = re.search(rf"\| {re.escape(row)} \| `([^`]+)` \|", readme)
+        assert documented is not None, f"README has no CELERY_QUEUES row for {row}"
+        assert documented.group(1).split(",") == _default_queues(version), row
+    compose = (REPO / "deploy" / "docker-compose.traceexport.yaml").read_text()
+    default = re.search(r"CELERY_QUEUES: \$\{TRACEEXPORT_WORKER_QUEUES:-([^}]+)\}", compose)
+    assert default is not None and default.group(1).split(",") == _default_queues("1.14.1")
+    assert set(_default_queues("1.10.1")) <= set(_default_queues("1.14.1"))
 
 
 # --------------------------------------------------------------------------- real redis-server
