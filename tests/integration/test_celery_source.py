@@ -245,7 +245,8 @@ def test_the_empty_queue_hint_names_the_key_and_the_setting() -> None:
     prefixed = CelerySourceSettings.from_config({"redis_key_prefix": "dify"}, env={})
     assert hint_for(plain, {}) is None
     text = hint_for(plain, {"dify:ops_trace": 3, "other:ops_trace": 1}) or ""
-    assert "'dify:ops_trace' holds 3 message(s)" in text and "REDIS_KEY_PREFIX is probably 'dify'" in text
+    assert "'dify:ops_trace' holds 3 message(s)" in text
+    assert "if that is your Dify's queue, its REDIS_KEY_PREFIX is probably 'dify'" in text
     assert "clear the key prefix" in (hint_for(prefixed, {"ops_trace": 2}) or "")
     assert "global_keyprefix: 'q.'" in (hint_for(plain, {"q.ops_trace": 1}) or "")
 
@@ -372,11 +373,8 @@ _CRASHING_CONSUMER = textwrap.dedent(
 def test_a_crash_between_receipt_and_ack_loses_nothing(
     redis: RedisServer, storage_root: Path, tmp_path: Path, dify_prefix: str
 ) -> None:
-    """A consumer killed (-9) inside accept() leaves message and file; a new consumer delivers and cleans up.
-
-    With Dify's REDIS_KEY_PREFIX the queue and this source's unacked bookkeeping live under the prefix and
-    the redelivery after the visibility timeout works the same.
-    """
+    """A consumer killed (-9) inside accept() leaves message and file (under Dify's key prefix, if any, as is
+    its unacked entry); a new consumer delivers and cleans up."""
     keyprefix = f"{dify_prefix}:" if dify_prefix else ""
     producer = DifyProducer(redis.url(1), storage_root, redis_key_prefix=dify_prefix)
     try:
@@ -653,7 +651,7 @@ def test_a_prefixed_dify_reaches_a_source_with_its_redis_key_prefix(
 
 @pytest.mark.integration
 @pytest.mark.parametrize(("dify_prefix", "source_prefix", "advice"), [
-    ("dify", "", "REDIS_KEY_PREFIX is probably 'dify'"),
+    ("dify", "", "its REDIS_KEY_PREFIX is probably 'dify': set redis_key_prefix to that"),
     ("", "dify", "clear the key prefix"),
 ])
 def test_a_mismatched_prefix_sees_an_empty_queue_and_logs_a_hint(

@@ -48,14 +48,14 @@ def hint_for(settings: CelerySourceSettings, others: dict[str, int]) -> str | No
     key, length = max(others.items(), key=lambda item: item[1])
     prefix = key[: len(key) - len(settings.queue)]
     if not prefix:
-        fix = "Dify does not prefix its keys (REDIS_KEY_PREFIX empty, or Dify < 1.14): clear the key prefix"
+        fix = "it has no key prefix (REDIS_KEY_PREFIX empty, or a Dify without it): clear the key prefix"
     elif prefix.endswith(":") and prefix[:-1].strip() == prefix[:-1] and prefix[:-1]:
-        fix = f"Dify's REDIS_KEY_PREFIX is probably {prefix[:-1]!r}: set redis_key_prefix to it"
+        fix = f"its REDIS_KEY_PREFIX is probably {prefix[:-1]!r}: set redis_key_prefix to that"
     else:
         fix = f"set transport_options.global_keyprefix: {prefix!r}"
     return (
         f"no message on queue {settings.queue!r} (Redis key {settings.queue_key()!r}) so far, but Redis key "
-        f"{key!r} holds {length} message(s); {fix} in sources.celery"
+        f"{key!r} holds {length} message(s); if that is your Dify's queue, {fix} in sources.celery"
     )
 
 
