@@ -9,6 +9,7 @@ import copy
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import pytest
 from tests.support.dify_producer import DifyProducer
 from tests.support.redis_server import RedisServer, free_port, redis_server_binary
 
+from traceexport.config import validate_config_file
 from traceexport.errors import ConfigError, SpoolFullError
 from traceexport.records import Record
 from traceexport.sources.celery import (
@@ -36,11 +38,13 @@ from traceexport.sources.celery import (
     mask_url,
     parse_task,
 )
+from traceexport.sources.celery.probe import hint_for
 from traceexport.sources.storage import LocalStorage
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "tests" / "data" / "samples"
 SHARED_SAMPLES = REPO / ".." / "shared" / "dify" / "samples"
+DIFY_REAL = REPO / ".." / "shared" / "dify" / "real"
 
 
 def _samples() -> dict[str, bytes]:
@@ -195,6 +199,83 @@ def test_missing_celery_extra_is_a_config_error(monkeypatch: pytest.MonkeyPatch,
         CelerySource(CelerySourceSettings(storage={"type": "local", "path": tmp_path}), Recorder())  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("value", "keyprefix"),
+    [("", ""), ("   ", ""), ("dify", "dify:"), (" dify\n", "dify:"), ("dify:", "dify::"), ("a b", "a b:")],
+)
+def test_redis_key_prefix_becomes_kombus_global_keyprefix_by_difys_rule(value: str, keyprefix: str) -> None:
+    """Dify's REDIS_KEY_PREFIX is stripped and, if anything is left, gets one ':' appended, as Dify 1.14 does."""
+    settings = CelerySourceSettings.from_config({"redis_key_prefix": value}, env={})
+    options = settings.kombu_transport_options()
+    assert options.get("global_keyprefix", "") == keyprefix
+    assert settings.queue_key() == f"{keyprefix}ops_trace"
+    assert options["unacked_key"] == "traceexport.unacked"  # kombu puts the prefix in front itself
+
+
+def test_redis_key_prefix_falls_back_to_the_environment_only_when_the_config_is_silent() -> None:
+    """REDIS_KEY_PREFIX from the environment applies unless redis_key_prefix or global_keyprefix is configured."""
+    env = {"REDIS_KEY_PREFIX": "dify"}
+    from_env = CelerySourceSettings.from_config({}, env=env)
+    assert from_env.global_keyprefix == "dify:"
+    assert "environment variable REDIS_KEY_PREFIX" in from_env.describe_prefix()
+    assert CelerySourceSettings.from_config({"redis_key_prefix": ""}, env=env).global_keyprefix == ""
+    explicit = CelerySourceSettings.from_config({"transport_options": {"global_keyprefix": "x:"}}, env=env)
+    assert explicit.kombu_transport_options()["global_keyprefix"] == "x:"
+    assert CelerySourceSettings.from_config({}, env={"REDIS_KEY_PREFIX": ""}).global_keyprefix == ""
+
+
+def test_key_prefix_problems_are_reported_with_their_key_path(tmp_path: Path) -> None:
+    """A non-text prefix, or both prefix settings at once, is a one-line problem at its key path in validate."""
+    with pytest.raises(ConfigError) as info:
+        CelerySourceSettings.from_config({"redis_key_prefix": ["dify"]}, env={})
+    assert [p.where for p in info.value.problems] == ["sources.celery.redis_key_prefix"]
+    config = tmp_path / "traceexport.yaml"
+    config.write_text(
+        f"sinks:\n  out:\n    type: file\n    path: {tmp_path / 'out'}\n"
+        "sources:\n  celery:\n    redis_key_prefix: dify\n    transport_options:\n      global_keyprefix: 'x:'\n"
+    )
+    problems = validate_config_file(config, env={})
+    assert [p.where for p in problems] == ["sources.celery.redis_key_prefix"]
+    assert "not both" in problems[0].message and "\n" not in problems[0].message
+
+
+def test_the_empty_queue_hint_names_the_key_and_the_setting() -> None:
+    """The hint names the key that holds messages and what to configure: Dify's prefix, no prefix, or a raw one."""
+    plain = CelerySourceSettings.from_config({}, env={})
+    prefixed = CelerySourceSettings.from_config({"redis_key_prefix": "dify"}, env={})
+    assert hint_for(plain, {}) is None
+    text = hint_for(plain, {"dify:ops_trace": 3, "other:ops_trace": 1}) or ""
+    assert "'dify:ops_trace' holds 3 message(s)" in text
+    assert "if that is your Dify's queue, its REDIS_KEY_PREFIX is probably 'dify'" in text
+    assert "clear the key prefix" in (hint_for(prefixed, {"ops_trace": 2}) or "")
+    assert "global_keyprefix: 'q.'" in (hint_for(plain, {"q.ops_trace": 1}) or "")
+
+
+def _default_queues(version: str) -> list[str]:
+    """The community edition's DEFAULT_QUEUES of a real Dify tree's worker entrypoint, minus ops_trace."""
+    entrypoint = DIFY_REAL / f"dify-{version}" / "api" / "docker" / "entrypoint.sh"
+    if not entrypoint.is_file():
+        pytest.skip(f"{entrypoint} not found: the real Dify trees are only beside the CI checkout")
+    text = entrypoint.read_text()
+    community = text[text.index("# Community edition") :]
+    line = re.search(r'DEFAULT_QUEUES="([^"]+)"', community)
+    assert line is not None, f"no community DEFAULT_QUEUES in {entrypoint}"
+    return [q for q in line.group(1).split(",") if q != "ops_trace"]
+
+
+def test_readme_and_compose_queue_lists_match_difys_entrypoints() -> None:
+    """The README's CELERY_QUEUES per Dify version, and the compose default, are Dify's lists minus ops_trace."""
+    readme = (REPO / "README.md").read_text()
+    for row, version in (("1.10.x (1.10.1)", "1.10.1"), ("1.14.x (1.14.1)", "1.14.1")):
+        documented = re.search(rf"\| {re.escape(row)} \| `([^`]+)` \|", readme)
+        assert documented is not None, f"README has no CELERY_QUEUES row for {row}"
+        assert documented.group(1).split(",") == _default_queues(version), row
+    compose = (REPO / "deploy" / "docker-compose.traceexport.yaml").read_text()
+    default = re.search(r"CELERY_QUEUES: \$\{TRACEEXPORT_WORKER_QUEUES:-([^}]+)\}", compose)
+    assert default is not None and default.group(1).split(",") == _default_queues("1.14.1")
+    assert set(_default_queues("1.10.1")) <= set(_default_queues("1.14.1"))
+
+
 # --------------------------------------------------------------------------- real redis-server
 
 UNACKED = "traceexport.unacked"
@@ -233,12 +314,12 @@ def _settings(redis: RedisServer, storage_root: Path, **extra: Any) -> CelerySou
         "retry_delay": 0.1,
     }
     values.update(extra)
-    return CelerySourceSettings.from_config(values)
+    return CelerySourceSettings.from_config(values, env={})  # a REDIS_KEY_PREFIX around the tests stays out
 
 
-def _drained(redis: RedisServer) -> bool:
+def _drained(redis: RedisServer, keyprefix: str = "") -> bool:
     client = redis.client(1)
-    return bool(client.llen("ops_trace") == 0 and client.hlen(UNACKED) == 0)
+    return bool(client.llen(f"{keyprefix}ops_trace") == 0 and client.hlen(f"{keyprefix}{UNACKED}") == 0)
 
 
 def _files(root: Path) -> list[str]:
@@ -288,12 +369,19 @@ _CRASHING_CONSUMER = textwrap.dedent(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("dify_prefix", ["", "dify"])
 def test_a_crash_between_receipt_and_ack_loses_nothing(
-    redis: RedisServer, storage_root: Path, producer: DifyProducer, tmp_path: Path
+    redis: RedisServer, storage_root: Path, tmp_path: Path, dify_prefix: str
 ) -> None:
-    """A consumer killed (-9) inside accept() leaves message and file; a new consumer delivers and cleans up."""
-    key = producer.send(_samples()["05-message-chat.json"])
-    settings = _settings(redis, storage_root, visibility_timeout=1)
+    """A consumer killed (-9) inside accept() leaves message and file (under Dify's key prefix, if any, as is
+    its unacked entry); a new consumer delivers and cleans up."""
+    keyprefix = f"{dify_prefix}:" if dify_prefix else ""
+    producer = DifyProducer(redis.url(1), storage_root, redis_key_prefix=dify_prefix)
+    try:
+        key = producer.send(_samples()["05-message-chat.json"])
+    finally:
+        producer.close()
+    settings = _settings(redis, storage_root, visibility_timeout=1, redis_key_prefix=dify_prefix)
     marker = tmp_path / "received"
     config = json.dumps(settings.model_dump(mode="json") | {"broker_url": redis.url(1)})
     paths = [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -305,7 +393,7 @@ def test_a_crash_between_receipt_and_ack_loses_nothing(
         os.kill(child.pid, signal.SIGKILL)
         child.wait(10)
     client = redis.client(1)
-    assert client.hlen(UNACKED) == 1 and client.llen("ops_trace") == 0
+    assert client.hlen(f"{keyprefix}{UNACKED}") == 1 and client.llen(f"{keyprefix}ops_trace") == 0
     assert (storage_root / key).exists()
 
     recorder = Recorder()
@@ -313,9 +401,11 @@ def test_a_crash_between_receipt_and_ack_loses_nothing(
     source.start()
     try:
         _wait_for(lambda: recorder.keys() == [marker.read_text()], what="the redelivered record")
-        _wait_for(lambda: _drained(redis) and not (storage_root / key).exists(), what="ack and delete")
+        _wait_for(lambda: _drained(redis, keyprefix) and not (storage_root / key).exists(), what="ack and delete")
     finally:
         source.stop(10)
+    if keyprefix:
+        assert not [k for k in client.keys("*") if not k.startswith(keyprefix.encode())]
 
 
 @pytest.mark.integration
@@ -522,3 +612,74 @@ def test_sample_records_reach_a_file_sink_through_a_real_pipeline(
         pipeline.stop(10)
         pipeline.close()
     assert lines() == expected
+
+
+@pytest.mark.integration
+def test_a_prefixed_dify_reaches_a_source_with_its_redis_key_prefix(
+    redis: RedisServer, storage_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With Dify's REDIS_KEY_PREFIX on both sides every record arrives, foreign tasks move under the prefix,
+    and no key outside the prefix is touched."""
+    samples = _samples()
+    producer = DifyProducer(redis.url(1), storage_root, redis_key_prefix=" dify ")
+    try:
+        for data in samples.values():
+            producer.send(data)
+        producer.app.send_task("tasks.something_else", args=[{"x": 1}], queue="ops_trace")
+    finally:
+        producer.close()
+    client = redis.client(1)
+    assert client.llen("dify:ops_trace") == len(samples) + 1 and not client.exists("ops_trace")
+    recorder = Recorder()
+    settings = _settings(redis, storage_root, concurrency=2, redis_key_prefix="dify")
+    source = CelerySource(settings, recorder, empty_queue_hint_after=0.2)
+    caplog.set_level(logging.INFO, logger="traceexport.sources.celery")
+    source.start()
+    probe = source._probe
+    try:
+        _wait_for(lambda: len(recorder.records) == len(samples), what="all samples accepted")
+        _wait_for(lambda: client.llen("dify:ops_trace_other") == 1, what="the foreign task moved")
+        _wait_for(lambda: _drained(redis, "dify:") and not _files(storage_root), what="queue drained, files gone")
+        _wait_for(lambda: probe is not None and not probe.thread.is_alive(), what="the empty-queue probe to end")
+    finally:
+        source.stop(10)
+    assert not [k for k in client.keys("*") if not k.startswith(b"dify:")]
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Redis key 'dify:ops_trace'" in text and "redis_key_prefix 'dify' from config" in text
+    assert "holds" not in text  # no empty-queue hint: the queue was found
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("dify_prefix", "source_prefix", "advice"), [
+    ("dify", "", "its REDIS_KEY_PREFIX is probably 'dify': set redis_key_prefix to that"),
+    ("", "dify", "clear the key prefix"),
+])
+def test_a_mismatched_prefix_sees_an_empty_queue_and_logs_a_hint(
+    redis: RedisServer,
+    storage_root: Path,
+    caplog: pytest.LogCaptureFixture,
+    dify_prefix: str,
+    source_prefix: str,
+    advice: str,
+) -> None:
+    """A source whose key prefix differs from Dify's receives nothing, leaves the messages alone, and after
+    a quiet spell logs one warning naming the key that holds them and what to set."""
+    producer = DifyProducer(redis.url(1), storage_root, redis_key_prefix=dify_prefix)
+    try:
+        producer.send(_samples()["12-generate-name.json"])
+        producer.send(_samples()["05-message-chat.json"])
+    finally:
+        producer.close()
+    dify_key = f"{dify_prefix}:ops_trace" if dify_prefix else "ops_trace"
+    recorder = Recorder()
+    settings = _settings(redis, storage_root, redis_key_prefix=source_prefix)
+    source = CelerySource(settings, recorder, empty_queue_hint_after=0.3)
+    caplog.set_level(logging.WARNING, logger="traceexport.sources.celery")
+    source.start()
+    try:
+        _wait_for(lambda: any("holds" in r.getMessage() for r in caplog.records), what="the empty-queue hint")
+    finally:
+        source.stop(10)
+    hints = [r.getMessage() for r in caplog.records if "holds" in r.getMessage()]
+    assert len(hints) == 1 and f"Redis key {dify_key!r} holds 2 message(s)" in hints[0] and advice in hints[0]
+    assert recorder.records == [] and redis.client(1).llen(dify_key) == 2

@@ -11,6 +11,12 @@ where ``process_trace_tasks`` is a ``@shared_task(queue="ops_trace", bind=True, 
 broker, Celery's defaults for everything Dify does not set (message protocol 2, JSON serializer,
 UTF-8), ``task_ignore_result=True``. This producer builds the same app and sends through the same
 ``delay`` call, so the consumer sees byte-for-byte what Dify would enqueue.
+
+``redis_key_prefix`` plays Dify 1.14's ``REDIS_KEY_PREFIX``: ``ext_celery.get_celery_redis_global_keyprefix``
+strips it (``redis_names.normalize_redis_key_prefix``) and, when something is left, sets kombu's transport
+option ``global_keyprefix`` to ``"<prefix>:"`` for the broker (and the Redis result backend), so every
+key, the queue's included, is written as ``<prefix>:<key>``. Written out here on purpose rather than
+imported from traceexport, so the tests compare the source with Dify's rule, not with itself.
 """
 
 from __future__ import annotations
@@ -24,14 +30,19 @@ TASK_NAME = "tasks.ops_trace_task.process_trace_tasks"
 QUEUE = "ops_trace"
 
 
-def dify_celery_app(broker_url: str) -> Any:
+def dify_celery_app(broker_url: str, redis_key_prefix: str = "") -> Any:
     """A Celery app configured the way Dify's ``ext_celery.init_app`` configures its own."""
     from celery import Celery
 
+    transport_options: dict[str, Any] = {}
+    normalized_prefix = redis_key_prefix.strip()  # Dify's normalize_redis_key_prefix
+    if normalized_prefix:
+        transport_options["global_keyprefix"] = f"{normalized_prefix}:"
     app = Celery("app", broker=broker_url, backend="redis", set_as_current=False)
     app.conf.update(
         result_backend=broker_url,
-        broker_transport_options={},
+        broker_transport_options=transport_options,
+        result_backend_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         timezone="UTC",
@@ -50,9 +61,9 @@ def dify_celery_app(broker_url: str) -> Any:
 class DifyProducer:
     """Stores TaskData files under ``storage_root`` and enqueues ``process_trace_tasks`` like Dify."""
 
-    def __init__(self, broker_url: str, storage_root: Path) -> None:
+    def __init__(self, broker_url: str, storage_root: Path, redis_key_prefix: str = "") -> None:
         self.storage_root = storage_root
-        self.app = dify_celery_app(broker_url)
+        self.app = dify_celery_app(broker_url, redis_key_prefix)
         self.task = self.app.tasks[TASK_NAME]
 
     def store(self, envelope: dict[str, Any] | bytes, app_id: str | None = None, file_id: str | None = None) -> str:

@@ -9,9 +9,17 @@ instead: it reads the file, hands the record to the pipeline, acknowledges, and 
 from traceexport.sources.celery.consumer import CelerySource
 from traceexport.sources.celery.message import BadMessage, TaskRef, parse_task
 from traceexport.sources.celery.processor import Stats, TraceFileProcessor, parse_file
-from traceexport.sources.celery.settings import DIFY_QUEUE, DIFY_TASK_NAME, CelerySourceSettings, mask_url
+from traceexport.sources.celery.settings import (
+    DIFY_PREFIX_ENV,
+    DIFY_QUEUE,
+    DIFY_TASK_NAME,
+    CelerySourceSettings,
+    dify_global_keyprefix,
+    mask_url,
+)
 
 __all__ = [
+    "DIFY_PREFIX_ENV",
     "DIFY_QUEUE",
     "DIFY_TASK_NAME",
     "BadMessage",
@@ -20,6 +28,7 @@ __all__ = [
     "Stats",
     "TaskRef",
     "TraceFileProcessor",
+    "dify_global_keyprefix",
     "mask_url",
     "parse_file",
     "parse_task",

@@ -19,11 +19,14 @@ from typing import Any
 from traceexport.errors import ConfigError
 from traceexport.sinks.http import redact
 from traceexport.sources.celery.dispatch import MessageDispatcher
+from traceexport.sources.celery.probe import EmptyQueueProbe
 from traceexport.sources.celery.processor import Accept, Stats, TraceFileProcessor
 from traceexport.sources.celery.settings import CelerySourceSettings
 from traceexport.sources.storage import Storage, open_storage
 
 log = logging.getLogger("traceexport.sources.celery")
+
+EMPTY_QUEUE_HINT_AFTER = 120.0  # seconds without any message before looking for the queue under another prefix
 
 
 def _kombu() -> Any:
@@ -111,10 +114,19 @@ class CelerySource:
 
     ``accept`` is the pipeline's ``Pipeline.accept``: durable when it returns, SpoolFullError under
     back-pressure. ``start()`` returns at once; ``stop(timeout)`` finishes the message in hand (or
-    puts it back on the queue) and closes the broker connections.
+    puts it back on the queue) and closes the broker connections. If no message at all has arrived
+    ``empty_queue_hint_after`` seconds after start (None: never look), the source looks once for the
+    queue under another Redis key prefix and logs a hint when it finds it (``probe.py``).
     """
 
-    def __init__(self, settings: CelerySourceSettings, accept: Accept, *, storage: Storage | None = None) -> None:
+    def __init__(
+        self,
+        settings: CelerySourceSettings,
+        accept: Accept,
+        *,
+        storage: Storage | None = None,
+        empty_queue_hint_after: float | None = EMPTY_QUEUE_HINT_AFTER,
+    ) -> None:
         self.settings = settings
         self.stopping = threading.Event()
         self.stats = Stats()
@@ -129,8 +141,10 @@ class CelerySource:
             stats=self.stats,
         )
         self.dispatcher = MessageDispatcher(settings, self.processor, self.stats, self._kombu)
+        self.empty_queue_hint_after = empty_queue_hint_after
         self._threads: list[threading.Thread] = []
         self._consumers: list[Any] = []
+        self._probe: EmptyQueueProbe | None = None
 
     def start(self) -> None:
         """Start ``concurrency`` consumer threads; idempotent."""
@@ -144,9 +158,16 @@ class CelerySource:
             self._consumers.append(consumer)
             self._threads.append(thread)
             thread.start()
+        if self.empty_queue_hint_after is not None:
+            self._probe = EmptyQueueProbe(
+                self.settings, self.empty_queue_hint_after, self._nothing_arrived, self.stopping
+            )
+            self._probe.start()
+        prefix = self.settings.describe_prefix()
         log.info(
-            "consuming queue %r on %s (task %s, storage %s, %d consumer(s), prefetch %d)",
+            "consuming queue %r%s on %s (task %s, storage %s, %d consumer(s), prefetch %d)",
             self.settings.queue,
+            f" (Redis key {self.settings.queue_key()!r}, {prefix})" if prefix else "",
             self.settings.masked_broker_url(),
             self.settings.task_name,
             self.storage.describe(),
@@ -162,6 +183,8 @@ class CelerySource:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(deadline - time.monotonic(), 0.0))
+        if self._probe is not None:
+            self._probe.join(max(deadline - time.monotonic(), 0.0))
         alive = [t.name for t in self._threads if t.is_alive()]
         if alive:
             log.warning(
@@ -169,7 +192,7 @@ class CelerySource:
                 alive,
                 timeout,
             )
-        self._threads, self._consumers = [], []
+        self._threads, self._consumers, self._probe = [], [], None
 
     def _run(self, consumer: Any) -> None:
         """A consumer thread: kombu's reconnecting loop, restarted if anything unexpected escapes it."""
@@ -186,6 +209,10 @@ class CelerySource:
     def handle(self, message: Any) -> None:
         """One broker message (called by the consumer threads)."""
         self.dispatcher.handle(message)
+
+    def _nothing_arrived(self) -> bool:
+        """True while no message of any kind has reached this source."""
+        return not any(self.stats.snapshot().values())
 
 
 __all__ = ["CelerySource"]

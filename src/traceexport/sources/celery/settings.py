@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from traceexport.errors import ConfigError, Problem
 from traceexport.sources.storage import LocalStorageSettings, StorageSettings
@@ -13,6 +24,18 @@ from traceexport.sources.storage import LocalStorageSettings, StorageSettings
 DIFY_TASK_NAME = "tasks.ops_trace_task.process_trace_tasks"
 DIFY_QUEUE = "ops_trace"
 DIFY_FILE_PREFIX = "ops_trace/"  # Dify's OPS_FILE_PATH
+DIFY_PREFIX_ENV = "REDIS_KEY_PREFIX"  # Dify >= 1.14: namespaces every Redis key, Celery's included
+
+
+def dify_global_keyprefix(redis_key_prefix: str | None) -> str:
+    """kombu's ``global_keyprefix`` for Dify's ``REDIS_KEY_PREFIX``, by Dify 1.14's own rule.
+
+    Dify (``extensions/redis_names.normalize_redis_key_prefix`` and ``ext_celery``) strips surrounding
+    whitespace and, if anything is left, appends one ``:``: ``"dify"`` -> ``"dify:"``, ``" dify: "`` ->
+    ``"dify::"``, ``""`` or blanks -> ``""`` (no prefix).
+    """
+    normalized = (redis_key_prefix or "").strip()
+    return f"{normalized}:" if normalized else ""
 
 
 class CelerySourceSettings(BaseModel):
@@ -23,8 +46,12 @@ class CelerySourceSettings(BaseModel):
     message can take, including waiting on a full spool. ``unacked_prefix`` keeps this source's
     in-flight bookkeeping apart from Dify's own workers, so a short timeout here never re-delivers
     Dify's other tasks. Messages on the queue for any other task are moved unchanged to
-    ``other_tasks_queue`` (null: dropped with a warning). ``transport_options`` are passed to kombu's
-    Redis transport as they are (e.g. ``global_keyprefix``, sentinel ``master_name``).
+    ``other_tasks_queue`` (null: dropped with a warning). ``redis_key_prefix`` is the value of Dify's
+    ``REDIS_KEY_PREFIX`` (Dify >= 1.14), turned into kombu's ``global_keyprefix`` by Dify's own rule, so
+    this consumer sees the keys Dify's producer writes: the queue, the other-tasks queue, and this
+    source's unacked bookkeeping all carry the prefix. Absent from the config, it falls back to the
+    environment variable ``REDIS_KEY_PREFIX`` (see :meth:`from_config`). ``transport_options`` are passed
+    to kombu's Redis transport as they are (e.g. sentinel ``master_name``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -41,15 +68,71 @@ class CelerySourceSettings(BaseModel):
     other_tasks_queue: str | None = Field(default="ops_trace_other", min_length=1)
     unacked_prefix: str = Field(default="traceexport.", pattern=r"^[A-Za-z0-9_.:-]+$")
     transport_options: dict[str, Any] = {}
+    redis_key_prefix: str = ""
+
+    _prefix_origin: str = PrivateAttr(default="config")
+
+    @field_validator("transport_options")
+    @classmethod
+    def _keyprefix_is_text(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(value.get("global_keyprefix", ""), str):
+            raise ValueError("global_keyprefix must be a string")
+        return value
+
+    @field_validator("redis_key_prefix")
+    @classmethod
+    def _one_prefix(cls, value: str, info: ValidationInfo) -> str:
+        options = info.data.get("transport_options") or {}
+        if dify_global_keyprefix(value) and options.get("global_keyprefix"):
+            raise ValueError(
+                "set either redis_key_prefix (Dify's REDIS_KEY_PREFIX, Dify's rule applied) or "
+                "transport_options.global_keyprefix (used as is), not both"
+            )
+        return value
 
     @classmethod
-    def from_config(cls, obj: Any, where: str = "sources.celery") -> CelerySourceSettings:
-        """Validate a config mapping; raise ConfigError listing every problem with its key path."""
+    def from_config(
+        cls, obj: Any, where: str = "sources.celery", env: Mapping[str, str] | None = None
+    ) -> CelerySourceSettings:
+        """Validate a config mapping; raise ConfigError listing every problem with its key path.
+
+        When the mapping sets neither ``redis_key_prefix`` nor ``transport_options.global_keyprefix``,
+        ``REDIS_KEY_PREFIX`` from ``env`` (default: the process environment) is used: this source takes
+        over a job of Dify's worker, which reads that very variable, and a sidecar often shares Dify's
+        environment. Without the prefix the queue looks empty and nothing says why.
+        """
+        data = dict(obj) if isinstance(obj, Mapping) else obj if obj is not None else {}
+        origin = "config"
+        if isinstance(data, dict) and "redis_key_prefix" not in data and not _sets_keyprefix(data):
+            env = os.environ if env is None else env
+            if env.get(DIFY_PREFIX_ENV) is not None:
+                data["redis_key_prefix"] = env[DIFY_PREFIX_ENV]
+                origin = f"environment variable {DIFY_PREFIX_ENV}"
         try:
-            return cls.model_validate(obj if obj is not None else {})
+            settings = cls.model_validate(data)
         except ValidationError as exc:
             problems = [Problem(".".join([where, *(str(p) for p in err["loc"])]), err["msg"]) for err in exc.errors()]
             raise ConfigError(problems) from exc
+        settings._prefix_origin = origin
+        return settings
+
+    @property
+    def global_keyprefix(self) -> str:
+        """What kombu puts in front of every Redis key it uses ("" for none)."""
+        explicit = self.transport_options.get("global_keyprefix")
+        return explicit if isinstance(explicit, str) and explicit else dify_global_keyprefix(self.redis_key_prefix)
+
+    def queue_key(self) -> str:
+        """The Redis key of the queue as Dify's producer writes it (the list kombu pops from)."""
+        return self.global_keyprefix + self.queue
+
+    def describe_prefix(self) -> str:
+        """Where the key prefix comes from, for the start-up log line ("" when there is none)."""
+        if not self.global_keyprefix:
+            return ""
+        if self.transport_options.get("global_keyprefix"):
+            return "transport_options.global_keyprefix"
+        return f"redis_key_prefix {self.redis_key_prefix!r} from {self._prefix_origin}"
 
     def kombu_transport_options(self) -> dict[str, Any]:
         """Transport options for kombu's Redis transport: visibility timeout and our own unacked keys."""
@@ -62,11 +145,18 @@ class CelerySourceSettings(BaseModel):
             "unacked_restore_throttle": 1,
         }
         options.update(self.transport_options)
+        if self.global_keyprefix:
+            options["global_keyprefix"] = self.global_keyprefix
         return options
 
     def masked_broker_url(self) -> str:
         """The broker URL with any password replaced by ``***``, for log lines."""
         return mask_url(self.broker_url.get_secret_value())
+
+
+def _sets_keyprefix(data: Mapping[str, Any]) -> bool:
+    options = data.get("transport_options")
+    return isinstance(options, Mapping) and "global_keyprefix" in options
 
 
 def mask_url(url: str) -> str:
@@ -85,4 +175,12 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, parts.fragment))
 
 
-__all__ = ["DIFY_FILE_PREFIX", "DIFY_QUEUE", "DIFY_TASK_NAME", "CelerySourceSettings", "mask_url"]
+__all__ = [
+    "DIFY_FILE_PREFIX",
+    "DIFY_PREFIX_ENV",
+    "DIFY_QUEUE",
+    "DIFY_TASK_NAME",
+    "CelerySourceSettings",
+    "dify_global_keyprefix",
+    "mask_url",
+]
