@@ -129,6 +129,7 @@ def test_sdk2_sends_every_dify_record_as_accepted_events(fake: LangfuseFake, ids
     (llm,) = fake.find(type="GENERATION", name="llm")
     assert llm["usage"] == {"input": 7, "output": 5, "total": 12, "unit": "TOKENS", "totalCost": 0.0001}
     assert llm["startTime"].startswith("2026-11-21T13:26:58.677171") and llm["model"] == "gpt-4o-mini"
+    assert "trace" not in llm  # the SDK's extra body key {"trace": {"release": null}} is dropped, as by zod
     nodes = {o["id"]: o for o in fake.observations_in(ids["wf_message"])}
     assert nodes[ids["run"]]["type"] == "SPAN" and nodes[ids["llm_node"]]["type"] == "GENERATION"
     assert nodes[ids["llm_node"]]["parentObservationId"] == ids["run"]

@@ -6,7 +6,8 @@ Both ingestion paths end in the same two dicts, so a test can compare what Dify'
 * ``traces[id]``: the trace body in the ingestion API's camelCase (``id``, ``name``, ``userId``,
   ``sessionId``, ``input``, ``output``, ``metadata``, ``tags``, ...);
 * ``observations[id]``: the observation body plus ``type`` (``SPAN``, ``GENERATION``, ``EVENT``, ...) and
-  ``source`` (``ingestion`` or ``otel``; OTLP ones also keep their raw ``attributes``).
+  ``source`` (``ingestion`` or ``otel``; OTLP ones also keep their raw ``attributes``). Keys the server's
+  schema does not know are dropped, as zod does (the raw envelopes stay in the fake's ``events``).
 
 An event for an existing id is an upsert, as on the server: later non-null fields win, ``metadata`` is
 merged, and the keys the server treats as immutable (trace ``id``/``timestamp``, observation
@@ -25,6 +26,13 @@ from typing import Any
 from tests.fakes.langfuse_ingestion import OBSERVATION_TYPES
 
 IMMUTABLE = {"trace": ("id", "timestamp"), "observation": ("id", "traceId", "startTime")}
+# the keys the server's zod bodies know; z.object drops the rest (langfuse 2.x sends e.g. "trace": {...})
+TRACE_KEYS = frozenset({"id", "timestamp", "name", "externalId", "input", "output", "sessionId", "userId",
+                        "environment", "metadata", "release", "version", "public", "tags"})
+OBSERVATION_KEYS = frozenset({"id", "traceId", "type", "environment", "name", "startTime", "endTime", "metadata",
+                              "input", "output", "level", "statusMessage", "parentObservationId", "version",
+                              "completionStartTime", "model", "modelParameters", "usage", "usageDetails",
+                              "costDetails", "promptName", "promptVersion"})
 LANGFUSE_TYPES = ("span", "generation", "event", "embedding", "agent", "tool", "chain", "retriever",
                   "guardrail", "evaluator")
 OPENINFERENCE_TYPES = {"CHAIN": "CHAIN", "RETRIEVER": "RETRIEVER", "LLM": "GENERATION", "EMBEDDING": "EMBEDDING",
@@ -70,22 +78,25 @@ class LangfuseStore:
 
     def apply(self, event: dict[str, Any]) -> None:
         """Store one accepted ingestion event."""
-        kind, body = event["type"], dict(event["body"])
+        kind, body = event["type"], event["body"]
         if kind == "sdk-log":
             self.sdk_logs.append(body.get("log"))
         elif kind == "score-create":
-            self.scores.append(body)
+            self.scores.append(dict(body))
         elif kind == "trace-create":
             key = str(body.get("id") or uuid.uuid4())  # the server names a trace sent without an id
-            self.traces[key] = merge(self.traces.get(key), {**body, "id": key}, "trace")
+            known = {k: v for k, v in body.items() if k in TRACE_KEYS}
+            self.traces[key] = merge(self.traces.get(key), {**known, "id": key}, "trace")
         else:
-            key = str(body.get("id") or uuid.uuid4())
-            kind_type = OBSERVATION_TYPES.get(kind) or str(body.pop("type", "SPAN"))
+            key = str(body.get("id") or uuid.uuid4())  # only legacy observation-* events may lack an id
+            known = {k: v for k, v in body.items() if k in OBSERVATION_KEYS}
             old = self.observations.get(key)
+            if old is not None and kind.endswith("-update"):
+                kind_type = old["type"]  # an update does not change the type
+            else:
+                kind_type = OBSERVATION_TYPES.get(kind) or str(known.get("type") or "SPAN")
             extra = {"id": key, "type": kind_type, "source": "ingestion"}
-            if old is not None and kind in ("span-update", "generation-update"):
-                extra["type"] = old["type"]  # an update does not change the type
-            self.observations[key] = merge(old, {**body, **extra}, "observation")
+            self.observations[key] = merge(old, {**known, **extra}, "observation")
 
     def add_otel_span(self, span: dict[str, Any]) -> None:
         """Store one decoded OTLP span (the ``request_spans`` shape) as an observation and its trace."""
