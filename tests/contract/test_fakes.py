@@ -12,10 +12,13 @@ import httpx
 import pytest
 from tests.fakes import FakeServer, RecordedRequest, Response
 from tests.fakes.amplitude_server import AmplitudeFake
+from tests.fakes.langfuse_server import INGESTION_PATH, OTEL_PATH, PROJECTS_PATH, LangfuseFake
+from tests.fakes.langfuse_spec import load_spec
 from tests.fakes.opik_server import OpikFake, is_uuid7, uuid7
 
 T0 = "2026-11-21T13:26:58.677171Z"
 KEY = "amp-test-key-0123456789"
+LF_AUTH = ("pk-lf-fake", "sk-lf-fake")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -235,8 +238,129 @@ def test_amplitude_throttle_mode_answers_429_listing_users_and_events() -> None:
         assert body["eps_threshold"] == 30 and fake.events == []
 
 
+# -- Langfuse -----------------------------------------------------------------------------------------
+
+def _lf_event(kind: str, **body: Any) -> dict[str, Any]:
+    return {"id": str(uuid.uuid4()), "timestamp": T0, "type": kind, "body": body}
+
+
+def _lf_post(fake: LangfuseFake, *events: Any, auth: tuple[str, str] = LF_AUTH) -> httpx.Response:
+    return httpx.post(fake.url + INGESTION_PATH, json={"batch": list(events), "metadata": None}, auth=auth)
+
+
+@pytest.fixture
+def langfuse_fake() -> Any:
+    """A Langfuse fake that accepts only the keys in LF_AUTH."""
+    with LangfuseFake(*LF_AUTH) as fake:
+        yield fake
+
+
+def test_langfuse_ingestion_answers_207_per_event(langfuse_fake: LangfuseFake) -> None:
+    """Good events are listed as 201 successes and stored; each bad one is a 400 error naming its reason."""
+    trace = _lf_event("trace-create", id="t-1", name="message", metadata={"a": 1})
+    span = _lf_event("span-create", id="s-1", traceId="t-1", name="moderation", startTime=T0)
+    naive = _lf_event("span-create", id="s-2", traceId="t-1", startTime="2026-11-21T13:26:58.677171")
+    no_id = _lf_event("generation-create", traceId="t-1", name="llm")
+    response = _lf_post(langfuse_fake, trace, span, naive, no_id, {"type": "trace-create"})
+    assert response.status_code == 207
+    body = response.json()
+    assert body["successes"] == [{"id": trace["id"], "status": 201}, {"id": span["id"], "status": 201}]
+    assert [(e["id"], e["status"], e["message"]) for e in body["errors"]] == [
+        (naive["id"], 400, "Invalid request data"), (no_id["id"], 400, "Invalid request data"),
+        ("unknown", 400, "Invalid request data")]
+    assert "startTime" in body["errors"][0]["error"] and "body.id" in body["errors"][1]["error"]
+    assert [r["type"] for r in langfuse_fake.rejected] == ["span-create", "generation-create", "trace-create"]
+    assert langfuse_fake.trace("t-1") == {"id": "t-1", "name": "message", "metadata": {"a": 1}}
+    assert [(o["id"], o["type"], o["name"]) for o in langfuse_fake.observations_in("t-1")] == [
+        ("s-1", "SPAN", "moderation")]
+
+
+def test_langfuse_events_upsert_by_body_id(langfuse_fake: LangfuseFake) -> None:
+    """A second event for an id merges: later fields win, metadata merges, startTime keeps its first value."""
+    first = _lf_event("generation-create", id="g-1", traceId="t-1", name="llm", startTime=T0, metadata={"a": 1})
+    later = _lf_event("generation-update", id="g-1", startTime="2026-11-21T14:00:00Z",
+                      endTime="2026-11-21T14:00:01Z", metadata={"b": 2}, usage={"input": 1, "output": 2})
+    assert _lf_post(langfuse_fake, first, later).json()["errors"] == []
+    (stored,) = langfuse_fake.find(type="GENERATION", name="llm", trace_id="t-1")
+    assert stored["startTime"] == T0 and stored["endTime"] == "2026-11-21T14:00:01Z"
+    assert stored["metadata"] == {"a": 1, "b": 2} and stored["usage"] == {"input": 1, "output": 2}
+    assert [e["type"] for e in langfuse_fake.events] == ["generation-create", "generation-update"]
+
+
+def test_langfuse_trace_without_id_gets_one(langfuse_fake: LangfuseFake) -> None:
+    """A trace-create without body.id is accepted and stored under a new id, as the server does."""
+    assert _lf_post(langfuse_fake, _lf_event("trace-create", name="generate_conversation_name")).status_code == 207
+    ((key, trace),) = langfuse_fake.traces.items()
+    assert uuid.UUID(key) and trace["name"] == "generate_conversation_name"
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", INGESTION_PATH), ("GET", PROJECTS_PATH),
+                                              ("POST", OTEL_PATH)])
+def test_langfuse_every_route_needs_basic_auth(langfuse_fake: LangfuseFake, method: str, path: str) -> None:
+    """No credentials or a wrong secret key answer 401 UnauthorizedError on every route; nothing is stored."""
+    for auth in (None, ("pk-lf-fake", "sk-lf-wrong")):
+        response = httpx.request(method, langfuse_fake.url + path, json={"batch": []}, auth=auth)
+        assert response.status_code == 401 and response.json()["error"] == "UnauthorizedError"
+    assert not langfuse_fake.events and not langfuse_fake.spans
+
+
+def test_langfuse_projects_answers_the_project_for_auth_check(langfuse_fake: LangfuseFake) -> None:
+    """GET /api/public/projects answers one project with id, name, organization and metadata."""
+    response = httpx.get(langfuse_fake.url + PROJECTS_PATH, auth=LF_AUTH)
+    assert response.status_code == 200
+    assert response.json()["data"][0]["id"] == "project-fake-1"
+
+
+def test_langfuse_whole_request_errors(langfuse_fake: LangfuseFake) -> None:
+    """Non-JSON or batch-less bodies are 400, a GET on ingestion 405, a body over 4.5 MB 413."""
+    url = langfuse_fake.url + INGESTION_PATH
+    bad = httpx.post(url, content=b"{nope", auth=LF_AUTH, headers={"content-type": "application/json"})
+    assert bad.status_code == 400 and bad.json()["message"] == "Invalid request data"
+    assert httpx.post(url, json={"events": []}, auth=LF_AUTH).status_code == 400
+    assert httpx.get(url, auth=LF_AUTH).status_code == 405
+    big = _lf_event("trace-create", id="t-big", input="x" * 4_600_000)
+    assert _lf_post(langfuse_fake, big).status_code == 413
+    assert not langfuse_fake.traces
+
+
+def test_langfuse_v4_mode_refuses_trace_and_observation_events() -> None:
+    """legacy_ingestion=False answers trace/observation events "Event type not accepted"; scores still go."""
+    with LangfuseFake(*LF_AUTH, legacy_ingestion=False) as fake:
+        score = _lf_event("score-create", name="quality", value=1, traceId="t-1")
+        body = _lf_post(fake, _lf_event("trace-create", id="t-1"), score).json()
+        assert [e["message"] for e in body["errors"]] == ["Event type not accepted"]
+        assert "events_only" in body["errors"][0]["error"]
+        assert body["successes"] == [{"id": score["id"], "status": 201}]
+        assert not fake.traces and fake.store.scores[0]["name"] == "quality"
+
+
+def test_langfuse_events_are_checked_against_the_openapi_spec(langfuse_fake: LangfuseFake) -> None:
+    """An event the server's rules let through but the published schema refuses is a 400 naming the field."""
+    if langfuse_fake.spec_skipped:
+        pytest.skip(langfuse_fake.spec_skipped)
+    response = _lf_post(langfuse_fake, _lf_event("trace-create", id="t-1", public="yes"))
+    (error,) = response.json()["errors"]
+    assert error["error"].startswith("OpenAPI: body.public")
+    assert not langfuse_fake.traces
+
+
+def test_langfuse_projects_answer_matches_the_openapi_spec(langfuse_fake: LangfuseFake) -> None:
+    """The fake's projects answer validates against the spec's Projects schema (the SDKs parse it)."""
+    spec = load_spec()
+    if isinstance(spec, str):
+        pytest.skip(spec)
+    assert spec.errors("Projects", httpx.get(langfuse_fake.url + PROJECTS_PATH, auth=LF_AUTH).json()) == []
+
+
+def test_langfuse_spec_check_can_be_turned_off() -> None:
+    """check_spec=False says why bodies are not checked against the spec."""
+    with LangfuseFake(*LF_AUTH, check_spec=False) as fake:
+        assert fake.spec_skipped is not None and "check_spec=False" in fake.spec_skipped
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("module", ["tests.fakes.opik_server", "tests.fakes.amplitude_server"])
+@pytest.mark.parametrize("module", ["tests.fakes.opik_server", "tests.fakes.amplitude_server",
+                                    "tests.fakes.langfuse_server"])
 def test_fakes_run_as_a_subprocess_printing_their_url(module: str) -> None:
     """``python -m tests.fakes.<fake> --port 0`` prints its URL first and serves until terminated."""
     process = subprocess.Popen([sys.executable, "-m", module, "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE,

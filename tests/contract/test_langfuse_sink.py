@@ -85,6 +85,22 @@ def test_wrong_keys_give_permanent_401_without_secrets(fake: LangfuseFake) -> No
     assert PK not in failure.reason and "sk-lf-wrongwrong" not in failure.reason
 
 
+def test_exported_spans_become_observations_of_their_trace(fake: LangfuseFake) -> None:
+    """The fake reads exported spans as Langfuse does: observation type, trace name and session from attributes."""
+    root = span(0, attributes={"langfuse.observation.type": "span", "session.id": "conv-1", "user.id": "u-1"})
+    child = span(1, parentSpanId="0000000000000001", status={"code": "ERROR", "message": "boom"},
+                 attributes={"gen_ai.request.model": "gpt-4o-mini", "input.value": '{"q": "hi"}'})
+    sink = sink_for(fake)
+    assert sink.export([root, child]).ok
+    trace_id = root.body["traceId"]
+    assert fake.trace(trace_id) == {"id": trace_id, "name": "span-0", "userId": "u-1", "sessionId": "conv-1"}
+    first, second = fake.observations_in(trace_id)
+    assert (first["type"], first.get("parentObservationId"), first["level"]) == ("SPAN", None, "DEFAULT")
+    assert (second["type"], second["model"], second["level"]) == ("GENERATION", "gpt-4o-mini", "ERROR")
+    assert second["parentObservationId"] == "0000000000000001" and second["input"] == {"q": "hi"}
+    assert second["statusMessage"] == "boom" and second["source"] == "otel"
+
+
 def test_never_uses_legacy_ingestion(fake: LangfuseFake) -> None:
     """No request goes to the deprecated /api/public/ingestion endpoint."""
     sink_for(fake, max_spans=1).export([span(0), span(1), span(2)])

@@ -1,20 +1,34 @@
-"""A contract-checking fake of Langfuse's OTLP endpoint (../shared/contracts/README.md §2.3 and §6).
+"""A contract-checking fake of Langfuse: OTLP, the legacy batch ingestion and the project lookup.
 
-``POST /api/public/otel/v1/traces`` checks what the real server checks, in this order:
+Every route checks HTTP Basic auth with the configured public/secret key first -> 401
+``{"error":"UnauthorizedError",...}`` (../shared/contracts/README.md §2.1).
 
-* HTTP Basic auth with the configured public/secret key -> 401 ``{"error":"UnauthorizedError",...}``;
-* ``x-langfuse-ingestion-version`` greater than 4 -> 400;
-* content type ``application/x-protobuf`` or ``application/json`` -> else 400 ``{"error":"Invalid content type"}``;
-* the body parses (gzip accepted); in JSON, every ``attributes`` is a KeyValue list, not an object;
-* every span has a valid, non-zero ``traceId`` (16 bytes) and ``spanId`` (8 bytes).
+``POST /api/public/otel/v1/traces`` (§2.3) checks, in this order: ``x-langfuse-ingestion-version`` greater
+than 4 -> 400; content type ``application/x-protobuf`` or ``application/json`` -> else 400
+``{"error":"Invalid content type"}``; the body parses (gzip accepted), in JSON every ``attributes`` is a
+KeyValue list; every span has a valid, non-zero ``traceId`` and ``spanId``. Any failure rejects the
+**whole** export with 400 ``{"error": ...}``; otherwise 200 ``{}``, the raw spans go to :attr:`spans`
+(:attr:`ingestion_versions` keeps each accepted request's header) and each span becomes an observation.
 
-Any failure rejects the **whole** export with 400 ``{"error": ...}``; otherwise 200 ``{}`` and the spans are
-recorded (:attr:`LangfuseFake.spans`). :attr:`LangfuseFake.ingestion_versions` keeps the header value of
-every accepted request, so tests can assert the exporter sent ``4``. The deprecated
-``/api/public/ingestion`` is not emulated (404) and requests to it are recorded, so tests can assert it was
-never called.
+``POST /api/public/ingestion`` (§2.2; what the ``langfuse`` 2.x SDK's background thread and the 4.x
+``api.ingestion.batch`` send) answers a body that is not JSON ``{"batch": [...]}`` with 400
+``{"message":"Invalid request data",...}`` and one over 4.5 MB with 413. Otherwise it answers **207**
+``{"successes":[{"id","status":201}], "errors":[{"id","status":400,"message","error"}]}``: each event is
+checked on its own against the server's rules (:mod:`tests.fakes.langfuse_ingestion`) and, when
+``../shared`` is present, against the published OpenAPI schema (:mod:`tests.fakes.langfuse_spec`;
+:attr:`LangfuseFake.spec_skipped` says why not otherwise). Accepted events are stored; rejected ones are
+listed in :attr:`rejected`. ``legacy_ingestion=False`` behaves like a Langfuse v4 server
+(``LANGFUSE_MIGRATION_V4_WRITE_MODE=events_only``): trace and observation events are refused per event.
 
-Run out of process: ``python -m tests.fakes.langfuse_server --port 0 --public-key pk-lf-.. --secret-key sk-lf-..``.
+``GET /api/public/projects`` (what ``auth_check()`` calls) answers one project.
+
+What a test asserts on (copies, taken under the lock; poll with ``wait_for`` first): :meth:`trace`,
+:meth:`observations_in` (a trace's observations by start time), :meth:`find` (observations by
+``type``/``name``/``trace_id``), :attr:`traces` / :attr:`observations` (dicts by id, shapes in
+:mod:`tests.fakes.langfuse_store`), :attr:`events` (accepted envelopes in order), :attr:`rejected`.
+
+Run out of process: ``python -m tests.fakes.langfuse_server --port 0 --public-key pk-lf-.. --secret-key sk-lf-..``
+(``GET /_fake/state`` returns all of the above).
 """
 
 from __future__ import annotations
@@ -26,11 +40,18 @@ import json
 from typing import Any
 
 from tests.fakes._server import FakeServer, RecordedRequest, Response, run_main
+from tests.fakes.langfuse_ingestion import event_problem, is_event_id
+from tests.fakes.langfuse_spec import LangfuseSpec, load_spec
+from tests.fakes.langfuse_store import LangfuseStore
 from tests.fakes.otlp_server import request_spans
 from traceexport.sinks.otlp_encoding import from_wire
 
 OTEL_PATH = "/api/public/otel/v1/traces"
+INGESTION_PATH = "/api/public/ingestion"
+PROJECTS_PATH = "/api/public/projects"
 CONTENT_TYPES = ("application/x-protobuf", "application/json")
+MAX_BODY = 4_500_000  # Next.js bodyParser sizeLimit "4.5mb"
+V4_ACCEPTED = frozenset({"score-create", "sdk-log"})
 
 
 def json_shape_errors(data: Any) -> list[str]:
@@ -60,23 +81,80 @@ def id_errors(spans: list[dict[str, Any]]) -> list[str]:
 
 
 class LangfuseFake(FakeServer):
-    """Langfuse's OTLP ingestion endpoint, checking auth, headers and span ids."""
+    """Langfuse's OTLP, legacy ingestion and projects endpoints, checking auth and bodies; see the module."""
 
     def __init__(self, public_key: str = "pk-lf-test", secret_key: str = "sk-lf-test",
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, *, check_spec: bool = True,
+                 legacy_ingestion: bool = True, project_id: str = "project-fake-1") -> None:
         super().__init__(host, port)
         token = base64.b64encode(f"{public_key}:{secret_key}".encode()).decode()
         self.expected_auth = f"Basic {token}"
+        self.check_spec = check_spec
+        self.legacy_ingestion = legacy_ingestion
+        self.project = {"id": project_id, "name": "fake-project", "metadata": {},
+                        "organization": {"id": "org-fake-1", "name": "fake-org"}}
         self.spans: list[dict[str, Any]] = []
         self.ingestion_versions: list[str | None] = []
+        self.events: list[dict[str, Any]] = []
+        self.rejected: list[dict[str, Any]] = []
+        self.store = LangfuseStore()
 
+    # -- what tests read ---------------------------------------------------------------------------
+    @property
+    def traces(self) -> dict[str, dict[str, Any]]:
+        """Stored traces by id (the live dict: read it after ``wait_for``)."""
+        return self.store.traces
+
+    @property
+    def observations(self) -> dict[str, dict[str, Any]]:
+        """Stored observations by id (the live dict: read it after ``wait_for``)."""
+        return self.store.observations
+
+    def trace(self, trace_id: str) -> dict[str, Any] | None:
+        """A copy of one stored trace, or None."""
+        with self._lock:
+            found = self.store.traces.get(trace_id)
+            return None if found is None else dict(found)
+
+    def observations_in(self, trace_id: str) -> list[dict[str, Any]]:
+        """Copies of a trace's observations, by start time (then arrival)."""
+        return sorted(self.find(trace_id=trace_id), key=lambda o: str(o.get("startTime") or ""))
+
+    def find(self, *, type: str | None = None, name: str | None = None,
+             trace_id: str | None = None) -> list[dict[str, Any]]:
+        """Copies of the observations matching every given filter, in arrival order."""
+        with self._lock:
+            return [dict(o) for o in self.store.observations.values()
+                    if (type is None or o.get("type") == type) and (name is None or o.get("name") == name)
+                    and (trace_id is None or o.get("traceId") == trace_id)]
+
+    @property
+    def spec_skipped(self) -> str | None:
+        """Why ingestion events are not checked against the OpenAPI spec, or None when they are."""
+        spec = self._spec()
+        return spec if isinstance(spec, str) else None
+
+    def _spec(self) -> LangfuseSpec | str:
+        return load_spec() if self.check_spec else "the OpenAPI check is turned off (check_spec=False)"
+
+    # -- routes ------------------------------------------------------------------------------------
     def handle(self, request: RecordedRequest) -> Response:
-        if request.path.split("?", 1)[0] != OTEL_PATH:
+        path = request.path.split("?", 1)[0]
+        routes = {OTEL_PATH: ("POST", self._otel), INGESTION_PATH: ("POST", self._ingestion),
+                  PROJECTS_PATH: ("GET", self._projects)}
+        if path not in routes:
             return Response(404, {"error": f"not emulated: {request.method} {request.path}"})
-        if request.method != "POST":
+        method, route = routes[path]
+        if request.method != method:
             return Response(405, {"error": "Method not allowed"})
         if request.headers.get("authorization") != self.expected_auth:
             return Response(401, {"error": "UnauthorizedError", "message": "Invalid credentials"})
+        return route(request)
+
+    def _projects(self, request: RecordedRequest) -> Response:
+        return Response(200, {"data": [self.project]})
+
+    def _otel(self, request: RecordedRequest) -> Response:
         version = request.headers.get("x-langfuse-ingestion-version")
         if version is not None and (not version.isdigit() or int(version) > 4):
             return Response(400, {"error": f"Unsupported x-langfuse-ingestion-version {version!r}"})
@@ -89,7 +167,51 @@ class LangfuseFake(FakeServer):
         with self._lock:
             self.spans.extend(spans)
             self.ingestion_versions.append(version)
+            for span in spans:
+                self.store.add_otel_span(span)
         return Response(200, {})
+
+    def _ingestion(self, request: RecordedRequest) -> Response:
+        if len(request.body) > MAX_BODY:
+            return Response(413, {"message": "Body exceeded 4.5mb limit"})
+        try:
+            body = request.json()
+        except ValueError:
+            return Response(400, {"message": "Invalid request data", "errors": ["body is not JSON"]})
+        spec = self._spec()
+        shape = [] if isinstance(spec, str) else spec.request_errors(body)
+        if not shape and not (isinstance(body, dict) and isinstance(body.get("batch"), list)):
+            shape = ["batch: expected an array"]
+        if shape:
+            return Response(400, {"message": "Invalid request data", "errors": shape})
+        successes, errors = [], []
+        for event in body["batch"]:
+            problem = self._event_problem(event, spec)
+            event_id = event["id"] if isinstance(event, dict) and is_event_id(event.get("id")) else "unknown"
+            with self._lock:
+                if problem is None:
+                    self.events.append(event)
+                    self.store.apply(event)
+                    successes.append({"id": event_id, "status": 201})
+                    continue
+                error = {"id": event_id, "status": 400, "message": problem[0], "error": problem[1]}
+                errors.append(error)
+                self.rejected.append({**error, "type": event.get("type") if isinstance(event, dict) else None})
+        return Response(207, {"successes": successes, "errors": errors})
+
+    def _event_problem(self, event: Any, spec: LangfuseSpec | str) -> tuple[str, str] | None:
+        """(message, error) of the server's per-event rejection, or None when the event is accepted."""
+        problem = event_problem(event)
+        if problem is not None:
+            return "Invalid request data", problem
+        if not self.legacy_ingestion and event["type"] not in V4_ACCEPTED:
+            return "Event type not accepted", (
+                f"Event type {event['type']!r} is not accepted by /api/public/ingestion when "
+                "LANGFUSE_MIGRATION_V4_WRITE_MODE is events_only. This endpoint only accepts score and log events.")
+        violations = [] if isinstance(spec, str) else spec.event_errors(event)
+        if violations:
+            return "Invalid request data", "OpenAPI: " + "; ".join(violations)
+        return None
 
     @staticmethod
     def _decode(request: RecordedRequest, content_type: str) -> tuple[list[str], list[dict[str, Any]]]:
@@ -106,21 +228,30 @@ class LangfuseFake(FakeServer):
         return id_errors(spans), spans
 
     def state(self) -> dict[str, Any]:
-        return {"spans": self.spans, "ingestion_versions": self.ingestion_versions}
+        return {"spans": self.spans, "ingestion_versions": self.ingestion_versions, "events": self.events,
+                "rejected": self.rejected, "traces": self.store.traces, "observations": self.store.observations,
+                "scores": self.store.scores, "sdk_logs": self.store.sdk_logs}
 
     def reset_state(self) -> None:
         self.spans.clear()
         self.ingestion_versions.clear()
+        self.events.clear()
+        self.rejected.clear()
+        self.store.clear()
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--public-key", default="pk-lf-test")
     parser.add_argument("--secret-key", default="sk-lf-test")
+    parser.add_argument("--no-spec", action="store_true", help="do not check bodies against the OpenAPI spec")
+    parser.add_argument("--v4", action="store_true",
+                        help="refuse trace and observation events on /api/public/ingestion, as Langfuse v4 does")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the fake until SIGTERM, printing its base URL first."""
-    return run_main(lambda a: LangfuseFake(a.public_key, a.secret_key, host=a.host, port=a.port), argv, _configure)
+    return run_main(lambda a: LangfuseFake(a.public_key, a.secret_key, host=a.host, port=a.port,
+                                           check_spec=not a.no_spec, legacy_ingestion=not a.v4), argv, _configure)
 
 
 if __name__ == "__main__":
