@@ -1,20 +1,21 @@
-"""``python -m traceexport.dify``: install the start-up hook file, or check that it is in place.
+"""``python -m traceexport.dify``: install the start-up hook file, or check that the hook would work here.
 
-* ``install-pth [--site-packages DIR]`` copies ``traceexport_dify_hook.pth`` into site-packages (use this
-  when traceexport was installed in a way that did not place the file, e.g. an editable install).
-* ``check`` says whether the file is present and whether ``TRACEEXPORT_DIFY_HOOK`` is set; exit 1 if not.
+* ``install-pth [--site-packages DIR]`` writes ``traceexport_dify_hook.pth`` into site-packages (a wheel
+  install already places it; this is for editable installs and images that copy environments around).
+* ``check`` runs where Dify runs (``cd /app/api``, with Dify's environment) and says, one line per check,
+  whether the hook would work: start-up file and ``TRACEEXPORT_DIFY_HOOK``, Dify's registry patched, the
+  provider resolvable, stored configs readable, a config round-tripped through Dify's own
+  encrypt/decrypt. Exit 0 when it would work, 1 with the reason when it would not.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import sysconfig
 from pathlib import Path
 
-PTH_NAME = "traceexport_dify_hook.pth"
-SOURCE = Path(__file__).with_name(PTH_NAME)
+from traceexport.dify.autoload import PTH_LINE, PTH_NAME
 
 
 def site_packages() -> Path:
@@ -25,26 +26,25 @@ def site_packages() -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m traceexport.dify", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    install = sub.add_parser("install-pth", help=f"copy {PTH_NAME} into site-packages")
+    install = sub.add_parser("install-pth", help=f"write {PTH_NAME} into site-packages")
     install.add_argument("--site-packages", type=Path, default=None, help="target directory")
-    sub.add_parser("check", help="is the hook file installed and the environment variable set?")
+    check = sub.add_parser("check", help="would the hook work in this Dify? (run in Dify's api directory)")
+    check.add_argument("--site-packages", type=Path, default=None, help="where the start-up file should be")
     args = parser.parse_args(argv)
-    target_dir = getattr(args, "site_packages", None) or site_packages()
-    target = target_dir / PTH_NAME
+    target = (args.site_packages or site_packages()) / PTH_NAME
     if args.command == "install-pth":
         try:
-            shutil.copyfile(SOURCE, target)
+            target.write_text(PTH_LINE + "\n", encoding="utf-8")
         except OSError as exc:
             print(f"cannot write {target}: {exc.strerror}; run as the owner of the environment", file=sys.stderr)
             return 1
         print(f"installed {target}; set TRACEEXPORT_DIFY_HOOK=1 in Dify's api and worker environments")
         return 0
-    from traceexport.dify.autoload import ENV_FLAG, enabled
+    from traceexport.dify.check import render, run_checks
 
-    present = target.is_file()
-    print(f"{PTH_NAME}: {'present' if present else 'missing'} in {target_dir}")
-    print(f"{ENV_FLAG}: {'enabled' if enabled() else 'not set (the hook stays off)'}")
-    return 0 if present and enabled() else 1
+    text, status = render(run_checks(target))
+    print(text)
+    return status
 
 
 if __name__ == "__main__":

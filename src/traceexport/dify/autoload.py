@@ -10,6 +10,10 @@ from __future__ import annotations
 import os
 
 ENV_FLAG = "TRACEEXPORT_DIFY_HOOK"
+PTH_NAME = "traceexport_dify_hook.pth"
+# The start-up file's one line (the wheel ships it as traceexport_dify_hook.pth; a test keeps the two equal).
+PTH_LINE = ('import os; os.environ.get("TRACEEXPORT_DIFY_HOOK", "").strip().lower() in ("1", "true", "yes", "on") '
+            'and __import__("traceexport.dify.autoload")')
 
 
 def enabled(env: dict[str, str] | None = None) -> bool:

@@ -62,6 +62,17 @@ def _without_secrets(cls: Any, decrypt: Any, tenant_id: str, config: dict[str, A
     return dict(result) if isinstance(result, dict) else result
 
 
+def is_patched(manager_class: Any) -> bool:
+    """True when ``manager_class.decrypt_tracing_config`` is guarded."""
+    return isinstance(manager_class, type) and _MARK in manager_class.__dict__
+
+
+def original_decrypt(manager_class: Any) -> Any:
+    """Dify's own ``decrypt_tracing_config`` of ``manager_class``, unguarded (bound to the class)."""
+    original = manager_class.__dict__.get(_MARK) or manager_class.__dict__["decrypt_tracing_config"]
+    return original.__get__(None, manager_class)
+
+
 def unpatch_decrypt(manager_class: Any) -> None:
     """Restore Dify's original classmethod (tests)."""
     if isinstance(manager_class, type) and _MARK in manager_class.__dict__:
@@ -69,4 +80,4 @@ def unpatch_decrypt(manager_class: Any) -> None:
         delattr(manager_class, _MARK)
 
 
-__all__ = ["patch_decrypt", "unpatch_decrypt"]
+__all__ = ["is_patched", "original_decrypt", "patch_decrypt", "unpatch_decrypt"]
