@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -66,10 +67,8 @@ def _strings(value: Any, out: set[str]) -> set[str]:
         if len(text) >= 12 and (" " in text or not text.isascii()):
             out.add(text)
             if text[:1] in "[{":
-                try:
+                with contextlib.suppress(ValueError):
                     _strings(json.loads(text), out)
-                except ValueError:
-                    pass
     elif isinstance(value, dict):
         for item in value.values():
             _strings(item, out)
@@ -108,7 +107,8 @@ def _leaks(mapping: Mapping, *, files: bool) -> list[str]:
 def test_every_extension_example_has_a_test() -> None:
     """Each YAML example of "Extending a built-in mapping" is one this file checks (a new one needs a test)."""
     assert set(_examples()) == {
-        "Stop sending inputs and outputs to Opik (every trace and span, the `llm` span and workflow node spans included)",
+        "Stop sending inputs and outputs to Opik (every trace and span, the `llm` span and workflow node spans "
+        "included)",
         "Hash the user id in every entity's metadata and truncate long answers in Opik (a workflow's `sys.user_id` "
         "input stays: drop inputs as above to hide it too)",
         "Add a field to every OTLP span",
@@ -137,7 +137,8 @@ def test_hash_user_ids_and_truncate_long_answers_in_opik(tmp_path: Path) -> None
             if user is not None:
                 assert re.fullmatch(r"[0-9a-f]{16}", hashed), payload.body["name"]
                 seen_users += 1
-            answer = (payload.body.get("output") or {}).get("answer") or (payload.body.get("output") or {}).get("content")
+            output = payload.body.get("output") or {}
+            answer = output.get("answer") or output.get("content")
             if record.type == "message" and isinstance(answer, str):
                 assert len(answer) <= 2001
                 truncated += answer.endswith("…")
