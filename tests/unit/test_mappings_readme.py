@@ -108,7 +108,7 @@ def test_every_extension_example_has_a_test() -> None:
     """Each YAML example of "Extending a built-in mapping" is one this file checks (a new one needs a test)."""
     assert set(_examples()) == {
         "Stop sending inputs and outputs to Opik (every trace and span, the `llm` span and workflow node spans "
-        "included)",
+        "included; file URLs in metadata stay, `send_content=false` below drops them too)",
         "Hash the user id in every entity's metadata and truncate long answers in Opik (a workflow's `sys.user_id` "
         "input stays: drop inputs as above to hide it too)",
         "Add a field to every OTLP span",
