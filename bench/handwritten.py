@@ -145,6 +145,7 @@ def _otlp_workflow(data: dict[str, Any], d: dict[str, Any]) -> list[Payload]:
         "dify.workflow.total_tokens": data["total_tokens"], "dify.workflow.prompt_tokens": data["prompt_tokens"],
         "dify.workflow.completion_tokens": data["completion_tokens"],
         "dify.workflow.nodes_missing": d.get("nodes_missing") or None,
+        "dify.workflow_app_log.id": data["workflow_app_log_id"], "dify.files": _text(d.get("files")),
         "error.type": "WorkflowError" if d["failed"] else None,
     })
     return [_otlp_span(data, span_id_hex(d["workflow_run_id"], "workflow"), None, f"invoke_workflow {app}",
@@ -162,7 +163,7 @@ def _otlp_message(data: dict[str, Any], d: dict[str, Any]) -> list[Payload]:
         "openinference.span.kind": "AGENT" if mode == "agent-chat" else "CHAIN",
         "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent,
         "input.value": _text(_or(query, inputs)), "output.value": _text(outputs),
-        "tag.tags": ["message", mode], "dify.conversation.mode": mode,
+        "tag.tags": ["message", mode], "dify.conversation.mode": mode, "dify.files": _text(d.get("files")),
         "error.type": "MessageError" if failed else None,
     })
     agent_span = _otlp_span(data, message_sid, None, f"invoke_agent {'' if agent is None else agent}", "INTERNAL",
@@ -176,6 +177,7 @@ def _otlp_message(data: dict[str, Any], d: dict[str, Any]) -> list[Payload]:
         "openinference.span.kind": "LLM", "gen_ai.operation.name": "chat",
         "gen_ai.request.stream": data["is_streaming_request"],
         "gen_ai.response.time_to_first_chunk": data["gen_ai_server_time_to_first_token"],
+        "dify.llm.streaming_time_to_generate": data["llm_streaming_time_to_generate"],
         "input.mime_type": _JSON, "output.value": _text(outputs),
         "error.type": "MessageError" if failed else None,
     })
@@ -201,6 +203,7 @@ def _otlp_tool(data: dict[str, Any], d: dict[str, Any]) -> list[Payload]:
         "input.mime_type": _JSON, "output.value": _text(tool_out),
         "dify.tool.provider": config.get("tool_provider"), "dify.tool.provider_type": config.get("tool_provider_type"),
         "dify.tool.time_cost": data["time_cost"], "tag.tags": ["tool", name],
+        "dify.tool.message_file_id": data["metadata"].get("message_file_id"), "dify.files": _text(d.get("files")),
         "error.type": "ToolError" if d["failed"] else None,
     })
     return [_otlp_span(data, span_id_hex(d["span_key"], "tool"), _sid(d["message_id"], "message"),
@@ -311,7 +314,8 @@ def _opik_workflow(data: dict[str, Any], d: dict[str, Any]) -> list[Payload]:
     meta = _metadata(data, d)
     meta.update({"workflow_run_version": data["workflow_run_version"],
                  "workflow_run_status": data["workflow_run_status"], "total_tokens": data["total_tokens"],
-                 "nodes_missing": d.get("nodes_missing") or None})
+                 "nodes_missing": d.get("nodes_missing") or None,
+                 "workflow_app_log_id": data["workflow_app_log_id"], "file_list": d.get("files")})
     trace = {"name": "message" if data["message_id"] else "workflow", "input": inputs, "output": outputs,
              "thread_id": d["session_id"],
              "tags": [t for t in ("workflow", data["metadata"].get("triggered_from")) if t is not None],
@@ -319,7 +323,8 @@ def _opik_workflow(data: dict[str, Any], d: dict[str, Any]) -> list[Payload]:
     usage = _compact({"prompt_tokens": d["input_tokens"], "completion_tokens": d["output_tokens"],
                       "total_tokens": d["total_tokens"]})
     span = {"name": "workflow", "type": "general", "input": inputs, "output": outputs, "usage": usage,
-            "tags": ["workflow"], "metadata": _compact(_metadata(data, d))}
+            "tags": ["workflow"],
+            "metadata": _compact({**_metadata(data, d), "workflow_app_log_id": data["workflow_app_log_id"]})}
     return [_opik("trace", data, d, trace),
             _opik("span", data, d, span, role="workflow", source=d["workflow_run_id"])]
 
@@ -333,13 +338,14 @@ def _opik_message(data: dict[str, Any], d: dict[str, Any]) -> list[Payload]:
     meta = _metadata(data, d)
     meta.update({"conversation_mode": mode, "model": d["model"], "provider": d["provider_id"],
                  "total_price": d["cost"], "currency": d["currency"],
-                 "from_source": data["metadata"].get("from_source")})
+                 "from_source": data["metadata"].get("from_source"), "file_list": d.get("files")})
     trace = {"name": "message",
              "input": _compact({"query": md.get("query") if isinstance(md, dict) else None, "messages": messages}),
              "output": _compact({"answer": outputs}), "thread_id": d["session_id"], "tags": ["message", mode],
              "ttft": ttft_ms, "metadata": _compact(meta)}
     llm_meta = _metadata(data, d)
-    llm_meta.update({"conversation_mode": mode, "currency": d["currency"], "streaming": data["is_streaming_request"]})
+    llm_meta.update({"conversation_mode": mode, "currency": d["currency"], "streaming": data["is_streaming_request"],
+                     "streaming_time_to_generate": data["llm_streaming_time_to_generate"]})
     llm = {"name": f"chat {_or(d['model'], 'llm')}", "type": "llm", "model": d["model"], "provider": d["provider"],
            "usage": _compact({"prompt_tokens": d["input_tokens"], "completion_tokens": d["output_tokens"],
                               "total_tokens": d["total_tokens"]}),
@@ -361,7 +367,8 @@ def _opik_tool(data: dict[str, Any], d: dict[str, Any]) -> list[Payload]:
     name, config = data["tool_name"], data["tool_config"]
     meta = _metadata(data, d)
     meta.update({"tool_provider": config.get("tool_provider"), "tool_provider_type": config.get("tool_provider_type"),
-                 "tool_parameters": data["tool_parameters"] or None, "time_cost": data["time_cost"]})
+                 "tool_parameters": data["tool_parameters"] or None, "time_cost": data["time_cost"],
+                 "file_url": data["file_url"] or None, "message_file_id": data["metadata"].get("message_file_id")})
     span = {"name": name, "type": "tool", "input": _wrap(data["tool_inputs"], "input"),
             "output": _wrap(_parse_json(data["tool_outputs"]), "output"), "tags": ["tool", name],
             "metadata": _compact(meta)}

@@ -280,6 +280,23 @@ def test_hand_built_bodies_match_the_openapi_schema() -> None:
     _validate_with_spec("Span_Write", spans)
 
 
+def test_every_golden_case_maps_to_bodies_that_match_the_openapi_schema() -> None:
+    """Every golden case (files, tool file_url and the edge cases included) maps to schema-valid Opik bodies."""
+    from tests.golden.goldens import CASES
+
+    from traceexport.mapping import load_mapping
+    from traceexport.records import Record, parse_records
+
+    mapping = load_mapping("opik")
+    records = [item for case in CASES for item in parse_records(case.read_bytes(), case.name)]
+    payloads = [p for record in records if isinstance(record, Record) for p in mapping.map(record)]
+    sink = from_config("opik", {"url": "http://127.0.0.1:9/api", "project_name": "dify"}, {})
+    traces, spans = _bodies_by_collection(sink.request_bodies(payloads))
+    assert traces and spans
+    _validate_with_spec("Trace_Write", traces)
+    _validate_with_spec("Span_Write", spans)
+
+
 def test_committed_schema_extract_matches_the_published_spec() -> None:
     """tests/data/contracts/opik-write-schemas.json holds Opik's Trace_Write / Span_Write schemas unchanged."""
     if not SPEC.exists():

@@ -179,3 +179,32 @@ def test_enterprise_types_are_accepted() -> None:
     record = record_from_obj(prompt)
     assert record.type == "prompt_generation"
     assert record.data["derived"]["total_tokens"] == 3
+
+
+@pytest.mark.parametrize(("file_list", "message_file_data", "files"), [
+    ([], None, None),
+    ("", None, None),
+    ("https://x/files/a.png", None, ["https://x/files/a.png"]),
+    ('["https://x/files/a.png", ""]', None, ["https://x/files/a.png"]),
+    ("[not json", None, ["[not json"]),
+    ({"type": "image", "url": "u"}, None, [{"type": "image", "url": "u"}]),
+    (["https://x/files/a.png", None, "  "], None, ["https://x/files/a.png"]),
+    (["https://x/files/a.png"], {"url": "files/a.png"}, ["https://x/files/a.png"]),
+    ([], {"id": "f1", "url": "files/b.png"}, ["files/b.png"]),
+    ([], "<MessageFile object>", None),
+])
+def test_message_files_are_one_list(file_list: object, message_file_data: object, files: object) -> None:
+    """A message's file_list in any of Dify's shapes, plus message_file_data's url, becomes derived.files."""
+    sample = _sample("05-message-chat.json")
+    sample["trace_info"].update(file_list=file_list, message_file_data=message_file_data)
+    assert record_from_obj(sample).data["derived"]["files"] == files
+
+
+@pytest.mark.parametrize(("file_url", "files"), [("", None), (None, None), ("https://x/t.png", ["https://x/t.png"]),
+                                                 (["https://x/1.png", "https://x/2.png"],
+                                                  ["https://x/1.png", "https://x/2.png"])])
+def test_tool_file_url_becomes_files(file_url: object, files: object) -> None:
+    """A tool's file_url (text, list or empty) becomes derived.files."""
+    sample = _sample("07-tool-call.json")
+    sample["trace_info"]["file_url"] = file_url
+    assert record_from_obj(sample).data["derived"]["files"] == files

@@ -1,8 +1,8 @@
 """The declarative mapping engine: YAML specs compiled once into closures; pure, no I/O after load."""
 
-from traceexport.mapping.engine import BACKEND_KINDS, Entity, Mapping, compile_document, load_mapping
+from traceexport.mapping.engine import Entity, Mapping, compile_document, load_mapping
 from traceexport.mapping.functions import REGISTRY, function_names
-from traceexport.mapping.loader import BACKENDS, builtin_mapping_path
+from traceexport.mapping.loader import BACKEND_KINDS, BACKENDS, builtin_mapping_path
 
 __all__ = [
     "BACKENDS",

@@ -19,9 +19,12 @@ from traceexport.mapping.compiler import (
     as_getter,
 )
 from traceexport.mapping.loader import (
+    ALL,
+    BACKEND_KINDS,
     BACKENDS,
     LineDict,
     builtin_mapping_path,
+    is_selector,
     merge_override,
     read_yaml,
     resolve,
@@ -31,15 +34,10 @@ from traceexport.records.parse import Record
 from traceexport.records.types import RECORD_TYPES
 from traceexport.sinks.base import Payload
 
-BACKEND_KINDS: dict[str, frozenset[str]] = {
-    "opik": frozenset({"trace", "span"}),
-    "langfuse": frozenset({"span"}),
-    "otlp": frozenset({"span"}),
-    "amplitude": frozenset({"event"}),
-}
 _TOP_KEYS = frozenset({"backend", "description", "definitions", "options", "tables", "records"})
 _ENTITY_KEYS = frozenset({"kind", "when", "each", "key", "body"})
 _CONTEXT_ROOTS = frozenset({"derived", "app_id", "record_type"})
+_SELECTOR_NEEDS_BASE = "a selector ('*', 'kind:K') overrides entities of a base: use it in a file with 'extends'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +138,9 @@ def compile_document(document: LineDict, files: Sequence[str], options: dict[str
         raise ConfigError(problems, title="invalid mapping")
     for record_type, section in records.items():
         path = f"records.{record_type}"
+        if record_type == ALL:
+            problems.append(Problem(_where(records, record_type, 'records."*"'), _SELECTOR_NEEDS_BASE))
+            continue
         if record_type not in RECORD_TYPES:
             known = ", ".join(RECORD_TYPES)
             problems.append(Problem(_where(records, record_type, path), f"unknown record type (known: {known})"))
@@ -164,6 +165,9 @@ def _compile_entities(section: LineDict, path: str, backend: str, fields: frozen
     for name, spec in section.items():
         epath = f"{path}.{name}"
         where = _where(section, name, epath)
+        if is_selector(name):
+            problems.append(Problem(where, _SELECTOR_NEEDS_BASE))
+            continue
         if not isinstance(spec, LineDict):
             problems.append(Problem(where, "an entity must be an object with kind and body"))
             continue

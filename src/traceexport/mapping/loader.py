@@ -1,8 +1,10 @@
 """Load mapping files: YAML that remembers line numbers, ``extends`` chains and override merging.
 
 A user file names a base with ``extends: builtin`` (the built-in mapping of its ``backend``) or a path,
-then overrides fields; a field or entity set to ``~`` (null) is dropped. Record type ``"*"`` applies
-an override to every record type that has the named entity.
+then overrides fields; a field or entity set to ``~`` (null) is dropped. Selectors reach several
+entities at once: record type ``"*"`` means every record type, entity ``"*"`` every entity of the
+record type, entity ``"kind:span"`` every entity of that backend kind. The most specific layer wins:
+``"*"."*"`` < ``"*"."kind:K"`` < ``"*".NAME`` < ``TYPE."*"`` < ``TYPE."kind:K"`` < ``TYPE.NAME``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,14 @@ import yaml
 from traceexport.errors import ConfigError, Problem
 
 BACKENDS = ("opik", "langfuse", "otlp", "amplitude")
+BACKEND_KINDS: dict[str, frozenset[str]] = {
+    "opik": frozenset({"trace", "span"}),
+    "langfuse": frozenset({"span"}),
+    "otlp": frozenset({"span"}),
+    "amplitude": frozenset({"event"}),
+}
+ALL = "*"  # as a record type: every record type; as an entity name: every entity
+KIND_PREFIX = "kind:"  # entity selector "kind:span": every entity of that kind
 
 
 class LineDict(dict[Any, Any]):
@@ -106,25 +116,94 @@ def deep_merge(base: Any, override: Any) -> Any:
     return merged
 
 
+def is_selector(name: Any) -> bool:
+    """True for the entity names that select several entities (``"*"``, ``"kind:span"``)."""
+    return name == ALL or (isinstance(name, str) and name.startswith(KIND_PREFIX))
+
+
+def _at(doc: Any, key: Any, path: str) -> str:
+    lines = getattr(doc, "lines", None) or {}
+    file, line = lines.get(key, (getattr(doc, "file", ""), getattr(doc, "line", 0)))
+    return f"{file}:{line}: {path}" if file else path
+
+
 def merge_override(base: LineDict, override: LineDict) -> LineDict:
-    """``override`` laid over ``base``; its ``records."*"`` entries go under the type-specific ones."""
+    """``override`` laid over ``base``, selectors (``"*"``, ``"kind:K"``) expanded over ``base``'s entities.
+
+    Raises ConfigError (every problem with file:line) for a selector or entity name that reaches nothing.
+    """
     records = override.get("records")
-    star = records.pop("*", None) if isinstance(records, dict) else None
-    if isinstance(star, dict):
-        base_records = base.get("records")
-        for entities in base_records.values() if isinstance(base_records, dict) else ():
-            if not isinstance(entities, dict):
-                continue
-            for entity_name, entity_override in star.items():
-                if entity_name not in entities:
-                    continue
-                if entity_override is None:
-                    entities.pop(entity_name)
-                else:
-                    entities[entity_name] = deep_merge(entities[entity_name], entity_override)
+    base_records = base.get("records")
+    if isinstance(records, dict) and isinstance(base_records, dict):
+        backend = str(override.get("backend") or base.get("backend"))
+        problems: list[Problem] = []
+        _expand_selectors(base_records, records, BACKEND_KINDS.get(backend, frozenset()), backend, problems)
+        if problems:
+            raise ConfigError(problems, title="invalid mapping")
     merged = deep_merge(base, override)
     assert isinstance(merged, LineDict)
     return merged
+
+
+def _expand_selectors(base_records: dict[Any, Any], records: dict[Any, Any], kinds: frozenset[str], backend: str,
+                      problems: list[Problem]) -> None:
+    """Lay every selector layer over the matching base entities, in place; leave only named overrides."""
+    star = records.pop(ALL, None) if ALL in records else {}
+    if not isinstance(star, dict):
+        problems.append(Problem(_at(records, ALL, 'records."*"'), "must be an object of entities (or selectors)"))
+        star = {}
+    known = {str(name) for section in base_records.values() if isinstance(section, dict) for name in section}
+    _check_selectors(star, 'records."*"', kinds, backend, problems)
+    for name in star:
+        if not is_selector(name) and str(name) not in known:
+            hint = f"entities: {', '.join(sorted(known))}; '*' reaches every entity, 'kind:K' every entity of kind K"
+            problems.append(Problem(_at(star, name, f'records."*".{name}'),
+                                    f"no record type of the base mapping has an entity named {name!r} ({hint})"))
+    typed_layers: dict[Any, dict[Any, Any]] = {}
+    for record_type, section in records.items():
+        if not isinstance(section, dict):
+            continue
+        path = f"records.{record_type}"
+        _check_selectors(section, path, kinds, backend, problems)
+        typed_layers[record_type] = {name: section.pop(name) for name in [n for n in section if is_selector(n)]}
+        base_section = base_records.get(record_type)
+        if not isinstance(base_section, dict):
+            continue
+        for name, spec in section.items():
+            if name not in base_section and not (isinstance(spec, dict) and "kind" in spec):
+                entities = ", ".join(str(n) for n in base_section) or "none"
+                problems.append(Problem(_at(section, name, f"{path}.{name}"),
+                                        f"no entity named {name!r} to override (entities: {entities}); "
+                                        "a new entity needs kind and body"))
+    if problems:
+        return
+    for record_type, base_section in base_records.items():
+        if not isinstance(base_section, dict):
+            continue
+        typed = typed_layers.get(record_type, {})
+        for name in list(base_section):
+            spec = base_section[name]
+            kind_selector = f"{KIND_PREFIX}{spec.get('kind')}" if isinstance(spec, dict) else None
+            for layers, selector in ((star, ALL), (star, kind_selector), (star, name),
+                                     (typed, ALL), (typed, kind_selector)):
+                if selector is None or selector not in layers:
+                    continue
+                layer = layers[selector]
+                if layer is None:
+                    base_section.pop(name)
+                    break
+                spec = base_section[name] = deep_merge(base_section[name], layer)
+
+
+def _check_selectors(section: dict[Any, Any], path: str, kinds: frozenset[str], backend: str,
+                     problems: list[Problem]) -> None:
+    for name, layer in section.items():
+        where = _at(section, name, f"{path}.{name}")
+        if isinstance(name, str) and name.startswith(KIND_PREFIX) and name[len(KIND_PREFIX):] not in kinds:
+            problems.append(Problem(where, f"unknown entity kind {name[len(KIND_PREFIX):]!r} for {backend} "
+                                           f"(kinds: {', '.join(sorted(kinds)) or 'none'})"))
+        elif layer is not None and not isinstance(layer, dict):
+            problems.append(Problem(where, "an override must be an object (or ~ to drop)"))
 
 
 def resolve(path: Path, _seen: tuple[Path, ...] = ()) -> LineDict:

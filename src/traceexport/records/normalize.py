@@ -8,6 +8,7 @@ provider, user and session, tokens, cost, and retrieval documents.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -174,6 +175,8 @@ def normalize(record_type: str, data: dict[str, Any], app_id: str | None) -> dic
     if isinstance(inputs, list | str):  # the prompt as [{role, content}], once for every mapping
         derived["messages"] = [{"role": role, "content": content if isinstance(content, str) else _text(content)}
                                for role, content in message_pairs(inputs, "user")]
+    if record_type in _FILE_FIELDS:
+        derived["files"] = _files(data, _FILE_FIELDS[record_type])
     if record_type == "dataset_retrieval":
         derived.update(_documents(data.get("documents")))
     elif record_type == "workflow_node":
@@ -182,6 +185,30 @@ def normalize(record_type: str, data: dict[str, Any], app_id: str | None) -> dic
     data["app_id"] = derived["app_id"]
     data["record_type"] = record_type
     return data
+
+
+_FILE_FIELDS = {"workflow": "file_list", "message": "file_list", "tool": "file_url"}
+
+
+def _files(data: dict[str, Any], field: str) -> list[Any] | None:
+    """The record's files as one list (URL texts or file objects), or None when it has none.
+
+    Dify types ``file_list`` as a list, a text or an object, and ``file_url`` as a text or a list; a
+    message's ``message_file_data`` (an object when it serialises at all) adds its ``url`` unless the
+    list already holds it (Dify puts ``FILES_URL/<url>`` there).
+    """
+    value = data.get(field)
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        with contextlib.suppress(ValueError):  # else a text that only starts like a list: one file name
+            value = fastjson.loads(value)
+    items = value if isinstance(value, list) else [value]
+    files = [item.strip() if isinstance(item, str) else item for item in items
+             if (isinstance(item, dict) and item) or (isinstance(item, str) and item.strip())]
+    extra = data.get("message_file_data")
+    url = none_if_blank(extra.get("url")) if isinstance(extra, dict) else None
+    if url is not None and not any(isinstance(f, str) and f.endswith(url) for f in files):
+        files.append(url)
+    return files or None
 
 
 def _fallback_end(start: datetime, seconds: float | None, md: dict[str, Any]) -> datetime:
@@ -345,5 +372,7 @@ DERIVED_KEYS = frozenset(
         "nodes", "nodes_missing", "nodes_incomplete", "nodes_source",
         # the prompt (inputs) as [{role, content}]
         "messages",
+        # workflow / message file_list, tool file_url (+ message_file_data's url) as one list
+        "files",
     }
 )

@@ -1,0 +1,150 @@
+"""Overrides in an extending mapping file: selectors for every entity / every kind, precedence, load-time errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests.conftest import SAMPLES, load_records
+
+from traceexport.errors import ConfigError
+from traceexport.mapping import load_mapping
+from traceexport.records import Record
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "override.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _message() -> Record:
+    return load_records(SAMPLES / "05-message-chat.json")[0]
+
+
+def _workflow_with_nodes() -> Record:
+    workflow = load_records(SAMPLES / "01-workflow-ok.json")[0]
+    start = workflow.data["start_time"]
+    workflow.data["derived"]["nodes"] = [
+        {"id": "n1", "kind": "llm", "title": "LLM", "start": start, "end": start, "inputs": {"q": "secret prompt"},
+         "outputs": {"text": "secret answer"}},
+    ]
+    return workflow
+
+
+def _load_error(tmp_path: Path, text: str, backend: str = "opik") -> str:
+    with pytest.raises(ConfigError) as info:
+        load_mapping(backend, [_write(tmp_path, text)])
+    return str(info.value)
+
+
+def test_star_entity_reaches_every_entity_of_every_record_type(tmp_path: Path) -> None:
+    """records."*"."*" reaches every entity, including ones not named span/trace (llm, workflow nodes)."""
+    mapping = load_mapping("opik", [_write(tmp_path, """\
+extends: builtin
+backend: opik
+records:
+  "*":
+    "*": {body: {input: ~, output: ~}}
+""")])
+    bodies = [p.body for record in (_message(), _workflow_with_nodes()) for p in mapping.map(record)]
+    assert {b["name"] for b in bodies} >= {"message", "chat gpt-4o-mini", "workflow", "LLM"}
+    assert all("input" not in b and "output" not in b for b in bodies)
+
+
+def test_kind_selector_reaches_only_entities_of_that_kind(tmp_path: Path) -> None:
+    """records."*"."kind:span" changes every span (llm included) and leaves traces alone."""
+    mapping = load_mapping("opik", [_write(tmp_path, """\
+extends: builtin
+backend: opik
+records:
+  "*":
+    kind:span: {body: {tags: [redacted]}}
+""")])
+    payloads = mapping.map(_message())
+    assert [(p.kind, p.body["tags"]) for p in payloads] == [("trace", ["message", "chat"]), ("span", ["redacted"])]
+
+
+def test_more_specific_layers_win(tmp_path: Path) -> None:
+    """Layers apply from "*"."*" up to TYPE.NAME, so the most specific override decides a field."""
+    mapping = load_mapping("otlp", [_write(tmp_path, """\
+extends: builtin
+backend: otlp
+records:
+  "*":
+    "*": {body: {attributes: {env: all, who: all, what: all, which: all}}}
+    kind:span: {body: {attributes: {who: kind}}}
+    llm: {body: {attributes: {what: named}}}
+  message:
+    "*": {body: {attributes: {which: typed}}}
+    llm: {body: {attributes: {which: typed-named}}}
+""")])
+    message_span, llm_span = (p.body["attributes"] for p in mapping.map(_message()))
+    assert [message_span[k] for k in ("env", "who", "what", "which")] == ["all", "kind", "all", "typed"]
+    assert [llm_span[k] for k in ("env", "who", "what", "which")] == ["all", "kind", "named", "typed-named"]
+
+
+def test_null_selector_drops_every_matching_entity(tmp_path: Path) -> None:
+    """A selector set to ~ removes every entity it reaches (here: all Opik spans, the traces stay)."""
+    mapping = load_mapping("opik", [_write(tmp_path, """\
+extends: builtin
+backend: opik
+records:
+  "*":
+    kind:span: ~
+""")])
+    assert [p.kind for p in mapping.map(_message())] == ["trace"]
+    assert [p.kind for p in mapping.map(load_records(SAMPLES / "07-tool-call.json")[0])] == []
+
+
+def test_selector_mistakes_are_load_errors_with_file_and_line(tmp_path: Path) -> None:
+    """Unknown kinds, names that reach nothing and non-object overrides are reported as file:line problems."""
+    text = _load_error(tmp_path, """\
+extends: builtin
+backend: opik
+records:
+  "*":
+    kind:event: {body: {}}
+    spn: {body: {}}
+  message:
+    lm: {body: {input: ~}}
+    "*": 3
+""")
+    path = str(tmp_path / "override.yaml")
+    assert "4 problems" in text
+    assert f"{path}:5: records.\"*\".kind:event: unknown entity kind 'event' for opik (kinds: span, trace)" in text
+    assert f"{path}:6: records.\"*\".spn: no record type of the base mapping has an entity named 'spn'" in text
+    assert f"{path}:8: records.message.lm: no entity named 'lm' to override (entities: trace, llm)" in text
+    assert f"{path}:9: records.message.*: an override must be an object (or ~ to drop)" in text
+    assert "Traceback" not in text
+
+
+def test_a_new_entity_with_kind_is_still_allowed(tmp_path: Path) -> None:
+    """A type-specific name the base lacks is a new entity when it says its kind (not mistaken for a typo)."""
+    mapping = load_mapping("otlp", [_write(tmp_path, """\
+extends: builtin
+backend: otlp
+records:
+  message:
+    extra:
+      kind: span
+      body: {name: extra}
+""")])
+    assert [p.body["name"] for p in mapping.map(_message())][-1] == "extra"
+
+
+def test_selectors_need_a_base(tmp_path: Path) -> None:
+    """A selector in a file that extends nothing is a load error saying so, not an unknown record type."""
+    path = _write(tmp_path, """\
+backend: otlp
+records:
+  "*":
+    span: {body: {}}
+  message:
+    "*": {body: {}}
+""")
+    with pytest.raises(ConfigError) as info:
+        load_mapping(path)
+    text = str(info.value)
+    assert text.count("a selector ('*', 'kind:K') overrides entities of a base") == 2
+    assert f"{path}:3: records.\"*\"" in text and f"{path}:6: records.message.*" in text
