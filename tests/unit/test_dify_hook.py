@@ -148,10 +148,18 @@ def test_config_falls_back_to_environment() -> None:
     assert resolve_settings({"sinks": "amplitude"}, env).sinks == ("amplitude",)
 
 
-def test_config_rejects_an_unknown_mode() -> None:
-    """A mode that is neither in_process nor forward fails when Dify builds the config class."""
+def test_config_class_never_raises_and_api_check_reports_an_unknown_mode() -> None:
+    """Dify also builds the config class from stored configs in its request path: it never raises there, while
+    saving a config with an unknown mode is refused by api_check with the reason."""
+    config = TraceExportConfig(mode="carrier-pigeon", token=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="mode must be one of"):
-        TraceExportConfig(mode="carrier-pigeon")
+        provider.TraceExportTrace(config).api_check()
+
+
+def test_config_dump_leaves_out_an_empty_token() -> None:
+    """Dify stores the config class's dump and decrypts every secret key in it: an empty token is not in it."""
+    assert "token" not in TraceExportConfig(mode="in_process", sinks="file").model_dump()
+    assert TraceExportConfig(token="abc").model_dump()["token"] == "abc"
 
 
 # -- exporting ------------------------------------------------------------------------------------
@@ -204,7 +212,8 @@ def test_down_sidecar_loses_nothing_once_it_is_back() -> None:
     with activate("legacy"):
         dify.install()
         instance = _entry({"mode": "forward", "endpoint": f"http://127.0.0.1:{port}"})
-        assert instance.api_check() is False  # unreachable sidecar: the config would not be saved
+        with pytest.raises(ValueError, match="unreachable"):  # the config would not be saved
+            instance.api_check()
         for trace_info in trace_info_objects():
             instance.trace(trace_info)
         assert dify.flush(10.0)
@@ -304,9 +313,10 @@ def test_tee_keeps_the_builtin_provider_receiving(recording: RecordingSink) -> N
 # -- provider surface -----------------------------------------------------------------------------
 
 def test_api_check_and_project_strings() -> None:
-    """api_check is False for an incomplete config, and the project URL/key are plain strings."""
+    """api_check raises the reason for an incomplete config, and the project URL/key are plain strings."""
     bad = provider.TraceExportTrace(TraceExportConfig(mode="forward"))
-    assert bad.api_check() is False
+    with pytest.raises(ValueError, match="forward mode needs an endpoint"):
+        bad.api_check()
     good = provider.TraceExportTrace(TraceExportConfig(mode="forward", endpoint="http://127.0.0.1:9"))
     assert good.get_project_url() == "http://127.0.0.1:9"
     assert good.get_project_key().startswith("forward-")
