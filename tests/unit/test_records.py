@@ -181,6 +181,22 @@ def test_enterprise_types_are_accepted() -> None:
     assert record.data["derived"]["total_tokens"] == 3
 
 
+def test_prompt_generation_without_times_ends_on_receipt_and_keeps_those_times() -> None:
+    """Dify never times PromptGenerationTraceInfo: it ends on receipt, starts `latency` earlier, and the stored
+    envelope carries those times so a retry maps to the same ids."""
+    text = json.dumps({"app_id": "a", "trace_info_type": "PromptGenerationTraceInfo", "trace_info": {
+        "metadata": {}, "tenant_id": "t", "user_id": "u", "operation_type": "rule_generate", "instruction": "x",
+        "prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3, "model_name": "gpt-4o",
+        "model_provider": "openai", "latency": 2.5, "start_time": None, "end_time": None}})
+    before = datetime.now(UTC)
+    [record] = parse_records(text)
+    assert isinstance(record, Record)
+    derived = record.data["derived"]
+    assert derived["end"] >= before and (derived["end"] - derived["start"]).total_seconds() == 2.5
+    [again] = parse_records(record.envelope_text())
+    assert isinstance(again, Record) and again.data["derived"]["start"] == derived["start"]
+
+
 @pytest.mark.parametrize(("file_list", "message_file_data", "files"), [
     ([], None, None),
     ("", None, None),

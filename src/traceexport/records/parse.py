@@ -6,6 +6,7 @@ Every failure is a :class:`RecordError` with a one-line reason; the good records
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -14,6 +15,7 @@ from traceexport import _json
 from traceexport.errors import RecordError
 from traceexport.records.normalize import normalize
 from traceexport.records.types import RECORD_TYPES, canonical_type, dify_class_name
+from traceexport.records.values import to_number
 
 
 class Record:
@@ -96,6 +98,17 @@ def infer_type(trace_info: dict[str, Any]) -> str | None:
     return None
 
 
+def _timed_on_receipt(record_type: str, trace_info: dict[str, Any]) -> dict[str, Any]:
+    """Dify never passes its timer to PromptGenerationTraceInfo (start and end are always null) but sets
+    ``latency``: such a record ends when it reaches traceexport and starts ``latency`` seconds earlier. The
+    times are written into the record, so its stored envelope (and every retry) keeps them."""
+    if record_type != "prompt_generation" or trace_info.get("start_time") or trace_info.get("end_time"):
+        return trace_info
+    end = datetime.now(UTC)
+    start = end - timedelta(seconds=max(to_number(trace_info.get("latency")) or 0.0, 0.0))
+    return {**trace_info, "start_time": start.isoformat(), "end_time": end.isoformat()}
+
+
 def record_from_trace_info(trace_info: Any, type_name: str | None = None, app_id: str | None = None) -> Record:
     """A Record from a bare TraceInfo dict (or Dify's pydantic object) and, optionally, its type name."""
     if hasattr(trace_info, "model_dump") and not isinstance(trace_info, dict):
@@ -114,6 +127,7 @@ def record_from_trace_info(trace_info: Any, type_name: str | None = None, app_id
         if type_name:
             raise RecordError(f"unknown record type {type_name!r}")
         raise RecordError("cannot tell the record type: give trace_info_type or send a TaskData envelope")
+    trace_info = _timed_on_receipt(record_type, trace_info)
     model_cls = RECORD_TYPES[record_type][1]
     try:
         model = model_cls.model_validate(trace_info)
@@ -146,7 +160,8 @@ def record_from_obj(obj: Any, type_name: str | None = None, *, raw: str | None =
             raise RecordError(f"unknown record type {declared!r}")
         app_id = obj.get("app_id") if isinstance(obj.get("app_id"), str) else None
         record = record_from_trace_info(trace_info, declared, app_id)
-        record.raw = raw
+        if record.envelope["trace_info"] is trace_info:  # else it was completed and must be stored anew
+            record.raw = raw
         return record
     return record_from_trace_info(obj, type_name)
 
