@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib
 import datetime as dt
 import decimal
 import json
@@ -61,6 +62,10 @@ def boot() -> Any:
     app.config.from_mapping(dify_config.model_dump())
     for extension in (ext_redis, ext_database, ext_storage, ext_celery):
         extension.init_app(app)
+    # In Dify, the controllers load app_invoke_entities before the ops manager; 1.10.1 has an import cycle
+    # (ops_trace_manager -> ... -> app_invoke_entities -> ops_trace_manager) that only that order avoids.
+    for module in ("core.app.entities.app_invoke_entities", "core.ops.ops_trace_manager", "tasks.ops_trace_task"):
+        importlib.import_module(module)
     return app
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from traceexport.dify.names import PROVIDER_NAME
 
 REGISTRY_MODULE = "core.ops.ops_trace_manager"
+FIRST_MODULE = "core.app.entities.app_invoke_entities"
 DIFY_BASES = (("core.ops.entities.config_entity", "BaseTracingConfig"),
               ("core.ops.base_trace_instance", "BaseTraceInstance"))
 ROUND_TRIPS: tuple[dict[str, str], ...] = ({}, {"mode": "in_process", "sinks": "file"},
@@ -67,6 +68,11 @@ def run_checks(pth_file: Path) -> list[Outcome]:
 
 def _registry_module() -> tuple[Any, str]:
     sys.path.insert(0, os.getcwd())  # python -m does this too; explicit for embedders calling run_checks
+    try:
+        # Dify's app loads this first; on Dify <= 1.13 importing the registry on its own hits an import cycle.
+        __import__(FIRST_MODULE, fromlist=["_"])
+    except ImportError:
+        pass  # not in every version; the registry import below says what is wrong
     try:
         return __import__(REGISTRY_MODULE, fromlist=["_"]), ""
     except Exception as exc:
