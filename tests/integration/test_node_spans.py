@@ -18,6 +18,7 @@ from traceexport.records import Record, record_from_obj
 
 pytestmark = pytest.mark.integration
 SAMPLES = Path(__file__).parents[1] / "data" / "samples"
+NODE_ROWS = Path(__file__).parents[1] / "data" / "node_rows"
 RUN_ID = "23118a95-bb79-41c1-b825-bab6ba022cbc"
 LLM_ROW = "5622ec1a-51ad-41e6-a698-aaef14f29c25"
 
@@ -28,7 +29,7 @@ def enriched() -> Iterator[Record]:
     with running_or_skip() as server:
         with server.admin() as conn:
             create_node_table(conn)
-            insert_rows(conn, json.loads((SAMPLES / "01-workflow-ok.node_executions.json").read_text("utf-8")))
+            insert_rows(conn, json.loads((NODE_ROWS / "01-workflow-ok.node_executions.json").read_text("utf-8")))
         record = record_from_obj(json.loads((SAMPLES / "01-workflow-ok.json").read_text("utf-8")))
         enricher = build_enricher({"database_url": server.url()}, environ={},
                                   now=lambda: record.data["derived"]["end"])
