@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
@@ -31,6 +32,10 @@ from traceexport.sources.http import INGEST_PATH, IngestServer, IngestSettings
 
 log = logging.getLogger("traceexport.daemon")
 PIPELINE_STOP_TIMEOUT = 15.0
+# Stopping takes at most shutdown_grace (in-flight HTTP requests) plus this for delivery and the spool;
+# a batch still with a backend then is abandoned: it stays in the spool and is sent again on restart.
+STOP_MARGIN = 1.0
+MIN_STEP = 0.2
 
 
 def pipeline_settings(config: Config) -> PipelineSettings:
@@ -137,18 +142,27 @@ class Daemon:
         return CelerySource(settings, pipeline.accept)
 
     def stop(self) -> None:
-        """Stop inputs, then delivery; idempotent. Undelivered records stay in the spool."""
+        """Stop inputs, then delivery, all within ``shutdown_grace`` plus :data:`STOP_MARGIN`; idempotent.
+
+        Undelivered records stay in the spool (a batch cut short is sent again on the next start).
+        """
+        http = self.config.sources.http
+        deadline = time.monotonic() + (http.shutdown_grace if http is not None else 10.0) + STOP_MARGIN
+
+        def left() -> float:
+            return max(deadline - time.monotonic(), MIN_STEP)
+
         cut = False
         if self.http is not None:
             cut = not self.http.stop()
             self.http = None
         if self.celery is not None:
-            self.celery.stop(PIPELINE_STOP_TIMEOUT)
+            self.celery.stop(min(left(), PIPELINE_STOP_TIMEOUT))
             self.celery = None
         if self.pipeline is not None:
             pending = sum(self.pipeline.pending().values())
             if self._running:
-                self.pipeline.stop(PIPELINE_STOP_TIMEOUT)  # also shuts the sinks down
+                self.pipeline.stop(min(left(), PIPELINE_STOP_TIMEOUT))  # also shuts the sinks down
             else:
                 for route in self.pipeline.routes:
                     route.sink.shutdown(1.0)
