@@ -159,11 +159,26 @@ def run_list(args: argparse.Namespace) -> int:
         kind = "permanent" if e.permanent else "gave up"
         print(f"{e.id:>6}  {e.sink:<12} {e.record_type:<18} {e.attempts:>8}  {_stamp(e.last_attempt):<20}  "
               f"[{kind}] {e.reason[:160]}")
-    where = spool_option(spool_path(args))
-    sink = f" --sink {shlex.quote(args.sink)}" if args.sink else ""
-    print(f"{len(entries)} entr{'ies' if len(entries) != 1 else 'y'}; 'traceexport dlq show{where} "
-          f"{entries[0].id}' shows one with its record, 'traceexport dlq replay{where}{sink}' sends them again")
+    print(f"{len(entries)} entr{'ies' if len(entries) != 1 else 'y'}; " + _list_hint(args, entries))
     return 0
+
+
+def _list_hint(args: argparse.Namespace, entries: list[deadletter.DeadLetterEntry]) -> str:
+    """The commands to look closer and to send again, as they can be pasted."""
+    from traceexport.config.models import SINK_TYPES
+
+    spool_dir = spool_path(args)
+    where = spool_option(spool_dir)
+    replay = f"traceexport dlq replay{where}" + (f" --sink {shlex.quote(args.sink)}" if args.sink else "")
+    sinks = sorted({e.sink for e in entries})
+    note = ""
+    if owner(spool_dir) is None:  # no daemon: replay delivers itself and needs the sinks
+        if all(name in SINK_TYPES for name in sinks):
+            replay += f" --to {','.join(sinks)}"
+        else:
+            note = " (add --config with the file defining those sinks, or start the daemon first)"
+    return (f"'traceexport dlq show{where} {entries[0].id}' shows one with its record, '{replay}' sends them "
+            f"again{note}")
 
 
 def run_show(args: argparse.Namespace) -> int:
