@@ -56,7 +56,8 @@ def validate_config_file(path: str | Path, env: Mapping[str, str] | None = None)
         problems.append(Problem("sinks", "no sink configured: add a sinks section (or pass --to to serve)"))
     later = (serve_problems(config) + celery_problems(config.sources.celery) + _enrich_problems(config, env)
              + _route_problems(config, env))
-    return problems + _located(later, lines)
+    reported = {p.where for p in problems if p.where}  # e.g. an unset ${VAR}: its consequence adds nothing
+    return problems + _located([p for p in later if not p.where or p.where not in reported], lines)
 
 
 def _enrich_problems(config: Config, env: Mapping[str, str]) -> list[Problem]:
