@@ -306,5 +306,6 @@ def run_retire(args: argparse.Namespace) -> int:
     if moved is None:
         return 2
     print(f"{moved} record{'s' if moved != 1 else ''} still owed to {args.sink} moved to its dead letter; "
-          f"'traceexport dlq purge --sink {args.sink} --yes' deletes them")
+          f"'traceexport dlq purge{spool_option(spool_path(args))} --sink {shlex.quote(args.sink)} --yes' "
+          "deletes them")
     return 0
