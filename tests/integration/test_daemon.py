@@ -293,6 +293,13 @@ def test_one_daemon_per_spool_and_dlq_replay_leaves_records_to_it(tmp_path: Path
         assert f"the daemon (pid {served.proc.pid}) is delivering from spool" in replay.stdout
         wait_until(lambda: served.metric("traceexport_records_exported_total", "out") == 1, timeout=60,
                    what="the replayed record delivered by the daemon")
+        backfill = subprocess.run([sys.executable, "-m", "traceexport", "replay", str(SAMPLE_FILES[1]), "--config",
+                                   str(served.config_path), "--timeout", "60", "--no-progress"],
+                                  capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                                  env=python_env({"TEST_TOKEN": TOKEN}))
+        assert backfill.returncode == 0, backfill.stderr
+        assert f"the daemon (pid {served.proc.pid}) is delivering from spool" in backfill.stderr
+        assert served.metric("traceexport_records_exported_total", "out") == 2
     finally:
         assert served.stop() == 0
     status = subprocess.run([sys.executable, "-m", "traceexport", "status", "--spool", str(tmp_path / "spool")],

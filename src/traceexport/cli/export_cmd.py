@@ -19,6 +19,7 @@ from traceexport.cli.common import spool_option
 from traceexport.cli.status_cmd import add_spool_argument
 from traceexport.errors import ConfigError, RecordError, SpoolFullError, TraceExportError
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter, spool_dir_default
+from traceexport.pipeline.owner import owner
 from traceexport.pipeline.prepared import Prepare
 from traceexport.records import Record, parse_records
 from traceexport.sinks import SINK_MODULES, create_sink
@@ -145,7 +146,20 @@ def deliver(spool_dir: Path, routes: list[Route], records: Sequence[Record], set
     names = pipe.sink_names
     before_dlq = deadletter.last_id(pipe.spool)
     before = {n: pipe.spool.counters().get(n, {}).get("exported", 0) for n in names}
-    pipe.start()
+    daemon = owner(spool_dir)
+    if daemon is not None and daemon.sinks and set(names) & set(daemon.sinks):
+        if not set(names) <= set(daemon.sinks):  # two processes must not deliver to one sink
+            others = ", ".join(sorted(set(names) - set(daemon.sinks)))
+            print(f"error: {daemon.describe()} is delivering from spool {spool_dir} to "
+                  f"{', '.join(daemon.sinks)}, not to {others}: deliver to those separately, or use a spool "
+                  "of your own (--spool)", file=sys.stderr)
+            pipe.stop()
+            pipe.close()
+            return 2
+        print(f"{daemon.describe()} is delivering from spool {spool_dir}: it sends these records "
+              "(with its own retry settings)", file=sys.stderr)
+    else:
+        pipe.start()
     try:
         if not _accept_all(pipe, records, deadline):
             _report_stuck(pipe, spool_dir, sinks_flag, accepted_all=False)

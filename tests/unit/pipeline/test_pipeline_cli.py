@@ -235,3 +235,25 @@ def test_export_unknown_sink_is_a_usage_error(tmp_path: Path, capsys: pytest.Cap
     """An unknown --to sink exits 2 with the list of known sinks, never a traceback."""
     assert main(["export", "--to", "nowhere", "--spool", str(tmp_path), str(SAMPLES / "05-message-chat.json")]) == 2
     assert "unknown sink type 'nowhere'" in capsys.readouterr().err
+
+
+def test_export_hands_records_to_the_daemon_holding_the_spool(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a daemon delivering to the same sink from the spool, `export` only accepts and leaves delivery to it;
+    a sink only partly covered by that daemon is refused (two processes never deliver to one sink)."""
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    spool = tmp_path / "spool"
+    lock = DaemonLock(spool, ["file"])
+    try:
+        code = main(["export", "--to", "file", "--spool", str(spool), "--timeout", "0.5",
+                     str(SAMPLES / "05-message-chat.json")])
+        err = capsys.readouterr().err
+        assert code == 1  # nobody really delivers in this test: still pending when the timeout ends
+        assert f"the daemon (pid {os.getpid()}) is delivering from spool {spool}: it sends these records" in err
+        assert not (tmp_path / "out").exists()
+        assert main(["export", "--to", "file,otlp", "--spool", str(spool), str(SAMPLES / "05-message-chat.json")]) == 2
+        assert "not to otlp" in capsys.readouterr().err
+    finally:
+        lock.release()
+    assert main(["status", "--spool", str(spool), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sinks"]["file"]["queue_depth"] == 1
