@@ -209,15 +209,17 @@ def _message(i: int) -> dict[str, Any]:
 SAMPLE_FILES_BY_NAME = {p.name: p for p in SAMPLE_FILES}
 
 
-def test_sigterm_under_load_exits_within_grace_and_loses_nothing(tmp_path: Path) -> None:
-    """SIGTERM while posts flow, a client stalls mid-request and the backend never answers: the daemon (with
-    its delivery process) exits within shutdown_grace + 3 s and every record it answered 202 for is in the spool."""
+@pytest.mark.parametrize("delivery_process", ["true", "false"])
+def test_sigterm_under_load_exits_within_grace_and_loses_nothing(tmp_path: Path, delivery_process: str) -> None:
+    """SIGTERM while posts flow, a client stalls mid-request and the backend never answers: the daemon (delivering
+    from a second process or its own threads) exits within shutdown_grace + 3 s and every record it answered
+    202 for is in the spool."""
     backend = socket.socket()  # accepts connections (kernel backlog) and never answers: a hung backend
     backend.bind(("127.0.0.1", 0))
     backend.listen(64)
     hung = f"http://127.0.0.1:{backend.getsockname()[1]}/v1/traces"
     grace = 2.0
-    text = (f"spool:\n  dir: {tmp_path / 'spool'}\n  delivery_process: true\n"
+    text = (f"spool:\n  dir: {tmp_path / 'spool'}\n  delivery_process: {delivery_process}\n"
             f"sources:\n  http:\n    token: ${{TEST_TOKEN}}\n    shutdown_grace: {grace}s\n"
             f"sinks:\n  out:\n    type: otlp\n    traces_endpoint: {hung}\n    timeout: 60\n")
     served = Served(tmp_path, text)
