@@ -102,3 +102,14 @@ def test_validate_config_gives_a_line_for_every_located_problem(tmp_path: Path,
     assert "sinks.opik.colour: unknown key (line 6)" in err
     assert "enrich.max_wait: must be seconds: a number, or like '30s', '500ms' (line 9)" in err
     assert "secret" not in err
+
+
+def test_replay_reads_standard_input(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`replay -` reads records from standard input, as the README says '-' does for every command."""
+    import io
+
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO((SAMPLES / "07-tool-call.json").read_bytes())))
+    assert main(["replay", "-", "--to", "file", "--spool", str(tmp_path / "spool"), "--no-progress"]) == 0
+    assert "1 sent to the spool" in capsys.readouterr().err

@@ -28,7 +28,7 @@ from traceexport.errors import ConfigError, RecordError, SpoolFullError
 from traceexport.logs import setup_logging
 from traceexport.pipeline.deadletter import DeadLetterEntry
 from traceexport.records import Record
-from traceexport.sources.replay import FileResult, Ledger, ReplayStats, read_file, replay_files
+from traceexport.sources.replay import STDIN, FileResult, Ledger, ReplayStats, read_file, replay_files
 
 MAX_PROBLEMS_PER_FILE = 20
 LEDGER_FILE = "replay-ledger.sqlite"
@@ -39,7 +39,8 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("replay", help="backfill records from JSON/JSONL files or a Dify ops_trace tree",
                                    description=(__doc__ or "").replace("``", ""),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="files or directories (walked for *.json, *.jsonl)")
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="files or directories (walked for *.json, *.jsonl, *.ndjson); '-' reads stdin")
     add_common_flags(parser, serve=False)
     parser.add_argument("--state", metavar="FILE",
                         help="ledger of records already sent (default: <spool>/replay-ledger.sqlite)")
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     spool_dir = Path(config.spool.dir)  # the one spool: flag, then env, then config file, then default
     state = Path(args.state) if args.state else spool_dir / LEDGER_FILE
     files = list(replay_files(args.paths))
-    sizes = {f: (f.stat().st_size if f.is_file() else 0) for f in files}
+    sizes = {f: (f.stat().st_size if str(f) != STDIN and f.is_file() else 0) for f in files}
     enabled = sys.stderr.isatty() if args.progress is None else args.progress
     out = _Out(sum(sizes.values()), enabled)
     try:
