@@ -186,7 +186,7 @@ def run_show(args: argparse.Namespace) -> int:
     entry = _query_one(args, lambda spool: deadletter.get_entry(spool, args.id), f"no dead letter with id {args.id}")
     if entry is None:
         return 2
-    print(json.dumps(_readable(entry), indent=2, ensure_ascii=False))
+    print(json.dumps(_readable(entry), indent=2))
     return 0
 
 
