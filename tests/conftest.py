@@ -12,7 +12,7 @@ TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 SAMPLES = TESTS / "data" / "samples"
 SHARED = REPO.parent / "shared"
-SAMPLE_FILES = sorted(p for p in SAMPLES.glob("*.json") if "node_executions" not in p.name)
+SAMPLE_FILES = sorted(SAMPLES.glob("*.json"))
 
 
 def load_records(path: Path) -> list[Record]:

@@ -15,20 +15,27 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from traceexport.config import DEFAULT_OUT_DIR, Config, build_routes, split_host_port
+from traceexport.cli.common import spool_option
+from traceexport.config import DEFAULT_OUT_DIR, Config, EnrichConfig, build_routes, split_host_port
 from traceexport.config.check import load_celery_settings
 from traceexport.errors import ConfigError, Problem
 from traceexport.logs import add_secrets, log_event
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route
+from traceexport.pipeline.owner import DaemonLock
 from traceexport.sources.http import INGEST_PATH, IngestServer, IngestSettings
 
 log = logging.getLogger("traceexport.daemon")
 PIPELINE_STOP_TIMEOUT = 15.0
+# Stopping takes at most shutdown_grace (in-flight HTTP requests) plus this for delivery and the spool;
+# a batch still with a backend then is abandoned: it stays in the spool and is sent again on restart.
+STOP_MARGIN = 1.0
+MIN_STEP = 0.2
 
 
 def pipeline_settings(config: Config) -> PipelineSettings:
@@ -46,12 +53,16 @@ def pipeline_settings(config: Config) -> PipelineSettings:
 
 def build_prepare(config: Config, env: Mapping[str, str]) -> Callable[..., Any] | None:
     """The workflow-node enricher when a Dify database is configured, else None."""
-    if config.enrich.database_url is None:
+    return build_prepare_for(config.enrich, env)
+
+
+def build_prepare_for(enrich: EnrichConfig, env: Mapping[str, str]) -> Callable[..., Any] | None:
+    """The workflow-node enricher of an ``enrich`` section (serve, replay, dlq replay, export), else None."""
+    if enrich.database_url is None:
         return None
     from traceexport.enrich import build_enricher
 
-    url = config.enrich.database_url.get_secret_value()
-    section = {**(config.enrich.model_extra or {}), "database_url": url}
+    section = {**(enrich.model_extra or {}), "database_url": enrich.database_url.get_secret_value()}
     enricher: Callable[..., Any] = build_enricher(section, environ=env)
     return enricher
 
@@ -76,6 +87,7 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.http: IngestServer | None = None
         self.celery: Any = None
+        self.lock: DaemonLock | None = None
         self._stop_requested = threading.Event()
         self._running = False
         http = config.sources.http
@@ -94,6 +106,8 @@ class Daemon:
 
     def _start(self, routes: list[Route]) -> None:
         spool_dir = Path(self.config.spool.dir)
+        # Held for the daemon's life: one daemon per spool, and other commands see who delivers from it.
+        self.lock = DaemonLock(spool_dir, [r.sink.name for r in routes])
         prepare = build_prepare(self.config, self.env)
         env = dict(self.env)  # picklable: a delivery process rebuilds sinks and enricher from config + env
         self.pipeline = Pipeline(spool_dir, routes, pipeline_settings(self.config), prepare=prepare,
@@ -118,7 +132,8 @@ class Daemon:
                   spool=str(spool_dir), celery=self.celery is not None, enrich=prepare is not None)
         for name, owed in self.pipeline.orphaned().items():
             log_event(log, "serve.sink_not_configured", logging.WARNING, sink=name, undelivered=owed,
-                      hint=f"kept in the spool; add the sink back, or: traceexport dlq retire {name}")
+                      hint=f"kept in the spool; add the sink back, or: traceexport dlq retire"
+                           f"{spool_option(spool_dir)} {name}")
 
     def _celery_source(self, pipeline: Pipeline) -> Any:
         settings = load_celery_settings(self.config.sources.celery or {})
@@ -127,18 +142,27 @@ class Daemon:
         return CelerySource(settings, pipeline.accept)
 
     def stop(self) -> None:
-        """Stop inputs, then delivery; idempotent. Undelivered records stay in the spool."""
+        """Stop inputs, then delivery, all within ``shutdown_grace`` plus :data:`STOP_MARGIN`; idempotent.
+
+        Undelivered records stay in the spool (a batch cut short is sent again on the next start).
+        """
+        http = self.config.sources.http
+        deadline = time.monotonic() + (http.shutdown_grace if http is not None else 10.0) + STOP_MARGIN
+
+        def left() -> float:
+            return max(deadline - time.monotonic(), MIN_STEP)
+
         cut = False
         if self.http is not None:
             cut = not self.http.stop()
             self.http = None
         if self.celery is not None:
-            self.celery.stop(PIPELINE_STOP_TIMEOUT)
+            self.celery.stop(min(left(), PIPELINE_STOP_TIMEOUT))
             self.celery = None
         if self.pipeline is not None:
             pending = sum(self.pipeline.pending().values())
             if self._running:
-                self.pipeline.stop(PIPELINE_STOP_TIMEOUT)  # also shuts the sinks down
+                self.pipeline.stop(min(left(), PIPELINE_STOP_TIMEOUT))  # also shuts the sinks down
             else:
                 for route in self.pipeline.routes:
                     route.sink.shutdown(1.0)
@@ -147,6 +171,9 @@ class Daemon:
             if self._running:
                 log_event(log, "serve.stopped", pending_in_spool=pending, requests_cut=cut)
             self._running = False
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to shut down (safe from a signal handler)."""
@@ -211,4 +238,4 @@ def start_problem(exc: OSError, config: Config) -> ConfigError:
     return ConfigError([Problem("", f"cannot start: {exc.strerror or exc}")], title="cannot start")
 
 
-__all__ = ["Daemon", "build_prepare", "describe_sinks", "pipeline_settings", "start_problem"]
+__all__ = ["Daemon", "build_prepare", "build_prepare_for", "describe_sinks", "pipeline_settings", "start_problem"]

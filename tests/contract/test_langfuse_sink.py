@@ -201,7 +201,7 @@ def test_mapped_samples_pass_the_langfuse_contract(fake: LangfuseFake) -> None:
     from traceexport.records import record_from_obj
 
     samples = Path(__file__).resolve().parents[1] / "data" / "samples"
-    files = sorted(p for p in samples.glob("*.json") if "node_executions" not in p.name)
+    files = sorted(samples.glob("*.json"))
     if not files:
         pytest.skip(f"no sample records in {samples}")
     mapping = load_mapping("langfuse")

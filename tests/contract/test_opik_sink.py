@@ -318,7 +318,7 @@ def mapped_samples(backend: str) -> list[tuple[Any, list[Payload]]]:
         mapping = load_mapping(backend)
     except ConfigError as exc:
         pytest.skip(f"the built-in {backend} mapping does not load yet: {exc.problems[0]}")
-    files = sorted(p for p in SAMPLES.glob("[0-9][0-9]-*.json") if not p.name.endswith(".node_executions.json"))
+    files = sorted(SAMPLES.glob("[0-9][0-9]-*.json"))
     records = [record_from_obj(json.loads(p.read_text(encoding="utf-8"))) for p in files]
     assert len(records) == 7
     return [(record, mapping.map(record)) for record in records]

@@ -48,8 +48,7 @@ def activate(layout: str) -> Iterator[Path]:
 
 def sample_envelopes() -> list[dict[str, Any]]:
     """The seven community-edition sample TaskData envelopes."""
-    return [json.loads(path.read_text()) for path in sorted(SAMPLES.glob("*.json"))
-            if not path.name.endswith(".node_executions.json")]
+    return [json.loads(path.read_text()) for path in sorted(SAMPLES.glob("*.json"))]
 
 
 def trace_info_objects() -> list[Any]:

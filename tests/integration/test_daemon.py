@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,8 @@ import pytest
 from tests.conftest import SAMPLE_FILES
 from tests.fakes.otlp_server import OtlpFake
 from tests.support.processes import python_env, start_process, stop_process, wait_until
+
+from traceexport.pipeline.spool import Spool
 
 pytestmark = pytest.mark.integration
 
@@ -174,7 +180,7 @@ def test_delivery_in_a_second_process_delivers_and_stops_cleanly(tmp_path: Path,
 
 def test_start_warns_about_records_owed_to_a_sink_no_longer_configured(tmp_path: Path, otlp: OtlpFake) -> None:
     """A spool still holding records for a sink the config dropped is named in a start-up warning."""
-    from traceexport.pipeline.spool import Spool, SpoolRow
+    from traceexport.pipeline.spool import SpoolRow
     from traceexport.records import record_from_obj
 
     spool = Spool(tmp_path / "spool")
@@ -189,4 +195,115 @@ def test_start_warns_about_records_owed_to_a_sink_no_longer_configured(tmp_path:
     finally:
         assert served.stop() == 0
     line = next(line for line in served.log().splitlines() if "serve.sink_not_configured" in line)
-    assert "sink=retired-sink undelivered=1" in line and "dlq retire retired-sink" in line
+    assert "sink=retired-sink undelivered=1" in line
+    assert f"traceexport dlq retire --spool {tmp_path / 'spool'} retired-sink" in line  # pasteable as is
+
+
+def _message(i: int) -> dict[str, Any]:
+    """The sample chat message with its own message id (so its spool key is its own)."""
+    envelope = sample(SAMPLE_FILES_BY_NAME["05-message-chat.json"])
+    envelope["trace_info"]["message_id"] = f"00000000-0000-4000-8000-{i:012d}"
+    return envelope
+
+
+SAMPLE_FILES_BY_NAME = {p.name: p for p in SAMPLE_FILES}
+
+
+@pytest.mark.parametrize("delivery_process", ["true", "false"])
+def test_sigterm_under_load_exits_within_grace_and_loses_nothing(tmp_path: Path, delivery_process: str) -> None:
+    """SIGTERM while posts flow, a client stalls mid-request and the backend never answers: the daemon (delivering
+    from a second process or its own threads) exits within shutdown_grace + 3 s and every record it answered
+    202 for is in the spool."""
+    backend = socket.socket()  # accepts connections (kernel backlog) and never answers: a hung backend
+    backend.bind(("127.0.0.1", 0))
+    backend.listen(64)
+    hung = f"http://127.0.0.1:{backend.getsockname()[1]}/v1/traces"
+    grace = 2.0
+    text = (f"spool:\n  dir: {tmp_path / 'spool'}\n  delivery_process: {delivery_process}\n"
+            f"sources:\n  http:\n    token: ${{TEST_TOKEN}}\n    shutdown_grace: {grace}s\n"
+            f"sinks:\n  out:\n    type: otlp\n    traces_endpoint: {hung}\n    timeout: 60\n")
+    served = Served(tmp_path, text)
+    accepted: list[str] = []
+    stop = threading.Event()
+    counter = iter(range(10**9))
+    lock = threading.Lock()
+
+    def load() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                with lock:
+                    i = next(counter)
+                try:
+                    response = client.post(f"{served.base}/v1/dify/traces", json=_message(i),
+                                           headers={"Authorization": f"Bearer {TOKEN}"})
+                except httpx.HTTPError:
+                    continue  # the daemon has gone: nothing was accepted for this post
+                if response.status_code == 202:
+                    with lock:
+                        accepted.append(f"00000000-0000-4000-8000-{i:012d}")
+
+    stalled = socket.create_connection(("127.0.0.1", int(served.base.rsplit(":", 1)[1])))
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(accepted) >= 50, timeout=60, what="posts accepted under load")
+        stalled.sendall(f"POST /v1/dify/traces HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                        "Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{".encode())
+        started = time.monotonic()
+        served.proc.send_signal(signal.SIGTERM)
+        served.proc.wait(grace + 3)  # raises TimeoutExpired past the bound
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(35)
+        stalled.close()
+        served.stop()
+        backend.close()
+    assert served.proc.returncode == 0, served.log()
+    assert took <= grace + 3
+    assert "Traceback" not in served.log()
+    spool = Spool(tmp_path / "spool", create=False)
+    try:
+        stored = {row[0] for row in spool.conn().execute("SELECT key FROM records")}
+    finally:
+        spool.close()
+    missing = [key for key in accepted if not any(key in s for s in stored)]
+    assert not missing, f"{len(missing)} of {len(accepted)} accepted records are not in the spool"
+
+
+def test_one_daemon_per_spool_and_dlq_replay_leaves_records_to_it(tmp_path: Path, otlp: OtlpFake) -> None:
+    """A running daemon holds its spool: a second serve on it refuses to start, and `dlq replay` hands the
+    dead letters to the running one, which delivers them."""
+    otlp.fail_next(1, 400)  # the first record is refused for good: one dead letter
+    text = config(tmp_path / "spool", otlp_sink(otlp))
+    served = Served(tmp_path, text)
+    try:
+        assert served.post(sample(SAMPLE_FILES[0])).status_code == 202
+        wait_until(lambda: served.metric("traceexport_records_dead_lettered_total", "out") == 1, timeout=60,
+                   what="the record dead-lettered")
+        second = subprocess.run([sys.executable, "-m", "traceexport", "serve", "--config", str(served.config_path),
+                                 "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=60,
+                                cwd=tmp_path, env=python_env({"TEST_TOKEN": TOKEN}))
+        assert second.returncode != 0
+        assert f"the daemon (pid {served.proc.pid}) is already delivering from spool" in second.stderr
+        replay = subprocess.run([sys.executable, "-m", "traceexport", "dlq", "replay", "--spool",
+                                 str(tmp_path / "spool")], capture_output=True, text=True, timeout=60,
+                                cwd=tmp_path, env=python_env())
+        assert replay.returncode == 0, replay.stderr
+        assert f"the daemon (pid {served.proc.pid}) is delivering from spool" in replay.stdout
+        wait_until(lambda: served.metric("traceexport_records_exported_total", "out") == 1, timeout=60,
+                   what="the replayed record delivered by the daemon")
+        backfill = subprocess.run([sys.executable, "-m", "traceexport", "replay", str(SAMPLE_FILES[1]), "--config",
+                                   str(served.config_path), "--timeout", "60", "--no-progress"],
+                                  capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                                  env=python_env({"TEST_TOKEN": TOKEN}))
+        assert backfill.returncode == 0, backfill.stderr
+        assert f"the daemon (pid {served.proc.pid}) is delivering from spool" in backfill.stderr
+        assert served.metric("traceexport_records_exported_total", "out") == 2
+    finally:
+        assert served.stop() == 0
+    status = subprocess.run([sys.executable, "-m", "traceexport", "status", "--spool", str(tmp_path / "spool")],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=python_env())
+    assert status.returncode == 0 and "out" in status.stdout

@@ -25,6 +25,7 @@ from traceexport.errors import ConfigError
 from traceexport.records import Record, record_from_obj
 
 SAMPLES = Path(__file__).parents[1] / "data" / "samples"
+NODE_ROWS = Path(__file__).parents[1] / "data" / "node_rows"
 RO_ROLE, RO_PASSWORD = "traceexport_ro", "ro-Secret-42"
 
 
@@ -61,7 +62,7 @@ def _sample_record() -> Record:
 
 
 def _sample_rows() -> list[dict[str, Any]]:
-    return list(json.loads((SAMPLES / "01-workflow-ok.node_executions.json").read_text(encoding="utf-8")))
+    return list(json.loads((NODE_ROWS / "01-workflow-ok.node_executions.json").read_text(encoding="utf-8")))
 
 
 @pytest.fixture(autouse=True)

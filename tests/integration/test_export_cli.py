@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 import uuid
@@ -65,3 +66,22 @@ def test_export_exit_codes_for_bad_input_and_unreachable_backend(tmp_path: Path)
     assert result.returncode == 1, result.stderr
     assert str(tmp_path / "b") in result.stderr or "dlq" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_printed_resume_command_runs_as_is(tmp_path: Path) -> None:
+    """After an export gives up on an unreachable backend, the command it prints delivers the records (exit 0)."""
+    unreachable = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
+    argv = [sys.executable, "-m", "traceexport", "export", "--to", "otlp", "--spool", str(tmp_path / "spool"),
+            "--max-attempts", "2", "--max-age", "2", "--timeout", "20", str(SAMPLE_FILES[1])]
+    first = subprocess.run(argv, env=python_env(unreachable), capture_output=True, text=True, timeout=120,
+                           check=False)
+    assert first.returncode == 1, first.stderr
+    command = first.stderr.split("To send them again: ", 1)[1].splitlines()[0]
+    assert command.startswith(f"traceexport dlq replay --spool {tmp_path / 'spool'} --sink otlp --since ")
+    assert "SINK" not in command and command.endswith("--to otlp")
+    with OtlpFake() as otlp:
+        again = subprocess.run([sys.executable, "-m", "traceexport", *shlex.split(command)[1:]],
+                               env=python_env({"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url}), capture_output=True,
+                               text=True, timeout=120, check=False)
+        assert again.returncode == 0, again.stderr
+        assert "1 record queued again for otlp" in again.stdout and otlp.spans

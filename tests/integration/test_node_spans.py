@@ -18,25 +18,49 @@ from traceexport.records import Record, record_from_obj
 
 pytestmark = pytest.mark.integration
 SAMPLES = Path(__file__).parents[1] / "data" / "samples"
+NODE_ROWS = Path(__file__).parents[1] / "data" / "node_rows"
 RUN_ID = "23118a95-bb79-41c1-b825-bab6ba022cbc"
 LLM_ROW = "5622ec1a-51ad-41e6-a698-aaef14f29c25"
 
 
 @pytest.fixture(scope="module")
-def enriched() -> Iterator[Record]:
-    """Sample 01, enriched from its node rows in a throwaway PostgreSQL."""
+def database_url() -> Iterator[str]:
+    """A throwaway PostgreSQL holding sample 01's node rows."""
     with running_or_skip() as server:
         with server.admin() as conn:
             create_node_table(conn)
-            insert_rows(conn, json.loads((SAMPLES / "01-workflow-ok.node_executions.json").read_text("utf-8")))
-        record = record_from_obj(json.loads((SAMPLES / "01-workflow-ok.json").read_text("utf-8")))
-        enricher = build_enricher({"database_url": server.url()}, environ={},
-                                  now=lambda: record.data["derived"]["end"])
-        try:
-            assert enricher(record) is None
-        finally:
-            enricher.close()
-        yield record
+            insert_rows(conn, json.loads((NODE_ROWS / "01-workflow-ok.node_executions.json").read_text("utf-8")))
+        yield server.url()
+
+
+@pytest.fixture(scope="module")
+def enriched(database_url: str) -> Record:
+    """Sample 01, enriched from its node rows."""
+    record = record_from_obj(json.loads((SAMPLES / "01-workflow-ok.json").read_text("utf-8")))
+    enricher = build_enricher({"database_url": database_url}, environ={},
+                              now=lambda: record.data["derived"]["end"])
+    try:
+        assert enricher(record) is None
+    finally:
+        enricher.close()
+    return record
+
+
+def test_export_reads_node_rows_from_the_database_url(database_url: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`export` honours TRACEEXPORT_DIFY_DATABASE_URL as serve and replay do: the workflow gets its node spans."""
+    from traceexport.cli import main
+
+    monkeypatch.setenv("TRACEEXPORT_DIFY_DATABASE_URL", database_url)
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    code = main(["export", "--to", "file", "--spool", str(tmp_path / "spool"), "--timeout", "60",
+                 str(SAMPLES / "01-workflow-ok.json")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    spans = [json.loads(line) for line in (tmp_path / "out" / "otlp.jsonl").read_text().splitlines()]
+    assert len(spans) == 6  # the run and its five nodes
+    assert database_url.split("@")[0].split(":")[-1] not in err  # the password never shows
 
 
 def _spans(backend: str, record: Record) -> list[dict[str, Any]]:

@@ -240,7 +240,7 @@ def create_readonly_role(conn: psycopg.Connection[Any], role: str, password: str
 
 
 def insert_rows(conn: psycopg.Connection[Any], rows: Iterable[Mapping[str, Any]]) -> None:
-    """Insert node rows shaped like ``samples/*.node_executions.json`` (dict values become JSON text)."""
+    """Insert node rows shaped like ``tests/data/node_rows/*.json`` (dict values become JSON text)."""
     placeholders = ", ".join(["%s"] * len(_COLUMNS))
     sql = f"INSERT INTO workflow_node_executions ({', '.join(_COLUMNS)}) VALUES ({placeholders})"
     with conn.cursor() as cur:

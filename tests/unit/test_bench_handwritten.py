@@ -17,7 +17,7 @@ from traceexport.records import record_from_obj
 from traceexport.records.parse import Record
 
 _ROOT = Path(__file__).resolve().parents[2]
-_SAMPLES = sorted(p for p in (_ROOT / "tests" / "data" / "samples").glob("*.json") if "node_executions" not in p.name)
+_SAMPLES = sorted((_ROOT / "tests" / "data" / "samples").glob("*.json"))
 
 
 def _load_handwritten() -> ModuleType:

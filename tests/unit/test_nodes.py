@@ -18,7 +18,7 @@ from traceexport.records.nodes import (
     parse_json_field,
 )
 
-SAMPLE = Path(__file__).parents[1] / "data" / "samples" / "01-workflow-ok.node_executions.json"
+SAMPLE = Path(__file__).parents[1] / "data" / "node_rows" / "01-workflow-ok.node_executions.json"
 
 
 @pytest.fixture

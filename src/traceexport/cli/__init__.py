@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export Dify trace records to Opik, Langfuse, OTLP backends and Amplitude.",
         epilog="Run 'traceexport COMMAND --help' for the options of one command.",
     )
+    parser.add_argument("--version", action="version", version=f"traceexport {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -31,6 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(sub)
     return parser
+
+
+def package_version() -> str:
+    """The installed distribution's version (package metadata), else the source tree's ``__version__``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("traceexport")
+    except PackageNotFoundError:
+        from traceexport import __version__
+
+        return __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,5 +60,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def _quiet_after_closed_pipe() -> None:
+    """Standard output's reader went away (``traceexport map ... | head``): point stdout at devnull.
+
+    Python flushes stdout again at exit; without this, that flush raises BrokenPipeError once more.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def run() -> None:
-    sys.exit(main())
+    """The console script: exit with the command's code; quietly when stdout's reader has gone."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_after_closed_pipe()
+        code = 1
+    sys.exit(code)

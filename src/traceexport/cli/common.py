@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,6 +31,17 @@ def iter_records(files: Sequence[str]) -> Iterator[Record | RecordError]:
     for name in files:
         source = "<stdin>" if name == "-" else name
         yield from parse_records(read_input(name), source)
+
+
+def spool_option(spool_dir: str | os.PathLike[str]) -> str:
+    """`` --spool DIR`` for a printed command, or ``""`` when ``spool_dir`` is what the command finds anyway.
+
+    The default is ``$TRACEEXPORT_SPOOL``, else ``./traceexport-spool`` (see ``spool_dir_default``).
+    """
+    default = os.environ.get("TRACEEXPORT_SPOOL") or "traceexport-spool"
+    if os.path.abspath(spool_dir) == os.path.abspath(default):
+        return ""
+    return f" --spool {shlex.quote(str(spool_dir))}"
 
 
 def report_bad(error: RecordError) -> None:

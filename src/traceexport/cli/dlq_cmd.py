@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import re
+import shlex
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
-from traceexport.cli.status_cmd import add_spool_argument, query_spool
+from traceexport.cli.common import spool_option
+from traceexport.cli.status_cmd import add_spool_argument, query_spool, spool_exists, spool_path
+from traceexport.config import Config, Overrides, resolve_config
+from traceexport.errors import ConfigError
 from traceexport.pipeline import deadletter
+from traceexport.pipeline.owner import owner
 from traceexport.pipeline.spool import Spool
 
 T = TypeVar("T")
@@ -42,8 +50,9 @@ def register(sub: Any) -> None:
     parser = sub.add_parser(
         "dlq", help="inspect, replay or purge dead-lettered records",
         description="Records a sink refused permanently, or gave up on after its retries, are kept in the "
-                    "spool's dead letter with the reason. Replay moves them back to their sink's queue: a "
-                    "running daemon, or the next 'traceexport export'/'serve' on the same spool, delivers them.")
+                    "spool's dead letter with the reason. Replay moves them back to their sink's queue: the "
+                    "daemon delivering from that spool sends them, or, when none runs, 'dlq replay' delivers "
+                    "them itself to the sinks named by --to/--config. Times are ISO 8601 UTC.")
     actions = parser.add_subparsers(dest="dlq_action", metavar="ACTION")
     listing = actions.add_parser("list", help="list dead letters (oldest first)",
                                  description="List dead letters, oldest first.")
@@ -55,9 +64,24 @@ def register(sub: Any) -> None:
     add_spool_argument(show)
     show.add_argument("id", type=int, metavar="ID", help="dead letter id (from 'dlq list')")
     show.set_defaults(func=run_show)
-    again = actions.add_parser("replay", help="move dead letters back to their sink's queue",
-                               description="Move dead letters back to their sink's queue for another try.")
+    again = actions.add_parser(
+        "replay", help="send dead letters again (through the running daemon, or delivered here)",
+        description="Move dead letters back to their sink's queue for another try. When a daemon "
+                    "('traceexport serve') is delivering from the spool, it sends them and this returns at "
+                    "once. Otherwise this delivers them itself, like 'traceexport export', to the sinks named "
+                    "by --to or --config (configured as for serve): exit 0 all accepted, 2 some refused "
+                    "permanently, 1 delivery could not finish (the records stay in the spool).")
     _add_filters(again)
+    again.add_argument("--to", metavar="SINK[,SINK...]",
+                       help="when no daemon runs: the sinks to deliver to, names from --config or sink types "
+                            "(opik, langfuse, otlp, amplitude, file) set up by their environment variables "
+                            "(env TRACEEXPORT_TO)")
+    again.add_argument("--config", metavar="FILE",
+                       help="when no daemon runs: the config file defining the sinks, their retry settings "
+                            "and, without --spool, the spool (env TRACEEXPORT_CONFIG)")
+    again.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                       help="when delivering here: stop waiting after this long; what is left stays in the "
+                            "spool (default: 300)")
     again.add_argument("--since", type=parse_when, metavar="T",
                        help="only entries whose last attempt was at or after T (ISO 8601 time, or age: 2h)")
     again.add_argument("ids", nargs="*", type=int, metavar="ID", help="only these ids (default: all matching)")
@@ -94,7 +118,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def _query_one(args: argparse.Namespace, query: Callable[[Spool], T | None], missing: str) -> T | None:
     """What ``query`` finds in the spool, or None after saying why (no spool, or ``missing``)."""
-    found = query_spool(args, lambda spool: [query(spool)])
+    nothing: list[T | None] = [None]
+    found = query_spool(args, lambda spool: [query(spool)], nothing)
     if found is None:
         return None
     if found[0] is None:
@@ -103,18 +128,28 @@ def _query_one(args: argparse.Namespace, query: Callable[[Spool], T | None], mis
 
 
 def _stamp(epoch: float | None) -> str:
+    """An epoch time as ISO 8601 UTC (``2025-01-31T12:00:00Z``); ``-`` for none."""
     if epoch is None:
         return "-"
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _readable(entry: deadletter.DeadLetterEntry) -> dict[str, Any]:
+    """An entry as JSON for people: its times in ISO 8601 UTC, like the table."""
+    data = entry.as_dict()
+    data["first_attempt"] = _stamp(entry.first_attempt) if entry.first_attempt is not None else None
+    data["last_attempt"] = _stamp(entry.last_attempt)
+    return data
+
+
 def run_list(args: argparse.Namespace) -> int:
     """Print dead letters as a table or JSON."""
-    entries = query_spool(args, lambda spool: deadletter.list_entries(spool, args.sink))
+    none: list[deadletter.DeadLetterEntry] = []
+    entries = query_spool(args, lambda spool: deadletter.list_entries(spool, args.sink), none)
     if entries is None:
         return 2
     if args.json:
-        print(json.dumps([e.as_dict() for e in entries], indent=2))
+        print(json.dumps([_readable(e) for e in entries], indent=2))
         return 0
     if not entries:
         print("the dead letter is empty" + (f" for sink {args.sink}" if args.sink else ""))
@@ -124,8 +159,26 @@ def run_list(args: argparse.Namespace) -> int:
         kind = "permanent" if e.permanent else "gave up"
         print(f"{e.id:>6}  {e.sink:<12} {e.record_type:<18} {e.attempts:>8}  {_stamp(e.last_attempt):<20}  "
               f"[{kind}] {e.reason[:160]}")
-    print(f"{len(entries)} entries; 'traceexport dlq show ID' for one, 'traceexport dlq replay' to retry")
+    print(f"{len(entries)} entr{'ies' if len(entries) != 1 else 'y'}; " + _list_hint(args, entries))
     return 0
+
+
+def _list_hint(args: argparse.Namespace, entries: list[deadletter.DeadLetterEntry]) -> str:
+    """The commands to look closer and to send again, as they can be pasted."""
+    from traceexport.config.models import SINK_TYPES
+
+    spool_dir = spool_path(args)
+    where = spool_option(spool_dir)
+    replay = f"traceexport dlq replay{where}" + (f" --sink {shlex.quote(args.sink)}" if args.sink else "")
+    sinks = sorted({e.sink for e in entries})
+    note = ""
+    if owner(spool_dir) is None:  # no daemon: replay delivers itself and needs the sinks
+        if all(name in SINK_TYPES for name in sinks):
+            replay += f" --to {','.join(sinks)}"
+        else:
+            note = " (add --config with the file defining those sinks, or start the daemon first)"
+    return (f"'traceexport dlq show{where} {entries[0].id}' shows one with its record, '{replay}' sends them "
+            f"again{note}")
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -133,34 +186,113 @@ def run_show(args: argparse.Namespace) -> int:
     entry = _query_one(args, lambda spool: deadletter.get_entry(spool, args.id), f"no dead letter with id {args.id}")
     if entry is None:
         return 2
-    data = entry.as_dict()
-    data["first_attempt_utc"], data["last_attempt_utc"] = _stamp(entry.first_attempt), _stamp(entry.last_attempt)
-    print(json.dumps(data, indent=2))
+    print(json.dumps(_readable(entry), indent=2))
     return 0
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    """Move matching dead letters back to their sinks' queues."""
-    moved = query_spool(args, lambda spool: deadletter.replay(spool, args.sink, since=args.since, ids=args.ids))
+    """Move matching dead letters back to their sinks' queues, then leave them to the daemon or deliver them."""
+    flags = Overrides(config=args.config, to=args.to, spool=str(args.spool) if args.spool else None)
+    config: Config | None = None
+    given = flags.with_env(os.environ)
+    if given.config or given.to:
+        try:
+            config = resolve_config(flags, serve=False)
+        except ConfigError as exc:
+            print(exc.render(), file=sys.stderr)
+            return 2
+    spool_dir = Path(config.spool.dir) if config is not None else spool_path(args)
+    args.spool = spool_dir
+    none: dict[str, int] = {}
+    matching = query_spool(args, lambda spool: deadletter.count_by_sink(spool, args.sink, args.since, args.ids), none)
+    if matching is None:
+        return 2
+    if not matching:
+        print("nothing to replay" + ("" if spool_exists(spool_dir) else f" (nothing accepted yet in {spool_dir})"))
+        return 0
+    daemon = owner(spool_dir)
+    if daemon is None:
+        problem = _cannot_deliver(args, config, spool_dir, sorted(matching))
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+    moved = query_spool(args, lambda spool: deadletter.replay(spool, args.sink, since=args.since, ids=args.ids), none)
     if moved is None:
         return 2
-    if not moved:
-        print("nothing to replay")
-        return 0
     for sink, n in sorted(moved.items()):
         print(f"{n} record{'s' if n != 1 else ''} queued again for {sink}")
-    print("a running daemon delivers them now; otherwise run 'traceexport export --to SINK' on this spool")
-    return 0
+    if daemon is not None:
+        print(f"{daemon.describe()} is delivering from spool {spool_dir}: it sends them now "
+              f"('traceexport status{spool_option(spool_dir)}' shows progress)")
+        foreign = sorted(set(moved) - set(daemon.sinks)) if daemon.sinks else []
+        if foreign:
+            print(f"warning: that daemon does not deliver to {', '.join(foreign)}: those wait in the spool for "
+                  "a daemon or export that does", file=sys.stderr)
+        return 0
+    assert config is not None
+    given = flags.with_env(os.environ)
+    sinks_flag = f"--config {shlex.quote(given.config)}" if given.config else f"--to {','.join(sorted(moved))}"
+    return _deliver_here(config, spool_dir, sorted(moved), args.timeout, sinks_flag, bool(given.config))
+
+
+def _cannot_deliver(args: argparse.Namespace, config: Config | None, spool_dir: Path, sinks: list[str]) -> str:
+    """Why the dead letters of ``sinks`` cannot be delivered here (no daemon runs), or ``""``."""
+    from traceexport.config.models import SINK_TYPES
+
+    if config is None:
+        where = f"no daemon is delivering from spool {spool_dir}, so 'dlq replay' delivers the records itself"
+        if all(name in SINK_TYPES for name in sinks):
+            command = "traceexport dlq replay" + spool_option(spool_dir) + _filters(args) + f" --to {','.join(sinks)}"
+            return f"{where} and needs their sinks; run: {command}"
+        return (f"{where} and needs their sinks: add --config with the config file that defines "
+                f"{', '.join(sinks)} (or start 'traceexport serve' on that spool and run this again)")
+    missing = [name for name in sinks if name not in config.sinks]
+    if missing:
+        return (f"dead letters for {', '.join(missing)}, but --to/--config names no such sink "
+                f"(it names {', '.join(config.sinks) or 'none'}); nothing was moved")
+    return ""
+
+
+def _filters(args: argparse.Namespace) -> str:
+    """The selection flags of ``args`` as they would be typed again."""
+    parts = [f" --sink {shlex.quote(args.sink)}"] if args.sink else []
+    if args.since is not None:
+        parts.append(f" --since {datetime.fromtimestamp(args.since, UTC).isoformat()}")
+    parts += [f" {entry_id}" for entry_id in args.ids]
+    return "".join(parts)
+
+
+def _deliver_here(config: Config, spool_dir: Path, sinks: list[str], timeout: float, sinks_flag: str,
+                  from_file: bool) -> int:
+    """Deliver what is pending for ``sinks`` as ``export`` does; the export exit status."""
+    from traceexport.cli.export_cmd import deliver, export_settings
+    from traceexport.config import build_routes
+    from traceexport.daemon import build_prepare, pipeline_settings
+    from traceexport.logs import add_secrets
+
+    chosen = config.model_copy(update={"sinks": {name: config.sinks[name] for name in sinks}})
+    if config.enrich.database_url is not None:
+        add_secrets([config.enrich.database_url.get_secret_value()])
+    try:
+        routes = build_routes(chosen)
+        prepare = build_prepare(chosen, os.environ)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 2
+    # A config file's retry settings apply; sinks from --to alone retry as export does by default.
+    settings = (dataclasses.replace(pipeline_settings(chosen), delivery_process=False) if from_file
+                else export_settings())
+    return deliver(spool_dir, routes, [], settings, timeout, prepare=prepare, sinks_flag=sinks_flag)
 
 
 def run_purge(args: argparse.Namespace) -> int:
     """Delete matching dead letters; refuses without --yes."""
     if not args.yes:
-        would = query_spool(args, lambda spool: deadletter.count(spool, args.sink, before=args.before))
+        would = query_spool(args, lambda spool: deadletter.count(spool, args.sink, before=args.before), 0)
         if would is not None:
             print(f"error: would delete {would} dead letters for good; add --yes to confirm", file=sys.stderr)
         return 2
-    n = query_spool(args, lambda spool: deadletter.purge(spool, args.sink, before=args.before))
+    n = query_spool(args, lambda spool: deadletter.purge(spool, args.sink, before=args.before), 0)
     if n is None:
         return 2
     print(f"deleted {n} dead letter{'s' if n != 1 else ''}")
@@ -174,5 +306,6 @@ def run_retire(args: argparse.Namespace) -> int:
     if moved is None:
         return 2
     print(f"{moved} record{'s' if moved != 1 else ''} still owed to {args.sink} moved to its dead letter; "
-          f"'traceexport dlq purge --sink {args.sink} --yes' deletes them")
+          f"'traceexport dlq purge{spool_option(spool_path(args))} --sink {shlex.quote(args.sink)} --yes' "
+          "deletes them")
     return 0

@@ -7,15 +7,20 @@ interrupted export resumes: run the same command (or ``export --to SINK`` with n
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from traceexport.cli.common import spool_option
 from traceexport.cli.status_cmd import add_spool_argument
 from traceexport.errors import ConfigError, RecordError, SpoolFullError, TraceExportError
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter, spool_dir_default
+from traceexport.pipeline.owner import owner
+from traceexport.pipeline.prepared import Prepare
 from traceexport.records import Record, parse_records
 from traceexport.sinks import SINK_MODULES, create_sink
 
@@ -45,7 +50,8 @@ def register(sub: Any) -> None:
                     "records are retried with backoff, refused ones are kept in the dead letter, and an "
                     "interrupted export resumes when run again on the same spool. Sinks are configured "
                     "by their usual environment variables (OPIK_*, LANGFUSE_*, OTEL_EXPORTER_OTLP_*, "
-                    "AMPLITUDE_*, TRACEEXPORT_FILE_SINK_DIR).",
+                    "AMPLITUDE_*, TRACEEXPORT_FILE_SINK_DIR). With TRACEEXPORT_DIFY_DATABASE_URL set, workflow "
+                    "records get their node spans from Dify's database, as with serve and replay.",
         epilog="Exit status: 0 every record was accepted by every sink; 2 some records were bad input or "
                "refused permanently (see stderr and 'traceexport dlq list'); 1 delivery could not finish "
                "(records are kept in the spool).",
@@ -66,6 +72,25 @@ def register(sub: Any) -> None:
                         help="stop waiting for delivery after this long; what is left stays in the spool "
                              "(default: 300)")
     parser.set_defaults(func=run)
+
+
+def export_settings(max_attempts: int = 6, max_age: float = 60.0) -> PipelineSettings:
+    """The pipeline settings of a one-off delivery: ``max_attempts`` tries within ``max_age`` seconds."""
+    return PipelineSettings(retry=RetryPolicy(max_attempts=max(max_attempts, 1), max_age=max_age,
+                                              initial_backoff=0.5, max_backoff=max(min(30.0, max_age / 4), 0.5)))
+
+
+def build_enricher_from_env(env: Mapping[str, str]) -> Prepare | None:
+    """The workflow-node enricher when ``TRACEEXPORT_DIFY_DATABASE_URL`` is set (as serve and replay read it)."""
+    from traceexport.config import enrich_from_env
+    from traceexport.daemon import build_prepare_for
+    from traceexport.logs import add_secrets
+
+    enrich = enrich_from_env(env)
+    if enrich.database_url is None:
+        return None
+    add_secrets([enrich.database_url.get_secret_value()])
+    return build_prepare_for(enrich, env)
 
 
 def read_inputs(files: Sequence[str], type_name: str | None) -> tuple[list[Record], list[str]]:
@@ -94,17 +119,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         routes = build_routes(sink_types)
+        prepare = build_enricher_from_env(os.environ)
     except ConfigError as exc:
         print(f"error: {exc.render()}", file=sys.stderr)
         return 2
     records, problems = read_inputs(args.files, args.type_name)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
-    policy = RetryPolicy(max_attempts=max(args.max_attempts, 1), max_age=args.max_age,
-                         initial_backoff=0.5, max_backoff=max(min(30.0, args.max_age / 4), 0.5))
     spool_dir = args.spool or spool_dir_default()
     try:
-        code = deliver(Path(spool_dir), routes, records, PipelineSettings(retry=policy), args.timeout)
+        code = deliver(Path(spool_dir), routes, records, export_settings(args.max_attempts, args.max_age),
+                       args.timeout, prepare=prepare, sinks_flag=f"--to {','.join(sink_types)}")
     except TraceExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -112,17 +137,32 @@ def run(args: argparse.Namespace) -> int:
 
 
 def deliver(spool_dir: Path, routes: list[Route], records: Sequence[Record], settings: PipelineSettings,
-            timeout: float) -> int:
-    """Accept ``records`` and wait for delivery; report on stderr; the export exit status."""
+            timeout: float, *, prepare: Prepare | None = None, sinks_flag: str) -> int:
+    """Accept ``records`` and deliver everything pending for ``routes``; report on stderr; the export exit
+    status. ``sinks_flag`` (``--to opik`` or ``--config FILE``) goes into the commands printed to resume."""
     deadline = time.monotonic() + timeout
-    pipe = Pipeline(spool_dir, routes, settings)
+    started = datetime.now(UTC).replace(microsecond=0)
+    pipe = Pipeline(spool_dir, routes, settings, prepare=prepare)
     names = pipe.sink_names
     before_dlq = deadletter.last_id(pipe.spool)
     before = {n: pipe.spool.counters().get(n, {}).get("exported", 0) for n in names}
-    pipe.start()
+    daemon = owner(spool_dir)
+    if daemon is not None and daemon.sinks and set(names) & set(daemon.sinks):
+        if not set(names) <= set(daemon.sinks):  # two processes must not deliver to one sink
+            others = ", ".join(sorted(set(names) - set(daemon.sinks)))
+            print(f"error: {daemon.describe()} is delivering from spool {spool_dir} to "
+                  f"{', '.join(daemon.sinks)}, not to {others}: deliver to those separately, or use a spool "
+                  "of your own (--spool)", file=sys.stderr)
+            pipe.stop()
+            pipe.close()
+            return 2
+        print(f"{daemon.describe()} is delivering from spool {spool_dir}: it sends these records "
+              "(with its own retry settings)", file=sys.stderr)
+    else:
+        pipe.start()
     try:
         if not _accept_all(pipe, records, deadline):
-            _report_stuck(pipe, spool_dir, names, accepted_all=False)
+            _report_stuck(pipe, spool_dir, sinks_flag, accepted_all=False)
             return 1
         idle = pipe.flush(max(deadline - time.monotonic(), 0.0))
     finally:
@@ -136,14 +176,14 @@ def deliver(spool_dir: Path, routes: list[Route], records: Sequence[Record], set
         for e in dead:
             print(f"error: {e.sink}: {e.record_type} record {e.record_key}: {e.reason}", file=sys.stderr)
         if not idle:
-            _report_stuck(pipe, spool_dir, names, accepted_all=True)
+            _report_stuck(pipe, spool_dir, sinks_flag, accepted_all=True)
             return 1
         gave_up = sorted({e.sink for e in dead if not e.permanent})
         if gave_up:
-            sinks = ",".join(gave_up)
-            print(f"error: delivery to {sinks} did not succeed within the retry limit; the records are kept "
-                  f"in the dead letter of spool {spool_dir}. To resume: traceexport dlq replay --spool "
-                  f"{spool_dir} --sink SINK, then traceexport export --spool {spool_dir} --to {sinks}",
+            only = f" --sink {gave_up[0]}" if len(gave_up) == 1 else ""
+            print(f"error: delivery to {', '.join(gave_up)} did not succeed within the retry limit; the records "
+                  f"are kept in the dead letter of spool {spool_dir}. To send them again: traceexport dlq "
+                  f"replay{spool_option(spool_dir)}{only} --since {started.isoformat()} {sinks_flag}",
                   file=sys.stderr)
             return 1
         return 2 if dead else 0
@@ -166,10 +206,12 @@ def _accept_all(pipe: Pipeline, records: Sequence[Record], deadline: float) -> b
     return True
 
 
-def _report_stuck(pipe: Pipeline, spool_dir: Path, names: list[str], accepted_all: bool) -> None:
+def _report_stuck(pipe: Pipeline, spool_dir: Path, sinks_flag: str, accepted_all: bool) -> None:
     pending = {n: c for n, c in pipe.pending().items() if c}
     left = ", ".join(f"{c} for {n}" for n, c in pending.items()) or "none pending"
     note = "" if accepted_all else " (not every input record was accepted: run the export again)"
+    # export delivers what the spool holds for sink types; sinks of a config file: the daemon does.
+    command = "export" if sinks_flag.startswith("--to") else "serve"
     print(f"error: delivery did not finish before --timeout ({left}){note}; the undelivered records are kept "
-          f"in spool {spool_dir}. To resume: traceexport export --spool {spool_dir} --to {','.join(names)}",
+          f"in spool {spool_dir}. To resume: traceexport {command}{spool_option(spool_dir)} {sinks_flag}",
           file=sys.stderr)

@@ -1,7 +1,10 @@
 """``traceexport replay PATH...``: backfill trace records from files through the durable pipeline.
 
-Resumable: a ledger (``--state``, default ``<spool>/replay-ledger.sqlite``) names every record already
-handed to each sink, and a second run skips them. Broken files and records are reported with one-line
+Records go into the same spool as serve and export (--spool, else TRACEEXPORT_SPOOL, else the config
+file's spool.dir, else ./traceexport-spool), so status and dlq see them. When a daemon is delivering
+from that spool, replay hands the records to it; otherwise replay delivers them itself. Resumable: a
+ledger (``--state``, default ``<spool>/replay-ledger.sqlite``) names every record already handed to each
+sink, and a second run skips them. Broken files and records are reported with one-line
 reasons and the rest goes on. Exit codes: 0 all delivered; 1 could not finish (records still pending
 after ``--timeout``, or dead-lettered after the retries ran out); 2 bad input (broken files or records,
 records a backend refused permanently) or bad usage.
@@ -18,15 +21,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from traceexport.cli.common import spool_option
 from traceexport.cli.serve_cmd import add_common_flags, overrides_from
 from traceexport.config import Config, build_routes, resolve_config
 from traceexport.errors import ConfigError, RecordError, SpoolFullError
 from traceexport.logs import setup_logging
 from traceexport.pipeline.deadletter import DeadLetterEntry
 from traceexport.records import Record
-from traceexport.sources.replay import FileResult, Ledger, ReplayStats, read_file, replay_files
+from traceexport.sources.replay import STDIN, FileResult, Ledger, ReplayStats, read_file, replay_files
 
 MAX_PROBLEMS_PER_FILE = 20
+LEDGER_FILE = "replay-ledger.sqlite"
 
 
 def register(subparsers: Any) -> None:
@@ -34,9 +39,11 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("replay", help="backfill records from JSON/JSONL files or a Dify ops_trace tree",
                                    description=(__doc__ or "").replace("``", ""),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="files or directories (walked for *.json, *.jsonl)")
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="files or directories (walked for *.json, *.jsonl, *.ndjson); '-' reads stdin")
     add_common_flags(parser, serve=False)
-    parser.add_argument("--state", metavar="FILE", help="ledger of records already sent (default: in the spool)")
+    parser.add_argument("--state", metavar="FILE",
+                        help="ledger of records already sent (default: <spool>/replay-ledger.sqlite)")
     parser.add_argument("--dry-run", action="store_true", help="parse and map only; report counts; send nothing")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                         help="how long to wait for delivery to finish (default 600)")
@@ -85,11 +92,10 @@ def run(args: argparse.Namespace) -> int:
         print(exc.render(), file=sys.stderr)
         return 2
     setup_logging(config.log_level, os.environ.get("TRACEEXPORT_LOG_FORMAT") or config.log_format)
-    explicit_spool = flags.with_env(os.environ).spool
-    spool_dir = Path(explicit_spool) if explicit_spool else Path(config.spool.dir) / "replay"
-    state = Path(args.state) if args.state else spool_dir / "replay-ledger.sqlite"
+    spool_dir = Path(config.spool.dir)  # the one spool: flag, then env, then config file, then default
+    state = Path(args.state) if args.state else spool_dir / LEDGER_FILE
     files = list(replay_files(args.paths))
-    sizes = {f: (f.stat().st_size if f.is_file() else 0) for f in files}
+    sizes = {f: (f.stat().st_size if str(f) != STDIN and f.is_file() else 0) for f in files}
     enabled = sys.stderr.isatty() if args.progress is None else args.progress
     out = _Out(sum(sizes.values()), enabled)
     try:
@@ -154,7 +160,16 @@ def _replay(config: Config, files: Sequence[Path], spool_dir: Path, state: Path,
             args: argparse.Namespace) -> int:
     from traceexport.daemon import build_prepare, pipeline_settings
     from traceexport.pipeline import Pipeline, deadletter
+    from traceexport.pipeline.owner import owner
 
+    daemon = owner(spool_dir)
+    if daemon is not None and daemon.sinks and not set(config.sinks) <= set(daemon.sinks):
+        out.close()
+        others = ", ".join(sorted(set(config.sinks) - set(daemon.sinks)))
+        print(f"error: {daemon.describe()} is delivering from spool {spool_dir} to {', '.join(daemon.sinks)}, "
+              f"not to {others}: stop that daemon first, or give replay a spool of its own (--spool)",
+              file=sys.stderr)
+        return 2
     routes = build_routes(config)
     pipeline = Pipeline(spool_dir, routes, pipeline_settings(config), prepare=build_prepare(config, os.environ))
     ledger = Ledger(state)
@@ -187,7 +202,12 @@ def _replay(config: Config, files: Sequence[Path], spool_dir: Path, state: Path,
                 flush()
 
     dead_before = deadletter.last_id(pipeline.spool)
-    pipeline.start()
+    if daemon is None:
+        pipeline.start()
+    else:  # the daemon delivers what replay accepts; replay waits for it as for its own workers
+        out.line(f"replay: {daemon.describe()} is delivering from spool {spool_dir}; handing the records to it")
+        for route in routes:
+            route.sink.shutdown(1.0)
     try:
         _read_all(files, out, stats, handle)
         flush()
@@ -199,11 +219,11 @@ def _replay(config: Config, files: Sequence[Path], spool_dir: Path, state: Path,
         out.close()
         pipeline.close()
         ledger.close()
-    return _report(stats, metrics, idle, dead, spool_dir)
+    return _report(stats, metrics, idle, dead, spool_dir, daemon is not None)
 
 
 def _report(stats: ReplayStats, metrics: dict[str, Any], idle: bool, dead: Sequence[DeadLetterEntry],
-            spool_dir: Path) -> int:
+            spool_dir: Path, daemon: bool = False) -> int:
     """Print the summary and problems; the exit code (1 beats 2 beats 0)."""
     print(f"replay: {stats.summary(dry_run=False)}", file=sys.stderr)
     code = 2 if stats.broken_files or stats.bad_records or dead else 0
@@ -212,12 +232,13 @@ def _report(stats: ReplayStats, metrics: dict[str, Any], idle: bool, dead: Seque
               file=sys.stderr)
     if dead:
         print(f"replay: {len(dead)} record(s) went to the dead letter; see "
-              f"'traceexport dlq list --spool {spool_dir}'", file=sys.stderr)
+              f"'traceexport dlq list{spool_option(spool_dir)}'", file=sys.stderr)
     if any(not entry.permanent for entry in dead):  # gave up retrying: could not finish
         code = 1
     if not idle:
         pending = sum(s["queue_depth"] for s in metrics["sinks"].values())
-        print(f"replay: {pending} record(s) still pending in {spool_dir}; run replay again to resume "
-              "(or raise --timeout)", file=sys.stderr)
+        then = ("the daemon delivering from it sends them; 'traceexport status" + spool_option(spool_dir)
+                + "' shows progress") if daemon else "run the same replay again to resume (or raise --timeout)"
+        print(f"replay: {pending} record(s) still pending in spool {spool_dir}; {then}", file=sys.stderr)
         code = 1
     return code

@@ -9,9 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from traceexport.cli.common import spool_option
 from traceexport.errors import ConfigError
 from traceexport.pipeline.metrics import snapshot
-from traceexport.pipeline.spool import Spool, spool_dir_default
+from traceexport.pipeline.spool import SPOOL_FILE, Spool, spool_dir_default
 
 T = TypeVar("T")
 _COLUMNS = ("accepted", "exported", "retried", "dead_lettered", "dropped", "queue_depth",
@@ -25,24 +26,36 @@ def add_spool_argument(parser: argparse.ArgumentParser) -> None:
                         help="spool directory (default: $TRACEEXPORT_SPOOL, else ./traceexport-spool)")
 
 
-def open_spool(args: argparse.Namespace) -> Spool | None:
-    """The existing spool named by ``args.spool``; prints why and returns None when there is none."""
+def spool_path(args: argparse.Namespace) -> Path:
+    """The spool directory ``args`` names: ``--spool``, else ``$TRACEEXPORT_SPOOL``, else the default."""
+    return Path(args.spool) if args.spool else spool_dir_default()
+
+
+def spool_exists(spool_dir: Path) -> bool:
+    """True once something has created a spool there (nothing accepted yet is not an error)."""
+    return (spool_dir / SPOOL_FILE).is_file()
+
+
+def query_spool(args: argparse.Namespace, query: Callable[[Spool], T], empty: T) -> T | None:
+    """Run ``query`` on the spool and close it; ``empty`` when there is no spool yet (nothing is created
+    by looking); None, after saying why on stderr, when the spool cannot be opened."""
+    spool_dir = spool_path(args)
+    if not spool_exists(spool_dir):
+        return empty
     try:
-        return Spool(args.spool or spool_dir_default(), create=False)
+        spool = Spool(spool_dir, create=False)
     except ConfigError as exc:
         print(f"error: {exc.problems[0]}", file=sys.stderr)
-        return None
-
-
-def query_spool(args: argparse.Namespace, query: Callable[[Spool], T]) -> T | None:
-    """Run ``query`` on the existing spool and close it; None (after saying why) when there is no spool."""
-    spool = open_spool(args)
-    if spool is None:
         return None
     try:
         return query(spool)
     finally:
         spool.close()
+
+
+def empty_snapshot(spool_dir: Path) -> dict[str, Any]:
+    """What ``status --json`` says about a spool nothing was accepted into yet."""
+    return {"spool": str(spool_dir), "spool_bytes": 0, "records": 0, "dead_letters": {}, "sinks": {}}
 
 
 def register(sub: Any) -> None:
@@ -58,8 +71,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the status of the spool; 0, or 2 when there is no spool."""
-    snap = query_spool(args, snapshot)
+    """Print the status of the spool; 0 (also when nothing was accepted yet), 2 when it cannot be read."""
+    snap = query_spool(args, snapshot, empty_snapshot(spool_path(args)))
     if snap is None:
         return 2
     if args.json:
@@ -67,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"spool {snap['spool']}: {snap['records']} records, {snap['spool_bytes'] / 1e6:.1f} MB")
     if not snap["sinks"]:
-        print("no sinks have used this spool yet")
+        print("nothing accepted yet: no sink has used this spool")
         return 0
     width = max(len("SINK"), *(len(s) for s in snap["sinks"]))
     print(f"{'SINK':<{width}}  " + "  ".join(f"{h:>9}" for h in _HEADINGS))
@@ -75,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         cells = [str(figures[c]) for c in _COLUMNS[:-1]] + [_age(figures[_COLUMNS[-1]])]
         print(f"{name:<{width}}  " + "  ".join(f"{c:>9}" for c in cells))
     if any(snap["dead_letters"].values()):
-        print("dead letters kept: run 'traceexport dlq list' to see them")
+        print(f"dead letters kept: run 'traceexport dlq list{spool_option(snap['spool'])}' to see them")
     return 0
 
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from traceexport.config.loader import parse_config, read_config_data
 from traceexport.config.models import Config, SinkConfig
-from traceexport.config.resolve import build_routes, serve_problems
+from traceexport.config.resolve import DATABASE_URL_ENV, build_routes, serve_problems
 from traceexport.errors import ConfigError, Problem
 
 CELERY_HINT = "the Celery source needs its extra: pip install 'traceexport[celery]'"
@@ -51,13 +51,37 @@ def validate_config_file(path: str | Path, env: Mapping[str, str] | None = None)
     config, more = parse_config(data, lines)
     problems += more
     if config is None:  # other sections are broken: still check the sinks that parsed, so all is listed
-        return problems + _route_problems(_sinks_only(data), env)
+        return problems + _located(_route_problems(_sinks_only(data), env), lines)
     if not config.sinks and not env.get("TRACEEXPORT_TO"):
         problems.append(Problem("sinks", "no sink configured: add a sinks section (or pass --to to serve)"))
-    problems += serve_problems(config)
-    problems += celery_problems(config.sources.celery)
-    problems += _route_problems(config, env)
-    return problems
+    later = (serve_problems(config) + celery_problems(config.sources.celery) + _enrich_problems(config, env)
+             + _route_problems(config, env))
+    reported = {p.where for p in problems if p.where}  # e.g. an unset ${VAR}: its consequence adds nothing
+    return problems + _located([p for p in later if not p.where or p.where not in reported], lines)
+
+
+def _enrich_problems(config: Config, env: Mapping[str, str]) -> list[Problem]:
+    """Problems in an ``enrich`` section that is in use (it has keys, or the database URL variable is set)."""
+    if config.enrich.database_url is None and not config.enrich.model_extra and not env.get(DATABASE_URL_ENV):
+        return []
+    from traceexport.enrich import enrich_settings
+
+    try:
+        enrich_settings(config.enrich, env)
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def _located(problems: list[Problem], lines: Mapping[tuple[str | int, ...], int]) -> list[Problem]:
+    """Problems found after parsing, with the file line of their key path (the nearest key that has one)."""
+    out = []
+    for problem in problems:
+        path = tuple(problem.where.split(".")) if problem.where else ()
+        line = next((lines[path[:end]] for end in range(len(path), 0, -1) if path[:end] in lines), None)
+        out.append(problem if line is None or "(line " in problem.message
+                   else Problem(problem.where, f"{problem.message} (line {line})"))
+    return out
 
 
 def _sinks_only(data: Mapping[str, Any]) -> Config:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from traceexport.config.loader import load_config, parse_config
-from traceexport.config.models import SINK_TYPES, Config, split_host_port
+from traceexport.config.models import SINK_TYPES, Config, EnrichConfig, split_host_port
 from traceexport.errors import ConfigError, Problem
 
 if TYPE_CHECKING:
@@ -121,6 +121,12 @@ def serve_problems(config: Config) -> list[Problem]:
                    "set --token / TRACEEXPORT_TOKEN, or listen on 127.0.0.1")
         return [Problem("sources.http.token", message)]
     return []
+
+
+def enrich_from_env(env: Mapping[str, str]) -> EnrichConfig:
+    """The ``enrich`` section a command without a config file uses: ``TRACEEXPORT_DIFY_DATABASE_URL``."""
+    url = env.get(DATABASE_URL_ENV)
+    return EnrichConfig(database_url=url) if url else EnrichConfig()
 
 
 def resolve_config(flags: Overrides | None = None, env: Mapping[str, str] | None = None, *,

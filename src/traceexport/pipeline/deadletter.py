@@ -111,6 +111,14 @@ def replay(spool: Spool, sink: str | None = None, since: float | None = None, id
     return moved
 
 
+def count_by_sink(spool: Spool, sink: str | None = None, since: float | None = None,
+                  ids: Sequence[int] = ()) -> dict[str, int]:
+    """How many dead letters :func:`replay` would move with the same filters, per sink."""
+    where, params = _where(sink, since=since, ids=ids)
+    rows = spool.conn().execute(f"SELECT sink, count(*) FROM dead_letters{where} GROUP BY sink", params)
+    return {name: int(n) for name, n in rows}
+
+
 def count(spool: Spool, sink: str | None = None, before: float | None = None) -> int:
     """How many dead letters match."""
     where, params = _where(sink, before=before)

@@ -85,7 +85,7 @@ class Spool:
         self.dir = Path(spool_dir)
         self.path = self.dir / SPOOL_FILE
         if not create and not self.path.exists():
-            raise ConfigError([f"no spool at {self.dir} (give --spool DIR or set TRACEEXPORT_SPOOL)"],
+            raise ConfigError([f"no spool at {self.dir}: nothing was accepted there yet"],
                               title="spool not found")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)

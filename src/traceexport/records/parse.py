@@ -74,6 +74,19 @@ def _describe_validation(exc: ValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
+# Columns of Dify's ``workflow_node_executions`` table that no TraceInfo has: such a row is input for the
+# node enricher (read from Dify's database), not a trace record.
+_NODE_ROW_KEYS = ("node_execution_id", "triggered_from", "created_at")
+NODE_ROW_REASON = ("expected a trace record (a TaskData envelope or a TraceInfo object), found {what} of "
+                   "Dify's workflow_node_executions table; node rows are not trace records (traceexport "
+                   "reads them from Dify's database: TRACEEXPORT_DIFY_DATABASE_URL)")
+
+
+def is_node_row(value: Any) -> bool:
+    """True for a row of Dify's ``workflow_node_executions`` table (not a trace record)."""
+    return isinstance(value, dict) and all(key in value for key in _NODE_ROW_KEYS) and "start_time" not in value
+
+
 def infer_type(trace_info: dict[str, Any]) -> str | None:
     """Guess the record type of a bare TraceInfo dict from its distinctive fields."""
     keys = trace_info.keys()
@@ -122,6 +135,8 @@ def record_from_trace_info(trace_info: Any, type_name: str | None = None, app_id
             if isinstance(value, str) and canonical_type(value):
                 type_name = value
                 break
+    if type_name is None and is_node_row(trace_info):
+        raise RecordError(NODE_ROW_REASON.format(what="a node execution row"))
     record_type = canonical_type(type_name) if type_name else infer_type(trace_info)
     if record_type is None:
         if type_name:
@@ -191,7 +206,10 @@ def _json_values(text: str | bytes) -> Iterator[tuple[str, Any, str | None]]:
     except ValueError:
         whole = _NOT_WHOLE
     if whole is not _NOT_WHOLE:
-        if isinstance(whole, list):
+        if isinstance(whole, list) and whole and all(is_node_row(item) for item in whole):
+            what = f"a JSON array of {len(whole)} node execution row{'s' if len(whole) != 1 else ''}"
+            yield "", RecordError(NODE_ROW_REASON.format(what=what)), None
+        elif isinstance(whole, list):
             for index, item in enumerate(whole):
                 yield f"[{index}]", item, None
         else:

@@ -44,7 +44,8 @@ def load_settings(model: type[M], name: str, options: Mapping[str, Any], env: Ma
         for error in exc.errors(include_input=False, include_url=False):
             field = str(error["loc"][0]) if error["loc"] else ""
             rest = "".join(f".{part}" for part in error["loc"][1:])
-            message = error["msg"]
+            message = ("unknown key" if error["type"] == "extra_forbidden"
+                       else str(error["msg"]).removeprefix("Value error, "))
             if error["type"] == "missing" and field in env_names:
                 message += f" (set {env_names[field]} or sinks.{name}.{field})"
             problems.append(Problem(where.get(field, f"sinks.{name}.{field}") + rest, message))

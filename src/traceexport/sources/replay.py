@@ -9,6 +9,7 @@ feeds the records to the pipeline.
 from __future__ import annotations
 
 import sqlite3
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,13 +19,17 @@ from traceexport.errors import ConfigError, Problem, RecordError
 from traceexport.records import Record, parse_records
 
 SUFFIXES = frozenset({".json", ".jsonl", ".ndjson"})
+STDIN = "-"
 
 
 def replay_files(paths: Sequence[str | Path]) -> Iterator[Path]:
-    """Every input file: named files as given, directories walked (sorted) for .json/.jsonl/.ndjson files."""
+    """Every input file: named files as given (``-`` is standard input), directories walked (sorted) for
+    .json/.jsonl/.ndjson files."""
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
+        if str(raw) == STDIN:
+            yield path  # standard input, read by read_file
+        elif path.is_dir():
             yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
         else:
             yield path  # a missing file is reported by read_file
@@ -47,10 +52,11 @@ class FileResult:
 
 def read_file(path: Path, label: str | None = None) -> FileResult:
     """Read and parse one file; never raises for bad content."""
-    label = label or str(path)
+    stdin = str(path) == STDIN
+    label = label or ("<stdin>" if stdin else str(path))
     result = FileResult(path)
     try:
-        data = path.read_bytes()
+        data = sys.stdin.buffer.read() if stdin else path.read_bytes()
     except OSError as exc:
         result.problems.append(f"{label}: cannot read: {exc.strerror or exc}")
         return result
@@ -137,4 +143,4 @@ class ReplayStats:
         return text
 
 
-__all__ = ["SUFFIXES", "FileResult", "Ledger", "ReplayStats", "read_file", "replay_files"]
+__all__ = ["STDIN", "SUFFIXES", "FileResult", "Ledger", "ReplayStats", "read_file", "replay_files"]

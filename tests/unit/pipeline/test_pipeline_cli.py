@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from pipeline_helpers import SAMPLES, ScriptedSink, StandInMapping, fail_first, 
 
 from traceexport.cli import main
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter
+from traceexport.pipeline.owner import DaemonLock
 from traceexport.sinks.base import ItemFailure
 
 FAST = PipelineSettings(fsync=False, poll_interval=0.01, retry=RetryPolicy(max_attempts=1))
@@ -36,11 +39,17 @@ def test_dlq_list_json_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["dlq", "show", "--spool", str(tmp_path), "999"]) == 2
 
 
-def test_dlq_replay_requeues_for_the_next_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`dlq replay` empties the dead letter and the next pipeline on the spool delivers those records."""
+def test_dlq_replay_leaves_records_to_the_daemon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With a daemon holding the spool's lock, `dlq replay` re-queues and returns; that daemon delivers."""
     _spool_with_dead_letters(tmp_path)
-    assert main(["dlq", "replay", "--spool", str(tmp_path), "--sink", "opik"]) == 0
-    assert "3 records queued again for opik" in capsys.readouterr().out
+    lock = DaemonLock(tmp_path, ["opik"])
+    try:
+        assert main(["dlq", "replay", "--spool", str(tmp_path), "--sink", "opik"]) == 0
+    finally:
+        lock.release()
+    out = capsys.readouterr().out
+    assert "3 records queued again for opik" in out
+    assert f"the daemon (pid {os.getpid()}) is delivering from spool {tmp_path}: it sends them now" in out
     sink = ScriptedSink("opik")
     with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe:
         pipe.start()
@@ -48,6 +57,51 @@ def test_dlq_replay_requeues_for_the_next_run(tmp_path: Path, capsys: pytest.Cap
         figures = pipe.metrics()["sinks"]["opik"]
     assert len(sink.delivered) == 3
     assert figures["replayed"] == 3 and figures["dead_lettered"] == 3
+
+
+def test_dlq_replay_without_daemon_needs_sinks(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no daemon and no --to/--config, `dlq replay` moves nothing, exits 2 and prints the command to run."""
+    for name in ("OPIK_API_KEY", "OPIK_URL_OVERRIDE", "TRACEEXPORT_TO", "TRACEEXPORT_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    _spool_with_dead_letters(tmp_path)
+    assert main(["dlq", "replay", "--spool", str(tmp_path), "--since", "2h"]) == 2
+    err = capsys.readouterr().err
+    assert "no daemon is delivering from spool" in err
+    command = err.split("run: ", 1)[1].strip()
+    assert command.startswith(f"traceexport dlq replay --spool {tmp_path} --since ")
+    assert command.endswith(" --to opik")
+    assert main(["dlq", "list", "--spool", str(tmp_path), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 3  # nothing moved
+    assert main(command.split()[1:]) == 2  # the printed command parses: the sink is built (no API key here)
+    assert "OPIK" in capsys.readouterr().err
+
+
+def test_dlq_replay_without_daemon_delivers(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no daemon, `dlq replay --to file` delivers the re-queued records itself and exits 0."""
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    sink = ScriptedSink("file", fail_first(99, ItemFailure("file refused (422)", True, 422)))
+    with Pipeline(tmp_path / "spool", [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.accept(make_records(2))
+        pipe.start()
+        assert pipe.wait_idle(10)
+    assert main(["dlq", "replay", "--spool", str(tmp_path / "spool"), "--to", "file"]) == 0
+    captured = capsys.readouterr()
+    assert "2 records queued again for file" in captured.out
+    assert "file: 2 records delivered" in captured.err
+    assert (tmp_path / "out" / "otlp.jsonl").read_text().count("\n") >= 2
+    assert main(["dlq", "list", "--spool", str(tmp_path / "spool"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_dlq_replay_names_sinks_it_cannot_build(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Dead letters for a sink --to does not name stay put: exit 2 naming that sink."""
+    _spool_with_dead_letters(tmp_path)
+    assert main(["dlq", "replay", "--spool", str(tmp_path), "--to", "file"]) == 2
+    assert "dead letters for opik, but --to/--config names no such sink" in capsys.readouterr().err
+    assert main(["dlq", "list", "--spool", str(tmp_path), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 3
 
 
 def test_dlq_retire_dead_letters_what_a_removed_sink_is_owed(tmp_path: Path,
@@ -76,7 +130,11 @@ def test_dlq_retire_dead_letters_what_a_removed_sink_is_owed(tmp_path: Path,
         entries = deadletter.list_entries(pipe.spool)
         assert len(entries) == 5 and all("retired" in e.reason for e in entries)
         assert sum("last failure: 503" in e.reason for e in entries) == 2
-    assert main(["dlq", "replay", "--spool", str(tmp_path), "--sink", "old"]) == 0
+    lock = DaemonLock(tmp_path, ["old"])  # as if a daemon delivering to "old" were running again
+    try:
+        assert main(["dlq", "replay", "--spool", str(tmp_path), "--sink", "old"]) == 0
+    finally:
+        lock.release()
     returned = ScriptedSink("old")
     with Pipeline(tmp_path, [Route(returned, StandInMapping())], FAST) as pipe:
         pipe.start()
@@ -107,10 +165,37 @@ def test_status_json_shows_counters_from_another_pipeline(tmp_path: Path, capsys
     assert "opik" in capsys.readouterr().out
 
 
-def test_status_without_spool_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`status` on a directory without a spool exits 2 with a one-line message naming the option."""
-    assert main(["status", "--spool", str(tmp_path / "none")]) == 2
-    assert "--spool" in capsys.readouterr().err
+def test_status_and_dlq_without_spool_report_nothing_accepted(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """On a spool not created yet, `status` and `dlq list` say nothing was accepted, exit 0, create nothing."""
+    missing = tmp_path / "none"
+    assert main(["status", "--spool", str(missing)]) == 0
+    assert "nothing accepted yet" in capsys.readouterr().out
+    assert main(["status", "--spool", str(missing), "--json"]) == 0
+    snap = json.loads(capsys.readouterr().out)
+    assert snap["records"] == 0 and snap["sinks"] == {}
+    assert main(["dlq", "list", "--spool", str(missing)]) == 0
+    assert "the dead letter is empty" in capsys.readouterr().out
+    assert main(["dlq", "list", "--spool", str(missing), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["dlq", "replay", "--spool", str(missing)]) == 0
+    assert "nothing to replay" in capsys.readouterr().out
+    assert not missing.exists()
+
+
+def test_dlq_times_are_iso_utc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`dlq show` and `dlq list --json` print attempt times as ISO 8601 UTC, as the table does."""
+    _spool_with_dead_letters(tmp_path, 1)
+    assert main(["dlq", "list", "--spool", str(tmp_path), "--json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", entry["last_attempt"])
+    assert main(["dlq", "show", "--spool", str(tmp_path), str(entry["id"])]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["last_attempt"] == entry["last_attempt"] and shown["first_attempt"].endswith("Z")
+    assert main(["dlq", "list", "--spool", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert entry["last_attempt"] in out
+    assert f"'traceexport dlq show --spool {tmp_path} {entry['id']}'" in out
 
 
 def test_prometheus_text_has_a_series_per_sink(tmp_path: Path) -> None:
@@ -150,3 +235,25 @@ def test_export_unknown_sink_is_a_usage_error(tmp_path: Path, capsys: pytest.Cap
     """An unknown --to sink exits 2 with the list of known sinks, never a traceback."""
     assert main(["export", "--to", "nowhere", "--spool", str(tmp_path), str(SAMPLES / "05-message-chat.json")]) == 2
     assert "unknown sink type 'nowhere'" in capsys.readouterr().err
+
+
+def test_export_hands_records_to_the_daemon_holding_the_spool(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a daemon delivering to the same sink from the spool, `export` only accepts and leaves delivery to it;
+    a sink only partly covered by that daemon is refused (two processes never deliver to one sink)."""
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    spool = tmp_path / "spool"
+    lock = DaemonLock(spool, ["file"])
+    try:
+        code = main(["export", "--to", "file", "--spool", str(spool), "--timeout", "0.5",
+                     str(SAMPLES / "05-message-chat.json")])
+        err = capsys.readouterr().err
+        assert code == 1  # nobody really delivers in this test: still pending when the timeout ends
+        assert f"the daemon (pid {os.getpid()}) is delivering from spool {spool}: it sends these records" in err
+        assert not (tmp_path / "out").exists()
+        assert main(["export", "--to", "file,otlp", "--spool", str(spool), str(SAMPLES / "05-message-chat.json")]) == 2
+        assert "not to otlp" in capsys.readouterr().err
+    finally:
+        lock.release()
+    assert main(["status", "--spool", str(spool), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sinks"]["file"]["queue_depth"] == 1

@@ -79,7 +79,9 @@ def validate_options(model: type[CommonOptions], name: str,
         for err in exc.errors():
             loc = ".".join(str(part) for part in err.get("loc", ()))
             where = f"sinks.{name}.{loc}" if loc else f"sinks.{name}"
-            problems.append(Problem(where, err.get("msg", "invalid")))
+            message = ("unknown key" if err.get("type") == "extra_forbidden"
+                       else str(err.get("msg", "invalid")).removeprefix("Value error, "))
+            problems.append(Problem(where, message))
         return None, problems
 
 

@@ -1,0 +1,86 @@
+"""Which daemon delivers from a spool: ``traceexport serve`` holds an flock on ``<spool>/daemon.lock``.
+
+The lock lives as long as the daemon's process (the kernel drops it when the process ends, even on
+``kill -9``), so a stale file never counts. The file names the holder's pid and sinks, so a command on
+the same spool (``dlq replay``, ``replay``) can leave delivery to that daemon and say so. Looking never
+creates anything: no spool, no lock file, no daemon.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from traceexport.errors import ConfigError, Problem
+
+LOCK_FILE = "daemon.lock"
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The daemon delivering from a spool: its pid and the sinks it delivers to."""
+
+    pid: int | None
+    sinks: tuple[str, ...]
+
+    def describe(self) -> str:
+        """``the daemon (pid 123)`` for messages."""
+        return f"the daemon (pid {self.pid})" if self.pid else "a daemon"
+
+
+class DaemonLock:
+    """The exclusive lock a daemon holds on its spool for its whole life."""
+
+    def __init__(self, spool_dir: Path, sinks: list[str]) -> None:
+        self.path = Path(spool_dir) / LOCK_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            other = owner(Path(spool_dir))
+            who = other.describe() if other else "another daemon"
+            raise ConfigError([Problem("spool.dir", f"{who} is already delivering from spool {spool_dir}: "
+                                                    "stop it first, or give this one its own --spool")],
+                              title="cannot start") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "sinks": sinks}).encode())
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Drop the lock (idempotent); the file stays, unlocked, and so counts for nothing."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the only descriptor releases the flock
+
+
+def owner(spool_dir: Path) -> Owner | None:
+    """The daemon holding ``spool_dir``'s lock, or None when no daemon delivers from it."""
+    path = Path(spool_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # no lock file (or unreadable): no daemon has ever held it
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read(fd: int) -> Owner:
+    try:
+        data = json.loads(os.pread(fd, 65536, 0) or b"{}")
+        pid = data.get("pid")
+        sinks = tuple(str(s) for s in data.get("sinks") or ())
+        return Owner(pid if isinstance(pid, int) else None, sinks)
+    except (OSError, ValueError, AttributeError):
+        return Owner(None, ())

@@ -1,0 +1,115 @@
+"""Command-line paths the README shows, followed literally: globs, --version, closed pipes, one spool."""
+
+from __future__ import annotations
+
+import glob
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.conftest import REPO, SAMPLES, TESTS
+from tests.support.processes import python_env
+
+import traceexport
+from traceexport.cli import main
+
+NODE_ROWS = TESTS / "data" / "node_rows" / "01-workflow-ok.node_executions.json"
+
+
+def test_readme_map_glob_exits_zero(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`map --to opik tests/data/samples/*.json --pretty`, run from the checkout, maps every file and exits 0."""
+    monkeypatch.chdir(REPO)
+    files = sorted(glob.glob("tests/data/samples/*.json"))
+    assert len(files) == 7
+    code = main(["map", "--to", "opik", *files, "--pretty"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert err == "" and out.lstrip().startswith("{")
+
+
+def test_node_rows_are_named_for_what_they_are(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file of workflow node rows gets one line saying a trace record was expected and node rows found."""
+    assert main(["map", "--to", "otlp", str(NODE_ROWS)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"rejected: {NODE_ROWS}: expected a trace record")
+    assert "found a JSON array of 5 node execution rows of Dify's workflow_node_executions table" in line
+    one = tmp_path / "row.json"
+    one.write_text(json.dumps(json.loads(NODE_ROWS.read_text(encoding="utf-8"))[0]), encoding="utf-8")
+    assert main(["map", "--to", "otlp", str(one)]) == 2
+    assert "found a node execution row of Dify's workflow_node_executions table" in capsys.readouterr().err
+
+
+def test_version_comes_from_the_package(capsys: pytest.CaptureFixture[str]) -> None:
+    """`traceexport --version` prints the package version and exits 0, also as `python -m traceexport`."""
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"traceexport {traceexport.__version__}"
+    result = subprocess.run([sys.executable, "-m", "traceexport", "--version"], capture_output=True, text=True,
+                            timeout=60, env=python_env())
+    assert result.returncode == 0 and result.stdout.startswith("traceexport ")
+
+
+def test_closed_pipe_is_quiet() -> None:
+    """`traceexport map ... | head -1`: the reader leaves early and the command exits without a traceback."""
+    files = [str(SAMPLES / "05-message-chat.json")] * 300  # far more output than a pipe buffer holds
+    proc = subprocess.Popen([sys.executable, "-m", "traceexport", "map", "--to", "otlp", "--payloads", "--pretty",
+                             *files], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=python_env())
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(60) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+def test_replay_uses_the_spool_status_and_dlq_read(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`replay` in a directory writes ./traceexport-spool, the spool `status` and `dlq list` read there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRACEEXPORT_SPOOL", raising=False)
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    assert main(["replay", str(SAMPLES / "07-tool-call.json"), "--to", "file", "--no-progress"]) == 0
+    assert (tmp_path / "traceexport-spool" / "replay-ledger.sqlite").is_file()
+    assert not (tmp_path / "traceexport-spool" / "replay").exists()
+    capsys.readouterr()
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sinks"]["file"]["exported"] == 1
+    assert main(["dlq", "list"]) == 0
+    assert "the dead letter is empty" in capsys.readouterr().out
+
+
+def test_replay_help_names_the_ledger_it_uses(capsys: pytest.CaptureFixture[str]) -> None:
+    """`replay --help` names the ledger path replay really uses."""
+    with pytest.raises(SystemExit):
+        main(["replay", "--help"])
+    out = capsys.readouterr().out
+    assert "<spool>/replay-ledger.sqlite" in " ".join(out.split())
+
+
+def test_validate_config_gives_a_line_for_every_located_problem(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Sink option and enrich problems found after parsing carry their file line, as schema problems do."""
+    config = tmp_path / "traceexport.yaml"
+    config.write_text("sinks:\n  opik:\n    type: opik\n    api_key: k\n    url: not a url\n    colour: blue\n"
+                      "enrich:\n  database_url: postgresql://u:secret@db/dify\n  max_wait: soon\n", encoding="utf-8")
+    assert main(["validate", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "sinks.opik.url: must be an http:// or https:// URL, e.g. http://localhost:5173/api (line 5)" in err
+    assert "sinks.opik.colour: unknown key (line 6)" in err
+    assert "enrich.max_wait: must be seconds: a number, or like '30s', '500ms' (line 9)" in err
+    assert "secret" not in err
+
+
+def test_replay_reads_standard_input(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`replay -` reads records from standard input, as the README says '-' does for every command."""
+    import io
+
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO((SAMPLES / "07-tool-call.json").read_bytes())))
+    assert main(["replay", "-", "--to", "file", "--spool", str(tmp_path / "spool"), "--no-progress"]) == 0
+    assert "1 sent to the spool" in capsys.readouterr().err
