@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib
 import datetime as dt
 import decimal
+import importlib
 import json
 import os
 import shutil

@@ -15,6 +15,7 @@ Run it where Dify runs (``cd /app/api`` in Dify's image, with the api and worker
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import sys
 import uuid
@@ -68,11 +69,10 @@ def run_checks(pth_file: Path) -> list[Outcome]:
 
 def _registry_module() -> tuple[Any, str]:
     sys.path.insert(0, os.getcwd())  # python -m does this too; explicit for embedders calling run_checks
-    try:
-        # Dify's app loads this first; on Dify <= 1.13 importing the registry on its own hits an import cycle.
+    # Dify's app loads this first; on Dify <= 1.13 importing the registry on its own hits an import cycle. Not in
+    # every version: the registry import below says what is wrong.
+    with contextlib.suppress(ImportError):
         __import__(FIRST_MODULE, fromlist=["_"])
-    except ImportError:
-        pass  # not in every version; the registry import below says what is wrong
     try:
         return __import__(REGISTRY_MODULE, fromlist=["_"]), ""
     except Exception as exc:
