@@ -11,6 +11,8 @@ from traceexport.records import Record, parse_records
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 SAMPLES = TESTS / "data" / "samples"
+# Rows of Dify's workflow_node_executions table: not trace records, so not beside the samples.
+NODE_ROWS = TESTS / "data" / "node_rows"
 SHARED = REPO.parent / "shared"
 SAMPLE_FILES = sorted(SAMPLES.glob("*.json"))
 

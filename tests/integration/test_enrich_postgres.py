@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import NODE_ROWS
 from tests.support.postgres_server import (
     PostgresServer,
     create_node_table,
@@ -25,7 +26,6 @@ from traceexport.errors import ConfigError
 from traceexport.records import Record, record_from_obj
 
 SAMPLES = Path(__file__).parents[1] / "data" / "samples"
-NODE_ROWS = Path(__file__).parents[1] / "data" / "node_rows"
 RO_ROLE, RO_PASSWORD = "traceexport_ro", "ro-Secret-42"
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import NODE_ROWS
 from tests.support.postgres_server import create_node_table, insert_rows, running_or_skip
 
 from traceexport.enrich import build_enricher
@@ -18,7 +19,6 @@ from traceexport.records import Record, record_from_obj
 
 pytestmark = pytest.mark.integration
 SAMPLES = Path(__file__).parents[1] / "data" / "samples"
-NODE_ROWS = Path(__file__).parents[1] / "data" / "node_rows"
 RUN_ID = "23118a95-bb79-41c1-b825-bab6ba022cbc"
 LLM_ROW = "5622ec1a-51ad-41e6-a698-aaef14f29c25"
 

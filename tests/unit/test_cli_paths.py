@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.conftest import REPO, SAMPLES, TESTS
+from tests.conftest import NODE_ROWS, REPO, SAMPLES
 from tests.support.processes import python_env
 
 import traceexport
 from traceexport.cli import main
 
-NODE_ROWS = TESTS / "data" / "node_rows" / "01-workflow-ok.node_executions.json"
+NODE_ROW_FILE = NODE_ROWS / "01-workflow-ok.node_executions.json"  # not a trace record
 
 
 def test_readme_map_glob_exits_zero(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,12 +31,12 @@ def test_readme_map_glob_exits_zero(capsys: pytest.CaptureFixture[str], monkeypa
 
 def test_node_rows_are_named_for_what_they_are(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A file of workflow node rows gets one line saying a trace record was expected and node rows found."""
-    assert main(["map", "--to", "otlp", str(NODE_ROWS)]) == 2
+    assert main(["map", "--to", "otlp", str(NODE_ROW_FILE)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"rejected: {NODE_ROWS}: expected a trace record")
+    assert line.startswith(f"rejected: {NODE_ROW_FILE}: expected a trace record")
     assert "found a JSON array of 5 node execution rows of Dify's workflow_node_executions table" in line
     one = tmp_path / "row.json"
-    one.write_text(json.dumps(json.loads(NODE_ROWS.read_text(encoding="utf-8"))[0]), encoding="utf-8")
+    one.write_text(json.dumps(json.loads(NODE_ROW_FILE.read_text(encoding="utf-8"))[0]), encoding="utf-8")
     assert main(["map", "--to", "otlp", str(one)]) == 2
     assert "found a node execution row of Dify's workflow_node_executions table" in capsys.readouterr().err
 

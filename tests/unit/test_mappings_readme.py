@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import REPO, SAMPLES
+from tests.conftest import NODE_ROWS, REPO
 from tests.golden.goldens import CASES
 
 from traceexport.mapping import BACKENDS, Mapping, load_mapping
@@ -49,7 +49,7 @@ def _load_example(tmp_path: Path, intro: str, options: dict[str, Any] | None = N
 
 def _records() -> list[Record]:
     """Every record of every golden case; the workflow runs also carry the sample's workflow node spans."""
-    nodes = nodes_from_rows(json.loads((SAMPLES / "01-workflow-ok.node_executions.json").read_text("utf-8")))
+    nodes = nodes_from_rows(json.loads((NODE_ROWS / "01-workflow-ok.node_executions.json").read_text("utf-8")))
     records = []
     for case in CASES:
         for item in parse_records(case.read_bytes(), case.name):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import NODE_ROWS
 
 from traceexport.records import record_from_trace_info
 from traceexport.records.nodes import (
@@ -18,7 +18,7 @@ from traceexport.records.nodes import (
     parse_json_field,
 )
 
-SAMPLE = Path(__file__).parents[1] / "data" / "node_rows" / "01-workflow-ok.node_executions.json"
+SAMPLE = NODE_ROWS / "01-workflow-ok.node_executions.json"
 
 
 @pytest.fixture
