@@ -133,10 +133,10 @@ class DifyVersion:
                            f"\n--- stderr ---\n{done.stderr[-3000:]}"
         return results
 
-    def run_module(self, args: list[str], settings: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    def run_module(self, args: list[str], settings: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
         """``python <args>`` in this venv with Dify's environment (e.g. ``-m traceexport.dify check``)."""
         return subprocess.run([str(self.python), *args], env=self.env(settings), capture_output=True, text=True,
-                              timeout=120, check=False, cwd=settings.get("OPENDAL_FS_ROOT", "/"))
+                              timeout=120, check=False, cwd=cwd)
 
 
 def _run(argv: list[str], what: str) -> None:

@@ -372,10 +372,22 @@ def flush(timeout: float) -> dict[str, Any]:
     from traceexport import dify
 
     dify.flush(timeout)
+    _flush_tee_clients()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and _undelivered(dify.stats()):
         time.sleep(0.1)
     return {"stats": dify.stats(), "undelivered": _undelivered(dify.stats())}
+
+
+def _flush_tee_clients() -> None:
+    """Dify's Langfuse provider in 1.10.1 sends from the SDK's background thread; a worker process lives on,
+    this one exits right after the steps, so the tee'd providers' SDK clients are flushed here."""
+    from traceexport.dify import tee
+
+    for _, instance in list(tee._cache.values()):
+        client = getattr(instance, "langfuse_client", None)
+        if client is not None and hasattr(client, "flush"):
+            client.flush()
 
 
 def _undelivered(stats: dict[str, Any]) -> int:

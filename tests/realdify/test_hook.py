@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.langfuse_server import LangfuseFake
 from tests.realdify.conftest import Backends, DifyStack
 from tests.realdify.entities import BACKENDS, differences, mapped, received
 
@@ -91,3 +92,44 @@ def test_in_process_hook_delivers_every_record_as_map_prints_it(stack: DifyStack
     stats = flushed["stats"]
     assert stats["traced"] == stats["accepted"] == 8 and stats["invalid_records"] == stats["errors"] == 0, stats
     assert_delivered_as_mapped(files, backends)
+
+
+def test_tee_keeps_difys_own_langfuse_provider_receiving(stack: DifyStack, backends: Backends, tmp_path: Path) -> None:
+    """With tee=langfuse, Dify's own Langfuse provider (from the same tree) gets every record too, beside the export."""
+    with LangfuseFake("pk-lf-dify", "sk-lf-dify") as tee_fake:
+        langfuse = {"public_key": "pk-lf-dify", "secret_key": "sk-lf-dify", "host": tee_fake.url}
+        results = stack.run([
+            {"op": "seed"},
+            *({"op": "configure", "app_id": app, "provider": "langfuse", "config": langfuse, "enable": False}
+              for app in ("$chat_app", "$workflow_app")),
+            *configure_both_apps({"mode": "in_process", "sinks": "otlp", "tee": "langfuse"}),
+            {"op": "produce", "archive": str(tmp_path / "archive")}, {"op": "work"}, {"op": "flush", "timeout": 60},
+        ], **hook_env(tmp_path), **backends.env(), TZ="UTC")
+        assert results[1] == results[3] == {"create": {"result": "success"}}, results[1:5]
+        ids, files, stats = results[0], results[5]["files"], results[7]["stats"]
+        assert stats["tee_calls"] == 8 and stats["tee_errors"] == 0, stats
+        assert_delivered_as_mapped(files, backends, ("otlp",))
+        for trace_id in (ids["message"], ids["failed_message"], ids["workflow_run"]):
+            assert tee_fake.wait_for(lambda t=trace_id: tee_fake.trace(t) is not None, timeout=30), trace_id
+
+
+def test_check_says_the_hook_works_and_names_what_is_missing(stack: DifyStack, tmp_path: Path) -> None:
+    """`python -m traceexport.dify check` in Dify's api directory passes with the hook on, and fails with the reason
+    when TRACEEXPORT_DIFY_HOOK is unset or the start-up file is missing."""
+    settings = {**stack.settings, "TRACEEXPORT_TO": "file"}
+    ok = stack.dify.run_module(["-m", "traceexport.dify", "check"], {**settings, "TRACEEXPORT_DIFY_HOOK": "1"},
+                               cwd=stack.dify.tree)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "ok   registry patched" in ok.stdout and "ok   config round trip" in ok.stdout
+    off = stack.dify.run_module(["-m", "traceexport.dify", "check"], settings, cwd=stack.dify.tree)
+    assert off.returncode == 1 and "FAIL TRACEEXPORT_DIFY_HOOK" in off.stdout, off.stdout
+    elsewhere = tmp_path / "site"
+    elsewhere.mkdir()
+    missing = stack.dify.run_module(["-m", "traceexport.dify", "check", "--site-packages", str(elsewhere)],
+                                    {**settings, "TRACEEXPORT_DIFY_HOOK": "1"}, cwd=stack.dify.tree)
+    assert missing.returncode == 1 and "install-pth" in missing.stdout, missing.stdout
+    written = stack.dify.run_module(["-m", "traceexport.dify", "install-pth", "--site-packages", str(elsewhere)],
+                                    settings, cwd=stack.dify.tree)
+    assert written.returncode == 0, written.stderr
+    assert (elsewhere / "traceexport_dify_hook.pth").read_text() == (
+        stack.dify.venv / "lib" / "python3.12" / "site-packages" / "traceexport_dify_hook.pth").read_text()
