@@ -349,8 +349,8 @@ def _stored_files(storage_root: Path) -> set[Path]:
     return set((storage_root / "ops_trace").rglob("*.json"))
 
 
-def work(queue_key: str) -> dict[str, Any]:
-    """Dify's worker: take every ``process_trace_tasks`` message off the broker and run the task."""
+def work(queue_key: str, limit: int | None = None) -> dict[str, Any]:
+    """Dify's worker: take ``process_trace_tasks`` messages (all, or ``limit``) off the broker and run each."""
     from flask import current_app
     from tasks.ops_trace_task import process_trace_tasks
 
@@ -358,7 +358,7 @@ def work(queue_key: str) -> dict[str, Any]:
     ran = []
     with celery_app.connection_for_read() as connection:
         client = connection.default_channel.client  # applies Dify's Redis key prefix, if any
-        while (raw := client.rpop(queue_key)) is not None:
+        while (limit is None or len(ran) < limit) and (raw := client.rpop(queue_key)) is not None:
             message = json.loads(raw)
             body = json.loads(base64.b64decode(message["body"]))
             args, kwargs = body[0], body[1]
@@ -398,6 +398,28 @@ def _undelivered(stats: dict[str, Any]) -> int:
         for sink in (exporter.get("pipeline") or {}).get("sinks", {}).values():
             total += sink.get("queue_depth", 0)
     return total
+
+
+def fork_work(queue_key: str, timeout: float) -> dict[str, Any]:
+    """Like a Celery prefork child: a forked process runs the remaining tasks and waits for delivery."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            os.close(read_fd)
+            result = {**work(queue_key), **flush(timeout)}
+            os.write(write_fd, json.dumps(result, default=str).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    chunks = []
+    while chunk := os.read(read_fd, 65536):
+        chunks.append(chunk)
+    os.close(read_fd)
+    _, status = os.waitpid(pid, 0)
+    return {"exit": os.waitstatus_to_exitcode(status), "child": json.loads(b"".join(chunks) or b"{}")}
 
 
 def hook_state() -> dict[str, Any]:
@@ -441,7 +463,11 @@ def run(step: dict[str, Any], state: dict[str, Any]) -> Any:
     if op == "produce":
         return produce(state["ids"], Path(step["archive"]), step.get("apps"))
     if op == "work":
-        return work(step.get("queue", "ops_trace"))
+        return work(step.get("queue", "ops_trace"), step.get("limit"))
+    if op == "fork_work":
+        return fork_work(step.get("queue", "ops_trace"), float(step.get("timeout", 60)))
+    if op == "ticks":
+        return {"ticks": len(TICKS)}
     if op == "flush":
         return flush(float(step.get("timeout", 30)))
     if op == "hook":
@@ -449,7 +475,32 @@ def run(step: dict[str, Any], state: dict[str, Any]) -> Any:
     raise ValueError(f"unknown op {op!r}")
 
 
+def patch_like_difys_workers() -> Any:
+    """``REALDIFY_GEVENT=1``: monkey-patch as Dify's gunicorn and Celery workers do (both run gevent), and keep
+    a greenlet ticking so the ``ticks`` step shows whether the hub kept running."""
+    from gevent import monkey
+
+    monkey.patch_all()
+    with contextlib.suppress(ImportError):
+        import psycogreen.gevent
+
+        psycogreen.gevent.patch_psycopg()
+    import gevent
+
+    def tick() -> None:
+        while True:
+            TICKS.append(1)
+            gevent.sleep(0.005)
+
+    return gevent.spawn(tick)
+
+
+TICKS: list[int] = []
+
+
 def main() -> int:
+    if os.environ.get("REALDIFY_GEVENT") == "1":
+        patch_like_difys_workers()
     steps = json.loads(sys.argv[1])
     app = boot()
     results: list[Any] = []

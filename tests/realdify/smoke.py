@@ -12,6 +12,17 @@ and builds Dify's own Langfuse provider through ``provider_config_map`` (1.10.1:
 1.14.1: the ``dify_trace_langfuse`` workspace package, whose ``src`` dir is put on ``sys.path`` here).
 
 Exit status 0 when every step worked, 1 when one failed (the JSON says which and why), 2 on bad usage.
+
+Recipe (T = ../shared/dify/real/dify-<version>/api, V = a venv from the matching requirements file)::
+
+    /root/.pyenv/versions/3.12.1/bin/python3.12 -m venv V && V/bin/pip install -r requirements-dify-<version>.txt
+    DB_HOST=127.0.0.1 DB_PORT=<pg> DB_USERNAME=postgres DB_PASSWORD=<pw> DB_DATABASE=<db> \
+    REDIS_HOST=127.0.0.1 REDIS_PORT=<redis> CELERY_BROKER_URL=redis://127.0.0.1:<redis>/1 V/bin/python smoke.py T
+
+Outside this script, the same sys.path is ``PYTHONPATH=T`` (1.10.1) or
+``PYTHONPATH=T:T/providers/trace/trace-langfuse/src`` (1.14.1; Dify's Dockerfile gets there with ``uv sync``, which
+installs the ``providers/*`` workspace members editable). Use one database per tree: create_all skips tables that
+exist, so a database made by the other version keeps that version's columns.
 """
 
 from __future__ import annotations

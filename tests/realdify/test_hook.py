@@ -133,3 +133,35 @@ def test_check_says_the_hook_works_and_names_what_is_missing(stack: DifyStack, t
     assert written.returncode == 0, written.stderr
     assert (elsewhere / "traceexport_dify_hook.pth").read_text() == (
         stack.dify.venv / "lib" / "python3.12" / "site-packages" / "traceexport_dify_hook.pth").read_text()
+
+
+def _slots(stats: dict[str, Any]) -> set[str]:
+    return {e["slot"] for e in stats["exporters"] if e.get("slot")}
+
+
+def test_a_forked_worker_child_exports_from_a_slot_of_its_own(stack: DifyStack, backends: Backends,
+                                                               tmp_path: Path) -> None:
+    """After the hook ran in the parent, a forked child (Celery's prefork pool) exports the rest through its own spool
+    slot; nothing is lost on either side."""
+    results = stack.run([{"op": "seed"}, *configure_both_apps({"mode": "in_process", "sinks": "otlp"}),
+                         {"op": "produce", "archive": str(tmp_path / "archive")}, {"op": "work", "limit": 2},
+                         {"op": "flush", "timeout": 30}, {"op": "fork_work", "timeout": 60}],
+                        **hook_env(tmp_path), **backends.env())
+    parent, forked = results[5], results[6]
+    assert forked["exit"] == 0 and len(forked["child"]["ran"]) == 6, forked
+    assert parent["stats"]["accepted"] == 2 and forked["child"]["stats"]["accepted"] == 6
+    assert _slots(parent["stats"]) and not _slots(parent["stats"]) & _slots(forked["child"]["stats"])
+    assert_delivered_as_mapped(results[3]["files"], backends, ("otlp",))
+
+
+def test_under_gevent_the_hook_exports_without_blocking_the_hub(stack: DifyStack, backends: Backends,
+                                                               tmp_path: Path) -> None:
+    """Monkey-patched as Dify's workers are, Dify's worker task runs the hook, everything is delivered, and the hub
+    kept running throughout."""
+    results = stack.run([{"op": "seed"}, *configure_both_apps({"mode": "in_process", "sinks": "otlp"}),
+                         {"op": "ticks"}, {"op": "produce", "archive": str(tmp_path / "archive")}, {"op": "work"},
+                         {"op": "flush", "timeout": 60}, {"op": "ticks"}],
+                        **hook_env(tmp_path), **backends.env(), REALDIFY_GEVENT="1")
+    assert results[7]["ticks"] > results[3]["ticks"] + 10, (results[3], results[7])
+    assert results[6]["undelivered"] == 0 and results[6]["stats"]["accepted"] == 8
+    assert_delivered_as_mapped(results[4]["files"], backends, ("otlp",))
