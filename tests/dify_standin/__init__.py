@@ -1,12 +1,11 @@
-"""A stand-in module tree mimicking Dify's tracing registry and TraceInfo models, in several layouts.
+"""A stand-in module tree for the Dify layouts the real trees cannot show; everything else is tested against
+real Dify 1.10.1 and 1.14.1 (``tests/realdify``).
 
 Built from the shapes documented in RECORDS.md (not from Dify's code). ``activate(layout)`` puts one
 layout's root on ``sys.path`` (so ``core.ops.ops_trace_manager`` etc. import from it) and removes every
 stand-in module from ``sys.modules`` afterwards. Layouts:
 
-* ``legacy``  - ``OpsTraceProviderConfigMap`` (UserDict, closed match) importing ``core.ops.<provider>``
-* ``modern``  - the same registry importing ``dify_trace_<name>`` packages, plus the enum-derived name set
-* ``dictmap`` - the oldest plain-dict ``provider_config_map``
+* ``dictmap`` - the plain-dict ``provider_config_map`` of Dify releases before 1.3
 * ``unknown`` - a ``core.ops.ops_trace_manager`` with no registry the hook recognises
 """
 
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).parent
-LAYOUTS = ("legacy", "modern", "dictmap", "unknown")
+LAYOUTS = ("dictmap", "unknown")
 SAMPLES = ROOT.parent / "data" / "samples"
 _PREFIXES = ("core", "services", "dify_trace_", "tests.dify_standin.common")
 

@@ -400,16 +400,29 @@ def _undelivered(stats: dict[str, Any]) -> int:
     return total
 
 
-def fork_work(queue_key: str, timeout: float) -> dict[str, Any]:
-    """Like a Celery prefork child: a forked process runs the remaining tasks and waits for delivery."""
+def fork_trace(t: dict[str, str], before_fork: int, timeout: float) -> dict[str, Any]:
+    """The hook across ``fork`` (gunicorn workers, Celery's prefork pool): the parent hands ``before_fork`` of
+    Dify's TraceInfo objects to the apps' provider instances, then a forked child hands over the rest.
+
+    The child calls the providers directly: Dify's opendal storage (Rust threads) does not survive a fork in a
+    process that used it, so the child cannot load the stored files; Dify's own children are forked before
+    they touch storage.
+    """
+    from core.ops.ops_trace_manager import OpsTraceManager
+
+    infos = [(OpsTraceManager.get_ops_trace_instance(app_id), task.execute()) for app_id, task in trace_tasks(t)]
+    for instance, info in infos[:before_fork]:
+        instance.trace(info)
+    parent = flush(timeout)
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child
         code = 1
         try:
             os.close(read_fd)
-            result = {**work(queue_key), **flush(timeout)}
-            os.write(write_fd, json.dumps(result, default=str).encode())
+            for instance, info in infos[before_fork:]:
+                instance.trace(info)
+            os.write(write_fd, json.dumps(flush(timeout), default=str).encode())
             code = 0
         finally:
             os._exit(code)
@@ -419,7 +432,7 @@ def fork_work(queue_key: str, timeout: float) -> dict[str, Any]:
         chunks.append(chunk)
     os.close(read_fd)
     _, status = os.waitpid(pid, 0)
-    return {"exit": os.waitstatus_to_exitcode(status), "child": json.loads(b"".join(chunks) or b"{}")}
+    return {"parent": parent, "exit": os.waitstatus_to_exitcode(status), "child": json.loads(b"".join(chunks) or b"{}")}
 
 
 def hook_state() -> dict[str, Any]:
@@ -464,8 +477,8 @@ def run(step: dict[str, Any], state: dict[str, Any]) -> Any:
         return produce(state["ids"], Path(step["archive"]), step.get("apps"))
     if op == "work":
         return work(step.get("queue", "ops_trace"), step.get("limit"))
-    if op == "fork_work":
-        return fork_work(step.get("queue", "ops_trace"), float(step.get("timeout", 60)))
+    if op == "fork_trace":
+        return fork_trace(state["ids"], int(step.get("before_fork", 2)), float(step.get("timeout", 60)))
     if op == "ticks":
         return {"ticks": len(TICKS)}
     if op == "flush":

@@ -1,1 +1,0 @@
-"""Stand-in of Dify's api/core package."""

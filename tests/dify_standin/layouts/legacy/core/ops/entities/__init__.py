@@ -1,1 +1,0 @@
-"""Stand-in of api/core/ops/entities."""

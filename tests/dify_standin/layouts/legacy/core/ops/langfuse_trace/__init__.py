@@ -1,1 +1,0 @@
-"""Stand-in of core/ops/langfuse_trace."""

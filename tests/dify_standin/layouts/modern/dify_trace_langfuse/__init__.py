@@ -1,1 +1,0 @@
-"""Stand-in of the dify-trace-langfuse workspace package."""
