@@ -6,6 +6,8 @@ found at the default path, else these tests skip saying how to make one:
 * ``TRACEEXPORT_LANGFUSE2_VENV`` (default ``/tmp/lf2``): ``langfuse`` 2.51.x, Dify 1.10.1's pin;
 * ``TRACEEXPORT_LANGFUSE4_VENV`` (default ``/tmp/lf4``): ``langfuse`` 4.x, Dify 1.14.1's pin.
 
+Without either, the real-Dify suite's venv of that Dify version is used (``tests/realdify/dify.py``).
+
 A venv is used only when its ``langfuse`` has the major version Dify pins, and, when ``../shared`` is beside
 the repository, exactly the version in that Dify tree's ``uv.lock``. ``langfuse_dify_driver.py`` runs in
 the venv and makes the calls; the fake checks them against the server's rules and the published spec.
@@ -48,11 +50,21 @@ def _pinned(tree: str) -> str | None:
     return found.group(1) if found else None
 
 
+def _dify_venv(tree: str) -> Path | None:
+    """The real-Dify suite's venv of that Dify version (it pins the same SDK), built if need be."""
+    from tests.realdify.dify import prepare
+
+    outcome = prepare((tree.removeprefix("dify-"),))[tree.removeprefix("dify-")]
+    return None if isinstance(outcome, str) else outcome.venv
+
+
 @cache
 def sdk_python(major: int) -> str:
     """The python of a venv holding Dify's langfuse SDK of this major version, or skip saying why."""
     variable, default, tree = SDKS[major]
     venv = Path(os.environ.get(variable) or default)
+    if variable not in os.environ and not venv.exists():
+        venv = _dify_venv(tree) or venv
     python = venv if venv.is_file() else venv / "bin" / "python"
     pin = _pinned(tree) or f"{major}.x"
     how = (f"make one: python3 -m venv {default} && {default}/bin/pip install 'langfuse=={pin}' "
