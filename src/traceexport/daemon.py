@@ -35,6 +35,7 @@ PIPELINE_STOP_TIMEOUT = 15.0
 # Stopping takes at most shutdown_grace (in-flight HTTP requests) plus this for delivery and the spool;
 # a batch still with a backend then is abandoned: it stays in the spool and is sent again on restart.
 STOP_MARGIN = 1.0
+DUPLICATE_SIGNAL_WINDOW = 1.0  # seconds within which a second SIGTERM/SIGINT repeats the first
 MIN_STEP = 0.2
 
 
@@ -141,6 +142,8 @@ class Daemon:
 
         return CelerySource(settings, pipeline.accept)
 
+    _first_signal_at = 0.0
+
     def stop(self) -> None:
         """Stop inputs, then delivery, all within ``shutdown_grace`` plus :data:`STOP_MARGIN`; idempotent.
 
@@ -194,9 +197,15 @@ class Daemon:
         return 0
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self._stop_requested.is_set():  # a second signal: the spool is durable, leave now
+        now = time.monotonic()
+        if self._stop_requested.is_set():
+            # The same request delivered twice (GNU timeout and some supervisors signal the process and then its
+            # group) is not a second request; a later one is: the spool is durable, leave now.
+            if now - self._first_signal_at < DUPLICATE_SIGNAL_WINDOW:
+                return
             log_event(log, "serve.forced_exit", logging.WARNING, signal=signal.Signals(signum).name)
             os._exit(130)
+        self._first_signal_at = now
         self._stop_requested.set()
 
     # -- state -----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -307,3 +308,25 @@ def test_one_daemon_per_spool_and_dlq_replay_leaves_records_to_it(tmp_path: Path
     status = subprocess.run([sys.executable, "-m", "traceexport", "status", "--spool", str(tmp_path / "spool")],
                             capture_output=True, text=True, timeout=60, cwd=tmp_path, env=python_env())
     assert status.returncode == 0 and "out" in status.stdout
+
+
+def test_sigterm_to_the_whole_process_group_stops_cleanly(tmp_path: Path) -> None:
+    """SIGTERM sent to the process and then its group (GNU timeout, systemd) stops the daemon and its delivery
+    process cleanly within the grace period, not with a forced exit or a hang."""
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "traceexport", "serve", "--listen", "127.0.0.1:0",
+                                 "--spool", str(tmp_path / "spool")], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=log_file, env=python_env({"TRACEEXPORT_FILE_SINK_DIR": str(tmp_path / "out")}),
+                                start_new_session=True)
+    try:
+        wait_until(lambda: BANNER.search(log_path.read_text(errors="replace")) is not None, timeout=60,
+                   what="the daemon's start-up line")
+        os.kill(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=13) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = log_path.read_text(errors="replace")
+    assert "event=serve.stopped" in log and "forced_exit" not in log, log[-1500:]

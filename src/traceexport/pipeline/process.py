@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -76,12 +77,15 @@ class DeliveryProcess:
         """Ask the child to finish its current batches and exit; kill it past ``timeout``."""
         if self._process.pid is None:
             return
-        self._stop.set()
-        self._accepted.set()  # wakes the child's loop at once
-        self._process.join(timeout)
         if self._process.is_alive():
-            log.warning("delivery process did not stop within %.0fs; terminating it (nothing is lost)", timeout)
-            self._process.terminate()
+            # Never set the shared events once the child is gone: a child killed while waiting on one leaves
+            # multiprocessing's condition waiting for it forever, and set() would block this process too.
+            self._stop.set()
+            self._accepted.set()  # wakes the child's loop at once
+            self._process.join(timeout)
+        if self._process.is_alive():
+            log.warning("delivery process did not stop within %.0fs; killing it (nothing is lost)", timeout)
+            self._process.kill()  # it ignores SIGTERM (see run_delivery)
             self._process.join(5.0)
 
 
@@ -91,6 +95,10 @@ def run_delivery(spool_dir: Path, route_factory: RouteFactory, settings: Pipelin
     """The child's main: deliver from the spool until told to stop or orphaned."""
     from traceexport.pipeline.pipeline import Pipeline  # the child imports on its own
 
+    # The parent owns this process's life: a SIGTERM or Ctrl-C sent to the whole process group (GNU timeout,
+    # systemd's default KillMode, a terminal) reaches the parent, which stops the child within its grace.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
     local = dataclasses.replace(settings, delivery_process=False)
     pipe = Pipeline(spool_dir, route_factory(), local, prepare_factory() if prepare_factory else None,
                     flushing=flushing)
