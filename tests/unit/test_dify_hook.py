@@ -18,7 +18,7 @@ from tests.dify_standin.support import RecordingSink, Sidecar, free_port, record
 
 from traceexport import dify
 from traceexport.dify import provider, runtime, wiring
-from traceexport.dify.autoload import autoload
+from traceexport.dify.autoload import PTH_LINE, autoload
 from traceexport.dify.config import HookSettings, TraceExportConfig, resolve_settings
 from traceexport.dify.counters import STATS
 from traceexport.sinks.base import Payload
@@ -127,7 +127,7 @@ def test_autoload_is_a_no_op_without_the_environment_flag() -> None:
 def test_pth_line_imports_the_autoload_only_when_enabled(tmp_path: Path) -> None:
     """The .pth line costs an env lookup when off and imports the autoload when TRACEEXPORT_DIFY_HOOK=1."""
     line = (Path(dify.__file__).parent / "traceexport_dify_hook.pth").read_text().strip()
-    assert line.startswith("import ")
+    assert line == PTH_LINE  # what the wheel ships is what install-pth writes
     probe = f"exec({line!r}); import sys; print('traceexport.dify.autoload' in sys.modules)"
     env = {k: v for k, v in os.environ.items() if k != "TRACEEXPORT_DIFY_HOOK"}
     off = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
