@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -19,50 +18,12 @@ import httpx
 import pytest
 from tests.conftest import SAMPLE_FILES
 from tests.fakes.otlp_server import OtlpFake
-from tests.support.processes import python_env, start_process, stop_process, wait_until
+from tests.support.daemon import BANNER, TOKEN, Served
+from tests.support.processes import python_env, wait_until
 
 from traceexport.pipeline.spool import Spool
 
 pytestmark = pytest.mark.integration
-
-TOKEN = "integration-token-0123456789"
-BANNER = re.compile(r"listening on (http://127\.0\.0\.1:\d+)/v1/dify/traces")
-
-
-class Served:
-    """One daemon process started from a config file, with its log and ingest URL."""
-
-    def __init__(self, tmp_path: Path, config: str, name: str = "daemon") -> None:
-        self.config_path = tmp_path / f"{name}.yaml"
-        self.config_path.write_text(config, encoding="utf-8")
-        self.log_path = tmp_path / f"{name}.log"
-        self.proc = start_process([sys.executable, "-m", "traceexport", "serve", "--config", str(self.config_path),
-                                   "--listen", "127.0.0.1:0"], cwd=tmp_path, stderr_path=self.log_path,
-                                  env=python_env({"TEST_TOKEN": TOKEN, "TRACEEXPORT_LOG_LEVEL": "info"}))
-        wait_until(lambda: BANNER.search(self.log()) is not None or self.proc.poll() is not None,
-                   timeout=60, what="the daemon's start-up line")
-        match = BANNER.search(self.log())
-        assert match, f"daemon did not start: {self.log()}"
-        self.base = match.group(1)
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def post(self, body: Any, *, content_type: str = "application/json", token: str | None = TOKEN) -> httpx.Response:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        headers = {"Content-Type": content_type}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        return httpx.post(f"{self.base}/v1/dify/traces", content=data, headers=headers, timeout=30)
-
-    def metric(self, name: str, sink: str) -> float:
-        text = httpx.get(f"{self.base}/metrics", timeout=10).text
-        match = re.search(rf'^{name}{{sink="{sink}"}} (\S+)$', text, re.MULTILINE)
-        return float(match.group(1)) if match else -1.0
-
-    def stop(self) -> int:
-        return stop_process(self.proc, timeout=30)
-
 
 def config(spool: Path, sink: str, *, spool_extra: str = "") -> str:
     return (f"spool:\n  dir: {spool}\n{spool_extra}retry:\n  initial_backoff: 0.2\n  max_backoff: 0.5\n"

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from tests.realdify.conftest import Backends, DifyStack
-from tests.realdify.sidecar import TOKEN, Sidecar
+from tests.realdify.sidecar import TOKEN, sidecar
 from tests.realdify.test_hook import assert_delivered_as_mapped, configure_both_apps, hook_env
 from tests.support.processes import python_env, wait_until
 
@@ -16,8 +16,8 @@ PREFIX = "dify-test"
 
 def test_forward_mode_delivers_through_the_sidecar(stack: DifyStack, backends: Backends, tmp_path: Path) -> None:
     """The hook in forward mode posts Dify's records to a sidecar (token encrypted by Dify) that delivers them all."""
-    with Sidecar(tmp_path / "sidecar", backends.env()) as sidecar:
-        config = {"mode": "forward", "endpoint": sidecar.base, "token": TOKEN}
+    with sidecar(tmp_path / "sidecar", backends.env()) as served:
+        config = {"mode": "forward", "endpoint": served.base, "token": TOKEN}
         results = stack.run([{"op": "seed"}, *configure_both_apps(config),
                              {"op": "probe", "app_id": "$chat_app", "provider": "traceexport"},
                              {"op": "produce", "archive": str(tmp_path / "archive")}, {"op": "work"},
@@ -38,7 +38,7 @@ def test_celery_source_consumes_difys_queue(stack: DifyStack, backends: Backends
     files = results[1]["files"]
     queue = f"{prefix}:ops_trace" if prefix else "ops_trace"
     assert queue in stack.broker_keys(), stack.broker_keys()
-    with Sidecar(tmp_path / "sidecar", backends.env(), sources=sources):
+    with sidecar(tmp_path / "sidecar", backends.env(), sources=sources):
         assert_delivered_as_mapped(files, backends)
         wait_until(lambda: not list((stack.storage / "ops_trace").rglob("*.json")), timeout=30,
                    what="the sidecar to delete the handled files")
@@ -48,8 +48,8 @@ def test_celery_source_consumes_difys_queue(stack: DifyStack, backends: Backends
 def test_http_ingest_and_export_deliver_difys_files(stack: DifyStack, backends: Backends, tmp_path: Path) -> None:
     """Dify's stored files POSTed to the sidecar, and given to ``traceexport export``, arrive as map prints them."""
     files = stack.run([{"op": "seed"}, {"op": "produce", "archive": str(tmp_path / "archive")}])[1]["files"]
-    with Sidecar(tmp_path / "sidecar", backends.env(), sinks="opik,amplitude") as sidecar:
-        assert all(sidecar.post_file(Path(f)).status_code == 202 for f in files)
+    with sidecar(tmp_path / "sidecar", backends.env(), sinks="opik,amplitude") as served:
+        assert all(served.post(Path(f).read_bytes()).status_code == 202 for f in files)
         assert_delivered_as_mapped(files, backends, ("opik", "amplitude"))
     done = subprocess.run([sys.executable, "-m", "traceexport", "export", "--to", "langfuse,otlp", "--spool",
                            str(tmp_path / "export-spool"), *files], env=python_env(backends.env()),
