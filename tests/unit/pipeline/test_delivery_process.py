@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import functools
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from pipeline_helpers import make_records, wait_for
 
+from traceexport.logs import add_secrets, current_settings
 from traceexport.mapping import load_mapping
 from traceexport.pipeline import Pipeline, PipelineSettings, Route
+from traceexport.pipeline.process import STOP, Doorbell
 from traceexport.sinks import create_sink
 
 
@@ -130,3 +134,55 @@ def test_child_exits_when_the_parent_is_killed(tmp_path: Path) -> None:
         assert wait_for(gone, timeout=15)
     finally:
         parent.kill()
+
+
+def test_waking_the_child_never_waits_for_it(tmp_path: Path) -> None:
+    """With the child frozen (SIGSTOP), 10,000 wake-ups and a flush toggle return at once: the parent never
+    waits on anything the child holds or must answer (a kill -9 of either side cannot block the other)."""
+    pipe, _ = _child_pipe(tmp_path, "out", poll_interval=0.05)
+    with pipe:
+        pipe.start()
+        pipe.accept(make_records(2))
+        assert pipe.wait_idle(60) and pipe.delivery is not None and pipe.delivery.pid is not None
+        child = pipe.delivery.pid
+        done = threading.Event()
+
+        def ring() -> None:
+            assert pipe.delivery is not None
+            for _ in range(10_000):
+                pipe.delivery.notify()
+            pipe.delivery.set_flushing(True)
+            pipe.delivery.set_flushing(False)
+            done.set()
+
+        os.kill(child, signal.SIGSTOP)
+        try:
+            threading.Thread(target=ring, daemon=True).start()
+            returned = done.wait(10)
+        finally:
+            os.kill(child, signal.SIGCONT)
+        assert returned, "notify() blocked while the child was frozen"
+        pipe.accept(make_records(2, start=2))  # the child, thawed, still answers its doorbell
+        assert pipe.wait_idle(60)
+
+
+def test_a_doorbell_never_blocks_or_raises(tmp_path: Path) -> None:
+    """Ringing a pipe nobody reads fills it and then reports False; ringing after the reader closed or after
+    close() reports False too; nothing raises or waits."""
+    reader, writer = multiprocessing.get_context("spawn").Pipe(duplex=False)
+    bell = Doorbell(writer)
+    rung = [bell.ring() for _ in range(200_000)]  # a Linux pipe holds 64 KiB
+    assert rung[0] and not rung[-1]
+    reader.close()
+    assert bell.ring(STOP) is False
+    bell.close()
+    bell.close()
+    assert bell.ring() is False
+
+
+def test_log_settings_carry_level_format_and_secrets_but_never_show_them(tmp_path: Path) -> None:
+    """The settings handed to a spawned process hold the registered secrets without printing them."""
+    add_secrets(["unit-secret-value-42"])
+    settings = current_settings()
+    assert "unit-secret-value-42" in settings.secrets
+    assert "unit-secret-value-42" not in repr(settings) and "unit-secret-value-42" not in str(settings)
