@@ -7,9 +7,11 @@ import json
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,8 @@ from pipeline_helpers import make_records, wait_for
 from traceexport.logs import add_secrets, current_settings
 from traceexport.mapping import load_mapping
 from traceexport.pipeline import Pipeline, PipelineSettings, Route
-from traceexport.pipeline.process import STOP, Doorbell
+from traceexport.pipeline.process import ORPHAN_GRACE, STOP, Doorbell
+from traceexport.pipeline.spool import Spool
 from traceexport.sinks import create_sink
 
 
@@ -28,6 +31,12 @@ def file_routes(out: str, linger: float | None = None) -> list[Route]:
     if linger is not None:
         options["linger_seconds"] = linger
     sink = create_sink("file", "file", options, env={})
+    return [Route(sink, load_mapping("otlp"))]
+
+
+def hung_otlp_routes(url: str) -> list[Route]:
+    """One OTLP route to ``url`` with a 60 s timeout (module level, so the child process can rebuild it)."""
+    sink = create_sink("otlp", "hung", {"traces_endpoint": url, "timeout": 60}, env={})
     return [Route(sink, load_mapping("otlp"))]
 
 
@@ -106,6 +115,66 @@ pipe.start()
 print(pipe.delivery.pid, flush=True)
 time.sleep(600)
 """
+
+
+HUNG_DRIVER = r"""
+import functools, sys, time
+sys.path.insert(0, sys.argv[3])
+from pipeline_helpers import make_records
+from test_delivery_process import hung_otlp_routes
+from traceexport.pipeline import Pipeline, PipelineSettings
+factory = functools.partial(hung_otlp_routes, sys.argv[2])
+pipe = Pipeline(sys.argv[1], factory(), PipelineSettings(delivery_process=True), route_factory=factory)
+pipe.start()
+pipe.accept(make_records(3))
+print(pipe.delivery.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie awaiting its reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_an_orphaned_child_exits_even_with_a_batch_hung_at_the_backend(tmp_path: Path) -> None:
+    """The parent killed while the child's batch waits on a backend that never answers (60 s timeout): the
+    child still exits within its orphan grace plus a generous margin, leaving the batch in the spool."""
+    backend = socket.socket()  # accepts connections (kernel backlog) and never answers
+    backend.bind(("127.0.0.1", 0))
+    backend.listen(8)
+    backend.settimeout(60)
+    url = f"http://127.0.0.1:{backend.getsockname()[1]}/v1/traces"
+    here = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
+    parent = subprocess.Popen([sys.executable, "-c", HUNG_DRIVER, str(tmp_path / "spool"), url, here],
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        connection, _ = backend.accept()  # the child's export is now waiting for an answer
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        killed_at = time.monotonic()
+        assert wait_for(lambda: _gone(child), timeout=ORPHAN_GRACE + 5)
+        took = time.monotonic() - killed_at
+        connection.close()
+    finally:
+        parent.kill()
+        parent.stdout.close()  # type: ignore[union-attr]
+        backend.close()
+        if not _gone(child):
+            os.kill(child, signal.SIGKILL)
+    assert took < ORPHAN_GRACE + 5
+    spool = Spool(tmp_path / "spool", create=False)
+    try:
+        assert spool.backlog("hung")[0] == 3  # nothing was lost with the abandoned batch
+    finally:
+        spool.close()
 
 
 def test_child_exits_when_the_parent_is_killed(tmp_path: Path) -> None:
