@@ -121,6 +121,7 @@ def test_the_child_exits_within_seconds_of_every_kill_9_and_nothing_is_delivered
             wait_until(lambda: len(load.accepted) >= 400, timeout=60, what="posts accepted under load")
             kill_hard(served.proc)
             killed_at = time.monotonic()
+        served.stop()  # already dead: only closes its pipes
         accepted += load.accepted
         child = children[0]
         while not _gone(child) and time.monotonic() - killed_at < CHILD_EXIT_BOUND:
