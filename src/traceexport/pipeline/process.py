@@ -18,6 +18,7 @@ child's workers read (:class:`SharedFlag`), again without a lock.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import dataclasses
@@ -117,6 +118,9 @@ class DeliveryProcess:
             self._process.start()
         finally:
             reader.close()  # the child has its own copy; with ours closed, a ring to a dead child fails at once
+        # An interpreter leaving without stop() would otherwise wait forever in multiprocessing's exit hook for
+        # a child that ignores its SIGTERM; hooks run last-registered first, so this one tells the child first.
+        atexit.register(self._hang_up)
 
     @property
     def pid(self) -> int | None:
@@ -144,15 +148,21 @@ class DeliveryProcess:
         """Ask the child to finish its current batches and exit; kill it past ``timeout``."""
         if self._process is None:
             return
-        if self._doorbell is not None:
-            self._doorbell.ring(STOP)  # never blocks, never signals: a dead child just misses it
-            self._doorbell.close()
+        atexit.unregister(self._hang_up)
+        self._hang_up()
         if self._process.is_alive():
             self._process.join(timeout)
         if self._process.is_alive():
             log.warning("delivery process did not stop within %.0fs; killing it (nothing is lost)", timeout)
             self._process.kill()  # it ignores SIGTERM (see run_delivery)
             self._process.join(5.0)
+
+
+    def _hang_up(self) -> None:
+        """Tell the child to stop and close the pipe (never blocks, never signals: a dead child misses it)."""
+        if self._doorbell is not None:
+            self._doorbell.ring(STOP)
+            self._doorbell.close()
 
 
 def follow_doorbell(reader: Connection, on_wake: Callable[[], None], parent_pid: int) -> bool:

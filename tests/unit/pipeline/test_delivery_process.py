@@ -177,6 +177,39 @@ def test_an_orphaned_child_exits_even_with_a_batch_hung_at_the_backend(tmp_path:
         spool.close()
 
 
+LEAVING_DRIVER = r"""
+import functools, sys
+sys.path.insert(0, sys.argv[3])
+from pipeline_helpers import make_records
+from test_delivery_process import file_routes
+from traceexport.pipeline import Pipeline, PipelineSettings
+factory = functools.partial(file_routes, sys.argv[2])
+pipe = Pipeline(sys.argv[1], factory(), PipelineSettings(delivery_process=True), route_factory=factory)
+pipe.start()
+pipe.accept(make_records(2))
+assert pipe.wait_idle(60)  # the child is in its loop
+print(pipe.delivery.pid, flush=True)
+"""
+
+
+def test_a_parent_leaving_without_stop_neither_hangs_nor_leaves_its_child(tmp_path: Path) -> None:
+    """A program that starts a delivery process and ends without stop() exits promptly, and so does the child
+    (multiprocessing's exit hook would otherwise wait forever for a child that ignores SIGTERM)."""
+    here = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
+    parent = subprocess.Popen([sys.executable, "-c", LEAVING_DRIVER, str(tmp_path / "spool"), str(tmp_path / "out"),
+                               here], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert parent.wait(30) == 0
+        assert wait_for(lambda: _gone(child), timeout=15)
+    finally:
+        parent.kill()
+        parent.wait(10)
+        parent.stdout.close()  # type: ignore[union-attr]
+
+
 def test_child_exits_when_the_parent_is_killed(tmp_path: Path) -> None:
     """A parent killed with SIGKILL does not leave its delivery process running."""
     here = str(Path(__file__).parent)
