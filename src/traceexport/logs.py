@@ -3,11 +3,14 @@
 Call ``log_event(logger, "serve.started", listen="127.0.0.1:4319")``; the event name is the message and
 keyword fields become ``key=value`` pairs. Every rendered line passes through
 :func:`traceexport.sinks.http.redact`, and known secret values registered with :func:`add_secrets` are
-masked too, so a secret cannot reach the log by accident.
+masked too, so a secret cannot reach the log by accident. A spawned process (the delivery process) starts
+with logging unconfigured: hand it :func:`current_settings` and call :func:`apply_settings` first thing there,
+so its lines have the same level, format and masking.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -19,6 +22,16 @@ from traceexport.sinks.http import redact
 
 _SECRETS: set[str] = set()
 _FIELDS = "te_fields"
+_SETUP: dict[str, str] = {}  # level and format of the last setup_logging() call in this process
+
+
+@dataclasses.dataclass(frozen=True)
+class LogSettings:
+    """How this process logs, picklable, for a spawned process to log the same way (secrets kept out of repr)."""
+
+    level: str | None  # None: logging was never set up here, so the other process leaves it alone as well
+    fmt: str = "logfmt"
+    secrets: frozenset[str] = dataclasses.field(default=frozenset(), repr=False)
 
 
 def add_secrets(values: Iterable[str | None]) -> None:
@@ -71,6 +84,7 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str = "info", fmt: str = "logfmt", stream: TextIO | None = None) -> None:
     """Send traceexport's logs to ``stream`` (stderr) at ``level``; third-party loggers at warning."""
+    _SETUP.update(level=level, fmt=fmt)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
     root = logging.getLogger()
@@ -81,4 +95,17 @@ def setup_logging(level: str = "info", fmt: str = "logfmt", stream: TextIO | Non
     logging.getLogger("traceexport").setLevel(level.upper())
 
 
-__all__ = ["JsonFormatter", "LogfmtFormatter", "add_secrets", "log_event", "setup_logging"]
+def current_settings() -> LogSettings:
+    """This process's log level, format and registered secrets, to hand to a spawned process."""
+    return LogSettings(_SETUP.get("level"), _SETUP.get("fmt", "logfmt"), frozenset(_SECRETS))
+
+
+def apply_settings(settings: LogSettings, stream: TextIO | None = None) -> None:
+    """Log as the process that sent ``settings`` does: same secrets masked, same level and format (on stderr)."""
+    add_secrets(settings.secrets)
+    if settings.level is not None:
+        setup_logging(settings.level, settings.fmt, stream)
+
+
+__all__ = ["JsonFormatter", "LogSettings", "LogfmtFormatter", "add_secrets", "apply_settings", "current_settings",
+           "log_event", "setup_logging"]
