@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
 from traceexport.sinks.bisect import send_halves
 from traceexport.sinks.http import classify_response, classify_transport_error, redact, retry_after_from
+from traceexport.sinks.http_client import make_client
 from traceexport.sinks.settings import load_settings
 
 BASE_URLS = {"us": "https://api2.amplitude.com", "eu": "https://api.eu.amplitude.com"}
@@ -288,8 +289,8 @@ class AmplitudeSink:
             if self._closed:
                 return None
             if self._client is None:
-                self._client = httpx.Client(timeout=self.settings.timeout, transport=self._transport,
-                                            headers={"User-Agent": "traceexport"})
+                self._client = make_client(timeout=self.settings.timeout, transport=self._transport,
+                                           headers={"User-Agent": "traceexport"})
             return self._client
 
     def shutdown(self, timeout: float = 30.0) -> None:

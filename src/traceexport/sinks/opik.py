@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
 from traceexport.sinks.bisect import Budget, send_halves
 from traceexport.sinks.http import classify_response, classify_transport_error, excerpt, redact
+from traceexport.sinks.http_client import make_client
 from traceexport.sinks.settings import load_settings
 
 OPIK_CLOUD_URL = "https://www.comet.com/opik/api"
@@ -224,8 +225,8 @@ class OpikSink:
                     headers["authorization"] = self.settings.api_key.get_secret_value()
                 if self.settings.workspace:
                     headers["Comet-Workspace"] = self.settings.workspace
-                self._client = httpx.Client(base_url=self.settings.url, headers=headers,
-                                            timeout=self.settings.timeout, transport=self._transport)
+                self._client = make_client(base_url=self.settings.url, headers=headers,
+                                           timeout=self.settings.timeout, transport=self._transport)
             return self._client
 
     def shutdown(self, timeout: float = 30.0) -> None:

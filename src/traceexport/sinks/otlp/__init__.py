@@ -16,6 +16,7 @@ option                 environment                                              
 ``resource_attributes``  ``OTEL_RESOURCE_ATTRIBUTES``
 ``project_name``       (resource ``openinference.project.name``, Phoenix)
 ``max_spans``, ``max_bytes``, ``linger_seconds``                                  512, 4 MiB, 1 s
+``max_bisect_requests`` (extra requests per export to isolate refused records)     64
 =====================  =========================================================  ============================
 """
 
