@@ -227,3 +227,21 @@ def test_grpc_has_an_overall_deadline_too() -> None:
         elapsed = time.monotonic() - started
         sink.shutdown()
     assert elapsed < 6 and not result.failures[0].permanent and "DEADLINE_EXCEEDED" in result.failures[0].reason
+
+
+def test_the_deadline_holds_through_a_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With HTTP_PROXY set, httpx sends through a proxy transport it builds itself; the deadline covers it too."""
+    server = TrickleServer("head")
+    try:
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", server.url)  # the "proxy" is the trickling server on 127.0.0.1
+        sink = create_sink("otlp", options={"traces_endpoint": "http://127.0.0.1:9/v1/traces", "timeout": 3},
+                           env={})
+        started = time.monotonic()
+        result = sink.export([Payload("span", SPAN)])
+        elapsed = time.monotonic() - started
+        sink.shutdown()
+    finally:
+        server.stop()
+    assert elapsed < 10 and "3 s request deadline" in result.failures[0].reason, (elapsed, result.failures)
