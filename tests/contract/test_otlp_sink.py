@@ -178,19 +178,66 @@ def test_dropped_connection_is_retryable(fake: OtlpFake) -> None:
     assert not failure.permanent and failure.status_code is None
 
 
-def test_partial_success_becomes_a_warning(fake: OtlpFake) -> None:
-    """partial_success.rejected_spans > 0 is reported as a warning with the receiver's message, not a failure."""
+def test_partial_success_fails_the_request_s_spans_permanently_with_the_counts(fake: OtlpFake) -> None:
+    """A partial_success rejecting some spans fails every payload of that request permanently, naming the counts."""
     fake.reject_spans(1, "span too old")
     result = sink_for(fake).export([span(0), span(1)])
-    assert result.ok
-    assert result.warnings == ["otlp: otlp rejected 1 of 2 spans: span too old"]
+    reason = "otlp accepted 1 and rejected 1 of the 2 spans of this batch without saying which: span too old"
+    assert {i: (f.reason, f.permanent) for i, f in result.failures.items()} == {0: (reason, True), 1: (reason, True)}
+    assert result.warnings == [reason + "; their records go to the dead letter"]
 
 
-def test_partial_success_in_json(fake: OtlpFake) -> None:
-    """The JSON form of partial_success is read as well."""
+def test_partial_success_rejecting_every_span_in_json(fake: OtlpFake) -> None:
+    """The JSON form of partial_success is read as well; all spans rejected says so with the backend's message."""
     fake.reject_spans(2, "quota")
     result = sink_for(fake, protocol="http/json").export([span(0), span(1)])
-    assert result.ok and "rejected 2 of 2 spans: quota" in result.warnings[0]
+    assert {f.reason for f in result.failures.values()} == {"otlp rejected all 2 spans of this batch: quota"}
+    assert len(result.failures) == 2 and len(result.warnings) == 1
+
+
+def test_partial_success_with_only_a_message_is_a_warning(fake: OtlpFake) -> None:
+    """A partial_success with rejected_spans 0 and a message accepts everything and carries the note as a warning."""
+    fake.reject_spans(0, "attribute truncated")
+    result = sink_for(fake).export([span(0)])
+    assert result.ok and result.warnings == ["otlp accepted all 1 spans with a note: attribute truncated"]
+
+
+def test_partial_success_counts_only_the_spans_of_its_request(fake: OtlpFake) -> None:
+    """With several requests per batch, a partial success fails the payloads of the answering request only."""
+    fake.reject_spans(1, "late")
+    result = sink_for(fake, max_spans=2).export([span(i) for i in range(4)])
+    assert sorted(result.failures) == [0, 1, 2, 3]  # the fake answers every request with 1 rejected
+    assert all("rejected 1 of the 2 spans" in f.reason for f in result.failures.values())
+    assert len(result.warnings) == 2
+
+
+def test_a_refused_span_is_isolated_and_only_its_record_fails(fake: OtlpFake) -> None:
+    """A 400 for one bad span makes the sink bisect: the good spans are stored once, only the bad record fails."""
+    fake.refuse_spans("case", "bad")
+    payloads = [span(i, attributes={"case": "bad" if i in (3, 17) else "good"}) for i in range(40)]
+    payloads = [Payload(p.kind, p.body, p.key, record_ref=i // 2) for i, p in enumerate(payloads)]  # 2 per record
+    result = from_config("otlp", {"endpoint": fake.url, "max_bisect_requests": 1000}, {}).export(payloads)
+    assert sorted(result.failures) == [2, 3, 16, 17]  # the records of spans 3 and 17, both of their spans
+    assert all(f.permanent and "rejected the request (400)" in f.reason for f in result.failures.values())
+    stored = [s["spanId"] for s in fake.spans]
+    assert sorted(stored) == sorted(p.body["spanId"] for i, p in enumerate(payloads) if i not in (2, 3, 16, 17))
+
+
+def test_bisection_stops_at_its_budget_and_leaves_the_rest_retryable(fake: OtlpFake) -> None:
+    """Out of bisect requests, the records not yet isolated fail retryably (sent again later), none permanently."""
+    fake.refuse_spans("case", "bad")
+    payloads = [span(i, attributes={"case": "bad" if i == 5 else "good"}) for i in range(16)]
+    result = from_config("otlp", {"endpoint": fake.url, "max_bisect_requests": 2}, {}).export(payloads)
+    assert len(fake.requests) == 3 and sorted(result.failures) == list(range(8))  # the half with span 5
+    assert not any(f.permanent for f in result.failures.values())
+    assert "not isolated in this attempt" in result.failures[5].reason
+
+
+def test_an_unauthorised_answer_is_not_bisected(fake: OtlpFake) -> None:
+    """A 401 fails the whole request permanently in one request: splitting cannot help."""
+    fake.fail_next(1, 401)
+    result = sink_for(fake).export([span(i) for i in range(8)])
+    assert len(fake.requests) == 1 and len(result.failures) == 8
 
 
 def test_shutdown_is_idempotent(fake: OtlpFake) -> None:
@@ -302,11 +349,22 @@ def test_grpc_status_classification(grpc_fake: OtlpGrpcFake, code: str, permanen
 
 
 def test_grpc_partial_success(grpc_fake: OtlpGrpcFake) -> None:
-    """A gRPC partial_success is surfaced as a warning."""
+    """A gRPC partial_success rejecting spans fails the request's payloads permanently."""
     grpc_fake.reject_spans(1, "dropped")
     sink = from_config("g", {"protocol": "grpc", "endpoint": grpc_fake.url}, {})
-    assert sink.export([span(0)]).warnings == ["g: otlp rejected 1 of 1 spans: dropped"]
+    result = sink.export([span(0)])
+    assert result.failures[0].reason == "otlp rejected all 1 spans of this batch: dropped"
     sink.shutdown()
+
+
+def test_grpc_invalid_argument_is_bisected(grpc_fake: OtlpGrpcFake) -> None:
+    """gRPC INVALID_ARGUMENT for one bad span isolates that span; the others are stored once."""
+    grpc_fake.refuse_spans("case", "bad")
+    sink = from_config("g", {"protocol": "grpc", "endpoint": grpc_fake.url}, {})
+    result = sink.export([span(i, attributes={"case": "bad" if i == 2 else "good"}) for i in range(6)])
+    sink.shutdown()
+    assert list(result.failures) == [2] and "INVALID_ARGUMENT" in result.failures[2].reason
+    assert len(grpc_fake.spans) == 5
 
 
 def test_grpc_unreachable_is_retryable() -> None:

@@ -7,6 +7,9 @@ dict (:func:`span_dict`) with its resource attributes, so tests assert on what w
   accepted, an undecodable body -> 400;
 * the answer is an ``ExportTraceServiceResponse`` in the request's encoding, carrying a
   ``partial_success`` when :meth:`OtlpFake.reject_spans` asked for one;
+* :meth:`OtlpFake.refuse_spans` marks spans (by an attribute's prefix) the receiver will not take: the
+  whole request is refused with 400 (gRPC ``INVALID_ARGUMENT``) and nothing of it stored, or, with
+  ``partial=True``, only those spans are dropped and counted in a ``partial_success``;
 * faults (503 for N requests, 429 with ``Retry-After``, dropped connections) come from the base class.
 
 Run out of process: ``python -m tests.fakes.otlp_server --port 0 [--reject-spans N --reject-message M]``.
@@ -90,23 +93,42 @@ def export_response(rejected: int, message: str, *, as_json: bool) -> Response:
     return Response(200, answer.SerializeToString(), {"Content-Type": "application/x-protobuf"})
 
 
+class Refused(Exception):
+    """The request holds a span the receiver refuses: nothing of it was stored."""
+
+
 class _Spans:
     """Thread-safe span store with a partial-success plan, shared by the HTTP and gRPC fakes."""
 
     def __init__(self) -> None:
         self.spans: list[dict[str, Any]] = []
         self.rejection: tuple[int, str] = (0, "")
+        self.refusal: tuple[str, str, bool] | None = None  # (attribute, prefix, partial)
         self._spans_lock = threading.Lock()
 
     def record(self, request: ExportTraceServiceRequest) -> tuple[int, str]:
         spans = request_spans(request)
+        rejected, message = self.rejection
+        if self.refusal is not None:
+            attribute, prefix, partial = self.refusal
+            bad = [s for s in spans if str(s["attributes"].get(attribute, "")).startswith(prefix)]
+            if bad and not partial:
+                raise Refused(f"span {bad[0]['spanId']} is invalid ({attribute} {prefix}...)")
+            if bad:
+                spans = [s for s in spans if s not in bad]
+                rejected, message = len(bad), f"{len(bad)} spans dropped: {attribute} {prefix}..."
         with self._spans_lock:
             self.spans.extend(spans)
-            return self.rejection
+        return rejected, message
 
     def reject_spans(self, count: int, message: str = "") -> None:
         """Answer every later export with ``partial_success{rejected_spans=count, error_message=message}``."""
         self.rejection = (count, message)
+
+    def refuse_spans(self, attribute: str, prefix: str, *, partial: bool = False) -> None:
+        """Refuse spans whose ``attribute`` starts with ``prefix``: their whole request (400), or with
+        ``partial`` only them (stored: the others; answered: a partial_success counting them)."""
+        self.refusal = (attribute, prefix, partial)
 
     def spans_named(self, name: str) -> list[dict[str, Any]]:
         """Recorded spans called ``name``."""
@@ -136,7 +158,10 @@ class OtlpFake(FakeServer, _Spans):
             decoded = from_wire(request.body, content_type, request.headers.get("content-encoding", ""))
         except (ValueError, OSError) as exc:
             return Response(400, {"error": f"cannot decode ExportTraceServiceRequest: {exc}"})
-        rejected, message = self.record(decoded)
+        try:
+            rejected, message = self.record(decoded)
+        except Refused as exc:
+            return Response(400, {"code": 3, "message": str(exc)})
         return export_response(rejected, message, as_json=content_type == "application/json")
 
     def state(self) -> dict[str, Any]:
@@ -145,6 +170,7 @@ class OtlpFake(FakeServer, _Spans):
     def reset_state(self) -> None:
         self.spans.clear()
         self.rejection = (0, "")
+        self.refusal = None
 
 
 class OtlpGrpcFake(_Spans):
@@ -157,15 +183,22 @@ class OtlpGrpcFake(_Spans):
         super().__init__()
         self.metadata: list[dict[str, str]] = []
         self._failures: list[tuple[Any, str]] = []
+        self.delay = 0.0  # seconds each export stalls before answering (a hung receiver)
+        self._stopped = threading.Event()
         fake = self
 
         class Servicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
             def Export(self, request: Any, context: Any) -> Any:
                 fake.metadata.append({k: v for k, v in context.invocation_metadata() if isinstance(v, str)})
+                if fake.delay:
+                    fake._stopped.wait(fake.delay)
                 if fake._failures:
                     code, details = fake._failures.pop(0)
                     context.abort(code, details)
-                rejected, message = fake.record(request)
+                try:
+                    rejected, message = fake.record(request)
+                except Refused as exc:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                 answer = ExportTraceServiceResponse()
                 answer.partial_success.rejected_spans = rejected
                 answer.partial_success.error_message = message
@@ -187,6 +220,7 @@ class OtlpGrpcFake(_Spans):
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stopped.set()
         self._server.stop(grace=None)
 
 

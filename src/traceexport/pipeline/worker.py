@@ -142,10 +142,13 @@ class SinkWorker:
                 continue
             if not mapped:
                 out.skipped.append(item)
-            payloads.extend(mapped)
+            # record_ref ties each payload to its record, so a sink can keep a record's payloads together.
+            payloads.extend(p if p.record_ref == index else Payload(p.kind, p.body, p.key, index) for p in mapped)
             owners.extend([index] * len(mapped))
         if payloads:
             result = self._export(payloads)
+            for warning in result.warnings:  # e.g. an OTLP partial success: one line per request
+                log.warning("sink %s: %s", self.sink.name, redact(warning))
             # Waits (Retry-After, backoff) count from the answer, not from when the batch was built.
             self._classify(batch, owners, result, time.time(), out)
         return out

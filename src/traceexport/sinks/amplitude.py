@@ -31,7 +31,9 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
+from traceexport.sinks.bisect import send_halves
 from traceexport.sinks.http import classify_response, classify_transport_error, redact, retry_after_from
+from traceexport.sinks.http_client import make_client
 from traceexport.sinks.settings import load_settings
 
 BASE_URLS = {"us": "https://api2.amplitude.com", "eu": "https://api.eu.amplitude.com"}
@@ -207,15 +209,8 @@ class AmplitudeSink:
             result.failures[chunk[0][0]] = ItemFailure(
                 "amplitude rejected the event as too large (413)", permanent=True, status_code=413)
             return None
-        middle = len(chunk) // 2
-        halves = [chunk[:middle], chunk[middle:]]
-        for position, half in enumerate(halves):
-            blocked = self._send(client, half, result, resend=resend)
-            if blocked is not None:
-                for rest in halves[position + 1:]:
-                    result.failures.update({index: blocked for index, _, _ in rest})
-                return blocked
-        return None
+        return send_halves(chunk, lambda half: self._send(client, list(half), result, resend=resend),
+                           lambda rest, blocked: result.failures.update({index: blocked for index, _, _ in rest}))
 
     def _on_400(self, client: httpx.Client, chunk: list[Item], body: dict[str, Any], response: httpx.Response,
                 result: ExportResult, *, resend: bool) -> ItemFailure | None:
@@ -294,8 +289,8 @@ class AmplitudeSink:
             if self._closed:
                 return None
             if self._client is None:
-                self._client = httpx.Client(timeout=self.settings.timeout, transport=self._transport,
-                                            headers={"User-Agent": "traceexport"})
+                self._client = make_client(timeout=self.settings.timeout, transport=self._transport,
+                                           headers={"User-Agent": "traceexport"})
             return self._client
 
     def shutdown(self, timeout: float = 30.0) -> None:

@@ -19,7 +19,8 @@ class Payload:
 
     ``kind`` is the entity kind named in the mapping (``trace``, ``span``, ``event``), ``body`` the
     JSON-compatible object, ``key`` its deterministic id (re-sending yields the same key), and
-    ``record_ref`` an opaque reference the pipeline uses to tie the payload back to its source record.
+    ``record_ref`` an opaque reference the pipeline uses to tie the payload back to its source record
+    (the delivery worker sets it; payloads of one record share it, so a sink can keep them together).
     """
 
     kind: str
@@ -43,7 +44,7 @@ class ExportResult:
     """Outcome of one export attempt: payload indexes absent from ``failures`` were accepted."""
 
     failures: dict[int, ItemFailure] = field(default_factory=dict)
-    # Items the backend accepted only partly (OTLP partial_success): counted, not retried.
+    # One line per request the backend answered with a note (an OTLP partial_success); the worker logs each.
     warnings: list[str] = field(default_factory=list)
 
     @property

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
 from traceexport.sinks.http import classify_response, classify_transport_error, redact
+from traceexport.sinks.http_client import make_client
 from traceexport.sinks.settings import load_settings
 
 INGEST_PATH = "/v1/dify/traces"
@@ -61,8 +62,8 @@ class ForwardSink:
         token = settings.token.get_secret_value() if settings.token else ""
         self._secrets = [token] if token else []
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.Client(base_url=settings.url, headers=headers, timeout=settings.timeout,
-                                    transport=transport)
+        self._client = make_client(base_url=settings.url, headers=headers, timeout=settings.timeout,
+                                   transport=transport)
         self._lock = threading.Lock()
         self._closed = False
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 import httpx
 
 from traceexport.sinks.base import ItemFailure
+from traceexport.sinks.http_client import deadline_exceeded
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 3600.0
@@ -112,6 +113,8 @@ def classify_response(
 
 
 def classify_transport_error(exc: Exception, *, backend: str, secrets: Iterable[str] = ()) -> ItemFailure:
-    """A transport-level failure (connect, timeout, protocol): always retryable."""
+    """A transport-level failure (connect, timeout, protocol, the request's deadline): always retryable."""
     kind = type(exc).__name__
+    if deadline_exceeded(exc) is not None:
+        return ItemFailure(reason=redact(f"{backend} too slow ({kind}): {exc}", secrets), permanent=False)
     return ItemFailure(reason=redact(f"{backend} unreachable ({kind}): {exc}", secrets), permanent=False)

@@ -94,6 +94,7 @@ def langfuse_settings(name: str, options: Mapping[str, Any], env: Mapping[str, s
         max_spans=opts.max_spans,
         max_bytes=opts.max_bytes,
         linger_seconds=opts.linger_seconds,
+        max_bisect_requests=opts.max_bisect_requests,
         auth_hint=AUTH_HINT,
         secrets=tuple(s for s in (secret, public, token) if s) + secret_headers(opts_headers),
     )

@@ -24,7 +24,9 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
+from traceexport.sinks.bisect import Budget, send_halves
 from traceexport.sinks.http import classify_response, classify_transport_error, excerpt, redact
+from traceexport.sinks.http_client import make_client
 from traceexport.sinks.settings import load_settings
 
 OPIK_CLOUD_URL = "https://www.comet.com/opik/api"
@@ -152,7 +154,7 @@ class OpikSink:
             failure = ItemFailure(f"opik sink {self.name!r} is shut down", permanent=False)
             result.failures.update({i: failure for i in range(len(payloads)) if i not in rejected})
             return result
-        budget = [self.settings.max_bisect_requests]
+        budget = Budget(self.settings.max_bisect_requests)
         blocked: ItemFailure | None = None
         for request in self._plan(items):
             if blocked is not None:
@@ -162,7 +164,7 @@ class OpikSink:
         return result
 
     def _send(self, client: httpx.Client, request: _Request, result: ExportResult,
-              budget: list[int]) -> ItemFailure | None:
+              budget: Budget) -> ItemFailure | None:
         """Post one request; returns a failure that also dooms the requests not yet sent, else None."""
         try:
             response = client.post(f"/v1/private/{request.collection}/batch", content=request.content(),
@@ -185,30 +187,23 @@ class OpikSink:
         return self._bisect(client, request, response, result, budget)
 
     def _bisect(self, client: httpx.Client, request: _Request, response: httpx.Response, result: ExportResult,
-                budget: list[int]) -> ItemFailure | None:
+                budget: Budget) -> ItemFailure | None:
         status, errors = response.status_code, self._errors(response)
         entity = request.collection[:-1]
         if len(request.items) == 1:
             result.failures[request.items[0].index] = ItemFailure(
                 f"opik rejected the {entity} ({status}): {errors}", permanent=True, status_code=status)
             return None
-        if budget[0] < 2:
+        if not budget.take(2):
             failure = ItemFailure(
                 f"opik rejected a batch of {len(request.items)} {request.collection} ({status}: {errors}); "
                 "the offending item was not isolated in this attempt", permanent=False, status_code=status)
             result.failures.update({i.index: failure for i in request.items})
             return None
-        budget[0] -= 2
-        middle = len(request.items) // 2
-        halves = [_Request(request.collection, request.items[:middle]),
-                  _Request(request.collection, request.items[middle:])]
-        for position, half in enumerate(halves):
-            blocked = self._send(client, half, result, budget)
-            if blocked is not None:
-                for rest in halves[position + 1:]:
-                    result.failures.update({i.index: blocked for i in rest.items})
-                return blocked
-        return None
+        return send_halves(
+            request.items,
+            lambda half: self._send(client, _Request(request.collection, list(half)), result, budget),
+            lambda rest, blocked: result.failures.update({i.index: blocked for i in rest}))
 
     def _errors(self, response: httpx.Response) -> str:
         """Opik's ``{"errors": [...]}`` joined into one secret-free line, else a body excerpt."""
@@ -230,8 +225,8 @@ class OpikSink:
                     headers["authorization"] = self.settings.api_key.get_secret_value()
                 if self.settings.workspace:
                     headers["Comet-Workspace"] = self.settings.workspace
-                self._client = httpx.Client(base_url=self.settings.url, headers=headers,
-                                            timeout=self.settings.timeout, transport=self._transport)
+                self._client = make_client(base_url=self.settings.url, headers=headers,
+                                           timeout=self.settings.timeout, transport=self._transport)
             return self._client
 
     def shutdown(self, timeout: float = 30.0) -> None:

@@ -16,7 +16,12 @@ option                 environment                                              
 ``resource_attributes``  ``OTEL_RESOURCE_ATTRIBUTES``
 ``project_name``       (resource ``openinference.project.name``, Phoenix)
 ``max_spans``, ``max_bytes``, ``linger_seconds``                                  512, 4 MiB, 1 s
+``max_bisect_requests`` (extra requests per batch to isolate refused records)     64
 =====================  =========================================================  ============================
+
+Outcomes: a 400/413/422 (gRPC ``INVALID_ARGUMENT``) refuses the request for its content, so the sink
+bisects it by record until the refused records stand alone. A ``partial_success`` that rejected spans
+fails every payload of its request permanently, with the counts (see :meth:`OtlpSink.export`).
 """
 
 from __future__ import annotations

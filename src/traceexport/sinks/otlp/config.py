@@ -39,6 +39,7 @@ class CommonOptions(BaseModel):
     max_spans: int = Field(512, ge=1, le=100_000)
     max_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     linger_seconds: float = Field(1.0, ge=0)
+    max_bisect_requests: int = Field(64, ge=0, description="extra requests per export to isolate refused spans")
 
 
 class OtlpOptions(CommonOptions):
@@ -65,6 +66,7 @@ class OtlpSettings:
     max_spans: int = 512
     max_bytes: int = 4 * 1024 * 1024
     linger_seconds: float = 1.0
+    max_bisect_requests: int = 64
     auth_hint: str = ""
     secrets: tuple[str, ...] = ()
 
@@ -256,6 +258,7 @@ def otlp_settings(name: str, options: Mapping[str, Any], env: Mapping[str, str])
         max_spans=opts.max_spans,
         max_bytes=opts.max_bytes,
         linger_seconds=opts.linger_seconds,
+        max_bisect_requests=opts.max_bisect_requests,
         secrets=secret_headers(headers),
     )
     if problems:

@@ -11,8 +11,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from traceexport.errors import RecordError
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
+from traceexport.sinks.bisect import Budget, send_halves
 from traceexport.sinks.otlp.config import OtlpSettings
-from traceexport.sinks.otlp.transport import Transport, make_transport
+from traceexport.sinks.otlp.transport import SendOutcome, Transport, make_transport
 from traceexport.sinks.otlp_encoding import SCOPE_NAME, chunk, to_json
 from traceexport.sinks.otlp_wire import request_bytes, resource_bytes, scope_bytes, span_bytes
 
@@ -26,6 +27,29 @@ def _version() -> str:
         return metadata.version("traceexport")
     except metadata.PackageNotFoundError:
         return ""
+
+
+_Unit = list[tuple[int, bytes]]  # the (payload index, span bytes) of one record within one request
+
+
+def _units(members: list[tuple[int, bytes]], payloads: Sequence[Payload]) -> list[_Unit]:
+    """``members`` grouped by record (``Payload.record_ref``), in order; a payload without one stands alone."""
+    by_record: dict[int, _Unit] = {}
+    units: list[_Unit] = []
+    for member in members:
+        ref = payloads[member[0]].record_ref
+        unit = by_record.get(ref) if ref >= 0 else None
+        if unit is None:
+            unit = []
+            units.append(unit)
+            if ref >= 0:
+                by_record[ref] = unit
+        unit.append(member)
+    return units
+
+
+def _fail(result: ExportResult, units: Sequence[_Unit], failure: ItemFailure) -> None:
+    result.failures.update(dict.fromkeys((index for unit in units for index, _ in unit), failure))
 
 
 def encode_payload(payload: Payload) -> bytes:
@@ -86,7 +110,12 @@ class OtlpSink:
 
     # -- delivery --------------------------------------------------------------------------------
     def export(self, payloads: Sequence[Payload], /) -> ExportResult:
-        """Send the batch (possibly as several requests) once; classify every payload's outcome."""
+        """Send the batch (possibly as several requests) once; classify every payload's outcome.
+
+        A request refused for its content (400) is bisected by record until the refused records stand
+        alone; a ``partial_success`` that rejected spans fails its request's payloads permanently (the
+        receiver does not say which spans it dropped, and OTLP forbids re-sending that request).
+        """
         result = ExportResult()
         encoded: list[tuple[int, bytes]] = []
         for index, payload in enumerate(payloads):
@@ -95,34 +124,66 @@ class OtlpSink:
             except RecordError as exc:
                 reason = f"{self.backend}: invalid span: {exc.reason}"
                 result.failures[index] = ItemFailure(reason, permanent=True)
+        budget = Budget(self.settings.max_bisect_requests)
         blocked: ItemFailure | None = None  # once the receiver is down, the rest of the batch waits too
         for group in self._groups([span for _, span in encoded]):
-            indexes = [encoded[i][0] for i in group]
-            failure = blocked or self._oversize(group, encoded)
-            if failure is None:
-                failure = self._send_group([encoded[i][1] for i in group], result)
-                if failure is not None and not failure.permanent:
-                    blocked = failure
+            members = [encoded[i] for i in group]
+            failure = blocked or self._oversize(members)
             if failure is not None:
-                result.failures.update(dict.fromkeys(indexes, failure))
+                result.failures.update(dict.fromkeys((index for index, _ in members), failure))
+                continue
+            blocked = self._send(_units(members, payloads), result, budget)
         return result
 
-    def _oversize(self, group: list[int], encoded: list[tuple[int, bytes]]) -> ItemFailure | None:
-        if len(group) != 1:
+    def _oversize(self, members: list[tuple[int, bytes]]) -> ItemFailure | None:
+        if len(members) != 1:
             return None
-        size = self._size(encoded[group[0]][1])
+        size = self._size(members[0][1])
         if size + len(self._resource) + len(self._scope) + _RESOURCE_OVERHEAD <= self.settings.max_bytes:
             return None
         return ItemFailure(f"{self.backend}: span is {size} bytes, over max_bytes={self.settings.max_bytes}",
                            permanent=True)
 
-    def _send_group(self, spans: list[bytes], result: ExportResult) -> ItemFailure | None:
-        outcome = self._client().send(self._request(spans))
-        if outcome.failure is None and (outcome.rejected > 0 or outcome.message):
-            result.warnings.append(
-                f"{self.name}: {self.backend} rejected {outcome.rejected} of {len(spans)} spans"
-                + (f": {outcome.message}" if outcome.message else ""))
-        return outcome.failure
+    def _send(self, units: Sequence[_Unit], result: ExportResult, budget: Budget) -> ItemFailure | None:
+        """Post the spans of ``units`` as one request; returns a failure that blocks the receiver, else None."""
+        indexes = [index for unit in units for index, _ in unit]
+        outcome = self._client().send(self._request([span for unit in units for _, span in unit]))
+        failure = outcome.failure
+        if failure is None:
+            self._partial_success(outcome, indexes, result)
+            return None
+        if failure.permanent and outcome.divisible and len(units) > 1:
+            if budget.take(2):
+                return send_halves(units, lambda half: self._send(half, result, budget),
+                                   lambda rest, why: _fail(result, rest, why))
+            failure = ItemFailure(f"{failure.reason}; the refused records among these {len(units)} were not "
+                                  "isolated in this attempt (max_bisect_requests)", permanent=False,
+                                  status_code=failure.status_code)
+            result.failures.update(dict.fromkeys(indexes, failure))
+            return None
+        result.failures.update(dict.fromkeys(indexes, failure))
+        return None if failure.permanent else failure
+
+    def _partial_success(self, outcome: SendOutcome, indexes: list[int], result: ExportResult) -> None:
+        """Make a ``partial_success`` visible: rejected spans fail their request's payloads, a note is a warning.
+
+        The receiver says how many spans it dropped, never which, so every payload of the request goes to
+        the dead letter with the counts; a replay re-sends the accepted spans too (receivers keyed by span
+        id, such as Phoenix and Langfuse, keep one copy).
+        """
+        message = outcome.message or "no message"
+        if outcome.rejected <= 0:
+            if outcome.message:
+                result.warnings.append(f"{self.backend} accepted all {len(indexes)} spans with a note: {message}")
+            return
+        total, rejected = len(indexes), min(outcome.rejected, len(indexes))
+        if rejected == total:
+            reason = f"{self.backend} rejected all {total} spans of this batch: {message}"
+        else:
+            reason = (f"{self.backend} accepted {total - rejected} and rejected {rejected} of the {total} spans "
+                      f"of this batch without saying which: {message}")
+        result.failures.update(dict.fromkeys(indexes, ItemFailure(reason, permanent=True)))
+        result.warnings.append(f"{reason}; their records go to the dead letter")
 
     def _client(self) -> Transport:
         if self._closed:

@@ -1,7 +1,9 @@
 """Send one serialized ``ExportTraceServiceRequest`` over OTLP/HTTP (httpx) or OTLP/gRPC (grpcio, imported lazily).
 
 A transport makes one attempt and classifies it: ``SendOutcome.failure`` is None when the receiver
-accepted the request; ``rejected`` / ``message`` carry an OTLP ``partial_success``.
+accepted the request; ``rejected`` / ``message`` carry an OTLP ``partial_success``; ``divisible`` says the
+receiver refused the request for its content (HTTP 400/413/422, gRPC ``INVALID_ARGUMENT``), so a smaller
+request without the offending spans may pass.
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from traceexport.sinks.base import ItemFailure
 from traceexport.sinks.http import classify_response, classify_transport_error, redact
+from traceexport.sinks.http_client import make_client
 from traceexport.sinks.otlp.config import OtlpSettings
 from traceexport.sinks.otlp_encoding import decode_partial_success, serialize
 
 USER_AGENT = "traceexport-otlp"
 # gRPC status codes (names) that may succeed on a later attempt; every other code is permanent.
 RETRYABLE_GRPC = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED"})
+# Refusals of a request's content (nothing of it accepted): halves of the request may pass.
+DIVISIBLE_STATUS = frozenset({400, 413, 422})
+DIVISIBLE_GRPC = frozenset({"INVALID_ARGUMENT"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +35,7 @@ class SendOutcome:
     failure: ItemFailure | None = None
     rejected: int = 0
     message: str = ""
+    divisible: bool = False
 
 
 class Transport(Protocol):
@@ -52,7 +59,7 @@ class HttpTransport:
         self._backend = backend
         self._json = settings.protocol == "http/json"
         headers = {"User-Agent": USER_AGENT, **settings.headers}
-        self._client = httpx.Client(timeout=settings.timeout, headers=headers, transport=client_transport)
+        self._client = make_client(timeout=settings.timeout, headers=headers, transport=client_transport)
 
     def send(self, request: bytes) -> SendOutcome:
         body, headers = serialize(request, json_body=self._json, compress=self._settings.compression)
@@ -64,7 +71,7 @@ class HttpTransport:
         failure = classify_response(response, backend=self._backend, secrets=self._settings.secrets,
                                     auth_hint=self._settings.auth_hint)
         if failure is not None:
-            return SendOutcome(failure)
+            return SendOutcome(failure, divisible=response.status_code in DIVISIBLE_STATUS)
         rejected, message = decode_partial_success(response.content, response.headers.get("content-type", ""))
         return SendOutcome(None, rejected, redact(message, self._settings.secrets))
 
@@ -99,7 +106,8 @@ class GrpcTransport:
             response = self._stub.Export(message, metadata=self._metadata, timeout=self._settings.timeout,
                                          compression=self._compression)
         except self._grpc.RpcError as exc:
-            return SendOutcome(self._classify(exc))
+            code = exc.code() if callable(getattr(exc, "code", None)) else None
+            return SendOutcome(self._classify(exc), divisible=getattr(code, "name", "") in DIVISIBLE_GRPC)
         partial = response.partial_success
         message = redact(partial.error_message, self._settings.secrets)
         return SendOutcome(None, int(partial.rejected_spans), message)
