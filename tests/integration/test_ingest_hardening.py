@@ -1,0 +1,70 @@
+"""HTTP ingest of a real ``serve`` process under connection churn, concurrency and hostile requests."""
+
+from __future__ import annotations
+
+import http.client
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from tests.conftest import SAMPLES
+from tests.support.daemon import TOKEN, Served
+
+pytestmark = pytest.mark.integration
+
+RECORD = (SAMPLES / "12-generate-name.json").read_bytes()
+HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}", "Connection": "close"}
+
+
+def config(spool: Path, out: Path) -> str:
+    return (f"spool:\n  dir: {spool}\nsources:\n  http:\n    token: ${{TEST_TOKEN}}\n"
+            f"sinks:\n  out:\n    type: file\n    path: {out}\n")
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    with Served(tmp_path, config(tmp_path / "spool", tmp_path / "out")) as daemon:
+        yield daemon
+
+
+def address(served: Served) -> tuple[str, int]:
+    host, port = served.base.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def post_on_new_connection(served: Served, body: bytes = RECORD) -> int:
+    """POST ``body`` on a connection of its own (as curl and most webhook senders do); the status."""
+    host, port = address(served)
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        connection.request("POST", "/v1/dify/traces", body=body, headers=HEADERS)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_connection_churn_keeps_descriptors_and_memory_flat(served: Served) -> None:
+    """3,000 posts, each on a new connection from 8 clients, leave the daemon's open files and RSS flat."""
+    pid = served.proc.pid
+    with ThreadPoolExecutor(8) as clients:
+        warm = list(clients.map(lambda _: post_on_new_connection(served), range(100)))
+        fds_before, rss_before = open_fds(pid), rss_bytes(pid)
+        statuses = list(clients.map(lambda _: post_on_new_connection(served), range(3000)))
+    fds_after, rss_after = open_fds(pid), rss_bytes(pid)
+    print(f"open files {fds_before} -> {fds_after}; RSS {rss_before >> 20} -> {rss_after >> 20} MiB")
+    assert set(warm) == set(statuses) == {202}
+    assert fds_after - fds_before < 50, (fds_before, fds_after)
+    assert rss_after - rss_before < 100 * 1024 * 1024, (rss_before, rss_after)
