@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -68,3 +69,26 @@ def test_connection_churn_keeps_descriptors_and_memory_flat(served: Served) -> N
     assert set(warm) == set(statuses) == {202}
     assert fds_after - fds_before < 50, (fds_before, fds_after)
     assert rss_after - rss_before < 100 * 1024 * 1024, (rss_before, rss_after)
+
+
+def test_a_burst_of_clients_connecting_at_once_is_served(served: Served) -> None:
+    """100 clients connecting at the same moment are all answered 202: none reset or refused by the backlog."""
+    clients = 100
+    start = threading.Barrier(clients)
+    outcomes: list[int | str] = []
+
+    def one() -> None:
+        start.wait(30)
+        try:
+            outcomes.append(post_on_new_connection(served))
+        except OSError as exc:
+            outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=one) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    failures = [o for o in outcomes if o != 202]
+    print(f"{len(outcomes) - len(failures)} of {clients} answered 202; failures: {failures[:5]}")
+    assert len(outcomes) == clients and not failures, failures
