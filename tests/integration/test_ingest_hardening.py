@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.client
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import SAMPLES
 from tests.support.daemon import TOKEN, Served
+from tests.support.processes import python_env
 
 pytestmark = pytest.mark.integration
 
@@ -92,3 +95,28 @@ def test_a_burst_of_clients_connecting_at_once_is_served(served: Served) -> None
     failures = [o for o in outcomes if o != 202]
     print(f"{len(outcomes) - len(failures)} of {clients} answered 202; failures: {failures[:5]}")
     assert len(outcomes) == clients and not failures, failures
+
+
+@pytest.mark.parametrize("given", ["flag", "env", "config"])
+def test_a_blank_token_is_a_config_error_at_start(tmp_path: Path, given: str) -> None:
+    """A whitespace-only token (flag, environment or config file) stops serve at start with exit 2, not a
+    daemon that refuses every request."""
+    blank = "   "
+    text = config(tmp_path / "spool", tmp_path / "out").replace("${TEST_TOKEN}", repr(blank) if given == "config"
+                                                                 else "null")
+    config_path = tmp_path / "blank.yaml"
+    config_path.write_text(text, encoding="utf-8")
+    argv = [sys.executable, "-m", "traceexport", "serve", "--config", str(config_path), "--listen", "127.0.0.1:0"]
+    env = {k: v for k, v in python_env().items() if k != "TRACEEXPORT_TOKEN"}
+    if given == "env":
+        env["TRACEEXPORT_TOKEN"] = blank
+    proc = subprocess.Popen([*argv, *(["--token", blank] if given == "flag" else [])], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, stderr = proc.communicate()
+        pytest.fail(f"serve with a blank token ({given}) kept running: {stderr[-500:]}")
+    assert proc.returncode == 2, stderr
+    assert "sources.http.token" in stderr and "blank" in stderr and "Traceback" not in stderr, stderr

@@ -15,7 +15,8 @@ import httpx
 import pytest
 from tests.support.processes import REPO_ROOT, python_env
 
-from traceexport.errors import SpoolFullError, SpoolUnavailableError
+from traceexport.config import Overrides, resolve_config
+from traceexport.errors import ConfigError, SpoolFullError, SpoolUnavailableError
 from traceexport.records import Record
 from traceexport.sources.http import INGEST_PATH, IngestServer, IngestSettings, parse_body
 from traceexport.sources.http_body import MAX_REJECTIONS_LISTED
@@ -397,3 +398,13 @@ def test_a_spool_that_cannot_accept_is_503_and_not_ready_until_it_can(server: In
     assert "Traceback" not in refused.text
     assert not_ready.status_code == 503 and "cannot accept" in not_ready.json()["reason"]
     assert accepted.status_code == 202 and ready.status_code == 200
+
+
+@pytest.mark.parametrize(("token", "why"), [("  ", "blank"), (" padded-token ", "whitespace"),
+                                            ("t\u00f6ken-123", "non-ASCII"), ("tok\nen", "control")])
+def test_a_token_no_client_could_send_is_a_config_error(token: str, why: str) -> None:
+    """A token the Authorization header could never carry is refused at start, without echoing it."""
+    with pytest.raises(ConfigError) as info:
+        resolve_config(Overrides(token=token), env={})
+    assert info.value.problems[0].where == "sources.http.token" and why in info.value.problems[0].message
+    assert token.strip() not in info.value.render() or not token.strip()
