@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import SAMPLES
 from tests.support.daemon import TOKEN, Served
 from tests.support.processes import python_env
+from tests.unit.test_http_ingest import hostile_body
 
 pytestmark = pytest.mark.integration
 
@@ -53,9 +54,10 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def rss_bytes(pid: int) -> int:
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory now (VmRSS) or at its peak so far (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
 
@@ -120,3 +122,16 @@ def test_a_blank_token_is_a_config_error_at_start(tmp_path: Path, given: str) ->
         pytest.fail(f"serve with a blank token ({given}) kept running: {stderr[-500:]}")
     assert proc.returncode == 2, stderr
     assert "sources.http.token" in stderr and "blank" in stderr and "Traceback" not in stderr, stderr
+
+
+def test_hostile_bodies_cost_the_daemon_bounded_memory(served: Served) -> None:
+    """The largest NDJSON of one-byte lines and JSON array of one-byte elements: 400 with the total, RSS bounded."""
+    pid = served.proc.pid
+    before = rss_bytes(pid)
+    for shape in ("ndjson", "array"):
+        body, content_type, items = hostile_body(shape)
+        response = served.post(body, content_type=content_type)
+        assert response.status_code == 400 and response.json()["rejected_total"] == items, response.text[:300]
+    grown = rss_bytes(pid, "VmHWM") - before
+    print(f"daemon peak RSS grew {grown >> 20} MiB over two hostile bodies")
+    assert grown < 300 * 1024 * 1024, grown
