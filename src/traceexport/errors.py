@@ -6,6 +6,7 @@
     ├── ConfigError                 bad config or mapping at start-up; lists every problem
     ├── RecordError                 one input record is invalid or cannot be mapped
     ├── SpoolFullError              back-pressure: the spool refuses new input (retryable)
+    │   └── SpoolUnavailableError   the spool cannot take input now (no descriptor left for a connection)
     └── ExportError                 a delivery attempt failed
         ├── RetryableExportError    .retry_after: seconds the backend asked us to wait (or None)
         └── PermanentExportError    .status_code, a short body excerpt with secrets removed
@@ -67,6 +68,10 @@ class SpoolFullError(TraceExportError):
         super().__init__(message)
 
 
+class SpoolUnavailableError(SpoolFullError):
+    """The spool cannot take input right now for want of a resource (descriptors, memory); retryable."""
+
+
 class ExportError(TraceExportError):
     """A delivery attempt to a backend failed."""
 
@@ -97,5 +102,6 @@ __all__ = [
     "RecordError",
     "RetryableExportError",
     "SpoolFullError",
+    "SpoolUnavailableError",
     "TraceExportError",
 ]

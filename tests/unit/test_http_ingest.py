@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,10 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.support.processes import REPO_ROOT, python_env
 
-from traceexport.errors import SpoolFullError
+from traceexport.config import Overrides, resolve_config
+from traceexport.errors import ConfigError, SpoolFullError, SpoolUnavailableError
 from traceexport.records import Record
 from traceexport.sources.http import INGEST_PATH, IngestServer, IngestSettings, parse_body
+from traceexport.sources.http_body import MAX_REJECTIONS_LISTED
 
 SAMPLES = Path(__file__).parents[1] / "data" / "samples"
 TOKEN = "test-token-0123456789"
@@ -213,7 +219,192 @@ def test_stop_lets_an_in_flight_request_finish(pipeline: StandIn) -> None:
 
 def test_parse_body_single_object_and_wrong_shape() -> None:
     """parse_body reads one object as index 0 and rejects a JSON scalar with a reason."""
-    records, rejected = parse_body(json.dumps(sample("10-moderation-flagged.json")).encode(), "application/json")
-    assert [r.type for r in records] == ["moderation"] and rejected == []
-    records, rejected = parse_body(b"42", "application/json")
-    assert records == [] and rejected[0]["index"] == 0 and "object" in rejected[0]["reason"]
+    parsed = parse_body(json.dumps(sample("10-moderation-flagged.json")).encode(), "application/json")
+    assert [r.type for r in parsed.records] == ["moderation"] and parsed.rejected == []
+    parsed = parse_body(b"42", "application/json")
+    assert parsed.records == [] and parsed.rejected[0]["index"] == 0 and "object" in parsed.rejected[0]["reason"]
+    assert parsed.rejected_total == 1
+
+
+# -- hostile bodies: memory bounded by the body, not by the number of items in it --------------------
+
+MAX_BODY = IngestSettings().max_body_bytes
+
+
+def hostile_body(shape: str, size: int = MAX_BODY) -> tuple[bytes, str, int]:
+    """The largest allowed body of ``shape``: the bytes, their content type and how many items they hold."""
+    if shape == "ndjson":  # five million one-byte lines
+        return b"1\n" * (size // 2), "application/x-ndjson", size // 2
+    items = (size - 2) // 2  # a JSON array of five million one-byte elements
+    return b"[" + b"1," * (items - 1) + b"1]", "application/json", items
+
+
+PEAK_CHILD = """
+import json, resource, sys
+from tests.unit.test_http_ingest import hostile_body
+from traceexport.sources.http_body import parse_body
+body, content_type, items = hostile_body(sys.argv[1])
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+with open("/proc/self/status") as status:
+    vm = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + 2 * 1024**3, hard))  # the old code took ~3 GB: stop it early
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+parsed = parse_body(body, content_type)
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+print(json.dumps({"grown": grown, "total": parsed.rejected_total, "listed": len(parsed.rejected),
+                  "items": items, "records": len(parsed.records)}))
+"""
+
+
+@pytest.mark.parametrize("shape", ["ndjson", "array"])
+def test_a_hostile_body_is_parsed_in_bounded_memory(shape: str) -> None:
+    """The largest allowed body of 5 million one-byte items peaks under 300 MB; all are counted, 100 listed."""
+    result = subprocess.run([sys.executable, "-c", PEAK_CHILD, shape], capture_output=True, text=True,
+                            env=python_env(), cwd=REPO_ROOT, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    seen = json.loads(result.stdout)
+    print(f"{shape}: peak grew {seen['grown'] >> 20} MiB for {seen['items']} items")
+    assert seen["grown"] < 300 * 1024 * 1024, seen
+    assert seen["total"] == seen["items"] and seen["listed"] == MAX_REJECTIONS_LISTED and seen["records"] == 0
+
+
+@pytest.mark.parametrize("shape", ["ndjson", "array"])
+def test_a_hostile_body_is_a_400_with_the_rejection_total(pipeline: StandIn, shape: str) -> None:
+    """Through the server the same bodies answer 400, listing 100 rejections and giving their total."""
+    body, content_type, items = hostile_body(shape)
+    srv = start(pipeline)
+    try:
+        response = httpx.post(url(srv), content=body, headers={"Content-Type": content_type}, timeout=120)
+    finally:
+        srv.stop(1.0)
+    answer = response.json()
+    assert response.status_code == 400 and answer["accepted"] == 0 and not pipeline.records
+    assert answer["rejected_total"] == items and len(answer["rejected"]) == MAX_REJECTIONS_LISTED
+    assert answer["rejected"][0] == {"line" if shape == "ndjson" else "index": 1 if shape == "ndjson" else 0,
+                                     "reason": "expected a JSON object, got int"}
+
+
+def test_invalid_utf8_in_a_ndjson_line_rejects_that_line_only(server: IngestServer, pipeline: StandIn) -> None:
+    """A line with invalid UTF-8 is refused by line number and byte offset; the good lines are accepted."""
+    good = json.dumps(sample("05-message-chat.json")).encode()
+    bad = json.dumps(sample("07-tool-call.json")).encode().replace(b'"', b'"\xff', 1)
+    response = post(server, good + b"\n" + bad + b"\n" + good + b"\n", content_type="application/x-ndjson")
+    answer, offset = response.json(), len(good) + 1 + bad.index(b"\xff")
+    assert response.status_code == 400 and answer["accepted"] == 2 and len(pipeline.records) == 2
+    assert answer["rejected"] == [{"line": 2, "reason": "line is not UTF-8 (invalid start byte at byte "
+                                                       f"{offset} of the body)"}]
+    assert all("\ufffd" not in r.envelope_text() for r in pipeline.records)
+
+
+def test_invalid_utf8_is_refused_the_same_as_json_and_as_ndjson(server: IngestServer) -> None:
+    """The same bytes are refused whichever content type carries them."""
+    body = json.dumps(sample("07-tool-call.json")).encode().replace(b'"', b'"\xff', 1)
+    as_json = post(server, body).json()
+    as_lines = post(server, body, content_type="application/x-ndjson").json()
+    assert as_json["accepted"] == as_lines["accepted"] == 0
+    assert "not UTF-8" in as_json["rejected"][0]["reason"] and "not UTF-8" in as_lines["rejected"][0]["reason"]
+
+
+
+# -- framing, methods, readiness -----------------------------------------------------------------------
+
+def raw_exchange(server: IngestServer, request: bytes) -> tuple[str, bool]:
+    """Send ``request`` bytes as they are; the whole answer and whether the server then closed the socket."""
+    with socket.create_connection(server.address, timeout=10) as sock:
+        sock.sendall(request)
+        received = b""
+        closed = False
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                closed = True
+                break
+            received += chunk
+            head, _, body = received.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), None)
+            if length is not None and len(body) >= length:
+                sock.settimeout(2)  # the answer is complete: does the server close or keep the connection?
+    return received.decode("utf-8", "replace"), closed
+
+
+def test_chunked_with_a_content_length_is_refused_and_the_connection_closed(server: IngestServer,
+                                                                           pipeline: StandIn) -> None:
+    """Transfer-Encoding plus Content-Length (request smuggling behind a proxy) answers 400 and closes."""
+    body = json.dumps(sample("05-message-chat.json")).encode()
+    request = (b"POST " + INGEST_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: " + str(len(body)).encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+    answer, closed = raw_exchange(server, request)
+    assert answer.startswith("HTTP/1.1 400") and "Transfer-Encoding and Content-Length" in answer, answer
+    assert closed and not pipeline.records
+
+
+def test_chunked_alone_or_two_lengths_are_refused(server: IngestServer, pipeline: StandIn) -> None:
+    """A chunked body without a length is 411; two different Content-Length headers are 400."""
+    chunked = (b"POST " + INGEST_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+    body = json.dumps(sample("05-message-chat.json")).encode()
+    twice = (b"POST " + INGEST_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             b"Content-Length: %d\r\nContent-Length: %d\r\n\r\n" % (len(body), len(body) + 30) + body)
+    assert raw_exchange(server, chunked)[0].startswith("HTTP/1.1 411")
+    answer, closed = raw_exchange(server, twice)
+    assert answer.startswith("HTTP/1.1 400") and "Content-Length" in answer and closed, answer
+    assert not pipeline.records
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "OPTIONS", "PATCH"])
+def test_other_methods_get_json_405_with_allow(server: IngestServer, method: str) -> None:
+    """PUT/DELETE/OPTIONS/PATCH answer JSON 405 with Allow on known paths and JSON 404 elsewhere."""
+    ingest = httpx.request(method, url(server), content=b"{}", timeout=10)
+    health = httpx.request(method, url(server, "/healthz"), timeout=10)
+    missing = httpx.request(method, url(server, "/nope"), timeout=10)
+    assert ingest.status_code == 405 and ingest.headers["Allow"] == "POST" and "error" in ingest.json()
+    assert health.status_code == 405 and health.headers["Allow"] == "GET, HEAD" and "error" in health.json()
+    assert missing.status_code == 404 and "error" in missing.json()
+    assert all(r.headers["Content-Type"] == "application/json" for r in (ingest, health, missing))
+
+
+def test_the_standard_librarys_own_refusals_are_json(server: IngestServer) -> None:
+    """An unknown method and a malformed request line are answered in JSON, never an HTML page."""
+    unknown, _ = raw_exchange(server, b"BREW /v1/dify/traces HTTP/1.1\r\nHost: x\r\n\r\n")
+    garbled, _ = raw_exchange(server, b"GARBAGE\r\n\r\n")
+    for answer in (unknown, garbled):
+        head, _, body = answer.partition("\r\n\r\n")
+        assert "Content-Type: application/json" in head and "<html" not in body.lower(), answer
+        assert "error" in json.loads(body)
+    assert unknown.startswith("HTTP/1.1 501") and garbled.startswith("HTTP/1.1 400")
+
+
+def test_post_to_a_read_only_path_is_405(server: IngestServer) -> None:
+    """POST /healthz is 405 with Allow: GET, HEAD (the path exists, the method does not)."""
+    response = post(server, {}, path="/healthz")
+    assert response.status_code == 405 and response.headers["Allow"] == "GET, HEAD"
+
+
+def test_a_spool_that_cannot_accept_is_503_and_not_ready_until_it_can(server: IngestServer,
+                                                                      pipeline: StandIn) -> None:
+    """No connection for the spool (e.g. no descriptor left) answers 503 + Retry-After and /readyz says so."""
+    pipeline.error = SpoolUnavailableError("spool cannot open a connection now (unable to open database file)",
+                                           retry_after=30)
+    refused = post(server, sample("05-message-chat.json"))
+    not_ready = httpx.get(url(server, "/readyz"))
+    pipeline.error = None
+    accepted = post(server, sample("05-message-chat.json"))
+    ready = httpx.get(url(server, "/readyz"))
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "30"
+    assert "Traceback" not in refused.text
+    assert not_ready.status_code == 503 and "cannot accept" in not_ready.json()["reason"]
+    assert accepted.status_code == 202 and ready.status_code == 200
+
+
+@pytest.mark.parametrize(("token", "why"), [("  ", "blank"), (" padded-token ", "whitespace"),
+                                            ("t\u00f6ken-123", "non-ASCII"), ("tok\nen", "control")])
+def test_a_token_no_client_could_send_is_a_config_error(token: str, why: str) -> None:
+    """A token the Authorization header could never carry is refused at start, without echoing it."""
+    with pytest.raises(ConfigError) as info:
+        resolve_config(Overrides(token=token), env={})
+    assert info.value.problems[0].where == "sources.http.token" and why in info.value.problems[0].message
+    assert token.strip() not in info.value.render() or not token.strip()

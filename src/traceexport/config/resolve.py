@@ -110,17 +110,33 @@ def _apply(data: dict[str, Any], o: Overrides, has_file: bool, problems: list[Pr
 
 
 def serve_problems(config: Config) -> list[Problem]:
-    """Rules that hold for a running daemon: a token is required when listening beyond loopback."""
+    """Rules that hold for a running daemon: a usable token, required when listening beyond loopback."""
     http = config.sources.http
     if http is None:
         return [] if config.sources.celery is not None else [
             Problem("sources", "no input: enable sources.http or configure sources.celery")]
+    token_problem = _token_problem(http.token.get_secret_value() if http.token else "")
+    if token_problem:
+        return [Problem("sources.http.token", f"{token_problem} (from --token / TRACEEXPORT_TOKEN or the config)")]
     host, _ = split_host_port(http.listen)
     if not is_loopback(host) and (http.token is None or not http.token.get_secret_value()):
         message = (f"a token is required to listen on {http.listen} (beyond loopback): "
                    "set --token / TRACEEXPORT_TOKEN, or listen on 127.0.0.1")
         return [Problem("sources.http.token", message)]
     return []
+
+
+def _token_problem(token: str) -> str | None:
+    """Why a bearer token could never match what a client sends (None if it can; empty means no token)."""
+    if not token:
+        return None
+    if not token.strip():
+        return "the token is blank (only whitespace): every request would be refused; set a real token"
+    if token != token.strip():
+        return "the token starts or ends with whitespace, which an Authorization header cannot carry: remove it"
+    if not all(" " <= char <= "~" for char in token):
+        return "the token holds control or non-ASCII characters, which a header cannot carry: use printable ASCII"
+    return None
 
 
 def enrich_from_env(env: Mapping[str, str]) -> EnrichConfig:

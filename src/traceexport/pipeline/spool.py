@@ -27,11 +27,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from traceexport.errors import ConfigError, SpoolFullError
+from traceexport.errors import ConfigError, SpoolFullError, SpoolUnavailableError
+from traceexport.pipeline.connections import ConnectionPool
 from traceexport.pipeline.settings import PipelineSettings
 
 SPOOL_FILE = "spool.db"
@@ -78,7 +79,7 @@ class SpoolRow:
 
 
 class Spool:
-    """The SQLite spool file; safe to share between threads (one connection per thread)."""
+    """The SQLite spool file; safe to share between threads (connections from a pool, see ``connections``)."""
 
     def __init__(self, spool_dir: Path, settings: PipelineSettings | None = None, *, create: bool = True):
         self.settings = settings or PipelineSettings()
@@ -92,8 +93,8 @@ class Spool:
         except OSError as exc:
             raise ConfigError([f"spool directory {self.dir}: {exc.strerror}"],
                               title="cannot open spool") from exc
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._opened = False
+        self._pool = ConnectionPool(self._open)
         self._lock = threading.Lock()
         self._last_sweep = 0.0
         self._last_scan = 0.0
@@ -113,54 +114,54 @@ class Spool:
                 conn.execute("UPDATE sinks SET last_seq = (SELECT ifnull(max(seq), 0) FROM records)")
 
     # -- connections -----------------------------------------------------------------------------
-    def conn(self) -> sqlite3.Connection:
-        """This thread's connection (autocommit mode; writes go through :meth:`write`)."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
-                # Records are a few KB each: 32 KiB pages hold several, which halves the cost of inserting
-                # and deleting them (bench). Only takes effect on a new file, before WAL is switched on.
-                conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(f"PRAGMA synchronous={'FULL' if self.settings.fsync else 'NORMAL'}")
-            except sqlite3.Error as exc:
+    def _open(self) -> sqlite3.Connection:
+        """A new connection with the spool's pragmas (autocommit mode; writes go through :meth:`write`)."""
+        try:
+            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            # Records are a few KB each: 32 KiB pages hold several, which halves the cost of inserting
+            # and deleting them (bench). Only takes effect on a new file, before WAL is switched on.
+            conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={'FULL' if self.settings.fsync else 'NORMAL'}")
+        except sqlite3.Error as exc:
+            if not self._opened:  # at start-up: the spool itself is unusable
                 raise ConfigError([f"{self.path}: {exc}"], title="cannot open spool") from exc
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
+            # Later: the process is out of something (descriptors, memory); the spool is fine.
+            raise SpoolUnavailableError(f"spool {self.dir} cannot open a connection now ({exc}): retry later",
+                                        retry_after=self.settings.full_retry_after) from exc
+        self._opened = True
         return conn
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection: the one of the enclosing :meth:`read`/:meth:`write` block, else one
+        held while the thread lives (given back to the pool once it has ended)."""
+        return self._pool.current()
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction (BEGIN IMMEDIATE ... COMMIT); rolled back if the block raises."""
-        conn = self.conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._pool.lease() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: every query in the block sees one snapshot."""
-        conn = self.conn()
-        conn.execute("BEGIN")
-        try:
-            yield conn
-        finally:
-            conn.execute("COMMIT")
+        with self._pool.lease() as conn:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close every connection this spool opened; idempotent."""
-        with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            with suppress(sqlite3.Error):
-                conn.close()
-        self._local = threading.local()
+        self._pool.close()
 
     # -- sinks -----------------------------------------------------------------------------------
     def register_sinks(self, names: Sequence[str]) -> dict[str, int]:

@@ -3,8 +3,9 @@
 The body is a TaskData envelope, a bare TraceInfo (type in ``trace_info_type`` or ``?type=``), a JSON
 array of those, or NDJSON. ``202 {"accepted": n}`` is sent only after ``accept`` returned, i.e. the
 records are durable. Bad records are listed with a one-line reason while the good ones of the same
-request are still accepted (then the status is 400). Built on the standard library's
-``ThreadingHTTPServer``: no extra dependency, one thread per connection.
+request are still accepted (then the status is 400); parsing is in :mod:`.http_body`. Built on the
+standard library's ``ThreadingHTTPServer``: no extra dependency, one thread per connection. Every answer
+is JSON (the standard library's own refusals too); other methods get 405 with ``Allow``.
 """
 
 from __future__ import annotations
@@ -13,26 +14,28 @@ import hmac
 import json
 import logging
 import math
+import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from traceexport import _json
-from traceexport.errors import RecordError, SpoolFullError
+from traceexport.errors import SpoolFullError
 from traceexport.logs import log_event
-from traceexport.records import Record, record_from_obj, record_from_trace_info
+from traceexport.records import Record
+from traceexport.sources.http_body import JSON_TYPES, NDJSON_TYPES, parse_body
 
 log = logging.getLogger("traceexport.sources.http")
 
 INGEST_PATH = "/v1/dify/traces"
-JSON_TYPES = frozenset({"application/json", ""})
-NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl",
-                          "application/x-jsonlines", "application/json-lines"})
-MAX_REJECTIONS_LISTED = 100
+ALLOWED_METHODS = {INGEST_PATH: "POST", "/healthz": "GET, HEAD", "/readyz": "GET, HEAD", "/metrics": "GET, HEAD"}
+LISTEN_BACKLOG = 1024
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 AcceptFn = Callable[[list[Record]], None]
 
@@ -48,51 +51,6 @@ class IngestSettings:
     shutdown_grace: float = 10.0
 
 
-def parse_body(body: bytes, content_type: str, type_name: str | None = None,
-               app_id: str | None = None) -> tuple[list[Record], list[dict[str, Any]]]:
-    """The records of a request body and the rejections (``{"index"|"line": n, "reason": ...}``)."""
-    # (where, value, the value's own JSON text when it has one: an envelope is stored as received)
-    items: list[tuple[dict[str, int], Any, str | None]] = []
-    if content_type in NDJSON_TYPES:
-        text = body.decode("utf-8-sig", errors="replace")
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    items.append(({"line": number}, _json.loads(line), line))
-                except ValueError as exc:
-                    items.append(({"line": number}, RecordError(f"not valid JSON: {exc}"), None))
-    else:
-        try:
-            text = body.decode("utf-8-sig")
-            value = _json.loads(text)
-        except UnicodeDecodeError as exc:
-            return [], [{"index": 0, "reason": f"body is not UTF-8 ({exc.reason} at byte {exc.start})"}]
-        except ValueError as exc:
-            return [], [{"index": 0, "reason": f"body is not valid JSON: {exc}"}]
-        if isinstance(value, list):
-            items = [({"index": i}, v, None) for i, v in enumerate(value)]
-        else:
-            items = [({"index": 0}, value, text)]
-    records: list[Record] = []
-    rejected: list[dict[str, Any]] = []
-    for where, value, raw in items:
-        try:
-            records.append(_record(value, type_name, app_id, raw))
-        except RecordError as exc:
-            rejected.append({**where, "reason": exc.reason})
-        except Exception as exc:  # a parser bug must cost one record, not the request
-            rejected.append({**where, "reason": f"could not read this record ({type(exc).__name__})"})
-    return records, rejected
-
-
-def _record(value: Any, type_name: str | None, app_id: str | None, raw: str | None) -> Record:
-    if isinstance(value, RecordError):
-        raise value
-    if app_id and isinstance(value, dict) and "trace_info" not in value:
-        return record_from_trace_info(value, type_name, app_id)
-    return record_from_obj(value, type_name, raw=raw)
-
-
 class IngestServer:
     """The HTTP source: start it, point Dify's hook at it, stop it with a bounded grace period."""
 
@@ -106,6 +64,7 @@ class IngestServer:
         self.draining = False
         self._in_flight = 0
         self._idle = threading.Condition()
+        self._refusal: tuple[str, float] | None = None  # why posts are refused, and until when (monotonic)
         self._thread: threading.Thread | None = None
         self._server = _Server((settings.host, settings.port), _Handler)
         self._server.ingest = self
@@ -145,10 +104,33 @@ class IngestServer:
             self._in_flight -= 1
             self._idle.notify_all()
 
+    def not_ready_reason(self) -> str | None:
+        """What /readyz reports: shutting down, the daemon's own reason, or posts being refused right now."""
+        if self.draining:
+            return "shutting down"
+        reason = self.ready()
+        if reason:
+            return reason
+        refusal = self._refusal
+        if refusal is not None and time.monotonic() < refusal[1]:
+            return f"cannot accept: {refusal[0]}"
+        return None
+
+    def refused(self, reason: str, retry_after: float) -> None:
+        """A post was refused for want of room or resources: not ready until ``retry_after`` passed."""
+        self._refusal = (reason, time.monotonic() + retry_after)
+
+    def accepted(self) -> None:
+        """A post was accepted: whatever refused earlier ones is over."""
+        self._refusal = None
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # The listen backlog: a burst of clients connecting at once waits here instead of being reset
+    # (the kernel caps it at net.core.somaxconn).
+    request_queue_size = LISTEN_BACKLOG
     ingest: IngestServer
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -157,6 +139,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.0"  # not 0.9: a garbled request line still gets a status line and headers
     server_version = "traceexport"
     timeout = 30  # seconds a client may stall mid-request
     server: _Server
@@ -186,6 +169,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         self._send(status, {"error": message}, headers)
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (bad request line, unknown method, ...) as JSON, not HTML."""
+        self.close_connection = True
+        self._error(code, message or self.responses.get(code, ("error",))[0])
+
     # -- GET -------------------------------------------------------------------------------------
     def do_GET(self) -> None:
         """Health, readiness and metrics."""
@@ -194,17 +182,28 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/healthz":
             self._send(200, {"status": "ok"})
         elif path == "/readyz":
-            reason = "shutting down" if ingest.draining else ingest.ready()
+            reason = ingest.not_ready_reason()
             self._send(503 if reason else 200, {"status": "not ready", "reason": reason} if reason
                        else {"status": "ready"})
         elif path == "/metrics":
             self._send(200, ingest.metrics_text())
-        elif path == INGEST_PATH:
-            self._error(405, f"use POST {INGEST_PATH}", {"Allow": "POST"})
         else:
-            self._error(404, f"no such endpoint; post records to {INGEST_PATH}")
+            self._not_allowed()
 
     do_HEAD = do_GET
+
+    def _not_allowed(self) -> None:
+        """405 with ``Allow`` on a known path, 404 elsewhere; the connection closes (a body may follow)."""
+        self.close_connection = True
+        allowed = ALLOWED_METHODS.get(urlsplit(self.path).path)
+        if allowed is None:
+            self._error(404, f"no such endpoint; post records to {INGEST_PATH}")
+        elif allowed == "POST":
+            self._error(405, f"use POST {INGEST_PATH}", {"Allow": allowed})
+        else:
+            self._error(405, f"{self.command} is not allowed here; use {allowed}", {"Allow": allowed})
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
 
     # -- POST ------------------------------------------------------------------------------------
     def do_POST(self) -> None:
@@ -223,7 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _ingest(self, ingest: IngestServer) -> None:
         url = urlsplit(self.path)
         if url.path != INGEST_PATH:
-            self._error(404, f"no such endpoint; post records to {INGEST_PATH}")
+            self._not_allowed()
             return
         if ingest.draining:
             self.close_connection = True
@@ -246,24 +245,27 @@ class _Handler(BaseHTTPRequestHandler):
         query = parse_qs(url.query)
         type_name = query["type"][0] if query.get("type") else None
         app_id = query["app_id"][0] if query.get("app_id") else None
-        records, rejected = parse_body(body, content_type, type_name, app_id)
-        if not records and not rejected:
+        parsed = parse_body(body, content_type, type_name, app_id)
+        del body
+        if not parsed.records and not parsed.rejected_total:
             self._send(400, {"accepted": 0, "rejected": [{"index": 0, "reason": "no records in the body"}]})
             return
-        if records:
+        if parsed.records:
             try:
-                ingest.accept(records)
+                ingest.accept(parsed.records)
             except SpoolFullError as exc:
                 wait = max(1, math.ceil(exc.retry_after))
+                ingest.refused(str(exc), wait)
                 self._send(503, {"error": f"{exc}; retry after {wait}s", "accepted": 0},
                            {"Retry-After": str(wait)})
                 return
-        if not rejected:
-            self._send(202, {"accepted": len(records)})
+            ingest.accepted()
+        if not parsed.rejected_total:
+            self._send(202, {"accepted": len(parsed.records)})
             return
-        answer: dict[str, Any] = {"accepted": len(records), "rejected": rejected[:MAX_REJECTIONS_LISTED]}
-        if len(rejected) > MAX_REJECTIONS_LISTED:
-            answer["rejected_total"] = len(rejected)
+        answer: dict[str, Any] = {"accepted": len(parsed.records), "rejected": parsed.rejected}
+        if parsed.rejected_total > len(parsed.rejected):
+            answer["rejected_total"] = parsed.rejected_total
         self._send(400, answer)
 
     def _authorised(self, token: str | None) -> bool:
@@ -273,19 +275,27 @@ class _Handler(BaseHTTPRequestHandler):
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
     def _read_body(self, limit: int) -> bytes | None:
-        length_text = self.headers.get("Content-Length")
-        if length_text is None:
+        """The body by its one Content-Length; None after answering when the framing is refused."""
+        lengths = {value.strip() for value in self.headers.get_all("Content-Length") or []}
+        if self.headers.get("Transfer-Encoding") is not None:
+            # Both framings at once is how requests are smuggled past a proxy (RFC 9112 section 6.3).
+            self.close_connection = True
+            if lengths:
+                self._error(400, "Transfer-Encoding and Content-Length together are refused: send the "
+                            "body with Content-Length only")
+            else:
+                self._error(411, "Content-Length is required (chunked bodies are not accepted)")
+            return None
+        if not lengths:
             self.close_connection = True
             self._error(411, "Content-Length is required (chunked bodies are not accepted)")
             return None
-        try:
-            length = int(length_text)
-            if length < 0:
-                raise ValueError(length_text)
-        except ValueError:
+        length_text = lengths.pop()
+        if lengths or not _DIGITS.fullmatch(length_text):
             self.close_connection = True
-            self._error(400, "Content-Length is not a number")
+            self._error(400, "Content-Length is not one number")
             return None
+        length = int(length_text)
         if length > limit:
             self.close_connection = True
             self._error(413, f"body of {length} bytes is over the {limit}-byte limit; send smaller batches")

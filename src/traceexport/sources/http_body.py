@@ -1,0 +1,138 @@
+"""A request body → records and rejections, in memory bounded by the body's own size.
+
+JSON (one value or an array) is parsed once; NDJSON is read a line at a time, each line decoded as
+strict UTF-8 on its own. What is kept per bad item is a count: only the first
+:data:`MAX_REJECTIONS_LISTED` get a ``{"index"|"line": n, "reason": ...}`` entry (and only those get
+their reason worked out), so a body of five million bad one-byte items costs no more than a good one.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+from traceexport import _json
+from traceexport.errors import RecordError
+from traceexport.records import Record, record_from_obj, record_from_trace_info
+
+JSON_TYPES = frozenset({"application/json", ""})
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl",
+                          "application/x-jsonlines", "application/json-lines"})
+MAX_REJECTIONS_LISTED = 100
+_BOM = b"\xef\xbb\xbf"
+_OPEN_BRACE = ord("{")
+
+
+@dataclass(slots=True)
+class ParsedBody:
+    """The records of a body, the first rejections with their reasons, and how many were rejected."""
+
+    records: list[Record] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    rejected_total: int = 0
+
+    @property
+    def listing(self) -> bool:
+        """Whether the next rejection still gets an entry (with its reason) or is only counted."""
+        return len(self.rejected) < MAX_REJECTIONS_LISTED
+
+    def reject(self, where: str, number: int, reason: str | None) -> None:
+        """Count a rejection, listing it while there is room (``reason`` may be None past that)."""
+        self.rejected_total += 1
+        if reason is not None and self.listing:
+            self.rejected.append({where: number, "reason": reason})
+
+
+def parse_body(body: bytes, content_type: str, type_name: str | None = None,
+               app_id: str | None = None) -> ParsedBody:
+    """The records of a request body and its rejections (NDJSON by line number, JSON by array index)."""
+    parsed = ParsedBody()
+    if content_type in NDJSON_TYPES:
+        _parse_lines(body, type_name, app_id, parsed)
+    else:
+        _parse_json(body, type_name, app_id, parsed)
+    return parsed
+
+
+def _parse_json(body: bytes, type_name: str | None, app_id: str | None, parsed: ParsedBody) -> None:
+    try:
+        text = body.decode("utf-8-sig")
+        value = _json.loads(text)
+    except UnicodeDecodeError as exc:
+        parsed.reject("index", 0, f"body is not UTF-8 ({exc.reason} at byte {exc.start})")
+        return
+    except ValueError as exc:
+        parsed.reject("index", 0, f"body is not valid JSON: {exc}")
+        return
+    if not isinstance(value, list):
+        _add(parsed, "index", 0, value, type_name, app_id, text)
+        return
+    for index, item in enumerate(value):
+        if isinstance(item, dict):
+            _add(parsed, "index", index, item, type_name, app_id, None)
+        else:  # cheap: no exception, and a reason only while it will be listed
+            parsed.reject("index", index, _not_an_object(item) if parsed.listing else None)
+
+
+def _parse_lines(body: bytes, type_name: str | None, app_id: str | None, parsed: ParsedBody) -> None:
+    offset = len(_BOM) if body.startswith(_BOM) else 0
+    lines = io.BytesIO(body)
+    lines.seek(offset)
+    for number, line in enumerate(lines, start=1):
+        start, offset = offset, offset + len(line)
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if stripped[0] != _OPEN_BRACE:  # not an object, whatever it is: work out what only if listed
+            parsed.reject("line", number, _line_reason(line, start) if parsed.listing else None)
+            continue
+        try:
+            text = line.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            parsed.reject("line", number, _not_utf8(exc, start))
+            continue
+        try:
+            value = _json.loads(text)
+        except ValueError as exc:
+            parsed.reject("line", number, f"not valid JSON: {exc}")
+            continue
+        _add(parsed, "line", number, value, type_name, app_id, text)
+
+
+def _add(parsed: ParsedBody, where: str, number: int, value: Any, type_name: str | None,
+         app_id: str | None, raw: str | None) -> None:
+    try:
+        parsed.records.append(_record(value, type_name, app_id, raw))
+    except RecordError as exc:
+        parsed.reject(where, number, exc.reason)
+    except Exception as exc:  # a parser bug must cost one record, not the request
+        parsed.reject(where, number, f"could not read this record ({type(exc).__name__})")
+
+
+def _record(value: Any, type_name: str | None, app_id: str | None, raw: str | None) -> Record:
+    if app_id and isinstance(value, dict) and "trace_info" not in value:
+        return record_from_trace_info(value, type_name, app_id)
+    return record_from_obj(value, type_name, raw=raw)
+
+
+def _line_reason(line: bytes, start: int) -> str:
+    """Why a line that does not start with ``{`` is refused."""
+    try:
+        value = _json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return _not_utf8(exc, start)
+    except ValueError as exc:
+        return f"not valid JSON: {exc}"
+    return _not_an_object(value)
+
+
+def _not_utf8(exc: UnicodeDecodeError, line_start: int) -> str:
+    return f"line is not UTF-8 ({exc.reason} at byte {line_start + exc.start} of the body)"
+
+
+def _not_an_object(value: Any) -> str:
+    return f"expected a JSON object, got {type(value).__name__}"
+
+
+__all__ = ["JSON_TYPES", "MAX_REJECTIONS_LISTED", "NDJSON_TYPES", "ParsedBody", "parse_body"]
