@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from traceexport import _json
-from traceexport.errors import RecordError, SpoolFullError
+from traceexport.errors import RecordError, RecordTooLargeError, SpoolFullError
 from traceexport.logs import log_event
 from traceexport.records import Record, record_from_obj, record_from_trace_info
 
@@ -253,10 +253,13 @@ class _Handler(BaseHTTPRequestHandler):
         if records:
             try:
                 ingest.accept(records)
-            except SpoolFullError as exc:
+            except SpoolFullError as exc:  # over the size limit, or a full disk: retryable
                 wait = max(1, math.ceil(exc.retry_after))
                 self._send(503, {"error": f"{exc}; retry after {wait}s", "accepted": 0},
                            {"Retry-After": str(wait)})
+                return
+            except RecordTooLargeError as exc:  # can never fit in the spool: retrying cannot help
+                self._send(413, {"error": exc.reason, "accepted": 0})
                 return
         if not rejected:
             self._send(202, {"accepted": len(records)})
