@@ -2,8 +2,9 @@
 
 ``spool.max_bytes`` bounds everything the spool puts on disk: the database's pages in use, its
 write-ahead log (``-wal``) and the log's index (``-shm``). The log is kept below :func:`wal_budget`
-by checkpoints that also truncate the file, and that budget is reserved inside ``max_bytes``, so the
-files stay within ``max_bytes`` plus at most one transaction (documented margin: :data:`WAL_MARGIN`).
+by checkpoints that also truncate the file (once it passes half the budget), and the budget is reserved
+inside ``max_bytes``, so the files stay within ``max_bytes`` plus at most one transaction's pages in the
+log (documented margin: :func:`margin_bytes`, 512 KiB with the spool's 32 KiB pages).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 WAL_BUDGET_MAX = 32 * 1024**2
 # The log's shared-memory index: 32 KiB per 4096 frames, so one block for any budget above.
 SHM_BYTES = 32 * 1024
-# How far the files may go past max_bytes: one transaction beyond the log's budget (a request's records).
-WAL_MARGIN = 256 * 1024
+# Pages one write transaction adds to the log (records in and out, their tree, sinks, counters, free list).
+TRANSACTION_PAGES = 16
 # A filesystem with less free space than this (spool free pages included) is still "full" for readiness.
 DISK_READY_BYTES = 1024**2
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
@@ -29,6 +30,11 @@ def wal_budget(max_bytes: int, page_size: int) -> int:
     """Bytes the write-ahead log may reach before it is checkpointed and truncated: 1/8 of the limit,
     at least 4 pages, at most :data:`WAL_BUDGET_MAX`."""
     return max(min(max_bytes // 8, WAL_BUDGET_MAX), 4 * page_size)
+
+
+def margin_bytes(page_size: int) -> int:
+    """How far the spool's files may go past ``max_bytes``: one transaction in the log beyond its budget."""
+    return TRANSACTION_PAGES * page_size
 
 
 def file_size(path: Path) -> int:

@@ -57,12 +57,14 @@ COUNTER_NAMES = (
 _PAGE_SIZE = 32768
 # Rows beyond the slowest cursor examined per sweep for records owed only to faster sinks.
 _SWEEP_WINDOW = 20_000
+# The most rows one sweep step looks at (each step deletes about half the log's budget of records).
+_SWEEP_CHUNK_ROWS = 10_000
 # Bytes a row costs beyond its text (key, columns, index entry), for the size estimate of accept.
 _ROW_OVERHEAD = 64
 # With on_full=refuse, readiness says "full" when less room than this is left (a typical request).
 _READY_ROOM = 16 * 1024
 # How long a truncating checkpoint waits for readers still on the log before it gives up (ms).
-_CHECKPOINT_WAIT_MS = 50
+_CHECKPOINT_WAIT_MS = 200
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records(
@@ -225,20 +227,27 @@ class Spool:
     # -- accept ----------------------------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """:meth:`write`, but never leaving its connection inside a failed transaction.
+        """:meth:`write`, never leaving its connection inside a failed transaction, and keeping the log small.
 
         A COMMIT refused for a full disk leaves the transaction open (SQLite keeps it so it can be
-        retried): roll it back, so the next write on that connection can begin.
+        retried): roll it back, so the next write on that connection can begin. After a commit, a log
+        over its budget is checkpointed and truncated (:meth:`checkpoint_if_large`).
         """
         conn: sqlite3.Connection | None = None
         try:
             with self.write() as conn:
+                # Per connection, and cheap. checkpoint_if_large truncates the log after this commit if it
+                # outgrew its budget; SQLite's own (passive) checkpoint is only a fallback at 4 times that, and a
+                # log it restarts is cut back to the budget (SQLite's defaults: 1000 pages, never cut).
+                conn.execute(f"PRAGMA wal_autocheckpoint={max(4 * self.wal_budget // self.page_size, 1)}")
+                conn.execute(f"PRAGMA journal_size_limit={self.wal_budget}")
                 yield conn
         except BaseException:
             if conn is not None and conn.in_transaction:
                 with suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             raise
+        self.checkpoint_if_large()
 
     def used_bytes(self) -> int:
         """Bytes the spool takes: the database's pages in use, its write-ahead log and the log's index."""
@@ -286,7 +295,6 @@ class Spool:
             self._refusal = Refusal(True, incoming, reason)
             raise DiskFullError(reason, retry_after=self.settings.full_retry_after) from exc
         self._refusal = None
-        self.checkpoint_if_large()
 
     def _check_fits(self, rows: Sequence[SpoolRow]) -> int:
         """The rows' estimated size; RecordTooLargeError when they could never fit, whatever is freed."""
@@ -364,29 +372,41 @@ class Spool:
 
     # -- room and readiness ------------------------------------------------------------------------
     def checkpoint_if_large(self) -> bool:
-        """Copy the write-ahead log into the database and truncate it once it outgrows its budget.
+        """Copy the write-ahead log into the database and truncate it once it outgrows half its budget
+        (the other half leaves room for the transactions written meanwhile).
 
-        Best effort and cheap when there is nothing to do (one ``stat``): it waits at most
-        :data:`_CHECKPOINT_WAIT_MS` for readers still on the log and tries again next time; a full disk
-        only makes it give up. True when the log was truncated.
+        Cheap when there is nothing to do (one ``stat``). A thread that finds the log too big while
+        another one truncates it waits for that instead of writing on. The truncation waits at most
+        :data:`_CHECKPOINT_WAIT_MS` for readers still on the log and for another connection's checkpoint
+        (SQLite answers "busy" at once then, without its busy handler), and is tried again after the next
+        write; a full disk only makes it give up. True when the log was truncated.
         """
-        if file_size(sidecar(self.path, "-wal")) <= self.wal_budget:
+        wal, threshold = sidecar(self.path, "-wal"), self.wal_budget // 2
+        if file_size(wal) <= threshold:
             return False
-        if not self._checkpointing.acquire(blocking=False):
-            return False  # another thread is at it
+        if not self._checkpointing.acquire(timeout=_CHECKPOINT_WAIT_MS / 1000):
+            return False
         try:
+            if file_size(wal) <= threshold:
+                return False  # another thread just did it
             conn = self.conn()
             if conn.in_transaction:
                 return False
             wait = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+            deadline = time.monotonic() + _CHECKPOINT_WAIT_MS / 1000
             try:
-                conn.execute(f"PRAGMA busy_timeout={_CHECKPOINT_WAIT_MS}")
-                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                while True:
+                    left = int((deadline - time.monotonic()) * 1000)
+                    conn.execute(f"PRAGMA busy_timeout={max(left, 1)}")
+                    if not conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+                        return True
+                    if left <= 0:
+                        return False
+                    time.sleep(0.002)
             except sqlite3.Error:
                 return False
             finally:
                 conn.execute(f"PRAGMA busy_timeout={int(wait)}")
-            return not busy
         finally:
             self._checkpointing.release()
 
@@ -430,27 +450,48 @@ class Spool:
             scan = now - self._last_scan >= scan_every
             if scan:
                 self._last_scan = now
-        deleted = self._sweep(scan)
-        self.checkpoint_if_large()
-        return deleted
+        return self._sweep(scan)
 
     def _sweep(self, scan: bool) -> int:
-        with self.transaction() as conn:
+        with self.read() as conn:
             sinks = conn.execute("SELECT bit, cursor, last_seq FROM sinks").fetchall()
-            if not sinks:
-                return 0
-            low, high = min(c for _, c, _ in sinks), max(c for _, c, _ in sinks)
-            done = "seq NOT IN (SELECT seq FROM retries)"
-            deleted = conn.execute(f"DELETE FROM records WHERE seq <= ? AND {done}", (low,)).rowcount
-            for start, end in _unowed_ranges(low, [(c, last) for _, c, last in sinks]):
-                deleted += conn.execute(f"DELETE FROM records WHERE seq > ? AND seq <= ? AND {done}",
-                                        (start, end)).rowcount
-            if scan and high > low:  # past the fastest cursor every record is still owed to some sink
-                owed = " AND ".join(f"NOT ((mask >> {bit}) & 1 AND seq > {cursor})" for bit, cursor, _ in sinks)
-                deleted += conn.execute(
-                    f"DELETE FROM records WHERE seq > ? AND seq <= ? AND {owed} AND {done}",
-                    (low, min(high, low + _SWEEP_WINDOW))).rowcount
+            oldest = conn.execute("SELECT min(seq) FROM records").fetchone()[0]
+        if not sinks or oldest is None:
+            return 0
+        # Cursors only move up and new records get higher numbers, so what is unowed now stays unowed.
+        low, high = min(c for _, c, _ in sinks), max(c for _, c, _ in sinks)
+        done = "seq NOT IN (SELECT seq FROM retries)"
+        steps = [(oldest - 1, low, done)]
+        steps += [(start, end, done) for start, end in _unowed_ranges(low, [(c, last) for _, c, last in sinks])]
+        if scan and high > low:  # past the fastest cursor every record is still owed to some sink
+            owed = " AND ".join(f"NOT ((mask >> {bit}) & 1 AND seq > {cursor})" for bit, cursor, _ in sinks)
+            steps.append((low, min(high, low + _SWEEP_WINDOW), f"{owed} AND {done}"))
+        deleted = 0
+        for start, end, condition in steps:
+            position = max(start, oldest - 1)
+            while position < end:
+                with self.transaction() as conn:
+                    stop = self._chunk_end(conn, position, end, condition)
+                    deleted += conn.execute(f"DELETE FROM records WHERE seq > ? AND seq <= ? AND {condition}",
+                                            (position, stop)).rowcount
+                position = stop
         return int(deleted)
+
+    def _chunk_end(self, conn: sqlite3.Connection, position: int, end: int, condition: str) -> int:
+        """Where a delete starting after ``position`` stops so that it frees about half the log's budget.
+
+        Each page of deleted records is written to the log: deleting a backlog in one go would grow the
+        log by all of it; in these steps the log is checkpointed in between.
+        """
+        budget, total = self.wal_budget // 2, 0
+        rows = conn.execute(
+            f"SELECT seq, length(envelope) + ifnull(length(compact), 0) FROM records WHERE seq > ? AND seq <= ? "
+            f"AND {condition} ORDER BY seq LIMIT ?", (position, end, _SWEEP_CHUNK_ROWS)).fetchall()
+        for seq, size in rows:
+            total += size + 2 * _ROW_OVERHEAD
+            if total >= budget:
+                return int(seq)
+        return end if len(rows) < _SWEEP_CHUNK_ROWS else int(rows[-1][0])
 
     # -- counters --------------------------------------------------------------------------------
     def counters(self) -> dict[str, dict[str, int]]:
