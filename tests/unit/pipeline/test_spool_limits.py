@@ -6,7 +6,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -148,7 +149,7 @@ def test_a_sent_batch_whose_outcome_cannot_be_saved_is_saved_later_and_never_sen
         real_commit(outcome, now)
 
     monkeypatch.setattr(queue, "commit", commit)
-    monkeypatch.setattr("traceexport.pipeline.worker.SAVE_RETRY_FIRST", 0.01)
+    monkeypatch.setattr("traceexport.pipeline.worker.SAVE_RETRY_FIRST", 0.01, raising=False)
     pipe.accept(make_records(5))
     pipe.start()
     assert wait_for(lambda: pipe.metrics()["sinks"]["a"]["exported"] == 5, timeout=30)
@@ -164,20 +165,21 @@ def test_a_full_disk_is_a_retryable_refusal_that_readiness_reports_until_a_write
     """SQLite's "database or disk is full" becomes DiskFullError with retry_after; refusal() says why until then."""
     pipe = _pipe(tmp_path, ScriptedSink("a"), full_retry_after=7.0)
     spool = pipe.spool
-    real_insert = spool._insert
 
-    def full(*args: object) -> None:
+    @contextmanager
+    def full() -> Iterator[sqlite3.Connection]:
         error = sqlite3.OperationalError("database or disk is full")
         error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
         raise error
+        yield spool.conn()
 
-    monkeypatch.setattr(spool, "_insert", full)
-    monkeypatch.setattr("traceexport.pipeline.spool.free_disk_bytes", lambda directory: 0)
+    monkeypatch.setattr(spool, "write", full)
+    monkeypatch.setattr("traceexport.pipeline.spool.free_disk_bytes", lambda directory: 0, raising=False)
     with pytest.raises(DiskFullError) as err:
         pipe.accept(make_records(1))
     assert err.value.retry_after == 7.0 and "disk" in str(err.value)
     assert spool.refusal() == str(err.value)
-    monkeypatch.setattr(spool, "_insert", real_insert)
+    monkeypatch.undo()
     pipe.accept(make_records(1))
     assert spool.refusal() is None
     pipe.close()
