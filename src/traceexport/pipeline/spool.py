@@ -142,6 +142,7 @@ class Spool:
         # Pages no record can use: one per table and index, plus the schema's own.
         objects = int(self.conn().execute("SELECT count(*) FROM sqlite_master").fetchone()[0])
         self.fixed_bytes = (objects + 1) * self.page_size
+        self.checkpoint_if_large()  # creating the schema alone logs more than a small spool's budget
 
     def _upgrade(self) -> None:
         """Bring a spool written by an older version up to this schema (columns only ever get added)."""
@@ -419,6 +420,7 @@ class Spool:
         """
         refusal = self._refusal
         conn = self.conn()
+        self.checkpoint_if_large()  # a log left large (no write since, or readers then) is no reason
         if refusal is not None and refusal.disk:
             free_pages = int(conn.execute("PRAGMA freelist_count").fetchone()[0]) * self.page_size
             if free_disk_bytes(self.dir) + free_pages < max(DISK_READY_BYTES, refusal.need):
