@@ -227,15 +227,22 @@ class Daemon:
                 f"spool {self.config.spool.dir}")
 
     def not_ready_reason(self) -> str | None:
-        """None when ready: pipeline running and spool directory writable; else why not."""
-        if not self._running:
+        """None when ready: pipeline running, spool directory writable, ingest not refused; else why not.
+
+        Ingest is refused while the spool is at its size limit (on_full: refuse) or its disk is full
+        (until a write succeeds or space shows up again): see :meth:`Spool.refusal`.
+        """
+        if not self._running or self.pipeline is None:
             return "pipeline not running"
-        delivery = self.pipeline.delivery if self.pipeline is not None else None
+        delivery = self.pipeline.delivery
         if delivery is not None and not delivery.alive():
             return "delivery process is not running"
         if not os.access(self.config.spool.dir, os.W_OK):
             return f"spool directory {self.config.spool.dir} is not writable"
-        return None
+        try:
+            return self.pipeline.spool.refusal()
+        except Exception as exc:  # a spool that cannot even be read is not ready either
+            return f"spool {self.config.spool.dir} cannot be read: {type(exc).__name__}: {exc}"
 
 
 def start_problem(exc: OSError, config: Config) -> ConfigError:

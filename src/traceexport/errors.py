@@ -5,8 +5,10 @@
     TraceExportError
     ├── ConfigError                 bad config or mapping at start-up; lists every problem
     ├── RecordError                 one input record is invalid or cannot be mapped
+    │   └── RecordTooLargeError     .indexes: records that can never fit in the spool (permanent)
     ├── SpoolFullError              back-pressure: the spool refuses new input (retryable)
-    │   └── SpoolUnavailableError   the spool cannot take input now (no descriptor left for a connection)
+    │   ├── SpoolUnavailableError   the spool cannot take input now (no descriptor left for a connection)
+    │   └── DiskFullError           the spool's filesystem is full (retryable)
     └── ExportError                 a delivery attempt failed
         ├── RetryableExportError    .retry_after: seconds the backend asked us to wait (or None)
         └── PermanentExportError    .status_code, a short body excerpt with secrets removed
@@ -60,6 +62,18 @@ class RecordError(TraceExportError):
         super().__init__(f"{source}: {self.reason}" if source else self.reason)
 
 
+class RecordTooLargeError(RecordError):
+    """Records that can never fit in the spool, whatever is delivered or dropped: retrying cannot help.
+
+    ``indexes`` are the positions of those records in the batch given to ``accept`` (empty when only the
+    batch as a whole is too large); nothing of that batch was stored.
+    """
+
+    def __init__(self, reason: str, *, indexes: Iterable[int] = ()) -> None:
+        self.indexes: list[int] = list(indexes)
+        super().__init__(reason)
+
+
 class SpoolFullError(TraceExportError):
     """The spool is at its size limit; the caller should retry after ``retry_after`` seconds."""
 
@@ -70,6 +84,10 @@ class SpoolFullError(TraceExportError):
 
 class SpoolUnavailableError(SpoolFullError):
     """The spool cannot take input right now for want of a resource (descriptors, memory); retryable."""
+
+
+class DiskFullError(SpoolFullError):
+    """The spool's filesystem has no room left (or the file size limit was reached); retry later."""
 
 
 class ExportError(TraceExportError):
@@ -96,10 +114,12 @@ class PermanentExportError(ExportError):
 
 __all__ = [
     "ConfigError",
+    "DiskFullError",
     "ExportError",
     "PermanentExportError",
     "Problem",
     "RecordError",
+    "RecordTooLargeError",
     "RetryableExportError",
     "SpoolFullError",
     "SpoolUnavailableError",

@@ -61,7 +61,7 @@ def prometheus_text(snap: dict[str, Any]) -> str:
     lines += ["# HELP traceexport_dead_letters Entries in the dead letter.",
               "# TYPE traceexport_dead_letters gauge"]
     lines += [f'traceexport_dead_letters{{sink="{_label(s)}"}} {n}' for s, n in snap["dead_letters"].items()]
-    lines += ["# HELP traceexport_spool_bytes Bytes of the spool file in use.",
+    lines += ["# HELP traceexport_spool_bytes Bytes the spool takes: pages in use, write-ahead log and its index.",
               "# TYPE traceexport_spool_bytes gauge", f"traceexport_spool_bytes {snap['spool_bytes']}"]
     return "\n".join(lines) + "\n"
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from traceexport.errors import RecordTooLargeError
 from traceexport.pipeline.metrics import prometheus_text, snapshot
 from traceexport.pipeline.prepared import Prepare, PreparedRecords
 from traceexport.pipeline.process import DeliveryProcess, PrepareFactory, RouteFactory
@@ -57,19 +58,26 @@ class Pipeline:
     def accept(self, records: Sequence[Record]) -> None:
         """Persist ``records`` for every sink they are routed to; returns once committed.
 
-        Raises SpoolFullError (retryable, ``.retry_after``) when the spool is at its size limit.
-        Records no route wants are not stored.
+        Raises SpoolFullError (retryable, ``.retry_after``) when the spool is at its size limit or its disk
+        is full, RecordTooLargeError (``.indexes`` into ``records``) for records that can never fit; then
+        nothing of ``records`` is stored. Records no route wants are not stored.
         """
-        rows, kept, fanout = [], [], []
+        rows, kept, fanout, where = [], [], [], []
         compact = self._compact_wanted()
-        for record in records:
+        for index, record in enumerate(records):
             mask = mask_for(record, self.routes, self.bits)
             if mask:
+                where.append(index)
                 kept.append(record)
                 fanout.append(mask.bit_count())
                 rows.append(SpoolRow(mask, record.key, record.type, record.app_id, record.trace_key,
                                      record.envelope_text(), compact_bytes(record) if compact else None))
-        self.spool.accept(rows)
+        try:
+            self.spool.accept(rows)
+        except RecordTooLargeError as exc:
+            indexes = [where[i] for i in exc.indexes]
+            reason = f"record {indexes[0]}: {exc.reason}" if indexes else exc.reason
+            raise RecordTooLargeError(reason, indexes=indexes) from exc
         self.records.seed(kept, fanout)
         self.wake()
 

@@ -7,6 +7,7 @@ as its retries, dead letters and counters, so a process killed mid-batch re-send
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass, field
 
@@ -94,20 +95,27 @@ class SinkQueue:
         return None if row[0] is None else float(row[0])
 
     def commit(self, outcome: Outcome, now: float | None = None) -> None:
-        """Record every outcome of a batch and move the cursor to :attr:`read_pos`, atomically."""
+        """Record every outcome of a batch and move the cursor to :attr:`read_pos`, atomically.
+
+        Items whose record ``on_full: drop_oldest`` deleted while the batch was on its way were counted as
+        dropped then: one that failed stays dropped (no retry is kept for a record that is gone), one that
+        got through (or was dead-lettered, with its envelope) moves from ``dropped`` to its outcome.
+        """
         now = time.time() if now is None else now
-        done_retries = [(self.name, i.seq) for i in (*outcome.delivered, *outcome.skipped) if i.from_retry]
-        done_retries += [(self.name, d.item.seq) for d in outcome.dead if d.item.from_retry]
-        with self.spool.write() as conn:
+        with self.spool.transaction() as conn:
+            gone = _dropped_meanwhile(conn, outcome)
+            done = [i for i in (*outcome.delivered, *outcome.skipped, *(d.item for d in outcome.dead))]
+            retry = [r for r in outcome.retry if r[0].seq not in gone]
+            deferred = [(i, nb) for i, nb in outcome.deferred if i.seq not in gone]
             conn.execute("UPDATE sinks SET cursor = ? WHERE name = ?", (self.read_pos, self.name))
-            conn.executemany("DELETE FROM retries WHERE sink = ? AND seq = ?", done_retries)
+            conn.executemany("DELETE FROM retries WHERE sink = ? AND seq = ?",
+                             [(self.name, i.seq) for i in done if i.from_retry])
             conn.executemany(
                 "INSERT OR REPLACE INTO retries(sink, seq, not_before, attempts, first_attempt, last_reason, "
                 "status_code) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(self.name, i.seq, nb, n, f, redact(reason), code)
-                 for i, nb, n, f, reason, code in outcome.retry]
+                [(self.name, i.seq, nb, n, f, redact(reason), code) for i, nb, n, f, reason, code in retry]
                 + [(self.name, i.seq, nb, i.attempts, i.first_attempt, "deferred by the enricher", None)
-                   for i, nb in outcome.deferred])
+                   for i, nb in deferred])
             conn.executemany(
                 "INSERT INTO dead_letters(sink, record_key, record_type, app_id, reason, status_code, "
                 "permanent, attempts, first_attempt, last_attempt, envelope) "
@@ -116,9 +124,10 @@ class SinkQueue:
                   int(d.permanent), d.attempts, d.first_attempt, now, d.item.envelope) for d in outcome.dead])
             bump(conn, [(self.name, "exported", len(outcome.delivered)),
                         (self.name, "skipped", len(outcome.skipped)),
-                        (self.name, "retried", len(outcome.retry)),
-                        (self.name, "deferred", len(outcome.deferred)),
-                        (self.name, "dead_lettered", len(outcome.dead))])
+                        (self.name, "retried", len(retry)),
+                        (self.name, "deferred", len(deferred)),
+                        (self.name, "dead_lettered", len(outcome.dead)),
+                        (self.name, "dropped", -sum(1 for i in done if i.seq in gone))])
         self.cursor = self.read_pos
         self._last_cursor_write = time.monotonic()
 
@@ -126,7 +135,16 @@ class SinkQueue:
         """Persist a read position that moved past records of other sinks only (at most every ``every`` s)."""
         if self.read_pos == self.cursor or time.monotonic() - self._last_cursor_write < every:
             return
-        with self.spool.write() as conn:
+        with self.spool.transaction() as conn:
             conn.execute("UPDATE sinks SET cursor = ? WHERE name = ?", (self.read_pos, self.name))
         self.cursor = self.read_pos
         self._last_cursor_write = time.monotonic()
+
+
+def _dropped_meanwhile(conn: sqlite3.Connection, outcome: Outcome) -> set[int]:
+    """Sequence numbers of the batch's items whose record is gone: drop_oldest deletes only the oldest
+    records, and the sweep never deletes one a sink still owes, so gone means below the oldest left."""
+    oldest = conn.execute("SELECT min(seq) FROM records").fetchone()[0]
+    items = [*outcome.delivered, *outcome.skipped, *(d.item for d in outcome.dead),
+             *(r[0] for r in outcome.retry), *(i for i, _ in outcome.deferred)]
+    return {i.seq for i in items if oldest is None or i.seq < oldest}

@@ -51,8 +51,9 @@ class RetryPolicy:
 class PipelineSettings:
     """Spool and delivery settings.
 
-    ``max_bytes`` bounds the spool file on disk; when it is reached ``on_full="refuse"`` raises
-    SpoolFullError (back-pressure) and ``"drop_oldest"`` deletes the oldest records, counting each drop.
+    ``max_bytes`` bounds the spool's files on disk, write-ahead log included; when it is reached
+    ``on_full="refuse"`` raises SpoolFullError (back-pressure) and ``"drop_oldest"`` deletes the oldest
+    records, counting each drop per sink that still owed it.
     ``fsync`` makes every commit durable against power loss (SQLite ``synchronous=FULL``); without it
     commits still survive a killed process. ``delivery_process`` runs the sink workers in a child
     process (see :mod:`traceexport.pipeline.process`), so ingest and delivery use two cores.

@@ -18,6 +18,12 @@ Layout (all in ``<spool_dir>/spool.db``):
 
 A record is deleted once every sink in its mask is past it and holds no retry for it. Nothing is ever
 read into memory wholesale: workers page through ``records`` by ``seq``.
+
+Room (see :mod:`traceexport.pipeline.capacity`): ``max_bytes`` covers the pages in use, the write-ahead
+log (kept within its budget by truncating checkpoints) and its index. A full filesystem is a retryable
+``DiskFullError``; a record that could never fit is a permanent ``RecordTooLargeError``. The last
+refusal is remembered, so :meth:`Spool.refusal` can tell readiness probes cheaply whether ingest would
+be refused now.
 """
 
 from __future__ import annotations
@@ -27,11 +33,20 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from traceexport.errors import ConfigError, SpoolFullError, SpoolUnavailableError
+from traceexport.errors import ConfigError, DiskFullError, RecordTooLargeError, SpoolFullError, SpoolUnavailableError
+from traceexport.pipeline.capacity import (
+    DISK_READY_BYTES,
+    SHM_BYTES,
+    disk_full_cause,
+    file_size,
+    free_disk_bytes,
+    sidecar,
+    wal_budget,
+)
 from traceexport.pipeline.connections import ConnectionPool
 from traceexport.pipeline.settings import PipelineSettings
 
@@ -43,6 +58,14 @@ COUNTER_NAMES = (
 _PAGE_SIZE = 32768
 # Rows beyond the slowest cursor examined per sweep for records owed only to faster sinks.
 _SWEEP_WINDOW = 20_000
+# The most rows one sweep step looks at (each step deletes about half the log's budget of records).
+_SWEEP_CHUNK_ROWS = 10_000
+# Bytes a row costs beyond its text (key, columns, index entry), for the size estimate of accept.
+_ROW_OVERHEAD = 64
+# With on_full=refuse, readiness says "full" when less room than this is left (a typical request).
+_READY_ROOM = 16 * 1024
+# How long a truncating checkpoint waits for readers still on the log before it gives up (ms).
+_CHECKPOINT_WAIT_MS = 200
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records(
@@ -77,6 +100,19 @@ class SpoolRow:
     envelope: str
     compact: bytes | None = None
 
+    def size(self) -> int:
+        """Estimated bytes this row takes in the spool."""
+        return len(self.envelope) + len(self.compact or b"") + len(self.key) + _ROW_OVERHEAD
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why the last accept was refused: ``need`` bytes did not fit, under the limit or on a full disk."""
+
+    disk: bool
+    need: int
+    reason: str
+
 
 class Spool:
     """The SQLite spool file; safe to share between threads (connections from a pool, see ``connections``)."""
@@ -98,8 +134,16 @@ class Spool:
         self._lock = threading.Lock()
         self._last_sweep = 0.0
         self._last_scan = 0.0
+        self._checkpointing = threading.Lock()
+        self._refusal: Refusal | None = None
         self.conn().executescript(_SCHEMA)
         self._upgrade()
+        self.page_size = int(self.conn().execute("PRAGMA page_size").fetchone()[0])
+        self.wal_budget = wal_budget(self.settings.max_bytes, self.page_size)
+        # Pages no record can use: one per table and index, plus the schema's own.
+        objects = int(self.conn().execute("SELECT count(*) FROM sqlite_master").fetchone()[0])
+        self.fixed_bytes = (objects + 1) * self.page_size
+        self.checkpoint_if_large()  # creating the schema alone logs more than a small spool's budget
 
     def _upgrade(self) -> None:
         """Bring a spool written by an older version up to this schema (columns only ever get added)."""
@@ -147,7 +191,12 @@ class Spool:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except BaseException:  # a COMMIT refused (full disk) leaves the transaction open: never pool it so
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -183,22 +232,98 @@ class Spool:
         return dict(self.conn().execute("SELECT name, bit FROM sinks").fetchall())
 
     # -- accept ----------------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """:meth:`write`, never leaving its connection inside a failed transaction, and keeping the log small.
+
+        A COMMIT refused for a full disk leaves the transaction open (SQLite keeps it so it can be
+        retried): roll it back, so the next write on that connection can begin. After a commit, a log
+        over its budget is checkpointed and truncated (:meth:`checkpoint_if_large`).
+        """
+        conn: sqlite3.Connection | None = None
+        try:
+            with self.write() as conn:
+                # Per connection, and cheap. checkpoint_if_large truncates the log after this commit if it
+                # outgrew its budget; SQLite's own (passive) checkpoint is only a fallback at 4 times that, and a
+                # log it restarts is cut back to the budget (SQLite's defaults: 1000 pages, never cut).
+                conn.execute(f"PRAGMA wal_autocheckpoint={max(4 * self.wal_budget // self.page_size, 1)}")
+                conn.execute(f"PRAGMA journal_size_limit={self.wal_budget}")
+                yield conn
+        except BaseException:
+            if conn is not None and conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        self.checkpoint_if_large()
+
     def used_bytes(self) -> int:
-        """Bytes of the spool file in use (pages minus free pages) plus the write-ahead log."""
-        conn = self.conn()
+        """Bytes the spool takes: the database's pages in use, its write-ahead log and the log's index."""
+        return self._pages_in_use(self.conn()) + self._log_bytes()
+
+    def _pages_in_use(self, conn: sqlite3.Connection) -> int:
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        size = conn.execute("PRAGMA page_size").fetchone()[0]
-        return int((pages - free) * size)
+        return int((pages - free) * self.page_size)
+
+    def _log_bytes(self) -> int:
+        return file_size(sidecar(self.path, "-wal")) + file_size(sidecar(self.path, "-shm"))
+
+    def _reserved_bytes(self, conn: sqlite3.Connection) -> int:
+        """What counts against ``max_bytes``: pages in use, plus the log at its budget (or more, if it is)."""
+        wal = file_size(sidecar(self.path, "-wal"))
+        return self._pages_in_use(conn) + max(wal, self.wal_budget) + SHM_BYTES
+
+    def record_room(self) -> int:
+        """The most bytes of records this spool could ever hold at once (an empty spool's room)."""
+        return self.settings.max_bytes - self.wal_budget - SHM_BYTES - self.fixed_bytes
 
     def accept(self, rows: Sequence[SpoolRow], now: float | None = None) -> None:
-        """Persist ``rows`` in one transaction; raise SpoolFullError (or drop oldest) when over the limit."""
+        """Persist ``rows`` in one transaction, or store nothing and raise.
+
+        RecordTooLargeError when a row (or the batch) could never fit; SpoolFullError when over the limit
+        with on_full=refuse, or when drop_oldest cannot free enough; DiskFullError when the filesystem is full.
+        """
         if not rows:
             return
         now = time.time() if now is None else now
-        incoming = sum(len(r.envelope) + len(r.compact or b"") + len(r.key) + 64 for r in rows)
-        with self.write() as conn:
-            over = self.used_bytes() + incoming - self.settings.max_bytes
+        incoming = self._check_fits(rows)
+        self.checkpoint_if_large()
+        try:
+            self._insert(rows, incoming, now)
+        except SpoolFullError as exc:
+            self._refusal = Refusal(isinstance(exc, DiskFullError), incoming, str(exc))
+            raise
+        except (sqlite3.Error, OSError, ConfigError) as exc:
+            cause = disk_full_cause(exc, self.dir)
+            if cause is None:
+                raise
+            reason = (f"the disk holding spool {self.dir} is full ({_one_line(cause)}): retry later, or free "
+                      "space there")
+            self._refusal = Refusal(True, incoming, reason)
+            raise DiskFullError(reason, retry_after=self.settings.full_retry_after) from exc
+        self._refusal = None
+
+    def _check_fits(self, rows: Sequence[SpoolRow]) -> int:
+        """The rows' estimated size; RecordTooLargeError when they could never fit, whatever is freed."""
+        room = self.record_room()
+        sizes = [r.size() for r in rows]
+        hopeless = [i for i, size in enumerate(sizes) if size > room]
+        if hopeless:
+            more = f" (and {len(hopeless) - 1} more)" if len(hopeless) > 1 else ""
+            raise RecordTooLargeError(
+                f"a record of {sizes[hopeless[0]]} bytes{more} is more than the {max(room, 0)} bytes of "
+                f"records a spool of max_bytes={self.settings.max_bytes} can ever hold: raise spool.max_bytes",
+                indexes=hopeless)
+        total = sum(sizes)
+        if total > room:
+            raise RecordTooLargeError(
+                f"these {len(rows)} records take {total} bytes, more than the {room} bytes of records a spool "
+                f"of max_bytes={self.settings.max_bytes} can ever hold: send fewer at a time")
+        return total
+
+    def _insert(self, rows: Sequence[SpoolRow], incoming: int, now: float) -> None:
+        with self.transaction() as conn:
+            over = self._reserved_bytes(conn) + incoming - self.settings.max_bytes
             if over > 0:
                 if self.settings.on_full != "drop_oldest":
                     raise SpoolFullError(
@@ -223,29 +348,98 @@ class Spool:
             bump(conn, ((name, "accepted", n) for name, n in per_sink.items()))
 
     def _drop_oldest(self, conn: sqlite3.Connection, over: int, now: float) -> None:
-        """Delete the oldest records until ``over`` bytes are freed, counting a drop per owing sink."""
-        sinks = conn.execute("SELECT name, bit, cursor FROM sinks").fetchall()
+        """Delete the oldest records until about ``over`` bytes are freed, counting the drops.
+
+        ``dropped`` of a sink counts the deleted records that sink still owed: routed to it and past its
+        cursor, or waiting in its retries. A record already in a batch on its way is counted here too; when
+        that batch's outcome is committed it moves from ``dropped`` to ``exported`` (or ``dead_lettered``)
+        if it got through (:meth:`traceexport.pipeline.queue.SinkQueue.commit`).
+        """
         freed = 0
-        dropped: list[int] = []
-        per_sink: dict[str, int] = {}
-        for seq, mask, size in conn.execute(
-                "SELECT seq, mask, length(envelope) + ifnull(length(compact), 0) FROM records ORDER BY seq"):
-            dropped.append(seq)
-            freed += size + 128
-            for name, bit, cursor in sinks:
-                if mask >> bit & 1 and seq > cursor:
-                    per_sink[name] = per_sink.get(name, 0) + 1
+        last: int | None = None
+        for seq, size in conn.execute(
+                "SELECT seq, length(envelope) + ifnull(length(compact), 0) + length(key) FROM records ORDER BY seq"):
+            last = seq
+            freed += size + 2 * _ROW_OVERHEAD
             if freed >= over:
                 break
-        if not dropped:
-            raise SpoolFullError(f"spool {self.dir} is full and holds no records to drop: raise its limit",
+        if last is None:
+            raise SpoolFullError(f"spool {self.dir} is full and holds no records to drop (the dead letter "
+                                 "takes the room?): purge the dead letter, or raise spool.max_bytes",
                                  retry_after=self.settings.full_retry_after)
-        for name, count in conn.execute(
-                f"SELECT sink, count(*) FROM retries WHERE seq <= {dropped[-1]} GROUP BY sink").fetchall():
-            per_sink[name] = per_sink.get(name, 0) + count
-        conn.execute("DELETE FROM retries WHERE seq <= ?", (dropped[-1],))
-        conn.execute("DELETE FROM records WHERE seq <= ?", (dropped[-1],))
+        per_sink: dict[str, int] = {}
+        for name, bit, cursor in conn.execute("SELECT name, bit, cursor FROM sinks").fetchall():
+            per_sink[name] = int(conn.execute(
+                "SELECT count(*) FROM records r WHERE r.seq <= ? AND ((r.mask >> ?) & 1 AND r.seq > ? "
+                "OR EXISTS (SELECT 1 FROM retries WHERE sink = ? AND seq = r.seq))",
+                (last, bit, cursor, name)).fetchone()[0])
+        conn.execute("DELETE FROM retries WHERE seq <= ?", (last,))
+        conn.execute("DELETE FROM records WHERE seq <= ?", (last,))
         bump(conn, ((name, "dropped", n) for name, n in per_sink.items()))
+
+    # -- room and readiness ------------------------------------------------------------------------
+    def checkpoint_if_large(self) -> bool:
+        """Copy the write-ahead log into the database and truncate it once it outgrows half its budget
+        (the other half leaves room for the transactions written meanwhile).
+
+        Cheap when there is nothing to do (one ``stat``). A thread that finds the log too big while
+        another one truncates it waits for that instead of writing on. The truncation waits at most
+        :data:`_CHECKPOINT_WAIT_MS` for readers still on the log and for another connection's checkpoint
+        (SQLite answers "busy" at once then, without its busy handler), and is tried again after the next
+        write; a full disk only makes it give up. True when the log was truncated.
+        """
+        wal, threshold = sidecar(self.path, "-wal"), self.wal_budget // 2
+        if file_size(wal) <= threshold:
+            return False
+        if not self._checkpointing.acquire(timeout=_CHECKPOINT_WAIT_MS / 1000):
+            return False
+        try:
+            if file_size(wal) <= threshold:
+                return False  # another thread just did it
+            conn = self.conn()
+            if conn.in_transaction:
+                return False
+            wait = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+            deadline = time.monotonic() + _CHECKPOINT_WAIT_MS / 1000
+            try:
+                while True:
+                    left = int((deadline - time.monotonic()) * 1000)
+                    conn.execute(f"PRAGMA busy_timeout={max(left, 1)}")
+                    if not conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+                        return True
+                    if left <= 0:
+                        return False
+                    time.sleep(0.002)
+            except sqlite3.Error:
+                return False
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={int(wait)}")
+        finally:
+            self._checkpointing.release()
+
+    def refusal(self) -> str | None:
+        """Why ingest would be refused now, or None; cheap enough for a readiness probe.
+
+        A full disk stays the reason until a write succeeds or the filesystem (with the spool's free
+        pages) has :data:`DISK_READY_BYTES` and the refused request's size free again. With on_full=refuse,
+        a spool with less room than the last refused request (or a small one) is full.
+        """
+        refusal = self._refusal
+        conn = self.conn()
+        self.checkpoint_if_large()  # a log left large (no write since, or readers then) is no reason
+        if refusal is not None and refusal.disk:
+            free_pages = int(conn.execute("PRAGMA freelist_count").fetchone()[0]) * self.page_size
+            if free_disk_bytes(self.dir) + free_pages < max(DISK_READY_BYTES, refusal.need):
+                return refusal.reason
+            self._refusal = refusal = None
+        if self.settings.on_full == "drop_oldest":
+            return None
+        room = self.settings.max_bytes - self._reserved_bytes(conn)
+        need = max(_READY_ROOM, refusal.need if refusal is not None else 0)
+        if room < need:
+            return (f"spool {self.dir} is full ({room if room > 0 else 0} of {self.settings.max_bytes} bytes "
+                    "free): waiting for delivery to make room")
+        return None
 
     # -- cleanup ---------------------------------------------------------------------------------
     def sweep(self, *, every: float = 1.0, scan_every: float = 30.0) -> int:
@@ -264,22 +458,48 @@ class Spool:
             scan = now - self._last_scan >= scan_every
             if scan:
                 self._last_scan = now
-        with self.write() as conn:
+        return self._sweep(scan)
+
+    def _sweep(self, scan: bool) -> int:
+        with self.read() as conn:
             sinks = conn.execute("SELECT bit, cursor, last_seq FROM sinks").fetchall()
-            if not sinks:
-                return 0
-            low, high = min(c for _, c, _ in sinks), max(c for _, c, _ in sinks)
-            done = "seq NOT IN (SELECT seq FROM retries)"
-            deleted = conn.execute(f"DELETE FROM records WHERE seq <= ? AND {done}", (low,)).rowcount
-            for start, end in _unowed_ranges(low, [(c, last) for _, c, last in sinks]):
-                deleted += conn.execute(f"DELETE FROM records WHERE seq > ? AND seq <= ? AND {done}",
-                                        (start, end)).rowcount
-            if scan and high > low:  # past the fastest cursor every record is still owed to some sink
-                owed = " AND ".join(f"NOT ((mask >> {bit}) & 1 AND seq > {cursor})" for bit, cursor, _ in sinks)
-                deleted += conn.execute(
-                    f"DELETE FROM records WHERE seq > ? AND seq <= ? AND {owed} AND {done}",
-                    (low, min(high, low + _SWEEP_WINDOW))).rowcount
+            oldest = conn.execute("SELECT min(seq) FROM records").fetchone()[0]
+        if not sinks or oldest is None:
+            return 0
+        # Cursors only move up and new records get higher numbers, so what is unowed now stays unowed.
+        low, high = min(c for _, c, _ in sinks), max(c for _, c, _ in sinks)
+        done = "seq NOT IN (SELECT seq FROM retries)"
+        steps = [(oldest - 1, low, done)]
+        steps += [(start, end, done) for start, end in _unowed_ranges(low, [(c, last) for _, c, last in sinks])]
+        if scan and high > low:  # past the fastest cursor every record is still owed to some sink
+            owed = " AND ".join(f"NOT ((mask >> {bit}) & 1 AND seq > {cursor})" for bit, cursor, _ in sinks)
+            steps.append((low, min(high, low + _SWEEP_WINDOW), f"{owed} AND {done}"))
+        deleted = 0
+        for start, end, condition in steps:
+            position = max(start, oldest - 1)
+            while position < end:
+                with self.transaction() as conn:
+                    stop = self._chunk_end(conn, position, end, condition)
+                    deleted += conn.execute(f"DELETE FROM records WHERE seq > ? AND seq <= ? AND {condition}",
+                                            (position, stop)).rowcount
+                position = stop
         return int(deleted)
+
+    def _chunk_end(self, conn: sqlite3.Connection, position: int, end: int, condition: str) -> int:
+        """Where a delete starting after ``position`` stops so that it frees about half the log's budget.
+
+        Each page of deleted records is written to the log: deleting a backlog in one go would grow the
+        log by all of it; in these steps the log is checkpointed in between.
+        """
+        budget, total = self.wal_budget // 2, 0
+        rows = conn.execute(
+            f"SELECT seq, length(envelope) + ifnull(length(compact), 0) FROM records WHERE seq > ? AND seq <= ? "
+            f"AND {condition} ORDER BY seq LIMIT ?", (position, end, _SWEEP_CHUNK_ROWS)).fetchall()
+        for seq, size in rows:
+            total += size + 2 * _ROW_OVERHEAD
+            if total >= budget:
+                return int(seq)
+        return end if len(rows) < _SWEEP_CHUNK_ROWS else int(rows[-1][0])
 
     # -- counters --------------------------------------------------------------------------------
     def counters(self) -> dict[str, dict[str, int]]:
@@ -344,6 +564,10 @@ def _unowed_ranges(low: int, owing: Sequence[tuple[int, int]]) -> list[tuple[int
     if top > position:
         ranges.append((position, top))
     return ranges
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def bump(conn: sqlite3.Connection, increments: Iterable[tuple[str, str, int]]) -> None:

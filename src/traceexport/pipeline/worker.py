@@ -6,6 +6,9 @@ record is done when all of them were accepted, dead-lettered when one was refuse
 retries ran out), and retried otherwise.
 When a whole batch fails, or the backend sends ``Retry-After``, the sink pauses: no request reaches
 that backend before the wait is over, while the other sinks go on.
+A batch the backend has answered is never sent again because its outcome could not be saved (a full
+disk): the worker keeps the outcome and retries only the commit, with backoff, before anything else.
+Only a process that dies before that commit re-sends its last batch on restart.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from traceexport.sinks.base import ExportResult, ItemFailure, Payload
 from traceexport.sinks.http import redact
 
 log = logging.getLogger(__name__)
+# Waits between attempts to save a sent batch's outcome (doubling from the first up to the last).
+SAVE_RETRY_FIRST = 0.5
+SAVE_RETRY_MAX = 30.0
 
 
 class Flag(Protocol):
@@ -54,6 +60,8 @@ class SinkWorker:
         self._stop = threading.Event()
         self._flushing: Flag = flushing if flushing is not None else threading.Event()  # up: never linger
         self._thread: threading.Thread | None = None
+        self._unsaved: Outcome | None = None  # a sent batch whose outcome is not committed yet
+        self._save_failures = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -88,6 +96,8 @@ class SinkWorker:
                           type(exc).__name__, redact(str(exc)), self.settings.poll_interval)
                 self.queue.read_pos = self.queue.cursor
                 self._stop.wait(self.settings.poll_interval)
+        if self._unsaved is not None:  # stopping: one last try, else the batch is re-sent on restart
+            self._save()
 
     def _wait(self, seconds: float) -> None:
         self._wake.wait(max(seconds, 0.0))
@@ -95,6 +105,12 @@ class SinkWorker:
     # -- one round -------------------------------------------------------------------------------
     def step(self) -> bool:
         """Deliver one batch if one is ready; False when there was nothing to do (it waited instead)."""
+        if self._unsaved is not None:  # the last batch was sent: save its outcome before anything else
+            if self._save():
+                self.spool.sweep()
+                return True
+            self._stop.wait(self._save_wait())
+            return False
         now = time.time()
         if self.paused_until > now:
             self._stop.wait(min(self.paused_until - now, self.settings.poll_interval))
@@ -107,9 +123,33 @@ class SinkWorker:
             wait = self.settings.poll_interval if due is None else min(self.settings.poll_interval, due - now)
             self._wait(max(wait, 0.01))
             return False
-        self.queue.commit(self.deliver(batch))
-        self.spool.sweep()
+        self._unsaved = self.deliver(batch)
+        if self._save():
+            self.spool.sweep()
         return True
+
+    def _save(self) -> bool:
+        """Commit the sent batch's outcome; on failure keep it (step retries the commit, never the send)."""
+        if self._unsaved is None:
+            return True
+        try:
+            self.queue.commit(self._unsaved)
+        except Exception as exc:  # a full disk, mostly: the backend has the batch, only the bookkeeping waits
+            self._save_failures += 1
+            if self._save_failures == 1 or self._save_failures % 20 == 0:
+                log.warning("sink %s: cannot save the outcome of a batch already sent (%s: %s); retrying the "
+                            "save (not the send) in %.1fs", self.sink.name, type(exc).__name__,
+                            redact(str(exc)), self._save_wait())
+            return False
+        if self._save_failures:
+            log.warning("sink %s: saved a sent batch's outcome after %d failed attempts", self.sink.name,
+                        self._save_failures)
+        self._unsaved = None
+        self._save_failures = 0
+        return True
+
+    def _save_wait(self) -> float:
+        return float(min(SAVE_RETRY_FIRST * 2.0 ** max(self._save_failures - 1, 0), SAVE_RETRY_MAX))
 
     def _collect(self, now: float) -> list[Item]:
         limit = max(self.sink.limits.max_items, 1)

@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from traceexport.errors import SpoolFullError
+from traceexport.errors import RecordTooLargeError, SpoolFullError
 from traceexport.logs import log_event
 from traceexport.records import Record
 from traceexport.sources.http_body import JSON_TYPES, NDJSON_TYPES, parse_body
@@ -253,11 +253,14 @@ class _Handler(BaseHTTPRequestHandler):
         if parsed.records:
             try:
                 ingest.accept(parsed.records)
-            except SpoolFullError as exc:
+            except SpoolFullError as exc:  # over the size limit, a full disk, no descriptor: retryable
                 wait = max(1, math.ceil(exc.retry_after))
                 ingest.refused(str(exc), wait)
                 self._send(503, {"error": f"{exc}; retry after {wait}s", "accepted": 0},
                            {"Retry-After": str(wait)})
+                return
+            except RecordTooLargeError as exc:  # can never fit in the spool: retrying cannot help
+                self._send(413, {"error": exc.reason, "accepted": 0})
                 return
             ingest.accepted()
         if not parsed.rejected_total:

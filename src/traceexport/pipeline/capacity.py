@@ -1,0 +1,87 @@
+"""How much room the spool has: its files on disk, the write-ahead log's share of the limit, a full disk.
+
+``spool.max_bytes`` bounds everything the spool puts on disk: the database's pages in use, its
+write-ahead log (``-wal``) and the log's index (``-shm``). The log is kept below :func:`wal_budget`
+by checkpoints that also truncate the file (once it passes half the budget), and the budget is reserved
+inside ``max_bytes``, so the files stay within ``max_bytes`` plus at most one transaction's pages in the
+log (documented margin: :func:`margin_bytes`, 512 KiB with the spool's 32 KiB pages).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+from pathlib import Path
+
+# The largest write-ahead log allowed before a checkpoint truncates it, whatever max_bytes is (SQLite's
+# own default is 1000 pages: 32 MiB with 32 KiB pages).
+WAL_BUDGET_MAX = 32 * 1024**2
+# The log's shared-memory index: 32 KiB per 4096 frames, so one block for any budget above.
+SHM_BYTES = 32 * 1024
+# Pages one write transaction adds to the log (records in and out, their tree, sinks, counters, free list).
+TRANSACTION_PAGES = 16
+# A filesystem with less free space than this (spool free pages included) is still "full" for readiness.
+DISK_READY_BYTES = 1024**2
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+def wal_budget(max_bytes: int, page_size: int) -> int:
+    """Bytes the write-ahead log may reach before it is checkpointed and truncated: 1/8 of the limit,
+    at least 4 pages, at most :data:`WAL_BUDGET_MAX`."""
+    return max(min(max_bytes // 8, WAL_BUDGET_MAX), 4 * page_size)
+
+
+def margin_bytes(page_size: int) -> int:
+    """How far the spool's files may go past ``max_bytes``: one transaction in the log beyond its budget."""
+    return TRANSACTION_PAGES * page_size
+
+
+def file_size(path: Path) -> int:
+    """The size of ``path`` in bytes, 0 when it does not exist."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def sidecar(db_path: Path, suffix: str) -> Path:
+    """SQLite's companion file of ``db_path``: ``-wal`` or ``-shm``."""
+    return db_path.with_name(db_path.name + suffix)
+
+
+def on_disk_bytes(db_path: Path) -> int:
+    """Bytes the spool's three files take: database, write-ahead log and its index."""
+    return sum(file_size(p) for p in (db_path, sidecar(db_path, "-wal"), sidecar(db_path, "-shm")))
+
+
+def free_disk_bytes(directory: Path) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem holding ``directory``."""
+    try:
+        stat = os.statvfs(directory)
+    except OSError:
+        return 0
+    return int(stat.f_bavail * stat.f_frsize)
+
+
+def disk_full_cause(exc: BaseException, directory: Path) -> BaseException | None:
+    """The error in ``exc``'s chain that says the disk is full (or the file size limit was hit), else None.
+
+    SQLite reports ENOSPC as ``SQLITE_FULL``; a failed write for another reason is ``SQLITE_IOERR``, which
+    counts as full only when the filesystem indeed has no room. A failed ``ROLLBACK`` after SQLite rolled
+    back on its own hides the first error in ``__context__``, hence the walk along the chain.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DISK_FULL_ERRNOS:
+            return current
+        if isinstance(current, sqlite3.Error):
+            code = getattr(current, "sqlite_errorcode", None)
+            if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
+                return current
+            if code is not None and code & 0xFF == sqlite3.SQLITE_IOERR and free_disk_bytes(directory) < SHM_BYTES:
+                return current
+        current = current.__cause__ or current.__context__
+    return None
