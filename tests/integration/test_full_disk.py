@@ -155,5 +155,11 @@ def test_a_record_larger_than_the_whole_spool_answers_413_and_the_next_one_goes_
         assert "Retry-After" not in response.headers
         assert readyz(served).status_code == 200
         assert served.post(message(2)).status_code == 202
+        lines = b"\n".join(json.dumps(m).encode() for m in (message(3), huge, message(4)))
+        mixed = served.post(lines, content_type="application/x-ndjson")
+        assert mixed.status_code == 400, mixed.text
+        answer = mixed.json()
+        assert answer["accepted"] == 2 and [r["line"] for r in answer["rejected"]] == [2]
+        assert "max_bytes" in answer["rejected"][0]["reason"]
     finally:
         assert served.stop() == 0

@@ -196,7 +196,8 @@ def _accept_all(pipe: Pipeline, records: Sequence[Record], deadline: float) -> b
         chunk = records[start:start + _CHUNK]
         while True:
             try:
-                pipe.accept(chunk)
+                for index, reason in pipe.accept_fitting(chunk):
+                    print(f"error: record {chunk[index].key}: {reason}", file=sys.stderr)
                 break
             except SpoolFullError as exc:
                 if time.monotonic() + exc.retry_after > deadline:

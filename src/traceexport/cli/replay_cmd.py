@@ -181,12 +181,16 @@ def _replay(config: Config, files: Sequence[Path], spool_dir: Path, state: Path,
     def flush() -> None:
         while batch:
             try:
-                pipeline.accept(batch)
+                too_large = pipeline.accept_fitting(batch)
             except SpoolFullError as exc:  # delivery is running: wait for room, as the daemon's clients do
                 time.sleep(min(max(exc.retry_after, 0.1), 30.0))
                 continue
-            ledger.add([r.key for r in batch], sinks)
-            stats.accepted += len(batch)
+            for index, reason in too_large:
+                print(f"error: record {batch[index].key}: {reason}", file=sys.stderr)
+            stats.bad_records += len(too_large)
+            refused = {index for index, _ in too_large}
+            ledger.add([r.key for i, r in enumerate(batch) if i not in refused], sinks)
+            stats.accepted += len(batch) - len(refused)
             batch.clear()
 
     def handle(records: list[Record]) -> None:

@@ -21,6 +21,7 @@ COUNTERS = (
     "dropped_queue_full",
     "dropped_unconfigured",
     "dropped_shutdown",
+    "dropped_too_large", # larger than the whole spool: logged with the reason
     "invalid_records",   # TraceInfo that could not become a Record
     "accepted",          # records durably in the spool
     "spool_full_waits",

@@ -181,7 +181,7 @@ class Exporter:
     def _accept(self, records: list[Record]) -> None:
         while records:
             try:
-                self.pipeline.accept(records)
+                too_large = self.pipeline.accept_fitting(records)
             except SpoolFullError as exc:
                 STATS.incr("spool_full_waits")
                 RATE_LOG("dify.hook.spool_full", retry_after=exc.retry_after, slot=str(self.slot))
@@ -194,7 +194,10 @@ class Exporter:
                 STATS.incr("dropped_unconfigured", len(records))
                 RATE_LOG("dify.hook.accept_failed", error=f"{type(exc).__name__}: {exc}", records=len(records))
                 return
-            STATS.incr("accepted", len(records))
+            if too_large:  # can never fit in the spool: counted and logged, the rest went in
+                STATS.incr("dropped_too_large", len(too_large))
+                RATE_LOG("dify.hook.record_too_large", reason=too_large[0][1], records=len(too_large))
+            STATS.incr("accepted", len(records) - len(too_large))
             return
 
     # -- lifecycle -------------------------------------------------------------------------------

@@ -81,6 +81,31 @@ class Pipeline:
         self.records.seed(kept, fanout)
         self.wake()
 
+    def accept_fitting(self, records: Sequence[Record]) -> list[tuple[int, str]]:
+        """:meth:`accept`, leaving out records that can never fit in the spool: their ``(index, reason)``.
+
+        The good records beside a too-large one are stored (a batch too large as a whole only because of
+        its size goes in one record at a time). SpoolFullError still propagates: retry the whole call.
+        """
+        refused: list[tuple[int, str]] = []
+        left = list(range(len(records)))
+        while left:
+            try:
+                self.accept([records[i] for i in left])
+                return refused
+            except RecordTooLargeError as exc:
+                cause = exc.__cause__
+                reason = cause.reason if isinstance(cause, RecordTooLargeError) else exc.reason  # no "record i:"
+                if len(left) == 1 or exc.indexes:
+                    too_large = {left[i] for i in exc.indexes} if exc.indexes else {left[0]}
+                    refused.extend((i, reason) for i in sorted(too_large))
+                    left = [i for i in left if i not in too_large]
+                    continue
+                for i in left:  # each fits alone, only not all together
+                    refused.extend((i, reason) for _, reason in self.accept_fitting([records[i]]))
+                return refused
+        return refused
+
     def _compact_wanted(self) -> bool:
         """Store the compact form only while a delivery process is falling behind, but not far behind.
 

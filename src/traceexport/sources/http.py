@@ -37,7 +37,8 @@ PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _DIGITS = re.compile(r"[0-9]{1,18}")
 
-AcceptFn = Callable[[list[Record]], None]
+# Stores the records; returns the (index, reason) of any that can never fit (None: all stored).
+AcceptFn = Callable[[list[Record]], "list[tuple[int, str]] | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,9 +251,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not parsed.records and not parsed.rejected_total:
             self._send(400, {"accepted": 0, "rejected": [{"index": 0, "reason": "no records in the body"}]})
             return
+        too_large: list[tuple[int, str]] = []
         if parsed.records:
             try:
-                ingest.accept(parsed.records)
+                too_large = ingest.accept(parsed.records) or []
             except SpoolFullError as exc:  # over the size limit, a full disk, no descriptor: retryable
                 wait = max(1, math.ceil(exc.retry_after))
                 ingest.refused(str(exc), wait)
@@ -263,10 +265,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(413, {"error": exc.reason, "accepted": 0})
                 return
             ingest.accepted()
+            for index, reason in too_large:
+                parsed.reject(*parsed.places[index], reason)
+            if too_large and len(too_large) == parsed.rejected_total == len(parsed.records):
+                self._send(413, {"error": too_large[0][1], "accepted": 0})
+                return
+        accepted = len(parsed.records) - len(too_large)
         if not parsed.rejected_total:
-            self._send(202, {"accepted": len(parsed.records)})
+            self._send(202, {"accepted": accepted})
             return
-        answer: dict[str, Any] = {"accepted": len(parsed.records), "rejected": parsed.rejected}
+        answer: dict[str, Any] = {"accepted": accepted, "rejected": parsed.rejected}
         if parsed.rejected_total > len(parsed.rejected):
             answer["rejected_total"] = parsed.rejected_total
         self._send(400, answer)

@@ -31,6 +31,7 @@ class ParsedBody:
     records: list[Record] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     rejected_total: int = 0
+    places: list[tuple[str, int]] = field(default_factory=list)  # each record's ("line"|"index", number)
 
     @property
     def listing(self) -> bool:
@@ -104,6 +105,7 @@ def _add(parsed: ParsedBody, where: str, number: int, value: Any, type_name: str
          app_id: str | None, raw: str | None) -> None:
     try:
         parsed.records.append(_record(value, type_name, app_id, raw))
+        parsed.places.append((where, number))
     except RecordError as exc:
         parsed.reject(where, number, exc.reason)
     except Exception as exc:  # a parser bug must cost one record, not the request

@@ -133,6 +133,18 @@ def test_a_record_that_can_never_fit_is_refused_permanently_and_nothing_of_its_b
     pipe.close()
 
 
+def test_accept_fitting_stores_the_records_beside_one_that_can_never_fit(tmp_path: Path) -> None:
+    """accept_fitting leaves out only the record that can never fit, with its reason, and stores the rest."""
+    pipe = _pipe(tmp_path, ScriptedSink("a"), max_bytes=1024**2)
+    records = make_records(3)
+    records[1].raw = records[1].envelope_text()[:-1] + ', "padding": "' + "x" * 1_100_000 + '"}'
+    refused = pipe.accept_fitting(records)
+    assert [index for index, _ in refused] == [1]
+    assert "max_bytes=1048576" in refused[0][1] and not refused[0][1].startswith("record ")
+    assert pipe.pending() == {"a": 2}
+    pipe.close()
+
+
 def test_a_sent_batch_whose_outcome_cannot_be_saved_is_saved_later_and_never_sent_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """While committing fails (a full disk), the worker retries the commit with backoff, not the export."""
