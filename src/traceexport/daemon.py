@@ -25,7 +25,7 @@ from traceexport.cli.common import spool_option
 from traceexport.config import DEFAULT_OUT_DIR, Config, EnrichConfig, build_routes, split_host_port
 from traceexport.config.check import load_celery_settings
 from traceexport.errors import ConfigError, Problem
-from traceexport.logs import add_secrets, log_event
+from traceexport.logs import add_secrets, log_event, secrets_in
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route
 from traceexport.pipeline.owner import DaemonLock
 from traceexport.sources.http import INGEST_PATH, IngestServer, IngestSettings
@@ -94,6 +94,9 @@ class Daemon:
         http = config.sources.http
         add_secrets([http.token.get_secret_value() if http and http.token else None,
                      config.enrich.database_url.get_secret_value() if config.enrich.database_url else None])
+        add_secrets(secrets_in(self.env))  # sinks read keys from the environment (OPIK_API_KEY, ...)
+        for sink in config.sinks.values():
+            add_secrets(secrets_in(sink.options()))
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -37,6 +38,27 @@ class LogSettings:
 def add_secrets(values: Iterable[str | None]) -> None:
     """Remember secret values (tokens, keys) that must be masked wherever they would appear in a log line."""
     _SECRETS.update(v for v in values if v and len(v) >= 4)
+
+
+_SECRET_NAME = re.compile(r"(?i)(key|secret|token|password|passwd|authorization|headers|credential)")
+
+
+def secrets_in(options: Mapping[str, Any]) -> list[str]:
+    """Values of secret-looking entries (``api_key``, ``*_SECRET_KEY``, header maps and ``k=v,...`` header
+    lists such as ``OTEL_EXPORTER_OTLP_HEADERS``), for :func:`add_secrets`."""
+    found: list[str] = []
+    for name, value in options.items():
+        if not _SECRET_NAME.search(str(name)):
+            continue
+        if isinstance(value, Mapping):
+            found.extend(str(v) for v in value.values())
+        elif isinstance(value, str):
+            found.append(value)
+            if "headers" in str(name).lower():  # k=v,k2=v2: each value too, and a scheme's credential alone
+                for _, _, header in (part.partition("=") for part in value.split(",")):
+                    found.append(header.strip())
+                    found.extend(header.strip().split()[1:2])
+    return [v for v in found if len(v) >= 8]  # shorter values ("true", "none") are settings, not secrets
 
 
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
@@ -108,4 +130,4 @@ def apply_settings(settings: LogSettings, stream: TextIO | None = None) -> None:
 
 
 __all__ = ["JsonFormatter", "LogSettings", "LogfmtFormatter", "add_secrets", "apply_settings", "current_settings",
-           "log_event", "setup_logging"]
+           "log_event", "secrets_in", "setup_logging"]

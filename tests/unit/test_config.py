@@ -267,3 +267,15 @@ def test_validate_lists_sink_problems_even_when_another_section_is_broken(tmp_pa
     problems = " | ".join(str(p) for p in validate_config_file(path, env={}))
     assert "spool.max_bytes" in problems
     assert "sinks.opik.url" in problems and "sinks.opik.colour" in problems
+
+
+def test_secret_looking_options_and_environment_values_are_found_for_masking() -> None:
+    """secrets_in finds API keys, header maps and OTLP header lists, and leaves short settings alone."""
+    from traceexport.logs import secrets_in
+
+    found = secrets_in({"api_key": "opik-key-123456", "headers": {"x-api-key": "hdr-secret-99"},
+                        "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Basic c2VjcmV0LXZhbHVl,x-team=teamvalue1",
+                        "KEY_ENABLED": "true", "endpoint": "http://127.0.0.1:4318"})
+    expected = {"opik-key-123456", "hdr-secret-99", "c2VjcmV0LXZhbHVl", "Basic c2VjcmV0LXZhbHVl", "teamvalue1"}
+    assert expected <= set(found)
+    assert "true" not in found and "http://127.0.0.1:4318" not in found
