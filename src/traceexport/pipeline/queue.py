@@ -98,12 +98,14 @@ class SinkQueue:
         """Record every outcome of a batch and move the cursor to :attr:`read_pos`, atomically.
 
         Items whose record ``on_full: drop_oldest`` deleted while the batch was on its way were counted as
-        dropped then: one that failed stays dropped (no retry is kept for a record that is gone), one that
-        got through (or was dead-lettered, with its envelope) moves from ``dropped`` to its outcome.
+        dropped then and stay so, whatever their send did: counters only ever rise (Prometheus reads them
+        as counters), and each record is counted once (no retry, dead letter or export count for them).
         """
         now = time.time() if now is None else now
         with self.spool.transaction() as conn:
             gone = _dropped_meanwhile(conn, outcome)
+            dead = [d for d in outcome.dead if d.item.seq not in gone]
+            exported = sum(1 for i in outcome.delivered if i.seq not in gone)
             done = [i for i in (*outcome.delivered, *outcome.skipped, *(d.item for d in outcome.dead))]
             retry = [r for r in outcome.retry if r[0].seq not in gone]
             deferred = [(i, nb) for i, nb in outcome.deferred if i.seq not in gone]
@@ -121,13 +123,12 @@ class SinkQueue:
                 "permanent, attempts, first_attempt, last_attempt, envelope) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(self.name, d.item.key, d.item.type, d.item.app_id, redact(d.reason), d.status_code,
-                  int(d.permanent), d.attempts, d.first_attempt, now, d.item.envelope) for d in outcome.dead])
-            bump(conn, [(self.name, "exported", len(outcome.delivered)),
+                  int(d.permanent), d.attempts, d.first_attempt, now, d.item.envelope) for d in dead])
+            bump(conn, [(self.name, "exported", exported),
                         (self.name, "skipped", len(outcome.skipped)),
                         (self.name, "retried", len(retry)),
                         (self.name, "deferred", len(deferred)),
-                        (self.name, "dead_lettered", len(outcome.dead)),
-                        (self.name, "dropped", -sum(1 for i in done if i.seq in gone))])
+                        (self.name, "dead_lettered", len(dead))])
         self.cursor = self.read_pos
         self._last_cursor_write = time.monotonic()
 
