@@ -8,6 +8,7 @@ When a whole batch fails, or the backend sends ``Retry-After``, the sink pauses:
 that backend before the wait is over, while the other sinks go on.
 A batch the backend has answered is never sent again because its outcome could not be saved (a full
 disk): the worker keeps the outcome and retries only the commit, with backoff, before anything else.
+An attempt no backend took (every item to retry) is simply forgotten then and made again in its time.
 Only a process that dies before that commit re-sends its last batch on restart.
 """
 
@@ -62,6 +63,7 @@ class SinkWorker:
         self._thread: threading.Thread | None = None
         self._unsaved: Outcome | None = None  # a sent batch whose outcome is not committed yet
         self._save_failures = 0
+        self._forgotten = 0  # failed attempts whose outcome could not be saved, in a row
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -135,6 +137,9 @@ class SinkWorker:
         try:
             self.queue.commit(self._unsaved)
         except Exception as exc:  # a full disk, mostly: the backend has the batch, only the bookkeeping waits
+            if not self._unsaved.delivered and not self._unsaved.dead:
+                self._forget_unsent(self._unsaved, exc)
+                return False
             self._save_failures += 1
             if self._save_failures == 1 or self._save_failures % 20 == 0:
                 log.warning("sink %s: cannot save the outcome of a batch already sent (%s: %s); retrying the "
@@ -146,7 +151,20 @@ class SinkWorker:
                         self._save_failures)
         self._unsaved = None
         self._save_failures = 0
+        self._forgotten = 0
         return True
+
+    def _forget_unsent(self, outcome: Outcome, exc: Exception) -> None:
+        """Drop the unsaved outcome of a batch no backend took: sending it again later loses and repeats
+        nothing, so it waits out its own retry time in memory instead of blocking on the commit."""
+        self._forgotten += 1
+        if self._forgotten == 1 or self._forgotten % 20 == 0:
+            log.warning("sink %s: cannot save the outcome of a failed attempt (%s: %s); it is made again in its "
+                        "time as if it had not been", self.sink.name, type(exc).__name__, redact(str(exc)))
+        waits = [r[1] for r in outcome.retry] + [not_before for _, not_before in outcome.deferred]
+        self.paused_until = max(self.paused_until, min(waits) if waits else time.time() + SAVE_RETRY_FIRST)
+        self.queue.read_pos = self.queue.cursor
+        self._unsaved = None
 
     def _save_wait(self) -> float:
         return float(min(SAVE_RETRY_FIRST * 2.0 ** max(self._save_failures - 1, 0), SAVE_RETRY_MAX))

@@ -172,6 +172,32 @@ def test_a_sent_batch_whose_outcome_cannot_be_saved_is_saved_later_and_never_sen
     pipe.close()
 
 
+def test_a_failed_attempt_whose_outcome_cannot_be_saved_is_made_again_and_then_delivered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch no backend took does not block on its commit: it is sent again in its time and gets through."""
+    sink = ScriptedSink("a", plan=fail_first(1, ItemFailure("down", permanent=False)), max_items=10)
+    pipe = _pipe(tmp_path, sink)
+    queue = pipe.workers[0].queue
+    real_commit = queue.commit
+    refused = {"commits": 0}
+
+    def commit(outcome: Outcome, now: float | None = None) -> None:
+        if outcome.retry:  # the disk stays full for every outcome of a failed attempt
+            refused["commits"] += 1
+            raise sqlite3.OperationalError("database or disk is full")
+        real_commit(outcome, now)
+
+    monkeypatch.setattr(queue, "commit", commit)
+    monkeypatch.setattr("traceexport.pipeline.worker.SAVE_RETRY_FIRST", 0.01, raising=False)
+    pipe.accept(make_records(5))
+    pipe.start()
+    assert wait_for(lambda: pipe.metrics()["sinks"]["a"]["exported"] == 5, timeout=10)
+    pipe.stop(5)
+    assert refused["commits"] == 1 and len(sink.calls) == 2, sink.calls
+    assert sorted(set(sink.delivered)) == sorted(sink.delivered) and len(sink.delivered) == 5
+    pipe.close()
+
+
 def test_a_full_disk_is_a_retryable_refusal_that_readiness_reports_until_a_write_succeeds(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SQLite's "database or disk is full" becomes DiskFullError with retry_after; refusal() says why until then."""
