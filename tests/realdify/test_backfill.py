@@ -1,0 +1,83 @@
+"""Backfill from real Dify's database: the records rebuilt from its rows map exactly as the ones Dify queued."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.realdify.conftest import Backends, DifyStack
+from tests.realdify.entities import BACKENDS, differences, mapped, received
+from tests.support.postgres_server import PostgresServer
+from tests.support.processes import python_env
+from traceexport.difydb import DifyReader, Window, connect, inspect
+
+REBUILT_TYPES = ("WorkflowTraceInfo", "MessageTraceInfo", "ToolTraceInfo")
+FILES_URL = "http://files.example.com"  # the stack's FILES_URL
+
+
+def dify_url(stack: DifyStack, postgres: PostgresServer) -> str:
+    """The URL of the stack's Dify database."""
+    return postgres.url(password=postgres._password, database=stack.settings["DB_DATABASE"])
+
+
+def produced(stack: DifyStack, tmp_path: Path) -> tuple[dict[str, str], list[str]]:
+    """Seed Dify's rows and let Dify's TraceTask queue every record; the ids and the files of rebuildable types."""
+    results = stack.run([{"op": "seed"}, {"op": "produce", "archive": str(tmp_path / "archive")}])
+    files = [f for f in results[1]["files"]
+             if json.loads(Path(f).read_text())["trace_info_type"] in REBUILT_TYPES]
+    return results[0], files
+
+
+def rebuilt(url: str, tmp_path: Path, apps: tuple[str, ...]) -> Path:
+    """The records rebuilt from the database, written as TaskData lines."""
+    conn = connect(url)
+    try:
+        reader = DifyReader(conn, inspect(conn), files_url=FILES_URL)
+        records = [r for page in reader.pages(Window(apps=apps)) for r in page.records]
+    finally:
+        conn.close()
+    path = tmp_path / "rebuilt.jsonl"
+    path.write_text("".join(json.dumps(r.envelope) + "\n" for r in records))
+    return path
+
+
+def test_rebuilt_records_map_exactly_as_difys_own(stack: DifyStack, postgres: PostgresServer,
+                                                  backends: Backends, tmp_path: Path) -> None:
+    """For the same rows, every backend's payloads of the rebuilt records equal those of Dify's records."""
+    ids, files = produced(stack, tmp_path)
+    assert len(files) == 4, files  # a workflow run, two messages, one tool call
+    path = rebuilt(dify_url(stack, postgres), tmp_path, (ids["chat_app"], ids["workflow_app"]))
+    assert len(path.read_text().splitlines()) == 4
+    for backend in BACKENDS:
+        want = mapped(backend, files, backends.env())
+        got = mapped(backend, [str(path)], backends.env())
+        problems = differences(want, got)
+        assert not problems, f"{backend}: " + "\n".join(problems)
+
+
+def test_backfilling_a_window_exported_live_adds_nothing(stack: DifyStack, postgres: PostgresServer,
+                                                          backends: Backends, tmp_path: Path) -> None:
+    """Dify's records exported live (with node spans from the same database), then the same rows backfilled: every
+    backend holds the same entities, under the same ids, with the same content, as after the live export alone."""
+    ids, files = produced(stack, tmp_path)
+    url = dify_url(stack, postgres)
+    env = python_env({**backends.env(), "TRACEEXPORT_DIFY_DATABASE_URL": url})
+    live = subprocess.run([sys.executable, "-m", "traceexport", "export", "--to", ",".join(BACKENDS), "--spool",
+                           str(tmp_path / "live-spool"), *files],
+                          env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert live.returncode == 0, live.stderr
+    after_live = {b: received(b, backends.fake(b)) for b in BACKENDS}
+    done = subprocess.run([sys.executable, "-m", "traceexport", "backfill", "--dify-db", url,
+                           "--apps", f"{ids['chat_app']},{ids['workflow_app']}", "--to", ",".join(BACKENDS),
+                           "--files-url", FILES_URL, "--spool", str(tmp_path / "spool")],
+                          env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "4 records accepted" in done.stderr, done.stderr
+    for backend in BACKENDS:
+        fake = backends.fake(backend)
+        fake.wait_for(lambda f=fake, b=backend: len(received(b, f)) >= len(after_live[b]), timeout=30)
+        problems = differences(after_live[backend], received(backend, fake))
+        assert not problems, f"{backend}: " + "\n".join(problems)
