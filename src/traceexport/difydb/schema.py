@@ -45,17 +45,21 @@ class Schema:
 
 
 def inspect(conn: Any, layout: str | None = None) -> Schema:
-    """Check that every table and column backfill reads is there; the layout (given, or told from tables)."""
+    """Check that every table and column backfill reads is there and readable by this login; the layout
+    (given, or told from the tables). The catalog is read from ``pg_catalog``, which shows tables whatever the
+    login's privileges, so a missing grant is told apart from a missing table."""
     namespace = conn.execute("SELECT current_schema()").fetchone()[0] or "public"
     rows = conn.execute(
-        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = %s",
-        (namespace,)).fetchall()
+        "SELECT c.relname, a.attname FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+        "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm')", (namespace,)).fetchall()
     columns: dict[str, set[str]] = {}
     for table, column in rows:
         columns.setdefault(table, set()).add(column)
     if not columns:
-        raise SourceError(f"Dify's database has no tables in schema {namespace!r} (or this login may not see "
-                          "them): point --dify-db at the database Dify's api uses (DB_DATABASE)")
+        raise SourceError(f"Dify's database has no tables in schema {namespace!r}: point --dify-db at the "
+                          "database Dify's api uses (its DB_DATABASE)")
     for table, needed in REQUIRED.items():
         if table not in columns:
             raise SourceError(f"Dify's database has no table {table!r}: not a Dify database, or a Dify version "
@@ -64,6 +68,14 @@ def inspect(conn: Any, layout: str | None = None) -> Schema:
         if missing:
             raise SourceError(f"Dify's table {table!r} has no column {missing[0]!r}: a Dify version traceexport "
                               "does not know (it reads Dify 1.10 to 1.14)")
+    unreadable = [t for t in REQUIRED if not conn.execute(
+        "SELECT has_table_privilege(format('%%I.%%I', %s::text, %s::text), 'SELECT')",
+        (namespace, t)).fetchone()[0]]
+    if unreadable:
+        user = conn.execute("SELECT current_user").fetchone()[0]
+        raise SourceError(f"login {user!r} may not read Dify's table {unreadable[0]!r}"
+                          f"{f' (and {len(unreadable) - 1} more)' if len(unreadable) > 1 else ''}: "
+                          f"GRANT SELECT ON ALL TABLES IN SCHEMA {namespace} TO {user}")
     if layout is None:
         layout = "1.14" if any(t in columns for t in NEWER_LAYOUT_TABLES) else "1.10"
     return Schema(layout=layout, namespace=namespace)
