@@ -54,12 +54,15 @@ def test_a_time_it_cannot_read_is_one_line() -> None:
 def test_a_checkpoint_survives_a_new_process_and_belongs_to_its_job(tmp_path: Path) -> None:
     """Positions written after a page are read back by the next run of the same job only; reset forgets them."""
     window = Window(since=T0, until=T0 + timedelta(days=1))
-    job = job_id("postgresql://u:***@h/d", window, ["otlp"])
-    assert job != job_id("postgresql://u:***@h/d", window, ["opik"])
+    job = job_id("postgresql://u:***@h/d", "30d", None, window, ["otlp"])
+    assert job != job_id("postgresql://u:***@h/d", "30d", None, window, ["opik"])
     first = Checkpoint(tmp_path, job)
+    assert first.pin(window) == window
     first.advance("messages", Position(T0, "0b7a"), 500)
     again = Checkpoint(tmp_path, job)
     assert again.resumed and again.positions == {"messages": Position(T0, "0b7a")} and again.records == 500
+    later = Window(since=T0 + timedelta(hours=1), until=T0 + timedelta(days=2))  # "30d" resolved a day later
+    assert again.pin(later) == window  # the resumed job reads the window its first run began
     again.finish()
     assert Checkpoint(tmp_path, job).done
     again.reset()

@@ -25,7 +25,7 @@ from typing import Any
 from traceexport.cli.replay_cmd import report
 from traceexport.cli.serve_cmd import add_common_flags, overrides_from
 from traceexport.cli.spool_delivery import DaemonConflict, SpoolDelivery
-from traceexport.cli.timespec import TimeSpecError, parse_time
+from traceexport.cli.timespec import TimeSpecError, is_span, parse_time
 from traceexport.config import Config, resolve_config
 from traceexport.config.resolve import DATABASE_URL_ENV
 from traceexport.errors import ConfigError, RecordError, SourceError
@@ -126,6 +126,11 @@ class Job:
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
+
+
+def _absolute(text: str | None) -> bool:
+    """Whether a --since/--until value names a fixed time (not a span back from now, not absent)."""
+    return text is not None and not is_span(text)
 
 
 def _split(text: str | None) -> list[str]:
@@ -251,13 +256,16 @@ def _backfill(config: Config, job: Job, reader: Any, args: argparse.Namespace) -
     from traceexport.difydb.checkpoint import Checkpoint, job_id
 
     spool_dir = Path(config.spool.dir)
-    checkpoint = Checkpoint(spool_dir, job_id(masked_url(job.url), job.window, sorted(config.sinks)))
-    if args.restart:
-        checkpoint.reset()
-    if checkpoint.done:
+    checkpoint = Checkpoint(spool_dir, job_id(masked_url(job.url), args.since, args.until, job.window,
+                                              sorted(config.sinks)))
+    fixed = (args.since is None or _absolute(args.since)) and _absolute(args.until)
+    if checkpoint.done and fixed and not args.restart:
         print(f"backfill: this window was already backfilled ({checkpoint.records} records); "
               "--restart sends it again", file=sys.stderr)
         return 0
+    if args.restart or checkpoint.done:  # a window relative to now moves on: a finished job starts anew
+        checkpoint.reset()
+    job.window = checkpoint.pin(job.window)
     out = _progress(job, reader, args)
     try:
         delivery = SpoolDelivery(config, spool_dir, out.line, "backfill")

@@ -16,6 +16,11 @@ class TimeSpecError(ValueError):
     """A time the command line cannot read; the message is one line."""
 
 
+def is_span(text: str) -> bool:
+    """Whether ``text`` is a span back from now (``30d``), not a fixed time."""
+    return _SPAN.match(text) is not None
+
+
 def parse_time(text: str, *, now: datetime | None = None, flag: str = "time") -> datetime:
     """``text`` as a naive UTC datetime."""
     now = now or datetime.now(UTC).replace(tzinfo=None)
