@@ -106,12 +106,14 @@ class Job:
         self.files_url = args.files_url or os.environ.get("FILES_URL") or "http://127.0.0.1:5001"
         self.layout = None if args.dify_version == "auto" else args.dify_version
         self.statement_timeout = args.statement_timeout
+        self.page_size, self.max_rate = 500, None
         self.conn: Any = None
 
     def open(self, *, page_size: int = 500, max_rate: float | None = None) -> Any:
         """Connect, check the schema; the reader."""
-        from traceexport.difydb import DifyReader, connect, inspect
+        from traceexport.difydb import connect, inspect
 
+        self.page_size, self.max_rate = page_size, max_rate
         self.conn = connect(self.url, statement_timeout=self.statement_timeout)
         try:
             schema = inspect(self.conn, self.layout)
@@ -121,7 +123,20 @@ class Job:
                 raise SourceError(f"reading Dify's database failed: {' '.join(str(exc).split())}") from exc
             raise
         self.schema = schema
-        return DifyReader(self.conn, schema, files_url=self.files_url, page_size=page_size, max_rate=max_rate)
+        return self.open_reader()
+
+    def source(self) -> Any:
+        """Dify's database as the audit reads it."""
+        from traceexport.audit.window import Source
+
+        return Source(self.url, self.layout, self.files_url, self.statement_timeout)
+
+    def open_reader(self) -> Any:
+        """A reader on the open connection (a fresh one per pass over the window)."""
+        from traceexport.difydb import DifyReader
+
+        return DifyReader(self.conn, self.schema, files_url=self.files_url, page_size=self.page_size,
+                          max_rate=self.max_rate)
 
     def close(self) -> None:
         if self.conn is not None:
