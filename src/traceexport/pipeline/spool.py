@@ -15,6 +15,8 @@ Layout (all in ``<spool_dir>/spool.db``):
   enricher) with their attempt count.
 * ``dead_letters``: what a sink could not take, with the reason and a copy of the envelope.
 * ``counters``: per sink totals (accepted, exported, retried, ...) so another process can read them.
+* ``ledger``: per sink, the records it acknowledged, with a hash of their payloads and when
+  (:mod:`traceexport.pipeline.ledger`); kept for ``ledger_retention`` seconds, not tied to ``records``.
 
 A record is deleted once every sink in its mask is past it and holds no retry for it. Nothing is ever
 read into memory wholesale: workers page through ``records`` by ``seq``.
@@ -48,6 +50,8 @@ from traceexport.pipeline.capacity import (
     wal_budget,
 )
 from traceexport.pipeline.connections import ConnectionPool
+from traceexport.pipeline.ledger import SCHEMA as LEDGER_SCHEMA
+from traceexport.pipeline.ledger import RetentionSweep
 from traceexport.pipeline.settings import PipelineSettings
 
 SPOOL_FILE = "spool.db"
@@ -136,7 +140,8 @@ class Spool:
         self._last_scan = 0.0
         self._checkpointing = threading.Lock()
         self._refusal: Refusal | None = None
-        self.conn().executescript(_SCHEMA)
+        self._ledger_sweep = RetentionSweep(self.settings.ledger_retention)
+        self.conn().executescript(_SCHEMA + LEDGER_SCHEMA)  # IF NOT EXISTS: also brings older spools up to date
         self._upgrade()
         self.page_size = int(self.conn().execute("PRAGMA page_size").fetchone()[0])
         self.wal_budget = wal_budget(self.settings.max_bytes, self.page_size)
@@ -364,8 +369,9 @@ class Spool:
             if freed >= over:
                 break
         if last is None:
-            raise SpoolFullError(f"spool {self.dir} is full and holds no records to drop (the dead letter "
-                                 "takes the room?): purge the dead letter, or raise spool.max_bytes",
+            raise SpoolFullError(f"spool {self.dir} is full and holds no records to drop (the dead letter or "
+                                 "the delivery ledger takes the room?): purge the dead letter, shorten "
+                                 "ledger.retention, or raise spool.max_bytes",
                                  retry_after=self.settings.full_retry_after)
         per_sink: dict[str, int] = {}
         for name, bit, cursor in conn.execute("SELECT name, bit, cursor FROM sinks").fetchall():
@@ -449,6 +455,7 @@ class Spool:
         sink can owe (outside every ``(cursor, last_seq]``), such as everything newer than what a sink
         removed from the config was ever sent; and, at most every ``scan_every`` seconds, a look at
         each record's mask in a window above the slowest cursor, for records owed only to faster sinks.
+        Then one bounded step of the ledger's retention (:class:`traceexport.pipeline.ledger.RetentionSweep`).
         """
         now = time.monotonic()
         with self._lock:
@@ -458,7 +465,9 @@ class Spool:
             scan = now - self._last_scan >= scan_every
             if scan:
                 self._last_scan = now
-        return self._sweep(scan)
+        deleted = self._sweep(scan)
+        self._ledger_sweep.step(self, force=every <= 0)
+        return deleted
 
     def _sweep(self, scan: bool) -> int:
         with self.read() as conn:
