@@ -1,10 +1,18 @@
 """The delivery ledger: per sink, which records it acknowledged, when, and a hash of what they became.
 
-One row per sink and record, in the spool's own file (table ``ledger``), written by
+One row per sink and record (table ``ledger``), written by
 :meth:`traceexport.pipeline.queue.SinkQueue.commit` in the transaction that moves the sink's cursor, so
 a record is in the ledger exactly when its delivery is committed. The latest delivery wins (a re-send
 replaces the row). Rows are compact: the sink as its bit in the ``sinks`` table, the hash as 8 bytes,
 the time as whole seconds, no index besides the primary key (``sink``, ``record_key``).
+
+The table lives in its own file beside the spool (``ledger.db``), attached to every spool connection
+(:func:`attach`): one transaction still writes both, but the ledger, bounded by its retention, takes
+nothing from the room ``max_bytes`` keeps for records and never pushes the spool's files past it. The
+two files commit one after the other: a crash between the two writes leaves a delivered record out of
+the ledger (the audit calls it missing, a backfill sends it again: harmless) or a record in it whose
+cursor did not move (it is sent again and its row replaced). The ledger's commits are not fsync'd
+(``synchronous=NORMAL``): a power cut may lose its last rows, with the same consequence.
 
 :func:`payload_hash` is pure: the audit recomputes it for a record rebuilt from Dify's database and
 compares. :class:`RetentionSweep` walks the table in key order, a bounded chunk per step, deleting rows
@@ -21,17 +29,21 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, Protocol
 
 from traceexport.sinks.base import Payload
 
+LEDGER_FILE = "ledger.db"
+SCHEMA_NAME = "ledger_db"  # the attached file's name in SQL; tables are found without it
 HASH_BYTES = 8
 LOOKUP_CHUNK = 500  # keys per query: bounded statements and memory, however many records an audit covers
 SWEEP_CHUNK = 2_000  # ledger rows one retention step looks at
 SWEEP_EVERY = 1.0  # seconds between retention steps
+_LOG_LIMIT = 4 * 1024**2  # bytes the ledger's write-ahead log is cut back to after a checkpoint
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS ledger(sink INTEGER NOT NULL, record_key TEXT NOT NULL, hash BLOB NOT NULL,
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA_NAME}.ledger(sink INTEGER NOT NULL, record_key TEXT NOT NULL, hash BLOB NOT NULL,
     acked INTEGER NOT NULL, PRIMARY KEY(sink, record_key)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dead_letters_key ON dead_letters(record_key);
 """
@@ -66,6 +78,15 @@ def _text_keys(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_text_keys(v) for v in value]
     return value
+
+
+# -- the file --------------------------------------------------------------------------------------
+def attach(conn: sqlite3.Connection, spool_dir: Path) -> None:
+    """Attach ``spool_dir``'s ledger file to a spool connection (created when missing), in WAL mode."""
+    conn.execute(f"ATTACH DATABASE ? AS {SCHEMA_NAME}", (str(spool_dir / LEDGER_FILE),))
+    conn.execute(f"PRAGMA {SCHEMA_NAME}.journal_mode=WAL")
+    conn.execute(f"PRAGMA {SCHEMA_NAME}.synchronous=NORMAL")
+    conn.execute(f"PRAGMA {SCHEMA_NAME}.journal_size_limit={_LOG_LIMIT}")
 
 
 # -- writing and expiring --------------------------------------------------------------------------

@@ -15,8 +15,10 @@ Layout (all in ``<spool_dir>/spool.db``):
   enricher) with their attempt count.
 * ``dead_letters``: what a sink could not take, with the reason and a copy of the envelope.
 * ``counters``: per sink totals (accepted, exported, retried, ...) so another process can read them.
-* ``ledger``: per sink, the records it acknowledged, with a hash of their payloads and when
-  (:mod:`traceexport.pipeline.ledger`); kept for ``ledger_retention`` seconds, not tied to ``records``.
+
+Beside it, ``<spool_dir>/ledger.db`` holds the delivery ledger (per sink, the records it acknowledged, with
+a hash of their payloads and when; :mod:`traceexport.pipeline.ledger`), attached to every connection so a
+commit writes both, and kept for ``ledger_retention`` seconds outside ``max_bytes``.
 
 A record is deleted once every sink in its mask is past it and holds no retry for it. Nothing is ever
 read into memory wholesale: workers page through ``records`` by ``seq``.
@@ -51,7 +53,7 @@ from traceexport.pipeline.capacity import (
 )
 from traceexport.pipeline.connections import ConnectionPool
 from traceexport.pipeline.ledger import SCHEMA as LEDGER_SCHEMA
-from traceexport.pipeline.ledger import RetentionSweep
+from traceexport.pipeline.ledger import RetentionSweep, attach
 from traceexport.pipeline.settings import PipelineSettings
 
 SPOOL_FILE = "spool.db"
@@ -170,8 +172,9 @@ class Spool:
             # Records are a few KB each: 32 KiB pages hold several, which halves the cost of inserting
             # and deleting them (bench). Only takes effect on a new file, before WAL is switched on.
             conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={'FULL' if self.settings.fsync else 'NORMAL'}")
+            conn.execute("PRAGMA main.journal_mode=WAL")
+            conn.execute(f"PRAGMA main.synchronous={'FULL' if self.settings.fsync else 'NORMAL'}")
+            attach(conn, self.dir)
         except sqlite3.Error as exc:
             if not self._opened:  # at start-up: the spool itself is unusable
                 raise ConfigError([f"{self.path}: {exc}"], title="cannot open spool") from exc
@@ -252,7 +255,7 @@ class Spool:
                 # outgrew its budget; SQLite's own (passive) checkpoint is only a fallback at 4 times that, and a
                 # log it restarts is cut back to the budget (SQLite's defaults: 1000 pages, never cut).
                 conn.execute(f"PRAGMA wal_autocheckpoint={max(4 * self.wal_budget // self.page_size, 1)}")
-                conn.execute(f"PRAGMA journal_size_limit={self.wal_budget}")
+                conn.execute(f"PRAGMA main.journal_size_limit={self.wal_budget}")
                 yield conn
         except BaseException:
             if conn is not None and conn.in_transaction:
@@ -411,7 +414,7 @@ class Spool:
                 while True:
                     left = int((deadline - time.monotonic()) * 1000)
                     conn.execute(f"PRAGMA busy_timeout={max(left, 1)}")
-                    if not conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+                    if not conn.execute("PRAGMA main.wal_checkpoint(TRUNCATE)").fetchone()[0]:
                         return True
                     if left <= 0:
                         return False

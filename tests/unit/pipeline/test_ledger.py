@@ -162,23 +162,23 @@ def test_the_spool_sweep_steps_the_retention_and_retention_zero_writes_nothing(t
 
 
 def test_a_spool_made_without_the_ledger_gains_it(tmp_path: Path) -> None:
-    """A spool file written before the ledger existed gets the table on opening, and its deliveries are ledgered."""
+    """A spool written before the ledger existed gets its ledger file and table on opening, and ledgers deliveries."""
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
     conn = sqlite3.connect(spool_dir / "spool.db")
     conn.executescript(_SCHEMA)
     conn.close()
-    assert "ledger" not in _tables(spool_dir)
     pipe = _pipe(tmp_path, ScriptedSink("a"))
-    assert "ledger" in _tables(spool_dir)
+    assert "ledger" in _tables(spool_dir / "ledger.db")
+    assert "ledger" not in _tables(spool_dir / "spool.db")
     pipe.accept(make_records(2))
     pipe.workers[0].step()
     assert len(_rows(pipe.spool)) == 2
     pipe.close()
 
 
-def _tables(spool_dir: Path) -> set[str]:
-    conn = sqlite3.connect(spool_dir / "spool.db")
+def _tables(path: Path) -> set[str]:
+    conn = sqlite3.connect(path)
     try:
         return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     finally:
