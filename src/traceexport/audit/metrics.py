@@ -31,7 +31,7 @@ def prometheus_text(report: AuditReport, finished_at: float) -> str:
     for index, (metric, text) in enumerate(_GAUGES):
         lines += [f"# HELP {metric} {text}", f"# TYPE {metric} gauge"]
         lines += [f'{metric}{{sink="{label_value(sink)}",type="{label_value(kind)}"}} {values[index]}'
-                  for (sink, kind), values in figures.items()]
+                  for (sink, kind), values in sorted(figures.items())]
     metric = "traceexport_audit_last_run_timestamp_seconds"
     lines += [f"# HELP {metric} When the last audit finished (Unix time).", f"# TYPE {metric} gauge",
               f"{metric} {finished_at:.3f}"]
