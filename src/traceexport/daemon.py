@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from traceexport.audit import periodic
 from traceexport.cli.common import spool_option
 from traceexport.config import DEFAULT_OUT_DIR, Config, EnrichConfig, build_routes, split_host_port
 from traceexport.config.check import load_celery_settings
@@ -40,7 +41,7 @@ MIN_STEP = 0.2
 
 
 def pipeline_settings(config: Config) -> PipelineSettings:
-    """The pipeline's settings from the ``spool`` and ``retry`` sections."""
+    """The pipeline's settings from the ``spool``, ``retry`` and ``ledger`` sections."""
     retry = config.retry
     return PipelineSettings(
         max_bytes=int(config.spool.max_bytes),
@@ -49,6 +50,7 @@ def pipeline_settings(config: Config) -> PipelineSettings:
                           else (os.cpu_count() or 1) >= 2),
         retry=RetryPolicy(max_attempts=retry.max_attempts, max_age=retry.max_age,
                           initial_backoff=retry.initial_backoff, max_backoff=retry.max_backoff),
+        ledger_retention=config.ledger.retention,
     )
 
 
@@ -88,6 +90,7 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.http: IngestServer | None = None
         self.celery: Any = None
+        self.audit: periodic.AuditScheduler | None = None
         self.lock: DaemonLock | None = None
         self._stop_requested = threading.Event()
         self._running = False
@@ -124,9 +127,10 @@ class Daemon:
             settings = IngestSettings(host=host, port=port, token=token, shutdown_grace=http.shutdown_grace,
                                       max_body_bytes=int(http.max_body_bytes))
             self.http = IngestServer(settings, self.pipeline.accept_fitting, ready=self.not_ready_reason,
-                                     metrics_text=self.pipeline.prometheus_text)
+                                     metrics_text=self.metrics_text)
         self.pipeline.start()
         self._running = True
+        self.audit = self._audit(self.pipeline)
         if self.config.sources.celery is not None:
             self.celery = self._celery_source(self.pipeline)
             self.celery.start()
@@ -138,6 +142,19 @@ class Daemon:
             log_event(log, "serve.sink_not_configured", logging.WARNING, sink=name, undelivered=owed,
                       hint=f"kept in the spool; add the sink back, or: traceexport dlq retire"
                            f"{spool_option(spool_dir)} {name}")
+
+    def _audit(self, pipeline: Pipeline) -> periodic.AuditScheduler | None:
+        """The periodic audit, started, when ``audit.interval`` is set and there is a runner for it."""
+        audit = self.config.audit
+        if audit.interval is None:
+            return None
+        run = periodic.make_runner(self.config, pipeline.spool)  # looked up now: a test or plug-in may replace it
+        if run is None:
+            return None
+        scheduler = periodic.AuditScheduler(run, audit.interval, audit.window)
+        scheduler.start()
+        log_event(log, "audit.scheduled", interval=f"{audit.interval:g}s", window=f"{audit.window:g}s")
+        return scheduler
 
     def _celery_source(self, pipeline: Pipeline) -> Any:
         settings = load_celery_settings(self.config.sources.celery or {})
@@ -159,6 +176,9 @@ class Daemon:
             return max(deadline - time.monotonic(), MIN_STEP)
 
         cut = False
+        if self.audit is not None:  # wakes at once; a run still reading is left to its daemon thread
+            self.audit.stop(MIN_STEP)
+            self.audit = None
         if self.http is not None:
             cut = not self.http.stop()
             self.http = None
@@ -228,6 +248,12 @@ class Daemon:
             inputs.append(f"consuming Celery queue {self.celery.settings.queue!r}")
         return (f"traceexport: {' and '.join(inputs)}; sending to {describe_sinks(self.config, self.env)}; "
                 f"spool {self.config.spool.dir}")
+
+    def metrics_text(self) -> str:
+        """``/metrics``: the pipeline's counters and gauges, then the last audit's (once one has run)."""
+        pipeline, audit = self.pipeline, self.audit
+        text = pipeline.prometheus_text() if pipeline is not None else ""
+        return text + (audit.prometheus_text() if audit is not None else "")
 
     def not_ready_reason(self) -> str | None:
         """None when ready: pipeline running, spool directory writable, ingest not refused; else why not.

@@ -279,3 +279,16 @@ def test_secret_looking_options_and_environment_values_are_found_for_masking() -
     expected = {"opik-key-123456", "hdr-secret-99", "c2VjcmV0LXZhbHVl", "Basic c2VjcmV0LXZhbHVl", "teamvalue1"}
     assert expected <= set(found)
     assert "true" not in found and "http://127.0.0.1:4318" not in found
+
+
+def test_ledger_and_audit_sections_take_durations_and_report_bad_keys_by_path(tmp_path: Path) -> None:
+    """ledger.retention and audit.interval/window parse durations; bad values and keys are named with their line."""
+    sinks = f"sinks:\n  out:\n    type: file\n    path: {tmp_path / 'out'}\n"
+    good = load_config(write(tmp_path, "ledger:\n  retention: 7d\naudit:\n  interval: 1h\n" + sinks), env={})
+    assert (good.ledger.retention, good.audit.interval, good.audit.window) == (7 * 86400, 3600, 86400)
+    default = load_config(write(tmp_path, sinks), env={})
+    assert (default.ledger.retention, default.audit.interval) == (30 * 86400, None)
+    path = write(tmp_path, "ledger:\n  retention: soon\naudit:\n  interval: 0s\n  windw: 2d\n" + sinks)
+    where = {p.where: p.message for p in validate_config_file(path, env={})}
+    assert set(where) == {"ledger.retention", "audit.interval", "audit.windw"}
+    assert "line 2" in where["ledger.retention"] and "line 5" in where["audit.windw"]

@@ -137,11 +137,27 @@ class EnrichConfig(BaseModel):
     database_url: SecretStr | None = None
 
 
+class LedgerConfig(_Strict):
+    """The delivery ledger: which records each sink acknowledged, with a hash of their payloads."""
+
+    # How long a record's row is kept (0: no ledger). Rows go within hours after (one sweep pass).
+    retention: Duration = 30 * 86400.0
+
+
+class AuditConfig(_Strict):
+    """The daemon's periodic audit: records in Dify's database against what each sink acknowledged."""
+
+    interval: Annotated[Duration, Field(gt=0)] | None = None  # unset: no periodic audit
+    window: Annotated[Duration, Field(gt=0)] = 86400.0  # how far back each run looks
+
+
 class Config(_Strict):
     """The whole daemon configuration."""
 
     spool: SpoolConfig = SpoolConfig()
     retry: RetryConfig = RetryConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    audit: AuditConfig = AuditConfig()
     sinks: dict[str, SinkConfig] = {}
     sources: SourcesConfig = SourcesConfig()
     enrich: EnrichConfig = EnrichConfig()

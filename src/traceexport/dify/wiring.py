@@ -119,7 +119,7 @@ def _configured_routes(settings: HookSettings, env: Mapping[str, str]) -> tuple[
     retry = RetryPolicy(max_attempts=config.retry.max_attempts, max_age=config.retry.max_age,
                         initial_backoff=config.retry.initial_backoff, max_backoff=config.retry.max_backoff)
     pipeline_settings = PipelineSettings(max_bytes=int(config.spool.max_bytes), on_full=config.spool.on_full,
-                                         retry=retry)
+                                         retry=retry, ledger_retention=config.ledger.retention)
     return build_routes(config, env), pipeline_settings
 
 

@@ -51,20 +51,21 @@ def prometheus_text(snap: dict[str, Any]) -> str:
     for name in COUNTER_NAMES:
         metric = f"traceexport_records_{name}_total"
         lines += [f"# HELP {metric} {_HELP[name]}", f"# TYPE {metric} counter"]
-        lines += [f'{metric}{{sink="{_label(s)}"}} {v[name]}' for s, v in sinks.items()]
+        lines += [f'{metric}{{sink="{label_value(s)}"}} {v[name]}' for s, v in sinks.items()]
     gauges = {"queue_depth": ("traceexport_queue_depth", "Records pending for the sink."),
               "oldest_pending_age_seconds": ("traceexport_oldest_pending_age_seconds",
                                              "Age of the oldest record pending for the sink.")}
     for key, (metric, text) in gauges.items():
         lines += [f"# HELP {metric} {text}", f"# TYPE {metric} gauge"]
-        lines += [f'{metric}{{sink="{_label(s)}"}} {v[key]}' for s, v in sinks.items()]
+        lines += [f'{metric}{{sink="{label_value(s)}"}} {v[key]}' for s, v in sinks.items()]
     lines += ["# HELP traceexport_dead_letters Entries in the dead letter.",
               "# TYPE traceexport_dead_letters gauge"]
-    lines += [f'traceexport_dead_letters{{sink="{_label(s)}"}} {n}' for s, n in snap["dead_letters"].items()]
+    lines += [f'traceexport_dead_letters{{sink="{label_value(s)}"}} {n}' for s, n in snap["dead_letters"].items()]
     lines += ["# HELP traceexport_spool_bytes Bytes the spool takes: pages in use, write-ahead log and its index.",
               "# TYPE traceexport_spool_bytes gauge", f"traceexport_spool_bytes {snap['spool_bytes']}"]
     return "\n".join(lines) + "\n"
 
 
-def _label(value: str) -> str:
+def label_value(value: str) -> str:
+    """``value`` escaped for a label in the Prometheus text format (backslash, double quote, newline)."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

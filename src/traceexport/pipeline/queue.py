@@ -1,8 +1,8 @@
 """One sink's view of the spool: read its next items, then record every item's outcome at once.
 
 The sink's durable cursor moves only when a batch's outcomes are committed, in the same transaction
-as its retries, dead letters and counters, so a process killed mid-batch re-sends that batch on restart
-(at-least-once; deterministic ids make the re-send harmless).
+as its retries, dead letters, counters and delivery ledger rows, so a process killed mid-batch re-sends
+that batch on restart (at-least-once; deterministic ids make the re-send harmless).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 
+from traceexport.pipeline import ledger
 from traceexport.pipeline.spool import Spool, bump
 from traceexport.sinks.http import redact
 
@@ -28,6 +29,7 @@ class Item:
     first_attempt: float | None = None
     from_retry: bool = False
     compact: bytes | None = None  # the record's normalised form, when the accepting process stored it
+    payload_hash: bytes | None = None  # ledger.payload_digest of its payloads, set by the worker once mapped
 
 
 @dataclass(slots=True)
@@ -105,7 +107,7 @@ class SinkQueue:
         with self.spool.transaction() as conn:
             gone = _dropped_meanwhile(conn, outcome)
             dead = [d for d in outcome.dead if d.item.seq not in gone]
-            exported = sum(1 for i in outcome.delivered if i.seq not in gone)
+            delivered = [i for i in outcome.delivered if i.seq not in gone]
             done = [i for i in (*outcome.delivered, *outcome.skipped, *(d.item for d in outcome.dead))]
             retry = [r for r in outcome.retry if r[0].seq not in gone]
             deferred = [(i, nb) for i, nb in outcome.deferred if i.seq not in gone]
@@ -124,7 +126,9 @@ class SinkQueue:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(self.name, d.item.key, d.item.type, d.item.app_id, redact(d.reason), d.status_code,
                   int(d.permanent), d.attempts, d.first_attempt, now, d.item.envelope) for d in dead])
-            bump(conn, [(self.name, "exported", exported),
+            ledger.record(conn, self.bit, [(i.key, i.payload_hash) for i in delivered
+                                           if i.payload_hash is not None], now)
+            bump(conn, [(self.name, "exported", len(delivered)),
                         (self.name, "skipped", len(outcome.skipped)),
                         (self.name, "retried", len(retry)),
                         (self.name, "deferred", len(deferred)),

@@ -74,3 +74,5 @@ class PipelineSettings:
     # while delivery falls behind ingest, and is left out in an outage's backlog (bounded extra disk).
     compact_min_lag: int = 1_000
     compact_max_lag: int = 20_000
+    # Seconds the delivery ledger keeps a row (pipeline/ledger.py); 0: no ledger (nothing written, rows swept).
+    ledger_retention: float = 30 * 86400.0

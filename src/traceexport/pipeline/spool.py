@@ -16,6 +16,10 @@ Layout (all in ``<spool_dir>/spool.db``):
 * ``dead_letters``: what a sink could not take, with the reason and a copy of the envelope.
 * ``counters``: per sink totals (accepted, exported, retried, ...) so another process can read them.
 
+Beside it, ``<spool_dir>/ledger.db`` holds the delivery ledger (per sink, the records it acknowledged, with
+a hash of their payloads and when; :mod:`traceexport.pipeline.ledger`), attached to every connection so a
+commit writes both, and kept for ``ledger_retention`` seconds outside ``max_bytes``.
+
 A record is deleted once every sink in its mask is past it and holds no retry for it. Nothing is ever
 read into memory wholesale: workers page through ``records`` by ``seq``.
 
@@ -48,6 +52,8 @@ from traceexport.pipeline.capacity import (
     wal_budget,
 )
 from traceexport.pipeline.connections import ConnectionPool
+from traceexport.pipeline.ledger import SCHEMA as LEDGER_SCHEMA
+from traceexport.pipeline.ledger import RetentionSweep, attach
 from traceexport.pipeline.settings import PipelineSettings
 
 SPOOL_FILE = "spool.db"
@@ -136,7 +142,8 @@ class Spool:
         self._last_scan = 0.0
         self._checkpointing = threading.Lock()
         self._refusal: Refusal | None = None
-        self.conn().executescript(_SCHEMA)
+        self._ledger_sweep = RetentionSweep(self.settings.ledger_retention)
+        self.conn().executescript(_SCHEMA + LEDGER_SCHEMA)  # IF NOT EXISTS: also brings older spools up to date
         self._upgrade()
         self.page_size = int(self.conn().execute("PRAGMA page_size").fetchone()[0])
         self.wal_budget = wal_budget(self.settings.max_bytes, self.page_size)
@@ -165,8 +172,9 @@ class Spool:
             # Records are a few KB each: 32 KiB pages hold several, which halves the cost of inserting
             # and deleting them (bench). Only takes effect on a new file, before WAL is switched on.
             conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={'FULL' if self.settings.fsync else 'NORMAL'}")
+            conn.execute("PRAGMA main.journal_mode=WAL")
+            conn.execute(f"PRAGMA main.synchronous={'FULL' if self.settings.fsync else 'NORMAL'}")
+            attach(conn, self.dir)
         except sqlite3.Error as exc:
             if not self._opened:  # at start-up: the spool itself is unusable
                 raise ConfigError([f"{self.path}: {exc}"], title="cannot open spool") from exc
@@ -247,7 +255,7 @@ class Spool:
                 # outgrew its budget; SQLite's own (passive) checkpoint is only a fallback at 4 times that, and a
                 # log it restarts is cut back to the budget (SQLite's defaults: 1000 pages, never cut).
                 conn.execute(f"PRAGMA wal_autocheckpoint={max(4 * self.wal_budget // self.page_size, 1)}")
-                conn.execute(f"PRAGMA journal_size_limit={self.wal_budget}")
+                conn.execute(f"PRAGMA main.journal_size_limit={self.wal_budget}")
                 yield conn
         except BaseException:
             if conn is not None and conn.in_transaction:
@@ -364,8 +372,9 @@ class Spool:
             if freed >= over:
                 break
         if last is None:
-            raise SpoolFullError(f"spool {self.dir} is full and holds no records to drop (the dead letter "
-                                 "takes the room?): purge the dead letter, or raise spool.max_bytes",
+            raise SpoolFullError(f"spool {self.dir} is full and holds no records to drop (the dead letter or "
+                                 "the delivery ledger takes the room?): purge the dead letter, shorten "
+                                 "ledger.retention, or raise spool.max_bytes",
                                  retry_after=self.settings.full_retry_after)
         per_sink: dict[str, int] = {}
         for name, bit, cursor in conn.execute("SELECT name, bit, cursor FROM sinks").fetchall():
@@ -405,7 +414,7 @@ class Spool:
                 while True:
                     left = int((deadline - time.monotonic()) * 1000)
                     conn.execute(f"PRAGMA busy_timeout={max(left, 1)}")
-                    if not conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+                    if not conn.execute("PRAGMA main.wal_checkpoint(TRUNCATE)").fetchone()[0]:
                         return True
                     if left <= 0:
                         return False
@@ -449,6 +458,7 @@ class Spool:
         sink can owe (outside every ``(cursor, last_seq]``), such as everything newer than what a sink
         removed from the config was ever sent; and, at most every ``scan_every`` seconds, a look at
         each record's mask in a window above the slowest cursor, for records owed only to faster sinks.
+        Then one bounded step of the ledger's retention (:class:`traceexport.pipeline.ledger.RetentionSweep`).
         """
         now = time.monotonic()
         with self._lock:
@@ -458,7 +468,9 @@ class Spool:
             scan = now - self._last_scan >= scan_every
             if scan:
                 self._last_scan = now
-        return self._sweep(scan)
+        deleted = self._sweep(scan)
+        self._ledger_sweep.step(self, force=every <= 0)
+        return deleted
 
     def _sweep(self, scan: bool) -> int:
         with self.read() as conn:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from traceexport.errors import RecordError
+from traceexport.pipeline.ledger import payload_digest
 from traceexport.pipeline.prepared import PreparedRecords
 from traceexport.pipeline.queue import DeadLetter, Item, Outcome, SinkQueue
 from traceexport.pipeline.retry import backoff, gives_up
@@ -217,7 +218,10 @@ class SinkWorker:
             if isinstance(got, float):
                 out.deferred.append((item, got))
                 return None
-            return self.route.mapping.map(got)
+            mapped = self.route.mapping.map(got)
+            if mapped and self.settings.ledger_retention > 0:  # what the ledger keeps once delivered
+                item.payload_hash = payload_digest(mapped)
+            return mapped
         except RecordError as exc:
             reason = exc.reason
         except Exception as exc:  # a mapping bug dead-letters this record, never stops the sink
