@@ -1,10 +1,11 @@
 """``traceexport audit``: does each backend hold what Dify's database holds? Counts, missing, different.
 
 Rebuilds the window's records from Dify's PostgreSQL (as backfill does), maps each for every sink it is routed
-to, hashes the payloads, and compares with the delivery ledger in the spool: per sink × app × record type × day,
+to, hashes the payloads, and compares with the delivery ledger in the spool: per sink, app, record type and day,
 how many records Dify holds, how many the sink acknowledged, which are missing (dead-lettered ones with their
 reason) and which were delivered with different content. --fix backfills exactly the missing and different
-records, each only to the sinks that lack it, then audits again.
+records, each only to the sinks that lack it, then audits again (with --json: one object holding "before",
+"fixed" (records sent per sink) and "after").
 
 The ledger keeps acknowledgements for ledger.retention (30 days by default): audit windows older than that
 report everything as missing. Exit codes: 0 nothing missing or different; 3 something is; 2 bad input
@@ -15,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from traceexport.cli.backfill_cmd import Job, add_dify_db_flags, resolve_with_database
 from traceexport.cli.serve_cmd import add_common_flags
-from traceexport.config import Config, build_routes
+from traceexport.config import Config
 from traceexport.errors import ConfigError, SourceError
 
 EXIT_MISSING = 3
@@ -60,14 +60,21 @@ def run(args: argparse.Namespace) -> int:
     try:
         job.open()  # the schema's one-line errors before anything else
         report = audit(config, job)
-        _print(report, args.json)
         if not args.fix or report.exit_code == 0:
+            _print(report, args.json)
             return int(report.exit_code)
+        if not args.json:
+            _print(report, False)
         fixed = fix(config, job, report, args.timeout)
         print(f"audit --fix: sent {', '.join(f'{n} record(s) to {s}' for s, n in fixed.items())}; auditing again",
               file=sys.stderr)
         again = audit(config, job)
-        _print(again, args.json)
+        if args.json:
+            from traceexport.audit.render import to_json
+
+            print(json.dumps({"before": to_json(report), "fixed": fixed, "after": to_json(again)}, indent=2))
+        else:
+            _print(again, False)
         return int(again.exit_code)
     except SourceError as exc:
         print(f"error: {exc}", file=sys.stderr)

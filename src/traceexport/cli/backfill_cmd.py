@@ -106,7 +106,8 @@ class Job:
         self.files_url = args.files_url or os.environ.get("FILES_URL") or "http://127.0.0.1:5001"
         self.layout = None if args.dify_version == "auto" else args.dify_version
         self.statement_timeout = args.statement_timeout
-        self.page_size, self.max_rate = 500, None
+        self.page_size: int = 500
+        self.max_rate: float | None = None
         self.conn: Any = None
 
     def open(self, *, page_size: int = 500, max_rate: float | None = None) -> Any:
