@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from tests.realdify.conftest import Backends, DifyStack
 from tests.realdify.entities import received
 from tests.realdify.test_backfill import FILES_URL, dify_url, produced
@@ -77,3 +79,24 @@ def test_audit_finds_removed_and_changed_deliveries_and_fix_closes_exactly_those
     assert all(len(backends.fake(sink).requests) > before[sink] for sink in SINKS)
     spans = received("otlp", backends.otlp)
     assert any("Retried: 14 °C." in json.dumps(span, ensure_ascii=False) for span in spans.values())
+
+
+def test_the_daemon_audits_difys_database_on_its_interval(stack: DifyStack, postgres: PostgresServer,
+                                                          backends: Backends, tmp_path: Path) -> None:
+    """``serve`` with ``audit.interval`` reads Dify's database and shows what each sink lacks on /metrics."""
+    from tests.realdify.sidecar import sidecar
+    from tests.support.processes import wait_until
+
+    produced(stack, tmp_path)
+    env = {**backends.env(), "TRACEEXPORT_DIFY_DATABASE_URL": dify_url(stack, postgres), "FILES_URL": FILES_URL}
+    audit_section = "audit:\n  interval: 1s\n  window: 3650d\n"
+    with sidecar(tmp_path / "sidecar", env, sources=audit_section, sinks="opik") as served:
+        def metrics() -> str:
+            return str(httpx.get(f"{served.base}/metrics", timeout=10).text)
+
+        wait_until(lambda: "traceexport_audit_last_run_timestamp_seconds" in metrics(), timeout=60,
+                   what="a periodic audit")
+        text = metrics()
+    assert 'traceexport_audit_missing{sink="opik",type="workflow"} 1' in text, text
+    assert 'traceexport_audit_missing{sink="opik",type="message"} 2' in text, text
+    assert 'traceexport_audit_missing{sink="opik",type="tool"} 1' in text, text
