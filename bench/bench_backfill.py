@@ -9,8 +9,8 @@ Not a test (CI does not run it). For each size in ``--records`` it:
   ``seed`` ops; needs ``../shared/dify/real``), then copies the seeded rows in SQL (``tests/realdify/bulk.py``)
   into about that many records: 5 messages (one in ten failed, the others with a file and an agent thought,
   i.e. a tool record) for every 2.5 workflow runs (three node executions and an app log each);
-* starts an OTLP/HTTP receiver in another process that answers at once and decodes afterwards (niced), keeping
-  the distinct span ids it got;
+* starts an OTLP/HTTP receiver in another process that answers at once and keeps the bodies in a file, decoding
+  them (the distinct span ids) only when asked, after the clock stopped;
 * runs ``python -m traceexport backfill --dify-db URL --to otlp --spool DIR`` as a user would (fsync on, the
   default page size, node spans from the same database, delivery in a second process on 2+ cores), sampling
   the peak RSS (VmHWM) and CPU time of the command and of its delivery process;
@@ -48,44 +48,51 @@ SPANS = {"workflow": 4, "message": 2, "tool": 1}  # a run: its span + 3 node spa
 SEEDED = {"workflow": 1, "message": 2, "tool": 1}  # the records of the rows ``seed`` made (they are read too)
 
 RECEIVER = r"""
-import json, os, queue, sys, threading, time
+import json, os, sys, tempfile, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-os.nice(10)  # decoding must not slow the process being measured
-bodies, seen, state = queue.Queue(), set(), {"received": 0, "requests": 0, "last_new": 0.0, "bytes": 0}
-def decode():
-    while True:
-        arrived, body = bodies.get()
-        request = ExportTraceServiceRequest.FromString(body)
-        ids = [s.span_id for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
-        before = len(seen)
-        seen.update(ids)
-        state["received"] += len(ids)
-        if len(seen) > before:
-            state["last_new"] = max(state["last_new"], arrived)
-        bodies.task_done()
-threading.Thread(target=decode, daemon=True).start()
+# Bodies go to a file as they come (answered at once, nothing decoded while the clock runs: the receiver must
+# not take CPU from the process being measured); GET /state decodes them and counts the distinct span ids.
+spill = tempfile.TemporaryFile(dir=sys.argv[1])
+state = {"received": 0, "requests": 0, "last_new": 0.0, "bytes": 0, "distinct": 0}
+arrivals = []
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        state["requests"] += 1
-        state["bytes"] += len(body)
-        bodies.put((time.monotonic(), body))
+        spill.write(len(body).to_bytes(4, "big") + body)
+        arrivals.append(time.monotonic())
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.send_header("Content-Length", "0")
         self.end_headers()
     def do_GET(self):
-        bodies.join()
         if self.path == "/reset":
-            seen.clear()
-            state.update(received=0, requests=0, last_new=0.0, bytes=0)
-        answer = json.dumps({**state, "distinct": len(seen)}).encode()
+            spill.seek(0)
+            spill.truncate()
+            arrivals.clear()
+        state.update(self.count())
+        answer = json.dumps(state).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
+    def count(self):
+        spill.flush()
+        spill.seek(0)
+        seen, received, last_new = set(), 0, 0.0
+        for arrived in arrivals:
+            body = spill.read(int.from_bytes(spill.read(4), "big"))
+            request = ExportTraceServiceRequest.FromString(body)
+            ids = [s.span_id for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+            before = len(seen)
+            seen.update(ids)
+            received += len(ids)
+            if len(seen) > before:
+                last_new = arrived
+        size = spill.seek(0, 2)
+        return {"received": received, "requests": len(arrivals), "last_new": last_new,
+                "bytes": size - 4 * len(arrivals), "distinct": len(seen)}
     def log_message(self, *a):
         pass
 s = ThreadingHTTPServer(("127.0.0.1", 0), H)
@@ -291,7 +298,7 @@ def main() -> int:
     except PostgresUnavailable as exc:
         print(f"cannot run PostgreSQL: {exc}", file=sys.stderr)
         return 2
-    receiver = subprocess.Popen([sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True)
+    receiver = subprocess.Popen([sys.executable, "-c", RECEIVER, str(work)], stdout=subprocess.PIPE, text=True)
     try:
         assert receiver.stdout is not None
         url = receiver.stdout.readline().strip()
