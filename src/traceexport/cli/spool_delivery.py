@@ -7,6 +7,7 @@ pipeline's workers itself. Acceptance waits out a full spool the way the daemon'
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -38,8 +39,10 @@ class SpoolDelivery:
                                  f"{', '.join(daemon.sinks)}, not to {others}: stop that daemon first, or give "
                                  f"{what} a spool of its own (--spool)")
         routes = build_routes(config)
-        self.pipeline = Pipeline(spool_dir, routes, pipeline_settings(config),
-                                 prepare=build_prepare(config, os.environ))
+        env = dict(os.environ)  # picklable: a delivery process rebuilds sinks and enricher from config + env
+        self.pipeline = Pipeline(spool_dir, routes, pipeline_settings(config), prepare=build_prepare(config, env),
+                                 route_factory=functools.partial(build_routes, config, env),
+                                 prepare_factory=functools.partial(build_prepare, config, env))
         self.by_daemon = daemon is not None
         self.sinks = list(self.pipeline.sink_names)
         self._dead_before = deadletter.last_id(self.pipeline.spool)
