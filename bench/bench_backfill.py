@@ -113,12 +113,13 @@ def cpu_seconds(pid: int, *, children: bool = False) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def hwm_mb(pid: int) -> float:
-    """Peak resident set size (VmHWM) of ``pid`` in MB."""
+def memory_mb(pid: int) -> tuple[float, float]:
+    """Resident set size now (VmRSS) and at its peak (VmHWM) of ``pid``, in MB."""
+    found = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            found[line[:5]] = int(line.split()[1]) / 1024
+    return found.get("VmRSS", 0.0), found.get("VmHWM", 0.0)
 
 
 def child_pids(pid: int) -> list[int]:
@@ -140,6 +141,7 @@ class Sampler:
         self.pid, self.dir, self.start = pid, checkpoint_dir, start
         self.peak: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
+        self.rss: dict[str, list[tuple[float, float]]] = {}  # (seconds since start, RSS MB)
         self.read_done: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -150,7 +152,9 @@ class Sampler:
             for pid in (self.pid, *child_pids(self.pid)):
                 try:
                     name = self._name(pid)
-                    self.peak[name] = max(self.peak.get(name, 0.0), hwm_mb(pid))
+                    rss, hwm = memory_mb(pid)
+                    self.peak[name] = max(self.peak.get(name, 0.0), hwm)
+                    self.rss.setdefault(name, []).append((time.monotonic() - self.start, rss))
                     self.cpu[name] = cpu_seconds(pid)
                 except (OSError, ValueError, IndexError):
                     continue
@@ -254,6 +258,7 @@ def run_size(records: int, pg: PostgresServer, dify: DifyVersion, receiver: str,
             "rows": rows, "stream_rows": rows["messages"] + rows["workflow_runs"], "distinct": got["distinct"],
             "expected_spans": expected_spans(bulk), "received": got["received"], "bytes": got["bytes"],
             "peaks": {n: sampler.peak[n] for n in names}, "cpu": {n: sampler.cpu.get(n, 0.0) for n in names},
+            "rss": {n: sampler.rss.get(n, []) for n in names},
             "postgres_cpu": postgres_cpu, "summary": output.strip().splitlines()[-1:]}
 
 
@@ -270,6 +275,9 @@ def report(f: dict[str, Any]) -> None:
           f"{f['expected_spans']:,} expected ({f['received']:,} received, {f['bytes'] / 1e6:,.0f} MB)"
           + ("" if f["distinct"] == f["expected_spans"] else "  <-- MISMATCH"))
     print("  peak RSS: " + ", ".join(f"{name} {mb:.0f} MB" for name, mb in f["peaks"].items()))
+    for name, series in f["rss"].items():  # RSS at each fifth of the run: growth or a plateau
+        marks = [series[min(len(series) - 1, len(series) * i // 5)] for i in range(1, 6)] if series else []
+        print(f"    {name} RSS over the run: " + ", ".join(f"{mb:.0f} MB at {t:.0f}s" for t, mb in marks))
     print("  CPU per record: " + ", ".join(f"{name} {cpu / n * 1e6:,.0f} us" for name, cpu in f["cpu"].items())
           + f", PostgreSQL {f['postgres_cpu'] / n * 1e6:,.0f} us")
     print(f"  {' '.join(f['summary'])}", flush=True)
