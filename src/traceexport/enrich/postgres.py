@@ -81,10 +81,15 @@ class NodeReader:
         self._down_until = 0.0
         self._secrets = [p for p in (settings.password(), settings.database_url) if p]
 
-    def fetch(self, workflow_run_id: str, tenant_id: str | None, app_id: str | None) -> list[dict[str, Any]]:
-        """The run's node rows in execution order; raise DatabaseUnavailable when they cannot be read."""
+    def fetch(self, workflow_run_id: str, tenant_id: str | None, app_id: str | None,
+              workflow_id: str | None = None) -> list[dict[str, Any]]:
+        """The run's node rows in execution order; raise DatabaseUnavailable when they cannot be read.
+
+        Tenant, app and workflow narrow the lookup to one entry of the index older Dify schemas have
+        (tenant_id, app_id, workflow_id, triggered_from, workflow_run_id): without the workflow, each
+        query scans every node row of the app."""
         filters, params = "", [workflow_run_id]
-        for column, value in (("tenant_id", tenant_id), ("app_id", app_id)):
+        for column, value in (("tenant_id", tenant_id), ("app_id", app_id), ("workflow_id", workflow_id)):
             if value:
                 filters += f" AND {column} = %s"
                 params.append(value)
@@ -213,7 +218,8 @@ class PostgresEnricher:
             self._finish(record, cached, complete=True)
             return None
         try:
-            rows = self._reader.fetch(run_id, _text(data.get("tenant_id")), _text(record.app_id))
+            rows = self._reader.fetch(run_id, _text(data.get("tenant_id")), _text(record.app_id),
+                                      _text(data.get("workflow_id")))
         except QueryRejected as exc:
             self._count("database_errors")
             self._db_log.warning("workflow nodes: cannot query run %s: %s", run_id, exc)
