@@ -153,6 +153,8 @@ class Sampler:
                 try:
                     name = self._name(pid)
                     rss, hwm = memory_mb(pid)
+                    if not rss:  # exiting: its memory is gone
+                        continue
                     self.peak[name] = max(self.peak.get(name, 0.0), hwm)
                     self.rss.setdefault(name, []).append((time.monotonic() - self.start, rss))
                     self.cpu[name] = cpu_seconds(pid)
