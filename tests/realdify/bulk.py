@@ -168,3 +168,16 @@ def expected_records(conn: Any, bulk: Bulk) -> set[tuple[str, ...]]:
         "JOIN messages m ON m.id = t.message_id WHERE m.app_id = %s AND m.workflow_run_id IS NULL "
         "AND coalesce(t.tool, '') <> ''", (bulk.chat_app,))}
     return out
+
+
+def remove(conn: Any, bulk: Bulk) -> None:
+    """Delete every row :func:`populate` added (the session's Dify database is shared by later tests)."""
+    chat, flow = bulk.chat_app, bulk.workflow_app
+    with conn.transaction():
+        for child in ("message_files", "message_agent_thoughts"):
+            conn.execute(f"DELETE FROM {child} WHERE message_id IN (SELECT id FROM messages WHERE app_id = %s)",
+                         (chat,))
+        for table, app in (("messages", chat), ("conversations", chat), ("workflow_node_executions", flow),
+                           ("workflow_app_logs", flow), ("workflow_runs", flow), ("workflows", flow)):
+            conn.execute(f"DELETE FROM {table} WHERE app_id = %s", (app,))
+        conn.execute("DELETE FROM apps WHERE id = ANY(%s::uuid[])", ([chat, flow],))

@@ -15,13 +15,14 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
-from tests.realdify.bulk import Bulk, expected_records, populate
+from tests.realdify.bulk import Bulk, expected_records, populate, remove
 from tests.realdify.conftest import Backends, DifyStack
 from tests.support.postgres_server import PostgresServer
 from tests.support.processes import python_env, wait_until
@@ -33,15 +34,28 @@ FILE_BATCH = 1000  # the file sink's largest batch: what a kill between its writ
 Key = tuple[str, ...]
 
 
-def bulk_rows(stack: DifyStack, postgres: PostgresServer, messages: int, runs: int) -> tuple[str, Bulk, set[Key]]:
-    """Seed Dify's rows, copy them into ``messages`` messages and ``runs`` runs; the URL, the bulk, its records."""
-    ids = stack.run([{"op": "seed"}])[0]
+BulkRows = Callable[[int, int], tuple[str, Bulk, set[Key]]]
+
+
+@pytest.fixture
+def bulk_rows(stack: DifyStack, postgres: PostgresServer) -> Iterator[BulkRows]:
+    """Seed Dify's rows and copy them into so many messages and runs (the URL, the bulk, its records); the copies
+    are deleted afterwards, as the session's database is shared."""
     url = postgres.url(password=postgres._password, database=stack.settings["DB_DATABASE"])
+    made: list[Bulk] = []
+
+    def make(messages: int, runs: int) -> tuple[str, Bulk, set[Key]]:
+        ids = stack.run([{"op": "seed"}])[0]
+        with psycopg.connect(url, autocommit=True) as conn:
+            made.append(populate(conn, ids, messages=messages, runs=runs))
+            expected = expected_records(conn, made[-1])
+        assert len(expected) == made[-1].records
+        return url, made[-1], expected
+
+    yield make
     with psycopg.connect(url, autocommit=True) as conn:
-        bulk = populate(conn, ids, messages=messages, runs=runs)
-        expected = expected_records(conn, bulk)
-    assert len(expected) == bulk.records
-    return url, bulk, expected
+        for bulk in made:
+            remove(conn, bulk)
 
 
 def record_of(span_id: str, attributes: Mapping[str, Any]) -> Key | None:
@@ -141,11 +155,11 @@ def kill_part_way(argv: list[str], env: dict[str, str], spool: Path, log: Path, 
 
 
 def test_a_backfill_killed_mid_way_resumes_and_delivers_every_record(
-        stack: DifyStack, postgres: PostgresServer, backends: Backends, tmp_path: Path) -> None:
+        bulk_rows: BulkRows, backends: Backends, tmp_path: Path) -> None:
     """kill -9 after the spool accepted a page and before its checkpoint was written (an OTLP backend refusing, a
     file sink delivering), then the same command: both sinks hold every record; the second run sends what the
     spool owed plus the rows after the checkpoint, so only that page (and the file sink's batch in flight) twice."""
-    url, bulk, expected = bulk_rows(stack, postgres, messages=3000, runs=1500)
+    url, bulk, expected = bulk_rows(3000, 1500)
     spool, out = tmp_path / "spool", tmp_path / "out"
     env = python_env({**backends.env(), "TRACEEXPORT_FILE_SINK_DIR": str(out)})
     argv = command(url, bulk, spool, "otlp,file", "--max-rate", "1000")  # ~4.5 s of reading: time to kill
@@ -180,10 +194,10 @@ def test_a_backfill_killed_mid_way_resumes_and_delivers_every_record(
 
 
 def test_a_finished_backfill_sends_nothing_again_until_restart(
-        stack: DifyStack, postgres: PostgresServer, backends: Backends, tmp_path: Path) -> None:
+        bulk_rows: BulkRows, backends: Backends, tmp_path: Path) -> None:
     """Run to the end, the same command (a window of fixed times) says it was already backfilled and sends nothing;
     with --restart every record is sent once more."""
-    url, bulk, expected = bulk_rows(stack, postgres, messages=300, runs=150)
+    url, bulk, expected = bulk_rows(300, 150)
     argv = command(url, bulk, tmp_path / "spool", "otlp", "--since", bulk.since.isoformat(),
                    "--until", bulk.until.isoformat())
     env = python_env(backends.env())
