@@ -31,9 +31,15 @@ def make_runner(config: Config, spool: Spool) -> Runner | None:
     """The audit the daemon runs every ``audit.interval``, or None (logged, with why) when there is none.
 
     The runner reads the records of ``[since, until)`` from Dify's database, maps each for every sink
-    that takes it, and returns ``reconcile(expected, LedgerReader(spool), since=since, until=until)``
-    (:class:`traceexport.pipeline.ledger.LedgerReader`). Only this body changes when that reader exists.
+    that takes it, and returns ``reconcile(expected, reader, since=since, until=until)`` with
+    ``reader = LedgerReader(spool, since=since)`` (:class:`traceexport.pipeline.ledger_reader.LedgerReader`,
+    one per run, closed after it), ``since`` no earlier than ``reader.started_at()``. Only this body
+    changes when that reader exists.
     """
+    if config.ledger.retention <= 0:
+        log_event(log, "audit.off", logging.WARNING, reason="ledger.retention is 0: no ledger to compare with",
+                  hint="set ledger.retention (e.g. 30d), or unset audit.interval")
+        return None
     if config.enrich.database_url is None:
         log_event(log, "audit.off", logging.WARNING, reason="no Dify database configured",
                   hint="set enrich.database_url or TRACEEXPORT_DIFY_DATABASE_URL, or unset audit.interval")
