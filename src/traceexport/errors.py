@@ -6,6 +6,7 @@
     ├── ConfigError                 bad config or mapping at start-up; lists every problem
     ├── RecordError                 one input record is invalid or cannot be mapped
     │   └── RecordTooLargeError     .indexes: records that can never fit in the spool (permanent)
+    ├── SourceError                 a source cannot be read (Dify's database: unreachable, refused, unknown schema)
     ├── SpoolFullError              back-pressure: the spool refuses new input (retryable)
     │   ├── SpoolUnavailableError   the spool cannot take input now (no descriptor left for a connection)
     │   └── DiskFullError           the spool's filesystem is full (retryable)
@@ -74,6 +75,16 @@ class RecordTooLargeError(RecordError):
         super().__init__(reason)
 
 
+class SourceError(TraceExportError):
+    """A source cannot be read (e.g. Dify's database: bad URL, refused login, a schema it does not know).
+
+    The message is one line with no secrets and says what to do next.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+
 class SpoolFullError(TraceExportError):
     """The spool is at its size limit; the caller should retry after ``retry_after`` seconds."""
 
@@ -121,6 +132,7 @@ __all__ = [
     "RecordError",
     "RecordTooLargeError",
     "RetryableExportError",
+    "SourceError",
     "SpoolFullError",
     "SpoolUnavailableError",
     "TraceExportError",

@@ -9,6 +9,7 @@ it. A run that raises is one log line and changes nothing else: the next run hap
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from traceexport.audit import metrics
 from traceexport.audit.reconcile import AuditReport
+from traceexport.difydb.rebuild import FILES_URL_DEFAULT
 from traceexport.logs import log_event
 
 if TYPE_CHECKING:
@@ -30,11 +32,10 @@ log = logging.getLogger("traceexport.audit")
 def make_runner(config: Config, spool: Spool) -> Runner | None:
     """The audit the daemon runs every ``audit.interval``, or None (logged, with why) when there is none.
 
-    The runner reads the records of ``[since, until)`` from Dify's database, maps each for every sink
-    that takes it, and returns ``reconcile(expected, reader, since=since, until=until)`` with
-    ``reader = LedgerReader(spool, since=since)`` (:class:`traceexport.pipeline.ledger_reader.LedgerReader`,
-    one per run, closed after it), ``since`` no earlier than ``reader.started_at()``. Only this body
-    changes when that reader exists.
+    The runner reads the records of ``[since, until)`` from Dify's database (``enrich.database_url`` or
+    ``TRACEEXPORT_DIFY_DATABASE_URL``, the database the node enricher reads), maps each for every sink that
+    takes it, and reconciles them with the spool's ledger. None when the ledger is off (``ledger.retention``
+    0): there would be nothing to compare with.
     """
     if config.ledger.retention <= 0:
         log_event(log, "audit.off", logging.WARNING, reason="ledger.retention is 0: no ledger to compare with",
@@ -44,9 +45,12 @@ def make_runner(config: Config, spool: Spool) -> Runner | None:
         log_event(log, "audit.off", logging.WARNING, reason="no Dify database configured",
                   hint="set enrich.database_url or TRACEEXPORT_DIFY_DATABASE_URL, or unset audit.interval")
         return None
-    log_event(log, "audit.off", logging.WARNING, reason="this build has no reader of Dify's database yet",
-              spool=str(spool.dir))
-    return None
+    from traceexport.audit.window import Source, runner
+
+    source = Source(config.enrich.database_url.get_secret_value(),
+                    files_url=os.environ.get("FILES_URL") or FILES_URL_DEFAULT)
+    run: Runner = runner(config, spool, source)
+    return run
 
 
 class AuditScheduler:

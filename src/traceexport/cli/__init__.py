@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 # Order is the order shown in --help.
-COMMANDS = ["map", "validate", "export", "serve", "replay", "dlq", "status"]
+COMMANDS = ["map", "validate", "export", "serve", "replay", "backfill", "audit", "dlq", "status"]
 
 
 def build_parser() -> argparse.ArgumentParser:

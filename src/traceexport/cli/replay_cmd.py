@@ -16,15 +16,15 @@ import argparse
 import importlib
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from traceexport.cli.common import spool_option
 from traceexport.cli.serve_cmd import add_common_flags, overrides_from
-from traceexport.config import Config, build_routes, resolve_config
-from traceexport.errors import ConfigError, RecordError, SpoolFullError
+from traceexport.cli.spool_delivery import DaemonConflict, SpoolDelivery
+from traceexport.config import Config, resolve_config
+from traceexport.errors import ConfigError, RecordError
 from traceexport.logs import setup_logging
 from traceexport.pipeline.deadletter import DeadLetterEntry
 from traceexport.records import Record
@@ -158,46 +158,34 @@ def _dry_run(config: Config, files: Sequence[Path], state: Path, out: _Out) -> i
 
 def _replay(config: Config, files: Sequence[Path], spool_dir: Path, state: Path, out: _Out,
             args: argparse.Namespace) -> int:
-    from traceexport.daemon import build_prepare, pipeline_settings
-    from traceexport.pipeline import Pipeline, deadletter
-    from traceexport.pipeline.owner import owner
-
-    daemon = owner(spool_dir)
-    if daemon is not None and daemon.sinks and not set(config.sinks) <= set(daemon.sinks):
+    try:
+        delivery = SpoolDelivery(config, spool_dir, out.line, "replay")
+    except DaemonConflict as exc:
         out.close()
-        others = ", ".join(sorted(set(config.sinks) - set(daemon.sinks)))
-        print(f"error: {daemon.describe()} is delivering from spool {spool_dir} to {', '.join(daemon.sinks)}, "
-              f"not to {others}: stop that daemon first, or give replay a spool of its own (--spool)",
-              file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    routes = build_routes(config)
-    pipeline = Pipeline(spool_dir, routes, pipeline_settings(config), prepare=build_prepare(config, os.environ))
     ledger = Ledger(state)
-    sinks = list(pipeline.sink_names)
     stats = ReplayStats()
     seen: set[str] = set()
     batch: list[Record] = []
 
     def flush() -> None:
-        while batch:
-            try:
-                too_large = pipeline.accept_fitting(batch)
-            except SpoolFullError as exc:  # delivery is running: wait for room, as the daemon's clients do
-                time.sleep(min(max(exc.retry_after, 0.1), 30.0))
-                continue
-            for index, reason in too_large:
-                print(f"error: record {batch[index].key}: {reason}", file=sys.stderr)
-            stats.bad_records += len(too_large)
-            refused = {index for index, _ in too_large}
-            ledger.add([r.key for i, r in enumerate(batch) if i not in refused], sinks)
-            stats.accepted += len(batch) - len(refused)
-            batch.clear()
+        if not batch:
+            return
+        too_large = delivery.accept(batch)
+        for index, reason in too_large:
+            print(f"error: record {batch[index].key}: {reason}", file=sys.stderr)
+        stats.bad_records += len(too_large)
+        refused = {index for index, _ in too_large}
+        ledger.add([r.key for i, r in enumerate(batch) if i not in refused], delivery.sinks)
+        stats.accepted += len(batch) - len(refused)
+        batch.clear()
 
     def handle(records: list[Record]) -> None:
         for record in records:
             if record.key in seen:
                 stats.duplicates += 1
-            elif not ledger.missing_sinks(record.key, sinks):
+            elif not ledger.missing_sinks(record.key, delivery.sinks):
                 stats.skipped += 1
             else:
                 batch.append(record)
@@ -205,44 +193,38 @@ def _replay(config: Config, files: Sequence[Path], spool_dir: Path, state: Path,
             if len(batch) >= args.batch:
                 flush()
 
-    dead_before = deadletter.last_id(pipeline.spool)
-    if daemon is None:
-        pipeline.start()
-    else:  # the daemon delivers what replay accepts; replay waits for it as for its own workers
-        out.line(f"replay: {daemon.describe()} is delivering from spool {spool_dir}; handing the records to it")
-        for route in routes:
-            route.sink.shutdown(1.0)
     try:
         _read_all(files, out, stats, handle)
         flush()
         out.close()
-        idle = pipeline.flush(args.timeout)
-        metrics = pipeline.metrics()
-        dead = deadletter.list_entries(pipeline.spool, after_id=dead_before)
+        idle, metrics, dead = delivery.finish(args.timeout)
     finally:
         out.close()
-        pipeline.close()
+        delivery.close()
         ledger.close()
-    return _report(stats, metrics, idle, dead, spool_dir, daemon is not None)
+    return report(f"replay: {stats.summary(dry_run=False)}", metrics, idle, dead, spool_dir, delivery.by_daemon,
+                  bad=bool(stats.broken_files or stats.bad_records), again="run the same replay again to resume "
+                  "(or raise --timeout)")
 
 
-def _report(stats: ReplayStats, metrics: dict[str, Any], idle: bool, dead: Sequence[DeadLetterEntry],
-            spool_dir: Path, daemon: bool = False) -> int:
-    """Print the summary and problems; the exit code (1 beats 2 beats 0)."""
-    print(f"replay: {stats.summary(dry_run=False)}", file=sys.stderr)
-    code = 2 if stats.broken_files or stats.bad_records or dead else 0
+def report(summary: str, metrics: dict[str, Any], idle: bool, dead: Sequence[DeadLetterEntry], spool_dir: Path,
+           daemon: bool, *, bad: bool, again: str) -> int:
+    """Print the summary and problems of a replay or backfill; the exit code (1 beats 2 beats 0)."""
+    print(summary, file=sys.stderr)
+    code = 2 if bad or dead else 0
     for entry in dead[:MAX_PROBLEMS_PER_FILE]:
         print(f"dead letter: {entry.sink}: {entry.record_type} record {entry.record_key}: {entry.reason}",
               file=sys.stderr)
     if dead:
-        print(f"replay: {len(dead)} record(s) went to the dead letter; see "
+        print(f"{summary.split(':')[0]}: {len(dead)} record(s) went to the dead letter; see "
               f"'traceexport dlq list{spool_option(spool_dir)}'", file=sys.stderr)
     if any(not entry.permanent for entry in dead):  # gave up retrying: could not finish
         code = 1
     if not idle:
         pending = sum(s["queue_depth"] for s in metrics["sinks"].values())
         then = ("the daemon delivering from it sends them; 'traceexport status" + spool_option(spool_dir)
-                + "' shows progress") if daemon else "run the same replay again to resume (or raise --timeout)"
-        print(f"replay: {pending} record(s) still pending in spool {spool_dir}; {then}", file=sys.stderr)
+                + "' shows progress") if daemon else again
+        print(f"{summary.split(':')[0]}: {pending} record(s) still pending in spool {spool_dir}; {then}",
+              file=sys.stderr)
         code = 1
     return code

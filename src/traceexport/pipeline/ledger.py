@@ -45,9 +45,10 @@ SWEEP_CHUNKS = 10  # transactions per retention step at most: 50,000 rows a seco
 SWEEP_EVERY = 1.0  # seconds between retention steps
 _LOG_LIMIT = 4 * 1024**2  # bytes the ledger's write-ahead log is cut back to after a checkpoint
 
+_TABLE = f"""CREATE TABLE IF NOT EXISTS {SCHEMA_NAME}.ledger(sink INTEGER NOT NULL, record_key TEXT NOT NULL,
+    hash BLOB NOT NULL, acked INTEGER NOT NULL)"""
 _SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {SCHEMA_NAME}.ledger(sink INTEGER NOT NULL, record_key TEXT NOT NULL, hash BLOB NOT NULL,
-    acked INTEGER NOT NULL);
+{_TABLE};
 CREATE INDEX IF NOT EXISTS {SCHEMA_NAME}.ledger_acked ON ledger(acked);
 CREATE TABLE IF NOT EXISTS {SCHEMA_NAME}.meta(name TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dead_letters_key ON dead_letters(record_key);
@@ -98,9 +99,34 @@ def attach(conn: sqlite3.Connection, spool_dir: Path) -> None:
 def create(conn: sqlite3.Connection) -> None:
     """Create the ledger's tables (and the dead letter's index by record key) where missing, and note when
     this ledger started: deliveries before that left no row (a spool older than the ledger)."""
+    if _keyed(conn):
+        _unkey(conn)
     conn.executescript(_SCHEMA)
     if conn.execute("SELECT 1 FROM meta WHERE name = 'started'").fetchone() is None:
         conn.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('started', ?)", (int(time.time()),))
+
+
+def _keyed(conn: sqlite3.Connection) -> bool:
+    """Whether the ledger has its first layout: one row per sink and record, keyed by them."""
+    found = conn.execute(f"SELECT sql FROM {SCHEMA_NAME}.sqlite_master WHERE type = 'table' AND name = 'ledger'")
+    row = found.fetchone()
+    return row is not None and "WITHOUT ROWID" in str(row[0]).upper()
+
+
+def _unkey(conn: sqlite3.Connection) -> None:
+    """Turn the first layout into rows in delivery order (keyed, a second delivery of a record would fail)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if _keyed(conn):  # not done meanwhile by another process opening the spool
+            conn.execute(f"ALTER TABLE {SCHEMA_NAME}.ledger RENAME TO ledger_keyed")
+            conn.execute(_TABLE)
+            conn.execute(f"INSERT INTO {SCHEMA_NAME}.ledger(sink, record_key, hash, acked) "
+                         f"SELECT sink, record_key, hash, acked FROM {SCHEMA_NAME}.ledger_keyed ORDER BY acked")
+            conn.execute(f"DROP TABLE {SCHEMA_NAME}.ledger_keyed")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 # -- writing and expiring --------------------------------------------------------------------------

@@ -314,3 +314,26 @@ def test_a_reader_sees_the_deliveries_of_its_window_and_a_margin_before(tmp_path
     with LedgerReader(pipe.spool) as everything:
         assert len(everything.acknowledged("a", ["too-old", "skewed", "inside"])) == 3
     pipe.close()
+
+
+def test_a_ledger_keyed_by_record_becomes_rows_in_delivery_order(tmp_path: Path) -> None:
+    """A ledger.db of the first layout (one row per record, keyed) keeps its rows, and a record delivered again
+    is ledgered instead of failing its commit on the key."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    conn = sqlite3.connect(spool_dir / "ledger.db")
+    conn.execute("CREATE TABLE ledger(sink INTEGER NOT NULL, record_key TEXT NOT NULL, hash BLOB NOT NULL, "
+                 "acked INTEGER NOT NULL, PRIMARY KEY(sink, record_key)) WITHOUT ROWID")
+    record = make_records(1)[0]
+    conn.execute("INSERT INTO ledger VALUES (0, ?, ?, 5)", (record.key, b"\x01" * 8))
+    conn.commit()
+    conn.close()
+    pipe = _pipe(tmp_path, ScriptedSink("a"))
+    assert pipe.bits["a"] == 0
+    assert pipe.spool.conn().execute("SELECT sink, record_key, acked FROM ledger").fetchall() == [(0, record.key, 5)]
+    pipe.accept([record])
+    pipe.workers[0].step()
+    assert pipe.metrics()["sinks"]["a"]["exported"] == 1
+    with LedgerReader(pipe.spool) as reader:
+        assert reader.acknowledged("a", [record.key])[record.key][0] == payload_hash(StandInMapping().map(record))
+    pipe.close()

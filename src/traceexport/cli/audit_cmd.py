@@ -1,0 +1,157 @@
+"""``traceexport audit``: does each backend hold what Dify's database holds? Counts, missing, different.
+
+Rebuilds the window's records from Dify's PostgreSQL (as backfill does), maps each for every sink it is routed
+to, hashes the payloads, and compares with the delivery ledger in the spool: per sink, app, record type and day,
+how many records Dify holds, how many the sink acknowledged, which are missing (dead-lettered ones with their
+reason) and which were delivered with different content. --fix backfills exactly the missing and different
+records, each only to the sinks that lack it, then audits again (with --json: one object holding "before",
+"fixed" (records sent per sink) and "after").
+
+The ledger keeps acknowledgements for ledger.retention (30 days by default): audit windows older than that
+report everything as missing. Exit codes: 0 nothing missing or different; 3 something is; 2 bad input
+(database unreachable or refused, unknown schema, bad flags, unknown sink).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from traceexport.cli.backfill_cmd import Job, add_dify_db_flags, resolve_with_database
+from traceexport.cli.serve_cmd import add_common_flags
+from traceexport.config import Config
+from traceexport.errors import ConfigError, SourceError
+
+EXIT_MISSING = 3
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``audit`` sub-command."""
+    parser = subparsers.add_parser("audit", help="compare what Dify's database holds with what each sink received",
+                                   description=(__doc__ or "").replace("``", ""),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dify_db_flags(parser, since_required=True)
+    add_common_flags(parser, serve=False)
+    parser.add_argument("--sink", metavar="NAME[,NAME...]", help="only these sinks (default: every configured one)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    parser.add_argument("--fix", action="store_true",
+                        help="backfill exactly the missing and different records to the sinks lacking them, "
+                             "then audit again")
+    parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="with --fix: how long to wait for delivery (default 600)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Audit (and fix); the exit code."""
+    try:
+        job = Job(args)
+        config = resolve_with_database(args, job.url)
+        config = _only_sinks(config, args.sink)
+    except SourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 2
+    try:
+        job.open()  # the schema's one-line errors before anything else
+        report = audit(config, job)
+        if not args.fix or report.exit_code == 0:
+            _print(report, args.json)
+            return int(report.exit_code)
+        if not args.json:
+            _print(report, False)
+        fixed = fix(config, job, report, args.timeout)
+        print(f"audit --fix: sent {', '.join(f'{n} record(s) to {s}' for s, n in fixed.items())}; auditing again",
+              file=sys.stderr)
+        again = audit(config, job)
+        if args.json:
+            from traceexport.audit.render import to_json
+
+            print(json.dumps({"before": to_json(report), "fixed": fixed, "after": to_json(again)}, indent=2))
+        else:
+            _print(again, False)
+        return int(again.exit_code)
+    except SourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 2
+    finally:
+        job.close()
+
+
+def _only_sinks(config: Config, names: str | None) -> Config:
+    if not names:
+        return config
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in config.sinks]
+    if unknown:
+        raise SourceError(f"--sink {unknown[0]}: no such sink (configured: {', '.join(config.sinks)})")
+    return config.model_copy(update={"sinks": {n: config.sinks[n] for n in wanted}})
+
+
+def audit(config: Config, job: Job) -> Any:
+    """The window's report against the spool's ledger."""
+    from traceexport.audit.window import audit as audit_window
+    from traceexport.audit.window import ledger_reader
+    from traceexport.cli.status_cmd import spool_exists
+    from traceexport.pipeline.spool import Spool
+
+    spool_dir = Path(config.spool.dir)
+    if not spool_exists(spool_dir):
+        print(f"audit: no spool at {spool_dir}: nothing was delivered from it (give the --spool serve uses)",
+              file=sys.stderr)
+        return audit_window(config, _NoLedger(), job.source(), job.window)
+    spool = Spool(spool_dir, create=False)
+    try:
+        with ledger_reader(spool, job.window) as ledger:
+            return audit_window(config, ledger, job.source(), job.window)
+    finally:
+        spool.close()
+
+
+class _NoLedger:
+    """The ledger of a spool that does not exist: nothing acknowledged, nothing dead-lettered."""
+
+    def acknowledged(self, sink_name: str, keys: Any, /) -> dict[str, tuple[str, int]]:
+        return {}
+
+    def dead_letters(self, sink_name: str, keys: Any, /) -> dict[str, str]:
+        return {}
+
+
+def fix(config: Config, job: Job, report: Any, timeout: float) -> dict[str, int]:
+    """Backfill each sink's missing and different records to that sink only; how many per sink."""
+    from traceexport.cli.spool_delivery import SpoolDelivery
+
+    sent: dict[str, int] = {}
+    for sink, keys in report.keys_to_fix().items():
+        if not keys:
+            continue
+        one = config.model_copy(update={"sinks": {sink: config.sinks[sink]}})
+        delivery = SpoolDelivery(one, Path(config.spool.dir), lambda text: print(text, file=sys.stderr), "audit")
+        try:
+            for page in job.open_reader().pages(job.window):
+                wanted = [r for r in page.records if r.key in keys]
+                if wanted:
+                    delivery.accept(wanted)
+                    sent[sink] = sent.get(sink, 0) + len(wanted)
+            delivery.finish(timeout)
+        finally:
+            delivery.close()
+    return sent
+
+
+def _print(report: Any, as_json: bool) -> None:
+    from traceexport.audit.render import to_json, to_text
+
+    if as_json:
+        print(json.dumps(to_json(report), indent=2))
+    else:
+        print(to_text(report))

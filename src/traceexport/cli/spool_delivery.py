@@ -1,0 +1,70 @@
+"""Records into the one spool, delivered by this process or by the daemon that owns the spool.
+
+``replay`` and ``backfill`` share this: when a ``serve`` daemon delivers from the spool (its flock), the
+command only accepts records and waits for the daemon as for its own workers; otherwise it starts the
+pipeline's workers itself. Acceptance waits out a full spool the way the daemon's clients do.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from traceexport.config import Config, build_routes
+from traceexport.errors import SpoolFullError
+from traceexport.pipeline.deadletter import DeadLetterEntry
+from traceexport.records import Record
+
+
+class DaemonConflict(Exception):
+    """A daemon delivers from the spool to other sinks than the command's; the message says what to do."""
+
+
+class SpoolDelivery:
+    """The pipeline of one command run; ``close`` always."""
+
+    def __init__(self, config: Config, spool_dir: Path, line: Callable[[str], None], what: str) -> None:
+        from traceexport.daemon import build_prepare, pipeline_settings
+        from traceexport.pipeline import Pipeline, deadletter
+        from traceexport.pipeline.owner import owner
+
+        daemon = owner(spool_dir)
+        if daemon is not None and daemon.sinks and not set(config.sinks) <= set(daemon.sinks):
+            others = ", ".join(sorted(set(config.sinks) - set(daemon.sinks)))
+            raise DaemonConflict(f"{daemon.describe()} is delivering from spool {spool_dir} to "
+                                 f"{', '.join(daemon.sinks)}, not to {others}: stop that daemon first, or give "
+                                 f"{what} a spool of its own (--spool)")
+        routes = build_routes(config)
+        self.pipeline = Pipeline(spool_dir, routes, pipeline_settings(config),
+                                 prepare=build_prepare(config, os.environ))
+        self.by_daemon = daemon is not None
+        self.sinks = list(self.pipeline.sink_names)
+        self._dead_before = deadletter.last_id(self.pipeline.spool)
+        if daemon is None:
+            self.pipeline.start()
+        else:  # the daemon delivers what this command accepts
+            line(f"{what}: {daemon.describe()} is delivering from spool {spool_dir}; handing the records to it")
+            for route in routes:
+                route.sink.shutdown(1.0)
+
+    def accept(self, records: Sequence[Record]) -> list[tuple[int, str]]:
+        """Accept ``records`` (durably), waiting while the spool is full; the ones that can never fit."""
+        while True:
+            try:
+                return self.pipeline.accept_fitting(list(records))
+            except SpoolFullError as exc:  # delivery is running: wait for room
+                time.sleep(min(max(exc.retry_after, 0.1), 30.0))
+
+    def finish(self, timeout: float) -> tuple[bool, dict[str, Any], list[DeadLetterEntry]]:
+        """Wait for delivery (bounded); whether all was delivered, the metrics, this run's dead letters."""
+        from traceexport.pipeline import deadletter
+
+        idle = self.pipeline.flush(timeout)
+        return idle, self.pipeline.metrics(), deadletter.list_entries(self.pipeline.spool,
+                                                                      after_id=self._dead_before)
+
+    def close(self) -> None:
+        self.pipeline.close()

@@ -1,0 +1,89 @@
+"""Where a backfill stopped: per stream, the last row whose records the spool accepted.
+
+A checkpoint belongs to one backfill job (the database, the window, the apps, the types and the sinks), so
+running the same command again resumes it, and a different window starts afresh. It is written (atomically,
+fsynced) only after a page's records are in the spool: a killed backfill resumes after the last page the
+spool holds, re-reading at most the page it was on (re-sent records carry the same ids: harmless).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from traceexport.difydb.reader import Position, Window
+
+
+def job_id(database: str, since: str | None, until: str | None, window: Window, sinks: list[str]) -> str:
+    """A short stable name for the job, from the flags as given (``30d`` stays ``30d``, so the same command
+    run again is the same job) — no secrets: ``database`` is the masked URL."""
+    spec = json.dumps([database, since, until, sorted(window.apps or ()), sorted(window.types), sorted(sinks)])
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+class Checkpoint:
+    """A job's positions in ``<spool>/backfill/<job>.json``."""
+
+    def __init__(self, spool_dir: Path, job: str) -> None:
+        self.path = spool_dir / "backfill" / f"{job}.json"
+        self.positions: dict[str, Position] = {}
+        self.done = False
+        self.records = 0
+        self.since: datetime | None = None
+        self.until: datetime | None = None
+        if self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text())
+                self.positions = {k: Position.from_json(v) for k, v in data.get("positions", {}).items()}
+                self.done = bool(data.get("done"))
+                self.records = int(data.get("records", 0))
+                self.since = datetime.fromisoformat(data["since"]) if data.get("since") else None
+                self.until = datetime.fromisoformat(data["until"]) if data.get("until") else None
+            except (ValueError, TypeError, KeyError, IndexError):  # unreadable: start afresh (ids make it safe)
+                self.positions, self.done, self.records = {}, False, 0
+
+    @property
+    def resumed(self) -> bool:
+        return bool(self.positions) or self.done
+
+    def pin(self, window: Window) -> Window:
+        """The window this job reads: the one its first run resolved (``30d`` or "now" mean the moment the job
+        began, so a resumed run reads no more and no less); the first run records ``window``'s."""
+        if self.positions:
+            return replace(window, since=self.since, until=self.until)
+        self.since, self.until = window.since, window.until
+        return window
+
+    def advance(self, stream: str, position: Position | None, records: int) -> None:
+        """Record that everything up to ``position`` in ``stream`` is in the spool."""
+        if position is not None:
+            self.positions[stream] = position
+        self.records += records
+        self._write()
+
+    def finish(self) -> None:
+        self.done = True
+        self._write()
+
+    def reset(self) -> None:
+        self.positions, self.done, self.records = {}, False, 0
+        self.since = self.until = None
+        self.path.unlink(missing_ok=True)
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data: dict[str, Any] = {"positions": {k: v.to_json() for k, v in self.positions.items()},
+                                "done": self.done, "records": self.records,
+                                "since": self.since.isoformat() if self.since else None,
+                                "until": self.until.isoformat() if self.until else None}
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as handle:
+            handle.write(json.dumps(data))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)

@@ -1,0 +1,276 @@
+"""Pages of Dify's rows in (created_at, id) order, rebuilt into records: keyset pagination, never OFFSET.
+
+Two streams, each with its own position: ``workflow_runs`` (workflow records) and ``messages`` (message
+records, and a tool record per tool an agent message used). A page's few related rows (app logs, chat
+messages of chatflow runs, node outputs for the token split, files, agent thoughts, conversation modes,
+tenants) are fetched by id for the whole page, so each page costs a fixed number of queries whatever its
+size, and memory holds one page.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import traceexport.difydb.rebuild as rebuild
+from traceexport.difydb.connect import describe
+from traceexport.difydb.schema import Schema
+from traceexport.errors import RecordError, SourceError
+from traceexport.records import Record
+from traceexport.records.parse import record_from_obj
+
+STREAMS = ("workflow_runs", "messages")
+# Record types each stream rebuilds.
+STREAM_TYPES = {"workflow_runs": ("workflow",), "messages": ("message", "tool")}
+REBUILDABLE = ("workflow", "message", "tool")
+# Why the other community types cannot be rebuilt (the README says the same).
+NOT_REBUILDABLE = {
+    "dataset_retrieval": "Dify keys it on the moment the retrieval ran, which no row keeps (the documents are "
+                         "in dataset_retriever_resources, the time is not): a rebuilt record would duplicate the "
+                         "live one",
+    "moderation": "the moderation result and its timing exist only in the request",
+    "suggested_question": "the suggested questions are generated per request and never stored",
+    "generate_name": "keyed on the moment the title was generated, which no row keeps",
+}
+_RUN_COLUMNS = ("id", "tenant_id", "app_id", "workflow_id", "type", "triggered_from", "version", "graph", "inputs",
+                "status", "outputs", "error", "elapsed_time", "total_tokens", "total_steps", "created_by_role",
+                "created_by", "created_at", "finished_at", "exceptions_count")
+_MESSAGE_COLUMNS = ("id", "app_id", "conversation_id", "model_provider", "model_id", "inputs", "query", "message",
+                    "message_tokens", "answer_tokens", "provider_response_latency", "total_price", "answer",
+                    "status", "error", "message_metadata", "from_source", "from_end_user_id", "from_account_id",
+                    "created_at", "updated_at", "agent_based", "workflow_run_id")
+_FILE_COLUMNS = ("id", "message_id", "type", "transfer_method", "created_by_role", "created_by", "belongs_to", "url",
+                 "upload_file_id", "created_at")
+_UUID_COLUMNS = frozenset({"id", "tenant_id", "app_id", "workflow_id", "created_by", "conversation_id",
+                           "from_end_user_id", "from_account_id", "workflow_run_id", "message_id", "upload_file_id"})
+# Runs still going have no trace yet (Dify queues it when the run ends).
+_UNFINISHED_RUN = ("running", "pending")
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """What to read: ``[since, until)`` in Dify's time (naive UTC), optionally some apps and record types."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    apps: tuple[str, ...] | None = None
+    types: frozenset[str] = frozenset(REBUILDABLE)
+
+    def streams(self) -> list[str]:
+        """The streams whose rows make the wanted types."""
+        return [s for s in STREAMS if self.types & set(STREAM_TYPES[s])]
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """The last row of a stream already handled: the keyset to continue after."""
+
+    created_at: datetime
+    id: str
+
+    def to_json(self) -> list[str]:
+        return [self.created_at.isoformat(), self.id]
+
+    @classmethod
+    def from_json(cls, value: Sequence[str]) -> Position:
+        return cls(datetime.fromisoformat(value[0]), value[1])
+
+
+@dataclass(slots=True)
+class Page:
+    """One page of a stream: its records, the rows read, one-line problems, and where the next page starts."""
+
+    stream: str
+    rows: int
+    records: list[Record] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    position: Position | None = None
+
+
+def _text_ids(row: dict[str, Any]) -> dict[str, Any]:
+    for key in _UUID_COLUMNS.intersection(row):
+        if row[key] is not None:
+            row[key] = str(row[key])
+    return row
+
+
+class DifyReader:
+    """Reads a window of Dify's database, page by page, as rebuilt records."""
+
+    def __init__(self, conn: Any, schema: Schema, *, files_url: str = rebuild.FILES_URL_DEFAULT,
+                 page_size: int = 500, max_rate: float | None = None) -> None:
+        self._conn = conn
+        self._schema = schema
+        self._files_url = files_url.rstrip("/") if files_url else files_url
+        self._page_size = page_size
+        self._max_rate = max_rate
+        self._started = time.monotonic()
+        self._rows_read = 0
+
+    # -- queries -------------------------------------------------------------------------------------------
+
+    def _query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        psycopg = __import__("psycopg")
+        try:
+            cursor = self._conn.execute(sql, params)
+            names = [d.name for d in cursor.description or ()]
+            return [_text_ids(dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
+        except psycopg.errors.QueryCanceled as exc:
+            raise SourceError(f"a query on Dify's database ran past the statement timeout: {describe(exc)}; "
+                              "raise --statement-timeout or read a smaller window") from exc
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise SourceError(f"Dify's database refused a read: {describe(exc)}: grant this login SELECT on "
+                              "Dify's tables") from exc
+        except psycopg.Error as exc:
+            raise SourceError(f"reading Dify's database failed: {describe(exc)}") from exc
+
+    def _window_sql(self, table: str, window: Window, after: Position | None) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if window.since is not None:
+            clauses.append(f"{table}.created_at >= %s")
+            params.append(window.since)
+        if window.until is not None:
+            clauses.append(f"{table}.created_at < %s")
+            params.append(window.until)
+        if window.apps:
+            clauses.append(f"{table}.app_id = ANY(%s::uuid[])")
+            params.append(list(window.apps))
+        if after is not None:
+            clauses.append(f"({table}.created_at, {table}.id) > (%s, %s::uuid)")
+            params += [after.created_at, after.id]
+        return " AND ".join(clauses) or "TRUE", params
+
+    def count(self, window: Window) -> int:
+        """How many rows the window holds (for the progress bar's total)."""
+        total = 0
+        for stream in window.streams():
+            where, params = self._window_sql(stream, window, None)
+            extra = " AND messages.workflow_run_id IS NULL" if stream == "messages" else ""
+            total += int(self._query(f"SELECT count(*) AS n FROM {stream} WHERE {where}{extra}", params)[0]["n"])
+        return total
+
+    def _throttle(self, rows: int) -> None:
+        self._rows_read += rows
+        if not self._max_rate:
+            return
+        ahead = self._rows_read / self._max_rate - (time.monotonic() - self._started)
+        if ahead > 0:
+            time.sleep(ahead)
+
+    # -- pages ---------------------------------------------------------------------------------------------
+
+    def pages(self, window: Window, positions: dict[str, Position] | None = None) -> Iterator[Page]:
+        """Every page of every wanted stream, after ``positions`` (a checkpoint's)."""
+        positions = dict(positions or {})
+        for stream in window.streams():
+            after = positions.get(stream)
+            while True:
+                page = self._runs(window, after) if stream == "workflow_runs" else self._messages(window, after)
+                if page.rows == 0:
+                    break
+                after = page.position
+                yield page
+                self._throttle(page.rows)
+                if page.rows < self._page_size:
+                    break
+
+    def _runs(self, window: Window, after: Position | None) -> Page:
+        where, params = self._window_sql("workflow_runs", window, after)
+        rows = self._query(
+            f"SELECT {', '.join(_RUN_COLUMNS)} FROM workflow_runs WHERE {where} "
+            f"AND workflow_runs.status NOT IN {_UNFINISHED_RUN!r} "
+            "ORDER BY workflow_runs.created_at, workflow_runs.id LIMIT %s", [*params, self._page_size])
+        page = Page("workflow_runs", len(rows))
+        if not rows:
+            return page
+        page.position = Position(rows[-1]["created_at"], rows[-1]["id"])
+        ids = [r["id"] for r in rows]
+        logs = {r["workflow_run_id"]: r["id"] for r in self._query(
+            "SELECT DISTINCT ON (workflow_run_id) workflow_run_id, id, tenant_id, app_id FROM workflow_app_logs "
+            "WHERE workflow_run_id = ANY(%s::uuid[]) ORDER BY workflow_run_id", [ids])}
+        chats = self._chat_messages(rows)
+        tokens = self._token_split(rows) if self._schema.layout != "1.10" else {}
+        for run in rows:
+            try:
+                built = rebuild.workflow(run, layout=self._schema.layout, app_log_id=logs.get(run["id"]),
+                                         message_id=chats.get(run["id"]), tokens=tokens.get(run["id"], (0, 0)))
+                page.records.append(_record(built))
+            except (RecordError, KeyError, TypeError, ValueError) as exc:
+                page.problems.append(f"workflow run {run['id']}: {_reason(exc)}")
+        return page
+
+    def _chat_messages(self, runs: list[dict[str, Any]]) -> dict[str, str]:
+        """The message of each chatflow run (by the run's ``sys.conversation_id``, as Dify finds it)."""
+        pairs = []
+        for run in runs:
+            conversation = rebuild._json_dict(run["inputs"]).get("sys.conversation_id")
+            if isinstance(conversation, str) and conversation:
+                pairs.append((conversation, run["id"]))
+        if not pairs:
+            return {}
+        rows = self._query(
+            "SELECT workflow_run_id, id FROM messages WHERE conversation_id = ANY(%s::uuid[]) "
+            "AND workflow_run_id = ANY(%s::uuid[])", [[c for c, _ in pairs], [r for _, r in pairs]])
+        return {r["workflow_run_id"]: r["id"] for r in rows}
+
+    def _token_split(self, runs: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+        by_run: dict[str, list[Any]] = {}
+        for row in self._query(
+                "SELECT workflow_run_id, outputs FROM workflow_node_executions "
+                "WHERE workflow_run_id = ANY(%s::uuid[]) AND tenant_id = ANY(%s::uuid[]) "
+                "AND outputs LIKE '%%\"usage\"%%'",
+                [[r["id"] for r in runs], sorted({r["tenant_id"] for r in runs})]):
+            by_run.setdefault(row["workflow_run_id"], []).append(row["outputs"])
+        return {run: rebuild.token_split(outputs) for run, outputs in by_run.items()}
+
+    def _messages(self, window: Window, after: Position | None) -> Page:
+        where, params = self._window_sql("messages", window, after)
+        rows = self._query(
+            f"SELECT {', '.join('m.' + c for c in _MESSAGE_COLUMNS)}, c.mode AS conversation_mode, "
+            "a.tenant_id AS app_tenant_id "
+            f"FROM messages m JOIN conversations c ON c.id = m.conversation_id LEFT JOIN apps a ON a.id = m.app_id "
+            f"WHERE {where.replace('messages.', 'm.')} AND m.workflow_run_id IS NULL "
+            "ORDER BY m.created_at, m.id LIMIT %s", [*params, self._page_size])
+        page = Page("messages", len(rows))
+        if not rows:
+            return page
+        page.position = Position(rows[-1]["created_at"], rows[-1]["id"])
+        ids = [r["id"] for r in rows]
+        files: dict[str, dict[str, Any]] = {}
+        for file in self._query(f"SELECT {', '.join(_FILE_COLUMNS)} FROM message_files "
+                                "WHERE message_id = ANY(%s::uuid[])", [ids]):
+            files.setdefault(file["message_id"], file)  # Dify takes the first row (LIMIT 1, no order)
+        thoughts: dict[str, list[dict[str, Any]]] = {}
+        if "tool" in window.types:
+            for thought in self._query(
+                    "SELECT message_id, position, tool, tool_input, observation, tool_meta_str, created_at "
+                    "FROM message_agent_thoughts WHERE message_id = ANY(%s::uuid[]) AND tool IS NOT NULL "
+                    "AND tool <> '' ORDER BY message_id, position", [ids]):
+                thoughts.setdefault(thought["message_id"], []).append(thought)
+        layout = self._schema.layout
+        for row in rows:
+            first_file = files.get(row["id"])
+            try:
+                if "message" in window.types:
+                    page.records.append(_record(rebuild.message(
+                        row, layout=layout, conversation_mode=row["conversation_mode"],
+                        tenant_id=str(row["app_tenant_id"]) if row["app_tenant_id"] else None, file=first_file,
+                        files_url=self._files_url)))
+                for name, used in rebuild.tool_calls(thoughts.get(row["id"], ())):
+                    page.records.append(_record(rebuild.tool(row, name, used, layout=layout, file=first_file,
+                                                             files_url=self._files_url)))
+            except (RecordError, KeyError, TypeError, ValueError) as exc:
+                page.problems.append(f"message {row['id']}: {_reason(exc)}")
+        return page
+
+
+def _record(envelope: dict[str, Any]) -> Record:
+    return record_from_obj(envelope)
+
+
+def _reason(exc: Exception) -> str:
+    return exc.reason if isinstance(exc, RecordError) else f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,77 @@
+"""``traceexport backfill`` and ``audit`` refuse what they cannot read with one line: bad URLs, refused logins,
+a database that is not Dify's, bad flags — never a traceback. (Dify's own schema: tests/realdify/.)"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.support.postgres_server import PostgresServer, running_or_skip
+from tests.support.processes import python_env
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[PostgresServer]:
+    """A PostgreSQL whose database holds no Dify tables."""
+    with running_or_skip() as pg:
+        yield pg
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def backfill(tmp_path: Path, *args: str, command: str = "backfill") -> subprocess.CompletedProcess[str]:
+    """Run the command with the file sink and a spool of the test's own."""
+    return subprocess.run([sys.executable, "-m", "traceexport", command, *args, "--to", "file", "--spool",
+                           str(tmp_path / "spool")],
+                          env=python_env({"TRACEEXPORT_FILE_SINK_DIR": str(tmp_path / "out")}),
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def assert_one_line(done: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """Exit 2 with a single stderr line holding every fragment."""
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert all(f in lines[0] for f in fragments), lines[0]
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["--dify-db", "mysql://u:p@127.0.0.1/dify"], ["not a PostgreSQL URL", "u:***@"]),
+    (["--dify-db", "postgresql://u:secret-pw@127.0.0.1:{port}/dify"], ["cannot connect", "u:***@"]),
+    ([], ["no Dify database", "TRACEEXPORT_DIFY_DATABASE_URL"]),
+    (["--dify-db", "postgresql://u@127.0.0.1/d", "--types", "moderation"], ["--types moderation: cannot be rebuilt"]),
+    (["--dify-db", "postgresql://u@127.0.0.1/d", "--types", "workflow,bogus"], ["--types bogus: unknown"]),
+    (["--dify-db", "postgresql://u@127.0.0.1/d", "--since", "last tuesday"], ["--since 'last tuesday' is not a time"]),
+    (["--dify-db", "postgresql://u@127.0.0.1/d", "--since", "2026-12-01", "--until", "2026-11-01"],
+     ["is not before --until"]),
+    (["--dify-db", "postgresql://u@127.0.0.1/d", "--apps", "chat-app"], ["--apps 'chat-app' is not a Dify app id"]),
+], ids=["not-postgres", "unreachable", "no-url", "not-rebuildable", "unknown-type", "bad-time", "empty-window",
+        "bad-app"])
+def test_bad_input_is_one_line(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
+    """Each bad URL or flag exits 2 with one line saying what is wrong, and no password in it."""
+    args = [a.replace("{port}", str(_free_port())) for a in args]
+    done = backfill(tmp_path, *args)
+    assert_one_line(done, *fragments)
+    assert "secret-pw" not in done.stderr
+
+
+def test_a_database_that_is_not_difys_is_named(server: PostgresServer, tmp_path: Path) -> None:
+    """A reachable PostgreSQL without Dify's tables is refused with one line pointing at Dify's database."""
+    done = backfill(tmp_path, "--dify-db", server.url(password=server._password))
+    assert_one_line(done, "no tables in schema 'public'", "DB_DATABASE")
+
+
+def test_a_wrong_password_is_one_line_without_the_password(server: PostgresServer, tmp_path: Path) -> None:
+    """A refused login says so in one line; neither password appears."""
+    done = backfill(tmp_path, "--dify-db", server.url(password="wrong-secret-123"))
+    assert_one_line(done, "cannot connect to Dify's database", "password authentication failed")
+    assert "wrong-secret-123" not in done.stderr and server._password not in done.stderr

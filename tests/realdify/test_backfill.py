@@ -1,0 +1,135 @@
+"""Backfill from real Dify's database: the records rebuilt from its rows map exactly as the ones Dify queued."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.realdify.conftest import Backends, DifyStack
+from tests.realdify.entities import BACKENDS, differences, mapped, received
+from tests.support.postgres_server import PostgresServer
+from tests.support.processes import python_env
+from traceexport.difydb import DifyReader, Window, connect, inspect
+
+REBUILT_TYPES = ("WorkflowTraceInfo", "MessageTraceInfo", "ToolTraceInfo")
+FILES_URL = "http://files.example.com"  # the stack's FILES_URL
+
+
+def dify_url(stack: DifyStack, postgres: PostgresServer) -> str:
+    """The URL of the stack's Dify database."""
+    return postgres.url(password=postgres._password, database=stack.settings["DB_DATABASE"])
+
+
+def produced(stack: DifyStack, tmp_path: Path) -> tuple[dict[str, str], list[str]]:
+    """Seed Dify's rows and let Dify's TraceTask queue every record; the ids and the files of rebuildable types."""
+    results = stack.run([{"op": "seed"}, {"op": "produce", "archive": str(tmp_path / "archive")}])
+    files = [f for f in results[1]["files"]
+             if json.loads(Path(f).read_text())["trace_info_type"] in REBUILT_TYPES]
+    return results[0], files
+
+
+def rebuilt(url: str, tmp_path: Path, apps: tuple[str, ...]) -> Path:
+    """The records rebuilt from the database, written as TaskData lines."""
+    conn = connect(url)
+    try:
+        reader = DifyReader(conn, inspect(conn), files_url=FILES_URL)
+        records = [r for page in reader.pages(Window(apps=apps)) for r in page.records]
+    finally:
+        conn.close()
+    path = tmp_path / "rebuilt.jsonl"
+    path.write_text("".join(json.dumps(r.envelope) + "\n" for r in records))
+    return path
+
+
+def test_rebuilt_records_map_exactly_as_difys_own(stack: DifyStack, postgres: PostgresServer,
+                                                  backends: Backends, tmp_path: Path) -> None:
+    """For the same rows, every backend's payloads of the rebuilt records equal those of Dify's records."""
+    ids, files = produced(stack, tmp_path)
+    assert len(files) == 4, files  # a workflow run, two messages, one tool call
+    path = rebuilt(dify_url(stack, postgres), tmp_path, (ids["chat_app"], ids["workflow_app"]))
+    assert len(path.read_text().splitlines()) == 4
+    for backend in BACKENDS:
+        want = mapped(backend, files, backends.env())
+        got = mapped(backend, [str(path)], backends.env())
+        problems = differences(want, got)
+        assert not problems, f"{backend}: " + "\n".join(problems)
+
+
+def test_backfilling_a_window_exported_live_adds_nothing(stack: DifyStack, postgres: PostgresServer,
+                                                          backends: Backends, tmp_path: Path) -> None:
+    """Dify's records exported live (with node spans from the same database), then the same rows backfilled: every
+    backend holds the same entities, under the same ids, with the same content, as after the live export alone."""
+    ids, files = produced(stack, tmp_path)
+    url = dify_url(stack, postgres)
+    env = python_env({**backends.env(), "TRACEEXPORT_DIFY_DATABASE_URL": url})
+    live = subprocess.run([sys.executable, "-m", "traceexport", "export", "--to", ",".join(BACKENDS), "--spool",
+                           str(tmp_path / "live-spool"), *files],
+                          env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert live.returncode == 0, live.stderr
+    after_live = {b: received(b, backends.fake(b)) for b in BACKENDS}
+    done = subprocess.run([sys.executable, "-m", "traceexport", "backfill", "--dify-db", url,
+                           "--apps", f"{ids['chat_app']},{ids['workflow_app']}", "--to", ",".join(BACKENDS),
+                           "--files-url", FILES_URL, "--spool", str(tmp_path / "spool")],
+                          env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "4 records accepted" in done.stderr, done.stderr
+    for backend in BACKENDS:
+        fake = backends.fake(backend)
+        fake.wait_for(lambda f=fake, b=backend: len(received(b, f)) >= len(after_live[b]), timeout=30)
+        problems = differences(after_live[backend], received(backend, fake))
+        assert not problems, f"{backend}: " + "\n".join(problems)
+
+
+def _backfill(url: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "traceexport", "backfill", "--dify-db", url, "--to", "file",
+                           "--spool", str(tmp_path / "spool"), "--dry-run", *extra],
+                          env=python_env({"TRACEEXPORT_FILE_SINK_DIR": str(tmp_path / "out")}), capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def _one_line_error(done: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert all(f in lines[0] for f in fragments), lines[0]
+
+
+def test_a_schema_it_does_not_know_gets_one_line(stack: DifyStack, postgres: PostgresServer, tmp_path: Path) -> None:
+    """A Dify database lacking a table, or a column, is refused with one line naming it, never a traceback."""
+    produced(stack, tmp_path)
+    source = stack.settings["DB_DATABASE"]
+    for name, change, fragment in (
+            ("no_table", "DROP TABLE message_agent_thoughts", "no table 'message_agent_thoughts'"),
+            ("no_column", "ALTER TABLE messages DROP COLUMN agent_based", "no column 'agent_based'")):
+        clone = f"{source}_{name}"
+        with postgres.admin("postgres") as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {clone}")
+            conn.execute(f"CREATE DATABASE {clone} TEMPLATE {source}")
+        with postgres.admin(clone) as conn:
+            conn.execute(change)
+        _one_line_error(_backfill(postgres.url(password=postgres._password, database=clone), tmp_path), fragment)
+
+
+def test_a_read_only_login_reads_and_one_without_grants_is_told_what_to_grant(
+        stack: DifyStack, postgres: PostgresServer, tmp_path: Path) -> None:
+    """A login with SELECT only backfills (nothing needs more); one without it, or a wrong password, gets one line."""
+    ids, _ = produced(stack, tmp_path)
+    database = stack.settings["DB_DATABASE"]
+    suffix = secrets.token_hex(4)
+    reader, nobody = f"reader_{suffix}", f"nobody_{suffix}"
+    with postgres.admin(database) as conn:
+        for role in (reader, nobody):
+            conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw-{role}'")
+            conn.execute(f"GRANT CONNECT ON DATABASE {database} TO {role}")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {reader}")
+    done = _backfill(postgres.url(reader, f"pw-{reader}", database), tmp_path, "--apps", ids["chat_app"])
+    assert done.returncode == 0, done.stderr
+    assert "2 message, 1 tool" in done.stderr, done.stderr
+    _one_line_error(_backfill(postgres.url(nobody, f"pw-{nobody}", database), tmp_path),
+                    f"login '{nobody}' may not read Dify's table", "GRANT SELECT ON ALL TABLES IN SCHEMA public")
+    wrong = _backfill(postgres.url(reader, "not-the-password", database), tmp_path)
+    _one_line_error(wrong, "cannot connect to Dify's database", "password authentication failed")
+    assert "not-the-password" not in wrong.stderr
