@@ -138,7 +138,7 @@ def record(conn: sqlite3.Connection, bit: int, delivered: Iterable[tuple[str, by
 
 
 class _Transactions(Protocol):
-    """What the retention sweep and the reader need of a spool (structural: no import of it here)."""
+    """What the retention sweep needs of a spool (structural: no import of it here)."""
 
     def read(self) -> AbstractContextManager[sqlite3.Connection]:
         """A read transaction."""
