@@ -357,3 +357,14 @@ def test_in_process_mode_with_a_real_config_file_writes_mapped_spans(tmp_path: P
         metrics = exporter.metrics()["pipeline"]
     lines = (out / "otlp.jsonl").read_text().splitlines()
     assert len(lines) >= 7 and metrics["sinks"]["disk"]["dead_lettered"] == 0
+
+
+def test_forward_mode_keeps_no_delivery_ledger_in_difys_process() -> None:
+    """The hook forwarding to a sidecar writes no ledger (the sidecar keeps the one the audit reads)."""
+    from traceexport.dify.config import HookSettings
+    from traceexport.dify.wiring import build_plan
+
+    routes, settings = build_plan(HookSettings(mode="forward", endpoint="http://127.0.0.1:9"), env={})
+    assert settings.ledger_retention == 0
+    for route in routes:
+        route.sink.shutdown(1.0)

@@ -34,8 +34,13 @@ def make_runner(config: Config, spool: Spool) -> Runner | None:
 
     The runner reads the records of ``[since, until)`` from Dify's database (``enrich.database_url`` or
     ``TRACEEXPORT_DIFY_DATABASE_URL``, the database the node enricher reads), maps each for every sink that
-    takes it, and reconciles them with the spool's ledger.
+    takes it, and reconciles them with the spool's ledger. None when the ledger is off (``ledger.retention``
+    0): there would be nothing to compare with.
     """
+    if config.ledger.retention <= 0:
+        log_event(log, "audit.off", logging.WARNING, reason="ledger.retention is 0: no ledger to compare with",
+                  hint="set ledger.retention (e.g. 30d), or unset audit.interval")
+        return None
     if config.enrich.database_url is None:
         log_event(log, "audit.off", logging.WARNING, reason="no Dify database configured",
                   hint="set enrich.database_url or TRACEEXPORT_DIFY_DATABASE_URL, or unset audit.interval")

@@ -37,7 +37,7 @@ class Expected:
 
 
 class Ledger(Protocol):
-    """The lookups the audit needs (:class:`traceexport.pipeline.ledger.LedgerReader`, or a fake)."""
+    """The lookups the audit needs (:class:`traceexport.pipeline.ledger_reader.LedgerReader`, or a fake)."""
 
     def acknowledged(self, sink_name: str, keys: Iterable[str], /) -> dict[str, tuple[str, int]]:
         """``{record_key: (hash_hex, acked_at)}`` for the keys the sink acknowledged."""

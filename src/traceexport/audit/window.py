@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from traceexport.audit.expected import expected
@@ -17,7 +17,7 @@ from traceexport.audit.reconcile import AuditReport, Ledger, reconcile
 from traceexport.difydb import DifyReader, Window, connect, inspect
 from traceexport.difydb.connect import DEFAULT_STATEMENT_TIMEOUT
 from traceexport.difydb.rebuild import FILES_URL_DEFAULT
-from traceexport.pipeline.ledger import LedgerReader
+from traceexport.pipeline.ledger_reader import LedgerReader
 
 if TYPE_CHECKING:
     from traceexport.config.models import Config
@@ -64,9 +64,19 @@ def audit(config: Config, ledger: Ledger, source: Source, window: Window) -> Aud
             closer()
 
 
+def ledger_reader(spool: Spool, window: Window) -> LedgerReader:
+    """The spool's ledger as ``window`` needs it: the deliveries from its start on (close it after the run)."""
+    since = window.since
+    if since is not None and since.tzinfo is None:  # Dify's time: naive UTC
+        since = since.replace(tzinfo=UTC)
+    return LedgerReader(spool, since=since.timestamp() if since is not None else None)
+
+
 def runner(config: Config, spool: Spool, source: Source) -> Any:
     """``run(since, until)`` for the daemon's scheduler."""
     def run(since: datetime, until: datetime) -> AuditReport:
-        return audit(config, LedgerReader(spool), source, replace(Window(), since=since, until=until))
+        window = replace(Window(), since=since, until=until)
+        with ledger_reader(spool, window) as ledger:
+            return audit(config, ledger, source, window)
 
     return run

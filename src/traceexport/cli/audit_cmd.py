@@ -99,8 +99,8 @@ def _only_sinks(config: Config, names: str | None) -> Config:
 def audit(config: Config, job: Job) -> Any:
     """The window's report against the spool's ledger."""
     from traceexport.audit.window import audit as audit_window
+    from traceexport.audit.window import ledger_reader
     from traceexport.cli.status_cmd import spool_exists
-    from traceexport.pipeline.ledger import LedgerReader
     from traceexport.pipeline.spool import Spool
 
     spool_dir = Path(config.spool.dir)
@@ -110,7 +110,8 @@ def audit(config: Config, job: Job) -> Any:
         return audit_window(config, _NoLedger(), job.source(), job.window)
     spool = Spool(spool_dir, create=False)
     try:
-        return audit_window(config, LedgerReader(spool), job.source(), job.window)
+        with ledger_reader(spool, job.window) as ledger:
+            return audit_window(config, ledger, job.source(), job.window)
     finally:
         spool.close()
 

@@ -140,7 +140,7 @@ class EnrichConfig(BaseModel):
 class LedgerConfig(_Strict):
     """The delivery ledger: which records each sink acknowledged, with a hash of their payloads."""
 
-    # How long a record's row is kept (0: no ledger). Rows go within hours after (one sweep pass).
+    # How long a delivery's row is kept (0: no ledger); expired rows are deleted in the background.
     retention: Duration = 30 * 86400.0
 
 

@@ -102,7 +102,9 @@ def build_plan(settings: HookSettings, env: Mapping[str, str]) -> tuple[list[Rou
     elif settings.mode == "forward":
         options = {"url": settings.endpoint, "token": settings.token}
         routes = [Route(create_sink("forward", "forward", options, env), EnvelopeMapping())]
-        pipeline_settings = PipelineSettings()
+        # The sidecar it forwards to keeps the delivery ledger the audit reads; one here would cost Dify's
+        # process a hash per record for hand-overs nobody audits.
+        pipeline_settings = PipelineSettings(ledger_retention=0)
     else:
         routes, pipeline_settings = _configured_routes(settings, env)
     quiet = [Route(QuietSink(r.sink), r.mapping, r.record_types, r.app_ids, r.sample) for r in routes]

@@ -52,8 +52,8 @@ from traceexport.pipeline.capacity import (
     wal_budget,
 )
 from traceexport.pipeline.connections import ConnectionPool
-from traceexport.pipeline.ledger import SCHEMA as LEDGER_SCHEMA
 from traceexport.pipeline.ledger import RetentionSweep, attach
+from traceexport.pipeline.ledger import create as create_ledger
 from traceexport.pipeline.settings import PipelineSettings
 
 SPOOL_FILE = "spool.db"
@@ -143,7 +143,8 @@ class Spool:
         self._checkpointing = threading.Lock()
         self._refusal: Refusal | None = None
         self._ledger_sweep = RetentionSweep(self.settings.ledger_retention)
-        self.conn().executescript(_SCHEMA + LEDGER_SCHEMA)  # IF NOT EXISTS: also brings older spools up to date
+        self.conn().executescript(_SCHEMA)
+        create_ledger(self.conn())  # both IF NOT EXISTS: also brings older spools up to date
         self._upgrade()
         self.page_size = int(self.conn().execute("PRAGMA page_size").fetchone()[0])
         self.wal_budget = wal_budget(self.settings.max_bytes, self.page_size)

@@ -163,15 +163,19 @@ def test_metrics_text_parses_with_the_prometheus_client_parser() -> None:
 
 def test_make_runner_is_off_without_a_dify_database_and_says_why_else_reads_it(tmp_path: Path,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    """With no Dify database there is no runner and one log line says why; with one, a runner (the real one
-    is exercised against real Dify in tests/realdify/test_audit.py), and the password is logged nowhere."""
+    """With no Dify database, or no ledger, there is no runner and one log line says why; with both, a runner (the
+    real one is exercised against real Dify in tests/realdify/test_audit.py), and the password is logged nowhere."""
     spool = Spool(tmp_path / "spool")
     with caplog.at_level(logging.INFO, logger="traceexport.audit"):
         assert periodic.make_runner(Config(), spool) is None
         configured = Config.model_validate({"enrich": {"database_url": "postgresql://u:pw-secret@db/dify"}})
         assert callable(periodic.make_runner(configured, spool))
+        no_ledger = Config.model_validate({"enrich": {"database_url": "postgresql://u:pw-secret@db/dify"},
+                                           "ledger": {"retention": 0}})
+        assert periodic.make_runner(no_ledger, spool) is None
     lines = [r for r in caplog.records if r.getMessage() == "audit.off"]
-    assert len(lines) == 1
+    assert len(lines) == 2
+    assert "ledger.retention is 0" in lines[1].te_fields["reason"]  # type: ignore[attr-defined]
     assert "no Dify database" in lines[0].te_fields["reason"]  # type: ignore[attr-defined]
     assert "pw-secret" not in caplog.text
     spool.close()

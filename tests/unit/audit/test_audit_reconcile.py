@@ -14,7 +14,8 @@ from traceexport.audit import AuditReport, Expected, reconcile
 from traceexport.audit.reconcile import CHUNK, EXIT_MISSING, EXIT_OK
 from traceexport.audit.render import to_json, to_text
 from traceexport.pipeline import Pipeline, PipelineSettings, Route
-from traceexport.pipeline.ledger import LedgerReader, payload_hash
+from traceexport.pipeline.ledger import payload_hash
+from traceexport.pipeline.ledger_reader import LedgerReader
 from traceexport.records import Record
 
 FAST = PipelineSettings(fsync=False, poll_interval=0.01)
@@ -25,6 +26,11 @@ def _expected(records: Iterable[Record], sinks: Iterable[str] = ("a", "b")) -> I
     for record in records:
         digest = payload_hash(StandInMapping().map(record))
         yield Expected(record.key, record.app_id, record.type, DAY, dict.fromkeys(sinks, digest))
+
+
+def _reconcile(pipe: Pipeline, expected: Iterable[Expected]) -> AuditReport:
+    with LedgerReader(pipe.spool) as reader:
+        return reconcile(expected, reader)
 
 
 @pytest.fixture
@@ -43,7 +49,7 @@ def delivered(tmp_path: Path) -> Iterator[tuple[Pipeline, list[Record]]]:
 def test_everything_acknowledged_exits_0(delivered: tuple[Pipeline, list[Record]]) -> None:
     """When every sink acknowledged every record with the hash it maps to, nothing is missing and the exit is 0."""
     pipe, records = delivered
-    report = reconcile(_expected(records), LedgerReader(pipe.spool))
+    report = _reconcile(pipe, _expected(records))
     assert report.exit_code == EXIT_OK
     assert report.missing_count == report.mismatched_count == 0
     assert report.keys_to_fix() == {}
@@ -56,7 +62,7 @@ def test_a_removed_ledger_row_is_missing(delivered: tuple[Pipeline, list[Record]
     pipe, records = delivered
     with pipe.spool.transaction() as conn:
         conn.execute("DELETE FROM ledger WHERE sink = ? AND record_key = ?", (pipe.bits["b"], records[2].key))
-    report = reconcile(_expected(records), LedgerReader(pipe.spool))
+    report = _reconcile(pipe, _expected(records))
     assert report.exit_code == EXIT_MISSING
     group = report.groups[("b", "app-1", "message", DAY)]
     assert (group.held, group.acknowledged, group.missing) == (4, 3, [(records[2].key, None)])
@@ -69,7 +75,7 @@ def test_a_changed_hash_is_mismatched(delivered: tuple[Pipeline, list[Record]]) 
     pipe, records = delivered
     expected = list(_expected(records))
     expected[1] = Expected(records[1].key, "app-1", "message", DAY, {"a": "0" * 16, "b": expected[1].hashes["b"]})
-    report = reconcile(expected, LedgerReader(pipe.spool))
+    report = _reconcile(pipe, expected)
     group = report.groups[("a", "app-1", "message", DAY)]
     assert (group.acknowledged, group.missing, group.mismatched) == (4, [], [records[1].key])
     assert report.exit_code == EXIT_MISSING
@@ -84,7 +90,7 @@ def test_a_dead_lettered_record_is_missing_with_its_reason(tmp_path: Path) -> No
                     FAST)
     pipe.accept(records)
     pipe.workers[0].step()
-    report = reconcile(_expected(records, ["a"]), LedgerReader(pipe.spool))
+    report = _reconcile(pipe, _expected(records, ["a"]))
     group = report.groups[("a", "app-1", "message", DAY)]
     assert group.missing == [(records[0].key, "stand-in mapping refuses this record")]
     assert group.acknowledged == 2
@@ -94,7 +100,7 @@ def test_a_dead_lettered_record_is_missing_with_its_reason(tmp_path: Path) -> No
 def test_a_sink_whose_route_skips_the_record_is_not_counted(delivered: tuple[Pipeline, list[Record]]) -> None:
     """A sink absent from a record's hashes (its route would not take it) holds nothing for that record."""
     pipe, records = delivered
-    report = reconcile(_expected(records[:1], ["a"]), LedgerReader(pipe.spool))
+    report = _reconcile(pipe, _expected(records[:1], ["a"]))
     assert list(report.groups) == [("a", "app-1", "message", DAY)]
     assert report.groups[("a", "app-1", "message", DAY)].held == 1
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from pipeline_helpers import ScriptedSink, StandInMapping, fail_first, make_records, wait_for
 
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route
-from traceexport.pipeline.ledger import LedgerReader, RetentionSweep, payload_digest, payload_hash
+from traceexport.pipeline.ledger import RetentionSweep, payload_digest, payload_hash
+from traceexport.pipeline.ledger_reader import LedgerReader
 from traceexport.pipeline.spool import _SCHEMA, Spool
 from traceexport.records import Record
 from traceexport.sinks.base import ExportResult, ItemFailure, Payload
@@ -27,7 +28,9 @@ def _pipe(tmp_path: Path, *sinks: ScriptedSink, settings: PipelineSettings = FAS
 
 
 def _rows(spool: Spool) -> dict[tuple[int, str], tuple[bytes, int]]:
+    """The ledger's rows by sink and record key (the test fails if one has two)."""
     rows = spool.conn().execute("SELECT sink, record_key, hash, acked FROM ledger").fetchall()
+    assert len({(sink, key) for sink, key, _, _ in rows}) == len(rows)
     return {(sink, key): (bytes(digest), acked) for sink, key, digest, acked in rows}
 
 
@@ -46,10 +49,10 @@ def test_a_delivered_batch_writes_one_row_per_record_with_its_payload_hash(tmp_p
         assert digest == payload_digest(StandInMapping().map(r))
         assert len(digest) == 8
         assert before <= acked <= time.time()
-    reader = LedgerReader(pipe.spool)
-    got = reader.acknowledged("a", [r.key for r in records])
-    assert {k: h for k, (h, _) in got.items()} == {r.key: payload_hash(StandInMapping().map(r)) for r in records}
-    assert reader.acknowledged("b", [r.key for r in records]) == {}
+    with LedgerReader(pipe.spool) as reader:
+        got = reader.acknowledged("a", [r.key for r in records])
+        assert {k: h for k, (h, _) in got.items()} == {r.key: payload_hash(StandInMapping().map(r)) for r in records}
+        assert reader.acknowledged("b", [r.key for r in records]) == {}
     pipe.close()
 
 
@@ -63,10 +66,10 @@ def test_dead_lettered_and_retried_items_write_no_row(tmp_path: Path) -> None:
     for worker in pipe.workers:
         worker.step()
     assert _rows(pipe.spool) == {}
-    reader = LedgerReader(pipe.spool)
     keys = [r.key for r in records]
-    assert reader.dead_letters("refused", keys) == dict.fromkeys(keys, "bad payload")
-    assert reader.dead_letters("flaky", keys) == {}
+    with LedgerReader(pipe.spool) as reader:
+        assert reader.dead_letters("refused", keys) == dict.fromkeys(keys, "bad payload")
+        assert reader.dead_letters("flaky", keys) == {}
     pipe.close()
 
 
@@ -85,8 +88,8 @@ def test_skipped_records_write_no_row(tmp_path: Path) -> None:
     pipe.close()
 
 
-def test_a_delivery_again_replaces_the_row(tmp_path: Path) -> None:
-    """Delivering the same record again (a replay, a backfill) keeps one row: the latest hash and time."""
+def test_a_delivery_again_counts_over_the_earlier_one(tmp_path: Path) -> None:
+    """Delivering the same record again (a replay, a backfill) adds a row, and the reader gives the latest."""
 
     class Versioned(StandInMapping):
         def __init__(self, version: int) -> None:
@@ -97,13 +100,14 @@ def test_a_delivery_again_replaces_the_row(tmp_path: Path) -> None:
             return [Payload("event", {"key": record.key, "version": self.version}, record.key)]
 
     record = make_records(1)[0]
-    for version in (1, 2):
+    for version in (1, 2, 3):
         pipe = Pipeline(tmp_path / "spool", [Route(ScriptedSink("a"), Versioned(version))], FAST)
         pipe.accept([record])
         pipe.workers[0].step()
-        rows = _rows(pipe.spool)
-        assert list(rows) == [(pipe.bits["a"], record.key)]
-        assert next(iter(rows.values()))[0] == payload_digest(Versioned(version).map(record))
+        with LedgerReader(pipe.spool) as reader:
+            (got,) = reader.acknowledged("a", [record.key]).values()
+        assert got[0] == payload_hash(Versioned(version).map(record))
+        assert pipe.spool.conn().execute("SELECT count(*) FROM ledger").fetchone()[0] == version
         pipe.close()
 
 
@@ -127,18 +131,22 @@ def test_a_record_dropped_while_its_batch_is_on_the_way_is_not_ledgered(tmp_path
 
 
 def test_retention_sweep_deletes_only_rows_older_than_the_retention(tmp_path: Path) -> None:
-    """A sweep pass removes rows acknowledged before the retention and keeps the recent ones, a chunk per step."""
+    """A sweep step removes every row acknowledged before the retention, in bounded chunks, and keeps the rest."""
+    from traceexport.pipeline import ledger
+
     spool = Spool(tmp_path / "spool", PipelineSettings(fsync=False))
     now = 1_000_000.0
+    old = ledger.SWEEP_CHUNK + 7  # more than one chunk
     with spool.transaction() as conn:
         conn.executemany("INSERT INTO ledger VALUES (?, ?, ?, ?)",
-                         [(i % 2, f"k{i:03d}", b"\0" * 8, int(now - (100 if i % 3 else 10))) for i in range(30)])
-    sweep = RetentionSweep(retention=50, chunk=7, every=0)
-    deleted = sum(sweep.step(spool, now, force=True) for _ in range(6))
+                         [(i % 2, f"old{i}", b"\0" * 8, int(now - 100 - i % 5)) for i in range(old)]
+                         + [(i % 2, f"new{i}", b"\0" * 8, int(now - 10 + i)) for i in range(30)])
+    sweep = RetentionSweep(retention=50, every=3600)
+    assert sweep.step(spool, now, force=True) == old
+    assert sweep.step(spool, now) == 0  # within its interval: nothing looked at
     left = spool.conn().execute("SELECT record_key, acked FROM ledger").fetchall()
-    assert deleted == 20
-    assert sorted(k for k, _ in left) == [f"k{i:03d}" for i in range(30) if i % 3 == 0]
-    assert all(now - acked <= 50 for _, acked in left)
+    assert sorted(k for k, _ in left) == sorted(f"new{i}" for i in range(30))
+    assert sweep.step(spool, now + 45, force=True) == 5
     spool.close()
 
 
@@ -168,13 +176,21 @@ def test_a_spool_made_without_the_ledger_gains_it(tmp_path: Path) -> None:
     conn = sqlite3.connect(spool_dir / "spool.db")
     conn.executescript(_SCHEMA)
     conn.close()
+    before = int(time.time())
     pipe = _pipe(tmp_path, ScriptedSink("a"))
     assert "ledger" in _tables(spool_dir / "ledger.db")
     assert "ledger" not in _tables(spool_dir / "spool.db")
+    with LedgerReader(pipe.spool) as reader:
+        started = reader.started_at()
+    assert before <= started <= time.time()
     pipe.accept(make_records(2))
     pipe.workers[0].step()
     assert len(_rows(pipe.spool)) == 2
     pipe.close()
+    again = Spool(spool_dir)
+    with LedgerReader(again) as reader:
+        assert reader.started_at() == started  # noted once, when the ledger began
+    again.close()
 
 
 def _tables(path: Path) -> set[str]:
@@ -196,33 +212,49 @@ def test_lookups_go_in_chunks_and_take_the_latest_dead_letter(tmp_path: Path) ->
         conn.executemany("INSERT INTO dead_letters(sink, record_key, reason, permanent, attempts, last_attempt, "
                          "envelope) VALUES (?, ?, ?, 1, 1, 0, '{}')",
                          [("a", keys[1], "first"), ("a", keys[1], "second"), ("b", keys[3], "other sink")])
-    reader = LedgerReader(pipe.spool)
-    acked = reader.acknowledged("a", iter(keys))
-    assert set(acked) == set(keys[::2])
-    assert acked[keys[0]] == ("ab" * 8, 5)
-    assert reader.dead_letters("a", iter(keys)) == {keys[1]: "second"}
-    assert reader.acknowledged("unknown", keys) == {}
+    with LedgerReader(pipe.spool) as reader:
+        acked = reader.acknowledged("a", iter(keys))
+        assert set(acked) == set(keys[::2])
+        assert acked[keys[0]] == ("ab" * 8, 5)
+        assert reader.dead_letters("a", iter(keys)) == {keys[1]: "second"}
+        assert reader.acknowledged("unknown", keys) == {}
     pipe.close()
 
 
-def test_the_hash_is_stable_across_processes_and_key_order() -> None:
-    """payload_hash depends on content only: another interpreter and another dict key order give the same hash."""
-    one = [Payload("span", {"a": 1, "b": {"x": [1, 2], "y": "é"}}, "k1", record_ref=3)]
-    two = [Payload("span", {"b": {"y": "é", "x": [1, 2]}, "a": 1}, "k1", record_ref=7)]
-    assert payload_hash(one) == payload_hash(two)
+def test_the_hash_is_stable_across_processes_and_depends_on_content_only() -> None:
+    """payload_hash is the same in another interpreter (another hash seed), ignores record_ref, and changes
+    with any value, with the payloads' order and with the key order the mapping built (key order is content)."""
+    body = {"a": 1, "b": {"x": [1, 2], "y": "é"}}
+    one = [Payload("span", body, "k1", record_ref=3)]
+    assert payload_hash(one) == payload_hash([Payload("span", dict(body), "k1", record_ref=7)])
     assert len(payload_hash(one)) == 16
-    assert payload_hash(one) != payload_hash([Payload("span", {"a": 2, "b": {"x": [1, 2], "y": "é"}}, "k1")])
-    assert payload_hash(one) != payload_hash([*one, *one])
+    assert payload_hash(one) != payload_hash([Payload("span", {**body, "a": 2}, "k1")])
+    assert payload_hash(one) != payload_hash([Payload("span", {"b": body["b"], "a": 1}, "k1")])
+    two = [Payload("span", {"n": 1}, "k2"), Payload("span", {"n": 2}, "k3")]
+    assert payload_hash(two) != payload_hash(two[::-1])
     code = ("from traceexport.pipeline.ledger import payload_hash; from traceexport.sinks.base import Payload; "
-            "print(payload_hash([Payload('span', {'b': {'x': [1, 2], 'y': '\\u00e9'}, 'a': 1}, 'k1')]))")
+            "print(payload_hash([Payload('span', {'a': 1, 'b': {'x': [1, 2], 'y': '\\u00e9'}}, 'k1')]))")
     env = {**os.environ, "PYTHONHASHSEED": "123", "PYTHONPATH": os.pathsep.join(sys.path)}
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert other.stdout.strip() == payload_hash(one)
 
 
-def test_mixed_key_types_still_hash() -> None:
-    """A body whose dict mixes key types (not sortable) still gets a stable hash, its keys compared as text."""
-    assert payload_hash([Payload("e", {1: "a", "b": 2})]) == payload_hash([Payload("e", {"b": 2, 1: "a"})])
+def test_text_pydantic_will_not_write_still_hashes() -> None:
+    """A lone surrogate in a body (which fast JSON refuses) still gets a stable hash of its own."""
+    odd = [Payload("e", {"text": "\ud800"})]
+    assert payload_hash(odd) == payload_hash([Payload("e", {"text": "\ud800"})])
+    assert payload_hash(odd) != payload_hash([Payload("e", {"text": "\ud801"})])
+
+
+def test_a_large_record_hashes_like_the_whole_of_its_json() -> None:
+    """Hashing in slices gives the blake2b of the whole JSON, for payloads far larger than one slice."""
+    import hashlib
+
+    from traceexport._json import dumps_bytes
+
+    big = [Payload("span", {"text": "x" * 50_000, "n": list(range(1000))}, "k")]
+    whole = hashlib.blake2b(dumps_bytes([["span", "k", big[0].body]]), digest_size=8).hexdigest()
+    assert payload_hash(big) == whole
 
 
 def test_a_failed_then_delivered_record_is_ledgered_once(tmp_path: Path) -> None:
@@ -260,6 +292,48 @@ def test_the_delivery_process_ledgers_with_the_hash_of_the_real_mapping(tmp_path
         pipe.start()
         pipe.accept(records)
         assert pipe.wait_idle(60)
-        acked = LedgerReader(pipe.spool).acknowledged("file", [r.key for r in records])
+        with LedgerReader(pipe.spool) as reader:
+            acked = reader.acknowledged("file", [r.key for r in records])
     mapping = load_mapping("otlp")
     assert {k: h for k, (h, _) in acked.items()} == {r.key: payload_hash(mapping.map(r)) for r in records}
+
+
+def test_a_reader_sees_the_deliveries_of_its_window_and_a_margin_before(tmp_path: Path) -> None:
+    """A reader for records made from ``since`` on reads deliveries from an hour before it, not older ones."""
+    from traceexport.pipeline.ledger_reader import CLOCK_MARGIN
+
+    pipe = _pipe(tmp_path, ScriptedSink("a"))
+    bit, since = pipe.bits["a"], 1_000_000
+    with pipe.spool.transaction() as conn:
+        conn.executemany("INSERT INTO ledger VALUES (?, ?, ?, ?)",
+                         [(bit, "too-old", b"\x01" * 8, since - CLOCK_MARGIN - 1),
+                          (bit, "skewed", b"\x02" * 8, since - CLOCK_MARGIN + 1),
+                          (bit, "inside", b"\x03" * 8, since + 10)])
+    with LedgerReader(pipe.spool, since=since) as reader:
+        assert set(reader.acknowledged("a", ["too-old", "skewed", "inside"])) == {"skewed", "inside"}
+    with LedgerReader(pipe.spool) as everything:
+        assert len(everything.acknowledged("a", ["too-old", "skewed", "inside"])) == 3
+    pipe.close()
+
+
+def test_a_ledger_keyed_by_record_becomes_rows_in_delivery_order(tmp_path: Path) -> None:
+    """A ledger.db of the first layout (one row per record, keyed) keeps its rows, and a record delivered again
+    is ledgered instead of failing its commit on the key."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    conn = sqlite3.connect(spool_dir / "ledger.db")
+    conn.execute("CREATE TABLE ledger(sink INTEGER NOT NULL, record_key TEXT NOT NULL, hash BLOB NOT NULL, "
+                 "acked INTEGER NOT NULL, PRIMARY KEY(sink, record_key)) WITHOUT ROWID")
+    record = make_records(1)[0]
+    conn.execute("INSERT INTO ledger VALUES (0, ?, ?, 5)", (record.key, b"\x01" * 8))
+    conn.commit()
+    conn.close()
+    pipe = _pipe(tmp_path, ScriptedSink("a"))
+    assert pipe.bits["a"] == 0
+    assert pipe.spool.conn().execute("SELECT sink, record_key, acked FROM ledger").fetchall() == [(0, record.key, 5)]
+    pipe.accept([record])
+    pipe.workers[0].step()
+    assert pipe.metrics()["sinks"]["a"]["exported"] == 1
+    with LedgerReader(pipe.spool) as reader:
+        assert reader.acknowledged("a", [record.key])[record.key][0] == payload_hash(StandInMapping().map(record))
+    pipe.close()
