@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -166,12 +167,17 @@ class Pipeline:
         return {name: self.spool.backlog(name)[0] for name in self.sink_names}
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait until nothing is pending for any sink; False if ``timeout`` seconds pass first."""
+        """Wait until nothing is pending for any sink; False if ``timeout`` seconds pass first, or at once
+        when the delivery process this pipeline started has died (nothing would deliver; the spool keeps
+        the records for the next run)."""
         deadline = time.monotonic() + timeout
         while True:
             if not any(self.spool.has_pending(name) for name in self.sink_names):
                 return True
             if time.monotonic() >= deadline:
+                return False
+            if self._started and self.delivery is not None and not self.delivery.alive():
+                logging.getLogger(__name__).error("the delivery process exited; the records it owed stay in the spool")
                 return False
             time.sleep(0.05)
 

@@ -288,3 +288,25 @@ def test_log_settings_carry_level_format_and_secrets_but_never_show_them(tmp_pat
     settings = current_settings()
     assert "unit-secret-value-42" in settings.secrets
     assert "unit-secret-value-42" not in repr(settings) and "unit-secret-value-42" not in str(settings)
+
+
+def test_waiting_ends_when_the_delivery_process_dies(tmp_path: Path) -> None:
+    """A child killed mid-run ends the wait at once (False) instead of after the whole timeout; the spool keeps
+    what it owed."""
+    import os
+    import signal
+    import time
+
+    pipe, _ = _child_pipe(tmp_path, "out", poll_interval=600)
+    with pipe:
+        pipe.start()
+        assert pipe.delivery is not None and pipe.delivery.pid is not None
+        os.kill(pipe.delivery.pid, signal.SIGKILL)
+        wait_until_dead = time.monotonic() + 10
+        while pipe.delivery.alive() and time.monotonic() < wait_until_dead:
+            time.sleep(0.05)
+        pipe.accept(make_records(3))
+        began = time.monotonic()
+        assert pipe.wait_idle(60) is False
+        assert time.monotonic() - began < 5
+        assert pipe.pending()["file"] == 3
