@@ -52,6 +52,7 @@ def test_audit_finds_removed_and_changed_deliveries_and_fix_closes_exactly_those
     assert clean.returncode == 0, clean.stdout + clean.stderr
     report = json.loads(clean.stdout)
     assert report["totals"] == {"held": 8, "acknowledged": 8, "missing": 0, "mismatched": 0}, report["totals"]
+    assert "deliveries made before then are not in it" in clean.stderr  # --since reaches before the ledger
 
     workflow_key = f"workflow:{ids['workflow_run']}"
     with sqlite3.connect(spool / "ledger.db") as ledger:  # a delivery to opik that never happened

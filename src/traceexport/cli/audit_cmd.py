@@ -111,9 +111,29 @@ def audit(config: Config, job: Job) -> Any:
     spool = Spool(spool_dir, create=False)
     try:
         with ledger_reader(spool, job.window) as ledger:
+            _warn_before_ledger(ledger.started_at(), config, job)
             return audit_window(config, ledger, job.source(), job.window)
     finally:
         spool.close()
+
+
+def _warn_before_ledger(started: int, config: Config, job: Job) -> None:
+    """A stderr line when the window reaches back before the ledger began or past its retention: deliveries
+    made then left no row (or lost it), so their records show as missing."""
+    from datetime import UTC, datetime, timedelta
+
+    since = job.window.since
+    if since is None:
+        return
+    began = datetime.fromtimestamp(started, UTC).replace(tzinfo=None)
+    kept_from = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=config.ledger.retention)
+    if since < began:
+        print(f"audit: the ledger in {config.spool.dir} began at {began.isoformat(timespec='seconds')}Z; "
+              "deliveries made before then are not in it and their records show as missing", file=sys.stderr)
+    elif config.ledger.retention and since < kept_from:
+        print(f"audit: the ledger keeps deliveries for ledger.retention; those before "
+              f"{kept_from.isoformat(timespec='seconds')}Z were pruned and their records show as missing",
+              file=sys.stderr)
 
 
 class _NoLedger:
