@@ -133,3 +133,28 @@ def test_a_read_only_login_reads_and_one_without_grants_is_told_what_to_grant(
     wrong = _backfill(postgres.url(reader, "not-the-password", database), tmp_path)
     _one_line_error(wrong, "cannot connect to Dify's database", "password authentication failed")
     assert "not-the-password" not in wrong.stderr
+
+
+def test_backfill_into_phoenix_keeps_difys_span_ids(stack: DifyStack, postgres: PostgresServer,
+                                                    tmp_path: Path) -> None:
+    """Backfilled into a real Phoenix over OTLP, every span Dify's records map to is stored under its id, with
+    the workflow's node spans in the same traces."""
+    from tests.support.phoenix import phoenix_server, require_phoenix
+
+    require_phoenix()
+    ids, files = produced(stack, tmp_path)
+    project = "dify-backfill"
+    with phoenix_server(tmp_path / "phoenix") as phoenix:
+        env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": phoenix.traces_endpoint,
+               "OTEL_RESOURCE_ATTRIBUTES": f"openinference.project.name={project}"}
+        want = mapped("otlp", files, env)
+        done = subprocess.run([sys.executable, "-m", "traceexport", "backfill", "--dify-db",
+                               dify_url(stack, postgres), "--apps", f"{ids['chat_app']},{ids['workflow_app']}",
+                               "--to", "otlp", "--files-url", FILES_URL, "--spool", str(tmp_path / "spool")],
+                              env=python_env(env), capture_output=True, text=True, timeout=180, check=False)
+        assert done.returncode == 0, done.stderr
+        stored = {s["context"]["span_id"]: s for s in phoenix.wait_for_spans(project, len(want) + 3, timeout=120)}
+    assert want.keys() <= stored.keys(), sorted(want.keys() - stored.keys())
+    traces = {span["traceId"] for span in want.values()}
+    assert all(span["context"]["trace_id"] in traces for span in stored.values())
+    assert len(stored) == len(want) + 3  # the run's three node spans
