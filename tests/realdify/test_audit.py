@@ -21,9 +21,11 @@ from tests.support.processes import python_env
 SINKS = ("opik", "otlp")
 
 
-def audit(env: dict[str, str], url: str, spool: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    """``traceexport audit --json`` of everything since November for the two sinks."""
+def audit(env: dict[str, str], url: str, spool: Path, apps: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``traceexport audit --json`` of the test's apps since November for the two sinks (the session's database
+    holds other tests' rows too)."""
     return subprocess.run([sys.executable, "-m", "traceexport", "audit", "--dify-db", url, "--since", "2026-11-01",
+                           "--apps", apps,
                            "--to", ",".join(SINKS), "--spool", str(spool), "--files-url", FILES_URL, "--json", *extra],
                           env=env, capture_output=True, text=True, timeout=180, check=False)
 
@@ -48,7 +50,8 @@ def test_audit_finds_removed_and_changed_deliveries_and_fix_closes_exactly_those
     live = subprocess.run([sys.executable, "-m", "traceexport", "export", "--to", ",".join(SINKS), "--spool",
                            str(spool), *files], env=env, capture_output=True, text=True, timeout=180, check=False)
     assert live.returncode == 0, live.stderr
-    clean = audit(env, url, spool)
+    apps = f"{ids['chat_app']},{ids['workflow_app']}"
+    clean = audit(env, url, spool, apps)
     assert clean.returncode == 0, clean.stdout + clean.stderr
     report = json.loads(clean.stdout)
     assert report["totals"] == {"held": 8, "acknowledged": 8, "missing": 0, "mismatched": 0}, report["totals"]
@@ -62,7 +65,7 @@ def test_audit_finds_removed_and_changed_deliveries_and_fix_closes_exactly_those
                               (opik_bit, workflow_key)).rowcount == 1
     with postgres.admin(stack.settings["DB_DATABASE"]) as conn:  # the failed message answered after delivery
         conn.execute("UPDATE messages SET answer = 'Retried: 14 °C.' WHERE id = %s", (ids["failed_message"],))
-    found = audit(env, url, spool)
+    found = audit(env, url, spool, apps)
     assert found.returncode == 3, found.stdout + found.stderr
     message_key = f"message:{ids['failed_message']}"
     assert problems(json.loads(found.stdout)) == {
@@ -70,7 +73,7 @@ def test_audit_finds_removed_and_changed_deliveries_and_fix_closes_exactly_those
         "mismatched": {("opik", message_key), ("otlp", message_key)}}
 
     before = {sink: len(backends.fake(sink).requests) for sink in SINKS}
-    fixed = audit(env, url, spool, "--fix")
+    fixed = audit(env, url, spool, apps, "--fix")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert "sent 2 record(s) to opik, 1 record(s) to otlp" in fixed.stderr, fixed.stderr
     outcome = json.loads(fixed.stdout)

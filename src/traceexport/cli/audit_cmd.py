@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from traceexport.cli.backfill_cmd import Job, add_dify_db_flags, resolve_with_database
+from traceexport.cli.common import exit_2_on_bad_input
 from traceexport.cli.serve_cmd import add_common_flags
 from traceexport.config import Config
-from traceexport.errors import ConfigError, SourceError
+from traceexport.errors import SourceError
 
 EXIT_MISSING = 3
 
@@ -47,16 +48,12 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Audit (and fix); the exit code."""
-    try:
-        job = Job(args)
-        config = resolve_with_database(args, job.url)
-        config = _only_sinks(config, args.sink)
-    except SourceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ConfigError as exc:
-        print(exc.render(), file=sys.stderr)
-        return 2
+    return exit_2_on_bad_input(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    job = Job(args)
+    config = _only_sinks(resolve_with_database(args, job.url), args.sink)
     try:
         job.open()  # the schema's one-line errors before anything else
         report = audit(config, job)
@@ -76,12 +73,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             _print(again, False)
         return int(again.exit_code)
-    except SourceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ConfigError as exc:
-        print(exc.render(), file=sys.stderr)
-        return 2
     finally:
         job.close()
 

@@ -22,13 +22,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from traceexport.cli.common import Progress, exit_2_on_bad_input
 from traceexport.cli.replay_cmd import report
 from traceexport.cli.serve_cmd import add_common_flags, overrides_from
 from traceexport.cli.spool_delivery import DaemonConflict, SpoolDelivery
 from traceexport.cli.timespec import TimeSpecError, is_span, parse_time
 from traceexport.config import Config, resolve_config
 from traceexport.config.resolve import DATABASE_URL_ENV
-from traceexport.errors import ConfigError, RecordError, SourceError
+from traceexport.errors import RecordError, SourceError
 from traceexport.logs import setup_logging
 
 MAX_PROBLEMS = 20
@@ -172,65 +173,29 @@ def resolve_with_database(args: argparse.Namespace, url: str) -> Config:
     return config
 
 
-class _Progress:
-    """A tqdm bar (rows, with rate and ETA) plus problem lines printed above it."""
-
-    def __init__(self, total: int, enabled: bool, initial: int = 0) -> None:
-        self.bar: Any = None
-        if enabled:
-            tqdm = importlib.import_module("tqdm").tqdm
-            self.bar = tqdm(total=total, initial=min(initial, total), unit=" rows", desc="backfill",
-                            file=sys.stderr, dynamic_ncols=True)
-
-    def advance(self, rows: int, records: int) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{records} records", refresh=False)
-            self.bar.update(rows)
-
-    def line(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 def run(args: argparse.Namespace) -> int:
     """Backfill; the exit code."""
     if args.page_size < 1 or (args.max_rate is not None and args.max_rate <= 0) or args.statement_timeout <= 0:
         print("error: --max-rate and --statement-timeout must be positive", file=sys.stderr)
         return 2
-    try:
-        job = Job(args)
-        config = resolve_with_database(args, job.url)
-    except SourceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ConfigError as exc:
-        print(exc.render(), file=sys.stderr)
-        return 2
+    return exit_2_on_bad_input(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    job = Job(args)
+    config = resolve_with_database(args, job.url)
     try:
         reader = job.open(page_size=args.page_size, max_rate=args.max_rate)
         if args.dry_run:
             return _dry_run(config, job, reader, args)
         return _backfill(config, job, reader, args)
-    except SourceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ConfigError as exc:
-        print(exc.render(), file=sys.stderr)
-        return 2
     finally:
         job.close()
 
 
-def _progress(job: Job, reader: Any, args: argparse.Namespace, done_rows: int = 0) -> _Progress:
+def _progress(job: Job, reader: Any, args: argparse.Namespace) -> Progress:
     enabled = sys.stderr.isatty() if args.progress is None else args.progress
-    return _Progress(reader.count(job.window) if enabled else 0, enabled, done_rows)
+    return Progress("backfill", reader.count(job.window) if enabled else 0, enabled, unit=" rows")
 
 
 def _dry_run(config: Config, job: Job, reader: Any, args: argparse.Namespace) -> int:
@@ -258,7 +223,7 @@ def _dry_run(config: Config, job: Job, reader: Any, args: argparse.Namespace) ->
                     except RecordError as exc:
                         problems += 1
                         out.line(f"bad record: {record.key}: {exc.reason}")
-        out.advance(page.rows, sum(counts.values()))
+        out.advance(page.rows, f"{sum(counts.values())} records")
     out.close()
     by_type = ", ".join(f"{n} {t}" for t, n in sorted(counts.items())) or "no records"
     by_sink = ", ".join(f"{n} payloads for {s}" for s, n in payloads.items())
@@ -304,7 +269,7 @@ def _backfill(config: Config, job: Job, reader: Any, args: argparse.Namespace) -
             refused += len(too_large)
             accepted += len(page.records) - len(too_large)
             checkpoint.advance(page.stream, page.position, len(page.records) - len(too_large))
-            out.advance(page.rows, accepted)
+            out.advance(page.rows, f"{accepted} records")
         checkpoint.finish()
         out.close()
         idle, metrics, dead = delivery.finish(args.timeout)

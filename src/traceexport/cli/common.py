@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shlex
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from traceexport.errors import ConfigError, RecordError
+from traceexport.errors import ConfigError, RecordError, SourceError
 from traceexport.records import Record, parse_records
 
 
@@ -83,3 +84,47 @@ def add_mapping_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="set a mapping option, e.g. send_content=false or node_events=true (see mappings/README.md)",
     )
+
+
+class Progress:
+    """A tqdm bar on stderr (when enabled and tqdm is installed) with problem lines printed above it; without a
+    bar the lines are printed as they are."""
+
+    def __init__(self, desc: str, total: int, enabled: bool, *, unit: str = "it", unit_scale: bool = False,
+                 initial: int = 0) -> None:
+        self.bar: Any = None
+        if enabled:
+            try:
+                tqdm = importlib.import_module("tqdm").tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(total=total, initial=min(initial, total), unit=unit, unit_scale=unit_scale, desc=desc,
+                            file=sys.stderr, dynamic_ncols=True)
+
+    def advance(self, amount: int, postfix: str = "") -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(postfix, refresh=False)
+            self.bar.update(amount)
+
+    def line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def exit_2_on_bad_input(run: Callable[[], int]) -> int:
+    """``run()``; a SourceError (one line) or ConfigError (its problems) is printed and becomes exit 2."""
+    try:
+        return run()
+    except SourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 2

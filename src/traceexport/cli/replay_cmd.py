@@ -13,14 +13,13 @@ records a backend refused permanently) or bad usage.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from traceexport.cli.common import spool_option
+from traceexport.cli.common import Progress, spool_option
 from traceexport.cli.serve_cmd import add_common_flags, overrides_from
 from traceexport.cli.spool_delivery import DaemonConflict, SpoolDelivery
 from traceexport.config import Config, resolve_config
@@ -53,34 +52,14 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-class _Out:
-    """Progress bar (tqdm when installed) plus problem lines printed above it."""
+class _Out(Progress):
+    """The replay's bar: bytes read, with records and bad records beside it."""
 
     def __init__(self, total: int, enabled: bool) -> None:
-        self.bar: Any = None
-        if enabled:
-            try:  # optional: without tqdm there is no bar, the output is otherwise the same
-                tqdm = importlib.import_module("tqdm").tqdm
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
-                self.bar = tqdm(total=total, unit="B", unit_scale=True, desc="replay", file=sys.stderr,
-                                dynamic_ncols=True)
+        super().__init__("replay", total, enabled, unit="B", unit_scale=True)
 
-    def advance(self, size: int, stats: ReplayStats) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{stats.records} records, {stats.bad_records} bad", refresh=False)
-            self.bar.update(size)
-
-    def line(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    def advance_stats(self, size: int, stats: ReplayStats) -> None:
+        self.advance(size, f"{stats.records} records, {stats.bad_records} bad")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,7 +100,7 @@ def _read_all(files: Sequence[Path], out: _Out, stats: ReplayStats,
         if len(result.problems) > MAX_PROBLEMS_PER_FILE:
             out.line(f"... and {len(result.problems) - MAX_PROBLEMS_PER_FILE} more problem(s) in {path}")
         handle(result.records)
-        out.advance(result.size, stats)
+        out.advance_stats(result.size, stats)
 
 
 def _dry_run(config: Config, files: Sequence[Path], state: Path, out: _Out) -> int:
