@@ -220,6 +220,31 @@ def test_other_sinks_reuse_the_read(db: PostgresServer) -> None:
     assert enricher(message) is None and "nodes" not in message.data["derived"]
 
 
+@pytest.mark.integration
+def test_a_batch_reads_its_runs_in_one_query(db: PostgresServer) -> None:
+    """Read-ahead fetches three runs' rows in one query; each run then gets exactly the nodes a lone read gives."""
+    rows, records = [], []
+    for _ in range(3):
+        run_id = str(uuid.uuid4())
+        rows += [r | {"id": str(uuid.uuid4()), "workflow_run_id": run_id} for r in _sample_rows()]
+        record = _sample_record()
+        record.data["workflow_run_id"] = run_id
+        records.append(record)
+    with db.admin() as conn:
+        insert_rows(conn, rows)
+    enricher = _enricher(db.url(RO_ROLE, RO_PASSWORD), FakeClock(), records[0])
+    enricher.prefetch([*records, _sample_record()])  # the sample's own run has no rows: read ahead as none
+    assert enricher.metrics()["queries"] == 1
+    assert all(enricher(record) is None for record in records)
+    assert enricher.metrics()["queries"] == 1
+    lone = _sample_record()
+    lone.data["workflow_run_id"] = records[1].data["workflow_run_id"]
+    _enricher(db.url(), FakeClock(), lone)(lone)
+    assert records[1].data["derived"]["nodes"] == lone.data["derived"]["nodes"]
+    assert {n["id"] for n in records[2].data["derived"]["nodes"]}.isdisjoint(
+        n["id"] for n in records[1].data["derived"]["nodes"])
+
+
 def _iteration_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
     base = {k: run[k] for k in ("tenant_id", "app_id", "workflow_id", "workflow_run_id", "created_by")}
     base |= {"triggered_from": "workflow-run", "created_by_role": "end_user", "status": "succeeded"}

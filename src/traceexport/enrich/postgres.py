@@ -15,8 +15,9 @@ import importlib
 import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
@@ -36,10 +37,19 @@ FROM workflow_node_executions
 WHERE workflow_run_id = %s AND triggered_from = 'workflow-run'{filters}
 ORDER BY created_at, index
 """
+# Many runs' rows at once (a batch's workflow records of one app), in the same order within each run.
+_MANY_QUERY = """
+SELECT workflow_run_id, id, node_execution_id, node_id, node_type, title, index, predecessor_node_id, status,
+       error, inputs, process_data, outputs, execution_metadata, elapsed_time, created_at, finished_at
+FROM workflow_node_executions
+WHERE workflow_run_id = ANY(%s) AND triggered_from = 'workflow-run'{filters}
+ORDER BY created_at, index
+"""
 _TERMINAL_TYPES = frozenset({"end", "answer"})
 _UNFINISHED = frozenset({"running", "pending"})
 _PENDING_LIMIT = 10_000
 _CACHE_LIMIT = 512
+_PREFETCH_LIMIT = 4096
 COUNTER_NAMES = (
     "queries",
     "database_errors",
@@ -88,7 +98,19 @@ class NodeReader:
         Tenant, app and workflow narrow the lookup to one entry of the index older Dify schemas have
         (tenant_id, app_id, workflow_id, triggered_from, workflow_run_id): without the workflow, each
         query scans every node row of the app."""
-        filters, params = "", [workflow_run_id]
+        return self._query(_QUERY, workflow_run_id, tenant_id, app_id, workflow_id)
+
+    def fetch_many(self, run_ids: list[uuid.UUID], tenant_id: str | None, app_id: str | None,
+                   workflow_id: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """The node rows of several runs of one app (and workflow) in one query, by run id; raise as ``fetch``."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        for row in self._query(_MANY_QUERY, run_ids, tenant_id, app_id, workflow_id):
+            found.setdefault(str(row.pop("workflow_run_id")), []).append(row)
+        return found
+
+    def _query(self, query: str, runs: Any, tenant_id: str | None, app_id: str | None,
+               workflow_id: str | None) -> list[dict[str, Any]]:
+        filters, params = "", [runs]
         for column, value in (("tenant_id", tenant_id), ("app_id", app_id), ("workflow_id", workflow_id)):
             if value:
                 filters += f" AND {column} = %s"
@@ -97,7 +119,7 @@ class NodeReader:
             conn = self._connection()
             try:
                 with conn.cursor() as cur:
-                    cur.execute(_QUERY.format(filters=filters), params)
+                    cur.execute(query.format(filters=filters), params)
                     return list(cur.fetchall())
             except self._psycopg.DataError as exc:  # e.g. a run id that is not a uuid: retrying will not help
                 raise QueryRejected(self._describe(exc)) from exc
@@ -201,6 +223,7 @@ class PostgresEnricher:
         self._lock = threading.Lock()
         self._pending: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._cache: OrderedDict[str, tuple[float, list[dict[str, Any]]]] = OrderedDict()
+        self._prefetched: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()  # run id -> rows read ahead
         self._counters = dict.fromkeys(COUNTER_NAMES, 0)
         self._db_log = _RateLimitedLog(settings.log_interval, clock)
         self._missing_log = _RateLimitedLog(settings.log_interval, clock)
@@ -217,26 +240,61 @@ class PostgresEnricher:
         if cached is not None:
             self._finish(record, cached, complete=True)
             return None
-        try:
-            rows = self._reader.fetch(run_id, _text(data.get("tenant_id")), _text(record.app_id),
-                                      _text(data.get("workflow_id")))
-        except QueryRejected as exc:
-            self._count("database_errors")
-            self._db_log.warning("workflow nodes: cannot query run %s: %s", run_id, exc)
-            self._give_up(record, [])
-            return None
-        except DatabaseUnavailable as exc:
-            self._count("database_errors")
-            self._db_log.warning("workflow nodes: database unavailable (%s); export goes on", exc)
-            rows = []
-        finally:
-            self._count("queries")
+        with self._lock:
+            rows = self._prefetched.pop(run_id, None)
+        if rows is None:
+            try:
+                rows = self._reader.fetch(run_id, _text(data.get("tenant_id")), _text(record.app_id),
+                                          _text(data.get("workflow_id")))
+            except QueryRejected as exc:
+                self._count("database_errors")
+                self._db_log.warning("workflow nodes: cannot query run %s: %s", run_id, exc)
+                self._give_up(record, [])
+                return None
+            except DatabaseUnavailable as exc:
+                self._count("database_errors")
+                self._db_log.warning("workflow nodes: database unavailable (%s); export goes on", exc)
+                rows = []
+            finally:
+                self._count("queries")
         nodes = nodes_from_rows(rows)
         if nodes and nodes_look_complete(data, nodes):
             self._remember(run_id, nodes)
             self._finish(record, nodes, complete=True)
             return None
         return self._retry_or_give_up(record, nodes)
+
+    def prefetch(self, records: Iterable[Record]) -> None:
+        """Read ahead the node rows of these workflow records: one query per app and workflow, not per run.
+
+        Each record's ``__call__`` then takes its rows from here instead of asking the database. Runs
+        already cached, read ahead, or whose id is not a UUID are left to ``__call__``; so is every run
+        of a query that fails (it asks again on its own, with its own error handling).
+        """
+        groups: dict[tuple[str | None, str | None, str | None], list[uuid.UUID]] = {}
+        with self._lock:
+            for record in records:
+                run_id = str(record.data.get("workflow_run_id") or "") if record.type == "workflow" else ""
+                if not run_id or run_id in self._prefetched or run_id in self._cache:
+                    continue
+                try:
+                    run = uuid.UUID(run_id)
+                except ValueError:
+                    continue
+                app = (_text(record.data.get("tenant_id")), _text(record.app_id), _text(record.data.get("workflow_id")))
+                groups.setdefault(app, []).append(run)
+        for (tenant_id, app_id, workflow_id), runs in groups.items():
+            try:
+                found = self._reader.fetch_many(runs, tenant_id, app_id, workflow_id)
+            except (DatabaseUnavailable, QueryRejected):
+                continue
+            finally:
+                self._count("queries")
+            with self._lock:
+                for run in runs:
+                    self._prefetched[str(run)] = found.get(str(run), [])
+                while len(self._prefetched) > _PREFETCH_LIMIT:
+                    self._prefetched.popitem(last=False)
 
     def _retry_or_give_up(self, record: Record, nodes: list[dict[str, Any]]) -> float | None:
         now = self._clock()

@@ -83,6 +83,36 @@ class PreparedRecords:
             self._keep_for_others(key, record, entry)
         return record
 
+    def prefetch(self, items: Sequence[tuple[str, str, bytes | None]], now: float) -> None:
+        """Parse the batch's records not yet at hand and let the enricher read what they all need at once.
+
+        ``items`` are (key, envelope, compact form). Only for an enricher with a ``prefetch`` method and a
+        cache to keep the parsed records in; a record that does not parse is left for ``get`` to report,
+        and a failing read-ahead only means each record asks on its own.
+        """
+        read_ahead = getattr(self._prepare, "prefetch", None)
+        if read_ahead is None or not self._size:
+            return
+        records: list[Record] = []
+        for key, envelope, compact in items:
+            entry = self._lookup(key)
+            if entry is not None and (entry.prepared or (entry.record is None and entry.not_before > now)):
+                continue
+            if entry is not None and entry.record is not None:
+                records.append(entry.record)
+                continue
+            try:
+                record = _parse(envelope, compact)
+            except RecordError:
+                continue
+            self._put(key, _Entry(record, prepared=False, remaining=self._sinks))
+            records.append(record)
+        try:
+            read_ahead(records)
+        except Exception as exc:  # an optimisation only: never stops delivery
+            log.warning("enricher read-ahead failed (%s: %s); each record is enriched on its own",
+                        type(exc).__name__, exc)
+
     def _keep_for_others(self, key: str, record: Record, entry: _Entry | None) -> None:
         """This sink took the prepared record; keep it only if other routed sinks still need it."""
         remaining = entry.remaining if entry is not None else self._sinks

@@ -195,6 +195,7 @@ class SinkWorker:
         out = Outcome()
         payloads: list[Payload] = []
         owners: list[int] = []
+        self.records.prefetch([(item.key, item.envelope, item.compact) for item in batch], now)
         for index, item in enumerate(batch):
             mapped = self._map(item, now, out)
             if mapped is None:

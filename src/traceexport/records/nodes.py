@@ -16,11 +16,11 @@ A node dict carries: ``id``, ``node_execution_id``, ``node_id``, ``node_type``, 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from traceexport import _json
 from traceexport.records.values import EPOCH, as_utc, short_provider, timing, to_number
 
 FAILED_NODE_STATUSES = frozenset({"failed", "exception", "stopped"})
@@ -37,7 +37,7 @@ def parse_json_field(value: Any) -> dict[str, Any] | None:
         value = bytes(value).decode("utf-8", "replace")
     if isinstance(value, str) and value.strip():
         try:
-            decoded = json.loads(value)
+            decoded = _json.loads(value)
         except ValueError:
             return None
         return dict(decoded) if isinstance(decoded, dict) else None

@@ -175,6 +175,38 @@ def test_enricher_defers_one_record_without_blocking_the_rest(tmp_path: Path) ->
     assert calls[late] <= 3
 
 
+class ReadAheadEnricher:
+    """An enricher with a read-ahead: records which batches it saw; can be told to fail there."""
+
+    def __init__(self, *, fail: bool) -> None:
+        self.fail = fail
+        self.batches: list[list[str]] = []
+        self.prepared: list[str] = []
+
+    def prefetch(self, records: Sequence[Record]) -> None:
+        self.batches.append([r.key for r in records])
+        if self.fail:
+            raise RuntimeError("database gone")
+
+    def __call__(self, record: Record) -> float | None:
+        self.prepared.append(record.key)
+        return None
+
+
+def test_enricher_reads_ahead_once_per_batch_and_its_failure_changes_nothing(tmp_path: Path) -> None:
+    """The read-ahead sees each batch's records before they are prepared; when it raises, all are still sent."""
+    for fail in (False, True):
+        sink, enricher = ScriptedSink("a", max_items=4), ReadAheadEnricher(fail=fail)
+        records = make_records(8)
+        with Pipeline(tmp_path / str(fail), [Route(sink, StandInMapping())], FAST, prepare=enricher) as pipe:
+            pipe.accept(records)
+            pipe.start()
+            assert pipe.flush(30)
+        assert sink.delivered == [r.key for r in records]
+        assert enricher.batches == [[r.key for r in records[:4]], [r.key for r in records[4:]]]
+        assert enricher.prepared == [r.key for r in records]
+
+
 def test_flush_sends_a_partial_batch_without_waiting_out_the_linger(tmp_path: Path) -> None:
     """flush() delivers a batch smaller than max_items at once although the sink would linger 10 minutes."""
     sink = ScriptedSink("a", max_items=100, linger=600.0)
