@@ -72,6 +72,9 @@ def _quiet_after_closed_pipe() -> None:
 
 def run() -> None:
     """The console script: exit with the command's code; quietly when stdout's reader has gone."""
+    from traceexport._gc import tune_for_throughput
+
+    tune_for_throughput()  # this process is traceexport's own (the library hook never comes here)
     try:
         code = main()
         sys.stdout.flush()

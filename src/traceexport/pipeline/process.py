@@ -198,6 +198,7 @@ def run_delivery(spool_dir: Path, route_factory: RouteFactory, settings: Pipelin
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_IGN)
     apply_settings(log_settings)
+    from traceexport._gc import tune_for_throughput
     from traceexport.pipeline.pipeline import Pipeline  # the child imports on its own
 
     local = dataclasses.replace(settings, delivery_process=False)
@@ -207,6 +208,7 @@ def run_delivery(spool_dir: Path, route_factory: RouteFactory, settings: Pipelin
     except Exception as exc:  # the parent built the same routes; say why in one line, not a traceback
         log_event(log, "delivery.failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
         raise SystemExit(1) from None
+    tune_for_throughput()  # after the imports and the compiled mappings: frozen out of the collector's sight
     pipe.start()
     orphaned = True  # until the parent says stop: then it also waits for this process, and kills it if need be
     try:
