@@ -8,30 +8,27 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from traceexport.errors import ConfigError, RecordError, SourceError
-from traceexport.records import Record, parse_records
-
-
-def read_input(name: str) -> bytes:
-    """The bytes of a file, or of standard input for ``-``; a ConfigError when it cannot be read."""
-    if name == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return Path(name).read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"{name}: cannot read: {exc.strerror or exc}"], title="cannot read input") from exc
+from traceexport.records import Record
+from traceexport.records.stream import stream_records
 
 
 def iter_records(files: Sequence[str]) -> Iterator[Record | RecordError]:
-    """Every record (or RecordError) in the named files, in order."""
+    """Every record (or RecordError) in the named files (``-``: standard input), in order, each file read as
+    it streams (JSON lines line by line, a JSON array item by item); a ConfigError when one cannot be read."""
     for name in files:
-        source = "<stdin>" if name == "-" else name
-        yield from parse_records(read_input(name), source)
+        if name == "-":
+            yield from stream_records(sys.stdin.buffer, "<stdin>")
+            continue
+        try:
+            with open(name, "rb") as handle:
+                yield from stream_records(handle, name)
+        except OSError as exc:
+            raise ConfigError([f"{name}: cannot read: {exc.strerror or exc}"], title="cannot read input") from exc
 
 
 def spool_option(spool_dir: str | os.PathLike[str]) -> str:
