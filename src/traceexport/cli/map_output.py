@@ -5,13 +5,16 @@
   them (:class:`~traceexport.sinks.otlp.sink.JsonRequests`), a request printed once it is full;
 * another sink (``opik``, ``amplitude``): the request bodies of every ``max_items`` payloads, the
   batch the pipeline hands the sink when records are waiting.
+
+Each kind works in two steps: ``encode`` a record's payloads (pure: it may run in a worker process)
+and ``take`` the encoded items in input order (keeps the batch being filled), then ``close`` at the end.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from traceexport import _json
 from traceexport.sinks import Payload, Sink
@@ -21,9 +24,12 @@ from traceexport.sinks.otlp.sink import JsonRequests, OtlpSink
 class Documents(Protocol):
     """Payloads in, finished JSON documents (compact UTF-8 text) out."""
 
-    def add(self, payloads: Sequence[Payload]) -> list[bytes]:
-        """Take one record's payloads; the documents now complete. RecordError (nothing taken) if they
-        cannot be sent."""
+    def encode(self, payloads: Sequence[Payload]) -> Sequence[Any]:
+        """One record's payloads as this kind's items (picklable); RecordError if they cannot be sent."""
+        ...
+
+    def take(self, items: Sequence[Any]) -> list[bytes]:
+        """Add one record's encoded items; the documents now complete."""
         ...
 
     def close(self) -> list[bytes]:
@@ -34,15 +40,18 @@ class Documents(Protocol):
 class PayloadDocuments:
     """Each payload as ``{"kind", "key", "body"}``."""
 
-    def add(self, payloads: Sequence[Payload]) -> list[bytes]:
+    def encode(self, payloads: Sequence[Payload]) -> list[bytes]:
         return [_json.dumps_bytes({"kind": p.kind, "key": p.key, "body": p.body}) for p in payloads]
+
+    def take(self, items: Sequence[bytes]) -> list[bytes]:
+        return list(items)
 
     def close(self) -> list[bytes]:
         return []
 
 
 class BatchDocuments:
-    """A sink's request bodies, per batch of ``sink.limits.max_items`` payloads (or more: a record's
+    """A sink's request bodies, per batch of ``sink.limits.max_items`` payloads (or a few more: a record's
     payloads stay in one batch)."""
 
     def __init__(self, sink: Sink) -> None:
@@ -50,8 +59,11 @@ class BatchDocuments:
         self._size = max(sink.limits.max_items, 1)
         self._pending: list[Payload] = []
 
-    def add(self, payloads: Sequence[Payload]) -> list[bytes]:
-        self._pending += payloads
+    def encode(self, payloads: Sequence[Payload]) -> Sequence[Payload]:
+        return payloads
+
+    def take(self, items: Sequence[Payload]) -> list[bytes]:
+        self._pending += items
         return self.close() if len(self._pending) >= self._size else []
 
     def close(self) -> list[bytes]:

@@ -20,7 +20,7 @@ import codecs
 import json
 import re
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from traceexport import _json
 from traceexport.errors import RecordError
@@ -30,9 +30,6 @@ _CHUNK = 1 << 20
 _BOM = b"\xef\xbb\xbf"
 _WHITESPACE = b" \t\n\r\x0b\x0c"
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
-# A \uD800-\uDFFF escape: the standard library decodes a lone surrogate where pydantic-core refuses it,
-# so an item holding one is parsed again the way JSON lines are.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 # How far from the end of what was read a parse error may be and still mean "read more" (the longest
 # token a chunk can cut short without the parser noticing sooner: -Infinity, \uXXXX, a number's exponent).
 _CUT_TOKEN = 16
@@ -47,18 +44,56 @@ class _Invalid(Exception):
         self.reason = reason
 
 
+class Piece(NamedTuple):
+    """One record's worth of the input, not parsed yet: where it is, its JSON text (bytes: a line still to
+    decode) or why it has none, and whether that text is the record's own (kept as ``Record.raw``)."""
+
+    location: str
+    text: bytes | str | RecordError
+    own_text: bool = False
+
+
 def stream_records(stream: BinaryIO, source: str = "", type_name: str | None = None) -> Iterator[Record | RecordError]:
     """Every record in ``stream`` (read to its end, never whole), or a RecordError naming where and why."""
+    for piece in stream_pieces(stream):
+        outcome = piece_record(piece, source, type_name)
+        if outcome is not None:
+            yield outcome
+
+
+def piece_record(piece: Piece, source: str = "", type_name: str | None = None) -> Record | RecordError | None:
+    """The record of one piece, or a RecordError naming ``source``, the location and why; None for a blank line."""
+    text = piece.text
+    if isinstance(text, RecordError):
+        return record_at(text, None, source, piece.location)
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            reason = f"input is not UTF-8: {exc.reason} at byte {exc.start} of the line"
+            return record_at(RecordError(reason), None, source, piece.location)
+        if not text.strip():
+            return None
+        text = text.removesuffix("\n").removesuffix("\r")
+    try:
+        value = _json.loads(text)
+    except ValueError as exc:
+        return record_at(RecordError(f"not valid JSON: {exc}"), None, source, piece.location)
+    return record_at(value, text if piece.own_text else None, source, piece.location, type_name)
+
+
+def stream_pieces(stream: BinaryIO) -> Iterator[Piece]:
+    """The input cut into pieces of one record each, as it is read (see the module's docstring)."""
     head, eof = _read_head(stream)
     start = head.lstrip(_WHITESPACE)
     if not start:
         return
     if start.startswith(b"["):
-        yield from _array_records(_Text(head, stream, eof, keep=False), source, type_name)
+        yield from _array_pieces(_Text(head, stream, eof, keep=False))
     elif _is_json_line(start):
-        yield from _line_records(_lines(head, stream), source, type_name)
+        yield from _line_pieces(_lines(head, stream), lone_is_whole=True)
     else:
-        yield from _document_records(head, stream, eof, source, type_name)
+        yield from _document_pieces(head, stream, eof)
 
 
 def _read_head(stream: BinaryIO) -> tuple[bytes, bool]:
@@ -112,86 +147,72 @@ def _lines(head: bytes, stream: BinaryIO) -> Iterator[bytes]:
         yield tail
 
 
-def _line_records(lines: Iterator[bytes], source: str, type_name: str | None) -> Iterator[Record | RecordError]:
-    held: tuple[int, Any, str] | None = None  # the first line's value waits: a lone line is the one-value form
-    first = True
-    for number, data in enumerate(lines, start=1):
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            value: Any = RecordError(f"input is not UTF-8: {exc.reason} at byte {exc.start} of the line")
-            text = ""
-        else:
-            if not text.strip():
-                continue
-            text = text.removesuffix("\n").removesuffix("\r")
-            try:
-                value = _json.loads(text)
-            except ValueError as exc:
-                value = RecordError(f"not valid JSON: {exc}")
+def _line_pieces(lines: Iterator[bytes], *, lone_is_whole: bool) -> Iterator[Piece]:
+    """A piece per non-blank line; with ``lone_is_whole``, a lone line is the whole input's one value."""
+    held: tuple[int, bytes] | None = None  # the first line waits: is it the only one?
+    first = lone_is_whole
+    for number, line in enumerate(lines, start=1):
+        if line.isspace() or not line:
+            continue
         if first:
             first = False
-            if not isinstance(value, RecordError):
-                held = (number, value, text)
-                continue
+            held = (number, line)
+            continue
         if held is not None:
-            yield record_at(held[1], held[2], source, f"line {held[0]}", type_name)
+            yield Piece(f"line {held[0]}", held[1], True)
             held = None
-        yield record_at(value, text or None, source, f"line {number}", type_name)
+        yield Piece(f"line {number}", line, True)
     if held is not None:
-        yield record_at(held[1], held[2].strip(), source, "", type_name)
+        yield Piece("", held[1].strip(), True)
 
 
 # -- one JSON value --------------------------------------------------------------------------------------
 
-def _document_records(head: bytes, stream: BinaryIO, eof: bool, source: str,
-                      type_name: str | None) -> Iterator[Record | RecordError]:
+def _document_pieces(head: bytes, stream: BinaryIO, eof: bool) -> Iterator[Piece]:
     text = _Text(head, stream, eof, keep=True)
     try:
         text.skip_space()
-        value, start, end = text.value()
+        _, start, end = text.value()
         text.pos = end
         alone = text.skip_space() is None
     except _Invalid:
         alone = False
     if alone:
-        yield record_at(value, text.buf[start:end], source, "", type_name)
+        yield Piece("", text.buf[start:end], True)
     else:  # not one JSON value: read it all again as JSON lines, as parse_records does
-        yield from _line_records(_lines(text.kept_bytes(), stream), source, type_name)
+        yield from _line_pieces(_lines(text.kept_bytes(), stream), lone_is_whole=False)
 
 
 # -- a JSON array ----------------------------------------------------------------------------------------
 
-def _array_records(text: _Text, source: str, type_name: str | None) -> Iterator[Record | RecordError]:
+def _array_pieces(text: _Text) -> Iterator[Piece]:
     """The items of a top-level array; an array of node execution rows only is one rejection."""
     leading_rows = 0  # node rows before any other item: reported one by one only once another item shows
-    odd_rows: dict[int, Record | RecordError] = {}  # those of them whose outcome is not the node-row reason
+    odd_rows: dict[int, str | RecordError] = {}  # the text of those that may not be that rejection
     row_reason = NODE_ROW_REASON.format(what="a node execution row")
     only_rows = True
-    for index, value in _array_items(text):
-        outcome = record_at(value, None, source, f"[{index}]", type_name)
+    for index, value, item in _array_items(text):
+        location = f"[{index}]"
         if only_rows and is_node_row(value):
             leading_rows += 1
+            outcome = record_at(value, None, "", location)
             if not (isinstance(outcome, RecordError) and outcome.reason == row_reason):
-                odd_rows[index] = outcome
+                odd_rows[index] = item
             continue
         if only_rows:
             only_rows = False
             for row in range(leading_rows):
-                yield odd_rows.get(row) or RecordError(row_reason, source=_where(source, f"[{row}]"))
+                yield Piece(f"[{row}]", odd_rows.get(row) or RecordError(row_reason))
             odd_rows.clear()
-        yield outcome
+        yield Piece(location, item)
     if only_rows and leading_rows:
         what = f"a JSON array of {leading_rows} node execution row{'s' if leading_rows != 1 else ''}"
-        yield RecordError(NODE_ROW_REASON.format(what=what), source=source)
+        yield Piece("", RecordError(NODE_ROW_REASON.format(what=what)))
 
 
-def _where(source: str, location: str) -> str:
-    return f"{source}:{location}" if source else location
-
-
-def _array_items(text: _Text) -> Iterator[tuple[int, Any]]:
-    """``(index, value)`` per item; a RecordError as the value, and the end, where the array breaks off."""
+def _array_items(text: _Text) -> Iterator[tuple[int, Any, str | RecordError]]:
+    """``(index, value, text)`` per item; a RecordError as value and text, and the end, where the array
+    breaks off. (The value only tells node rows: the text is parsed again, the way JSON lines are.)"""
     index = 0
     try:
         text.skip_space()
@@ -201,10 +222,8 @@ def _array_items(text: _Text) -> Iterator[tuple[int, Any]]:
         else:
             while True:
                 value, start, end = text.value()
-                if _SURROGATE_ESCAPE.search(text.buf, start, end):
-                    value = _reparsed(text.buf[start:end])
                 text.pos = end
-                yield index, value
+                yield index, value, text.buf[start:end]
                 index += 1
                 text.drop_read()
                 after = text.skip_space()
@@ -221,14 +240,8 @@ def _array_items(text: _Text) -> Iterator[tuple[int, Any]]:
         if after is not None:
             raise _Invalid(f"more after the end of the JSON array at character {text.offset()}")
     except _Invalid as exc:
-        yield index, RecordError(f"{exc.reason}; the rest of the input is not read")
-
-
-def _reparsed(item: str) -> Any:
-    try:
-        return _json.loads(item)
-    except ValueError as exc:
-        return RecordError(f"not valid JSON: {exc}")
+        error = RecordError(f"{exc.reason}; the rest of the input is not read")
+        yield index, error, error
 
 
 def _shown(char: str | None) -> str:

@@ -221,7 +221,8 @@ class JsonRequests:
 
     The split is the sink's own (:meth:`OtlpSink.request_bodies` and ``export``): at most ``max_spans``
     spans and ``max_bytes`` per request, sized in the sink's wire encoding, filled greedily in order, so
-    feeding a stream piece by piece gives the same requests as one call with all of it.
+    feeding a stream piece by piece gives the same requests as one call with all of it. :meth:`encode`
+    is pure (it may run in another process); :meth:`take` and :meth:`close` keep the request being filled.
     """
 
     def __init__(self, sink: OtlpSink) -> None:
@@ -229,21 +230,28 @@ class JsonRequests:
         self._spans: list[bytes] = []
         self._used = sink._overhead
 
-    def add(self, payloads: Sequence[Payload]) -> list[bytes]:
-        """Take one record's payloads and return the requests they complete; RecordError (and nothing
-        taken) when one of them cannot be sent."""
+    def encode(self, payloads: Sequence[Payload]) -> list[tuple[int, bytes]]:
+        """``(wire size, OTLP/JSON text)`` of each payload; RecordError when one of them cannot be sent."""
         sink = self._sink
         encoded = [sink.encode(payload) for payload in payloads]
         shown = encoded if sink._json else [span_json(payload.body) for payload in payloads]
+        return [(sink._size(wire), text) for wire, text in zip(encoded, shown, strict=True)]
+
+    def take(self, spans: Sequence[tuple[int, bytes]]) -> list[bytes]:
+        """Add encoded spans (from :meth:`encode`); the requests they complete."""
+        limits = self._sink.settings
         done: list[bytes] = []
-        for wire, text in zip(encoded, shown, strict=True):
-            size = sink._size(wire)
-            if self._spans and (len(self._spans) >= sink.settings.max_spans
-                                or self._used + size > sink.settings.max_bytes):
+        for size, text in spans:
+            if self._spans and (len(self._spans) >= limits.max_spans or self._used + size > limits.max_bytes):
                 done.append(self._flush())
             self._spans.append(text)
             self._used += size
         return done
+
+    def add(self, payloads: Sequence[Payload]) -> list[bytes]:
+        """Take one record's payloads and return the requests they complete; RecordError (and nothing
+        taken) when one of them cannot be sent."""
+        return self.take(self.encode(payloads))
 
     def close(self) -> list[bytes]:
         """The last, partly filled request, if any."""
