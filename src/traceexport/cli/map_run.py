@@ -15,7 +15,8 @@ import signal
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from multiprocessing.pool import AsyncResult
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from traceexport.cli.map_output import Documents, Printer
@@ -115,17 +116,22 @@ def _blocks(pieces: Iterator[tuple[str, Piece]]) -> Iterator[tuple[str, list[Pie
 def _map_in_workers(pieces: Iterator[tuple[str, Piece]], work: MapWork, results: _Results, jobs: int) -> None:
     sys.stdout.flush()  # a forked worker must not inherit unwritten output (it would write it again)
     sys.stderr.flush()
-    context = multiprocessing.get_context("fork")
-    with context.Pool(jobs, initializer=_start_worker, initargs=(work,)) as pool:
-        flight: deque[AsyncResult[list[Outcome]]] = deque()
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_start_worker, initargs=(work,))
+    flight: deque[Future[list[Outcome]]] = deque()
+    try:
         try:
             for source, block in _blocks(pieces):
-                flight.append(pool.apply_async(_work_block, (source, block)))
+                flight.append(pool.submit(_work_block, source, block))
                 if len(flight) >= 2 * jobs:
-                    results.take(flight.popleft().get())
+                    results.take(flight.popleft().result())
         except TraceExportError:  # the input broke off: what was read before it is printed all the same
             while flight:
-                results.take(flight.popleft().get())
+                results.take(flight.popleft().result())
             raise
         while flight:
-            results.take(flight.popleft().get())
+            results.take(flight.popleft().result())
+    except BrokenProcessPool as exc:
+        raise TraceExportError(f"a map worker process ended abruptly (out of memory?): {exc}") from exc
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
