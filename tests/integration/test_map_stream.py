@@ -53,7 +53,7 @@ def test_map_memory_stays_flat_on_a_large_input(tmp_path: Path, form: str, size:
 
 
 def test_workers_print_exactly_what_one_process_prints(tmp_path: Path) -> None:
-    """With worker processes (past 2,000 records) the output and the rejection lines are the same, in order."""
+    """With worker processes (past 1,000 records) the output and the rejection lines are the same, in order."""
     path = tmp_path / "records.jsonl"
     write_records(path, 9 * MB)
     with path.open("a", encoding="utf-8") as out:  # bad records at the end, after the workers took over

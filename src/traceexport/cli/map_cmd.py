@@ -23,6 +23,7 @@ _PLACEHOLDER_OPTIONS: dict[str, dict[str, Any]] = {
     "otlp": {"protocol": "http/json"},
 }
 _SECRET_ENV = ("AMPLITUDE_API_KEY", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "OPIK_API_KEY")
+MAX_DEFAULT_JOBS = 4
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,8 +52,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--jobs",
         type=int,
         metavar="N",
-        help="worker processes that parse and map a large input (past 2,000 records; the output is the same); "
-        "1: all in this process. Default: the cores available",
+        help="worker processes that parse and map a large input (past 1,000 records; the output is the same); "
+        "1: all in this process. Default: the cores available, at most 4",
     )
     add_mapping_arguments(parser)
     parser.set_defaults(func=run)
@@ -65,11 +66,13 @@ def placeholder_sink(backend: str, env: Mapping[str, str]) -> Sink:
 
 
 def default_jobs() -> int:
-    """The cores this process may run on."""
+    """The cores this process may run on, at most ``MAX_DEFAULT_JOBS`` (past that this process, which reads,
+    orders and prints, is the bottleneck)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return min(cores, MAX_DEFAULT_JOBS)
 
 
 def run(args: argparse.Namespace) -> int:

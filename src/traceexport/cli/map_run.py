@@ -24,7 +24,7 @@ from traceexport.errors import RecordError, TraceExportError
 from traceexport.mapping import Mapping
 from traceexport.records.stream import Piece, piece_record
 
-PARALLEL_AFTER = 2000
+PARALLEL_AFTER = 1000
 BLOCK = 256
 
 # ("items", one record's encoded items) | ("rejected", the one-line reason) | None for a blank line

@@ -12,6 +12,11 @@ Which one: input whose first non-blank character is ``[`` is an array; else, whe
 line is a JSON value by itself, JSON lines (a single such line is the one-value form); else one JSON
 value, and when the input is not exactly one JSON value it is read again as JSON lines from its start
 (the bytes read so far are kept until then), as ``parse_records`` does.
+
+Two steps, so the second can run in other processes (``traceexport map --jobs``): :func:`stream_pieces`
+cuts the input into one :class:`Piece` per record (cheap: a JSON line is not parsed; an array item is,
+once, to find where it ends), and :func:`piece_record` makes the record (JSON parsed by pydantic-core,
+validated, normalised). :func:`stream_records` is both.
 """
 
 from __future__ import annotations
