@@ -196,3 +196,16 @@ def test_request_bodies_match_json_format_and_keep_the_split(protocol: str) -> N
 
 def _version(sink: OtlpSink) -> str:
     return str(json.loads(sink._scope_json).get("version", ""))
+
+
+def test_http_json_requests_stay_within_max_bytes_of_json_text() -> None:
+    """With http/json a request is sized by its OTLP/JSON text: every body fits max_bytes, no span is lost."""
+    bodies = _spans("otlp", CASES + SAMPLE_FILES)
+    sink = OtlpSink("otlp", OtlpSettings(endpoint="http://127.0.0.1:9/v1/traces", protocol="http/json",
+                                         max_bytes=16 * 1024))
+    shown = sink.request_bodies([Payload("span", body) for body in bodies if len(json.dumps(body)) < 8 * 1024])
+    assert len(shown) > 3
+    assert all(len(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()) <= 16 * 1024
+               for body in shown)
+    spans = [s for body in shown for s in body["resourceSpans"][0]["scopeSpans"][0]["spans"]]
+    assert len(spans) == sum(1 for body in bodies if len(json.dumps(body)) < 8 * 1024)
