@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
-from tests.conftest import SAMPLE_FILES, SAMPLES, TESTS
+from tests.conftest import SAMPLE_FILES, SAMPLES, TESTS, load_records
 
 from traceexport.cli import build_parser, main
 from traceexport.mapping import BACKENDS
@@ -17,6 +19,15 @@ EDGE_200KB = TESTS / "golden" / "cases" / "edge-message-200kb-output.json"
 
 def _lines(text: str) -> list[dict]:  # type: ignore[type-arg]
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _documents(text: str) -> list[dict]:  # type: ignore[type-arg]
+    """The JSON documents printed one after the other (compact lines or indented)."""
+    decoder, documents, position = json.JSONDecoder(), [], 0
+    while text[position:].strip():
+        document, position = decoder.raw_decode(text, len(text) - len(text[position:].lstrip()))
+        documents.append(document)
+    return documents
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -58,6 +69,49 @@ def test_map_reports_bad_records_and_still_prints_good_ones(tmp_path: Path,
     assert "line 2: envelope has trace_info null" in errors[0]
     assert "line 3: not valid JSON" in errors[1]
     assert "Traceback" not in err
+
+
+def test_map_rejects_only_the_record_whose_span_cannot_be_sent(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A span the OTLP encoder refuses rejects its record in one line (exit 2); the other records are printed."""
+    broken = tmp_path / "broken.yaml"
+    broken.write_text('extends: builtin\nbackend: otlp\nrecords:\n  tool:\n    span:\n      body:\n'
+                      '        traceId: "not-hex"\n', encoding="utf-8")
+    code = main(["map", "--to", "otlp", "--mapping", str(broken), *map(str, SAMPLE_FILES)])
+    out, err = capsys.readouterr()
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith("rejected: tool:") and line.endswith("span traceId must be 32 hex digits, got 'not-hex'")
+    (body,) = _lines(out)
+    assert len(body["resourceSpans"][0]["scopeSpans"][0]["spans"]) == 7
+
+
+@pytest.mark.parametrize("backend", ["otlp", "langfuse"])
+def test_map_prints_what_request_bodies_gives_for_every_input_form(backend: str, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """JSON lines, a JSON array and one file per record print the same requests: the sink's request_bodies of
+    all the payloads at once, split the same way (here 3 spans per request), --pretty included."""
+    from traceexport.cli.map_cmd import placeholder_sink
+    from traceexport.mapping import load_mapping
+    from traceexport.sinks.otlp import OtlpSink
+
+    records = [json.loads(p.read_text(encoding="utf-8")) for p in SAMPLE_FILES]
+    (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    (tmp_path / "all.json").write_text(json.dumps(records, indent=2), encoding="utf-8")
+    env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:9"}
+    sink = placeholder_sink(backend, env)
+    assert isinstance(sink, OtlpSink)
+    sink.settings = dataclasses.replace(sink.settings, max_spans=3)
+    mapping = load_mapping(backend)
+    expected = sink.request_bodies([p for path in SAMPLE_FILES for r in load_records(path) for p in mapping.map(r)])
+    assert len(expected) == 3
+    with patch("traceexport.cli.map_cmd.placeholder_sink", return_value=sink):
+        for files in (["all.jsonl"], ["all.json"], [str(p) for p in SAMPLE_FILES]):
+            for pretty in ([], ["--pretty"]):
+                code = main(["map", "--to", backend, *pretty, *(str(tmp_path / f) for f in files)])
+                out, err = capsys.readouterr()
+                assert code == 0, err
+                assert _documents(out) == expected, (files, pretty)
 
 
 def test_map_handles_a_200kb_output(capsys: pytest.CaptureFixture[str]) -> None:

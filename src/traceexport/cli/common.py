@@ -8,30 +8,38 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from traceexport.errors import ConfigError, RecordError, SourceError
-from traceexport.records import Record, parse_records
+from traceexport.records import Record
+from traceexport.records.stream import Piece, piece_record, stream_pieces
 
 
-def read_input(name: str) -> bytes:
-    """The bytes of a file, or of standard input for ``-``; a ConfigError when it cannot be read."""
-    if name == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return Path(name).read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"{name}: cannot read: {exc.strerror or exc}"], title="cannot read input") from exc
+def iter_pieces(files: Sequence[str]) -> Iterator[tuple[str, Piece]]:
+    """``(source, piece)`` for every record's piece of the named files (``-``: standard input), in order,
+    each file read as it streams (JSON lines line by line, a JSON array item by item); a ConfigError when
+    one cannot be read."""
+    for name in files:
+        if name == "-":
+            for piece in stream_pieces(sys.stdin.buffer):
+                yield "<stdin>", piece
+            continue
+        try:
+            with open(name, "rb") as handle:
+                for piece in stream_pieces(handle):
+                    yield name, piece
+        except OSError as exc:
+            raise ConfigError([f"{name}: cannot read: {exc.strerror or exc}"], title="cannot read input") from exc
 
 
 def iter_records(files: Sequence[str]) -> Iterator[Record | RecordError]:
-    """Every record (or RecordError) in the named files, in order."""
-    for name in files:
-        source = "<stdin>" if name == "-" else name
-        yield from parse_records(read_input(name), source)
+    """Every record (or RecordError) in the named files, in order (see :func:`iter_pieces`)."""
+    for source, piece in iter_pieces(files):
+        outcome = piece_record(piece, source)
+        if outcome is not None:
+            yield outcome
 
 
 def spool_option(spool_dir: str | os.PathLike[str]) -> str:

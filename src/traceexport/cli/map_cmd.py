@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from collections.abc import Mapping
 from typing import Any
 
-from traceexport.cli.common import add_mapping_arguments, iter_records, parse_key_values, report_bad
-from traceexport.errors import ConfigError, RecordError, TraceExportError
+from traceexport.cli.common import add_mapping_arguments, iter_pieces, parse_key_values
+from traceexport.cli.map_output import Printer, documents_for
+from traceexport.cli.map_run import MapWork, map_pieces
+from traceexport.errors import ConfigError, TraceExportError
 from traceexport.mapping import BACKENDS, load_mapping
-from traceexport.sinks import Payload, create_sink
+from traceexport.sinks import Sink, create_sink
 
 # Placeholders stand in for credentials so the printed bodies never contain a real secret.
 _PLACEHOLDER_OPTIONS: dict[str, dict[str, Any]] = {
@@ -21,6 +23,7 @@ _PLACEHOLDER_OPTIONS: dict[str, dict[str, Any]] = {
     "otlp": {"protocol": "http/json"},
 }
 _SECRET_ENV = ("AMPLITUDE_API_KEY", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "OPIK_API_KEY")
+MAX_DEFAULT_JOBS = 4
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,8 +34,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Map Dify trace records (TaskData envelopes or bare TraceInfo objects; a JSON object, a JSON "
             "array or JSON lines) and print, one JSON document per line, the exact request bodies the "
             "backend would receive. OTLP bodies are printed in OTLP/JSON form. Credentials are replaced "
-            "by placeholders. Exit 0 when every record mapped, 2 when some were rejected (one line each "
-            "on stderr; the good records are still printed)."
+            "by placeholders. Input is read as it streams (JSON lines line by line, a JSON array item by "
+            "item) and each body is printed once complete, so memory stays flat whatever the input's size. "
+            "Exit 0 when every record mapped, 2 when some were rejected (one line each on stderr; the good "
+            "records are still printed)."
         ),
     )
     parser.add_argument("--to", required=True, choices=BACKENDS, help="the backend whose payloads to print")
@@ -43,50 +48,51 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="print the mapped entities one by one instead of the batched request bodies",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="worker processes that parse and map a large input (past 1,000 records; the output is the same); "
+        "1: all in this process. Default: the cores available, at most 4",
+    )
     add_mapping_arguments(parser)
     parser.set_defaults(func=run)
 
 
-def request_bodies(backend: str, payloads: list[Payload], env: Mapping[str, str]) -> list[Any]:
-    """The bodies the backend's sink would send for ``payloads`` (placeholders for credentials)."""
+def placeholder_sink(backend: str, env: Mapping[str, str]) -> Sink:
+    """The backend's sink with placeholders for credentials (it only builds bodies: nothing is sent)."""
     safe_env = {k: v for k, v in env.items() if k not in _SECRET_ENV}
-    sink = create_sink(backend, backend, _PLACEHOLDER_OPTIONS[backend], safe_env)
+    return create_sink(backend, backend, _PLACEHOLDER_OPTIONS[backend], safe_env)
+
+
+def default_jobs() -> int:
+    """The cores this process may run on, at most ``MAX_DEFAULT_JOBS`` (past that this process, which reads,
+    orders and prints, is the bottleneck)."""
     try:
-        return sink.request_bodies(payloads)
-    finally:
-        sink.shutdown(timeout=0)
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return min(cores, MAX_DEFAULT_JOBS)
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     try:
         mapping = load_mapping(args.to, args.mapping, parse_key_values(args.option, "--option") or None)
+        sink = None if args.payloads else placeholder_sink(args.to, os.environ)
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return 2
-    payloads: list[Payload] = []
-    rejected = 0
+    documents = documents_for(sink)
+    printer = Printer(sys.stdout, pretty=args.pretty)
+    jobs = args.jobs if args.jobs is not None else default_jobs()
     try:
-        for item in iter_records(args.files):
-            if isinstance(item, RecordError):
-                rejected += 1
-                report_bad(item)
-                continue
-            try:
-                payloads.extend(mapping.map(item))
-            except RecordError as exc:
-                rejected += 1
-                report_bad(RecordError(exc.reason, source=item.key))
-        documents = (
-            [{"kind": p.kind, "key": p.key, "body": p.body} for p in payloads]
-            if args.payloads
-            else request_bodies(args.to, payloads, os.environ) if payloads else []
-        )
+        rejected = map_pieces(iter_pieces(args.files), MapWork(mapping, documents), documents, printer, jobs)
+        printer.print(documents.close())
     except TraceExportError as exc:
+        printer.print(documents.close())  # the records read before it are printed all the same
         print(exc.render() if isinstance(exc, ConfigError) else f"error: {exc}", file=sys.stderr)
         return 2
-    for document in documents:
-        sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2 if args.pretty else None, default=str))
-        sys.stdout.write("\n")
+    finally:
+        if sink is not None:
+            sink.shutdown(timeout=0)
     return 2 if rejected else 0

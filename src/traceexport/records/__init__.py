@@ -8,6 +8,7 @@ from traceexport.records.parse import (
     record_from_obj,
     record_from_trace_info,
 )
+from traceexport.records.stream import stream_records
 from traceexport.records.types import COMMUNITY_TYPES, RECORD_TYPES, canonical_type, dify_class_name
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "parse_records",
     "record_from_obj",
     "record_from_trace_info",
+    "stream_records",
 ]

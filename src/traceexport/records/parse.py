@@ -230,11 +230,17 @@ _NOT_WHOLE = object()
 def parse_records(text: str | bytes, source: str = "", type_name: str | None = None) -> Iterator[Record | RecordError]:
     """Every record in ``text``, or a RecordError naming where it was and what is wrong."""
     for location, value, raw in _json_values(text):
-        where = f"{source}:{location}" if source and location else (source or location)
-        if isinstance(value, RecordError):
-            yield RecordError(value.reason, source=where)
-            continue
-        try:
-            yield record_from_obj(value, type_name, raw=raw)
-        except RecordError as exc:
-            yield RecordError(exc.reason, source=where)
+        yield record_at(value, raw, source, location, type_name)
+
+
+def record_at(value: Any, raw: str | None, source: str, location: str,
+              type_name: str | None = None) -> Record | RecordError:
+    """The record of one JSON value read at ``source:location`` (``raw``: its text, if known), or a
+    RecordError there; ``value`` may already be one (a part that is not JSON)."""
+    where = f"{source}:{location}" if source and location else (source or location)
+    if isinstance(value, RecordError):
+        return RecordError(value.reason, source=where)
+    try:
+        return record_from_obj(value, type_name, raw=raw)
+    except RecordError as exc:
+        return RecordError(exc.reason, source=where)

@@ -1,9 +1,10 @@
-"""OTLP span dicts -> ``ExportTraceServiceRequest`` (protobuf) and its OTLP/JSON form. Pure, no I/O.
+"""Validation of OTLP span dicts, request bodies on the wire, and parsing them back (for the fakes). Pure, no I/O.
 
 A span dict is what the ``otlp`` and ``langfuse`` mappings produce (see ARCHITECTURE.md): hex ``traceId``
 / ``spanId`` / ``parentSpanId``, ``name``, ``kind``, ``startTimeUnixNano`` / ``endTimeUnixNano``, a flat
 ``attributes`` dict and ``status``. Ids and times are copied as given: nothing here invents an id or
-reads the clock. Dict attribute values are JSON-encoded to a string; ``None`` values are dropped.
+reads the clock. Dict attribute values are JSON-encoded to a string; ``None`` values are dropped. The
+encoders are :mod:`traceexport.sinks.otlp_wire` (protobuf) and :mod:`traceexport.sinks.otlp_json` (OTLP/JSON).
 """
 
 from __future__ import annotations
@@ -68,32 +69,11 @@ def nanos(body: Mapping[str, Any], field: str) -> int:
     return value
 
 
-def _hexify(obj: dict[str, Any]) -> None:
-    for field in _ID_FIELDS:
-        if isinstance(obj.get(field), str):
-            obj[field] = base64.b64decode(obj[field]).hex()
-
-
-def to_json(request: ExportTraceServiceRequest) -> dict[str, Any]:
-    """The OTLP/JSON form: lowerCamelCase keys, enums as integers, ids as hex (not base64)."""
-    data: dict[str, Any] = json_format.MessageToDict(request, use_integers_for_enums=True)
-    for resource_spans in data.get("resourceSpans", ()):
-        for scope_spans in resource_spans.get("scopeSpans", ()):
-            for span in scope_spans.get("spans", ()):
-                _hexify(span)
-                for link in span.get("links", ()):
-                    _hexify(link)
-    return data
-
-
 def serialize(request: bytes, *, json_body: bool, compress: bool) -> tuple[bytes, dict[str, str]]:
-    """The HTTP body and its content headers for a serialized ``ExportTraceServiceRequest``."""
-    if json_body:
-        body = json.dumps(to_json(ExportTraceServiceRequest.FromString(request)), separators=(",", ":")).encode()
-        headers = {"Content-Type": JSON}
-    else:
-        body = request
-        headers = {"Content-Type": PROTOBUF}
+    """The HTTP body and its content headers for an ``ExportTraceServiceRequest`` already in its wire
+    encoding (OTLP/JSON text when ``json_body``, else protobuf)."""
+    body = request
+    headers = {"Content-Type": JSON if json_body else PROTOBUF}
     if compress:
         body = gzip.compress(body, compresslevel=1)  # level 1: most of the size win at a fraction of the CPU
         headers["Content-Encoding"] = "gzip"

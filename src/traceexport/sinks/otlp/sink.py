@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from importlib import metadata
 from typing import Any
 
 import httpx
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from traceexport import _json
 from traceexport.errors import RecordError
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
 from traceexport.sinks.bisect import Budget, send_halves
 from traceexport.sinks.otlp.config import OtlpSettings
 from traceexport.sinks.otlp.transport import SendOutcome, Transport, make_transport
-from traceexport.sinks.otlp_encoding import SCOPE_NAME, chunk, to_json
+from traceexport.sinks.otlp_encoding import SCOPE_NAME, chunk
+from traceexport.sinks.otlp_json import request_json, resource_json, scope_json, span_json
 from traceexport.sinks.otlp_wire import request_bytes, resource_bytes, scope_bytes, span_bytes
 
 _RESOURCE_OVERHEAD = 64  # ResourceSpans/ScopeSpans framing and the scope name, on top of the resource itself
-_PER_SPAN_OVERHEAD = 8  # tag and length prefix of one span inside ScopeSpans
-_JSON_FACTOR = 2  # OTLP/JSON (hex ids, key names, base-10 numbers) is at most about twice the protobuf size
+_PER_SPAN_OVERHEAD = 8  # tag and length prefix of one span inside ScopeSpans (protobuf), or its comma (JSON)
 
 
 def _version() -> str:
@@ -29,7 +29,7 @@ def _version() -> str:
         return ""
 
 
-_Unit = list[tuple[int, bytes]]  # the (payload index, span bytes) of one record within one request
+_Unit = list[tuple[int, bytes]]  # the (payload index, encoded span) of one record within one request
 
 
 def _units(members: list[tuple[int, bytes]], payloads: Sequence[Payload]) -> list[_Unit]:
@@ -52,18 +52,21 @@ def _fail(result: ExportResult, units: Sequence[_Unit], failure: ItemFailure) ->
     result.failures.update(dict.fromkeys((index for unit in units for index, _ in unit), failure))
 
 
-def encode_payload(payload: Payload) -> bytes:
-    """A ``span`` payload as serialized Span bytes; raises RecordError for another kind or an invalid body."""
+def encode_payload(payload: Payload, *, json: bool = False) -> bytes:
+    """A ``span`` payload as serialized Span bytes (or, with ``json``, its OTLP/JSON text); raises
+    RecordError for another kind or an invalid body."""
     if payload.kind != "span":
         raise RecordError(f"the OTLP sink only sends 'span' payloads, got {payload.kind!r}")
-    return span_bytes(payload.body)
+    return span_json(payload.body) if json else span_bytes(payload.body)
 
 
 class OtlpSink:
     """Exports OTLP span payloads over OTLP/HTTP (protobuf or JSON) or OTLP/gRPC.
 
     ``request_bodies`` and ``export`` split the batch the same way: at most ``max_spans`` spans and
-    about ``max_bytes`` uncompressed bytes per request. Ids and timestamps come from the payloads.
+    about ``max_bytes`` uncompressed bytes per request, counted in the encoding sent (protobuf, or for
+    ``http/json`` the OTLP/JSON text, written straight from the span dicts). Ids and timestamps come from
+    the payloads.
     """
 
     def __init__(self, name: str, settings: OtlpSettings, *, backend: str = "otlp",
@@ -74,8 +77,11 @@ class OtlpSink:
         self.limits = BatchLimits(max_items=settings.max_spans, max_bytes=settings.max_bytes,
                                   linger_seconds=settings.linger_seconds)
         self._json = settings.protocol == "http/json"
-        self._resource = resource_bytes(settings.resource_attributes)
-        self._scope = scope_bytes(SCOPE_NAME, _version())
+        version = _version()
+        self._resource_json = resource_json(settings.resource_attributes)
+        self._scope_json = scope_json(SCOPE_NAME, version)
+        self._resource = self._resource_json if self._json else resource_bytes(settings.resource_attributes)
+        self._scope = self._scope_json if self._json else scope_bytes(SCOPE_NAME, version)
         self._http_transport = http_transport
         self._transport: Transport | None = None
         self._closed = False
@@ -86,27 +92,37 @@ class OtlpSink:
 
     # -- pure ------------------------------------------------------------------------------------
     def _size(self, span: bytes) -> int:
-        """Bytes one span adds to an uncompressed request body in the chosen encoding (an upper-ish bound)."""
-        return len(span) * (_JSON_FACTOR if self._json else 1) + _PER_SPAN_OVERHEAD
+        """Bytes one encoded span adds to an uncompressed request body (an upper-ish bound)."""
+        return len(span) + _PER_SPAN_OVERHEAD
+
+    @property
+    def _overhead(self) -> int:
+        return len(self._resource) + len(self._scope) + _RESOURCE_OVERHEAD
 
     def _groups(self, spans: Sequence[bytes]) -> list[list[int]]:
-        overhead = len(self._resource) + len(self._scope) + _RESOURCE_OVERHEAD
         return chunk([self._size(span) for span in spans], max_items=self.settings.max_spans,
-                     max_bytes=self.settings.max_bytes, overhead=overhead)
+                     max_bytes=self.settings.max_bytes, overhead=self._overhead)
 
-    def _request(self, spans: Sequence[bytes]) -> bytes:
+    def _request(self, spans: Iterable[bytes]) -> bytes:
+        """The request body in the wire encoding: OTLP/JSON text for ``http/json``, else protobuf."""
+        if self._json:
+            return request_json(spans, self._resource, self._scope)
         return request_bytes(spans, self._resource, self._scope)
+
+    def encode(self, payload: Payload) -> bytes:
+        """``payload`` in this sink's wire encoding (see :func:`encode_payload`); RecordError if it cannot be sent."""
+        return encode_payload(payload, json=self._json)
 
     def request_bodies(self, payloads: Sequence[Payload], /) -> list[Any]:
         """The OTLP/JSON form of each request of this batch (what ``traceexport map --to otlp`` prints)."""
-        spans = []
+        requests = JsonRequests(self)
+        texts: list[bytes] = []
         for index, payload in enumerate(payloads):
             try:
-                spans.append(encode_payload(payload))
+                texts += requests.add([payload])
             except RecordError as exc:
                 raise RecordError(f"payload {index}: {exc.reason}") from exc
-        return [to_json(ExportTraceServiceRequest.FromString(self._request([spans[i] for i in group])))
-                for group in self._groups(spans)]
+        return [_json.loads(text) for text in [*texts, *requests.close()]]
 
     # -- delivery --------------------------------------------------------------------------------
     def export(self, payloads: Sequence[Payload], /) -> ExportResult:
@@ -120,7 +136,7 @@ class OtlpSink:
         encoded: list[tuple[int, bytes]] = []
         for index, payload in enumerate(payloads):
             try:
-                encoded.append((index, encode_payload(payload)))
+                encoded.append((index, self.encode(payload)))
             except RecordError as exc:
                 reason = f"{self.backend}: invalid span: {exc.reason}"
                 result.failures[index] = ItemFailure(reason, permanent=True)
@@ -139,7 +155,7 @@ class OtlpSink:
         if len(members) != 1:
             return None
         size = self._size(members[0][1])
-        if size + len(self._resource) + len(self._scope) + _RESOURCE_OVERHEAD <= self.settings.max_bytes:
+        if size + self._overhead <= self.settings.max_bytes:
             return None
         return ItemFailure(f"{self.backend}: span is {size} bytes, over max_bytes={self.settings.max_bytes}",
                            permanent=True)
@@ -198,3 +214,51 @@ class OtlpSink:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+
+
+class JsonRequests:
+    """The OTLP/JSON text of a sink's requests, built as payloads arrive, in memory bounded by one request.
+
+    The split is the sink's own (:meth:`OtlpSink.request_bodies` and ``export``): at most ``max_spans``
+    spans and ``max_bytes`` per request, sized in the sink's wire encoding, filled greedily in order, so
+    feeding a stream piece by piece gives the same requests as one call with all of it. :meth:`encode`
+    is pure (it may run in another process); :meth:`take` and :meth:`close` keep the request being filled.
+    """
+
+    def __init__(self, sink: OtlpSink) -> None:
+        self._sink = sink
+        self._spans: list[bytes] = []
+        self._used = sink._overhead
+
+    def encode(self, payloads: Sequence[Payload]) -> list[tuple[int, bytes]]:
+        """``(wire size, OTLP/JSON text)`` of each payload; RecordError when one of them cannot be sent."""
+        sink = self._sink
+        encoded = [sink.encode(payload) for payload in payloads]
+        shown = encoded if sink._json else [span_json(payload.body) for payload in payloads]
+        return [(sink._size(wire), text) for wire, text in zip(encoded, shown, strict=True)]
+
+    def take(self, spans: Sequence[tuple[int, bytes]]) -> list[bytes]:
+        """Add encoded spans (from :meth:`encode`); the requests they complete."""
+        limits = self._sink.settings
+        done: list[bytes] = []
+        for size, text in spans:
+            if self._spans and (len(self._spans) >= limits.max_spans or self._used + size > limits.max_bytes):
+                done.append(self._flush())
+            self._spans.append(text)
+            self._used += size
+        return done
+
+    def add(self, payloads: Sequence[Payload]) -> list[bytes]:
+        """Take one record's payloads and return the requests they complete; RecordError (and nothing
+        taken) when one of them cannot be sent."""
+        return self.take(self.encode(payloads))
+
+    def close(self) -> list[bytes]:
+        """The last, partly filled request, if any."""
+        return [self._flush()] if self._spans else []
+
+    def _flush(self) -> bytes:
+        sink = self._sink
+        text = request_json(self._spans, sink._resource_json, sink._scope_json)
+        self._spans, self._used = [], sink._overhead
+        return text

@@ -42,7 +42,8 @@ class Transport(Protocol):
     """One-attempt sender of an export request."""
 
     def send(self, request: bytes) -> SendOutcome:
-        """Send a serialized ``ExportTraceServiceRequest`` once; never raises for transport or receiver failures."""
+        """Send an ``ExportTraceServiceRequest`` in the protocol's encoding (OTLP/JSON text for ``http/json``, else
+        protobuf) once; never raises for transport or receiver failures."""
         ...
 
     def close(self) -> None:

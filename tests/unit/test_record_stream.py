@@ -1,0 +1,136 @@
+"""Records read from a byte stream as it comes: parse_records' forms, locations and reasons, never the whole input."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+from typing import Any
+
+import pytest
+from tests.conftest import SAMPLE_FILES
+
+from traceexport.records import Record, parse_records
+from traceexport.records import stream as stream_module
+from traceexport.records.stream import stream_records
+
+SAMPLES: list[dict[str, Any]] = [json.loads(p.read_text(encoding="utf-8")) for p in SAMPLE_FILES]
+NODE_ROW = {"node_execution_id": "n", "triggered_from": "workflow-run", "created_at": "2025-01-01 00:00:00"}
+LINES = "\n".join(json.dumps(s) for s in SAMPLES) + "\n"
+
+INPUTS = {
+    "json lines": LINES,
+    "json lines, CRLF, blank lines, BOM": "\ufeff\n\n" + LINES.replace("\n", "\r\n") + "  \n",
+    "json lines, bad lines between good": "\n" + json.dumps(SAMPLES[0]) + "\nnot json\n"
+    '{"app_id": "a", "trace_info_type": "dict", "trace_info": null}\n' + json.dumps(SAMPLES[1]) + "\n",
+    "json lines whose first line is bad": "oops\n" + LINES,
+    "one line": json.dumps(SAMPLES[0]),
+    "one pretty-printed object": json.dumps(SAMPLES[0], indent=2),
+    "two pretty-printed objects": json.dumps(SAMPLES[0], indent=2) + "\n" + json.dumps(SAMPLES[1], indent=2),
+    "array": json.dumps(SAMPLES),
+    "pretty array with a BOM": "\ufeff" + json.dumps(SAMPLES, indent=2),
+    "array with ASCII-escaped emoji": json.dumps([{**SAMPLES[0], "x": "😀 中"}], ensure_ascii=True),
+    "array of scalars": '[1, 2.5, null, "x", true, -1e5, 12345678901234567890, [1]]',
+    "empty array": "[ ]",
+    "array of node rows": json.dumps([NODE_ROW] * 3),
+    "node rows, then a record": json.dumps([NODE_ROW, NODE_ROW, SAMPLES[0], NODE_ROW]),
+    "a number": "42",
+    "nothing": "",
+    "blanks": " \n\t\n",
+}
+
+
+def _shown(item: Record | Exception) -> Any:
+    """What a caller can see of an outcome: a record's type, key, stored text and envelope, or the error line."""
+    if isinstance(item, Record):
+        return (item.type, item.key, item.raw, item.envelope)
+    return str(item)
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 7, 1], ids=["1MiB", "7B", "1B"])
+@pytest.mark.parametrize("name", INPUTS)
+def test_every_form_reads_as_parse_records_reads_it(name: str, chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each input gives the same records (texts included) and the same error lines, whatever the read size."""
+    monkeypatch.setattr(stream_module, "_CHUNK", chunk)
+    data = INPUTS[name].encode("utf-8")
+    expected = [_shown(item) for item in parse_records(data, "in.json")]
+    assert [_shown(item) for item in stream_records(io.BytesIO(data), "in.json")] == expected
+
+
+class _Endless(io.RawIOBase):
+    """An input that never ends: ``head`` then ``item`` repeated with ``separator``; counts the bytes read."""
+
+    def __init__(self, head: bytes, item: bytes, separator: bytes) -> None:
+        self._parts = itertools.chain([head, item], itertools.cycle([separator + item]))
+        self._pending = b""
+        self.read_bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while len(self._pending) < len(buffer):
+            self._pending += next(self._parts)
+        size = len(buffer)
+        buffer[:size], self._pending = self._pending[:size], self._pending[size:]
+        self.read_bytes += size
+        return size
+
+
+def _first_records(stream: _Endless, count: int) -> list[Record]:
+    records = list(itertools.islice(stream_records(io.BufferedReader(stream), "endless"), count))
+    assert all(isinstance(r, Record) for r in records)
+    return records  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(("head", "separator"), [(b"", b"\n"), (b"[", b","), (b"[\n  ", b",\n  ")],
+                         ids=["json lines", "array", "pretty array"])
+def test_an_endless_input_yields_records_as_it_is_read(head: bytes, separator: bytes) -> None:
+    """Records come out of an input with no end, after reading a bounded amount of it."""
+    item = json.dumps(SAMPLES[1]).encode()
+    stream = _Endless(head, item, separator)
+    records = _first_records(stream, 2000)
+    assert {r.type for r in records} == {"message"}
+    assert stream.read_bytes < 2000 * (len(item) + len(separator)) + 4 * (1 << 20)
+
+
+def _outcomes(text: str | bytes) -> list[Any]:
+    data = text.encode() if isinstance(text, str) else text
+    return [_shown(item) for item in stream_records(io.BytesIO(data), "in.json")]
+
+
+def test_a_broken_array_keeps_the_items_before_and_says_where_it_stopped() -> None:
+    """Items before the break are records; the break is one line naming the item; nothing after is read."""
+    good = json.dumps(SAMPLES[0])
+    out = _outcomes(f"[{good}, {good[:-40]} oops, {good}]")
+    assert len(out) == 2 and out[0][0] == "workflow"
+    assert out[1].startswith("in.json:[1]: not valid JSON: ") and out[1].endswith("the rest of the input is not read")
+
+
+def test_more_after_an_array_is_reported() -> None:
+    """Text after the array's closing bracket is one line, after the array's records."""
+    out = _outcomes(json.dumps(SAMPLES[:2]) + "\n" + json.dumps(SAMPLES[2]))
+    assert [o[0] for o in out[:2]] == ["workflow", "message"]
+    assert out[2].startswith("in.json:[2]: more after the end of the JSON array")
+
+
+def test_a_lone_surrogate_in_an_array_is_refused_like_in_json_lines() -> None:
+    """An escaped lone surrogate rejects its item in one line (as in JSON lines); the items after it go on."""
+    bad = json.dumps({**SAMPLES[0], "x": "\ud800"})
+    out = _outcomes(f"[{bad}, {json.dumps(SAMPLES[1])}]")
+    assert out[0].startswith("in.json:[0]: not valid JSON:") and out[1][0] == "message"
+
+
+def test_a_line_that_is_not_utf8_is_rejected_alone() -> None:
+    """Bytes that are not UTF-8 reject their line only; the lines around it are records."""
+    line = json.dumps(SAMPLES[0]).encode()
+    out = _outcomes(line + b"\n" + b'{"x": "\xff"}\n' + line + b"\n")
+    assert out[0][0] == out[2][0] == "workflow"
+    assert out[1] == "in.json:line 2: input is not UTF-8: invalid start byte at byte 7 of the line"
+
+
+def test_records_parsed_from_lines_keep_their_text() -> None:
+    """A record read from a line keeps that line as its stored text (the spool stores it as is)."""
+    line = json.dumps(SAMPLES[4])
+    (_, record) = stream_records(io.BytesIO(f"{line}\n{line}\n".encode()))
+    assert isinstance(record, Record) and record.raw == line
