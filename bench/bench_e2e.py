@@ -554,6 +554,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sdk_phase(args)
         return 0
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    if (work / "spool").exists():
+        raise SystemExit(f"{work / 'spool'} exists: give a --workdir without a spool (each run starts empty)")
+    work.mkdir(parents=True, exist_ok=True)
     stream = Stream()
     receiver = Receiver()
     try:
