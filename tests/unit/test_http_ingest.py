@@ -112,6 +112,26 @@ def test_array_with_a_bad_record_accepts_the_good_ones(server: IngestServer, pip
     assert answer["rejected"][0]["index"] == 1 and "NoSuchTraceInfo" in answer["rejected"][0]["reason"]
 
 
+def test_a_stager_turns_each_record_into_what_accept_takes(pipeline: StandIn) -> None:
+    """With a stager, accept receives what it made of each good record, one call per request; the answer
+    counts them as before."""
+    requests: list[int] = []
+
+    def stager() -> Any:
+        requests.append(1)
+        return lambda record: ("staged", record.key)
+
+    server = IngestServer(IngestSettings(host="127.0.0.1", port=0), pipeline.accept, stager=stager)  # type: ignore[arg-type]
+    server.start()
+    try:
+        lines = [json.dumps(sample("05-message-chat.json")), "{}", json.dumps(sample("07-tool-call.json"))]
+        response = post(server, "\n".join(lines).encode(), content_type="application/x-ndjson")
+    finally:
+        server.stop(1.0)
+    assert response.status_code == 400 and response.json()["accepted"] == 2 and requests == [1]
+    assert [kind for kind, _ in pipeline.records] == ["staged", "staged"]  # type: ignore[misc]
+
+
 def test_ndjson_rejections_name_the_line(server: IngestServer, pipeline: StandIn) -> None:
     """NDJSON is read line by line; a broken line is reported by its number."""
     body = (json.dumps(sample("05-message-chat.json")) + "\n{not json\n"

@@ -6,7 +6,8 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,15 @@ from traceexport.pipeline.spool import Spool, SpoolRow
 from traceexport.pipeline.worker import SinkWorker
 from traceexport.records import Record
 from traceexport.records.compact import compact_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A record made ready for the spool: its row (None when no route wants it) and, when this process
+    delivers too, the record itself (delivery then takes it from memory instead of parsing it again)."""
+
+    row: SpoolRow | None
+    record: Record | None = None
 
 
 class Pipeline:
@@ -56,23 +66,48 @@ class Pipeline:
         """Names of this pipeline's sinks, in route order."""
         return [r.sink.name for r in self.routes]
 
-    def accept(self, records: Sequence[Record]) -> None:
-        """Persist ``records`` for every sink they are routed to; returns once committed.
+    def stager(self) -> Callable[[Record], Staged]:
+        """A function turning each record into its :class:`Staged` spool row as soon as it is parsed.
+
+        A source reading many records (an HTTP body) stages each before parsing the next, so the parsed
+        objects are freed at once instead of all staying in memory until :meth:`accept`. Whether rows
+        carry the compact form is decided once, here (see :meth:`_compact_wanted`).
+        """
+        compact = self._compact_wanted()
+        keep = self.delivery is None
+        routes, bits = self.routes, self.bits
+
+        def stage(record: Record) -> Staged:
+            mask = mask_for(record, routes, bits)
+            if not mask:
+                return Staged(None)
+            row = SpoolRow(mask, record.key, record.type, record.app_id, record.trace_key, record.envelope_text(),
+                           compact_bytes(record) if compact else None)
+            return Staged(row, record if keep else None)
+
+        return stage
+
+    def accept(self, records: Sequence[Record | Staged]) -> None:
+        """Persist ``records`` (or the rows :meth:`stager` made of them) for every sink they are routed to;
+        returns once committed.
 
         Raises SpoolFullError (retryable, ``.retry_after``) when the spool is at its size limit or its disk
         is full, RecordTooLargeError (``.indexes`` into ``records``) for records that can never fit; then
         nothing of ``records`` is stored. Records no route wants are not stored.
         """
         rows, kept, fanout, where = [], [], [], []
-        compact = self._compact_wanted()
-        for index, record in enumerate(records):
-            mask = mask_for(record, self.routes, self.bits)
-            if mask:
-                where.append(index)
-                kept.append(record)
-                fanout.append(mask.bit_count())
-                rows.append(SpoolRow(mask, record.key, record.type, record.app_id, record.trace_key,
-                                     record.envelope_text(), compact_bytes(record) if compact else None))
+        stage: Callable[[Record], Staged] | None = None
+        for index, item in enumerate(records):
+            if not isinstance(item, Staged):
+                stage = stage or self.stager()
+                item = stage(item)
+            if item.row is None:
+                continue
+            where.append(index)
+            rows.append(item.row)
+            if item.record is not None:
+                kept.append(item.record)
+                fanout.append(item.row.mask.bit_count())
         try:
             self.spool.accept(rows)
         except RecordTooLargeError as exc:
@@ -82,7 +117,7 @@ class Pipeline:
         self.records.seed(kept, fanout)
         self.wake()
 
-    def accept_fitting(self, records: Sequence[Record]) -> list[tuple[int, str]]:
+    def accept_fitting(self, records: Sequence[Record | Staged]) -> list[tuple[int, str]]:
         """:meth:`accept`, leaving out records that can never fit in the spool: their ``(index, reason)``.
 
         The good records beside a too-large one are stored (a batch too large as a whole only because of

@@ -37,8 +37,11 @@ PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _DIGITS = re.compile(r"[0-9]{1,18}")
 
-# Stores the records; returns the (index, reason) of any that can never fit (None: all stored).
-AcceptFn = Callable[[list[Record]], "list[tuple[int, str]] | None"]
+# Stores the records (or what a stager made of each); returns the (index, reason) of any that can never fit
+# (None: all stored).
+AcceptFn = Callable[[list[Any]], "list[tuple[int, str]] | None"]
+# Called once per request: a function turning each record into what ``accept`` takes, as it is parsed.
+StagerFn = Callable[[], Callable[[Record], Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +58,12 @@ class IngestSettings:
 class IngestServer:
     """The HTTP source: start it, point Dify's hook at it, stop it with a bounded grace period."""
 
-    def __init__(self, settings: IngestSettings, accept: AcceptFn, *,
+    def __init__(self, settings: IngestSettings, accept: AcceptFn, *, stager: StagerFn | None = None,
                  ready: Callable[[], str | None] = lambda: None,
                  metrics_text: Callable[[], str] = lambda: "") -> None:
         self.settings = settings
         self.accept = accept
+        self.stager = stager
         self.ready = ready
         self.metrics_text = metrics_text
         self.draining = False
@@ -246,7 +250,8 @@ class _Handler(BaseHTTPRequestHandler):
         query = parse_qs(url.query)
         type_name = query["type"][0] if query.get("type") else None
         app_id = query["app_id"][0] if query.get("app_id") else None
-        parsed = parse_body(body, content_type, type_name, app_id)
+        parsed = (parse_body(body, content_type, type_name, app_id, ingest.stager()) if ingest.stager
+                  else parse_body(body, content_type, type_name, app_id))
         del body
         if not parsed.records and not parsed.rejected_total:
             self._send(400, {"accepted": 0, "rejected": [{"index": 0, "reason": "no records in the body"}]})

@@ -1,7 +1,9 @@
 """A request body → records and rejections, in memory bounded by the body's own size.
 
 JSON (one value or an array) is parsed once; NDJSON is read a line at a time, each line decoded as
-strict UTF-8 on its own. What is kept per bad item is a count: only the first
+strict UTF-8 on its own. A ``keep`` function given to :func:`parse_body` turns each record into what is
+kept of it (the pipeline's spool row) as soon as it is parsed, so a body's parsed objects are not all
+held at once. What is kept per bad item is a count: only the first
 :data:`MAX_REJECTIONS_LISTED` get a ``{"index"|"line": n, "reason": ...}`` entry (and only those get
 their reason worked out), so a body of five million bad one-byte items costs no more than a good one.
 """
@@ -9,6 +11,7 @@ their reason worked out), so a body of five million bad one-byte items costs no 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +29,10 @@ _OPEN_BRACE = ord("{")
 
 @dataclass(slots=True)
 class ParsedBody:
-    """The records of a body, the first rejections with their reasons, and how many were rejected."""
+    """The records of a body (or what ``keep`` made of each), the first rejections with their reasons, and
+    how many were rejected."""
 
-    records: list[Record] = field(default_factory=list)
+    records: list[Any] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     rejected_total: int = 0
     places: list[tuple[str, int]] = field(default_factory=list)  # each record's ("line"|"index", number)
@@ -45,18 +49,26 @@ class ParsedBody:
             self.rejected.append({where: number, "reason": reason})
 
 
-def parse_body(body: bytes, content_type: str, type_name: str | None = None,
-               app_id: str | None = None) -> ParsedBody:
-    """The records of a request body and its rejections (NDJSON by line number, JSON by array index)."""
+Keep = Callable[[Record], Any]
+
+
+def _as_is(record: Record) -> Record:
+    return record
+
+
+def parse_body(body: bytes, content_type: str, type_name: str | None = None, app_id: str | None = None,
+               keep: Keep = _as_is) -> ParsedBody:
+    """The records of a request body (each passed through ``keep`` once parsed) and its rejections
+    (NDJSON by line number, JSON by array index)."""
     parsed = ParsedBody()
     if content_type in NDJSON_TYPES:
-        _parse_lines(body, type_name, app_id, parsed)
+        _parse_lines(body, type_name, app_id, parsed, keep)
     else:
-        _parse_json(body, type_name, app_id, parsed)
+        _parse_json(body, type_name, app_id, parsed, keep)
     return parsed
 
 
-def _parse_json(body: bytes, type_name: str | None, app_id: str | None, parsed: ParsedBody) -> None:
+def _parse_json(body: bytes, type_name: str | None, app_id: str | None, parsed: ParsedBody, keep: Keep) -> None:
     try:
         text = body.decode("utf-8-sig")
         value = _json.loads(text)
@@ -67,16 +79,16 @@ def _parse_json(body: bytes, type_name: str | None, app_id: str | None, parsed: 
         parsed.reject("index", 0, f"body is not valid JSON: {exc}")
         return
     if not isinstance(value, list):
-        _add(parsed, "index", 0, value, type_name, app_id, text)
+        _add(parsed, "index", 0, value, type_name, app_id, text, keep)
         return
     for index, item in enumerate(value):
         if isinstance(item, dict):
-            _add(parsed, "index", index, item, type_name, app_id, None)
+            _add(parsed, "index", index, item, type_name, app_id, None, keep)
         else:  # cheap: no exception, and a reason only while it will be listed
             parsed.reject("index", index, _not_an_object(item) if parsed.listing else None)
 
 
-def _parse_lines(body: bytes, type_name: str | None, app_id: str | None, parsed: ParsedBody) -> None:
+def _parse_lines(body: bytes, type_name: str | None, app_id: str | None, parsed: ParsedBody, keep: Keep) -> None:
     offset = len(_BOM) if body.startswith(_BOM) else 0
     lines = io.BytesIO(body)
     lines.seek(offset)
@@ -98,13 +110,13 @@ def _parse_lines(body: bytes, type_name: str | None, app_id: str | None, parsed:
         except ValueError as exc:
             parsed.reject("line", number, f"not valid JSON: {exc}")
             continue
-        _add(parsed, "line", number, value, type_name, app_id, text)
+        _add(parsed, "line", number, value, type_name, app_id, text, keep)
 
 
 def _add(parsed: ParsedBody, where: str, number: int, value: Any, type_name: str | None,
-         app_id: str | None, raw: str | None) -> None:
+         app_id: str | None, raw: str | None, keep: Keep) -> None:
     try:
-        parsed.records.append(_record(value, type_name, app_id, raw))
+        parsed.records.append(keep(_record(value, type_name, app_id, raw)))
         parsed.places.append((where, number))
     except RecordError as exc:
         parsed.reject(where, number, exc.reason)

@@ -188,6 +188,32 @@ def test_compact_forms_are_stored_only_while_delivery_lags_within_bounds(tmp_pat
     pipe.close()
 
 
+def test_staged_rows_are_stored_as_the_records_would_be(tmp_path: Path) -> None:
+    """Records staged one by one (as HTTP ingest does while parsing) are stored like records accepted whole,
+    compact form included, and delivered from memory when this process delivers."""
+    import functools
+
+    from test_delivery_process import file_routes
+
+    factory = functools.partial(file_routes, str(tmp_path / "out"))
+    settings = PipelineSettings(fsync=False, delivery_process=True, compact_min_lag=0, compact_max_lag=10**9)
+    pipe = Pipeline(tmp_path / "spool", factory(), settings, route_factory=factory)  # never started
+    stage = pipe.stager()
+    staged = [stage(record) for record in make_records(3)]
+    assert all(item.record is None for item in staged)  # the delivery process parses (or reads the compact form)
+    pipe.accept(staged)
+    pipe.accept(make_records(3, start=3))
+    rows = pipe.spool.conn().execute("SELECT key, compact IS NOT NULL FROM records ORDER BY seq").fetchall()
+    assert [key for key, _ in rows] == [r.key for r in make_records(6)] and all(has for _, has in rows)
+    pipe.close()
+    sink = ScriptedSink("a")
+    local = _pipe(tmp_path / "local", sink)
+    local.accept([local.stager()(record) for record in make_records(2)])
+    local.workers[0].step()
+    assert sink.delivered == [r.key for r in make_records(2)]
+    local.close()
+
+
 def test_a_sink_removed_from_the_config_keeps_only_what_it_was_owed(tmp_path: Path) -> None:
     """Records accepted after a sink left the config are swept once delivered; the removed sink's own
     undelivered records stay (nothing lost), so the spool does not grow until it refuses input."""
