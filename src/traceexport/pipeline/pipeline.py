@@ -6,7 +6,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from traceexport.pipeline.routing import check_routes, mask_for
 from traceexport.pipeline.settings import PipelineSettings, Route
 from traceexport.pipeline.spool import Spool, SpoolRow
 from traceexport.pipeline.worker import SinkWorker
-from traceexport.records import Record
+from traceexport.records import Record, RecordHead
 from traceexport.records.compact import compact_bytes
 
 
@@ -31,6 +31,36 @@ class Staged:
 
     row: SpoolRow | None
     record: Record | None = None
+
+
+class Stager:
+    """Turns each record of a batch into its :class:`Staged` spool row as soon as it is parsed.
+
+    A source reading many records (an HTTP body) stages each before parsing the next, so the parsed
+    objects are freed at once instead of all staying in memory until :meth:`Pipeline.accept`. Whether rows
+    carry the compact form is decided once per batch. ``full`` says whether records must be parsed whole
+    (their compact form is stored, or this process delivers them from memory); when it is False a
+    :class:`~traceexport.records.RecordHead` is all that is needed: the delivery process parses the record.
+    """
+
+    __slots__ = ("bits", "compact", "full", "local", "routes")
+
+    def __init__(self, routes: Sequence[Route], bits: dict[str, int], *, compact: bool, local: bool) -> None:
+        self.routes, self.bits = routes, bits
+        self.compact, self.local = compact, local
+        self.full = compact or local
+
+    def __call__(self, record: Record | RecordHead) -> Staged:
+        mask = mask_for(record, self.routes, self.bits)
+        if not mask:
+            return Staged(None)
+        compact = None
+        if self.compact:
+            if not isinstance(record, Record):
+                raise TypeError("the compact form is wanted: stage whole records, not heads")
+            compact = compact_bytes(record)
+        row = SpoolRow(mask, record.key, record.type, record.app_id, record.trace_key, record.envelope_text(), compact)
+        return Staged(row, record if self.local and isinstance(record, Record) else None)
 
 
 class Pipeline:
@@ -66,26 +96,9 @@ class Pipeline:
         """Names of this pipeline's sinks, in route order."""
         return [r.sink.name for r in self.routes]
 
-    def stager(self) -> Callable[[Record], Staged]:
-        """A function turning each record into its :class:`Staged` spool row as soon as it is parsed.
-
-        A source reading many records (an HTTP body) stages each before parsing the next, so the parsed
-        objects are freed at once instead of all staying in memory until :meth:`accept`. Whether rows
-        carry the compact form is decided once, here (see :meth:`_compact_wanted`).
-        """
-        compact = self._compact_wanted()
-        keep = self.delivery is None
-        routes, bits = self.routes, self.bits
-
-        def stage(record: Record) -> Staged:
-            mask = mask_for(record, routes, bits)
-            if not mask:
-                return Staged(None)
-            row = SpoolRow(mask, record.key, record.type, record.app_id, record.trace_key, record.envelope_text(),
-                           compact_bytes(record) if compact else None)
-            return Staged(row, record if keep else None)
-
-        return stage
+    def stager(self) -> Stager:
+        """A :class:`Stager` for one batch of records (an HTTP body): see there."""
+        return Stager(self.routes, self.bits, compact=self._compact_wanted(), local=self.delivery is None)
 
     def accept(self, records: Sequence[Record | Staged]) -> None:
         """Persist ``records`` (or the rows :meth:`stager` made of them) for every sink they are routed to;
@@ -96,7 +109,7 @@ class Pipeline:
         nothing of ``records`` is stored. Records no route wants are not stored.
         """
         rows, kept, fanout, where = [], [], [], []
-        stage: Callable[[Record], Staged] | None = None
+        stage: Stager | None = None
         for index, item in enumerate(records):
             if not isinstance(item, Staged):
                 stage = stage or self.stager()

@@ -20,12 +20,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from traceexport.errors import RecordTooLargeError, SpoolFullError
 from traceexport.logs import log_event
-from traceexport.records import Record
+from traceexport.records import Record, RecordHead
 from traceexport.sources.http_body import JSON_TYPES, NDJSON_TYPES, parse_body
 
 log = logging.getLogger("traceexport.sources.http")
@@ -40,8 +40,19 @@ _DIGITS = re.compile(r"[0-9]{1,18}")
 # Stores the records (or what a stager made of each); returns the (index, reason) of any that can never fit
 # (None: all stored).
 AcceptFn = Callable[[list[Any]], "list[tuple[int, str]] | None"]
-# Called once per request: a function turning each record into what ``accept`` takes, as it is parsed.
-StagerFn = Callable[[], Callable[[Record], Any]]
+
+
+class Stage(Protocol):
+    """Turns each record of one request into what ``accept`` takes, as soon as it is parsed."""
+
+    full: bool  # whole records wanted; else record heads (validated the same) are enough
+
+    def __call__(self, record: Record | RecordHead, /) -> Any:
+        ...
+
+
+# Called once per request for its Stage.
+StagerFn = Callable[[], Stage]
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,8 +261,11 @@ class _Handler(BaseHTTPRequestHandler):
         query = parse_qs(url.query)
         type_name = query["type"][0] if query.get("type") else None
         app_id = query["app_id"][0] if query.get("app_id") else None
-        parsed = (parse_body(body, content_type, type_name, app_id, ingest.stager()) if ingest.stager
-                  else parse_body(body, content_type, type_name, app_id))
+        if ingest.stager is not None:
+            stage = ingest.stager()
+            parsed = parse_body(body, content_type, type_name, app_id, stage, heads=not stage.full)
+        else:
+            parsed = parse_body(body, content_type, type_name, app_id)
         del body
         if not parsed.records and not parsed.rejected_total:
             self._send(400, {"accepted": 0, "rejected": [{"index": 0, "reason": "no records in the body"}]})
