@@ -192,7 +192,7 @@ def normalize(record_type: str, data: dict[str, Any], app_id: str | None) -> dic
         ),
     }
     inputs = data.get("inputs")
-    if isinstance(inputs, list | str):  # the prompt as [{role, content}], once for every mapping
+    if isinstance(inputs, (list, str)):  # the prompt as [{role, content}], once for every mapping
         derived["messages"] = [{"role": role, "content": content if isinstance(content, str) else _text(content)}
                                for role, content in message_pairs(inputs, "user")]
     if record_type in _FILE_FIELDS:
