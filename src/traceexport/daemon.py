@@ -126,8 +126,8 @@ class Daemon:
             token = http.token.get_secret_value() if http.token else None
             settings = IngestSettings(host=host, port=port, token=token, shutdown_grace=http.shutdown_grace,
                                       max_body_bytes=int(http.max_body_bytes))
-            self.http = IngestServer(settings, self.pipeline.accept_fitting, ready=self.not_ready_reason,
-                                     metrics_text=self.metrics_text)
+            self.http = IngestServer(settings, self.pipeline.accept_fitting, stager=self.pipeline.stager,
+                                     ready=self.not_ready_reason, metrics_text=self.metrics_text)
         self.pipeline.start()
         self._running = True
         self.audit = self._audit(self.pipeline)

@@ -17,7 +17,7 @@ from tests.support.processes import REPO_ROOT, python_env
 
 from traceexport.config import Overrides, resolve_config
 from traceexport.errors import ConfigError, SpoolFullError, SpoolUnavailableError
-from traceexport.records import Record
+from traceexport.records import Record, RecordHead
 from traceexport.sources.http import INGEST_PATH, IngestServer, IngestSettings, parse_body
 from traceexport.sources.http_body import MAX_REJECTIONS_LISTED
 
@@ -110,6 +110,38 @@ def test_array_with_a_bad_record_accepts_the_good_ones(server: IngestServer, pip
     answer = response.json()
     assert answer["accepted"] == 2 and len(pipeline.records) == 2
     assert answer["rejected"][0]["index"] == 1 and "NoSuchTraceInfo" in answer["rejected"][0]["reason"]
+
+
+class Tagging:
+    """A stand-in stage: tags each record it is given, asking for whole records or only heads."""
+
+    def __init__(self, full: bool) -> None:
+        self.full = full
+
+    def __call__(self, record: Record | RecordHead) -> tuple[str, str]:
+        return type(record).__name__, record.key
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_a_stager_turns_each_record_into_what_accept_takes(pipeline: StandIn, full: bool) -> None:
+    """With a stager, accept receives what its stage made of each good record (whole records or heads, as
+    the stage asks), one stage per request; the answer counts them as before."""
+    stages: list[Tagging] = []
+
+    def stager() -> Tagging:
+        stages.append(Tagging(full))
+        return stages[-1]
+
+    server = IngestServer(IngestSettings(host="127.0.0.1", port=0), pipeline.accept, stager=stager)
+    server.start()
+    try:
+        lines = [json.dumps(sample("05-message-chat.json")), "{}", json.dumps(sample("07-tool-call.json"))]
+        response = post(server, "\n".join(lines).encode(), content_type="application/x-ndjson")
+    finally:
+        server.stop(1.0)
+    assert response.status_code == 400 and response.json()["accepted"] == 2 and len(stages) == 1
+    kinds = {kind for kind, _ in pipeline.records}  # type: ignore[misc]
+    assert kinds == {"Record" if full else "RecordHead"}
 
 
 def test_ndjson_rejections_name_the_line(server: IngestServer, pipeline: StandIn) -> None:

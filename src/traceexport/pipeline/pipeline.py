@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,47 @@ from traceexport.pipeline.routing import check_routes, mask_for
 from traceexport.pipeline.settings import PipelineSettings, Route
 from traceexport.pipeline.spool import Spool, SpoolRow
 from traceexport.pipeline.worker import SinkWorker
-from traceexport.records import Record
+from traceexport.records import Record, RecordHead
 from traceexport.records.compact import compact_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A record made ready for the spool: its row (None when no route wants it) and, when this process
+    delivers too, the record itself (delivery then takes it from memory instead of parsing it again)."""
+
+    row: SpoolRow | None
+    record: Record | None = None
+
+
+class Stager:
+    """Turns each record of a batch into its :class:`Staged` spool row as soon as it is parsed.
+
+    A source reading many records (an HTTP body) stages each before parsing the next, so the parsed
+    objects are freed at once instead of all staying in memory until :meth:`Pipeline.accept`. Whether rows
+    carry the compact form is decided once per batch. ``full`` says whether records must be parsed whole
+    (their compact form is stored, or this process delivers them from memory); when it is False a
+    :class:`~traceexport.records.RecordHead` is all that is needed: the delivery process parses the record.
+    """
+
+    __slots__ = ("bits", "compact", "full", "local", "routes")
+
+    def __init__(self, routes: Sequence[Route], bits: dict[str, int], *, compact: bool, local: bool) -> None:
+        self.routes, self.bits = routes, bits
+        self.compact, self.local = compact, local
+        self.full = compact or local
+
+    def __call__(self, record: Record | RecordHead) -> Staged:
+        mask = mask_for(record, self.routes, self.bits)
+        if not mask:
+            return Staged(None)
+        compact = None
+        if self.compact:
+            if not isinstance(record, Record):
+                raise TypeError("the compact form is wanted: stage whole records, not heads")
+            compact = compact_bytes(record)
+        row = SpoolRow(mask, record.key, record.type, record.app_id, record.trace_key, record.envelope_text(), compact)
+        return Staged(row, record if self.local and isinstance(record, Record) else None)
 
 
 class Pipeline:
@@ -56,23 +96,31 @@ class Pipeline:
         """Names of this pipeline's sinks, in route order."""
         return [r.sink.name for r in self.routes]
 
-    def accept(self, records: Sequence[Record]) -> None:
-        """Persist ``records`` for every sink they are routed to; returns once committed.
+    def stager(self) -> Stager:
+        """A :class:`Stager` for one batch of records (an HTTP body): see there."""
+        return Stager(self.routes, self.bits, compact=self._compact_wanted(), local=self.delivery is None)
+
+    def accept(self, records: Sequence[Record | Staged]) -> None:
+        """Persist ``records`` (or the rows :meth:`stager` made of them) for every sink they are routed to;
+        returns once committed.
 
         Raises SpoolFullError (retryable, ``.retry_after``) when the spool is at its size limit or its disk
         is full, RecordTooLargeError (``.indexes`` into ``records``) for records that can never fit; then
         nothing of ``records`` is stored. Records no route wants are not stored.
         """
         rows, kept, fanout, where = [], [], [], []
-        compact = self._compact_wanted()
-        for index, record in enumerate(records):
-            mask = mask_for(record, self.routes, self.bits)
-            if mask:
-                where.append(index)
-                kept.append(record)
-                fanout.append(mask.bit_count())
-                rows.append(SpoolRow(mask, record.key, record.type, record.app_id, record.trace_key,
-                                     record.envelope_text(), compact_bytes(record) if compact else None))
+        stage: Stager | None = None
+        for index, item in enumerate(records):
+            if not isinstance(item, Staged):
+                stage = stage or self.stager()
+                item = stage(item)
+            if item.row is None:
+                continue
+            where.append(index)
+            rows.append(item.row)
+            if item.record is not None:
+                kept.append(item.record)
+                fanout.append(item.row.mask.bit_count())
         try:
             self.spool.accept(rows)
         except RecordTooLargeError as exc:
@@ -82,7 +130,7 @@ class Pipeline:
         self.records.seed(kept, fanout)
         self.wake()
 
-    def accept_fitting(self, records: Sequence[Record]) -> list[tuple[int, str]]:
+    def accept_fitting(self, records: Sequence[Record | Staged]) -> list[tuple[int, str]]:
         """:meth:`accept`, leaving out records that can never fit in the spool: their ``(index, reason)``.
 
         The good records beside a too-large one are stored (a batch too large as a whole only because of

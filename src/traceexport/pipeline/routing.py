@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from traceexport.errors import ConfigError
 from traceexport.pipeline.settings import Route
-from traceexport.records import Record
+from traceexport.records import Record, RecordHead
 
 
 def sampled(trace_key: str, rate: float) -> bool:
@@ -20,7 +20,7 @@ def sampled(trace_key: str, rate: float) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < rate
 
 
-def route_matches(route: Route, record: Record) -> bool:
+def route_matches(route: Route, record: Record | RecordHead) -> bool:
     """Whether ``record`` passes ``route``'s type and app filters and its sampling."""
     if route.record_types is not None and record.type not in route.record_types:
         return False
@@ -43,7 +43,7 @@ def check_routes(routes: Sequence[Route]) -> None:
         raise ConfigError(problems, title="invalid routes")
 
 
-def mask_for(record: Record, routes: Sequence[Route], bits: dict[str, int]) -> int:
+def mask_for(record: Record | RecordHead, routes: Sequence[Route], bits: dict[str, int]) -> int:
     """The spool mask of ``record``: one bit for each route it matches."""
     mask = 0
     for route in routes:

@@ -2,6 +2,9 @@
 
 from traceexport.records.parse import (
     Record,
+    RecordHead,
+    head_from_obj,
+    head_from_trace_info,
     infer_type,
     iter_json_values,
     parse_records,
@@ -15,8 +18,11 @@ __all__ = [
     "COMMUNITY_TYPES",
     "RECORD_TYPES",
     "Record",
+    "RecordHead",
     "canonical_type",
     "dify_class_name",
+    "head_from_obj",
+    "head_from_trace_info",
     "infer_type",
     "iter_json_values",
     "parse_records",

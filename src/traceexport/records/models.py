@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, field_validator
 
 JsonLike = str | dict[str, Any] | list[Any] | None
+_JSON_LIKE = (str, dict, list)  # a tuple: a union would be built anew on every call of the validator
 
 
 class BaseTraceInfo(BaseModel):
@@ -33,7 +34,7 @@ class BaseTraceInfo(BaseModel):
     @classmethod
     def _ensure_json_like(cls, value: Any) -> JsonLike:
         # Dify's ensure_type: keep str/dict/list, None stays None, anything else becomes "".
-        if value is None or isinstance(value, str | dict | list):
+        if value is None or isinstance(value, _JSON_LIKE):
             return value
         return ""
 

@@ -104,42 +104,62 @@ class _Facts:
         self.fallback_seconds: float | None = None
 
 
+class Identity:
+    """What ``normalize`` works out first, and all ingest needs to store and route a record: its keys, its
+    app, its time (a record without one is refused), and the facts the rest of ``derived`` is built from."""
+
+    __slots__ = ("anchor", "app_id", "conversation_id", "end", "end_inferred", "facts", "md", "message_id", "meta",
+                 "record_key", "start", "trace_key")
+
+    def __init__(self, record_type: str, data: dict[str, Any], app_id: str | None) -> None:
+        self.meta: dict[str, Any] = data.get("metadata") or {}
+        meta = self.meta
+        message_data = _clean_message_data(data.get("message_data"))
+        data["message_data"] = message_data
+        md: dict[str, Any] = message_data or {}
+        self.md = md
+        if "error" in data:
+            data["error"] = none_if_blank(data["error"])
+
+        facts = self.facts = _Facts()
+        _TYPE_FACTS[record_type](data, meta, md, facts)
+
+        start = as_utc(data.get("start_time")) or as_utc(md.get("created_at"))
+        end = as_utc(data.get("end_time"))
+        if start is None:
+            start = end
+        if start is None:
+            raise RecordError(f"{record_type} record has no start_time or end_time")
+        self.end_inferred = end is None
+        if end is None:
+            end = _fallback_end(start, facts.fallback_seconds, md)
+        self.start, self.end = start, end
+
+        self.message_id = _first(data.get("message_id"), meta.get("message_id"), md.get("id"))
+        self.conversation_id = _first(data.get("conversation_id"), meta.get("conversation_id"),
+                                      md.get("conversation_id"))
+        self.anchor = as_utc(md.get("created_at")) or start
+        self.trace_key: str = (_first(data.get("trace_id"), facts.trace_key, self.message_id)
+                               or f"{record_type}:{facts.span_key}")
+        self.record_key = f"{record_type}:{facts.span_key}"
+        self.app_id: str | None = _first(app_id, meta.get("app_id"), md.get("app_id"), data.get("app_id"))
+
+
 def normalize(record_type: str, data: dict[str, Any], app_id: str | None) -> dict[str, Any]:
     """Clean ``data`` in place and attach ``derived``; raise RecordError if it has no usable time."""
-    meta: dict[str, Any] = data.get("metadata") or {}
-    message_data = _clean_message_data(data.get("message_data"))
-    data["message_data"] = message_data
-    md: dict[str, Any] = message_data or {}
-    if "error" in data:
-        data["error"] = none_if_blank(data["error"])
-
-    facts = _Facts()
-    _TYPE_FACTS[record_type](data, meta, md, facts)
-
-    start = as_utc(data.get("start_time")) or as_utc(md.get("created_at"))
-    end = as_utc(data.get("end_time"))
-    if start is None:
-        start = end
-    if start is None:
-        raise RecordError(f"{record_type} record has no start_time or end_time")
-    end_inferred = end is None
-    if end is None:
-        end = _fallback_end(start, facts.fallback_seconds, md)
-    times = timing(start, end)
+    ident = Identity(record_type, data, app_id)
+    meta, md, facts = ident.meta, ident.md, ident.facts
+    times = timing(ident.start, ident.end)
     data["start_time"], data["end_time"] = times["start"], times["end"]
-
-    message_id = _first(data.get("message_id"), meta.get("message_id"), md.get("id"))
-    conversation_id = _first(data.get("conversation_id"), meta.get("conversation_id"), md.get("conversation_id"))
-    anchor = as_utc(md.get("created_at")) or start
-    trace_key = _first(data.get("trace_id"), facts.trace_key, message_id) or f"{record_type}:{facts.span_key}"
+    conversation_id = ident.conversation_id
     derived = {
         "record_type": record_type,
-        "trace_key": trace_key,
+        "trace_key": ident.trace_key,
         "span_key": facts.span_key,
-        "record_key": f"{record_type}:{facts.span_key}",
-        "anchor_time": anchor,
+        "record_key": ident.record_key,
+        "anchor_time": ident.anchor,
         **times,
-        "end_time_inferred": end_inferred,
+        "end_time_inferred": ident.end_inferred,
         "failed": facts.failed or facts.error is not None,
         "error": facts.error,
         "status": "error" if (facts.failed or facts.error is not None) else "ok",
@@ -152,13 +172,13 @@ def normalize(record_type: str, data: dict[str, Any], app_id: str | None) -> dic
         "cost": facts.cost,
         "currency": facts.currency,
         "cost_usd": facts.cost if facts.currency in (None, "USD") else None,
-        "app_id": _first(app_id, meta.get("app_id"), md.get("app_id"), data.get("app_id")),
+        "app_id": ident.app_id,
         "app_name": meta.get("app_name"),
         "tenant_id": _first(data.get("tenant_id"), meta.get("tenant_id")),
         "workflow_id": _first(data.get("workflow_id"), meta.get("workflow_id")),
         "workflow_run_id": _first(data.get("workflow_run_id"), meta.get("workflow_run_id"), md.get("workflow_run_id")),
         "conversation_id": conversation_id,
-        "message_id": message_id,
+        "message_id": ident.message_id,
         "session_id": conversation_id,
         "user_id": _first(
             meta.get("from_end_user_id"),
@@ -172,7 +192,7 @@ def normalize(record_type: str, data: dict[str, Any], app_id: str | None) -> dic
         ),
     }
     inputs = data.get("inputs")
-    if isinstance(inputs, list | str):  # the prompt as [{role, content}], once for every mapping
+    if isinstance(inputs, (list, str)):  # the prompt as [{role, content}], once for every mapping
         derived["messages"] = [{"role": role, "content": content if isinstance(content, str) else _text(content)}
                                for role, content in message_pairs(inputs, "user")]
     if record_type in _FILE_FIELDS:

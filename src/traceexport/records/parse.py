@@ -1,41 +1,35 @@
 """Turn input into records: TaskData envelopes or bare TraceInfo dicts, as JSON, JSON arrays or JSON lines.
 
-Every failure is a :class:`RecordError` with a one-line reason; the good records beside it go on.
+Every failure is a :class:`RecordError` with a one-line reason; the good records beside it go on. A
+:class:`RecordHead` is a record validated the same way but without its mapping context, for a process that
+only stores and routes it (HTTP ingest while its delivery process parses records itself).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal, overload
 
 from pydantic import ValidationError
 
 from traceexport import _json
 from traceexport.errors import RecordError
-from traceexport.records.normalize import normalize
+from traceexport.records.normalize import Identity, normalize
 from traceexport.records.types import RECORD_TYPES, canonical_type, dify_class_name
 from traceexport.records.values import to_number
 
 
-class Record:
-    """One normalised Dify trace record.
+class _Stored:
+    """A record's type, app and stored form: the envelope dict and/or the text it arrived as."""
 
-    ``data`` is the mapping context: the TraceInfo fields (cleaned), plus ``derived``, ``app_id`` and
-    ``record_type``. ``envelope`` is the record as a TaskData dict; the spool keeps it as
-    :meth:`envelope_text`. ``raw`` is that text as received, when the record arrived as one JSON text
-    (then the envelope dict may be left out and is parsed from ``raw`` only if asked for).
-    """
+    __slots__ = ("_envelope", "app_id", "raw", "type")
 
-    __slots__ = ("_envelope", "app_id", "data", "raw", "type")
-
-    def __init__(self, type: str, app_id: str | None, data: dict[str, Any],
-                 envelope: dict[str, Any] | None = None, raw: str | None = None) -> None:
+    def __init__(self, type: str, app_id: str | None, envelope: dict[str, Any] | None, raw: str | None) -> None:
         if envelope is None and raw is None:
             raise ValueError("a Record needs its envelope or the envelope's JSON text")
         self.type = type
         self.app_id = app_id
-        self.data = data
         self._envelope = envelope
         self.raw = raw
 
@@ -51,6 +45,23 @@ class Record:
         """The envelope as JSON text: the text it arrived as (no re-encoding), else freshly encoded."""
         return self.raw if self.raw is not None else _json.dumps(self._envelope)
 
+
+class Record(_Stored):
+    """One normalised Dify trace record.
+
+    ``data`` is the mapping context: the TraceInfo fields (cleaned), plus ``derived``, ``app_id`` and
+    ``record_type``. ``envelope`` is the record as a TaskData dict; the spool keeps it as
+    :meth:`envelope_text`. ``raw`` is that text as received, when the record arrived as one JSON text
+    (then the envelope dict may be left out and is parsed from ``raw`` only if asked for).
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, type: str, app_id: str | None, data: dict[str, Any],
+                 envelope: dict[str, Any] | None = None, raw: str | None = None) -> None:
+        super().__init__(type, app_id, envelope, raw)
+        self.data = data
+
     @property
     def key(self) -> str:
         """Stable identity of this record: the same record re-sent has the same key."""
@@ -63,6 +74,23 @@ class Record:
 
     def __repr__(self) -> str:
         return f"Record(type={self.type!r}, app_id={self.app_id!r}, key={self.key!r})"
+
+
+class RecordHead(_Stored):
+    """A record validated exactly as a :class:`Record` is (the same records refused, for the same reasons),
+    with the same ``type``, ``app_id``, ``key``, ``trace_key`` and envelope, but no mapping context: about
+    half the work, for a process that only stores and routes records."""
+
+    __slots__ = ("key", "trace_key")
+
+    def __init__(self, type: str, app_id: str | None, key: str, trace_key: str,
+                 envelope: dict[str, Any] | None = None, raw: str | None = None) -> None:
+        super().__init__(type, app_id, envelope, raw)
+        self.key = key
+        self.trace_key = trace_key
+
+    def __repr__(self) -> str:
+        return f"RecordHead(type={self.type!r}, app_id={self.app_id!r}, key={self.key!r})"
 
 
 def _describe_validation(exc: ValidationError) -> str:
@@ -124,6 +152,27 @@ def _timed_on_receipt(record_type: str, trace_info: dict[str, Any]) -> dict[str,
 
 def record_from_trace_info(trace_info: Any, type_name: str | None = None, app_id: str | None = None) -> Record:
     """A Record from a bare TraceInfo dict (or Dify's pydantic object) and, optionally, its type name."""
+    return _from_trace_info(trace_info, type_name, app_id, head=False)
+
+
+def head_from_trace_info(trace_info: Any, type_name: str | None = None, app_id: str | None = None) -> RecordHead:
+    """:func:`record_from_trace_info` as a :class:`RecordHead`."""
+    return _from_trace_info(trace_info, type_name, app_id, head=True)
+
+
+@overload
+def _from_trace_info(trace_info: Any, type_name: str | None, app_id: str | None, *, head: Literal[False]) -> Record:
+    ...
+
+
+@overload
+def _from_trace_info(trace_info: Any, type_name: str | None, app_id: str | None,
+                     *, head: Literal[True]) -> RecordHead:
+    ...
+
+
+def _from_trace_info(trace_info: Any, type_name: str | None, app_id: str | None,
+                     *, head: bool) -> Record | RecordHead:
     if hasattr(trace_info, "model_dump") and not isinstance(trace_info, dict):
         type_name = type_name or type(trace_info).__name__
         trace_info = trace_info.model_dump()
@@ -149,6 +198,10 @@ def record_from_trace_info(trace_info: Any, type_name: str | None = None, app_id
     except ValidationError as exc:
         raise RecordError(f"{dify_class_name(record_type)}: {_describe_validation(exc)}") from exc
     data = dict(model.__dict__)
+    if head:  # the same checks and keys as normalize(), which starts with them
+        ident = Identity(record_type, data, app_id)
+        envelope = {"app_id": ident.app_id, "trace_info_type": dify_class_name(record_type), "trace_info": trace_info}
+        return RecordHead(record_type, ident.app_id, ident.record_key, str(ident.trace_key), envelope)
     normalize(record_type, data, app_id)
     envelope = {"app_id": data["app_id"], "trace_info_type": dify_class_name(record_type), "trace_info": trace_info}
     return Record(type=record_type, app_id=data["app_id"], data=data, envelope=envelope)
@@ -160,6 +213,25 @@ def record_from_obj(obj: Any, type_name: str | None = None, *, raw: str | None =
     ``raw`` is the JSON text ``obj`` was parsed from, if the caller has it: an envelope keeps it as its
     stored form instead of being encoded again.
     """
+    return _from_obj(obj, type_name, raw, head=False)
+
+
+def head_from_obj(obj: Any, type_name: str | None = None, *, raw: str | None = None) -> RecordHead:
+    """:func:`record_from_obj` as a :class:`RecordHead`."""
+    return _from_obj(obj, type_name, raw, head=True)
+
+
+@overload
+def _from_obj(obj: Any, type_name: str | None, raw: str | None, *, head: Literal[False]) -> Record:
+    ...
+
+
+@overload
+def _from_obj(obj: Any, type_name: str | None, raw: str | None, *, head: Literal[True]) -> RecordHead:
+    ...
+
+
+def _from_obj(obj: Any, type_name: str | None, raw: str | None, *, head: bool) -> Record | RecordHead:
     if not isinstance(obj, dict):
         raise RecordError(f"expected a JSON object, got {type(obj).__name__}")
     if "trace_info" in obj and ("trace_info_type" in obj or "app_id" in obj):
@@ -174,11 +246,13 @@ def record_from_obj(obj: Any, type_name: str | None = None, *, raw: str | None =
         if canonical_type(declared) is None:
             raise RecordError(f"unknown record type {declared!r}")
         app_id = obj.get("app_id") if isinstance(obj.get("app_id"), str) else None
-        record = record_from_trace_info(trace_info, declared, app_id)
+        record = (_from_trace_info(trace_info, declared, app_id, head=True) if head
+                  else _from_trace_info(trace_info, declared, app_id, head=False))
         if record.envelope["trace_info"] is trace_info:  # else it was completed and must be stored anew
             record.raw = raw
         return record
-    return record_from_trace_info(obj, type_name)
+    return (_from_trace_info(obj, type_name, None, head=True) if head
+            else _from_trace_info(obj, type_name, None, head=False))
 
 
 def iter_json_values(text: str | bytes) -> Iterator[tuple[str, Any]]:

@@ -22,11 +22,14 @@ def as_utc(value: Any) -> datetime | None:
     return value.astimezone(UTC)
 
 
+_NUMBERS = (int, float)  # a tuple: ``int | float`` would build a new union object on every call
+
+
 def to_number(value: Any) -> float | None:
     """A float from a number or a Decimal string such as ``"0.0001194"``; None when not numeric."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
+    if isinstance(value, _NUMBERS):
         return float(value)
     try:
         return float(str(value))

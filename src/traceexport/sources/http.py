@@ -20,12 +20,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from traceexport.errors import RecordTooLargeError, SpoolFullError
 from traceexport.logs import log_event
-from traceexport.records import Record
+from traceexport.records import Record, RecordHead
 from traceexport.sources.http_body import JSON_TYPES, NDJSON_TYPES, parse_body
 
 log = logging.getLogger("traceexport.sources.http")
@@ -37,8 +37,22 @@ PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _DIGITS = re.compile(r"[0-9]{1,18}")
 
-# Stores the records; returns the (index, reason) of any that can never fit (None: all stored).
-AcceptFn = Callable[[list[Record]], "list[tuple[int, str]] | None"]
+# Stores the records (or what a stager made of each); returns the (index, reason) of any that can never fit
+# (None: all stored).
+AcceptFn = Callable[[list[Any]], "list[tuple[int, str]] | None"]
+
+
+class Stage(Protocol):
+    """Turns each record of one request into what ``accept`` takes, as soon as it is parsed."""
+
+    full: bool  # whole records wanted; else record heads (validated the same) are enough
+
+    def __call__(self, record: Record | RecordHead, /) -> Any:
+        ...
+
+
+# Called once per request for its Stage.
+StagerFn = Callable[[], Stage]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +69,12 @@ class IngestSettings:
 class IngestServer:
     """The HTTP source: start it, point Dify's hook at it, stop it with a bounded grace period."""
 
-    def __init__(self, settings: IngestSettings, accept: AcceptFn, *,
+    def __init__(self, settings: IngestSettings, accept: AcceptFn, *, stager: StagerFn | None = None,
                  ready: Callable[[], str | None] = lambda: None,
                  metrics_text: Callable[[], str] = lambda: "") -> None:
         self.settings = settings
         self.accept = accept
+        self.stager = stager
         self.ready = ready
         self.metrics_text = metrics_text
         self.draining = False
@@ -246,7 +261,11 @@ class _Handler(BaseHTTPRequestHandler):
         query = parse_qs(url.query)
         type_name = query["type"][0] if query.get("type") else None
         app_id = query["app_id"][0] if query.get("app_id") else None
-        parsed = parse_body(body, content_type, type_name, app_id)
+        if ingest.stager is not None:
+            stage = ingest.stager()
+            parsed = parse_body(body, content_type, type_name, app_id, stage, heads=not stage.full)
+        else:
+            parsed = parse_body(body, content_type, type_name, app_id)
         del body
         if not parsed.records and not parsed.rejected_total:
             self._send(400, {"accepted": 0, "rejected": [{"index": 0, "reason": "no records in the body"}]})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,42 @@ def test_compact_forms_are_stored_only_while_delivery_lags_within_bounds(tmp_pat
     # lag before each accept: 0, 2, 4, 6, 8 records
     assert stored == [False, False, True, True, True, True, False, False, False, False]
     pipe.close()
+
+
+def test_staged_rows_are_stored_as_the_records_would_be(tmp_path: Path) -> None:
+    """Records staged one by one (as HTTP ingest does while parsing) are stored like records accepted whole:
+    with their compact form while it is wanted (whole records needed), from heads when it is not, and
+    delivered from memory when this process delivers."""
+    import functools
+
+    from test_delivery_process import file_routes
+
+    from traceexport.records import head_from_obj
+
+    factory = functools.partial(file_routes, str(tmp_path / "out"))
+    for name, min_lag in (("compact", 0), ("heads", 10**9)):
+        settings = PipelineSettings(fsync=False, delivery_process=True, compact_min_lag=min_lag,
+                                    compact_max_lag=10**12)
+        pipe = Pipeline(tmp_path / name, factory(), settings, route_factory=factory)  # never started
+        stage = pipe.stager()
+        assert stage.full == (name == "compact")
+        records = make_records(3)
+        staged = [stage(r if stage.full else head_from_obj(r.envelope)) for r in records]
+        assert all(item.record is None for item in staged)  # the delivery process parses (or reads compact)
+        pipe.accept(staged)
+        pipe.accept(make_records(3, start=3))
+        rows = pipe.spool.conn().execute("SELECT key, envelope, compact IS NOT NULL FROM records ORDER BY seq")
+        expected = [(r.key, r.envelope_text(), name == "compact") for r in make_records(6)]
+        assert [(key, json.loads(text), has) for key, text, has in rows] == [
+            (key, json.loads(text), has) for key, text, has in expected]
+        pipe.close()
+    sink = ScriptedSink("a")
+    local = _pipe(tmp_path / "local", sink)
+    assert local.stager().full
+    local.accept([local.stager()(record) for record in make_records(2)])
+    local.workers[0].step()
+    assert sink.delivered == [r.key for r in make_records(2)]
+    local.close()
 
 
 def test_a_sink_removed_from_the_config_keeps_only_what_it_was_owed(tmp_path: Path) -> None:
