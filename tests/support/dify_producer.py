@@ -103,7 +103,15 @@ class DifyProducer:
         """
         import redis
 
-        keys = [self.store(data) for data in envelopes]
+        keys, folders = [], set()
+        for data in envelopes:  # store(), with each app's folder made once
+            key = f"ops_trace/{json.loads(data)['app_id']}/{uuid.uuid4().hex}.json"
+            path = self.storage_root / key
+            if path.parent not in folders:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                folders.add(path.parent)
+            path.write_bytes(data)
+            keys.append(key)
         if not keys:
             return []
         client = redis.Redis.from_url(self.broker_url)
