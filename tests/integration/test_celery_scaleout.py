@@ -18,6 +18,7 @@ with ``SIGKILL`` together with its delivery process, as a crashed container dies
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import json
 import os
@@ -150,10 +151,8 @@ def descendants(pid: int) -> list[int]:
 
 def signal_all(pids: list[int], signum: int) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # already gone
             os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
 
 
 def spool_query(spool: Path, sql: str) -> list[Any]:

@@ -195,8 +195,8 @@ def _message_of(entry: bytes | None) -> bytes | None:
     """The message text of an ``unacked`` entry ``[payload, exchange, routing_key]``."""
     if entry is None:
         return None
-    try:
-        payload = json.loads(entry)[0]
+    try:  # surrogateescape: a queue entry that was not UTF-8 was kept byte for byte (cjson does not check)
+        payload = json.loads(entry.decode("utf-8", "surrogateescape"))[0]
     except (ValueError, IndexError, KeyError, TypeError):
         return entry  # not kombu's layout: put it back as it is
     if isinstance(payload, str):  # a message that was not JSON, kept as text
