@@ -172,6 +172,81 @@ def test_processor_requeues_without_ack_when_the_spool_is_full(tmp_path: Path) -
     assert storage.load(ref.storage_key) is not None
 
 
+def _refs(storage: LocalStorage, names: Sequence[str], data: bytes) -> list[Any]:
+    refs = [parse_task({"task": DIFY_TASK_NAME, "id": n}, [[{"file_id": n, "app_id": "a1"}], {}, {}]) for n in names]
+    for ref in refs:
+        storage.save(ref.storage_key, data)
+    return refs
+
+
+def test_a_batch_is_accepted_in_one_call_then_acknowledged_in_one_call(tmp_path: Path) -> None:
+    """Many messages make one accept() and one ack(); missing and broken files are acknowledged in the same call."""
+    storage = LocalStorage(tmp_path)
+    good = _refs(storage, ["f1", "f2", "f3"], _samples()["12-generate-name.json"])
+    broken = _refs(storage, ["bad"], b"{not json")
+    missing = parse_task({"task": DIFY_TASK_NAME, "id": "m"}, [[{"file_id": "gone", "app_id": "a1"}], {}, {}])
+    recorder, acks, requeues = Recorder(), [], []
+    processor = TraceFileProcessor(storage, recorder, failed_prefix="failed/", retry_delay=0,
+                                   stopping=threading.Event(), stats=Stats())
+    items = [(ref, ref.file_id) for ref in [*good, missing, *broken]]
+    outcomes = processor.process_batch(items, acks.append, requeues.append)
+    assert outcomes == ["accepted"] * 3 + ["missing", "invalid"]
+    assert recorder.calls == 1 and len(recorder.records) == 3
+    assert acks == [["f1", "f2", "f3", "gone", "bad"]] and requeues == []
+    assert not list((tmp_path / "ops_trace").rglob("*.json")) and (tmp_path / "failed" / broken[0].storage_key).exists()
+
+
+def test_a_full_spool_puts_the_whole_batch_back_after_one_wait(tmp_path: Path) -> None:
+    """SpoolFullError leaves every message of the batch unacknowledged: one requeue call, files kept."""
+    storage = LocalStorage(tmp_path)
+    refs = _refs(storage, ["f1", "f2"], _samples()["12-generate-name.json"])
+    acks, requeues = [], []
+    processor = TraceFileProcessor(storage, Recorder(refuse=1, retry_after=0), failed_prefix="failed/",
+                                   retry_delay=0, stopping=threading.Event(), stats=Stats())
+    outcomes = processor.process_batch([(r, r.file_id) for r in refs], acks.append, requeues.append)
+    assert (outcomes, acks, requeues) == (["retry", "retry"], [], [["f1", "f2"]])
+    assert all(storage.load(r.storage_key) is not None for r in refs)
+
+
+def test_a_record_the_spool_can_never_hold_is_kept_aside_and_the_others_are_accepted(tmp_path: Path) -> None:
+    """RecordTooLargeError naming one record sets that one aside (acknowledged, kept) and accepts the rest."""
+    from traceexport.errors import RecordTooLargeError
+
+    storage = LocalStorage(tmp_path)
+    refs = _refs(storage, ["f1", "big", "f3"], _samples()["12-generate-name.json"])
+    calls: list[int] = []
+
+    def accept(records: Sequence[Record]) -> None:
+        calls.append(len(records))
+        if len(records) == 3:
+            raise RecordTooLargeError("too large", indexes=[1])
+
+    acks: list[list[str]] = []
+    processor = TraceFileProcessor(storage, accept, failed_prefix="failed/", retry_delay=0,
+                                   stopping=threading.Event(), stats=Stats())
+    outcomes = processor.process_batch([(r, r.file_id) for r in refs], acks.append, lambda _: None)
+    assert outcomes == ["accepted", "invalid", "accepted"] and calls == [3, 2]
+    assert acks == [["f1", "big", "f3"]] and (tmp_path / "failed" / refs[1].storage_key).exists()
+
+
+def test_plain_json_messages_are_read_without_kombu_and_anything_else_is_left_to_it() -> None:
+    """Celery's default message (base64 JSON body) is read directly; compressed or non-JSON bodies are not."""
+    import base64
+
+    from traceexport.sources.celery.message import plain_json_message
+
+    body = [[{"file_id": "f", "app_id": "a"}], {}, {"callbacks": None}]
+    message = {"body": base64.b64encode(json.dumps(body).encode()).decode(), "content-encoding": "utf-8",
+               "content-type": "application/json", "headers": {"task": DIFY_TASK_NAME, "id": "t"},
+               "properties": {"body_encoding": "base64", "delivery_tag": "x"}}
+    assert plain_json_message(json.dumps(message).encode()) == (message["headers"], body)
+    for change in ({"content-type": "application/x-python-serialize"},
+                   {"headers": {"task": DIFY_TASK_NAME, "compression": "application/x-gzip"}},
+                   {"body": "%%%"}):
+        assert plain_json_message(json.dumps(message | change).encode()) is None
+    assert plain_json_message(b"not json") is None and plain_json_message(b"[1]") is None
+
+
 def test_settings_report_every_problem_with_its_key_path() -> None:
     """Bad ``sources.celery`` values become one ConfigError naming each key."""
     with pytest.raises(ConfigError) as info:

@@ -21,8 +21,10 @@ imported from traceexport, so the tests compare the source with Dify's rule, not
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,8 @@ class DifyProducer:
 
     def __init__(self, broker_url: str, storage_root: Path, redis_key_prefix: str = "") -> None:
         self.storage_root = storage_root
+        self.broker_url = broker_url
+        self.keyprefix = f"{redis_key_prefix.strip()}:" if redis_key_prefix.strip() else ""
         self.app = dify_celery_app(broker_url, redis_key_prefix)
         self.task = self.app.tasks[TASK_NAME]
 
@@ -90,9 +94,61 @@ class DifyProducer:
         self.enqueue(app_id, name.removesuffix(".json"))
         return key
 
+    def send_many(self, envelopes: Iterable[bytes], chunk: int = 1000) -> list[tuple[str, str]]:
+        """Store every file, then enqueue one task per file: a backlog as Dify leaves it, built fast.
+
+        The first message is sent by Celery's own ``delay()``; the others are that message with a fresh task
+        id, argument and delivery tag (what ``delay()`` changes from one call to the next), pushed in
+        pipelined chunks. Returns ``(storage key, delivery tag)`` per envelope, in queue order.
+        """
+        import redis
+
+        keys, folders = [], set()
+        for data in envelopes:  # store(), with each app's folder made once
+            key = f"ops_trace/{json.loads(data)['app_id']}/{uuid.uuid4().hex}.json"
+            path = self.storage_root / key
+            if path.parent not in folders:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                folders.add(path.parent)
+            path.write_bytes(data)
+            keys.append(key)
+        if not keys:
+            return []
+        client = redis.Redis.from_url(self.broker_url)
+        queue = self.keyprefix + QUEUE
+        try:
+            _, app_id, name = keys[0].split("/")
+            self.enqueue(app_id, name.removesuffix(".json"))
+            template = json.loads(client.lindex(queue, 0))
+            sent = [(keys[0], str(template["properties"]["delivery_tag"]))]
+            pipe = client.pipeline(transaction=False)
+            for key in keys[1:]:
+                message, tag = _clone(template, key)
+                pipe.lpush(queue, message)
+                sent.append((key, tag))
+                if len(pipe) >= chunk:
+                    pipe.execute()
+            pipe.execute()
+        finally:
+            client.close()
+        return sent
+
     def close(self) -> None:
         """Release the broker connection pool."""
         self.app.close()
+
+
+def _clone(template: dict[str, Any], key: str) -> tuple[str, str]:
+    """``template`` (a message ``delay()`` sent) calling the task for stored file ``key``; with its delivery tag."""
+    _, app_id, name = key.split("/")
+    _, kwargs, embed = json.loads(base64.b64decode(template["body"]))
+    file_info = {"file_id": name.removesuffix(".json"), "app_id": app_id}
+    task_id, tag = str(uuid.uuid4()), str(uuid.uuid4())
+    headers = dict(template["headers"], id=task_id, root_id=task_id, argsrepr=repr((file_info,)))
+    body = json.dumps([[file_info], kwargs, embed]).encode("utf-8")  # kombu's JSON: default separators
+    properties = dict(template["properties"], correlation_id=task_id, delivery_tag=tag)
+    message = dict(template, body=base64.b64encode(body).decode("ascii"), headers=headers, properties=properties)
+    return json.dumps(message), tag
 
 
 def _dify_json(envelope: dict[str, Any]) -> bytes:

@@ -1,4 +1,4 @@
-"""Route one broker message: Dify's trace task goes to the processor, anything else is set aside.
+"""Route a batch of broker messages: Dify's trace tasks go to the processor, anything else is set aside.
 
 A message on the ``ops_trace`` queue that is not ``process_trace_tasks`` (another Dify version's task,
 or a body this source cannot decode) is not ours to judge: it is moved, unchanged (same body, headers
@@ -10,12 +10,16 @@ malformed cannot be run by anyone; it is dropped with a warning.
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
-from traceexport.sources.celery.message import BadMessage, parse_task, task_name_of
+from traceexport.sources.celery.broker import BrokerSession
+from traceexport.sources.celery.message import BadMessage, TaskRef, parse_task, plain_json_message, task_name_of
 from traceexport.sources.celery.processor import Stats, TraceFileProcessor
 from traceexport.sources.celery.settings import CelerySourceSettings
+from traceexport.sources.celery.unacked import Taken
 
 log = logging.getLogger("traceexport.sources.celery")
 
@@ -23,45 +27,68 @@ _KEPT_PROPERTIES = ("correlation_id", "reply_to", "priority", "delivery_mode")
 
 
 class MessageDispatcher:
-    """Decodes a kombu message and sends it to the processor or to the other-tasks queue."""
+    """Decodes taken messages and sends them to the processor or to the other-tasks queue."""
 
     def __init__(self, settings: CelerySourceSettings, processor: TraceFileProcessor, stats: Stats, kombu: Any) -> None:
         self.settings = settings
         self.processor = processor
         self.stats = stats
         self.kombu = kombu
+        self.accept_content = kombu.serialization.prepare_accept_content(["json"])
 
-    def handle(self, message: Any) -> None:
-        """One broker message; raises only the broker's own errors (kombu reconnects on those)."""
+    def handle(self, taken: Sequence[Taken], broker: BrokerSession) -> None:
+        """One batch; raises only the broker's own errors (the consumer reconnects on those)."""
+        tasks: list[tuple[TaskRef, Taken]] = []
+        for item in taken:
+            ref = self._task_of(item, broker)
+            if ref is not None:
+                tasks.append((ref, item))
+        if tasks:
+            self.processor.process_batch(tasks, broker.queue.ack, broker.queue.requeue)
+
+    def _task_of(self, item: Taken, broker: BrokerSession) -> TaskRef | None:
+        """The TaskRef of a Dify trace task; anything else is set aside or dropped (and acknowledged) here."""
+        plain = plain_json_message(item.raw)
+        if plain is not None and task_name_of(*plain) == self.settings.task_name:
+            try:
+                return parse_task(*plain)
+            except BadMessage:
+                pass  # kombu's decoding below says why, and the message is dropped there
+        try:
+            message = broker.channel.Message(json.loads(item.raw), channel=broker.channel,
+                                             accept=self.accept_content)
+        except Exception as exc:
+            self.stats.add("bad_message")
+            self._set_aside_raw(item, broker, f"is not a kombu message ({type(exc).__name__})")
+            return None
         try:
             body = message.decode()
         except Exception as exc:
             self.stats.add("bad_message")
-            self._set_aside(message, f"cannot be decoded ({type(exc).__name__}, {message.content_type})")
-            return
+            self._set_aside(item, message, broker, f"cannot be decoded ({type(exc).__name__}, {message.content_type})")
+            return None
         name = task_name_of(message.headers, body)
         if name != self.settings.task_name:
             self.stats.add("unknown_task")
-            self._set_aside(message, f"is task {name!r}, not {self.settings.task_name!r}")
-            return
+            self._set_aside(item, message, broker, f"is task {name!r}, not {self.settings.task_name!r}")
+            return None
         try:
-            ref = parse_task(message.headers, body)
+            return parse_task(message.headers, body)
         except BadMessage as exc:
             self.stats.add("bad_message")
             log.warning("message %s: %s; acknowledged and dropped", message_id(message), exc.reason)
-            message.ack()
-            return
-        self.processor.process(ref, message.ack, message.requeue)
+            broker.queue.ack([item])
+            return None
 
-    def _set_aside(self, message: Any, why: str) -> None:
+    def _set_aside(self, item: Taken, message: Any, broker: BrokerSession, why: str) -> None:
         target = self.settings.other_tasks_queue
         where = f"message {message_id(message)} on queue {self.settings.queue!r} {why}"
         if target is None:
             log.warning("%s; acknowledged and dropped (other_tasks_queue is null)", where)
-            message.ack()
+            broker.queue.ack([item])
             return
         properties = {k: message.properties[k] for k in _KEPT_PROPERTIES if message.properties.get(k) is not None}
-        producer = self.kombu.Producer(message.channel)
+        producer = self.kombu.Producer(broker.channel)
         producer.publish(
             message.body,
             exchange="",
@@ -73,8 +100,19 @@ class MessageDispatcher:
             declare=[self.kombu.Queue(target, self.kombu.Exchange(target, type="direct"), routing_key=target)],
             **properties,
         )
-        message.ack()
+        broker.queue.ack([item])
         log.warning("%s; moved unchanged to queue %r (run a Dify worker with -Q %s)", where, target, target)
+
+    def _set_aside_raw(self, item: Taken, broker: BrokerSession, why: str) -> None:
+        """A queue entry that is not even a kombu message: moved as it is (or dropped), then acknowledged."""
+        target = self.settings.other_tasks_queue
+        where = f"an entry of {len(item.raw)} bytes on queue {self.settings.queue!r} {why}"
+        if target is None:
+            log.warning("%s; acknowledged and dropped (other_tasks_queue is null)", where)
+        else:
+            broker.push_raw(target, item.raw)
+            log.warning("%s; moved unchanged to queue %r", where, target)
+        broker.queue.ack([item])
 
 
 def message_id(message: Any) -> str:

@@ -3,16 +3,20 @@
 Dify calls ``process_trace_tasks.delay({"file_id": ..., "app_id": ...})``. With Celery's default
 message protocol 2 the task name and id travel in the headers and the JSON body is
 ``[args, kwargs, embed]``; protocol 1 (very old Celery) put everything in a body dict. Both are read.
-Pure functions, no I/O.
+:func:`plain_json_message` reads the message as kombu's Redis transport stores it, for the usual case (a JSON
+body, base64 or not, uncompressed); anything else is left to kombu. Pure functions, no I/O.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from traceexport import _json
 from traceexport.sources.celery.settings import DIFY_FILE_PREFIX
 
 _ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
@@ -43,6 +47,37 @@ class TaskRef:
     def describe(self) -> str:
         """``task <id> (ops_trace/<app>/<file>.json)`` for log lines."""
         return f"task {self.task_id} ({self.storage_key})"
+
+
+def plain_json_message(raw: bytes) -> tuple[dict[str, Any], Any] | None:
+    """Headers and decoded body of a message as kombu's Redis transport stores it, when its body is plain JSON.
+
+    That is what Celery sends by default (``application/json``, UTF-8, base64 body encoding, no compression).
+    None for anything else (another serializer or encoding, compression, not a kombu message): kombu decodes
+    those. The body is read as JSON without kombu's custom types, which a task's plain ids never use.
+    """
+    try:
+        payload = _json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(payload, dict):
+        return None
+    headers, properties, body = payload.get("headers") or {}, payload.get("properties"), payload.get("body")
+    if not isinstance(headers, dict) or not isinstance(properties, dict) or not isinstance(body, str):
+        return None
+    if headers.get("compression") or payload.get("content-type") != "application/json":
+        return None
+    if str(payload.get("content-encoding") or "utf-8").lower() not in ("utf-8", "utf8"):
+        return None
+    encoding = properties.get("body_encoding")
+    try:
+        if encoding == "base64":
+            return headers, _json.loads(base64.b64decode(body, validate=True))
+        if encoding is None:
+            return headers, _json.loads(body)
+    except (ValueError, binascii.Error):
+        return None
+    return None
 
 
 def task_name_of(headers: Mapping[str, Any] | None, body: Any) -> str | None:
@@ -83,4 +118,4 @@ def _file_info(args: Any, kwargs: Any) -> dict[str, Any] | None:
     return None
 
 
-__all__ = ["BadMessage", "TaskRef", "parse_task", "task_name_of"]
+__all__ = ["BadMessage", "TaskRef", "parse_task", "plain_json_message", "task_name_of"]

@@ -1,13 +1,13 @@
-"""Handle one ``process_trace_tasks`` call: load the file, hand the record to the pipeline, ack, delete.
+"""Handle ``process_trace_tasks`` calls in batches: load the files, hand the records to the pipeline, ack, delete.
 
-The order is what makes it lossless: ``accept()`` (durable on return) → acknowledge the message →
-delete the file. A crash before the acknowledgement leaves the message unacknowledged, so the broker
-hands it out again after the visibility timeout and the file is still there; a crash after it leaves
-at worst a file behind (never a lost record). Outcomes:
+The order is what makes it lossless: ``accept()`` (durable on return; one spool transaction for the whole
+batch) → acknowledge the messages → delete the files. A crash before the acknowledgement leaves the messages
+unacknowledged, so the broker hands them out again after the visibility timeout and the files are still
+there; a crash after it leaves at worst files behind (never a lost record). Outcomes, per message:
 
 * the file is missing → another consumer already handled it: acknowledge and count;
-* the file is not a valid record (e.g. Dify's ``trace_info: null``) → copy it to
-  ``failed_prefix + key`` (kept for a human), acknowledge, delete, log one line with the reason;
+* the file is not a valid record (e.g. Dify's ``trace_info: null``), or one the spool could never hold → copy
+  it to ``failed_prefix + key`` (kept for a human), acknowledge, delete, log one line with the reason;
 * the spool is full, or storage / the pipeline fail → wait, then put the message back on the queue
   (never acknowledged), so it is retried later by this or another consumer.
 """
@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from traceexport import _json
-from traceexport.errors import RecordError, SpoolFullError
+from traceexport.errors import RecordError, RecordTooLargeError, SpoolFullError
 from traceexport.records import Record, record_from_obj
 from traceexport.sinks.http import redact
 from traceexport.sources.celery.message import TaskRef
@@ -29,6 +30,7 @@ from traceexport.sources.storage import Storage, StorageError
 log = logging.getLogger("traceexport.sources.celery")
 
 Accept = Callable[[Sequence[Record]], None]
+H = TypeVar("H")  # whatever identifies a message to the caller's ack and requeue
 
 ACCEPTED, MISSING, INVALID, RETRY = "accepted", "missing", "invalid", "retry"
 
@@ -36,7 +38,7 @@ ACCEPTED, MISSING, INVALID, RETRY = "accepted", "missing", "invalid", "retry"
 class Stats:
     """Thread-safe counters of what the source did (for metrics and tests)."""
 
-    NAMES = ("accepted", "missing", "invalid", "retry", "bad_message", "unknown_task", "delete_failed")
+    NAMES = ("taken", "accepted", "missing", "invalid", "retry", "bad_message", "unknown_task", "delete_failed")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -99,52 +101,102 @@ class TraceFileProcessor:
 
     def process(self, ref: TaskRef, ack: Callable[[], None], requeue: Callable[[], None]) -> str:
         """Handle ``ref``; calls exactly one of ``ack`` / ``requeue``; returns the outcome name."""
+        return self.process_batch([(ref, None)], lambda _: ack(), lambda _: requeue())[0]
+
+    def process_batch(
+        self,
+        items: Sequence[tuple[TaskRef, H]],
+        ack: Callable[[Sequence[H]], None],
+        requeue: Callable[[Sequence[H]], None],
+    ) -> list[str]:
+        """Handle every ``(ref, handle)``: the records go to ``accept`` in one call, then ``ack`` gets the handles
+        of every message done with (at most one call), then the files are deleted, then, after a wait, ``requeue``
+        gets those to try again (at most one call). Returns each item's outcome name."""
+        batch: _Batch[H] = _Batch(items)
+        loaded: list[tuple[int, Record, bytes]] = []
+        for index, (ref, _) in enumerate(items):
+            try:
+                raw = self.storage.load(ref.storage_key)
+            except StorageError as exc:
+                self._storage.fail(str(exc))
+                batch.retry(index, self.retry_delay)
+                continue
+            self._storage.ok()
+            if raw is None:
+                batch.settle(index, MISSING)
+                log.info("%s: file not found (handled by another consumer?); acknowledged", ref.describe())
+                continue
+            try:
+                loaded.append((index, parse_file(raw), raw))
+            except RecordError as exc:
+                self._invalid(batch, index, raw, exc.reason)
+        self._accept(batch, loaded)
+        done = batch.handles(ACCEPTED, MISSING, INVALID)
+        if done:
+            ack(done)
+        for name in (ACCEPTED, MISSING, INVALID):
+            if batch.count(name):
+                self.stats.add(name, batch.count(name))
+        for index in batch.indexes(ACCEPTED, INVALID):
+            self._delete(items[index][0])
+        again = batch.handles(RETRY)
+        if again:
+            self.stopping.wait(max(batch.delay, 0.0))  # cut short by stop()
+            requeue(again)
+            self.stats.add(RETRY, len(again))
+        return batch.outcomes
+
+    def _accept(self, batch: _Batch[Any], loaded: Sequence[tuple[int, Record, bytes]]) -> None:
+        """``accept`` the loaded records in one call; what it cannot take is sorted out one record at a time."""
+        if not loaded:
+            return
         try:
-            raw = self.storage.load(ref.storage_key)
-        except StorageError as exc:
-            self._storage.fail(str(exc))
-            return self._retry_later(requeue, self.retry_delay)
-        self._storage.ok()
-        if raw is None:
-            ack()
-            self.stats.add(MISSING)
-            log.info("%s: file not found (handled by another consumer?); acknowledged", ref.describe())
-            return MISSING
-        try:
-            record = parse_file(raw)
-        except RecordError as exc:
-            return self._invalid(ref, raw, exc.reason, ack, requeue)
-        try:
-            self.accept([record])
+            self.accept([record for _, record, _ in loaded])
         except SpoolFullError as exc:
             self._spool.fail(str(exc))
-            return self._retry_later(requeue, exc.retry_after)
+            for index, _, _ in loaded:
+                batch.retry(index, exc.retry_after)
+            return
+        except RecordTooLargeError as exc:
+            hopeless = {loaded[i][0] for i in exc.indexes}
+            if not hopeless and len(loaded) > 1:  # only the batch as a whole is too large
+                for item in loaded:
+                    self._accept(batch, [item])
+                return
+            hopeless = hopeless or {loaded[0][0]}
+            for index, _, raw in loaded:
+                if index in hopeless:
+                    self._invalid(batch, index, raw, exc.reason)
+            self._accept(batch, [item for item in loaded if item[0] not in hopeless])
+            return
         except RecordError as exc:
-            return self._invalid(ref, raw, exc.reason, ack, requeue)
+            if len(loaded) > 1:  # which record? each on its own says
+                for item in loaded:
+                    self._accept(batch, [item])
+                return
+            self._invalid(batch, loaded[0][0], loaded[0][2], exc.reason)
+            return
         except Exception as exc:  # the pipeline's own failure must not kill the consumer
             self._pipeline.fail(redact(f"{type(exc).__name__}: {exc}"), logging.ERROR)
-            return self._retry_later(requeue, self.retry_delay)
+            for index, _, _ in loaded:
+                batch.retry(index, self.retry_delay)
+            return
         self._spool.ok()
         self._pipeline.ok()
-        ack()
-        self.stats.add(ACCEPTED)
-        self._delete(ref)
-        return ACCEPTED
+        for index, _, _ in loaded:
+            batch.settle(index, ACCEPTED)
 
-    def _invalid(
-        self, ref: TaskRef, raw: bytes, reason: str, ack: Callable[[], None], requeue: Callable[[], None]
-    ) -> str:
+    def _invalid(self, batch: _Batch[Any], index: int, raw: bytes, reason: str) -> None:
+        ref = batch.items[index][0]
         kept = self.failed_prefix + ref.storage_key
         try:
             self.storage.save(kept, raw)
         except StorageError as exc:
             self._storage.fail(str(exc))
-            return self._retry_later(requeue, self.retry_delay)
-        ack()
-        self.stats.add(INVALID)
+            batch.retry(index, self.retry_delay)
+            return
+        batch.settle(index, INVALID)
         log.warning("%s: not a valid record, kept as %s: %s", ref.describe(), kept, reason)
-        self._delete(ref)
-        return INVALID
 
     def _delete(self, ref: TaskRef) -> None:
         try:
@@ -153,12 +205,33 @@ class TraceFileProcessor:
             self.stats.add("delete_failed")
             log.warning("%s: delivered but the file could not be deleted (%s)", ref.describe(), exc)
 
-    def _retry_later(self, requeue: Callable[[], None], delay: float) -> str:
-        """Wait ``delay`` (cut short by stop()), then put the message back on the queue."""
-        self.stopping.wait(max(delay, 0.0))
-        requeue()
-        self.stats.add(RETRY)
-        return RETRY
+
+@dataclass
+class _Batch(Generic[H]):
+    """The items of one batch and each one's outcome so far (empty: undecided)."""
+
+    items: Sequence[tuple[TaskRef, H]]
+    outcomes: list[str] = field(default_factory=list)
+    delay: float = 0.0  # how long to wait before requeueing: the longest any retry asked for
+
+    def __post_init__(self) -> None:
+        self.outcomes = [""] * len(self.items)
+
+    def settle(self, index: int, outcome: str) -> None:
+        self.outcomes[index] = outcome
+
+    def retry(self, index: int, delay: float) -> None:
+        self.outcomes[index] = RETRY
+        self.delay = max(self.delay, delay)
+
+    def indexes(self, *outcomes: str) -> list[int]:
+        return [i for i, outcome in enumerate(self.outcomes) if outcome in outcomes]
+
+    def handles(self, *outcomes: str) -> list[H]:
+        return [self.items[i][1] for i in self.indexes(*outcomes)]
+
+    def count(self, outcome: str) -> int:
+        return self.outcomes.count(outcome)
 
 
 def parse_file(raw: bytes) -> Record:

@@ -41,9 +41,11 @@ def dify_global_keyprefix(redis_key_prefix: str | None) -> str:
 class CelerySourceSettings(BaseModel):
     """Consume Dify's Celery ``ops_trace`` queue instead of Dify's worker.
 
-    ``visibility_timeout`` (seconds) is how long a received but unacknowledged message stays invisible
-    before it is handed out again (after a consumer crash). Keep it well above the longest time one
-    message can take, including waiting on a full spool. ``unacked_prefix`` keeps this source's
+    A consumer takes up to ``prefetch`` messages at once and holds them unacknowledged until their records
+    are in the spool (one transaction for them all). ``visibility_timeout`` (seconds) is how long a taken
+    but unacknowledged message stays invisible before any consumer puts it back on the queue (after a
+    consumer crash). Keep it well above the longest time one batch can take, including waiting on a full
+    spool. ``unacked_prefix`` keeps this source's
     in-flight bookkeeping apart from Dify's own workers, so a short timeout here never re-delivers
     Dify's other tasks. Messages on the queue for any other task are moved unchanged to
     ``other_tasks_queue`` (null: dropped with a warning). ``redis_key_prefix`` is the value of Dify's
@@ -61,7 +63,7 @@ class CelerySourceSettings(BaseModel):
     task_name: str = Field(default=DIFY_TASK_NAME, min_length=1)
     storage: StorageSettings = LocalStorageSettings()
     concurrency: int = Field(default=1, ge=1, le=64)
-    prefetch: int = Field(default=1, ge=1, le=1000)
+    prefetch: int = Field(default=200, ge=1, le=1000)
     visibility_timeout: float = Field(default=3600.0, gt=0)
     retry_delay: float = Field(default=5.0, ge=0)
     failed_prefix: str = Field(default="traceexport/failed/", pattern=r"^[A-Za-z0-9_][A-Za-z0-9._/-]*/$")
@@ -141,8 +143,6 @@ class CelerySourceSettings(BaseModel):
             "unacked_key": f"{self.unacked_prefix}unacked",
             "unacked_index_key": f"{self.unacked_prefix}unacked_index",
             "unacked_mutex_key": f"{self.unacked_prefix}unacked_mutex",
-            # Look for abandoned messages on every idle poll (about once a second per consumer).
-            "unacked_restore_throttle": 1,
         }
         options.update(self.transport_options)
         if self.global_keyprefix:

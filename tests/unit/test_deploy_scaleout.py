@@ -1,0 +1,47 @@
+"""The scale-out deployment files: parseable, one spool volume per sidecar, and configs ``validate`` accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from traceexport.config import validate_config_file
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+ENV = {"TRACEEXPORT_TOKEN": "t" * 24, "TRACEEXPORT_CELERY_BROKER_URL": "redis://redis:6379/1",
+       "CELERY_BROKER_URL": "redis://redis:6379/1", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
+
+
+def _valid(config_text: str, tmp_path: Path) -> list[Any]:
+    path = tmp_path / "traceexport.yaml"
+    path.write_text(config_text)
+    return validate_config_file(path, env=ENV)
+
+
+def test_compose_replicas_each_have_their_own_spool_and_share_difys_storage(tmp_path: Path) -> None:
+    """Every traceexport-N mounts a spool directory of its own and the same Dify storage; the config validates."""
+    compose = yaml.safe_load((DEPLOY / "docker-compose.traceexport-replicas.yaml").read_text())
+    single = yaml.safe_load((DEPLOY / "docker-compose.traceexport.yaml").read_text())
+    sidecars = {name: s for name, s in compose["services"].items() if name.startswith("traceexport-")}
+    assert len(sidecars) == 3
+    spools = [next(v for v in s["volumes"] if v.endswith(":/var/lib/traceexport")) for s in sidecars.values()]
+    assert len(set(spools)) == 3
+    assert all("./volumes/app/storage:/app/api/storage" in s["volumes"] for s in sidecars.values())
+    assert compose["services"]["worker"] == single["services"]["worker"]
+    text = compose["configs"]["traceexport_config"]["content"].replace("$$", "$")
+    text = text.replace("listen: 0.0.0.0:4319", "listen: 0.0.0.0:4319\n    token: ${TRACEEXPORT_TOKEN}")
+    assert _valid(text + "sinks:\n  otlp:\n    type: otlp\n", tmp_path) == []  # serve gets them from TRACEEXPORT_TO
+
+
+def test_the_statefulset_claims_one_spool_volume_per_replica(tmp_path: Path) -> None:
+    """The StatefulSet mounts a volumeClaimTemplate at the spool, Dify's storage from one shared claim."""
+    docs = {d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "kubernetes" / "traceexport-statefulset.yaml")
+                                                      .read_text())}
+    spec = docs["StatefulSet"]["spec"]
+    assert [t["metadata"]["name"] for t in spec["volumeClaimTemplates"]] == ["spool"]
+    mounts = {m["name"]: m["mountPath"] for m in spec["template"]["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["spool"] == "/var/lib/traceexport" and mounts["dify-storage"] == "/app/api/storage"
+    config = docs["ConfigMap"]["data"]["traceexport.yaml"]
+    assert "dir: /var/lib/traceexport/spool" in config and _valid(config, tmp_path) == []
