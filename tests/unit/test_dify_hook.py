@@ -178,6 +178,24 @@ def test_in_process_mode_exports_all_seven_types(layout: str, recording: Recordi
     assert STATS.snapshot()["accepted"] == 7
 
 
+def test_stats_show_the_hook_s_delivery_latency_per_sink(recording: RecordingSink) -> None:
+    """dify.stats() carries, per exporter and sink, the delivery and end-to-end latency of what it delivered."""
+    with activate("dictmap"):
+        dify.install()
+        instance = _entry({"sinks": "recording", "mode": "in_process"})
+        for trace_info in trace_info_objects():
+            instance.trace(trace_info)
+
+        def latency() -> dict[str, Any]:
+            (exporter,) = dify.stats()["exporters"]
+            return dict(exporter.get("pipeline", {}).get("sinks", {}).get("recording", {}).get("latency", {}))
+
+        assert wait_for(lambda: latency().get("delivery_latency", {}).get("count") == 7)
+    figures = latency()
+    assert figures["delivery_latency"]["p95_seconds"] is not None
+    assert figures["e2e_latency"]["count"] == 7
+
+
 def test_down_sidecar_loses_nothing_once_it_is_back() -> None:
     """Records traced while the sidecar is down are spooled and all delivered once it starts."""
     port = free_port()
