@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from traceexport.sinks.request_meter import OUTCOMES
@@ -152,10 +152,12 @@ def _round(value: float | None) -> float | None:
 
 
 def prometheus_lines(metric: str, per_sink: Iterable[tuple[str, Histogram | None]],
-                     label: Any) -> list[str]:
-    """``traceexport_<metric>`` as a Prometheus histogram, one series set per sink (``label`` escapes)."""
-    name = f"traceexport_{metric}"
-    lines = [f"# HELP {name} {HELP[metric]}", f"# TYPE {name} histogram"]
+                     label: Callable[[str], str], prefix: str = "") -> list[str]:
+    """``traceexport_<prefix><metric>`` as a Prometheus histogram, one series set per sink (``label`` escapes
+    a label value)."""
+    name = f"traceexport_{prefix}{metric}"
+    what = "The Dify hook's pipelines: " + HELP[metric][0].lower() + HELP[metric][1:] if prefix else HELP[metric]
+    lines = [f"# HELP {name} {what}", f"# TYPE {name} histogram"]
     for sink, histogram in per_sink:
         histogram = histogram or Histogram()
         sink_label = f'sink="{label(sink)}"'
