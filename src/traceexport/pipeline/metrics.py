@@ -71,7 +71,8 @@ def prometheus_text(snap: dict[str, Any]) -> str:
         lines += [f'{metric}{{sink="{label_value(s)}"}} {v[key]}' for s, v in sinks.items()]
     lines += ["# HELP traceexport_dead_letters Entries in the dead letter.",
               "# TYPE traceexport_dead_letters gauge"]
-    lines += [f'traceexport_dead_letters{{sink="{label_value(s)}"}} {n}' for s, n in snap["dead_letters"].items()]
+    dead = {**dict.fromkeys(sinks, 0), **snap["dead_letters"]}  # 0 for a sink without any: a series to alert on
+    lines += [f'traceexport_dead_letters{{sink="{label_value(s)}"}} {n}' for s, n in dead.items()]
     lines += ["# HELP traceexport_spool_bytes Bytes the spool takes: pages in use, write-ahead log and its index.",
               "# TYPE traceexport_spool_bytes gauge", f"traceexport_spool_bytes {snap['spool_bytes']}"]
     if "spool_max_bytes" in snap:
