@@ -42,6 +42,26 @@ def live_envelopes(count: int, first: int = 0, *, run: str = "0000") -> list[dic
     return [live_envelope(n, ended=now, run=run) for n in range(first, first + count)]
 
 
+@cache
+def _text_template() -> str:
+    envelope = live_envelope(0, ended=datetime(2001, 1, 1, 0, 0, 10, tzinfo=UTC), run="@@@@")
+    text = json.dumps(envelope, separators=(",", ":"))
+    for moment, token in ((envelope["trace_info"]["start_time"], "@START@"),
+                          (envelope["trace_info"]["end_time"], "@END@")):
+        text = text.replace(moment, token)
+    return text.replace(envelope["trace_info"]["message_id"], "@ID@")
+
+
+def live_body(count: int, first: int = 0, *, run: str = "0000") -> bytes:
+    """:func:`live_envelopes` as a JSON array, made by text substitution (cheap enough to send thousands a
+    second from one thread)."""
+    end = datetime.now(UTC)
+    start, stop = _naive(end - timedelta(seconds=1.5)), _naive(end)
+    template = _text_template().replace("@START@", start).replace("@END@", stop)
+    return ("[" + ",".join(template.replace("@ID@", f"30000000-{run[:4]:0>4}-4000-8000-{n:012d}")
+                           for n in range(first, first + count)) + "]").encode()
+
+
 def _naive(moment: datetime) -> str:
     """As Dify writes it: ISO 8601 in UTC without an offset."""
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat()
