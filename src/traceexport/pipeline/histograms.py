@@ -2,28 +2,29 @@
 
 A batch's :class:`Observations` (each delivered record's end-to-end and delivery latency, each request's
 duration and outcome) are added to the spool's ``counters`` rows in the transaction that commits the
-batch (:func:`counter_increments`): per sink, ``<metric>:<bucket>`` counts, ``<metric>:sum_us`` the sum
-in microseconds, and ``requests_<outcome>``. The counters table's pages are written by that commit
-anyway, so this costs no extra page in the write-ahead log; and whichever process delivers, the process
-serving ``/metrics`` reads the same totals, which survive restarts as Prometheus counters should.
+batch (:func:`counter_increments`): per sink, ``<metric>:<upper bound>`` counts per bucket,
+``<metric>:sum_us`` the sum in microseconds, and ``requests_<outcome>``. The counters table's pages are
+written by that commit anyway, so this costs no extra page in the write-ahead log; and whichever
+process delivers, the process serving ``/metrics`` reads the same totals, which survive restarts as
+Prometheus counters should.
 
-Buckets resolve 5 ms to one hour (:data:`BOUNDS`; their order is stored, so bounds may be added at
-the end only); :func:`quantile` estimates a quantile from them the way Prometheus's
-``histogram_quantile`` does.
+Buckets resolve 5 ms to one hour, finer around the targets of 1 s (delivery) and 5 s (end to end)
+(:data:`BOUNDS`; counts stored under a bound no longer listed join the next listed one up);
+:func:`quantile` estimates a quantile from them the way Prometheus's ``histogram_quantile`` does.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from traceexport.sinks.request_meter import OUTCOMES
 
 # Upper bounds in seconds; a last bucket (+Inf) takes the rest.
-BOUNDS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                             120.0, 300.0, 600.0, 1800.0, 3600.0)
+BOUNDS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 5.0, 7.5,
+                             10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 E2E = "e2e_latency_seconds"
 DELIVERY = "delivery_latency_seconds"
 REQUEST = "request_duration_seconds"
@@ -90,9 +91,9 @@ class Observations:
 def counter_increments(sink: str, observations: Observations) -> Iterator[tuple[str, str, int]]:
     """``(sink, counter, increment)`` rows adding ``observations`` to the spool's counters."""
     for metric, histogram in observations.histograms.items():
-        for index, n in enumerate(histogram.counts):
+        for bound, n in zip(_LABELS, histogram.counts, strict=True):
             if n:
-                yield sink, f"{metric}:{index}", n
+                yield sink, f"{metric}:{bound}", n
         yield sink, f"{metric}:sum_us", round(histogram.total * 1e6)
     for outcome, n in observations.requests.items():
         yield sink, REQUEST_COUNTERS[outcome], n
@@ -110,8 +111,12 @@ def from_counters(counters: Mapping[str, int]) -> dict[str, Histogram]:
             histogram = out[metric] = Histogram()
         if part == "sum_us":
             histogram.total = value / 1e6
-        elif part.isdigit():
-            histogram.counts[min(int(part), len(BOUNDS))] += int(value)
+            continue
+        try:
+            bound = float(part)
+        except ValueError:
+            continue
+        histogram.counts[bisect.bisect_left(BOUNDS, bound)] += int(value)
     return out
 
 
@@ -170,13 +175,11 @@ def prometheus_lines(metric: str, per_sink: Iterable[tuple[str, Histogram | None
     return lines
 
 
-def bucket_bounds() -> Sequence[str]:
-    """The ``le`` label values a histogram exposes, in order (tests and the dashboard check)."""
-    return [_le(b) for b in (*BOUNDS, math.inf)]
-
-
 def _le(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else repr(bound)
+
+
+_LABELS = tuple(_le(b) for b in (*BOUNDS, math.inf))  # the le label of each bucket, as stored too
 
 
 def _number(value: float) -> str:

@@ -14,7 +14,15 @@ from tests.fakes.otlp_server import OtlpFake
 
 from traceexport.mapping import load_mapping
 from traceexport.pipeline import Pipeline, PipelineSettings, Route
-from traceexport.pipeline.histograms import BOUNDS, DELIVERY, E2E, Histogram, Observations, quantile
+from traceexport.pipeline.histograms import (
+    BOUNDS,
+    DELIVERY,
+    E2E,
+    Histogram,
+    Observations,
+    from_counters,
+    quantile,
+)
 from traceexport.sinks import create_sink
 from traceexport.sinks.base import ExportResult, ItemFailure, Payload
 from traceexport.sinks.http_client import make_client
@@ -47,10 +55,10 @@ def _samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
 def test_quantiles_interpolate_within_a_bucket_as_prometheus_does() -> None:
     """histogram_quantile's estimate: linear inside the bucket holding the rank, the top bound past the last."""
     histogram = Histogram()
-    for seconds in (0.3, 0.4, 0.45, 0.6):  # three in (0.25, 0.5], one in (0.5, 1]
+    for seconds in (0.3, 0.4, 0.45, 0.6):  # three in (0.25, 0.5], one in (0.5, 0.75]
         histogram.add(seconds)
     assert quantile(0.5, histogram) == pytest.approx(0.25 + 0.25 * 2 / 3)
-    assert quantile(1.0, histogram) == pytest.approx(1.0)
+    assert quantile(1.0, histogram) == pytest.approx(0.75)
     histogram.add(10_000.0)
     assert quantile(1.0, histogram) == BOUNDS[-1]
     assert quantile(0.5, Histogram()) is None
@@ -159,6 +167,15 @@ def test_histograms_and_request_counts_cross_the_delivery_process_boundary(tmp_p
     assert _samples(text, "traceexport_delivery_latency_seconds_count") == {(("sink", "otlp"),): 4.0}
     count = _samples(text, "traceexport_request_duration_seconds_count")[(("sink", "otlp"),)]
     assert count == sum(v for (labels, v) in requests.items())
+
+
+def test_counts_stored_under_a_bound_no_longer_listed_join_the_next_one_up() -> None:
+    """Stored counters name their bucket by its bound: a bound dropped from BOUNDS later folds into the next."""
+    stored = {"delivery_latency_seconds:0.3": 2, "delivery_latency_seconds:1.0": 1,
+              "delivery_latency_seconds:+Inf": 4, "delivery_latency_seconds:sum_us": 2_500_000, "exported": 9}
+    histogram = from_counters(stored)[DELIVERY]
+    assert histogram.counts[BOUNDS.index(0.5)] == 2 and histogram.counts[BOUNDS.index(1.0)] == 1
+    assert histogram.counts[-1] == 4 and histogram.total == 2.5 and histogram.count == 7
 
 
 def test_observations_survive_a_restart_as_counters_should(tmp_path: Path) -> None:
