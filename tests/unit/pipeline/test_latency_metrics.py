@@ -142,6 +142,28 @@ def test_requests_outside_a_metered_block_are_not_counted() -> None:
     assert not observed
 
 
+def test_otlp_grpc_requests_are_counted_with_their_outcome() -> None:
+    """The OTLP/gRPC transport reports each export call: OK ok, UNAVAILABLE retryable, UNAUTHENTICATED permanent."""
+    pytest.importorskip("grpc", reason="grpc extra not installed")
+    from tests.fakes.otlp_server import OtlpGrpcFake
+
+    from traceexport.sinks.otlp import from_config
+
+    body = {"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "0000000000000001", "name": "s",
+            "kind": "CLIENT", "startTimeUnixNano": 1_700_000_000_000_000_000,
+            "endTimeUnixNano": 1_700_000_000_500_000_000, "attributes": {}, "status": {"code": "OK"}}
+    observed = Observations()
+    with OtlpGrpcFake() as fake:
+        fake.fail_next(1, "UNAVAILABLE")
+        fake.fail_next(1, "UNAUTHENTICATED")
+        sink = from_config("g", {"protocol": "grpc", "endpoint": fake.url, "timeout": 5}, {})
+        with metered(observed.request):
+            for _ in range(3):
+                sink.export([Payload("span", body, "k")])
+        sink.shutdown()
+    assert observed.requests == {"retryable": 1, "permanent": 1, "ok": 1}
+
+
 def test_status_outcomes_follow_the_shared_classifier() -> None:
     """2xx ok; 408, 425, 429 and 5xx retryable; every other answer permanent."""
     assert [status_outcome(s) for s in (200, 204, 408, 429, 500, 504, 400, 401, 404, 413, 302)] == [
