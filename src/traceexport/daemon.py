@@ -250,10 +250,17 @@ class Daemon:
                 f"spool {self.config.spool.dir}")
 
     def metrics_text(self) -> str:
-        """``/metrics``: the pipeline's counters and gauges, then the last audit's (once one has run)."""
+        """``/metrics``: the pipeline's counters, gauges and histograms, then the last audit's (once one has
+        run), then the Dify hook's spools' (when ``dify_hook.spool`` is set)."""
         pipeline, audit = self.pipeline, self.audit
         text = pipeline.prometheus_text() if pipeline is not None else ""
-        return text + (audit.prometheus_text() if audit is not None else "")
+        text += audit.prometheus_text() if audit is not None else ""
+        hook_spool = self.config.dify_hook.spool
+        if hook_spool is not None:
+            from traceexport.dify import hook_metrics
+
+            text += hook_metrics.prometheus_text(hook_spool)
+        return text
 
     def not_ready_reason(self) -> str | None:
         """None when ready: pipeline running, spool directory writable, ingest not refused; else why not.

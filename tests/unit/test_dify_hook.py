@@ -17,10 +17,10 @@ from tests.dify_standin import activate, trace_info_objects
 from tests.dify_standin.support import RecordingSink, Sidecar, free_port, recording_routes, reset_hook, wait_for
 
 from traceexport import dify
-from traceexport.dify import provider, runtime, wiring
+from traceexport.dify import hook_metrics, provider, runtime, wiring
 from traceexport.dify.autoload import PTH_LINE, autoload
 from traceexport.dify.config import HookSettings, TraceExportConfig, resolve_settings
-from traceexport.dify.counters import STATS
+from traceexport.dify.counters import STATS, Stats
 from traceexport.sinks.base import Payload
 from traceexport.sinks.forward import ForwardSettings, ForwardSink
 
@@ -176,6 +176,66 @@ def test_in_process_mode_exports_all_seven_types(layout: str, recording: Recordi
     assert {body["type"] for body in recording.bodies} == SEVEN
     assert all(flag is True for flag in recording.contexts)  # exports ran with instrumentation suppressed
     assert STATS.snapshot()["accepted"] == 7
+
+
+def test_stats_show_the_hook_s_delivery_latency_per_sink(recording: RecordingSink) -> None:
+    """dify.stats() carries, per exporter and sink, the delivery and end-to-end latency of what it delivered."""
+    with activate("dictmap"):
+        dify.install()
+        instance = _entry({"sinks": "recording", "mode": "in_process"})
+        for trace_info in trace_info_objects():
+            instance.trace(trace_info)
+
+        def latency() -> dict[str, Any]:
+            (exporter,) = dify.stats()["exporters"]
+            return dict(exporter.get("pipeline", {}).get("sinks", {}).get("recording", {}).get("latency", {}))
+
+        assert wait_for(lambda: latency().get("delivery_latency", {}).get("count") == 7)
+    figures = latency()
+    assert figures["delivery_latency"]["p95_seconds"] is not None
+    assert figures["e2e_latency"]["count"] == 7
+
+
+def test_the_sidecar_reads_the_hook_s_counters_from_its_spools(recording: RecordingSink, tmp_path: Path) -> None:
+    """The hook saves its counters into its slot spool; hook_metrics sums every slot under the spool root into
+    traceexport_hook_* series (events, records per sink, latency histograms), and nothing twice."""
+    parser = pytest.importorskip("prometheus_client.parser")
+    with activate("dictmap"):
+        dify.install()
+        instance = _entry({"sinks": "recording", "mode": "in_process"})
+        for trace_info in trace_info_objects():
+            instance.trace(trace_info)
+        assert wait_for(lambda: len(recording.bodies) >= 7)
+        runtime.shutdown_all(5.0)  # an exporter saves its counters when it stops
+    text = hook_metrics.prometheus_text(tmp_path / "spool")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in parser.text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("traceexport_hook_events_total", (("event", "traced"),))] == 7
+    assert samples[("traceexport_hook_events_total", (("event", "accepted"),))] == 7
+    assert samples[("traceexport_hook_records_exported_total", (("sink", "recording"),))] == 7
+    assert samples[("traceexport_hook_e2e_latency_seconds_count", (("sink", "recording"),))] == 7
+    assert samples[("traceexport_hook_queue_depth", (("sink", "recording"),))] == 0
+    assert samples[("traceexport_hook_spools", (("state", "read"),))] == 1
+    assert STATS.take_unsaved() == {}  # all of it is in the spool: a later save adds nothing again
+
+
+def test_a_forked_child_saves_only_what_it_counted_itself() -> None:
+    """After fork the inherited counts are the parent's to save: the child's unsaved growth starts at zero;
+    growth that could not be saved is handed out again."""
+    stats = Stats()
+    stats.incr("traced", 5)
+    stats.after_fork()
+    stats.incr("traced", 2)
+    grown = stats.take_unsaved()
+    assert grown == {"traced": 2} and stats.take_unsaved() == {}
+    stats.give_back(grown)
+    assert stats.take_unsaved() == {"traced": 2}
+
+
+def test_hook_metrics_of_a_root_with_no_spools_say_so(tmp_path: Path) -> None:
+    """A hook spool root that does not exist (yet) gives zero spools read, never an error."""
+    text = hook_metrics.prometheus_text(tmp_path / "nowhere")
+    assert 'traceexport_hook_spools{state="read"} 0' in text
 
 
 def test_down_sidecar_loses_nothing_once_it_is_back() -> None:

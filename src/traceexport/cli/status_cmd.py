@@ -1,4 +1,5 @@
-"""``traceexport status``: delivery counters, queue depth and oldest pending age per sink, from the spool."""
+"""``traceexport status``: delivery counters, queue depth, oldest pending age and delivery latency per sink,
+from the spool."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from traceexport.pipeline.spool import SPOOL_FILE, Spool, spool_dir_default
 T = TypeVar("T")
 _COLUMNS = ("accepted", "exported", "retried", "dead_lettered", "dropped", "queue_depth",
             "oldest_pending_age_seconds")
-_HEADINGS = ("ACCEPTED", "EXPORTED", "RETRIED", "DEAD", "DROPPED", "PENDING", "OLDEST")
+_HEADINGS = ("ACCEPTED", "EXPORTED", "RETRIED", "DEAD", "DROPPED", "PENDING", "OLDEST", "P50", "P95")
 
 
 def add_spool_argument(parser: argparse.ArgumentParser) -> None:
@@ -61,10 +62,10 @@ def empty_snapshot(spool_dir: Path) -> dict[str, Any]:
 def register(sub: Any) -> None:
     """Add the ``status`` command."""
     parser = sub.add_parser(
-        "status", help="show delivery counters and queue depth per sink",
+        "status", help="show delivery counters, queue depth and delivery latency per sink",
         description="Show, per sink, the records accepted, exported, retried, dead-lettered and dropped, the "
-                    "records still pending and the age of the oldest one. Reads the spool, so it works "
-                    "while a daemon or export is running in another process.")
+                    "records still pending, the age of the oldest one and the p50/p95 delivery latency. Reads "
+                    "the spool, so it works while a daemon or export is running in another process.")
     add_spool_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.set_defaults(func=run)
@@ -85,8 +86,12 @@ def run(args: argparse.Namespace) -> int:
     width = max(len("SINK"), *(len(s) for s in snap["sinks"]))
     print(f"{'SINK':<{width}}  " + "  ".join(f"{h:>9}" for h in _HEADINGS))
     for name, figures in snap["sinks"].items():
+        delivery = figures.get("latency", {}).get("delivery_latency", {})
         cells = [str(figures[c]) for c in _COLUMNS[:-1]] + [_age(figures[_COLUMNS[-1]])]
+        cells += [_latency(delivery.get("p50_seconds")), _latency(delivery.get("p95_seconds"))]
         print(f"{name:<{width}}  " + "  ".join(f"{c:>9}" for c in cells))
+    print("P50/P95: delivery latency (acceptance to acknowledgement) since the spool began, estimated from "
+          "its histogram")
     if any(snap["dead_letters"].values()):
         print(f"dead letters kept: run 'traceexport dlq list{spool_option(snap['spool'])}' to see them")
     return 0
@@ -100,3 +105,9 @@ def _age(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.1f}h"
+
+
+def _latency(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else _age(seconds) if seconds >= 120 else f"{seconds:.1f}s"

@@ -151,6 +151,12 @@ class AuditConfig(_Strict):
     window: Annotated[Duration, Field(gt=0)] = 86400.0  # how far back each run looks
 
 
+class DifyHookConfig(_Strict):
+    """The Dify hook's spools (its ``TRACEEXPORT_SPOOL`` root), whose counters ``/metrics`` then shows."""
+
+    spool: Path | None = None  # unset: /metrics shows no traceexport_hook_* series
+
+
 class Config(_Strict):
     """The whole daemon configuration."""
 
@@ -161,6 +167,7 @@ class Config(_Strict):
     sinks: dict[str, SinkConfig] = {}
     sources: SourcesConfig = SourcesConfig()
     enrich: EnrichConfig = EnrichConfig()
+    dify_hook: DifyHookConfig = DifyHookConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["logfmt", "json"] = "logfmt"
 

@@ -32,11 +32,12 @@ COUNTERS = (
 
 
 class Stats:
-    """Thread-safe counters (re-armed in a forked child)."""
+    """Thread-safe counters (re-armed in a forked child), and how much of them is saved to a spool yet."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._saved: dict[str, int] = {}  # what take_unsaved() handed out (see dify/hook_metrics.py)
 
     def incr(self, name: str, amount: int = 1) -> None:
         """Add ``amount`` to counter ``name``."""
@@ -48,9 +49,24 @@ class Stats:
         with self._lock:
             return dict(self._counts)
 
+    def take_unsaved(self) -> dict[str, int]:
+        """What the counters grew by since the last call (the caller saves it, or gives it back)."""
+        with self._lock:
+            grown = {name: n - self._saved.get(name, 0) for name, n in self._counts.items()}
+            self._saved = dict(self._counts)
+        return {name: n for name, n in grown.items() if n}
+
+    def give_back(self, grown: dict[str, int]) -> None:
+        """``grown`` from :meth:`take_unsaved` could not be saved: hand it out again next time."""
+        with self._lock:
+            for name, n in grown.items():
+                self._saved[name] = self._saved.get(name, 0) - n
+
     def after_fork(self) -> None:
-        """A new lock in the child (the parent's may have been held by a thread that no longer exists)."""
+        """A new lock in the child (the parent's may have been held by a thread that no longer exists); the
+        counts inherited from the parent are the parent's to save."""
         self._lock = threading.Lock()
+        self._saved = dict(self._counts)
 
 
 class RateLimitedLog:

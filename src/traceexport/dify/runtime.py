@@ -105,12 +105,30 @@ class Exporter:
 
     # -- the background thread -------------------------------------------------------------------
     def _run(self) -> None:
+        from traceexport.dify import hook_metrics  # with the pipeline: only once an exporter runs
+
+        saved_at = monotonic()
         while not self._stopping.is_set():
             if self.pipeline is None and not self._open():
                 self._discard_until_restart()
                 continue
             self._drain_once(timeout=0.5)
+            if monotonic() - saved_at >= hook_metrics.SAVE_EVERY:
+                saved_at = monotonic()
+                self._save_counters()
         self._drain_once(timeout=0.0, until_empty=True)
+        self._save_counters()
+
+    def _save_counters(self) -> None:
+        """The hook's counters into this exporter's spool, for the sidecar's /metrics (never raises)."""
+        from traceexport.dify import hook_metrics
+
+        if self.pipeline is None:
+            return
+        try:
+            hook_metrics.save(self.pipeline.spool)
+        except Exception as exc:  # counted again at the next save
+            RATE_LOG("dify.hook.counters_not_saved", error=f"{type(exc).__name__}: {exc}", slot=str(self.slot))
 
     def _open(self) -> bool:
         from traceexport.dify.wiring import build_plan

@@ -9,7 +9,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from traceexport.pipeline import histograms
 from traceexport.pipeline.spool import COUNTER_NAMES, Spool
+from traceexport.sinks.request_meter import OUTCOMES
 
 _HELP = {
     "accepted": "Records accepted into the spool for this sink.",
@@ -23,19 +25,28 @@ _HELP = {
 }
 
 
-def snapshot(spool: Spool, sinks: list[str] | None = None, now: float | None = None) -> dict[str, Any]:
-    """Counters per sink plus ``queue_depth`` and ``oldest_pending_age_seconds``; and spool totals."""
+def snapshot(spool: Spool, sinks: list[str] | None = None, now: float | None = None, *,
+             with_histograms: bool = False) -> dict[str, Any]:
+    """Counters per sink plus ``queue_depth``, ``oldest_pending_age_seconds``, ``requests`` by outcome and
+    ``latency`` (p50/p95 estimated from the histograms); and spool totals. ``with_histograms`` adds the
+    histograms themselves under ``histograms`` (for :func:`prometheus_text`; not JSON)."""
     now = time.time() if now is None else now
     counters = spool.counters()
     names = sinks if sinks is not None else sorted(counters)
+    stored = {name: histograms.from_counters(counters.get(name, {})) for name in names}
     out: dict[str, Any] = {"spool": str(spool.dir), "spool_bytes": spool.used_bytes(),
                            "records": spool.record_count(), "dead_letters": _dead_counts(spool), "sinks": {}}
     for name in names:
         depth, oldest = spool.backlog(name)
-        entry: dict[str, Any] = dict(counters.get(name, dict.fromkeys(COUNTER_NAMES, 0)))
+        stored_counters = counters.get(name, {})
+        entry: dict[str, Any] = {n: stored_counters.get(n, 0) for n in COUNTER_NAMES}
+        entry["requests"] = {o: stored_counters.get(histograms.REQUEST_COUNTERS[o], 0) for o in OUTCOMES}
         entry["queue_depth"] = depth
         entry["oldest_pending_age_seconds"] = round(now - oldest, 3) if oldest is not None else 0.0
+        entry["latency"] = histograms.summary(stored[name])
         out["sinks"][name] = entry
+    if with_histograms:
+        out["histograms"] = stored
     return out
 
 
@@ -60,9 +71,22 @@ def prometheus_text(snap: dict[str, Any]) -> str:
         lines += [f'{metric}{{sink="{label_value(s)}"}} {v[key]}' for s, v in sinks.items()]
     lines += ["# HELP traceexport_dead_letters Entries in the dead letter.",
               "# TYPE traceexport_dead_letters gauge"]
-    lines += [f'traceexport_dead_letters{{sink="{label_value(s)}"}} {n}' for s, n in snap["dead_letters"].items()]
+    dead = {**dict.fromkeys(sinks, 0), **snap["dead_letters"]}  # 0 for a sink without any: a series to alert on
+    lines += [f'traceexport_dead_letters{{sink="{label_value(s)}"}} {n}' for s, n in dead.items()]
     lines += ["# HELP traceexport_spool_bytes Bytes the spool takes: pages in use, write-ahead log and its index.",
               "# TYPE traceexport_spool_bytes gauge", f"traceexport_spool_bytes {snap['spool_bytes']}"]
+    if "spool_max_bytes" in snap:
+        lines += ["# HELP traceexport_spool_max_bytes The spool's size limit (spool.max_bytes).",
+                  "# TYPE traceexport_spool_max_bytes gauge", f"traceexport_spool_max_bytes {snap['spool_max_bytes']}"]
+    lines += ["# HELP traceexport_requests_total Requests sent to the sink's backend, by outcome (ok, retryable, "
+              "permanent).", "# TYPE traceexport_requests_total counter"]
+    lines += [f'traceexport_requests_total{{sink="{label_value(s)}",outcome="{o}"}} {v["requests"][o]}'
+              for s, v in sinks.items() for o in OUTCOMES]
+    stored: dict[str, dict[str, histograms.Histogram]] | None = snap.get("histograms")
+    if stored is not None:
+        for metric in histograms.METRICS:
+            lines += histograms.prometheus_lines(metric, [(s, stored.get(s, {}).get(metric)) for s in sinks],
+                                                 label_value)
     return "\n".join(lines) + "\n"
 
 

@@ -251,13 +251,16 @@ class Pipeline:
         for worker in self.workers:
             worker.wake()
 
-    def metrics(self) -> dict[str, Any]:
-        """Counters per sink (accepted, exported, retried, ...), queue depth and oldest pending age."""
-        return snapshot(self.spool, self.sink_names)
+    def metrics(self, *, with_histograms: bool = False) -> dict[str, Any]:
+        """Counters per sink (accepted, exported, retried, ...), queue depth, oldest pending age, requests by
+        outcome and latency percentiles; the spool's size and its limit."""
+        snap = snapshot(self.spool, self.sink_names, with_histograms=with_histograms)
+        snap["spool_max_bytes"] = self.settings.max_bytes
+        return snap
 
     def prometheus_text(self) -> str:
-        """:meth:`metrics` in the Prometheus text exposition format, for the daemon's /metrics."""
-        return prometheus_text(self.metrics())
+        """:meth:`metrics` with the histograms in the Prometheus text exposition format, for /metrics."""
+        return prometheus_text(self.metrics(with_histograms=True))
 
     def __enter__(self) -> Pipeline:
         return self

@@ -11,7 +11,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 
-from traceexport.pipeline import ledger
+from traceexport.pipeline import histograms, ledger
 from traceexport.pipeline.spool import Spool, bump
 from traceexport.sinks.http import redact
 
@@ -30,6 +30,8 @@ class Item:
     from_retry: bool = False
     compact: bytes | None = None  # the record's normalised form, when the accepting process stored it
     payload_hash: bytes | None = None  # ledger.payload_digest of its payloads, set by the worker once mapped
+    received: float = 0.0  # when the spool accepted it (epoch seconds)
+    end: float | None = None  # the record's end time in Dify (epoch seconds), set by the worker once parsed
 
 
 @dataclass(slots=True)
@@ -54,6 +56,7 @@ class Outcome:
     retry: list[tuple[Item, float, int, float | None, str, int | None]] = field(default_factory=list)
     deferred: list[tuple[Item, float]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
+    observed: histograms.Observations = field(default_factory=histograms.Observations)
 
 
 class SinkQueue:
@@ -71,24 +74,26 @@ class SinkQueue:
     def fetch_due(self, limit: int, now: float, exclude: set[int]) -> list[Item]:
         """Items whose retry time has come, oldest due first."""
         rows = self.spool.conn().execute(
-            "SELECT r.seq, rec.key, rec.type, rec.app_id, rec.envelope, r.attempts, r.first_attempt, rec.compact "
-            "FROM retries r JOIN records rec USING(seq) WHERE r.sink = ? AND r.not_before <= ? "
+            "SELECT r.seq, rec.key, rec.type, rec.app_id, rec.envelope, r.attempts, r.first_attempt, rec.compact, "
+            "rec.received FROM retries r JOIN records rec USING(seq) WHERE r.sink = ? AND r.not_before <= ? "
             "ORDER BY r.not_before LIMIT ?", (self.name, now, limit + len(exclude))).fetchall()
-        items = [Item(s, k, t, a, e, n, f, True, c) for s, k, t, a, e, n, f, c in rows if s not in exclude]
+        items = [Item(s, k, t, a, e, n, f, True, c, received=r) for s, k, t, a, e, n, f, c, r in rows
+                 if s not in exclude]
         return items[:limit]
 
     def fetch_fresh(self, limit: int) -> list[Item]:
         """The next records routed to this sink after :attr:`read_pos`; advances it."""
         with self.spool.read() as conn:
             rows = conn.execute(
-                "SELECT seq, key, type, app_id, envelope, compact FROM records WHERE seq > ? AND (mask >> ?) & 1 "
+                "SELECT seq, key, type, app_id, envelope, compact, received FROM records WHERE seq > ? "
+                "AND (mask >> ?) & 1 "
                 "ORDER BY seq LIMIT ?", (self.read_pos, self.bit, limit)).fetchall()
             if len(rows) < limit:
                 top = conn.execute("SELECT max(seq) FROM records").fetchone()[0]
                 self.read_pos = max(self.read_pos, int(top or 0))
             elif rows:
                 self.read_pos = int(rows[-1][0])
-        return [Item(s, k, t, a, e, compact=c) for s, k, t, a, e, c in rows]
+        return [Item(s, k, t, a, e, compact=c, received=r) for s, k, t, a, e, c, r in rows]
 
     def next_due(self) -> float | None:
         """When the earliest retry of this sink is due (epoch seconds), or None."""
@@ -132,7 +137,8 @@ class SinkQueue:
                         (self.name, "skipped", len(outcome.skipped)),
                         (self.name, "retried", len(retry)),
                         (self.name, "deferred", len(deferred)),
-                        (self.name, "dead_lettered", len(dead))])
+                        (self.name, "dead_lettered", len(dead)),
+                        *histograms.counter_increments(self.name, outcome.observed)])
         self.cursor = self.read_pos
         self._last_cursor_write = time.monotonic()
 

@@ -14,7 +14,8 @@ Layout (all in ``<spool_dir>/spool.db``):
 * ``retries``: per sink, records to try again at ``not_before`` (failed attempts, or deferred by the
   enricher) with their attempt count.
 * ``dead_letters``: what a sink could not take, with the reason and a copy of the envelope.
-* ``counters``: per sink totals (accepted, exported, retried, ...) so another process can read them.
+* ``counters``: per sink totals (accepted, exported, retried, ..., and the latency histograms' buckets,
+  see :mod:`traceexport.pipeline.histograms`) so another process can read them.
 
 Beside it, ``<spool_dir>/ledger.db`` holds the delivery ledger (per sink, the records it acknowledged, with
 a hash of their payloads and when; :mod:`traceexport.pipeline.ledger`), attached to every connection so a

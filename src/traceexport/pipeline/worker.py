@@ -30,6 +30,7 @@ from traceexport.pipeline.settings import PipelineSettings, Route
 from traceexport.pipeline.spool import Spool
 from traceexport.sinks.base import ExportResult, ItemFailure, Payload
 from traceexport.sinks.http import redact
+from traceexport.sinks.request_meter import metered
 
 log = logging.getLogger(__name__)
 # Waits between attempts to save a sent batch's outcome (doubling from the first up to the last).
@@ -206,7 +207,8 @@ class SinkWorker:
             payloads.extend(p if p.record_ref == index else Payload(p.kind, p.body, p.key, index) for p in mapped)
             owners.extend([index] * len(mapped))
         if payloads:
-            result = self._export(payloads)
+            with metered(out.observed.request):  # the sink's requests, counted with their outcome and time
+                result = self._export(payloads)
             for warning in result.warnings:  # e.g. an OTLP partial success: one line per request
                 log.warning("sink %s: %s", self.sink.name, redact(warning))
             # Waits (Retry-After, backoff) count from the answer, not from when the batch was built.
@@ -219,6 +221,7 @@ class SinkWorker:
             if isinstance(got, float):
                 out.deferred.append((item, got))
                 return None
+            item.end = _end_seconds(got.data)
             mapped = self.route.mapping.map(got)
             if mapped and self.settings.ledger_retention > 0:  # what the ledger keeps once delivered
                 item.payload_hash = payload_digest(mapped)
@@ -254,6 +257,7 @@ class SinkWorker:
             item, found = batch[index], failures.get(index)
             if not found:
                 out.delivered.append(item)
+                out.observed.acknowledged(item.received, item.end, now)
                 continue
             attempts, first = item.attempts + 1, item.first_attempt or now
             permanent = next((f for f in found if f.permanent), None)
@@ -288,3 +292,10 @@ class SinkWorker:
             log.warning("sink %s: pausing %.1fs after a failed attempt: %s", self.sink.name, until - now,
                         redact(reason))
         self.paused_until = until
+
+
+def _end_seconds(data: dict[str, object]) -> float | None:
+    """The record's end time in Dify (epoch seconds) from its ``derived`` facts, if it has one."""
+    derived = data.get("derived")
+    end_ns = derived.get("end_ns") if isinstance(derived, dict) else None
+    return end_ns / 1e9 if isinstance(end_ns, int) else None

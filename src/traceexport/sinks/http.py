@@ -16,8 +16,8 @@ import httpx
 
 from traceexport.sinks.base import ItemFailure
 from traceexport.sinks.http_client import deadline_exceeded
+from traceexport.sinks.request_meter import RETRYABLE_STATUS
 
-RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 3600.0
 _EXCERPT = 300
 _SECRET_PATTERNS = [

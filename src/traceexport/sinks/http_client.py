@@ -22,6 +22,8 @@ from typing import Any
 import httpcore
 import httpx
 
+from traceexport.sinks import request_meter
+
 # (monotonic deadline, the whole allowance in seconds) of the request the current thread is sending
 _DEADLINE: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar(
     "traceexport_request_deadline", default=None)
@@ -148,11 +150,17 @@ class DeadlineClient(httpx.Client):
         return _install(super()._init_proxy_transport(*args, **kwargs))
 
     def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
-        token = _DEADLINE.set((time.monotonic() + self.deadline, self.deadline))
+        started = time.monotonic()
+        token = _DEADLINE.set((started + self.deadline, self.deadline))
         try:
-            return super().send(request, **kwargs)
+            response = super().send(request, **kwargs)
+        except Exception:  # a transport failure (or a bug): retryable, as the sinks classify it
+            request_meter.observe(time.monotonic() - started, "retryable")
+            raise
         finally:
             _DEADLINE.reset(token)
+        request_meter.observe(time.monotonic() - started, request_meter.status_outcome(response.status_code))
+        return response
 
 
 def make_client(*, timeout: float, headers: Mapping[str, str] | None = None, base_url: str = "",

@@ -116,11 +116,12 @@ def test_stop_is_prompt_between_runs_and_does_not_wait_for_a_hung_run() -> None:
     release.set()
 
 
-_SAMPLE = re.compile(r'^([a-z_]+)(\{([a-z_]+="(?:[^"\\]|\\.)*")(,[a-z_]+="(?:[^"\\]|\\.)*")*\})? [0-9.e+-]+$')
+_SAMPLE = re.compile(r'^([a-z_][a-z0-9_]*)(\{([a-z_]+="(?:[^"\\]|\\.)*")(,[a-z_]+="(?:[^"\\]|\\.)*")*\})? [0-9.e+-]+$')
 
 
 def _check_exposition(text: str) -> dict[str, list[str]]:
-    """Every sample comes after its metric's HELP and TYPE lines; returns the samples by metric."""
+    """Every sample comes after its metric's (or its histogram's) HELP and TYPE lines; returns the samples by
+    metric."""
     assert text.endswith("\n")
     described: dict[str, set[str]] = {}
     samples: dict[str, list[str]] = {}
@@ -131,7 +132,8 @@ def _check_exposition(text: str) -> dict[str, list[str]]:
             continue
         match = _SAMPLE.match(line)
         assert match, line
-        assert described.get(match.group(1)) == {"HELP", "TYPE"}, line
+        family = re.sub(r"_(bucket|sum|count)$", "", match.group(1))  # a histogram's series
+        assert {"HELP", "TYPE"} in (described.get(match.group(1)), described.get(family)), line
         samples.setdefault(match.group(1), []).append(line)
     return samples
 

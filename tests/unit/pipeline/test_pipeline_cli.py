@@ -165,6 +165,28 @@ def test_status_json_shows_counters_from_another_pipeline(tmp_path: Path, capsys
     assert "opik" in capsys.readouterr().out
 
 
+def test_status_shows_p50_and_p95_delivery_latency_per_sink(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`status` prints each sink's p50/p95 delivery latency estimated from the spool's histogram ("-" before
+    anything was acknowledged); `--json` carries them with the count."""
+    with Pipeline(tmp_path, [Route(ScriptedSink("opik"), StandInMapping())], FAST) as pipe:
+        pipe.start()
+        pipe.accept(make_records(3))
+        assert pipe.flush(30)
+    with Pipeline(tmp_path, [Route(ScriptedSink("opik"), StandInMapping()),
+                             Route(ScriptedSink("idle"), StandInMapping())], FAST):
+        pass
+    assert main(["status", "--spool", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[-2:] == ["P50", "P95"]
+    opik = next(line.split() for line in lines if line.startswith("opik"))
+    idle = next(line.split() for line in lines if line.startswith("idle"))
+    assert all(re.fullmatch(r"\d+ms|\d+\.\ds", cell) for cell in opik[-2:]) and idle[-2:] == ["-", "-"]
+    assert main(["status", "--spool", str(tmp_path), "--json"]) == 0
+    delivery = json.loads(capsys.readouterr().out)["sinks"]["opik"]["latency"]["delivery_latency"]
+    assert delivery["count"] == 3 and 0 <= delivery["p50_seconds"] <= delivery["p95_seconds"]
+
+
 def test_status_and_dlq_without_spool_report_nothing_accepted(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     """On a spool not created yet, `status` and `dlq list` say nothing was accepted, exit 0, create nothing."""

@@ -8,12 +8,14 @@ request without the offending spans may pass.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from traceexport.sinks import request_meter
 from traceexport.sinks.base import ItemFailure
 from traceexport.sinks.http import classify_response, classify_transport_error, redact
 from traceexport.sinks.http_client import make_client
@@ -102,13 +104,17 @@ class GrpcTransport:
         self._closed = False
 
     def send(self, request: bytes) -> SendOutcome:
+        message = ExportTraceServiceRequest.FromString(request)
+        started = time.monotonic()
         try:
-            message = ExportTraceServiceRequest.FromString(request)
             response = self._stub.Export(message, metadata=self._metadata, timeout=self._settings.timeout,
                                          compression=self._compression)
         except self._grpc.RpcError as exc:
             code = exc.code() if callable(getattr(exc, "code", None)) else None
-            return SendOutcome(self._classify(exc), divisible=getattr(code, "name", "") in DIVISIBLE_GRPC)
+            failure = self._classify(exc)
+            request_meter.observe(time.monotonic() - started, "permanent" if failure.permanent else "retryable")
+            return SendOutcome(failure, divisible=getattr(code, "name", "") in DIVISIBLE_GRPC)
+        request_meter.observe(time.monotonic() - started, "ok")
         partial = response.partial_success
         message = redact(partial.error_message, self._settings.secrets)
         return SendOutcome(None, int(partial.rejected_spans), message)
