@@ -437,3 +437,47 @@ def test_the_board_carries_a_childs_limiter_state_to_the_parent() -> None:
 def test_a_resting_state_is_the_configured_rate_or_unlimited() -> None:
     """The state of a limiter nothing throttled: its configured rate at any time, or inf."""
     assert resting(3).rate(0) == 3 and resting(None).rate(1e9) == math.inf
+
+
+# -- stopping and gRPC -----------------------------------------------------------------------------
+
+def test_stopping_the_pipeline_ends_a_wait_for_the_rate_limit(tmp_path: Path, sample_records: list[Any]) -> None:
+    """A worker waiting 20 s for its next request token stops at once; the unsent spans stay pending."""
+    from traceexport.mapping import load_mapping
+
+    sent: list[httpx.Request] = []
+    transport = httpx.MockTransport(lambda request: sent.append(request) or httpx.Response(200))
+    settings = otlp_settings("slow", {"traces_endpoint": "http://127.0.0.1:9/v1/traces", "max_spans": 1,
+                                      "linger_seconds": 0}, {})
+    sink = RateLimitedSink(OtlpSink("slow", settings, http_transport=transport),
+                           RateLimiter(requests_per_second=0.05))
+    pipe = Pipeline(tmp_path / "spool", [Route(sink, load_mapping("otlp"))], PipelineSettings(poll_interval=0.05))
+    pipe.start()
+    pipe.accept(sample_records[:3])
+    assert pipe.workers[0].queue.spool.has_pending("slow")
+    deadline = threading.Event()
+    while not sent and not deadline.wait(0.02):
+        pass
+    thread = pipe.workers[0]._thread
+    assert thread is not None
+    pipe.stop(timeout=5.0)
+    assert not thread.is_alive()  # without the cancel it would still be waiting for its token
+    assert len(sent) == 1 and pipe.pending()["slow"] > 0
+    pipe.close()
+
+
+def test_grpc_requests_are_paced_and_resource_exhausted_lowers_the_rate() -> None:
+    """OTLP/gRPC books each request's spans and takes RESOURCE_EXHAUSTED as a throttle."""
+    pytest.importorskip("grpc", reason="grpc extra not installed")
+    from tests.fakes.otlp_server import OtlpGrpcFake
+
+    with OtlpGrpcFake() as fake:
+        settings = otlp_settings("g", {"protocol": "grpc", "endpoint": fake.url, "timeout": 5, "max_spans": 2}, {})
+        sink = RateLimitedSink(OtlpSink("g", settings), RateLimiter(requests_per_second=50))
+        spy = Spy(sink.rate_limiter)
+        assert sink.export([otlp_span(i) for i in range(3)]).ok
+        assert spy.items == [2, 1]
+        fake.fail_next(1, "RESOURCE_EXHAUSTED")
+        assert not sink.export([otlp_span(5)]).ok
+        assert sink.rate_limiter.rate() < 50
+        sink.shutdown(1.0)
