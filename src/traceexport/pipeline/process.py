@@ -13,7 +13,8 @@ gone), so the child's workers look at once instead of sleeping out their poll in
 To stop the child it writes :data:`STOP` and closes the pipe. End of file without :data:`STOP` means
 the parent died (``kill -9``): the child stops on its own within :data:`ORPHAN_GRACE` seconds, leaving
 everything undelivered in the spool for the next start. "Flushing" is one byte of shared memory the
-child's workers read (:class:`SharedFlag`), again without a lock.
+child's workers read (:class:`SharedFlag`), again without a lock. The child's sink rate limits reach the
+parent's ``/metrics`` the same way, through a :class:`~traceexport.pipeline.rate_board.RateBoard`.
 """
 
 from __future__ import annotations
