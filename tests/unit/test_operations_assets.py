@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import yaml
 from tests.support.promql import (
-    AWAITING_MERGE,
     DASHBOARD,
     RULE_TESTS,
     RULES,
@@ -120,15 +119,8 @@ def test_every_metric_in_the_dashboard_and_the_rules_is_one_the_daemon_exports(t
         assert names, f"{where}: no metric found in {expr!r}"
         for name in names:
             used.setdefault(name, []).append(where)
-    missing = {name: places for name, places in used.items() if name not in exported and name not in AWAITING_MERGE}
+    missing = {name: places for name, places in used.items() if name not in exported}
     assert not missing, f"not exported by the daemon: {missing}"
-
-
-@pytest.mark.parametrize("name", sorted(AWAITING_MERGE))
-def test_metrics_from_work_merged_separately_are_exported_once_merged(name: str, tmp_path: Path) -> None:
-    """A metric the dashboard shows from another part of issue #17 is exported (skipped until that is merged)."""
-    if name not in exported_names(tmp_path):
-        pytest.skip(f"{name}: {AWAITING_MERGE[name]} is not merged into this branch yet")
 
 
 def test_metric_names_are_read_from_promql_and_grafana_queries() -> None:

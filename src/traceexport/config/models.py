@@ -71,6 +71,19 @@ class RetryConfig(_Strict):
     max_backoff: Duration = 300.0
 
 
+class RateLimitConfig(_Strict):
+    """A sink's request budget (``sinks/ratelimit.py``); unset rates are unlimited until the backend throttles.
+
+    ``burst``: requests that may go back to back after a quiet spell. ``adaptive``: halve the request rate
+    on each throttling answer (429, 503 with Retry-After, gRPC RESOURCE_EXHAUSTED), then climb back.
+    """
+
+    requests_per_second: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    items_per_second: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    burst: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 1.0
+    adaptive: bool = True
+
+
 class SinkConfig(BaseModel):
     """One destination: routing keys plus the sink's own options (every other key)."""
 
@@ -83,6 +96,7 @@ class SinkConfig(BaseModel):
     records: list[str] | None = None
     apps: list[str] | None = None
     sample: float = Field(default=1.0, ge=0.0, le=1.0)
+    rate_limit: RateLimitConfig | None = None
 
     @field_validator("records")
     @classmethod

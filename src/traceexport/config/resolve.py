@@ -14,11 +14,12 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from traceexport.config.loader import load_config, parse_config
-from traceexport.config.models import SINK_TYPES, Config, EnrichConfig, split_host_port
+from traceexport.config.models import SINK_TYPES, Config, EnrichConfig, RateLimitConfig, split_host_port
 from traceexport.errors import ConfigError, Problem
 
 if TYPE_CHECKING:
     from traceexport.pipeline import Route
+    from traceexport.sinks import Sink
 
 ENV_NAMES = {
     "config": "TRACEEXPORT_CONFIG",
@@ -188,6 +189,12 @@ def build_routes(config: Config, env: Mapping[str, str] | None = None) -> list[R
         except ConfigError as exc:
             problems += [_prefixed(f"sinks.{name}", p) for p in exc.problems]
             continue
+        if sink_config.type == "file":
+            if sink_config.rate_limit is not None:
+                problems.append(Problem(f"sinks.{name}.rate_limit", "a file sink sends no requests: remove "
+                                        "rate_limit (it applies to opik, amplitude, otlp and langfuse sinks)"))
+        else:
+            sink = _rate_limited(sink, sink_config.rate_limit or RateLimitConfig())
         records, apps = sink_config.records, sink_config.apps
         routes.append(Route(sink, mapping, record_types=frozenset(records) if records is not None else None,
                             app_ids=frozenset(apps) if apps is not None else None, sample=sink_config.sample))
@@ -196,6 +203,17 @@ def build_routes(config: Config, env: Mapping[str, str] | None = None) -> list[R
             route.sink.shutdown(1.0)
         raise ConfigError(problems, title="invalid sink configuration")
     return routes
+
+
+def _rate_limited(sink: Sink, settings: RateLimitConfig) -> Sink:
+    """``sink`` with its requests paced by a limiter built from ``settings`` (adaptive on 429 by default)."""
+    from traceexport.sinks.rate_limited import RateLimitedSink
+    from traceexport.sinks.ratelimit import RateLimiter
+
+    limiter = RateLimiter(requests_per_second=settings.requests_per_second,
+                          items_per_second=settings.items_per_second, burst=settings.burst,
+                          adaptive=settings.adaptive)
+    return RateLimitedSink(sink, limiter)
 
 
 def _prefixed(prefix: str, problem: Problem) -> Problem:

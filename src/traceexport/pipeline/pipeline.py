@@ -12,16 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from traceexport.errors import RecordTooLargeError
-from traceexport.pipeline.metrics import prometheus_text, snapshot
+from traceexport.pipeline.metrics import label_value, prometheus_text, snapshot
 from traceexport.pipeline.prepared import Prepare, PreparedRecords
 from traceexport.pipeline.process import DeliveryProcess, PrepareFactory, RouteFactory
 from traceexport.pipeline.queue import SinkQueue
+from traceexport.pipeline.rate_board import RateBoard, rate_limit_lines, watch_all
 from traceexport.pipeline.routing import check_routes, mask_for
 from traceexport.pipeline.settings import PipelineSettings, Route
 from traceexport.pipeline.spool import Spool, SpoolRow
 from traceexport.pipeline.worker import SinkWorker
 from traceexport.records import Record, RecordHead
 from traceexport.records.compact import compact_bytes
+from traceexport.sinks.rate_limited import cancel_waits, limiter_of
+from traceexport.sinks.ratelimit import resting
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +76,19 @@ class Pipeline:
 
     def __init__(self, spool_dir: Path, routes: list[Route], settings: PipelineSettings | None = None,
                  prepare: Prepare | None = None, *, route_factory: RouteFactory | None = None,
-                 prepare_factory: PrepareFactory | None = None, flushing: Any = None) -> None:
+                 prepare_factory: PrepareFactory | None = None, flushing: Any = None,
+                 rates: RateBoard | None = None) -> None:
         check_routes(routes)
         self.settings = settings or PipelineSettings()
         self.routes = list(routes)
         self.spool = Spool(Path(spool_dir), self.settings)
         self.bits = self.spool.register_sinks([r.sink.name for r in self.routes])
         # With a delivery process, this process only accepts: the child rebuilds the routes and delivers.
-        self.delivery = (DeliveryProcess(Path(spool_dir), route_factory, self.settings, prepare_factory)
+        self.delivery = (DeliveryProcess(Path(spool_dir), route_factory, self.settings, prepare_factory,
+                                         self.sink_names)
                          if self.settings.delivery_process and route_factory is not None else None)
+        if rates is not None:  # a delivery process: show the parent this process's rate limits
+            watch_all(rates, [(r.sink.name, limiter) for r in self.routes if (limiter := limiter_of(r.sink))])
         self.records = PreparedRecords(prepare, 0 if self.delivery else self.settings.prepare_cache_size,
                                        len(self.routes))
         # Up while flush() waits: workers send partial batches at once (a delivery process passes its own).
@@ -185,6 +192,8 @@ class Pipeline:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop delivery within ``timeout`` seconds, shut the sinks down; pending items stay in the spool."""
         deadline = time.monotonic() + timeout
+        for route in self.routes:  # a request waiting for its rate limit is not sent (it stays pending)
+            cancel_waits(route.sink)
         if self.delivery is not None:
             self.delivery.stop(max(deadline - time.monotonic(), 0.1))
         for worker in self.workers:
@@ -258,9 +267,22 @@ class Pipeline:
         snap["spool_max_bytes"] = self.settings.max_bytes
         return snap
 
+    def rate_limits(self) -> dict[str, float]:
+        """Each sink's effective requests/s now (inf: unlimited), from the process that delivers."""
+        now = time.monotonic()
+        out = {}
+        for route in self.routes:
+            name, limiter = route.sink.name, limiter_of(route.sink)
+            state = self.delivery.rates.read(name) if self.delivery is not None else None
+            if state is None:
+                state = limiter.state() if limiter is not None else resting(None)
+            out[name] = state.rate(now)
+        return out
+
     def prometheus_text(self) -> str:
         """:meth:`metrics` with the histograms in the Prometheus text exposition format, for /metrics."""
-        return prometheus_text(self.metrics(with_histograms=True))
+        return (prometheus_text(self.metrics(with_histograms=True))
+                + "\n".join(rate_limit_lines(self.rate_limits(), label_value)) + "\n")
 
     def __enter__(self) -> Pipeline:
         return self

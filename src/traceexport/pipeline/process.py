@@ -13,7 +13,8 @@ gone), so the child's workers look at once instead of sleeping out their poll in
 To stop the child it writes :data:`STOP` and closes the pipe. End of file without :data:`STOP` means
 the parent died (``kill -9``): the child stops on its own within :data:`ORPHAN_GRACE` seconds, leaving
 everything undelivered in the spool for the next start. "Flushing" is one byte of shared memory the
-child's workers read (:class:`SharedFlag`), again without a lock.
+child's workers read (:class:`SharedFlag`), again without a lock. The child's sink rate limits reach the
+parent's ``/metrics`` the same way, through a :class:`~traceexport.pipeline.rate_board.RateBoard`.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ import os
 import selectors
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
 from typing import Any
 
 from traceexport.logs import LogSettings, apply_settings, current_settings, log_event
+from traceexport.pipeline.rate_board import RateBoard
 from traceexport.pipeline.settings import PipelineSettings, Route
 
 RouteFactory = Callable[[], list[Route]]
@@ -94,13 +96,14 @@ class DeliveryProcess:
     """A child process running every sink worker for one spool."""
 
     def __init__(self, spool_dir: Path, route_factory: RouteFactory, settings: PipelineSettings,
-                 prepare_factory: PrepareFactory | None = None) -> None:
+                 prepare_factory: PrepareFactory | None = None, sinks: Sequence[str] = ()) -> None:
         self.spool_dir = Path(spool_dir)
         self.route_factory = route_factory
         self.settings = settings
         self.prepare_factory = prepare_factory
         self._context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
         self._flushing = SharedFlag(self._context)
+        self.rates = RateBoard(self._context, sinks)  # the child's rate limiters, for this process's /metrics
         self._process: SpawnProcess | None = None
         self._doorbell: Doorbell | None = None
 
@@ -112,7 +115,7 @@ class DeliveryProcess:
         self._process = self._context.Process(
             target=run_delivery, name="traceexport-delivery", daemon=True,
             args=(self.spool_dir, self.route_factory, self.settings, self.prepare_factory, reader,
-                  self._flushing, os.getpid(), current_settings()))
+                  self._flushing, os.getpid(), current_settings(), self.rates))
         self._doorbell = Doorbell(writer)
         try:
             self._process.start()
@@ -191,7 +194,7 @@ def exit_after(seconds: float) -> None:
 
 def run_delivery(spool_dir: Path, route_factory: RouteFactory, settings: PipelineSettings,
                  prepare_factory: PrepareFactory | None, reader: Connection, flushing: SharedFlag,
-                 parent_pid: int, log_settings: LogSettings) -> None:
+                 parent_pid: int, log_settings: LogSettings, rates: RateBoard | None = None) -> None:
     """The child's main: deliver from the spool until told to stop or orphaned."""
     # The parent owns this process's life: a SIGTERM or Ctrl-C sent to the whole process group (GNU timeout,
     # systemd's default KillMode, a terminal) reaches the parent, which stops the child within its grace.
@@ -204,7 +207,7 @@ def run_delivery(spool_dir: Path, route_factory: RouteFactory, settings: Pipelin
     local = dataclasses.replace(settings, delivery_process=False)
     try:
         pipe = Pipeline(spool_dir, route_factory(), local, prepare_factory() if prepare_factory else None,
-                        flushing=flushing)
+                        flushing=flushing, rates=rates)
     except Exception as exc:  # the parent built the same routes; say why in one line, not a traceback
         log_event(log, "delivery.failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
         raise SystemExit(1) from None

@@ -34,6 +34,7 @@ from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Paylo
 from traceexport.sinks.bisect import send_halves
 from traceexport.sinks.http import classify_response, classify_transport_error, redact, retry_after_from
 from traceexport.sinks.http_client import make_client
+from traceexport.sinks.ratelimit import ITEMS_EXTENSION
 from traceexport.sinks.settings import load_settings
 
 BASE_URLS = {"us": "https://api2.amplitude.com", "eu": "https://api.eu.amplitude.com"}
@@ -180,7 +181,8 @@ class AmplitudeSink:
         """Post one request; returns a failure that also dooms the requests not yet sent, else None."""
         try:
             response = client.post(self.settings.url, content=self._content(chunk),
-                                   headers={"Content-Type": "application/json"})
+                                   headers={"Content-Type": "application/json"},
+                                   extensions={ITEMS_EXTENSION: len(chunk)})
         except httpx.HTTPError as exc:
             failure = classify_transport_error(exc, backend="amplitude", secrets=self._secrets)
             result.failures.update({index: failure for index, _, _ in chunk})

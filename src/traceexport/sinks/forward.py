@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
 from traceexport.sinks.http import classify_response, classify_transport_error, redact
 from traceexport.sinks.http_client import make_client
+from traceexport.sinks.ratelimit import ITEMS_EXTENSION
 from traceexport.sinks.settings import load_settings
 
 INGEST_PATH = "/v1/dify/traces"
@@ -77,7 +78,8 @@ class ForwardSink:
             return ExportResult.success()
         try:
             body, content_type = self._encode(payloads)
-            response = self._client.post(INGEST_PATH, content=body, headers={"Content-Type": content_type})
+            response = self._client.post(INGEST_PATH, content=body, headers={"Content-Type": content_type},
+                                         extensions={ITEMS_EXTENSION: len(payloads)})
         except httpx.HTTPError as exc:
             return ExportResult.all_failed(len(payloads), classify_transport_error(
                 exc, backend="traceexport sidecar", secrets=self._secrets))

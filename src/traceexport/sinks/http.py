@@ -16,6 +16,7 @@ import httpx
 
 from traceexport.sinks.base import ItemFailure
 from traceexport.sinks.http_client import deadline_exceeded
+from traceexport.sinks.ratelimit import SendCancelled
 from traceexport.sinks.request_meter import RETRYABLE_STATUS
 
 MAX_RETRY_AFTER = 3600.0
@@ -113,8 +114,11 @@ def classify_response(
 
 
 def classify_transport_error(exc: Exception, *, backend: str, secrets: Iterable[str] = ()) -> ItemFailure:
-    """A transport-level failure (connect, timeout, protocol, the request's deadline): always retryable."""
+    """A transport-level failure (connect, timeout, protocol, the request's deadline, a request left unsent
+    by a stopping sink): always retryable."""
     kind = type(exc).__name__
+    if isinstance(exc, SendCancelled):  # never sent: it waited for the rate limit while the sink stopped
+        return ItemFailure(reason=f"{backend}: {exc}", permanent=False)
     if deadline_exceeded(exc) is not None:
         return ItemFailure(reason=redact(f"{backend} too slow ({kind}): {exc}", secrets), permanent=False)
     return ItemFailure(reason=redact(f"{backend} unreachable ({kind}): {exc}", secrets), permanent=False)

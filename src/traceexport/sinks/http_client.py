@@ -10,6 +10,9 @@ the request fails with :class:`RequestDeadlineExceeded`, which httpx raises as a
 The deadline lives in httpcore's network layer, the documented ``network_backend`` of its connection
 pools; httpx does not expose that option, so :func:`_install` sets it on the pool of each transport the
 client creates (proxies from the environment included) and fails loudly if httpx changes that shape.
+
+:func:`make_client` returns a :class:`RateLimitedClient`: inside a rate-limited sink's export each request
+first waits for that sink's :class:`~traceexport.sinks.ratelimit.RateLimiter` (before its deadline starts).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from traceexport.sinks import request_meter
+from traceexport.sinks import ratelimit, request_meter
 
 # (monotonic deadline, the whole allowance in seconds) of the request the current thread is sending
 _DEADLINE: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar(
@@ -163,8 +166,31 @@ class DeadlineClient(httpx.Client):
         return response
 
 
+class RateLimitedClient(DeadlineClient):
+    """A :class:`DeadlineClient` whose requests first wait for the sending sink's rate limiter, if it has one.
+
+    The wait comes before the request's deadline starts; the number of items a request carries comes from
+    its ``traceexport.items`` extension (0 when a sink does not say). A throttling answer (429, or 503 with
+    ``Retry-After``) lowers the limiter's rate. Outside a rate-limited export this is a DeadlineClient.
+    """
+
+    def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        limiter = ratelimit.current()
+        if limiter is None:
+            return super().send(request, **kwargs)
+        try:
+            limiter.acquire(int(request.extensions.get(ratelimit.ITEMS_EXTENSION, 0)))
+        except ratelimit.SendCancelled as exc:
+            raise ratelimit.SendCancelled(str(exc), request=request) from None
+        response = super().send(request, **kwargs)
+        if ratelimit.is_throttle(response.status_code, "retry-after" in response.headers):
+            limiter.throttled()
+        return response
+
+
 def make_client(*, timeout: float, headers: Mapping[str, str] | None = None, base_url: str = "",
                 transport: httpx.BaseTransport | None = None) -> httpx.Client:
-    """The client a sink sends with: ``timeout`` seconds per socket operation and per request overall."""
-    return DeadlineClient(deadline=timeout, timeout=timeout, headers=dict(headers or {}), base_url=base_url,
-                          transport=transport)
+    """The client a sink sends with: ``timeout`` seconds per socket operation and per request overall,
+    paced by the sink's rate limiter when it has one."""
+    return RateLimitedClient(deadline=timeout, timeout=timeout, headers=dict(headers or {}), base_url=base_url,
+                             transport=transport)

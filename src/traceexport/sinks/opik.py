@@ -27,6 +27,7 @@ from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Paylo
 from traceexport.sinks.bisect import Budget, send_halves
 from traceexport.sinks.http import classify_response, classify_transport_error, excerpt, redact
 from traceexport.sinks.http_client import make_client
+from traceexport.sinks.ratelimit import ITEMS_EXTENSION
 from traceexport.sinks.settings import load_settings
 
 OPIK_CLOUD_URL = "https://www.comet.com/opik/api"
@@ -168,7 +169,8 @@ class OpikSink:
         """Post one request; returns a failure that also dooms the requests not yet sent, else None."""
         try:
             response = client.post(f"/v1/private/{request.collection}/batch", content=request.content(),
-                                   headers={"Content-Type": "application/json"})
+                                   headers={"Content-Type": "application/json"},
+                                   extensions={ITEMS_EXTENSION: len(request.items)})
         except httpx.HTTPError as exc:
             failure = classify_transport_error(exc, backend="opik", secrets=self._secrets)
             result.failures.update({i.index: failure for i in request.items})

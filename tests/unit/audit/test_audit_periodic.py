@@ -116,7 +116,8 @@ def test_stop_is_prompt_between_runs_and_does_not_wait_for_a_hung_run() -> None:
     release.set()
 
 
-_SAMPLE = re.compile(r'^([a-z_][a-z0-9_]*)(\{([a-z_]+="(?:[^"\\]|\\.)*")(,[a-z_]+="(?:[^"\\]|\\.)*")*\})? [0-9.e+-]+$')
+_SAMPLE = re.compile(r'^([a-z_][a-z0-9_]*)(\{([a-z_]+="(?:[^"\\]|\\.)*")(,[a-z_]+="(?:[^"\\]|\\.)*")*\})? '
+                     r'(?:[0-9.e+-]+|[+-]Inf|NaN)$')
 
 
 def _check_exposition(text: str) -> dict[str, list[str]]:

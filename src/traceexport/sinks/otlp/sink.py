@@ -163,7 +163,7 @@ class OtlpSink:
     def _send(self, units: Sequence[_Unit], result: ExportResult, budget: Budget) -> ItemFailure | None:
         """Post the spans of ``units`` as one request; returns a failure that blocks the receiver, else None."""
         indexes = [index for unit in units for index, _ in unit]
-        outcome = self._client().send(self._request([span for unit in units for _, span in unit]))
+        outcome = self._client().send(self._request([span for unit in units for _, span in unit]), len(indexes))
         failure = outcome.failure
         if failure is None:
             self._partial_success(outcome, indexes, result)

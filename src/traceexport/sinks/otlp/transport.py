@@ -15,12 +15,13 @@ from typing import Any, Protocol
 import httpx
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from traceexport.sinks import request_meter
+from traceexport.sinks import ratelimit, request_meter
 from traceexport.sinks.base import ItemFailure
 from traceexport.sinks.http import classify_response, classify_transport_error, redact
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.otlp.config import OtlpSettings
 from traceexport.sinks.otlp_encoding import decode_partial_success, serialize
+from traceexport.sinks.ratelimit import ITEMS_EXTENSION
 
 USER_AGENT = "traceexport-otlp"
 # gRPC status codes (names) that may succeed on a later attempt; every other code is permanent.
@@ -43,9 +44,9 @@ class SendOutcome:
 class Transport(Protocol):
     """One-attempt sender of an export request."""
 
-    def send(self, request: bytes) -> SendOutcome:
-        """Send an ``ExportTraceServiceRequest`` in the protocol's encoding (OTLP/JSON text for ``http/json``, else
-        protobuf) once; never raises for transport or receiver failures."""
+    def send(self, request: bytes, spans: int = 0, /) -> SendOutcome:
+        """Send an ``ExportTraceServiceRequest`` (of ``spans`` spans) in the protocol's encoding (OTLP/JSON text for
+        ``http/json``, else protobuf) once; never raises for transport or receiver failures."""
         ...
 
     def close(self) -> None:
@@ -64,10 +65,11 @@ class HttpTransport:
         headers = {"User-Agent": USER_AGENT, **settings.headers}
         self._client = make_client(timeout=settings.timeout, headers=headers, transport=client_transport)
 
-    def send(self, request: bytes) -> SendOutcome:
+    def send(self, request: bytes, spans: int = 0, /) -> SendOutcome:
         body, headers = serialize(request, json_body=self._json, compress=self._settings.compression)
         try:
-            response = self._client.post(self._settings.endpoint, content=body, headers=headers)
+            response = self._client.post(self._settings.endpoint, content=body, headers=headers,
+                                         extensions={ITEMS_EXTENSION: spans})
         except httpx.HTTPError as exc:
             return SendOutcome(classify_transport_error(exc, backend=self._backend,
                                                         secrets=self._settings.secrets))
@@ -103,7 +105,13 @@ class GrpcTransport:
         self._compression = grpc.Compression.Gzip if settings.compression else grpc.Compression.NoCompression
         self._closed = False
 
-    def send(self, request: bytes) -> SendOutcome:
+    def send(self, request: bytes, spans: int = 0, /) -> SendOutcome:
+        limiter = ratelimit.current()  # the HTTP client does this for OTLP/HTTP; gRPC has its own channel
+        if limiter is not None:
+            try:
+                limiter.acquire(spans)
+            except ratelimit.SendCancelled as exc:
+                return SendOutcome(ItemFailure(f"{self._backend}: {exc}", permanent=False))
         message = ExportTraceServiceRequest.FromString(request)
         started = time.monotonic()
         try:
@@ -113,6 +121,9 @@ class GrpcTransport:
             code = exc.code() if callable(getattr(exc, "code", None)) else None
             failure = self._classify(exc)
             request_meter.observe(time.monotonic() - started, "permanent" if failure.permanent else "retryable")
+            if limiter is not None and (getattr(code, "name", "") == "RESOURCE_EXHAUSTED"
+                                        or failure.retry_after is not None):
+                limiter.throttled()
             return SendOutcome(failure, divisible=getattr(code, "name", "") in DIVISIBLE_GRPC)
         request_meter.observe(time.monotonic() - started, "ok")
         partial = response.partial_success
