@@ -43,6 +43,8 @@ from tests.realdify.bulk import Bulk, populate  # noqa: E402 - after the path se
 from tests.realdify.dify import REAL, DifyVersion, prepare  # noqa: E402
 from tests.support.postgres_server import PostgresServer, PostgresUnavailable  # noqa: E402
 
+from procstat import child_pids, cpu_seconds, status_mb  # noqa: E402 - bench/ is on the path
+
 GOAL_RATE = 5000.0
 SPANS = {"workflow": 4, "message": 2, "tool": 1}  # a run: its span + 3 node spans; a message: agent + LLM span
 SEEDED = {"workflow": 1, "message": 2, "tool": 1}  # the records of the rows ``seed`` made (they are read too)
@@ -101,39 +103,6 @@ s.serve_forever()
 """
 
 
-def proc_stat(pid: int) -> list[str]:
-    """The fields of /proc/<pid>/stat after the command name."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def cpu_seconds(pid: int, *, children: bool = False) -> float:
-    """User + system CPU of ``pid`` (plus its reaped children's with ``children``)."""
-    fields = proc_stat(pid)
-    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if children else 0)
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def memory_mb(pid: int) -> tuple[float, float]:
-    """Resident set size now (VmRSS) and at its peak (VmHWM) of ``pid``, in MB."""
-    found = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(("VmRSS:", "VmHWM:")):
-            found[line[:5]] = int(line.split()[1]) / 1024
-    return found.get("VmRSS", 0.0), found.get("VmHWM", 0.0)
-
-
-def child_pids(pid: int) -> list[int]:
-    """Pids whose parent is ``pid``."""
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if int(proc_stat(int(entry))[1]) == pid:
-                found.append(int(entry))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
-
-
 class Sampler:
     """Peak RSS and CPU of a process and its children, sampled until it exits; when its checkpoint says done."""
 
@@ -152,7 +121,7 @@ class Sampler:
             for pid in (self.pid, *child_pids(self.pid)):
                 try:
                     name = self._name(pid)
-                    rss, hwm = memory_mb(pid)
+                    rss, hwm = status_mb(pid, "VmRSS"), status_mb(pid, "VmHWM")
                     if not rss:  # exiting: its memory is gone
                         continue
                     self.peak[name] = max(self.peak.get(name, 0.0), hwm)

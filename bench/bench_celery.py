@@ -45,6 +45,7 @@ from tests.support.dify_producer import DifyProducer  # noqa: E402
 from tests.support.redis_server import RedisServer, redis_server_binary  # noqa: E402
 
 from bench_mapping import envelope_stream, sample_texts  # noqa: E402 - after the path set-up above
+from procstat import child_pids, cpu_seconds, status_mb  # noqa: E402 - bench/ is on the path
 from traceexport.mapping import load_mapping  # noqa: E402
 from traceexport.records import record_from_obj  # noqa: E402
 
@@ -108,37 +109,6 @@ s.serve_forever()
 """
 
 
-def proc_stat(pid: int) -> list[str]:
-    """The fields of /proc/<pid>/stat after the command name."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of ``pid`` so far."""
-    fields = proc_stat(pid)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_mb(pid: int) -> float:
-    """Peak resident set size (VmHWM) of ``pid`` in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def child_pids(pid: int) -> list[int]:
-    """Pids whose parent is ``pid``."""
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if int(proc_stat(int(entry))[1]) == pid:
-                found.append(int(entry))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
-
-
 class Sampler:
     """Peak RSS and CPU of the sidecar and its children, sampled every 50 ms until stopped."""
 
@@ -161,7 +131,7 @@ class Sampler:
                 command = Path(f"/proc/{pid}/cmdline").read_bytes()
                 name = ("sidecar (ingest)" if pid == self.pid else
                         "resource tracker" if b"resource_tracker" in command else "delivery process")
-                self.peak[name] = max(self.peak.get(name, 0.0), peak_rss_mb(pid))
+                self.peak[name] = max(self.peak.get(name, 0.0), status_mb(pid, "VmHWM"))
                 self.cpu[name] = cpu_seconds(pid)
             except (OSError, ValueError, IndexError):
                 continue

@@ -45,6 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_mapping import sample_texts  # bench/ is not a package: found through the sys.path entry above
+from procstat import cpu_seconds, status_mb
 
 GOAL_RATE, GOAL_SDK_RATIO, GOAL_RSS_MB = 10_000.0, 3.0, 150.0
 BANNER = re.compile(r"listening on (http://127\.0\.0\.1:\d+)(/v1/dify/traces)")
@@ -199,18 +200,6 @@ def expected_span_ids(stream: Stream, start: int, count: int) -> set[str]:
 
 
 # -- processes -----------------------------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time used so far by process ``pid`` (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def status_mb(pid: int, key: str) -> float:
-    """A ``/proc/PID/status`` memory figure (``VmHWM``: peak RSS; ``VmRSS``) in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def delivery_child(pid: int) -> int | None:
