@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from tests.support.processes import python_env
+from tests.support.processes import run_measuring_peak_rss
 from tests.support.record_files import write_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -21,19 +20,17 @@ RSS_BOUND = 200 * MB
 
 def _map(*args: str, stdout: int | Path = subprocess.DEVNULL) -> tuple[int, int, str]:
     """``(exit code, peak RSS in bytes of map and its workers, stderr)`` of one ``map`` run."""
-    argv = [sys.executable, "-m", "traceexport", "map", *args]
-    with open(os.devnull, "rb") as stdin:
-        out = stdout if isinstance(stdout, int) else stdout.open("wb")
-        try:
-            child = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=subprocess.PIPE, env=python_env())
-            assert child.stderr is not None
-            errors = child.stderr.read().decode("utf-8", "replace")
-            _, status, usage = os.wait4(child.pid, 0)
-        finally:
-            if not isinstance(out, int):
-                out.close()
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return child.returncode, usage.ru_maxrss * 1024, errors
+    return run_measuring_peak_rss([sys.executable, "-m", "traceexport", "map", *args], stdout=stdout)
+
+
+def test_peak_rss_is_the_commands_own_not_the_test_process() -> None:
+    """A small command measures small though this process has grown: the parent's peak does not leak into it."""
+    ballast = bytearray(RSS_BOUND + 100 * MB)
+    ballast[:: 4096] = b"\x01" * len(range(0, len(ballast), 4096))  # touch every page so it is resident
+    code, rss, errors = run_measuring_peak_rss([sys.executable, "-c", "pass"])
+    assert code == 0, errors
+    assert rss < 100 * MB, f"peak RSS {rss / MB:.0f} MB for an empty Python"
+    del ballast
 
 
 @pytest.mark.parametrize(("form", "size"), [("lines", 60 * MB), ("array", 25 * MB)])

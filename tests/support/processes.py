@@ -7,6 +7,7 @@ Usage::
     wait_until(lambda: fake_has_requests(), timeout=10, what="first request")
     kill_hard(proc)                            # SIGKILL by pid, then reap
     stop_process(proc, timeout=5)              # SIGTERM, then SIGKILL after timeout; idempotent
+    code, peak, errors = run_measuring_peak_rss([sys.executable, "-m", "traceexport", "map", path])
 """
 
 from __future__ import annotations
@@ -107,3 +108,41 @@ def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, str, 
         out, err = proc.communicate(timeout=5)
         raise AssertionError(f"pid {proc.pid} did not exit within {timeout}s; stderr: {err!r}") from None
     return proc.returncode, (out or b"").decode(), (err or b"").decode()
+
+
+# Forks the command from a small process and reports its exit code and peak RSS (ru_maxrss, KiB) on a pipe.
+_PEAK_RSS_LAUNCHER = """
+import os, subprocess, sys
+report = int(sys.argv[1])
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+os.write(report, f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}".encode())
+"""
+
+
+def run_measuring_peak_rss(argv: Sequence[str], *, stdout: int | Path = subprocess.DEVNULL,
+                           env: Mapping[str, str] | None = None) -> tuple[int, int, str]:
+    """Run ``argv`` to its end: ``(exit code, peak RSS in bytes of it and its workers, stderr)``.
+
+    Linux carries a parent's peak RSS into a child across fork+exec (``ru_maxrss`` starts at the parent's
+    footprint), so a child forked from a grown pytest process reports pytest's peak. A small launcher
+    process forks the command instead and reports the command's own ``ru_maxrss`` from ``wait4``.
+    """
+    report_read, report_write = os.pipe()
+    with open(os.devnull, "rb") as stdin:
+        out = stdout if isinstance(stdout, int) else stdout.open("wb")
+        try:
+            launcher = subprocess.Popen(
+                [sys.executable, "-c", _PEAK_RSS_LAUNCHER, str(report_write), *argv], stdin=stdin, stdout=out,
+                stderr=subprocess.PIPE, pass_fds=(report_write,), env=dict(env) if env is not None else python_env())
+            os.close(report_write)
+            _, errors = launcher.communicate()
+            report = os.read(report_read, 100).decode()
+        finally:
+            os.close(report_read)
+            if not isinstance(out, int):
+                out.close()
+    if launcher.returncode != 0 or not report:
+        raise RuntimeError(f"peak-RSS launcher failed ({launcher.returncode}): {errors.decode(errors='replace')}")
+    code, peak_kib = (int(field) for field in report.split())
+    return code, peak_kib * 1024, errors.decode("utf-8", "replace")
