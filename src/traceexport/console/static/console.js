@@ -178,6 +178,7 @@
   var Status = {
     last: null,
     history: null,
+    totalDl: null,
     sinkNames: [],
 
     poll: function () {
@@ -210,6 +211,10 @@
       var totalDl = 0;
       (s.sinks || []).forEach(function (k) { totalDl += k.dead_letters || 0; });
       $("dl-badge").textContent = totalDl ? String(totalDl) : "";
+      // The open dead-letter list follows the counts (unless the user is in the middle of a selection).
+      if (Status.totalDl != null && totalDl !== Status.totalDl && DL.loaded && !$("view-dead-letters").hidden &&
+          !DL.selectedIds().length) DL.reload();
+      Status.totalDl = totalDl;
       Status.sinkNames = (s.sinks || []).map(function (k) { return k.name; });
       var box = $("sinks");
       var seen = {};
