@@ -16,10 +16,12 @@ from tests.support.processes import python_env, start_process, stop_process, wai
 
 TOKEN = "integration-token-0123456789"  # configs say ${TEST_TOKEN}; the daemon gets it from its environment
 BANNER = re.compile(r"listening on (http://127\.0\.0\.1:\d+)/v1/dify/traces")
+CONSOLE = re.compile(r"console (http://127\.0\.0\.1:\d+)/ui/")
 
 
 class Served:
-    """One daemon process started from a config file, with its log and ingest URL (a context manager too)."""
+    """One daemon process started from a config file, with its log, ingest URL and console URL (``console``:
+    its base, or None when ``args`` turned it off; a context manager too)."""
 
     def __init__(self, root: Path, config: str, name: str = "daemon", *, args: Sequence[str] = (),
                  env: Mapping[str, str] | None = None) -> None:
@@ -28,7 +30,7 @@ class Served:
         self.config_path.write_text(config, encoding="utf-8")
         self.log_path = root / f"{name}.log"
         argv = [sys.executable, "-m", "traceexport", "serve", "--config", str(self.config_path),
-                "--listen", "127.0.0.1:0", *args]
+                "--listen", "127.0.0.1:0", "--console", "127.0.0.1:0", *args]
         self.proc = start_process(argv, cwd=root, stderr_path=self.log_path, env=python_env(
             {**(env or {}), "TEST_TOKEN": TOKEN, "TRACEEXPORT_LOG_LEVEL": "info"}))
         wait_until(lambda: BANNER.search(self.log()) is not None or self.proc.poll() is not None,
@@ -36,6 +38,8 @@ class Served:
         match = BANNER.search(self.log())
         assert match, f"daemon did not start: {self.log()[-2000:]}"
         self.base = match.group(1)
+        console = CONSOLE.search(self.log())
+        self.console = console.group(1) if console else None
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
