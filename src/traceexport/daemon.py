@@ -90,12 +90,15 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.http: IngestServer | None = None
         self.celery: Any = None
+        self.console: Any = None  # the ConsoleServer, when console.listen is set
         self.audit: periodic.AuditScheduler | None = None
         self.lock: DaemonLock | None = None
         self._stop_requested = threading.Event()
         self._running = False
         http = config.sources.http
+        console = config.console
         add_secrets([http.token.get_secret_value() if http and http.token else None,
+                     console.token.get_secret_value() if console and console.token else None,
                      config.enrich.database_url.get_secret_value() if config.enrich.database_url else None])
         add_secrets(secrets_in(self.env))  # sinks read keys from the environment (OPIK_API_KEY, ...)
         for sink in config.sinks.values():
@@ -128,6 +131,7 @@ class Daemon:
                                       max_body_bytes=int(http.max_body_bytes))
             self.http = IngestServer(settings, self.pipeline.accept_fitting, stager=self.pipeline.stager,
                                      ready=self.not_ready_reason, metrics_text=self.metrics_text)
+        self.console = self._console(self.pipeline)
         self.pipeline.start()
         self._running = True
         self.audit = self._audit(self.pipeline)
@@ -136,12 +140,30 @@ class Daemon:
             self.celery.start()
         if self.http is not None:
             self.http.start()
-        log_event(log, "serve.started", listen=self.listen_url or "-", sinks=",".join(self.config.sinks),
+        if self.console is not None:
+            self.console.start()
+        log_event(log, "serve.started", listen=self.listen_url or "-", console=self.console_url or "-",
+                  sinks=",".join(self.config.sinks),
                   spool=str(spool_dir), celery=self.celery is not None, enrich=prepare is not None)
         for name, owed in self.pipeline.orphaned().items():
             log_event(log, "serve.sink_not_configured", logging.WARNING, sink=name, undelivered=owed,
                       hint=f"kept in the spool; add the sink back, or: traceexport dlq retire"
                            f"{spool_option(spool_dir)} {name}")
+
+    def _console(self, pipeline: Pipeline) -> Any:
+        """The console's server, bound (not yet serving), when ``console.listen`` is set; ConfigError when its
+        port cannot be had."""
+        console = self.config.console
+        if console is None:
+            return None
+        from traceexport.console import build_console
+
+        try:
+            return build_console(console, pipeline, {name: s.type for name, s in self.config.sinks.items()},
+                                 ready=self.not_ready_reason)
+        except OSError as exc:
+            raise ConfigError([Problem("console.listen", f"cannot listen on {console.listen}: "
+                                                         f"{exc.strerror or exc}")], title="cannot start") from exc
 
     def _audit(self, pipeline: Pipeline) -> periodic.AuditScheduler | None:
         """The periodic audit, started, when ``audit.interval`` is set and there is a runner for it."""
@@ -179,6 +201,9 @@ class Daemon:
         if self.audit is not None:  # wakes at once; a run still reading is left to its daemon thread
             self.audit.stop(MIN_STEP)
             self.audit = None
+        if self.console is not None:
+            self.console.stop()
+            self.console = None
         if self.http is not None:
             cut = not self.http.stop()
             self.http = None
@@ -241,13 +266,19 @@ class Daemon:
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}{INGEST_PATH}"
 
+    @property
+    def console_url(self) -> str | None:
+        """The console page's address, with the real port, or None when the console is off."""
+        return self.console.url if self.console is not None else None
+
     def banner(self) -> str:
-        """The one start-up line: where it listens and where output goes."""
+        """The one start-up line: where it listens, where output goes, where the console is."""
         inputs = [f"listening on {self.listen_url}"] if self.listen_url else []
         if self.celery is not None:
             inputs.append(f"consuming Celery queue {self.celery.settings.queue!r}")
+        console = f"; console {self.console_url}" if self.console_url else ""
         return (f"traceexport: {' and '.join(inputs)}; sending to {describe_sinks(self.config, self.env)}; "
-                f"spool {self.config.spool.dir}")
+                f"spool {self.config.spool.dir}{console}")
 
     def metrics_text(self) -> str:
         """``/metrics``: the pipeline's counters, gauges and histograms, then the last audit's (once one has

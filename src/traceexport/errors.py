@@ -6,6 +6,7 @@
     ├── ConfigError                 bad config or mapping at start-up; lists every problem
     ├── RecordError                 one input record is invalid or cannot be mapped
     │   └── RecordTooLargeError     .indexes: records that can never fit in the spool (permanent)
+    ├── RequestError                .status: a call to the console's JSON API is malformed (400, 404, 413)
     ├── SourceError                 a source cannot be read (Dify's database: unreachable, refused, unknown schema)
     ├── SpoolFullError              back-pressure: the spool refuses new input (retryable)
     │   ├── SpoolUnavailableError   the spool cannot take input now (no descriptor left for a connection)
@@ -75,6 +76,15 @@ class RecordTooLargeError(RecordError):
         super().__init__(reason)
 
 
+class RequestError(TraceExportError):
+    """A call to the console's JSON API cannot be answered as asked: ``status`` is the HTTP status to send
+    (400 malformed, 404 no such entry), the message one line."""
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        self.status = status
+        super().__init__(" ".join(message.split()))
+
+
 class SourceError(TraceExportError):
     """A source cannot be read (e.g. Dify's database: bad URL, refused login, a schema it does not know).
 
@@ -131,6 +141,7 @@ __all__ = [
     "Problem",
     "RecordError",
     "RecordTooLargeError",
+    "RequestError",
     "RetryableExportError",
     "SourceError",
     "SpoolFullError",

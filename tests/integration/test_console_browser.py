@@ -63,8 +63,7 @@ def config(tmp_path: Path, otlp: OtlpFake, opik: OpikFake | None = None) -> str:
 
 
 def serve(tmp_path: Path, otlp: OtlpFake, opik: OpikFake | None = None) -> Served:
-    served = Served(tmp_path, config(tmp_path, otlp, opik), console="127.0.0.1:0",
-                    env={"CONSOLE_TOKEN": CONSOLE_TOKEN})
+    served = Served(tmp_path, config(tmp_path, otlp, opik), env={"CONSOLE_TOKEN": CONSOLE_TOKEN})
     assert served.console
     return served
 

@@ -277,7 +277,8 @@ def test_sigterm_to_the_whole_process_group_stops_cleanly(tmp_path: Path) -> Non
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "traceexport", "serve", "--listen", "127.0.0.1:0",
-                                 "--spool", str(tmp_path / "spool")], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                 "--console", "127.0.0.1:0", "--spool", str(tmp_path / "spool")],
+                                cwd=tmp_path, stdout=subprocess.DEVNULL,
                                 stderr=log_file, env=python_env({"TRACEEXPORT_FILE_SINK_DIR": str(tmp_path / "out")}),
                                 start_new_session=True)
     try:

@@ -108,7 +108,8 @@ def test_a_blank_token_is_a_config_error_at_start(tmp_path: Path, given: str) ->
                                                                  else "null")
     config_path = tmp_path / "blank.yaml"
     config_path.write_text(text, encoding="utf-8")
-    argv = [sys.executable, "-m", "traceexport", "serve", "--config", str(config_path), "--listen", "127.0.0.1:0"]
+    argv = [sys.executable, "-m", "traceexport", "serve", "--config", str(config_path), "--listen", "127.0.0.1:0",
+            "--console", "off"]
     env = {k: v for k, v in python_env().items() if k != "TRACEEXPORT_TOKEN"}
     if given == "env":
         env["TRACEEXPORT_TOKEN"] = blank

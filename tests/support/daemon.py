@@ -16,22 +16,21 @@ from tests.support.processes import python_env, start_process, stop_process, wai
 
 TOKEN = "integration-token-0123456789"  # configs say ${TEST_TOKEN}; the daemon gets it from its environment
 BANNER = re.compile(r"listening on (http://127\.0\.0\.1:\d+)/v1/dify/traces")
-CONSOLE_BANNER = re.compile(r"console (http://127\.0\.0\.1:\d+)/ui/")
+CONSOLE = re.compile(r"console (http://127\.0\.0\.1:\d+)/ui/")
 
 
 class Served:
-    """One daemon process started from a config file, with its log and ingest URL (a context manager too)."""
+    """One daemon process started from a config file, with its log, ingest URL and console URL (``console``:
+    its base, or None when ``args`` turned it off; a context manager too)."""
 
     def __init__(self, root: Path, config: str, name: str = "daemon", *, args: Sequence[str] = (),
-                 env: Mapping[str, str] | None = None, console: str = "off") -> None:
-        """``console``: the ``--console`` address (``127.0.0.1:0`` for a free port; ``off``, the default, for
-        none, so test daemons never contend for the default port); its base URL is then :attr:`console`."""
+                 env: Mapping[str, str] | None = None) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.config_path = root / f"{name}.yaml"
         self.config_path.write_text(config, encoding="utf-8")
         self.log_path = root / f"{name}.log"
         argv = [sys.executable, "-m", "traceexport", "serve", "--config", str(self.config_path),
-                "--listen", "127.0.0.1:0", "--console", console, *args]
+                "--listen", "127.0.0.1:0", "--console", "127.0.0.1:0", *args]
         self.proc = start_process(argv, cwd=root, stderr_path=self.log_path, env=python_env(
             {**(env or {}), "TEST_TOKEN": TOKEN, "TRACEEXPORT_LOG_LEVEL": "info"}))
         wait_until(lambda: BANNER.search(self.log()) is not None or self.proc.poll() is not None,
@@ -39,11 +38,8 @@ class Served:
         match = BANNER.search(self.log())
         assert match, f"daemon did not start: {self.log()[-2000:]}"
         self.base = match.group(1)
-        self.console: str | None = None
-        if console != "off":
-            found = CONSOLE_BANNER.search(self.log())
-            assert found, f"no console address in the start-up line: {self.log()[-2000:]}"
-            self.console = found.group(1)
+        console = CONSOLE.search(self.log())
+        self.console = console.group(1) if console else None
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")

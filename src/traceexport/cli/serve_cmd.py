@@ -30,6 +30,12 @@ def add_common_flags(parser: argparse.ArgumentParser, *, serve: bool) -> None:
         parser.add_argument("--token", metavar="TOKEN",
                             help="bearer token clients must send; required beyond loopback "
                                  f"(env {env['token']}, preferred: a flag shows in the process list)")
+        parser.add_argument("--console", metavar="HOST:PORT|off",
+                            help="the web console's address (its page at /ui/, its JSON API at /api/), "
+                                 f"default 127.0.0.1:4320; off: no console (env {env['console']})")
+        parser.add_argument("--console-token", metavar="TOKEN",
+                            help="bearer token the console's API requires; required beyond loopback "
+                                 f"(env {env['console_token']}, preferred)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help=f"log level (env {env['log_level']})")
 
@@ -37,7 +43,8 @@ def add_common_flags(parser: argparse.ArgumentParser, *, serve: bool) -> None:
 def overrides_from(args: argparse.Namespace) -> Overrides:
     """The flag values of ``args`` as Overrides (None where not given)."""
     return Overrides(config=args.config, listen=getattr(args, "listen", None), to=args.to, spool=args.spool,
-                     token=getattr(args, "token", None), log_level=args.log_level)
+                     token=getattr(args, "token", None), log_level=args.log_level,
+                     console=getattr(args, "console", None), console_token=getattr(args, "console_token", None))
 
 
 def register(subparsers: Any) -> None:

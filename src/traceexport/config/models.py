@@ -17,6 +17,7 @@ from traceexport.records.types import RECORD_TYPES, canonical_type
 SINK_TYPES = ("opik", "amplitude", "otlp", "langfuse", "file")
 MAPPING_BACKENDS = ("opik", "amplitude", "otlp", "langfuse")
 DEFAULT_LISTEN = "127.0.0.1:4319"
+DEFAULT_CONSOLE_LISTEN = "127.0.0.1:4320"
 DEFAULT_SPOOL_DIR = "traceexport-spool"
 MIN_SPOOL_BYTES = 1024**2  # an empty spool file alone takes ~360 KB (32 KiB pages)
 DEFAULT_OUT_DIR = "traceexport-out"
@@ -143,6 +144,27 @@ class SourcesConfig(_Strict):
     celery: dict[str, Any] | None = None
 
 
+def _console_off(value: Any) -> Any:
+    """``console: off`` (YAML reads it as false), ``"off"`` or null: no console."""
+    if value is False or value is None or (isinstance(value, str) and value.strip().lower() == "off"):
+        return None
+    return value
+
+
+class ConsoleConfig(_Strict):
+    """The web console and its JSON API (``/ui/``, ``/api/``), on a listener of its own."""
+
+    listen: str = DEFAULT_CONSOLE_LISTEN
+    token: SecretStr | None = None  # required beyond loopback; sent as Authorization: Bearer
+    max_body_bytes: ByteSize = ByteSize(1024 * 1024)  # the largest request body the API takes
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+
 class EnrichConfig(BaseModel):
     """Workflow node enrichment from Dify's PostgreSQL; other keys go to the enricher unchanged."""
 
@@ -180,6 +202,7 @@ class Config(_Strict):
     audit: AuditConfig = AuditConfig()
     sinks: dict[str, SinkConfig] = {}
     sources: SourcesConfig = SourcesConfig()
+    console: Annotated[ConsoleConfig | None, BeforeValidator(_console_off)] = ConsoleConfig()
     enrich: EnrichConfig = EnrichConfig()
     dify_hook: DifyHookConfig = DifyHookConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -28,6 +28,8 @@ ENV_NAMES = {
     "spool": "TRACEEXPORT_SPOOL",
     "token": "TRACEEXPORT_TOKEN",
     "log_level": "TRACEEXPORT_LOG_LEVEL",
+    "console": "TRACEEXPORT_CONSOLE",
+    "console_token": "TRACEEXPORT_CONSOLE_TOKEN",
 }
 DATABASE_URL_ENV = "TRACEEXPORT_DIFY_DATABASE_URL"
 _LEVELS = ("debug", "info", "warning", "error")
@@ -43,6 +45,8 @@ class Overrides:
     spool: str | None = None
     token: str | None = None
     log_level: str | None = None
+    console: str | None = None  # the console's HOST:PORT, or "off"
+    console_token: str | None = None
 
     def with_env(self, env: Mapping[str, str]) -> Overrides:
         """Flags first, then their environment variables (empty variables count as unset)."""
@@ -102,6 +106,7 @@ def _apply(data: dict[str, Any], o: Overrides, has_file: bool, problems: list[Pr
         if o.token:
             http["token"] = o.token
         data["sources"] = {**data["sources"], "http": http}
+    _apply_console(data, o, problems)
     if o.log_level:
         if o.log_level.lower() in _LEVELS:
             data["log_level"] = o.log_level.lower()
@@ -110,21 +115,54 @@ def _apply(data: dict[str, Any], o: Overrides, has_file: bool, problems: list[Pr
             problems.append(Problem(o.source("log_level"), message))
 
 
+def _apply_console(data: dict[str, Any], o: Overrides, problems: list[Problem]) -> None:
+    """``--console HOST:PORT|off`` and ``--console-token`` over the file's ``console`` section (in place)."""
+    if o.console is not None and o.console.strip().lower() == "off":
+        data["console"] = None
+        return
+    if not (o.console or o.console_token):
+        return
+    console = dict(data.get("console") or {})
+    if o.console:
+        try:
+            split_host_port(o.console)
+            console["listen"] = o.console
+        except ValueError as exc:
+            problems.append(Problem(o.source("console"), str(exc)))
+    if o.console_token:
+        console["token"] = o.console_token
+    data["console"] = console
+
+
+def _listener_problems(section: str, listen: str, token: str, flags: str) -> list[Problem]:
+    """A listener's token rules: usable when set, required beyond loopback (``flags``: where a token comes
+    from, for the message)."""
+    token_problem = _token_problem(token)
+    if token_problem:
+        return [Problem(f"{section}.token", f"{token_problem} (from {flags} or the config)")]
+    host, _ = split_host_port(listen)
+    if not is_loopback(host) and not token:
+        return [Problem(f"{section}.token", f"a token is required to listen on {listen} (beyond loopback): "
+                                            f"set {flags}, or listen on 127.0.0.1")]
+    return []
+
+
 def serve_problems(config: Config) -> list[Problem]:
-    """Rules that hold for a running daemon: a usable token, required when listening beyond loopback."""
+    """Rules that hold for a running daemon: an input, and for each listener (ingest, console) a usable
+    token, required when listening beyond loopback."""
+    problems: list[Problem] = []
+    console = config.console
+    if console is not None:
+        problems += _listener_problems("console", console.listen,
+                                       console.token.get_secret_value() if console.token else "",
+                                       "--console-token / TRACEEXPORT_CONSOLE_TOKEN")
     http = config.sources.http
     if http is None:
-        return [] if config.sources.celery is not None else [
-            Problem("sources", "no input: enable sources.http or configure sources.celery")]
-    token_problem = _token_problem(http.token.get_secret_value() if http.token else "")
-    if token_problem:
-        return [Problem("sources.http.token", f"{token_problem} (from --token / TRACEEXPORT_TOKEN or the config)")]
-    host, _ = split_host_port(http.listen)
-    if not is_loopback(host) and (http.token is None or not http.token.get_secret_value()):
-        message = (f"a token is required to listen on {http.listen} (beyond loopback): "
-                   "set --token / TRACEEXPORT_TOKEN, or listen on 127.0.0.1")
-        return [Problem("sources.http.token", message)]
-    return []
+        if config.sources.celery is None:
+            problems.append(Problem("sources", "no input: enable sources.http or configure sources.celery"))
+        return problems
+    return _listener_problems("sources.http", http.listen, http.token.get_secret_value() if http.token else "",
+                              "--token / TRACEEXPORT_TOKEN") + problems
 
 
 def _token_problem(token: str) -> str | None:

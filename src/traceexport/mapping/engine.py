@@ -57,10 +57,12 @@ class Entity:
 class Mapping:
     """A loaded, compiled mapping for one backend."""
 
-    def __init__(self, backend: str, entities: dict[str, list[Entity]], files: Sequence[str]) -> None:
+    def __init__(self, backend: str, entities: dict[str, list[Entity]], files: Sequence[str],
+                 document: LineDict | None = None) -> None:
         self.backend = backend
         self.entities = entities
         self.files = list(files)
+        self.document = document  # the merged source, with each key's file and line (the console's provenance)
 
     def record_types(self) -> list[str]:
         return sorted(self.entities)
@@ -87,6 +89,16 @@ class Mapping:
         except Exception as exc:  # defensive: a mapping must never take the pipeline down
             raise RecordError(f"{self.backend} mapping failed for {record.type}: {type(exc).__name__}: {exc}") from exc
         return payloads
+
+    def map_entities(self, record: Record) -> list[tuple[str, Payload]]:
+        """:meth:`map`'s payloads, each with the name of the entity that made it (the console's playground)."""
+        payloads = self.map(record)  # first: a record it cannot map is a RecordError, as for map
+        entities = [e for e in self.entities.get(record.type, []) if e.when is None or e.when(record.data)]
+        names: list[str] = []
+        for entity in entities:
+            items = entity.each(record.data) if entity.each is not None else [None]
+            names += [entity.name] * (len(items) if isinstance(items, list) else 0)
+        return list(zip(names, payloads, strict=True))
 
     @staticmethod
     def _payload(entity: Entity, ctx: dict[str, Any], ref: int) -> Payload:
@@ -156,7 +168,7 @@ def compile_document(document: LineDict, files: Sequence[str], options: dict[str
         problems.append(Problem(where, message))
     if problems:
         raise ConfigError(problems, title="invalid mapping")
-    return Mapping(str(backend), entities, files)
+    return Mapping(str(backend), entities, files, document)
 
 
 def _compile_entities(section: LineDict, path: str, backend: str, fields: frozenset[str], compiler: Compiler,

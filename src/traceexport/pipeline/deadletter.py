@@ -40,12 +40,15 @@ class DeadLetterEntry:
 
 
 def _where(sink: str | None, since: float | None = None, before: float | None = None,
-           ids: Sequence[int] = ()) -> tuple[str, list[Any]]:
+           ids: Sequence[int] = (), reason: str | None = None) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
     if sink is not None:
         clauses.append("sink = ?")
         params.append(sink)
+    if reason:
+        clauses.append("instr(lower(reason), lower(?)) > 0")
+        params.append(reason)
     if since is not None:
         clauses.append("last_attempt >= ?")
         params.append(since)
@@ -64,10 +67,12 @@ def _entry(row: Sequence[Any], envelope: str | None = None) -> DeadLetterEntry:
                            last, json.loads(envelope) if envelope is not None else None)
 
 
-def list_entries(spool: Spool, sink: str | None = None, *, after_id: int = 0,
-                 limit: int | None = None) -> list[DeadLetterEntry]:
-    """Dead letters, oldest first, optionally for one sink and after a given id."""
-    where, params = _where(sink)
+def list_entries(spool: Spool, sink: str | None = None, *, after_id: int = 0, limit: int | None = None,
+                 reason: str | None = None, since: float | None = None,
+                 before: float | None = None) -> list[DeadLetterEntry]:
+    """Dead letters, oldest first, optionally for one sink, whose reason contains ``reason`` (any case),
+    last tried in ``[since, before)``, after a given id."""
+    where, params = _where(sink, since=since, before=before, reason=reason)
     where += (" AND" if where else " WHERE") + " id > ?"
     params.append(after_id)
     sql = f"SELECT {_COLUMNS} FROM dead_letters{where} ORDER BY id"
@@ -119,15 +124,16 @@ def count_by_sink(spool: Spool, sink: str | None = None, since: float | None = N
     return {name: int(n) for name, n in rows}
 
 
-def count(spool: Spool, sink: str | None = None, before: float | None = None) -> int:
-    """How many dead letters match."""
-    where, params = _where(sink, before=before)
+def count(spool: Spool, sink: str | None = None, before: float | None = None, *, reason: str | None = None,
+          since: float | None = None) -> int:
+    """How many dead letters match (the filters of :func:`list_entries`)."""
+    where, params = _where(sink, since=since, before=before, reason=reason)
     return int(spool.conn().execute(f"SELECT count(*) FROM dead_letters{where}", params).fetchone()[0])
 
 
-def purge(spool: Spool, sink: str | None = None, before: float | None = None) -> int:
+def purge(spool: Spool, sink: str | None = None, before: float | None = None, ids: Sequence[int] = ()) -> int:
     """Delete matching dead letters for good; returns how many."""
-    where, params = _where(sink, before=before)
+    where, params = _where(sink, before=before, ids=ids)
     with spool.write() as conn:
         return int(conn.execute(f"DELETE FROM dead_letters{where}", params).rowcount)
 

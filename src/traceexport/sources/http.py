@@ -4,26 +4,23 @@ The body is a TaskData envelope, a bare TraceInfo (type in ``trace_info_type`` o
 array of those, or NDJSON. ``202 {"accepted": n}`` is sent only after ``accept`` returned, i.e. the
 records are durable. Bad records are listed with a one-line reason while the good ones of the same
 request are still accepted (then the status is 400); parsing is in :mod:`.http_body`. Built on the
-standard library's ``ThreadingHTTPServer``: no extra dependency, one thread per connection. Every answer
+standard library's ``ThreadingHTTPServer`` (:mod:`traceexport.http_base`). Every answer
 is JSON (the standard library's own refusals too); other methods get 405 with ``Allow``.
 """
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from traceexport.errors import RecordTooLargeError, SpoolFullError
+from traceexport.http_base import BEARER_CHALLENGE, JsonRequestHandler, JsonServer
 from traceexport.logs import log_event
 from traceexport.records import Record, RecordHead
 from traceexport.sources.http_body import JSON_TYPES, NDJSON_TYPES, parse_body
@@ -32,10 +29,6 @@ log = logging.getLogger("traceexport.sources.http")
 
 INGEST_PATH = "/v1/dify/traces"
 ALLOWED_METHODS = {INGEST_PATH: "POST", "/healthz": "GET, HEAD", "/readyz": "GET, HEAD", "/metrics": "GET, HEAD"}
-LISTEN_BACKLOG = 1024
-PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-_DIGITS = re.compile(r"[0-9]{1,18}")
 
 # Stores the records (or what a stager made of each); returns the (index, reason) of any that can never fit
 # (None: all stored).
@@ -141,54 +134,12 @@ class IngestServer:
         self._refusal = None
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    # The listen backlog: a burst of clients connecting at once waits here instead of being reset
-    # (the kernel caps it at net.core.somaxconn).
-    request_queue_size = LISTEN_BACKLOG
+class _Server(JsonServer):
     ingest: IngestServer
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log_event(log, "http.connection_error", logging.WARNING, client=str(client_address[0]))
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    default_request_version = "HTTP/1.0"  # not 0.9: a garbled request line still gets a status line and headers
-    server_version = "traceexport"
-    timeout = 30  # seconds a client may stall mid-request
+class _Handler(JsonRequestHandler):
     server: _Server
-
-    def version_string(self) -> str:
-        """The Server header: no Python version on the wire."""
-        return self.server_version
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silence per-request access lines: logs carry events, not traffic."""
-
-    # -- responses -------------------------------------------------------------------------------
-    def _send(self, status: int, body: dict[str, Any] | str, headers: dict[str, str] | None = None) -> None:
-        is_text = isinstance(body, str)
-        data = (body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", PROMETHEUS_TYPE if is_text else "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        self._send(status, {"error": message}, headers)
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """The standard library's own refusals (bad request line, unknown method, ...) as JSON, not HTML."""
-        self.close_connection = True
-        self._error(code, message or self.responses.get(code, ("error",))[0])
 
     # -- GET -------------------------------------------------------------------------------------
     def do_GET(self) -> None:
@@ -246,8 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if not self._authorised(ingest.settings.token):
             self.close_connection = True
-            challenge = {"WWW-Authenticate": 'Bearer realm="traceexport"'}
-            self._error(401, "missing or wrong bearer token", challenge)
+            self._error(401, "missing or wrong bearer token", BEARER_CHALLENGE)
             return
         content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if content_type not in JSON_TYPES | NDJSON_TYPES:
@@ -297,40 +247,6 @@ class _Handler(BaseHTTPRequestHandler):
         if parsed.rejected_total > len(parsed.rejected):
             answer["rejected_total"] = parsed.rejected_total
         self._send(400, answer)
-
-    def _authorised(self, token: str | None) -> bool:
-        if not token:
-            return True
-        scheme, _, given = (self.headers.get("Authorization") or "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
-
-    def _read_body(self, limit: int) -> bytes | None:
-        """The body by its one Content-Length; None after answering when the framing is refused."""
-        lengths = {value.strip() for value in self.headers.get_all("Content-Length") or []}
-        if self.headers.get("Transfer-Encoding") is not None:
-            # Both framings at once is how requests are smuggled past a proxy (RFC 9112 section 6.3).
-            self.close_connection = True
-            if lengths:
-                self._error(400, "Transfer-Encoding and Content-Length together are refused: send the "
-                            "body with Content-Length only")
-            else:
-                self._error(411, "Content-Length is required (chunked bodies are not accepted)")
-            return None
-        if not lengths:
-            self.close_connection = True
-            self._error(411, "Content-Length is required (chunked bodies are not accepted)")
-            return None
-        length_text = lengths.pop()
-        if lengths or not _DIGITS.fullmatch(length_text):
-            self.close_connection = True
-            self._error(400, "Content-Length is not one number")
-            return None
-        length = int(length_text)
-        if length > limit:
-            self.close_connection = True
-            self._error(413, f"body of {length} bytes is over the {limit}-byte limit; send smaller batches")
-            return None
-        return self.rfile.read(length)
 
 
 __all__ = ["INGEST_PATH", "IngestServer", "IngestSettings", "parse_body"]

@@ -1,0 +1,206 @@
+"""The console's listener: the page's static files at ``/ui/``, its JSON API at ``/api/``.
+
+Its own listener (``console.listen``), apart from ingest, so it can be kept on loopback or behind a
+proxy while ingest faces Dify. With a token configured every ``/api/`` call needs ``Authorization:
+Bearer``; nothing uses cookies, so there is nothing for a cross-site request to ride on. Every answer
+carries a strict Content-Security-Policy: the page runs only its own script, loads nothing from
+elsewhere and cannot be framed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from traceexport.console.api import ConsoleApi
+from traceexport.errors import RequestError
+from traceexport.http_base import BEARER_CHALLENGE, JsonRequestHandler, JsonServer
+from traceexport.logs import log_event
+
+log = logging.getLogger("traceexport.console")
+
+UI_PATH = "/ui/"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+          ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml"}
+_ENTRY = re.compile(r"^/api/dead-letters/([^/]+)$")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSettings:
+    """Where the console listens and what it asks of callers."""
+
+    host: str = "127.0.0.1"
+    port: int = 4320
+    token: str | None = None
+    max_body_bytes: int = 1024 * 1024
+
+
+def static_files() -> dict[str, tuple[bytes, str]]:
+    """``{name: (content, content type)}`` of the page's files, read once from the package."""
+    folder = resources.files("traceexport.console").joinpath("static")
+    files: dict[str, tuple[bytes, str]] = {}
+    if not folder.is_dir():
+        return files
+    for item in folder.iterdir():
+        suffix = "." + item.name.rsplit(".", 1)[-1]
+        if item.is_file() and suffix in _TYPES:
+            files[item.name] = (item.read_bytes(), _TYPES[suffix])
+    return files
+
+
+class ConsoleServer:
+    """Start it beside the daemon's pipeline; stop it before the pipeline closes."""
+
+    def __init__(self, settings: ConsoleSettings, api: ConsoleApi) -> None:
+        self.settings = settings
+        self.api = api
+        self.files = static_files()
+        self.draining = False
+        self._thread: threading.Thread | None = None
+        self._server = _Server((settings.host, settings.port), _Handler)
+        self._server.console = self
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        """The page's address, with the real port."""
+        host, port = self.address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}{UI_PATH}"
+
+    def start(self) -> None:
+        self.api.history.start()
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="traceexport-console", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.draining = True
+        self.api.history.stop()
+        self._server.shutdown()
+        self._server.server_close()
+        self.api.playground.close()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+
+
+class _Server(JsonServer):
+    console: ConsoleServer
+
+
+Route = Callable[[ConsoleApi, dict[str, list[str]], Any], Any]
+_GET: dict[str, Route] = {
+    "/api/status": lambda api, query, body: api.status(),
+    "/api/history": lambda api, query, body: api.history_points(),
+    "/api/dead-letters": lambda api, query, body: api.dead_letters(query),
+    "/api/playground": lambda api, query, body: api.playground_info(),
+    "/api/playground/mapping": lambda api, query, body: api.playground_mapping(query),
+}
+_POST: dict[str, Route] = {
+    "/api/dead-letters/replay": lambda api, query, body: api.replay(body),
+    "/api/dead-letters/purge": lambda api, query, body: api.purge(body),
+    "/api/playground/map": lambda api, query, body: api.playground_map(body),
+}
+
+
+class _Handler(JsonRequestHandler):
+    server: _Server
+    extra_headers = SECURITY_HEADERS
+
+    def do_GET(self) -> None:
+        """The page's files, or an API reading."""
+        path = urlsplit(self.path).path
+        if path.startswith("/api/"):
+            self._api(_GET)
+        elif path in ("/", "/ui"):
+            self._send(302, {"location": UI_PATH}, {"Location": UI_PATH})
+        elif path.startswith(UI_PATH):
+            name = path[len(UI_PATH):] or "index.html"
+            found = self.server.console.files.get(name)
+            if found is None:
+                self._error(404, f"no such file: {path}")
+            else:
+                self._send_bytes(200, *found)
+        else:
+            self._error(404, f"no such page: the console is at {UI_PATH}")
+
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:
+        """An API action."""
+        self._api(_POST)
+
+    def _not_allowed(self) -> None:
+        self.close_connection = True
+        self._error(405, f"{self.command} is not allowed here", {"Allow": "GET, HEAD, POST"})
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
+
+    def _api(self, routes: dict[str, Route]) -> None:
+        console = self.server.console
+        url = urlsplit(self.path)
+        try:
+            if console.draining:
+                self.close_connection = True
+                self._error(503, "the daemon is stopping", {"Retry-After": "5"})
+                return
+            if not self._authorised(console.settings.token):
+                self.close_connection = True
+                self._error(401, "missing or wrong bearer token: the console's API needs "
+                                 "'Authorization: Bearer <console token>'", BEARER_CHALLENGE)
+                return
+            route, args = self._route(routes, url.path)
+            body = None
+            if self.command == "POST":
+                raw = self._read_body(console.settings.max_body_bytes)
+                if raw is None:
+                    return
+                body = _json_body(raw)
+            self._send(200, route(console.api, parse_qs(url.query), body if args is None else args))
+        except RequestError as exc:
+            self._error(exc.status, str(exc), {"Allow": "GET, HEAD, POST"} if exc.status == 405 else None)
+        except Exception as exc:
+            log_event(log, "console.internal_error", logging.ERROR, path=url.path,
+                      error=f"{type(exc).__name__}: {exc}")
+            self.close_connection = True
+            self._error(500, "internal error; the daemon log has details")
+
+    def _route(self, routes: dict[str, Route], path: str) -> tuple[Route, Any]:
+        """The route for ``path`` (and, for one dead letter, its id); RequestError 404/405 otherwise."""
+        if path in routes:
+            return routes[path], None
+        entry = _ENTRY.match(path)
+        if entry is not None and entry.group(1) not in ("replay", "purge") and routes is _GET:
+            return (lambda api, query, entry_id: api.dead_letter(entry_id)), entry.group(1)
+        if path in _GET or path in _POST or entry is not None:
+            allowed = "POST" if path in _POST else "GET, HEAD"
+            raise RequestError(f"use {allowed} for {path}", status=405)
+        raise RequestError(f"no such API endpoint: {path} (see docs/console-api.md)", status=404)
+
+
+def _json_body(raw: bytes) -> Any:
+    try:
+        return json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(f"the body is not JSON: {exc}") from None
+
+
+__all__ = ["SECURITY_HEADERS", "UI_PATH", "ConsoleServer", "ConsoleSettings", "static_files"]

@@ -1,0 +1,123 @@
+"""What the daemon's two HTTP listeners (ingest and the console) share: JSON answers, bearer tokens, one
+Content-Length framing with a size limit, no tracebacks and no access lines.
+
+Built on the standard library's ``ThreadingHTTPServer``: no extra dependency, one thread per connection.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from traceexport.logs import log_event
+
+log = logging.getLogger("traceexport.http")
+
+LISTEN_BACKLOG = 1024
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+JSON_TYPE = "application/json"
+BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="traceexport"'}
+
+_DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+class JsonServer(ThreadingHTTPServer):
+    """A threading server whose connection errors are one log line each."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    # The listen backlog: a burst of clients connecting at once waits here instead of being reset
+    # (the kernel caps it at net.core.somaxconn).
+    request_queue_size = LISTEN_BACKLOG
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log_event(log, "http.connection_error", logging.WARNING, client=str(client_address[0]))
+
+
+class JsonRequestHandler(BaseHTTPRequestHandler):
+    """Answers in JSON (the standard library's own refusals too), with ``extra_headers`` on every one."""
+
+    protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.0"  # not 0.9: a garbled request line still gets a status line and headers
+    server_version = "traceexport"
+    timeout = 30  # seconds a client may stall mid-request
+    extra_headers: dict[str, str] = {}
+    text_type = PROMETHEUS_TYPE  # the content type of a str body
+
+    def version_string(self) -> str:
+        """The Server header: no Python version on the wire."""
+        return self.server_version
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence per-request access lines: logs carry events, not traffic."""
+
+    # -- responses -------------------------------------------------------------------------------
+    def _send_bytes(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in {**self.extra_headers, **(headers or {})}.items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        """``body`` as JSON, or a str as :attr:`text_type`."""
+        if isinstance(body, str):
+            self._send_bytes(status, body.encode("utf-8"), self.text_type, headers)
+        else:
+            self._send_bytes(status, json.dumps(body, ensure_ascii=False).encode("utf-8"), JSON_TYPE, headers)
+
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        self._send(status, {"error": message}, headers)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (bad request line, unknown method, ...) as JSON, not HTML."""
+        self.close_connection = True
+        self._error(code, message or self.responses.get(code, ("error",))[0])
+
+    # -- requests --------------------------------------------------------------------------------
+    def _authorised(self, token: str | None) -> bool:
+        """True without a token, else when ``Authorization: Bearer <token>`` matches (in constant time)."""
+        if not token:
+            return True
+        scheme, _, given = (self.headers.get("Authorization") or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+    def _read_body(self, limit: int) -> bytes | None:
+        """The body by its one Content-Length; None after answering when the framing is refused."""
+        lengths = {value.strip() for value in self.headers.get_all("Content-Length") or []}
+        if self.headers.get("Transfer-Encoding") is not None:
+            # Both framings at once is how requests are smuggled past a proxy (RFC 9112 section 6.3).
+            self.close_connection = True
+            if lengths:
+                self._error(400, "Transfer-Encoding and Content-Length together are refused: send the "
+                            "body with Content-Length only")
+            else:
+                self._error(411, "Content-Length is required (chunked bodies are not accepted)")
+            return None
+        if not lengths:
+            self.close_connection = True
+            self._error(411, "Content-Length is required (chunked bodies are not accepted)")
+            return None
+        length_text = lengths.pop()
+        if lengths or not _DIGITS.fullmatch(length_text):
+            self.close_connection = True
+            self._error(400, "Content-Length is not one number")
+            return None
+        length = int(length_text)
+        if length > limit:
+            self.close_connection = True
+            self._error(413, f"body of {length} bytes is over the {limit}-byte limit; send smaller batches")
+            return None
+        return self.rfile.read(length)
+
+
+__all__ = ["BEARER_CHALLENGE", "JSON_TYPE", "PROMETHEUS_TYPE", "JsonRequestHandler", "JsonServer"]
