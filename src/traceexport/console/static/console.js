@@ -178,7 +178,6 @@
   var Status = {
     last: null,
     history: null,
-    totalDl: null,
     sinkNames: [],
 
     poll: function () {
@@ -212,9 +211,10 @@
       (s.sinks || []).forEach(function (k) { totalDl += k.dead_letters || 0; });
       $("dl-badge").textContent = totalDl ? String(totalDl) : "";
       // The open dead-letter list follows the counts (unless the user is in the middle of a selection).
-      if (Status.totalDl != null && totalDl !== Status.totalDl && DL.loaded && !$("view-dead-letters").hidden &&
-          !DL.selectedIds().length) DL.reload();
-      Status.totalDl = totalDl;
+      if (totalDl !== DL.countSeen && DL.loaded && !$("view-dead-letters").hidden && !DL.selectedIds().length) {
+        DL.countSeen = totalDl;
+        DL.reload();
+      }
       Status.sinkNames = (s.sinks || []).map(function (k) { return k.name; });
       var box = $("sinks");
       var seen = {};
@@ -360,6 +360,7 @@
     selected: {},
     openId: null,
     loaded: false,
+    countSeen: null,
 
     open: function (params) {
       if (params.has("sink")) {
