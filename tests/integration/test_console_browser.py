@@ -34,6 +34,7 @@ if MISSING is None:
 CONSOLE_TOKEN = "console-token-0123456789abcdef"
 SCRIPT = "<script>window.__pwned=1</script>"
 IMG = '"><img src=x onerror="window.__pwned=1">'
+MAX_BODY = 100_000  # the playground's bound, small enough to paste past
 SAVE_SCREENSHOTS = os.environ.get("TRACEEXPORT_SAVE_SCREENSHOTS") == "1"
 
 
@@ -69,7 +70,7 @@ def config(tmp_path: Path, otlp: OtlpFake, opik: OpikFake | None = None) -> str:
     return (f"spool:\n  dir: {tmp_path / 'spool'}\n"
             f"retry:\n  initial_backoff: 0.2\n  max_backoff: 0.5\n"
             f"sources:\n  http:\n    token: ${{TEST_TOKEN}}\n"
-            f"console:\n  token: ${{CONSOLE_TOKEN}}\n"
+            f"console:\n  token: ${{CONSOLE_TOKEN}}\n  max_body_bytes: {MAX_BODY}\n"
             f"sinks:\n{sinks}")
 
 
@@ -273,6 +274,20 @@ def test_playground_shows_the_payload_and_the_provenance_of_a_field(tmp_path: Pa
              what="the override's provenance")
         assert css(browser, '#prov-fields [data-field="line"]').text == "5"
         assert css(browser, '#prov-fields [data-field="builtin"]').text == "your override"
+
+        # The built-in mapping shows read-only beside the override.
+        css(browser, "#pg-show-builtin").click()
+        wait(lambda: "backend: otlp" in visible_text(browser, "#pg-builtin-text"), what="the built-in mapping")
+        assert css(browser, "#pg-builtin-file").text == "otlp.yaml"
+
+        # Input past console.max_body_bytes is refused in the page; the server would answer 413 as well.
+        too_big = json.dumps({**sample(), "padding": "x" * MAX_BODY})
+        paste(browser, "#pg-record", too_big)
+        wait(lambda: "at most" in css(browser, "#pg-state").text, what="the size refusal")
+        refused = httpx.post(f"{served.console}/api/playground/map", timeout=10,
+                             headers={"Authorization": f"Bearer {CONSOLE_TOKEN}"},
+                             json={"backend": "otlp", "record": too_big, "override": ""})
+        assert refused.status_code == 413
 
         # A record that cannot be read is one line of reason.
         paste(browser, "#pg-record", '{"app_id": "x", "trace_info_type": "MadeUpTraceInfo", "trace_info": {}}')

@@ -206,7 +206,7 @@
         DL.countSeen = totalDl;
         DL.reload();
       }
-      Status.sinkNames = (s.sinks || []).map(k => { return k.name; });
+      Status.sinkNames = (s.sinks || []).map(k => k.name);
       let box = $("sinks");
       let seen = {};
       (s.sinks || []).forEach(sink => {
@@ -220,11 +220,8 @@
     },
 
     card(box, sink) {
-      let card = el("article", { cls: "card", "data-sink": sink.name });
-      let head = el("div", { cls: "card-head" }, [
-        el("h2", { text: sink.name }), el("span", { cls: "muted", text: sink.type })
-      ]);
-      card.appendChild(head);
+      let card = el("article", { cls: "card", "data-sink": sink.name }, [el("div", { cls: "card-head" }, [
+        el("h2", { text: sink.name }), el("span", { cls: "muted", text: sink.type })])]);
       let big = el("div", { cls: "big" });
       [["rate_1m", "records/s, 1 min"], ["rate_5m", "records/s, 5 min"], ["queue_depth", "queued"],
         ["oldest_pending_age_seconds", "oldest pending"]].forEach(f => {
@@ -268,7 +265,7 @@
       set("dead_letters", fmtNum(k.dead_letters, 0));
       card.querySelector('[data-field="dead_letters"]').classList.toggle("bad-text", (k.dead_letters || 0) > 0);
       let req = k.requests || {};
-      set("requests", Object.keys(req).map(o => { return o + " " + fmtNum(req[o], 0); }).join(" · ") || "—");
+      set("requests", Object.keys(req).map(o => o + " " + fmtNum(req[o], 0)).join(" · ") || "—");
       let rps = k.rate_limit ? k.rate_limit.requests_per_second : null;
       set("rate_limit", rps == null ? "unlimited" : fmtNum(rps, 2) + " requests/s");
     },
@@ -280,7 +277,7 @@
       (h.points || []).forEach(p => {
         Object.keys(p.sinks || {}).forEach(n => { if (!names.includes(n)) names.push(n); });
       });
-      plot($("plot-rate"), h.points || [], names, [{ key: "rate", dashed: false }], v => { return fmtNum(v, 1); });
+      plot($("plot-rate"), h.points || [], names, [{ key: "rate", dashed: false }], v => fmtNum(v, 1));
       plot($("plot-latency"), h.points || [], names,
         [{ key: "delivery_p95_seconds", dashed: false }, { key: "e2e_p95_seconds", dashed: true }], fmtDuration);
     }
@@ -366,7 +363,7 @@
 
     ensureSinkOption(name) {
       let select = $("dl-sink");
-      let exists = Array.from(select.options).some(o => { return o.value === name; });
+      let exists = Array.from(select.options).some(o => o.value === name);
       if (!exists && name) select.appendChild(el("option", { value: name, text: name }));
     },
 
@@ -453,8 +450,8 @@
         $("dl-entry-title").textContent = "Entry " + e.id;
         let order = ["id", "sink", "record_type", "record_key", "app_id", "reason", "status_code", "permanent",
           "attempts", "first_attempt", "last_attempt"];
-        let keys = order.filter(k => { return k in e; })
-          .concat(Object.keys(e).filter(k => { return !order.includes(k) && k !== "record"; }));
+        let keys = order.filter(k => k in e)
+          .concat(Object.keys(e).filter(k => !order.includes(k) && k !== "record"));
         keys.forEach(k => {
           let v = e[k];
           if (k === "first_attempt" || k === "last_attempt") v = fmtTime(v);
@@ -486,7 +483,7 @@
         if (!ok) return;
         api("/api/dead-letters/" + action, { method: "POST", body: { ids: ids } }).then(r => {
           if (action === "replay") {
-            let per = Object.keys(r.replayed || {}).map(s => { return s + ": " + r.replayed[s]; }).join(", ");
+            let per = Object.keys(r.replayed || {}).map(s => s + ": " + r.replayed[s]).join(", ");
             DL.showResult("Replayed " + r.total + (per ? " (" + per + ")" : ""), false);
           } else {
             DL.showResult("Purged " + r.purged, false);
@@ -677,7 +674,7 @@
   };
 
   function pathText(path) {
-    return path.length ? path.map(p => { return typeof p === "number" ? "[" + p + "]" : p; }).join(".").replace(/\.\[/g, "[") : "(body)";
+    return path.length ? path.map(p => typeof p === "number" ? "[" + p + "]" : p).join(".").replace(/\.\[/g, "[") : "(body)";
   }
 
   // A collapsible JSON tree; every field is clickable and carries its path as data-path (JSON).
