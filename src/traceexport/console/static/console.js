@@ -287,7 +287,9 @@
   function plot(box, points, names, keys, fmtY) {
     let W = 560, H = 170, L = 52, R = 10, T = 10, B = 24;
     let now = points.length ? Math.max(points[points.length - 1].time, Date.now() / 1000 - 5) : Date.now() / 1000;
-    let t0 = now - 3600;
+    // The last hour at most; while the history is young, the last ten minutes (or since its first point).
+    const span = Math.min(3600, Math.max(600, points.length ? now - points[0].time : 0));
+    let t0 = now - span;
     let max = 0;
     points.forEach(p => {
       names.forEach(n => {
@@ -296,7 +298,7 @@
       });
     });
     max = max > 0 ? max * 1.1 : 1;
-    function x(t) { return L + (W - L - R) * (t - t0) / 3600; }
+    function x(t) { return L + (W - L - R) * (t - t0) / span; }
     function y(v) { return T + (H - T - B) * (1 - v / max); }
     let root = svg("svg", { viewBox: "0 0 " + W + " " + H, class: "chart", role: "img" });
     [0, 0.5, 1].forEach(f => {
@@ -306,7 +308,8 @@
       label.textContent = f === 0 ? "0" : fmtY(max * f);
       root.appendChild(label);
     });
-    [[t0, "−60 min"], [t0 + 1800, "−30 min"], [now, "now"]].forEach((m, i) => {
+    const minutes = Math.round(span / 60);
+    [[t0, "−" + minutes + " min"], [t0 + span / 2, "−" + Math.round(minutes / 2) + " min"], [now, "now"]].forEach((m, i) => {
       let label = svg("text", { x: x(m[0]), y: H - 6, class: "axis", "text-anchor": ["start", "middle", "end"][i] });
       label.textContent = m[1];
       root.appendChild(label);
