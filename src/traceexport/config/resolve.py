@@ -96,15 +96,7 @@ def _apply(data: dict[str, Any], o: Overrides, has_file: bool, problems: list[Pr
     if o.spool:
         data["spool"] = {**(data.get("spool") or {}), "dir": o.spool}
     if o.listen or o.token:
-        http = dict(data["sources"].get("http") or {})
-        if o.listen:
-            try:
-                split_host_port(o.listen)
-                http["listen"] = o.listen
-            except ValueError as exc:
-                problems.append(Problem(o.source("listen"), str(exc)))
-        if o.token:
-            http["token"] = o.token
+        http = _listener(data["sources"].get("http"), o.listen, o.token, o.source("listen"), problems)
         data["sources"] = {**data["sources"], "http": http}
     _apply_console(data, o, problems)
     if o.log_level:
@@ -120,18 +112,24 @@ def _apply_console(data: dict[str, Any], o: Overrides, problems: list[Problem]) 
     if o.console is not None and o.console.strip().lower() == "off":
         data["console"] = None
         return
-    if not (o.console or o.console_token):
-        return
-    console = dict(data.get("console") or {})
-    if o.console:
+    if o.console or o.console_token:
+        data["console"] = _listener(data.get("console"), o.console, o.console_token, o.source("console"), problems)
+
+
+def _listener(section: dict[str, Any] | None, listen: str | None, token: str | None, source: str,
+              problems: list[Problem]) -> dict[str, Any]:
+    """A listener's section with ``listen`` (checked; a problem named after ``source`` if malformed) and
+    ``token`` laid over it."""
+    out = dict(section or {})
+    if listen:
         try:
-            split_host_port(o.console)
-            console["listen"] = o.console
+            split_host_port(listen)
+            out["listen"] = listen
         except ValueError as exc:
-            problems.append(Problem(o.source("console"), str(exc)))
-    if o.console_token:
-        console["token"] = o.console_token
-    data["console"] = console
+            problems.append(Problem(source, str(exc)))
+    if token:
+        out["token"] = token
+    return out
 
 
 def _listener_problems(section: str, listen: str, token: str, flags: str) -> list[Problem]:
