@@ -1,4 +1,5 @@
-"""The collector settings of traceexport's own processes, and that the library never applies them to a host."""
+"""The collector settings of traceexport's own processes, that the library never applies them to a host, and
+that a sink's requests need no collector to be freed."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from traceexport._gc import FIRST_GENERATION_THRESHOLD, tune_for_throughput
+from traceexport.sinks.http_client import make_client
 
 
 @pytest.fixture
@@ -35,3 +38,30 @@ def test_importing_the_library_leaves_the_hosts_collector_alone() -> None:
             "print(gc.get_threshold() == before and gc.get_freeze_count() == 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+@pytest.fixture
+def saved_garbage() -> Iterator[list[object]]:
+    """The collector keeps what it finds unreachable in ``gc.garbage`` instead of freeing it, while a test runs."""
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        yield gc.garbage
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
+@pytest.mark.parametrize("status", [200, 503])
+def test_a_sinks_answered_request_is_freed_without_the_collector(saved_garbage: list[object], status: int) -> None:
+    """A sink's request, its body and its read answer leave no reference cycle behind (the delivery process's
+    higher collection threshold would otherwise keep every body until a full collection)."""
+    answer = httpx.MockTransport(lambda request: httpx.Response(status, content=b"ok"))
+    client = make_client(timeout=5, transport=answer)
+    with client:
+        for _ in range(3):
+            response = client.post("http://127.0.0.1:9/v1/traces", content=b"x" * 100_000)
+            assert response.content == b"ok"
+        del response
+        gc.collect()
+    assert [type(o).__name__ for o in saved_garbage if type(o).__module__.startswith(("httpx", "httpcore"))] == []
