@@ -7,14 +7,14 @@ instruments httpx/requests when its own OTel export is on, and the hook must not
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 
 from traceexport.dify.config import HookSettings
 from traceexport.pipeline import PipelineSettings, RetryPolicy, Route
 from traceexport.records import Record
 from traceexport.sinks import create_sink
-from traceexport.sinks.base import ExportResult, Payload, Sink
+from traceexport.sinks.base import Payload, WrappedSink
 
 # Tests (and embedders) may replace how routes are built; None means the built-in wiring below.
 RouteFactory = Callable[[HookSettings, Mapping[str, str]], list[Route]]
@@ -68,31 +68,17 @@ def _detach(token: object | None) -> None:
     context.detach(token)  # type: ignore[arg-type]
 
 
-class QuietSink:
+class QuietSink(WrappedSink):
     """A sink whose exports run with OpenTelemetry instrumentation suppressed; otherwise the same sink."""
 
-    def __init__(self, inner: Sink) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.backend = inner.backend
-        self.limits = inner.limits
-
-    def request_bodies(self, payloads: Sequence[Payload], /) -> list[Any]:
-        """The wrapped sink's request bodies (pure, nothing to suppress)."""
-        return self.inner.request_bodies(payloads)
-
-    def export(self, payloads: Sequence[Payload], /) -> ExportResult:
-        """One export attempt of the wrapped sink, invisible to Dify's instrumentation."""
-        with suppressed_instrumentation():
-            return self.inner.export(payloads)
+    def around(self) -> AbstractContextManager[object]:
+        """The export is invisible to Dify's instrumentation."""
+        return suppressed_instrumentation()
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        """Shut the wrapped sink down."""
+        """Shut the wrapped sink down, invisibly too."""
         with suppressed_instrumentation():
-            self.inner.shutdown(timeout)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+            super().shutdown(timeout)
 
 
 def build_plan(settings: HookSettings, env: Mapping[str, str]) -> tuple[list[Route], PipelineSettings]:

@@ -9,6 +9,7 @@ what it returns, so what users inspect is exactly what goes on the wire.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -95,3 +96,37 @@ class Sink(Protocol):
     def shutdown(self, timeout: float = 30.0) -> None:
         """Release connections; idempotent."""
         ...
+
+
+class WrappedSink:
+    """``inner`` in all but what surrounds its exports (:meth:`around`, nothing here): the base of the
+    wrappers the pipeline and the Dify hook put around a configured sink."""
+
+    def __init__(self, inner: Sink) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.backend = inner.backend
+        self.limits = inner.limits
+
+    def around(self) -> AbstractContextManager[object]:
+        """What each export of the wrapped sink runs inside."""
+        return nullcontext()
+
+    def request_bodies(self, payloads: Sequence[Payload], /) -> list[Any]:
+        """The wrapped sink's request bodies (pure: nothing to surround)."""
+        return self.inner.request_bodies(payloads)
+
+    def export(self, payloads: Sequence[Payload], /) -> ExportResult:
+        """One export attempt of the wrapped sink, inside :meth:`around`."""
+        with self.around():
+            return self.inner.export(payloads)
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Shut the wrapped sink down."""
+        self.inner.shutdown(timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.inner!r})"

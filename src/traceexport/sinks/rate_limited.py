@@ -10,42 +10,27 @@ spends one request token per request it really sends, and the items each request
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from contextlib import AbstractContextManager
 
-from traceexport.sinks.base import ExportResult, Payload, Sink
+from traceexport.sinks.base import Sink, WrappedSink
 from traceexport.sinks.ratelimit import RateLimiter, limiting
 
 
-class RateLimitedSink:
+class RateLimitedSink(WrappedSink):
     """``inner`` with its requests paced by ``limiter`` (``rate_limiter``)."""
 
     def __init__(self, inner: Sink, limiter: RateLimiter) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.rate_limiter = limiter
-        self.name = inner.name
-        self.backend = inner.backend
-        self.limits = inner.limits
 
-    def request_bodies(self, payloads: Sequence[Payload], /) -> list[Any]:
-        """The wrapped sink's request bodies (pure: nothing to pace)."""
-        return self.inner.request_bodies(payloads)
-
-    def export(self, payloads: Sequence[Payload], /) -> ExportResult:
-        """One export attempt of the wrapped sink, each of its requests waiting for the limiter."""
-        with limiting(self.rate_limiter):
-            return self.inner.export(payloads)
+    def around(self) -> AbstractContextManager[object]:
+        """Each request of the export waits for the limiter."""
+        return limiting(self.rate_limiter)
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """End any wait for the limiter, then shut the wrapped sink down."""
         self.rate_limiter.cancel()
-        self.inner.shutdown(timeout)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def __repr__(self) -> str:
-        return f"RateLimitedSink({self.inner!r})"
+        super().shutdown(timeout)
 
 
 def limiter_of(sink: Sink) -> RateLimiter | None:
