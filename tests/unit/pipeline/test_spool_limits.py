@@ -15,7 +15,8 @@ from pipeline_helpers import ScriptedSink, StandInMapping, fail_first, make_reco
 
 from traceexport.errors import DiskFullError, RecordTooLargeError
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route
-from traceexport.pipeline.capacity import margin_bytes, on_disk_bytes
+from traceexport.pipeline import spool as spool_module
+from traceexport.pipeline.capacity import file_size, margin_bytes, on_disk_bytes, sidecar
 from traceexport.pipeline.queue import Outcome
 from traceexport.records import Record
 from traceexport.sinks.base import ExportResult, ItemFailure, Payload
@@ -113,6 +114,29 @@ def test_files_on_disk_stay_within_max_bytes_under_sustained_ingest(tmp_path: Pa
         pipe.close()
     assert accepted == 6000
     assert peak <= max_bytes + margin_bytes(32768), f"{peak} bytes on disk under a {max_bytes}-byte limit"
+
+
+def test_a_write_waits_for_a_log_held_past_its_budget_to_be_truncated(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader that held the log while writes went on left it past its budget; the next write truncates it
+    before adding to it, so the log ends at most one transaction past its budget, never several."""
+    monkeypatch.setattr(spool_module, "_CHECKPOINT_WAIT_MS", 10)
+    pipe = _pipe(tmp_path, ScriptedSink("a"), max_bytes=2 * 1024**2)
+    spool = pipe.spool
+    wal = sidecar(spool.path, "-wal")
+    reader = sqlite3.connect(spool.path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM records").fetchone()  # holds its snapshot in the log
+    accepted = 0
+    while file_size(wal) <= 2 * spool.wal_budget:
+        pipe.accept(make_records(10, start=accepted))
+        accepted += 10
+    reader.close()
+    with spool.transaction() as conn:
+        at_start = file_size(wal)
+        conn.execute("UPDATE sinks SET cursor = cursor")
+    assert at_start <= spool.wal_budget
+    pipe.close()
 
 
 def test_a_record_that_can_never_fit_is_refused_permanently_and_nothing_of_its_batch_is_stored(tmp_path: Path) -> None:
