@@ -155,6 +155,8 @@ def test_the_spool_sweep_steps_the_retention_and_retention_zero_writes_nothing(t
     pipe = _pipe(tmp_path, ScriptedSink("a"))
     pipe.accept(make_records(2))
     pipe.workers[0].step()
+    with pipe.spool.transaction() as conn:  # acknowledged an hour from now: no second ticking over expires them
+        conn.execute("UPDATE ledger SET acked = acked + 3600")
     pipe.close()
     off = PipelineSettings(fsync=False, poll_interval=0.01, retry=QUICK, ledger_retention=0)
     pipe = _pipe(tmp_path, ScriptedSink("a"), settings=off)
@@ -163,7 +165,7 @@ def test_the_spool_sweep_steps_the_retention_and_retention_zero_writes_nothing(t
     pipe.workers[0].step()
     assert len(_rows(pipe.spool)) == 2  # the new deliveries wrote nothing
     with pipe.spool.transaction() as conn:  # acknowledged a while ago, not within this second
-        conn.execute("UPDATE ledger SET acked = acked - 10")
+        conn.execute("UPDATE ledger SET acked = acked - 3610")
     pipe.spool.sweep(every=0)
     assert _rows(pipe.spool) == {}
     pipe.close()
