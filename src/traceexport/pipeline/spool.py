@@ -201,7 +201,8 @@ class Spool:
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite may have rolled back on its own (or a BEGIN inside failed)
+                    conn.execute("ROLLBACK")
                 raise
             try:
                 conn.execute("COMMIT")
