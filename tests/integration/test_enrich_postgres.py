@@ -21,9 +21,10 @@ from tests.support.postgres_server import (
 )
 
 from traceexport.enrich import ENV_DATABASE_URL, build_enricher, enrich_settings
-from traceexport.enrich.postgres import PostgresEnricher
+from traceexport.enrich.postgres import PostgresEnricher, enriched
 from traceexport.errors import ConfigError
 from traceexport.records import Record, record_from_obj
+from traceexport.records.compact import compact_bytes, record_from_compact
 
 SAMPLES = Path(__file__).parents[1] / "data" / "samples"
 RO_ROLE, RO_PASSWORD = "traceexport_ro", "ro-Secret-42"
@@ -243,6 +244,26 @@ def test_a_batch_reads_its_runs_in_one_query(db: PostgresServer) -> None:
     assert records[1].data["derived"]["nodes"] == lone.data["derived"]["nodes"]
     assert {n["id"] for n in records[2].data["derived"]["nodes"]}.isdisjoint(
         n["id"] for n in records[1].data["derived"]["nodes"])
+
+
+@pytest.mark.integration
+def test_a_record_enriched_before_it_was_spooled_is_not_read_again(db: PostgresServer) -> None:
+    """Nodes attached by the process that spooled the record (backfill) come back through the compact form, and
+    the delivery process's enricher neither reads ahead nor queries for them; an unenriched twin still is."""
+    with db.admin() as conn:
+        insert_rows(conn, _sample_rows())
+    record = _sample_record()
+    assert _enricher(db.url(), FakeClock(), record)(record) is None
+    stored = record_from_compact(compact_bytes(record), record.envelope_text())
+    assert stored is not None and enriched(stored.data)
+    delivery = _enricher(db.url(), FakeClock(), record)
+    delivery.prefetch([stored])
+    assert delivery(stored) is None and delivery.metrics()["queries"] == 0
+    assert stored.data["derived"]["nodes"] == record.data["derived"]["nodes"]
+    twin = _sample_record()
+    assert not enriched(twin.data)
+    delivery.prefetch([twin])
+    assert delivery(twin) is None and delivery.metrics()["queries"] == 1 and len(twin.data["derived"]["nodes"]) == 5
 
 
 def _iteration_rows(run: dict[str, Any]) -> list[dict[str, Any]]:

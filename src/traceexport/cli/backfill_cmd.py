@@ -249,7 +249,7 @@ def _backfill(config: Config, job: Job, reader: Any, args: argparse.Namespace) -
     job.window = checkpoint.pin(job.window)
     out = _progress(job, reader, args)
     try:
-        delivery = SpoolDelivery(config, spool_dir, out.line, "backfill")
+        delivery = SpoolDelivery(config, spool_dir, out.line, "backfill", enrich_ahead=True)
     except DaemonConflict as exc:
         out.close()
         print(f"error: {exc}", file=sys.stderr)

@@ -27,7 +27,10 @@ class DaemonConflict(Exception):
 class SpoolDelivery:
     """The pipeline of one command run; ``close`` always."""
 
-    def __init__(self, config: Config, spool_dir: Path, line: Callable[[str], None], what: str) -> None:
+    def __init__(self, config: Config, spool_dir: Path, line: Callable[[str], None], what: str, *,
+                 enrich_ahead: bool = False) -> None:
+        """``enrich_ahead``: the records are history (rebuilt from Dify's database): attach their node rows
+        here, before spooling, and store the compact form that carries them (see :meth:`accept`)."""
         from traceexport.daemon import build_prepare, pipeline_settings
         from traceexport.pipeline import Pipeline, deadletter
         from traceexport.pipeline.owner import owner
@@ -40,9 +43,14 @@ class SpoolDelivery:
                                  f"{what} a spool of its own (--spool)")
         routes = build_routes(config)
         env = dict(os.environ)  # picklable: a delivery process rebuilds sinks and enricher from config + env
-        self.pipeline = Pipeline(spool_dir, routes, pipeline_settings(config), prepare=build_prepare(config, env),
+        prepare = build_prepare(config, env)
+        self.pipeline = Pipeline(spool_dir, routes, pipeline_settings(config), prepare=prepare,
                                  route_factory=functools.partial(build_routes, config, env),
-                                 prepare_factory=functools.partial(build_prepare, config, env))
+                                 prepare_factory=functools.partial(build_prepare, config, env),
+                                 always_compact=enrich_ahead)
+        # Only where the compact form is stored (a delivery process reads it); else delivery enriches.
+        self._enrich_ahead = prepare if enrich_ahead and self.pipeline.always_compact else None
+        self._line = line
         self.by_daemon = daemon is not None
         self.sinks = list(self.pipeline.sink_names)
         self._dead_before = deadletter.last_id(self.pipeline.spool)
@@ -55,11 +63,32 @@ class SpoolDelivery:
 
     def accept(self, records: Sequence[Record]) -> list[tuple[int, str]]:
         """Accept ``records`` (durably), waiting while the spool is full; the ones that can never fit."""
+        if self._enrich_ahead is not None:
+            self._attach_nodes(records)
         while True:
             try:
                 return self.pipeline.accept_fitting(list(records))
             except SpoolFullError as exc:  # delivery is running: wait for room
                 time.sleep(min(max(exc.retry_after, 0.1), 30.0))
+
+    def _attach_nodes(self, records: Sequence[Record]) -> None:
+        """Run the node enricher on the workflow records here, one read for the batch, so the delivery
+        process neither queries nor converts node rows: it sees them attached and skips them
+        (``enrich.postgres.enriched``). A record still waiting for its rows (a run that ended moments
+        ago) is left as it is, for delivery to enrich; a failure here only means delivery does it all."""
+        enricher = self._enrich_ahead
+        workflow = [record for record in records if record.type == "workflow"]
+        if enricher is None or not workflow:
+            return
+        try:
+            read_ahead = getattr(enricher, "prefetch", None)
+            if read_ahead is not None:
+                read_ahead(workflow)
+            for record in workflow:
+                enricher(record)
+        except Exception as exc:  # an optimisation only
+            self._enrich_ahead = None
+            self._line(f"note: node rows are read during delivery instead ({type(exc).__name__})")
 
     def finish(self, timeout: float) -> tuple[bool, dict[str, Any], list[DeadLetterEntry]]:
         """Wait for delivery (bounded); whether all was delivered, the metrics, this run's dead letters."""

@@ -206,6 +206,12 @@ def attach_nodes(data: dict[str, Any], nodes: list[dict[str, Any]], *, complete:
     derived["nodes_source"] = "postgres"
 
 
+def enriched(data: dict[str, Any]) -> bool:
+    """Whether :func:`attach_nodes` already ran on this record's data (before it was spooled: backfill)."""
+    derived = data.get("derived")
+    return isinstance(derived, dict) and derived.get("nodes_source") == "postgres"
+
+
 class PostgresEnricher:
     """The ``prepare`` hook: enrich a workflow record in place, or return seconds to wait for its rows."""
 
@@ -230,7 +236,7 @@ class PostgresEnricher:
 
     def __call__(self, record: Record) -> float | None:
         """None when the record is ready to map (enriched, or given up on); else a delay in seconds."""
-        if record.type != "workflow":
+        if record.type != "workflow" or enriched(record.data):
             return None
         data = record.data
         run_id = str(data.get("workflow_run_id") or "")
@@ -274,7 +280,8 @@ class PostgresEnricher:
         groups: dict[tuple[str | None, str | None, str | None], list[uuid.UUID]] = {}
         with self._lock:
             for record in records:
-                run_id = str(record.data.get("workflow_run_id") or "") if record.type == "workflow" else ""
+                wanted = record.type == "workflow" and not enriched(record.data)
+                run_id = str(record.data.get("workflow_run_id") or "") if wanted else ""
                 if not run_id or run_id in self._prefetched or run_id in self._cache:
                     continue
                 try:

@@ -77,7 +77,7 @@ class Pipeline:
     def __init__(self, spool_dir: Path, routes: list[Route], settings: PipelineSettings | None = None,
                  prepare: Prepare | None = None, *, route_factory: RouteFactory | None = None,
                  prepare_factory: PrepareFactory | None = None, flushing: Any = None,
-                 rates: RateBoard | None = None) -> None:
+                 rates: RateBoard | None = None, always_compact: bool = False) -> None:
         check_routes(routes)
         self.settings = settings or PipelineSettings()
         self.routes = list(routes)
@@ -97,6 +97,7 @@ class Pipeline:
             SinkWorker(r, SinkQueue(self.spool, r.sink.name, self.bits[r.sink.name]), self.records, self.spool,
                        self.settings, self._flushing) for r in self.routes]
         self._started = False
+        self.always_compact = always_compact and self.delivery is not None
 
     @property
     def sink_names(self) -> list[str]:
@@ -168,9 +169,13 @@ class Pipeline:
         It spares that process a parse per record and costs this one an encoding: worth it when
         delivery is the slower side (the two then even out). During an outage the backlog grows past
         ``compact_max_lag`` and new records are stored without it: no extra disk for a long backlog.
+        ``always_compact`` stores it whatever the lag: a command reading history (backfill) makes its
+        backlog on purpose, and does work ahead (node rows) that only the compact form carries.
         """
         if self.delivery is None:
             return False  # delivery here takes the parsed records from memory
+        if self.always_compact:
+            return True
         lag = self.spool.lag(self.sink_names)
         return self.settings.compact_min_lag <= lag < self.settings.compact_max_lag
 

@@ -189,6 +189,26 @@ def test_compact_forms_are_stored_only_while_delivery_lags_within_bounds(tmp_pat
     pipe.close()
 
 
+def test_always_compact_stores_the_compact_form_at_any_lag(tmp_path: Path) -> None:
+    """``always_compact`` (backfill: history makes its backlog on purpose) stores the compact form with no lag yet
+    and past ``compact_max_lag``; a pipeline delivering in this process has no use for it and stores none."""
+    import functools
+
+    from test_delivery_process import file_routes
+
+    factory = functools.partial(file_routes, str(tmp_path / "out"))
+    settings = PipelineSettings(fsync=False, delivery_process=True, compact_min_lag=2, compact_max_lag=4)
+    pipe = Pipeline(tmp_path / "spool", factory(), settings, route_factory=factory, always_compact=True)
+    for start in range(0, 10, 2):
+        pipe.accept(make_records(2, start=start))
+    stored = [row[0] is not None for row in pipe.spool.conn().execute("SELECT compact FROM records ORDER BY seq")]
+    assert stored == [True] * 10
+    pipe.close()
+    local = Pipeline(tmp_path / "local", factory(), FAST, always_compact=True)
+    assert not local.always_compact and local.stager().compact is False
+    local.close()
+
+
 def test_staged_rows_are_stored_as_the_records_would_be(tmp_path: Path) -> None:
     """Records staged one by one (as HTTP ingest does while parsing) are stored like records accepted whole:
     with their compact form while it is wanted (whole records needed), from heads when it is not, and
