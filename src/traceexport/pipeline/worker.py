@@ -1,9 +1,10 @@
 """One delivery thread per sink: gather a batch, map it, make one export attempt, record the outcome.
 
 A batch is bounded by ``sink.limits.max_items`` records and ``sink.limits.linger_seconds`` of waiting
-for more (no waiting while the pipeline is flushing). Each record's payloads are delivered together: a
-record is done when all of them were accepted, dead-lettered when one was refused permanently (or its
-retries ran out), and retried otherwise.
+for more, a wait that ends early once no record came for :data:`LINGER_QUIET` seconds (the burst is over:
+its last records need not wait out the whole linger), and never while the pipeline is flushing. Each
+record's payloads are delivered together: a record is done when all of them were accepted, dead-lettered
+when one was refused permanently (or its retries ran out), and retried otherwise.
 When a whole batch fails, or the backend sends ``Retry-After``, the sink pauses: no request reaches
 that backend before the wait is over, while the other sinks go on.
 A batch the backend has answered is never sent again because its outcome could not be saved (a full
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 # Waits between attempts to save a sent batch's outcome (doubling from the first up to the last).
 SAVE_RETRY_FIRST = 0.5
 SAVE_RETRY_MAX = 30.0
+# A batch lingering for more is sent once no record arrived for this long (seconds).
+LINGER_QUIET = 0.2
 
 
 class Flag(Protocol):
@@ -179,15 +182,19 @@ class SinkWorker:
             return items
         fresh = self.queue.fetch_fresh(limit - len(items))
         items += fresh
-        linger = self.sink.limits.linger_seconds
-        deadline = time.monotonic() + linger
+        arrived = time.monotonic()
+        deadline = arrived + self.sink.limits.linger_seconds
         while fresh and len(items) < limit and not self._stop.is_set() and not self._flushing.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            clock = time.monotonic()
+            wait = min(deadline, arrived + LINGER_QUIET) - clock
+            if wait <= 0:
                 break
-            self._wake.wait(remaining)
+            self._wake.wait(wait)
             self._wake.clear()
-            items += self.queue.fetch_fresh(limit - len(items))
+            more = self.queue.fetch_fresh(limit - len(items))
+            if more:
+                items += more
+                arrived = time.monotonic()
         return items
 
     def deliver(self, batch: Sequence[Item]) -> Outcome:

@@ -9,6 +9,7 @@ from pathlib import Path
 from pipeline_helpers import ScriptedSink, StandInMapping, fail_first, make_records, wait_for
 
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter
+from traceexport.pipeline.worker import LINGER_QUIET
 from traceexport.records import Record
 from traceexport.sinks.base import ExportResult, ItemFailure, Payload
 
@@ -205,6 +206,23 @@ def test_enricher_reads_ahead_once_per_batch_and_its_failure_changes_nothing(tmp
         assert sink.delivered == [r.key for r in records]
         assert enricher.batches == [[r.key for r in records[:4]], [r.key for r in records[4:]]]
         assert enricher.prepared == [r.key for r in records]
+
+
+def test_a_lingering_batch_goes_out_once_records_stop_arriving(tmp_path: Path) -> None:
+    """With a 10-minute linger, records arriving every 20 ms keep one batch open (no request per record), and the
+    batch is sent about LINGER_QUIET after the last one came, not when the linger runs out."""
+    sink = ScriptedSink("a", max_items=100, linger=600.0)
+    records = make_records(10)
+    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.start()
+        for record in records:
+            pipe.accept([record])
+            time.sleep(0.02)
+        last = time.monotonic()
+        assert wait_for(lambda: len(sink.delivered) == 10, timeout=30)
+    sent_at = sink.calls[-1][0]
+    assert sent_at - last < 10 * LINGER_QUIET  # a loaded machine may be slow, but nowhere near the linger
+    assert len(sink.calls) <= 3  # one batch, unless the machine stalled the test between two records
 
 
 def test_flush_sends_a_partial_batch_without_waiting_out_the_linger(tmp_path: Path) -> None:
