@@ -321,7 +321,15 @@ class Spool:
         incoming = self._check_fits(rows)
         self.checkpoint_if_large()
         try:
-            self._insert(rows, incoming, now)
+            try:
+                self._insert(rows, incoming, now)
+            except SpoolFullError as exc:
+                # Full of records already delivered, maybe: the sweep runs at most once a second, so make
+                # room now rather than refuse input for what is only waiting to be deleted.
+                if isinstance(exc, DiskFullError) or not self._sweep(scan=False):
+                    raise
+                self.checkpoint_if_large()
+                self._insert(rows, incoming, now)
         except SpoolFullError as exc:
             self._refusal = Refusal(isinstance(exc, DiskFullError), incoming, str(exc))
             raise

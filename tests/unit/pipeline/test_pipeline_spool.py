@@ -59,6 +59,27 @@ def test_full_spool_refuses_with_retryable_error_and_keeps_what_it_has(tmp_path:
     pipe.close()
 
 
+def test_a_spool_full_of_delivered_records_makes_room_instead_of_refusing(tmp_path: Path) -> None:
+    """Once the records filling the spool are delivered, the next accept deletes them and is taken, without
+    waiting for the once-a-second sweep; records still owed keep the spool full."""
+    settings = PipelineSettings(fsync=False, max_bytes=1_500_000, full_retry_after=3.0)
+    sink = ScriptedSink("a", max_items=10_000)
+    pipe = _pipe(tmp_path, sink, settings=settings)
+    accepted = 0
+    with pytest.raises(SpoolFullError):
+        for start in range(0, 1000, 5):
+            pipe.accept(make_records(5, start=start))
+            accepted += 5
+    with pytest.raises(SpoolFullError):  # nothing delivered yet: nothing to delete
+        pipe.accept(make_records(5, start=5000))
+    pipe.spool.sweep()  # the worker's own sweep has just run: the next one waits a second
+    pipe.workers[0].step()
+    assert len(sink.delivered) == accepted and pipe.spool.record_count() == accepted
+    pipe.accept(make_records(5, start=5000))
+    assert pipe.spool.record_count() == 5 and pipe.pending() == {"a": 5}
+    pipe.close()
+
+
 def test_drop_oldest_counts_every_drop(tmp_path: Path) -> None:
     """With on_full=drop_oldest the oldest records make room and each drop is counted for its sink."""
     settings = PipelineSettings(fsync=False, max_bytes=1_500_000, on_full="drop_oldest")
