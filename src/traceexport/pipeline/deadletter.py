@@ -132,10 +132,14 @@ def count(spool: Spool, sink: str | None = None, before: float | None = None, *,
 
 
 def purge(spool: Spool, sink: str | None = None, before: float | None = None, ids: Sequence[int] = ()) -> int:
-    """Delete matching dead letters for good; returns how many."""
+    """Delete matching dead letters for good (their content overwritten in the file); returns how many."""
     where, params = _where(sink, before=before, ids=ids)
     with spool.write() as conn:
-        return int(conn.execute(f"DELETE FROM dead_letters{where}", params).rowcount)
+        conn.execute("PRAGMA secure_delete=ON")  # the spool's connections otherwise free pages as they are
+        try:
+            return int(conn.execute(f"DELETE FROM dead_letters{where}", params).rowcount)
+        finally:
+            conn.execute("PRAGMA secure_delete=OFF")
 
 
 def retire(spool: Spool, sink: str, now: float | None = None) -> int | None:

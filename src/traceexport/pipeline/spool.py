@@ -177,6 +177,11 @@ class Spool:
             # and deleting them (bench). Only takes effect on a new file, before WAL is switched on.
             conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")
             conn.execute("PRAGMA main.journal_mode=WAL")
+            # SQLite's own default, which Debian's build turns on: zeroing every deleted record's pages wrote
+            # them to the log and the file once more, half of the bytes a delivered record costs the disk
+            # (bench_e2e: 1,032 -> 548 MB for 30,000 records; the sweep 26 -> 5 us of delivery per record).
+            # Freed pages are reused by the next records; purging dead letters still zeroes what it deletes.
+            conn.execute("PRAGMA secure_delete=OFF")
             conn.execute(f"PRAGMA main.synchronous={'FULL' if self.settings.fsync else 'NORMAL'}")
             attach(conn, self.dir)
         except sqlite3.Error as exc:

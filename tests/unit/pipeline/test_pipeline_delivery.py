@@ -75,6 +75,25 @@ def test_permanent_failure_dead_letters_at_once_and_redacts(tmp_path: Path) -> N
     assert full is not None and full.envelope is not None and full.envelope["trace_info_type"] == "MessageTraceInfo"
 
 
+def test_a_purge_overwrites_the_dead_letters_it_deletes(tmp_path: Path) -> None:
+    """The spool frees deleted rows without zeroing them (SQLite's default, fewer bytes written), but a purge of
+    the dead letter overwrites what it deletes: its reason, kept nowhere else, is gone from the files once the
+    log is checkpointed."""
+    marker = "refused-by-backend-7f3a9c"
+    failure = ItemFailure(f"rejected (400): {marker}", permanent=True, status_code=400)
+    sink = ScriptedSink("a", fail_first(99, failure))
+    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.accept(make_records(1))
+        pipe.start()
+        assert pipe.wait_idle(10)
+        assert pipe.spool.conn().execute("PRAGMA secure_delete").fetchone()[0] == 0
+        assert deadletter.purge(pipe.spool, sink="a") == 1
+        assert pipe.spool.conn().execute("PRAGMA secure_delete").fetchone()[0] == 0
+        pipe.spool.conn().execute("PRAGMA main.wal_checkpoint(TRUNCATE)")  # the log held the page as written
+    on_disk = b"".join(path.read_bytes() for path in tmp_path.glob("spool.db*"))
+    assert marker.encode() not in on_disk
+
+
 def test_mapping_error_dead_letters_only_that_record(tmp_path: Path) -> None:
     """A record the mapping refuses lands in the dead letter with the reason; the others are delivered."""
     records = make_records(4)
