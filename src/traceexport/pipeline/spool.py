@@ -326,15 +326,7 @@ class Spool:
         incoming = self._check_fits(rows)
         self.checkpoint_if_large()
         try:
-            try:
-                self._insert(rows, incoming, now)
-            except SpoolFullError as exc:
-                # Full of records already delivered, maybe: the sweep runs at most once a second, so make
-                # room now rather than refuse input for what is only waiting to be deleted.
-                if isinstance(exc, DiskFullError) or not self._sweep(scan=False):
-                    raise
-                self.checkpoint_if_large()
-                self._insert(rows, incoming, now)
+            self._insert_making_room(rows, incoming, now)
         except SpoolFullError as exc:
             self._refusal = Refusal(isinstance(exc, DiskFullError), incoming, str(exc))
             raise
@@ -365,6 +357,17 @@ class Spool:
                 f"these {len(rows)} records take {total} bytes, more than the {room} bytes of records a spool "
                 f"of max_bytes={self.settings.max_bytes} can ever hold: send fewer at a time")
         return total
+
+    def _insert_making_room(self, rows: Sequence[SpoolRow], incoming: int, now: float) -> None:
+        """:meth:`_insert`; when the spool (not the disk) is full, delete what every sink is done with and try
+        once more: the sweep runs at most once a second, and input is not refused for records only waiting
+        to be deleted."""
+        try:
+            self._insert(rows, incoming, now)
+        except SpoolFullError as exc:
+            if isinstance(exc, DiskFullError) or not self._sweep(scan=False):
+                raise
+            self._insert(rows, incoming, now)
 
     def _insert(self, rows: Sequence[SpoolRow], incoming: int, now: float) -> None:
         with self.transaction() as conn:
