@@ -24,12 +24,15 @@ class AheadEnricher:
     """Stands in for the node enricher in the command's process: attaches one node to every workflow record."""
 
     def __init__(self, fail: bool = False) -> None:
-        self.fail, self.read_ahead, self.calls = fail, 0, 0
+        self.fail, self.read_ahead, self.calls, self.closed = fail, 0, 0, False
 
     def prefetch(self, records: list[Record]) -> None:
         self.read_ahead += 1
         if self.fail:
             raise RuntimeError("database gone")
+
+    def close(self) -> None:
+        self.closed = True
 
     def __call__(self, record: Record) -> None:
         self.calls += 1
@@ -76,7 +79,8 @@ def _node_spans(out: Path) -> list[dict[str, Any]]:
 def test_nodes_attached_ahead_reach_the_sink_without_an_enricher_in_delivery(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The workflow record's node, attached in the command's process, is delivered as a span by a delivery
-    process that has no enricher: it came through the compact form. The message record is not enriched."""
+    process that has no enricher: it came through the compact form. The message record is not enriched, and
+    closing the delivery closes the enricher (its database connection)."""
     enricher = AheadEnricher()
     delivery = _delivery(tmp_path, monkeypatch, enricher)
     try:
@@ -85,7 +89,7 @@ def test_nodes_attached_ahead_reach_the_sink_without_an_enricher_in_delivery(
     finally:
         delivery.close()
     assert idle and dead == []
-    assert (enricher.read_ahead, enricher.calls) == (1, 1)
+    assert (enricher.read_ahead, enricher.calls, enricher.closed) == (1, 1, True)
     assert len(_node_spans(tmp_path / "out")) == 1
 
 

@@ -146,7 +146,8 @@ def fix(config: Config, job: Job, report: Any, timeout: float) -> dict[str, int]
         if not keys:
             continue
         one = config.model_copy(update={"sinks": {sink: config.sinks[sink]}})
-        delivery = SpoolDelivery(one, Path(config.spool.dir), lambda text: print(text, file=sys.stderr), "audit")
+        delivery = SpoolDelivery(one, Path(config.spool.dir), lambda text: print(text, file=sys.stderr), "audit",
+                                 enrich_ahead=True)
         try:
             for page in job.open_reader().pages(job.window):
                 wanted = [r for r in page.records if r.key in keys]

@@ -50,6 +50,7 @@ class SpoolDelivery:
                                  always_compact=enrich_ahead)
         # Only where the compact form is stored (a delivery process reads it); else delivery enriches.
         self._enrich_ahead = prepare if enrich_ahead and self.pipeline.always_compact else None
+        self._prepare = prepare
         self._line = line
         self.by_daemon = daemon is not None
         self.sinks = list(self.pipeline.sink_names)
@@ -99,4 +100,10 @@ class SpoolDelivery:
                                                                       after_id=self._dead_before)
 
     def close(self) -> None:
-        self.pipeline.close()
+        """Stop delivery, close the spool and the enricher's database connection."""
+        try:
+            self.pipeline.close()
+        finally:
+            close_enricher = getattr(self._prepare, "close", None)
+            if close_enricher is not None:
+                close_enricher()
