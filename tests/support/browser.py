@@ -54,8 +54,10 @@ def chromium(*, width: int = 1440, height: int = 1000) -> Iterator[Any]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def wait(predicate: Callable[[], T], *, timeout: float = 20.0, what: str = "the page") -> T:
-    """Poll ``predicate`` (exceptions count as not yet) until it returns a truthy value; fail after ``timeout``."""
+def wait(predicate: Callable[[], T], *, timeout: float = 60.0, what: str = "the page") -> T:
+    """Poll ``predicate`` (exceptions count as not yet) until it returns a truthy value; fail after ``timeout``
+    (a minute by default: Chromium on two cores busy with the rest of the suite has taken over 20 s to show a
+    page)."""
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
     while True:
