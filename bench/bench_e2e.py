@@ -456,13 +456,13 @@ def sdk_phase(args: argparse.Namespace) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    from traceexport.mapping import load_mapping
+
     convert = args.phase == "sdk-convert"
     stream = Stream()
     template_count = min(args.records, stream.per_copy * 50)  # distinct content; ids come from the SDK
     templates = [[_sdk_span(span) for span in spans] for spans in mapped_spans(stream, 0, template_count)]
     spans_total = sum(len(templates[i % template_count]) for i in range(args.records))
-    from traceexport.mapping import load_mapping
-
     converted = (map(_sdk_spans, mapped_spans(stream, 0, args.records, load_mapping("otlp"))) if convert
                  else (templates[i % template_count] for i in range(args.records)))
     provider = TracerProvider(resource=Resource.create({"service.name": "bench-e2e"}))
