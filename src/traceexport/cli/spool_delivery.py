@@ -48,9 +48,9 @@ class SpoolDelivery:
                                  route_factory=functools.partial(build_routes, config, env),
                                  prepare_factory=functools.partial(build_prepare, config, env),
                                  always_compact=enrich_ahead)
-        # Only where the compact form is stored (a delivery process reads it); else delivery enriches.
-        self._enrich_ahead = prepare if enrich_ahead and self.pipeline.always_compact else None
         self._prepare = prepare
+        # Only where the compact form is stored (a delivery process reads it); else delivery enriches.
+        self._enrich_ahead = enrich_ahead and prepare is not None and self.pipeline.always_compact
         self._line = line
         self.by_daemon = daemon is not None
         self.sinks = list(self.pipeline.sink_names)
@@ -64,7 +64,7 @@ class SpoolDelivery:
 
     def accept(self, records: Sequence[Record]) -> list[tuple[int, str]]:
         """Accept ``records`` (durably), waiting while the spool is full; the ones that can never fit."""
-        if self._enrich_ahead is not None:
+        if self._enrich_ahead:
             self._attach_nodes(records)
         while True:
             try:
@@ -77,7 +77,7 @@ class SpoolDelivery:
         process neither queries nor converts node rows: it sees them attached and skips them
         (``enrich.postgres.enriched``). A record still waiting for its rows (a run that ended moments
         ago) is left as it is, for delivery to enrich; a failure here only means delivery does it all."""
-        enricher = self._enrich_ahead
+        enricher = self._prepare
         workflow = [record for record in records if record.type == "workflow"]
         if enricher is None or not workflow:
             return
@@ -88,7 +88,7 @@ class SpoolDelivery:
             for record in workflow:
                 enricher(record)
         except Exception as exc:  # an optimisation only
-            self._enrich_ahead = None
+            self._enrich_ahead = False
             self._line(f"note: node rows are read during delivery instead ({type(exc).__name__})")
 
     def finish(self, timeout: float) -> tuple[bool, dict[str, Any], list[DeadLetterEntry]]:
