@@ -37,7 +37,7 @@ def compact_bytes(record: Record) -> bytes:
 def record_from_compact(blob: bytes, envelope_text: str) -> Record | None:
     """The Record ``blob`` describes (its envelope is ``envelope_text``), or None if it cannot be used."""
     try:
-        obj = from_json(blob)
+        obj = from_json(blob, cache_strings="keys")  # keys repeat, values rarely do
         if obj.get("format") != FORMAT:
             return None
         data: dict[str, Any] = obj["data"]
