@@ -47,6 +47,10 @@ class JsonRequestHandler(BaseHTTPRequestHandler):
     timeout = 30  # seconds a client may stall mid-request
     extra_headers: dict[str, str] = {}
     text_type = PROMETHEUS_TYPE  # the content type of a str body
+    # An answer leaves as two writes (headers, then body). With Nagle's algorithm the body waited for the
+    # client's delayed acknowledgement of the headers, about 40 ms on Linux: a keep-alive client then spent
+    # longer waiting than the request took (two clients posting 500 records each: 9,000 -> 15,000 records/s).
+    disable_nagle_algorithm = True
 
     def version_string(self) -> str:
         """The Server header: no Python version on the wire."""
