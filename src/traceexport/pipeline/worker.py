@@ -2,7 +2,10 @@
 
 A batch is bounded by ``sink.limits.max_items`` records and ``sink.limits.linger_seconds`` of waiting
 for more, a wait that ends early once no record came for :data:`LINGER_QUIET` seconds (the burst is over:
-its last records need not wait out the whole linger), and never while the pipeline is flushing. Each
+its last records need not wait out the whole linger), and never while the pipeline is flushing. Records
+already waiting (a backlog) go out at once, up to :data:`BACKLOG_REQUESTS` requests' worth in one batch:
+sent one request after another, saved in one commit (each commit waits for the spool's lock and the disk);
+once a request of it fails as a whole and may be retried, the rest of the batch is not sent. Each
 record's payloads are delivered together: a record is done when all of them were accepted, dead-lettered
 when one was refused permanently (or its retries ran out), and retried otherwise.
 When a whole batch fails, or the backend sends ``Retry-After``, the sink pauses: no request reaches
@@ -39,6 +42,9 @@ SAVE_RETRY_FIRST = 0.5
 SAVE_RETRY_MAX = 30.0
 # A batch lingering for more is sent once no record arrived for this long (seconds).
 LINGER_QUIET = 0.2
+# Requests' worth of records (``max_items`` each) one batch takes when that many are already waiting: one
+# commit instead of four (bench_e2e, 30,000 records: 6,494-6,698 -> 7,426-8,166 records/s end to end).
+BACKLOG_REQUESTS = 4
 
 
 class Flag(Protocol):
@@ -180,8 +186,10 @@ class SinkWorker:
         items = self.queue.fetch_due(limit, now, set())
         if len(items) >= limit:
             return items
-        fresh = self.queue.fetch_fresh(limit - len(items))
+        fresh = self.queue.fetch_fresh(limit * BACKLOG_REQUESTS - len(items))
         items += fresh
+        if len(items) >= limit:  # a backlog: no waiting for more
+            return items
         arrived = time.monotonic()
         deadline = arrived + self.sink.limits.linger_seconds
         while fresh and len(items) < limit and not self._stop.is_set() and not self._flushing.is_set():
@@ -251,6 +259,11 @@ class SinkWorker:
                 reason = redact(f"{self.sink.name} export raised {type(exc).__name__}: {exc}")
                 part = ExportResult.all_failed(len(chunk), ItemFailure(reason, permanent=False))
             result.merge(part, offset)
+            down = _whole_request_retryable(part, len(chunk))
+            if down is not None:  # the backend is down or throttling: the rest waits with the same reason
+                rest = len(payloads) - offset - len(chunk)
+                result.merge(ExportResult.all_failed(rest, down), offset + len(chunk))
+                break
         return result
 
     def _classify(self, batch: Sequence[Item], owners: list[int], result: ExportResult, now: float,
@@ -306,3 +319,11 @@ def _end_seconds(data: dict[str, object]) -> float | None:
     derived = data.get("derived")
     end_ns = derived.get("end_ns") if isinstance(derived, dict) else None
     return end_ns / 1e9 if isinstance(end_ns, int) else None
+
+
+def _whole_request_retryable(result: ExportResult, count: int) -> ItemFailure | None:
+    """The failure when every one of a request's ``count`` payloads failed and may be retried, else None."""
+    if count == 0 or len(result.failures) < count:
+        return None
+    failures = list(result.failures.values())
+    return None if any(f.permanent for f in failures) else failures[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline_helpers import ScriptedSink, StandInMapping, fail_first, make_records, wait_for
 
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter
-from traceexport.pipeline.worker import LINGER_QUIET
+from traceexport.pipeline.worker import BACKLOG_REQUESTS, LINGER_QUIET
 from traceexport.records import Record
 from traceexport.sinks.base import ExportResult, ItemFailure, Payload
 
@@ -217,14 +217,45 @@ def test_enricher_reads_ahead_once_per_batch_and_its_failure_changes_nothing(tmp
     """The read-ahead sees each batch's records before they are prepared; when it raises, all are still sent."""
     for fail in (False, True):
         sink, enricher = ScriptedSink("a", max_items=4), ReadAheadEnricher(fail=fail)
-        records = make_records(8)
+        per_batch = 4 * BACKLOG_REQUESTS  # a backlog goes in batches of several requests
+        records = make_records(per_batch + 3)
         with Pipeline(tmp_path / str(fail), [Route(sink, StandInMapping())], FAST, prepare=enricher) as pipe:
             pipe.accept(records)
             pipe.start()
             assert pipe.flush(30)
         assert sink.delivered == [r.key for r in records]
-        assert enricher.batches == [[r.key for r in records[:4]], [r.key for r in records[4:]]]
+        assert enricher.batches == [[r.key for r in records[:per_batch]], [r.key for r in records[per_batch:]]]
         assert enricher.prepared == [r.key for r in records]
+
+
+def test_a_backlog_goes_in_batches_of_several_requests_each_within_max_items(tmp_path: Path) -> None:
+    """Records already waiting are taken BACKLOG_REQUESTS requests' worth at a time (one commit), and every
+    request still carries at most max_items payloads."""
+    sink, enricher = ScriptedSink("a", max_items=3), ReadAheadEnricher(fail=False)
+    records = make_records(3 * BACKLOG_REQUESTS * 2 + 1)
+    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST, prepare=enricher) as pipe:
+        pipe.accept(records)
+        pipe.start()
+        assert pipe.flush(30)
+    assert sink.delivered == [r.key for r in records]
+    assert [len(batch) for batch in enricher.batches] == [3 * BACKLOG_REQUESTS, 3 * BACKLOG_REQUESTS, 1]
+    assert [len(keys) for _, keys in sink.calls] == [3] * (2 * BACKLOG_REQUESTS) + [1]
+
+
+def test_a_batch_stops_sending_once_a_request_fails_whole_and_retryable(tmp_path: Path) -> None:
+    """When the backend refuses a whole request with a retryable failure (down, throttling), the rest of the
+    batch is not sent then: it waits with the same reason, and everything goes once the backend is back."""
+    sink = ScriptedSink("a", fail_first(1, ItemFailure("503 unavailable", permanent=False)), max_items=2)
+    records = make_records(2 * BACKLOG_REQUESTS)
+    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.accept(records)
+        pipe.start()
+        assert wait_for(lambda: len(sink.delivered) == len(records), timeout=30)
+        pipe.stop()
+    first_round = [keys for _, keys in sink.calls[:1]]
+    assert first_round == [[r.key for r in records[:2]]]
+    assert sorted(sink.delivered) == sorted(r.key for r in records)
+    assert len(sink.calls) == 1 + BACKLOG_REQUESTS  # the failed request, then the whole batch once
 
 
 def test_a_lingering_batch_goes_out_once_records_stop_arriving(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pipeline_helpers import ScriptedSink, StandInMapping, make_records
 from traceexport.errors import SpoolFullError
 from traceexport.pipeline import Pipeline, PipelineSettings, Route
 from traceexport.pipeline.spool import Spool
+from traceexport.pipeline.worker import BACKLOG_REQUESTS
 
 FAST = PipelineSettings(fsync=False, poll_interval=0.01)
 
@@ -120,13 +121,14 @@ def test_wait_idle_sees_records_after_a_moved_cursor(tmp_path: Path) -> None:
     """wait_idle is False while records beyond an advanced cursor are pending, True once delivered."""
     sink = ScriptedSink("a", max_items=2)
     pipe = _pipe(tmp_path, ScriptedSink("z"), sink)
-    pipe.accept(make_records(5))
+    count = 2 * BACKLOG_REQUESTS + 1  # one more than a step of sink "a" takes
+    pipe.accept(make_records(count))
     pipe.workers[1].step()
     pipe.workers[0].step()
     assert not pipe.wait_idle(0)
     pipe.start()
     assert pipe.wait_idle(10)
-    assert len(sink.delivered) == 5
+    assert len(sink.delivered) == count
     pipe.close()
 
 
