@@ -56,6 +56,7 @@ from traceexport.pipeline.connections import ConnectionPool
 from traceexport.pipeline.ledger import RetentionSweep, attach
 from traceexport.pipeline.ledger import create as create_ledger
 from traceexport.pipeline.settings import PipelineSettings
+from traceexport.pipeline.write_lock import BUSY_TIMEOUT, begin_immediate
 
 SPOOL_FILE = "spool.db"
 MAX_SINKS = 62
@@ -172,7 +173,7 @@ class Spool:
     def _open(self) -> sqlite3.Connection:
         """A new connection with the spool's pragmas (autocommit mode; writes go through :meth:`write`)."""
         try:
-            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
             # Records are a few KB each: 32 KiB pages hold several, which halves the cost of inserting
             # and deleting them (bench). Only takes effect on a new file, before WAL is switched on.
             conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")
@@ -202,7 +203,7 @@ class Spool:
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction (BEGIN IMMEDIATE ... COMMIT); rolled back if the block raises."""
         with self._pool.lease() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            begin_immediate(conn)
             try:
                 yield conn
             except BaseException:
@@ -289,7 +290,7 @@ class Spool:
                 return
             conn.execute("ROLLBACK")
             truncated = self.checkpoint_if_large()
-            conn.execute("BEGIN IMMEDIATE")
+            begin_immediate(conn)
             if not truncated and file_size(wal) > self.wal_budget:
                 return  # readers hold the log: write on (SQLite's own checkpoint is the fallback)
 
