@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from traceexport.pipeline import histograms, ledger
 from traceexport.pipeline.spool import Spool, bump
@@ -81,14 +82,22 @@ class SinkQueue:
                  if s not in exclude]
         return items[:limit]
 
-    def fetch_fresh(self, limit: int) -> list[Item]:
-        """The next records routed to this sink after :attr:`read_pos`; advances it."""
+    def fetch_fresh(self, limit: int, max_bytes: int | None = None, min_items: int = 1) -> list[Item]:
+        """The next records routed to this sink after :attr:`read_pos`; advances it.
+
+        With ``max_bytes``, stops once the records' stored text (envelope and compact form) passes it, after
+        at least ``min_items`` of them: the rest are read next time.
+        """
         with self.spool.read() as conn:
             rows = conn.execute(
                 "SELECT seq, key, type, app_id, envelope, compact, received FROM records WHERE seq > ? "
                 "AND (mask >> ?) & 1 "
                 "ORDER BY seq LIMIT ?", (self.read_pos, self.bit, limit)).fetchall()
-            if len(rows) < limit:
+            kept = _within(rows, max_bytes, min_items) if max_bytes is not None else len(rows)
+            if kept < len(rows):
+                rows = rows[:kept]
+                self.read_pos = int(rows[-1][0])
+            elif len(rows) < limit:
                 top = conn.execute("SELECT max(seq) FROM records").fetchone()[0]
                 self.read_pos = max(self.read_pos, int(top or 0))
             elif rows:
@@ -150,6 +159,17 @@ class SinkQueue:
             conn.execute("UPDATE sinks SET cursor = ? WHERE name = ?", (self.read_pos, self.name))
         self.cursor = self.read_pos
         self._last_cursor_write = time.monotonic()
+
+
+def _within(rows: list[tuple[Any, ...]], max_bytes: int, min_items: int) -> int:
+    """How many of ``rows`` (seq, key, type, app_id, envelope, compact, ...) fit in ``max_bytes`` of stored
+    text, never fewer than ``min_items``."""
+    total = 0
+    for count, row in enumerate(rows):
+        total += len(row[4]) + len(row[5] or b"")
+        if total > max_bytes and count >= min_items:
+            return count
+    return len(rows)
 
 
 def _dropped_meanwhile(conn: sqlite3.Connection, outcome: Outcome) -> set[int]:

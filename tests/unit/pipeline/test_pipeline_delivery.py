@@ -6,9 +6,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 from pipeline_helpers import ScriptedSink, StandInMapping, fail_first, make_records, wait_for
 
-from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter
+from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter, worker
 from traceexport.pipeline.worker import BACKLOG_REQUESTS, LINGER_QUIET
 from traceexport.records import Record
 from traceexport.sinks.base import ExportResult, ItemFailure, Payload
@@ -284,3 +285,18 @@ def test_flush_sends_a_partial_batch_without_waiting_out_the_linger(tmp_path: Pa
         assert pipe.flush(30)
         assert len(sink.delivered) == 3
         assert not pipe._flushing.is_set()  # lingering resumes for whatever comes next
+
+
+def test_a_backlog_batch_is_bounded_by_the_bytes_of_its_records(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the first request's worth, a backlog batch takes records only while their stored text stays
+    within BACKLOG_BYTES (they are held parsed in memory); the rest go in the next batch."""
+    monkeypatch.setattr(worker, "BACKLOG_BYTES", 1)
+    sink, enricher = ScriptedSink("a", max_items=3), ReadAheadEnricher(fail=False)
+    records = make_records(7)
+    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST, prepare=enricher) as pipe:
+        pipe.accept(records)
+        pipe.start()
+        assert pipe.flush(30)
+    assert sink.delivered == [r.key for r in records]
+    assert [len(batch) for batch in enricher.batches] == [3, 3, 1]
