@@ -163,11 +163,11 @@ class SinkQueue:
 
 def _within(rows: list[tuple[Any, ...]], max_bytes: int, min_items: int) -> int:
     """How many of ``rows`` (seq, key, type, app_id, envelope, compact, ...) fit in ``max_bytes`` of stored
-    text, never fewer than ``min_items``."""
-    total = 0
+    text, never fewer than ``min_items`` (and at least one)."""
+    least, total = max(min_items, 1), 0
     for count, row in enumerate(rows):
         total += len(row[4]) + len(row[5] or b"")
-        if total > max_bytes and count >= min_items:
+        if total > max_bytes and count >= least:
             return count
     return len(rows)
 
