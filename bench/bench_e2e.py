@@ -577,10 +577,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         serve = run_serve(args, stream, receiver, work)
         print(f"serve: {serve.rate:,.0f} records/s, {serve.delivered:.1f} % delivered", flush=True)
-        sides = [Result(name, args.records, serve.expected, note="skipped (--skip-sdk)")
-                 for name in (SDK_CONVERTING, SDK_PREPARED)]
-        if not args.skip_sdk:
-            sides = [run_sdk_in_child(args, receiver, serve.expected, convert=convert) for convert in (True, False)]
+        sides = ([Result(name, args.records, serve.expected, note="skipped (--skip-sdk)")
+                  for name in (SDK_CONVERTING, SDK_PREPARED)] if args.skip_sdk
+                 else [run_sdk_in_child(args, receiver, serve.expected, convert=convert) for convert in (True, False)])
     finally:
         receiver.stop()
     report(serve, *sides, args.clients, args.batch)
