@@ -46,6 +46,8 @@ class RecordingSink:
 class TypeMapping:
     """Maps a record to one payload naming its type and key (stands in for a backend mapping)."""
 
+    fingerprint = None  # never mapped ahead by the accepting process
+
     def map(self, record: Record, /) -> list[Payload]:
         return [Payload(kind="event", body={"type": record.type, "key": record.key}, key=record.key)]
 

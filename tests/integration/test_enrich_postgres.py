@@ -87,12 +87,16 @@ def _enricher(url: str, clock: FakeClock, record: Record | None = None, **option
 
 @pytest.mark.integration
 def test_sample_run_is_enriched_with_its_five_nodes(db: PostgresServer) -> None:
-    """Sample 01's rows, read through the read-only role, become five nodes with kinds, model, cost, times."""
+    """Sample 01's rows, read through the read-only role, become five nodes with kinds, model, cost, times;
+    the enricher wants the run until then (and never a message record), so the pipeline maps it only after."""
     with db.admin() as conn:
         insert_rows(conn, _sample_rows())
     record, clock = _sample_record(), FakeClock()
     enricher = _enricher(db.url(RO_ROLE, RO_PASSWORD), clock, record)
+    message = record_from_obj(json.loads((SAMPLES / "05-message-chat.json").read_text(encoding="utf-8")))
+    assert enricher.wants(record) and not enricher.wants(message)
     assert enricher(record) is None
+    assert not enricher.wants(record)
     derived = record.data["derived"]
     nodes = derived["nodes"]
     assert [n["kind"] for n in nodes] == ["chain", "retriever", "llm", "tool", "chain"]

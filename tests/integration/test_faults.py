@@ -160,6 +160,8 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(tmp_path: Path) -> None:
 class RefuseSome:
     """The opik mapping, except that chosen records fail to map and others get a payload Opik refuses."""
 
+    fingerprint = None  # never mapped ahead by the accepting process
+
     def __init__(self, unmappable: set[str], refused: set[str]) -> None:
         self.inner = load_mapping("opik")
         self.unmappable, self.refused = unmappable, refused

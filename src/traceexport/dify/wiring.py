@@ -25,6 +25,7 @@ class EnvelopeMapping:
     """The identity mapping of the forward sink: a record becomes its TaskData envelope."""
 
     backend = "forward"
+    fingerprint = None  # nothing to spare a delivery process: the envelope is the payload
 
     def map(self, record: Record, /) -> list[Payload]:
         """One ``envelope`` payload carrying the record as Dify wrote it."""

@@ -234,9 +234,14 @@ class PostgresEnricher:
         self._db_log = _RateLimitedLog(settings.log_interval, clock)
         self._missing_log = _RateLimitedLog(settings.log_interval, clock)
 
+    def wants(self, record: Record) -> bool:
+        """Whether this enricher would change ``record``: a workflow record not enriched yet (the pipeline
+        maps any other as soon as it is accepted, when it maps ahead for a delivery process)."""
+        return record.type == "workflow" and not enriched(record.data)
+
     def __call__(self, record: Record) -> float | None:
         """None when the record is ready to map (enriched, or given up on); else a delay in seconds."""
-        if record.type != "workflow" or enriched(record.data):
+        if not self.wants(record):
             return None
         data = record.data
         run_id = str(data.get("workflow_run_id") or "")
@@ -280,8 +285,7 @@ class PostgresEnricher:
         groups: dict[tuple[str | None, str | None, str | None], list[uuid.UUID]] = {}
         with self._lock:
             for record in records:
-                wanted = record.type == "workflow" and not enriched(record.data)
-                run_id = str(record.data.get("workflow_run_id") or "") if wanted else ""
+                run_id = str(record.data.get("workflow_run_id") or "") if self.wants(record) else ""
                 if not run_id or run_id in self._prefetched or run_id in self._cache:
                     continue
                 try:

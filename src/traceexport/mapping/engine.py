@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,14 +57,19 @@ class Entity:
 
 
 class Mapping:
-    """A loaded, compiled mapping for one backend."""
+    """A loaded, compiled mapping for one backend.
+
+    ``fingerprint`` names what the mapping does (its merged document and options): two processes that
+    loaded the same configuration get the same one, so payloads one mapped serve the other.
+    """
 
     def __init__(self, backend: str, entities: dict[str, list[Entity]], files: Sequence[str],
-                 document: LineDict | None = None) -> None:
+                 document: LineDict | None = None, fingerprint: str | None = None) -> None:
         self.backend = backend
         self.entities = entities
         self.files = list(files)
         self.document = document  # the merged source, with each key's file and line (the console's provenance)
+        self.fingerprint = fingerprint
 
     def record_types(self) -> list[str]:
         return sorted(self.entities)
@@ -168,7 +175,13 @@ def compile_document(document: LineDict, files: Sequence[str], options: dict[str
         problems.append(Problem(where, message))
     if problems:
         raise ConfigError(problems, title="invalid mapping")
-    return Mapping(str(backend), entities, files, document)
+    return Mapping(str(backend), entities, files, document, _fingerprint(document, options))
+
+
+def _fingerprint(document: LineDict, options: dict[str, Any] | None) -> str:
+    """A hash of the merged document and the options: equal for equal mappings (file names and lines left out)."""
+    text = json.dumps([document, options or {}], sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def _compile_entities(section: LineDict, path: str, backend: str, fields: frozenset[str], compiler: Compiler,

@@ -6,13 +6,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from traceexport.errors import RecordTooLargeError
 from traceexport.pipeline.metrics import label_value, prometheus_text, snapshot
+from traceexport.pipeline.premapped import premapped_bytes
 from traceexport.pipeline.prepared import Prepare, PreparedRecords
 from traceexport.pipeline.process import DeliveryProcess, PrepareFactory, RouteFactory
 from traceexport.pipeline.queue import SinkQueue
@@ -41,16 +42,20 @@ class Stager:
 
     A source reading many records (an HTTP body) stages each before parsing the next, so the parsed
     objects are freed at once instead of all staying in memory until :meth:`Pipeline.accept`. Whether rows
-    carry the compact form is decided once per batch. ``full`` says whether records must be parsed whole
-    (their compact form is stored, or this process delivers them from memory); when it is False a
+    carry a form for the delivery process is decided once per batch: the record's payloads for each of its
+    routes' mappings (:mod:`~traceexport.pipeline.premapped`), or, for a record the enricher will change or
+    a mapping cannot map, its compact normalised form. ``full`` says whether records must be parsed whole
+    (such a form is stored, or this process delivers them from memory); when it is False a
     :class:`~traceexport.records.RecordHead` is all that is needed: the delivery process parses the record.
     """
 
-    __slots__ = ("bits", "compact", "full", "local", "routes")
+    __slots__ = ("bits", "compact", "enriches", "full", "local", "routes")
 
-    def __init__(self, routes: Sequence[Route], bits: dict[str, int], *, compact: bool, local: bool) -> None:
+    def __init__(self, routes: Sequence[Route], bits: dict[str, int], *, compact: bool, local: bool,
+                 enriches: Callable[[Record], bool] | None = None) -> None:
         self.routes, self.bits = routes, bits
         self.compact, self.local = compact, local
+        self.enriches = enriches
         self.full = compact or local
 
     def __call__(self, record: Record | RecordHead) -> Staged:
@@ -61,9 +66,22 @@ class Stager:
         if self.compact:
             if not isinstance(record, Record):
                 raise TypeError("the compact form is wanted: stage whole records, not heads")
-            compact = compact_bytes(record)
+            compact = self._premapped(record, mask) or compact_bytes(record)
         row = SpoolRow(mask, record.key, record.type, record.app_id, record.trace_key, record.envelope_text(), compact)
         return Staged(row, record if self.local and isinstance(record, Record) else None)
+
+    def _premapped(self, record: Record, mask: int) -> bytes | None:
+        if self.enriches is not None and self.enriches(record):
+            return None  # the delivery process enriches it before mapping
+        return premapped_bytes(record, [r.mapping for r in self.routes if mask >> self.bits[r.sink.name] & 1])
+
+
+def enriches_of(prepare: Prepare | None) -> Callable[[Record], bool] | None:
+    """Which records ``prepare`` may change: its ``wants`` method, else (a hook that does not say) all."""
+    if prepare is None:
+        return None
+    wants: Callable[[Record], bool] | None = getattr(prepare, "wants", None)
+    return wants if callable(wants) else (lambda record: True)
 
 
 class Pipeline:
@@ -89,6 +107,7 @@ class Pipeline:
                          if self.settings.delivery_process and route_factory is not None else None)
         if rates is not None:  # a delivery process: show the parent this process's rate limits
             watch_all(rates, [(r.sink.name, limiter) for r in self.routes if (limiter := limiter_of(r.sink))])
+        self._enriches = enriches_of(prepare)
         self.records = PreparedRecords(prepare, 0 if self.delivery else self.settings.prepare_cache_size,
                                        len(self.routes))
         # Up while flush() waits: workers send partial batches at once (a delivery process passes its own).
@@ -106,7 +125,8 @@ class Pipeline:
 
     def stager(self) -> Stager:
         """A :class:`Stager` for one batch of records (an HTTP body): see there."""
-        return Stager(self.routes, self.bits, compact=self._compact_wanted(), local=self.delivery is None)
+        return Stager(self.routes, self.bits, compact=self._compact_wanted(), local=self.delivery is None,
+                      enriches=self._enriches)
 
     def accept(self, records: Sequence[Record | Staged]) -> None:
         """Persist ``records`` (or the rows :meth:`stager` made of them) for every sink they are routed to;
@@ -164,13 +184,14 @@ class Pipeline:
         return refused
 
     def _compact_wanted(self) -> bool:
-        """Store the compact form only while a delivery process is falling behind, but not far behind.
+        """Store a form for delivery (the payloads, else the compact form) only while a delivery process is
+        falling behind, but not far behind.
 
-        It spares that process a parse per record and costs this one an encoding: worth it when
-        delivery is the slower side (the two then even out). During an outage the backlog grows past
-        ``compact_max_lag`` and new records are stored without it: no extra disk for a long backlog.
-        ``always_compact`` stores it whatever the lag: a command reading history (backfill) makes its
-        backlog on purpose, and does work ahead (node rows) that only the compact form carries.
+        It spares that process a parse and a mapping per record and costs this one a mapping and an
+        encoding: worth it when delivery is the slower side (the two then even out). During an outage the
+        backlog grows past ``compact_max_lag`` and new records are stored without it: no extra disk for a
+        long backlog. ``always_compact`` stores it whatever the lag: a command reading history (backfill)
+        makes its backlog on purpose, and does work ahead (node rows) that only such a form carries.
         """
         if self.delivery is None:
             return False  # delivery here takes the parsed records from memory

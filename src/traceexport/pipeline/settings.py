@@ -10,7 +10,13 @@ from traceexport.sinks.base import Payload, Sink
 
 
 class Mapping(Protocol):
-    """Anything with ``map(record) -> list[Payload]`` (a compiled mapping, or a test stand-in)."""
+    """Anything with ``map(record) -> list[Payload]`` (a compiled mapping, or a test stand-in), and a
+    ``fingerprint`` naming what it does (None: never mapped ahead, see :mod:`traceexport.pipeline.premapped`)."""
+
+    @property
+    def fingerprint(self) -> str | None:
+        """Equal for mappings that map every record alike, in any process; None when not known."""
+        ...
 
     def map(self, record: Record, /) -> list[Payload]:
         """The payloads ``record`` becomes; raises RecordError when it cannot be mapped."""

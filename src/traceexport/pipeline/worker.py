@@ -27,6 +27,7 @@ from typing import Protocol
 
 from traceexport.errors import RecordError
 from traceexport.pipeline.ledger import payload_digest
+from traceexport.pipeline.premapped import Premapped, end_seconds, read_premapped
 from traceexport.pipeline.prepared import PreparedRecords
 from traceexport.pipeline.queue import DeadLetter, Item, Outcome, SinkQueue
 from traceexport.pipeline.retry import backoff, gives_up
@@ -217,9 +218,13 @@ class SinkWorker:
         out = Outcome()
         payloads: list[Payload] = []
         owners: list[int] = []
-        self.records.prefetch([(item.key, item.envelope, item.compact) for item in batch], now)
+        fingerprint = self.route.mapping.fingerprint
+        premapped = [read_premapped(item.compact, fingerprint) if item.compact else None for item in batch]
+        self.records.prefetch([(item.key, item.envelope, item.compact)
+                               for item, ready in zip(batch, premapped, strict=True) if ready is None], now)
         for index, item in enumerate(batch):
-            mapped = self._map(item, now, out)
+            ready = premapped[index]
+            mapped = self._map(item, now, out) if ready is None else self._take(item, ready)
             if mapped is None:
                 continue
             if not mapped:
@@ -242,17 +247,20 @@ class SinkWorker:
             if isinstance(got, float):
                 out.deferred.append((item, got))
                 return None
-            item.end = _end_seconds(got.data)
-            mapped = self.route.mapping.map(got)
-            if mapped and self.settings.ledger_retention > 0:  # what the ledger keeps once delivered
-                item.payload_hash = payload_digest(mapped)
-            return mapped
+            return self._take(item, Premapped(self.route.mapping.map(got), end_seconds(got.data)))
         except RecordError as exc:
             reason = exc.reason
         except Exception as exc:  # a mapping bug dead-letters this record, never stops the sink
             reason = f"mapping failed: {type(exc).__name__}: {exc}"
         out.dead.append(DeadLetter(item, reason, None, True, item.attempts, item.first_attempt or now))
         return None
+
+    def _take(self, item: Item, mapped: Premapped) -> list[Payload]:
+        """The record's payloads, noting its end time and (for the ledger) their hash on ``item``."""
+        item.end = mapped.end
+        if mapped.payloads and self.settings.ledger_retention > 0:  # what the ledger keeps once delivered
+            item.payload_hash = payload_digest(mapped.payloads)
+        return mapped.payloads
 
     def _export(self, payloads: list[Payload]) -> ExportResult:
         result = ExportResult()
@@ -318,13 +326,6 @@ class SinkWorker:
             log.warning("sink %s: pausing %.1fs after a failed attempt: %s", self.sink.name, until - now,
                         redact(reason))
         self.paused_until = until
-
-
-def _end_seconds(data: dict[str, object]) -> float | None:
-    """The record's end time in Dify (epoch seconds) from its ``derived`` facts, if it has one."""
-    derived = data.get("derived")
-    end_ns = derived.get("end_ns") if isinstance(derived, dict) else None
-    return end_ns / 1e9 if isinstance(end_ns, int) else None
 
 
 def _whole_request_retryable(result: ExportResult, count: int) -> ItemFailure | None:

@@ -35,6 +35,8 @@ def make_records(n: int, start: int = 0, app_id: str | None = None) -> list[Reco
 class StandInMapping:
     """One ``event`` payload per record keyed by the record key; records whose key is in ``bad`` fail."""
 
+    fingerprint = None  # never mapped ahead by the accepting process
+
     def __init__(self, bad: frozenset[str] = frozenset()) -> None:
         self.bad = bad
 

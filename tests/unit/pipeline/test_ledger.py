@@ -77,6 +77,8 @@ def test_skipped_records_write_no_row(tmp_path: Path) -> None:
     """A record whose mapping produced nothing to send (skipped) is not ledgered."""
 
     class Nothing:
+        fingerprint = None
+
         def map(self, record: object) -> list[Payload]:
             return []
 
