@@ -23,6 +23,7 @@ from traceexport.pipeline import Pipeline, PipelineSettings, Route
 from traceexport.pipeline.premapped import is_premapped
 from traceexport.pipeline.process import ORPHAN_GRACE, STOP, Doorbell
 from traceexport.pipeline.spool import Spool
+from traceexport.records.compact import record_from_compact
 from traceexport.sinks import create_sink
 
 
@@ -90,19 +91,25 @@ def test_flush_sends_the_child_s_partial_batch_without_lingering(tmp_path: Path)
     assert len(_lines(out)) == 6
 
 
-def test_the_child_delivers_records_from_their_stored_payloads(tmp_path: Path) -> None:
-    """Records stored with their payloads (the child lagging) are delivered from them, spans unchanged."""
+def test_the_child_delivers_records_from_their_stored_forms(tmp_path: Path) -> None:
+    """Records stored with a form for the child (it lags) are delivered from it, spans unchanged: the compact
+    form while the backlog did not grow since the last batch, the payloads mapped ahead once it did."""
     outputs = []
-    for name, min_lag in (("parsed", 10**9), ("compact", 0)):
+    for name, min_lag in (("parsed", 10**9), ("stored", 0)):
         pipe, out = _child_pipe(tmp_path, name, 0.0, poll_interval=0.05, compact_min_lag=min_lag)
         with pipe:
             pipe.accept(make_records(5))
-            stored = [row[0] for row in pipe.spool.conn().execute("SELECT compact FROM records")]
-            assert [is_premapped(blob) for blob in stored] == [name == "compact"] * 5
+            pipe.accept(make_records(5, start=5))
+            stored = [row[0] for row in pipe.spool.conn().execute("SELECT compact FROM records ORDER BY seq")]
+            if name == "stored":
+                assert [is_premapped(blob) for blob in stored] == [False] * 5 + [True] * 5
+                assert all(record_from_compact(blob, "{}") is not None for blob in stored[:5])
+            else:
+                assert stored == [None] * 10
             pipe.start()
             assert pipe.flush(60)
         outputs.append(sorted(json.dumps(line, sort_keys=True) for line in _lines(out)))
-    assert outputs[0] == outputs[1] and len(outputs[0]) == 10
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 20
 
 
 DRIVER = r"""

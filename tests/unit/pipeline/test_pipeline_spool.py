@@ -10,6 +10,7 @@ from pipeline_helpers import ScriptedSink, StandInMapping, make_records
 
 from traceexport.errors import SpoolFullError
 from traceexport.pipeline import Pipeline, PipelineSettings, Route
+from traceexport.pipeline.premapped import is_premapped
 from traceexport.pipeline.spool import Spool
 from traceexport.pipeline.worker import BACKLOG_REQUESTS
 
@@ -206,10 +207,38 @@ def test_compact_forms_are_stored_only_while_delivery_lags_within_bounds(tmp_pat
     pipe = Pipeline(tmp_path / "spool", factory(), settings, route_factory=factory)  # never started
     for start in range(0, 10, 2):
         pipe.accept(make_records(2, start=start))
-    stored = [row[0] is not None for row in pipe.spool.conn().execute("SELECT compact FROM records ORDER BY seq")]
-    # lag before each accept: 0, 2, 4, 6, 8 records
-    assert stored == [False, False, True, True, True, True, False, False, False, False]
+    stored = [row[0] for row in pipe.spool.conn().execute("SELECT compact FROM records ORDER BY seq")]
+    # lag before each accept: 0, 2, 4, 6, 8 records; growing each time: the payloads, mapped ahead
+    assert [blob is not None for blob in stored] == [False, False, True, True, True, True, False, False, False, False]
+    assert all(is_premapped(blob) for blob in stored[2:6])
     pipe.close()
+
+
+def test_payloads_are_mapped_ahead_only_while_the_backlog_grows(tmp_path: Path) -> None:
+    """Within the lags, a batch gets its payloads mapped ahead when the backlog grew since the last batch
+    (delivery is the slower side), else the compact form; ``always_compact`` (backfill) chooses alike."""
+    import functools
+
+    from test_delivery_process import file_routes
+
+    factory = functools.partial(file_routes, str(tmp_path / "out"))
+    settings = PipelineSettings(fsync=False, delivery_process=True, compact_min_lag=2, compact_max_lag=100)
+    for name, always in (("lagging", False), ("backfill", True)):
+        pipe = Pipeline(tmp_path / name, factory(), settings, route_factory=factory, always_compact=always)
+        pipe.accept(make_records(4))
+
+        def forms(pipe: Pipeline = pipe) -> tuple[bool, bool]:
+            stage = pipe.stager()
+            return stage.compact, stage.premap
+
+        assert forms() == (True, True)  # 0 → 4 behind
+        assert forms() == (True, False)  # still 4: no longer growing
+        with pipe.spool.write() as conn:
+            conn.execute("UPDATE sinks SET cursor = 2")
+        assert forms() == (True, False)  # 2: delivery caught up some
+        pipe.accept(make_records(2, start=4))
+        assert forms() == (True, True)  # 4 again
+        pipe.close()
 
 
 def test_always_compact_stores_the_compact_form_at_any_lag(tmp_path: Path) -> None:
