@@ -26,6 +26,13 @@ def dumps_bytes(value: Any) -> bytes:
     return to_json(value, fallback=str, inf_nan_mode="null")
 
 
+def json_form(value: Any) -> Any:
+    """``value`` as JSON carries it (read back): a datetime as its ISO 8601 text, a tuple as a list, an object
+    JSON has no type for as its ``str()``. Encoders that meet such a value write this, so a payload sent as
+    mapped and one stored as JSON and read back (:mod:`traceexport.pipeline.premapped`) go out alike."""
+    return from_json(to_json(value, fallback=str, inf_nan_mode="constants"))
+
+
 def dumps(value: Any) -> str:
     """Compact JSON text of ``value``."""
     return to_json(value, fallback=str, inf_nan_mode="null").decode("utf-8")

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic_core import PydanticSerializationError, to_json
 
+from traceexport._json import json_form
 from traceexport.errors import RecordError
 from traceexport.sinks.otlp_encoding import KINDS, STATUS_CODES, enum_value, hex_id, nanos
 
@@ -49,8 +50,8 @@ def any_value(value: Any) -> dict[str, Any] | None:
         values = [encoded for encoded in map(any_value, value) if encoded is not None]
         return {"arrayValue": {"values": values} if values else {}}
     if isinstance(value, Mapping):
-        return {"stringValue": json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)}
-    return {"stringValue": str(value)}
+        return {"stringValue": json.dumps(value, sort_keys=True, default=json_form, ensure_ascii=False)}
+    return any_value(json_form(value))  # a datetime as ISO 8601, as JSON sinks write it
 
 
 def key_values(attributes: Mapping[str, Any] | None) -> list[dict[str, Any]]:

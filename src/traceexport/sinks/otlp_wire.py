@@ -13,6 +13,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from traceexport._json import json_form
 from traceexport.errors import RecordError
 from traceexport.sinks.otlp_encoding import KINDS, STATUS_CODES, enum_value, hex_id, nanos
 
@@ -65,9 +66,9 @@ def any_value(value: Any) -> bytes | None:
         items = b"".join(_field(b"\x0a", encoded) for encoded in map(any_value, value) if encoded is not None)
         return _field(b"\x2a", items)
     if isinstance(value, Mapping):
-        text = json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
+        text = json.dumps(value, sort_keys=True, default=json_form, ensure_ascii=False)
         return _field(b"\x0a", text.encode("utf-8"))
-    return _field(b"\x0a", str(value).encode("utf-8"))
+    return any_value(json_form(value))  # a datetime as ISO 8601, as JSON sinks write it
 
 
 _KEY_FIELDS: dict[str, bytes] = {}  # attribute key -> its encoded KeyValue.key field (keys repeat a lot)

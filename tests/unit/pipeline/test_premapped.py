@@ -5,21 +5,26 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from pipeline_helpers import ScriptedSink, make_records
 from tests.golden.goldens import CASES
 
+from traceexport._json import json_form
 from traceexport.errors import RecordError
 from traceexport.mapping import BACKENDS, load_mapping
 from traceexport.pipeline import Pipeline, PipelineSettings, Route
+from traceexport.pipeline.ledger import payload_digest
 from traceexport.pipeline.pipeline import Stager, enriches_of
 from traceexport.pipeline.premapped import FORMAT, end_seconds, is_premapped, premapped_bytes, read_premapped
 from traceexport.pipeline.spool import SpoolRow
 from traceexport.records import Record, parse_records, record_from_obj
 from traceexport.records.compact import record_from_compact
 from traceexport.sinks.base import ExportResult, Payload
+from traceexport.sinks.otlp_json import span_json
+from traceexport.sinks.otlp_wire import span_bytes
 
 FAST = PipelineSettings(fsync=False, poll_interval=0.01)
 
@@ -182,3 +187,26 @@ def test_a_worker_sends_stored_payloads_as_they_are_and_maps_only_without_them(t
         names = [p.body["name"] for p in sink.payloads]
         assert any(n.startswith("stored ") for n in names) == expect_marked, name
         assert len(sink.payloads) == len(mapping.map(record_from_obj(record.envelope)))
+
+
+def test_values_json_has_no_type_for_go_out_alike_from_stored_payloads(tmp_path: Path) -> None:
+    """An override sending raw datetimes (alone, in a list, inside an object) as OTLP attributes: the stored
+    payloads read back encode to the same protobuf and OTLP/JSON spans as the payloads mapped in place, and
+    the ledger hashes them alike (a datetime goes out as ISO 8601 text either way)."""
+    override = tmp_path / "times.yaml"
+    override.write_text("extends: builtin\nrecords:\n  message:\n    span:\n      body:\n        attributes:\n"
+                        "          my.start: $start_time\n          my.times: [$start_time, $end_time]\n"
+                        "          my.derived: \"$derived | pick('start', 'end', 'app_id')\"\n", encoding="utf-8")
+    mapping = load_mapping("otlp", [override])
+    record = make_records(1)[0]
+    direct = mapping.map(record)
+    assert any(isinstance(p.body["attributes"].get("my.start"), datetime) for p in direct)
+    blob = premapped_bytes(record, [mapping])
+    assert blob is not None
+    found = read_premapped(blob, mapping.fingerprint)
+    assert found is not None
+    assert [span_bytes(p.body) for p in found.payloads] == [span_bytes(p.body) for p in direct]
+    assert [span_json(p.body) for p in found.payloads] == [span_json(p.body) for p in direct]
+    assert payload_digest(found.payloads) == payload_digest(direct)
+    start = next(p for p in direct if "my.start" in p.body["attributes"]).body["attributes"]["my.start"]
+    assert json_form(start) == start.isoformat().replace("+00:00", "Z")
