@@ -75,9 +75,10 @@ class PipelineSettings:
     prepare_cache_size: int = 8192
     # Deliver from a child process on the same spool (a second core); needs a route factory.
     delivery_process: bool = False
-    # With a delivery process: store records' compact normalised form while the slowest sink is between
-    # these many records behind. It spares the child a parse at some cost here, so it is worth it only
-    # while delivery falls behind ingest, and is left out in an outage's backlog (bounded extra disk).
+    # With a delivery process: store a form for it beside each record (the payloads mapped ahead, or the
+    # compact normalised form) while the slowest sink is between these many records behind. It spares the
+    # child a parse (and a mapping) at some cost here, so it is worth it only while delivery falls behind
+    # ingest, and is left out in an outage's backlog (bounded extra disk).
     compact_min_lag: int = 1_000
     compact_max_lag: int = 20_000
     # Seconds the delivery ledger keeps a row (pipeline/ledger.py); 0: no ledger (nothing written, rows swept).
