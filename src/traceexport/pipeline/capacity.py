@@ -2,11 +2,12 @@
 
 ``spool.max_bytes`` bounds everything the spool puts on disk: the database's pages in use, its
 write-ahead log (``-wal``) and the log's index (``-shm``). The log is kept below :func:`wal_budget`
-by checkpoints that also truncate the file (once it passes half the budget), a write begins only with the
-log within its budget, and the budget is reserved inside ``max_bytes``, so the files stay within
-``max_bytes`` plus at most one transaction's pages in the log (documented margin: :func:`margin_bytes`,
-512 KiB with the spool's 32 KiB pages; the log's frame headers, 24 bytes a page, fit in the page the
-budget check leaves).
+by SQLite's passive checkpoints (every quarter of the budget; the log then restarts from its start), by
+checkpoints that also truncate the file once it passes half the budget (readers kept it from restarting),
+a write begins only with the log within its budget, and the budget is reserved inside ``max_bytes``, so the
+files stay within ``max_bytes`` plus at most one transaction's pages in the log (documented margin:
+:func:`margin_bytes`, 512 KiB with the spool's 32 KiB pages; the log's frame headers, 24 bytes a page, fit
+in the page the budget check leaves).
 """
 
 from __future__ import annotations
