@@ -265,7 +265,7 @@ class Spool:
                 # Per connection, and cheap. SQLite's own checkpoint runs in the commit once a quarter of the
                 # budget is in the log: passive, it never makes the other process's writer wait (a truncating
                 # one does), and the next write restarts the log from its start, cut back to the budget
-                # (SQLite's defaults: 1000 pages, never cut); 7-8 % more records/s end to end than truncating
+                # (SQLite's defaults: 1000 pages, never cut); 5-11 % more records/s end to end than truncating
                 # at half the budget. checkpoint_if_large truncates after this commit only when readers kept
                 # the log from restarting and it outgrew half its budget.
                 conn.execute(f"PRAGMA wal_autocheckpoint={max(self.wal_budget // 4 // self.page_size, 1)}")
