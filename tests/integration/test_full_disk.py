@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sqlite3
 import subprocess
 import time
 from collections import Counter
@@ -22,6 +23,10 @@ from tests.fakes import RecordedRequest, Response
 from tests.fakes.otlp_server import OtlpFake
 from tests.support.daemon import Served
 from tests.support.processes import wait_until
+
+from traceexport.pipeline import PipelineSettings
+from traceexport.pipeline.queue import DeadLetter, Outcome, SinkQueue
+from traceexport.pipeline.spool import Spool, SpoolRow
 
 pytestmark = pytest.mark.integration
 
@@ -163,3 +168,40 @@ def test_a_record_larger_than_the_whole_spool_answers_413_and_the_next_one_goes_
         assert "max_bytes" in answer["rejected"][0]["reason"]
     finally:
         assert served.stop() == 0
+
+
+def test_an_outcome_whose_ledger_part_the_full_disk_refused_is_saved_again_without_counting_twice(
+        tiny_disk: Path) -> None:
+    """SQLite commits the spool's file, then the ledger's: with the spool's log restarted (room inside it) and
+    the ledger's truncated, a full disk refuses only the ledger's part and the COMMIT fails. Saving the same
+    outcome again, with space back, writes the ledger rows and counts, dead-letters and moves nothing twice."""
+    spool = Spool(tiny_disk / "spool", PipelineSettings(max_bytes=64 * 1024**2))
+    bit = spool.register_sinks(["out"])["out"]
+    envelope = SAMPLE.read_text(encoding="utf-8")
+    for batch in range(6):  # a log of some pages, so that the next write fits in it once it restarts
+        spool.accept([SpoolRow(1 << bit, f"k{batch}-{i}", "message", "app", None, envelope) for i in range(10)])
+    queue = SinkQueue(spool, "out", bit)
+    items = queue.fetch_fresh(20)
+    for item in items:
+        item.payload_hash = b"\x01" * 8
+    conn = spool.conn()
+    assert conn.execute("PRAGMA main.wal_checkpoint(PASSIVE)").fetchone()[0] == 0  # all copied: the log restarts
+    assert conn.execute("PRAGMA ledger_db.wal_checkpoint(TRUNCATE)").fetchone()[0] == 0  # the ledger's must grow
+    outcome = Outcome(delivered=items[:19])
+    outcome.dead.append(DeadLetter(items[19], "refused", 400, True, 1, None))
+    filler = fill(tiny_disk)
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        queue.commit(outcome)
+
+    def state() -> tuple[int, int, int, int]:
+        counters = spool.counters()["out"]
+        return (counters.get("exported", 0), counters.get("dead_lettered", 0),
+                conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0],
+                conn.execute("SELECT count(*) FROM ledger").fetchone()[0])
+
+    assert state() == (19, 1, 1, 0), "the spool's part is in, the ledger's is not"
+    filler.unlink()
+    queue.commit(outcome)
+    assert state() == (19, 1, 1, 19)
+    assert conn.execute("SELECT cursor FROM sinks WHERE name = 'out'").fetchone()[0] == items[-1].seq
+    spool.close()

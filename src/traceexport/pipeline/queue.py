@@ -3,10 +3,16 @@
 The sink's durable cursor moves only when a batch's outcomes are committed, in the same transaction
 as its retries, dead letters, counters and delivery ledger rows, so a process killed mid-batch re-sends
 that batch on restart (at-least-once; deterministic ids make the re-send harmless).
+
+The ledger lives in a file of its own, and SQLite commits the two files one after the other: a full disk
+can refuse the ledger's part after the spool's part is in, and the COMMIT then fails although the cursor,
+counters and dead letters were saved. Each outcome carries a token written with the cursor, so saving it
+again after such a failure writes only what is missing (the ledger rows), never counts anything twice.
 """
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -58,6 +64,8 @@ class Outcome:
     deferred: list[tuple[Item, float]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     observed: histograms.Observations = field(default_factory=histograms.Observations)
+    # Written with the cursor in the commit that saves this outcome: a save found done is not done twice.
+    token: int = field(default_factory=lambda: random.getrandbits(62) + 1)
 
 
 class SinkQueue:
@@ -120,36 +128,48 @@ class SinkQueue:
         now = time.time() if now is None else now
         with self.spool.transaction() as conn:
             gone = _dropped_meanwhile(conn, outcome)
-            dead = [d for d in outcome.dead if d.item.seq not in gone]
             delivered = [i for i in outcome.delivered if i.seq not in gone]
-            done = [i for i in (*outcome.delivered, *outcome.skipped, *(d.item for d in outcome.dead))]
-            retry = [r for r in outcome.retry if r[0].seq not in gone]
-            deferred = [(i, nb) for i, nb in outcome.deferred if i.seq not in gone]
-            conn.execute("UPDATE sinks SET cursor = ? WHERE name = ?", (self.read_pos, self.name))
-            conn.executemany("DELETE FROM retries WHERE sink = ? AND seq = ?",
-                             [(self.name, i.seq) for i in done if i.from_retry])
-            conn.executemany(
-                "INSERT OR REPLACE INTO retries(sink, seq, not_before, attempts, first_attempt, last_reason, "
-                "status_code) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(self.name, i.seq, nb, n, f, redact(reason), code) for i, nb, n, f, reason, code in retry]
-                + [(self.name, i.seq, nb, i.attempts, i.first_attempt, "deferred by the enricher", None)
-                   for i, nb in deferred])
-            conn.executemany(
-                "INSERT INTO dead_letters(sink, record_key, record_type, app_id, reason, status_code, "
-                "permanent, attempts, first_attempt, last_attempt, envelope) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(self.name, d.item.key, d.item.type, d.item.app_id, redact(d.reason), d.status_code,
-                  int(d.permanent), d.attempts, d.first_attempt, now, d.item.envelope) for d in dead])
+            if not self._saved_before(conn, outcome):
+                self._save_in_spool(conn, outcome, gone, delivered, now)
             ledger.record(conn, self.bit, [(i.key, i.payload_hash) for i in delivered
                                            if i.payload_hash is not None], now)
-            bump(conn, [(self.name, "exported", len(delivered)),
-                        (self.name, "skipped", len(outcome.skipped)),
-                        (self.name, "retried", len(retry)),
-                        (self.name, "deferred", len(deferred)),
-                        (self.name, "dead_lettered", len(dead)),
-                        *histograms.counter_increments(self.name, outcome.observed)])
         self.cursor = self.read_pos
         self._last_cursor_write = time.monotonic()
+
+    def _saved_before(self, conn: sqlite3.Connection, outcome: Outcome) -> bool:
+        """Whether an earlier attempt's COMMIT wrote the spool's part of ``outcome`` and then failed on the
+        ledger's file: only the ledger rows are owed then."""
+        row = conn.execute("SELECT saved FROM sinks WHERE name = ?", (self.name,)).fetchone()
+        return row is not None and row[0] == outcome.token
+
+    def _save_in_spool(self, conn: sqlite3.Connection, outcome: Outcome, gone: set[int], delivered: list[Item],
+                       now: float) -> None:
+        """The cursor (with the outcome's token), retries, dead letters and counters of ``outcome``."""
+        dead = [d for d in outcome.dead if d.item.seq not in gone]
+        done = [i for i in (*outcome.delivered, *outcome.skipped, *(d.item for d in outcome.dead))]
+        retry = [r for r in outcome.retry if r[0].seq not in gone]
+        deferred = [(i, nb) for i, nb in outcome.deferred if i.seq not in gone]
+        conn.execute("UPDATE sinks SET cursor = ?, saved = ? WHERE name = ?", (self.read_pos, outcome.token, self.name))
+        conn.executemany("DELETE FROM retries WHERE sink = ? AND seq = ?",
+                         [(self.name, i.seq) for i in done if i.from_retry])
+        conn.executemany(
+            "INSERT OR REPLACE INTO retries(sink, seq, not_before, attempts, first_attempt, last_reason, "
+            "status_code) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(self.name, i.seq, nb, n, f, redact(reason), code) for i, nb, n, f, reason, code in retry]
+            + [(self.name, i.seq, nb, i.attempts, i.first_attempt, "deferred by the enricher", None)
+               for i, nb in deferred])
+        conn.executemany(
+            "INSERT INTO dead_letters(sink, record_key, record_type, app_id, reason, status_code, "
+            "permanent, attempts, first_attempt, last_attempt, envelope) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(self.name, d.item.key, d.item.type, d.item.app_id, redact(d.reason), d.status_code,
+              int(d.permanent), d.attempts, d.first_attempt, now, d.item.envelope) for d in dead])
+        bump(conn, [(self.name, "exported", len(delivered)),
+                    (self.name, "skipped", len(outcome.skipped)),
+                    (self.name, "retried", len(retry)),
+                    (self.name, "deferred", len(deferred)),
+                    (self.name, "dead_lettered", len(dead)),
+                    *histograms.counter_increments(self.name, outcome.observed)])
 
     def save_cursor(self, every: float = 1.0) -> None:
         """Persist a read position that moved past records of other sinks only (at most every ``every`` s)."""

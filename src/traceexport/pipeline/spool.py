@@ -82,7 +82,7 @@ CREATE TABLE IF NOT EXISTS records(
     seq INTEGER PRIMARY KEY AUTOINCREMENT, mask INTEGER NOT NULL, key TEXT NOT NULL, type TEXT NOT NULL,
     app_id TEXT, trace_key TEXT, received REAL NOT NULL, envelope TEXT NOT NULL, compact BLOB);
 CREATE TABLE IF NOT EXISTS sinks(name TEXT PRIMARY KEY, bit INTEGER NOT NULL UNIQUE,
-    cursor INTEGER NOT NULL DEFAULT 0, last_seq INTEGER NOT NULL DEFAULT 0);
+    cursor INTEGER NOT NULL DEFAULT 0, last_seq INTEGER NOT NULL DEFAULT 0, saved INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS retries(sink TEXT NOT NULL, seq INTEGER NOT NULL, not_before REAL NOT NULL,
     attempts INTEGER NOT NULL, first_attempt REAL, last_reason TEXT, status_code INTEGER,
     PRIMARY KEY(sink, seq)) WITHOUT ROWID;
@@ -168,6 +168,9 @@ class Spool:
             with self.write() as conn:  # unknown until now: assume every sink may owe every record
                 conn.execute("ALTER TABLE sinks ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0")
                 conn.execute("UPDATE sinks SET last_seq = (SELECT ifnull(max(seq), 0) FROM records)")
+        if "saved" not in columns:  # the token of the last outcome saved (pipeline.queue.Outcome.token)
+            with self.write() as conn:
+                conn.execute("ALTER TABLE sinks ADD COLUMN saved INTEGER NOT NULL DEFAULT 0")
 
     # -- connections -----------------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:

@@ -173,7 +173,8 @@ def test_the_spool_stores_an_envelope_as_it_arrived(tmp_path: Path) -> None:
 
 
 def test_a_spool_from_before_the_compact_column_is_upgraded(tmp_path: Path) -> None:
-    """A spool written without the ``compact`` column opens, gains it, and keeps its pending records."""
+    """A spool written without the later columns (``compact``, ``last_seq``, ``saved``) opens, gains them, and
+    delivers its pending records."""
     import sqlite3
 
     old = tmp_path / "spool"
