@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 from unittest.mock import patch
 
@@ -172,3 +174,14 @@ def _undocumented(parser: argparse.ArgumentParser, prefix: str) -> list[str]:
 def test_every_command_documents_every_option() -> None:
     """`--help` of every command and sub-command describes each of its options."""
     assert _undocumented(build_parser(), "traceexport") == []
+
+
+def test_map_loads_neither_the_other_commands_nor_the_http_client() -> None:
+    """`map` imports only its own command module and never the HTTP client stack (start-up is most of a small map)."""
+    code = ("import sys; from traceexport.cli import main; "
+            f"code = main(['map', '--to', 'otlp', {str(SAMPLE_FILES[0])!r}]); "
+            "heavy = ('traceexport.cli.serve_cmd', 'traceexport.pipeline', 'httpcore'); "
+            "loaded = [m for m in heavy if m in sys.modules]; "
+            "print(code, loaded, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.stderr.strip().splitlines()[-1] == "0 []", done.stderr

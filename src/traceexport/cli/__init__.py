@@ -16,7 +16,9 @@ from collections.abc import Sequence
 COMMANDS = ["map", "validate", "export", "serve", "replay", "backfill", "audit", "dlq", "status"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given the arguments, only their command's module is imported (a command's imports are
+    its own: ``map`` never loads the HTTP client or the pipeline), every command's without them."""
     parser = argparse.ArgumentParser(
         prog="traceexport",
         description="Export Dify trace records to Opik, Langfuse, OTLP backends and Amplitude.",
@@ -24,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"traceexport {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in _commands_named(argv):
         try:
             module = importlib.import_module(f"traceexport.cli.{name}_cmd")
         except ModuleNotFoundError as exc:
@@ -33,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(sub)
     return parser
+
+
+def _commands_named(argv: Sequence[str] | None) -> list[str]:
+    """The one command ``argv`` starts with, else every command (no arguments, ``--help``, a typo)."""
+    first = list(argv or ())[:1]
+    return first if first and first[0] in COMMANDS else COMMANDS
 
 
 def package_version() -> str:
@@ -48,7 +56,8 @@ def package_version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from traceexport.errors import ConfigError, Problem
@@ -177,7 +176,9 @@ def resolve_compression(options: CommonOptions, env: Mapping[str, str], problems
 
 
 def check_http_url(url: str, where: str, problems: list[Problem]) -> None:
-    """Add a problem unless ``url`` is an absolute http(s) URL."""
+    """Add a problem unless ``url`` is an absolute http(s) URL (as httpx, which will send to it, reads it)."""
+    import httpx  # here, not at the top: `map` builds a sink's settings but never sends
+
     try:
         parsed = httpx.URL(url)
     except Exception:  # httpx raises several types for malformed URLs

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from importlib import metadata
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from traceexport import _json
 from traceexport.errors import RecordError
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
 from traceexport.sinks.bisect import Budget, send_halves
 from traceexport.sinks.otlp.config import OtlpSettings
-from traceexport.sinks.otlp.transport import SendOutcome, Transport, make_transport
 from traceexport.sinks.otlp_encoding import SCOPE_NAME, chunk
 from traceexport.sinks.otlp_json import request_json, resource_json, scope_json, span_json
 from traceexport.sinks.otlp_wire import request_bytes, resource_bytes, scope_bytes, span_bytes
+
+if TYPE_CHECKING:  # the transport (httpx, httpcore) is imported when a sink first sends: `map` never does
+    import httpx
+
+    from traceexport.sinks.otlp.transport import SendOutcome, Transport
 
 _RESOURCE_OVERHEAD = 64  # ResourceSpans/ScopeSpans framing and the scope name, on top of the resource itself
 _PER_SPAN_OVERHEAD = 8  # tag and length prefix of one span inside ScopeSpans (protobuf), or its comma (JSON)
@@ -205,6 +207,8 @@ class OtlpSink:
         if self._closed:
             raise RuntimeError(f"sink {self.name!r} is shut down")
         if self._transport is None:
+            from traceexport.sinks.otlp.transport import make_transport
+
             self._transport = make_transport(self.settings, self.backend, self._http_transport)
         return self._transport
 
