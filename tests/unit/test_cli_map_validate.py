@@ -176,8 +176,8 @@ def test_every_command_documents_every_option() -> None:
     assert _undocumented(build_parser(), "traceexport") == []
 
 
-def test_map_loads_neither_the_other_commands_nor_the_http_client() -> None:
-    """`map` imports only its own command module and never the HTTP client stack (start-up is most of a small map)."""
+def test_map_loads_neither_the_other_commands_nor_the_http_transport() -> None:
+    """`map` imports its own command module only, never the pipeline or the HTTP transport (start-up costs)."""
     code = ("import sys; from traceexport.cli import main; "
             f"code = main(['map', '--to', 'otlp', {str(SAMPLE_FILES[0])!r}]); "
             "heavy = ('traceexport.cli.serve_cmd', 'traceexport.pipeline', 'httpcore'); "

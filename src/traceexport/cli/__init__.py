@@ -18,7 +18,7 @@ COMMANDS = ["map", "validate", "export", "serve", "replay", "backfill", "audit",
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser; given the arguments, only their command's module is imported (a command's imports are
-    its own: ``map`` never loads the HTTP client or the pipeline), every command's without them."""
+    its own: ``map`` never loads the pipeline or the HTTP transport), every command's without them."""
     parser = argparse.ArgumentParser(
         prog="traceexport",
         description="Export Dify trace records to Opik, Langfuse, OTLP backends and Amplitude.",
