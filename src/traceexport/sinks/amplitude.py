@@ -30,7 +30,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
+from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload, request_groups
 from traceexport.sinks.bisect import send_halves
 from traceexport.sinks.http import classify_response, classify_transport_error, redact, retry_after_from
 from traceexport.sinks.http_client import make_client
@@ -143,20 +143,9 @@ class AmplitudeSink:
         return items, rejected
 
     def _plan(self, items: Sequence[Item]) -> list[list[Item]]:
-        overhead = len(self._prefix()) + len(self._suffix)
-        chunks: list[list[Item]] = []
-        chunk: list[Item] = []
-        size = overhead
-        for item in items:
-            if chunk and (len(chunk) >= self.settings.max_events
-                          or size + len(item[2]) + 1 > self.settings.byte_limit):
-                chunks.append(chunk)
-                chunk, size = [], overhead
-            chunk.append(item)
-            size += len(item[2]) + 1
-        if chunk:
-            chunks.append(chunk)
-        return chunks
+        groups = request_groups([len(encoded) + 1 for _, _, encoded in items], max_items=self.settings.max_events,
+                                max_bytes=self.settings.byte_limit, overhead=len(self._prefix()) + len(self._suffix))
+        return [[items[i] for i in group] for group in groups]
 
     # -- delivery ----------------------------------------------------------------------------------
     def export(self, payloads: Sequence[Payload], /) -> ExportResult:

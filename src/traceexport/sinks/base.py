@@ -70,11 +70,31 @@ class ExportResult:
 
 @dataclass(frozen=True, slots=True)
 class BatchLimits:
-    """How large one export call may be; sinks split further by encoded bytes themselves."""
+    """How large one export call may be; sinks split further by encoded bytes themselves (:func:`request_groups`)."""
 
     max_items: int = 1000
     max_bytes: int = 4 * 1024 * 1024
     linger_seconds: float = 1.0
+
+
+def request_groups(sizes: Sequence[int], *, max_items: int, max_bytes: int, overhead: int = 0) -> list[list[int]]:
+    """Split item indexes, in order, into groups of at most ``max_items`` items and ``max_bytes`` bytes each
+    (``sizes``: each item's bytes in a request; ``overhead``: a request's own).
+
+    An item larger than ``max_bytes`` on its own still gets a group of its own: the caller decides.
+    """
+    groups: list[list[int]] = []
+    current: list[int] = []
+    used = overhead
+    for index, size in enumerate(sizes):
+        if current and (len(current) >= max_items or used + size > max_bytes):
+            groups.append(current)
+            current, used = [], overhead
+        current.append(index)
+        used += size
+    if current:
+        groups.append(current)
+    return groups
 
 
 @runtime_checkable

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
+from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload, request_groups
 from traceexport.sinks.bisect import Budget, send_halves
 from traceexport.sinks.http import classify_response, classify_transport_error, excerpt, redact
 from traceexport.sinks.http_client import make_client
@@ -131,18 +131,10 @@ class OpikSink:
     def _plan(self, items: Mapping[str, list[_Item]]) -> list[_Request]:
         requests: list[_Request] = []
         for kind, collection in COLLECTIONS:
-            overhead = len(collection) + 8
-            chunk: list[_Item] = []
-            size = overhead
-            for item in items[kind]:
-                if chunk and (len(chunk) >= self.settings.max_items
-                              or size + len(item.encoded) + 1 > self.settings.max_bytes):
-                    requests.append(_Request(collection, chunk))
-                    chunk, size = [], overhead
-                chunk.append(item)
-                size += len(item.encoded) + 1
-            if chunk:
-                requests.append(_Request(collection, chunk))
+            of_kind = items[kind]
+            groups = request_groups([len(item.encoded) + 1 for item in of_kind], max_items=self.settings.max_items,
+                                    max_bytes=self.settings.max_bytes, overhead=len(collection) + 8)
+            requests += [_Request(collection, [of_kind[i] for i in group]) for group in groups]
         return requests
 
     # -- delivery ----------------------------------------------------------------------------------

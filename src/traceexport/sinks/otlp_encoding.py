@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import json_format  # type: ignore[import-untyped]  # no stubs in the test extra
@@ -78,25 +78,6 @@ def serialize(request: bytes, *, json_body: bool, compress: bool) -> tuple[bytes
         body = gzip.compress(body, compresslevel=1)  # level 1: most of the size win at a fraction of the CPU
         headers["Content-Encoding"] = "gzip"
     return body, headers
-
-
-def chunk(sizes: Sequence[int], *, max_items: int, max_bytes: int, overhead: int = 0) -> list[list[int]]:
-    """Split item indexes, in order, into groups of at most ``max_items`` and ``max_bytes`` each.
-
-    An item larger than ``max_bytes`` on its own still gets a group of its own: the caller decides.
-    """
-    groups: list[list[int]] = []
-    current: list[int] = []
-    used = overhead
-    for index, size in enumerate(sizes):
-        if current and (len(current) >= max_items or used + size > max_bytes):
-            groups.append(current)
-            current, used = [], overhead
-        current.append(index)
-        used += size
-    if current:
-        groups.append(current)
-    return groups
 
 
 def decode_partial_success(content: bytes, content_type: str) -> tuple[int, str]:

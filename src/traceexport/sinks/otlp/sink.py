@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from traceexport import _json
 from traceexport.errors import RecordError
-from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
+from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload, request_groups
 from traceexport.sinks.bisect import Budget, send_halves
 from traceexport.sinks.otlp.config import OtlpSettings
-from traceexport.sinks.otlp_encoding import SCOPE_NAME, chunk
+from traceexport.sinks.otlp_encoding import SCOPE_NAME
 from traceexport.sinks.otlp_json import request_json, resource_json, scope_json, span_json
 from traceexport.sinks.otlp_wire import request_bytes, resource_bytes, scope_bytes, span_bytes
 
@@ -102,8 +102,8 @@ class OtlpSink:
         return len(self._resource) + len(self._scope) + _RESOURCE_OVERHEAD
 
     def _groups(self, spans: Sequence[bytes]) -> list[list[int]]:
-        return chunk([self._size(span) for span in spans], max_items=self.settings.max_spans,
-                     max_bytes=self.settings.max_bytes, overhead=self._overhead)
+        return request_groups([self._size(span) for span in spans], max_items=self.settings.max_spans,
+                              max_bytes=self.settings.max_bytes, overhead=self._overhead)
 
     def _request(self, spans: Iterable[bytes]) -> bytes:
         """The request body in the wire encoding: OTLP/JSON text for ``http/json``, else protobuf."""
