@@ -69,6 +69,17 @@ def nanos(body: Mapping[str, Any], field: str) -> int:
     return value
 
 
+def status_and_times(body: Mapping[str, Any]) -> tuple[Mapping[str, Any], int, int]:
+    """A span dict's status object and its start and end in nanoseconds; RecordError when one is invalid."""
+    status = body.get("status") or {}
+    if not isinstance(status, Mapping):
+        raise RecordError(f"span status must be an object, got {status!r}")
+    start, end = nanos(body, "startTimeUnixNano"), nanos(body, "endTimeUnixNano")
+    if end < start:
+        raise RecordError("span endTimeUnixNano is before startTimeUnixNano")
+    return status, start, end
+
+
 def serialize(request: bytes, *, json_body: bool, compress: bool) -> tuple[bytes, dict[str, str]]:
     """The HTTP body and its content headers for an ``ExportTraceServiceRequest`` already in its wire
     encoding (OTLP/JSON text when ``json_body``, else protobuf)."""

@@ -22,7 +22,7 @@ from pydantic_core import PydanticSerializationError, to_json
 
 from traceexport._json import json_form
 from traceexport.errors import RecordError
-from traceexport.sinks.otlp_encoding import KINDS, STATUS_CODES, enum_value, hex_id, nanos
+from traceexport.sinks.otlp_encoding import KINDS, STATUS_CODES, enum_value, hex_id, nanos, status_and_times
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
@@ -73,12 +73,7 @@ def key_values(attributes: Mapping[str, Any] | None) -> list[dict[str, Any]]:
 
 def span_object(body: Mapping[str, Any]) -> dict[str, Any]:
     """One OTLP span dict as its OTLP/JSON object; RecordError for an invalid dict."""
-    status = body.get("status") or {}
-    if not isinstance(status, Mapping):
-        raise RecordError(f"span status must be an object, got {status!r}")
-    start, end = nanos(body, "startTimeUnixNano"), nanos(body, "endTimeUnixNano")
-    if end < start:
-        raise RecordError("span endTimeUnixNano is before startTimeUnixNano")
+    status, start, end = status_and_times(body)
     span: dict[str, Any] = {
         "traceId": hex_id(body, "traceId", 32, required=True).hex(),
         "spanId": hex_id(body, "spanId", 16, required=True).hex(),

@@ -14,8 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from traceexport._json import json_form
-from traceexport.errors import RecordError
-from traceexport.sinks.otlp_encoding import KINDS, STATUS_CODES, enum_value, hex_id, nanos
+from traceexport.sinks.otlp_encoding import KINDS, STATUS_CODES, enum_value, hex_id, nanos, status_and_times
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _DOUBLE = struct.Struct("<d")
@@ -114,12 +113,7 @@ def key_values(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
 
 def span_bytes(body: Mapping[str, Any]) -> bytes:
     """One OTLP span dict as serialized ``Span`` bytes; RecordError for an invalid dict."""
-    status = body.get("status") or {}
-    if not isinstance(status, Mapping):
-        raise RecordError(f"span status must be an object, got {status!r}")
-    start, end = nanos(body, "startTimeUnixNano"), nanos(body, "endTimeUnixNano")
-    if end < start:
-        raise RecordError("span endTimeUnixNano is before startTimeUnixNano")
+    status, start, end = status_and_times(body)
     parts = [
         _field(b"\x0a", hex_id(body, "traceId", 32, required=True)),
         _field(b"\x12", hex_id(body, "spanId", 16, required=True)),
