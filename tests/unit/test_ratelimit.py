@@ -319,7 +319,7 @@ def test_a_request_cancelled_while_waiting_is_a_retryable_unsent_failure() -> No
     sink.rate_limiter.cancel()
     result = sink.export([otlp_span(0)])
     failure = result.failures[0]
-    assert not failure.permanent and "not sent" in failure.reason and sent == []
+    assert not failure.permanent and failure.unsent and "not sent" in failure.reason and sent == []
 
 
 def test_requests_outside_a_limited_export_are_not_paced() -> None:

@@ -228,6 +228,8 @@ class Pipeline:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop delivery within ``timeout`` seconds, shut the sinks down; pending items stay in the spool."""
         deadline = time.monotonic() + timeout
+        for worker in self.workers:  # every sink told first: none starts another batch while one is awaited
+            worker.request_stop()
         for route in self.routes:  # a request waiting for its rate limit is not sent (it stays pending)
             cancel_waits(route.sink)
         if self.delivery is not None:

@@ -22,6 +22,8 @@ from traceexport.pipeline import histograms, ledger
 from traceexport.pipeline.spool import Spool, bump
 from traceexport.sinks.http import redact
 
+UNSENT_REASON = "not sent: the sink stopped first"
+
 
 @dataclass(slots=True)
 class Item:
@@ -62,6 +64,7 @@ class Outcome:
     # (item, not_before, attempts, first_attempt, reason, status_code)
     retry: list[tuple[Item, float, int, float | None, str, int | None]] = field(default_factory=list)
     deferred: list[tuple[Item, float]] = field(default_factory=list)
+    unsent: list[Item] = field(default_factory=list)  # requests its stopping sink never sent: still pending
     dead: list[DeadLetter] = field(default_factory=list)
     observed: histograms.Observations = field(default_factory=histograms.Observations)
     # Written with the cursor in the commit that saves this outcome: a save found done is not done twice.
@@ -158,6 +161,13 @@ class SinkQueue:
             [(self.name, i.seq, nb, n, f, redact(reason), code) for i, nb, n, f, reason, code in retry]
             + [(self.name, i.seq, nb, i.attempts, i.first_attempt, "deferred by the enricher", None)
                for i, nb in deferred])
+        # A record whose request the stopping sink never sent stays due as it was: a retry's row untouched,
+        # a fresh record's made (its attempts unchanged), so the cursor can move past it.
+        conn.executemany(
+            "INSERT OR IGNORE INTO retries(sink, seq, not_before, attempts, first_attempt, last_reason) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(self.name, i.seq, now, i.attempts, i.first_attempt, UNSENT_REASON)
+             for i in outcome.unsent if i.seq not in gone])
         conn.executemany(
             "INSERT INTO dead_letters(sink, record_key, record_type, app_id, reason, status_code, "
             "permanent, attempts, first_attempt, last_attempt, envelope) "
@@ -197,5 +207,5 @@ def _dropped_meanwhile(conn: sqlite3.Connection, outcome: Outcome) -> set[int]:
     records, and the sweep never deletes one a sink still owes, so gone means below the oldest left."""
     oldest = conn.execute("SELECT min(seq) FROM records").fetchone()[0]
     items = [*outcome.delivered, *outcome.skipped, *(d.item for d in outcome.dead),
-             *(r[0] for r in outcome.retry), *(i for i, _ in outcome.deferred)]
+             *(r[0] for r in outcome.retry), *(i for i, _ in outcome.deferred), *outcome.unsent]
     return {i.seq for i in items if oldest is None or i.seq < oldest}

@@ -13,6 +13,8 @@ that backend before the wait is over, while the other sinks go on.
 A batch the backend has answered is never sent again because its outcome could not be saved (a full
 disk): the worker keeps the outcome and retries only the commit, with backoff, before anything else.
 An attempt no backend took (every item to retry) is simply forgotten then and made again in its time.
+Stopping tells every sink's worker before waiting for any, and a request its stopping sink never sent
+(a cancelled wait for the rate limit) is no attempt: those records stay pending as they were.
 Only a process that dies before that commit re-sends its last batch on restart.
 """
 
@@ -91,10 +93,14 @@ class SinkWorker:
             self._thread = threading.Thread(target=self._run, name=name, daemon=True)
             self._thread.start()
 
-    def stop(self, timeout: float) -> bool:
-        """Ask the thread to finish its current batch and stop; True if it did within ``timeout``."""
+    def request_stop(self) -> None:
+        """Ask the thread to finish its current batch and stop, without waiting for it."""
         self._stop.set()
         self._wake.set()
+
+    def stop(self, timeout: float) -> bool:
+        """Ask the thread to finish its current batch and stop; True if it did within ``timeout``."""
+        self.request_stop()
         if self._thread is None:
             return True
         self._thread.join(timeout)
@@ -293,6 +299,9 @@ class SinkWorker:
                 out.delivered.append(item)
                 out.observed.acknowledged(item.received, item.end, now)
                 continue
+            if all(f.unsent for f in found):  # never sent (the sink is stopping): not an attempt
+                out.unsent.append(item)
+                continue
             attempts, first = item.attempts + 1, item.first_attempt or now
             permanent = next((f for f in found if f.permanent), None)
             if permanent is not None:
@@ -316,6 +325,8 @@ class SinkWorker:
         """
         if out.delivered:
             self.paused_until = 0.0
+            return
+        if all(f.unsent for f in result.failures.values()):  # nothing was tried: the sink is stopping
             return
         asked = max((f.retry_after or 0.0 for f in result.failures.values()), default=0.0)
         until = now + asked if asked else 0.0

@@ -38,6 +38,8 @@ class ItemFailure:
     permanent: bool
     status_code: int | None = None
     retry_after: float | None = None
+    # The request never left: its sink is stopping. Not an attempt: the record stays pending as it was.
+    unsent: bool = False
 
 
 @dataclass(slots=True)

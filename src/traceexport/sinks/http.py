@@ -118,7 +118,7 @@ def classify_transport_error(exc: Exception, *, backend: str, secrets: Iterable[
     by a stopping sink): always retryable."""
     kind = type(exc).__name__
     if isinstance(exc, SendCancelled):  # never sent: it waited for the rate limit while the sink stopped
-        return ItemFailure(reason=f"{backend}: {exc}", permanent=False)
+        return ItemFailure(reason=f"{backend}: {exc}", permanent=False, unsent=True)
     if deadline_exceeded(exc) is not None:
         return ItemFailure(reason=redact(f"{backend} too slow ({kind}): {exc}", secrets), permanent=False)
     return ItemFailure(reason=redact(f"{backend} unreachable ({kind}): {exc}", secrets), permanent=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +59,57 @@ def test_exhausted_retries_go_to_the_dead_letter_with_the_last_reason(tmp_path: 
     assert len(sink.calls) == 3
     assert [e.attempts for e in entries] == [3, 3]
     assert all(not e.permanent and "backend answered 503" in e.reason and e.status_code == 503 for e in entries)
+
+
+def test_requests_a_stopping_sink_never_sent_are_not_attempts(tmp_path: Path) -> None:
+    """Failures the sink marks unsent (its rate limiter cancelled) neither count an attempt nor dead-letter:
+    the records stay pending, fresh and retried alike, and the next run delivers them."""
+    unsent = ItemFailure("test: not sent: the sink is stopping", permanent=False, unsent=True)
+    first = ScriptedSink("a", fail_first(1, ItemFailure("503", permanent=False, status_code=503)))
+    with Pipeline(tmp_path, [Route(first, StandInMapping())], FAST) as pipe:
+        pipe.accept(make_records(2))
+        pipe.workers[0].step()  # a real attempt: both records wait for a retry, attempts 1
+        pipe.accept(make_records(2, start=2))
+        first.plan = fail_first(99, unsent)
+        for _ in range(6):  # three times max_attempts: every one of them refused before it was sent
+            time.sleep(0.03)
+            pipe.workers[0].step()
+        rows = pipe.spool.conn().execute("SELECT attempts FROM retries ORDER BY seq").fetchall()
+        assert deadletter.list_entries(pipe.spool) == [] and pipe.pending() == {"a": 4}
+        assert [r[0] for r in rows] == [1, 1, 0, 0] and pipe.metrics()["sinks"]["a"]["retried"] == 2
+    again = ScriptedSink("a")
+    with Pipeline(tmp_path, [Route(again, StandInMapping())], FAST) as pipe:
+        pipe.start()
+        assert pipe.wait_idle(10)
+    assert sorted(again.delivered) == sorted(r.key for r in make_records(4))
+
+
+def test_stop_tells_every_sink_before_waiting_for_one(tmp_path: Path) -> None:
+    """While stop waits for one sink's request in flight, another sink failing retryably starts no new
+    attempt (before, it went on retrying until its turn came and dead-lettered its records meanwhile)."""
+    release = threading.Event()
+
+    def hang(payloads: Sequence[Payload], number: int) -> ExportResult:
+        release.wait(10)
+        return ExportResult.success()
+
+    slow = ScriptedSink("slow", hang)
+    failing = ScriptedSink("failing", fail_first(999, ItemFailure("503", permanent=False, status_code=503)))
+    patient = RetryPolicy(max_attempts=1000, max_age=60.0, initial_backoff=0.01, max_backoff=0.02)
+    settings = PipelineSettings(fsync=False, poll_interval=0.01, retry=patient)
+    pipe = Pipeline(tmp_path, [Route(slow, StandInMapping()), Route(failing, StandInMapping())], settings)
+    pipe.accept(make_records(2))
+    pipe.start()
+    assert wait_for(lambda: len(slow.calls) == 1 and len(failing.calls) >= 1)
+    stopping = threading.Thread(target=pipe.stop, args=(5.0,))
+    calls_before = len(failing.calls)
+    stopping.start()
+    time.sleep(0.3)  # the failing sink's backoff is 10-20 ms: before the fix, a dozen attempts here
+    calls_while_stopping = len(failing.calls)
+    release.set()
+    stopping.join(10)
+    assert calls_while_stopping <= calls_before + 1  # at most the one already on its way
+    pipe.close()
 
 
 def test_permanent_failure_dead_letters_at_once_and_redacts(tmp_path: Path) -> None:

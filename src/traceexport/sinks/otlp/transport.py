@@ -111,7 +111,7 @@ class GrpcTransport:
             try:
                 limiter.acquire(spans)
             except ratelimit.SendCancelled as exc:
-                return SendOutcome(ItemFailure(f"{self._backend}: {exc}", permanent=False))
+                return SendOutcome(ItemFailure(f"{self._backend}: {exc}", permanent=False, unsent=True))
         message = ExportTraceServiceRequest.FromString(request)
         started = time.monotonic()
         try:
