@@ -95,7 +95,8 @@ class ConsoleServer:
     def stop(self) -> None:
         self.draining = True
         self.api.history.stop()
-        self._server.shutdown()
+        if self._thread is not None:  # shutdown() waits for serve_forever: never started, it would wait forever
+            self._server.shutdown()
         self._server.server_close()
         self.api.playground.close()
         if self._thread is not None:

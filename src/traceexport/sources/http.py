@@ -96,7 +96,8 @@ class IngestServer:
         grace = self.settings.shutdown_grace if timeout is None else timeout
         with self._idle:
             finished = self._idle.wait_for(lambda: self._in_flight == 0, timeout=grace)
-        self._server.shutdown()
+        if self._thread is not None:  # shutdown() waits for serve_forever: never started, it would wait forever
+            self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
