@@ -96,10 +96,15 @@ class SourceError(TraceExportError):
 
 
 class SpoolFullError(TraceExportError):
-    """The spool is at its size limit; the caller should retry after ``retry_after`` seconds."""
+    """The spool is at its size limit; the caller should retry after ``retry_after`` seconds.
+
+    ``stored``: indexes of the call's records that did go in before it filled (a batch stored a record at a
+    time, :meth:`traceexport.pipeline.Pipeline.accept_fitting`); empty when nothing was stored.
+    """
 
     def __init__(self, message: str = "spool is full", *, retry_after: float = 5.0) -> None:
         self.retry_after = retry_after
+        self.stored: list[int] = []
         super().__init__(message)
 
 

@@ -200,6 +200,19 @@ def test_spool_full_is_503_with_retry_after(server: IngestServer, pipeline: Stan
     assert response.status_code == 503 and response.headers["Retry-After"] == "3"
 
 
+def test_spool_full_partway_says_how_many_were_stored_and_where_to_resend_from(server: IngestServer,
+                                                                              pipeline: StandIn) -> None:
+    """When the spool filled after storing the first records of the body, the 503 counts them and names the
+    first line not stored (it used to say accepted 0 while those records were kept and delivered)."""
+    full = SpoolFullError("spool is full", retry_after=1)
+    full.stored = [0, 1]
+    pipeline.error = full
+    line = json.dumps(sample("05-message-chat.json"))
+    response = post(server, "\n".join([line, line, line]).encode(), content_type="application/x-ndjson")
+    assert response.status_code == 503
+    assert response.json()["accepted"] == 2 and response.json()["resend_from"] == {"line": 3}
+
+
 def test_unexpected_failure_is_500_without_a_traceback(server: IngestServer, pipeline: StandIn) -> None:
     """An unexpected error answers 500 with a short message and no traceback or exception text."""
     pipeline.error = RuntimeError("secret internals")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traceexport.errors import RecordTooLargeError
+from traceexport.errors import RecordTooLargeError, SpoolFullError
 from traceexport.pipeline.metrics import label_value, prometheus_text, snapshot
 from traceexport.pipeline.premapped import premapped_bytes
 from traceexport.pipeline.prepared import Prepare, PreparedRecords
@@ -165,7 +165,8 @@ class Pipeline:
         """:meth:`accept`, leaving out records that can never fit in the spool: their ``(index, reason)``.
 
         The good records beside a too-large one are stored (a batch too large as a whole only because of
-        its size goes in one record at a time). SpoolFullError still propagates: retry the whole call.
+        its size goes in one record at a time). SpoolFullError still propagates, with the indexes of the
+        records stored before it in ``stored`` (only a batch going in a record at a time stores some).
         """
         refused: list[tuple[int, str]] = []
         left = list(range(len(records)))
@@ -181,8 +182,13 @@ class Pipeline:
                     refused.extend((i, reason) for i in sorted(too_large))
                     left = [i for i in left if i not in too_large]
                     continue
-                for i in left:  # each fits alone, only not all together
-                    refused.extend((i, reason) for _, reason in self.accept_fitting([records[i]]))
+                for position, i in enumerate(left):  # each fits alone, only not all together
+                    try:
+                        refused.extend((i, reason) for _, reason in self.accept_fitting([records[i]]))
+                    except SpoolFullError as full:
+                        never = {index for index, _ in refused}
+                        full.stored = [j for j in left[:position] if j not in never]
+                        raise
                 return refused
         return refused
 

@@ -228,8 +228,11 @@ class _Handler(JsonRequestHandler):
             except SpoolFullError as exc:  # over the size limit, a full disk, no descriptor: retryable
                 wait = max(1, math.ceil(exc.retry_after))
                 ingest.refused(str(exc), wait)
-                self._send(503, {"error": f"{exc}; retry after {wait}s", "accepted": 0},
-                           {"Retry-After": str(wait)})
+                full: dict[str, Any] = {"error": f"{exc}; retry after {wait}s", "accepted": len(exc.stored)}
+                if exc.stored:  # stored in order, a record at a time, until the spool filled: say where it stopped
+                    where, number = parsed.places[min(set(range(len(parsed.records))) - set(exc.stored))]
+                    full["resend_from"] = {where: number}
+                self._send(503, full, {"Retry-After": str(wait)})
                 return
             except RecordTooLargeError as exc:  # can never fit in the spool: retrying cannot help
                 self._send(413, {"error": exc.reason, "accepted": 0})

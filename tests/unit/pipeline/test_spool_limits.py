@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pipeline_helpers import ScriptedSink, StandInMapping, fail_first, make_records, wait_for
 
-from traceexport.errors import DiskFullError, RecordTooLargeError
+from traceexport.errors import DiskFullError, RecordTooLargeError, SpoolFullError
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route
 from traceexport.pipeline import spool as spool_module
 from traceexport.pipeline.capacity import file_size, margin_bytes, on_disk_bytes, sidecar
@@ -166,6 +166,25 @@ def test_accept_fitting_stores_the_records_beside_one_that_can_never_fit(tmp_pat
     assert [index for index, _ in refused] == [1]
     assert "max_bytes=1048576" in refused[0][1] and not refused[0][1].startswith("record ")
     assert pipe.pending() == {"a": 2}
+    pipe.close()
+
+
+def test_a_batch_larger_than_the_spool_says_which_records_it_stored_before_the_spool_filled(tmp_path: Path) -> None:
+    """A batch that can never fit as a whole goes in a record at a time; when the spool fills partway, the
+    SpoolFullError lists the records already stored (they stay and are delivered), so the caller can say so."""
+    pipe = _pipe(tmp_path, ScriptedSink("a"), max_bytes=1_500_000)
+    records = make_records(1)
+    padding = "x" * 200_000
+    batch = []
+    for index, record in enumerate(make_records(12)):
+        record.raw = record.envelope_text()[:-1] + f', "padding": "{padding}{index}"}}'
+        batch.append(record)
+    pipe.accept(records)
+    with pytest.raises(SpoolFullError) as err:
+        pipe.accept_fitting(batch)
+    stored = err.value.stored
+    assert stored and stored == list(range(len(stored))) and len(stored) < len(batch)
+    assert pipe.pending() == {"a": 1 + len(stored)}
     pipe.close()
 
 
