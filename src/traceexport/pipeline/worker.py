@@ -53,6 +53,8 @@ LINGER_QUIET = 0.2
 # (with 8 MiB: 111 MB, but e2e back to 7,636-8,204 records/s).
 BACKLOG_REQUESTS = 4
 BACKLOG_BYTES = 16 * 1024**2
+# At most one log line per sink this often (seconds) about the records it dead-lettered since the last one.
+DEAD_LETTER_LOG_EVERY = 10.0
 
 
 class Flag(Protocol):
@@ -83,6 +85,9 @@ class SinkWorker:
         self._unsaved: Outcome | None = None  # a sent batch whose outcome is not committed yet
         self._save_failures = 0
         self._forgotten = 0  # failed attempts whose outcome could not be saved, in a row
+        self._dead_unlogged = 0  # records dead-lettered since the last line saying so
+        self._dead_reason = ""
+        self._dead_logged_at = -DEAD_LETTER_LOG_EVERY
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -116,6 +121,7 @@ class SinkWorker:
         while not self._stop.is_set():
             try:
                 self.step()
+                self._log_dead_letters()  # those held back by the interval, once it is over
             except Exception as exc:  # a spool or sink bug must not kill delivery: log, back off, go on
                 log.error("sink %s: delivery loop error (%s: %s); retrying in %.1fs", self.sink.name,
                           type(exc).__name__, redact(str(exc)), self.settings.poll_interval)
@@ -123,6 +129,8 @@ class SinkWorker:
                 self._stop.wait(self.settings.poll_interval)
         if self._unsaved is not None:  # stopping: one last try, else the batch is re-sent on restart
             self._save()
+        self._dead_logged_at = -DEAD_LETTER_LOG_EVERY
+        self._log_dead_letters()
 
     def _wait(self, seconds: float) -> None:
         self._wake.wait(max(seconds, 0.0))
@@ -172,10 +180,25 @@ class SinkWorker:
         if self._save_failures:
             log.warning("sink %s: saved a sent batch's outcome after %d failed attempts", self.sink.name,
                         self._save_failures)
+        self._log_dead_letters(self._unsaved)
         self._unsaved = None
         self._save_failures = 0
         self._forgotten = 0
         return True
+
+    def _log_dead_letters(self, outcome: Outcome | None = None) -> None:
+        """One warning line, at most every :data:`DEAD_LETTER_LOG_EVERY` seconds, for the records this sink
+        dead-lettered since the last one, with the latest reason (the dead letter has every record's)."""
+        if outcome is not None and outcome.dead:
+            self._dead_unlogged += len(outcome.dead)
+            self._dead_reason = outcome.dead[-1].reason
+        now = time.monotonic()
+        if not self._dead_unlogged or now - self._dead_logged_at < DEAD_LETTER_LOG_EVERY:
+            return
+        log.warning("sink %s: %d record%s dead-lettered, the latest: %s; see traceexport dlq list --sink %s",
+                    self.sink.name, self._dead_unlogged, "" if self._dead_unlogged == 1 else "s",
+                    redact(self._dead_reason), self.sink.name)
+        self._dead_unlogged, self._dead_logged_at = 0, now
 
     def _forget_unsent(self, outcome: Outcome, exc: Exception) -> None:
         """Drop the unsaved outcome of a batch no backend took: sending it again later loses and repeats

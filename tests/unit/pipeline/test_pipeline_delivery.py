@@ -128,6 +128,26 @@ def test_permanent_failure_dead_letters_at_once_and_redacts(tmp_path: Path) -> N
     assert full is not None and full.envelope is not None and full.envelope["trace_info_type"] == "MessageTraceInfo"
 
 
+def test_dead_letters_are_logged_as_a_count_with_the_latest_reason_not_a_line_each(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Records refused permanently are logged: the first batch at once, later ones together at most every
+    DEAD_LETTER_LOG_EVERY seconds and when the sink stops, with the count, the latest reason and where to look."""
+    failure = ItemFailure("opik refused the credentials (401)", permanent=True, status_code=401)
+    sink = ScriptedSink("a", fail_first(99, failure), max_items=2)
+    with (caplog.at_level("WARNING", logger="traceexport.pipeline.worker"),
+          Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe):
+        pipe.accept(make_records(2))
+        pipe.start()
+        assert pipe.wait_idle(10)
+        pipe.accept(make_records(3, start=2))
+        assert pipe.wait_idle(10)
+    lines = [r.getMessage() for r in caplog.records if "dead-lettered" in r.getMessage()]
+    counts = [int(line.split(": ", 1)[1].split()[0]) for line in lines]
+    assert sum(counts) == 5 and len(lines) == 2
+    assert all("the latest: opik refused the credentials (401); see traceexport dlq list --sink a" in line
+               for line in lines)
+
+
 def test_a_purge_overwrites_the_dead_letters_it_deletes(tmp_path: Path) -> None:
     """The spool frees deleted rows without zeroing them (SQLite's default, fewer bytes written), but a purge of
     the dead letter overwrites what it deletes: its reason, kept nowhere else, is gone from the files once the
