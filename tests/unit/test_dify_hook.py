@@ -156,6 +156,37 @@ def test_config_class_never_raises_and_api_check_reports_an_unknown_mode() -> No
         provider.TraceExportTrace(config).api_check()
 
 
+def test_a_config_file_is_the_servers_choice_never_an_apps() -> None:
+    """A config_file in an app's tracing_config is refused when saved and ignored when stored: a console user
+    naming a server file (its ${VAR} filled from Dify's environment) could send the server's secrets anywhere."""
+    env = {"TRACEEXPORT_CONFIG": "/etc/traceexport.yaml"}
+    settings = resolve_settings({"config_file": "/tmp/evil.yaml", "sinks": "file"}, env)
+    assert settings.config_file == "/etc/traceexport.yaml"
+    assert any("config_file cannot be set per app" in p for p in settings.problems())
+    with pytest.raises(ValueError, match="config_file cannot be set per app"):
+        provider.TraceExportTrace(TraceExportConfig(config_file="/tmp/evil.yaml", sinks="file")).api_check()
+
+
+def test_the_servers_forward_token_goes_only_to_the_servers_sidecar() -> None:
+    """TRACEEXPORT_FORWARD_TOKEN is used with the server's TRACEEXPORT_FORWARD_URL, never with an endpoint an
+    app's tracing_config names (that endpoint gets the app's own token or none)."""
+    env = {"TRACEEXPORT_FORWARD_URL": "http://sidecar:4319/", "TRACEEXPORT_FORWARD_TOKEN": "server-token-123"}
+    assert resolve_settings({"mode": "forward"}, env).token == "server-token-123"
+    assert resolve_settings({"mode": "forward", "endpoint": "http://sidecar:4319"}, env).token == "server-token-123"
+    assert resolve_settings({"mode": "forward", "endpoint": "https://elsewhere.example"}, env).token is None
+    own = resolve_settings({"mode": "forward", "endpoint": "https://elsewhere.example", "token": "app-1"}, env)
+    assert own.token == "app-1"
+
+
+def test_a_token_that_cannot_be_a_header_is_refused_when_saved() -> None:
+    """A token with a line break or a space would fail every request (and its tail would reach the logs):
+    saving it is refused with a reason that does not quote it."""
+    settings = resolve_settings({"mode": "forward", "endpoint": "http://sidecar:4319", "token": "abc\nSECRET-999"})
+    problems = settings.problems()
+    assert any("token must be printable ASCII" in p for p in problems)
+    assert not any("SECRET" in p for p in problems)
+
+
 def test_config_dump_leaves_out_an_empty_token() -> None:
     """Dify stores the config class's dump and decrypts every secret key in it: an empty token is not in it."""
     assert "token" not in TraceExportConfig(mode="in_process", sinks="file").model_dump()
@@ -176,6 +207,32 @@ def test_in_process_mode_exports_all_seven_types(layout: str, recording: Recordi
     assert {body["type"] for body in recording.bodies} == SEVEN
     assert all(flag is True for flag in recording.contexts)  # exports ran with instrumentation suppressed
     assert STATS.snapshot()["accepted"] == 7
+
+
+def test_a_record_the_spool_cannot_store_costs_only_itself(recording: RecordingSink) -> None:
+    """When the spool fails on a batch because of one record, the others are stored one by one and delivered;
+    that record is counted invalid (it used to lose the whole batch, counted as dropped_unconfigured)."""
+    with activate("dictmap"):
+        dify.install()
+        instance = _entry({"sinks": "recording", "mode": "in_process"})
+        instance.trace(trace_info_objects()[0])  # starts the exporter and its pipeline
+        assert wait_for(lambda: len(recording.bodies) >= 1)
+        exporter = runtime.exporter_for(instance.settings)
+        assert exporter.pipeline is not None
+        store = exporter.pipeline.accept_fitting
+
+        def refuse_tools(records: Any) -> Any:
+            if any(getattr(r, "type", None) == "tool" for r in records):
+                raise ValueError("cannot store this record")
+            return store(records)
+
+        exporter.pipeline.accept_fitting = refuse_tools  # type: ignore[method-assign]
+        records = [runtime.to_record(runtime.Item(type(info).__name__, info.model_dump(), APP))
+                   for info in trace_info_objects()[1:]]
+        exporter._accept(records)
+    snapshot = STATS.snapshot()
+    assert snapshot["invalid_records"] == 1 and snapshot["accepted"] == 1 + 5
+    assert snapshot.get("dropped_unconfigured", 0) == 0
 
 
 def test_stats_show_the_hook_s_delivery_latency_per_sink(recording: RecordingSink) -> None:
@@ -400,14 +457,16 @@ def test_forward_sink_splits_a_batch_the_sidecar_finds_too_large() -> None:
     assert _sink(handler).export(_payloads(4)).ok
 
 
-def test_in_process_mode_with_a_real_config_file_writes_mapped_spans(tmp_path: Path) -> None:
-    """With a traceexport config file (file sink, OTLP mapping) every sample becomes spans on disk."""
+def test_in_process_mode_with_a_real_config_file_writes_mapped_spans(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the server's traceexport config file (file sink, OTLP mapping) every sample becomes spans on disk."""
     out = tmp_path / "out"
     config = tmp_path / "traceexport.yaml"
     config.write_text(f"sinks:\n  disk:\n    type: file\n    path: {out}\n    fsync: false\n")
+    monkeypatch.setenv("TRACEEXPORT_CONFIG", str(config))
     with activate("dictmap"):
         dify.install()
-        instance = _entry({"config_file": str(config)})
+        instance = _entry({})
         assert instance.api_check() is True
         for trace_info in trace_info_objects():
             instance.trace(trace_info)

@@ -38,7 +38,9 @@ class TraceExportConfig(BaseModel):
 
     * ``mode``: ``in_process`` (export from Dify's worker) or ``forward`` (post to a traceexport sidecar).
     * ``sinks``: comma-separated sink types for in-process mode, e.g. ``"opik,langfuse"``.
-    * ``config_file``: a traceexport YAML config whose sinks are used in in-process mode.
+    * ``config_file``: refused (kept so a stored one is recognised): a config file is the server's choice,
+      ``TRACEEXPORT_CONFIG``. A console user naming files on the server, with ``${VAR}`` filled from
+      Dify's environment, could send its secrets anywhere.
     * ``endpoint`` / ``token``: the sidecar's base URL and bearer token for forward mode.
     * ``tee``: a Dify built-in provider (e.g. ``langfuse``) that keeps receiving the app's traces too.
     """
@@ -74,6 +76,7 @@ class HookSettings:
     unknown_mode: str = ""
     sinks: tuple[str, ...] = ()
     config_file: str | None = None
+    stored_config_file: str = ""  # what the app's tracing_config named: never used, reported by problems()
     endpoint: str | None = None
     token: str | None = None
     tee: str | None = None
@@ -105,14 +108,24 @@ class HookSettings:
         elif not self.sinks and not self.config_file:
             found.append("in-process mode needs sinks (tracing_config.sinks or TRACEEXPORT_TO) "
                          "or a config file (tracing_config.config_file or TRACEEXPORT_CONFIG)")
+        if self.stored_config_file:
+            found.append("config_file cannot be set per app: set TRACEEXPORT_CONFIG on the server (a console user "
+                         "must not choose files on it)")
         if self.config_file and not Path(self.config_file).is_file():
             found.append(f"config file {self.config_file} does not exist")
         if self.tee == PROVIDER_NAME:
             found.append("tee cannot name the traceexport provider itself")
+        if self.token and not _header_safe(self.token):
+            found.append("token must be printable ASCII, without spaces or line breaks")
         if self.token and "*" in self.token:
             found.append("token contains '*', which Dify takes for a masked placeholder and stores unencrypted; "
                          "send the real token")
         return found
+
+
+def _header_safe(text: str) -> bool:
+    """Whether ``text`` can go into an HTTP header as a bearer token: visible ASCII only."""
+    return all("!" <= char <= "~" for char in text)
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -127,6 +140,8 @@ def resolve_settings(config: Any, env: Mapping[str, str] | None = None) -> HookS
     else:
         stored = TraceExportConfig.model_validate(dict(config or {}))
     given = stored.mode or env.get("TRACEEXPORT_MODE", "").strip()
+    env_endpoint = (env.get("TRACEEXPORT_FORWARD_URL") or "").strip().rstrip("/")
+    endpoint = stored.endpoint.rstrip("/") or env_endpoint
     mode = _MODE_ALIASES.get(given.lower())
     try:
         queue_size = max(1, int(env.get("TRACEEXPORT_HOOK_QUEUE_SIZE", DEFAULT_QUEUE_SIZE)))
@@ -136,9 +151,11 @@ def resolve_settings(config: Any, env: Mapping[str, str] | None = None) -> HookS
         mode=mode or "in_process",
         unknown_mode="" if mode is not None else given,
         sinks=_split(stored.sinks or env.get("TRACEEXPORT_TO", "")),
-        config_file=stored.config_file or env.get("TRACEEXPORT_CONFIG") or None,
-        endpoint=(stored.endpoint or env.get("TRACEEXPORT_FORWARD_URL") or "").rstrip("/") or None,
-        token=stored.token or env.get("TRACEEXPORT_FORWARD_TOKEN") or None,
+        config_file=env.get("TRACEEXPORT_CONFIG") or None,
+        stored_config_file=stored.config_file,
+        endpoint=endpoint or None,
+        # The server's token goes only to the server's sidecar: never to an endpoint a console user typed.
+        token=stored.token or (env.get("TRACEEXPORT_FORWARD_TOKEN") if endpoint == env_endpoint else None) or None,
         tee=(stored.tee or env.get("TRACEEXPORT_TEE", "")).strip().lower() or None,
         spool_dir=Path(env.get("TRACEEXPORT_SPOOL") or DEFAULT_SPOOL),
         queue_size=queue_size,

@@ -208,15 +208,43 @@ class Exporter:
                     return
                 continue
             except Exception as exc:
+                if len(records) > 1 and self._accept_each(records):
+                    return
                 STATS.incr("errors")
                 STATS.incr("dropped_unconfigured", len(records))
                 RATE_LOG("dify.hook.accept_failed", error=f"{type(exc).__name__}: {exc}", records=len(records))
                 return
-            if too_large:  # can never fit in the spool: counted and logged, the rest went in
-                STATS.incr("dropped_too_large", len(too_large))
-                RATE_LOG("dify.hook.record_too_large", reason=too_large[0][1], records=len(too_large))
-            STATS.incr("accepted", len(records) - len(too_large))
+            self._count_stored(len(records), too_large)
             return
+
+    def _accept_each(self, records: list[Record]) -> bool:
+        """A batch the spool failed on, a record at a time, so one record it cannot store costs only itself
+        (counted invalid, with the reason); False, storing nothing, when every record fails alone too (the
+        spool itself is broken, not a record)."""
+        failed: list[tuple[Record, Exception]] = []
+        for position, record in enumerate(records):
+            try:
+                too_large = self.pipeline.accept_fitting([record])
+            except SpoolFullError:
+                self._accept(records[position:])  # waits for room, as a whole batch does
+                break
+            except Exception as exc:
+                failed.append((record, exc))
+                continue
+            self._count_stored(1, too_large)
+        if len(failed) == len(records):
+            return False
+        for record, error in failed:
+            STATS.incr("invalid_records")
+            RATE_LOG("dify.hook.record_unstorable", type=record.type, error=f"{type(error).__name__}: {error}")
+        return True
+
+    def _count_stored(self, count: int, too_large: list[tuple[int, str]]) -> None:
+        """Count ``count`` records handed to the spool, of which ``too_large`` could never fit (logged)."""
+        if too_large:  # can never fit in the spool: counted and logged, the rest went in
+            STATS.incr("dropped_too_large", len(too_large))
+            RATE_LOG("dify.hook.record_too_large", reason=too_large[0][1], records=len(too_large))
+        STATS.incr("accepted", count - len(too_large))
 
     # -- lifecycle -------------------------------------------------------------------------------
     def flush(self, timeout: float) -> bool:

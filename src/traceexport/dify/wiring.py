@@ -7,10 +7,12 @@ instruments httpx/requests when its own OTel export is on, and the hook must not
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 
 from traceexport.dify.config import HookSettings
+from traceexport.dify.counters import RATE_LOG
 from traceexport.pipeline import PipelineSettings, RetryPolicy, Route
 from traceexport.records import Record
 from traceexport.sinks import create_sink
@@ -103,6 +105,9 @@ def _configured_routes(settings: HookSettings, env: Mapping[str, str]) -> tuple[
     from traceexport.config import build_routes
     from traceexport.config.resolve import Overrides, resolve_config
 
+    if settings.stored_config_file:  # saved by an earlier traceexport: the server's settings apply instead
+        RATE_LOG("dify.hook.config_file_ignored", logging.WARNING, config_file=settings.stored_config_file,
+                 hint="a config file is set on the server only: TRACEEXPORT_CONFIG")
     flags = Overrides(config=settings.config_file, to=",".join(settings.sinks) or None)
     config = resolve_config(flags, env)
     retry = RetryPolicy(max_attempts=config.retry.max_attempts, max_age=config.retry.max_age,
