@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -293,6 +297,50 @@ def test_hook_metrics_of_a_root_with_no_spools_say_so(tmp_path: Path) -> None:
     """A hook spool root that does not exist (yet) gives zero spools read, never an error."""
     text = hook_metrics.prometheus_text(tmp_path / "nowhere")
     assert 'traceexport_hook_spools{state="read"} 0' in text
+
+
+def test_saving_a_forward_config_checks_the_token_with_the_sidecar() -> None:
+    """api_check posts an empty body with the token: a sidecar refusing it (401) makes the save fail with that
+    reason (it used to pass, and every record was then dead-lettered); the right token passes, nothing stored."""
+    with activate("dictmap"), Sidecar(token="right-token-123") as sidecar:
+        dify.install()
+        wrong = _entry({"mode": "forward", "endpoint": sidecar.url, "token": "wrong-token-456"})
+        with pytest.raises(ValueError, match="refused the token") as refused:
+            wrong.api_check()
+        assert "wrong-token" not in str(refused.value)
+        assert _entry({"mode": "forward", "endpoint": sidecar.url, "token": "right-token-123"}).api_check() is True
+        assert sidecar.records == []
+
+
+def test_a_sidecar_that_trickles_cannot_hold_the_save(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An endpoint answering a byte at a time is given CHECK_SECONDS in all, not a timeout per read."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100:
+                if stop.wait(0.1):
+                    return
+                with contextlib.suppress(OSError):
+                    conn.sendall(bytes([byte]))
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    monkeypatch.setattr(provider, "CHECK_SECONDS", 1.0)
+    with activate("dictmap"):
+        dify.install()
+        instance = _entry({"mode": "forward", "endpoint": f"http://127.0.0.1:{listener.getsockname()[1]}"})
+        started = time.monotonic()
+        with pytest.raises(ValueError, match="unreachable"):
+            instance.api_check()
+        assert time.monotonic() - started < 4
+    stop.set()
+    listener.close()
 
 
 def test_down_sidecar_loses_nothing_once_it_is_back() -> None:

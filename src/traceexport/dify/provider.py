@@ -21,6 +21,9 @@ HOMEPAGE = "https://github.com/traceexport/traceexport"
 _URL_VARIABLES = ("LANGFUSE_HOST", "LANGFUSE_BASE_URL", "OPIK_URL_OVERRIDE", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
+CHECK_SECONDS = 5.0  # the most each of api_check's calls to the sidecar may take, answer included
+
+
 class TraceExportTrace:
     """Dify's trace-instance interface: ``trace``, ``api_check``, ``get_project_url``, ``get_project_key``."""
 
@@ -89,18 +92,32 @@ class TraceExportTrace:
         return None
 
     def _sidecar_health(self) -> str | None:
+        """Why the sidecar cannot take this app's records (its /healthz, then the token on an empty post), or
+        None. Each call ends within :data:`CHECK_SECONDS` whatever the endpoint does, and no body is read."""
         import httpx
 
         from traceexport.dify.wiring import suppressed_instrumentation
+        from traceexport.sinks.forward import INGEST_PATH
+        from traceexport.sinks.http_client import DeadlineClient
 
         assert self.settings is not None and self.settings.endpoint is not None
+        endpoint, token = self.settings.endpoint, self.settings.token
+        auth = {"Authorization": f"Bearer {token}"} if token else {}
         try:
-            with suppressed_instrumentation():
-                response = httpx.get(f"{self.settings.endpoint}/healthz", timeout=5.0)
+            with suppressed_instrumentation(), DeadlineClient(deadline=CHECK_SECONDS, timeout=CHECK_SECONDS) as client:
+                with client.stream("GET", f"{endpoint}/healthz") as response:
+                    health = response.status_code
+                if health != 200:
+                    return f"sidecar {endpoint}/healthz answered {health}"
+                # An empty post: 400 ("no records") once the token is taken, 401 when it is not; nothing stored.
+                with client.stream("POST", f"{endpoint}{INGEST_PATH}", content=b"",
+                                   headers={"Content-Type": "application/x-ndjson", **auth}) as response:
+                    ingest = response.status_code
         except httpx.HTTPError as exc:
-            return f"sidecar {self.settings.endpoint} unreachable ({type(exc).__name__})"
-        if response.status_code != 200:
-            return f"sidecar {self.settings.endpoint}/healthz answered {response.status_code}"
+            return f"sidecar {endpoint} unreachable ({type(exc).__name__})"
+        if ingest == 401:
+            return (f"sidecar {endpoint} refused the token (401): check tracing_config.token or "
+                    "TRACEEXPORT_FORWARD_TOKEN")
         return None
 
     def get_project_url(self) -> str:
