@@ -103,6 +103,32 @@ def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
     assert "not valid YAML" in problem_text(info.value)[0]
 
 
+def test_a_config_file_that_is_not_utf8_is_one_line_naming_file_line_and_byte(tmp_path: Path) -> None:
+    """Binary data or a Latin-1 value in a config file is one problem (file:line, byte), not a UnicodeDecodeError."""
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe garbage")
+    with pytest.raises(ConfigError) as info:
+        load_config(binary, env={})
+    assert problem_text(info.value) == [f"{binary}:1: not UTF-8 (invalid start byte at byte 0): "
+                                        "save the config file as UTF-8"]
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"sinks:\n  out:\n    type: file\n    path: caf\xe9\n")
+    assert [str(p) for p in validate_config_file(latin, env={})] == [
+        f"{latin}:4: not UTF-8 (invalid continuation byte at byte 42): save the config file as UTF-8"]
+
+
+def test_a_mapping_file_that_is_not_utf8_is_named_with_its_sink(tmp_path: Path) -> None:
+    """A sink's mapping_files entry that is not UTF-8 is reported at that file's line, under the sink's key path."""
+    mapping = tmp_path / "mine.yaml"
+    mapping.write_bytes(b"extends: builtin\nbackend: otlp\n# caf\xe9\n")
+    path = write(tmp_path, f"sinks:\n  out:\n    type: file\n    path: {tmp_path}\n    mapping_files: [{mapping}]\n")
+    assert [str(p) for p in validate_config_file(path, env={})] == [
+        f"{mapping}:3: sinks.out: not UTF-8 (invalid continuation byte at byte 36): save the mapping file as UTF-8"]
+    with pytest.raises(ConfigError) as info:
+        build_routes(load_config(path, env={}), env={})
+    assert "not UTF-8" in problem_text(info.value)[0]
+
+
 def test_validate_config_file_lists_sink_option_problems(tmp_path: Path) -> None:
     """validate_config_file builds sinks without starting anything and reports their own options."""
     path = write(tmp_path, f"sinks:\n  out:\n    type: file\n    path: {tmp_path / 'out'}\n    bogus: 1\n")

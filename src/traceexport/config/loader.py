@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from traceexport.config.models import Config
 from traceexport.errors import ConfigError, Problem
+from traceexport.textfile import read_text
 
 _VAR = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(:?-([^}]*))?\}")
 Path_ = tuple[str | int, ...]
@@ -101,9 +102,9 @@ def read_config_data(
 ) -> tuple[dict[str, Any], dict[Path_, int], list[Problem]]:
     """The substituted YAML of ``path``, its key lines, and the problems found so far."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        return {}, {}, [Problem(str(path), f"cannot read config file: {exc.strerror or exc}")]
+        text = read_text(path, what="config file")
+    except ConfigError as exc:
+        return {}, {}, exc.problems
     try:
         raw = yaml.safe_load(text)
         lines = _line_index(yaml.compose(text, Loader=yaml.SafeLoader))
