@@ -129,6 +129,19 @@ def test_a_mapping_file_that_is_not_utf8_is_named_with_its_sink(tmp_path: Path) 
     assert "not UTF-8" in problem_text(info.value)[0]
 
 
+@pytest.mark.parametrize("listen", ["off", '"off"', "OFF", "false"])
+def test_console_listen_off_turns_the_console_off_as_the_readme_says(listen: str, tmp_path: Path) -> None:
+    """`console.listen: off` (YAML false), `"off"` or false means no console, like `console: off`; both validate."""
+    path = write(tmp_path, f"sinks:\n  out: {{type: file, path: {tmp_path}}}\nconsole:\n  listen: {listen}\n")
+    assert load_config(path, env={}).console is None
+    assert validate_config_file(path, env={}) == []
+    assert resolve_config(Overrides(config=str(path)), env={}).console is None
+    on = write(tmp_path, "console:\n  listen: 127.0.0.1:4399\n")
+    assert load_config(on, env={}).console is not None
+    with pytest.raises(ConfigError):  # an empty value is a mistake, not a way to say off
+        load_config(write(tmp_path, "console:\n  listen:\n"), env={})
+
+
 def test_validate_config_file_lists_sink_option_problems(tmp_path: Path) -> None:
     """validate_config_file builds sinks without starting anything and reports their own options."""
     path = write(tmp_path, f"sinks:\n  out:\n    type: file\n    path: {tmp_path / 'out'}\n    bogus: 1\n")

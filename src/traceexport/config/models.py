@@ -144,9 +144,14 @@ class SourcesConfig(_Strict):
     celery: dict[str, Any] | None = None
 
 
+def _is_off(value: Any) -> bool:
+    """``off`` (YAML reads it as false), ``"off"`` (any case) or null."""
+    return value is False or value is None or (isinstance(value, str) and value.strip().lower() == "off")
+
+
 def _console_off(value: Any) -> Any:
-    """``console: off`` (YAML reads it as false), ``"off"`` or null: no console."""
-    if value is False or value is None or (isinstance(value, str) and value.strip().lower() == "off"):
+    """No console for ``console: off`` / ``"off"`` / null, and for ``console.listen: off`` / ``"off"`` / false."""
+    if _is_off(value) or (isinstance(value, dict) and value.get("listen") is not None and _is_off(value["listen"])):
         return None
     return value
 
