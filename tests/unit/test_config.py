@@ -142,6 +142,43 @@ def test_console_listen_off_turns_the_console_off_as_the_readme_says(listen: str
         load_config(write(tmp_path, "console:\n  listen:\n"), env={})
 
 
+def test_sink_names_are_checked_where_they_are_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty sink name, one with a newline or a space, or a number is a problem at sinks.<name> with its line,
+    reported alike by `validate` and `serve` (never a routes section the user did not write)."""
+    from traceexport.cli import main
+
+    path = write(tmp_path, f"sinks:\n  file: {{type: otlp, endpoint: 'http://127.0.0.1:9'}}\n"
+                           f"  '': {{type: file, path: {tmp_path}}}\n  \"a\\nb\": {{type: file, path: {tmp_path}}}\n"
+                           f"  x y: {{type: file, path: {tmp_path}}}\n  1: {{type: file, path: {tmp_path}}}\n"
+                           f"  ok-1.eu_2: {{type: file, path: {tmp_path}}}\n")
+    expected = ["sinks.'': a sink needs a name: an empty key is not one (line 3)",
+                "sinks.'a\\nb': not a usable sink name: use letters, digits, '_', '-' and '.' (starting with a letter "
+                "or digit), at most 64 characters (line 4)",
+                "sinks.x y: not a usable sink name: use letters, digits, '_', '-' and '.' (starting with a letter or "
+                "digit), at most 64 characters (line 5)",
+                "sinks.1: this key must be text: quote it (line 6)"]
+    assert [str(p) for p in validate_config_file(path, env={})] == expected
+    assert main(["serve", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[1:] == [f"  {line}" for line in expected] and "routes" not in err
+    with pytest.raises(ConfigError):
+        load_config(write(tmp_path, "sinks:\n  " + "n" * 65 + ": {type: file}\n"), env={})
+
+
+def test_build_routes_refuses_two_sinks_of_one_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should a sink take a name other than its key, two of one name are a problem at the second's sinks.<name>."""
+    import traceexport.sinks
+
+    create = traceexport.sinks.create_sink
+    monkeypatch.setattr(traceexport.sinks, "create_sink", lambda kind, name, *rest: create(kind, "same", *rest))
+    config = load_config(write(tmp_path, f"sinks:\n  a: {{type: file, path: {tmp_path}}}\n"
+                                         f"  b: {{type: file, path: {tmp_path}}}\n"), env={})
+    with pytest.raises(ConfigError) as info:
+        build_routes(config, env={})
+    assert problem_text(info.value) == ["sinks.b: its sink is named 'same', as sinks.a is: give each sink a name "
+                                        "of its own"]
+
+
 def test_validate_config_file_lists_sink_option_problems(tmp_path: Path) -> None:
     """validate_config_file builds sinks without starting anything and reports their own options."""
     path = write(tmp_path, f"sinks:\n  out:\n    type: file\n    path: {tmp_path / 'out'}\n    bogus: 1\n")

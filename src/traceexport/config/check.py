@@ -12,10 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from traceexport.config.loader import parse_config, read_config_data
-from traceexport.config.models import Config, SinkConfig
+from traceexport.config.models import Config, SinkConfig, check_sink_name
 from traceexport.config.resolve import DATABASE_URL_ENV, build_routes, serve_problems
 from traceexport.errors import ConfigError, Problem
 
@@ -89,9 +87,12 @@ def _sinks_only(data: Mapping[str, Any]) -> Config:
     sinks = data.get("sinks") if isinstance(data.get("sinks"), Mapping) else {}
     valid = {}
     for name, section in (sinks or {}).items():
+        if not isinstance(name, str):
+            continue
         try:
+            check_sink_name(name)
             SinkConfig.model_validate(section)
-        except ValidationError:
+        except ValueError:  # pydantic's ValidationError too
             continue  # parse_config has reported it already
         valid[name] = section
     return Config.model_validate({"sinks": valid})

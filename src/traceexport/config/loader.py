@@ -81,10 +81,19 @@ def _line_index(
     return index
 
 
+def _where(path: Path_) -> str:
+    """A key path as one line: ``sinks.out.type``; a key that is empty or not printable quoted (``sinks.''``);
+    pydantic's ``[key]`` marker (the key itself is wrong) left out."""
+    parts = [str(p) if str(p) and str(p).isprintable() else repr(p) for p in path if p != "[key]"]
+    return ".".join(parts)
+
+
 def _problem(path: Path_, message: str, lines: Mapping[Path_, int]) -> Problem:
-    where = ".".join(str(p) for p in path)
+    where = _where(path)
     for end in range(len(path), 0, -1):
         line = lines.get(path[:end])
+        if line is None:  # a key YAML read as a number or null (``1:``, ``~:``) is indexed as its text
+            line = lines.get((*path[:end - 1], str(path[end - 1])))
         if line is not None:
             return Problem(where, f"{message} (line {line})")
     return Problem(where, message)
@@ -93,6 +102,8 @@ def _problem(path: Path_, message: str, lines: Mapping[Path_, int]) -> Problem:
 def _message(error: Mapping[str, Any]) -> str:
     if error.get("type") == "extra_forbidden":
         return "unknown key"
+    if error.get("type") == "string_type" and tuple(error.get("loc", ()))[-1:] == ("[key]",):
+        return "this key must be text: quote it"
     message = str(error.get("msg", "invalid"))
     return message.removeprefix("Value error, ")
 
