@@ -249,6 +249,47 @@ def test_status_and_dlq_without_spool_report_nothing_accepted(tmp_path: Path,
     assert not missing.exists()
 
 
+def _spool_paths_of_the_wrong_kind(root: Path) -> dict[Path, str]:
+    """Spool paths no command can use, each with the one line every command says about it."""
+    afile = root / "afile"
+    afile.write_text("not a spool")
+    db_dir = root / "dbdir"
+    (db_dir / "spool.db").mkdir(parents=True)
+    return {afile: f"spool {afile}: not a directory", db_dir: f"spool {db_dir}: spool.db is not a file",
+            afile / "sub": f"spool {afile / 'sub'}: {afile} is not a directory"}
+
+
+@pytest.mark.parametrize("argv", [["status"], ["status", "--json"], ["dlq", "list"], ["dlq", "show", "1"],
+                                  ["dlq", "replay"], ["dlq", "purge", "--yes"], ["dlq", "retire", "opik"],
+                                  ["export", "--to", "file", str(SAMPLES / "05-message-chat.json")]])
+def test_a_spool_path_of_the_wrong_kind_is_one_line_and_exit_2(argv: list[str], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A file where the spool directory should be, or a directory where spool.db should be, is named in one line
+    by every command reading or writing the spool (exit 2), never "nothing accepted yet" or SQLite's words."""
+    for spool, line in _spool_paths_of_the_wrong_kind(tmp_path).items():
+        assert main([*argv, "--spool", str(spool)]) == 2, spool
+        out, err = capsys.readouterr()
+        assert line in err and "nothing accepted" not in out and "File exists" not in err, err
+        assert "unable to open database" not in err
+
+
+def test_serve_and_validate_name_a_spool_path_of_the_wrong_kind(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`serve` refuses a spool path of the wrong kind with the shared line (exit 2); `validate --config` agrees."""
+    import subprocess
+    import sys
+
+    for spool, line in _spool_paths_of_the_wrong_kind(tmp_path).items():
+        config = tmp_path / "c.yaml"
+        config.write_text(f"spool: {{dir: '{spool}'}}\nsinks:\n  out: {{type: file, path: '{tmp_path}'}}\n"
+                          "sources: {http: {listen: '127.0.0.1:0'}}\nconsole: off\n")
+        served = subprocess.run([sys.executable, "-m", "traceexport", "serve", "--config", str(config)],
+                                capture_output=True, text=True, timeout=60)
+        assert served.returncode == 2 and line in served.stderr and "Traceback" not in served.stderr
+        assert main(["validate", "--config", str(config), "--mapping", "otlp"]) == 2
+        assert f"spool.dir: {line} (line 1)" in capsys.readouterr().err
+
+
 def test_dlq_times_are_iso_utc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`dlq show` and `dlq list --json` print attempt times as ISO 8601 UTC, as the table does."""
     _spool_with_dead_letters(tmp_path, 1)
