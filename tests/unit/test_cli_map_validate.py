@@ -160,6 +160,22 @@ def test_validate_points_at_file_line_and_key(tmp_path: Path, capsys: pytest.Cap
     assert f"{broken}:8: records.tool.span.body.tags: unknown function 'nope'" in err
 
 
+def test_files_that_are_not_utf8_are_one_line_each(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`validate`, `serve` and `map` name a config or mapping file that is not UTF-8 in one line, exit 2."""
+    config, mapping = tmp_path / "c.yaml", tmp_path / "m.yaml"
+    config.write_bytes(b"\xff\xfe garbage")
+    mapping.write_bytes(b"extends: builtin\nbackend: otlp\n\xff: 1\n")
+    assert main(["validate", "--config", str(config)]) == 2
+    assert f"{config}:1: not UTF-8 (invalid start byte at byte 0)" in capsys.readouterr().err
+    assert main(["serve", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}:1: not UTF-8 (invalid start byte at byte 0)" in err and "Traceback" not in err
+    assert main(["validate", "--mapping", str(mapping)]) == 2
+    assert f"{mapping}:3: not UTF-8 (invalid start byte at byte 31)" in capsys.readouterr().err
+    assert main(["map", "--to", "otlp", "--mapping", str(mapping), str(SAMPLE_FILES[0])]) == 2
+    assert f"{mapping}:3: not UTF-8" in capsys.readouterr().err
+
+
 def _undocumented(parser: argparse.ArgumentParser, prefix: str) -> list[str]:
     missing = []
     for action in parser._actions:

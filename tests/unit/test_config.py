@@ -103,6 +103,82 @@ def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
     assert "not valid YAML" in problem_text(info.value)[0]
 
 
+def test_a_config_file_that_is_not_utf8_is_one_line_naming_file_line_and_byte(tmp_path: Path) -> None:
+    """Binary data or a Latin-1 value in a config file is one problem (file:line, byte), not a UnicodeDecodeError."""
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe garbage")
+    with pytest.raises(ConfigError) as info:
+        load_config(binary, env={})
+    assert problem_text(info.value) == [f"{binary}:1: not UTF-8 (invalid start byte at byte 0): "
+                                        "save the config file as UTF-8"]
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"sinks:\n  out:\n    type: file\n    path: caf\xe9\n")
+    assert [str(p) for p in validate_config_file(latin, env={})] == [
+        f"{latin}:4: not UTF-8 (invalid continuation byte at byte 42): save the config file as UTF-8"]
+
+
+def test_a_mapping_file_that_is_not_utf8_is_named_with_its_sink(tmp_path: Path) -> None:
+    """A sink's mapping_files entry that is not UTF-8 is reported at that file's line, under the sink's key path."""
+    mapping = tmp_path / "mine.yaml"
+    mapping.write_bytes(b"extends: builtin\nbackend: otlp\n# caf\xe9\n")
+    path = write(tmp_path, f"sinks:\n  out:\n    type: file\n    path: {tmp_path}\n    mapping_files: [{mapping}]\n")
+    assert [str(p) for p in validate_config_file(path, env={})] == [
+        f"{mapping}:3: sinks.out: not UTF-8 (invalid continuation byte at byte 36): save the mapping file as UTF-8"]
+    with pytest.raises(ConfigError) as info:
+        build_routes(load_config(path, env={}), env={})
+    assert "not UTF-8" in problem_text(info.value)[0]
+
+
+@pytest.mark.parametrize("listen", ["off", '"off"', "OFF", "false"])
+def test_console_listen_off_turns_the_console_off_as_the_readme_says(listen: str, tmp_path: Path) -> None:
+    """`console.listen: off` (YAML false), `"off"` or false means no console, like `console: off`; both validate."""
+    path = write(tmp_path, f"sinks:\n  out: {{type: file, path: {tmp_path}}}\nconsole:\n  listen: {listen}\n")
+    assert load_config(path, env={}).console is None
+    assert validate_config_file(path, env={}) == []
+    assert resolve_config(Overrides(config=str(path)), env={}).console is None
+    on = write(tmp_path, "console:\n  listen: 127.0.0.1:4399\n")
+    assert load_config(on, env={}).console is not None
+    with pytest.raises(ConfigError):  # an empty value is a mistake, not a way to say off
+        load_config(write(tmp_path, "console:\n  listen:\n"), env={})
+
+
+def test_sink_names_are_checked_where_they_are_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty sink name, one with a newline or a space, or a number is a problem at sinks.<name> with its line,
+    reported alike by `validate` and `serve` (never a routes section the user did not write)."""
+    from traceexport.cli import main
+
+    path = write(tmp_path, f"sinks:\n  file: {{type: otlp, endpoint: 'http://127.0.0.1:9'}}\n"
+                           f"  '': {{type: file, path: {tmp_path}}}\n  \"a\\nb\": {{type: file, path: {tmp_path}}}\n"
+                           f"  x y: {{type: file, path: {tmp_path}}}\n  1: {{type: file, path: {tmp_path}}}\n"
+                           f"  ok-1.eu_2: {{type: file, path: {tmp_path}}}\n")
+    expected = ["sinks.'': a sink needs a name: an empty key is not one (line 3)",
+                "sinks.'a\\nb': not a usable sink name: use letters, digits, '_', '-' and '.' (starting with a letter "
+                "or digit), at most 64 characters (line 4)",
+                "sinks.x y: not a usable sink name: use letters, digits, '_', '-' and '.' (starting with a letter or "
+                "digit), at most 64 characters (line 5)",
+                "sinks.1: this key must be text: quote it (line 6)"]
+    assert [str(p) for p in validate_config_file(path, env={})] == expected
+    assert main(["serve", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[1:] == [f"  {line}" for line in expected] and "routes" not in err
+    with pytest.raises(ConfigError):
+        load_config(write(tmp_path, "sinks:\n  " + "n" * 65 + ": {type: file}\n"), env={})
+
+
+def test_build_routes_refuses_two_sinks_of_one_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should a sink take a name other than its key, two of one name are a problem at the second's sinks.<name>."""
+    import traceexport.sinks
+
+    create = traceexport.sinks.create_sink
+    monkeypatch.setattr(traceexport.sinks, "create_sink", lambda kind, name, *rest: create(kind, "same", *rest))
+    config = load_config(write(tmp_path, f"sinks:\n  a: {{type: file, path: {tmp_path}}}\n"
+                                         f"  b: {{type: file, path: {tmp_path}}}\n"), env={})
+    with pytest.raises(ConfigError) as info:
+        build_routes(config, env={})
+    assert problem_text(info.value) == ["sinks.b: its sink is named 'same', as sinks.a is: give each sink a name "
+                                        "of its own"]
+
+
 def test_validate_config_file_lists_sink_option_problems(tmp_path: Path) -> None:
     """validate_config_file builds sinks without starting anything and reports their own options."""
     path = write(tmp_path, f"sinks:\n  out:\n    type: file\n    path: {tmp_path / 'out'}\n    bogus: 1\n")

@@ -106,6 +106,29 @@ def test_bad_calls_get_one_line_json_errors(console: Console) -> None:
     assert console.post("/api/playground/map", {"backend": "nope", "record": "{}"}).status_code == 400
 
 
+def test_ids_beyond_64_bits_or_below_one_are_404_or_400_not_500(console: Console) -> None:
+    """Dead-letter ids SQLite cannot hold (beyond 64 bits, negative, zero) are an unknown entry (404) or a bad
+    request (400) naming the range, never a 500; other numbers of the query too."""
+    huge = 10**23
+    _deliver(console, 2)
+    for path in (f"/api/dead-letters/{huge}", "/api/dead-letters/-5", "/api/dead-letters/0",
+                 "/api/dead-letters/%C2%B2"):
+        answer = console.get(path)
+        assert answer.status_code == 404 and "no dead letter" in answer.json()["error"], path
+    for after_id in (str(huge), "-1", "1.5", "1e30", "x"):
+        answer = console.get("/api/dead-letters", after_id=after_id)
+        assert answer.status_code == 400 and "after_id" in answer.json()["error"], after_id
+    assert console.get("/api/dead-letters", after_id=str(2**63 - 1)).json()["entries"] == []
+    for limit in ("1e400", "0", "-3"):
+        assert console.get("/api/dead-letters", limit=limit).status_code == 400, limit
+    assert len(console.get("/api/dead-letters", limit="1e30").json()["entries"]) == 2
+    for path in ("/api/dead-letters/replay", "/api/dead-letters/purge"):
+        for ids in ([huge], [1, -1], [0], [2**63]):
+            answer = console.post(path, {"ids": ids})
+            assert answer.status_code == 400 and "1 to 9223372036854775807" in answer.json()["error"], (path, ids)
+    assert console.get("/api/dead-letters").json()["total"] == 2
+
+
 def test_a_body_over_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
     """The playground's input is bounded by console.max_body_bytes: 413 with the limit named."""
     small = Console(tmp_path, max_body="2KB")

@@ -51,6 +51,13 @@ def test_a_time_it_cannot_read_is_one_line() -> None:
         parse_time("yesterday", flag="--since")
 
 
+@pytest.mark.parametrize("text", ["99999999999999d", "9" * 400 + "d", "0001-01-01T00:00+01:00"])
+def test_a_time_out_of_range_is_one_line(text: str) -> None:
+    """A span reaching back before the year 1 (or a float overflow) is a TimeSpecError, not an OverflowError."""
+    with pytest.raises(TimeSpecError, match=r"^--since '.*' (reaches back before|is before) the year 1"):
+        parse_time(text, flag="--since")
+
+
 def test_a_checkpoint_survives_a_new_process_and_belongs_to_its_job(tmp_path: Path) -> None:
     """Positions written after a page are read back by the next run of the same job only; reset forgets them."""
     window = Window(since=T0, until=T0 + timedelta(days=1))

@@ -76,6 +76,21 @@ def parse_key_values(pairs: Sequence[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
+def whole_number(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number from ``low`` to ``high``, else a one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is not from {low} to {high}")
+        return value
+
+    return parse
+
+
 def add_mapping_arguments(parser: argparse.ArgumentParser) -> None:
     """``--mapping FILE`` (repeatable) and ``--option KEY=VALUE`` (repeatable)."""
     parser.add_argument(

@@ -6,10 +6,8 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import shlex
 import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any, TypeVar
 
 from traceexport.cli.common import spool_option
 from traceexport.cli.status_cmd import add_spool_argument, query_spool, spool_exists, spool_path
+from traceexport.cli.timespec import TimeSpecError, parse_epoch
 from traceexport.config import Config, Overrides, resolve_config
 from traceexport.errors import ConfigError
 from traceexport.pipeline import deadletter
@@ -25,24 +24,21 @@ from traceexport.pipeline.spool import Spool
 
 T = TypeVar("T")
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
 
 def parse_when(text: str, now: float | None = None) -> float:
     """Epoch seconds from an ISO 8601 time (naive = UTC) or an age such as ``30m``, ``2h``, ``7d`` ago."""
-    now = time.time() if now is None else now
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
-    if match:
-        return now - float(match.group(1)) * _UNITS[match.group(2)]
     try:
-        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a time: {text!r} (use ISO 8601 like 2025-01-31T12:00:00Z, or an age like 30m, 2h, 7d)"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+        return parse_epoch(text, now=now, flag="")
+    except TimeSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc).strip()) from None
+
+
+def entry_id(text: str) -> int:
+    """An ``ID`` argument: :func:`deadletter.parse_id`, its complaint as argparse's."""
+    try:
+        return deadletter.parse_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(sub: Any) -> None:
@@ -62,7 +58,7 @@ def register(sub: Any) -> None:
     show = actions.add_parser("show", help="show one dead letter with its record",
                               description="Show one dead letter, including the stored record envelope.")
     add_spool_argument(show)
-    show.add_argument("id", type=int, metavar="ID", help="dead letter id (from 'dlq list')")
+    show.add_argument("id", type=entry_id, metavar="ID", help="dead letter id (from 'dlq list')")
     show.set_defaults(func=run_show)
     again = actions.add_parser(
         "replay", help="send dead letters again (through the running daemon, or delivered here)",
@@ -84,7 +80,7 @@ def register(sub: Any) -> None:
                             "spool (default: 300)")
     again.add_argument("--since", type=parse_when, metavar="T",
                        help="only entries whose last attempt was at or after T (ISO 8601 time, or age: 2h)")
-    again.add_argument("ids", nargs="*", type=int, metavar="ID", help="only these ids (default: all matching)")
+    again.add_argument("ids", nargs="*", type=entry_id, metavar="ID", help="only these ids (default: all matching)")
     again.set_defaults(func=run_replay)
     purge = actions.add_parser("purge", help="delete dead letters for good",
                                description="Delete dead letters for good. Needs --yes.")
@@ -208,7 +204,9 @@ def run_replay(args: argparse.Namespace) -> int:
     if matching is None:
         return 2
     if not matching:
-        print("nothing to replay" + ("" if spool_exists(spool_dir) else f" (nothing accepted yet in {spool_dir})"))
+        ids = f": no dead letter matches id {', '.join(map(str, args.ids))}" if args.ids else ""
+        empty = "" if spool_exists(spool_dir) else f" (nothing accepted yet in {spool_dir})"
+        print(f"nothing to replay{ids}{empty}")
         return 0
     daemon = owner(spool_dir)
     if daemon is None:

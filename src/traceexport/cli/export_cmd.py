@@ -130,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         code = deliver(Path(spool_dir), routes, records, export_settings(args.max_attempts, args.max_age),
                        args.timeout, prepare=prepare, sinks_flag=f"--to {','.join(sink_types)}")
+    except ConfigError as exc:  # the spool cannot be opened (a file where its directory should be)
+        print(f"error: {exc.render()}", file=sys.stderr)
+        return 2
     except TraceExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from traceexport.cli.common import add_mapping_arguments, iter_pieces, parse_key_values
+from traceexport.cli.common import add_mapping_arguments, iter_pieces, parse_key_values, whole_number
 from traceexport.cli.map_output import Printer, documents_for
 from traceexport.cli.map_run import MapWork, map_pieces
 from traceexport.errors import ConfigError, TraceExportError
@@ -24,6 +24,7 @@ _PLACEHOLDER_OPTIONS: dict[str, dict[str, Any]] = {
 }
 _SECRET_ENV = ("AMPLITUDE_API_KEY", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "OPIK_API_KEY")
 MAX_DEFAULT_JOBS = 4
+MAX_JOBS = 64  # each is a forked process: a typo such as --jobs 4000 must not fork thousands
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,10 +51,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument(
         "--jobs",
-        type=int,
+        type=whole_number(1, MAX_JOBS),
         metavar="N",
         help="worker processes that parse and map a large input (past 1,000 records; the output is the same); "
-        "1: all in this process. Default: the cores available, at most 4",
+        f"1: all in this process, at most {MAX_JOBS}. Default: the cores available, at most 4",
     )
     add_mapping_arguments(parser)
     parser.set_defaults(func=run)

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 from traceexport.cli.common import spool_option
 from traceexport.errors import ConfigError
 from traceexport.pipeline.metrics import snapshot
-from traceexport.pipeline.spool import SPOOL_FILE, Spool, spool_dir_default
+from traceexport.pipeline.spool import Spool, spool_dir_default
+from traceexport.pipeline.spool_dir import SPOOL_FILE, check_spool_dir
 
 T = TypeVar("T")
 _COLUMNS = ("accepted", "exported", "retried", "dead_lettered", "dropped", "queue_depth",
@@ -33,7 +34,9 @@ def spool_path(args: argparse.Namespace) -> Path:
 
 
 def spool_exists(spool_dir: Path) -> bool:
-    """True once something has created a spool there (nothing accepted yet is not an error)."""
+    """True once something has created a spool there (nothing accepted yet is not an error); ConfigError when
+    the path is of the wrong kind (``check_spool_dir``)."""
+    check_spool_dir(spool_dir)
     return (spool_dir / SPOOL_FILE).is_file()
 
 
@@ -41,9 +44,9 @@ def query_spool(args: argparse.Namespace, query: Callable[[Spool], T], empty: T)
     """Run ``query`` on the spool and close it; ``empty`` when there is no spool yet (nothing is created
     by looking); None, after saying why on stderr, when the spool cannot be opened."""
     spool_dir = spool_path(args)
-    if not spool_exists(spool_dir):
-        return empty
     try:
+        if not spool_exists(spool_dir):
+            return empty
         spool = Spool(spool_dir, create=False)
     except ConfigError as exc:
         print(f"error: {exc.problems[0]}", file=sys.stderr)

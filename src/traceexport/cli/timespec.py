@@ -26,12 +26,25 @@ def parse_time(text: str, *, now: datetime | None = None, flag: str = "time") ->
     now = now or datetime.now(UTC).replace(tzinfo=None)
     span = _SPAN.match(text)
     if span:
-        return now - timedelta(seconds=float(span.group(1)) * _UNITS[span.group(2)])
+        try:
+            return now - timedelta(seconds=float(span.group(1)) * _UNITS[span.group(2)])
+        except (OverflowError, ValueError):  # beyond timedelta's or datetime's range
+            raise TimeSpecError(f"{flag} {text!r} reaches back before the year 1: use a shorter span "
+                                "or an ISO date") from None
     try:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise TimeSpecError(f"{flag} {text!r} is not a time: use an ISO date or datetime (2026-11-01, "
                             "2026-11-01T08:00:00Z) or a span back from now (30d, 12h, 90m)") from None
     if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
+        try:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is before the year 1 in UTC
+            raise TimeSpecError(f"{flag} {text!r} is before the year 1 in UTC") from None
     return value
+
+
+def parse_epoch(text: str, *, now: float | None = None, flag: str = "time") -> float:
+    """``text`` (as :func:`parse_time` reads it) as epoch seconds."""
+    now_time = None if now is None else datetime.fromtimestamp(now, UTC).replace(tzinfo=None)
+    return parse_time(text, now=now_time, flag=flag).replace(tzinfo=UTC).timestamp()

@@ -1,7 +1,8 @@
 """``validate_config_file``: everything the daemon would check at start, without starting anything.
 
 Besides the schema it builds every sink and compiles every mapping (no network I/O), checks the serve
-rules (token beyond loopback) and, when the Celery extra is installed, the ``sources.celery`` section.
+rules (token beyond loopback), the spool directory's kind (creating nothing) and, when the Celery extra is
+installed, the ``sources.celery`` section.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from traceexport.config.loader import parse_config, read_config_data
-from traceexport.config.models import Config, SinkConfig
+from traceexport.config.models import Config, SinkConfig, check_sink_name
 from traceexport.config.resolve import DATABASE_URL_ENV, build_routes, serve_problems
 from traceexport.errors import ConfigError, Problem
 
@@ -54,10 +53,18 @@ def validate_config_file(path: str | Path, env: Mapping[str, str] | None = None)
         return problems + _located(_route_problems(_sinks_only(data), env), lines)
     if not config.sinks and not env.get("TRACEEXPORT_TO"):
         problems.append(Problem("sinks", "no sink configured: add a sinks section (or pass --to to serve)"))
-    later = (serve_problems(config) + celery_problems(config.sources.celery) + _enrich_problems(config, env)
-             + _route_problems(config, env))
+    later = (serve_problems(config) + _spool_problems(config) + celery_problems(config.sources.celery)
+             + _enrich_problems(config, env) + _route_problems(config, env))
     reported = {p.where for p in problems if p.where}  # e.g. an unset ${VAR}: its consequence adds nothing
     return problems + _located([p for p in later if not p.where or p.where not in reported], lines)
+
+
+def _spool_problems(config: Config) -> list[Problem]:
+    """``spool.dir`` of the wrong kind (a file, or a directory where spool.db goes), as serve would find it."""
+    from traceexport.pipeline.spool_dir import spool_dir_problem
+
+    problem = spool_dir_problem(config.spool.dir)
+    return [Problem("spool.dir", problem)] if problem else []
 
 
 def _enrich_problems(config: Config, env: Mapping[str, str]) -> list[Problem]:
@@ -89,9 +96,12 @@ def _sinks_only(data: Mapping[str, Any]) -> Config:
     sinks = data.get("sinks") if isinstance(data.get("sinks"), Mapping) else {}
     valid = {}
     for name, section in (sinks or {}).items():
+        if not isinstance(name, str):
+            continue
         try:
+            check_sink_name(name)
             SinkConfig.model_validate(section)
-        except ValidationError:
+        except ValueError:  # pydantic's ValidationError too
             continue  # parse_config has reported it already
         valid[name] = section
     return Config.model_validate({"sinks": valid})

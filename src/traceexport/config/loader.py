@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from traceexport.config.models import Config
 from traceexport.errors import ConfigError, Problem
+from traceexport.textfile import read_text
 
 _VAR = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(:?-([^}]*))?\}")
 Path_ = tuple[str | int, ...]
@@ -80,10 +81,19 @@ def _line_index(
     return index
 
 
+def _where(path: Path_) -> str:
+    """A key path as one line: ``sinks.out.type``; a key that is empty or not printable quoted (``sinks.''``);
+    pydantic's ``[key]`` marker (the key itself is wrong) left out."""
+    parts = [str(p) if str(p) and str(p).isprintable() else repr(p) for p in path if p != "[key]"]
+    return ".".join(parts)
+
+
 def _problem(path: Path_, message: str, lines: Mapping[Path_, int]) -> Problem:
-    where = ".".join(str(p) for p in path)
+    where = _where(path)
     for end in range(len(path), 0, -1):
         line = lines.get(path[:end])
+        if line is None:  # a key YAML read as a number or null (``1:``, ``~:``) is indexed as its text
+            line = lines.get((*path[:end - 1], str(path[end - 1])))
         if line is not None:
             return Problem(where, f"{message} (line {line})")
     return Problem(where, message)
@@ -92,6 +102,8 @@ def _problem(path: Path_, message: str, lines: Mapping[Path_, int]) -> Problem:
 def _message(error: Mapping[str, Any]) -> str:
     if error.get("type") == "extra_forbidden":
         return "unknown key"
+    if error.get("type") == "string_type" and tuple(error.get("loc", ()))[-1:] == ("[key]",):
+        return "this key must be text: quote it"
     message = str(error.get("msg", "invalid"))
     return message.removeprefix("Value error, ")
 
@@ -101,9 +113,9 @@ def read_config_data(
 ) -> tuple[dict[str, Any], dict[Path_, int], list[Problem]]:
     """The substituted YAML of ``path``, its key lines, and the problems found so far."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        return {}, {}, [Problem(str(path), f"cannot read config file: {exc.strerror or exc}")]
+        text = read_text(path, what="config file")
+    except ConfigError as exc:
+        return {}, {}, exc.problems
     try:
         raw = yaml.safe_load(text)
         lines = _line_index(yaml.compose(text, Loader=yaml.SafeLoader))

@@ -10,7 +10,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ByteSize,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+)
 
 from traceexport.records.types import RECORD_TYPES, canonical_type
 
@@ -22,6 +31,8 @@ DEFAULT_SPOOL_DIR = "traceexport-spool"
 MIN_SPOOL_BYTES = 1024**2  # an empty spool file alone takes ~360 KB (32 KiB pages)
 DEFAULT_OUT_DIR = "traceexport-out"
 
+MAX_SINK_NAME = 64
+_SINK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -85,6 +96,19 @@ class RateLimitConfig(_Strict):
     adaptive: bool = True
 
 
+def check_sink_name(name: str) -> str:
+    """A sink's name as the config gives it: what ``--to``, ``--sink``, ``status`` and metrics call it."""
+    if not name:
+        raise ValueError("a sink needs a name: an empty key is not one")
+    if not _SINK_NAME.fullmatch(name) or len(name) > MAX_SINK_NAME:
+        raise ValueError(f"not a usable sink name: use letters, digits, '_', '-' and '.' (starting with a "
+                         f"letter or digit), at most {MAX_SINK_NAME} characters")
+    return name
+
+
+SinkName = Annotated[str, AfterValidator(check_sink_name)]
+
+
 class SinkConfig(BaseModel):
     """One destination: routing keys plus the sink's own options (every other key)."""
 
@@ -144,9 +168,14 @@ class SourcesConfig(_Strict):
     celery: dict[str, Any] | None = None
 
 
+def _is_off(value: Any) -> bool:
+    """``off`` (YAML reads it as false), ``"off"`` (any case) or null."""
+    return value is False or value is None or (isinstance(value, str) and value.strip().lower() == "off")
+
+
 def _console_off(value: Any) -> Any:
-    """``console: off`` (YAML reads it as false), ``"off"`` or null: no console."""
-    if value is False or value is None or (isinstance(value, str) and value.strip().lower() == "off"):
+    """No console for ``console: off`` / ``"off"`` / null, and for ``console.listen: off`` / ``"off"`` / false."""
+    if _is_off(value) or (isinstance(value, dict) and value.get("listen") is not None and _is_off(value["listen"])):
         return None
     return value
 
@@ -200,7 +229,7 @@ class Config(_Strict):
     retry: RetryConfig = RetryConfig()
     ledger: LedgerConfig = LedgerConfig()
     audit: AuditConfig = AuditConfig()
-    sinks: dict[str, SinkConfig] = {}
+    sinks: dict[SinkName, SinkConfig] = {}
     sources: SourcesConfig = SourcesConfig()
     console: Annotated[ConsoleConfig | None, BeforeValidator(_console_off)] = ConsoleConfig()
     enrich: EnrichConfig = EnrichConfig()

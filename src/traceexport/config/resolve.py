@@ -214,6 +214,7 @@ def build_routes(config: Config, env: Mapping[str, str] | None = None) -> list[R
     env = os.environ if env is None else env
     routes: list[Route] = []
     problems: list[Problem] = []
+    names: dict[str, str] = {}  # the sink's own name -> its key in sinks (the pipeline needs them distinct)
     for name, sink_config in config.sinks.items():
         try:
             mapping = load_mapping(sink_config.mapping_backend, extra_files=tuple(sink_config.mapping_files),
@@ -224,6 +225,11 @@ def build_routes(config: Config, env: Mapping[str, str] | None = None) -> list[R
             sink = create_sink(sink_config.type, name, options, env)
         except ConfigError as exc:
             problems += [_prefixed(f"sinks.{name}", p) for p in exc.problems]
+            continue
+        if names.setdefault(sink.name, name) != name:
+            problems.append(Problem(f"sinks.{name}", f"its sink is named {sink.name!r}, as sinks.{names[sink.name]} "
+                                    "is: give each sink a name of its own"))
+            sink.shutdown(1.0)
             continue
         if sink_config.type == "file":
             if sink_config.rate_limit is not None:

@@ -37,11 +37,28 @@ def _number(query: Mapping[str, list[str]], name: str, *, minimum: float = 0.0) 
     return value
 
 
+def _after_id(query: Mapping[str, list[str]]) -> int:
+    """``after_id``: the last id of the page before (0 or absent: from the start)."""
+    values = query.get("after_id")
+    if not values or not values[0].strip():
+        return 0
+    try:
+        after_id = deadletter.parse_id(values[0])
+    except ValueError:
+        after_id = -1
+    if after_id != 0 and not deadletter.is_id(after_id):
+        raise RequestError(f"after_id must be a dead-letter id (0 to {deadletter.MAX_ID}), not {values[0]!r}")
+    return after_id
+
+
 def _ids(body: Any) -> list[int]:
     """The ``ids`` of a replay or purge body: one or more entry ids."""
     ids = body.get("ids") if isinstance(body, dict) else None
     if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise RequestError('the body must be {"ids": [id, ...]} with one id or more')
+    wrong = next((i for i in ids if not deadletter.is_id(i)), None)
+    if wrong is not None:
+        raise RequestError(f"no dead letter can have id {wrong}: ids are whole numbers from 1 to {deadletter.MAX_ID}")
     if len(ids) > MAX_IDS:
         raise RequestError(f"at most {MAX_IDS} ids at a time")
     return sorted(set(ids))
@@ -103,7 +120,7 @@ class ConsoleApi:
         reason = (query.get("reason") or [""])[0] or None
         min_age, max_age = _number(query, "min_age"), _number(query, "max_age")
         limit = int(_number(query, "limit", minimum=1) or DEFAULT_LIMIT)
-        after_id = int(_number(query, "after_id") or 0)
+        after_id = _after_id(query)
         filters: dict[str, Any] = {"reason": reason, "since": None if max_age is None else now - max_age,
                                    "before": None if min_age is None else now - min_age}
         spool = self.pipeline.spool
@@ -113,9 +130,11 @@ class ConsoleApi:
 
     def dead_letter(self, entry_id: str) -> dict[str, Any]:
         """One entry with its record."""
-        if not entry_id.isdigit():
-            raise RequestError(f"no dead letter {entry_id!r}", status=404)
-        entry = deadletter.get_entry(self.pipeline.spool, int(entry_id))
+        try:
+            wanted = deadletter.parse_id(entry_id)
+        except ValueError:
+            raise RequestError(f"no dead letter {entry_id!r}", status=404) from None
+        entry = deadletter.get_entry(self.pipeline.spool, wanted)
         if entry is None:
             raise RequestError(f"no dead letter {entry_id} (replayed or purged?)", status=404)
         data = entry.as_dict()

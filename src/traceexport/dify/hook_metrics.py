@@ -20,7 +20,8 @@ from pathlib import Path
 from traceexport.dify.counters import STATS
 from traceexport.pipeline import histograms
 from traceexport.pipeline.metrics import label_value
-from traceexport.pipeline.spool import SPOOL_FILE, Spool
+from traceexport.pipeline.spool import Spool
+from traceexport.pipeline.spool_dir import SPOOL_FILE
 
 SAVE_EVERY = 10.0  # seconds between saves of the hook's counters into its spool
 TABLE = "CREATE TABLE IF NOT EXISTS hook_counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID"

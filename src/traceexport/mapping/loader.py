@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from traceexport.errors import ConfigError, Problem
+from traceexport.textfile import read_text
 
 BACKENDS = ("opik", "langfuse", "otlp", "amplitude")
 BACKEND_KINDS: dict[str, frozenset[str]] = {
@@ -69,10 +70,7 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _con
 
 def read_yaml(path: Path) -> Any:
     """Parse one YAML file with line numbers; a syntax error is a ConfigError naming file and line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([Problem(str(path), f"cannot read: {exc.strerror or exc}")]) from exc
+    text = read_text(path, what="mapping file", title="invalid mapping")
     loader = _LineLoader(text)
     loader.source = str(path)
     try:

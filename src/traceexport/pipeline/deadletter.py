@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -10,6 +11,8 @@ from typing import Any
 
 from traceexport.pipeline.spool import Spool, bump
 
+MAX_ID = 2**63 - 1  # SQLite's largest INTEGER: every dead letter's id is in 1..MAX_ID
+_ID_TEXT = re.compile(r"[+-]?[0-9]+")
 _COLUMNS = ("id, sink, record_key, record_type, app_id, reason, status_code, permanent, attempts, "
             "first_attempt, last_attempt")
 
@@ -39,6 +42,22 @@ class DeadLetterEntry:
         return data
 
 
+def is_id(value: object) -> bool:
+    """Whether ``value`` is an int a dead letter could have as its id (1 to :data:`MAX_ID`; not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID
+
+
+def parse_id(text: str) -> int:
+    """A dead-letter id as typed (decimal, ASCII digits, of any size); ValueError with one line otherwise.
+
+    An id no dead letter can have (0, negative, beyond 64 bits) is returned as it is: every function here
+    takes any int and finds no entry for it, so callers report it as they report any unknown id.
+    """
+    if not _ID_TEXT.fullmatch(text.strip()):
+        raise ValueError(f"not a dead-letter id: {text!r} (ids are whole numbers, as 'dlq list' shows them)")
+    return int(text.strip())
+
+
 def _where(sink: str | None, since: float | None = None, before: float | None = None,
            ids: Sequence[int] = (), reason: str | None = None) -> tuple[str, list[Any]]:
     clauses: list[str] = []
@@ -55,9 +74,10 @@ def _where(sink: str | None, since: float | None = None, before: float | None = 
     if before is not None:
         clauses.append("last_attempt < ?")
         params.append(before)
-    if ids:
-        clauses.append(f"id IN ({', '.join('?' * len(ids))})")
-        params.extend(ids)
+    if ids:  # an id SQLite cannot hold names no entry (and cannot be bound): `IN ()` matches nothing
+        held = [entry_id for entry_id in ids if is_id(entry_id)]
+        clauses.append(f"id IN ({', '.join('?' * len(held))})")
+        params.extend(held)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
@@ -74,7 +94,7 @@ def list_entries(spool: Spool, sink: str | None = None, *, after_id: int = 0, li
     last tried in ``[since, before)``, after a given id."""
     where, params = _where(sink, since=since, before=before, reason=reason)
     where += (" AND" if where else " WHERE") + " id > ?"
-    params.append(after_id)
+    params.append(min(max(after_id, 0), MAX_ID))
     sql = f"SELECT {_COLUMNS} FROM dead_letters{where} ORDER BY id"
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
@@ -87,7 +107,9 @@ def last_id(spool: Spool) -> int:
 
 
 def get_entry(spool: Spool, entry_id: int) -> DeadLetterEntry | None:
-    """One dead letter with its envelope, or None."""
+    """One dead letter with its envelope, or None (also for an id no dead letter can have)."""
+    if not is_id(entry_id):
+        return None
     row = spool.conn().execute(f"SELECT {_COLUMNS}, envelope FROM dead_letters WHERE id = ?",
                                (entry_id,)).fetchone()
     return None if row is None else _entry(row[:-1], row[-1])

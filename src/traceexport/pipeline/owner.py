@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from traceexport.errors import ConfigError, Problem
-
-LOCK_FILE = "daemon.lock"
+from traceexport.pipeline.spool_dir import LOCK_FILE, check_spool_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +34,7 @@ class DaemonLock:
     """The exclusive lock a daemon holds on its spool for its whole life."""
 
     def __init__(self, spool_dir: Path, sinks: list[str]) -> None:
+        check_spool_dir(spool_dir)
         self.path = Path(spool_dir) / LOCK_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)

@@ -56,9 +56,9 @@ from traceexport.pipeline.connections import ConnectionPool
 from traceexport.pipeline.ledger import RetentionSweep, attach
 from traceexport.pipeline.ledger import create as create_ledger
 from traceexport.pipeline.settings import PipelineSettings
+from traceexport.pipeline.spool_dir import SPOOL_FILE, check_spool_dir
 from traceexport.pipeline.write_lock import BUSY_TIMEOUT, begin_immediate
 
-SPOOL_FILE = "spool.db"
 MAX_SINKS = 62
 COUNTER_NAMES = (
     "accepted", "exported", "retried", "deferred", "dead_lettered", "dropped", "skipped", "replayed",
@@ -131,6 +131,7 @@ class Spool:
         self.settings = settings or PipelineSettings()
         self.dir = Path(spool_dir)
         self.path = self.dir / SPOOL_FILE
+        check_spool_dir(self.dir)
         if not create and not self.path.exists():
             raise ConfigError([f"no spool at {self.dir}: nothing was accepted there yet"],
                               title="spool not found")

@@ -13,6 +13,7 @@ from pipeline_helpers import SAMPLES, ScriptedSink, StandInMapping, fail_first, 
 from traceexport.cli import main
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter
 from traceexport.pipeline.owner import DaemonLock
+from traceexport.pipeline.spool import Spool
 from traceexport.sinks.base import ItemFailure
 
 FAST = PipelineSettings(fsync=False, poll_interval=0.01, retry=RetryPolicy(max_attempts=1))
@@ -37,6 +38,49 @@ def test_dlq_list_json_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[st
     shown = json.loads(capsys.readouterr().out)
     assert shown["envelope"]["trace_info_type"] == "MessageTraceInfo"
     assert main(["dlq", "show", "--spool", str(tmp_path), "999"]) == 2
+
+
+def test_dlq_ids_beyond_64_bits_are_unknown_ids_not_a_traceback(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`dlq show` and `dlq replay` take an id SQLite cannot hold as any unknown id; text that is no id is a usage
+    error; the storage functions find nothing for such ids (and a purge by them deletes nothing)."""
+    _spool_with_dead_letters(tmp_path, 2)
+    huge = str(10**23)
+    for entry_id in (huge, "-5", "0"):
+        assert main(["dlq", "show", "--spool", str(tmp_path), entry_id]) == 2
+        assert capsys.readouterr().err == f"error: no dead letter with id {entry_id}\n"
+    with pytest.raises(SystemExit) as exited:
+        main(["dlq", "show", "--spool", str(tmp_path), "seven"])
+    assert exited.value.code == 2 and "not a dead-letter id: 'seven'" in capsys.readouterr().err
+    assert main(["dlq", "replay", "--spool", str(tmp_path), "--to", "opik", huge]) == 0
+    assert capsys.readouterr().out == f"nothing to replay: no dead letter matches id {huge}\n"
+    spool = Spool(tmp_path, create=False)
+    try:
+        assert deadletter.get_entry(spool, 2**63) is None
+        assert deadletter.list_entries(spool, after_id=10**30) == []
+        assert len(deadletter.list_entries(spool, after_id=-(10**30))) == 2
+        assert deadletter.count_by_sink(spool, ids=[10**23, -(10**23)]) == {}
+        assert deadletter.purge(spool, ids=[10**23]) == 0
+        assert deadletter.replay(spool, ids=[10**23]) == {}
+        assert deadletter.count(spool) == 2
+    finally:
+        spool.close()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["dlq", "replay", "--since", "99999999999999999999d"], "argument --since: '99999999999999999999d' reaches back"),
+    (["dlq", "purge", "--before", "9" * 400 + "d"], "reaches back before the year 1"),
+    (["dlq", "purge", "--before", "last week"], "argument --before: 'last week' is not a time"),
+    (["map", "--to", "otlp", "--jobs", str(10**23), "-"], f"argument --jobs: {10**23} is not from 1 to 64"),
+    (["map", "--to", "otlp", "--jobs", "0", "-"], "argument --jobs: 0 is not from 1 to 64"),
+])
+def test_numbers_and_times_out_of_range_are_usage_errors(argv: list[str], message: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Times and counts beyond what the command can use are a one-line usage error (exit 2), not an overflow."""
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, *(["--spool", str(tmp_path)] if argv[0] == "dlq" else [])])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and message in err and "Traceback" not in err
 
 
 def test_dlq_replay_leaves_records_to_the_daemon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -203,6 +247,47 @@ def test_status_and_dlq_without_spool_report_nothing_accepted(tmp_path: Path,
     assert main(["dlq", "replay", "--spool", str(missing)]) == 0
     assert "nothing to replay" in capsys.readouterr().out
     assert not missing.exists()
+
+
+def _spool_paths_of_the_wrong_kind(root: Path) -> dict[Path, str]:
+    """Spool paths no command can use, each with the one line every command says about it."""
+    afile = root / "afile"
+    afile.write_text("not a spool")
+    db_dir = root / "dbdir"
+    (db_dir / "spool.db").mkdir(parents=True)
+    return {afile: f"spool {afile}: not a directory", db_dir: f"spool {db_dir}: spool.db is not a file",
+            afile / "sub": f"spool {afile / 'sub'}: {afile} is not a directory"}
+
+
+@pytest.mark.parametrize("argv", [["status"], ["status", "--json"], ["dlq", "list"], ["dlq", "show", "1"],
+                                  ["dlq", "replay"], ["dlq", "purge", "--yes"], ["dlq", "retire", "opik"],
+                                  ["export", "--to", "file", str(SAMPLES / "05-message-chat.json")]])
+def test_a_spool_path_of_the_wrong_kind_is_one_line_and_exit_2(argv: list[str], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A file where the spool directory should be, or a directory where spool.db should be, is named in one line
+    by every command reading or writing the spool (exit 2), never "nothing accepted yet" or SQLite's words."""
+    for spool, line in _spool_paths_of_the_wrong_kind(tmp_path).items():
+        assert main([*argv, "--spool", str(spool)]) == 2, spool
+        out, err = capsys.readouterr()
+        assert line in err and "nothing accepted" not in out and "File exists" not in err, err
+        assert "unable to open database" not in err
+
+
+def test_serve_and_validate_name_a_spool_path_of_the_wrong_kind(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`serve` refuses a spool path of the wrong kind with the shared line (exit 2); `validate --config` agrees."""
+    import subprocess
+    import sys
+
+    for spool, line in _spool_paths_of_the_wrong_kind(tmp_path).items():
+        config = tmp_path / "c.yaml"
+        config.write_text(f"spool: {{dir: '{spool}'}}\nsinks:\n  out: {{type: file, path: '{tmp_path}'}}\n"
+                          "sources: {http: {listen: '127.0.0.1:0'}}\nconsole: off\n")
+        served = subprocess.run([sys.executable, "-m", "traceexport", "serve", "--config", str(config)],
+                                capture_output=True, text=True, timeout=60)
+        assert served.returncode == 2 and line in served.stderr and "Traceback" not in served.stderr
+        assert main(["validate", "--config", str(config), "--mapping", "otlp"]) == 2
+        assert f"spool.dir: {line} (line 1)" in capsys.readouterr().err
 
 
 def test_dlq_times_are_iso_utc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
