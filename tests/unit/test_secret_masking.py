@@ -47,6 +47,18 @@ def test_config_header_under_any_name_is_masked(status: int) -> None:
     assert failure is not None and "hdrsecret-777" not in failure.reason
 
 
+@pytest.mark.parametrize("status", [400, 500])
+def test_url_userinfo_is_masked_in_the_basic_auth_httpx_builds(status: int) -> None:
+    """httpx sends an endpoint's user:password@ as Basic auth: the token, the pair and the password are masked."""
+    settings = otlp_settings("o", {"endpoint": "http://user:SECRET%2FURLPW222@127.0.0.1:9"}, {})
+    token = base64.b64encode(b"user:SECRET/URLPW222").decode()
+    assert {"SECRET%2FURLPW222", "SECRET/URLPW222", "user:SECRET/URLPW222", token} <= set(settings.secrets)
+    body = httpx.MockTransport(lambda request: httpx.Response(status, text=f"got {request.headers['authorization']} "
+                                                                         f"{token} for user:SECRET/URLPW222"))
+    failure = HttpTransport(settings, "otlp", body).send(b"", 0).failure
+    assert failure is not None and "URLPW222" not in failure.reason and token not in failure.reason
+
+
 def test_redact_masks_every_form_a_secret_takes() -> None:
     """A secret is masked as sent, percent-encoded, JSON-escaped and inside a repr of text or bytes."""
     secret = 'abc+/"\\\n=xyz'

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload, request_groups
 from traceexport.sinks.bisect import send_halves
+from traceexport.sinks.headers import url_secrets
 from traceexport.sinks.http import classify_response, classify_transport_error, redact, retry_after_from
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.ratelimit import ITEMS_EXTENSION
@@ -98,7 +99,7 @@ class AmplitudeSink:
         self.settings = settings
         self.limits = BatchLimits(max_items=settings.max_events, max_bytes=settings.byte_limit)
         self._key = settings.api_key.get_secret_value()
-        self.secrets: tuple[str, ...] = (self._key,)  # what it sends that is never shown
+        self.secrets = (self._key, *url_secrets(settings.url))  # what it sends, never shown
         self._transport = transport
         self._client: httpx.Client | None = None
         self._closed = False

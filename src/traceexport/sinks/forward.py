@@ -22,7 +22,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
-from traceexport.sinks.headers import value_problem
+from traceexport.sinks.headers import url_secrets, value_problem
 from traceexport.sinks.http import classify_response, classify_transport_error, redact
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.ratelimit import ITEMS_EXTENSION
@@ -71,7 +71,7 @@ class ForwardSink:
         self.settings = settings
         self.limits = BatchLimits(max_items=settings.max_items, max_bytes=settings.max_bytes, linger_seconds=0.2)
         token = settings.token.get_secret_value() if settings.token else ""
-        self.secrets: tuple[str, ...] = (token,) if token else ()  # what it sends that is never shown
+        self.secrets = ((token,) if token else ()) + url_secrets(settings.url)  # what it sends, never shown
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = make_client(base_url=settings.url, headers=headers, timeout=settings.timeout,
                                    transport=transport)

@@ -4,8 +4,8 @@ httpx encodes a header given as text in ASCII and h11 refuses a value with a lin
 at either end; gRPC metadata takes printable ASCII only. A value that breaks these rules would fail every
 request at send time, so sinks check their headers and credentials when they are configured (``validate``,
 start-up) with :func:`header_problems` and :func:`value_problem`, whose messages never quote the value.
-:func:`header_secrets` lists what a sink's configured headers send that must be masked wherever it could
-show (:mod:`traceexport.redaction`).
+:func:`header_secrets` and :func:`url_secrets` list what a sink's configured headers and a URL's
+``user:password@`` send that must be masked wherever it could show (:mod:`traceexport.redaction`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import base64
 import binascii
 import re
 from collections.abc import Mapping
+from urllib.parse import unquote, urlsplit
 
 from traceexport.errors import Problem
 
@@ -85,6 +86,18 @@ def header_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(v for v in found if v))
 
 
+def url_secrets(url: str) -> tuple[str, ...]:
+    """What a URL's ``user:password@`` sends: httpx turns it into ``Authorization: Basic <token>``, so the
+    password (as written and decoded), the decoded pair and the token; nothing for a URL without one."""
+    userinfo = urlsplit(url).netloc.rpartition("@")[0] if "@" in url else ""
+    written_user, sep, written = userinfo.partition(":")
+    if not sep or not written:
+        return ()
+    user, password = unquote(written_user), unquote(written)
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return tuple(dict.fromkeys((written, password, f"{user}:{password}", token)))
+
+
 def _basic_parts(credential: str) -> list[str]:
     try:
         pair = base64.b64decode(credential, validate=True).decode("utf-8")
@@ -94,4 +107,4 @@ def _basic_parts(credential: str) -> list[str]:
     return [pair, user, password]
 
 
-__all__ = ["header_problems", "header_secrets", "name_problem", "value_problem"]
+__all__ = ["header_problems", "header_secrets", "name_problem", "url_secrets", "value_problem"]

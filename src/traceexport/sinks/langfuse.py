@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 
 from traceexport.errors import ConfigError, Problem
-from traceexport.sinks.headers import header_problems, header_secrets
+from traceexport.sinks.headers import header_problems, header_secrets, url_secrets
 from traceexport.sinks.otlp.config import (
     CommonOptions,
     OtlpSettings,
@@ -97,7 +97,7 @@ def langfuse_settings(name: str, options: Mapping[str, Any], env: Mapping[str, s
         linger_seconds=opts.linger_seconds,
         max_bisect_requests=opts.max_bisect_requests,
         auth_hint=AUTH_HINT,
-        secrets=tuple(s for s in (secret, public, token) if s) + header_secrets(opts_headers),
+        secrets=tuple(s for s in (secret, public, token) if s) + header_secrets(opts_headers) + url_secrets(host),
     )
     if problems:
         raise ConfigError(problems, title=f"invalid options for sink {name!r}")

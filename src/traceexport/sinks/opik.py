@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload, request_groups
 from traceexport.sinks.bisect import Budget, send_halves
-from traceexport.sinks.headers import value_problem
+from traceexport.sinks.headers import url_secrets, value_problem
 from traceexport.sinks.http import classify_response, classify_transport_error, excerpt, redact
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.ratelimit import ITEMS_EXTENSION
@@ -112,7 +112,7 @@ class OpikSink:
         self._closed = False
         self._lock = threading.Lock()
         key = settings.api_key.get_secret_value() if settings.api_key else ""
-        self.secrets: tuple[str, ...] = (key,) if key else ()  # what it sends that is never shown
+        self.secrets = ((key,) if key else ()) + url_secrets(settings.url)  # what it sends, never shown
         self._auth_hint = AUTH_HINT.replace("<name>", name)
 
     # -- pure request building -------------------------------------------------------------------

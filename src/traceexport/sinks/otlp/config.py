@@ -15,7 +15,7 @@ from urllib.parse import unquote
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from traceexport.errors import ConfigError, Problem
-from traceexport.sinks.headers import header_problems, header_secrets
+from traceexport.sinks.headers import header_problems, header_secrets, url_secrets
 
 Protocol = Literal["http/protobuf", "http/json", "grpc"]
 PROTOCOLS: tuple[str, ...] = ("http/protobuf", "http/json", "grpc")
@@ -258,7 +258,7 @@ def otlp_settings(name: str, options: Mapping[str, Any], env: Mapping[str, str])
         max_bytes=opts.max_bytes,
         linger_seconds=opts.linger_seconds,
         max_bisect_requests=opts.max_bisect_requests,
-        secrets=header_secrets(headers),
+        secrets=header_secrets(headers) + url_secrets(endpoint),
     )
     if problems:
         raise ConfigError(problems, title=f"invalid options for sink {name!r}")
