@@ -2,10 +2,10 @@
 
 Call ``log_event(logger, "serve.started", listen="127.0.0.1:4319")``; the event name is the message and
 keyword fields become ``key=value`` pairs. Every rendered line passes through
-:func:`traceexport.sinks.http.redact`, and known secret values registered with :func:`add_secrets` are
-masked too, so a secret cannot reach the log by accident. A spawned process (the delivery process) starts
-with logging unconfigured: hand it :func:`current_settings` and call :func:`apply_settings` first thing there,
-so its lines have the same level, format and masking.
+:func:`traceexport.redaction.redact`, which masks the secret values registered with :func:`add_secrets`
+(in every form they can take), so a secret cannot reach the log by accident. A spawned process (the delivery
+process) starts with logging unconfigured: hand it :func:`current_settings` and call :func:`apply_settings`
+first thing there, so its lines have the same level, format and masking.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
+from urllib.parse import unquote
 
-from traceexport.sinks.http import redact
+from traceexport.redaction import add_secrets, redact, registered_secrets
 
-_SECRETS: set[str] = set()
 _FIELDS = "te_fields"
 _SETUP: dict[str, str] = {}  # level and format of the last setup_logging() call in this process
 
@@ -33,11 +33,6 @@ class LogSettings:
     level: str | None  # None: logging was never set up here, so the other process leaves it alone as well
     fmt: str = "logfmt"
     secrets: frozenset[str] = dataclasses.field(default=frozenset(), repr=False)
-
-
-def add_secrets(values: Iterable[str | None]) -> None:
-    """Remember secret values (tokens, keys) that must be masked wherever they would appear in a log line."""
-    _SECRETS.update(v for v in values if v and len(v) >= 4)
 
 
 _SECRET_NAME = re.compile(r"(?i)(key|secret|token|password|passwd|authorization|headers|credential)")
@@ -54,10 +49,11 @@ def secrets_in(options: Mapping[str, Any]) -> list[str]:
             found.extend(str(v) for v in value.values())
         elif isinstance(value, str):
             found.append(value)
-            if "headers" in str(name).lower():  # k=v,k2=v2: each value too, and a scheme's credential alone
-                for _, _, header in (part.partition("=") for part in value.split(",")):
-                    found.append(header.strip())
-                    found.extend(header.strip().split()[1:2])
+            if "headers" in str(name).lower():  # k=v,k2=v2: each value as written and as sent (URL-decoded),
+                for _, _, header in (part.partition("=") for part in value.split(",")):  # and its credential
+                    for text in {header.strip(), unquote(header.strip())}:
+                        found.append(text)
+                        found.extend(text.split()[1:2])
     return [v for v in found if len(v) >= 8]  # shorter values ("true", "none") are settings, not secrets
 
 
@@ -94,14 +90,14 @@ class LogfmtFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = " ".join(f"{k}={_logfmt_value(v)}" for k, v in _fields(record).items())
-        return redact(line, _SECRETS)
+        return redact(line)
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line with the same keys as the logfmt form."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(json.dumps(_fields(record), default=str, ensure_ascii=False), _SECRETS)
+        return redact(json.dumps(_fields(record), default=str, ensure_ascii=False))
 
 
 def setup_logging(level: str = "info", fmt: str = "logfmt", stream: TextIO | None = None) -> None:
@@ -119,7 +115,7 @@ def setup_logging(level: str = "info", fmt: str = "logfmt", stream: TextIO | Non
 
 def current_settings() -> LogSettings:
     """This process's log level, format and registered secrets, to hand to a spawned process."""
-    return LogSettings(_SETUP.get("level"), _SETUP.get("fmt", "logfmt"), frozenset(_SECRETS))
+    return LogSettings(_SETUP.get("level"), _SETUP.get("fmt", "logfmt"), registered_secrets())
 
 
 def apply_settings(settings: LogSettings, stream: TextIO | None = None) -> None:

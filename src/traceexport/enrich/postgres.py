@@ -26,7 +26,7 @@ from traceexport.enrich import EnrichSettings
 from traceexport.errors import ConfigError, Problem
 from traceexport.records.nodes import nodes_from_rows
 from traceexport.records.parse import Record
-from traceexport.sinks.http import redact
+from traceexport.redaction import redact
 
 log = logging.getLogger("traceexport.enrich")
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from traceexport.pipeline import histograms, ledger
 from traceexport.pipeline.spool import Spool, bump
-from traceexport.sinks.http import redact
+from traceexport.redaction import redact
 
 UNSENT_REASON = "not sent: the sink stopped first"
 

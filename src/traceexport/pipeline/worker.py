@@ -35,8 +35,8 @@ from traceexport.pipeline.queue import DeadLetter, Item, Outcome, SinkQueue
 from traceexport.pipeline.retry import backoff, gives_up
 from traceexport.pipeline.settings import PipelineSettings, Route
 from traceexport.pipeline.spool import Spool
+from traceexport.redaction import describe_error, redact
 from traceexport.sinks.base import ExportResult, ItemFailure, Payload
-from traceexport.sinks.http import redact
 from traceexport.sinks.request_meter import metered
 
 log = logging.getLogger(__name__)
@@ -299,7 +299,7 @@ class SinkWorker:
             try:
                 part = self.sink.export(chunk)
             except Exception as exc:  # sinks should not raise; if one does, it is a retryable failure
-                reason = redact(f"{self.sink.name} export raised {type(exc).__name__}: {exc}")
+                reason = f"{self.sink.name} export raised {type(exc).__name__}: {describe_error(exc)}"
                 part = ExportResult.all_failed(len(chunk), ItemFailure(reason, permanent=False))
             result.merge(part, offset)
             down = _whole_request_retryable(part, len(chunk))

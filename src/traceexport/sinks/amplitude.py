@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload, request_groups
 from traceexport.sinks.bisect import send_halves
+from traceexport.sinks.headers import url_secrets
 from traceexport.sinks.http import classify_response, classify_transport_error, redact, retry_after_from
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.ratelimit import ITEMS_EXTENSION
@@ -98,7 +99,7 @@ class AmplitudeSink:
         self.settings = settings
         self.limits = BatchLimits(max_items=settings.max_events, max_bytes=settings.byte_limit)
         self._key = settings.api_key.get_secret_value()
-        self._secrets = (self._key,)
+        self.secrets = (self._key, *url_secrets(settings.url))  # what it sends, never shown
         self._transport = transport
         self._client: httpx.Client | None = None
         self._closed = False
@@ -173,7 +174,7 @@ class AmplitudeSink:
                                    headers={"Content-Type": "application/json"},
                                    extensions={ITEMS_EXTENSION: len(chunk)})
         except httpx.HTTPError as exc:
-            failure = classify_transport_error(exc, backend="amplitude", secrets=self._secrets)
+            failure = classify_transport_error(exc, backend="amplitude", secrets=self.secrets)
             result.failures.update({index: failure for index, _, _ in chunk})
             return failure
         status = response.status_code
@@ -187,7 +188,7 @@ class AmplitudeSink:
         if status == 429 and body.get("throttled_events"):
             return self._on_429(client, chunk, body, response, result, resend=resend)
         hint = f"AMPLITUDE_API_KEY (sinks.{self.name}.api_key)"
-        failure = classify_response(response, backend="amplitude", secrets=self._secrets, auth_hint=hint) or (
+        failure = classify_response(response, backend="amplitude", secrets=self.secrets, auth_hint=hint) or (
             ItemFailure(f"amplitude answered {status}", permanent=True, status_code=status))
         if status == 429 and failure.retry_after is None:
             failure = ItemFailure(failure.reason, permanent=False, status_code=429, retry_after=THROTTLE_WAIT)
@@ -205,13 +206,13 @@ class AmplitudeSink:
 
     def _on_400(self, client: httpx.Client, chunk: list[Item], body: dict[str, Any], response: httpx.Response,
                 result: ExportResult, *, resend: bool) -> ItemFailure | None:
-        error = redact(str(body.get("error") or ""), self._secrets)
+        error = redact(str(body.get("error") or ""), self.secrets)
         reasons: dict[int, list[str]] = {}
         for key, label in INDEX_LISTS:
             fields = body.get(key)
             for field, positions in (fields.items() if isinstance(fields, dict) else ()):
                 for position in _positions(positions, len(chunk)):
-                    reasons.setdefault(position, []).append(f"{label} {redact(str(field), self._secrets)}")
+                    reasons.setdefault(position, []).append(f"{label} {redact(str(field), self.secrets)}")
         for position in _positions(body.get("silenced_events"), len(chunk)):
             reasons.setdefault(position, []).append("device silenced by Amplitude")
         if body.get("missing_field") or error.startswith("Invalid API key") or not reasons:
@@ -268,10 +269,10 @@ class AmplitudeSink:
             reason = ("amplitude rejected the API key (400); "
                       f"check AMPLITUDE_API_KEY (sinks.{self.name}.api_key)")
         elif body.get("missing_field"):
-            missing = redact(str(body["missing_field"]), self._secrets)
+            missing = redact(str(body["missing_field"]), self.secrets)
             reason = f"amplitude rejected the request (400): missing field {missing!r}"
         else:
-            failure = classify_response(response, backend="amplitude", secrets=self._secrets)
+            failure = classify_response(response, backend="amplitude", secrets=self.secrets)
             reason = failure.reason if failure else "amplitude rejected the request (400)"
         return ItemFailure(reason, permanent=True, status_code=400)
 

@@ -22,6 +22,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
+from traceexport.sinks.headers import url_secrets, value_problem
 from traceexport.sinks.http import classify_response, classify_transport_error, redact
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.ratelimit import ITEMS_EXTENSION
@@ -43,6 +44,15 @@ class ForwardSettings(BaseModel):
     max_items: int = Field(500, ge=1)
     max_bytes: int = Field(4 * 1024 * 1024, ge=1024)
 
+    @field_validator("token")
+    @classmethod
+    def _header_safe(cls, value: SecretStr | None) -> SecretStr | None:
+        """The token is sent as ``Authorization: Bearer <token>``."""
+        problem = value_problem(value.get_secret_value()) if value is not None else None
+        if problem:
+            raise ValueError(f"is sent as an HTTP header but {problem}")
+        return value
+
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -61,7 +71,7 @@ class ForwardSink:
         self.settings = settings
         self.limits = BatchLimits(max_items=settings.max_items, max_bytes=settings.max_bytes, linger_seconds=0.2)
         token = settings.token.get_secret_value() if settings.token else ""
-        self._secrets = [token] if token else []
+        self.secrets = ((token,) if token else ()) + url_secrets(settings.url)  # what it sends, never shown
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = make_client(base_url=settings.url, headers=headers, timeout=settings.timeout,
                                    transport=transport)
@@ -82,12 +92,12 @@ class ForwardSink:
                                          extensions={ITEMS_EXTENSION: len(payloads)})
         except httpx.HTTPError as exc:
             return ExportResult.all_failed(len(payloads), classify_transport_error(
-                exc, backend="traceexport sidecar", secrets=self._secrets))
+                exc, backend="traceexport sidecar", secrets=self.secrets))
         if response.status_code == 413 and len(payloads) > 1:
             return self._split(payloads)
         if response.status_code == 400:
             return self._rejections(response, len(payloads))
-        failure = classify_response(response, backend="traceexport sidecar", secrets=self._secrets,
+        failure = classify_response(response, backend="traceexport sidecar", secrets=self.secrets,
                                     auth_hint="the token (tracing_config.token / TRACEEXPORT_FORWARD_TOKEN)")
         if failure is not None:
             return ExportResult.all_failed(len(payloads), failure)
@@ -119,10 +129,10 @@ class ForwardSink:
                 continue
             index = item.get("index", (item.get("line") or 0) - 1)  # NDJSON lines count from 1
             if isinstance(index, int) and 0 <= index < count:
-                reason = redact(f"sidecar rejected the record: {item.get('reason', 'no reason given')}", self._secrets)
+                reason = redact(f"sidecar rejected the record: {item.get('reason', 'no reason given')}", self.secrets)
                 result.failures[index] = ItemFailure(reason=reason, permanent=True, status_code=response.status_code)
         if not result.failures and response.status_code == 400:
-            failure = classify_response(response, backend="traceexport sidecar", secrets=self._secrets)
+            failure = classify_response(response, backend="traceexport sidecar", secrets=self.secrets)
             return ExportResult.all_failed(count, failure or ItemFailure("sidecar answered 400", permanent=True))
         return result
 

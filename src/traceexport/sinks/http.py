@@ -1,4 +1,4 @@
-"""The one HTTP outcome classifier every sink shares, and secret-safe error text.
+"""The one HTTP outcome classifier every sink shares, and secret-safe error text (through :mod:`traceexport.redaction`).
 
 2xx ok; 408, 429 and 5xx retryable (honouring ``Retry-After`` in seconds or as an HTTP date);
 other 4xx permanent; transport errors retryable. Sinks with per-item error bodies (Amplitude 400/429,
@@ -8,12 +8,12 @@ Opik 400, OTLP partial success) refine this for their own items.
 from __future__ import annotations
 
 import email.utils
-import re
 import time
 from collections.abc import Iterable, Mapping
 
 import httpx
 
+from traceexport.redaction import describe_error, redact
 from traceexport.sinks.base import ItemFailure
 from traceexport.sinks.http_client import deadline_exceeded
 from traceexport.sinks.ratelimit import SendCancelled
@@ -21,14 +21,7 @@ from traceexport.sinks.request_meter import RETRYABLE_STATUS
 
 MAX_RETRY_AFTER = 3600.0
 _EXCERPT = 300
-_SECRET_PATTERNS = [
-    re.compile(
-        r"(?i)(authorization|api[_-]?key|secret[_-]?key|password|token)([\"']?\s*[:=]\s*[\"']?)"
-        r"((?:basic\s+|bearer\s+)?[^\s\"',}&]+)"
-    ),
-    re.compile(r"(?i)\b(basic|bearer)\s+[A-Za-z0-9+/=._-]{6,}"),
-    re.compile(r"\b(sk|pk)-lf-[A-Za-z0-9-]+"),
-]
+_REDACT_WINDOW = 8192  # characters of a body masked for an excerpt: far more than any secret past the cut
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -59,35 +52,15 @@ def retry_after_from(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with known secret values and secret-looking tokens replaced by ``***``."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(_mask, text)
-    return text
-
-
-def _mask(match: re.Match[str]) -> str:
-    groups = match.groups()
-    if len(groups) == 3:
-        return f"{groups[0]}{groups[1]}***"
-    if len(groups) == 2:
-        return f"{groups[0]} ***"
-    return "***"
-
-
 def excerpt(response: httpx.Response, secrets: Iterable[str] = ()) -> str:
     """A short, one-line, secret-free excerpt of a response body for error messages."""
     try:
         text = response.text
     except Exception:  # undecodable body: say so rather than fail while reporting a failure
         text = "<undecodable body>"
-    text = " ".join(text.split())
-    if len(text) > _EXCERPT:
-        text = text[:_EXCERPT] + "..."
-    return redact(text, secrets)
+    # Masked before it is cut: a secret straddling the cut would otherwise leave its first part behind.
+    text = redact(" ".join(text[:_REDACT_WINDOW].split()), secrets)
+    return text[:_EXCERPT] + "..." if len(text) > _EXCERPT else text
 
 
 def classify_response(
@@ -120,5 +93,12 @@ def classify_transport_error(exc: Exception, *, backend: str, secrets: Iterable[
     if isinstance(exc, SendCancelled):  # never sent: it waited for the rate limit while the sink stopped
         return ItemFailure(reason=f"{backend}: {exc}", permanent=False, unsent=True)
     if deadline_exceeded(exc) is not None:
-        return ItemFailure(reason=redact(f"{backend} too slow ({kind}): {exc}", secrets), permanent=False)
-    return ItemFailure(reason=redact(f"{backend} unreachable ({kind}): {exc}", secrets), permanent=False)
+        return ItemFailure(reason=f"{backend} too slow ({kind}): {describe_error(exc, secrets)}", permanent=False)
+    if isinstance(exc, httpx.LocalProtocolError):  # our request broke HTTP's rules (a header): not the network
+        return ItemFailure(reason=f"{backend} request could not be sent ({kind}): {describe_error(exc, secrets)}; "
+                                  "check the sink's headers and credentials", permanent=False)
+    return ItemFailure(reason=f"{backend} unreachable ({kind}): {describe_error(exc, secrets)}", permanent=False)
+
+
+__all__ = ["MAX_RETRY_AFTER", "classify_response", "classify_transport_error", "excerpt", "parse_retry_after",
+           "redact", "retry_after_from"]

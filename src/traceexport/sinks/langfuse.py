@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 
 from traceexport.errors import ConfigError, Problem
+from traceexport.sinks.headers import header_problems, header_secrets, url_secrets
 from traceexport.sinks.otlp.config import (
     CommonOptions,
     OtlpSettings,
@@ -23,7 +24,6 @@ from traceexport.sinks.otlp.config import (
     resolve_compression,
     resolve_resource,
     resolve_timeout,
-    secret_headers,
     validate_options,
 )
 from traceexport.sinks.otlp.sink import OtlpSink
@@ -82,6 +82,7 @@ def langfuse_settings(name: str, options: Mapping[str, Any], env: Mapping[str, s
     check_http_url(host, where, problems)
     token = base64.b64encode(f"{public}:{secret}".encode()).decode()
     opts_headers = {k: v.get_secret_value() for k, v in (opts.headers or {}).items()}
+    problems += header_problems(opts_headers, dict.fromkeys(opts_headers, f"sinks.{name}.headers"))
     headers = {**opts_headers, "Authorization": f"Basic {token}",
                "x-langfuse-ingestion-version": INGESTION_VERSION}
     settings = OtlpSettings(
@@ -96,7 +97,7 @@ def langfuse_settings(name: str, options: Mapping[str, Any], env: Mapping[str, s
         linger_seconds=opts.linger_seconds,
         max_bisect_requests=opts.max_bisect_requests,
         auth_hint=AUTH_HINT,
-        secrets=tuple(s for s in (secret, public, token) if s) + secret_headers(opts_headers),
+        secrets=tuple(s for s in (secret, public, token) if s) + header_secrets(opts_headers) + url_secrets(host),
     )
     if problems:
         raise ConfigError(problems, title=f"invalid options for sink {name!r}")

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload, request_groups
 from traceexport.sinks.bisect import Budget, send_halves
+from traceexport.sinks.headers import url_secrets, value_problem
 from traceexport.sinks.http import classify_response, classify_transport_error, excerpt, redact
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.ratelimit import ITEMS_EXTENSION
@@ -66,6 +67,16 @@ class OpikSettings(BaseModel):
             raise ValueError("must not be blank")
         return value
 
+    @field_validator("api_key", "workspace")
+    @classmethod
+    def _header_safe(cls, value: SecretStr | str | None) -> SecretStr | str | None:
+        """The key and the workspace are sent as headers (authorization, Comet-Workspace)."""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        problem = value_problem(text) if text is not None else None
+        if problem:
+            raise ValueError(f"is sent as an HTTP header but {problem}")
+        return value
+
 
 @dataclass(slots=True)
 class _Item:
@@ -101,7 +112,7 @@ class OpikSink:
         self._closed = False
         self._lock = threading.Lock()
         key = settings.api_key.get_secret_value() if settings.api_key else ""
-        self._secrets = (key,) if key else ()
+        self.secrets = ((key,) if key else ()) + url_secrets(settings.url)  # what it sends, never shown
         self._auth_hint = AUTH_HINT.replace("<name>", name)
 
     # -- pure request building -------------------------------------------------------------------
@@ -164,10 +175,10 @@ class OpikSink:
                                    headers={"Content-Type": "application/json"},
                                    extensions={ITEMS_EXTENSION: len(request.items)})
         except httpx.HTTPError as exc:
-            failure = classify_transport_error(exc, backend="opik", secrets=self._secrets)
+            failure = classify_transport_error(exc, backend="opik", secrets=self.secrets)
             result.failures.update({i.index: failure for i in request.items})
             return failure
-        refused = classify_response(response, backend="opik", secrets=self._secrets,
+        refused = classify_response(response, backend="opik", secrets=self.secrets,
                                     auth_hint=self._auth_hint)
         if refused is None:
             return None
@@ -206,8 +217,8 @@ class OpikSink:
         except (ValueError, AttributeError):
             errors = None
         if isinstance(errors, list) and errors:
-            return redact(" ".join("; ".join(str(e) for e in errors).split()), self._secrets)[:300]
-        return excerpt(response, self._secrets) or "(empty body)"
+            return redact(" ".join("; ".join(str(e) for e in errors).split()), self.secrets)[:300]
+        return excerpt(response, self.secrets) or "(empty body)"
 
     def _get_client(self) -> httpx.Client | None:
         with self._lock:

@@ -148,6 +148,23 @@ def test_dead_letters_are_logged_as_a_count_with_the_latest_reason_not_a_line_ea
                for line in lines)
 
 
+def test_a_sink_raising_on_a_secret_leaves_no_part_of_it_in_the_dead_letter(tmp_path: Path) -> None:
+    """A sink that raises while encoding a credential (a header httpx cannot send) is retried, and the dead
+    letter's reason says what failed without the character it failed on."""
+    def plan(payloads: Sequence[Payload], number: int) -> ExportResult:
+        "SECRET\u00e9UNI444".encode("ascii")  # what httpx does with a header value given as text
+        return ExportResult.success()
+
+    sink = ScriptedSink("a", plan)
+    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.accept(make_records(1))
+        pipe.start()
+        assert pipe.wait_idle(10)
+        entry = deadletter.list_entries(pipe.spool)[0]
+    assert len(sink.calls) == 3 and "UnicodeEncodeError" in entry.reason and "ascii" in entry.reason
+    assert "\u00e9" not in entry.reason and "\\xe9" not in entry.reason
+
+
 def test_a_purge_overwrites_the_dead_letters_it_deletes(tmp_path: Path) -> None:
     """The spool frees deleted rows without zeroing them (SQLite's default, fewer bytes written), but a purge of
     the dead letter overwrites what it deletes: its reason, kept nowhere else, is gone from the files once the

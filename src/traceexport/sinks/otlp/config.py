@@ -7,7 +7,6 @@ Config-file options win over the environment; ``OTEL_EXPORTER_OTLP_TRACES_*`` wi
 from __future__ import annotations
 
 import importlib.util
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -16,12 +15,12 @@ from urllib.parse import unquote
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from traceexport.errors import ConfigError, Problem
+from traceexport.sinks.headers import header_problems, header_secrets, url_secrets
 
 Protocol = Literal["http/protobuf", "http/json", "grpc"]
 PROTOCOLS: tuple[str, ...] = ("http/protobuf", "http/json", "grpc")
 DEFAULT_HTTP_ENDPOINT = "http://localhost:4318/v1/traces"
 DEFAULT_GRPC_ENDPOINT = "http://localhost:4317"
-_SECRET_HEADER = re.compile(r"(?i)auth|key|token|secret|password|cookie|signature")
 AttributeValue = str | int | float | bool
 
 
@@ -114,15 +113,19 @@ def otel_env(env: Mapping[str, str], suffix: str) -> tuple[str, str] | None:
     return env_first(env, f"OTEL_EXPORTER_OTLP_TRACES_{suffix}", f"OTEL_EXPORTER_OTLP_{suffix}")
 
 
-def resolve_headers(options: CommonOptions, env: Mapping[str, str],
-                    problems: list[Problem]) -> dict[str, str]:
-    """Headers from ``OTEL_EXPORTER_OTLP_[TRACES_]HEADERS``, overridden key by key by option ``headers``."""
+def resolve_headers(options: CommonOptions, env: Mapping[str, str], problems: list[Problem], *,
+                    name: str, grpc: bool = False) -> dict[str, str]:
+    """Headers from ``OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`` (URL-decoded: as sent), overridden key by key by
+    option ``headers``; a name or value that cannot be sent (over HTTP, or gRPC) is a problem."""
     headers: dict[str, str] = {}
+    where: dict[str, str] = {}
     found = otel_env(env, "HEADERS")
     if found:
-        headers.update(parse_kv_list(found[1], found[0], problems))
-    if options.headers:
-        headers.update({k: v.get_secret_value() for k, v in options.headers.items()})
+        for key, value in parse_kv_list(found[1], found[0], problems).items():
+            headers[key], where[key] = value, found[0]
+    for key, secret in (options.headers or {}).items():
+        headers[key], where[key] = secret.get_secret_value(), f"sinks.{name}.headers"
+    problems += header_problems(headers, where, grpc=grpc)
     return headers
 
 
@@ -187,11 +190,6 @@ def check_http_url(url: str, where: str, problems: list[Problem]) -> None:
         problems.append(Problem(where, f"must be an http:// or https:// URL, got {url!r}"))
 
 
-def secret_headers(headers: Mapping[str, str]) -> tuple[str, ...]:
-    """Values of headers whose names look secret (authorization, api keys, tokens ...)."""
-    return tuple(v for k, v in headers.items() if _SECRET_HEADER.search(k))
-
-
 def _resolve_protocol(options: OtlpOptions, env: Mapping[str, str], problems: list[Problem]) -> str:
     if options.protocol:
         return options.protocol
@@ -246,7 +244,7 @@ def otlp_settings(name: str, options: Mapping[str, Any], env: Mapping[str, str])
     elif importlib.util.find_spec("grpc") is None:
         problems.append(Problem(f"sinks.{name}.protocol",
                                 "grpc needs the grpc extra: pip install 'traceexport[grpc]'"))
-    headers = resolve_headers(opts, env, problems)
+    headers = resolve_headers(opts, env, problems, name=name, grpc=protocol == "grpc")
     settings = OtlpSettings(
         endpoint=endpoint,
         protocol=protocol,
@@ -260,7 +258,7 @@ def otlp_settings(name: str, options: Mapping[str, Any], env: Mapping[str, str])
         max_bytes=opts.max_bytes,
         linger_seconds=opts.linger_seconds,
         max_bisect_requests=opts.max_bisect_requests,
-        secrets=secret_headers(headers),
+        secrets=header_secrets(headers) + url_secrets(endpoint),
     )
     if problems:
         raise ConfigError(problems, title=f"invalid options for sink {name!r}")

@@ -76,6 +76,7 @@ class OtlpSink:
         self.name = name
         self.backend = backend
         self.settings = settings
+        self.secrets = settings.secrets  # what it sends that is never shown
         self.limits = BatchLimits(max_items=settings.max_spans, max_bytes=settings.max_bytes,
                                   linger_seconds=settings.linger_seconds)
         self._json = settings.protocol == "http/json"

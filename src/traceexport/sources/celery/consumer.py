@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from traceexport.errors import ConfigError
-from traceexport.sinks.http import redact
+from traceexport.redaction import redact
 from traceexport.sources.celery.broker import BrokerSession, connection_errors
 from traceexport.sources.celery.dispatch import MessageDispatcher
 from traceexport.sources.celery.probe import EmptyQueueProbe

@@ -15,7 +15,7 @@ import re
 import threading
 from typing import Any
 
-from traceexport.sinks.http import redact
+from traceexport.redaction import redact
 from traceexport.sources.celery.settings import CelerySourceSettings
 
 log = logging.getLogger("traceexport.sources.celery")

@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 from traceexport import _json
 from traceexport.errors import RecordError, RecordTooLargeError, SpoolFullError
 from traceexport.records import Record, record_from_obj
-from traceexport.sinks.http import redact
+from traceexport.redaction import redact
 from traceexport.sources.celery.message import TaskRef
 from traceexport.sources.storage import Storage, StorageError
 

@@ -1,0 +1,128 @@
+"""Secrets are masked as they are sent and in every form an echo or a setting gives them."""
+
+from __future__ import annotations
+
+import base64
+import json
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from traceexport.logs import secrets_in
+from traceexport.redaction import add_secrets, describe_error, redact, registered_secrets
+from traceexport.sinks import create_sink
+from traceexport.sinks.headers import header_secrets
+from traceexport.sinks.http import excerpt
+from traceexport.sinks.otlp.config import otlp_settings
+from traceexport.sinks.otlp.transport import HttpTransport
+
+DECODED = "SECRET+PLUS888/slash"
+ENV = {"OTEL_EXPORTER_OTLP_HEADERS": "x-custom=SECRET%2BPLUS888%2Fslash", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
+       "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
+
+
+def echo(status: int) -> httpx.MockTransport:
+    """A receiver answering ``status`` with the x-custom header in its body, as text and as a repr."""
+    return httpx.MockTransport(lambda request: httpx.Response(
+        status, text=f"you sent x-custom={request.headers.get('x-custom')} {dict(request.headers)!r}"))
+
+
+@pytest.mark.parametrize("status", [400, 500])
+def test_url_encoded_env_header_is_masked_as_sent(status: int) -> None:
+    """A header from OTEL_EXPORTER_OTLP_HEADERS is masked in its decoded form, the one a receiver echoes."""
+    settings = otlp_settings("o", {}, ENV)
+    assert settings.headers["x-custom"] == DECODED and DECODED in settings.secrets
+    failure = HttpTransport(settings, "otlp", echo(status)).send(b"", 0).failure
+    assert failure is not None and failure.permanent == (status == 400)
+    assert "PLUS888" not in failure.reason
+    assert "x-custom=***" in failure.reason and "'x-custom': '***'" in failure.reason
+
+
+@pytest.mark.parametrize("status", [400, 500])
+def test_config_header_under_any_name_is_masked(status: int) -> None:
+    """A config-file header whose name does not look secret (x-custom) is masked in failure reasons too."""
+    settings = otlp_settings("o", {"endpoint": "http://127.0.0.1:9", "headers": {"x-custom": "hdrsecret-777"}}, {})
+    failure = HttpTransport(settings, "otlp", echo(status)).send(b"", 0).failure
+    assert failure is not None and "hdrsecret-777" not in failure.reason
+
+
+@pytest.mark.parametrize("status", [400, 500])
+def test_url_userinfo_is_masked_in_the_basic_auth_httpx_builds(status: int) -> None:
+    """httpx sends an endpoint's user:password@ as Basic auth: the token, the pair and the password are masked."""
+    settings = otlp_settings("o", {"endpoint": "http://user:SECRET%2FURLPW222@127.0.0.1:9"}, {})
+    token = base64.b64encode(b"user:SECRET/URLPW222").decode()
+    assert {"SECRET%2FURLPW222", "SECRET/URLPW222", "user:SECRET/URLPW222", token} <= set(settings.secrets)
+    body = httpx.MockTransport(lambda request: httpx.Response(status, text=f"got {request.headers['authorization']} "
+                                                                         f"{token} for user:SECRET/URLPW222"))
+    failure = HttpTransport(settings, "otlp", body).send(b"", 0).failure
+    assert failure is not None and "URLPW222" not in failure.reason and token not in failure.reason
+
+
+def test_redact_masks_every_form_a_secret_takes() -> None:
+    """A secret is masked as sent, percent-encoded, JSON-escaped and inside a repr of text or bytes."""
+    secret = 'abc+/"\\\n=xyz'
+    texts = [secret, f"h={quote(secret, safe='')}", json.dumps({"h": secret}),
+             json.dumps({"h": secret}).replace("/", "\\/"), repr(secret), repr(secret.encode())]
+    for text in texts:
+        assert "xyz" not in redact(text, [secret]), text
+
+
+def test_an_excerpt_cut_through_a_secret_keeps_no_part_of_it() -> None:
+    """A response body is masked before it is cut to an excerpt, so a secret at the cut leaves nothing behind."""
+    body = "x" * 290 + " secret-at-the-cut-12345 and more"
+    text = excerpt(httpx.Response(400, text=body), ["secret-at-the-cut-12345"])
+    assert "secret" not in text and "***" in text
+
+
+def test_longer_secrets_are_masked_before_their_prefixes() -> None:
+    """When one secret begins another, the longer goes first, so no tail of it is left behind."""
+    assert redact("value=tokentail-9999 end", ["tokentail", "tokentail-9999"]) == "value=*** end"
+
+
+def test_registered_secrets_are_masked_by_every_redact_call() -> None:
+    """A value registered once is masked by redact() without being passed again (dead letters, logs)."""
+    add_secrets(["registered-value-31337"])
+    assert "registered-value-31337" in registered_secrets()
+    assert "31337" not in redact("boom: registered-value-31337")
+
+
+def test_header_secrets_include_the_forms_a_scheme_hides() -> None:
+    """A Bearer credential alone, a Basic credential decoded and its halves count; short settings do not."""
+    basic = base64.b64encode(b"user-1234:pass-5678").decode()
+    found = header_secrets({"Authorization": f"Basic {basic}", "x-api-key": "Bearer tok-abcdef",
+                            "x-custom": "long-enough-value", "x-version": "4"})
+    assert {f"Basic {basic}", basic, "user-1234:pass-5678", "user-1234", "pass-5678", "tok-abcdef",
+            "long-enough-value"} <= set(found)
+    assert "4" not in found
+
+
+def test_secrets_in_finds_the_decoded_header_list_values() -> None:
+    """The log masks an OTEL_EXPORTER_OTLP_HEADERS value both as written (encoded) and as sent (decoded)."""
+    found = secrets_in(ENV)
+    assert "SECRET%2BPLUS888%2Fslash" in found and DECODED in found
+
+
+def test_create_sink_registers_what_the_sink_sends() -> None:
+    """Building a Langfuse sink registers its keys and the Basic token made from them, masked from then on."""
+    public, secret = "pk-lf-registered-1", "sk-lf-registered-2"
+    token = base64.b64encode(f"{public}:{secret}".encode()).decode()
+    sink = create_sink("langfuse", "lf", {"host": "http://127.0.0.1:9", "public_key": public, "secret_key": secret},
+                       {})
+    try:
+        assert {public, secret, token} <= registered_secrets()
+        assert token not in redact(f"echoed {token}")
+    finally:
+        sink.shutdown(1.0)
+
+
+def test_describe_error_never_quotes_the_value_it_failed_on() -> None:
+    """An encoding error and h11's illegal header value are described without any part of the value."""
+    try:
+        "SECRET\u00e9UNI444".encode("ascii")
+    except UnicodeEncodeError as exc:
+        text = describe_error(exc)
+    assert "\u00e9" not in text and "\\xe9" not in text and "ascii" in text
+    protocol = httpx.LocalProtocolError("Illegal header value b'Bearer SECRETNL333\\nX-Evil: 1'")
+    text = describe_error(protocol)
+    assert "Illegal header value" in text and "SECRETNL333" not in text and "Evil" not in text
