@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, field_validator, model_serializer
 
 from traceexport.dify.names import OTHER_KEYS, PROVIDER_NAME, SECRET_KEYS
+from traceexport.sinks.headers import value_problem
 
 MODES = ("in_process", "forward")
 DEFAULT_SPOOL = "/app/api/storage/traceexport-spool"
@@ -115,17 +116,13 @@ class HookSettings:
             found.append(f"config file {self.config_file} does not exist")
         if self.tee == PROVIDER_NAME:
             found.append("tee cannot name the traceexport provider itself")
-        if self.token and not _header_safe(self.token):
-            found.append("token must be printable ASCII, without spaces or line breaks")
+        token_problem = value_problem(self.token) if self.token else None
+        if token_problem:
+            found.append(f"token {token_problem}")
         if self.token and "*" in self.token:
             found.append("token contains '*', which Dify takes for a masked placeholder and stores unencrypted; "
                          "send the real token")
         return found
-
-
-def _header_safe(text: str) -> bool:
-    """Whether ``text`` can go into an HTTP header as a bearer token: visible ASCII only."""
-    return all("!" <= char <= "~" for char in text)
 
 
 def _split(text: str) -> tuple[str, ...]:
