@@ -1,5 +1,6 @@
 """What the daemon's two HTTP listeners (ingest and the console) share: JSON answers, bearer tokens, one
-Content-Length framing with a size limit, no tracebacks and no access lines.
+Content-Length framing with a size limit, bodies as sent (any Content-Encoding but identity is a 415), no
+tracebacks and no access lines.
 
 Built on the standard library's ``ThreadingHTTPServer``: no extra dependency, one thread per connection.
 """
@@ -110,6 +111,14 @@ class JsonRequestHandler(BaseHTTPRequestHandler):
         if not lengths:
             self.close_connection = True
             self._error(411, "Content-Length is required (chunked bodies are not accepted)")
+            return None
+        codings = [coding.strip().lower() for value in self.headers.get_all("Content-Encoding") or []
+                   for coding in value.split(",")]
+        if any(coding not in ("", "identity") for coding in codings):
+            # Decoding is refused rather than bounded: the body limit stays the limit on what is parsed.
+            self.close_connection = True
+            self._error(415, f"Content-Encoding {', '.join(c for c in codings if c)!r} is not accepted: send the "
+                        "body uncompressed (no Content-Encoding, or identity)", {"Accept-Encoding": "identity"})
             return None
         length_text = lengths.pop()
         if lengths or not _DIGITS.fullmatch(length_text):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import subprocess
@@ -478,3 +479,65 @@ def test_answers_go_out_without_waiting_for_nagles_algorithm(pipeline: StandIn,
     finally:
         srv.stop(1.0)
     assert seen and all(seen), seen
+
+
+# -- content coding, odd values, lone surrogates -------------------------------------------------------
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "GZIP", "identity, gzip"])
+def test_a_content_encoding_other_than_identity_is_415(server: IngestServer, pipeline: StandIn,
+                                                      coding: str) -> None:
+    """A compressed body and a plain one labelled compressed alike get 415 naming identity, nothing accepted."""
+    plain = json.dumps(sample("05-message-chat.json")).encode()
+    for body in (gzip.compress(plain), plain):
+        response = post(server, body, headers={"Content-Encoding": coding})
+        assert response.status_code == 415 and response.headers["Accept-Encoding"] == "identity"
+        assert "identity" in response.json()["error"] and coding.lower().split(", ")[-1] in response.json()["error"]
+    assert pipeline.records == []
+
+
+def test_identity_content_encoding_is_accepted(server: IngestServer, pipeline: StandIn) -> None:
+    """Content-Encoding identity is the body as sent: accepted as without the header."""
+    response = post(server, sample("05-message-chat.json"), headers={"Content-Encoding": "identity"})
+    assert response.status_code == 202 and len(pipeline.records) == 1
+
+
+def _message_line(old: str, new: str) -> bytes:
+    text = (SAMPLES / "05-message-chat.json").read_text(encoding="utf-8")
+    assert old in text
+    return text.replace(old, new).encode()
+
+
+TTFT = '"gen_ai_server_time_to_first_token":0.611207'
+START = '"start_time":"2026-03-14T13:05:44.771902"'
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_ingest_keeps_non_finite_numbers_as_null_and_refuses_an_impossible_start(pipeline: StandIn,
+                                                                                full: bool) -> None:
+    """NaN, Infinity and 1e400 in a timing, a price or a token count are accepted (202-worthy) and a start_time
+    no sink accepts is refused by line with a reason naming it, records and heads alike."""
+    lines = [_message_line(TTFT, '"gen_ai_server_time_to_first_token":NaN'),
+             _message_line('"total_price":"0.0001194","message"', '"total_price":"Infinity","message"'),
+             _message_line('"message_tokens":412', '"message_tokens":1e400'),
+             _message_line(START, '"start_time":"1970-01-01T00:00:00"'),
+             _message_line(START, '"start_time":"0001-01-01T00:00:00"'),
+             _message_line('"end_time":"2026-03-14T13:05:47.156019"', '"end_time":"9999-12-31T23:59:59"')]
+    server = IngestServer(IngestSettings(host="127.0.0.1", port=0), pipeline.accept, stager=lambda: Tagging(full))
+    server.start()
+    try:
+        response = post(server, b"\n".join(lines), content_type="application/x-ndjson")
+    finally:
+        server.stop(1.0)
+    answer = response.json()
+    assert response.status_code == 400 and answer["accepted"] == 4
+    assert [r["line"] for r in answer["rejected"]] == [4, 5]
+    assert all("start_time" in r["reason"] and "out of range" in r["reason"] for r in answer["rejected"])
+
+
+def test_a_lone_surrogate_escape_is_accepted_as_json_and_as_ndjson(server: IngestServer, pipeline: StandIn) -> None:
+    """\\ud83d without its partner is valid JSON: the record is accepted, its text read with U+FFFD there."""
+    line = _message_line('"query":"Plan', '"query":"\\ud83dPlan')
+    assert post(server, line).status_code == 202
+    assert post(server, line + b"\n" + line, content_type="application/x-ndjson").status_code == 202
+    assert len(pipeline.records) == 3
+    assert all(r.data["message_data"]["query"].startswith("\ufffdPlan") for r in pipeline.records)

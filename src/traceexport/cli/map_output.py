@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, runtime_checkable
 
 from traceexport import _json
 from traceexport.sinks import Payload, Sink
@@ -50,25 +50,45 @@ class PayloadDocuments:
         return []
 
 
+@runtime_checkable
+class ItemSink(Protocol):
+    """A sink whose ``request_bodies`` comes in two pure steps (Opik, Amplitude): each payload encoded as
+    sent, then the bodies of the encoded items."""
+
+    def encode_items(self, payloads: Sequence[Payload], /) -> list[Any]:
+        ...
+
+    def bodies_of(self, items: Sequence[Any], /) -> list[Any]:
+        ...
+
+
 class BatchDocuments:
     """A sink's request bodies, per batch of ``sink.limits.max_items`` payloads (or a few more: a record's
-    payloads stay in one batch)."""
+    payloads stay in one batch). A payload the sink cannot send rejects its record in :meth:`encode`, as
+    ``export`` would fail it, never left out in silence."""
 
     def __init__(self, sink: Sink) -> None:
         self._sink = sink
+        self._items = sink if isinstance(sink, ItemSink) else None
         self._size = max(sink.limits.max_items, 1)
-        self._pending: list[Payload] = []
+        self._pending: list[Any] = []
 
-    def encode(self, payloads: Sequence[Payload]) -> Sequence[Payload]:
+    def encode(self, payloads: Sequence[Payload]) -> Sequence[Any]:
+        if self._items is not None:
+            return self._items.encode_items(payloads)
+        self._sink.request_bodies(payloads)  # a sink without the two steps: checked here, encoded at close
         return payloads
 
-    def take(self, items: Sequence[Payload]) -> list[bytes]:
+    def take(self, items: Sequence[Any]) -> list[bytes]:
         self._pending += items
         return self.close() if len(self._pending) >= self._size else []
 
     def close(self) -> list[bytes]:
         pending, self._pending = self._pending, []
-        return [_json.dumps_bytes(body) for body in self._sink.request_bodies(pending)] if pending else []
+        if not pending:
+            return []
+        bodies = self._items.bodies_of(pending) if self._items is not None else self._sink.request_bodies(pending)
+        return [_json.dumps_bytes(body) for body in bodies]
 
 
 def documents_for(sink: Sink | None) -> Documents:

@@ -17,11 +17,11 @@ A node dict carries: ``id``, ``node_execution_id``, ``node_id``, ``node_type``, 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from traceexport import _json
-from traceexport.records.values import EPOCH, as_utc, short_provider, timing, to_number
+from traceexport.records.values import EPOCH, as_utc, in_range, shifted, short_provider, timing, to_number
 
 FAILED_NODE_STATUSES = frozenset({"failed", "exception", "stopped"})
 _TOOL_TYPES = frozenset({"tool", "http-request", "code", "agent"})
@@ -116,10 +116,11 @@ def _tool_provider(metadata: Mapping[str, Any]) -> str | None:
 
 def _timing(start: datetime, elapsed: Any, finished: Any) -> dict[str, Any]:
     seconds = to_number(elapsed)
-    if seconds is not None and seconds >= 0:
-        end = start + timedelta(seconds=seconds)
-    else:
-        end = as_utc(finished) or start
+    end = shifted(start, seconds) if seconds is not None and seconds >= 0 else None
+    if end is None or not in_range(end):
+        end = as_utc(finished)
+        if end is None or not in_range(end):
+            end = start
     return timing(start, end)
 
 

@@ -9,13 +9,25 @@ provider, user and session, tokens, cost, and retrieval documents.
 from __future__ import annotations
 
 import contextlib
-from datetime import datetime, timedelta
+from datetime import datetime
+from math import isfinite
 from typing import Any
 
 from traceexport import _json as fastjson
 from traceexport.errors import RecordError
 from traceexport.records.nodes import node_from_ee_record
-from traceexport.records.values import as_utc, message_pairs, none_if_blank, short_provider, timing, to_number
+from traceexport.records.types import float_fields
+from traceexport.records.values import (
+    TIME_RANGE,
+    as_utc,
+    in_range,
+    message_pairs,
+    none_if_blank,
+    shifted,
+    short_provider,
+    timing,
+    to_number,
+)
 
 _PRICE_KEYS = (
     "total_price",
@@ -120,16 +132,27 @@ class Identity:
         self.md = md
         if "error" in data:
             data["error"] = none_if_blank(data["error"])
+        for name in float_fields(record_type):  # NaN, ±Infinity, 1e400: no sink can carry them
+            value = data[name]
+            if value is not None and not isfinite(value):
+                data[name] = None
 
         facts = self.facts = _Facts()
         _TYPE_FACTS[record_type](data, meta, md, facts)
 
         start = as_utc(data.get("start_time")) or as_utc(md.get("created_at"))
         end = as_utc(data.get("end_time"))
+        if end is not None and not in_range(end):
+            end = None  # a bogus end is left out: the record's fallback end applies
         if start is None:
             start = end
         if start is None:
-            raise RecordError(f"{record_type} record has no start_time or end_time")
+            raise RecordError(f"{record_type} record has no start_time or end_time"
+                              + (f" (its end_time is out of range: every sink needs a time {TIME_RANGE})"
+                                 if data.get("end_time") is not None else ""))
+        if not in_range(start):
+            raise RecordError(f"{record_type} record's start_time {start.isoformat()} is out of range: every sink "
+                              f"needs a time {TIME_RANGE}")
         self.end_inferred = end is None
         if end is None:
             end = _fallback_end(start, facts.fallback_seconds, md)
@@ -138,7 +161,8 @@ class Identity:
         self.message_id = _first(data.get("message_id"), meta.get("message_id"), md.get("id"))
         self.conversation_id = _first(data.get("conversation_id"), meta.get("conversation_id"),
                                       md.get("conversation_id"))
-        self.anchor = as_utc(md.get("created_at")) or start
+        anchor = as_utc(md.get("created_at"))
+        self.anchor = anchor if anchor is not None and in_range(anchor) else start
         self.trace_key: str = (_first(data.get("trace_id"), facts.trace_key, self.message_id)
                                or f"{record_type}:{facts.span_key}")
         self.record_key = f"{record_type}:{facts.span_key}"
@@ -232,11 +256,14 @@ def _files(data: dict[str, Any], field: str) -> list[Any] | None:
 
 
 def _fallback_end(start: datetime, seconds: float | None, md: dict[str, Any]) -> datetime:
-    """Dify's documented fallback for a null end_time: known duration, else the message's update time."""
+    """Dify's documented fallback for a null end_time: known duration, else the message's update time
+    (either only when it ends in range), else the start."""
     if seconds is not None and seconds >= 0:
-        return start + timedelta(seconds=seconds)
+        end = shifted(start, seconds)
+        if end is not None and in_range(end):
+            return end
     updated = as_utc(md.get("updated_at"))
-    return updated if updated is not None and updated >= start else start
+    return updated if updated is not None and start <= updated and in_range(updated) else start
 
 
 def _usage_latency(md: dict[str, Any]) -> float | None:

@@ -8,16 +8,17 @@ only stores and routes it (HTTP ingest while its delivery process parses records
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from math import isfinite
 from typing import Any, Literal, overload
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from traceexport import _json
 from traceexport.errors import RecordError
 from traceexport.records.normalize import Identity, normalize
 from traceexport.records.types import RECORD_TYPES, canonical_type, dify_class_name
-from traceexport.records.values import to_number
+from traceexport.records.values import in_range, shifted, to_number
 
 
 class _Stored:
@@ -146,8 +147,48 @@ def _timed_on_receipt(record_type: str, trace_info: dict[str, Any]) -> dict[str,
     if record_type != "prompt_generation" or trace_info.get("start_time") or trace_info.get("end_time"):
         return trace_info
     end = datetime.now(UTC)
-    start = end - timedelta(seconds=max(to_number(trace_info.get("latency")) or 0.0, 0.0))
+    start = shifted(end, -max(to_number(trace_info.get("latency")) or 0.0, 0.0))
+    if start is None or not in_range(start):  # a latency of centuries is no latency
+        start = end
     return {**trace_info, "start_time": start.isoformat(), "end_time": end.isoformat()}
+
+
+def _non_finite(value: Any) -> bool:
+    """True for NaN, ±Infinity or a number too large for a float (``1e400``), as a number or as text."""
+    if isinstance(value, float):
+        return not isfinite(value)
+    if isinstance(value, str):
+        try:
+            return not isfinite(float(value))
+        except ValueError:
+            return False
+    return False
+
+
+def _validate(model_cls: type[BaseModel], record_type: str, trace_info: dict[str, Any]) -> dict[str, Any]:
+    """The model's fields of ``trace_info``; RecordError naming the fields when it is invalid.
+
+    A field that holds a number no sink can carry (NaN, ±Infinity, ``1e400``) is left out and reads as null,
+    so the record goes on without it; the float fields pydantic lets such values through are nulled the
+    same way by :class:`~traceexport.records.normalize.Identity`. Only a refused record pays for the second
+    validation.
+    """
+    try:
+        return dict(model_cls.model_validate(trace_info).__dict__)
+    except ValidationError as exc:
+        error = exc
+    dropped = {str(err["loc"][0]) for err in error.errors()
+               if len(err["loc"]) == 1 and _non_finite(err.get("input"))}
+    if dropped:
+        try:
+            data = dict(model_cls.model_validate(
+                {key: value for key, value in trace_info.items() if key not in dropped}).__dict__)
+        except ValidationError as again:
+            error = again
+        else:
+            data.update(dict.fromkeys(dropped, None))
+            return data
+    raise RecordError(f"{dify_class_name(record_type)}: {_describe_validation(error)}") from error
 
 
 def record_from_trace_info(trace_info: Any, type_name: str | None = None, app_id: str | None = None) -> Record:
@@ -192,12 +233,7 @@ def _from_trace_info(trace_info: Any, type_name: str | None, app_id: str | None,
             raise RecordError(f"unknown record type {type_name!r}")
         raise RecordError("cannot tell the record type: give trace_info_type or send a TaskData envelope")
     trace_info = _timed_on_receipt(record_type, trace_info)
-    model_cls = RECORD_TYPES[record_type][1]
-    try:
-        model = model_cls.model_validate(trace_info)
-    except ValidationError as exc:
-        raise RecordError(f"{dify_class_name(record_type)}: {_describe_validation(exc)}") from exc
-    data = dict(model.__dict__)
+    data = _validate(RECORD_TYPES[record_type][1], record_type, trace_info)
     if head:  # the same checks and keys as normalize(), which starts with them
         ident = Identity(record_type, data, app_id)
         envelope = {"app_id": ident.app_id, "trace_info_type": dify_class_name(record_type), "trace_info": trace_info}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import types
+from typing import Any, Union, get_args, get_origin
+
 from pydantic import BaseModel
 
 from traceexport.records import models
@@ -56,3 +59,22 @@ def canonical_type(name: str) -> str | None:
 def dify_class_name(record_type: str) -> str:
     """Dify's class name for a canonical record type (what ``TaskData.trace_info_type`` holds)."""
     return RECORD_TYPES[record_type][0]
+
+
+def _is_float(annotation: Any) -> bool:
+    if annotation is float:
+        return True
+    if get_origin(annotation) in (Union, types.UnionType):
+        return float in get_args(annotation)
+    return False
+
+
+_FLOAT_FIELDS: dict[str, tuple[str, ...]] = {
+    name: tuple(field for field, info in model.model_fields.items() if _is_float(info.annotation))
+    for name, (_, model) in RECORD_TYPES.items()
+}
+
+
+def float_fields(record_type: str) -> tuple[str, ...]:
+    """The fields of a record type's model that hold a float (where NaN and infinities can hide)."""
+    return _FLOAT_FIELDS[record_type]

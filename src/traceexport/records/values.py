@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from math import isfinite
 from typing import Any
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The times every sink can carry: after the epoch (OTLP wants a positive count of nanoseconds) and no later
+# than the last microsecond whose nanoseconds since the epoch fit a signed 64-bit integer (how collectors,
+# Go's time and ClickHouse's DateTime64(9) hold them).
+LATEST = datetime(2262, 4, 11, 23, 47, 16, 854775, tzinfo=UTC)
+TIME_RANGE = "after 1970-01-01T00:00:00Z and no later than 2262-04-11T23:47:16Z"
 
 
 def as_utc(value: Any) -> datetime | None:
-    """A timezone-aware UTC datetime from a datetime or ISO string; naive values are UTC."""
+    """A timezone-aware UTC datetime from a datetime or ISO string; naive values are UTC. A time within
+    hours of the calendar's ends that UTC cannot hold becomes that end (out of :func:`in_range` either way)."""
     if value is None or value == "":
         return None
     if isinstance(value, str):
@@ -19,22 +28,38 @@ def as_utc(value: Any) -> datetime | None:
         return None
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00
+        return (datetime.min if value.year < 2000 else datetime.max).replace(tzinfo=UTC)
+
+
+def in_range(moment: datetime) -> bool:
+    """True for a time every sink can carry (:data:`TIME_RANGE`)."""
+    return EPOCH < moment <= LATEST
+
+
+def shifted(moment: datetime, seconds: float) -> datetime | None:
+    """``moment`` plus ``seconds`` (may be negative), or None when that leaves the calendar."""
+    try:
+        return moment + timedelta(seconds=seconds)
+    except (OverflowError, ValueError):
+        return None
 
 
 _NUMBERS = (int, float)  # a tuple: ``int | float`` would build a new union object on every call
 
 
 def to_number(value: Any) -> float | None:
-    """A float from a number or a Decimal string such as ``"0.0001194"``; None when not numeric."""
+    """A float from a number or a Decimal string such as ``"0.0001194"``; None when not numeric or not
+    finite (NaN, infinities, and numbers too large for a float such as ``1e400``: no sink can carry them)."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, _NUMBERS):
-        return float(value)
     try:
-        return float(str(value))
-    except ValueError:
+        number = float(value) if isinstance(value, _NUMBERS) else float(str(value))
+    except (ValueError, OverflowError):
         return None
+    return number if isfinite(number) else None
 
 
 def none_if_blank(value: Any) -> str | None:
@@ -51,9 +76,6 @@ def short_provider(provider: Any) -> str | None:
     if text is None:
         return None
     return text.rsplit("/", 1)[-1]
-
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def epoch_ns(moment: datetime) -> int:

@@ -30,7 +30,16 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload, request_groups
+from traceexport import _json
+from traceexport.sinks.base import (
+    BatchLimits,
+    ExportResult,
+    ItemFailure,
+    Payload,
+    encoding_failure,
+    refuse_unsendable,
+    request_groups,
+)
 from traceexport.sinks.bisect import send_halves
 from traceexport.sinks.headers import url_secrets
 from traceexport.sinks.http import classify_response, classify_transport_error, redact, retry_after_from
@@ -110,8 +119,19 @@ class AmplitudeSink:
 
     # -- pure request building -------------------------------------------------------------------
     def request_bodies(self, payloads: Sequence[Payload], /) -> list[Any]:
-        """The request bodies, with the API key shown as ``***``; unsendable payloads are left out."""
-        items, _ = self._prepare(payloads)
+        """The request bodies, with the API key shown as ``***``; RecordError naming the first payload that
+        cannot be sent (``export`` fails it permanently)."""
+        return self.bodies_of(self.encode_items(payloads))
+
+    def encode_items(self, payloads: Sequence[Payload], /) -> list[Item]:
+        """The events encoded as sent (picklable), for :meth:`bodies_of`; RecordError naming the first that
+        cannot be sent. ``request_bodies`` in two steps, so ``map`` encodes each record's payloads once."""
+        items, rejected = self._prepare(payloads)
+        refuse_unsendable(rejected)
+        return items
+
+    def bodies_of(self, items: Sequence[Item], /) -> list[Any]:
+        """The request bodies (API key shown as ``***``) of items from :meth:`encode_items`."""
         return [self._body(chunk, REDACTED) for chunk in self._plan(items)]
 
     def _body(self, chunk: Sequence[Item], key: str) -> dict[str, Any]:
@@ -140,7 +160,8 @@ class AmplitudeSink:
             try:
                 items.append((index, event, _encode(event)))
             except (TypeError, ValueError) as exc:
-                rejected[index] = ItemFailure(f"amplitude event is not valid JSON: {exc}", permanent=True)
+                rejected[index] = ItemFailure(f"amplitude event cannot be written as JSON: {encoding_failure(exc)}",
+                                              permanent=True)
         return items, rejected
 
     def _plan(self, items: Sequence[Item]) -> list[list[Item]]:
@@ -295,7 +316,10 @@ class AmplitudeSink:
 
 
 def _encode(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError):  # NaN, Infinity, a datetime: as every JSON the project writes carries them
+        return _json.dumps_bytes(value)
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from traceexport.errors import RecordError
+
 
 @dataclass(frozen=True, slots=True)
 class Payload:
@@ -99,6 +101,25 @@ def request_groups(sizes: Sequence[int], *, max_items: int, max_bytes: int, over
     return groups
 
 
+# Why a body holding a Python text with a lone surrogate (only the Dify hook's live objects can: records read
+# from JSON have U+FFFD there) cannot be sent, in the user's words rather than the codec's.
+LONE_SURROGATE = "a text holds a lone UTF-16 surrogate (such as \\ud83d), which UTF-8 cannot carry"
+
+
+def encoding_failure(exc: Exception) -> str:
+    """A one-line reason for a body that cannot be written as UTF-8 JSON."""
+    text = str(exc)
+    return LONE_SURROGATE if "surrogate" in text else " ".join(text.split())
+
+
+def refuse_unsendable(rejected: dict[int, ItemFailure]) -> None:
+    """RecordError naming the first payload a sink found it cannot send, if any: what ``request_bodies``
+    raises (so ``traceexport map`` and the console report it) where ``export`` fails that payload."""
+    if rejected:
+        index = min(rejected)
+        raise RecordError(f"payload {index}: {rejected[index].reason}")
+
+
 @runtime_checkable
 class Sink(Protocol):
     """A backend: pure request building plus one classified delivery attempt per call."""
@@ -108,7 +129,8 @@ class Sink(Protocol):
     limits: BatchLimits
 
     def request_bodies(self, payloads: Sequence[Payload], /) -> list[Any]:
-        """The exact request bodies (JSON-compatible) this batch becomes; no I/O."""
+        """The exact request bodies (JSON-compatible) this batch becomes; no I/O. RecordError naming the
+        first payload that cannot be sent (never left out in silence)."""
         ...
 
     def export(self, payloads: Sequence[Payload], /) -> ExportResult:

@@ -23,7 +23,16 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload, request_groups
+from traceexport import _json
+from traceexport.sinks.base import (
+    BatchLimits,
+    ExportResult,
+    ItemFailure,
+    Payload,
+    encoding_failure,
+    refuse_unsendable,
+    request_groups,
+)
 from traceexport.sinks.bisect import Budget, send_halves
 from traceexport.sinks.headers import url_secrets, value_problem
 from traceexport.sinks.http import classify_response, classify_transport_error, excerpt, redact
@@ -83,6 +92,7 @@ class _Item:
     index: int
     body: dict[str, Any]
     encoded: bytes
+    kind: str = "trace"
 
 
 @dataclass(slots=True)
@@ -95,7 +105,10 @@ class _Request:
 
 
 def _encode(body: Any) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    try:
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError):  # NaN, Infinity, a datetime: as every JSON the project writes carries them
+        return _json.dumps_bytes(body)
 
 
 class OpikSink:
@@ -117,9 +130,23 @@ class OpikSink:
 
     # -- pure request building -------------------------------------------------------------------
     def request_bodies(self, payloads: Sequence[Payload], /) -> list[Any]:
-        """``{"traces": [...]}`` then ``{"spans": [...]}`` bodies; unsendable payloads are left out."""
-        items, _ = self._prepare(payloads)
-        return [{r.collection: [i.body for i in r.items]} for r in self._plan(items)]
+        """``{"traces": [...]}`` then ``{"spans": [...]}`` bodies; RecordError naming the first payload that
+        cannot be sent (``export`` fails it permanently)."""
+        return self.bodies_of(self.encode_items(payloads))
+
+    def encode_items(self, payloads: Sequence[Payload], /) -> list[_Item]:
+        """The payloads encoded as sent (picklable), for :meth:`bodies_of`; RecordError naming the first
+        that cannot be sent. ``request_bodies`` in two steps, so ``map`` encodes each record's payloads once."""
+        items, rejected = self._prepare(payloads)
+        refuse_unsendable(rejected)
+        return [item for kind, _ in COLLECTIONS for item in items[kind]]
+
+    def bodies_of(self, items: Sequence[_Item], /) -> list[Any]:
+        """The request bodies of items from :meth:`encode_items` (of one or several calls)."""
+        by_kind: dict[str, list[_Item]] = {kind: [] for kind, _ in COLLECTIONS}
+        for item in items:
+            by_kind[item.kind].append(item)
+        return [{r.collection: [i.body for i in r.items]} for r in self._plan(by_kind)]
 
     def _prepare(self, payloads: Sequence[Payload]) -> tuple[dict[str, list[_Item]], dict[int, ItemFailure]]:
         items: dict[str, list[_Item]] = {kind: [] for kind, _ in COLLECTIONS}
@@ -133,9 +160,9 @@ class OpikSink:
             if self.settings.project_name and not body.get("project_name"):
                 body["project_name"] = self.settings.project_name
             try:
-                items[payload.kind].append(_Item(index, body, _encode(body)))
+                items[payload.kind].append(_Item(index, body, _encode(body), payload.kind))
             except (TypeError, ValueError) as exc:
-                reason = f"opik {payload.kind} body is not valid JSON: {exc}"
+                reason = f"opik {payload.kind} body cannot be written as JSON: {encoding_failure(exc)}"
                 rejected[index] = ItemFailure(reason, permanent=True)
         return items, rejected
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from traceexport import _json
 from traceexport.errors import RecordError
-from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload, request_groups
+from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload, encoding_failure, request_groups
 from traceexport.sinks.bisect import Budget, send_halves
 from traceexport.sinks.otlp.config import OtlpSettings
 from traceexport.sinks.otlp_encoding import SCOPE_NAME
@@ -59,7 +59,10 @@ def encode_payload(payload: Payload, *, json: bool = False) -> bytes:
     RecordError for another kind or an invalid body."""
     if payload.kind != "span":
         raise RecordError(f"the OTLP sink only sends 'span' payloads, got {payload.kind!r}")
-    return span_json(payload.body) if json else span_bytes(payload.body)
+    try:
+        return span_json(payload.body) if json else span_bytes(payload.body)
+    except UnicodeEncodeError as exc:
+        raise RecordError(encoding_failure(exc)) from exc
 
 
 class OtlpSink:
