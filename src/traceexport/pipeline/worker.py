@@ -129,8 +129,7 @@ class SinkWorker:
                 self._stop.wait(self.settings.poll_interval)
         if self._unsaved is not None:  # stopping: one last try, else the batch is re-sent on restart
             self._save()
-        self._dead_logged_at = -DEAD_LETTER_LOG_EVERY
-        self._log_dead_letters()
+        self._log_dead_letters(force=True)
 
     def _wait(self, seconds: float) -> None:
         self._wake.wait(max(seconds, 0.0))
@@ -186,14 +185,15 @@ class SinkWorker:
         self._forgotten = 0
         return True
 
-    def _log_dead_letters(self, outcome: Outcome | None = None) -> None:
-        """One warning line, at most every :data:`DEAD_LETTER_LOG_EVERY` seconds, for the records this sink
-        dead-lettered since the last one, with the latest reason (the dead letter has every record's)."""
+    def _log_dead_letters(self, outcome: Outcome | None = None, *, force: bool = False) -> None:
+        """One warning line, at most every :data:`DEAD_LETTER_LOG_EVERY` seconds (``force``: now, as the sink
+        stops), for the records this sink dead-lettered since the last one, with the latest reason (the dead
+        letter has every record's)."""
         if outcome is not None and outcome.dead:
             self._dead_unlogged += len(outcome.dead)
             self._dead_reason = outcome.dead[-1].reason
         now = time.monotonic()
-        if not self._dead_unlogged or now - self._dead_logged_at < DEAD_LETTER_LOG_EVERY:
+        if not self._dead_unlogged or (not force and now - self._dead_logged_at < DEAD_LETTER_LOG_EVERY):
             return
         log.warning("sink %s: %d record%s dead-lettered, the latest: %s; see traceexport dlq list --sink %s",
                     self.sink.name, self._dead_unlogged, "" if self._dead_unlogged == 1 else "s",
