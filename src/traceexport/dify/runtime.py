@@ -203,6 +203,10 @@ class Exporter:
             except SpoolFullError as exc:
                 STATS.incr("spool_full_waits")
                 RATE_LOG("dify.hook.spool_full", retry_after=exc.retry_after, slot=str(self.slot))
+                if exc.stored:  # went in a record at a time until the spool filled: those are in
+                    STATS.incr("accepted", len(exc.stored))
+                    stored = set(exc.stored)
+                    records = [record for index, record in enumerate(records) if index not in stored]
                 if self._stopping.wait(max(exc.retry_after, 0.1)):
                     STATS.incr("dropped_shutdown", len(records))
                     return
