@@ -25,11 +25,11 @@ from typing import Any
 from traceexport.cli.common import Progress, exit_2_on_bad_input
 from traceexport.cli.replay_cmd import report
 from traceexport.cli.serve_cmd import add_common_flags, overrides_from
-from traceexport.cli.spool_delivery import DaemonConflict, SpoolDelivery
+from traceexport.cli.spool_delivery import SpoolDelivery
 from traceexport.cli.timespec import TimeSpecError, is_span, parse_time
 from traceexport.config import Config, resolve_config
 from traceexport.config.resolve import DATABASE_URL_ENV
-from traceexport.errors import RecordError, SourceError
+from traceexport.errors import DaemonConflictError, RecordError, SourceError
 from traceexport.logs import setup_logging
 
 MAX_PROBLEMS = 20
@@ -250,7 +250,7 @@ def _backfill(config: Config, job: Job, reader: Any, args: argparse.Namespace) -
     out = _progress(job, reader, args)
     try:
         delivery = SpoolDelivery(config, spool_dir, out.line, "backfill", enrich_ahead=True)
-    except DaemonConflict as exc:
+    except DaemonConflictError as exc:
         out.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2

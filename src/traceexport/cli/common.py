@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from traceexport.errors import ConfigError, RecordError, SourceError
+from traceexport.errors import ConfigError, DaemonConflictError, RecordError, SourceError
 from traceexport.records import Record
 from traceexport.records.stream import Piece, piece_record, stream_pieces
 
@@ -142,10 +142,11 @@ class Progress:
 
 
 def exit_2_on_bad_input(run: Callable[[], int]) -> int:
-    """``run()``; a SourceError (one line) or ConfigError (its problems) is printed and becomes exit 2."""
+    """``run()``; a SourceError or DaemonConflictError (one line) or ConfigError (its problems) is printed and
+    becomes exit 2."""
     try:
         return run()
-    except SourceError as exc:
+    except (SourceError, DaemonConflictError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ConfigError as exc:

@@ -17,9 +17,9 @@ from typing import Any
 
 from traceexport.cli.common import spool_option
 from traceexport.cli.status_cmd import add_spool_argument
-from traceexport.errors import ConfigError, RecordError, SpoolFullError, TraceExportError
+from traceexport.errors import ConfigError, DaemonConflictError, RecordError, SpoolFullError, TraceExportError
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter, spool_dir_default
-from traceexport.pipeline.owner import owner
+from traceexport.pipeline.owner import delivering_daemon, owner
 from traceexport.pipeline.prepared import Prepare
 from traceexport.records import Record, parse_records
 from traceexport.sinks import SINK_MODULES, create_sink
@@ -48,7 +48,9 @@ def register(sub: Any) -> None:
         "export", help="map and deliver records from files to one or more sinks",
         description="Map Dify trace records and deliver them to the named sinks, through a durable spool: "
                     "records are retried with backoff, refused ones are kept in the dead letter, and an "
-                    "interrupted export resumes when run again on the same spool. Sinks are configured "
+                    "interrupted export resumes when run again on the same spool. When a serve daemon delivers "
+                    "from that spool to every named sink, it sends the records; when it delivers to none of "
+                    "them, export does (a sink list only partly covered by it is refused). Sinks are configured "
                     "by their usual environment variables (OPIK_*, LANGFUSE_*, OTEL_EXPORTER_OTLP_*, "
                     "AMPLITUDE_*, TRACEEXPORT_FILE_SINK_DIR). With TRACEEXPORT_DIFY_DATABASE_URL set, workflow "
                     "records get their node spans from Dify's database, as with serve and replay.",
@@ -149,19 +151,21 @@ def deliver(spool_dir: Path, routes: list[Route], records: Sequence[Record], set
     names = pipe.sink_names
     before_dlq = deadletter.last_id(pipe.spool)
     before = {n: pipe.spool.counters().get(n, {}).get("exported", 0) for n in names}
-    daemon = owner(spool_dir)
-    if daemon is not None and daemon.sinks and set(names) & set(daemon.sinks):
-        if not set(names) <= set(daemon.sinks):  # two processes must not deliver to one sink
-            others = ", ".join(sorted(set(names) - set(daemon.sinks)))
-            print(f"error: {daemon.describe()} is delivering from spool {spool_dir} to "
-                  f"{', '.join(daemon.sinks)}, not to {others}: deliver to those separately, or use a spool "
-                  "of your own (--spool)", file=sys.stderr)
-            pipe.stop()
-            pipe.close()
-            return 2
+    try:
+        daemon = delivering_daemon(spool_dir, names)
+    except DaemonConflictError as exc:  # two processes must not deliver to one sink
+        print(f"error: {exc}", file=sys.stderr)
+        pipe.stop()
+        pipe.close()
+        return 2
+    if daemon is not None:
         print(f"{daemon.describe()} is delivering from spool {spool_dir}: it sends these records "
               "(with its own retry settings)", file=sys.stderr)
     else:
+        other = owner(spool_dir)
+        if other is not None:
+            print(f"{other.describe()} delivering from spool {spool_dir} does not deliver to {', '.join(names)}; "
+                  "delivering them here", file=sys.stderr)
         pipe.start()
     try:
         if not _accept_all(pipe, records, deadline):

@@ -364,3 +364,44 @@ def test_export_hands_records_to_the_daemon_holding_the_spool(tmp_path: Path, ca
         lock.release()
     assert main(["status", "--spool", str(spool), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["sinks"]["file"]["queue_depth"] == 1
+
+
+def test_replay_delivers_itself_to_a_sink_the_daemon_does_not_deliver_to(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str],
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beside a daemon delivering to other sinks, `replay --to file` delivers itself as `export` does; a sink
+    list the daemon covers only in part is refused by both with the same one line (exit 2)."""
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    spool = tmp_path / "spool"
+    sample = str(SAMPLES / "05-message-chat.json")
+    lock = DaemonLock(spool, ["dbg", "otlp"])
+    try:
+        assert main(["replay", sample, "--spool", str(spool), "--to", "file", "--no-progress"]) == 0
+        err = capsys.readouterr().err
+        assert "does not deliver to file; delivering them here" in err and "stop that daemon" not in err
+        assert (tmp_path / "out" / "otlp.jsonl").is_file()
+        for argv in (["replay", sample, "--no-progress"], ["export", sample]):
+            assert main([*argv, "--spool", str(spool), "--to", "file,otlp"]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "to dbg, otlp, not to file: deliver to otlp and to file in " \
+                                             "separate runs" in err
+    finally:
+        lock.release()
+
+
+def test_delivering_daemon_is_the_one_rule(tmp_path: Path) -> None:
+    """`delivering_daemon` names the daemon when it delivers to every sink, None when to none or no daemon runs,
+    and refuses a daemon delivering to some of them."""
+    from traceexport.errors import DaemonConflictError
+    from traceexport.pipeline.owner import delivering_daemon
+
+    assert delivering_daemon(tmp_path, ["opik"]) is None
+    lock = DaemonLock(tmp_path, ["opik", "amplitude"])
+    try:
+        daemon = delivering_daemon(tmp_path, ["opik"])
+        assert daemon is not None and daemon.pid == os.getpid()
+        assert delivering_daemon(tmp_path, ["file"]) is None
+        with pytest.raises(DaemonConflictError, match="not to file"):
+            delivering_daemon(tmp_path, ["opik", "file"])
+    finally:
+        lock.release()
