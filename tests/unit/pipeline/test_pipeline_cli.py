@@ -405,3 +405,38 @@ def test_delivering_daemon_is_the_one_rule(tmp_path: Path) -> None:
             delivering_daemon(tmp_path, ["opik", "file"])
     finally:
         lock.release()
+
+
+def test_dlq_replay_of_a_sink_the_daemon_does_not_deliver_to(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dead letters of a retired sink beside a daemon: `dlq list` suggests no command that cannot deliver,
+    `dlq replay` without its sinks moves nothing (exit 2, saying why), and with them delivers it here."""
+    for name in ("TRACEEXPORT_TO", "TRACEEXPORT_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    sink = ScriptedSink("gone", fail_first(99, ItemFailure("gone refused (422)", True, 422)))
+    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.accept(make_records(2))
+        pipe.start()
+        assert pipe.wait_idle(10)
+    config = tmp_path / "gone.yaml"
+    config.write_text(f"sinks:\n  gone:\n    type: file\n    path: {tmp_path / 'out'}\n", encoding="utf-8")
+    lock = DaemonLock(tmp_path, ["dbg"])
+    try:
+        assert main(["dlq", "list", "--spool", str(tmp_path)]) == 0
+        hint = capsys.readouterr().out.splitlines()[-1]
+        assert f"'traceexport dlq replay --spool {tmp_path} --config FILE' sends them again (FILE: the config " \
+               "file defining gone, which no daemon delivers to;" in hint
+        assert main(["dlq", "replay", "--spool", str(tmp_path)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and "it sends them now" not in captured.err
+        assert "does not deliver to gone, so 'dlq replay' delivers the records itself and needs their sinks: " \
+               "add --config" in captured.err and "nothing was moved" in captured.err
+        assert main(["dlq", "replay", "--spool", str(tmp_path), "--config", str(config)]) == 0
+        captured = capsys.readouterr()
+        assert "2 records queued again for gone" in captured.out and "does not deliver to gone: delivering " \
+                                                                     "those here" in captured.out
+        assert "gone: 2 records delivered" in captured.err
+    finally:
+        lock.release()
+    assert main(["dlq", "list", "--spool", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
