@@ -58,8 +58,9 @@ def register(subparsers: Any) -> None:
 def add_dify_db_flags(parser: argparse.ArgumentParser, *, since_required: bool = False) -> None:
     """The flags ``backfill`` and ``audit`` share: the database and the window."""
     parser.add_argument("--dify-db", metavar="URL",
-                        help="Dify's PostgreSQL, postgresql://user:password@host:port/dbname "
-                             f"(env {DATABASE_URL_ENV}); a read-only login is enough")
+                        help="Dify's PostgreSQL, postgresql://user:password@host:port/dbname (env "
+                             f"{DATABASE_URL_ENV}, else the config file's enrich.database_url); a read-only "
+                             "login is enough")
     parser.add_argument("--since", metavar="T", required=since_required,
                         help="from this time (ISO date or datetime, UTC unless an offset is given, or a span back "
                              "from now: 30d, 12h)" + ("" if since_required else "; default: the beginning"))
@@ -79,13 +80,12 @@ def add_dify_db_flags(parser: argparse.ArgumentParser, *, since_required: bool =
 class Job:
     """What a backfill or audit reads, from the flags: the database, its window, the reader."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, url: str) -> None:
+        """``url``: Dify's database, as :func:`resolve_with_database` found it."""
         from traceexport.difydb import REBUILDABLE, Window
         from traceexport.difydb.reader import NOT_REBUILDABLE
 
-        self.url = args.dify_db or os.environ.get(DATABASE_URL_ENV) or ""
-        if not self.url.strip():
-            raise SourceError(f"no Dify database: pass --dify-db URL or set {DATABASE_URL_ENV}")
+        self.url = url
         try:
             since = parse_time(args.since, flag="--since") if args.since else None
             until = parse_time(args.until, flag="--until") if args.until else parse_time("0s")
@@ -164,13 +164,20 @@ def _is_uuid(text: str) -> bool:
     return True
 
 
-def resolve_with_database(args: argparse.Namespace, url: str) -> Config:
-    """The config, with Dify's database as the node enricher's unless one is configured."""
+def resolve_with_database(args: argparse.Namespace) -> tuple[Config, str]:
+    """The config and Dify's database: ``--dify-db``, else ``TRACEEXPORT_DIFY_DATABASE_URL``, else the config
+    file's ``enrich.database_url`` (the one the daemon's enricher and periodic audit read). The node enricher
+    reads the same database. SourceError when none is given."""
     env = dict(os.environ)
-    env.setdefault(DATABASE_URL_ENV, url)
+    if args.dify_db and args.dify_db.strip():
+        env[DATABASE_URL_ENV] = args.dify_db  # the flag wins over the variable, which wins over the file
     config = resolve_config(overrides_from(args), env, serve=False)
     setup_logging(config.log_level, os.environ.get("TRACEEXPORT_LOG_FORMAT") or config.log_format)
-    return config
+    url = config.enrich.database_url.get_secret_value() if config.enrich.database_url is not None else ""
+    if not url.strip():
+        raise SourceError(f"no Dify database: pass --dify-db URL, set {DATABASE_URL_ENV}, or set "
+                          "enrich.database_url in the config file (--config)")
+    return config, url
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,8 +189,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    job = Job(args)
-    config = resolve_with_database(args, job.url)
+    config, url = resolve_with_database(args)
+    job = Job(args, url)
     try:
         reader = job.open(page_size=args.page_size, max_rate=args.max_rate)
         if args.dry_run:
