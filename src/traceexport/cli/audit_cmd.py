@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from traceexport.cli.backfill_cmd import Job, add_dify_db_flags, resolve_with_database
-from traceexport.cli.common import exit_2_on_bad_input
+from traceexport.cli.common import exit_2_on_bad_input, seconds_to_wait
 from traceexport.cli.serve_cmd import add_common_flags, overrides_from
 from traceexport.config import Config
 from traceexport.errors import SourceError
@@ -47,7 +47,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--fix", action="store_true",
                         help="backfill exactly the missing and different records to the sinks lacking them, "
                              "then audit again")
-    parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+    parser.add_argument("--timeout", type=seconds_to_wait(), default=600.0, metavar="SECONDS",
                         help="with --fix: how long to wait for delivery (default 600)")
     parser.set_defaults(func=run)
 

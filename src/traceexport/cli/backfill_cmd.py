@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from traceexport.cli.common import Progress, exit_2_on_bad_input
+from traceexport.cli.common import Progress, exit_2_on_bad_input, number, seconds_to_wait, whole_number
 from traceexport.cli.replay_cmd import report
 from traceexport.cli.serve_cmd import add_common_flags, overrides_from
 from traceexport.cli.spool_delivery import SpoolDelivery
@@ -44,14 +44,14 @@ def register(subparsers: Any) -> None:
     add_common_flags(parser, serve=False)
     parser.add_argument("--dry-run", action="store_true",
                         help="read, rebuild and map only; print counts per type; send nothing")
-    parser.add_argument("--max-rate", type=float, metavar="ROWS_PER_S",
+    parser.add_argument("--max-rate", type=number(0, 1e9, above=True), metavar="ROWS_PER_S",
                         help="read at most this many rows per second (spares a production database)")
     parser.add_argument("--restart", action="store_true", help="ignore this job's checkpoint and start over")
-    parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+    parser.add_argument("--timeout", type=seconds_to_wait(), default=600.0, metavar="SECONDS",
                         help="how long to wait for delivery to finish (default 600)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar with rate and ETA on stderr (default: when stderr is a terminal)")
-    parser.add_argument("--page-size", type=int, default=500, help=argparse.SUPPRESS)
+    parser.add_argument("--page-size", type=whole_number(1, 100_000), default=500, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
@@ -73,7 +73,7 @@ def add_dify_db_flags(parser: argparse.ArgumentParser, *, since_required: bool =
     parser.add_argument("--files-url", metavar="URL",
                         help="Dify's FILES_URL, which prefixes file links in records (env FILES_URL; "
                              "default http://127.0.0.1:5001, Dify's own default)")
-    parser.add_argument("--statement-timeout", type=float, default=60.0, metavar="SECONDS",
+    parser.add_argument("--statement-timeout", type=number(0, 86400, above=True), default=60.0, metavar="SECONDS",
                         help="longest any one query may run on Dify's database (default 60)")
 
 
@@ -182,9 +182,6 @@ def resolve_with_database(args: argparse.Namespace) -> tuple[Config, str]:
 
 def run(args: argparse.Namespace) -> int:
     """Backfill; the exit code."""
-    if args.page_size < 1 or (args.max_rate is not None and args.max_rate <= 0) or args.statement_timeout <= 0:
-        print("error: --max-rate and --statement-timeout must be positive", file=sys.stderr)
-        return 2
     return exit_2_on_bad_input(lambda: _run(args))
 
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from traceexport.cli.common import spool_option
+from traceexport.cli.common import seconds_to_wait, spool_option
 from traceexport.cli.status_cmd import add_spool_argument, query_spool, spool_exists, spool_path
 from traceexport.cli.timespec import TimeSpecError, parse_epoch
 from traceexport.config import Config, Overrides, resolve_config
@@ -77,7 +77,7 @@ def register(sub: Any) -> None:
     again.add_argument("--config", metavar="FILE",
                        help="for sinks no daemon delivers to: the config file defining the sinks, their retry settings "
                             "and, without --spool, the spool (env TRACEEXPORT_CONFIG)")
-    again.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+    again.add_argument("--timeout", type=seconds_to_wait(), default=300.0, metavar="SECONDS",
                        help="when delivering here: stop waiting after this long; what is left stays in the "
                             "spool (default: 300)")
     again.add_argument("--since", type=parse_when, metavar="T",

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from traceexport.cli.common import spool_option
+from traceexport.cli.common import number, seconds_to_wait, spool_option, whole_number
 from traceexport.cli.status_cmd import add_spool_argument
 from traceexport.errors import ConfigError, DaemonConflictError, RecordError, SpoolFullError, TraceExportError
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter, spool_dir_default
@@ -66,11 +66,11 @@ def register(sub: Any) -> None:
     add_spool_argument(parser)
     parser.add_argument("--type", dest="type_name", metavar="TYPE",
                         help="record type of bare TraceInfo objects that do not say theirs (e.g. workflow)")
-    parser.add_argument("--max-attempts", type=int, default=6, metavar="N",
-                        help="attempts per record before it goes to the dead letter (default: 6)")
-    parser.add_argument("--max-age", type=float, default=60.0, metavar="SECONDS",
-                        help="stop retrying a record this long after its first attempt (default: 60)")
-    parser.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+    parser.add_argument("--max-attempts", type=whole_number(1, 10_000), default=6, metavar="N",
+                        help="attempts per record before it goes to the dead letter, 1 to 10000 (default: 6)")
+    parser.add_argument("--max-age", type=number(0, 365 * 86400), default=60.0, metavar="SECONDS",
+                        help="stop retrying a record this long after its first attempt, 0 to a year (default: 60)")
+    parser.add_argument("--timeout", type=seconds_to_wait(), default=300.0, metavar="SECONDS",
                         help="stop waiting for delivery after this long; what is left stays in the spool "
                              "(default: 300)")
     parser.set_defaults(func=run)

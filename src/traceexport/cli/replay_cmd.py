@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from traceexport.cli.common import Progress, spool_option
+from traceexport.cli.common import Progress, seconds_to_wait, spool_option, whole_number
 from traceexport.cli.serve_cmd import add_common_flags, overrides_from
 from traceexport.cli.spool_delivery import SpoolDelivery
 from traceexport.config import Config, resolve_config
@@ -47,11 +47,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--state", metavar="FILE",
                         help="ledger of records already sent (default: <spool>/replay-ledger.sqlite)")
     parser.add_argument("--dry-run", action="store_true", help="parse and map only; report counts; send nothing")
-    parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+    parser.add_argument("--timeout", type=seconds_to_wait(), default=600.0, metavar="SECONDS",
                         help="how long to wait for delivery to finish (default 600)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: when stderr is a terminal)")
-    parser.add_argument("--batch", type=int, default=500, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=whole_number(1, 100_000), default=500, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 

@@ -440,3 +440,27 @@ def test_dlq_replay_of_a_sink_the_daemon_does_not_deliver_to(tmp_path: Path, cap
         lock.release()
     assert main(["dlq", "list", "--spool", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["export", "--to", "file", "--max-attempts", "0", "-"], "argument --max-attempts: 0 is not from 1 to 10000"),
+    (["export", "--to", "file", "--max-attempts", "x", "-"], "argument --max-attempts: not a whole number: 'x'"),
+    (["export", "--to", "file", "--max-age", "-5", "-"], "argument --max-age: -5 is not from 0 to 31536000"),
+    (["export", "--to", "file", "--timeout", "nan", "-"], "argument --timeout: nan is not from 0 to 2592000"),
+    (["replay", "--to", "file", "--timeout", "-1", "-"], "argument --timeout: -1 is not from 0"),
+    (["replay", "--to", "file", "--batch", "0", "-"], "argument --batch: 0 is not from 1 to 100000"),
+    (["dlq", "replay", "--timeout", "1e400"], "argument --timeout: 1e400 is not from 0"),
+    (["backfill", "--max-rate", "0"], "argument --max-rate: 0 is not more than 0"),
+    (["backfill", "--page-size", "-3"], "argument --page-size: -3 is not from 1 to 100000"),
+    (["backfill", "--statement-timeout", "0"], "argument --statement-timeout: 0 is not more than 0"),
+    (["backfill", "--timeout", "soon"], "argument --timeout: not a number: 'soon'"),
+    (["audit", "--since", "1d", "--timeout", "-2"], "argument --timeout: -2 is not from 0"),
+    (["audit", "--since", "1d", "--statement-timeout", "inf"], "argument --statement-timeout: inf is not more than 0"),
+])
+def test_every_numeric_flag_is_checked_for_range(argv: list[str], message: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Each command's numbers out of range (or not numbers) are a one-line usage error, exit 2, before any work."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and message in err and "Traceback" not in err
