@@ -109,6 +109,21 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sink", help="only this sink's dead letters")
 
 
+def _unknown_sink(args: argparse.Namespace) -> bool:
+    """True, after saying so (one line), when ``--sink`` names a sink the spool never had, or when the spool
+    cannot be read; a spool not created yet knows no sink and has no dead letter either, so it passes."""
+    if not args.sink:
+        return False
+    names = query_spool(args, lambda spool: set(spool.sink_bits()), {args.sink})  # no spool yet: no complaint
+    if names is None:  # the spool cannot be read: said already
+        return True
+    if args.sink in names:
+        return False
+    print(f"error: this spool has no sink named {args.sink!r} ('traceexport status{spool_option(spool_path(args))}' "
+          "lists them)", file=sys.stderr)
+    return True
+
+
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
     return 2
@@ -142,6 +157,8 @@ def _readable(entry: deadletter.DeadLetterEntry) -> dict[str, Any]:
 
 def run_list(args: argparse.Namespace) -> int:
     """Print dead letters as a table or JSON."""
+    if _unknown_sink(args):
+        return 2
     none: list[deadletter.DeadLetterEntry] = []
     entries = query_spool(args, lambda spool: deadletter.list_entries(spool, args.sink), none)
     if entries is None:
@@ -215,6 +232,8 @@ def run_replay(args: argparse.Namespace) -> int:
             return 2
     spool_dir = Path(config.spool.dir) if config is not None else spool_path(args)
     args.spool = spool_dir
+    if _unknown_sink(args):
+        return 2
     none: dict[str, int] = {}
     matching = query_spool(args, lambda spool: deadletter.count_by_sink(spool, args.sink, args.since, args.ids), none)
     if matching is None:
@@ -309,6 +328,8 @@ def _deliver_here(config: Config, spool_dir: Path, sinks: list[str], timeout: fl
 
 def run_purge(args: argparse.Namespace) -> int:
     """Delete matching dead letters; refuses without --yes."""
+    if _unknown_sink(args):
+        return 2
     if not args.yes:
         would = query_spool(args, lambda spool: deadletter.count(spool, args.sink, before=args.before), 0)
         if would is not None:
@@ -324,7 +345,8 @@ def run_purge(args: argparse.Namespace) -> int:
 def run_retire(args: argparse.Namespace) -> int:
     """Dead-letter every record still owed to one sink."""
     moved = _query_one(args, lambda spool: deadletter.retire(spool, args.sink),
-                       f"this spool has no sink named {args.sink!r} ('traceexport status' lists them)")
+                       f"this spool has no sink named {args.sink!r} "
+                       f"('traceexport status{spool_option(spool_path(args))}' lists them)")
     if moved is None:
         return 2
     print(f"{moved} record{'s' if moved != 1 else ''} still owed to {args.sink} moved to its dead letter; "

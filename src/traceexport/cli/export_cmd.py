@@ -17,12 +17,13 @@ from typing import Any
 
 from traceexport.cli.common import number, seconds_to_wait, spool_option, whole_number
 from traceexport.cli.status_cmd import add_spool_argument
+from traceexport.config.models import SINK_TYPES
 from traceexport.errors import ConfigError, DaemonConflictError, RecordError, SpoolFullError, TraceExportError
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter, spool_dir_default
 from traceexport.pipeline.owner import delivering_daemon, owner
 from traceexport.pipeline.prepared import Prepare
 from traceexport.records import Record, parse_records
-from traceexport.sinks import SINK_MODULES, create_sink
+from traceexport.sinks import create_sink
 
 _CHUNK = 500
 
@@ -37,6 +38,8 @@ def build_routes(sink_types: Sequence[str], env: Mapping[str, str] | None = None
 
     routes = []
     for sink_type in sink_types:
+        if sink_type not in SINK_TYPES:  # the sink types serve --to and the README know (not the hook's forward)
+            raise ConfigError([f"unknown sink type {sink_type!r} (known: {', '.join(sorted(SINK_TYPES))})"])
         sink = create_sink(sink_type, env=env)
         routes.append(Route(sink=sink, mapping=load_mapping(sink.backend)))
     return routes
@@ -62,7 +65,7 @@ def register(sub: Any) -> None:
                         help="JSON, JSON array or JSON lines of Dify records (TaskData envelopes or bare "
                              "TraceInfo objects); '-' reads stdin. Without FILE, delivers what the spool holds.")
     parser.add_argument("--to", required=True, metavar="SINK[,SINK...]",
-                        help=f"sinks to deliver to, comma-separated: {', '.join(sorted(SINK_MODULES))}")
+                        help=f"sinks to deliver to, comma-separated: {', '.join(sorted(SINK_TYPES))}")
     add_spool_argument(parser)
     parser.add_argument("--type", dest="type_name", metavar="TYPE",
                         help="record type of bare TraceInfo objects that do not say theirs (e.g. workflow)")

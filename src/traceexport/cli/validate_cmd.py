@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {line}", file=sys.stderr)
         return 2
     checked = ", ".join(m.files[-1] if m.files else m.backend for m in mappings)
+    if args.config:  # name every file checked: the config first
+        checked = f"config {args.config}; mappings {checked}"
     suffix = f"; {mapped} record mappings succeeded" if args.records else ""
     print(f"ok: {checked}{suffix}")
     return 0

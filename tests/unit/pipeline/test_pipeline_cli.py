@@ -464,3 +464,50 @@ def test_every_numeric_flag_is_checked_for_range(argv: list[str], message: str,
         main(argv)
     err = capsys.readouterr().err
     assert exited.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_dlq_commands_name_a_sink_the_spool_never_had(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`dlq list/replay/purge --sink NOSUCH` say the sink is unknown (exit 2), as `dlq retire` does, instead
+    of an empty dead letter; a known sink with no dead letters is still 'empty' (exit 0)."""
+    _spool_with_dead_letters(tmp_path, 1)
+    for action in (["list"], ["replay", "--to", "file"], ["purge", "--yes"], ["retire"]):
+        argv = ["dlq", action[0], "--spool", str(tmp_path), *action[1:]]
+        assert main([*argv, "nosuch"] if action == ["retire"] else [*argv, "--sink", "nosuch"]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.endswith(f"error: this spool has no sink named 'nosuch' ('traceexport status --spool "
+                                     f"{tmp_path}' lists them)\n")
+    assert main(["dlq", "list", "--spool", str(tmp_path / "none"), "--sink", "nosuch"]) == 0  # no spool yet
+
+
+def test_export_knows_the_sink_types_serve_and_the_readme_know(capsys: pytest.CaptureFixture[str]) -> None:
+    """`export --help` lists the sink types `serve --to` takes (not the hook's forward sink), and
+    `export --to forward` is an unknown sink type."""
+    from traceexport.config.models import SINK_TYPES
+
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    listed = " ".join(capsys.readouterr().out.split()).split("comma-separated: ", 1)[1].split(" --", 1)[0]
+    assert sorted(name.strip() for name in listed.split(",")) == sorted(SINK_TYPES)
+    assert main(["export", "--to", "forward", "-"]) == 2
+    assert "unknown sink type 'forward' (known: amplitude, file, langfuse, opik, otlp)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("variable", "typed"), [("OTEL_EXPORTER_OTLP_ENDPOINT", "notaurl"),
+                                                 ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://collector")])
+def test_a_bad_otlp_endpoint_is_quoted_as_typed(variable: str, typed: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad OTLP endpoint is quoted as the user typed it, without the /v1/traces the sink would append."""
+    monkeypatch.setenv(variable, typed)
+    assert main(["export", "--to", "otlp", "--spool", str(tmp_path), "-"]) == 2
+    err = capsys.readouterr().err
+    assert f"{variable}: must be an http:// or https:// URL, got {typed!r}\n" in err and "/v1/traces" not in err
+
+
+def test_validate_config_names_the_config_it_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`validate --config X` says ok for X by name, then for the mappings."""
+    config = tmp_path / "traceexport.yaml"
+    config.write_text(f"spool:\n  dir: {tmp_path / 'spool'}\nsinks:\n  out:\n    type: file\n", encoding="utf-8")
+    assert main(["validate", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.startswith(f"ok: config {config}; mappings ")
