@@ -511,3 +511,41 @@ def test_validate_config_names_the_config_it_checked(tmp_path: Path, capsys: pyt
     config.write_text(f"spool:\n  dir: {tmp_path / 'spool'}\nsinks:\n  out:\n    type: file\n", encoding="utf-8")
     assert main(["validate", "--config", str(config)]) == 0
     assert capsys.readouterr().out.startswith(f"ok: config {config}; mappings ")
+
+
+def test_status_shows_the_dead_letter_as_it_is_now(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a successful `dlq replay`, status's IN DLQ column is 0 (the footnote says what it counts) while the
+    lifetime dead_lettered counter of --json and /metrics keeps rising, never going back."""
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    sink = ScriptedSink("file", fail_first(99, ItemFailure("file refused (422)", True, 422)))
+    with Pipeline(tmp_path / "spool", [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.accept(make_records(3))
+        pipe.start()
+        assert pipe.wait_idle(10)
+
+    def dlq_cell() -> str:
+        assert main(["status", "--spool", str(tmp_path / "spool")]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        headings = re.split(r"\s{2,}", lines[1].strip())
+        assert headings[5] == "IN DLQ" and "DEAD" not in headings
+        assert any(line.startswith("ACCEPTED..DROPPED: totals since the spool began; IN DLQ: entries in the dead "
+                                   "letter now") for line in lines)
+        return next(line.split() for line in lines if line.startswith("file "))[5]
+
+    assert dlq_cell() == "3"
+    assert main(["dlq", "replay", "--spool", str(tmp_path / "spool"), "--to", "file"]) == 0
+    capsys.readouterr()
+    assert dlq_cell() == "0"
+    assert main(["status", "--spool", str(tmp_path / "spool"), "--json"]) == 0
+    snap = json.loads(capsys.readouterr().out)
+    assert snap["sinks"]["file"]["dead_lettered"] == 3 and snap["dead_letters"] == {}
+    from traceexport.pipeline.metrics import prometheus_text, snapshot
+
+    spool = Spool(tmp_path / "spool", create=False)
+    try:
+        text = prometheus_text(snapshot(spool))
+    finally:
+        spool.close()
+    assert 'traceexport_records_dead_lettered_total{sink="file"} 3' in text
+    assert 'traceexport_dead_letters{sink="file"} 0' in text
