@@ -8,6 +8,7 @@
     │   └── RecordTooLargeError     .indexes: records that can never fit in the spool (permanent)
     ├── RequestError                .status: a call to the console's JSON API is malformed (400, 404, 413)
     ├── SourceError                 a source cannot be read (Dify's database: unreachable, refused, unknown schema)
+    ├── DaemonConflictError         a daemon delivers from the spool to some of a command's sinks, not all
     ├── SpoolFullError              back-pressure: the spool refuses new input (retryable)
     │   ├── SpoolUnavailableError   the spool cannot take input now (no descriptor left for a connection)
     │   └── DiskFullError           the spool's filesystem is full (retryable)
@@ -95,6 +96,15 @@ class SourceError(TraceExportError):
         super().__init__(" ".join(message.split()))
 
 
+class DaemonConflictError(TraceExportError):
+    """A ``serve`` daemon delivers from the spool to some of a command's sinks but not to all: the command can
+    neither hand its records to that daemon nor deliver them itself (two processes must never deliver to one
+    sink). The message is one line and says what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+
 class SpoolFullError(TraceExportError):
     """The spool is at its size limit; the caller should retry after ``retry_after`` seconds.
 
@@ -140,6 +150,7 @@ class PermanentExportError(ExportError):
 
 __all__ = [
     "ConfigError",
+    "DaemonConflictError",
     "DiskFullError",
     "ExportError",
     "PermanentExportError",

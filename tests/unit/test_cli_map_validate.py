@@ -148,6 +148,32 @@ def test_validate_builtin_mappings_and_samples(capsys: pytest.CaptureFixture[str
     assert "28 record mappings succeeded" in out
 
 
+def test_validate_option_applies_to_the_mappings_that_have_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """`validate --option node_events=true` (the --help example) checks all four built-ins, applying the option
+    to amplitude, the one that has it; an option no checked mapping has is one problem naming their options."""
+    from traceexport.cli import validate_cmd
+
+    loaded: list[tuple[str, dict[str, object]]] = []
+    real_load = validate_cmd._load
+
+    def load(target: str, options: dict[str, object]) -> object:
+        loaded.append((target, dict(options)))
+        return real_load(target, options)
+
+    with patch.object(validate_cmd, "_load", load):
+        assert main(["validate", "--records", str(SAMPLES / "01-workflow-ok.json"),
+                     "--option", "node_events=true"]) == 0
+    assert "4 record mappings succeeded" in capsys.readouterr().out
+    assert [options for target, options in loaded if options] == [{"node_events": True}]
+    assert ("amplitude", {"node_events": True}) in loaded
+    assert main(["validate", "--option", "nosuch=1"]) == 2
+    err = capsys.readouterr().err
+    assert "mapping option 'nosuch': not an option of any checked mapping (opik: send_content;" in err
+    assert err.count("nosuch") == 1
+    assert main(["validate", "--mapping", "opik", "--option", "node_events=true"]) == 2
+    assert "not an option of the mapping (opik: send_content)" in capsys.readouterr().err
+
+
 def test_validate_points_at_file_line_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A broken mapping makes `validate` exit 2 listing file:line: key.path for each problem."""
     broken = tmp_path / "broken.yaml"

@@ -7,6 +7,9 @@ reason) and which were delivered with different content. --fix backfills exactly
 records, each only to the sinks that lack it, then audits again (with --json: one object holding "before",
 "fixed" (records sent per sink) and "after").
 
+The sinks: those of --config/--to; without either, those the spool has delivered to (a sink named after its
+type, e.g. langfuse, built from its environment variables; a sink only a config file defines needs --config).
+Dify's database: --dify-db, else TRACEEXPORT_DIFY_DATABASE_URL, else the config file's enrich.database_url.
 The ledger keeps acknowledgements for ledger.retention (30 days by default): audit windows older than that
 report everything as missing. Exit codes: 0 nothing missing or different; 3 something is; 2 bad input
 (database unreachable or refused, unknown schema, bad flags, unknown sink).
@@ -16,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from traceexport.cli.backfill_cmd import Job, add_dify_db_flags, resolve_with_database
-from traceexport.cli.common import exit_2_on_bad_input
-from traceexport.cli.serve_cmd import add_common_flags
+from traceexport.cli.common import exit_2_on_bad_input, seconds_to_wait
+from traceexport.cli.serve_cmd import add_common_flags, overrides_from
 from traceexport.config import Config
 from traceexport.errors import SourceError
 
@@ -36,12 +40,14 @@ def register(subparsers: Any) -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dify_db_flags(parser, since_required=True)
     add_common_flags(parser, serve=False)
-    parser.add_argument("--sink", metavar="NAME[,NAME...]", help="only these sinks (default: every configured one)")
+    parser.add_argument("--sink", metavar="NAME[,NAME...]",
+                        help="only these sinks (default: every sink of --config/--to; without either, every sink "
+                             "the spool has delivered to)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     parser.add_argument("--fix", action="store_true",
                         help="backfill exactly the missing and different records to the sinks lacking them, "
                              "then audit again")
-    parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+    parser.add_argument("--timeout", type=seconds_to_wait(), default=600.0, metavar="SECONDS",
                         help="with --fix: how long to wait for delivery (default 600)")
     parser.set_defaults(func=run)
 
@@ -52,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    job = Job(args)
-    config = _only_sinks(resolve_with_database(args, job.url), args.sink)
+    _sinks_from_spool(args)
+    config, url = resolve_with_database(args)
+    config = _only_sinks(config, args.sink)
+    job = Job(args, url)
     try:
         job.open()  # the schema's one-line errors before anything else
         report = audit(config, job)
@@ -77,10 +85,50 @@ def _run(args: argparse.Namespace) -> int:
         job.close()
 
 
+def _sinks_from_spool(args: argparse.Namespace) -> None:
+    """Without --config or --to (flag or variable), audit the sinks the spool has delivered to, as ``--to``
+    would name them: a sink named after its type (opik, langfuse, ...) is built from its environment
+    variables, with its built-in mapping. A sink only a config file defines (its name is not a type) needs
+    that file: SourceError when asked for (--sink) or when it is all there is, else one note on stderr."""
+    from traceexport.cli.status_cmd import spool_exists
+    from traceexport.config.models import SINK_TYPES
+    from traceexport.pipeline.spool import Spool, spool_dir_default
+
+    given = overrides_from(args).with_env(os.environ)
+    if given.config or given.to:
+        return
+    spool_dir = Path(given.spool) if given.spool else spool_dir_default()
+    if not spool_exists(spool_dir):
+        return  # the audit says there is no spool
+    spool = Spool(spool_dir, create=False)
+    try:
+        recorded = sorted(spool.sink_bits())
+    finally:
+        spool.close()
+    wanted = _names(args.sink) or recorded
+    unknown = [name for name in wanted if name not in recorded]
+    if unknown:
+        raise SourceError(f"--sink {unknown[0]}: spool {spool_dir} never delivered to a sink of that name "
+                          f"(it has: {', '.join(recorded) or 'none'})")
+    typed = [name for name in wanted if name in SINK_TYPES]
+    by_file = [name for name in wanted if name not in SINK_TYPES]
+    if by_file and (args.sink or not typed):
+        raise SourceError(f"sink {', '.join(by_file)} of spool {spool_dir} is defined by a config file (its "
+                          "type and mapping are not in the spool): pass --config with the file serve uses")
+    if by_file:
+        print(f"audit: not auditing {', '.join(by_file)} (defined by a config file: pass --config to audit them)",
+              file=sys.stderr)
+    args.to = ",".join(typed) or None
+
+
+def _names(text: str | None) -> list[str]:
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
+
+
 def _only_sinks(config: Config, names: str | None) -> Config:
     if not names:
         return config
-    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    wanted = _names(names)
     unknown = [n for n in wanted if n not in config.sinks]
     if unknown:
         raise SourceError(f"--sink {unknown[0]}: no such sink (configured: {', '.join(config.sinks)})")

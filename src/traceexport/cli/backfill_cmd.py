@@ -22,14 +22,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from traceexport.cli.common import Progress, exit_2_on_bad_input
+from traceexport.cli.common import Progress, exit_2_on_bad_input, number, seconds_to_wait, whole_number
 from traceexport.cli.replay_cmd import report
 from traceexport.cli.serve_cmd import add_common_flags, overrides_from
-from traceexport.cli.spool_delivery import DaemonConflict, SpoolDelivery
+from traceexport.cli.spool_delivery import SpoolDelivery
 from traceexport.cli.timespec import TimeSpecError, is_span, parse_time
 from traceexport.config import Config, resolve_config
 from traceexport.config.resolve import DATABASE_URL_ENV
-from traceexport.errors import RecordError, SourceError
+from traceexport.errors import DaemonConflictError, RecordError, SourceError
 from traceexport.logs import setup_logging
 
 MAX_PROBLEMS = 20
@@ -44,22 +44,23 @@ def register(subparsers: Any) -> None:
     add_common_flags(parser, serve=False)
     parser.add_argument("--dry-run", action="store_true",
                         help="read, rebuild and map only; print counts per type; send nothing")
-    parser.add_argument("--max-rate", type=float, metavar="ROWS_PER_S",
+    parser.add_argument("--max-rate", type=number(0, 1e9, above=True), metavar="ROWS_PER_S",
                         help="read at most this many rows per second (spares a production database)")
     parser.add_argument("--restart", action="store_true", help="ignore this job's checkpoint and start over")
-    parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+    parser.add_argument("--timeout", type=seconds_to_wait(), default=600.0, metavar="SECONDS",
                         help="how long to wait for delivery to finish (default 600)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar with rate and ETA on stderr (default: when stderr is a terminal)")
-    parser.add_argument("--page-size", type=int, default=500, help=argparse.SUPPRESS)
+    parser.add_argument("--page-size", type=whole_number(1, 100_000), default=500, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
 def add_dify_db_flags(parser: argparse.ArgumentParser, *, since_required: bool = False) -> None:
     """The flags ``backfill`` and ``audit`` share: the database and the window."""
     parser.add_argument("--dify-db", metavar="URL",
-                        help="Dify's PostgreSQL, postgresql://user:password@host:port/dbname "
-                             f"(env {DATABASE_URL_ENV}); a read-only login is enough")
+                        help="Dify's PostgreSQL, postgresql://user:password@host:port/dbname (env "
+                             f"{DATABASE_URL_ENV}, else the config file's enrich.database_url); a read-only "
+                             "login is enough")
     parser.add_argument("--since", metavar="T", required=since_required,
                         help="from this time (ISO date or datetime, UTC unless an offset is given, or a span back "
                              "from now: 30d, 12h)" + ("" if since_required else "; default: the beginning"))
@@ -72,20 +73,19 @@ def add_dify_db_flags(parser: argparse.ArgumentParser, *, since_required: bool =
     parser.add_argument("--files-url", metavar="URL",
                         help="Dify's FILES_URL, which prefixes file links in records (env FILES_URL; "
                              "default http://127.0.0.1:5001, Dify's own default)")
-    parser.add_argument("--statement-timeout", type=float, default=60.0, metavar="SECONDS",
+    parser.add_argument("--statement-timeout", type=number(0, 86400, above=True), default=60.0, metavar="SECONDS",
                         help="longest any one query may run on Dify's database (default 60)")
 
 
 class Job:
     """What a backfill or audit reads, from the flags: the database, its window, the reader."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, url: str) -> None:
+        """``url``: Dify's database, as :func:`resolve_with_database` found it."""
         from traceexport.difydb import REBUILDABLE, Window
         from traceexport.difydb.reader import NOT_REBUILDABLE
 
-        self.url = args.dify_db or os.environ.get(DATABASE_URL_ENV) or ""
-        if not self.url.strip():
-            raise SourceError(f"no Dify database: pass --dify-db URL or set {DATABASE_URL_ENV}")
+        self.url = url
         try:
             since = parse_time(args.since, flag="--since") if args.since else None
             until = parse_time(args.until, flag="--until") if args.until else parse_time("0s")
@@ -164,26 +164,30 @@ def _is_uuid(text: str) -> bool:
     return True
 
 
-def resolve_with_database(args: argparse.Namespace, url: str) -> Config:
-    """The config, with Dify's database as the node enricher's unless one is configured."""
+def resolve_with_database(args: argparse.Namespace) -> tuple[Config, str]:
+    """The config and Dify's database: ``--dify-db``, else ``TRACEEXPORT_DIFY_DATABASE_URL``, else the config
+    file's ``enrich.database_url`` (the one the daemon's enricher and periodic audit read). The node enricher
+    reads the same database. SourceError when none is given."""
     env = dict(os.environ)
-    env.setdefault(DATABASE_URL_ENV, url)
+    if args.dify_db and args.dify_db.strip():
+        env[DATABASE_URL_ENV] = args.dify_db  # the flag wins over the variable, which wins over the file
     config = resolve_config(overrides_from(args), env, serve=False)
     setup_logging(config.log_level, os.environ.get("TRACEEXPORT_LOG_FORMAT") or config.log_format)
-    return config
+    url = config.enrich.database_url.get_secret_value() if config.enrich.database_url is not None else ""
+    if not url.strip():
+        raise SourceError(f"no Dify database: pass --dify-db URL, set {DATABASE_URL_ENV}, or set "
+                          "enrich.database_url in the config file (--config)")
+    return config, url
 
 
 def run(args: argparse.Namespace) -> int:
     """Backfill; the exit code."""
-    if args.page_size < 1 or (args.max_rate is not None and args.max_rate <= 0) or args.statement_timeout <= 0:
-        print("error: --max-rate and --statement-timeout must be positive", file=sys.stderr)
-        return 2
     return exit_2_on_bad_input(lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:
-    job = Job(args)
-    config = resolve_with_database(args, job.url)
+    config, url = resolve_with_database(args)
+    job = Job(args, url)
     try:
         reader = job.open(page_size=args.page_size, max_rate=args.max_rate)
         if args.dry_run:
@@ -250,7 +254,7 @@ def _backfill(config: Config, job: Job, reader: Any, args: argparse.Namespace) -
     out = _progress(job, reader, args)
     try:
         delivery = SpoolDelivery(config, spool_dir, out.line, "backfill", enrich_ahead=True)
-    except DaemonConflict as exc:
+    except DaemonConflictError as exc:
         out.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2

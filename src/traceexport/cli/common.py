@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from traceexport.errors import ConfigError, RecordError, SourceError
+from traceexport.errors import ConfigError, DaemonConflictError, RecordError, SourceError
 from traceexport.records import Record
 from traceexport.records.stream import Piece, piece_record, stream_pieces
 
@@ -91,6 +91,37 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+MAX_WAIT_SECONDS = 30 * 86400  # the longest --timeout any command waits: 30 days
+
+
+def number(low: float, high: float, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a number from ``low`` (or, with ``above``, more than ``low``) to ``high``, else a
+    one-line usage error (NaN and infinity are out of every range)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if above and not low < value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is not more than {_plain(low)} (up to {_plain(high)})")
+        if not above and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is not from {_plain(low)} to {_plain(high)}")
+        return value
+
+    return parse
+
+
+def _plain(value: float) -> str:
+    """A bound as people write it: ``86400``, ``0.5``."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def seconds_to_wait() -> Callable[[str], float]:
+    """The argparse ``type`` of every ``--timeout``: 0 (do not wait) to 30 days."""
+    return number(0, MAX_WAIT_SECONDS)
+
+
 def add_mapping_arguments(parser: argparse.ArgumentParser) -> None:
     """``--mapping FILE`` (repeatable) and ``--option KEY=VALUE`` (repeatable)."""
     parser.add_argument(
@@ -142,10 +173,11 @@ class Progress:
 
 
 def exit_2_on_bad_input(run: Callable[[], int]) -> int:
-    """``run()``; a SourceError (one line) or ConfigError (its problems) is printed and becomes exit 2."""
+    """``run()``; a SourceError or DaemonConflictError (one line) or ConfigError (its problems) is printed and
+    becomes exit 2."""
     try:
         return run()
-    except SourceError as exc:
+    except (SourceError, DaemonConflictError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ConfigError as exc:

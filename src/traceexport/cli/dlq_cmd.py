@@ -13,13 +13,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from traceexport.cli.common import spool_option
+from traceexport.cli.common import seconds_to_wait, spool_option
 from traceexport.cli.status_cmd import add_spool_argument, query_spool, spool_exists, spool_path
 from traceexport.cli.timespec import TimeSpecError, parse_epoch
 from traceexport.config import Config, Overrides, resolve_config
 from traceexport.errors import ConfigError
 from traceexport.pipeline import deadletter
-from traceexport.pipeline.owner import owner
+from traceexport.pipeline.owner import Owner, owner
 from traceexport.pipeline.spool import Spool
 
 T = TypeVar("T")
@@ -47,8 +47,8 @@ def register(sub: Any) -> None:
         "dlq", help="inspect, replay or purge dead-lettered records",
         description="Records a sink refused permanently, or gave up on after its retries, are kept in the "
                     "spool's dead letter with the reason. Replay moves them back to their sink's queue: the "
-                    "daemon delivering from that spool sends them, or, when none runs, 'dlq replay' delivers "
-                    "them itself to the sinks named by --to/--config. Times are ISO 8601 UTC.")
+                    "daemon delivering from that spool sends those of its sinks; 'dlq replay' delivers the "
+                    "others itself to the sinks named by --to/--config. Times are ISO 8601 UTC.")
     actions = parser.add_subparsers(dest="dlq_action", metavar="ACTION")
     listing = actions.add_parser("list", help="list dead letters (oldest first)",
                                  description="List dead letters, oldest first.")
@@ -62,20 +62,22 @@ def register(sub: Any) -> None:
     show.set_defaults(func=run_show)
     again = actions.add_parser(
         "replay", help="send dead letters again (through the running daemon, or delivered here)",
-        description="Move dead letters back to their sink's queue for another try. When a daemon "
-                    "('traceexport serve') is delivering from the spool, it sends them and this returns at "
-                    "once. Otherwise this delivers them itself, like 'traceexport export', to the sinks named "
-                    "by --to or --config (configured as for serve): exit 0 all accepted, 2 some refused "
-                    "permanently, 1 delivery could not finish (the records stay in the spool).")
+        description="Move dead letters back to their sink's queue for another try. A daemon "
+                    "('traceexport serve') delivering from the spool sends those of the sinks it delivers to, "
+                    "and this returns at once. The others (no daemon runs, or it does not deliver to that sink) "
+                    "this delivers itself, like 'traceexport export', to the sinks named by --to or --config "
+                    "(configured as for serve): exit 0 all accepted, 2 some refused permanently, 1 delivery "
+                    "could not finish (the records stay in the spool). Without the sinks it needs it moves "
+                    "nothing and says what to run.")
     _add_filters(again)
     again.add_argument("--to", metavar="SINK[,SINK...]",
-                       help="when no daemon runs: the sinks to deliver to, names from --config or sink types "
-                            "(opik, langfuse, otlp, amplitude, file) set up by their environment variables "
+                       help="for sinks no daemon delivers to: the sinks to deliver to, names from --config or sink "
+                            "types (opik, langfuse, otlp, amplitude, file) set up by their environment variables "
                             "(env TRACEEXPORT_TO)")
     again.add_argument("--config", metavar="FILE",
-                       help="when no daemon runs: the config file defining the sinks, their retry settings "
+                       help="for sinks no daemon delivers to: the config file defining the sinks, their retry settings "
                             "and, without --spool, the spool (env TRACEEXPORT_CONFIG)")
-    again.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+    again.add_argument("--timeout", type=seconds_to_wait(), default=300.0, metavar="SECONDS",
                        help="when delivering here: stop waiting after this long; what is left stays in the "
                             "spool (default: 300)")
     again.add_argument("--since", type=parse_when, metavar="T",
@@ -105,6 +107,21 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     """The spool location and ``--sink``, shared by the sub-commands that select dead letters."""
     add_spool_argument(parser)
     parser.add_argument("--sink", help="only this sink's dead letters")
+
+
+def _unknown_sink(args: argparse.Namespace) -> bool:
+    """True, after saying so (one line), when ``--sink`` names a sink the spool never had, or when the spool
+    cannot be read; a spool not created yet knows no sink and has no dead letter either, so it passes."""
+    if not args.sink:
+        return False
+    names = query_spool(args, lambda spool: set(spool.sink_bits()), {args.sink})  # no spool yet: no complaint
+    if names is None:  # the spool cannot be read: said already
+        return True
+    if args.sink in names:
+        return False
+    print(f"error: this spool has no sink named {args.sink!r} ('traceexport status{spool_option(spool_path(args))}' "
+          "lists them)", file=sys.stderr)
+    return True
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -140,6 +157,8 @@ def _readable(entry: deadletter.DeadLetterEntry) -> dict[str, Any]:
 
 def run_list(args: argparse.Namespace) -> int:
     """Print dead letters as a table or JSON."""
+    if _unknown_sink(args):
+        return 2
     none: list[deadletter.DeadLetterEntry] = []
     entries = query_spool(args, lambda spool: deadletter.list_entries(spool, args.sink), none)
     if entries is None:
@@ -160,21 +179,35 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def _list_hint(args: argparse.Namespace, entries: list[deadletter.DeadLetterEntry]) -> str:
-    """The commands to look closer and to send again, as they can be pasted."""
+    """The commands to look closer and to send again, as they can be pasted: a replay command that can
+    deliver every sink listed (the daemon's sinks through it, the others here, which needs their sinks)."""
     from traceexport.config.models import SINK_TYPES
 
     spool_dir = spool_path(args)
     where = spool_option(spool_dir)
     replay = f"traceexport dlq replay{where}" + (f" --sink {shlex.quote(args.sink)}" if args.sink else "")
-    sinks = sorted({e.sink for e in entries})
+    here = _not_by_daemon(owner(spool_dir), sorted({e.sink for e in entries}))
     note = ""
-    if owner(spool_dir) is None:  # no daemon: replay delivers itself and needs the sinks
-        if all(name in SINK_TYPES for name in sinks):
-            replay += f" --to {','.join(sinks)}"
-        else:
-            note = " (add --config with the file defining those sinks, or start the daemon first)"
+    if here and all(name in SINK_TYPES for name in here):
+        replay += f" --to {','.join(here)}"
+    elif here:
+        replay += " --config FILE"
+        note = (f" (FILE: the config file defining {', '.join(here)}, which no daemon delivers to; "
+                f"{_purge_hint(spool_dir, here)} instead)")
     return (f"'traceexport dlq show{where} {entries[0].id}' shows one with its record, '{replay}' sends them "
             f"again{note}")
+
+
+def _purge_hint(spool_dir: Path, sinks: list[str]) -> str:
+    """The command deleting the dead letters of ``sinks`` for good, as it can be pasted (one sink named)."""
+    sink = shlex.quote(sinks[0]) if len(sinks) == 1 else "SINK"
+    return f"'traceexport dlq purge{spool_option(spool_dir)} --sink {sink} --yes' deletes " + (
+        "them" if len(sinks) == 1 else "a sink's dead letters")
+
+
+def _not_by_daemon(daemon: Owner | None, sinks: list[str]) -> list[str]:
+    """The ``sinks`` no daemon delivers from the spool: 'dlq replay' delivers those itself."""
+    return [name for name in sinks if daemon is None or not daemon.delivers(name)]
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -199,6 +232,8 @@ def run_replay(args: argparse.Namespace) -> int:
             return 2
     spool_dir = Path(config.spool.dir) if config is not None else spool_path(args)
     args.spool = spool_dir
+    if _unknown_sink(args):
+        return 2
     none: dict[str, int] = {}
     matching = query_spool(args, lambda spool: deadletter.count_by_sink(spool, args.sink, args.since, args.ids), none)
     if matching is None:
@@ -209,8 +244,9 @@ def run_replay(args: argparse.Namespace) -> int:
         print(f"nothing to replay{ids}{empty}")
         return 0
     daemon = owner(spool_dir)
-    if daemon is None:
-        problem = _cannot_deliver(args, config, spool_dir, sorted(matching))
+    here = _not_by_daemon(daemon, sorted(matching))  # the sinks this command must deliver itself
+    if here:
+        problem = _cannot_deliver(args, config, spool_dir, here, daemon)
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return 2
@@ -219,31 +255,38 @@ def run_replay(args: argparse.Namespace) -> int:
         return 2
     for sink, n in sorted(moved.items()):
         print(f"{n} record{'s' if n != 1 else ''} queued again for {sink}")
-    if daemon is not None:
-        print(f"{daemon.describe()} is delivering from spool {spool_dir}: it sends them now "
+    here = [name for name in here if name in moved]
+    by_daemon = sorted(set(moved) - set(here))
+    if daemon is not None and by_daemon:
+        which = f"those for {', '.join(by_daemon)}" if here else "them"
+        print(f"{daemon.describe()} is delivering from spool {spool_dir}: it sends {which} now "
               f"('traceexport status{spool_option(spool_dir)}' shows progress)")
-        foreign = sorted(set(moved) - set(daemon.sinks)) if daemon.sinks else []
-        if foreign:
-            print(f"warning: that daemon does not deliver to {', '.join(foreign)}: those wait in the spool for "
-                  "a daemon or export that does", file=sys.stderr)
+    if not here:
         return 0
     assert config is not None
+    if daemon is not None:
+        print(f"{daemon.describe()} does not deliver to {', '.join(here)}: delivering those here")
     given = flags.with_env(os.environ)
-    sinks_flag = f"--config {shlex.quote(given.config)}" if given.config else f"--to {','.join(sorted(moved))}"
-    return _deliver_here(config, spool_dir, sorted(moved), args.timeout, sinks_flag, bool(given.config))
+    sinks_flag = f"--config {shlex.quote(given.config)}" if given.config else f"--to {','.join(here)}"
+    return _deliver_here(config, spool_dir, here, args.timeout, sinks_flag, bool(given.config))
 
 
-def _cannot_deliver(args: argparse.Namespace, config: Config | None, spool_dir: Path, sinks: list[str]) -> str:
-    """Why the dead letters of ``sinks`` cannot be delivered here (no daemon runs), or ``""``."""
+def _cannot_deliver(args: argparse.Namespace, config: Config | None, spool_dir: Path, sinks: list[str],
+                    daemon: Owner | None) -> str:
+    """Why the dead letters of ``sinks`` (no daemon delivers to them) cannot be delivered here, or ``""``."""
     from traceexport.config.models import SINK_TYPES
 
     if config is None:
-        where = f"no daemon is delivering from spool {spool_dir}, so 'dlq replay' delivers the records itself"
+        nobody = (f"no daemon is delivering from spool {spool_dir}" if daemon is None else
+                  f"{daemon.describe()} delivering from spool {spool_dir} does not deliver to {', '.join(sinks)}")
+        where = f"{nobody}, so 'dlq replay' delivers the records itself"
         if all(name in SINK_TYPES for name in sinks):
             command = "traceexport dlq replay" + spool_option(spool_dir) + _filters(args) + f" --to {','.join(sinks)}"
             return f"{where} and needs their sinks; run: {command}"
+        purge = _purge_hint(spool_dir, sinks)
+        start = " (or start 'traceexport serve' on that spool and run this again)" if daemon is None else ""
         return (f"{where} and needs their sinks: add --config with the config file that defines "
-                f"{', '.join(sinks)} (or start 'traceexport serve' on that spool and run this again)")
+                f"{', '.join(sinks)}{start}; nothing was moved; {purge}")
     missing = [name for name in sinks if name not in config.sinks]
     if missing:
         return (f"dead letters for {', '.join(missing)}, but --to/--config names no such sink "
@@ -285,6 +328,8 @@ def _deliver_here(config: Config, spool_dir: Path, sinks: list[str], timeout: fl
 
 def run_purge(args: argparse.Namespace) -> int:
     """Delete matching dead letters; refuses without --yes."""
+    if _unknown_sink(args):
+        return 2
     if not args.yes:
         would = query_spool(args, lambda spool: deadletter.count(spool, args.sink, before=args.before), 0)
         if would is not None:
@@ -300,7 +345,8 @@ def run_purge(args: argparse.Namespace) -> int:
 def run_retire(args: argparse.Namespace) -> int:
     """Dead-letter every record still owed to one sink."""
     moved = _query_one(args, lambda spool: deadletter.retire(spool, args.sink),
-                       f"this spool has no sink named {args.sink!r} ('traceexport status' lists them)")
+                       f"this spool has no sink named {args.sink!r} "
+                       f"('traceexport status{spool_option(spool_path(args))}' lists them)")
     if moved is None:
         return 2
     print(f"{moved} record{'s' if moved != 1 else ''} still owed to {args.sink} moved to its dead letter; "

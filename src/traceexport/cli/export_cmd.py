@@ -15,14 +15,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from traceexport.cli.common import spool_option
+from traceexport.cli.common import number, seconds_to_wait, spool_option, whole_number
 from traceexport.cli.status_cmd import add_spool_argument
-from traceexport.errors import ConfigError, RecordError, SpoolFullError, TraceExportError
+from traceexport.config.models import SINK_TYPES
+from traceexport.errors import ConfigError, DaemonConflictError, RecordError, SpoolFullError, TraceExportError
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter, spool_dir_default
-from traceexport.pipeline.owner import owner
+from traceexport.pipeline.owner import delivering_daemon, owner
 from traceexport.pipeline.prepared import Prepare
 from traceexport.records import Record, parse_records
-from traceexport.sinks import SINK_MODULES, create_sink
+from traceexport.sinks import create_sink
 
 _CHUNK = 500
 
@@ -37,6 +38,8 @@ def build_routes(sink_types: Sequence[str], env: Mapping[str, str] | None = None
 
     routes = []
     for sink_type in sink_types:
+        if sink_type not in SINK_TYPES:  # the sink types serve --to and the README know (not the hook's forward)
+            raise ConfigError([f"unknown sink type {sink_type!r} (known: {', '.join(sorted(SINK_TYPES))})"])
         sink = create_sink(sink_type, env=env)
         routes.append(Route(sink=sink, mapping=load_mapping(sink.backend)))
     return routes
@@ -48,7 +51,9 @@ def register(sub: Any) -> None:
         "export", help="map and deliver records from files to one or more sinks",
         description="Map Dify trace records and deliver them to the named sinks, through a durable spool: "
                     "records are retried with backoff, refused ones are kept in the dead letter, and an "
-                    "interrupted export resumes when run again on the same spool. Sinks are configured "
+                    "interrupted export resumes when run again on the same spool. When a serve daemon delivers "
+                    "from that spool to every named sink, it sends the records; when it delivers to none of "
+                    "them, export does (a sink list only partly covered by it is refused). Sinks are configured "
                     "by their usual environment variables (OPIK_*, LANGFUSE_*, OTEL_EXPORTER_OTLP_*, "
                     "AMPLITUDE_*, TRACEEXPORT_FILE_SINK_DIR). With TRACEEXPORT_DIFY_DATABASE_URL set, workflow "
                     "records get their node spans from Dify's database, as with serve and replay.",
@@ -60,15 +65,15 @@ def register(sub: Any) -> None:
                         help="JSON, JSON array or JSON lines of Dify records (TaskData envelopes or bare "
                              "TraceInfo objects); '-' reads stdin. Without FILE, delivers what the spool holds.")
     parser.add_argument("--to", required=True, metavar="SINK[,SINK...]",
-                        help=f"sinks to deliver to, comma-separated: {', '.join(sorted(SINK_MODULES))}")
+                        help=f"sinks to deliver to, comma-separated: {', '.join(sorted(SINK_TYPES))}")
     add_spool_argument(parser)
     parser.add_argument("--type", dest="type_name", metavar="TYPE",
                         help="record type of bare TraceInfo objects that do not say theirs (e.g. workflow)")
-    parser.add_argument("--max-attempts", type=int, default=6, metavar="N",
-                        help="attempts per record before it goes to the dead letter (default: 6)")
-    parser.add_argument("--max-age", type=float, default=60.0, metavar="SECONDS",
-                        help="stop retrying a record this long after its first attempt (default: 60)")
-    parser.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+    parser.add_argument("--max-attempts", type=whole_number(1, 10_000), default=6, metavar="N",
+                        help="attempts per record before it goes to the dead letter, 1 to 10000 (default: 6)")
+    parser.add_argument("--max-age", type=number(0, 365 * 86400), default=60.0, metavar="SECONDS",
+                        help="stop retrying a record this long after its first attempt, 0 to a year (default: 60)")
+    parser.add_argument("--timeout", type=seconds_to_wait(), default=300.0, metavar="SECONDS",
                         help="stop waiting for delivery after this long; what is left stays in the spool "
                              "(default: 300)")
     parser.set_defaults(func=run)
@@ -149,19 +154,21 @@ def deliver(spool_dir: Path, routes: list[Route], records: Sequence[Record], set
     names = pipe.sink_names
     before_dlq = deadletter.last_id(pipe.spool)
     before = {n: pipe.spool.counters().get(n, {}).get("exported", 0) for n in names}
-    daemon = owner(spool_dir)
-    if daemon is not None and daemon.sinks and set(names) & set(daemon.sinks):
-        if not set(names) <= set(daemon.sinks):  # two processes must not deliver to one sink
-            others = ", ".join(sorted(set(names) - set(daemon.sinks)))
-            print(f"error: {daemon.describe()} is delivering from spool {spool_dir} to "
-                  f"{', '.join(daemon.sinks)}, not to {others}: deliver to those separately, or use a spool "
-                  "of your own (--spool)", file=sys.stderr)
-            pipe.stop()
-            pipe.close()
-            return 2
+    try:
+        daemon = delivering_daemon(spool_dir, names)
+    except DaemonConflictError as exc:  # two processes must not deliver to one sink
+        print(f"error: {exc}", file=sys.stderr)
+        pipe.stop()
+        pipe.close()
+        return 2
+    if daemon is not None:
         print(f"{daemon.describe()} is delivering from spool {spool_dir}: it sends these records "
               "(with its own retry settings)", file=sys.stderr)
     else:
+        other = owner(spool_dir)
+        if other is not None:
+            print(f"{other.describe()} delivering from spool {spool_dir} does not deliver to {', '.join(names)}; "
+                  "delivering them here", file=sys.stderr)
         pipe.start()
     try:
         if not _accept_all(pipe, records, deadline):

@@ -1,8 +1,11 @@
 """``traceexport replay PATH...``: backfill trace records from files through the durable pipeline.
 
 Records go into the same spool as serve and export (--spool, else TRACEEXPORT_SPOOL, else the config
-file's spool.dir, else ./traceexport-spool), so status and dlq see them. When a daemon is delivering
-from that spool, replay hands the records to it; otherwise replay delivers them itself. Resumable: a
+file's spool.dir, else ./traceexport-spool), so status and dlq see them. Who delivers them, as for export:
+a serve daemon delivering from that spool to every one of replay's sinks (replay hands the records to it);
+replay itself when no daemon runs or the daemon delivers to none of them (e.g. --to file beside a daemon
+sending to opik); a daemon delivering to only some of them is refused (exit 2): two processes never
+deliver to one sink. Resumable: a
 ledger (``--state``, default ``<spool>/replay-ledger.sqlite``) names every record already handed to each
 sink, and a second run skips them. Broken files and records are reported with one-line
 reasons and the rest goes on. Exit codes: 0 all delivered; 1 could not finish (records still pending
@@ -19,11 +22,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from traceexport.cli.common import Progress, spool_option
+from traceexport.cli.common import Progress, seconds_to_wait, spool_option, whole_number
 from traceexport.cli.serve_cmd import add_common_flags, overrides_from
-from traceexport.cli.spool_delivery import DaemonConflict, SpoolDelivery
+from traceexport.cli.spool_delivery import SpoolDelivery
 from traceexport.config import Config, resolve_config
-from traceexport.errors import ConfigError, RecordError
+from traceexport.errors import ConfigError, DaemonConflictError, RecordError
 from traceexport.logs import setup_logging
 from traceexport.pipeline.deadletter import DeadLetterEntry
 from traceexport.records import Record
@@ -44,11 +47,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--state", metavar="FILE",
                         help="ledger of records already sent (default: <spool>/replay-ledger.sqlite)")
     parser.add_argument("--dry-run", action="store_true", help="parse and map only; report counts; send nothing")
-    parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+    parser.add_argument("--timeout", type=seconds_to_wait(), default=600.0, metavar="SECONDS",
                         help="how long to wait for delivery to finish (default 600)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: when stderr is a terminal)")
-    parser.add_argument("--batch", type=int, default=500, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=whole_number(1, 100_000), default=500, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
@@ -139,7 +142,7 @@ def _replay(config: Config, files: Sequence[Path], spool_dir: Path, state: Path,
             args: argparse.Namespace) -> int:
     try:
         delivery = SpoolDelivery(config, spool_dir, out.line, "replay")
-    except DaemonConflict as exc:
+    except DaemonConflictError as exc:
         out.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,8 +1,11 @@
 """Records into the one spool, delivered by this process or by the daemon that owns the spool.
 
-``replay`` and ``backfill`` share this: when a ``serve`` daemon delivers from the spool (its flock), the
-command only accepts records and waits for the daemon as for its own workers; otherwise it starts the
-pipeline's workers itself. Acceptance waits out a full spool the way the daemon's clients do.
+``replay``, ``backfill`` and ``audit --fix`` share this, and decide as ``export`` does
+(:func:`~traceexport.pipeline.owner.delivering_daemon`): when a ``serve`` daemon delivers from the spool (its
+flock) to every one of the command's sinks, the command only accepts records and waits for the daemon as for
+its own workers; when no daemon runs, or it delivers to none of them, the command starts the pipeline's
+workers itself; a daemon delivering to only some of them is a ``DaemonConflictError``. Acceptance waits out a
+full spool the way the daemon's clients do.
 """
 
 from __future__ import annotations
@@ -20,10 +23,6 @@ from traceexport.pipeline.deadletter import DeadLetterEntry
 from traceexport.records import Record
 
 
-class DaemonConflict(Exception):
-    """A daemon delivers from the spool to other sinks than the command's; the message says what to do."""
-
-
 class SpoolDelivery:
     """The pipeline of one command run; ``close`` always."""
 
@@ -33,14 +32,13 @@ class SpoolDelivery:
         here, before spooling, and store the compact form that carries them (see :meth:`accept`)."""
         from traceexport.daemon import build_prepare, pipeline_settings
         from traceexport.pipeline import Pipeline, deadletter
-        from traceexport.pipeline.owner import owner
+        from traceexport.pipeline.owner import delivering_daemon, owner
 
-        daemon = owner(spool_dir)
-        if daemon is not None and daemon.sinks and not set(config.sinks) <= set(daemon.sinks):
-            others = ", ".join(sorted(set(config.sinks) - set(daemon.sinks)))
-            raise DaemonConflict(f"{daemon.describe()} is delivering from spool {spool_dir} to "
-                                 f"{', '.join(daemon.sinks)}, not to {others}: stop that daemon first, or give "
-                                 f"{what} a spool of its own (--spool)")
+        daemon = delivering_daemon(spool_dir, config.sinks)  # DaemonConflictError: it delivers to some only
+        other = owner(spool_dir) if daemon is None else None
+        if other is not None:
+            line(f"{what}: {other.describe()} delivering from spool {spool_dir} does not deliver to "
+                 f"{', '.join(config.sinks)}; delivering them here")
         routes = build_routes(config)
         env = dict(os.environ)  # picklable: a delivery process rebuilds sinks and enricher from config + env
         prepare = build_prepare(config, env)

@@ -17,9 +17,8 @@ from traceexport.pipeline.spool import Spool, spool_dir_default
 from traceexport.pipeline.spool_dir import SPOOL_FILE, check_spool_dir
 
 T = TypeVar("T")
-_COLUMNS = ("accepted", "exported", "retried", "dead_lettered", "dropped", "queue_depth",
-            "oldest_pending_age_seconds")
-_HEADINGS = ("ACCEPTED", "EXPORTED", "RETRIED", "DEAD", "DROPPED", "PENDING", "OLDEST", "P50", "P95")
+_TOTALS = ("accepted", "exported", "retried", "dropped")  # counters: totals since the spool began, only rise
+_HEADINGS = ("ACCEPTED", "EXPORTED", "RETRIED", "DROPPED", "IN DLQ", "PENDING", "OLDEST", "P50", "P95")
 
 
 def add_spool_argument(parser: argparse.ArgumentParser) -> None:
@@ -66,8 +65,10 @@ def register(sub: Any) -> None:
     """Add the ``status`` command."""
     parser = sub.add_parser(
         "status", help="show delivery counters, queue depth and delivery latency per sink",
-        description="Show, per sink, the records accepted, exported, retried, dead-lettered and dropped, the "
-                    "records still pending, the age of the oldest one and the p50/p95 delivery latency. Reads "
+        description="Show, per sink, the records accepted, exported, retried and dropped since the spool began, "
+                    "the entries in its dead letter now, the records still pending, the age of the oldest one "
+                    "and the p50/p95 delivery latency. --json has the same figures plus the lifetime counters "
+                    "(dead_lettered, replayed, ...) that /metrics serves. Reads "
                     "the spool, so it works while a daemon or export is running in another process.")
     add_spool_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
@@ -90,9 +91,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'SINK':<{width}}  " + "  ".join(f"{h:>9}" for h in _HEADINGS))
     for name, figures in snap["sinks"].items():
         delivery = figures.get("latency", {}).get("delivery_latency", {})
-        cells = [str(figures[c]) for c in _COLUMNS[:-1]] + [_age(figures[_COLUMNS[-1]])]
+        cells = [str(figures[c]) for c in _TOTALS] + [str(snap["dead_letters"].get(name, 0)),
+                                                       str(figures["queue_depth"]),
+                                                       _age(figures["oldest_pending_age_seconds"])]
         cells += [_latency(delivery.get("p50_seconds")), _latency(delivery.get("p95_seconds"))]
         print(f"{name:<{width}}  " + "  ".join(f"{c:>9}" for c in cells))
+    print("ACCEPTED..DROPPED: totals since the spool began; IN DLQ: entries in the dead letter now (--json's "
+          "dead_lettered: every record ever dead-lettered)")
     print("P50/P95: delivery latency (acceptance to acknowledgement) since the spool began, estimated from "
           "its histogram")
     if any(snap["dead_letters"].values()):

@@ -27,13 +27,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="record files (JSON/JSONL, '-' for stdin) to map through the mappings (repeatable)")
     parser.add_argument("--config", metavar="FILE", help="a traceexport config file to check")
     parser.add_argument("--option", action="append", metavar="KEY=VALUE", default=[],
-                        help="mapping option to apply while checking, e.g. node_events=true")
+                        help="mapping option to apply while checking, to each checked mapping that has it, e.g. "
+                             "node_events=true (amplitude's); an option no checked mapping has is a problem")
     parser.set_defaults(func=run)
 
 
 def _load(target: str, options: dict[str, object]) -> Mapping:
     """A built-in mapping by backend name, or a mapping file (following its 'extends' chain)."""
     return load_mapping(target, (), dict(options) or None)
+
+
+def _declared(mapping: Mapping) -> list[str]:
+    """The option names a mapping declares (its merged ``options`` section)."""
+    section = mapping.document.get("options") if mapping.document is not None else None
+    return sorted(section) if isinstance(section, dict) else []
+
+
+def _unknown_options(options: dict[str, object], declared: dict[str, list[str]]) -> list[str]:
+    """A problem for each ``--option`` that none of the checked mappings declares (each applies to those
+    that do)."""
+    if not declared:  # no mapping loaded: its problems are reported already
+        return []
+    known = "; ".join(f"{label}: {', '.join(names) or 'none'}" for label, names in declared.items())
+    return [f"mapping option {name!r}: not an option of {'any checked' if len(declared) > 1 else 'the'} mapping "
+            f"({known})" for name in options if not any(name in names for names in declared.values())]
 
 
 def _check_config(path: str) -> list[Problem]:
@@ -52,11 +69,17 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return 2
+    declared: dict[str, list[str]] = {}  # each mapping (as given) -> the options it declares
     for target in args.mapping or list(BACKENDS):
         try:
-            mappings.append(_load(target, options))
+            mapping = _load(target, {})
+            names = _declared(mapping)
+            declared[target] = names
+            wanted = {name: value for name, value in options.items() if name in names}
+            mappings.append(_load(target, wanted) if wanted else mapping)
         except ConfigError as exc:
             problems.extend(str(p) for p in exc.problems)
+    problems.extend(_unknown_options(options, declared))
     if args.config:
         problems.extend(str(p) for p in _check_config(args.config))
     mapped = 0
@@ -80,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {line}", file=sys.stderr)
         return 2
     checked = ", ".join(m.files[-1] if m.files else m.backend for m in mappings)
+    if args.config:  # name every file checked: the config first
+        checked = f"config {args.config}; mappings {checked}"
     suffix = f"; {mapped} record mappings succeeded" if args.records else ""
     print(f"ok: {checked}{suffix}")
     return 0

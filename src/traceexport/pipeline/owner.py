@@ -2,8 +2,9 @@
 
 The lock lives as long as the daemon's process (the kernel drops it when the process ends, even on
 ``kill -9``), so a stale file never counts. The file names the holder's pid and sinks, so a command on
-the same spool (``dlq replay``, ``replay``) can leave delivery to that daemon and say so. Looking never
-creates anything: no spool, no lock file, no daemon.
+the same spool (``export``, ``replay``, ``backfill``, ``audit --fix``, ``dlq replay``) can leave delivery to
+that daemon and say so: :func:`delivering_daemon` is the one rule they follow. Looking never creates anything:
+no spool, no lock file, no daemon.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from traceexport.errors import ConfigError, Problem
+from traceexport.errors import ConfigError, DaemonConflictError, Problem
 from traceexport.pipeline.spool_dir import LOCK_FILE, check_spool_dir
 
 
@@ -28,6 +30,11 @@ class Owner:
     def describe(self) -> str:
         """``the daemon (pid 123)`` for messages."""
         return f"the daemon (pid {self.pid})" if self.pid else "a daemon"
+
+    def delivers(self, sink: str) -> bool:
+        """Whether this daemon delivers to ``sink`` (a daemon whose sinks cannot be read is taken to deliver
+        to every sink: a command then leaves delivery to it rather than risk two processes on one sink)."""
+        return not self.sinks or sink in self.sinks
 
 
 class DaemonLock:
@@ -74,6 +81,30 @@ def owner(spool_dir: Path) -> Owner | None:
         return None
     finally:
         os.close(fd)
+
+
+def delivering_daemon(spool_dir: Path, sinks: Iterable[str]) -> Owner | None:
+    """Who delivers ``sinks`` from ``spool_dir`` once a command has accepted records for them: the daemon,
+    when it delivers to every one of them (the command hands the records over and waits), or None, when no
+    daemon runs or it delivers to none of them (the command delivers them itself).
+
+    A daemon delivering to only some of them is a :class:`DaemonConflictError`: two processes must never
+    deliver to one sink, and one pipeline cannot leave part of its sinks to another process.
+    """
+    daemon = owner(spool_dir)
+    names = list(dict.fromkeys(sinks))
+    if daemon is None:
+        return None
+    covered = [name for name in names if daemon.delivers(name)]
+    if not covered:
+        return None
+    if len(covered) == len(names):
+        return daemon
+    others = ", ".join(name for name in names if name not in covered)
+    raise DaemonConflictError(
+        f"{daemon.describe()} is delivering from spool {spool_dir} to {', '.join(daemon.sinks)}, not to "
+        f"{others}: deliver to {', '.join(covered)} and to {others} in separate runs, or use a spool of your "
+        "own (--spool)")
 
 
 def _read(fd: int) -> Owner:

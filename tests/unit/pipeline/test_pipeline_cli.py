@@ -364,3 +364,188 @@ def test_export_hands_records_to_the_daemon_holding_the_spool(tmp_path: Path, ca
         lock.release()
     assert main(["status", "--spool", str(spool), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["sinks"]["file"]["queue_depth"] == 1
+
+
+def test_replay_delivers_itself_to_a_sink_the_daemon_does_not_deliver_to(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str],
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beside a daemon delivering to other sinks, `replay --to file` delivers itself as `export` does; a sink
+    list the daemon covers only in part is refused by both with the same one line (exit 2)."""
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    spool = tmp_path / "spool"
+    sample = str(SAMPLES / "05-message-chat.json")
+    lock = DaemonLock(spool, ["dbg", "otlp"])
+    try:
+        assert main(["replay", sample, "--spool", str(spool), "--to", "file", "--no-progress"]) == 0
+        err = capsys.readouterr().err
+        assert "does not deliver to file; delivering them here" in err and "stop that daemon" not in err
+        assert (tmp_path / "out" / "otlp.jsonl").is_file()
+        for argv in (["replay", sample, "--no-progress"], ["export", sample]):
+            assert main([*argv, "--spool", str(spool), "--to", "file,otlp"]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "to dbg, otlp, not to file: deliver to otlp and to file in " \
+                                             "separate runs" in err
+    finally:
+        lock.release()
+
+
+def test_delivering_daemon_is_the_one_rule(tmp_path: Path) -> None:
+    """`delivering_daemon` names the daemon when it delivers to every sink, None when to none or no daemon runs,
+    and refuses a daemon delivering to some of them."""
+    from traceexport.errors import DaemonConflictError
+    from traceexport.pipeline.owner import delivering_daemon
+
+    assert delivering_daemon(tmp_path, ["opik"]) is None
+    lock = DaemonLock(tmp_path, ["opik", "amplitude"])
+    try:
+        daemon = delivering_daemon(tmp_path, ["opik"])
+        assert daemon is not None and daemon.pid == os.getpid()
+        assert delivering_daemon(tmp_path, ["file"]) is None
+        with pytest.raises(DaemonConflictError, match="not to file"):
+            delivering_daemon(tmp_path, ["opik", "file"])
+    finally:
+        lock.release()
+
+
+def test_dlq_replay_of_a_sink_the_daemon_does_not_deliver_to(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dead letters of a retired sink beside a daemon: `dlq list` suggests no command that cannot deliver,
+    `dlq replay` without its sinks moves nothing (exit 2, saying why), and with them delivers it here."""
+    for name in ("TRACEEXPORT_TO", "TRACEEXPORT_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    sink = ScriptedSink("gone", fail_first(99, ItemFailure("gone refused (422)", True, 422)))
+    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.accept(make_records(2))
+        pipe.start()
+        assert pipe.wait_idle(10)
+    config = tmp_path / "gone.yaml"
+    config.write_text(f"sinks:\n  gone:\n    type: file\n    path: {tmp_path / 'out'}\n", encoding="utf-8")
+    lock = DaemonLock(tmp_path, ["dbg"])
+    try:
+        assert main(["dlq", "list", "--spool", str(tmp_path)]) == 0
+        hint = capsys.readouterr().out.splitlines()[-1]
+        assert f"'traceexport dlq replay --spool {tmp_path} --config FILE' sends them again (FILE: the config " \
+               "file defining gone, which no daemon delivers to;" in hint
+        assert main(["dlq", "replay", "--spool", str(tmp_path)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and "it sends them now" not in captured.err
+        assert "does not deliver to gone, so 'dlq replay' delivers the records itself and needs their sinks: " \
+               "add --config" in captured.err and "nothing was moved" in captured.err
+        assert main(["dlq", "replay", "--spool", str(tmp_path), "--config", str(config)]) == 0
+        captured = capsys.readouterr()
+        assert "2 records queued again for gone" in captured.out and "does not deliver to gone: delivering " \
+                                                                     "those here" in captured.out
+        assert "gone: 2 records delivered" in captured.err
+    finally:
+        lock.release()
+    assert main(["dlq", "list", "--spool", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["export", "--to", "file", "--max-attempts", "0", "-"], "argument --max-attempts: 0 is not from 1 to 10000"),
+    (["export", "--to", "file", "--max-attempts", "x", "-"], "argument --max-attempts: not a whole number: 'x'"),
+    (["export", "--to", "file", "--max-age", "-5", "-"], "argument --max-age: -5 is not from 0 to 31536000"),
+    (["export", "--to", "file", "--timeout", "nan", "-"], "argument --timeout: nan is not from 0 to 2592000"),
+    (["replay", "--to", "file", "--timeout", "-1", "-"], "argument --timeout: -1 is not from 0"),
+    (["replay", "--to", "file", "--batch", "0", "-"], "argument --batch: 0 is not from 1 to 100000"),
+    (["dlq", "replay", "--timeout", "1e400"], "argument --timeout: 1e400 is not from 0"),
+    (["backfill", "--max-rate", "0"], "argument --max-rate: 0 is not more than 0"),
+    (["backfill", "--page-size", "-3"], "argument --page-size: -3 is not from 1 to 100000"),
+    (["backfill", "--statement-timeout", "0"], "argument --statement-timeout: 0 is not more than 0"),
+    (["backfill", "--timeout", "soon"], "argument --timeout: not a number: 'soon'"),
+    (["audit", "--since", "1d", "--timeout", "-2"], "argument --timeout: -2 is not from 0"),
+    (["audit", "--since", "1d", "--statement-timeout", "inf"], "argument --statement-timeout: inf is not more than 0"),
+])
+def test_every_numeric_flag_is_checked_for_range(argv: list[str], message: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Each command's numbers out of range (or not numbers) are a one-line usage error, exit 2, before any work."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_dlq_commands_name_a_sink_the_spool_never_had(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`dlq list/replay/purge --sink NOSUCH` say the sink is unknown (exit 2), as `dlq retire` does, instead
+    of an empty dead letter; a known sink with no dead letters is still 'empty' (exit 0)."""
+    _spool_with_dead_letters(tmp_path, 1)
+    for action in (["list"], ["replay", "--to", "file"], ["purge", "--yes"], ["retire"]):
+        argv = ["dlq", action[0], "--spool", str(tmp_path), *action[1:]]
+        assert main([*argv, "nosuch"] if action == ["retire"] else [*argv, "--sink", "nosuch"]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.endswith(f"error: this spool has no sink named 'nosuch' ('traceexport status --spool "
+                                     f"{tmp_path}' lists them)\n")
+    assert main(["dlq", "list", "--spool", str(tmp_path / "none"), "--sink", "nosuch"]) == 0  # no spool yet
+
+
+def test_export_knows_the_sink_types_serve_and_the_readme_know(capsys: pytest.CaptureFixture[str]) -> None:
+    """`export --help` lists the sink types `serve --to` takes (not the hook's forward sink), and
+    `export --to forward` is an unknown sink type."""
+    from traceexport.config.models import SINK_TYPES
+
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    listed = " ".join(capsys.readouterr().out.split()).split("comma-separated: ", 1)[1].split(" --", 1)[0]
+    assert sorted(name.strip() for name in listed.split(",")) == sorted(SINK_TYPES)
+    assert main(["export", "--to", "forward", "-"]) == 2
+    assert "unknown sink type 'forward' (known: amplitude, file, langfuse, opik, otlp)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("variable", "typed"), [("OTEL_EXPORTER_OTLP_ENDPOINT", "notaurl"),
+                                                 ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://collector")])
+def test_a_bad_otlp_endpoint_is_quoted_as_typed(variable: str, typed: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad OTLP endpoint is quoted as the user typed it, without the /v1/traces the sink would append."""
+    monkeypatch.setenv(variable, typed)
+    assert main(["export", "--to", "otlp", "--spool", str(tmp_path), "-"]) == 2
+    err = capsys.readouterr().err
+    assert f"{variable}: must be an http:// or https:// URL, got {typed!r}\n" in err and "/v1/traces" not in err
+
+
+def test_validate_config_names_the_config_it_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`validate --config X` says ok for X by name, then for the mappings."""
+    config = tmp_path / "traceexport.yaml"
+    config.write_text(f"spool:\n  dir: {tmp_path / 'spool'}\nsinks:\n  out:\n    type: file\n", encoding="utf-8")
+    assert main(["validate", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.startswith(f"ok: config {config}; mappings ")
+
+
+def test_status_shows_the_dead_letter_as_it_is_now(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a successful `dlq replay`, status's IN DLQ column is 0 (the footnote says what it counts) while the
+    lifetime dead_lettered counter of --json and /metrics keeps rising, never going back."""
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    sink = ScriptedSink("file", fail_first(99, ItemFailure("file refused (422)", True, 422)))
+    with Pipeline(tmp_path / "spool", [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.accept(make_records(3))
+        pipe.start()
+        assert pipe.wait_idle(10)
+
+    def dlq_cell() -> str:
+        assert main(["status", "--spool", str(tmp_path / "spool")]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        headings = re.split(r"\s{2,}", lines[1].strip())
+        assert headings[5] == "IN DLQ" and "DEAD" not in headings
+        assert any(line.startswith("ACCEPTED..DROPPED: totals since the spool began; IN DLQ: entries in the dead "
+                                   "letter now") for line in lines)
+        return next(line.split() for line in lines if line.startswith("file "))[5]
+
+    assert dlq_cell() == "3"
+    assert main(["dlq", "replay", "--spool", str(tmp_path / "spool"), "--to", "file"]) == 0
+    capsys.readouterr()
+    assert dlq_cell() == "0"
+    assert main(["status", "--spool", str(tmp_path / "spool"), "--json"]) == 0
+    snap = json.loads(capsys.readouterr().out)
+    assert snap["sinks"]["file"]["dead_lettered"] == 3 and snap["dead_letters"] == {}
+    from traceexport.pipeline.metrics import prometheus_text, snapshot
+
+    spool = Spool(tmp_path / "spool", create=False)
+    try:
+        text = prometheus_text(snapshot(spool))
+    finally:
+        spool.close()
+    assert 'traceexport_records_dead_lettered_total{sink="file"} 3' in text
+    assert 'traceexport_dead_letters{sink="file"} 0' in text

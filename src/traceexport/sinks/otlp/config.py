@@ -178,8 +178,9 @@ def resolve_compression(options: CommonOptions, env: Mapping[str, str], problems
     return found[1].lower() == "gzip"
 
 
-def check_http_url(url: str, where: str, problems: list[Problem]) -> None:
-    """Add a problem unless ``url`` is an absolute http(s) URL (as httpx, which will send to it, reads it)."""
+def check_http_url(url: str, where: str, problems: list[Problem], typed: str | None = None) -> None:
+    """Add a problem unless ``url`` is an absolute http(s) URL (as httpx, which will send to it, reads it);
+    the problem quotes ``typed``, what the user wrote, when ``url`` was made from it (a path appended)."""
     import httpx  # here, not at the top: `map` builds a sink's settings but never sends
 
     try:
@@ -187,7 +188,7 @@ def check_http_url(url: str, where: str, problems: list[Problem]) -> None:
     except Exception:  # httpx raises several types for malformed URLs
         parsed = None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
-        problems.append(Problem(where, f"must be an http:// or https:// URL, got {url!r}"))
+        problems.append(Problem(where, f"must be an http:// or https:// URL, got {url if typed is None else typed!r}"))
 
 
 def _resolve_protocol(options: OtlpOptions, env: Mapping[str, str], problems: list[Problem]) -> str:
@@ -203,20 +204,23 @@ def _resolve_protocol(options: OtlpOptions, env: Mapping[str, str], problems: li
 
 
 def _resolve_endpoint(options: OtlpOptions, env: Mapping[str, str], protocol: str,
-                      name: str) -> tuple[str, str]:
-    """``(endpoint, where it came from)``; HTTP base endpoints get ``/v1/traces`` appended."""
+                      name: str) -> tuple[str, str, str]:
+    """``(endpoint, where it came from, what was typed there)``; HTTP base endpoints get ``/v1/traces``
+    appended."""
     grpc = protocol == "grpc"
     if options.traces_endpoint:
-        return options.traces_endpoint, f"sinks.{name}.traces_endpoint"
+        return options.traces_endpoint, f"sinks.{name}.traces_endpoint", options.traces_endpoint
     if options.endpoint:
         base = options.endpoint
-        return (base if grpc else base.rstrip("/") + "/v1/traces"), f"sinks.{name}.endpoint"
+        return (base if grpc else base.rstrip("/") + "/v1/traces"), f"sinks.{name}.endpoint", base
     if env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip():
-        return env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"].strip(), "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        typed = env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"].strip()
+        return typed, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", typed
     if env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip():
         base = env["OTEL_EXPORTER_OTLP_ENDPOINT"].strip()
-        return (base if grpc else base.rstrip("/") + "/v1/traces"), "OTEL_EXPORTER_OTLP_ENDPOINT"
-    return (DEFAULT_GRPC_ENDPOINT if grpc else DEFAULT_HTTP_ENDPOINT), "default"
+        return (base if grpc else base.rstrip("/") + "/v1/traces"), "OTEL_EXPORTER_OTLP_ENDPOINT", base
+    endpoint = DEFAULT_GRPC_ENDPOINT if grpc else DEFAULT_HTTP_ENDPOINT
+    return endpoint, "default", endpoint
 
 
 def _resolve_insecure(options: OtlpOptions, env: Mapping[str, str], endpoint: str) -> bool:
@@ -238,9 +242,9 @@ def otlp_settings(name: str, options: Mapping[str, Any], env: Mapping[str, str])
         raise ConfigError(problems, title=f"invalid options for sink {name!r}")
     opts: OtlpOptions = parsed
     protocol = _resolve_protocol(opts, env, problems)
-    endpoint, where = _resolve_endpoint(opts, env, protocol, name)
+    endpoint, where, typed = _resolve_endpoint(opts, env, protocol, name)
     if protocol != "grpc":
-        check_http_url(endpoint, where, problems)
+        check_http_url(endpoint, where, problems, typed)
     elif importlib.util.find_spec("grpc") is None:
         problems.append(Problem(f"sinks.{name}.protocol",
                                 "grpc needs the grpc extra: pip install 'traceexport[grpc]'"))

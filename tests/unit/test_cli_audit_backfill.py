@@ -1,0 +1,75 @@
+"""`audit` and `backfill` from the command line: which Dify database and which sinks (no database is reached)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from traceexport.cli import main
+from traceexport.cli.backfill_cmd import Job
+from traceexport.errors import SourceError
+from traceexport.pipeline.spool import Spool
+
+URL_ENV = "TRACEEXPORT_DIFY_DATABASE_URL"
+
+
+@pytest.fixture(autouse=True)
+def _no_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening Dify's database stops the command with a line naming the URL and the sinks it would audit."""
+    def opened(self: Job, **_: Any) -> None:
+        raise SourceError(f"would open {self.url}")
+
+    monkeypatch.setattr(Job, "open", opened)
+    for name in (URL_ENV, "TRACEEXPORT_CONFIG", "TRACEEXPORT_TO", "TRACEEXPORT_SPOOL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _config(tmp_path: Path) -> Path:
+    config = tmp_path / "traceexport.yaml"
+    config.write_text(f"spool:\n  dir: {tmp_path / 'spool'}\nsinks:\n  dbg:\n    type: file\n"
+                      f"    path: {tmp_path / 'out'}\nenrich:\n  database_url: postgresql://ro@confighost/dify\n",
+                      encoding="utf-8")
+    return config
+
+
+@pytest.mark.parametrize("command", ["audit", "backfill"])
+def test_the_database_comes_from_flag_then_variable_then_config(command: str, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--config` alone gives its enrich.database_url (as the periodic audit reads it); the variable beats it and
+    --dify-db beats both; with none, one line names all three."""
+    config = str(_config(tmp_path))
+    assert main([command, "--since", "7d", "--config", config]) == 2
+    assert capsys.readouterr().err == "error: would open postgresql://ro@confighost/dify\n"
+    monkeypatch.setenv(URL_ENV, "postgresql://ro@envhost/dify")
+    assert main([command, "--since", "7d", "--config", config]) == 2
+    assert capsys.readouterr().err == "error: would open postgresql://ro@envhost/dify\n"
+    assert main([command, "--since", "7d", "--config", config, "--dify-db", "postgresql://ro@flaghost/dify"]) == 2
+    assert capsys.readouterr().err == "error: would open postgresql://ro@flaghost/dify\n"
+    monkeypatch.delenv(URL_ENV)
+    assert main([command, "--since", "7d", "--to", "file", "--spool", str(tmp_path / "spool")]) == 2
+    assert capsys.readouterr().err == ("error: no Dify database: pass --dify-db URL, set "
+                                       "TRACEEXPORT_DIFY_DATABASE_URL, or set enrich.database_url in the config "
+                                       "file (--config)\n")
+
+
+def test_audit_without_config_audits_the_sinks_the_spool_recorded(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --config, `audit --sink langfuse` finds the spool's langfuse sink (the README example); a name the
+    spool never had, or a sink only a config file defines, is one line naming what to pass."""
+    spool = Spool(tmp_path / "spool")
+    spool.register_sinks(["langfuse", "dbg"])
+    spool.close()
+    base = ["audit", "--since", "7d", "--dify-db", "postgresql://ro@db/dify", "--spool", str(tmp_path / "spool")]
+    assert main([*base, "--sink", "langfuse", "--json"]) == 2
+    assert capsys.readouterr().err == "error: would open postgresql://ro@db/dify\n"
+    assert main([*base, "--sink", "opik"]) == 2
+    assert "error: --sink opik: spool " in capsys.readouterr().err
+    assert main([*base, "--sink", "dbg"]) == 2
+    assert "is defined by a config file (its type and mapping are not in the spool): pass --config" in \
+        capsys.readouterr().err
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("audit: not auditing dbg (defined by a config file") and "would open" in err
