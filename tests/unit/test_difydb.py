@@ -87,3 +87,13 @@ def test_urls_lose_their_password() -> None:
     """The masked URL keeps user, host and database and hides the password."""
     assert masked_url("postgresql://dify:s3cret@db:5432/dify") == "postgresql://dify:***@db:5432/dify"
     assert masked_url("postgresql://db/dify") == "postgresql://db/dify"
+
+
+def test_a_connection_error_masks_the_password_but_not_the_letters_of_a_tiny_one() -> None:
+    """describe() masks the URL's password in libpq's message; a one-letter password is not masked in every
+    word (it turned "port" into "***ort"), a real one is."""
+    from traceexport.difydb.connect import describe
+
+    message = 'connection to server at "127.0.0.1", port 1 failed: is it accepting connections? (hunter22)'
+    assert "port 1" in describe(RuntimeError(message), "postgresql://u:p@127.0.0.1:1/d")
+    assert "hunter22" not in describe(RuntimeError(message), "postgresql://u:hunter22@127.0.0.1:1/d")

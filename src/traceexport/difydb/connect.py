@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from traceexport.errors import SourceError
+from traceexport.redaction import redact
 
 DEFAULT_STATEMENT_TIMEOUT = 60.0
 
@@ -42,10 +43,8 @@ def describe(exc: BaseException, url: str | None = None) -> str:
     """A psycopg error as one line without secrets (the password is never in libpq's messages, the URL is
     masked; a DSN echoed back by libpq is cut)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    if url:
-        parts = urlsplit(url)
-        if parts.password:
-            text = text.replace(parts.password, "***")
+    if url:  # a password too short to mask (redaction.MIN_LENGTH) is left: "***" for each "p" hides the message
+        text = redact(text, [urlsplit(url).password or ""])
     text = re.sub(r"password=\S+", "password=***", text)
     return text
 
