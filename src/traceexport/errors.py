@@ -50,8 +50,10 @@ class ConfigError(TraceExportError):
         super().__init__(self.render())
 
     def render(self) -> str:
-        """All problems, one per line, under the title."""
-        lines = [f"{self.title} ({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}):"]
+        """One problem on one line after the title; several, one per line under it."""
+        if len(self.problems) == 1:
+            return f"{self.title}: {self.problems[0]}"
+        lines = [f"{self.title} ({len(self.problems)} problems):"]
         lines += [f"  {p}" for p in self.problems]
         return "\n".join(lines)
 
