@@ -106,7 +106,9 @@ def test_partial_success_rejections_reach_the_dead_letter_and_the_log(
         sent = [request_spans(ExportTraceServiceRequest.FromString(r.body)) for r in fake.requests]
         received = Counter(s["spanId"] for s in fake.spans)
     partial = [spans for spans in sent if any(s["attributes"]["dify.message.id"].startswith(BAD) for s in spans)]
-    warnings = [r.getMessage() for r in caplog.records if "without saying which" in r.getMessage()]
+    logged = [r.getMessage() for r in caplog.records if "without saying which" in r.getMessage()]
+    summaries = [line for line in logged if "dead-lettered, the latest:" in line]  # the sink's dead-letter lines
+    warnings = [line for line in logged if line not in summaries]
     print(f"requests {len(sent)}, partially rejected {len(partial)}, dead-lettered {len(dead)}, "
           f"exported {figures['exported']}, warnings {len(warnings)}")
     assert {r.key for r in records if is_bad(r)} <= set(dead)
@@ -120,6 +122,7 @@ def test_partial_success_rejections_reach_the_dead_letter_and_the_log(
         accepted, rejected, total, dropped = map(int, match.groups())
         assert accepted + rejected == total and rejected == dropped
     assert len(warnings) == len(partial) and all(w.startswith("sink otlp: ") for w in warnings)
+    assert summaries and all("see traceexport dlq list --sink otlp" in line for line in summaries)
     assert len(sent) == len({frozenset(s["spanId"] for s in spans) for spans in sent})  # nothing re-sent
     assert max(received.values()) == 1
 
