@@ -19,8 +19,9 @@ from traceexport.sinks.base import ItemFailure
 FAST = PipelineSettings(fsync=False, poll_interval=0.01, retry=RetryPolicy(max_attempts=1))
 
 
-def _spool_with_dead_letters(spool: Path, n: int = 3) -> None:
-    sink = ScriptedSink("opik", fail_first(99, ItemFailure("opik rejected the request (422)", True, 422)))
+def _spool_with_dead_letters(spool: Path, n: int = 3, sink_name: str = "opik") -> None:
+    refused = "opik rejected the request (422)" if sink_name == "opik" else f"{sink_name} refused (422)"
+    sink = ScriptedSink(sink_name, fail_first(99, ItemFailure(refused, True, 422)))
     with Pipeline(spool, [Route(sink, StandInMapping())], FAST) as pipe:
         pipe.accept(make_records(n))
         pipe.start()
@@ -125,11 +126,7 @@ def test_dlq_replay_without_daemon_delivers(tmp_path: Path, capsys: pytest.Captu
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """With no daemon, `dlq replay --to file` delivers the re-queued records itself and exits 0."""
     monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
-    sink = ScriptedSink("file", fail_first(99, ItemFailure("file refused (422)", True, 422)))
-    with Pipeline(tmp_path / "spool", [Route(sink, StandInMapping())], FAST) as pipe:
-        pipe.accept(make_records(2))
-        pipe.start()
-        assert pipe.wait_idle(10)
+    _spool_with_dead_letters(tmp_path / "spool", 2, "file")
     assert main(["dlq", "replay", "--spool", str(tmp_path / "spool"), "--to", "file"]) == 0
     captured = capsys.readouterr()
     assert "2 records queued again for file" in captured.out
@@ -413,11 +410,7 @@ def test_dlq_replay_of_a_sink_the_daemon_does_not_deliver_to(tmp_path: Path, cap
     `dlq replay` without its sinks moves nothing (exit 2, saying why), and with them delivers it here."""
     for name in ("TRACEEXPORT_TO", "TRACEEXPORT_CONFIG"):
         monkeypatch.delenv(name, raising=False)
-    sink = ScriptedSink("gone", fail_first(99, ItemFailure("gone refused (422)", True, 422)))
-    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe:
-        pipe.accept(make_records(2))
-        pipe.start()
-        assert pipe.wait_idle(10)
+    _spool_with_dead_letters(tmp_path, 2, "gone")
     config = tmp_path / "gone.yaml"
     config.write_text(f"sinks:\n  gone:\n    type: file\n    path: {tmp_path / 'out'}\n", encoding="utf-8")
     lock = DaemonLock(tmp_path, ["dbg"])
@@ -518,11 +511,7 @@ def test_status_shows_the_dead_letter_as_it_is_now(tmp_path: Path, capsys: pytes
     """After a successful `dlq replay`, status's IN DLQ column is 0 (the footnote says what it counts) while the
     lifetime dead_lettered counter of --json and /metrics keeps rising, never going back."""
     monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
-    sink = ScriptedSink("file", fail_first(99, ItemFailure("file refused (422)", True, 422)))
-    with Pipeline(tmp_path / "spool", [Route(sink, StandInMapping())], FAST) as pipe:
-        pipe.accept(make_records(3))
-        pipe.start()
-        assert pipe.wait_idle(10)
+    _spool_with_dead_letters(tmp_path / "spool", 3, "file")
 
     def dlq_cell() -> str:
         assert main(["status", "--spool", str(tmp_path / "spool")]) == 0
