@@ -3,13 +3,13 @@ a database that is not Dify's, bad flags — never a traceback. (Dify's own sche
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.support.net import free_port
 from tests.support.postgres_server import PostgresServer, running_or_skip
 from tests.support.processes import python_env
 
@@ -21,12 +21,6 @@ def server() -> Iterator[PostgresServer]:
     """A PostgreSQL whose database holds no Dify tables."""
     with running_or_skip() as pg:
         yield pg
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def backfill(tmp_path: Path, *args: str, command: str = "backfill") -> subprocess.CompletedProcess[str]:
@@ -58,7 +52,7 @@ def assert_one_line(done: subprocess.CompletedProcess[str], *fragments: str) -> 
         "bad-app"])
 def test_bad_input_is_one_line(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
     """Each bad URL or flag exits 2 with one line saying what is wrong, and no password in it."""
-    args = [a.replace("{port}", str(_free_port())) for a in args]
+    args = [a.replace("{port}", str(free_port())) for a in args]
     done = backfill(tmp_path, *args)
     assert_one_line(done, *fragments)
     assert "secret-pw" not in done.stderr

@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 from tests.support.dify_producer import DifyProducer
-from tests.support.redis_server import RedisServer, free_port, redis_server_binary
+from tests.support.net import free_port
+from tests.support.redis_server import RedisServer, redis_server_binary
 
 from traceexport.config import validate_config_file
 from traceexport.errors import ConfigError, SpoolFullError

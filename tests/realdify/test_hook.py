@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,7 @@ import pytest
 from tests.fakes.langfuse_server import LangfuseFake
 from tests.realdify.conftest import Backends, DifyStack
 from tests.realdify.entities import BACKENDS, differences, mapped, received
+from tests.support.net import free_port
 
 # The README's console call, verbatim: no token, a tee to a provider the app may not have configured.
 README_CONFIG = {"mode": "in_process", "sinks": "opik,langfuse", "tee": "langfuse"}
@@ -168,3 +172,26 @@ def test_under_gevent_the_hook_exports_without_blocking_the_hub(stack: DifyStack
     assert results[7]["ticks"] > results[3]["ticks"] + 10, (results[3], results[7])
     assert results[6]["undelivered"] == 0 and results[6]["stats"]["accepted"] == 8
     assert_delivered_as_mapped(results[4]["files"], backends, ("otlp",))
+
+
+def _accepted_in_slots(spool_root: Path) -> int:
+    """Records the hook's slot spools under ``spool_root`` accepted, as ``traceexport status`` counts them."""
+    total = 0
+    for slot in sorted(spool_root.glob("*/slot-*")):
+        done = subprocess.run([sys.executable, "-m", "traceexport", "status", "--spool", str(slot), "--json"],
+                              capture_output=True, text=True, timeout=60, check=True)
+        total += sum(sink["accepted"] for sink in json.loads(done.stdout)["sinks"].values())
+    return total
+
+
+def test_a_worker_that_exits_the_moment_its_tasks_end_has_every_record_in_its_spool(
+        stack: DifyStack, tmp_path: Path) -> None:
+    """Celery's prefork child ends with ``os._exit`` once it ran its last task (Dify's ``--max-tasks-per-child 50``),
+    and Dify deletes each TraceTask file as ``trace()`` returns: every record is already in the hook's spool then."""
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing delivered: the spool must hold every record
+    results = stack.run([{"op": "seed"}, *configure_both_apps({"mode": "in_process", "sinks": "otlp"}),
+                         {"op": "produce", "archive": str(tmp_path / "archive")}, {"op": "work"}],
+                        **hook_env(tmp_path), OTEL_EXPORTER_OTLP_ENDPOINT=closed)  # the driver ends with os._exit
+    ran = results[4]["ran"]
+    assert len(ran) == len(results[3]["files"]) == 8 and {r["state"] for r in ran} == {"SUCCESS"}
+    assert _accepted_in_slots(tmp_path / "hook-spool") == 8

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,17 +23,11 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.net import free_port
 from tests.support.processes import stop_process
 
 START_TIMEOUT = 240.0  # about 10 s on an idle machine, but far slower on a busy shared one
 POLL_INTERVAL = 0.25
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def require_phoenix() -> None:

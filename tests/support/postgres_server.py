@@ -22,7 +22,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+
+from tests.support.net import free_port
 
 RUN_AS_WHEN_ROOT = "nobody"
 DATABASE = "dify"
@@ -92,12 +93,6 @@ def find_bin_dir() -> Path | None:
     return Path(found).parent if found and initdb else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running_or_skip() -> Iterator[PostgresServer]:
     """A started server for a test or fixture, stopped afterwards; skips (saying why) when none can run."""
@@ -134,7 +129,7 @@ class PostgresServer:
             _chown(root / "pwfile", user)
             initdb = [str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", "postgres", "-E", "UTF8"]
             _run([*initdb, "--locale=C", "--auth=scram-sha-256", f"--pwfile={root / 'pwfile'}", "--no-sync"], user)
-            port = _free_port()
+            port = free_port()
             with open(root / "postgres.log", "wb") as log:  # the child keeps its own descriptor
                 process = subprocess.Popen(
                     [str(bin_dir / "postgres"), "-D", str(root / "data"), "-p", str(port), "-h", "127.0.0.1",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -25,6 +24,8 @@ from typing import Any
 import httpx
 import yaml
 
+from tests.support.net import free_port
+
 START_TIMEOUT = 30.0
 JOB = "traceexport"  # the scrape job name the alert rules expect
 
@@ -32,13 +33,6 @@ JOB = "traceexport"  # the scrape job name the alert rules expect
 def prometheus_binary() -> str | None:
     """The path of ``prometheus``, or None when it is not installed."""
     return shutil.which("prometheus")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PrometheusServer:
@@ -66,7 +60,7 @@ class PrometheusServer:
         config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         last_error = "not started"
         for _ in range(attempts):  # a free port can be taken between probing and binding
-            port = _free_port()
+            port = free_port()
             args = [binary, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
                     f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
             log = (workdir / f"prometheus-{port}.log").open("wb")

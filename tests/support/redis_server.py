@@ -11,12 +11,13 @@ Usage::
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from tests.support.net import free_port
 
 START_TIMEOUT = 10.0
 
@@ -24,14 +25,6 @@ START_TIMEOUT = 10.0
 def redis_server_binary() -> str | None:
     """The path of ``redis-server``, or None when it is not installed."""
     return shutil.which("redis-server")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RedisServer:

@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 import pytest
 from tests.dify_standin import activate, trace_info_objects
-from tests.dify_standin.support import RecordingSink, Sidecar, free_port, recording_routes, reset_hook, wait_for
+from tests.dify_standin.support import RecordingSink, Sidecar, recording_routes, reset_hook, wait_for
+from tests.support.net import free_port
 
 from traceexport import dify
 from traceexport.dify import hook_metrics, provider, runtime, wiring
@@ -384,9 +385,8 @@ def test_failures_inside_trace_are_swallowed_and_counted(recording: RecordingSin
 
 
 def test_full_hand_off_queue_drops_and_counts(monkeypatch: pytest.MonkeyPatch, recording: RecordingSink) -> None:
-    """When the exporter cannot keep up, trace() returns at once and counts the drops."""
-    import threading
-
+    """When the exporter cannot keep up (and trace() is told not to wait), trace() returns at once and counts the
+    drops."""
     release = threading.Event()
     sink_factory = wiring.ROUTE_FACTORY
     assert sink_factory is not None
@@ -397,6 +397,7 @@ def test_full_hand_off_queue_drops_and_counts(monkeypatch: pytest.MonkeyPatch, r
 
     wiring.ROUTE_FACTORY = slow_factory
     monkeypatch.setenv("TRACEEXPORT_HOOK_QUEUE_SIZE", "2")
+    monkeypatch.setenv("TRACEEXPORT_HOOK_WAIT", "0")
     instance = provider.TraceExportTrace(TraceExportConfig(sinks="recording"))
     with activate("dictmap"):
         objects = trace_info_objects()
@@ -405,6 +406,70 @@ def test_full_hand_off_queue_drops_and_counts(monkeypatch: pytest.MonkeyPatch, r
     release.set()
     assert STATS.snapshot()["dropped_queue_full"] >= 4
     assert wait_for(lambda: len(recording.bodies) == STATS.snapshot()["queued"])
+
+
+def test_trace_returns_once_its_record_is_in_the_spool(recording: RecordingSink) -> None:
+    """Dify deletes a record's TaskData file as trace() returns (and a Celery prefork child may end with os._exit
+    right after), so trace() returns only once its record is stored in the spool."""
+    instance = provider.TraceExportTrace(TraceExportConfig(sinks="recording"))
+    with activate("dictmap"):
+        objects = trace_info_objects()
+    for count, trace_info in enumerate(objects, start=1):
+        instance.trace(trace_info)
+        assert STATS.snapshot()["accepted"] == count
+    assert STATS.snapshot()["store_wait_timeouts"] == 0
+
+
+def test_a_stalled_spool_holds_trace_no_longer_than_the_wait(monkeypatch: pytest.MonkeyPatch,
+                                                             recording: RecordingSink) -> None:
+    """While the spool cannot take the record, trace() returns after TRACEEXPORT_HOOK_WAIT, counts it, and the record
+    is stored and delivered once the spool can take it."""
+    release = threading.Event()
+    sink_factory = wiring.ROUTE_FACTORY
+    assert sink_factory is not None
+
+    def stalled_factory(settings: HookSettings, env: Any) -> Any:
+        release.wait(30.0)
+        return sink_factory(settings, env)
+
+    wiring.ROUTE_FACTORY = stalled_factory
+    monkeypatch.setenv("TRACEEXPORT_HOOK_WAIT", "0.2")
+    instance = provider.TraceExportTrace(TraceExportConfig(sinks="recording"))
+    with activate("dictmap"):
+        instance.trace(trace_info_objects()[0])
+    assert STATS.snapshot()["store_wait_timeouts"] == 1 and STATS.snapshot()["accepted"] == 0
+    release.set()
+    assert wait_for(lambda: len(recording.bodies) == 1)
+
+
+def test_trace_does_not_wait_for_an_exporter_that_cannot_start(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spool root that cannot be created fails the exporter's start: the records are counted as dropped, and
+    trace() does not wait out TRACEEXPORT_HOOK_WAIT for each of them."""
+    (tmp_path / "not-a-directory").write_text("")
+    monkeypatch.setenv("TRACEEXPORT_SPOOL", str(tmp_path / "not-a-directory"))
+    monkeypatch.setenv("TRACEEXPORT_HOOK_WAIT", "30")
+    instance = provider.TraceExportTrace(TraceExportConfig(sinks="file"))
+    with activate("dictmap"):
+        for trace_info in trace_info_objects():
+            instance.trace(trace_info)
+    counts = STATS.snapshot()
+    assert counts["store_wait_timeouts"] == 0 and counts["accepted"] == 0
+    assert counts["dropped_unconfigured"] >= 1 and counts["errors"] == 1
+
+
+def test_unusable_hook_numbers_are_reported_and_their_defaults_used() -> None:
+    """TRACEEXPORT_HOOK_WAIT and TRACEEXPORT_HOOK_QUEUE_SIZE a user mistyped fall back to their defaults inside
+    Dify, and saving a config says why (one reason each)."""
+    settings = resolve_settings(None, {"TRACEEXPORT_TO": "file", "TRACEEXPORT_HOOK_WAIT": "soon",
+                                       "TRACEEXPORT_HOOK_QUEUE_SIZE": "0"})
+    assert settings.store_wait == 2.0 and settings.queue_size == 10_000
+    assert settings.problems() == [
+        "TRACEEXPORT_HOOK_QUEUE_SIZE must be a whole number at least 1 (got '0'); using 10000",
+        "TRACEEXPORT_HOOK_WAIT must be a number of seconds from 0 to 60 (got 'soon'); using 2"]
+    for text in ("nan", "-1", "61", "inf"):
+        assert resolve_settings(None, {"TRACEEXPORT_HOOK_WAIT": text}).store_wait == 2.0
+    assert resolve_settings(None, {"TRACEEXPORT_HOOK_WAIT": " 0 "}).store_wait == 0.0
 
 
 def test_a_raising_sink_does_not_reach_dify(monkeypatch: pytest.MonkeyPatch) -> None:

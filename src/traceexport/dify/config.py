@@ -30,6 +30,8 @@ from traceexport.sinks.headers import value_problem
 MODES = ("in_process", "forward")
 DEFAULT_SPOOL = "/app/api/storage/traceexport-spool"
 DEFAULT_QUEUE_SIZE = 10_000
+DEFAULT_STORE_WAIT = 2.0  # seconds trace() waits for its record to be in the spool (Dify deletes its file then)
+MAX_STORE_WAIT = 60.0
 _MODE_ALIASES = {"": "", "in_process": "in_process", "in-process": "in_process", "inprocess": "in_process",
                  "local": "in_process", "forward": "forward", "sidecar": "forward"}
 
@@ -83,6 +85,8 @@ class HookSettings:
     tee: str | None = None
     spool_dir: Path = Path(DEFAULT_SPOOL)
     queue_size: int = DEFAULT_QUEUE_SIZE
+    store_wait: float = DEFAULT_STORE_WAIT
+    env_problems: tuple[str, ...] = ()  # environment values that were unusable (their defaults apply)
 
     @property
     def runtime_key(self) -> tuple[str, ...]:
@@ -98,7 +102,7 @@ class HookSettings:
 
     def problems(self) -> list[str]:
         """What makes these settings unusable (empty when they look right); no I/O beyond a file check."""
-        found: list[str] = []
+        found: list[str] = list(self.env_problems)
         if self.unknown_mode:
             found.append(f"mode must be one of {', '.join(MODES)} (got {self.unknown_mode!r})")
         if self.mode == "forward":
@@ -140,10 +144,10 @@ def resolve_settings(config: Any, env: Mapping[str, str] | None = None) -> HookS
     env_endpoint = (env.get("TRACEEXPORT_FORWARD_URL") or "").strip().rstrip("/")
     endpoint = stored.endpoint.rstrip("/") or env_endpoint
     mode = _MODE_ALIASES.get(given.lower())
-    try:
-        queue_size = max(1, int(env.get("TRACEEXPORT_HOOK_QUEUE_SIZE", DEFAULT_QUEUE_SIZE)))
-    except ValueError:
-        queue_size = DEFAULT_QUEUE_SIZE
+    env_problems: list[str] = []
+    queue_size = int(_env_number(env, "TRACEEXPORT_HOOK_QUEUE_SIZE", DEFAULT_QUEUE_SIZE, 1, None, env_problems,
+                                 whole=True))
+    store_wait = _env_number(env, "TRACEEXPORT_HOOK_WAIT", DEFAULT_STORE_WAIT, 0.0, MAX_STORE_WAIT, env_problems)
     return HookSettings(
         mode=mode or "in_process",
         unknown_mode="" if mode is not None else given,
@@ -156,7 +160,28 @@ def resolve_settings(config: Any, env: Mapping[str, str] | None = None) -> HookS
         tee=(stored.tee or env.get("TRACEEXPORT_TEE", "")).strip().lower() or None,
         spool_dir=Path(env.get("TRACEEXPORT_SPOOL") or DEFAULT_SPOOL),
         queue_size=queue_size,
+        store_wait=store_wait,
+        env_problems=tuple(env_problems),
     )
+
+
+def _env_number(env: Mapping[str, str], name: str, default: float, low: float, high: float | None,
+                problems: list[str], whole: bool = False) -> float:
+    """``env[name]`` as a number in [low, high], else ``default`` with the reason added to ``problems``
+    (never raises: these settings are read in Dify's worker)."""
+    text = (env.get(name) or "").strip()
+    if not text:
+        return default
+    try:
+        value = float(int(text)) if whole else float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= low and (high is None or value <= high)):  # also refuses nan
+        kind = "a whole number" if whole else "a number of seconds"
+        bounds = f"at least {low:g}" if high is None else f"from {low:g} to {high:g}"
+        problems.append(f"{name} must be {kind} {bounds} (got {text!r}); using {default:g}")
+        return default
+    return value
 
 
 __all__ = ["OTHER_KEYS", "PROVIDER_NAME", "SECRET_KEYS", "HookSettings", "TraceExportConfig", "resolve_settings"]

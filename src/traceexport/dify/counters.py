@@ -25,6 +25,7 @@ COUNTERS = (
     "invalid_records",   # TraceInfo that could not become a Record
     "accepted",          # records durably in the spool
     "spool_full_waits",
+    "store_wait_timeouts", # trace() returned before its record was in the spool (TRACEEXPORT_HOOK_WAIT)
     "errors",            # unexpected exceptions caught at the boundary or in the hand-off thread
     "tee_calls",
     "tee_errors",

@@ -37,7 +37,8 @@ class TraceExportTrace:
             self.config_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
 
     def trace(self, trace_info: Any) -> None:
-        """Hand the TraceInfo to the exporter (non-blocking) and to the tee provider; never raises."""
+        """Hand the TraceInfo to the exporter, waiting (at most ``store_wait``) until it is in the spool, and to the
+        tee provider; never raises."""
         try:
             self._trace(trace_info)
         except Exception as exc:
@@ -55,7 +56,7 @@ class TraceExportTrace:
             data, type_name = dict(trace_info), str(trace_info.get("trace_info_type") or "")
         else:
             data, type_name = trace_info.model_dump(), type(trace_info).__name__
-        exporter_for(self.settings).submit(Item(type_name, data, app_id))
+        exporter_for(self.settings).submit(Item(type_name, data, app_id), wait=self.settings.store_wait)
         if self.settings.tee:
             call_tee(self.settings.tee, app_id, trace_info)
 

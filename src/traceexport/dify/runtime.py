@@ -1,7 +1,10 @@
 """The per-process exporter behind the provider: a bounded hand-off queue, one background thread, a pipeline.
 
-``trace()`` only dumps the TraceInfo and does a non-blocking put. The background thread turns items into
-records and ``accept``\\ s them into this process's own spool; the pipeline's sink workers deliver. One
+``trace()`` dumps the TraceInfo, puts it into the queue without blocking and waits (at most the settings'
+``store_wait``) until the background thread, which turns items into records and ``accept``\\ s them into
+this process's own spool in batches, has stored it: Dify deletes the record's TaskData file as ``trace()``
+returns, and a Celery prefork child ends with ``os._exit`` after its last task, so a record only in memory
+would be lost without a trace. The pipeline's sink workers deliver. One
 exporter exists per distinct configuration and process. Each claims a *slot* directory under the spool
 root with an exclusive ``flock``, so processes never share a spool and a restarted process adopts (and
 delivers) what a dead one left behind. After ``fork`` the child starts with fresh state and a slot of its
@@ -35,16 +38,23 @@ RESTART_AFTER = 30.0  # seconds before an exporter whose pipeline could not star
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One TraceInfo as handed over by ``trace()``: Dify's class name, its python-mode dump, the app id."""
+    """One TraceInfo as handed over by ``trace()``: Dify's class name, its python-mode dump, the app id, and
+    the event the background thread sets once the item's fate is settled (stored, or counted as dropped)."""
 
     type_name: str
     data: dict[str, Any]
     app_id: str | None = None
+    settled: threading.Event | None = None
 
 
 def to_record(item: Item) -> Record:
     """A Record from a handed-over item, made JSON-safe the way Dify's TaskData file holds it."""
     return record_from_trace_info(json_safe(item.data), item.type_name, item.app_id)
+
+
+def _settle(item: Item) -> None:
+    if item.settled is not None:
+        item.settled.set()
 
 
 def claim_slot(root: Path) -> tuple[Path, int]:
@@ -79,13 +89,18 @@ class Exporter:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._pipeline_failed = False  # the last start failed: items are discarded, nobody waits for them
         self._pid = os.getpid()
 
     # -- the caller's side -----------------------------------------------------------------------
-    def submit(self, item: Item) -> None:
-        """Put ``item`` into the hand-off queue without blocking; count and log a drop when it is full."""
+    def submit(self, item: Item, wait: float = 0.0) -> None:
+        """Put ``item`` into the hand-off queue without blocking (a full queue drops and counts it), then wait at
+        most ``wait`` seconds until it is stored; a record still queued then is stored later, and counted."""
         if self._thread is None or self._pid != os.getpid():
             self._start()
+        waiting = wait > 0 and not self._pipeline_failed
+        if waiting:
+            item = Item(item.type_name, item.data, item.app_id, threading.Event())
         try:
             self.queue.put_nowait(item)
         except queue.Full:
@@ -94,6 +109,10 @@ class Exporter:
                      hint="the exporter cannot keep up; raise TRACEEXPORT_HOOK_QUEUE_SIZE or check the spool")
             return
         STATS.incr("queued")
+        if waiting and item.settled is not None and not item.settled.wait(wait):
+            STATS.incr("store_wait_timeouts")
+            RATE_LOG("dify.hook.store_slow", waited=f"{wait:g}s", queued=self.queue.qsize(),
+                     hint="the record stays queued in memory; check the spool's disk (TRACEEXPORT_SPOOL)")
 
     def _start(self) -> None:
         with self._lock:
@@ -110,8 +129,10 @@ class Exporter:
         saved_at = monotonic()
         while not self._stopping.is_set():
             if self.pipeline is None and not self._open():
+                self._pipeline_failed = True  # from now on nobody waits for a pipeline that is not there
                 self._discard_until_restart()
                 continue
+            self._pipeline_failed = False
             self._drain_once(timeout=0.5)
             if monotonic() - saved_at >= hook_metrics.SAVE_EVERY:
                 saved_at = monotonic()
@@ -149,13 +170,17 @@ class Exporter:
         return True
 
     def _discard_until_restart(self) -> None:
-        """Without a pipeline nothing can be kept: count what arrives until the next start attempt."""
-        if self._stopping.wait(RESTART_AFTER):
-            return
+        """Without a pipeline nothing can be kept: count what is queued and what arrives until the next start
+        attempt as dropped."""
+        self._drop_queued()
+        if not self._stopping.wait(RESTART_AFTER):
+            self._drop_queued()
+
+    def _drop_queued(self) -> None:
         dropped = 0
         with contextlib.suppress(queue.Empty):
             while True:
-                self.queue.get_nowait()
+                _settle(self.queue.get_nowait())
                 self.queue.task_done()
                 dropped += 1
         if dropped:
@@ -169,7 +194,8 @@ class Exporter:
             try:
                 self._accept([r for r in map(self._convert, batch) if r is not None])
             finally:
-                for _ in batch:
+                for item in batch:
+                    _settle(item)
                     self.queue.task_done()
             if not until_empty:
                 return
