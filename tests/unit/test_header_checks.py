@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import pytest
 
 from traceexport.config.check import validate_config_file
@@ -104,3 +105,32 @@ def test_a_bad_header_at_send_time_shows_no_part_of_it() -> None:
         listener.close()
     assert failure is not None and "could not be sent" in failure.reason and "unreachable" not in failure.reason
     assert "SECRETNL333" not in failure.reason and "Evil" not in failure.reason
+
+
+def _sent_headers(settings: OtlpSettings) -> list[tuple[str, str]]:
+    """The header lines one OTLP/HTTP request with ``settings`` carries (captured before any network)."""
+    seen: list[tuple[str, str]] = []
+
+    def capture(request: httpx.Request) -> httpx.Response:
+        seen.extend(request.headers.multi_items())
+        return httpx.Response(200)
+
+    transport = HttpTransport(settings, "otlp", client_transport=httpx.MockTransport(capture))
+    transport.send(b"", 0)
+    transport.close()
+    return seen
+
+
+def test_a_header_configured_in_another_case_is_sent_once() -> None:
+    """HTTP header names are case-insensitive: a config header overrides the environment's and a fixed one of the
+    same name in any case, and each goes out once (two spellings used to send both)."""
+    otlp = create_sink("otlp", "s", {"endpoint": URL, "headers": {"authorization": "Bearer CONFIGURED1",
+                                                                  "user-agent": "mine/1"}},
+                       {"OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20FROMENV1"})
+    sent = _sent_headers(otlp.settings)  # type: ignore[attr-defined]
+    assert [v for k, v in sent if k == "authorization"] == ["Bearer CONFIGURED1"]
+    assert [v for k, v in sent if k == "user-agent"] == ["mine/1"]
+    langfuse = create_sink("langfuse", "s", {"host": URL, "public_key": "pk-lf-1", "secret_key": "sk-lf-1",
+                                             "headers": {"AUTHORIZATION": "Bearer NOTUSED1"}}, {})
+    sent = _sent_headers(langfuse.settings)  # type: ignore[attr-defined]
+    assert [v for k, v in sent if k == "authorization"] == ["Basic cGstbGYtMTpzay1sZi0x"]

@@ -68,6 +68,18 @@ def header_problems(headers: Mapping[str, str], where: Mapping[str, str], *, grp
     return problems
 
 
+def merge_headers(*layers: Mapping[str, str]) -> dict[str, str]:
+    """The headers of ``layers``, a later layer's header replacing an earlier one of the same name in any case
+    (HTTP names are case-insensitive: two spellings would send the header twice)."""
+    merged: dict[str, str] = {}
+    for layer in layers:
+        for name, value in layer.items():
+            for existing in [key for key in merged if key.lower() == name.lower()]:
+                del merged[existing]
+            merged[name] = value
+    return merged
+
+
 def header_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
     """What configured ``headers`` send that may be a credential: the value of every header whose name
     looks secret and of any other of 8+ characters; a ``Scheme credential`` value's credential alone; and
@@ -107,4 +119,4 @@ def _basic_parts(credential: str) -> list[str]:
     return [pair, user, password]
 
 
-__all__ = ["header_problems", "header_secrets", "name_problem", "url_secrets", "value_problem"]
+__all__ = ["header_problems", "header_secrets", "merge_headers", "name_problem", "url_secrets", "value_problem"]

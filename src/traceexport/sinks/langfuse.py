@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 
 from traceexport.errors import ConfigError, Problem
-from traceexport.sinks.headers import header_problems, header_secrets, url_secrets
+from traceexport.sinks.headers import header_problems, header_secrets, merge_headers, url_secrets
 from traceexport.sinks.otlp.config import (
     CommonOptions,
     OtlpSettings,
@@ -83,8 +83,8 @@ def langfuse_settings(name: str, options: Mapping[str, Any], env: Mapping[str, s
     token = base64.b64encode(f"{public}:{secret}".encode()).decode()
     opts_headers = {k: v.get_secret_value() for k, v in (opts.headers or {}).items()}
     problems += header_problems(opts_headers, dict.fromkeys(opts_headers, f"sinks.{name}.headers"))
-    headers = {**opts_headers, "Authorization": f"Basic {token}",
-               "x-langfuse-ingestion-version": INGESTION_VERSION}
+    headers = merge_headers(opts_headers, {"Authorization": f"Basic {token}",
+                                           "x-langfuse-ingestion-version": INGESTION_VERSION})
     settings = OtlpSettings(
         endpoint=host.rstrip("/") + OTEL_PATH,
         protocol=opts.protocol or "http/protobuf",

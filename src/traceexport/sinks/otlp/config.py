@@ -15,7 +15,7 @@ from urllib.parse import unquote
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from traceexport.errors import ConfigError, Problem
-from traceexport.sinks.headers import header_problems, header_secrets, url_secrets
+from traceexport.sinks.headers import header_problems, header_secrets, merge_headers, url_secrets
 
 Protocol = Literal["http/protobuf", "http/json", "grpc"]
 PROTOCOLS: tuple[str, ...] = ("http/protobuf", "http/json", "grpc")
@@ -115,16 +115,13 @@ def otel_env(env: Mapping[str, str], suffix: str) -> tuple[str, str] | None:
 
 def resolve_headers(options: CommonOptions, env: Mapping[str, str], problems: list[Problem], *,
                     name: str, grpc: bool = False) -> dict[str, str]:
-    """Headers from ``OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`` (URL-decoded: as sent), overridden key by key by
-    option ``headers``; a name or value that cannot be sent (over HTTP, or gRPC) is a problem."""
-    headers: dict[str, str] = {}
-    where: dict[str, str] = {}
+    """Headers from ``OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`` (URL-decoded: as sent), overridden name by name (in
+    any case) by option ``headers``; a name or value that cannot be sent (over HTTP, or gRPC) is a problem."""
     found = otel_env(env, "HEADERS")
-    if found:
-        for key, value in parse_kv_list(found[1], found[0], problems).items():
-            headers[key], where[key] = value, found[0]
-    for key, secret in (options.headers or {}).items():
-        headers[key], where[key] = secret.get_secret_value(), f"sinks.{name}.headers"
+    from_env = parse_kv_list(found[1], found[0], problems) if found else {}
+    configured = {key: secret.get_secret_value() for key, secret in (options.headers or {}).items()}
+    headers = merge_headers(from_env, configured)
+    where = {key: f"sinks.{name}.headers" if key in configured else found[0] if found else "" for key in headers}
     problems += header_problems(headers, where, grpc=grpc)
     return headers
 

@@ -17,6 +17,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from traceexport.sinks import ratelimit, request_meter
 from traceexport.sinks.base import ItemFailure
+from traceexport.sinks.headers import merge_headers
 from traceexport.sinks.http import classify_response, classify_transport_error, redact
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.otlp.config import OtlpSettings
@@ -62,7 +63,7 @@ class HttpTransport:
         self._settings = settings
         self._backend = backend
         self._json = settings.protocol == "http/json"
-        headers = {"User-Agent": USER_AGENT, **settings.headers}
+        headers = merge_headers({"User-Agent": USER_AGENT}, settings.headers)
         self._client = make_client(timeout=settings.timeout, headers=headers, transport=client_transport)
 
     def send(self, request: bytes, spans: int = 0, /) -> SendOutcome:
