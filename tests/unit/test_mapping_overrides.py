@@ -148,3 +148,14 @@ records:
     text = str(info.value)
     assert text.count("a selector ('*', 'kind:K') overrides entities of a base") == 2
     assert f"{path}:3: records.\"*\"" in text and f"{path}:6: records.message.*" in text
+
+
+def test_extends_naming_a_missing_file_points_at_the_line_and_the_builtin_form(tmp_path: Path) -> None:
+    """``extends: otlp`` (a backend's name, not a file) is one problem at the extends line that says how a built-in
+    mapping is named, not a read error of a file the user never named."""
+    path = _write(tmp_path, "backend: otlp\nextends: otlp\n")
+    with pytest.raises(ConfigError) as info:
+        load_mapping(path)
+    assert str(info.value).endswith(
+        f"{path}:2: extends: no mapping file {tmp_path / 'otlp'} (a built-in mapping is 'extends: builtin' with "
+        "'backend:' one of opik, langfuse, otlp, amplitude)")

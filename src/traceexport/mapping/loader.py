@@ -223,9 +223,13 @@ def resolve(path: Path, _seen: tuple[Path, ...] = ()) -> LineDict:
             raise ConfigError([Problem(where, f"'extends: builtin' needs backend one of {', '.join(BACKENDS)}")],
                               title="invalid mapping")
         base_path = builtin_mapping_path(str(backend))
-    elif isinstance(base_ref, str):
-        base_path = (path.parent / base_ref) if not Path(base_ref).is_absolute() else Path(base_ref)
     else:
         where = f"{path}:{document.lines.get('extends', ('', document.line))[1]}: extends"
-        raise ConfigError([Problem(where, "extends must be 'builtin' or a file path")], title="invalid mapping")
+        if not isinstance(base_ref, str):
+            raise ConfigError([Problem(where, "extends must be 'builtin' or a file path")], title="invalid mapping")
+        base_path = (path.parent / base_ref) if not Path(base_ref).is_absolute() else Path(base_ref)
+        if not base_path.is_file():
+            raise ConfigError([Problem(where, f"no mapping file {base_path} (a built-in mapping is "
+                                              f"'extends: builtin' with 'backend:' one of {', '.join(BACKENDS)})")],
+                              title="invalid mapping")
     return merge_override(resolve(base_path, (*_seen, path)), document)
