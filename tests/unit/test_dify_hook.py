@@ -384,18 +384,24 @@ def test_failures_inside_trace_are_swallowed_and_counted(recording: RecordingSin
     assert counts["errors"] == 2 and counts["invalid_records"] == 1 and counts["traced"] == 3
 
 
-def test_full_hand_off_queue_drops_and_counts(monkeypatch: pytest.MonkeyPatch, recording: RecordingSink) -> None:
-    """When the exporter cannot keep up (and trace() is told not to wait), trace() returns at once and counts the
-    drops."""
+def _stall_exporter_start() -> threading.Event:
+    """Make the exporter's pipeline start (and so every store) wait until the returned event is set."""
     release = threading.Event()
     sink_factory = wiring.ROUTE_FACTORY
     assert sink_factory is not None
 
-    def slow_factory(settings: HookSettings, env: Any) -> Any:
-        release.wait(10.0)
+    def stalled_factory(settings: HookSettings, env: Any) -> Any:
+        release.wait(30.0)
         return sink_factory(settings, env)
 
-    wiring.ROUTE_FACTORY = slow_factory
+    wiring.ROUTE_FACTORY = stalled_factory
+    return release
+
+
+def test_full_hand_off_queue_drops_and_counts(monkeypatch: pytest.MonkeyPatch, recording: RecordingSink) -> None:
+    """When the exporter cannot keep up (and trace() is told not to wait), trace() returns at once and counts the
+    drops."""
+    release = _stall_exporter_start()
     monkeypatch.setenv("TRACEEXPORT_HOOK_QUEUE_SIZE", "2")
     monkeypatch.setenv("TRACEEXPORT_HOOK_WAIT", "0")
     instance = provider.TraceExportTrace(TraceExportConfig(sinks="recording"))
@@ -424,15 +430,7 @@ def test_a_stalled_spool_holds_trace_no_longer_than_the_wait(monkeypatch: pytest
                                                              recording: RecordingSink) -> None:
     """While the spool cannot take the record, trace() returns after TRACEEXPORT_HOOK_WAIT, counts it, and the record
     is stored and delivered once the spool can take it."""
-    release = threading.Event()
-    sink_factory = wiring.ROUTE_FACTORY
-    assert sink_factory is not None
-
-    def stalled_factory(settings: HookSettings, env: Any) -> Any:
-        release.wait(30.0)
-        return sink_factory(settings, env)
-
-    wiring.ROUTE_FACTORY = stalled_factory
+    release = _stall_exporter_start()
     monkeypatch.setenv("TRACEEXPORT_HOOK_WAIT", "0.2")
     instance = provider.TraceExportTrace(TraceExportConfig(sinks="recording"))
     with activate("dictmap"):
