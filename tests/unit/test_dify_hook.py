@@ -161,6 +161,18 @@ def test_config_class_never_raises_and_api_check_reports_an_unknown_mode() -> No
         provider.TraceExportTrace(config).api_check()
 
 
+@pytest.mark.parametrize("key", ["mode", "sinks", "endpoint", "token", "tee"])
+def test_a_lone_surrogate_typed_into_any_field_never_raises_into_dify(key: str) -> None:
+    """A JSON "\\ud800" in a console field is a str UTF-8 cannot encode: Dify's calls for the project key and URL
+    still answer, and api_check refuses the config with a ValueError (the project key used to raise
+    UnicodeEncodeError)."""
+    instance = provider.TraceExportTrace(TraceExportConfig(**{key: "a\ud800b"}))
+    assert instance.get_project_key() and instance.get_project_url()
+    with contextlib.suppress(ValueError):
+        instance.api_check()
+    instance.trace({"trace_info_type": "MessageTraceInfo"})
+
+
 def test_a_config_file_is_the_servers_choice_never_an_apps() -> None:
     """A config_file in an app's tracing_config is refused when saved and ignored when stored: a console user
     naming a server file (its ${VAR} filled from Dify's environment) could send the server's secrets anywhere."""

@@ -98,7 +98,8 @@ class HookSettings:
     def slug(self) -> str:
         """A short stable name for this configuration's spool directory (no secret in it)."""
         text = "|".join((self.mode, ",".join(self.sinks), self.config_file or "", self.endpoint or ""))
-        return f"{self.mode}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+        # surrogatepass: a JSON "\ud800" typed into Dify's console is a str UTF-8 cannot encode
+        return f"{self.mode}-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:10]}"
 
     def problems(self) -> list[str]:
         """What makes these settings unusable (empty when they look right); no I/O beyond a file check."""
