@@ -270,6 +270,48 @@ def test_a_spool_path_of_the_wrong_kind_is_one_line_and_exit_2(argv: list[str], 
         assert "unable to open database" not in err
 
 
+@pytest.mark.parametrize("argv", [["status"], ["dlq", "list"], ["dlq", "show", "1"], ["dlq", "replay"],
+                                  ["dlq", "purge", "--yes"], ["dlq", "retire", "opik"]])
+def test_a_spool_directory_this_user_cannot_look_into_is_one_line_and_exit_2(
+        argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spool directory the user may not enter (root's 0700 directory, seen by an operator's account) is one
+    line naming it (exit 2), not a PermissionError traceback. (The tests run as root, whom no mode stops, so
+    the refusal is the one the OS would give.)"""
+    _spool_with_dead_letters(tmp_path, 1)
+    real_is_file = Path.is_file
+
+    def refused(path: Path) -> bool:
+        if path.parent == tmp_path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_is_file(path)
+
+    monkeypatch.setattr(Path, "is_file", refused)
+    assert main([*argv, "--spool", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"error: spool {tmp_path}: Permission denied\n" and "nothing accepted" not in out
+
+
+@pytest.mark.parametrize("argv", [["dlq", "purge", "--yes"], ["dlq", "retire", "opik"]])
+def test_a_spool_this_user_may_only_read_is_one_line_and_exit_2(
+        argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dlq purge` and `dlq retire` on a spool whose files this user may only read say so in one line (exit 2),
+    not with sqlite3's OperationalError traceback; `status` and `dlq list` still read it."""
+    _spool_with_dead_letters(tmp_path, 1)
+    real_open = Spool._open
+
+    def read_only(spool: Spool) -> object:
+        conn = real_open(spool)
+        conn.execute("PRAGMA query_only=1")  # what SQLite answers a user without write permission
+        return conn
+
+    monkeypatch.setattr(Spool, "_open", read_only)
+    assert main(["dlq", "list", "--spool", str(tmp_path), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1
+    assert main([*argv, "--spool", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: spool {tmp_path}: attempt to write a readonly database") and err.count("\n") == 1
+
+
 def test_serve_and_validate_name_a_spool_path_of_the_wrong_kind(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """`serve` refuses a spool path of the wrong kind with the shared line (exit 2); `validate --config` agrees."""
