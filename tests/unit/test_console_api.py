@@ -106,6 +106,21 @@ def test_bad_calls_get_one_line_json_errors(console: Console) -> None:
     assert console.post("/api/playground/map", {"backend": "nope", "record": "{}"}).status_code == 400
 
 
+def test_bodies_nested_too_deeply_are_400_not_500(console: Console) -> None:
+    """A body of a hundred thousand '[' is "not JSON" (400) on every POST, and a playground override nested
+    past PyYAML's recursion is a problem of override.yaml: never a 500 and an internal_error log line."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for path in ("/api/dead-letters/replay", "/api/dead-letters/purge", "/api/playground/map"):
+        answer = httpx.post(console.base + path, content=deep, headers=console.headers, timeout=10)
+        assert answer.status_code == 400 and "not JSON" in answer.json()["error"], path
+    record = (SAMPLES / "05-message-chat.json").read_text()
+    answer = console.post("/api/playground/map", {"backend": "otlp", "record": record,
+                                                  "override": "records: " + "[" * 10_000})
+    assert answer.status_code == 200 and not answer.json()["ok"]
+    assert answer.json()["problems"] == [{"file": "override.yaml", "line": None, "path": None,
+                                          "message": "YAML nested too deeply to read"}]
+
+
 def test_ids_beyond_64_bits_or_below_one_are_404_or_400_not_500(console: Console) -> None:
     """Dead-letter ids SQLite cannot hold (beyond 64 bits, negative, zero) are an unknown entry (404) or a bad
     request (400) naming the range, never a 500; other numbers of the query too."""

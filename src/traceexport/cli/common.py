@@ -69,7 +69,7 @@ def parse_key_values(pairs: Sequence[str] | None, flag: str) -> dict[str, Any]:
             continue
         try:
             out[key.strip()] = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):  # not a YAML scalar (or nested past PyYAML's recursion): text
             out[key.strip()] = value
     if problems:
         raise ConfigError(problems, title="invalid options")

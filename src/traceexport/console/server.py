@@ -9,7 +9,6 @@ elsewhere and cannot be framed.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -19,6 +18,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from traceexport import _json
 from traceexport.console.api import ConsoleApi
 from traceexport.errors import RequestError
 from traceexport.http_base import BEARER_CHALLENGE, JsonRequestHandler, JsonServer
@@ -198,9 +198,11 @@ class _Handler(JsonRequestHandler):
 
 
 def _json_body(raw: bytes) -> Any:
+    """The body's JSON value; RequestError (400) when it is not JSON, nested too deeply included (the fast
+    parser stops at a depth the standard library's recursion would have died of, a 500)."""
     try:
-        return json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
+        return _json.loads(raw or b"null")
+    except ValueError as exc:
         raise RequestError(f"the body is not JSON: {exc}") from None
 
 
