@@ -207,6 +207,32 @@ def test_dead_letters_are_listed_filtered_shown_replayed_and_purged(console: Con
     assert status["refused"]["dead_letters"] == 1
 
 
+def test_replay_refuses_dead_letters_of_a_sink_the_daemon_does_not_deliver_to(tmp_path: Path) -> None:
+    """Dead letters of a sink taken out of the config are not moved back to a queue nobody sends from: replay
+    answers 409 naming the sink and the command that delivers them, and moves nothing (not even the others
+    asked for with them); the entries of delivered sinks alone replay as before."""
+    retired = ScriptedSink("retired", fail_first(99, ItemFailure("HTTP 422: no", True, 422)))
+    with Pipeline(tmp_path / "spool", [Route(retired, StandInMapping())], FAST) as earlier:
+        earlier.accept(make_records(2))
+        earlier.start()
+        assert earlier.wait_idle(10)
+    console = Console(tmp_path)
+    try:
+        _deliver(console, 1)
+        entries = console.get("/api/dead-letters").json()["entries"]
+        ids = {e["sink"]: e["id"] for e in entries}
+        assert set(ids) == {"retired", "refused"}
+        answer = console.post("/api/dead-letters/replay", {"ids": [ids["refused"], ids["retired"]]})
+        assert answer.status_code == 409
+        error = answer.json()["error"]
+        assert "does not deliver to retired" in error and "nothing was replayed" in error
+        assert f"traceexport dlq replay --spool {tmp_path / 'spool'} --sink retired --config FILE" in error
+        assert console.get("/api/dead-letters").json()["total"] == 3
+        assert console.post("/api/dead-letters/replay", {"ids": [ids["refused"]]}).json()["total"] == 1
+    finally:
+        console.close()
+
+
 def test_the_playground_maps_a_record_with_the_provenance_of_each_field(console: Console) -> None:
     """A sample record maps to its payloads and OTLP/JSON request bodies; each body field names its file and line."""
     info = console.get("/api/playground").json()
