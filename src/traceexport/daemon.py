@@ -313,12 +313,15 @@ class Daemon:
 
 
 def start_problem(exc: OSError, config: Config) -> ConfigError:
-    """A one-line ConfigError for a start-up OSError such as a port already in use."""
+    """A one-line ConfigError for a start-up OSError: a port already in use, or a file it may not open (the
+    spool's lock in a directory of another user), named as such."""
     http = config.sources.http
+    if exc.filename is not None:  # a file (bind errors carry none): not the listener's fault
+        return ConfigError([Problem("", f"{exc.filename}: {exc.strerror or exc}")], title="cannot start")
     if http is not None and exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
         return ConfigError([Problem("sources.http.listen", f"cannot listen on {http.listen}: {exc.strerror}")],
                            title="cannot start")
-    return ConfigError([Problem("", f"cannot start: {exc.strerror or exc}")], title="cannot start")
+    return ConfigError([Problem("", f"{exc.strerror or exc}")], title="cannot start")
 
 
 __all__ = ["Daemon", "build_prepare", "build_prepare_for", "describe_sinks", "pipeline_settings", "start_problem"]
