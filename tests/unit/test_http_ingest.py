@@ -402,6 +402,27 @@ def test_chunked_alone_or_two_lengths_are_refused(server: IngestServer, pipeline
     assert not pipeline.records
 
 
+def test_a_body_cut_short_is_refused_not_read_as_a_whole_one(server: IngestServer, pipeline: StandIn,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body shorter than its Content-Length is never parsed: 400 naming the bytes that came when the client
+    closed its side, 408 when it stalls past the handler's timeout (it was a 500 and an http.internal_error
+    ERROR line after 30 s); whole NDJSON lines before the cut are not accepted either way."""
+    line = json.dumps(sample("05-message-chat.json")).encode() + b"\n"
+    head = (b"POST " + INGEST_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
+            b"Content-Length: %d\r\n\r\n" % (len(line) * 3))
+    with socket.create_connection(server.address, timeout=10) as sock:
+        sock.sendall(head + line)
+        sock.shutdown(socket.SHUT_WR)
+        answer = sock.makefile("rb").read().decode()
+    assert answer.startswith("HTTP/1.1 400") and f"ended after {len(line)} of the {len(line) * 3} bytes" in answer
+    monkeypatch.setattr(JsonRequestHandler, "timeout", 0.5)
+    with socket.create_connection(server.address, timeout=10) as sock:
+        sock.sendall(head + line)  # and then nothing
+        answer = sock.makefile("rb").read().decode()
+    assert answer.startswith("HTTP/1.1 408") and "did not arrive within 0.5 s" in answer, answer
+    assert not pipeline.records
+
+
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "OPTIONS", "PATCH"])
 def test_other_methods_get_json_405_with_allow(server: IngestServer, method: str) -> None:
     """PUT/DELETE/OPTIONS/PATCH answer JSON 405 with Allow on known paths and JSON 404 elsewhere."""
