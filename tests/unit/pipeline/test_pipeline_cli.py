@@ -183,6 +183,25 @@ def test_dlq_retire_dead_letters_what_a_removed_sink_is_owed(tmp_path: Path,
     assert len(returned.delivered) == 5
 
 
+def test_dlq_list_shows_a_reason_s_control_characters_escaped(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A backend's error body quoted in a reason can carry terminal escapes (colours, a new title, text hidden
+    or reordered by a bidi override): the table prints them as escapes, never to the terminal as they are;
+    --json keeps the reason exact."""
+    hostile = "bad \x1b]0;pwned\x07\x1b[8mhidden\x1b[0m \u202egnp.exe \x9b2J"
+    sink = ScriptedSink("opik", fail_first(99, ItemFailure(hostile, True, 400)))
+    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.accept(make_records(1))
+        pipe.start()
+        assert pipe.wait_idle(10)
+    assert main(["dlq", "list", "--spool", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]", out), out
+    assert "bad \\x1b]0;pwned\\x07\\x1b[8mhidden\\x1b[0m \\u202egnp.exe \\x9b2J" in out
+    assert main(["dlq", "list", "--spool", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["reason"] == hostile
+
+
 def test_dlq_purge_needs_yes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`dlq purge` refuses without --yes and deletes with it."""
     _spool_with_dead_letters(tmp_path, 2)
