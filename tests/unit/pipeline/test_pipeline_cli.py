@@ -331,6 +331,19 @@ def test_a_spool_this_user_may_only_read_is_one_line_and_exit_2(
     assert err.startswith(f"error: spool {tmp_path}: attempt to write a readonly database") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("argv", [["status"], ["dlq", "list"], ["dlq", "purge", "--yes"]])
+def test_a_damaged_ledger_is_named_not_blamed_on_spool_db(argv: list[str], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A ledger.db that is not a database (the spool.db beside it is sound) is named in the one line: it said
+    'spool.db: file is not a database', sending the operator to the wrong file."""
+    _spool_with_dead_letters(tmp_path, 1)
+    (tmp_path / "ledger.db").write_bytes(b"\x00garbage" * 1000)
+    for leftover in ("ledger.db-wal", "ledger.db-shm"):
+        (tmp_path / leftover).unlink(missing_ok=True)
+    assert main([*argv, "--spool", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'ledger.db'}: file is not a database\n"
+
+
 def test_serve_and_validate_name_a_spool_path_of_the_wrong_kind(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """`serve` refuses a spool path of the wrong kind with the shared line (exit 2); `validate --config` agrees."""
