@@ -239,6 +239,28 @@ def test_health_readiness_and_metrics(pipeline: StandIn) -> None:
     assert missing.status_code == 404
 
 
+def test_metrics_that_cannot_be_read_are_a_500_and_one_log_line(pipeline: StandIn,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """When the figures cannot be read (a spool SQLite refuses now), a scrape gets a JSON 500 and the log one
+    http.metrics_failed line with the reason; it was a dropped connection and 'http.connection_error', which
+    names neither /metrics nor why."""
+    import sqlite3
+
+    def broken() -> str:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    srv = IngestServer(IngestSettings(host="127.0.0.1", port=0), pipeline.accept, metrics_text=broken)
+    srv.start()
+    try:
+        with caplog.at_level("ERROR"):
+            answer = httpx.get(url(srv, "/metrics"), timeout=10)
+    finally:
+        srv.stop(1.0)
+    assert answer.status_code == 500 and "metrics cannot be read" in answer.json()["error"]
+    failed = [r for r in caplog.records if r.getMessage() == "http.metrics_failed"]
+    assert len(failed) == 1 and "malformed" in str(failed[0].te_fields["error"])
+
+
 def test_draining_server_answers_503(server: IngestServer) -> None:
     """Once shutdown began, new posts get 503 with Retry-After and /readyz turns 503."""
     server.draining = True
