@@ -343,7 +343,15 @@ def run_purge(args: argparse.Namespace) -> int:
 
 
 def run_retire(args: argparse.Namespace) -> int:
-    """Dead-letter every record still owed to one sink."""
+    """Dead-letter every record still owed to one sink; refused while a daemon still delivers to it."""
+    daemon = owner(spool_path(args))
+    if daemon is not None and daemon.delivers(args.sink):
+        # Its worker would go on sending what was just dead-lettered (its queue position is in its memory):
+        # the records would be both delivered and in the dead letter, and a replay would send them twice.
+        print(f"error: {daemon.describe()} delivering from spool {spool_path(args)} still delivers to "
+              f"{args.sink}: take {args.sink} out of its config and restart it, then retire it; nothing was "
+              "moved", file=sys.stderr)
+        return 2
     moved = _query_one(args, lambda spool: deadletter.retire(spool, args.sink),
                        f"this spool has no sink named {args.sink!r} "
                        f"('traceexport status{spool_option(spool_path(args))}' lists them)")

@@ -183,6 +183,30 @@ def test_dlq_retire_dead_letters_what_a_removed_sink_is_owed(tmp_path: Path,
     assert len(returned.delivered) == 5
 
 
+def test_dlq_retire_refuses_a_sink_the_running_daemon_still_delivers_to(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`dlq retire` is for a sink taken out of the config: while a daemon still delivers to it, its worker would
+    go on sending what retire dead-lettered (its queue position is in memory), leaving records both delivered
+    and 'retired'. Refused (exit 2, nothing moved, what to do said); a sink that daemon does not deliver to
+    is retired as before."""
+    failing = ScriptedSink("old", fail_first(99, ItemFailure("503", permanent=False, status_code=503)))
+    settings = PipelineSettings(fsync=False, poll_interval=0.01, retry=RetryPolicy(initial_backoff=600))
+    with Pipeline(tmp_path, [Route(failing, StandInMapping()), Route(ScriptedSink("other"), StandInMapping())],
+                  settings) as pipe:
+        pipe.accept(make_records(2))
+    lock = DaemonLock(tmp_path, ["old"])  # a daemon delivering to "old" from this spool
+    try:
+        assert main(["dlq", "retire", "--spool", str(tmp_path), "old"]) == 2
+        err = capsys.readouterr().err
+        assert "still delivers to old" in err and "nothing was moved" in err and err.count("\n") == 1
+        assert main(["dlq", "list", "--spool", str(tmp_path), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == []
+        assert main(["dlq", "retire", "--spool", str(tmp_path), "other"]) == 0
+        assert "2 records still owed to other moved" in capsys.readouterr().out
+    finally:
+        lock.release()
+
+
 def test_dlq_list_shows_a_reason_s_control_characters_escaped(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     """A backend's error body quoted in a reason can carry terminal escapes (colours, a new title, text hidden
