@@ -38,6 +38,8 @@ PIPELINE_STOP_TIMEOUT = 15.0
 STOP_MARGIN = 1.0
 DUPLICATE_SIGNAL_WINDOW = 1.0  # seconds within which a second SIGTERM/SIGINT repeats the first
 MIN_STEP = 0.2
+DELIVERY_WATCH_INTERVAL = 1.0  # seconds between the daemon's looks at its delivery process
+DELIVERY_RESPAWN_INTERVAL = 5.0  # at least this long between two restarts of a delivery process that keeps dying
 
 
 def pipeline_settings(config: Config) -> PipelineSettings:
@@ -95,6 +97,7 @@ class Daemon:
         self.lock: DaemonLock | None = None
         self._stop_requested = threading.Event()
         self._running = False
+        self._next_respawn = 0.0
         http = config.sources.http
         console = config.console
         add_secrets([http.token.get_secret_value() if http and http.token else None,
@@ -236,13 +239,33 @@ class Daemon:
         try:
             self.start()
             print(self.banner(), file=sys.stderr, flush=True)
-            self._stop_requested.wait()
+            while not self._stop_requested.wait(DELIVERY_WATCH_INTERVAL):
+                self.watch_delivery()
             log_event(log, "serve.stopping")
         finally:
             self.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 0
+
+    def watch_delivery(self) -> None:
+        """Start a new delivery process when the one running has died on its own (killed, out of memory): one
+        ERROR line (``delivery.restarted``) with its exit code; nothing is lost, what it held is still owed in
+        the spool. Until then /readyz says why it is not ready; a process that keeps dying is restarted at
+        most every DELIVERY_RESPAWN_INTERVAL seconds."""
+        pipeline = self.pipeline
+        delivery = pipeline.delivery if pipeline is not None else None
+        now = time.monotonic()
+        if pipeline is None or delivery is None or not self._running or now < self._next_respawn:
+            return
+        code = delivery.respawn_if_dead()
+        if code is None:
+            return
+        self._next_respawn = now + DELIVERY_RESPAWN_INTERVAL
+        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        log_event(log, "delivery.restarted", logging.ERROR, ended=how, pid=delivery.pid,
+                  hint="the delivery process ended on its own; a new one sends what the spool still owes")
+        pipeline.wake()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         now = time.monotonic()
@@ -313,12 +336,15 @@ class Daemon:
 
 
 def start_problem(exc: OSError, config: Config) -> ConfigError:
-    """A one-line ConfigError for a start-up OSError such as a port already in use."""
+    """A one-line ConfigError for a start-up OSError: a port already in use, or a file it may not open (the
+    spool's lock in a directory of another user), named as such."""
     http = config.sources.http
+    if exc.filename is not None:  # a file (bind errors carry none): not the listener's fault
+        return ConfigError([Problem("", f"{exc.filename}: {exc.strerror or exc}")], title="cannot start")
     if http is not None and exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
         return ConfigError([Problem("sources.http.listen", f"cannot listen on {http.listen}: {exc.strerror}")],
                            title="cannot start")
-    return ConfigError([Problem("", f"cannot start: {exc.strerror or exc}")], title="cannot start")
+    return ConfigError([Problem("", f"{exc.strerror or exc}")], title="cannot start")
 
 
 __all__ = ["Daemon", "build_prepare", "build_prepare_for", "describe_sinks", "pipeline_settings", "start_problem"]

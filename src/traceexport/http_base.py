@@ -97,7 +97,8 @@ class JsonRequestHandler(BaseHTTPRequestHandler):
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
     def _read_body(self, limit: int) -> bytes | None:
-        """The body by its one Content-Length; None after answering when the framing is refused."""
+        """The body by its one Content-Length; None after answering when the framing is refused or the body
+        does not arrive whole (408 when the client stalls past :attr:`timeout`, 400 when it ends early)."""
         lengths = {value.strip() for value in self.headers.get_all("Content-Length") or []}
         if self.headers.get("Transfer-Encoding") is not None:
             # Both framings at once is how requests are smuggled past a proxy (RFC 9112 section 6.3).
@@ -130,7 +131,19 @@ class JsonRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._error(413, f"body of {length} bytes is over the {limit}-byte limit; send smaller batches")
             return None
-        return self.rfile.read(length)
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:  # the client stalled mid-body: its answer, not an internal error
+            self.close_connection = True
+            self._error(408, f"the body did not arrive within {self.timeout} s: send all {length} bytes "
+                             "its Content-Length announces")
+            return None
+        if len(body) < length:  # the client closed its side early: a cut body is never read as a whole one
+            self.close_connection = True
+            self._error(400, f"the body ended after {len(body)} of the {length} bytes its Content-Length "
+                             "announces")
+            return None
+        return body
 
 
 __all__ = ["BEARER_CHALLENGE", "JSON_TYPE", "PROMETHEUS_TYPE", "JsonRequestHandler", "JsonServer"]

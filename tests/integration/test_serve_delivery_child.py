@@ -148,6 +148,29 @@ def test_the_child_exits_within_seconds_of_every_kill_9_and_nothing_is_delivered
     assert duplicates <= TRIALS * 1000, f"{duplicates} duplicate spans for {len(accepted)} records"
 
 
+def test_a_delivery_child_killed_on_its_own_is_replaced_and_delivers_what_was_accepted(tmp_path: Path) -> None:
+    """kill -9 of the delivery child alone (the OOM killer's way): the daemon logs one delivery.restarted
+    ERROR line and starts a new child within seconds, which delivers what was accepted meanwhile; before,
+    the daemon went on answering 202 with nothing delivering until someone restarted it."""
+    with Served(tmp_path, _file_config(tmp_path)) as served:
+        first = _delivery_children(served.proc.pid)
+        assert len(first) == 1
+        os.kill(first[0], signal.SIGKILL)
+        wait_until(lambda: _gone(first[0]), timeout=10, what="the killed child gone")
+        assert served.post(_message(1)).status_code == 202
+        wait_until(lambda: len([c for c in _delivery_children(served.proc.pid) if c != first[0]]) == 1,
+                   timeout=15, what="a new delivery child")
+        wait_until(lambda: served.metric("traceexport_queue_depth", "out") == 0, timeout=30,
+                   what="the record accepted meanwhile delivered")
+        restarted = [line for line in served.log().splitlines() if "delivery.restarted" in line]
+        assert len(restarted) == 1 and "level=error" in restarted[0] and 'ended="signal 9"' in restarted[0]
+        assert httpx.get(f"{served.base}/readyz", timeout=10).status_code == 200
+    lines = [json.loads(line) for path in (tmp_path / "out").glob("*.jsonl")
+             for line in path.read_text("utf-8").splitlines()]
+    assert any(line["body"]["attributes"].get("dify.message.id") == "00000000-0000-4000-8000-000000000001"
+               for line in lines)
+
+
 @pytest.fixture
 def otlp() -> Iterator[OtlpFake]:
     fake = OtlpFake().start()

@@ -202,6 +202,23 @@ def test_files_that_are_not_utf8_are_one_line_each(tmp_path: Path, capsys: pytes
     assert f"{mapping}:3: not UTF-8" in capsys.readouterr().err
 
 
+def test_yaml_nested_too_deeply_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A config, mapping or --option value nested past PyYAML's recursion (ten thousand '[') is one problem
+    line and exit 2 for `validate` and `serve`, or text for --option, never a RecursionError traceback."""
+    config, mapping = tmp_path / "c.yaml", tmp_path / "m.yaml"
+    config.write_text("sinks: " + "[" * 10_000, encoding="utf-8")
+    mapping.write_text("extends: builtin\nbackend: otlp\nrecords: " + "[" * 10_000, encoding="utf-8")
+    assert main(["validate", "--config", str(config)]) == 2
+    assert f"{config}: not valid YAML: nested too deeply to read" in capsys.readouterr().err
+    assert main(["serve", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: not valid YAML: nested too deeply to read" in err and "Traceback" not in err
+    assert main(["validate", "--mapping", str(mapping)]) == 2
+    assert f"{mapping}: YAML nested too deeply to read" in capsys.readouterr().err
+    assert main(["validate", "--option", "node_events=" + "[" * 10_000]) in (0, 2)
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def _undocumented(parser: argparse.ArgumentParser, prefix: str) -> list[str]:
     missing = []
     for action in parser._actions:

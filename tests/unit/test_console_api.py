@@ -89,6 +89,34 @@ def test_every_answer_carries_the_security_headers(console: Console) -> None:
     assert "unsafe-inline" not in SECURITY_HEADERS["Content-Security-Policy"]
 
 
+def test_a_post_not_declared_json_is_refused_so_no_other_site_can_act(tmp_path: Path) -> None:
+    """Without a token (the loopback default), a page on any site could purge dead letters with a text/plain
+    or form POST, which browsers send cross-site without asking: every POST must declare application/json
+    (415 otherwise, nothing done), which a browser sends cross-site only after a preflight the console
+    refuses (OPTIONS is 405 with no Access-Control-Allow-Origin)."""
+    open_console = Console(tmp_path, token=None)
+    try:
+        _deliver(open_console, 1)
+        entry = open_console.get("/api/dead-letters").json()["entries"][0]["id"]
+        body = json.dumps({"ids": [entry]}).encode()
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+                             None):
+            headers = {"Origin": "http://elsewhere.example"}
+            if content_type:
+                headers["Content-Type"] = content_type
+            answer = httpx.post(open_console.base + "/api/dead-letters/purge", content=body, headers=headers,
+                                timeout=10)
+            assert answer.status_code == 415 and "application/json" in answer.json()["error"], content_type
+        assert open_console.get("/api/dead-letters").json()["total"] == 1
+        preflight = httpx.options(open_console.base + "/api/dead-letters/purge", timeout=10,
+                                  headers={"Origin": "http://elsewhere.example",
+                                           "Access-Control-Request-Method": "POST"})
+        assert preflight.status_code == 405 and "Access-Control-Allow-Origin" not in preflight.headers
+        assert open_console.post("/api/dead-letters/purge", {"ids": [entry]}).json() == {"purged": 1}
+    finally:
+        open_console.close()
+
+
 def test_bad_calls_get_one_line_json_errors(console: Console) -> None:
     """Unknown paths 404, wrong methods 405 with Allow, bad JSON and bad fields 400: never a traceback."""
     assert console.get("/api/nope").status_code == 404
@@ -96,7 +124,8 @@ def test_bad_calls_get_one_line_json_errors(console: Console) -> None:
     assert wrong.status_code == 405 and "Allow" in wrong.headers
     assert console.get("/api/dead-letters/replay").status_code == 405
     assert console.post("/api/status", {}).status_code == 405
-    raw = httpx.post(console.base + "/api/playground/map", content=b"{not json", headers=console.headers, timeout=10)
+    raw = httpx.post(console.base + "/api/playground/map", content=b"{not json", timeout=10,
+                     headers={**console.headers, "Content-Type": "application/json"})
     assert raw.status_code == 400 and "not JSON" in raw.json()["error"]
     for body in ({}, {"ids": []}, {"ids": ["1"]}, {"ids": [True]}, [1, 2]):
         answer = console.post("/api/dead-letters/replay", body)
@@ -104,6 +133,22 @@ def test_bad_calls_get_one_line_json_errors(console: Console) -> None:
     assert console.get("/api/dead-letters", limit="many").status_code == 400
     assert console.get("/api/dead-letters/abc").status_code == 404
     assert console.post("/api/playground/map", {"backend": "nope", "record": "{}"}).status_code == 400
+
+
+def test_bodies_nested_too_deeply_are_400_not_500(console: Console) -> None:
+    """A body of a hundred thousand '[' is "not JSON" (400) on every POST, and a playground override nested
+    past PyYAML's recursion is a problem of override.yaml: never a 500 and an internal_error log line."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for path in ("/api/dead-letters/replay", "/api/dead-letters/purge", "/api/playground/map"):
+        answer = httpx.post(console.base + path, content=deep, timeout=10,
+                            headers={**console.headers, "Content-Type": "application/json"})
+        assert answer.status_code == 400 and "not JSON" in answer.json()["error"], path
+    record = (SAMPLES / "05-message-chat.json").read_text()
+    answer = console.post("/api/playground/map", {"backend": "otlp", "record": record,
+                                                  "override": "records: " + "[" * 10_000})
+    assert answer.status_code == 200 and not answer.json()["ok"]
+    assert answer.json()["problems"] == [{"file": "override.yaml", "line": None, "path": None,
+                                          "message": "YAML nested too deeply to read"}]
 
 
 def test_ids_beyond_64_bits_or_below_one_are_404_or_400_not_500(console: Console) -> None:
@@ -190,6 +235,32 @@ def test_dead_letters_are_listed_filtered_shown_replayed_and_purged(console: Con
     assert console.get(f"/api/dead-letters/{ids[0]}").status_code == 404
     status = {s["name"]: s for s in console.get("/api/status").json()["sinks"]}
     assert status["refused"]["dead_letters"] == 1
+
+
+def test_replay_refuses_dead_letters_of_a_sink_the_daemon_does_not_deliver_to(tmp_path: Path) -> None:
+    """Dead letters of a sink taken out of the config are not moved back to a queue nobody sends from: replay
+    answers 409 naming the sink and the command that delivers them, and moves nothing (not even the others
+    asked for with them); the entries of delivered sinks alone replay as before."""
+    retired = ScriptedSink("retired", fail_first(99, ItemFailure("HTTP 422: no", True, 422)))
+    with Pipeline(tmp_path / "spool", [Route(retired, StandInMapping())], FAST) as earlier:
+        earlier.accept(make_records(2))
+        earlier.start()
+        assert earlier.wait_idle(10)
+    console = Console(tmp_path)
+    try:
+        _deliver(console, 1)
+        entries = console.get("/api/dead-letters").json()["entries"]
+        ids = {e["sink"]: e["id"] for e in entries}
+        assert set(ids) == {"retired", "refused"}
+        answer = console.post("/api/dead-letters/replay", {"ids": [ids["refused"], ids["retired"]]})
+        assert answer.status_code == 409
+        error = answer.json()["error"]
+        assert "does not deliver to retired" in error and "nothing was replayed" in error
+        assert f"traceexport dlq replay --spool {tmp_path / 'spool'} --sink retired --config FILE" in error
+        assert console.get("/api/dead-letters").json()["total"] == 3
+        assert console.post("/api/dead-letters/replay", {"ids": [ids["refused"]]}).json()["total"] == 1
+    finally:
+        console.close()
 
 
 def test_the_playground_maps_a_record_with_the_provenance_of_each_field(console: Console) -> None:

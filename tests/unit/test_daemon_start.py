@@ -40,3 +40,22 @@ def test_a_taken_console_port_fails_the_start_at_once_and_frees_the_ingest_port(
     assert len(raised) == 1 and isinstance(raised[0], ConfigError)
     assert f"cannot listen on 127.0.0.1:{taken}" in str(raised[0])
     assert daemon.http is None and daemon.pipeline is None and daemon.lock is None
+
+
+def test_a_file_it_may_not_open_is_named_not_blamed_on_the_listener(tmp_path: Path) -> None:
+    """`serve` on a spool directory of another user fails opening its lock file: the one line names that file
+    (it said 'cannot listen on 127.0.0.1:4319: Permission denied'); a port in use still names the listener."""
+    import errno
+
+    from traceexport.daemon import start_problem
+
+    config = Config.model_validate({"spool": {"dir": str(tmp_path)},
+                                    "sources": {"http": {"listen": "127.0.0.1:4319"}}})
+    lock = tmp_path / "daemon.lock"
+    denied = start_problem(PermissionError(errno.EACCES, "Permission denied", str(lock)), config)
+    assert denied.render() == f"cannot start: {lock}: Permission denied"
+    in_use = start_problem(OSError(errno.EADDRINUSE, "Address already in use"), config)
+    assert in_use.render() == ("cannot start: sources.http.listen: cannot listen on 127.0.0.1:4319: "
+                               "Address already in use")
+    other = start_problem(OSError(errno.EMFILE, "Too many open files"), config)
+    assert other.render() == "cannot start: Too many open files"

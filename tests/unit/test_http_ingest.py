@@ -239,6 +239,28 @@ def test_health_readiness_and_metrics(pipeline: StandIn) -> None:
     assert missing.status_code == 404
 
 
+def test_metrics_that_cannot_be_read_are_a_500_and_one_log_line(pipeline: StandIn,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """When the figures cannot be read (a spool SQLite refuses now), a scrape gets a JSON 500 and the log one
+    http.metrics_failed line with the reason; it was a dropped connection and 'http.connection_error', which
+    names neither /metrics nor why."""
+    import sqlite3
+
+    def broken() -> str:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    srv = IngestServer(IngestSettings(host="127.0.0.1", port=0), pipeline.accept, metrics_text=broken)
+    srv.start()
+    try:
+        with caplog.at_level("ERROR"):
+            answer = httpx.get(url(srv, "/metrics"), timeout=10)
+    finally:
+        srv.stop(1.0)
+    assert answer.status_code == 500 and "metrics cannot be read" in answer.json()["error"]
+    failed = [r for r in caplog.records if r.getMessage() == "http.metrics_failed"]
+    assert len(failed) == 1 and "malformed" in str(failed[0].te_fields["error"])
+
+
 def test_draining_server_answers_503(server: IngestServer) -> None:
     """Once shutdown began, new posts get 503 with Retry-After and /readyz turns 503."""
     server.draining = True
@@ -399,6 +421,27 @@ def test_chunked_alone_or_two_lengths_are_refused(server: IngestServer, pipeline
     assert raw_exchange(server, chunked)[0].startswith("HTTP/1.1 411")
     answer, closed = raw_exchange(server, twice)
     assert answer.startswith("HTTP/1.1 400") and "Content-Length" in answer and closed, answer
+    assert not pipeline.records
+
+
+def test_a_body_cut_short_is_refused_not_read_as_a_whole_one(server: IngestServer, pipeline: StandIn,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body shorter than its Content-Length is never parsed: 400 naming the bytes that came when the client
+    closed its side, 408 when it stalls past the handler's timeout (it was a 500 and an http.internal_error
+    ERROR line after 30 s); whole NDJSON lines before the cut are not accepted either way."""
+    line = json.dumps(sample("05-message-chat.json")).encode() + b"\n"
+    head = (b"POST " + INGEST_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
+            b"Content-Length: %d\r\n\r\n" % (len(line) * 3))
+    with socket.create_connection(server.address, timeout=10) as sock:
+        sock.sendall(head + line)
+        sock.shutdown(socket.SHUT_WR)
+        answer = sock.makefile("rb").read().decode()
+    assert answer.startswith("HTTP/1.1 400") and f"ended after {len(line)} of the {len(line) * 3} bytes" in answer
+    monkeypatch.setattr(JsonRequestHandler, "timeout", 0.5)
+    with socket.create_connection(server.address, timeout=10) as sock:
+        sock.sendall(head + line)  # and then nothing
+        answer = sock.makefile("rb").read().decode()
+    assert answer.startswith("HTTP/1.1 408") and "did not arrive within 0.5 s" in answer, answer
     assert not pipeline.records
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -15,6 +16,16 @@ import yaml
 from traceexport.errors import ConfigError, DaemonConflictError, RecordError, SourceError
 from traceexport.records import Record
 from traceexport.records.stream import Piece, piece_record, stream_pieces
+
+# Control characters (C0, DEL, C1) and the bidirectional overrides: what a terminal acts on instead of showing.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print to a terminal: each control character as its escape (``\\x1b``, ``\\u202e``).
+    For text from elsewhere — a backend's error body in a dead letter's reason, a record's id — which could
+    otherwise recolour, retitle or rewrite the operator's terminal."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def iter_pieces(files: Sequence[str]) -> Iterator[tuple[str, Piece]]:
@@ -69,7 +80,7 @@ def parse_key_values(pairs: Sequence[str] | None, flag: str) -> dict[str, Any]:
             continue
         try:
             out[key.strip()] = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):  # not a YAML scalar (or nested past PyYAML's recursion): text
             out[key.strip()] = value
     if problems:
         raise ConfigError(problems, title="invalid options")

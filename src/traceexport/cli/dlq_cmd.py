@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from traceexport.cli.common import seconds_to_wait, spool_option
+from traceexport.cli.common import printable, seconds_to_wait, spool_option
 from traceexport.cli.status_cmd import add_spool_argument, query_spool, spool_exists, spool_path
 from traceexport.cli.timespec import TimeSpecError, parse_epoch
 from traceexport.config import Config, Overrides, resolve_config
@@ -173,7 +173,7 @@ def run_list(args: argparse.Namespace) -> int:
     for e in entries:
         kind = "permanent" if e.permanent else "gave up"
         print(f"{e.id:>6}  {e.sink:<12} {e.record_type:<18} {e.attempts:>8}  {_stamp(e.last_attempt):<20}  "
-              f"[{kind}] {e.reason[:160]}")
+              f"[{kind}] {printable(e.reason[:160])}")
     print(f"{len(entries)} entr{'ies' if len(entries) != 1 else 'y'}; " + _list_hint(args, entries))
     return 0
 
@@ -343,7 +343,15 @@ def run_purge(args: argparse.Namespace) -> int:
 
 
 def run_retire(args: argparse.Namespace) -> int:
-    """Dead-letter every record still owed to one sink."""
+    """Dead-letter every record still owed to one sink; refused while a daemon still delivers to it."""
+    daemon = owner(spool_path(args))
+    if daemon is not None and daemon.delivers(args.sink):
+        # Its worker would go on sending what was just dead-lettered (its queue position is in its memory):
+        # the records would be both delivered and in the dead letter, and a replay would send them twice.
+        print(f"error: {daemon.describe()} delivering from spool {spool_path(args)} still delivers to "
+              f"{args.sink}: take {args.sink} out of its config and restart it, then retire it; nothing was "
+              "moved", file=sys.stderr)
+        return 2
     moved = _query_one(args, lambda spool: deadletter.retire(spool, args.sink),
                        f"this spool has no sink named {args.sink!r} "
                        f"('traceexport status{spool_option(spool_path(args))}' lists them)")

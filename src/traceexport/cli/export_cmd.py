@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from traceexport.cli.common import number, seconds_to_wait, spool_option, whole_number
+from traceexport.cli.common import number, printable, seconds_to_wait, spool_option, whole_number
 from traceexport.cli.status_cmd import add_spool_argument
 from traceexport.config.models import SINK_TYPES
 from traceexport.errors import ConfigError, DaemonConflictError, RecordError, SpoolFullError, TraceExportError
@@ -184,7 +184,7 @@ def deliver(spool_dir: Path, routes: list[Route], records: Sequence[Record], set
             print(f"{name}: {n} record{'s' if n != 1 else ''} delivered", file=sys.stderr)
         dead = [e for e in deadletter.list_entries(pipe.spool, after_id=before_dlq) if e.sink in names]
         for e in dead:
-            print(f"error: {e.sink}: {e.record_type} record {e.record_key}: {e.reason}", file=sys.stderr)
+            print(printable(f"error: {e.sink}: {e.record_type} record {e.record_key}: {e.reason}"), file=sys.stderr)
         if not idle:
             _report_stuck(pipe, spool_dir, sinks_flag, accepted_all=True)
             return 1

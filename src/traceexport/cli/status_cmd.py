@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from traceexport.cli.common import spool_option
-from traceexport.errors import ConfigError
+from traceexport.errors import ConfigError, Problem
 from traceexport.pipeline.metrics import snapshot
 from traceexport.pipeline.spool import Spool, spool_dir_default
 from traceexport.pipeline.spool_dir import SPOOL_FILE, check_spool_dir
@@ -34,14 +35,19 @@ def spool_path(args: argparse.Namespace) -> Path:
 
 def spool_exists(spool_dir: Path) -> bool:
     """True once something has created a spool there (nothing accepted yet is not an error); ConfigError when
-    the path is of the wrong kind (``check_spool_dir``)."""
+    the path is of the wrong kind (``check_spool_dir``) or cannot be looked into (no permission)."""
     check_spool_dir(spool_dir)
-    return (spool_dir / SPOOL_FILE).is_file()
+    try:
+        return (spool_dir / SPOOL_FILE).is_file()
+    except OSError as exc:
+        raise ConfigError([Problem("", f"spool {spool_dir}: {exc.strerror or exc}")],
+                          title="cannot open spool") from exc
 
 
 def query_spool(args: argparse.Namespace, query: Callable[[Spool], T], empty: T) -> T | None:
     """Run ``query`` on the spool and close it; ``empty`` when there is no spool yet (nothing is created
-    by looking); None, after saying why on stderr, when the spool cannot be opened."""
+    by looking); None, after saying why on stderr, when the spool cannot be opened or the query fails on it
+    (e.g. a purge on a spool this user may only read)."""
     spool_dir = spool_path(args)
     try:
         if not spool_exists(spool_dir):
@@ -52,6 +58,9 @@ def query_spool(args: argparse.Namespace, query: Callable[[Spool], T], empty: T)
         return None
     try:
         return query(spool)
+    except sqlite3.Error as exc:
+        print(f"error: spool {spool_dir}: {exc}", file=sys.stderr)
+        return None
     finally:
         spool.close()
 

@@ -123,6 +123,8 @@ def read_config_data(
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         return {}, {}, [Problem(where, f"not valid YAML: {getattr(exc, 'problem', None) or exc}")]
+    except RecursionError:  # PyYAML composes and builds recursively: ten thousand '[' exhaust the stack
+        return {}, {}, [Problem(str(path), "not valid YAML: nested too deeply to read")]
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

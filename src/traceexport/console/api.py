@@ -5,6 +5,7 @@ playground. Each method takes the parsed request and returns a JSON-compatible a
 from __future__ import annotations
 
 import math
+import shlex
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -142,13 +143,30 @@ class ConsoleApi:
         return data
 
     def replay(self, body: Any) -> dict[str, Any]:
-        """Move the entries back to their sinks' queues; the daemon's delivery sends them now."""
+        """Move the entries back to their sinks' queues; the daemon's delivery sends them now. RequestError
+        (409, nothing moved) when some belong to a sink this daemon does not deliver to: moved, they would wait
+        in the spool for a sink nobody sends to."""
+        ids = _ids(body)
+        self._refuse_sinks_not_delivered(ids)
         moved: dict[str, int] = {}
-        for chunk in _chunks(_ids(body)):
+        for chunk in _chunks(ids):
             for sink, n in deadletter.replay(self.pipeline.spool, ids=chunk).items():
                 moved[sink] = moved.get(sink, 0) + n
         self.pipeline.wake()
         return {"replayed": moved, "total": sum(moved.values())}
+
+    def _refuse_sinks_not_delivered(self, ids: list[int]) -> None:
+        owed: set[str] = set()
+        for chunk in _chunks(ids):
+            owed.update(deadletter.count_by_sink(self.pipeline.spool, ids=chunk))
+        elsewhere = sorted(owed - set(self.pipeline.sink_names))
+        if elsewhere:
+            names = ", ".join(elsewhere)
+            command = (f"traceexport dlq replay --spool {shlex.quote(str(self.pipeline.spool.dir))} "
+                       f"--sink {shlex.quote(elsewhere[0])} --config FILE")
+            raise RequestError(f"this daemon does not deliver to {names} (not in its config): nothing was "
+                               f"replayed; leave out their entries, or deliver them with '{command}' (FILE: a "
+                               "config defining that sink), or purge them", status=409)
 
     def purge(self, body: Any) -> dict[str, Any]:
         """Delete the entries for good."""

@@ -67,6 +67,8 @@ def builtin_mapping(backend: Any) -> dict[str, Any]:
 def _problem(problem: Problem, folder: str) -> dict[str, Any]:
     """A mapping problem as ``{file, line, path, message}``, the temporary folder left out."""
     where = problem.where.replace(folder + "/", "")
+    if where.endswith(".yaml"):  # the file as a whole (e.g. YAML it cannot read): no line
+        return {"file": Path(where).name, "line": None, "path": None, "message": problem.message}
     match = _WHERE.match(where)
     if match is None:
         return {"file": None, "line": None, "path": where or None, "message": problem.message}

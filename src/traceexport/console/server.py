@@ -2,14 +2,15 @@
 
 Its own listener (``console.listen``), apart from ingest, so it can be kept on loopback or behind a
 proxy while ingest faces Dify. With a token configured every ``/api/`` call needs ``Authorization:
-Bearer``; nothing uses cookies, so there is nothing for a cross-site request to ride on. Every answer
+Bearer``; nothing uses cookies, and a POST must declare ``application/json`` (which a page on another site
+cannot send without a CORS preflight, refused here), so a cross-site request can neither ride on a login nor,
+without a token, act unasked. Every answer
 carries a strict Content-Security-Policy: the page runs only its own script, loads nothing from
 elsewhere and cannot be framed.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -19,9 +20,10 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from traceexport import _json
 from traceexport.console.api import ConsoleApi
 from traceexport.errors import RequestError
-from traceexport.http_base import BEARER_CHALLENGE, JsonRequestHandler, JsonServer
+from traceexport.http_base import BEARER_CHALLENGE, JSON_TYPE, JsonRequestHandler, JsonServer
 from traceexport.logs import log_event
 
 log = logging.getLogger("traceexport.console")
@@ -171,6 +173,10 @@ class _Handler(JsonRequestHandler):
             route, args = self._route(routes, url.path)
             body = None
             if self.command == "POST":
+                if not self._json_content_type():
+                    self.close_connection = True
+                    self._error(415, "send the body as Content-Type: application/json")
+                    return
                 raw = self._read_body(console.settings.max_body_bytes)
                 if raw is None:
                     return
@@ -183,6 +189,13 @@ class _Handler(JsonRequestHandler):
                       error=f"{type(exc).__name__}: {exc}")
             self.close_connection = True
             self._error(500, "internal error; the daemon log has details")
+
+    def _json_content_type(self) -> bool:
+        """Whether the body is declared JSON. A page on another site can POST text/plain (or a form) here
+        without asking; application/json makes the browser ask first (a CORS preflight, which this server
+        refuses), so no other site can replay or purge dead letters, also without a token."""
+        declared = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        return declared == JSON_TYPE
 
     def _route(self, routes: dict[str, Route], path: str) -> tuple[Route, Any]:
         """The route for ``path`` (and, for one dead letter, its id); RequestError 404/405 otherwise."""
@@ -198,9 +211,11 @@ class _Handler(JsonRequestHandler):
 
 
 def _json_body(raw: bytes) -> Any:
+    """The body's JSON value; RequestError (400) when it is not JSON, nested too deeply included (the fast
+    parser stops at a depth the standard library's recursion would have died of, a 500)."""
     try:
-        return json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
+        return _json.loads(raw or b"null")
+    except ValueError as exc:
         raise RequestError(f"the body is not JSON: {exc}") from None
 
 

@@ -80,6 +80,8 @@ def read_yaml(path: Path) -> Any:
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([Problem(where, f"YAML syntax: {problem}")], title="invalid mapping") from exc
+    except RecursionError:  # PyYAML composes and builds recursively: ten thousand '[' exhaust the stack
+        raise ConfigError([Problem(str(path), "YAML nested too deeply to read")], title="invalid mapping") from None
     finally:
         loader.dispose()
 

@@ -106,11 +106,13 @@ class DeliveryProcess:
         self.rates = RateBoard(self._context, sinks)  # the child's rate limiters, for this process's /metrics
         self._process: SpawnProcess | None = None
         self._doorbell: Doorbell | None = None
+        self._stopping = False
 
     def start(self) -> None:
         """Spawn the child (idempotent); it logs with this process's settings as they are now."""
         if self._process is not None:
             return
+        self._stopping = False
         reader, writer = self._context.Pipe(duplex=False)
         self._process = self._context.Process(
             target=run_delivery, name="traceexport-delivery", daemon=True,
@@ -147,8 +149,24 @@ class DeliveryProcess:
         """True while the child runs."""
         return self._process is not None and self._process.is_alive()
 
+    def respawn_if_dead(self) -> int | None:
+        """Spawn a new child when the one started has ended on its own (killed, out of memory): its exit code
+        (negative: the signal), or None when it runs, was never started or is being stopped. The records it
+        had in hand are still owed in the spool: the new child sends them (at least once, as after a restart)."""
+        dead = self._process
+        if dead is None or self._stopping or dead.is_alive():
+            return None
+        atexit.unregister(self._hang_up)
+        self._hang_up()
+        dead.join(0)
+        code = dead.exitcode
+        self._process = None
+        self.start()
+        return -1 if code is None else code
+
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the child to finish its current batches and exit; kill it past ``timeout``."""
+        self._stopping = True
         if self._process is None:
             return
         atexit.unregister(self._hang_up)

@@ -53,7 +53,7 @@ from traceexport.pipeline.capacity import (
     wal_budget,
 )
 from traceexport.pipeline.connections import ConnectionPool
-from traceexport.pipeline.ledger import RetentionSweep, attach
+from traceexport.pipeline.ledger import LEDGER_FILE, RetentionSweep, attach
 from traceexport.pipeline.ledger import create as create_ledger
 from traceexport.pipeline.settings import PipelineSettings
 from traceexport.pipeline.spool_dir import SPOOL_FILE, check_spool_dir
@@ -188,15 +188,23 @@ class Spool:
             # Freed pages are reused by the next records; purging dead letters still zeroes what it deletes.
             conn.execute("PRAGMA secure_delete=OFF")
             conn.execute(f"PRAGMA main.synchronous={'FULL' if self.settings.fsync else 'NORMAL'}")
-            attach(conn, self.dir)
         except sqlite3.Error as exc:
-            if not self._opened:  # at start-up: the spool itself is unusable
-                raise ConfigError([f"{self.path}: {exc}"], title="cannot open spool") from exc
-            # Later: the process is out of something (descriptors, memory); the spool is fine.
-            raise SpoolUnavailableError(f"spool {self.dir} cannot open a connection now ({exc}): retry later",
-                                        retry_after=self.settings.full_retry_after) from exc
+            raise self._cannot_open(self.path, exc) from exc
+        try:
+            attach(conn, self.dir)
+        except sqlite3.Error as exc:  # the ledger beside it: named, not blamed on spool.db
+            conn.close()
+            raise self._cannot_open(self.dir / LEDGER_FILE, exc) from exc
         self._opened = True
         return conn
+
+    def _cannot_open(self, path: Path, exc: sqlite3.Error) -> ConfigError | SpoolUnavailableError:
+        """What a connection that could not be opened on ``path`` (the spool or its ledger) means."""
+        if not self._opened:  # at start-up: the file itself is unusable
+            return ConfigError([f"{path}: {exc}"], title="cannot open spool")
+        # Later: the process is out of something (descriptors, memory); the spool is fine.
+        return SpoolUnavailableError(f"spool {self.dir} cannot open a connection now ({exc}): retry later",
+                                     retry_after=self.settings.full_retry_after)
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection: the one of the enclosing :meth:`read`/:meth:`write` block, else one

@@ -154,7 +154,13 @@ class _Handler(JsonRequestHandler):
             self._send(503 if reason else 200, {"status": "not ready", "reason": reason} if reason
                        else {"status": "ready"})
         elif path == "/metrics":
-            self._send(200, ingest.metrics_text())
+            try:
+                text = ingest.metrics_text()
+            except Exception as exc:  # e.g. a spool SQLite cannot read now: said, not a dropped connection
+                log_event(log, "http.metrics_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
+                self._error(500, "the metrics cannot be read now; the daemon log has details")
+                return
+            self._send(200, text)
         else:
             self._not_allowed()
 

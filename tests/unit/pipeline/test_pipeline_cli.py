@@ -183,6 +183,49 @@ def test_dlq_retire_dead_letters_what_a_removed_sink_is_owed(tmp_path: Path,
     assert len(returned.delivered) == 5
 
 
+def test_dlq_retire_refuses_a_sink_the_running_daemon_still_delivers_to(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`dlq retire` is for a sink taken out of the config: while a daemon still delivers to it, its worker would
+    go on sending what retire dead-lettered (its queue position is in memory), leaving records both delivered
+    and 'retired'. Refused (exit 2, nothing moved, what to do said); a sink that daemon does not deliver to
+    is retired as before."""
+    failing = ScriptedSink("old", fail_first(99, ItemFailure("503", permanent=False, status_code=503)))
+    settings = PipelineSettings(fsync=False, poll_interval=0.01, retry=RetryPolicy(initial_backoff=600))
+    with Pipeline(tmp_path, [Route(failing, StandInMapping()), Route(ScriptedSink("other"), StandInMapping())],
+                  settings) as pipe:
+        pipe.accept(make_records(2))
+    lock = DaemonLock(tmp_path, ["old"])  # a daemon delivering to "old" from this spool
+    try:
+        assert main(["dlq", "retire", "--spool", str(tmp_path), "old"]) == 2
+        err = capsys.readouterr().err
+        assert "still delivers to old" in err and "nothing was moved" in err and err.count("\n") == 1
+        assert main(["dlq", "list", "--spool", str(tmp_path), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == []
+        assert main(["dlq", "retire", "--spool", str(tmp_path), "other"]) == 0
+        assert "2 records still owed to other moved" in capsys.readouterr().out
+    finally:
+        lock.release()
+
+
+def test_dlq_list_shows_a_reason_s_control_characters_escaped(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A backend's error body quoted in a reason can carry terminal escapes (colours, a new title, text hidden
+    or reordered by a bidi override): the table prints them as escapes, never to the terminal as they are;
+    --json keeps the reason exact."""
+    hostile = "bad \x1b]0;pwned\x07\x1b[8mhidden\x1b[0m \u202egnp.exe \x9b2J"
+    sink = ScriptedSink("opik", fail_first(99, ItemFailure(hostile, True, 400)))
+    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.accept(make_records(1))
+        pipe.start()
+        assert pipe.wait_idle(10)
+    assert main(["dlq", "list", "--spool", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]", out), out
+    assert "bad \\x1b]0;pwned\\x07\\x1b[8mhidden\\x1b[0m \\u202egnp.exe \\x9b2J" in out
+    assert main(["dlq", "list", "--spool", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["reason"] == hostile
+
+
 def test_dlq_purge_needs_yes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`dlq purge` refuses without --yes and deletes with it."""
     _spool_with_dead_letters(tmp_path, 2)
@@ -268,6 +311,61 @@ def test_a_spool_path_of_the_wrong_kind_is_one_line_and_exit_2(argv: list[str], 
         out, err = capsys.readouterr()
         assert line in err and "nothing accepted" not in out and "File exists" not in err, err
         assert "unable to open database" not in err
+
+
+@pytest.mark.parametrize("argv", [["status"], ["dlq", "list"], ["dlq", "show", "1"], ["dlq", "replay"],
+                                  ["dlq", "purge", "--yes"], ["dlq", "retire", "opik"]])
+def test_a_spool_directory_this_user_cannot_look_into_is_one_line_and_exit_2(
+        argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spool directory the user may not enter (root's 0700 directory, seen by an operator's account) is one
+    line naming it (exit 2), not a PermissionError traceback. (The tests run as root, whom no mode stops, so
+    the refusal is the one the OS would give.)"""
+    _spool_with_dead_letters(tmp_path, 1)
+    real_is_file = Path.is_file
+
+    def refused(path: Path) -> bool:
+        if path.parent == tmp_path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_is_file(path)
+
+    monkeypatch.setattr(Path, "is_file", refused)
+    assert main([*argv, "--spool", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"error: spool {tmp_path}: Permission denied\n" and "nothing accepted" not in out
+
+
+@pytest.mark.parametrize("argv", [["dlq", "purge", "--yes"], ["dlq", "retire", "opik"]])
+def test_a_spool_this_user_may_only_read_is_one_line_and_exit_2(
+        argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dlq purge` and `dlq retire` on a spool whose files this user may only read say so in one line (exit 2),
+    not with sqlite3's OperationalError traceback; `status` and `dlq list` still read it."""
+    _spool_with_dead_letters(tmp_path, 1)
+    real_open = Spool._open
+
+    def read_only(spool: Spool) -> object:
+        conn = real_open(spool)
+        conn.execute("PRAGMA query_only=1")  # what SQLite answers a user without write permission
+        return conn
+
+    monkeypatch.setattr(Spool, "_open", read_only)
+    assert main(["dlq", "list", "--spool", str(tmp_path), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1
+    assert main([*argv, "--spool", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: spool {tmp_path}: attempt to write a readonly database") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv", [["status"], ["dlq", "list"], ["dlq", "purge", "--yes"]])
+def test_a_damaged_ledger_is_named_not_blamed_on_spool_db(argv: list[str], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A ledger.db that is not a database (the spool.db beside it is sound) is named in the one line: it said
+    'spool.db: file is not a database', sending the operator to the wrong file."""
+    _spool_with_dead_letters(tmp_path, 1)
+    (tmp_path / "ledger.db").write_bytes(b"\x00garbage" * 1000)
+    for leftover in ("ledger.db-wal", "ledger.db-shm"):
+        (tmp_path / leftover).unlink(missing_ok=True)
+    assert main([*argv, "--spool", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'ledger.db'}: file is not a database\n"
 
 
 def test_serve_and_validate_name_a_spool_path_of_the_wrong_kind(tmp_path: Path,
