@@ -117,6 +117,30 @@ def test_a_post_not_declared_json_is_refused_so_no_other_site_can_act(tmp_path: 
         open_console.close()
 
 
+def test_without_a_token_the_api_answers_only_requests_addressed_to_loopback(tmp_path: Path) -> None:
+    """A page that rebinds its own name to 127.0.0.1 (DNS rebinding) reaches a tokenless console from the
+    operator's browser with its own name in Host: 403, no dead letter read; loopback names pass, and with a token
+    any name does (behind a proxy that forwards the public Host)."""
+    open_console = Console(tmp_path / "open", token=None)
+    guarded = Console(tmp_path / "guarded")
+    try:
+        _deliver(open_console, 1)
+        port = open_console.base.rsplit(":", 1)[1]
+        for host in ("rebind.example", f"rebind.example:{port}", "127.0.0.1.rebind.example", "10.0.0.8"):
+            answer = httpx.get(open_console.base + "/api/dead-letters", headers={"Host": host}, timeout=10)
+            assert answer.status_code == 403 and "console.token" in answer.json()["error"], host
+            assert "entries" not in answer.json()
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}", "127.9.9.9"):
+            answer = httpx.get(open_console.base + "/api/dead-letters", headers={"Host": host}, timeout=10)
+            assert answer.status_code == 200 and answer.json()["total"] == 1, host
+        answer = httpx.get(guarded.base + "/api/status", headers={**guarded.headers, "Host": "traces.example.com"},
+                           timeout=10)
+        assert answer.status_code == 200
+    finally:
+        open_console.close()
+        guarded.close()
+
+
 def test_bad_calls_get_one_line_json_errors(console: Console) -> None:
     """Unknown paths 404, wrong methods 405 with Allow, bad JSON and bad fields 400: never a traceback."""
     assert console.get("/api/nope").status_code == 404

@@ -2,7 +2,8 @@
 
 Its own listener (``console.listen``), apart from ingest, so it can be kept on loopback or behind a
 proxy while ingest faces Dify. With a token configured every ``/api/`` call needs ``Authorization:
-Bearer``; nothing uses cookies, and a POST must declare ``application/json`` (which a page on another site
+Bearer``; without one the API answers only requests addressed to a loopback name (DNS rebinding); nothing
+uses cookies, and a POST must declare ``application/json`` (which a page on another site
 cannot send without a CORS preflight, refused here), so a cross-site request can neither ride on a login nor,
 without a token, act unasked. Every answer
 carries a strict Content-Security-Policy: the page runs only its own script, loads nothing from
@@ -11,6 +12,7 @@ elsewhere and cannot be framed.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import threading
@@ -165,6 +167,12 @@ class _Handler(JsonRequestHandler):
                 self.close_connection = True
                 self._error(503, "the daemon is stopping", {"Retry-After": "5"})
                 return
+            if not console.settings.token and not self._addressed_to_loopback():
+                self.close_connection = True
+                self._error(403, "without a console token the API answers only requests addressed to this "
+                                 "machine's loopback (Host 127.0.0.1, localhost or [::1]); to reach it by another "
+                                 "name, set console.token")
+                return
             if not self._authorised(console.settings.token):
                 self.close_connection = True
                 self._error(401, "missing or wrong bearer token: the console's API needs "
@@ -189,6 +197,22 @@ class _Handler(JsonRequestHandler):
                       error=f"{type(exc).__name__}: {exc}")
             self.close_connection = True
             self._error(500, "internal error; the daemon log has details")
+
+    def _addressed_to_loopback(self) -> bool:
+        """Whether the request names a loopback host (or none, as HTTP/1.0 may). A web page that rebinds its own
+        name to 127.0.0.1 (DNS rebinding) reaches a tokenless console from the operator's browser, but its
+        requests still carry that name in Host: refused, it can read no dead letter (prompts, outputs)."""
+        host = (self.headers.get("Host") or "").strip()
+        if not host:
+            return True
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        name = name.strip("[]").lower()
+        if name == "localhost" or name.endswith(".localhost"):
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
 
     def _json_content_type(self) -> bool:
         """Whether the body is declared JSON. A page on another site can POST text/plain (or a form) here
