@@ -514,11 +514,45 @@ def test_a_missing_file_is_acknowledged_and_counted(
     redis: RedisServer, storage_root: Path, producer: DifyProducer
 ) -> None:
     """A task whose file is gone (handled by another sidecar) is acknowledged, not retried forever."""
+    (storage_root / "ops_trace" / "83d767f2-49a5-4a3f-89fd-fdebaf4cfca1").mkdir(parents=True)  # Dify's folder
     producer.enqueue("83d767f2-49a5-4a3f-89fd-fdebaf4cfca1", uuid.uuid4().hex)
     source = CelerySource(_settings(redis, storage_root), Recorder())
     source.start()
     try:
         _wait_for(lambda: source.stats.snapshot()["missing"] == 1 and _drained(redis), what="missing acked")
+    finally:
+        source.stop(10)
+
+
+@pytest.mark.integration
+def test_storage_that_is_not_difys_leaves_the_messages_on_the_queue(
+    redis: RedisServer, storage_root: Path, tmp_path: Path, producer: DifyProducer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With storage.path pointing at a directory without Dify's ``ops_trace/`` (a volume not mounted), no message
+    is acknowledged as "already handled": one warning says so, and once the path is right every record arrives."""
+    producer.send(_samples()["05-message-chat.json"])
+    producer.send(_samples()["12-generate-name.json"])
+    empty = tmp_path / "not-mounted"
+    empty.mkdir()
+    caplog.set_level(logging.INFO, logger="traceexport.sources.celery")
+    source = CelerySource(_settings(redis, empty), Recorder())
+    source.start()
+    try:
+        _wait_for(lambda: source.stats.snapshot()["retry"] >= 4, what="the messages retried")
+    finally:
+        source.stop(10)
+    assert source.stats.snapshot()["missing"] == 0
+    client = redis.client(1)
+    assert client.llen("ops_trace") + client.hlen(UNACKED) == 2
+    warnings = [r.getMessage() for r in caplog.records if "mounted there" in r.getMessage()]
+    assert len(warnings) == 1 and "no folder ops_trace/" in warnings[0], warnings
+
+    recorder = Recorder()
+    source = CelerySource(_settings(redis, storage_root, visibility_timeout=0.5), recorder)
+    source.start()
+    try:
+        _wait_for(lambda: len(recorder.records) == 2 and _drained(redis), what="both records, once mounted")
     finally:
         source.stop(10)
 

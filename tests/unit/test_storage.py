@@ -53,6 +53,19 @@ def test_local_io_failure_is_a_storage_error(tmp_path: Path) -> None:
         storage.save(KEY, b"x")
 
 
+def test_a_missing_file_in_a_root_without_difys_folder_is_a_storage_error(tmp_path: Path) -> None:
+    """A root without ``ops_trace/`` is not Dify's storage (not mounted, wrong path): a missing file there is a
+    StorageError naming the folder, not "already handled"; once the folder exists it loads as None."""
+    storage = LocalStorage(tmp_path / "not-mounted")
+    with pytest.raises(StorageError, match=r"no folder ops_trace/ in .*not-mounted \(is Dify's storage mounted"):
+        storage.load(KEY)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StorageError, match="no folder ops_trace/"):
+        LocalStorage(tmp_path / "empty").load(KEY)
+    (tmp_path / "empty" / "ops_trace").mkdir()
+    assert LocalStorage(tmp_path / "empty").load(KEY) is None
+
+
 @pytest.mark.parametrize("key", ["", "../etc/passwd", "ops_trace/../x.json", "/abs/path", "a//b", "ops_trace/.hidden"])
 def test_unsafe_keys_are_refused(key: str) -> None:
     """Keys that are empty, absolute, or climb out of the storage root are refused."""

@@ -8,7 +8,8 @@ Two backends, chosen by ``storage.type`` in the config:
   (``pip install 'traceexport[s3]'``).
 
 Keys are Dify's object keys (``/``-separated, relative); a key that would leave the storage root is
-refused. ``load`` returns ``None`` for a missing object (already consumed by another sidecar);
+refused. ``load`` returns ``None`` for a missing object (already consumed by another sidecar), except
+in a local root without the key's top folder (not Dify's storage: nothing was ever there to consume);
 every other failure is a :class:`StorageError`, which callers treat as transient.
 """
 
@@ -95,10 +96,21 @@ class LocalStorage:
         return os.path.join(self._root, check_key(key))  # "/" separates the parts on every POSIX system
 
     def load(self, key: str) -> bytes | None:
-        """The file's bytes, or None when it does not exist."""
+        """The file's bytes, or None when it does not exist.
+
+        A file is missing for good (another sidecar handled it) only while the key's top folder (Dify's
+        ``ops_trace``) is there: without it the root is not Dify's storage (a volume not mounted, the wrong
+        path), and treating every file as handled would acknowledge messages whose records were never read.
+        That is a StorageError, retried like any other, so the messages wait until the storage is right.
+        """
         try:
             return _read(self._path(key))
         except FileNotFoundError:
+            top = key.split("/", 1)[0]
+            if "/" in key and not os.path.isdir(os.path.join(self._root, top)):
+                raise StorageError(
+                    f"cannot read {key}: no folder {top}/ in {self.root} (is Dify's storage mounted there?)"
+                ) from None
             return None
         except OSError as exc:
             raise StorageError(f"cannot read {key} from {self.root}: {exc.strerror or exc}") from exc
