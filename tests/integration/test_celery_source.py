@@ -266,6 +266,46 @@ def test_broker_password_is_masked_in_logged_urls() -> None:
     assert "difyai123456" not in repr(settings)
 
 
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("redis://:Secretpart#tail9@127.0.0.1:6379/1", "port is not a number"),
+        ("redis://:Secretpart?tail9@127.0.0.1:6379/1", "port is not a number"),
+        ("redis://:Secretpart/tail9@127.0.0.1:6379/1", "port is not a number"),
+        ("redis://:Secretpart@127.0.0.1:99999/1", "port is not a number"),
+        ("redis://:Secretpart@127.0.0.1:6379/one", "database number"),
+        ("redis://127.0.0.1:6379/1?password=Secretpart", "password query parameter"),
+        ("http://:Secretpart@127.0.0.1:6379/1", "must start with redis://"),
+        ("sentinel://:Secretpart@h1:26379;sentinel://:Secretpart@h2:x/1", "port is not a number"),
+    ],
+)
+def test_a_broker_url_kombu_cannot_read_is_one_problem_that_never_quotes_it(url: str, why: str) -> None:
+    """A broker URL kombu would choke on (a raw # in the password, a port or database that is not a number, ...)
+    is a config problem naming ``sources.celery.broker_url`` and what is wrong, never a traceback at start-up, and
+    no piece of the password is in the message."""
+    with pytest.raises(ConfigError) as info:
+        CelerySourceSettings.from_config({"broker_url": url}, env={})
+    text = str(info.value)
+    assert "sources.celery.broker_url" in text and why in text and "Secretpart" not in text
+
+
+def test_urls_kombu_reads_are_accepted_and_every_password_is_masked() -> None:
+    """Dify's forms (redis, rediss with options, sentinel's ;-separated URLs, a Unix socket) pass; each URL's
+    password is masked in the logged form and registered for redaction, as written and percent-decoded."""
+    cases = {
+        "redis://:difyai123456@redis:6379/1": "redis://:***@redis:6379/1",
+        "rediss://user:pa%23ss1234@h:6380/0?ssl_cert_reqs=required": "rediss://user:***@h:6380/0?ssl_cert_reqs=required",
+        "sentinel://:sentinelpw@h1:26379;sentinel://:sentinelpw@h2:26379": "sentinel://:***@h1:26379;sentinel://:***@h2:26379",
+        "redis+socket:///run/redis.sock": "redis+socket:///run/redis.sock",
+        "redis://redis:6379": "redis://redis:6379",
+    }
+    for url, masked in cases.items():
+        settings = CelerySourceSettings.from_config({"broker_url": url}, env={})
+        assert settings.masked_broker_url() == masked
+    assert "pa#ss1234" in CelerySourceSettings.from_config(
+        {"broker_url": "rediss://user:pa%23ss1234@h:6380/0"}, env={}).secrets()
+
+
 def test_missing_celery_extra_is_a_config_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Without kombu installed the source refuses to start with a ConfigError naming the extra."""
     monkeypatch.setitem(sys.modules, "kombu", None)
@@ -686,6 +726,26 @@ def test_a_broker_down_at_start_is_retried_until_it_comes_up(
         source.stop(10)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "pw-not-logged" not in text and "reachable again" in text
+
+
+@pytest.mark.integration
+def test_a_connection_kombu_refuses_is_one_warning_and_the_consumer_keeps_trying(
+    redis: RedisServer, storage_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A transport option kombu refuses only when it connects is one warning naming it (no traceback); the
+    consumer thread stays alive and keeps retrying rather than dying while the daemon looks healthy."""
+    settings = _settings(redis, storage_root, transport_options={"max_connections": "many"})
+    source = CelerySource(settings, Recorder())
+    caplog.set_level(logging.INFO, logger="traceexport.sources.celery")
+    source.start()
+    try:
+        _wait_for(lambda: any("cannot be used" in r.getMessage() for r in caplog.records), what="the warning")
+        time.sleep(1.5)  # a retry or two
+        assert all(thread.is_alive() for thread in source._threads)
+    finally:
+        source.stop(10)
+    lines = [r for r in caplog.records if "cannot be used" in r.getMessage()]
+    assert len(lines) == 1 and "max_connections" in lines[0].getMessage() and lines[0].exc_info is None
 
 
 @pytest.mark.integration

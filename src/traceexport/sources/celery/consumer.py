@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from traceexport.errors import ConfigError
-from traceexport.redaction import redact
+from traceexport.redaction import add_secrets, redact
 from traceexport.sources.celery.broker import BrokerSession, connection_errors
 from traceexport.sources.celery.dispatch import MessageDispatcher
 from traceexport.sources.celery.probe import EmptyQueueProbe
@@ -63,6 +63,7 @@ class CelerySource:
         empty_queue_hint_after: float | None = EMPTY_QUEUE_HINT_AFTER,
     ) -> None:
         self.settings = settings
+        add_secrets(settings.secrets())
         self.stopping = threading.Event()
         self.stats = Stats()
         self._kombu = _kombu()
@@ -131,13 +132,14 @@ class CelerySource:
         while not self.stopping.is_set():
             try:
                 session = BrokerSession(self._kombu, self.settings)
-            except self._broker_errors as exc:
+            except Exception as exc:  # unreachable, or refusing what it was given: say so once, keep trying
                 if not lost:
                     log.warning(
-                        "%s: broker %s unreachable (%s); retrying with backoff",
+                        "%s: broker %s %s (%s); retrying with backoff",
                         name,
                         self.settings.masked_broker_url(),
-                        redact(str(exc)),
+                        "unreachable" if isinstance(exc, self._broker_errors) else "cannot be used",
+                        redact(str(exc) if isinstance(exc, self._broker_errors) else f"{type(exc).__name__}: {exc}"),
                     )
                 lost = True
                 self.stopping.wait(delay)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -19,7 +20,8 @@ from pydantic import (
 )
 
 from traceexport.errors import ConfigError, Problem
-from traceexport.sources.storage import LocalStorageSettings, StorageSettings
+from traceexport.sources.celery.broker_url import broker_url_problem, mask_url
+from traceexport.sources.storage import LocalStorageSettings, S3StorageSettings, StorageSettings
 
 DIFY_TASK_NAME = "tasks.ops_trace_task.process_trace_tasks"
 DIFY_QUEUE = "ops_trace"
@@ -73,6 +75,14 @@ class CelerySourceSettings(BaseModel):
     redis_key_prefix: str = ""
 
     _prefix_origin: str = PrivateAttr(default="config")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _kombu_reads_the_url(cls, value: SecretStr) -> SecretStr:
+        problem = broker_url_problem(value.get_secret_value())
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("transport_options")
     @classmethod
@@ -149,6 +159,18 @@ class CelerySourceSettings(BaseModel):
             options["global_keyprefix"] = self.global_keyprefix
         return options
 
+    def secrets(self) -> list[str]:
+        """The values to mask wherever this source's text may end up: the broker URL's passwords (as written and
+        decoded), S3's keys."""
+        found: list[str] = []
+        for part in self.broker_url.get_secret_value().split(";"):
+            with contextlib.suppress(ValueError):
+                password = urlsplit(part.strip()).password or ""
+                found += [password, unquote(password)]
+        if isinstance(self.storage, S3StorageSettings):
+            found += [key.get_secret_value() for key in (self.storage.access_key, self.storage.secret_key) if key]
+        return [value for value in found if value]
+
     def masked_broker_url(self) -> str:
         """The broker URL with any password replaced by ``***``, for log lines."""
         return mask_url(self.broker_url.get_secret_value())
@@ -159,22 +181,6 @@ def _sets_keyprefix(data: Mapping[str, Any]) -> bool:
     return isinstance(options, Mapping) and "global_keyprefix" in options
 
 
-def mask_url(url: str) -> str:
-    """``redis://:secret@host:6379/1`` -> ``redis://:***@host:6379/1``; other URLs unchanged."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        return "<unparseable url>"
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, parts.fragment))
-
-
 __all__ = [
     "DIFY_FILE_PREFIX",
     "DIFY_PREFIX_ENV",
@@ -182,5 +188,4 @@ __all__ = [
     "DIFY_TASK_NAME",
     "CelerySourceSettings",
     "dify_global_keyprefix",
-    "mask_url",
 ]
