@@ -678,6 +678,34 @@ def test_another_task_on_the_queue_is_moved_unchanged_for_difys_worker(
 
 
 @pytest.mark.integration
+def test_entries_no_celery_worker_can_read_are_kept_in_storage_not_moved_to_its_queue(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Entries that are not kombu messages (not JSON, a JSON list, a body that is not base64) would make a Dify
+    worker on ops_trace_other exit; each is kept byte for byte under traceexport/failed/messages/ with one
+    warning and acknowledged, and the trace task beside them is delivered."""
+    producer.send(_samples()["12-generate-name.json"])
+    client = redis.client(1)
+    message = json.loads(client.lindex("ops_trace", 0))
+    garbage = [b"this is not json {", b"[1, 2, 3]", json.dumps(dict(message, body="!!!not base64!!!")).encode()]
+    for entry in garbage:
+        client.lpush("ops_trace", entry)
+    recorder = Recorder()
+    source = CelerySource(_settings(redis, storage_root), recorder)
+    caplog.set_level(logging.WARNING, logger="traceexport.sources.celery")
+    source.start()
+    try:
+        _wait_for(lambda: len(recorder.records) == 1 and _drained(redis), what="the task delivered, all acked")
+    finally:
+        source.stop(10)
+    assert client.llen("ops_trace_other") == 0
+    kept = sorted(p.read_bytes() for p in (storage_root / "traceexport" / "failed" / "messages").iterdir())
+    assert kept == sorted(garbage)
+    lines = [r.getMessage() for r in caplog.records if "no Celery worker can run it" in r.getMessage()]
+    assert len(lines) == 3 and all("kept as traceexport/failed/messages/" in line for line in lines)
+
+
+@pytest.mark.integration
 def test_another_task_is_dropped_with_a_warning_when_other_tasks_queue_is_null(
     redis: RedisServer, storage_root: Path, producer: DifyProducer, caplog: pytest.LogCaptureFixture
 ) -> None:
