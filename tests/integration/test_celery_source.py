@@ -777,6 +777,32 @@ def test_a_connection_kombu_refuses_is_one_warning_and_the_consumer_keeps_trying
 
 
 @pytest.mark.integration
+def test_an_error_the_broker_answers_every_time_is_one_warning_with_backoff_not_a_reconnect_loop(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When every take gets an error reply (here the queue's key holds a string: WRONGTYPE; out of memory acts
+    the same), the consumer logs one warning and backs off instead of reconnecting in a tight loop hundreds of
+    times a second; once the key is right it says so once and delivers."""
+    client = redis.client(1)
+    client.set("ops_trace", "not a list")
+    recorder = Recorder()
+    source = CelerySource(_settings(redis, storage_root), recorder)
+    caplog.set_level(logging.INFO, logger="traceexport.sources.celery")
+    source.start()
+    try:
+        _wait_for(lambda: any("WRONGTYPE" in r.getMessage() for r in caplog.records), what="the warning")
+        time.sleep(2.5)  # the old loop logged some 1,500 lines in this time
+        client.delete("ops_trace")
+        producer.send(_samples()["12-generate-name.json"])
+        _wait_for(lambda: len(recorder.records) == 1, timeout=20, what="the record once the key is a list")
+    finally:
+        source.stop(10)
+    lines = [r.getMessage() for r in caplog.records if "celery-source-0" in r.getMessage()]
+    assert len([line for line in lines if "WRONGTYPE" in line]) == 1, lines
+    assert len([line for line in lines if "reachable again" in line]) == 1, lines
+
+
+@pytest.mark.integration
 def test_sample_records_reach_a_file_sink_through_a_real_pipeline(
     redis: RedisServer, storage_root: Path, producer: DifyProducer, tmp_path: Path
 ) -> None:
