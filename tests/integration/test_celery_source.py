@@ -803,6 +803,34 @@ def test_an_error_the_broker_answers_every_time_is_one_warning_with_backoff_not_
 
 
 @pytest.mark.integration
+def test_a_broker_that_stops_answering_is_noticed_and_left_behind(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that hangs (here stopped with SIGSTOP; a connection a network dropped silently is the same) is
+    reported after the default socket timeout as one warning, instead of holding the consumer without a word
+    forever; once it answers again the consumer reconnects by itself and delivers."""
+    assert CelerySourceSettings().kombu_transport_options()["socket_timeout"] == 10.0
+    recorder = Recorder()
+    source = CelerySource(_settings(redis, storage_root), recorder)
+    caplog.set_level(logging.INFO, logger="traceexport.sources.celery")
+    source.start()
+    try:
+        time.sleep(1.0)  # connected, polling the empty queue
+        os.kill(redis.process.pid, signal.SIGSTOP)
+        try:
+            _wait_for(lambda: any("lost broker" in r.getMessage() for r in caplog.records), timeout=20,
+                      what="the hung broker noticed")
+        finally:
+            os.kill(redis.process.pid, signal.SIGCONT)
+        producer.send(_samples()["12-generate-name.json"])
+        _wait_for(lambda: len(recorder.records) == 1, timeout=40, what="the record once Redis answers")
+    finally:
+        source.stop(10)
+    lines = [r.getMessage() for r in caplog.records if "celery-source-0" in r.getMessage()]
+    assert len([line for line in lines if "lost broker" in line or "unreachable" in line]) == 1, lines
+
+
+@pytest.mark.integration
 def test_sample_records_reach_a_file_sink_through_a_real_pipeline(
     redis: RedisServer, storage_root: Path, producer: DifyProducer, tmp_path: Path
 ) -> None:

@@ -27,6 +27,7 @@ DIFY_TASK_NAME = "tasks.ops_trace_task.process_trace_tasks"
 DIFY_QUEUE = "ops_trace"
 DIFY_FILE_PREFIX = "ops_trace/"  # Dify's OPS_FILE_PATH
 DIFY_PREFIX_ENV = "REDIS_KEY_PREFIX"  # Dify >= 1.14: namespaces every Redis key, Celery's included
+BROKER_SOCKET_TIMEOUT = 10.0  # seconds a broker call may take (every one is short: takes are scripts, not BRPOP)
 
 
 def dify_global_keyprefix(redis_key_prefix: str | None) -> str:
@@ -147,8 +148,12 @@ class CelerySourceSettings(BaseModel):
         return f"redis_key_prefix {self.redis_key_prefix!r} from {self._prefix_origin}"
 
     def kombu_transport_options(self) -> dict[str, Any]:
-        """Transport options for kombu's Redis transport: visibility timeout and our own unacked keys."""
+        """Transport options for kombu's Redis transport: visibility timeout, our own unacked keys, and socket
+        timeouts (kombu's default is none: a broker that stops answering, or a connection a network silently
+        dropped, would hold the consumer forever without a word). ``transport_options`` override them."""
         options: dict[str, Any] = {
+            "socket_timeout": BROKER_SOCKET_TIMEOUT,
+            "socket_connect_timeout": BROKER_SOCKET_TIMEOUT,
             "visibility_timeout": self.visibility_timeout,
             "unacked_key": f"{self.unacked_prefix}unacked",
             "unacked_index_key": f"{self.unacked_prefix}unacked_index",
