@@ -39,7 +39,7 @@ from traceexport.sources.celery import (
     parse_task,
 )
 from traceexport.sources.celery.probe import hint_for
-from traceexport.sources.storage import LocalStorage
+from traceexport.sources.storage import LocalStorage, StorageError
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "tests" / "data" / "samples"
@@ -138,6 +138,38 @@ def test_processor_accepts_then_acks_then_deletes(tmp_path: Path) -> None:
     assert processor.process(ref, ack, lambda: events.append("requeue")) == "accepted"
     assert events == ["accept:generate_name:file=True", "ack:file=True"]
     assert storage.load(ref.storage_key) is None
+
+
+def test_files_that_cannot_be_deleted_are_one_warning_not_one_per_record(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Storage mounted read-only fails every delete: the records are still accepted and acknowledged, the
+    failures counted, and the log says so once (and once when deleting works again), not once per record."""
+
+    class ReadOnly(LocalStorage):
+        refuse = True
+
+        def delete(self, key: str) -> None:
+            if self.refuse:
+                raise StorageError(f"cannot delete {key} under {self.root}: Read-only file system")
+            super().delete(key)
+
+    storage = ReadOnly(tmp_path)
+    stats = Stats()
+    processor = TraceFileProcessor(
+        storage, lambda records: None, failed_prefix="failed/", retry_delay=0, stopping=threading.Event(),
+        stats=stats,
+    )
+    caplog.set_level(logging.INFO, logger="traceexport.sources.celery")
+    for n in range(6):
+        storage.refuse = n < 5
+        ref = parse_task({"task": DIFY_TASK_NAME, "id": f"t{n}"}, [[{"file_id": f"f{n}", "app_id": "a1"}], {}, {}])
+        storage.save(ref.storage_key, _samples()["12-generate-name.json"])
+        assert processor.process(ref, lambda: None, lambda: None) == "accepted"
+    assert stats.snapshot()["delete_failed"] == 5 and stats.snapshot()["accepted"] == 6
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "cannot be deleted" in lines[0] and "Read-only file system" in lines[0] and "recovered" in lines[1]
 
 
 def test_processor_sets_aside_a_stored_file_that_is_not_json(tmp_path: Path) -> None:

@@ -58,8 +58,9 @@ class Stats:
 class _Episode:
     """Logs the first failure of a kind and the recovery, not every retry in between."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, meaning: str = "messages stay on the queue and are retried") -> None:
         self.what = what
+        self.meaning = meaning
         self._lock = threading.Lock()
         self._active = False
 
@@ -67,7 +68,7 @@ class _Episode:
         with self._lock:
             first, self._active = not self._active, True
         if first:
-            log.log(level, "%s: %s; messages stay on the queue and are retried", self.what, detail)
+            log.log(level, "%s: %s; %s", self.what, detail, self.meaning)
 
     def ok(self) -> None:
         with self._lock:
@@ -98,6 +99,10 @@ class TraceFileProcessor:
         self._spool = _Episode("spool full")
         self._storage = _Episode(f"storage {storage.describe()} unavailable")
         self._pipeline = _Episode("pipeline refused records")
+        self._deletes = _Episode(  # a read-only mount fails every delete: one line, not one per record
+            "handled files cannot be deleted",
+            "their records are stored and acknowledged, the files stay (counted in delete_failed)",
+        )
 
     def process(self, ref: TaskRef, ack: Callable[[], None], requeue: Callable[[], None]) -> str:
         """Handle ``ref``; calls exactly one of ``ack`` / ``requeue``; returns the outcome name."""
@@ -203,7 +208,9 @@ class TraceFileProcessor:
             self.storage.delete(ref.storage_key)
         except StorageError as exc:
             self.stats.add("delete_failed")
-            log.warning("%s: delivered but the file could not be deleted (%s)", ref.describe(), exc)
+            self._deletes.fail(f"{ref.describe()}: {exc}")
+            return
+        self._deletes.ok()
 
 
 @dataclass
