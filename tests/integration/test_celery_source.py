@@ -289,6 +289,16 @@ def test_settings_report_every_problem_with_its_key_path() -> None:
     assert "sources.celery.bogus" in text
 
 
+def test_other_tasks_queue_cannot_be_the_queue_itself() -> None:
+    """``other_tasks_queue`` equal to ``queue`` would move a foreign task back onto the queue it was taken from,
+    round and round (some 400 warnings a second): a config problem naming the key instead."""
+    with pytest.raises(ConfigError, match=r"sources.celery.other_tasks_queue: .*must not be the queue itself"):
+        CelerySourceSettings.from_config({"other_tasks_queue": "ops_trace"}, env={})
+    with pytest.raises(ConfigError, match="must not be the queue itself"):
+        CelerySourceSettings.from_config({"queue": "traces", "other_tasks_queue": "traces"}, env={})
+    assert CelerySourceSettings.from_config({"queue": "traces"}, env={}).other_tasks_queue == "ops_trace_other"
+
+
 def test_broker_password_is_masked_in_logged_urls() -> None:
     """The broker URL in log lines never carries the password."""
     assert mask_url("redis://:difyai123456@redis:6379/1") == "redis://:***@redis:6379/1"

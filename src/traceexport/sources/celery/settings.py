@@ -92,6 +92,14 @@ class CelerySourceSettings(BaseModel):
             raise ValueError("global_keyprefix must be a string")
         return value
 
+    @field_validator("other_tasks_queue")
+    @classmethod
+    def _not_the_queue_itself(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value == info.data.get("queue"):
+            raise ValueError("must not be the queue itself: a task moved there comes straight back, forever "
+                             "(null drops foreign tasks instead)")
+        return value
+
     @field_validator("redis_key_prefix")
     @classmethod
     def _one_prefix(cls, value: str, info: ValidationInfo) -> str:
