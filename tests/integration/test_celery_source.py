@@ -745,6 +745,7 @@ def test_entries_no_celery_worker_can_read_are_kept_in_storage_not_moved_to_its_
     assert kept == sorted(garbage)
     lines = [r.getMessage() for r in caplog.records if "no Celery worker can run it" in r.getMessage()]
     assert len(lines) == 3 and all("kept as traceexport/failed/messages/" in line for line in lines)
+    assert any("Invalid base64-encoded string" in line for line in lines)  # what kombu said, not just "Error"
 
 
 @pytest.mark.integration

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from traceexport.redaction import describe_error
 from traceexport.sources.celery.broker import BrokerSession
 from traceexport.sources.celery.message import BadMessage, TaskRef, parse_task, plain_json_message, task_name_of
 from traceexport.sources.celery.processor import Stats, TraceFileProcessor
@@ -31,6 +32,7 @@ from traceexport.sources.storage import StorageError
 
 log = logging.getLogger("traceexport.sources.celery")
 
+MAX_REASON = 160  # characters of kombu's complaint kept in a log line
 _KEPT_PROPERTIES = ("correlation_id", "reply_to", "priority", "delivery_mode")
 
 
@@ -67,13 +69,13 @@ class MessageDispatcher:
                                              accept=self.accept_content)
         except Exception as exc:
             self.stats.add("bad_message")
-            self._set_aside_raw(item, broker, f"is not a kombu message ({type(exc).__name__})")
+            self._set_aside_raw(item, broker, f"is not a kombu message ({_why(exc)})")
             return None
         try:
             body = message.decode()
         except Exception as exc:
             self.stats.add("bad_message")
-            self._set_aside(item, message, broker, f"cannot be decoded ({type(exc).__name__}, {message.content_type})")
+            self._set_aside(item, message, broker, f"cannot be decoded ({_why(exc)}; {message.content_type})")
             return None
         name = task_name_of(message.headers, body)
         if name != self.settings.task_name:
@@ -125,6 +127,12 @@ class MessageDispatcher:
             return
         broker.queue.ack([item])
         log.warning("%s (no Celery worker can run it); kept as %s and acknowledged", where, kept)
+
+
+def _why(exc: Exception) -> str:
+    """What kombu said about an entry, as one short line that never quotes its bytes."""
+    text = f"{type(exc).__name__}: {describe_error(exc)}"
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
 
 
 def message_id(message: Any) -> str:
