@@ -874,6 +874,37 @@ def test_a_broker_that_stops_answering_is_noticed_and_left_behind(
 
 
 @pytest.mark.integration
+def test_a_batch_stored_when_the_broker_is_lost_is_acknowledged_once_it_is_back_not_stored_twice(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis stops answering between the spool taking a batch and its acknowledgement (a restart, a failover):
+    once it is back the consumer acknowledges that batch and deletes its files before taking anything, so the
+    messages do not come back after ``visibility_timeout`` to be stored and sent a second time."""
+    key = producer.send(_samples()["12-generate-name.json"])
+    records: list[Record] = []
+
+    def accept(batch: Sequence[Record]) -> None:
+        records.extend(batch)
+        if len(records) == 1:  # stored; the acknowledgement comes next and finds Redis frozen
+            os.kill(redis.process.pid, signal.SIGSTOP)
+            threading.Timer(2.0, os.kill, (redis.process.pid, signal.SIGCONT)).start()
+
+    settings = _settings(redis, storage_root, visibility_timeout=8,
+                         transport_options={"socket_timeout": 1, "socket_connect_timeout": 1})
+    source = CelerySource(settings, accept)
+    caplog.set_level(logging.INFO, logger="traceexport.sources.celery")
+    source.start()
+    try:
+        _wait_for(lambda: any("acknowledged 1 message(s)" in r.getMessage() for r in caplog.records), timeout=20,
+                  what="the owed acknowledgement")
+        _wait_for(lambda: _drained(redis) and not (storage_root / key).exists(), what="acked and deleted")
+        time.sleep(9)  # past visibility_timeout: nothing comes back
+    finally:
+        source.stop(10)
+    assert len(records) == 1 and source.stats.snapshot()["accepted"] == 1
+
+
+@pytest.mark.integration
 def test_sample_records_reach_a_file_sink_through_a_real_pipeline(
     redis: RedisServer, storage_root: Path, producer: DifyProducer, tmp_path: Path
 ) -> None:

@@ -155,7 +155,11 @@ class CelerySource:
                 session.close()
 
     def _consume(self, session: BrokerSession, working: Callable[[], None]) -> None:
-        """Take, handle and settle batches until stopped; ``working()`` after every take that succeeded."""
+        """Take, handle and settle batches until stopped; ``working()`` after every take that succeeded. First
+        the acknowledgements a lost broker did not take (their records are in the spool already)."""
+        settled = self.processor.settle_owed(session.queue.ack)
+        if settled:
+            log.info("acknowledged %d message(s) whose records were stored when the broker was lost", settled)
         restore_at = 0.0
         while not self.stopping.is_set():
             if time.monotonic() >= restore_at:
