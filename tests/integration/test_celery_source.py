@@ -40,7 +40,7 @@ from traceexport.sources.celery import (
     parse_task,
 )
 from traceexport.sources.celery.probe import hint_for
-from traceexport.sources.storage import LocalStorage
+from traceexport.sources.storage import LocalStorage, StorageError
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "tests" / "data" / "samples"
@@ -139,6 +139,38 @@ def test_processor_accepts_then_acks_then_deletes(tmp_path: Path) -> None:
     assert processor.process(ref, ack, lambda: events.append("requeue")) == "accepted"
     assert events == ["accept:generate_name:file=True", "ack:file=True"]
     assert storage.load(ref.storage_key) is None
+
+
+def test_files_that_cannot_be_deleted_are_one_warning_not_one_per_record(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Storage mounted read-only fails every delete: the records are still accepted and acknowledged, the
+    failures counted, and the log says so once (and once when deleting works again), not once per record."""
+
+    class ReadOnly(LocalStorage):
+        refuse = True
+
+        def delete(self, key: str) -> None:
+            if self.refuse:
+                raise StorageError(f"cannot delete {key} under {self.root}: Read-only file system")
+            super().delete(key)
+
+    storage = ReadOnly(tmp_path)
+    stats = Stats()
+    processor = TraceFileProcessor(
+        storage, lambda records: None, failed_prefix="failed/", retry_delay=0, stopping=threading.Event(),
+        stats=stats,
+    )
+    caplog.set_level(logging.INFO, logger="traceexport.sources.celery")
+    for n in range(6):
+        storage.refuse = n < 5
+        ref = parse_task({"task": DIFY_TASK_NAME, "id": f"t{n}"}, [[{"file_id": f"f{n}", "app_id": "a1"}], {}, {}])
+        storage.save(ref.storage_key, _samples()["12-generate-name.json"])
+        assert processor.process(ref, lambda: None, lambda: None) == "accepted"
+    assert stats.snapshot()["delete_failed"] == 5 and stats.snapshot()["accepted"] == 6
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "cannot be deleted" in lines[0] and "Read-only file system" in lines[0] and "recovered" in lines[1]
 
 
 def test_processor_sets_aside_a_stored_file_that_is_not_json(tmp_path: Path) -> None:
@@ -258,6 +290,16 @@ def test_settings_report_every_problem_with_its_key_path() -> None:
     assert "sources.celery.bogus" in text
 
 
+def test_other_tasks_queue_cannot_be_the_queue_itself() -> None:
+    """``other_tasks_queue`` equal to ``queue`` would move a foreign task back onto the queue it was taken from,
+    round and round (some 400 warnings a second): a config problem naming the key instead."""
+    with pytest.raises(ConfigError, match=r"sources.celery.other_tasks_queue: .*must not be the queue itself"):
+        CelerySourceSettings.from_config({"other_tasks_queue": "ops_trace"}, env={})
+    with pytest.raises(ConfigError, match="must not be the queue itself"):
+        CelerySourceSettings.from_config({"queue": "traces", "other_tasks_queue": "traces"}, env={})
+    assert CelerySourceSettings.from_config({"queue": "traces"}, env={}).other_tasks_queue == "ops_trace_other"
+
+
 def test_broker_password_is_masked_in_logged_urls() -> None:
     """The broker URL in log lines never carries the password."""
     assert mask_url("redis://:difyai123456@redis:6379/1") == "redis://:***@redis:6379/1"
@@ -265,6 +307,46 @@ def test_broker_password_is_masked_in_logged_urls() -> None:
     assert mask_url("redis://redis:6379/1") == "redis://redis:6379/1"
     settings = CelerySourceSettings(broker_url="redis://:difyai123456@redis:6379/1")  # type: ignore[arg-type]
     assert "difyai123456" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("redis://:Secretpart#tail9@127.0.0.1:6379/1", "port is not a number"),
+        ("redis://:Secretpart?tail9@127.0.0.1:6379/1", "port is not a number"),
+        ("redis://:Secretpart/tail9@127.0.0.1:6379/1", "port is not a number"),
+        ("redis://:Secretpart@127.0.0.1:99999/1", "port is not a number"),
+        ("redis://:Secretpart@127.0.0.1:6379/one", "database number"),
+        ("redis://127.0.0.1:6379/1?password=Secretpart", "password query parameter"),
+        ("http://:Secretpart@127.0.0.1:6379/1", "must start with redis://"),
+        ("sentinel://:Secretpart@h1:26379;sentinel://:Secretpart@h2:x/1", "port is not a number"),
+    ],
+)
+def test_a_broker_url_kombu_cannot_read_is_one_problem_that_never_quotes_it(url: str, why: str) -> None:
+    """A broker URL kombu would choke on (a raw # in the password, a port or database that is not a number, ...)
+    is a config problem naming ``sources.celery.broker_url`` and what is wrong, never a traceback at start-up, and
+    no piece of the password is in the message."""
+    with pytest.raises(ConfigError) as info:
+        CelerySourceSettings.from_config({"broker_url": url}, env={})
+    text = str(info.value)
+    assert "sources.celery.broker_url" in text and why in text and "Secretpart" not in text
+
+
+def test_urls_kombu_reads_are_accepted_and_every_password_is_masked() -> None:
+    """Dify's forms (redis, rediss with options, sentinel's ;-separated URLs, a Unix socket) pass; each URL's
+    password is masked in the logged form and registered for redaction, as written and percent-decoded."""
+    cases = {
+        "redis://:difyai123456@redis:6379/1": "redis://:***@redis:6379/1",
+        "rediss://user:pa%23ss1234@h:6380/0?ssl_cert_reqs=required": "rediss://user:***@h:6380/0?ssl_cert_reqs=required",
+        "sentinel://:sentinelpw@h1:26379;sentinel://:sentinelpw@h2:26379": "sentinel://:***@h1:26379;sentinel://:***@h2:26379",
+        "redis+socket:///run/redis.sock": "redis+socket:///run/redis.sock",
+        "redis://redis:6379": "redis://redis:6379",
+    }
+    for url, masked in cases.items():
+        settings = CelerySourceSettings.from_config({"broker_url": url}, env={})
+        assert settings.masked_broker_url() == masked
+    assert "pa#ss1234" in CelerySourceSettings.from_config(
+        {"broker_url": "rediss://user:pa%23ss1234@h:6380/0"}, env={}).secrets()
 
 
 def test_missing_celery_extra_is_a_config_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -515,11 +597,45 @@ def test_a_missing_file_is_acknowledged_and_counted(
     redis: RedisServer, storage_root: Path, producer: DifyProducer
 ) -> None:
     """A task whose file is gone (handled by another sidecar) is acknowledged, not retried forever."""
+    (storage_root / "ops_trace" / "83d767f2-49a5-4a3f-89fd-fdebaf4cfca1").mkdir(parents=True)  # Dify's folder
     producer.enqueue("83d767f2-49a5-4a3f-89fd-fdebaf4cfca1", uuid.uuid4().hex)
     source = CelerySource(_settings(redis, storage_root), Recorder())
     source.start()
     try:
         _wait_for(lambda: source.stats.snapshot()["missing"] == 1 and _drained(redis), what="missing acked")
+    finally:
+        source.stop(10)
+
+
+@pytest.mark.integration
+def test_storage_that_is_not_difys_leaves_the_messages_on_the_queue(
+    redis: RedisServer, storage_root: Path, tmp_path: Path, producer: DifyProducer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With storage.path pointing at a directory without Dify's ``ops_trace/`` (a volume not mounted), no message
+    is acknowledged as "already handled": one warning says so, and once the path is right every record arrives."""
+    producer.send(_samples()["05-message-chat.json"])
+    producer.send(_samples()["12-generate-name.json"])
+    empty = tmp_path / "not-mounted"
+    empty.mkdir()
+    caplog.set_level(logging.INFO, logger="traceexport.sources.celery")
+    source = CelerySource(_settings(redis, empty), Recorder())
+    source.start()
+    try:
+        _wait_for(lambda: source.stats.snapshot()["retry"] >= 4, what="the messages retried")
+    finally:
+        source.stop(10)
+    assert source.stats.snapshot()["missing"] == 0
+    client = redis.client(1)
+    assert client.llen("ops_trace") + client.hlen(UNACKED) == 2
+    warnings = [r.getMessage() for r in caplog.records if "mounted there" in r.getMessage()]
+    assert len(warnings) == 1 and "no folder ops_trace/" in warnings[0], warnings
+
+    recorder = Recorder()
+    source = CelerySource(_settings(redis, storage_root, visibility_timeout=0.5), recorder)
+    source.start()
+    try:
+        _wait_for(lambda: len(recorder.records) == 2 and _drained(redis), what="both records, once mounted")
     finally:
         source.stop(10)
 
@@ -605,6 +721,35 @@ def test_another_task_on_the_queue_is_moved_unchanged_for_difys_worker(
 
 
 @pytest.mark.integration
+def test_entries_no_celery_worker_can_read_are_kept_in_storage_not_moved_to_its_queue(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Entries that are not kombu messages (not JSON, a JSON list, a body that is not base64) would make a Dify
+    worker on ops_trace_other exit; each is kept byte for byte under traceexport/failed/messages/ with one
+    warning and acknowledged, and the trace task beside them is delivered."""
+    producer.send(_samples()["12-generate-name.json"])
+    client = redis.client(1)
+    message = json.loads(client.lindex("ops_trace", 0))
+    garbage = [b"this is not json {", b"[1, 2, 3]", json.dumps(dict(message, body="!!!not base64!!!")).encode()]
+    for entry in garbage:
+        client.lpush("ops_trace", entry)
+    recorder = Recorder()
+    source = CelerySource(_settings(redis, storage_root), recorder)
+    caplog.set_level(logging.WARNING, logger="traceexport.sources.celery")
+    source.start()
+    try:
+        _wait_for(lambda: len(recorder.records) == 1 and _drained(redis), what="the task delivered, all acked")
+    finally:
+        source.stop(10)
+    assert client.llen("ops_trace_other") == 0
+    kept = sorted(p.read_bytes() for p in (storage_root / "traceexport" / "failed" / "messages").iterdir())
+    assert kept == sorted(garbage)
+    lines = [r.getMessage() for r in caplog.records if "no Celery worker can run it" in r.getMessage()]
+    assert len(lines) == 3 and all("kept as traceexport/failed/messages/" in line for line in lines)
+    assert any("Invalid base64-encoded string" in line for line in lines)  # what kombu said, not just "Error"
+
+
+@pytest.mark.integration
 def test_another_task_is_dropped_with_a_warning_when_other_tasks_queue_is_null(
     redis: RedisServer, storage_root: Path, producer: DifyProducer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -653,6 +798,111 @@ def test_a_broker_down_at_start_is_retried_until_it_comes_up(
         source.stop(10)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "pw-not-logged" not in text and "reachable again" in text
+
+
+@pytest.mark.integration
+def test_a_connection_kombu_refuses_is_one_warning_and_the_consumer_keeps_trying(
+    redis: RedisServer, storage_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A transport option kombu refuses only when it connects is one warning naming it (no traceback); the
+    consumer thread stays alive and keeps retrying rather than dying while the daemon looks healthy."""
+    settings = _settings(redis, storage_root, transport_options={"max_connections": "many"})
+    source = CelerySource(settings, Recorder())
+    caplog.set_level(logging.INFO, logger="traceexport.sources.celery")
+    source.start()
+    try:
+        _wait_for(lambda: any("cannot be used" in r.getMessage() for r in caplog.records), what="the warning")
+        time.sleep(1.5)  # a retry or two
+        assert all(thread.is_alive() for thread in source._threads)
+    finally:
+        source.stop(10)
+    lines = [r for r in caplog.records if "cannot be used" in r.getMessage()]
+    assert len(lines) == 1 and "max_connections" in lines[0].getMessage() and lines[0].exc_info is None
+
+
+@pytest.mark.integration
+def test_an_error_the_broker_answers_every_time_is_one_warning_with_backoff_not_a_reconnect_loop(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When every take gets an error reply (here the queue's key holds a string: WRONGTYPE; out of memory acts
+    the same), the consumer logs one warning and backs off instead of reconnecting in a tight loop hundreds of
+    times a second; once the key is right it says so once and delivers."""
+    client = redis.client(1)
+    client.set("ops_trace", "not a list")
+    recorder = Recorder()
+    source = CelerySource(_settings(redis, storage_root), recorder)
+    caplog.set_level(logging.INFO, logger="traceexport.sources.celery")
+    source.start()
+    try:
+        _wait_for(lambda: any("WRONGTYPE" in r.getMessage() for r in caplog.records), what="the warning")
+        time.sleep(2.5)  # the old loop logged some 1,500 lines in this time
+        client.delete("ops_trace")
+        producer.send(_samples()["12-generate-name.json"])
+        _wait_for(lambda: len(recorder.records) == 1, timeout=20, what="the record once the key is a list")
+    finally:
+        source.stop(10)
+    lines = [r.getMessage() for r in caplog.records if "celery-source-0" in r.getMessage()]
+    assert len([line for line in lines if "WRONGTYPE" in line]) == 1, lines
+    assert len([line for line in lines if "reachable again" in line]) == 1, lines
+
+
+@pytest.mark.integration
+def test_a_broker_that_stops_answering_is_noticed_and_left_behind(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that hangs (here stopped with SIGSTOP; a connection a network dropped silently is the same) is
+    reported after the default socket timeout as one warning, instead of holding the consumer without a word
+    forever; once it answers again the consumer reconnects by itself and delivers."""
+    assert CelerySourceSettings().kombu_transport_options()["socket_timeout"] == 10.0
+    recorder = Recorder()
+    source = CelerySource(_settings(redis, storage_root), recorder)
+    caplog.set_level(logging.INFO, logger="traceexport.sources.celery")
+    source.start()
+    try:
+        time.sleep(1.0)  # connected, polling the empty queue
+        os.kill(redis.process.pid, signal.SIGSTOP)
+        try:
+            _wait_for(lambda: any("lost broker" in r.getMessage() for r in caplog.records), timeout=20,
+                      what="the hung broker noticed")
+        finally:
+            os.kill(redis.process.pid, signal.SIGCONT)
+        producer.send(_samples()["12-generate-name.json"])
+        _wait_for(lambda: len(recorder.records) == 1, timeout=40, what="the record once Redis answers")
+    finally:
+        source.stop(10)
+    lines = [r.getMessage() for r in caplog.records if "celery-source-0" in r.getMessage()]
+    assert len([line for line in lines if "lost broker" in line or "unreachable" in line]) == 1, lines
+
+
+@pytest.mark.integration
+def test_a_batch_stored_when_the_broker_is_lost_is_acknowledged_once_it_is_back_not_stored_twice(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis stops answering between the spool taking a batch and its acknowledgement (a restart, a failover):
+    once it is back the consumer acknowledges that batch and deletes its files before taking anything, so the
+    messages do not come back after ``visibility_timeout`` to be stored and sent a second time."""
+    key = producer.send(_samples()["12-generate-name.json"])
+    records: list[Record] = []
+
+    def accept(batch: Sequence[Record]) -> None:
+        records.extend(batch)
+        if len(records) == 1:  # stored; the acknowledgement comes next and finds Redis frozen
+            os.kill(redis.process.pid, signal.SIGSTOP)
+            threading.Timer(2.0, os.kill, (redis.process.pid, signal.SIGCONT)).start()
+
+    settings = _settings(redis, storage_root, visibility_timeout=8,
+                         transport_options={"socket_timeout": 1, "socket_connect_timeout": 1})
+    source = CelerySource(settings, accept)
+    caplog.set_level(logging.INFO, logger="traceexport.sources.celery")
+    source.start()
+    try:
+        _wait_for(lambda: any("acknowledged 1 message(s)" in r.getMessage() for r in caplog.records), timeout=20,
+                  what="the owed acknowledgement")
+        _wait_for(lambda: _drained(redis) and not (storage_root / key).exists(), what="acked and deleted")
+        time.sleep(9)  # past visibility_timeout: nothing comes back
+    finally:
+        source.stop(10)
+    assert len(records) == 1 and source.stats.snapshot()["accepted"] == 1
 
 
 @pytest.mark.integration

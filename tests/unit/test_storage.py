@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from traceexport.errors import ConfigError
 from traceexport.sources.storage import (
@@ -51,6 +52,19 @@ def test_local_io_failure_is_a_storage_error(tmp_path: Path) -> None:
         storage.load(KEY)
     with pytest.raises(StorageError, match="cannot write"):
         storage.save(KEY, b"x")
+
+
+def test_a_missing_file_in_a_root_without_difys_folder_is_a_storage_error(tmp_path: Path) -> None:
+    """A root without ``ops_trace/`` is not Dify's storage (not mounted, wrong path): a missing file there is a
+    StorageError naming the folder, not "already handled"; once the folder exists it loads as None."""
+    storage = LocalStorage(tmp_path / "not-mounted")
+    with pytest.raises(StorageError, match=r"no folder ops_trace/ in .*not-mounted \(is Dify's storage mounted"):
+        storage.load(KEY)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StorageError, match="no folder ops_trace/"):
+        LocalStorage(tmp_path / "empty").load(KEY)
+    (tmp_path / "empty" / "ops_trace").mkdir()
+    assert LocalStorage(tmp_path / "empty").load(KEY) is None
 
 
 @pytest.mark.parametrize("key", ["", "../etc/passwd", "ops_trace/../x.json", "/abs/path", "a//b", "ops_trace/.hidden"])
@@ -132,3 +146,35 @@ def test_s3_without_boto3_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setitem(sys.modules, "boto3", None)
     with pytest.raises(ConfigError, match=r"traceexport\[s3\]"):
         open_storage(S3StorageSettings(type="s3", bucket="dify"))
+
+
+@pytest.mark.parametrize(
+    ("section", "where", "why"),
+    [
+        ({"endpoint_url": "s3.example.com"}, "endpoint_url", "http:// or https:// URL"),
+        ({"region": "us east 1"}, "region", "region name"),
+        ({"bucket": "dify ai/x"}, "bucket", "bucket name"),
+    ],
+)
+def test_s3_settings_botocore_would_refuse_are_config_problems(section: dict[str, str], where: str, why: str) -> None:
+    """An endpoint without its scheme, a region or bucket botocore refuses are problems naming the key when the
+    config is validated (they crashed serve's start-up with botocore's traceback); Dify's usual values pass."""
+    with pytest.raises(ValidationError) as info:
+        S3StorageSettings.model_validate({"type": "s3", "bucket": "difyai", **section})
+    assert info.value.errors()[0]["loc"] == (where,) and why in info.value.errors()[0]["msg"]
+    S3StorageSettings.model_validate({"type": "s3", "bucket": "difyai", "region": "us-east-1",
+                                      "endpoint_url": "https://minio.internal:9000"})
+
+
+def test_an_s3_client_botocore_refuses_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever else botocore refuses when the client is made is a ConfigError naming the storage, not a
+    traceback, and it does not quote the settings."""
+    boto3 = pytest.importorskip("boto3", reason="boto3 is not installed (traceexport[s3])")
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("Invalid endpoint: https://user:s3cr3t-value@x")
+
+    monkeypatch.setattr(boto3, "client", refuse)
+    with pytest.raises(ConfigError, match=r"storage.type s3: botocore refuses these settings \(ValueError\)") as info:
+        open_storage(S3StorageSettings(type="s3", bucket="dify"))
+    assert "s3cr3t-value" not in str(info.value)

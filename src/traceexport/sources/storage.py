@@ -8,7 +8,8 @@ Two backends, chosen by ``storage.type`` in the config:
   (``pip install 'traceexport[s3]'``).
 
 Keys are Dify's object keys (``/``-separated, relative); a key that would leave the storage root is
-refused. ``load`` returns ``None`` for a missing object (already consumed by another sidecar);
+refused. ``load`` returns ``None`` for a missing object (already consumed by another sidecar), except
+in a local root without the key's top folder (not Dify's storage: nothing was ever there to consume);
 every other failure is a :class:`StorageError`, which callers treat as transient.
 """
 
@@ -20,10 +21,13 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from traceexport.errors import ConfigError, TraceExportError
 
+_BUCKET = re.compile(r"[A-Za-z0-9._-]{1,255}|arn:\S+")  # botocore's own check: a bucket name or an access point ARN
+_ENDPOINT = re.compile(r"https?://[^\s/?#]+[^\s]*", re.IGNORECASE)
+_REGION = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # botocore's validate_region_name
 _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(?:/[A-Za-z0-9_][A-Za-z0-9._-]*)*")  # no empty, "." or ".." part
 
 
@@ -80,6 +84,29 @@ class S3StorageSettings(BaseModel):
     secret_key: SecretStr | None = None
     addressing_style: Literal["auto", "virtual", "path"] = "auto"
 
+    # What botocore refuses only when the client is made (serve's start-up) or at every request: said here,
+    # so that validate reports it with its key path, never as botocore's traceback.
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        if not _BUCKET.fullmatch(value):
+            raise ValueError("must be a bucket name: letters, digits, '.', '-' and '_' (Dify's S3_BUCKET_NAME)")
+        return value
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_is_a_url(cls, value: str | None) -> str | None:
+        if value is not None and not _ENDPOINT.fullmatch(value):
+            raise ValueError("must be an http:// or https:// URL, e.g. https://s3.us-east-1.amazonaws.com")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region_name(cls, value: str | None) -> str | None:
+        if value is not None and not _REGION.fullmatch(value):
+            raise ValueError("must be a region name such as us-east-1")
+        return value
+
 
 StorageSettings = Annotated[LocalStorageSettings | S3StorageSettings, Field(discriminator="type")]
 
@@ -95,10 +122,21 @@ class LocalStorage:
         return os.path.join(self._root, check_key(key))  # "/" separates the parts on every POSIX system
 
     def load(self, key: str) -> bytes | None:
-        """The file's bytes, or None when it does not exist."""
+        """The file's bytes, or None when it does not exist.
+
+        A file is missing for good (another sidecar handled it) only while the key's top folder (Dify's
+        ``ops_trace``) is there: without it the root is not Dify's storage (a volume not mounted, the wrong
+        path), and treating every file as handled would acknowledge messages whose records were never read.
+        That is a StorageError, retried like any other, so the messages wait until the storage is right.
+        """
         try:
             return _read(self._path(key))
         except FileNotFoundError:
+            top = key.split("/", 1)[0]
+            if "/" in key and not os.path.isdir(os.path.join(self._root, top)):
+                raise StorageError(
+                    f"cannot read {key}: no folder {top}/ in {self.root} (is Dify's storage mounted there?)"
+                ) from None
             return None
         except OSError as exc:
             raise StorageError(f"cannot read {key} from {self.root}: {exc.strerror or exc}") from exc
@@ -220,14 +258,17 @@ def _s3_client(settings: S3StorageSettings) -> Any:
         raise ConfigError(
             ["storage.type: s3 needs boto3: install traceexport[s3]"], title="missing dependency"
         ) from exc
-    return boto3.client(
-        "s3",
-        endpoint_url=settings.endpoint_url,
-        region_name=settings.region,
-        aws_access_key_id=settings.access_key.get_secret_value() if settings.access_key else None,
-        aws_secret_access_key=settings.secret_key.get_secret_value() if settings.secret_key else None,
-        config=Config(s3={"addressing_style": settings.addressing_style}, retries={"max_attempts": 3}),
-    )
+    try:
+        return boto3.client(
+            "s3",
+            endpoint_url=settings.endpoint_url,
+            region_name=settings.region,
+            aws_access_key_id=settings.access_key.get_secret_value() if settings.access_key else None,
+            aws_secret_access_key=settings.secret_key.get_secret_value() if settings.secret_key else None,
+            config=Config(s3={"addressing_style": settings.addressing_style}, retries={"max_attempts": 3}),
+        )
+    except Exception as exc:  # botocore's refusal of what the settings say, never its traceback
+        raise ConfigError([f"storage.type s3: botocore refuses these settings ({type(exc).__name__})"]) from exc
 
 
 def open_storage(settings: LocalStorageSettings | S3StorageSettings) -> Storage:

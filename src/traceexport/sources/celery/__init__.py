@@ -6,6 +6,7 @@ enqueues the Celery task ``tasks.ops_trace_task.process_trace_tasks`` on queue `
 instead: it reads the file, hands the record to the pipeline, acknowledges, and deletes the file.
 """
 
+from traceexport.sources.celery.broker_url import mask_url
 from traceexport.sources.celery.consumer import CelerySource
 from traceexport.sources.celery.message import BadMessage, TaskRef, parse_task
 from traceexport.sources.celery.processor import Stats, TraceFileProcessor, parse_file
@@ -15,7 +16,6 @@ from traceexport.sources.celery.settings import (
     DIFY_TASK_NAME,
     CelerySourceSettings,
     dify_global_keyprefix,
-    mask_url,
 )
 
 __all__ = [

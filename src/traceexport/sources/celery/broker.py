@@ -2,7 +2,7 @@
 
 kombu opens the connection, so every broker URL and transport option kombu's Redis transport takes keeps working
 (``redis://``, ``rediss://``, ``sentinel://`` with ``master_name``, socket options, ``global_keyprefix``); its
-channel publishes the messages set aside. Taking and acknowledging go through :class:`UnackedQueue` on a plain
+channel publishes the foreign tasks set aside. Taking and acknowledging go through :class:`UnackedQueue` on a plain
 redis-py client sharing the channel's connection pool, with the key names the channel resolved (key prefix
 included), so the bookkeeping is the very one kombu would keep.
 """
@@ -34,10 +34,6 @@ class BrokerSession:
         except BaseException:
             self.close()
             raise
-
-    def push_raw(self, queue: str, raw: bytes) -> None:
-        """Put ``raw`` as it is at the end of ``queue`` (key prefix added)."""
-        self.client.lpush(self.channel.global_keyprefix + queue, raw)
 
     def close(self) -> None:
         """Release the connection (the messages in flight stay recorded in Redis)."""

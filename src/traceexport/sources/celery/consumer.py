@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from traceexport.errors import ConfigError
-from traceexport.redaction import redact
+from traceexport.redaction import add_secrets, redact
 from traceexport.sources.celery.broker import BrokerSession, connection_errors
 from traceexport.sources.celery.dispatch import MessageDispatcher
 from traceexport.sources.celery.probe import EmptyQueueProbe
@@ -63,6 +64,7 @@ class CelerySource:
         empty_queue_hint_after: float | None = EMPTY_QUEUE_HINT_AFTER,
     ) -> None:
         self.settings = settings
+        add_secrets(settings.secrets())
         self.stopping = threading.Event()
         self.stats = Stats()
         self._kombu = _kombu()
@@ -126,41 +128,38 @@ class CelerySource:
         self._threads, self._probe = [], None
 
     def _run(self, name: str) -> None:
-        """A consumer thread: connect (with backoff), consume until stopped; reconnect on broker errors."""
-        delay, lost = 1.0, False
+        """A consumer thread: connect, consume until stopped; after any failure wait (1 s, doubling up to
+        MAX_BACKOFF until a take succeeds again) and start over. A failure is logged once, when it starts or
+        changes, and its end once ("reachable again"), never on every retry: an error the broker answers on
+        every call (a key of the wrong type, out of memory) must not turn into a reconnect loop."""
+        outage = _Outage(name, self.settings.masked_broker_url())
         while not self.stopping.is_set():
             try:
                 session = BrokerSession(self._kombu, self.settings)
-            except self._broker_errors as exc:
-                if not lost:
-                    log.warning(
-                        "%s: broker %s unreachable (%s); retrying with backoff",
-                        name,
-                        self.settings.masked_broker_url(),
-                        redact(str(exc)),
-                    )
-                lost = True
-                self.stopping.wait(delay)
-                delay = min(delay * 2, MAX_BACKOFF)
+            except Exception as exc:  # unreachable, or refusing what it was given: say so once, keep trying
+                broker_error = isinstance(exc, self._broker_errors)
+                self.stopping.wait(outage.failed(
+                    "broker" if broker_error else "refused",
+                    f"broker {outage.url} {'unreachable' if broker_error else 'cannot be used'}",
+                    redact(str(exc) if broker_error else f"{type(exc).__name__}: {exc}"),
+                ))
                 continue
-            if lost:
-                log.info("%s: broker %s reachable again", name, self.settings.masked_broker_url())
-            delay, lost = 1.0, False
             try:
-                self._consume(session)
+                self._consume(session, outage.working)
             except self._broker_errors as exc:
-                log.warning("%s: lost broker %s (%s); reconnecting", name, self.settings.masked_broker_url(),
-                            redact(str(exc)))
-                lost = True
+                self.stopping.wait(outage.failed("broker", f"lost broker {outage.url}", redact(str(exc))))
             except Exception as exc:  # keep consuming whatever went wrong; say what it was
-                reason = redact(f"{type(exc).__name__}: {exc}")
-                log.error("%s: consumer failed (%s); restarting", name, reason)
-                self.stopping.wait(self.settings.retry_delay or 1.0)
+                self.stopping.wait(outage.failed("consumer", "consumer failed", redact(f"{type(exc).__name__}: {exc}"),
+                                                 logging.ERROR))
             finally:
                 session.close()
 
-    def _consume(self, session: BrokerSession) -> None:
-        """Take, handle and settle batches until stopped."""
+    def _consume(self, session: BrokerSession, working: Callable[[], None]) -> None:
+        """Take, handle and settle batches until stopped; ``working()`` after every take that succeeded. First
+        the acknowledgements a lost broker did not take (their records are in the spool already)."""
+        settled = self.processor.settle_owed(session.queue.ack)
+        if settled:
+            log.info("acknowledged %d message(s) whose records were stored when the broker was lost", settled)
         restore_at = 0.0
         while not self.stopping.is_set():
             if time.monotonic() >= restore_at:
@@ -171,6 +170,7 @@ class CelerySource:
                              self.settings.visibility_timeout)
                 restore_at = time.monotonic() + RESTORE_EVERY
             taken = session.queue.take(self.settings.prefetch)
+            working()
             if not taken:
                 self.stopping.wait(IDLE_POLL)
                 continue
@@ -180,6 +180,32 @@ class CelerySource:
     def _nothing_arrived(self) -> bool:
         """True while no message of any kind has reached this source."""
         return not any(self.stats.snapshot().values())
+
+
+class _Outage:
+    """One consumer thread's trouble with its broker: logged when it starts or changes and when it ends; while it
+    lasts, the wait before the next attempt doubles from 1 s up to MAX_BACKOFF."""
+
+    def __init__(self, name: str, url: str) -> None:
+        self.name = name
+        self.url = url
+        self.current: str | None = None
+        self.delay = 1.0
+
+    def failed(self, kind: str, what: str, reason: str, level: int = logging.WARNING) -> float:
+        """Note a failure, logged if it is of a new ``kind`` (a lost broker then unreachable is one outage);
+        returns how long to wait before trying again."""
+        if kind != self.current:
+            log.log(level, "%s: %s (%s); retrying with backoff", self.name, what, reason)
+            self.current = kind
+        delay, self.delay = self.delay, min(self.delay * 2, MAX_BACKOFF)
+        return delay
+
+    def working(self) -> None:
+        """A take succeeded: the trouble, if any, is over."""
+        if self.current is not None:
+            log.info("%s: broker %s reachable again", self.name, self.url)
+            self.current, self.delay = None, 1.0
 
 
 __all__ = ["CelerySource"]

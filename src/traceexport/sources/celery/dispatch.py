@@ -6,23 +6,33 @@ and properties), to ``other_tasks_queue`` (default ``ops_trace_other``) where a 
 with ``-Q ops_trace_other`` runs it as usual, then acknowledged here. With ``other_tasks_queue: null``
 it is acknowledged and dropped with a warning. A ``process_trace_tasks`` message whose argument is
 malformed cannot be run by anyone; it is dropped with a warning.
+
+A queue entry that is not even a kombu message (not JSON, not an object, a body that is not base64) is never
+moved to a worker's queue: kombu raises on it inside the worker's event loop and Celery's worker exits
+("Unrecoverable error"). It is kept as it is under ``failed_prefix`` + ``messages/`` in Dify's storage, for a
+human, with one warning, then acknowledged; when storage refuses it, it stays in flight and comes back after
+``visibility_timeout``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from traceexport.redaction import describe_error
 from traceexport.sources.celery.broker import BrokerSession
 from traceexport.sources.celery.message import BadMessage, TaskRef, parse_task, plain_json_message, task_name_of
 from traceexport.sources.celery.processor import Stats, TraceFileProcessor
 from traceexport.sources.celery.settings import CelerySourceSettings
 from traceexport.sources.celery.unacked import Taken
+from traceexport.sources.storage import StorageError
 
 log = logging.getLogger("traceexport.sources.celery")
 
+MAX_REASON = 160  # characters of kombu's complaint kept in a log line
 _KEPT_PROPERTIES = ("correlation_id", "reply_to", "priority", "delivery_mode")
 
 
@@ -59,13 +69,13 @@ class MessageDispatcher:
                                              accept=self.accept_content)
         except Exception as exc:
             self.stats.add("bad_message")
-            self._set_aside_raw(item, broker, f"is not a kombu message ({type(exc).__name__})")
+            self._set_aside_raw(item, broker, f"is not a kombu message ({_why(exc)})")
             return None
         try:
             body = message.decode()
         except Exception as exc:
             self.stats.add("bad_message")
-            self._set_aside(item, message, broker, f"cannot be decoded ({type(exc).__name__}, {message.content_type})")
+            self._set_aside(item, message, broker, f"cannot be decoded ({_why(exc)}; {message.content_type})")
             return None
         name = task_name_of(message.headers, body)
         if name != self.settings.task_name:
@@ -104,15 +114,25 @@ class MessageDispatcher:
         log.warning("%s; moved unchanged to queue %r (run a Dify worker with -Q %s)", where, target, target)
 
     def _set_aside_raw(self, item: Taken, broker: BrokerSession, why: str) -> None:
-        """A queue entry that is not even a kombu message: moved as it is (or dropped), then acknowledged."""
-        target = self.settings.other_tasks_queue
+        """A queue entry that is not even a kombu message: kept in storage as it is, then acknowledged.
+
+        Not moved to ``other_tasks_queue``: no Celery worker can read it, and one that tries exits."""
         where = f"an entry of {len(item.raw)} bytes on queue {self.settings.queue!r} {why}"
-        if target is None:
-            log.warning("%s; acknowledged and dropped (other_tasks_queue is null)", where)
-        else:
-            broker.push_raw(target, item.raw)
-            log.warning("%s; moved unchanged to queue %r", where, target)
+        kept = f"{self.settings.failed_prefix}messages/{uuid.uuid4().hex}.msg"
+        try:
+            self.processor.storage.save(kept, item.raw)
+        except StorageError as exc:
+            log.warning("%s; cannot keep it (%s): left in flight, back on the queue after visibility_timeout",
+                        where, exc)
+            return
         broker.queue.ack([item])
+        log.warning("%s (no Celery worker can run it); kept as %s and acknowledged", where, kept)
+
+
+def _why(exc: Exception) -> str:
+    """What kombu said about an entry, as one short line that never quotes its bytes."""
+    text = f"{type(exc).__name__}: {describe_error(exc)}"
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
 
 
 def message_id(message: Any) -> str:

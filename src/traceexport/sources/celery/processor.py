@@ -3,7 +3,9 @@
 The order is what makes it lossless: ``accept()`` (durable on return; one spool transaction for the whole
 batch) → acknowledge the messages → delete the files. A crash before the acknowledgement leaves the messages
 unacknowledged, so the broker hands them out again after the visibility timeout and the files are still
-there; a crash after it leaves at worst files behind (never a lost record). Outcomes, per message:
+there; a crash after it leaves at worst files behind (never a lost record). A broker lost at the moment of
+the acknowledgement leaves the batch owed: the consumer acknowledges it (and deletes its files) once reconnected,
+before taking anything, so the records are not stored twice. Outcomes, per message:
 
 * the file is missing → another consumer already handled it: acknowledge and count;
 * the file is not a valid record (e.g. Dify's ``trace_info: null``), or one the spool could never hold → copy
@@ -58,8 +60,9 @@ class Stats:
 class _Episode:
     """Logs the first failure of a kind and the recovery, not every retry in between."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, meaning: str = "messages stay on the queue and are retried") -> None:
         self.what = what
+        self.meaning = meaning
         self._lock = threading.Lock()
         self._active = False
 
@@ -67,7 +70,7 @@ class _Episode:
         with self._lock:
             first, self._active = not self._active, True
         if first:
-            log.log(level, "%s: %s; messages stay on the queue and are retried", self.what, detail)
+            log.log(level, "%s: %s; %s", self.what, detail, self.meaning)
 
     def ok(self) -> None:
         with self._lock:
@@ -98,6 +101,12 @@ class TraceFileProcessor:
         self._spool = _Episode("spool full")
         self._storage = _Episode(f"storage {storage.describe()} unavailable")
         self._pipeline = _Episode("pipeline refused records")
+        self._deletes = _Episode(  # a read-only mount fails every delete: one line, not one per record
+            "handled files cannot be deleted",
+            "their records are stored and acknowledged, the files stay (counted in delete_failed)",
+        )
+        self._owed: list[_Owed] = []  # acknowledgements the broker did not take: sent again once it is back
+        self._owed_lock = threading.Lock()
 
     def process(self, ref: TaskRef, ack: Callable[[], None], requeue: Callable[[], None]) -> str:
         """Handle ``ref``; calls exactly one of ``ack`` / ``requeue``; returns the outcome name."""
@@ -131,20 +140,47 @@ class TraceFileProcessor:
             except RecordError as exc:
                 self._invalid(batch, index, raw, exc.reason)
         self._accept(batch, loaded)
-        done = batch.handles(ACCEPTED, MISSING, INVALID)
-        if done:
-            ack(done)
-        for name in (ACCEPTED, MISSING, INVALID):
-            if batch.count(name):
-                self.stats.add(name, batch.count(name))
-        for index in batch.indexes(ACCEPTED, INVALID):
-            self._delete(items[index][0])
+        owed = _Owed(batch.handles(ACCEPTED, MISSING, INVALID), [items[i][0] for i in batch.indexes(ACCEPTED, INVALID)],
+                     {name: batch.count(name) for name in (ACCEPTED, MISSING, INVALID) if batch.count(name)})
+        if owed.handles:
+            try:
+                ack(owed.handles)
+            except Exception:  # the broker went away: the records are stored; acknowledge them once it is back
+                with self._owed_lock:
+                    self._owed.append(owed)
+                raise
+        self._settled(owed)
         again = batch.handles(RETRY)
         if again:
             self.stopping.wait(max(batch.delay, 0.0))  # cut short by stop()
             requeue(again)
             self.stats.add(RETRY, len(again))
         return batch.outcomes
+
+    def settle_owed(self, ack: Callable[[Sequence[Any]], None]) -> int:
+        """Acknowledge the messages whose records went into the spool but whose acknowledgement failed (the broker
+        was lost at that moment), then delete their files; returns how many. A consumer calls this once
+        reconnected, before it takes anything: without it those messages would come back after
+        ``visibility_timeout`` and their records be stored and sent a second time. Raises what ``ack`` raises
+        (what is still owed stays owed)."""
+        with self._owed_lock:
+            owed, self._owed = self._owed, []
+        for index, entry in enumerate(owed):
+            try:
+                ack(entry.handles)
+            except Exception:
+                with self._owed_lock:
+                    self._owed[:0] = owed[index:]
+                raise
+            self._settled(entry)
+        return sum(len(entry.handles) for entry in owed)
+
+    def _settled(self, owed: _Owed) -> None:
+        """Acknowledged: count the outcomes, delete the files that were read."""
+        for name, count in owed.counts.items():
+            self.stats.add(name, count)
+        for ref in owed.refs:
+            self._delete(ref)
 
     def _accept(self, batch: _Batch[Any], loaded: Sequence[tuple[int, Record, bytes]]) -> None:
         """``accept`` the loaded records in one call; what it cannot take is sorted out one record at a time."""
@@ -203,7 +239,19 @@ class TraceFileProcessor:
             self.storage.delete(ref.storage_key)
         except StorageError as exc:
             self.stats.add("delete_failed")
-            log.warning("%s: delivered but the file could not be deleted (%s)", ref.describe(), exc)
+            self._deletes.fail(f"{ref.describe()}: {exc}")
+            return
+        self._deletes.ok()
+
+
+@dataclass(frozen=True)
+class _Owed:
+    """Messages done with (records stored, invalid files kept, files missing), to acknowledge; then the files of
+    ``refs`` go, and ``counts`` are added to the stats."""
+
+    handles: Sequence[Any]
+    refs: list[TaskRef]
+    counts: dict[str, int]
 
 
 @dataclass

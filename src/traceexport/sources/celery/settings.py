@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -19,12 +20,14 @@ from pydantic import (
 )
 
 from traceexport.errors import ConfigError, Problem
-from traceexport.sources.storage import LocalStorageSettings, StorageSettings
+from traceexport.sources.celery.broker_url import broker_url_problem, mask_url
+from traceexport.sources.storage import LocalStorageSettings, S3StorageSettings, StorageSettings
 
 DIFY_TASK_NAME = "tasks.ops_trace_task.process_trace_tasks"
 DIFY_QUEUE = "ops_trace"
 DIFY_FILE_PREFIX = "ops_trace/"  # Dify's OPS_FILE_PATH
 DIFY_PREFIX_ENV = "REDIS_KEY_PREFIX"  # Dify >= 1.14: namespaces every Redis key, Celery's included
+BROKER_SOCKET_TIMEOUT = 10.0  # seconds a broker call may take (every one is short: takes are scripts, not BRPOP)
 
 
 def dify_global_keyprefix(redis_key_prefix: str | None) -> str:
@@ -74,11 +77,27 @@ class CelerySourceSettings(BaseModel):
 
     _prefix_origin: str = PrivateAttr(default="config")
 
+    @field_validator("broker_url")
+    @classmethod
+    def _kombu_reads_the_url(cls, value: SecretStr) -> SecretStr:
+        problem = broker_url_problem(value.get_secret_value())
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
     @field_validator("transport_options")
     @classmethod
     def _keyprefix_is_text(cls, value: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(value.get("global_keyprefix", ""), str):
             raise ValueError("global_keyprefix must be a string")
+        return value
+
+    @field_validator("other_tasks_queue")
+    @classmethod
+    def _not_the_queue_itself(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value == info.data.get("queue"):
+            raise ValueError("must not be the queue itself: a task moved there comes straight back, forever "
+                             "(null drops foreign tasks instead)")
         return value
 
     @field_validator("redis_key_prefix")
@@ -137,8 +156,12 @@ class CelerySourceSettings(BaseModel):
         return f"redis_key_prefix {self.redis_key_prefix!r} from {self._prefix_origin}"
 
     def kombu_transport_options(self) -> dict[str, Any]:
-        """Transport options for kombu's Redis transport: visibility timeout and our own unacked keys."""
+        """Transport options for kombu's Redis transport: visibility timeout, our own unacked keys, and socket
+        timeouts (kombu's default is none: a broker that stops answering, or a connection a network silently
+        dropped, would hold the consumer forever without a word). ``transport_options`` override them."""
         options: dict[str, Any] = {
+            "socket_timeout": BROKER_SOCKET_TIMEOUT,
+            "socket_connect_timeout": BROKER_SOCKET_TIMEOUT,
             "visibility_timeout": self.visibility_timeout,
             "unacked_key": f"{self.unacked_prefix}unacked",
             "unacked_index_key": f"{self.unacked_prefix}unacked_index",
@@ -148,6 +171,18 @@ class CelerySourceSettings(BaseModel):
         if self.global_keyprefix:
             options["global_keyprefix"] = self.global_keyprefix
         return options
+
+    def secrets(self) -> list[str]:
+        """The values to mask wherever this source's text may end up: the broker URL's passwords (as written and
+        decoded), S3's keys."""
+        found: list[str] = []
+        for part in self.broker_url.get_secret_value().split(";"):
+            with contextlib.suppress(ValueError):
+                password = urlsplit(part.strip()).password or ""
+                found += [password, unquote(password)]
+        if isinstance(self.storage, S3StorageSettings):
+            found += [key.get_secret_value() for key in (self.storage.access_key, self.storage.secret_key) if key]
+        return [value for value in found if value]
 
     def masked_broker_url(self) -> str:
         """The broker URL with any password replaced by ``***``, for log lines."""
@@ -159,22 +194,6 @@ def _sets_keyprefix(data: Mapping[str, Any]) -> bool:
     return isinstance(options, Mapping) and "global_keyprefix" in options
 
 
-def mask_url(url: str) -> str:
-    """``redis://:secret@host:6379/1`` -> ``redis://:***@host:6379/1``; other URLs unchanged."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        return "<unparseable url>"
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, parts.fragment))
-
-
 __all__ = [
     "DIFY_FILE_PREFIX",
     "DIFY_PREFIX_ENV",
@@ -182,5 +201,4 @@ __all__ = [
     "DIFY_TASK_NAME",
     "CelerySourceSettings",
     "dify_global_keyprefix",
-    "mask_url",
 ]
