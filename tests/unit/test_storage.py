@@ -107,6 +107,11 @@ class FakeS3:
         self._check()
         self.objects.pop((Bucket, Key), None)
 
+    def list_objects_v2(self, Bucket: str, Prefix: str, MaxKeys: int) -> dict[str, Any]:
+        self._check()
+        keys = sorted(key for bucket, key in self.objects if bucket == Bucket and key.startswith(Prefix))[:MaxKeys]
+        return {"KeyCount": len(keys), **({"Contents": [{"Key": key} for key in keys]} if keys else {})}
+
 
 @pytest.fixture
 def fake_s3() -> FakeS3:
@@ -120,14 +125,32 @@ def fake_s3() -> FakeS3:
 
 
 def test_s3_round_trip_and_no_such_key_is_none(fake_s3: FakeS3) -> None:
-    """S3 objects load, save and delete by Dify's key; NoSuchKey loads as None."""
+    """S3 objects load, save and delete by Dify's key; NoSuchKey loads as None (handled elsewhere) while Dify's
+    ops_trace/ folder holds other objects."""
     storage = S3Storage(S3StorageSettings(type="s3", bucket="dify"), client=fake_s3)
+    storage.save("ops_trace/other-app/other-file.json", b"{}")
     assert storage.load(KEY) is None
     storage.save(KEY, b"data")
     assert fake_s3.objects[("dify", KEY)] == b"data"
     assert storage.load(KEY) == b"data"
     storage.delete(KEY)
     assert storage.load(KEY) is None
+
+
+def test_s3_keys_live_under_the_prefix_and_a_bucket_without_difys_folder_is_an_error(fake_s3: FakeS3) -> None:
+    """With Dify on S3 through OpenDAL its keys live under OPENDAL_S3_ROOT (storage.prefix); a missing key in a
+    bucket or prefix with nothing under ops_trace/ is a StorageError (retried: the messages wait), not a record
+    taken as handled by another consumer (every message was acknowledged and its record never read)."""
+    fake_s3.objects[("dify", f"dify-root/{KEY}")] = b"data"
+    wrong = S3Storage(S3StorageSettings(type="s3", bucket="dify"), client=fake_s3)
+    with pytest.raises(StorageError, match=r"nothing under s3://dify/ops_trace/ .*storage.prefix"):
+        wrong.load(KEY)
+    right = S3Storage(S3StorageSettings(type="s3", bucket="dify", prefix="/dify-root/"), client=fake_s3)
+    assert right.load(KEY) == b"data"
+    right.delete(KEY)
+    assert ("dify", f"dify-root/{KEY}") not in fake_s3.objects
+    right.save("ops_trace/app/another.json", b"{}")
+    assert right.load(KEY) is None and right.describe().startswith("s3://dify/dify-root/")
 
 
 def test_s3_errors_are_storage_errors_without_credentials(fake_s3: FakeS3) -> None:

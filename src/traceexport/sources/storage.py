@@ -72,12 +72,14 @@ class LocalStorageSettings(BaseModel):
 
 
 class S3StorageSettings(BaseModel):
-    """``storage: {type: s3, bucket, endpoint_url, region, access_key, secret_key}`` — Dify's S3 bucket."""
+    """``storage: {type: s3, bucket, prefix, endpoint_url, region, access_key, secret_key}`` — Dify's S3 bucket;
+    ``prefix`` is the folder Dify's keys live under (``OPENDAL_S3_ROOT`` when Dify reaches S3 through OpenDAL)."""
 
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["s3"]
     bucket: str = Field(min_length=1)
+    prefix: str = ""
     endpoint_url: str | None = None
     region: str | None = None
     access_key: SecretStr | None = None
@@ -188,42 +190,60 @@ class S3Storage:
 
     def __init__(self, settings: S3StorageSettings, client: Any = None) -> None:
         self.bucket = settings.bucket
+        self.prefix = f"{settings.prefix.strip('/')}/" if settings.prefix.strip("/") else ""
         self._endpoint = settings.endpoint_url or "aws"
         self._client = client if client is not None else _s3_client(settings)
         self._client_error: type[Exception] = _client_error_class()
 
     def load(self, key: str) -> bytes | None:
-        """The object's bytes, or None for NoSuchKey / 404."""
+        """The object's bytes, or None for NoSuchKey / 404 while the key's top folder (Dify's ``ops_trace``) holds
+        any object; with nothing under it the bucket or prefix is not Dify's storage, and a StorageError (retried)
+        keeps the messages waiting instead of acknowledging records never read (as :meth:`LocalStorage.load`)."""
         try:
-            response = self._client.get_object(Bucket=self.bucket, Key=check_key(key))
+            response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
             data: bytes = response["Body"].read()
             return data
         except self._client_error as exc:
-            if _error_code(exc) in {"NoSuchKey", "404", "NotFound"}:
-                return None
-            raise StorageError(f"cannot read {key} from s3://{self.bucket}: {_error_code(exc)}") from exc
+            if _error_code(exc) not in {"NoSuchKey", "404", "NotFound"}:
+                raise StorageError(f"cannot read {key} from s3://{self.bucket}: {_error_code(exc)}") from exc
         except Exception as exc:  # botocore transport errors have no common base worth importing
             raise StorageError(f"cannot read {key} from s3://{self.bucket}: {type(exc).__name__}") from exc
+        top = key.split("/", 1)[0]
+        if "/" in key and not self._holds_any(f"{self.prefix}{top}/"):
+            raise StorageError(f"cannot read {key}: nothing under s3://{self.bucket}/{self.prefix}{top}/ (is this "
+                               "Dify's bucket, and storage.prefix its OPENDAL_S3_ROOT?)")
+        return None
+
+    def _key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def _holds_any(self, folder: str) -> bool:
+        """Whether any object's key starts with ``folder`` (one LIST request, asked only for a missing key)."""
+        try:
+            listed = self._client.list_objects_v2(Bucket=self.bucket, Prefix=folder, MaxKeys=1)
+        except Exception as exc:
+            raise StorageError(f"cannot list s3://{self.bucket}/{folder}: {_describe(exc)}") from exc
+        return bool(listed.get("KeyCount") or listed.get("Contents"))
 
     def save(self, key: str, data: bytes) -> None:
         """Put the object (S3 writes are atomic)."""
         try:
-            self._client.put_object(Bucket=self.bucket, Key=check_key(key), Body=data)
+            self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
         except Exception as exc:
             raise StorageError(f"cannot write {key} to s3://{self.bucket}: {_describe(exc)}") from exc
 
     def delete(self, key: str) -> None:
         """Delete the object (S3 answers success for a missing key)."""
         try:
-            self._client.delete_object(Bucket=self.bucket, Key=check_key(key))
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except Exception as exc:
             if isinstance(exc, self._client_error) and _error_code(exc) in {"NoSuchKey", "404"}:
                 return
             raise StorageError(f"cannot delete {key} from s3://{self.bucket}: {_describe(exc)}") from exc
 
     def describe(self) -> str:
-        """``s3://bucket (endpoint)`` without credentials."""
-        return f"s3://{self.bucket} ({self._endpoint})"
+        """``s3://bucket/prefix (endpoint)`` without credentials."""
+        return f"s3://{self.bucket}/{self.prefix} ({self._endpoint})"
 
 
 def _error_code(exc: Exception) -> str:
