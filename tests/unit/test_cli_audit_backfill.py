@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,21 @@ def test_audit_without_config_audits_the_sinks_the_spool_recorded(tmp_path: Path
     assert main(base) == 2
     err = capsys.readouterr().err
     assert err.startswith("audit: not auditing dbg (defined by a config file") and "would open" in err
+
+
+def test_audit_fix_json_has_one_shape_also_when_nothing_is_missing(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`audit --fix --json` prints the object with "before", "fixed" and "after" (the README's shape) even when
+    the audit found nothing to fix, so a script reads one shape whatever the audit found."""
+    import traceexport.cli.audit_cmd as audit_cmd
+    from traceexport.audit.reconcile import AuditReport
+
+    monkeypatch.setattr(Job, "open", lambda self, **_: None)
+    monkeypatch.setattr(audit_cmd, "audit", lambda config, job: AuditReport())
+    code = main(["audit", "--since", "7d", "--dify-db", "postgresql://ro@db/dify", "--to", "file", "--spool",
+                 str(tmp_path / "spool"), "--fix", "--json"])
+    assert code == 0
+    outcome = json.loads(capsys.readouterr().out)
+    assert sorted(outcome) == ["after", "before", "fixed"] and outcome["fixed"] == {}
+    assert outcome["before"]["exit_code"] == outcome["after"]["exit_code"] == 0

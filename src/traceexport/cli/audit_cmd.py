@@ -5,7 +5,7 @@ to, hashes the payloads, and compares with the delivery ledger in the spool: per
 how many records Dify holds, how many the sink acknowledged, which are missing (dead-lettered ones with their
 reason) and which were delivered with different content. --fix backfills exactly the missing and different
 records, each only to the sinks that lack it, then audits again (with --json: one object holding "before",
-"fixed" (records sent per sink) and "after").
+"fixed" (records sent per sink) and "after", also when nothing was missing).
 
 The sinks: those of --config/--to; without either, those the spool has delivered to (a sink named after its
 type, e.g. langfuse, built from its environment variables; a sink only a config file defines needs --config).
@@ -65,8 +65,11 @@ def _run(args: argparse.Namespace) -> int:
     try:
         job.open()  # the schema's one-line errors before anything else
         report = audit(config, job)
-        if not args.fix or report.exit_code == 0:
+        if not args.fix:
             _print(report, args.json)
+            return int(report.exit_code)
+        if report.exit_code == 0:  # nothing to send: with --json still the shape --fix always has
+            _print_fixed(report, {}, report, args.json)
             return int(report.exit_code)
         if not args.json:
             _print(report, False)
@@ -74,12 +77,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"audit --fix: sent {', '.join(f'{n} record(s) to {s}' for s, n in fixed.items())}; auditing again",
               file=sys.stderr)
         again = audit(config, job)
-        if args.json:
-            from traceexport.audit.render import to_json
-
-            print(json.dumps({"before": to_json(report), "fixed": fixed, "after": to_json(again)}, indent=2))
-        else:
-            _print(again, False)
+        _print_fixed(report, fixed, again, args.json)
         return int(again.exit_code)
     finally:
         job.close()
@@ -206,6 +204,17 @@ def fix(config: Config, job: Job, report: Any, timeout: float) -> dict[str, int]
         finally:
             delivery.close()
     return sent
+
+
+def _print_fixed(before: Any, fixed: dict[str, int], after: Any, as_json: bool) -> None:
+    """What ``--fix`` prints: the audit after it (text), or one object with ``before``, ``fixed`` and ``after``
+    (JSON), also when nothing was missing."""
+    from traceexport.audit.render import to_json
+
+    if as_json:
+        print(json.dumps({"before": to_json(before), "fixed": fixed, "after": to_json(after)}, indent=2))
+    else:
+        _print(after, False)
 
 
 def _print(report: Any, as_json: bool) -> None:
