@@ -54,8 +54,12 @@ def assert_one_line(done: subprocess.CompletedProcess[str], *fragments: str) -> 
     (["--dify-db", "postgresql://u@127.0.0.1/d", "--since", "2026-12-01", "--until", "2026-11-01"],
      ["is not before --until"]),
     (["--dify-db", "postgresql://u@127.0.0.1/d", "--apps", "chat-app"], ["--apps 'chat-app' is not a Dify app id"]),
+    (["--dify-db", "postgresql://u@127.0.0.1/d", "--since", "2999-01-01"], ["is not before now (", "default"]),
+    (["--dify-db", "host=127.0.0.1 user=u password=secret-pw dbname=d"], ["not a PostgreSQL URL", "password=***"]),
+    (["--dify-db", "postgresql://u@127.0.0.1:{port}/d?password=secret-pw"], ["cannot connect", "password=***"]),
+    (["--dify-db", "postgresql://u:secret-pw@[::1/d"], ["cannot connect", "u:***@"]),
 ], ids=["not-postgres", "unreachable", "no-url", "not-rebuildable", "unknown-type", "bad-time", "empty-window",
-        "bad-app"])
+        "bad-app", "future-since", "keyword-dsn", "query-password", "bad-ipv6"])
 def test_bad_input_is_one_line(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
     """Each bad URL or flag exits 2 with one line saying what is wrong, and no password in it."""
     args = [a.replace("{port}", str(_free_port())) for a in args]
@@ -75,3 +79,22 @@ def test_a_wrong_password_is_one_line_without_the_password(server: PostgresServe
     done = backfill(tmp_path, "--dify-db", server.url(password="wrong-secret-123"))
     assert_one_line(done, "cannot connect to Dify's database", "password authentication failed")
     assert "wrong-secret-123" not in done.stderr and server._password not in done.stderr
+
+
+def test_the_session_reads_dify_times_as_utc_whatever_the_servers_zone(server: PostgresServer) -> None:
+    """Dify's naive created_at columns hold UTC (its sessions run with timezone=UTC); on a database whose zone is
+    Asia/Shanghai, a time-zone-aware bound (the daemon's audit window) still compares in UTC, not 8 hours off."""
+    from datetime import UTC, datetime
+
+    from traceexport.difydb import connect
+
+    with server.admin("postgres") as admin:
+        admin.execute("CREATE DATABASE dify_shanghai")
+        admin.execute("ALTER DATABASE dify_shanghai SET timezone = 'Asia/Shanghai'")
+    conn = connect(server.url(database="dify_shanghai"))
+    try:
+        stored = datetime(2026, 11, 30, 9, 15)  # as Dify writes it: naive UTC
+        bound = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+        assert conn.execute("SELECT %s::timestamp >= %s", (stored, bound)).fetchone()[0] is True
+    finally:
+        conn.close()

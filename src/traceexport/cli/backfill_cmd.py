@@ -92,7 +92,9 @@ class Job:
         except TimeSpecError as exc:
             raise SourceError(str(exc)) from None
         if since is not None and since >= until:
-            raise SourceError(f"--since ({since.isoformat()}) is not before --until ({until.isoformat()})")
+            bound = f"--until ({until.isoformat()})" if args.until else \
+                f"now ({until.isoformat(timespec='seconds')}, --until's default)"
+            raise SourceError(f"--since ({since.isoformat()}) is not before {bound}")
         types = _split(args.types) or list(REBUILDABLE)
         for name in types:
             if name in NOT_REBUILDABLE:
@@ -244,11 +246,12 @@ def _backfill(config: Config, job: Job, reader: Any, args: argparse.Namespace) -
     checkpoint = Checkpoint(spool_dir, job_id(masked_url(job.url), args.since, args.until, job.window,
                                               sorted(config.sinks)))
     fixed = (args.since is None or _absolute(args.since)) and _absolute(args.until)
-    if checkpoint.done and fixed and not args.restart:
+    if checkpoint.done and fixed and checkpoint.covered and not args.restart:
         print(f"backfill: this window was already backfilled ({checkpoint.records} records); "
               "--restart sends it again", file=sys.stderr)
         return 0
-    if args.restart or checkpoint.done:  # a window relative to now moves on: a finished job starts anew
+    # A window relative to now moves on, and one ending in the future gains rows: a finished job starts anew.
+    if args.restart or checkpoint.done:
         checkpoint.reset()
     job.window = checkpoint.pin(job.window)
     out = _progress(job, reader, args)

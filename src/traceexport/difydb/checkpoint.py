@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class Checkpoint:
         self.records = 0
         self.since: datetime | None = None
         self.until: datetime | None = None
+        self.began: datetime | None = None  # when the job's first run read its window
         if self.path.is_file():
             try:
                 data = json.loads(self.path.read_text())
@@ -44,6 +45,7 @@ class Checkpoint:
                 self.records = int(data.get("records", 0))
                 self.since = datetime.fromisoformat(data["since"]) if data.get("since") else None
                 self.until = datetime.fromisoformat(data["until"]) if data.get("until") else None
+                self.began = datetime.fromisoformat(data["began"]) if data.get("began") else None
             except (ValueError, TypeError, KeyError, IndexError):  # unreadable: start afresh (ids make it safe)
                 self.positions, self.done, self.records = {}, False, 0
 
@@ -51,12 +53,20 @@ class Checkpoint:
     def resumed(self) -> bool:
         return bool(self.positions) or self.done
 
+    @property
+    def covered(self) -> bool:
+        """Whether the job's window had ended when the job began, so that reading it once read all of it (a
+        window ending in the future gains rows after the job finished). A checkpoint written before
+        ``began`` was kept counts as covered."""
+        return self.until is not None and (self.began is None or self.until <= self.began)
+
     def pin(self, window: Window) -> Window:
         """The window this job reads: the one its first run resolved (``30d`` or "now" mean the moment the job
         began, so a resumed run reads no more and no less); the first run records ``window``'s."""
         if self.positions:
             return replace(window, since=self.since, until=self.until)
         self.since, self.until = window.since, window.until
+        self.began = datetime.now(UTC).replace(tzinfo=None)
         return window
 
     def advance(self, stream: str, position: Position | None, records: int) -> None:
@@ -72,7 +82,7 @@ class Checkpoint:
 
     def reset(self) -> None:
         self.positions, self.done, self.records = {}, False, 0
-        self.since = self.until = None
+        self.since = self.until = self.began = None
         self.path.unlink(missing_ok=True)
 
     def _write(self) -> None:
@@ -80,7 +90,8 @@ class Checkpoint:
         data: dict[str, Any] = {"positions": {k: v.to_json() for k, v in self.positions.items()},
                                 "done": self.done, "records": self.records,
                                 "since": self.since.isoformat() if self.since else None,
-                                "until": self.until.isoformat() if self.until else None}
+                                "until": self.until.isoformat() if self.until else None,
+                                "began": self.began.isoformat() if self.began else None}
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w") as handle:
             handle.write(json.dumps(data))

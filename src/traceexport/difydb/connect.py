@@ -1,7 +1,8 @@
 """A read-only connection to Dify's PostgreSQL, with a statement timeout and one-line errors.
 
 Every session is opened read-only (``default_transaction_read_only``), so nothing traceexport sends can
-change Dify's data, and with ``statement_timeout`` so that no query holds a production database for long.
+change Dify's data, with ``statement_timeout`` so that no query holds a production database for long, and
+in UTC (``timezone``), the zone of Dify's own sessions and of its naive time columns.
 Errors from psycopg become :class:`~traceexport.errors.SourceError` with the URL's password masked.
 """
 
@@ -11,7 +12,7 @@ import importlib
 import re
 from types import ModuleType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote
 
 from traceexport.errors import SourceError
 from traceexport.redaction import redact
@@ -19,17 +20,24 @@ from traceexport.redaction import redact
 DEFAULT_STATEMENT_TIMEOUT = 60.0
 
 
+# The password of a URL's user info: after "scheme://user:" up to the last "@" (a password written with an
+# unencoded "/", "?", "#" or "@" in it is still all of it), and any "password=" value (a URL's query parameter
+# or a keyword connection string, quoted or not).
+_USERINFO_PASSWORD = re.compile(r"^(\s*[A-Za-z][\w+.-]*://[^:/?#@\s]*:)(.*)@", re.DOTALL)
+_PASSWORD_VALUE = re.compile(r"(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)")
+
+
 def masked_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (safe for errors and logs)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = (parts.username or "")
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+    """The URL (or keyword connection string) with every password replaced by ``***`` (safe for errors and
+    logs); user, host, port and database stay readable."""
+    return _PASSWORD_VALUE.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1***@", url, count=1))
+
+
+def passwords(url: str) -> list[str]:
+    """Every password ``url`` carries, as written and percent-decoded (to mask where a message echoes it)."""
+    found = [m.group(2) for m in _USERINFO_PASSWORD.finditer(url)]
+    found += [m.group(2).strip("'") for m in _PASSWORD_VALUE.finditer(url)]
+    return [form for value in found if value for form in dict.fromkeys((value, unquote(value)))]
 
 
 def _psycopg() -> ModuleType:
@@ -44,9 +52,8 @@ def describe(exc: BaseException, url: str | None = None) -> str:
     masked; a DSN echoed back by libpq is cut)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     if url:  # a password too short to mask (redaction.MIN_LENGTH) is left: "***" for each "p" hides the message
-        text = redact(text, [urlsplit(url).password or ""])
-    text = re.sub(r"password=\S+", "password=***", text)
-    return text
+        text = redact(text, passwords(url))
+    return masked_url(text)
 
 
 def connect(url: str, *, statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT, application: str = "traceexport"
@@ -54,7 +61,7 @@ def connect(url: str, *, statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT, a
     """An open read-only psycopg connection to ``url`` (autocommit; each query is its own snapshot)."""
     if not url or not url.strip():
         raise SourceError("no Dify database URL: pass --dify-db URL or set TRACEEXPORT_DIFY_DATABASE_URL")
-    scheme = urlsplit(url.strip()).scheme
+    scheme = url.strip().partition("://")[0].lower() if "://" in url else ""
     if scheme not in ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"):
         raise SourceError(f"Dify database URL {masked_url(url)!s} is not a PostgreSQL URL "
                           "(expected postgresql://user:password@host:port/dbname)")
@@ -62,7 +69,10 @@ def connect(url: str, *, statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT, a
         "postgresql+psycopg://", "postgresql://", 1)
     psycopg = _psycopg()
     timeout_ms = max(int(statement_timeout * 1000), 1)
-    options = f"-c default_transaction_read_only=on -c statement_timeout={timeout_ms}"
+    # timezone=UTC as Dify's own sessions have it (DB_SESSION_TIMEZONE_OVERRIDE): its naive created_at columns
+    # hold UTC, so a time-zone-aware bound (the daemon's audit window) is compared in UTC, not in the
+    # server's zone (a database set to Asia/Shanghai shifted the window by eight hours).
+    options = f"-c default_transaction_read_only=on -c statement_timeout={timeout_ms} -c timezone=UTC"
     try:
         conn = psycopg.connect(url, autocommit=True, connect_timeout=10, options=options,
                                application_name=application)

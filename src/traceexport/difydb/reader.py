@@ -46,6 +46,9 @@ _FILE_COLUMNS = ("id", "message_id", "type", "transfer_method", "created_by_role
                  "upload_file_id", "created_at")
 _UUID_COLUMNS = frozenset({"id", "tenant_id", "app_id", "workflow_id", "created_by", "conversation_id",
                            "from_end_user_id", "from_account_id", "workflow_run_id", "message_id", "upload_file_id"})
+# What a row Dify can hold but no record can be made of raises while it is rebuilt (a latency of 1e308 seconds
+# overflows a timedelta): a problem of that row, never of the whole backfill.
+_UNBUILDABLE = (RecordError, KeyError, TypeError, ValueError, OverflowError)
 # Runs still going have no trace yet (Dify queues it when the run ends).
 _UNFINISHED_RUN = ("running", "pending")
 
@@ -199,7 +202,7 @@ class DifyReader:
                 built = rebuild.workflow(run, layout=self._schema.layout, app_log_id=logs.get(run["id"]),
                                          message_id=chats.get(run["id"]), tokens=tokens.get(run["id"], (0, 0)))
                 page.records.append(_record(built))
-            except (RecordError, KeyError, TypeError, ValueError) as exc:
+            except _UNBUILDABLE as exc:
                 page.problems.append(f"workflow run {run['id']}: {_reason(exc)}")
         return page
 
@@ -263,7 +266,7 @@ class DifyReader:
                 for name, used in rebuild.tool_calls(thoughts.get(row["id"], ())):
                     page.records.append(_record(rebuild.tool(row, name, used, layout=layout, file=first_file,
                                                              files_url=self._files_url)))
-            except (RecordError, KeyError, TypeError, ValueError) as exc:
+            except _UNBUILDABLE as exc:
                 page.problems.append(f"message {row['id']}: {_reason(exc)}")
         return page
 
@@ -273,4 +276,8 @@ def _record(envelope: dict[str, Any]) -> Record:
 
 
 def _reason(exc: Exception) -> str:
-    return exc.reason if isinstance(exc, RecordError) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, RecordError):
+        return exc.reason
+    if isinstance(exc, OverflowError):
+        return f"a time or duration out of range ({exc})"
+    return f"{type(exc).__name__}: {exc}"
