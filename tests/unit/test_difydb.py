@@ -13,6 +13,7 @@ from traceexport.difydb import DifyReader, Position, Schema, Window, masked_url
 from traceexport.difydb.checkpoint import Checkpoint, job_id
 from traceexport.difydb.reader import _MESSAGE_COLUMNS
 from traceexport.difydb.rebuild import token_split, tool_calls
+from traceexport.errors import SourceError
 
 T0 = datetime(2026, 11, 30, 9, 15)
 
@@ -87,6 +88,21 @@ def test_a_finished_window_ending_in_the_future_is_not_covered(tmp_path: Path) -
         checkpoint.pin(Window(since=datetime(2026, 1, 1), until=until))
         checkpoint.finish()
         assert Checkpoint(tmp_path, name).covered is covered, name
+
+
+def test_a_job_runs_in_one_process_at_a_time(tmp_path: Path) -> None:
+    """A second run of the same job while the first holds it is one line (it used to race the first for the
+    checkpoint file and end in a FileNotFoundError traceback); once released, the next run takes it, and sees
+    the checkpoint as the first run left it."""
+    first, second = Checkpoint(tmp_path, "job"), Checkpoint(tmp_path, "job")
+    first.claim()
+    first.advance("messages", Position(T0, "0b7a"), 500)
+    with pytest.raises(SourceError, match=r"^this backfill .* is already running on spool "):
+        second.claim()
+    first.release()
+    second.claim()
+    assert second.records == 500
+    second.release()
 
 
 def test_an_unreadable_checkpoint_starts_afresh(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from traceexport.cli.common import Progress, exit_2_on_bad_input, number, seconds_to_wait, whole_number
 from traceexport.cli.replay_cmd import report
@@ -31,6 +31,9 @@ from traceexport.config import Config, resolve_config
 from traceexport.config.resolve import DATABASE_URL_ENV
 from traceexport.errors import DaemonConflictError, RecordError, SourceError
 from traceexport.logs import setup_logging
+
+if TYPE_CHECKING:
+    from traceexport.difydb.checkpoint import Checkpoint
 
 MAX_PROBLEMS = 20
 
@@ -245,6 +248,17 @@ def _backfill(config: Config, job: Job, reader: Any, args: argparse.Namespace) -
     spool_dir = Path(config.spool.dir)
     checkpoint = Checkpoint(spool_dir, job_id(masked_url(job.url), args.since, args.until, job.window,
                                               sorted(config.sinks)))
+    checkpoint.claim()
+    try:
+        return _backfill_claimed(config, job, reader, args, checkpoint)
+    finally:
+        checkpoint.release()
+
+
+def _backfill_claimed(config: Config, job: Job, reader: Any, args: argparse.Namespace,
+                      checkpoint: Checkpoint) -> int:
+    """The backfill, once this process holds the job's checkpoint."""
+    spool_dir = Path(config.spool.dir)
     fixed = (args.since is None or _absolute(args.since)) and _absolute(args.until)
     if checkpoint.done and fixed and checkpoint.covered and not args.restart:
         print(f"backfill: this window was already backfilled ({checkpoint.records} records); "

@@ -8,6 +8,7 @@ spool holds, re-reading at most the page it was on (re-sent records carry the sa
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from traceexport.difydb.reader import Position, Window
+from traceexport.errors import SourceError
 
 
 def job_id(database: str, since: str | None, until: str | None, window: Window, sinks: list[str]) -> str:
@@ -37,6 +39,10 @@ class Checkpoint:
         self.since: datetime | None = None
         self.until: datetime | None = None
         self.began: datetime | None = None  # when the job's first run read its window
+        self._lock_fd: int | None = None
+        self._load()
+
+    def _load(self) -> None:
         if self.path.is_file():
             try:
                 data = json.loads(self.path.read_text())
@@ -48,6 +54,27 @@ class Checkpoint:
                 self.began = datetime.fromisoformat(data["began"]) if data.get("began") else None
             except (ValueError, TypeError, KeyError, IndexError):  # unreadable: start afresh (ids make it safe)
                 self.positions, self.done, self.records = {}, False, 0
+
+    def claim(self) -> None:
+        """Hold this job for this process (an flock on ``<job>.lock``, released when the process ends, killed
+        or not): a second run of the same command on the same spool while the first one runs would write the
+        same checkpoint and send every record twice. SourceError (one line) when another process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SourceError(f"this backfill (the same window, apps, types and sinks) is already running on spool "
+                              f"{self.path.parent.parent}: wait for it to finish, or stop it first") from None
+        self._lock_fd = fd
+        self._load()  # as the run that held it left it
+
+    def release(self) -> None:
+        """Let another run of the job begin (closing the descriptor drops the flock)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
 
     @property
     def resumed(self) -> bool:
