@@ -14,6 +14,7 @@ from traceexport.errors import SourceError
 from traceexport.pipeline.spool import Spool
 
 URL_ENV = "TRACEEXPORT_DIFY_DATABASE_URL"
+REAL_OPEN = Job.open  # before the fixture below replaces it
 
 
 @pytest.fixture(autouse=True)
@@ -92,3 +93,30 @@ def test_audit_fix_json_has_one_shape_also_when_nothing_is_missing(tmp_path: Pat
     outcome = json.loads(capsys.readouterr().out)
     assert sorted(outcome) == ["after", "before", "fixed"] and outcome["fixed"] == {}
     assert outcome["before"]["exit_code"] == outcome["after"]["exit_code"] == 0
+
+
+@pytest.mark.parametrize("command", ["audit", "backfill"])
+def test_a_schema_check_past_the_statement_timeout_says_to_raise_it(command: str, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A statement timeout while checking Dify's schema (a busy catalog) says what a timeout on a page says:
+    raise --statement-timeout (it said only "reading Dify's database failed")."""
+    import psycopg
+
+    import traceexport.difydb as difydb
+
+    class Conn:
+        def close(self) -> None:
+            pass
+
+    def slow(conn: object, layout: object = None) -> None:
+        raise psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+
+    monkeypatch.setattr(Job, "open", REAL_OPEN)
+    monkeypatch.setattr(difydb, "connect", lambda url, **_: Conn())
+    monkeypatch.setattr(difydb, "inspect", slow)
+    assert main([command, "--since", "7d", "--dify-db", "postgresql://ro@db/dify", "--to", "file", "--spool",
+                 str(tmp_path / "spool")]) == 2
+    assert capsys.readouterr().err == ("error: a query on Dify's database ran past the statement timeout: canceling "
+                                       "statement due to statement timeout; raise --statement-timeout or read a "
+                                       "smaller window\n")

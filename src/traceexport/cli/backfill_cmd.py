@@ -119,6 +119,7 @@ class Job:
     def open(self, *, page_size: int = 500, max_rate: float | None = None) -> Any:
         """Connect, check the schema; the reader."""
         from traceexport.difydb import connect, inspect
+        from traceexport.difydb.connect import read_error
 
         self.page_size, self.max_rate = page_size, max_rate
         self.conn = connect(self.url, statement_timeout=self.statement_timeout)
@@ -126,8 +127,8 @@ class Job:
             schema = inspect(self.conn, self.layout)
         except Exception as exc:
             psycopg = importlib.import_module("psycopg")
-            if isinstance(exc, psycopg.Error):
-                raise SourceError(f"reading Dify's database failed: {' '.join(str(exc).split())}") from exc
+            if isinstance(exc, psycopg.Error):  # e.g. the schema check ran past --statement-timeout
+                raise read_error(exc) from exc
             raise
         self.schema = schema
         return self.open_reader()

@@ -56,6 +56,19 @@ def describe(exc: BaseException, url: str | None = None) -> str:
     return masked_url(text)
 
 
+def read_error(exc: BaseException) -> SourceError:
+    """A psycopg error of a query as one line saying what to do: a statement timeout (raise it, or read less),
+    a refused read (grant SELECT), anything else."""
+    psycopg = _psycopg()
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return SourceError(f"a query on Dify's database ran past the statement timeout: {describe(exc)}; "
+                           "raise --statement-timeout or read a smaller window")
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return SourceError(f"Dify's database refused a read: {describe(exc)}: grant this login SELECT on "
+                           "Dify's tables")
+    return SourceError(f"reading Dify's database failed: {describe(exc)}")
+
+
 def connect(url: str, *, statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT, application: str = "traceexport"
             ) -> Any:
     """An open read-only psycopg connection to ``url`` (autocommit; each query is its own snapshot)."""

@@ -16,9 +16,9 @@ from datetime import datetime
 from typing import Any
 
 import traceexport.difydb.rebuild as rebuild
-from traceexport.difydb.connect import describe
+from traceexport.difydb.connect import read_error
 from traceexport.difydb.schema import Schema
-from traceexport.errors import RecordError, SourceError
+from traceexport.errors import RecordError
 from traceexport.records import Record
 from traceexport.records.parse import record_from_obj
 
@@ -121,14 +121,8 @@ class DifyReader:
             cursor = self._conn.execute(sql, params)
             names = [d.name for d in cursor.description or ()]
             return [_text_ids(dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
-        except psycopg.errors.QueryCanceled as exc:
-            raise SourceError(f"a query on Dify's database ran past the statement timeout: {describe(exc)}; "
-                              "raise --statement-timeout or read a smaller window") from exc
-        except psycopg.errors.InsufficientPrivilege as exc:
-            raise SourceError(f"Dify's database refused a read: {describe(exc)}: grant this login SELECT on "
-                              "Dify's tables") from exc
         except psycopg.Error as exc:
-            raise SourceError(f"reading Dify's database failed: {describe(exc)}") from exc
+            raise read_error(exc) from exc
 
     def _window_sql(self, table: str, window: Window, after: Position | None) -> tuple[str, list[Any]]:
         clauses: list[str] = []
