@@ -98,3 +98,20 @@ def test_the_session_reads_dify_times_as_utc_whatever_the_servers_zone(server: P
         assert conn.execute("SELECT %s::timestamp >= %s", (stored, bound)).fetchone()[0] is True
     finally:
         conn.close()
+
+
+def test_a_time_python_cannot_hold_loads_as_the_edge_not_an_error(server: PostgresServer) -> None:
+    """A timestamp column can hold infinity, -infinity, years after 9999 and BC dates; one such value used to fail
+    the whole page (DataError), so every run of the backfill stopped there. It loads as datetime.max or .min (the
+    record is then out of range: one problem line), and an ordinary time loads as before."""
+    from datetime import datetime
+
+    from traceexport.difydb import connect
+
+    conn = connect(server.url())
+    try:
+        row = conn.execute("SELECT 'infinity'::timestamp, '-infinity'::timestamp, '20000-01-01'::timestamp, "
+                           "'0044-03-15 BC'::timestamp, '2026-11-30 09:15:00.25'::timestamp").fetchone()
+    finally:
+        conn.close()
+    assert row == (datetime.max, datetime.min, datetime.max, datetime.min, datetime(2026, 11, 30, 9, 15, 0, 250000))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from datetime import datetime
 from types import ModuleType
 from typing import Any
 from urllib.parse import unquote
@@ -93,4 +94,24 @@ def connect(url: str, *, statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT, a
         raise SourceError(f"cannot connect to Dify's database at {masked_url(url)}: {describe(exc, url)}") from exc
     except (ValueError, OSError) as exc:  # a malformed URL or port
         raise SourceError(f"cannot connect to Dify's database at {masked_url(url)}: {describe(exc, url)}") from exc
+    conn.adapters.register_loader("timestamp", _edge_timestamp_loader(psycopg))
     return conn
+
+
+def _edge_timestamp_loader(psycopg: ModuleType) -> type:
+    """psycopg's ``timestamp`` loader, but a value Python cannot hold (``infinity``, ``-infinity``, after the
+    year 9999 or BC, which a Dify column can hold) loads as ``datetime.max`` or ``datetime.min`` instead of
+    failing the whole page: the rebuilt record is then out of range, one problem line for that row, and the
+    rows after it are still read (a DataError stopped every run of the backfill at that page)."""
+    from psycopg.types.datetime import TimestampLoader
+
+    class EdgeTimestampLoader(TimestampLoader):
+        def load(self, data: Any) -> datetime:
+            try:
+                value: datetime = super().load(data)
+            except psycopg.DataError:
+                text = bytes(data).decode("ascii", "replace").strip()
+                return datetime.min if text.startswith("-") or text.endswith("BC") else datetime.max
+            return value
+
+    return EdgeTimestampLoader
