@@ -115,3 +115,19 @@ def test_a_time_python_cannot_hold_loads_as_the_edge_not_an_error(server: Postgr
     finally:
         conn.close()
     assert row == (datetime.max, datetime.min, datetime.max, datetime.min, datetime(2026, 11, 30, 9, 15, 0, 250000))
+
+
+def test_a_login_without_usage_on_the_schema_is_told_to_grant_it(server: PostgresServer, tmp_path: Path) -> None:
+    """A login with SELECT on every table but no USAGE on their schema (revoked from PUBLIC on a hardened server)
+    is told to grant USAGE, not SELECT (which it has, and which alone reads nothing)."""
+    with server.admin("postgres") as admin:
+        admin.execute("CREATE DATABASE dify_no_usage")
+        admin.execute("CREATE ROLE no_usage LOGIN PASSWORD 'no-usage-secret-1'")
+    with server.admin("dify_no_usage") as admin:
+        admin.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+        admin.execute("CREATE TABLE apps (id uuid)")
+        admin.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO no_usage")
+    done = backfill(tmp_path, "--dify-db", server.url("no_usage", "no-usage-secret-1", database="dify_no_usage"))
+    assert_one_line(done, "login 'no_usage' may not use Dify's schema 'public'",
+                    "GRANT USAGE ON SCHEMA public TO no_usage")
+    assert "no-usage-secret-1" not in done.stderr

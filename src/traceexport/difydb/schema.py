@@ -49,6 +49,10 @@ def inspect(conn: Any, layout: str | None = None) -> Schema:
     (given, or told from the tables). The catalog is read from ``pg_catalog``, which shows tables whatever the
     login's privileges, so a missing grant is told apart from a missing table."""
     namespace = conn.execute("SELECT current_schema()").fetchone()[0] or "public"
+    if not conn.execute("SELECT has_schema_privilege(%s, 'USAGE')", (namespace,)).fetchone()[0]:
+        user = conn.execute("SELECT current_user").fetchone()[0]
+        raise SourceError(f"login {user!r} may not use Dify's schema {namespace!r} (SELECT on its tables is not "
+                          f"enough without it): GRANT USAGE ON SCHEMA {namespace} TO {user}")
     rows = conn.execute(
         "SELECT c.relname, a.attname FROM pg_catalog.pg_class c "
         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
