@@ -124,12 +124,13 @@ def test_urls_lose_their_password() -> None:
     ("postgresql://dify@db/dify?password=hunter2xyz&sslmode=require",
      "postgresql://dify@db/dify?password=***&sslmode=require"),
     ("postgresql:///dify?host=db&password=hunter2xyz", "postgresql:///dify?host=db&password=***"),
+    ("postgresql://dify@db/dify?sslpassword=keyphrase-9", "postgresql://dify@db/dify?sslpassword=***"),
     ("postgresql://dify:hun#ter2xyz@db:5432/dify", "postgresql://dify:***@db:5432/dify"),
     ("postgresql://dify:hun?ter/2xyz@db:5432/dify", "postgresql://dify:***@db:5432/dify"),
     ("postgresql://dify:hunter2xyz@[::1/dify", "postgresql://dify:***@[::1/dify"),
     ("postgresql://dify:@db/dify", "postgresql://dify:***@db/dify"),
     ("postgresql://dify@db:5432/dify", "postgresql://dify@db:5432/dify"),
-], ids=["keywords", "query", "query-only", "hash", "question-slash", "bad-ipv6", "empty", "no-password"])
+], ids=["keywords", "query", "query-only", "sslpassword", "hash", "question-slash", "bad-ipv6", "empty", "no-password"])
 def test_every_way_of_writing_a_password_is_masked(url: str, masked: str) -> None:
     """A password in a keyword string, a query parameter, or written unencoded with "#", "?" or "/" (which a URL
     parser reads as the fragment, query or path) is masked too; an unparseable URL is masked, not an error."""

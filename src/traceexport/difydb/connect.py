@@ -23,9 +23,9 @@ DEFAULT_STATEMENT_TIMEOUT = 60.0
 
 # The password of a URL's user info: after "scheme://user:" up to the last "@" (a password written with an
 # unencoded "/", "?", "#" or "@" in it is still all of it), and any "password=" value (a URL's query parameter
-# or a keyword connection string, quoted or not).
+# or a keyword connection string, quoted or not; sslpassword too).
 _USERINFO_PASSWORD = re.compile(r"^(\s*[A-Za-z][\w+.-]*://[^:/?#@\s]*:)(.*)@", re.DOTALL)
-_PASSWORD_VALUE = re.compile(r"(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)")
+_PASSWORD_VALUE = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)")
 
 
 def masked_url(url: str) -> str:
