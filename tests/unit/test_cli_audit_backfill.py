@@ -120,3 +120,51 @@ def test_a_schema_check_past_the_statement_timeout_says_to_raise_it(command: str
     assert capsys.readouterr().err == ("error: a query on Dify's database ran past the statement timeout: canceling "
                                        "statement due to statement timeout; raise --statement-timeout or read a "
                                        "smaller window\n")
+
+
+def test_audit_fix_says_what_is_still_pending_after_its_timeout(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the re-sent records are not delivered within --timeout (the sink is down), `audit --fix` says how many
+    are still pending and that the spool keeps them, besides the audit that still finds them missing (it said
+    only "sent 1 record(s)", as if they had been delivered)."""
+    from types import SimpleNamespace
+
+    import traceexport.cli.audit_cmd as audit_cmd
+    import traceexport.cli.spool_delivery as spool_delivery
+    from traceexport.audit.reconcile import Expected, reconcile
+
+    class NothingAcked:
+        def acknowledged(self, sink_name: str, keys: Any, /) -> dict[str, tuple[str, int]]:
+            return {}
+
+        def dead_letters(self, sink_name: str, keys: Any, /) -> dict[str, str]:
+            return {}
+
+    class DownSink:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.accepted: list[Any] = []
+
+        def accept(self, records: list[Any]) -> list[tuple[int, str]]:
+            self.accepted += records
+            return []
+
+        def finish(self, timeout: float) -> tuple[bool, dict[str, Any], list[Any]]:
+            return False, {"sinks": {"file": {"queue_depth": len(self.accepted)}}}, []
+
+        def close(self) -> None:
+            pass
+
+    record = SimpleNamespace(key="message:0b7a")
+    monkeypatch.setattr(Job, "open", lambda self, **_: None)
+    monkeypatch.setattr(Job, "open_reader", lambda self: SimpleNamespace(
+        pages=lambda window: iter([SimpleNamespace(records=[record])])))
+    monkeypatch.setattr(audit_cmd, "audit", lambda config, job: reconcile(
+        [Expected(record.key, "app-1", "message", "2026-12-05", {"file": "h"})], NothingAcked()))
+    monkeypatch.setattr(spool_delivery, "SpoolDelivery", DownSink)
+    code = main(["audit", "--since", "7d", "--dify-db", "postgresql://ro@db/dify", "--to", "file", "--spool",
+                 str(tmp_path / "spool"), "--fix", "--timeout", "3"])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "audit --fix: re-sent 1 record(s) to file; auditing again\n" in err
+    assert (f"audit --fix: 1 record(s) for file still pending after --timeout 3s; the spool {tmp_path / 'spool'} "
+            "keeps them ('traceexport serve' delivers them)\n") in err

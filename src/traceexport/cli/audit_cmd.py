@@ -74,8 +74,6 @@ def _run(args: argparse.Namespace) -> int:
         if not args.json:
             _print(report, False)
         fixed = fix(config, job, report, args.timeout)
-        print(f"audit --fix: sent {', '.join(f'{n} record(s) to {s}' for s, n in fixed.items())}; auditing again",
-              file=sys.stderr)
         again = audit(config, job)
         _print_fixed(report, fixed, again, args.json)
         return int(again.exit_code)
@@ -184,10 +182,12 @@ class _NoLedger:
 
 
 def fix(config: Config, job: Job, report: Any, timeout: float) -> dict[str, int]:
-    """Backfill each sink's missing and different records to that sink only; how many per sink."""
+    """Backfill each sink's missing and different records to that sink only; how many per sink. Says so on
+    stderr, and which sinks still had some pending after ``timeout`` (the spool keeps them)."""
     from traceexport.cli.spool_delivery import SpoolDelivery
 
     sent: dict[str, int] = {}
+    pending: dict[str, int] = {}
     for sink, keys in report.keys_to_fix().items():
         if not keys:
             continue
@@ -200,9 +200,16 @@ def fix(config: Config, job: Job, report: Any, timeout: float) -> dict[str, int]
                 if wanted:
                     delivery.accept(wanted)
                     sent[sink] = sent.get(sink, 0) + len(wanted)
-            delivery.finish(timeout)
+            idle, metrics, _ = delivery.finish(timeout)
         finally:
             delivery.close()
+        if not idle:  # the audit after the fix shows them missing: say why, and that they are not lost
+            pending[sink] = sum(s["queue_depth"] for s in metrics["sinks"].values())
+    print(f"audit --fix: re-sent {', '.join(f'{n} record(s) to {s}' for s, n in sent.items())}; auditing again",
+          file=sys.stderr)
+    for sink, count in pending.items():
+        print(f"audit --fix: {count} record(s) for {sink} still pending after --timeout {timeout:g}s; the spool "
+              f"{config.spool.dir} keeps them ('traceexport serve' delivers them)", file=sys.stderr)
     return sent
 
 
