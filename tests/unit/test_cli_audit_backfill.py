@@ -168,3 +168,38 @@ def test_audit_fix_says_what_is_still_pending_after_its_timeout(tmp_path: Path, 
     assert "audit --fix: re-sent 1 record(s) to file; auditing again\n" in err
     assert (f"audit --fix: 1 record(s) for file still pending after --timeout 3s; the spool {tmp_path / 'spool'} "
             "keeps them ('traceexport serve' delivers them)\n") in err
+
+
+def test_audit_says_which_rows_it_could_not_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row no record can be made of (backfill's "bad record") is not in the report: the audit says so, one line
+    per row, instead of reporting "nothing missing" as if it had checked it."""
+    import traceexport.audit.window as window
+    from traceexport.audit.reconcile import AuditReport
+
+    def audited(config: Any, ledger: Any, source: Any, span: Any, on_problem: Any = None) -> AuditReport:
+        if on_problem is not None:
+            on_problem("message 0b7a: a time or duration out of range (Python int too large to convert to C int)")
+        return AuditReport()
+
+    monkeypatch.setattr(Job, "open", lambda self, **_: None)
+    monkeypatch.setattr(window, "audit", audited)
+    assert main(["audit", "--since", "7d", "--dify-db", "postgresql://ro@db/dify", "--to", "file", "--spool",
+                 str(tmp_path / "spool")]) == 0
+    assert ("audit: not audited (cannot be rebuilt): message 0b7a: a time or duration out of range (Python int too "
+            "large to convert to C int)\n") in capsys.readouterr().err
+
+
+def test_the_window_hands_each_unbuildable_row_to_the_audit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """audit.window.records yields the pages' records and passes each page's problems to on_problem."""
+    from types import SimpleNamespace
+
+    import traceexport.audit.window as window
+
+    pages = [SimpleNamespace(records=["r1"], problems=["row 1: bad"]), SimpleNamespace(records=["r2"], problems=[])]
+    monkeypatch.setattr(window, "connect", lambda url, **_: SimpleNamespace(close=lambda: None))
+    monkeypatch.setattr(window, "inspect", lambda conn, layout: None)
+    monkeypatch.setattr(window, "DifyReader", lambda conn, schema, **_: SimpleNamespace(pages=lambda w: iter(pages)))
+    problems: list[str] = []
+    got = list(window.records(window.Source("postgresql://ro@db/dify"), window.Window(), problems.append))
+    assert got == ["r1", "r2"] and problems == ["row 1: bad"]

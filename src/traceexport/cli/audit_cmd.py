@@ -31,6 +31,7 @@ from traceexport.config import Config
 from traceexport.errors import SourceError
 
 EXIT_MISSING = 3
+MAX_PROBLEMS = 20  # rows that cannot be rebuilt listed one per line
 
 
 def register(subparsers: Any) -> None:
@@ -132,24 +133,45 @@ def _only_sinks(config: Config, names: str | None) -> Config:
 
 
 def audit(config: Config, job: Job) -> Any:
-    """The window's report against the spool's ledger."""
+    """The window's report against the spool's ledger; the rows it could not audit said on stderr."""
     from traceexport.audit.window import audit as audit_window
     from traceexport.audit.window import ledger_reader
     from traceexport.cli.status_cmd import spool_exists
     from traceexport.pipeline.spool import Spool
 
+    unbuildable = _Unbuildable()
     spool_dir = Path(config.spool.dir)
-    if not spool_exists(spool_dir):
-        print(f"audit: no spool at {spool_dir}: nothing was delivered from it (give the --spool serve uses)",
-              file=sys.stderr)
-        return audit_window(config, _NoLedger(), job.source(), job.window)
-    spool = Spool(spool_dir, create=False)
     try:
-        with ledger_reader(spool, job.window) as ledger:
-            _warn_before_ledger(ledger.started_at(), config, job)
-            return audit_window(config, ledger, job.source(), job.window)
+        if not spool_exists(spool_dir):
+            print(f"audit: no spool at {spool_dir}: nothing was delivered from it (give the --spool serve uses)",
+                  file=sys.stderr)
+            return audit_window(config, _NoLedger(), job.source(), job.window, unbuildable)
+        spool = Spool(spool_dir, create=False)
+        try:
+            with ledger_reader(spool, job.window) as ledger:
+                _warn_before_ledger(ledger.started_at(), config, job)
+                return audit_window(config, ledger, job.source(), job.window, unbuildable)
+        finally:
+            spool.close()
     finally:
-        spool.close()
+        unbuildable.summary()
+
+
+class _Unbuildable:
+    """Rows of the window no record can be made of (backfill's "bad record" lines): not audited, so the report
+    says nothing of them; each is one stderr line (the first ``MAX_PROBLEMS``), then how many in all."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, text: str) -> None:
+        self.count += 1
+        if self.count <= MAX_PROBLEMS:
+            print(f"audit: not audited (cannot be rebuilt): {text}", file=sys.stderr)
+
+    def summary(self) -> None:
+        if self.count > MAX_PROBLEMS:
+            print(f"audit: {self.count:,} rows of the window cannot be rebuilt and were not audited", file=sys.stderr)
 
 
 def _warn_before_ledger(started: int, config: Config, job: Job) -> None:
