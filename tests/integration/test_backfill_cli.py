@@ -131,3 +131,17 @@ def test_a_login_without_usage_on_the_schema_is_told_to_grant_it(server: Postgre
     assert_one_line(done, "login 'no_usage' may not use Dify's schema 'public'",
                     "GRANT USAGE ON SCHEMA public TO no_usage")
     assert "no-usage-secret-1" not in done.stderr
+
+
+def test_a_lone_surrogate_in_a_json_column_reads_as_the_replacement_character(server: PostgresServer) -> None:
+    """A json column can hold "\\ud83d" (an emoji cut in half); read by the standard library it stayed a lone
+    surrogate, which no record can carry to the spool (a traceback that stopped the backfill at that row's page).
+    It reads as U+FFFD, as traceexport reads every record's JSON."""
+    from traceexport.difydb import connect
+
+    conn = connect(server.url())
+    try:
+        value = conn.execute("""SELECT '{"text": "half \\ud83d end", "ok": "\\ud83d\\ude00"}'::json""").fetchone()[0]
+    finally:
+        conn.close()
+    assert value == {"text": "half \ufffd end", "ok": "\U0001f600"}

@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import unquote
 
+from traceexport import _json
 from traceexport.errors import SourceError
 from traceexport.redaction import redact
 
@@ -95,6 +96,10 @@ def connect(url: str, *, statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT, a
     except (ValueError, OSError) as exc:  # a malformed URL or port
         raise SourceError(f"cannot connect to Dify's database at {masked_url(url)}: {describe(exc, url)}") from exc
     conn.adapters.register_loader("timestamp", _edge_timestamp_loader(psycopg))
+    # Dify's json columns read as every record is read: a lone surrogate escape ("\ud83d", an emoji cut in
+    # half) becomes U+FFFD; the standard library's loader kept it, and the record could then not be written
+    # to the spool (a PydanticSerializationError traceback that stopped every run of the backfill there).
+    importlib.import_module("psycopg.types.json").set_json_loads(_json.loads, conn)
     return conn
 
 
