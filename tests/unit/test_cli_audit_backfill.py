@@ -203,3 +203,20 @@ def test_the_window_hands_each_unbuildable_row_to_the_audit(monkeypatch: pytest.
     problems: list[str] = []
     got = list(window.records(window.Source("postgresql://ro@db/dify"), window.Window(), problems.append))
     assert got == ["r1", "r2"] and problems == ["row 1: bad"]
+
+
+def test_backfill_into_a_spool_that_cannot_hold_its_checkpoint_is_one_line(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str],
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A regular file given as --spool, or where the spool's backfill/ folder should be, is one line (exit 2), not
+    a NotADirectoryError or FileExistsError traceback from making the checkpoint's folder."""
+    monkeypatch.setattr(Job, "open", lambda self, **_: object())
+    base = ["backfill", "--dify-db", "postgresql://ro@db/dify", "--to", "file", "--spool"]
+    (tmp_path / "afile").write_text("")
+    assert main([*base, str(tmp_path / "afile")]) == 2
+    assert capsys.readouterr().err == f"cannot open spool: spool {tmp_path / 'afile'}: not a directory\n"
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / "backfill").write_text("")
+    assert main([*base, str(tmp_path / "spool")]) == 2
+    assert capsys.readouterr().err == (f"error: cannot keep a backfill checkpoint in {tmp_path / 'spool' / 'backfill'}"
+                                       ": File exists\n")

@@ -245,8 +245,10 @@ def _dry_run(config: Config, job: Job, reader: Any, args: argparse.Namespace) ->
 def _backfill(config: Config, job: Job, reader: Any, args: argparse.Namespace) -> int:
     from traceexport.difydb import masked_url
     from traceexport.difydb.checkpoint import Checkpoint, job_id
+    from traceexport.pipeline.spool_dir import check_spool_dir
 
     spool_dir = Path(config.spool.dir)
+    check_spool_dir(spool_dir)  # a file where the spool should be: one line, before the checkpoint is made there
     checkpoint = Checkpoint(spool_dir, job_id(masked_url(job.url), args.since, args.until, job.window,
                                               sorted(config.sinks)))
     checkpoint.claim()

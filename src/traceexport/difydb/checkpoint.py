@@ -59,8 +59,12 @@ class Checkpoint:
         """Hold this job for this process (an flock on ``<job>.lock``, released when the process ends, killed
         or not): a second run of the same command on the same spool while the first one runs would write the
         same checkpoint and send every record twice. SourceError (one line) when another process holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise SourceError(f"cannot keep a backfill checkpoint in {self.path.parent}: "
+                              f"{exc.strerror or type(exc).__name__}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
