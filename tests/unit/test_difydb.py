@@ -193,3 +193,22 @@ def test_a_row_whose_times_overflow_is_a_problem_of_that_row() -> None:
     problems = [p for page in pages for p in page.problems]
     assert len(problems) == 1 and problems[0].startswith("message 0b7a6a1e-0000-4000-8000-000000000001: a time or "
                                                          "duration out of range"), problems
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while writing the checkpoint is a one-line SourceError saying the spool keeps what it accepted
+    and that running again resumes (an OSError traceback before)."""
+    import errno
+    import os
+
+    checkpoint = Checkpoint(tmp_path, "job")
+    checkpoint.claim()
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(SourceError, match=r"^cannot write the backfill checkpoint .*: No space left on device; the "
+                                          r"spool keeps what it accepted: run the same command again to resume$"):
+        checkpoint.advance("messages", Position(T0, "0b7a"), 500)
+    checkpoint.release()

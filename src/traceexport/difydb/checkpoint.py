@@ -117,15 +117,20 @@ class Checkpoint:
         self.path.unlink(missing_ok=True)
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         data: dict[str, Any] = {"positions": {k: v.to_json() for k, v in self.positions.items()},
                                 "done": self.done, "records": self.records,
                                 "since": self.since.isoformat() if self.since else None,
                                 "until": self.until.isoformat() if self.until else None,
                                 "began": self.began.isoformat() if self.began else None}
         tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as handle:
-            handle.write(json.dumps(data))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w") as handle:
+                handle.write(json.dumps(data))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:  # a full disk: what the spool accepted stays; the next run re-reads from the last
+            raise SourceError(f"cannot write the backfill checkpoint {self.path}: "  # checkpoint written
+                              f"{exc.strerror or type(exc).__name__}; the spool keeps what it accepted: run "
+                              "the same command again to resume") from None
