@@ -227,8 +227,8 @@ def fix(config: Config, job: Job, report: Any, timeout: float) -> dict[str, int]
             delivery.close()
         if not idle:  # the audit after the fix shows them missing: say why, and that they are not lost
             pending[sink] = sum(s["queue_depth"] for s in metrics["sinks"].values())
-    print(f"audit --fix: re-sent {', '.join(f'{n} record(s) to {s}' for s, n in sent.items())}; auditing again",
-          file=sys.stderr)
+    what = ", ".join(f"{n} record(s) to {s}" for s, n in sent.items()) or "nothing (the rows changed since)"
+    print(f"audit --fix: re-sent {what}; auditing again", file=sys.stderr)
     for sink, count in pending.items():
         print(f"audit --fix: {count} record(s) for {sink} still pending after --timeout {timeout:g}s; the spool "
               f"{config.spool.dir} keeps them ('traceexport serve' delivers them)", file=sys.stderr)
