@@ -145,3 +145,26 @@ def test_a_lone_surrogate_in_a_json_column_reads_as_the_replacement_character(se
     finally:
         conn.close()
     assert value == {"text": "half \ufffd end", "ok": "\U0001f600"}
+
+
+def test_the_urls_own_options_are_kept_and_ours_still_win(server: PostgresServer) -> None:
+    """?options= in the URL (a search_path for Dify in a schema of its own) reaches the session (the keyword
+    options used to replace it), while read-only, the statement timeout and UTC cannot be turned off there."""
+    from traceexport.difydb import connect
+
+    url = server.url() + "?options=-csearch_path%3Ddify_schema%20-cdefault_transaction_read_only%3Doff"
+    conn = connect(url, statement_timeout=5)
+    try:
+        shown = [conn.execute(f"SHOW {name}").fetchone()[0]
+                 for name in ("search_path", "default_transaction_read_only", "statement_timeout", "timezone")]
+    finally:
+        conn.close()
+    assert shown == ["dify_schema", "on", "5s", "UTC"]
+
+
+def test_a_search_path_naming_no_schema_is_one_line(server: PostgresServer, tmp_path: Path) -> None:
+    """A search_path whose schemas do not exist says so and how to set it (it fell back to public for the check,
+    then failed on the first page with 'relation "workflow_runs" does not exist')."""
+    done = backfill(tmp_path, "--dify-db", server.url() + "?options=-csearch_path%3Dnope")
+    assert_one_line(done, "no schema of the session's search_path (nope) exists", "?options=-csearch_path")
+    assert server._password not in done.stderr

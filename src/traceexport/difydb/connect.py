@@ -89,6 +89,10 @@ def connect(url: str, *, statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT, a
     # server's zone (a database set to Asia/Shanghai shifted the window by eight hours).
     options = f"-c default_transaction_read_only=on -c statement_timeout={timeout_ms} -c timezone=UTC"
     try:
+        # The URL's own options (e.g. ?options=-csearch_path%3Ddify, for Dify in a schema of its own) go first:
+        # the keyword argument replaces them otherwise; ours come last, so read-only and the timeout win.
+        given = psycopg.conninfo.conninfo_to_dict(url).get("options")
+        options = f"{given} {options}" if given else options
         conn = psycopg.connect(url, autocommit=True, connect_timeout=10, options=options,
                                application_name=application)
     except psycopg.Error as exc:
