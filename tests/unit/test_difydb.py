@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from traceexport.cli.timespec import TimeSpecError, parse_time
-from traceexport.difydb import Position, Window, masked_url
+from traceexport.difydb import DifyReader, Position, Schema, Window, masked_url
 from traceexport.difydb.checkpoint import Checkpoint, job_id
+from traceexport.difydb.reader import _MESSAGE_COLUMNS
 from traceexport.difydb.rebuild import token_split, tool_calls
+from traceexport.errors import SourceError
 
 T0 = datetime(2026, 11, 30, 9, 15)
 
@@ -76,6 +79,32 @@ def test_a_checkpoint_survives_a_new_process_and_belongs_to_its_job(tmp_path: Pa
     assert not Checkpoint(tmp_path, job).resumed
 
 
+def test_a_finished_window_ending_in_the_future_is_not_covered(tmp_path: Path) -> None:
+    """A job whose --until was still to come when it began may gain rows after it finished: it is not covered
+    (the same command run again reads the window anew); one whose window had ended is, in a new process too."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    for name, until, covered in (("future", now + timedelta(days=365), False), ("past", now - timedelta(days=1), True)):
+        checkpoint = Checkpoint(tmp_path, name)
+        checkpoint.pin(Window(since=datetime(2026, 1, 1), until=until))
+        checkpoint.finish()
+        assert Checkpoint(tmp_path, name).covered is covered, name
+
+
+def test_a_job_runs_in_one_process_at_a_time(tmp_path: Path) -> None:
+    """A second run of the same job while the first holds it is one line (it used to race the first for the
+    checkpoint file and end in a FileNotFoundError traceback); once released, the next run takes it, and sees
+    the checkpoint as the first run left it."""
+    first, second = Checkpoint(tmp_path, "job"), Checkpoint(tmp_path, "job")
+    first.claim()
+    first.advance("messages", Position(T0, "0b7a"), 500)
+    with pytest.raises(SourceError, match=r"^this backfill .* is already running on spool "):
+        second.claim()
+    first.release()
+    second.claim()
+    assert second.records == 500
+    second.release()
+
+
 def test_an_unreadable_checkpoint_starts_afresh(tmp_path: Path) -> None:
     """A torn or foreign checkpoint file is ignored (ids make re-sending harmless), not a crash."""
     (tmp_path / "backfill").mkdir()
@@ -89,6 +118,34 @@ def test_urls_lose_their_password() -> None:
     assert masked_url("postgresql://db/dify") == "postgresql://db/dify"
 
 
+@pytest.mark.parametrize(("url", "masked"), [
+    ("host=db port=5432 user=dify password=hunter2xyz dbname=dify",
+     "host=db port=5432 user=dify password=*** dbname=dify"),
+    ("postgresql://dify@db/dify?password=hunter2xyz&sslmode=require",
+     "postgresql://dify@db/dify?password=***&sslmode=require"),
+    ("postgresql:///dify?host=db&password=hunter2xyz", "postgresql:///dify?host=db&password=***"),
+    ("postgresql://dify@db/dify?sslpassword=keyphrase-9", "postgresql://dify@db/dify?sslpassword=***"),
+    ("postgresql://dify:hun#ter2xyz@db:5432/dify", "postgresql://dify:***@db:5432/dify"),
+    ("postgresql://dify:hun?ter/2xyz@db:5432/dify", "postgresql://dify:***@db:5432/dify"),
+    ("postgresql://dify:hunter2xyz@[::1/dify", "postgresql://dify:***@[::1/dify"),
+    ("postgresql://dify:@db/dify", "postgresql://dify:***@db/dify"),
+    ("postgresql://dify@db:5432/dify", "postgresql://dify@db:5432/dify"),
+], ids=["keywords", "query", "query-only", "sslpassword", "hash", "question-slash", "bad-ipv6", "empty", "no-password"])
+def test_every_way_of_writing_a_password_is_masked(url: str, masked: str) -> None:
+    """A password in a keyword string, a query parameter, or written unencoded with "#", "?" or "/" (which a URL
+    parser reads as the fragment, query or path) is masked too; an unparseable URL is masked, not an error."""
+    assert masked_url(url) == masked
+
+
+def test_a_connection_error_masks_every_form_of_the_password() -> None:
+    """describe() masks the password as written and percent-decoded, and a password= libpq echoes back."""
+    from traceexport.difydb.connect import describe
+
+    url = "postgresql://u:p%40ss-word-9@db/d?password=other-secret-1"
+    text = describe(RuntimeError('bad "p%40ss-word-9" / p@ss-word-9 / other-secret-1 / "password=zz-top-42"'), url)
+    assert not any(s in text for s in ("p%40ss-word-9", "p@ss-word-9", "other-secret-1", "zz-top-42")), text
+
+
 def test_a_connection_error_masks_the_password_but_not_the_letters_of_a_tiny_one() -> None:
     """describe() masks the URL's password in libpq's message; a one-letter password is not masked in every
     word (it turned "port" into "***ort"), a real one is."""
@@ -97,3 +154,61 @@ def test_a_connection_error_masks_the_password_but_not_the_letters_of_a_tiny_one
     message = 'connection to server at "127.0.0.1", port 1 failed: is it accepting connections? (hunter22)'
     assert "port 1" in describe(RuntimeError(message), "postgresql://u:p@127.0.0.1:1/d")
     assert "hunter22" not in describe(RuntimeError(message), "postgresql://u:hunter22@127.0.0.1:1/d")
+
+
+class _Rows:
+    """What a psycopg cursor gives the reader: column descriptions and rows."""
+
+    def __init__(self, rows: list[dict[str, object]]) -> None:
+        self.description = [SimpleNamespace(name=name) for name in (rows[0] if rows else {})]
+        self._rows = [tuple(row.values()) for row in rows]
+
+    def fetchall(self) -> list[tuple[object, ...]]:
+        return self._rows
+
+
+def _message_row(message_id: str, latency: float) -> dict[str, object]:
+    """A ``messages`` row joined with its conversation's mode and its app's tenant, as the reader selects it."""
+    row: dict[str, object] = dict.fromkeys(_MESSAGE_COLUMNS)
+    row.update(id=message_id, app_id="3e18334b-c4b6-49cd-8097-69d2a304fa62",
+               conversation_id="e29e4a2f-3338-4f6f-8d96-c882805ee7bd", inputs={}, query="q", message=[], answer="a",
+               message_tokens=1, answer_tokens=1, provider_response_latency=latency, status="normal",
+               from_source="api", created_at=T0, updated_at=T0, agent_based=False)
+    return {**row, "conversation_mode": "chat", "app_tenant_id": None}
+
+
+def test_a_row_whose_times_overflow_is_a_problem_of_that_row() -> None:
+    """A message whose latency (a float column: 1e308 fits) overflows its end time is one problem line, and the
+    message beside it is still rebuilt: never an OverflowError traceback ending the whole backfill."""
+    rows = [_message_row("0b7a6a1e-0000-4000-8000-000000000001", 1e308),
+            _message_row("0b7a6a1e-0000-4000-8000-000000000002", 1.5)]
+
+    class Conn:
+        def execute(self, sql: str, params: object = None) -> _Rows:
+            return _Rows(rows if "FROM messages m" in sql else [])
+
+    reader = DifyReader(Conn(), Schema(layout="1.14", namespace="public"))
+    pages = list(reader.pages(Window(types=frozenset({"message"}))))
+    assert [r.key for page in pages for r in page.records] == ["message:0b7a6a1e-0000-4000-8000-000000000002"]
+    problems = [p for page in pages for p in page.problems]
+    assert len(problems) == 1 and problems[0].startswith("message 0b7a6a1e-0000-4000-8000-000000000001: a time or "
+                                                         "duration out of range"), problems
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while writing the checkpoint is a one-line SourceError saying the spool keeps what it accepted
+    and that running again resumes (an OSError traceback before)."""
+    import errno
+    import os
+
+    checkpoint = Checkpoint(tmp_path, "job")
+    checkpoint.claim()
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(SourceError, match=r"^cannot write the backfill checkpoint .*: No space left on device; the "
+                                          r"spool keeps what it accepted: run the same command again to resume$"):
+        checkpoint.advance("messages", Position(T0, "0b7a"), 500)
+    checkpoint.release()

@@ -7,7 +7,7 @@ sink that takes it (:mod:`traceexport.audit.expected`) and reconciles with the l
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -35,26 +35,32 @@ class Source:
     statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT
 
 
-def records(source: Source, window: Window) -> Iterator[Record]:
-    """Every record of the window rebuilt from the rows (one session, closed at the end)."""
+def records(source: Source, window: Window, on_problem: Callable[[str], None] | None = None) -> Iterator[Record]:
+    """Every record of the window rebuilt from the rows (one session, closed at the end); each row no record
+    can be made of goes to ``on_problem`` (one line, as backfill prints it)."""
     conn = connect(source.url, statement_timeout=source.statement_timeout)
     try:
         reader = DifyReader(conn, inspect(conn, source.layout), files_url=source.files_url)
         for page in reader.pages(window):
+            if on_problem is not None:
+                for text in page.problems:
+                    on_problem(text)
             yield from page.records
     finally:
         conn.close()
 
 
-def audit(config: Config, ledger: Ledger, source: Source, window: Window) -> AuditReport:
-    """The report of ``window`` for ``config``'s sinks against ``ledger`` (a spool's :class:`LedgerReader`)."""
+def audit(config: Config, ledger: Ledger, source: Source, window: Window,
+          on_problem: Callable[[str], None] | None = None) -> AuditReport:
+    """The report of ``window`` for ``config``'s sinks against ``ledger`` (a spool's :class:`LedgerReader`);
+    rows that cannot be rebuilt (so are not audited) go to ``on_problem``."""
     from traceexport.config import build_routes
     from traceexport.daemon import build_prepare
 
     routes = build_routes(config)
     prepare: Any = build_prepare(config, os.environ)
     try:
-        return reconcile(expected(records(source, window), routes, prepare), ledger,
+        return reconcile(expected(records(source, window, on_problem), routes, prepare), ledger,
                          since=window.since, until=window.until)
     finally:
         for route in routes:

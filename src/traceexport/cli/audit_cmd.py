@@ -5,7 +5,7 @@ to, hashes the payloads, and compares with the delivery ledger in the spool: per
 how many records Dify holds, how many the sink acknowledged, which are missing (dead-lettered ones with their
 reason) and which were delivered with different content. --fix backfills exactly the missing and different
 records, each only to the sinks that lack it, then audits again (with --json: one object holding "before",
-"fixed" (records sent per sink) and "after").
+"fixed" (records sent per sink) and "after", also when nothing was missing).
 
 The sinks: those of --config/--to; without either, those the spool has delivered to (a sink named after its
 type, e.g. langfuse, built from its environment variables; a sink only a config file defines needs --config).
@@ -31,6 +31,7 @@ from traceexport.config import Config
 from traceexport.errors import SourceError
 
 EXIT_MISSING = 3
+MAX_PROBLEMS = 20  # rows that cannot be rebuilt listed one per line
 
 
 def register(subparsers: Any) -> None:
@@ -65,21 +66,17 @@ def _run(args: argparse.Namespace) -> int:
     try:
         job.open()  # the schema's one-line errors before anything else
         report = audit(config, job)
-        if not args.fix or report.exit_code == 0:
+        if not args.fix:
             _print(report, args.json)
+            return int(report.exit_code)
+        if report.exit_code == 0:  # nothing to send: with --json still the shape --fix always has
+            _print_fixed(report, {}, report, args.json)
             return int(report.exit_code)
         if not args.json:
             _print(report, False)
         fixed = fix(config, job, report, args.timeout)
-        print(f"audit --fix: sent {', '.join(f'{n} record(s) to {s}' for s, n in fixed.items())}; auditing again",
-              file=sys.stderr)
         again = audit(config, job)
-        if args.json:
-            from traceexport.audit.render import to_json
-
-            print(json.dumps({"before": to_json(report), "fixed": fixed, "after": to_json(again)}, indent=2))
-        else:
-            _print(again, False)
+        _print_fixed(report, fixed, again, args.json)
         return int(again.exit_code)
     finally:
         job.close()
@@ -136,24 +133,45 @@ def _only_sinks(config: Config, names: str | None) -> Config:
 
 
 def audit(config: Config, job: Job) -> Any:
-    """The window's report against the spool's ledger."""
+    """The window's report against the spool's ledger; the rows it could not audit said on stderr."""
     from traceexport.audit.window import audit as audit_window
     from traceexport.audit.window import ledger_reader
     from traceexport.cli.status_cmd import spool_exists
     from traceexport.pipeline.spool import Spool
 
+    unbuildable = _Unbuildable()
     spool_dir = Path(config.spool.dir)
-    if not spool_exists(spool_dir):
-        print(f"audit: no spool at {spool_dir}: nothing was delivered from it (give the --spool serve uses)",
-              file=sys.stderr)
-        return audit_window(config, _NoLedger(), job.source(), job.window)
-    spool = Spool(spool_dir, create=False)
     try:
-        with ledger_reader(spool, job.window) as ledger:
-            _warn_before_ledger(ledger.started_at(), config, job)
-            return audit_window(config, ledger, job.source(), job.window)
+        if not spool_exists(spool_dir):
+            print(f"audit: no spool at {spool_dir}: nothing was delivered from it (give the --spool serve uses)",
+                  file=sys.stderr)
+            return audit_window(config, _NoLedger(), job.source(), job.window, unbuildable)
+        spool = Spool(spool_dir, create=False)
+        try:
+            with ledger_reader(spool, job.window) as ledger:
+                _warn_before_ledger(ledger.started_at(), config, job)
+                return audit_window(config, ledger, job.source(), job.window, unbuildable)
+        finally:
+            spool.close()
     finally:
-        spool.close()
+        unbuildable.summary()
+
+
+class _Unbuildable:
+    """Rows of the window no record can be made of (backfill's "bad record" lines): not audited, so the report
+    says nothing of them; each is one stderr line (the first ``MAX_PROBLEMS``), then how many in all."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, text: str) -> None:
+        self.count += 1
+        if self.count <= MAX_PROBLEMS:
+            print(f"audit: not audited (cannot be rebuilt): {text}", file=sys.stderr)
+
+    def summary(self) -> None:
+        if self.count > MAX_PROBLEMS:
+            print(f"audit: {self.count:,} rows of the window cannot be rebuilt and were not audited", file=sys.stderr)
 
 
 def _warn_before_ledger(started: int, config: Config, job: Job) -> None:
@@ -186,10 +204,12 @@ class _NoLedger:
 
 
 def fix(config: Config, job: Job, report: Any, timeout: float) -> dict[str, int]:
-    """Backfill each sink's missing and different records to that sink only; how many per sink."""
+    """Backfill each sink's missing and different records to that sink only; how many per sink. Says so on
+    stderr, and which sinks still had some pending after ``timeout`` (the spool keeps them)."""
     from traceexport.cli.spool_delivery import SpoolDelivery
 
     sent: dict[str, int] = {}
+    pending: dict[str, int] = {}
     for sink, keys in report.keys_to_fix().items():
         if not keys:
             continue
@@ -202,10 +222,28 @@ def fix(config: Config, job: Job, report: Any, timeout: float) -> dict[str, int]
                 if wanted:
                     delivery.accept(wanted)
                     sent[sink] = sent.get(sink, 0) + len(wanted)
-            delivery.finish(timeout)
+            idle, metrics, _ = delivery.finish(timeout)
         finally:
             delivery.close()
+        if not idle:  # the audit after the fix shows them missing: say why, and that they are not lost
+            pending[sink] = sum(s["queue_depth"] for s in metrics["sinks"].values())
+    what = ", ".join(f"{n} record(s) to {s}" for s, n in sent.items()) or "nothing (the rows changed since)"
+    print(f"audit --fix: re-sent {what}; auditing again", file=sys.stderr)
+    for sink, count in pending.items():
+        print(f"audit --fix: {count} record(s) for {sink} still pending after --timeout {timeout:g}s; the spool "
+              f"{config.spool.dir} keeps them ('traceexport serve' delivers them)", file=sys.stderr)
     return sent
+
+
+def _print_fixed(before: Any, fixed: dict[str, int], after: Any, as_json: bool) -> None:
+    """What ``--fix`` prints: the audit after it (text), or one object with ``before``, ``fixed`` and ``after``
+    (JSON), also when nothing was missing."""
+    from traceexport.audit.render import to_json
+
+    if as_json:
+        print(json.dumps({"before": to_json(before), "fixed": fixed, "after": to_json(after)}, indent=2))
+    else:
+        _print(after, False)
 
 
 def _print(report: Any, as_json: bool) -> None:

@@ -20,7 +20,7 @@ import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from traceexport.cli.common import Progress, exit_2_on_bad_input, number, seconds_to_wait, whole_number
 from traceexport.cli.replay_cmd import report
@@ -31,6 +31,9 @@ from traceexport.config import Config, resolve_config
 from traceexport.config.resolve import DATABASE_URL_ENV
 from traceexport.errors import DaemonConflictError, RecordError, SourceError
 from traceexport.logs import setup_logging
+
+if TYPE_CHECKING:
+    from traceexport.difydb.checkpoint import Checkpoint
 
 MAX_PROBLEMS = 20
 
@@ -92,7 +95,9 @@ class Job:
         except TimeSpecError as exc:
             raise SourceError(str(exc)) from None
         if since is not None and since >= until:
-            raise SourceError(f"--since ({since.isoformat()}) is not before --until ({until.isoformat()})")
+            bound = f"--until ({until.isoformat()})" if args.until else \
+                f"now ({until.isoformat(timespec='seconds')}, --until's default)"
+            raise SourceError(f"--since ({since.isoformat()}) is not before {bound}")
         types = _split(args.types) or list(REBUILDABLE)
         for name in types:
             if name in NOT_REBUILDABLE:
@@ -114,6 +119,7 @@ class Job:
     def open(self, *, page_size: int = 500, max_rate: float | None = None) -> Any:
         """Connect, check the schema; the reader."""
         from traceexport.difydb import connect, inspect
+        from traceexport.difydb.connect import read_error
 
         self.page_size, self.max_rate = page_size, max_rate
         self.conn = connect(self.url, statement_timeout=self.statement_timeout)
@@ -121,8 +127,8 @@ class Job:
             schema = inspect(self.conn, self.layout)
         except Exception as exc:
             psycopg = importlib.import_module("psycopg")
-            if isinstance(exc, psycopg.Error):
-                raise SourceError(f"reading Dify's database failed: {' '.join(str(exc).split())}") from exc
+            if isinstance(exc, psycopg.Error):  # e.g. the schema check ran past --statement-timeout
+                raise read_error(exc) from exc
             raise
         self.schema = schema
         return self.open_reader()
@@ -239,16 +245,30 @@ def _dry_run(config: Config, job: Job, reader: Any, args: argparse.Namespace) ->
 def _backfill(config: Config, job: Job, reader: Any, args: argparse.Namespace) -> int:
     from traceexport.difydb import masked_url
     from traceexport.difydb.checkpoint import Checkpoint, job_id
+    from traceexport.pipeline.spool_dir import check_spool_dir
 
     spool_dir = Path(config.spool.dir)
+    check_spool_dir(spool_dir)  # a file where the spool should be: one line, before the checkpoint is made there
     checkpoint = Checkpoint(spool_dir, job_id(masked_url(job.url), args.since, args.until, job.window,
                                               sorted(config.sinks)))
+    checkpoint.claim()
+    try:
+        return _backfill_claimed(config, job, reader, args, checkpoint)
+    finally:
+        checkpoint.release()
+
+
+def _backfill_claimed(config: Config, job: Job, reader: Any, args: argparse.Namespace,
+                      checkpoint: Checkpoint) -> int:
+    """The backfill, once this process holds the job's checkpoint."""
+    spool_dir = Path(config.spool.dir)
     fixed = (args.since is None or _absolute(args.since)) and _absolute(args.until)
-    if checkpoint.done and fixed and not args.restart:
+    if checkpoint.done and fixed and checkpoint.covered and not args.restart:
         print(f"backfill: this window was already backfilled ({checkpoint.records} records); "
               "--restart sends it again", file=sys.stderr)
         return 0
-    if args.restart or checkpoint.done:  # a window relative to now moves on: a finished job starts anew
+    # A window relative to now moves on, and one ending in the future gains rows: a finished job starts anew.
+    if args.restart or checkpoint.done:
         checkpoint.reset()
     job.window = checkpoint.pin(job.window)
     out = _progress(job, reader, args)

@@ -16,9 +16,9 @@ from datetime import datetime
 from typing import Any
 
 import traceexport.difydb.rebuild as rebuild
-from traceexport.difydb.connect import describe
+from traceexport.difydb.connect import read_error
 from traceexport.difydb.schema import Schema
-from traceexport.errors import RecordError, SourceError
+from traceexport.errors import RecordError
 from traceexport.records import Record
 from traceexport.records.parse import record_from_obj
 
@@ -46,6 +46,9 @@ _FILE_COLUMNS = ("id", "message_id", "type", "transfer_method", "created_by_role
                  "upload_file_id", "created_at")
 _UUID_COLUMNS = frozenset({"id", "tenant_id", "app_id", "workflow_id", "created_by", "conversation_id",
                            "from_end_user_id", "from_account_id", "workflow_run_id", "message_id", "upload_file_id"})
+# What a row Dify can hold but no record can be made of raises while it is rebuilt (a latency of 1e308 seconds
+# overflows a timedelta): a problem of that row, never of the whole backfill.
+_UNBUILDABLE = (RecordError, KeyError, TypeError, ValueError, OverflowError)
 # Runs still going have no trace yet (Dify queues it when the run ends).
 _UNFINISHED_RUN = ("running", "pending")
 
@@ -118,14 +121,8 @@ class DifyReader:
             cursor = self._conn.execute(sql, params)
             names = [d.name for d in cursor.description or ()]
             return [_text_ids(dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
-        except psycopg.errors.QueryCanceled as exc:
-            raise SourceError(f"a query on Dify's database ran past the statement timeout: {describe(exc)}; "
-                              "raise --statement-timeout or read a smaller window") from exc
-        except psycopg.errors.InsufficientPrivilege as exc:
-            raise SourceError(f"Dify's database refused a read: {describe(exc)}: grant this login SELECT on "
-                              "Dify's tables") from exc
         except psycopg.Error as exc:
-            raise SourceError(f"reading Dify's database failed: {describe(exc)}") from exc
+            raise read_error(exc) from exc
 
     def _window_sql(self, table: str, window: Window, after: Position | None) -> tuple[str, list[Any]]:
         clauses: list[str] = []
@@ -199,7 +196,7 @@ class DifyReader:
                 built = rebuild.workflow(run, layout=self._schema.layout, app_log_id=logs.get(run["id"]),
                                          message_id=chats.get(run["id"]), tokens=tokens.get(run["id"], (0, 0)))
                 page.records.append(_record(built))
-            except (RecordError, KeyError, TypeError, ValueError) as exc:
+            except _UNBUILDABLE as exc:
                 page.problems.append(f"workflow run {run['id']}: {_reason(exc)}")
         return page
 
@@ -263,7 +260,7 @@ class DifyReader:
                 for name, used in rebuild.tool_calls(thoughts.get(row["id"], ())):
                     page.records.append(_record(rebuild.tool(row, name, used, layout=layout, file=first_file,
                                                              files_url=self._files_url)))
-            except (RecordError, KeyError, TypeError, ValueError) as exc:
+            except _UNBUILDABLE as exc:
                 page.problems.append(f"message {row['id']}: {_reason(exc)}")
         return page
 
@@ -273,4 +270,8 @@ def _record(envelope: dict[str, Any]) -> Record:
 
 
 def _reason(exc: Exception) -> str:
-    return exc.reason if isinstance(exc, RecordError) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, RecordError):
+        return exc.reason
+    if isinstance(exc, OverflowError):
+        return f"a time or duration out of range ({exc})"
+    return f"{type(exc).__name__}: {exc}"

@@ -48,7 +48,11 @@ def inspect(conn: Any, layout: str | None = None) -> Schema:
     """Check that every table and column backfill reads is there and readable by this login; the layout
     (given, or told from the tables). The catalog is read from ``pg_catalog``, which shows tables whatever the
     login's privileges, so a missing grant is told apart from a missing table."""
-    namespace = conn.execute("SELECT current_schema()").fetchone()[0] or "public"
+    namespace = conn.execute("SELECT current_schema()").fetchone()[0] or _first_existing_schema(conn)
+    if not conn.execute("SELECT has_schema_privilege(%s, 'USAGE')", (namespace,)).fetchone()[0]:
+        user = conn.execute("SELECT current_user").fetchone()[0]
+        raise SourceError(f"login {user!r} may not use Dify's schema {namespace!r} (SELECT on its tables is not "
+                          f"enough without it): GRANT USAGE ON SCHEMA {namespace} TO {user}")
     rows = conn.execute(
         "SELECT c.relname, a.attname FROM pg_catalog.pg_class c "
         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
@@ -79,3 +83,17 @@ def inspect(conn: Any, layout: str | None = None) -> Schema:
     if layout is None:
         layout = "1.14" if any(t in columns for t in NEWER_LAYOUT_TABLES) else "1.10"
     return Schema(layout=layout, namespace=namespace)
+
+
+def _first_existing_schema(conn: Any) -> str:
+    """The first schema of the search_path that exists (``current_schema()`` skips those this login may not
+    use, so it is None then: the USAGE check says what to grant); SourceError when none exists (the queries
+    name Dify's tables without a schema, so they would find none)."""
+    path = conn.execute("SHOW search_path").fetchone()[0]
+    names = [part.strip().strip('"') for part in path.split(",") if part.strip()]
+    for name in names:
+        if conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (name,)).fetchone():
+            return str(name)
+    raise SourceError(f"no schema of the session's search_path ({path}) exists: set it to the schema holding "
+                      "Dify's tables (public unless Dify's DB_EXTRAS sets another), e.g. "
+                      "?options=-csearch_path%3Dpublic in the URL")

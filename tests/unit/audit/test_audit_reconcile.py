@@ -196,3 +196,23 @@ def test_json_holds_everything() -> None:
 def test_gauge_data_is_per_sink_and_type() -> None:
     """by_sink_type sums missing and mismatched over apps and days, per sink and type."""
     assert _report_with_problems(3).by_sink_type() == {("opik", "workflow"): (0, 1), ("opik", "message"): (3, 0)}
+
+
+def _keys(value: object) -> object:
+    """The key structure of a JSON value: objects by their keys, lists by their first item."""
+    if isinstance(value, dict):
+        return {key: _keys(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_keys(value[0])] if value else []
+    return None
+
+
+def test_the_readme_documents_the_json_shape() -> None:
+    """The `audit --json` example in the README has exactly the keys to_json gives, at every level, so the shape
+    scripts rely on is written down and cannot drift from the code."""
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("`--json` prints the same report as one object"):]
+    documented = json.loads(section[section.index("```json\n") + 8:section.index("\n```", section.index("```json"))])
+    actual = json.loads(json.dumps(to_json(_report_with_problems(1))))
+    actual["groups"] = [g for g in actual["groups"] if g["missing"]]
+    assert _keys(documented) == _keys(actual)
