@@ -305,10 +305,12 @@ class Daemon:
 
     def metrics_text(self) -> str:
         """``/metrics``: the pipeline's counters, gauges and histograms, then the last audit's (once one has
-        run), then the Dify hook's spools' (when ``dify_hook.spool`` is set)."""
+        run), the Celery source's (when it runs), then the Dify hook's spools' (when ``dify_hook.spool`` is set)."""
         pipeline, audit = self.pipeline, self.audit
         text = pipeline.prometheus_text() if pipeline is not None else ""
         text += audit.prometheus_text() if audit is not None else ""
+        celery = self.celery
+        text += celery.stats.prometheus_text() if celery is not None else ""
         hook_spool = self.config.dify_hook.spool
         if hook_spool is not None:
             from traceexport.dify import hook_metrics

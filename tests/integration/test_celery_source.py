@@ -596,7 +596,8 @@ def test_a_broken_file_is_reported_kept_and_does_not_stop_the_others(
 def test_a_missing_file_is_acknowledged_and_counted(
     redis: RedisServer, storage_root: Path, producer: DifyProducer
 ) -> None:
-    """A task whose file is gone (handled by another sidecar) is acknowledged, not retried forever."""
+    """A task whose file is gone (handled by another sidecar) is acknowledged, not retried forever, and counted on
+    /metrics."""
     (storage_root / "ops_trace" / "83d767f2-49a5-4a3f-89fd-fdebaf4cfca1").mkdir(parents=True)  # Dify's folder
     producer.enqueue("83d767f2-49a5-4a3f-89fd-fdebaf4cfca1", uuid.uuid4().hex)
     source = CelerySource(_settings(redis, storage_root), Recorder())
@@ -605,6 +606,9 @@ def test_a_missing_file_is_acknowledged_and_counted(
         _wait_for(lambda: source.stats.snapshot()["missing"] == 1 and _drained(redis), what="missing acked")
     finally:
         source.stop(10)
+    text = source.stats.prometheus_text()
+    assert 'traceexport_celery_events_total{event="missing"} 1\n' in text
+    assert 'traceexport_celery_events_total{event="taken"} 1\n' in text
 
 
 @pytest.mark.integration

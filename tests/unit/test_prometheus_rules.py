@@ -31,3 +31,16 @@ def test_promtool_unit_tests_fire_and_do_not_fire_each_alert() -> None:
     series beside them that do not, or only after the rule's "for"."""
     done = _promtool("test", "rules", str(RULE_TESTS))
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_promtool_accepts_the_celery_sources_metrics() -> None:
+    """`promtool check metrics` finds nothing wrong in the Celery source's counters as /metrics shows them."""
+    from traceexport.sources.celery.processor import Stats
+
+    stats = Stats()
+    stats.add("taken", 3)
+    stats.add("accepted", 2)
+    assert PROMTOOL is not None
+    done = subprocess.run([PROMTOOL, "check", "metrics"], input=stats.prometheus_text(), capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr

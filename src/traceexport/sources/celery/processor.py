@@ -56,6 +56,17 @@ class Stats:
         with self._lock:
             return dict(self._counts)
 
+    def prometheus_text(self) -> str:
+        """The counters as ``traceexport_celery_events_total{event}`` (since this process started)."""
+        metric = "traceexport_celery_events_total"
+        lines = [f"# HELP {metric} What the Celery source did since the daemon started: taken (messages taken off the "
+                 "queue), accepted (records stored), missing (files another consumer handled), invalid (files kept "
+                 "under failed/), retry (batches put back), bad_message (entries kept under failed/messages/), "
+                 "unknown_task (foreign tasks moved), delete_failed (handled files left in storage).",
+                 f"# TYPE {metric} counter"]
+        lines += [f'{metric}{{event="{name}"}} {count}' for name, count in sorted(self.snapshot().items())]
+        return "\n".join(lines) + "\n"
+
 
 class _Episode:
     """Logs the first failure of a kind and the recovery, not every retry in between."""
