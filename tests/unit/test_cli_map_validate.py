@@ -202,6 +202,23 @@ def test_files_that_are_not_utf8_are_one_line_each(tmp_path: Path, capsys: pytes
     assert f"{mapping}:3: not UTF-8" in capsys.readouterr().err
 
 
+def test_a_file_that_cannot_be_read_is_one_line_and_the_next_goes_on(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`map` and `validate --records` name a missing file and a directory one line each, map the good file
+    after them and exit 2 (they used to stop at the first such file)."""
+    missing = tmp_path / "missing\nfile.json"
+    assert main(["map", "--to", "otlp", str(missing), str(tmp_path), str(SAMPLE_FILES[0])]) == 2
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"rejected: {tmp_path}/missing\\nfile.json: cannot read: No such file or directory",
+                                f"rejected: {tmp_path}: cannot read: Is a directory"]
+    assert _lines(out)
+    assert main(["validate", "--records", str(missing), "--records", str(tmp_path),
+                 "--records", str(SAMPLE_FILES[0])]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == "2 problems:"
+    assert f"{tmp_path}: cannot read: Is a directory" in err
+
+
 def _undocumented(parser: argparse.ArgumentParser, prefix: str) -> list[str]:
     missing = []
     for action in parser._actions:

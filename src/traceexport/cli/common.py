@@ -19,8 +19,9 @@ from traceexport.records.stream import Piece, piece_record, stream_pieces
 
 def iter_pieces(files: Sequence[str]) -> Iterator[tuple[str, Piece]]:
     """``(source, piece)`` for every record's piece of the named files (``-``: standard input), in order,
-    each file read as it streams (JSON lines line by line, a JSON array item by item); a ConfigError when
-    one cannot be read."""
+    each file read as it streams (JSON lines line by line, a JSON array item by item). A file that cannot
+    be read (missing, a directory, no permission, a read error part-way) is one piece holding that
+    RecordError, and the next file goes on."""
     for name in files:
         if name == "-":
             for piece in stream_pieces(sys.stdin.buffer):
@@ -31,7 +32,7 @@ def iter_pieces(files: Sequence[str]) -> Iterator[tuple[str, Piece]]:
                 for piece in stream_pieces(handle):
                     yield name, piece
         except OSError as exc:
-            raise ConfigError([f"{name}: cannot read: {exc.strerror or exc}"], title="cannot read input") from exc
+            yield name, Piece("", RecordError(f"cannot read: {exc.strerror or exc}"))
 
 
 def iter_records(files: Sequence[str]) -> Iterator[Record | RecordError]:

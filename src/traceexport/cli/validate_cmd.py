@@ -83,20 +83,16 @@ def run(args: argparse.Namespace) -> int:
     if args.config:
         problems.extend(str(p) for p in _check_config(args.config))
     mapped = 0
-    if args.records:
-        try:
-            for item in iter_records(args.records):
-                if isinstance(item, RecordError):
-                    problems.append(f"record {item}")
-                    continue
-                for mapping in mappings:
-                    try:
-                        mapping.map(item)
-                        mapped += 1
-                    except RecordError as exc:
-                        problems.append(f"record {item.key}: {exc.reason}")
-        except ConfigError as exc:
-            problems.extend(str(p) for p in exc.problems)
+    for item in iter_records(args.records):  # a file that cannot be read is one problem; the next goes on
+        if isinstance(item, RecordError):
+            problems.append(f"record {item}")
+            continue
+        for mapping in mappings:
+            try:
+                mapping.map(item)
+                mapped += 1
+            except RecordError as exc:
+                problems.append(f"record {RecordError(exc.reason, source=item.key)}")
     if problems:
         print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''}:", file=sys.stderr)
         for line in problems:
