@@ -1,0 +1,115 @@
+"""`traceexport replay`'s inputs: the directory walk, files read as they stream, one line per problem."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from tests.conftest import SAMPLE_FILES, SAMPLES
+
+from traceexport.cli import main
+from traceexport.errors import RecordError
+from traceexport.sources.replay import Unlisted, read_file, replay_files
+
+TOOL = SAMPLES / "07-tool-call.json"
+
+
+def replay(tmp_path: Path, *args: str) -> int:
+    return main(["replay", *args, "--to", "file", "--spool", str(tmp_path / "spool"), "--no-progress",
+                 "--timeout", "60"])
+
+
+def test_an_unreadable_directory_in_the_tree_is_named_not_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A directory the walk may not list is one 'broken file' line naming it, and the replay exits 2; the
+    files beside it are delivered."""
+    tree = tmp_path / "ops_trace"
+    (tree / "app-1").mkdir(parents=True)
+    (tree / "app-2").mkdir()
+    shutil.copy(TOOL, tree / "app-1" / "a.json")
+    shutil.copy(TOOL, tree / "app-2" / "b.json")
+    real_scandir = os.scandir
+
+    def scandir(path: str | os.PathLike[str]) -> object:
+        if Path(path).name == "app-2":
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    assert replay(tmp_path, str(tree)) == 2
+    err = capsys.readouterr().err
+    assert f"broken file: {tree / 'app-2'}: cannot list the directory: Permission denied" in err.splitlines()
+    assert "(1 broken)" in err and "1 sent to the spool" in err
+
+
+def test_linked_directories_are_walked_and_a_loop_is_noted_once(tmp_path: Path) -> None:
+    """A symbolic link to a directory is followed (Python's rglob skips it), a link back up the tree is a
+    note that loses nothing, and a link to nothing is named."""
+    tree, elsewhere = tmp_path / "tree", tmp_path / "elsewhere"
+    tree.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(TOOL, elsewhere / "linked.json")
+    (tree / "app").symlink_to(elsewhere)
+    (tree / "up").symlink_to(tree)
+    (tree / "gone.json").symlink_to(tmp_path / "missing.json")
+    found = list(replay_files([tree]))
+    assert tree / "app" / "linked.json" in found
+    assert Unlisted(tree / "gone.json", "a symbolic link to nothing") in found
+    (loop,) = [item for item in found if isinstance(item, Unlisted) and item.path == tree / "up"]
+    assert not loop.lost
+
+
+def test_a_file_is_read_as_it_streams(tmp_path: Path) -> None:
+    """read_file hands over records as it reads: a large JSON lines file never sits in memory whole."""
+    line = json.dumps(json.loads(TOOL.read_text(encoding="utf-8")))
+    big = tmp_path / "big.jsonl"
+    with big.open("w", encoding="utf-8") as handle:
+        for index in range(3000):
+            handle.write(line.replace("74edd9ad", f"{index:08x}") + "\n")
+    assert big.stat().st_size > 8_000_000
+    tracemalloc.start()
+    try:
+        count = sum(1 for item in read_file(big) if not isinstance(item, RecordError))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 3000
+    assert peak < 4_000_000, peak
+
+
+def test_a_file_name_with_a_newline_stays_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken file whose name holds a newline and a byte that is not UTF-8 is reported on one line, the
+    name escaped, and the good file beside it is delivered."""
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    odd = os.fsdecode(os.fsencode(str(folder)) + b"/bad\nname\xff.json")
+    Path(odd).write_text("not json", encoding="utf-8")
+    shutil.copy(TOOL, folder / "good.json")
+    assert replay(tmp_path, str(folder)) == 2
+    err = capsys.readouterr().err
+    assert f"broken file: {folder}/bad\\nname\\xff.json:line 1: not valid JSON" in err
+    assert "1 sent to the spool" in err
+    assert all(line.startswith(("broken file:", "replay:")) for line in err.splitlines())
+
+
+def test_problems_of_a_file_with_good_records_are_bad_records(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad line before and after the good ones is a 'bad record' (not a 'broken file'), each on one line
+    with its line number, and the good records go on."""
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    lines = [json.dumps(json.loads(path.read_text(encoding="utf-8"))) for path in SAMPLE_FILES[:3]]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("\n".join(["nope", *lines, lines[0][:50]]) + "\n", encoding="utf-8")
+    assert replay(tmp_path, str(mixed)) == 2
+    err = capsys.readouterr().err
+    assert f"bad record: {mixed}:line 1: not valid JSON" in err
+    assert f"bad record: {mixed}:line 5: not valid JSON" in err
+    assert "(0 broken), 3 record(s) read, 2 bad" in err and "3 sent to the spool" in err
