@@ -35,10 +35,11 @@ def iter_pieces(files: Sequence[str]) -> Iterator[tuple[str, Piece]]:
             yield name, Piece("", RecordError(f"cannot read: {exc.strerror or exc}"))
 
 
-def iter_records(files: Sequence[str]) -> Iterator[Record | RecordError]:
-    """Every record (or RecordError) in the named files, in order (see :func:`iter_pieces`)."""
+def iter_records(files: Sequence[str], type_name: str | None = None) -> Iterator[Record | RecordError]:
+    """Every record (or RecordError) in the named files, in order (see :func:`iter_pieces`); ``type_name``
+    is the record type of bare TraceInfo objects that do not say theirs."""
     for source, piece in iter_pieces(files):
-        outcome = piece_record(piece, source)
+        outcome = piece_record(piece, source, type_name)
         if outcome is not None:
             yield outcome
 

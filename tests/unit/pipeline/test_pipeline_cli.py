@@ -335,6 +335,30 @@ def test_export_exit_zero_when_everything_is_delivered(tmp_path: Path, monkeypat
                  str(SAMPLES / "05-message-chat.json")]) == 0
 
 
+def test_export_reads_its_files_as_they_stream(tmp_path: Path) -> None:
+    """`export`'s inputs hand over records as the files are read, never a whole file in memory (a 57 MB
+    JSON lines file took 500 MB), naming a file that cannot be read in one line and going on."""
+    import tracemalloc
+
+    from traceexport.cli.export_cmd import Inputs
+
+    line = json.dumps(json.loads((SAMPLES / "07-tool-call.json").read_text(encoding="utf-8")))
+    big = tmp_path / "big.jsonl"
+    with big.open("w", encoding="utf-8") as handle:
+        for index in range(3000):
+            handle.write(line.replace("74edd9ad", f"{index:08x}") + "\n")
+    assert big.stat().st_size > 8_000_000
+    inputs = Inputs([str(tmp_path / "missing.json"), str(big)], None)
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in inputs)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (count, inputs.problems) == (3000, 1)
+    assert peak < 4_000_000, peak
+
+
 def test_export_unknown_sink_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An unknown --to sink exits 2 with the list of known sinks, never a traceback."""
     assert main(["export", "--to", "nowhere", "--spool", str(tmp_path), str(SAMPLES / "05-message-chat.json")]) == 2
