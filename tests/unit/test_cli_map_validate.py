@@ -75,7 +75,8 @@ def test_map_reports_bad_records_and_still_prints_good_ones(tmp_path: Path,
 
 def test_map_rejects_only_the_record_whose_span_cannot_be_sent(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    """A span the OTLP encoder refuses rejects its record in one line (exit 2); the other records are printed."""
+    """A span the OTLP encoder refuses rejects its record in one line naming its file and key (exit 2); the
+    other records are printed. `validate --records` finds the same problem (it used to say ok)."""
     broken = tmp_path / "broken.yaml"
     broken.write_text('extends: builtin\nbackend: otlp\nrecords:\n  tool:\n    span:\n      body:\n'
                       '        traceId: "not-hex"\n', encoding="utf-8")
@@ -83,9 +84,13 @@ def test_map_rejects_only_the_record_whose_span_cannot_be_sent(tmp_path: Path,
     out, err = capsys.readouterr()
     assert code == 2
     (line,) = err.strip().splitlines()
-    assert line.startswith("rejected: tool:") and line.endswith("span traceId must be 32 hex digits, got 'not-hex'")
+    tool = SAMPLES / "07-tool-call.json"
+    assert line.startswith(f"rejected: {tool}: record tool:")
+    assert line.endswith("span traceId must be 32 hex digits, got 'not-hex'")
     (body,) = _lines(out)
     assert len(body["resourceSpans"][0]["scopeSpans"][0]["spans"]) == 7
+    assert main(["validate", "--mapping", str(broken), "--records", str(tool)]) == 2
+    assert f"  {line.removeprefix('rejected: ')}" in capsys.readouterr().err.splitlines()
 
 
 @pytest.mark.parametrize("backend", ["otlp", "langfuse"])

@@ -35,6 +35,13 @@ def iter_pieces(files: Sequence[str]) -> Iterator[tuple[str, Piece]]:
             yield name, Piece("", RecordError(f"cannot read: {exc.strerror or exc}"))
 
 
+def refused_record(source: str, piece: Piece, key: str, reason: str) -> RecordError:
+    """A record that was read but that its mapping or sink refuses, named by its file (and line or item) and
+    its key: ``FILE:line 3: record message:…: reason``."""
+    where = f"{source}:{piece.location}" if piece.location else source
+    return RecordError(reason, source=f"{where}: record {key}")
+
+
 def iter_records(files: Sequence[str], type_name: str | None = None) -> Iterator[Record | RecordError]:
     """Every record (or RecordError) in the named files, in order (see :func:`iter_pieces`); ``type_name``
     is the record type of bare TraceInfo objects that do not say theirs."""
