@@ -113,3 +113,26 @@ def test_problems_of_a_file_with_good_records_are_bad_records(tmp_path: Path,
     assert f"bad record: {mixed}:line 1: not valid JSON" in err
     assert f"bad record: {mixed}:line 5: not valid JSON" in err
     assert "(0 broken), 3 record(s) read, 2 bad" in err and "3 sent to the spool" in err
+
+
+def test_a_dry_run_names_the_file_of_a_record_its_mapping_refuses(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`replay --dry-run` names a record the mapping refuses by its file and key, on one line; the other
+    records are counted."""
+    from unittest.mock import patch
+
+    from traceexport.mapping import Mapping
+
+    real_map = Mapping.map
+
+    def refuse_tools(self: Mapping, record: object) -> object:
+        if getattr(record, "type", None) == "tool":
+            raise RecordError("the otlp mapping failed for tool: boom")
+        return real_map(self, record)
+
+    with patch.object(Mapping, "map", refuse_tools):
+        assert replay(tmp_path, str(SAMPLES), "--dry-run") == 2
+    err = capsys.readouterr().err
+    (line,) = [text for text in err.splitlines() if text.startswith("bad record:")]
+    assert line.startswith(f"bad record: {TOOL}: record tool:") and line.endswith("boom")
+    assert f"{len(SAMPLE_FILES) - 1} would send" in err

@@ -137,7 +137,7 @@ class _FileProblems:
 
 
 def _read_all(files: Sequence[Path | Unlisted], sizes: dict[Path | Unlisted, int], out: _Out, stats: ReplayStats,
-              handle: Callable[[list[Record]], None], chunk: int) -> None:
+              handle: Callable[[Path, list[Record]], None], chunk: int) -> None:
     """Read every file as it streams, handing its records on ``chunk`` at a time (memory stays that of a
     chunk, whatever a file's size) and reporting its problems."""
     for path in files:
@@ -157,10 +157,10 @@ def _read_all(files: Sequence[Path | Unlisted], sizes: dict[Path | Unlisted, int
             stats.records += 1
             records.append(item)
             if len(records) >= chunk:
-                handle(records)
+                handle(path, records)
                 records = []
         problems.close()
-        handle(records)
+        handle(path, records)
         stats.bad_records += problems.problems if problems.records else 0
         stats.broken_files += 0 if problems.records else 1
         out.advance_stats(sizes.get(path, 0), stats)
@@ -175,7 +175,7 @@ def _dry_run(config: Config, files: Sequence[Path | Unlisted], sizes: dict[Path 
     ledger = Ledger(state) if state.exists() else None
     stats = ReplayStats(payloads=dict.fromkeys(mappings, 0))
 
-    def handle(records: list[Record]) -> None:
+    def handle(path: Path, records: list[Record]) -> None:
         for record in records:
             if ledger is not None and not ledger.missing_sinks(record.key, mappings):
                 stats.skipped += 1
@@ -189,7 +189,8 @@ def _dry_run(config: Config, files: Sequence[Path | Unlisted], sizes: dict[Path 
                 stats.accepted += 1
             except RecordError as exc:
                 stats.bad_records += 1
-                out.line(f"bad record: {RecordError(exc.reason, source=record.key)}")
+                where = "<stdin>" if str(path) == STDIN else str(path)
+                out.line(f"bad record: {RecordError(exc.reason, source=f'{where}: record {record.key}')}")
 
     _read_all(files, sizes, out, stats, handle, chunk)
     out.close()
@@ -228,7 +229,7 @@ def _replay(config: Config, files: Sequence[Path | Unlisted], sizes: dict[Path |
         stats.accepted += len(batch) - len(refused)
         batch.clear()
 
-    def handle(records: list[Record]) -> None:
+    def handle(path: Path, records: list[Record]) -> None:
         for record in records:
             if record.key in seen:
                 stats.duplicates += 1
