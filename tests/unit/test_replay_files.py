@@ -136,3 +136,34 @@ def test_a_dry_run_names_the_file_of_a_record_its_mapping_refuses(tmp_path: Path
     (line,) = [text for text in err.splitlines() if text.startswith("bad record:")]
     assert line.startswith(f"bad record: {TOOL}: record tool:") and line.endswith("boom")
     assert f"{len(SAMPLE_FILES) - 1} would send" in err
+
+
+def test_a_spool_that_stays_full_stops_the_replay_at_its_timeout(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """While the spool stays full (its sink is down) replay waits --timeout, then stops reading with exit 1
+    and says to run it again; what went in is in its ledger, so that run sends none of it twice (it used
+    to wait forever)."""
+    import sqlite3
+
+    padding = "x" * 200_000
+    lines = []
+    for index in range(12):
+        envelope = json.loads(TOOL.read_text(encoding="utf-8"))
+        envelope["trace_info"]["message_id"] = f"{index:08x}-0e1b-4cb9-b5d2-494f70be2dbd"
+        envelope["trace_info"]["padding"] = padding
+        lines.append(json.dumps(envelope))
+    big = tmp_path / "big.jsonl"
+    big.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = tmp_path / "traceexport.yaml"
+    config.write_text("spool:\n  max_bytes: 1500000\nsinks:\n  down:\n    type: otlp\n"
+                      "    endpoint: http://127.0.0.1:1\n", encoding="utf-8")
+    spool = tmp_path / "spool"
+    code = main(["replay", str(big), "--config", str(config), "--spool", str(spool), "--timeout", "1",
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "replay: stopped reading the input after waiting 1s for room: spool" in err
+    with sqlite3.connect(spool / "replay-ledger.sqlite") as ledger, sqlite3.connect(spool / "spool.db") as db:
+        sent = ledger.execute("SELECT count(*) FROM sent").fetchone()[0]
+        kept = db.execute("SELECT count(*), count(DISTINCT key) FROM records").fetchone()
+    assert 0 < sent < 12 and kept == (sent, sent)

@@ -215,16 +215,13 @@ def _chunks(records: Iterable[Record]) -> Iterator[list[Record]]:
 
 def _accept_all(pipe: Pipeline, records: Iterable[Record], deadline: float) -> bool:
     for chunk in _chunks(records):
-        while True:
-            try:
-                for index, reason in pipe.accept_fitting(chunk):
-                    print(f"error: record {shown(chunk[index].key)}: {reason}", file=sys.stderr)
-                break
-            except SpoolFullError as exc:
-                if time.monotonic() + exc.retry_after > deadline:
-                    print(f"error: {exc}", file=sys.stderr)
-                    return False
-                time.sleep(min(exc.retry_after, 1.0))
+        try:  # waits while the spool is full (what went in is never stored twice), until the deadline
+            refused = pipe.accept_waiting(chunk, patience=max(deadline - time.monotonic(), 0.0))
+        except SpoolFullError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return False
+        for index, reason in refused:
+            print(f"error: record {shown(chunk[index].key)}: {reason}", file=sys.stderr)
     return True
 
 

@@ -9,7 +9,7 @@ deliver to one sink. Resumable: a
 ledger (``--state``, default ``<spool>/replay-ledger.sqlite``) names every record already handed to each
 sink, and a second run skips them. Broken files and records are reported with one-line
 reasons and the rest goes on. Exit codes: 0 all delivered; 1 could not finish (records still pending
-after ``--timeout``, or dead-lettered after the retries ran out); 2 bad input (broken files or records,
+after ``--timeout``, the spool full for ``--timeout``, or dead-lettered after the retries ran out); 2 bad input (broken files or records,
 records a backend refused permanently) or bad usage.
 """
 
@@ -26,7 +26,7 @@ from traceexport.cli.common import Progress, seconds_to_wait, spool_option, whol
 from traceexport.cli.serve_cmd import add_common_flags, overrides_from
 from traceexport.cli.spool_delivery import SpoolDelivery
 from traceexport.config import Config, resolve_config
-from traceexport.errors import ConfigError, DaemonConflictError, RecordError
+from traceexport.errors import ConfigError, DaemonConflictError, RecordError, SpoolFullError
 from traceexport.logs import setup_logging
 from traceexport.pipeline.deadletter import DeadLetterEntry
 from traceexport.records import Record
@@ -49,7 +49,8 @@ def register(subparsers: Any) -> None:
                         help="ledger of records already sent (default: <spool>/replay-ledger.sqlite)")
     parser.add_argument("--dry-run", action="store_true", help="parse and map only; report counts; send nothing")
     parser.add_argument("--timeout", type=seconds_to_wait(), default=600.0, metavar="SECONDS",
-                        help="how long to wait for delivery to finish (default 600)")
+                        help="how long to wait for delivery to finish, and for room while the spool stays full "
+                             "before reading stops (exit 1; run the same replay again to resume) (default 600)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: when stderr is a terminal)")
     parser.add_argument("--batch", type=whole_number(1, 100_000), default=500, help=argparse.SUPPRESS)
@@ -220,7 +221,12 @@ def _replay(config: Config, files: Sequence[Path | Unlisted], sizes: dict[Path |
     def flush() -> None:
         if not batch:
             return
-        too_large = delivery.accept(batch)
+        try:
+            too_large = delivery.accept(batch, patience=args.timeout)
+        except SpoolFullError as exc:  # full for --timeout: what went in is in the ledger, the rest is not
+            ledger.add([batch[i].key for i in exc.stored], delivery.sinks)
+            stats.accepted += len(exc.stored)
+            raise
         for index, reason in too_large:
             print(f"error: record {shown(batch[index].key)}: {reason}", file=sys.stderr)
         stats.bad_records += len(too_large)
@@ -241,18 +247,27 @@ def _replay(config: Config, files: Sequence[Path | Unlisted], sizes: dict[Path |
             if len(batch) >= args.batch:
                 flush()
 
+    full: SpoolFullError | None = None
     try:
-        _read_all(files, sizes, out, stats, handle, args.batch)
-        flush()
+        try:
+            _read_all(files, sizes, out, stats, handle, args.batch)
+            flush()
+        except SpoolFullError as exc:
+            full = exc
         out.close()
-        idle, metrics, dead = delivery.finish(args.timeout)
+        idle, metrics, dead = delivery.finish(0.0 if full else args.timeout)
     finally:
         out.close()
         delivery.close()
         ledger.close()
-    return report(f"replay: {stats.summary(dry_run=False)}", metrics, idle, dead, spool_dir, delivery.by_daemon,
-                  bad=bool(stats.broken_files or stats.bad_records), again="run the same replay again to resume "
-                  "(or raise --timeout)")
+    again = "run the same replay again to resume (or raise --timeout)"
+    code = report(f"replay: {stats.summary(dry_run=False)}", metrics, idle, dead, spool_dir, delivery.by_daemon,
+                  bad=bool(stats.broken_files or stats.bad_records), again=again)
+    if full is not None:  # stopped reading: the rest of the input was never accepted
+        print(f"replay: stopped reading the input after waiting {args.timeout:g}s for room: {full}; {again}",
+              file=sys.stderr)
+        code = 1
+    return code
 
 
 def report(summary: str, metrics: dict[str, Any], idle: bool, dead: Sequence[DeadLetterEntry], spool_dir: Path,

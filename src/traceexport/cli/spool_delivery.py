@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from traceexport.config import Config, build_routes
-from traceexport.errors import SpoolFullError
 from traceexport.pipeline.deadletter import DeadLetterEntry
 from traceexport.records import Record
 
@@ -60,15 +58,13 @@ class SpoolDelivery:
             for route in routes:
                 route.sink.shutdown(1.0)
 
-    def accept(self, records: Sequence[Record]) -> list[tuple[int, str]]:
-        """Accept ``records`` (durably), waiting while the spool is full; the ones that can never fit."""
+    def accept(self, records: Sequence[Record], patience: float | None = None) -> list[tuple[int, str]]:
+        """Accept ``records`` (durably), waiting while the spool is full (each record stored once); the ones
+        that can never fit. With ``patience``: SpoolFullError once the spool stayed full that many seconds,
+        ``.stored`` the indexes of the records that went in (see ``Pipeline.accept_waiting``)."""
         if self._enrich_ahead:
             self._attach_nodes(records)
-        while True:
-            try:
-                return self.pipeline.accept_fitting(list(records))
-            except SpoolFullError as exc:  # delivery is running: wait for room
-                time.sleep(min(max(exc.retry_after, 0.1), 30.0))
+        return self.pipeline.accept_waiting(records, patience)
 
     def _attach_nodes(self, records: Sequence[Record]) -> None:
         """Run the node enricher on the workflow records here, one read for the batch, so the delivery
