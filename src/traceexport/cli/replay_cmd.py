@@ -9,8 +9,8 @@ deliver to one sink. Resumable: a
 ledger (``--state``, default ``<spool>/replay-ledger.sqlite``) names every record already handed to each
 sink, and a second run skips them. Broken files and records are reported with one-line
 reasons and the rest goes on. Exit codes: 0 all delivered; 1 could not finish (records still pending
-after ``--timeout``, the spool full for ``--timeout``, or dead-lettered after the retries ran out); 2 bad input (broken files or records,
-records a backend refused permanently) or bad usage.
+after ``--timeout``, the spool full for ``--timeout``, or dead-lettered after the retries ran out); 2 bad
+input (broken files or records, records a backend refused permanently) or bad usage.
 """
 
 from __future__ import annotations
