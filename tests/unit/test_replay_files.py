@@ -167,3 +167,32 @@ def test_a_spool_that_stays_full_stops_the_replay_at_its_timeout(tmp_path: Path,
         sent = ledger.execute("SELECT count(*) FROM sent").fetchone()[0]
         kept = db.execute("SELECT count(*), count(DISTINCT key) FROM records").fetchone()
     assert 0 < sent < 12 and kept == (sent, sent)
+
+
+def test_a_replay_killed_between_the_spool_and_its_ledger_sends_nothing_twice(tmp_path: Path) -> None:
+    """A replay killed after the spool stored a batch but before its ledger noted it: the next run finds
+    those records in the spool, counts them as already sent and delivers each once (it accepted the whole
+    batch again, up to 500 records delivered twice)."""
+    import subprocess
+    import sys
+
+    from tests.support.processes import python_env
+
+    args = ["replay", *map(str, SAMPLE_FILES[:3]), "--to", "file", "--spool", str(tmp_path / "spool"),
+            "--no-progress", "--timeout", "60"]
+    killed = ("import os, sys\n"
+              "from traceexport.sources import replay\n"
+              "def killed(self, accepted):\n"
+              "    os._exit(9)  # as kill -9 would: after the spool's commit, before the ledger's\n"
+              "replay.Ledger.settle = killed\n"
+              "from traceexport.cli import main\n"
+              f"sys.exit(main({args!r}))\n")
+    env = python_env({"TRACEEXPORT_FILE_SINK_DIR": str(tmp_path / "out")})
+    first = subprocess.run([sys.executable, "-c", killed], env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 9, first.stderr
+    again = subprocess.run([sys.executable, "-m", "traceexport", *args], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "3 already sent" in again.stderr and "0 sent to the spool" in again.stderr
+    keys = [json.loads(line)["key"] for line in (tmp_path / "out" / "otlp.jsonl").read_text().splitlines()]
+    assert keys and len(keys) == len(set(keys))

@@ -214,6 +214,9 @@ def _replay(config: Config, files: Sequence[Path | Unlisted], sizes: dict[Path |
     except ConfigError:  # a --state that cannot be opened: stop the delivery just started
         delivery.close()
         raise
+    in_hand = ledger.in_hand()
+    if in_hand:  # the last run ended while handing these over: settle them with what the spool holds
+        ledger.settle(delivery.pipeline.spool.known_keys(in_hand))
     stats = ReplayStats()
     seen: set[str] = set()
     batch: list[Record] = []
@@ -221,17 +224,18 @@ def _replay(config: Config, files: Sequence[Path | Unlisted], sizes: dict[Path |
     def flush() -> None:
         if not batch:
             return
+        ledger.begin([r.key for r in batch], delivery.sinks)
         try:
             too_large = delivery.accept(batch, patience=args.timeout)
         except SpoolFullError as exc:  # full for --timeout: what went in is in the ledger, the rest is not
-            ledger.add([batch[i].key for i in exc.stored], delivery.sinks)
+            ledger.settle(batch[i].key for i in exc.stored)
             stats.accepted += len(exc.stored)
             raise
         for index, reason in too_large:
             print(f"error: record {shown(batch[index].key)}: {reason}", file=sys.stderr)
         stats.bad_records += len(too_large)
         refused = {index for index, _ in too_large}
-        ledger.add([r.key for i, r in enumerate(batch) if i not in refused], delivery.sinks)
+        ledger.settle(r.key for i, r in enumerate(batch) if i not in refused)
         stats.accepted += len(batch) - len(refused)
         batch.clear()
 

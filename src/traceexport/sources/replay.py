@@ -117,8 +117,11 @@ def read_file(path: Path, label: str | None = None) -> Iterator[Record | RecordE
 class Ledger:
     """Record keys already handed to each sink, in a small SQLite file beside the spool.
 
-    A key is written only after the pipeline's ``accept`` returned (the record is durable in the spool),
-    so a run interrupted at any point loses nothing: the spool still delivers what the ledger names.
+    Handing a batch over is three steps: :meth:`begin` notes its keys as in hand, the pipeline's ``accept``
+    stores the records durably in the spool (its own database), and :meth:`settle` moves the keys that went
+    in to ``sent``. A run killed between the spool's commit and the ledger's leaves keys in hand: the next
+    run settles them against the spool (:meth:`in_hand`, ``Spool.known_keys``) before reading, so it neither
+    loses them nor sends them twice.
     """
 
     def __init__(self, path: Path) -> None:
@@ -129,6 +132,8 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS sent (sink TEXT NOT NULL, key TEXT NOT NULL, "
                              "at REAL NOT NULL, PRIMARY KEY (sink, key)) WITHOUT ROWID")
+            self._db.execute("CREATE TABLE IF NOT EXISTS in_hand (sink TEXT NOT NULL, key TEXT NOT NULL, "
+                             "PRIMARY KEY (sink, key)) WITHOUT ROWID")
             self._db.commit()
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError([Problem(str(path), f"cannot open the replay ledger: {exc}")],
@@ -142,12 +147,26 @@ class Ledger:
         done = {row[0] for row in rows}
         return [s for s in wanted if s not in done]
 
-    def add(self, keys: Iterable[str], sinks: Iterable[str]) -> None:
-        """Remember that ``keys`` were handed to ``sinks``; committed on return."""
-        now = time.time()
+    def begin(self, keys: Iterable[str], sinks: Iterable[str]) -> None:
+        """Note ``keys`` as being handed to ``sinks`` (before the spool's ``accept``); committed on return."""
         sink_list = list(sinks)
+        self._db.executemany("INSERT OR IGNORE INTO in_hand (sink, key) VALUES (?, ?)",
+                             [(s, k) for k in keys for s in sink_list])
+        self._db.commit()
+
+    def in_hand(self) -> list[str]:
+        """The keys noted by :meth:`begin` and not settled: a run ended between the spool's commit and ours."""
+        return [row[0] for row in self._db.execute("SELECT DISTINCT key FROM in_hand")]
+
+    def settle(self, accepted: Iterable[str]) -> None:
+        """The keys in hand that ``accepted`` names went into the spool: they are sent, to the sinks they were
+        handed to; the others did not and are forgotten (a later run sends them). Committed on return."""
+        went_in = set(accepted)
+        now = time.time()
+        rows = self._db.execute("SELECT sink, key FROM in_hand").fetchall()
         self._db.executemany("INSERT OR IGNORE INTO sent (sink, key, at) VALUES (?, ?, ?)",
-                             [(s, k, now) for k in keys for s in sink_list])
+                             [(sink, key, now) for sink, key in rows if key in went_in])
+        self._db.execute("DELETE FROM in_hand")
         self._db.commit()
 
     def count(self) -> int:
