@@ -64,6 +64,16 @@ def test_linked_directories_are_walked_and_a_loop_is_noted_once(tmp_path: Path) 
     assert not loop.lost
 
 
+def test_a_directory_with_no_record_file_is_noted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A directory holding no *.json/*.jsonl/*.ndjson file (a wrong path, a tree Dify has emptied) gets a note
+    naming it, and the replay exits 0 (it said nothing)."""
+    (tmp_path / "empty" / "app").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("x", encoding="utf-8")
+    assert replay(tmp_path, str(tmp_path / "empty")) == 0
+    err = capsys.readouterr().err
+    assert f"note: {tmp_path / 'empty'}: no *.json, *.jsonl or *.ndjson file under it" in err.splitlines()
+
+
 def test_a_file_is_read_as_it_streams(tmp_path: Path) -> None:
     """read_file hands over records as it reads: a large JSON lines file never sits in memory whole."""
     line = json.dumps(json.loads(TOOL.read_text(encoding="utf-8")))

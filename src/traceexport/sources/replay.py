@@ -30,8 +30,9 @@ STDIN = "-"
 @dataclass(frozen=True, slots=True)
 class Unlisted:
     """Something in a directory that the walk could not follow (a directory it may not read, a link to
-    nothing, a link back up the tree): its records, if any, are not read, and the replay says so.
-    ``lost`` is False for a link back up the tree: its files are read once, where the walk found them first."""
+    nothing, a link back up the tree) or a directory with no record file: the replay says so. ``lost`` is
+    False where nothing is missed: a link back up the tree (its files are read once, where the walk found
+    them first), a directory with nothing to read."""
 
     path: Path
     reason: str
@@ -50,7 +51,12 @@ def replay_files(paths: Sequence[str | Path]) -> Iterator[Path | Unlisted]:
         if str(raw) == STDIN:
             yield path  # standard input, read by read_file
         elif path.is_dir():
-            yield from _walk(path, set())
+            found = False
+            for item in _walk(path, set()):
+                found = found or isinstance(item, Path)
+                yield item
+            if not found:  # a wrong path, or a tree Dify has emptied: worth a line
+                yield Unlisted(path, "no *.json, *.jsonl or *.ndjson file under it", lost=False)
         else:
             yield path  # a missing file is reported by read_file
 
