@@ -23,6 +23,7 @@ from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route,
 from traceexport.pipeline.owner import delivering_daemon, owner
 from traceexport.pipeline.prepared import Prepare
 from traceexport.records import Record
+from traceexport.records.types import RECORD_TYPES, canonical_type
 from traceexport.shown import shown
 from traceexport.sinks import create_sink
 
@@ -68,8 +69,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--to", required=True, metavar="SINK[,SINK...]",
                         help=f"sinks to deliver to, comma-separated: {', '.join(sorted(SINK_TYPES))}")
     add_spool_argument(parser)
-    parser.add_argument("--type", dest="type_name", metavar="TYPE",
-                        help="record type of bare TraceInfo objects that do not say theirs (e.g. workflow)")
+    parser.add_argument("--type", dest="type_name", metavar="TYPE", type=_record_type,
+                        help="record type of bare TraceInfo objects that do not say theirs (e.g. workflow, "
+                             "WorkflowTraceInfo)")
     parser.add_argument("--max-attempts", type=whole_number(1, 10_000), default=6, metavar="N",
                         help="attempts per record before it goes to the dead letter, 1 to 10000 (default: 6)")
     parser.add_argument("--max-age", type=number(0, 365 * 86400), default=60.0, metavar="SECONDS",
@@ -78,6 +80,14 @@ def register(sub: Any) -> None:
                         help="stop waiting for delivery after this long; what is left stays in the spool "
                              "(default: 300)")
     parser.set_defaults(func=run)
+
+
+def _record_type(text: str) -> str:
+    """An argparse ``type``: a record type name or Dify class name, else a one-line usage error (not one line
+    per record of the input)."""
+    if canonical_type(text) is None:
+        raise argparse.ArgumentTypeError(f"unknown record type {text!r} (known: {', '.join(RECORD_TYPES)})")
+    return text
 
 
 def export_settings(max_attempts: int = 6, max_age: float = 60.0) -> PipelineSettings:

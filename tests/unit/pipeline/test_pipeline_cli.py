@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pipeline_helpers import SAMPLES, ScriptedSink, StandInMapping, fail_first, make_records
 
-from traceexport.cli import main
+from traceexport.cli import build_parser, main
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter
 from traceexport.pipeline.owner import DaemonLock
 from traceexport.pipeline.spool import Spool
@@ -481,6 +481,17 @@ def test_every_numeric_flag_is_checked_for_range(argv: list[str], message: str,
         main(argv)
     err = capsys.readouterr().err
     assert exited.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_export_type_that_is_no_record_type_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """`export --type NAME` with a name that is no record type is one usage error naming the known types,
+    exit 2, before any input is read (it was one line per record of the input); a Dify class name is one."""
+    with pytest.raises(SystemExit) as exited:
+        main(["export", "--to", "file", "--type", "nonsense", "-"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "argument --type: unknown record type 'nonsense' (known: workflow, message, tool," in err
+    assert build_parser().parse_args(["export", "--to", "file", "--type", "ToolTraceInfo"]).type_name == "ToolTraceInfo"
 
 
 def test_dlq_commands_name_a_sink_the_spool_never_had(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
