@@ -22,6 +22,7 @@ from traceexport.errors import ConfigError, DaemonConflictError, RecordError, Sp
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter, spool_dir_default
 from traceexport.pipeline.owner import delivering_daemon, owner
 from traceexport.pipeline.prepared import Prepare
+from traceexport.pipeline.turns import DeliveryTurn
 from traceexport.records import Record
 from traceexport.records.types import RECORD_TYPES, canonical_type
 from traceexport.shown import shown
@@ -162,8 +163,6 @@ def deliver(spool_dir: Path, routes: list[Route], records: Iterable[Record], set
     started = datetime.now(UTC).replace(microsecond=0)
     pipe = Pipeline(spool_dir, routes, settings, prepare=prepare)
     names = pipe.sink_names
-    before_dlq = deadletter.last_id(pipe.spool)
-    before = {n: pipe.spool.counters().get(n, {}).get("exported", 0) for n in names}
     try:
         daemon = delivering_daemon(spool_dir, names)
     except DaemonConflictError as exc:  # two processes must not deliver to one sink
@@ -174,11 +173,20 @@ def deliver(spool_dir: Path, routes: list[Route], records: Iterable[Record], set
     if daemon is not None:
         print(f"{daemon.describe()} is delivering from spool {spool_dir}: it sends these records "
               "(with its own retry settings)", file=sys.stderr)
-    else:
+    turn = None
+    if daemon is None:
         other = owner(spool_dir)
         if other is not None:
             print(f"{other.describe()} delivering from spool {spool_dir} does not deliver to {', '.join(names)}; "
                   "delivering them here", file=sys.stderr)
+        try:
+            turn = DeliveryTurn(spool_dir, names, lambda text: print(text, file=sys.stderr))
+        except BaseException:
+            pipe.close()
+            raise
+    before_dlq = deadletter.last_id(pipe.spool)  # after the turn: what another command did is not ours
+    before = {n: pipe.spool.counters().get(n, {}).get("exported", 0) for n in names}
+    if turn is not None:
         pipe.start()
     try:
         if not _accept_all(pipe, records, deadline):
@@ -187,6 +195,8 @@ def deliver(spool_dir: Path, routes: list[Route], records: Iterable[Record], set
         idle = pipe.flush(max(deadline - time.monotonic(), 0.0))
     finally:
         pipe.stop()
+        if turn is not None:
+            turn.release()
     try:
         counters = pipe.spool.counters()
         for name in names:
