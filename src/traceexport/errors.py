@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from traceexport.shown import shown
+
 
 class TraceExportError(Exception):
     """Base class of every error traceexport raises on purpose."""
@@ -59,12 +61,15 @@ class ConfigError(TraceExportError):
 
 
 class RecordError(TraceExportError):
-    """One record is invalid or cannot be mapped; ``reason`` is a single line fit for a dead letter."""
+    """One record is invalid or cannot be mapped; ``reason`` is a single line fit for a dead letter.
+
+    ``source`` says where (a file name and line, a record key): it is shown escaped (a newline in a file
+    name as ``\\n``), so the message stays one line."""
 
     def __init__(self, reason: str, *, source: str = "") -> None:
         self.reason = " ".join(reason.split())  # always one line
-        self.source = source
-        super().__init__(f"{source}: {self.reason}" if source else self.reason)
+        self.source = shown(source)
+        super().__init__(f"{self.source}: {self.reason}" if source else self.reason)
 
 
 class RecordTooLargeError(RecordError):

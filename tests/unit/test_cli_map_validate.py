@@ -75,7 +75,8 @@ def test_map_reports_bad_records_and_still_prints_good_ones(tmp_path: Path,
 
 def test_map_rejects_only_the_record_whose_span_cannot_be_sent(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    """A span the OTLP encoder refuses rejects its record in one line (exit 2); the other records are printed."""
+    """A span the OTLP encoder refuses rejects its record in one line naming its file and key (exit 2); the
+    other records are printed. `validate --records` finds the same problem (it used to say ok)."""
     broken = tmp_path / "broken.yaml"
     broken.write_text('extends: builtin\nbackend: otlp\nrecords:\n  tool:\n    span:\n      body:\n'
                       '        traceId: "not-hex"\n', encoding="utf-8")
@@ -83,9 +84,13 @@ def test_map_rejects_only_the_record_whose_span_cannot_be_sent(tmp_path: Path,
     out, err = capsys.readouterr()
     assert code == 2
     (line,) = err.strip().splitlines()
-    assert line.startswith("rejected: tool:") and line.endswith("span traceId must be 32 hex digits, got 'not-hex'")
+    tool = SAMPLES / "07-tool-call.json"
+    assert line.startswith(f"rejected: {tool}: record tool:")
+    assert line.endswith("span traceId must be 32 hex digits, got 'not-hex'")
     (body,) = _lines(out)
     assert len(body["resourceSpans"][0]["scopeSpans"][0]["spans"]) == 7
+    assert main(["validate", "--mapping", str(broken), "--records", str(tool)]) == 2
+    assert f"  {line.removeprefix('rejected: ')}" in capsys.readouterr().err.splitlines()
 
 
 @pytest.mark.parametrize("backend", ["otlp", "langfuse"])
@@ -217,6 +222,23 @@ def test_yaml_nested_too_deeply_is_one_line(tmp_path: Path, capsys: pytest.Captu
     assert f"{mapping}: YAML nested too deeply to read" in capsys.readouterr().err
     assert main(["validate", "--option", "node_events=" + "[" * 10_000]) in (0, 2)
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_file_that_cannot_be_read_is_one_line_and_the_next_goes_on(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`map` and `validate --records` name a missing file and a directory one line each, map the good file
+    after them and exit 2 (they used to stop at the first such file)."""
+    missing = tmp_path / "missing\nfile.json"
+    assert main(["map", "--to", "otlp", str(missing), str(tmp_path), str(SAMPLE_FILES[0])]) == 2
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"rejected: {tmp_path}/missing\\nfile.json: cannot read: No such file or directory",
+                                f"rejected: {tmp_path}: cannot read: Is a directory"]
+    assert _lines(out)
+    assert main(["validate", "--records", str(missing), "--records", str(tmp_path),
+                 "--records", str(SAMPLE_FILES[0])]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == "2 problems:"
+    assert f"{tmp_path}: cannot read: Is a directory" in err
 
 
 def _undocumented(parser: argparse.ArgumentParser, prefix: str) -> list[str]:

@@ -132,6 +132,16 @@ def test_a_line_that_is_not_utf8_is_rejected_alone() -> None:
     assert out[1] == "in.json:line 2: input is not UTF-8: invalid start byte at byte 7 of the line"
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+def test_a_utf16_file_is_one_rejection_saying_so(encoding: str) -> None:
+    """Input with a UTF-16 (or UTF-32) byte order mark, as Windows tools save "Unicode" text, is one line
+    naming its encoding (it was a "not UTF-8" line per line of the file, with byte offsets)."""
+    text = "\n".join(json.dumps(sample) for sample in SAMPLES) + "\n"
+    data = ("\ufeff" + text).encode(encoding) if encoding == "utf-16-be" else text.encode(encoding)
+    assert _outcomes(data) == ["in.json: input is UTF-16 (it starts with a UTF-16 byte order mark), not UTF-8: "
+                               "save it as UTF-8"]
+
+
 def test_records_parsed_from_lines_keep_their_text() -> None:
     """A record read from a line keeps that line as its stored text (the spool stores it as is)."""
     line = json.dumps(SAMPLES[4])

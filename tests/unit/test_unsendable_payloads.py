@@ -88,12 +88,13 @@ def unsendable_message() -> Iterator[None]:
 @pytest.mark.usefixtures("unsendable_message")
 def test_map_reports_a_record_the_sink_cannot_send_and_prints_the_rest(backend: str,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    """One `rejected:` line with the record's key and exit 2; the other six samples are still printed."""
+    """One `rejected:` line with the record's file and key and exit 2; the other six samples are still printed."""
     code = main(["map", "--jobs", "1", "--to", backend, *map(str, SAMPLE_FILES)])
     out, err = capsys.readouterr()
     assert code == 2
     [line] = err.splitlines()
-    assert line.startswith("rejected: message:34f376f0-0dc2-4eff-8e89-6381f0f4ed94: ")
+    assert line.startswith(f"rejected: {SAMPLES / '05-message-chat.json'}: "
+                           "record message:34f376f0-0dc2-4eff-8e89-6381f0f4ed94: ")
     assert LONE not in out and _strict_lines(out)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import re
 import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -17,21 +16,12 @@ from traceexport.errors import ConfigError, DaemonConflictError, RecordError, So
 from traceexport.records import Record
 from traceexport.records.stream import Piece, piece_record, stream_pieces
 
-# Control characters (C0, DEL, C1) and the bidirectional overrides: what a terminal acts on instead of showing.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(text: str) -> str:
-    """``text`` safe to print to a terminal: each control character as its escape (``\\x1b``, ``\\u202e``).
-    For text from elsewhere — a backend's error body in a dead letter's reason, a record's id — which could
-    otherwise recolour, retitle or rewrite the operator's terminal."""
-    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
-
 
 def iter_pieces(files: Sequence[str]) -> Iterator[tuple[str, Piece]]:
     """``(source, piece)`` for every record's piece of the named files (``-``: standard input), in order,
-    each file read as it streams (JSON lines line by line, a JSON array item by item); a ConfigError when
-    one cannot be read."""
+    each file read as it streams (JSON lines line by line, a JSON array item by item). A file that cannot
+    be read (missing, a directory, no permission, a read error part-way) is one piece holding that
+    RecordError, and the next file goes on."""
     for name in files:
         if name == "-":
             for piece in stream_pieces(sys.stdin.buffer):
@@ -42,13 +32,21 @@ def iter_pieces(files: Sequence[str]) -> Iterator[tuple[str, Piece]]:
                 for piece in stream_pieces(handle):
                     yield name, piece
         except OSError as exc:
-            raise ConfigError([f"{name}: cannot read: {exc.strerror or exc}"], title="cannot read input") from exc
+            yield name, Piece("", RecordError(f"cannot read: {exc.strerror or exc}"))
 
 
-def iter_records(files: Sequence[str]) -> Iterator[Record | RecordError]:
-    """Every record (or RecordError) in the named files, in order (see :func:`iter_pieces`)."""
+def refused_record(source: str, piece: Piece, key: str, reason: str) -> RecordError:
+    """A record that was read but that its mapping or sink refuses, named by its file (and line or item) and
+    its key: ``FILE:line 3: record message:…: reason``."""
+    where = f"{source}:{piece.location}" if piece.location else source
+    return RecordError(reason, source=f"{where}: record {key}")
+
+
+def iter_records(files: Sequence[str], type_name: str | None = None) -> Iterator[Record | RecordError]:
+    """Every record (or RecordError) in the named files, in order (see :func:`iter_pieces`); ``type_name``
+    is the record type of bare TraceInfo objects that do not say theirs."""
     for source, piece in iter_pieces(files):
-        outcome = piece_record(piece, source)
+        outcome = piece_record(piece, source, type_name)
         if outcome is not None:
             yield outcome
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from traceexport.cli.common import printable, seconds_to_wait, spool_option
+from traceexport.cli.common import seconds_to_wait, spool_option
 from traceexport.cli.status_cmd import add_spool_argument, query_spool, spool_exists, spool_path
 from traceexport.cli.timespec import TimeSpecError, parse_epoch
 from traceexport.config import Config, Overrides, resolve_config
@@ -21,6 +21,7 @@ from traceexport.errors import ConfigError
 from traceexport.pipeline import deadletter
 from traceexport.pipeline.owner import Owner, owner
 from traceexport.pipeline.spool import Spool
+from traceexport.shown import shown
 
 T = TypeVar("T")
 
@@ -173,7 +174,7 @@ def run_list(args: argparse.Namespace) -> int:
     for e in entries:
         kind = "permanent" if e.permanent else "gave up"
         print(f"{e.id:>6}  {e.sink:<12} {e.record_type:<18} {e.attempts:>8}  {_stamp(e.last_attempt):<20}  "
-              f"[{kind}] {printable(e.reason[:160])}")
+              f"[{kind}] {shown(e.reason[:160])}")
     print(f"{len(entries)} entr{'ies' if len(entries) != 1 else 'y'}; " + _list_hint(args, entries))
     return 0
 

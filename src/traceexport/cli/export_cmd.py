@@ -10,19 +10,22 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from traceexport.cli.common import number, printable, seconds_to_wait, spool_option, whole_number
+from traceexport.cli.common import iter_records, number, seconds_to_wait, spool_option, whole_number
 from traceexport.cli.status_cmd import add_spool_argument
 from traceexport.config.models import SINK_TYPES
 from traceexport.errors import ConfigError, DaemonConflictError, RecordError, SpoolFullError, TraceExportError
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter, spool_dir_default
 from traceexport.pipeline.owner import delivering_daemon, owner
 from traceexport.pipeline.prepared import Prepare
-from traceexport.records import Record, parse_records
+from traceexport.pipeline.turns import DeliveryTurn
+from traceexport.records import Record
+from traceexport.records.types import RECORD_TYPES, canonical_type
+from traceexport.shown import shown
 from traceexport.sinks import create_sink
 
 _CHUNK = 500
@@ -67,8 +70,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--to", required=True, metavar="SINK[,SINK...]",
                         help=f"sinks to deliver to, comma-separated: {', '.join(sorted(SINK_TYPES))}")
     add_spool_argument(parser)
-    parser.add_argument("--type", dest="type_name", metavar="TYPE",
-                        help="record type of bare TraceInfo objects that do not say theirs (e.g. workflow)")
+    parser.add_argument("--type", dest="type_name", metavar="TYPE", type=_record_type,
+                        help="record type of bare TraceInfo objects that do not say theirs (e.g. workflow, "
+                             "WorkflowTraceInfo)")
     parser.add_argument("--max-attempts", type=whole_number(1, 10_000), default=6, metavar="N",
                         help="attempts per record before it goes to the dead letter, 1 to 10000 (default: 6)")
     parser.add_argument("--max-age", type=number(0, 365 * 86400), default=60.0, metavar="SECONDS",
@@ -77,6 +81,14 @@ def register(sub: Any) -> None:
                         help="stop waiting for delivery after this long; what is left stays in the spool "
                              "(default: 300)")
     parser.set_defaults(func=run)
+
+
+def _record_type(text: str) -> str:
+    """An argparse ``type``: a record type name or Dify class name, else a one-line usage error (not one line
+    per record of the input)."""
+    if canonical_type(text) is None:
+        raise argparse.ArgumentTypeError(f"unknown record type {text!r} (known: {', '.join(RECORD_TYPES)})")
+    return text
 
 
 def export_settings(max_attempts: int = 6, max_age: float = 60.0) -> PipelineSettings:
@@ -98,22 +110,23 @@ def build_enricher_from_env(env: Mapping[str, str]) -> Prepare | None:
     return build_prepare_for(enrich, env)
 
 
-def read_inputs(files: Sequence[str], type_name: str | None) -> tuple[list[Record], list[str]]:
-    """Every record of ``files`` and a one-line problem for each input that could not be used."""
-    records: list[Record] = []
-    problems: list[str] = []
-    for name in files:
-        try:
-            text = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
-        except OSError as exc:
-            problems.append(f"{name}: cannot read: {exc.strerror}")
-            continue
-        for item in parse_records(text, source="stdin" if name == "-" else name, type_name=type_name):
+class Inputs:
+    """The records of the named files (``-``: standard input) as they are read, so no file is ever held in
+    memory whole; each problem (a file that cannot be read, a bad record) is printed as one line when met,
+    and counted in ``problems``."""
+
+    def __init__(self, files: Sequence[str], type_name: str | None) -> None:
+        self._files = files
+        self._type_name = type_name
+        self.problems = 0
+
+    def __iter__(self) -> Iterator[Record]:
+        for item in iter_records(self._files, self._type_name):
             if isinstance(item, RecordError):
-                problems.append(str(item))
+                self.problems += 1
+                print(f"error: {item}", file=sys.stderr)
             else:
-                records.append(item)
-    return records, problems
+                yield item
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,12 +141,10 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc.render()}", file=sys.stderr)
         return 2
-    records, problems = read_inputs(args.files, args.type_name)
-    for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
+    inputs = Inputs(args.files, args.type_name)
     spool_dir = args.spool or spool_dir_default()
     try:
-        code = deliver(Path(spool_dir), routes, records, export_settings(args.max_attempts, args.max_age),
+        code = deliver(Path(spool_dir), routes, inputs, export_settings(args.max_attempts, args.max_age),
                        args.timeout, prepare=prepare, sinks_flag=f"--to {','.join(sink_types)}")
     except ConfigError as exc:  # the spool cannot be opened (a file where its directory should be)
         print(f"error: {exc.render()}", file=sys.stderr)
@@ -141,10 +152,10 @@ def run(args: argparse.Namespace) -> int:
     except TraceExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    return max(code, 2 if problems and code == 0 else code)
+    return max(code, 2 if inputs.problems and code == 0 else code)
 
 
-def deliver(spool_dir: Path, routes: list[Route], records: Sequence[Record], settings: PipelineSettings,
+def deliver(spool_dir: Path, routes: list[Route], records: Iterable[Record], settings: PipelineSettings,
             timeout: float, *, prepare: Prepare | None = None, sinks_flag: str) -> int:
     """Accept ``records`` and deliver everything pending for ``routes``; report on stderr; the export exit
     status. ``sinks_flag`` (``--to opik`` or ``--config FILE``) goes into the commands printed to resume."""
@@ -152,8 +163,6 @@ def deliver(spool_dir: Path, routes: list[Route], records: Sequence[Record], set
     started = datetime.now(UTC).replace(microsecond=0)
     pipe = Pipeline(spool_dir, routes, settings, prepare=prepare)
     names = pipe.sink_names
-    before_dlq = deadletter.last_id(pipe.spool)
-    before = {n: pipe.spool.counters().get(n, {}).get("exported", 0) for n in names}
     try:
         daemon = delivering_daemon(spool_dir, names)
     except DaemonConflictError as exc:  # two processes must not deliver to one sink
@@ -164,11 +173,20 @@ def deliver(spool_dir: Path, routes: list[Route], records: Sequence[Record], set
     if daemon is not None:
         print(f"{daemon.describe()} is delivering from spool {spool_dir}: it sends these records "
               "(with its own retry settings)", file=sys.stderr)
-    else:
+    turn = None
+    if daemon is None:
         other = owner(spool_dir)
         if other is not None:
             print(f"{other.describe()} delivering from spool {spool_dir} does not deliver to {', '.join(names)}; "
                   "delivering them here", file=sys.stderr)
+        try:
+            turn = DeliveryTurn(spool_dir, names, lambda text: print(text, file=sys.stderr))
+        except BaseException:
+            pipe.close()
+            raise
+    before_dlq = deadletter.last_id(pipe.spool)  # after the turn: what another command did is not ours
+    before = {n: pipe.spool.counters().get(n, {}).get("exported", 0) for n in names}
+    if turn is not None:
         pipe.start()
     try:
         if not _accept_all(pipe, records, deadline):
@@ -177,6 +195,8 @@ def deliver(spool_dir: Path, routes: list[Route], records: Sequence[Record], set
         idle = pipe.flush(max(deadline - time.monotonic(), 0.0))
     finally:
         pipe.stop()
+        if turn is not None:
+            turn.release()
     try:
         counters = pipe.spool.counters()
         for name in names:
@@ -184,7 +204,7 @@ def deliver(spool_dir: Path, routes: list[Route], records: Sequence[Record], set
             print(f"{name}: {n} record{'s' if n != 1 else ''} delivered", file=sys.stderr)
         dead = [e for e in deadletter.list_entries(pipe.spool, after_id=before_dlq) if e.sink in names]
         for e in dead:
-            print(printable(f"error: {e.sink}: {e.record_type} record {e.record_key}: {e.reason}"), file=sys.stderr)
+            print(shown(f"error: {e.sink}: {e.record_type} record {e.record_key}: {e.reason}"), file=sys.stderr)
         if not idle:
             _report_stuck(pipe, spool_dir, sinks_flag, accepted_all=True)
             return 1
@@ -201,19 +221,27 @@ def deliver(spool_dir: Path, routes: list[Route], records: Sequence[Record], set
         pipe.close()
 
 
-def _accept_all(pipe: Pipeline, records: Sequence[Record], deadline: float) -> bool:
-    for start in range(0, len(records), _CHUNK):
-        chunk = records[start:start + _CHUNK]
-        while True:
-            try:
-                for index, reason in pipe.accept_fitting(chunk):
-                    print(f"error: record {chunk[index].key}: {reason}", file=sys.stderr)
-                break
-            except SpoolFullError as exc:
-                if time.monotonic() + exc.retry_after > deadline:
-                    print(f"error: {exc}", file=sys.stderr)
-                    return False
-                time.sleep(min(exc.retry_after, 1.0))
+def _chunks(records: Iterable[Record]) -> Iterator[list[Record]]:
+    """``records`` in lists of ``_CHUNK``, taken as they come."""
+    chunk: list[Record] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) >= _CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _accept_all(pipe: Pipeline, records: Iterable[Record], deadline: float) -> bool:
+    for chunk in _chunks(records):
+        try:  # waits while the spool is full (what went in is never stored twice), until the deadline
+            refused = pipe.accept_waiting(chunk, patience=max(deadline - time.monotonic(), 0.0))
+        except SpoolFullError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return False
+        for index, reason in refused:
+            print(f"error: record {shown(chunk[index].key)}: {reason}", file=sys.stderr)
     return True
 
 

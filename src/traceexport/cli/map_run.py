@@ -19,6 +19,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from traceexport.cli.common import refused_record
 from traceexport.cli.map_output import Documents, Printer
 from traceexport.errors import RecordError, TraceExportError
 from traceexport.mapping import Mapping
@@ -47,7 +48,7 @@ class MapWork:
         try:
             return ("items", self._documents.encode(self._mapping.map(record)))
         except RecordError as exc:
-            return ("rejected", str(RecordError(exc.reason, source=record.key)))
+            return ("rejected", str(refused_record(source, piece, record.key, exc.reason)))
 
     def block(self, source: str, pieces: Sequence[Piece]) -> list[Outcome]:
         return [self.piece(source, piece) for piece in pieces]

@@ -9,8 +9,8 @@ deliver to one sink. Resumable: a
 ledger (``--state``, default ``<spool>/replay-ledger.sqlite``) names every record already handed to each
 sink, and a second run skips them. Broken files and records are reported with one-line
 reasons and the rest goes on. Exit codes: 0 all delivered; 1 could not finish (records still pending
-after ``--timeout``, or dead-lettered after the retries ran out); 2 bad input (broken files or records,
-records a backend refused permanently) or bad usage.
+after ``--timeout``, the spool full for ``--timeout``, or dead-lettered after the retries ran out); 2 bad
+input (broken files or records, records a backend refused permanently) or bad usage.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from traceexport.cli.common import Progress, seconds_to_wait, spool_option, whol
 from traceexport.cli.serve_cmd import add_common_flags, overrides_from
 from traceexport.cli.spool_delivery import SpoolDelivery
 from traceexport.config import Config, resolve_config
-from traceexport.errors import ConfigError, DaemonConflictError, RecordError
+from traceexport.errors import ConfigError, DaemonConflictError, RecordError, SpoolFullError
 from traceexport.logs import setup_logging
 from traceexport.pipeline.deadletter import DeadLetterEntry
 from traceexport.records import Record
-from traceexport.sources.replay import STDIN, FileResult, Ledger, ReplayStats, read_file, replay_files
+from traceexport.shown import shown
+from traceexport.sources.replay import STDIN, Ledger, ReplayStats, Unlisted, read_file, replay_files
 
 MAX_PROBLEMS_PER_FILE = 20
 LEDGER_FILE = "replay-ledger.sqlite"
@@ -48,7 +49,8 @@ def register(subparsers: Any) -> None:
                         help="ledger of records already sent (default: <spool>/replay-ledger.sqlite)")
     parser.add_argument("--dry-run", action="store_true", help="parse and map only; report counts; send nothing")
     parser.add_argument("--timeout", type=seconds_to_wait(), default=600.0, metavar="SECONDS",
-                        help="how long to wait for delivery to finish (default 600)")
+                        help="how long to wait for delivery to finish, and for room while the spool stays full "
+                             "before reading stops (exit 1; run the same replay again to resume) (default 600)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: when stderr is a terminal)")
     parser.add_argument("--batch", type=whole_number(1, 100_000), default=500, help=argparse.SUPPRESS)
@@ -77,36 +79,96 @@ def run(args: argparse.Namespace) -> int:
     spool_dir = Path(config.spool.dir)  # the one spool: flag, then env, then config file, then default
     state = Path(args.state) if args.state else spool_dir / LEDGER_FILE
     files = list(replay_files(args.paths))
-    sizes = {f: (f.stat().st_size if str(f) != STDIN and f.is_file() else 0) for f in files}
+    sizes = {f: _size(f) for f in files}
     enabled = sys.stderr.isatty() if args.progress is None else args.progress
     out = _Out(sum(sizes.values()), enabled)
     try:
         if args.dry_run:
-            return _dry_run(config, files, state, out)
-        return _replay(config, files, spool_dir, state, out, args)
+            return _dry_run(config, files, sizes, state, out, args.batch)
+        return _replay(config, files, sizes, spool_dir, state, out, args)
     except ConfigError as exc:
         out.close()
         print(exc.render(), file=sys.stderr)
         return 2
 
 
-def _read_all(files: Sequence[Path], out: _Out, stats: ReplayStats,
-              handle: Callable[[list[Record]], None]) -> None:
+def _size(path: Path | Unlisted) -> int:
+    """The bytes the bar counts for one input: 0 for standard input and what is not a readable file."""
+    if isinstance(path, Unlisted) or str(path) == STDIN:
+        return 0
+    try:
+        return path.stat().st_size
+    except OSError:  # gone since it was listed (Dify deletes a trace file once processed): read_file says so
+        return 0
+
+
+class _FileProblems:
+    """One file's problem lines, at most MAX_PROBLEMS_PER_FILE then a count. Once the file has given a record
+    they are 'bad record' lines, printed as they come; until then they wait (a few lines), and a file that
+    gave no record at all is a 'broken file'."""
+
+    def __init__(self, out: _Out, path: Path) -> None:
+        self._out = out
+        self._path = path
+        self._held: list[str] = []
+        self.records = 0
+        self.problems = 0
+
+    def record(self) -> None:
+        if not self.records:
+            for text in self._held:
+                self._out.line(f"bad record: {text}")
+            self._held.clear()
+        self.records += 1
+
+    def problem(self, error: RecordError) -> None:
+        self.problems += 1
+        if self.problems > MAX_PROBLEMS_PER_FILE:
+            return
+        if self.records:
+            self._out.line(f"bad record: {error}")
+        else:
+            self._held.append(str(error))
+
+    def close(self) -> None:
+        for text in self._held:
+            self._out.line(f"broken file: {text}")
+        if self.problems > MAX_PROBLEMS_PER_FILE:
+            self._out.line(f"... and {self.problems - MAX_PROBLEMS_PER_FILE} more problem(s) in {shown(self._path)}")
+
+
+def _read_all(files: Sequence[Path | Unlisted], sizes: dict[Path | Unlisted, int], out: _Out, stats: ReplayStats,
+              handle: Callable[[Path, list[Record]], None], chunk: int) -> None:
+    """Read every file as it streams, handing its records on ``chunk`` at a time (memory stays that of a
+    chunk, whatever a file's size) and reporting its problems."""
     for path in files:
-        result: FileResult = read_file(path)
+        if isinstance(path, Unlisted):
+            stats.files += 1 if path.lost else 0
+            stats.broken_files += 1 if path.lost else 0
+            out.line(f"{'broken file' if path.lost else 'note'}: {path}")
+            continue
         stats.files += 1
-        stats.records += len(result.records)
-        stats.bad_records += len(result.problems) if result.records else 0
-        stats.broken_files += 1 if result.broken else 0
-        for text in result.problems[:MAX_PROBLEMS_PER_FILE]:
-            out.line(f"{'broken file' if result.broken else 'bad record'}: {text}")
-        if len(result.problems) > MAX_PROBLEMS_PER_FILE:
-            out.line(f"... and {len(result.problems) - MAX_PROBLEMS_PER_FILE} more problem(s) in {path}")
-        handle(result.records)
-        out.advance_stats(result.size, stats)
+        problems = _FileProblems(out, path)
+        records: list[Record] = []
+        for item in read_file(path):
+            if isinstance(item, RecordError):
+                problems.problem(item)
+                continue
+            problems.record()
+            stats.records += 1
+            records.append(item)
+            if len(records) >= chunk:
+                handle(path, records)
+                records = []
+        problems.close()
+        handle(path, records)
+        stats.bad_records += problems.problems if problems.records else 0
+        stats.broken_files += 0 if problems.records else 1
+        out.advance_stats(sizes.get(path, 0), stats)
 
 
-def _dry_run(config: Config, files: Sequence[Path], state: Path, out: _Out) -> int:
+def _dry_run(config: Config, files: Sequence[Path | Unlisted], sizes: dict[Path | Unlisted, int], state: Path,
+             out: _Out, chunk: int) -> int:
     from traceexport.mapping import load_mapping
 
     mappings = {name: load_mapping(sc.mapping_backend, extra_files=tuple(sc.mapping_files))
@@ -114,7 +176,7 @@ def _dry_run(config: Config, files: Sequence[Path], state: Path, out: _Out) -> i
     ledger = Ledger(state) if state.exists() else None
     stats = ReplayStats(payloads=dict.fromkeys(mappings, 0))
 
-    def handle(records: list[Record]) -> None:
+    def handle(path: Path, records: list[Record]) -> None:
         for record in records:
             if ledger is not None and not ledger.missing_sinks(record.key, mappings):
                 stats.skipped += 1
@@ -128,9 +190,10 @@ def _dry_run(config: Config, files: Sequence[Path], state: Path, out: _Out) -> i
                 stats.accepted += 1
             except RecordError as exc:
                 stats.bad_records += 1
-                out.line(f"bad record: {record.key}: {exc.reason}")
+                where = "<stdin>" if str(path) == STDIN else str(path)
+                out.line(f"bad record: {RecordError(exc.reason, source=f'{where}: record {record.key}')}")
 
-    _read_all(files, out, stats, handle)
+    _read_all(files, sizes, out, stats, handle, chunk)
     out.close()
     if ledger is not None:
         ledger.close()
@@ -138,15 +201,22 @@ def _dry_run(config: Config, files: Sequence[Path], state: Path, out: _Out) -> i
     return 2 if stats.broken_files or stats.bad_records else 0
 
 
-def _replay(config: Config, files: Sequence[Path], spool_dir: Path, state: Path, out: _Out,
-            args: argparse.Namespace) -> int:
+def _replay(config: Config, files: Sequence[Path | Unlisted], sizes: dict[Path | Unlisted, int], spool_dir: Path,
+            state: Path, out: _Out, args: argparse.Namespace) -> int:
     try:
         delivery = SpoolDelivery(config, spool_dir, out.line, "replay")
     except DaemonConflictError as exc:
         out.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    ledger = Ledger(state)
+    try:
+        ledger = Ledger(state)
+    except ConfigError:  # a --state that cannot be opened: stop the delivery just started
+        delivery.close()
+        raise
+    in_hand = ledger.in_hand()
+    if in_hand:  # the last run ended while handing these over: settle them with what the spool holds
+        ledger.settle(delivery.pipeline.spool.known_keys(in_hand))
     stats = ReplayStats()
     seen: set[str] = set()
     batch: list[Record] = []
@@ -154,16 +224,22 @@ def _replay(config: Config, files: Sequence[Path], spool_dir: Path, state: Path,
     def flush() -> None:
         if not batch:
             return
-        too_large = delivery.accept(batch)
+        ledger.begin([r.key for r in batch], delivery.sinks)
+        try:
+            too_large = delivery.accept(batch, patience=args.timeout)
+        except SpoolFullError as exc:  # full for --timeout: what went in is in the ledger, the rest is not
+            ledger.settle(batch[i].key for i in exc.stored)
+            stats.accepted += len(exc.stored)
+            raise
         for index, reason in too_large:
-            print(f"error: record {batch[index].key}: {reason}", file=sys.stderr)
+            print(f"error: record {shown(batch[index].key)}: {reason}", file=sys.stderr)
         stats.bad_records += len(too_large)
         refused = {index for index, _ in too_large}
-        ledger.add([r.key for i, r in enumerate(batch) if i not in refused], delivery.sinks)
+        ledger.settle(r.key for i, r in enumerate(batch) if i not in refused)
         stats.accepted += len(batch) - len(refused)
         batch.clear()
 
-    def handle(records: list[Record]) -> None:
+    def handle(path: Path, records: list[Record]) -> None:
         for record in records:
             if record.key in seen:
                 stats.duplicates += 1
@@ -175,18 +251,27 @@ def _replay(config: Config, files: Sequence[Path], spool_dir: Path, state: Path,
             if len(batch) >= args.batch:
                 flush()
 
+    full: SpoolFullError | None = None
     try:
-        _read_all(files, out, stats, handle)
-        flush()
+        try:
+            _read_all(files, sizes, out, stats, handle, args.batch)
+            flush()
+        except SpoolFullError as exc:
+            full = exc
         out.close()
-        idle, metrics, dead = delivery.finish(args.timeout)
+        idle, metrics, dead = delivery.finish(0.0 if full else args.timeout)
     finally:
         out.close()
         delivery.close()
         ledger.close()
-    return report(f"replay: {stats.summary(dry_run=False)}", metrics, idle, dead, spool_dir, delivery.by_daemon,
-                  bad=bool(stats.broken_files or stats.bad_records), again="run the same replay again to resume "
-                  "(or raise --timeout)")
+    again = "run the same replay again to resume (or raise --timeout)"
+    code = report(f"replay: {stats.summary(dry_run=False)}", metrics, idle, dead, spool_dir, delivery.by_daemon,
+                  bad=bool(stats.broken_files or stats.bad_records), again=again)
+    if full is not None:  # stopped reading: the rest of the input was never accepted
+        print(f"replay: stopped reading the input after waiting {args.timeout:g}s for room: {full}; {again}",
+              file=sys.stderr)
+        code = 1
+    return code
 
 
 def report(summary: str, metrics: dict[str, Any], idle: bool, dead: Sequence[DeadLetterEntry], spool_dir: Path,
@@ -195,7 +280,7 @@ def report(summary: str, metrics: dict[str, Any], idle: bool, dead: Sequence[Dea
     print(summary, file=sys.stderr)
     code = 2 if bad or dead else 0
     for entry in dead[:MAX_PROBLEMS_PER_FILE]:
-        print(f"dead letter: {entry.sink}: {entry.record_type} record {entry.record_key}: {entry.reason}",
+        print(f"dead letter: {entry.sink}: {entry.record_type} record {shown(entry.record_key)}: {entry.reason}",
               file=sys.stderr)
     if dead:
         print(f"{summary.split(':')[0]}: {len(dead)} record(s) went to the dead letter; see "

@@ -4,7 +4,8 @@
 (:func:`~traceexport.pipeline.owner.delivering_daemon`): when a ``serve`` daemon delivers from the spool (its
 flock) to every one of the command's sinks, the command only accepts records and waits for the daemon as for
 its own workers; when no daemon runs, or it delivers to none of them, the command starts the pipeline's
-workers itself; a daemon delivering to only some of them is a ``DaemonConflictError``. Acceptance waits out a
+workers itself, in its turn (``pipeline/turns.py``: one command at a time delivers to a sink); a daemon
+delivering to only some of them is a ``DaemonConflictError``. Acceptance waits out a
 full spool the way the daemon's clients do.
 """
 
@@ -12,14 +13,13 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from traceexport.config import Config, build_routes
-from traceexport.errors import SpoolFullError
 from traceexport.pipeline.deadletter import DeadLetterEntry
+from traceexport.pipeline.turns import DeliveryTurn
 from traceexport.records import Record
 
 
@@ -52,7 +52,10 @@ class SpoolDelivery:
         self._line = line
         self.by_daemon = daemon is not None
         self.sinks = list(self.pipeline.sink_names)
-        self._dead_before = deadletter.last_id(self.pipeline.spool)
+        self._turn: DeliveryTurn | None = None
+        if daemon is None:
+            self._turn = DeliveryTurn(spool_dir, self.sinks, line)  # waits while another command delivers
+        self._dead_before = deadletter.last_id(self.pipeline.spool)  # after the turn: another's are not ours
         if daemon is None:
             self.pipeline.start()
         else:  # the daemon delivers what this command accepts
@@ -60,15 +63,13 @@ class SpoolDelivery:
             for route in routes:
                 route.sink.shutdown(1.0)
 
-    def accept(self, records: Sequence[Record]) -> list[tuple[int, str]]:
-        """Accept ``records`` (durably), waiting while the spool is full; the ones that can never fit."""
+    def accept(self, records: Sequence[Record], patience: float | None = None) -> list[tuple[int, str]]:
+        """Accept ``records`` (durably), waiting while the spool is full (each record stored once); the ones
+        that can never fit. With ``patience``: SpoolFullError once the spool stayed full that many seconds,
+        ``.stored`` the indexes of the records that went in (see ``Pipeline.accept_waiting``)."""
         if self._enrich_ahead:
             self._attach_nodes(records)
-        while True:
-            try:
-                return self.pipeline.accept_fitting(list(records))
-            except SpoolFullError as exc:  # delivery is running: wait for room
-                time.sleep(min(max(exc.retry_after, 0.1), 30.0))
+        return self.pipeline.accept_waiting(records, patience)
 
     def _attach_nodes(self, records: Sequence[Record]) -> None:
         """Run the node enricher on the workflow records here, one read for the batch, so the delivery
@@ -102,6 +103,8 @@ class SpoolDelivery:
         try:
             self.pipeline.close()
         finally:
+            if self._turn is not None:
+                self._turn.release()
             close_enricher = getattr(self._prepare, "close", None)
             if close_enricher is not None:
                 close_enricher()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from traceexport.cli.common import iter_records, parse_key_values
+from traceexport.cli.common import iter_pieces, parse_key_values, refused_record
 from traceexport.errors import ConfigError, Problem, RecordError
 from traceexport.mapping import BACKENDS, Mapping, load_mapping
+from traceexport.records.stream import piece_record
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,6 +63,36 @@ def _check_config(path: str) -> list[Problem]:
     return list(validate_config_file(Path(path)))
 
 
+def _check_records(files: list[str], mappings: list[Mapping], problems: list[str]) -> int:
+    """Map every record of ``files`` through every mapping and encode the payloads as its backend's sink
+    would send them (as ``map`` prints them: a payload the sink refuses is a problem here too); a problem
+    line for each failure, naming the file, the line and the record; the number of mappings that succeeded."""
+    from traceexport.cli.map_cmd import placeholder_sink
+    from traceexport.cli.map_output import documents_for
+
+    sinks = [placeholder_sink(mapping.backend, os.environ) for mapping in mappings]
+    checks = [(mapping, documents_for(sink)) for mapping, sink in zip(mappings, sinks, strict=True)]
+    mapped = 0
+    try:
+        for source, piece in iter_pieces(files):  # a file that cannot be read is one problem; the next goes on
+            item = piece_record(piece, source)
+            if item is None:
+                continue
+            if isinstance(item, RecordError):
+                problems.append(str(item))
+                continue
+            for mapping, documents in checks:
+                try:
+                    documents.encode(mapping.map(item))
+                    mapped += 1
+                except RecordError as exc:
+                    problems.append(str(refused_record(source, piece, item.key, exc.reason)))
+    finally:
+        for sink in sinks:
+            sink.shutdown(timeout=0)
+    return mapped
+
+
 def run(args: argparse.Namespace) -> int:
     problems: list[str] = []
     mappings: list[Mapping] = []
@@ -84,19 +116,7 @@ def run(args: argparse.Namespace) -> int:
         problems.extend(str(p) for p in _check_config(args.config))
     mapped = 0
     if args.records:
-        try:
-            for item in iter_records(args.records):
-                if isinstance(item, RecordError):
-                    problems.append(f"record {item}")
-                    continue
-                for mapping in mappings:
-                    try:
-                        mapping.map(item)
-                        mapped += 1
-                    except RecordError as exc:
-                        problems.append(f"record {item.key}: {exc.reason}")
-        except ConfigError as exc:
-            problems.extend(str(p) for p in exc.problems)
+        mapped = _check_records(args.records, mappings, problems)
     if problems:
         print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''}:", file=sys.stderr)
         for line in problems:

@@ -192,6 +192,34 @@ class Pipeline:
                 return refused
         return refused
 
+    def accept_waiting(self, records: Sequence[Record | Staged], patience: float | None = None,
+                       sleep: Callable[[float], None] = time.sleep) -> list[tuple[int, str]]:
+        """:meth:`accept_fitting`, waiting while the spool is full, for a command that has all the time it needs
+        (replay, backfill, export): the ``(index, reason)`` of records that can never fit.
+
+        A retry after a full spool sends only what did not go in: a batch that went in a record at a time
+        until the spool filled must not store those records twice. With ``patience``, a spool that stays full
+        that many seconds in a row raises SpoolFullError, its ``stored`` the indexes (into ``records``) of
+        all that did go in.
+        """
+        left = list(range(len(records)))
+        stored: list[int] = []
+        since: float | None = None
+        while True:
+            try:
+                return [(left[i], reason) for i, reason in self.accept_fitting([records[i] for i in left])]
+            except SpoolFullError as exc:
+                went_in = set(exc.stored)
+                stored += [left[i] for i in sorted(went_in)]
+                left = [index for i, index in enumerate(left) if i not in went_in]
+                now = time.monotonic()
+                since = now if since is None or went_in else since
+                pause = min(max(exc.retry_after, 0.1), 30.0)
+                if patience is not None and now + pause - since > patience:
+                    exc.stored = sorted(stored)
+                    raise
+                sleep(pause)
+
     def _forms_wanted(self) -> tuple[bool, bool]:
         """Whether a batch's rows carry a form for the delivery process, and whether it is their payloads.
 

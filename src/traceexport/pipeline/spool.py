@@ -239,6 +239,24 @@ class Spool:
             finally:
                 conn.execute("COMMIT")
 
+    def known_keys(self, keys: Sequence[str]) -> set[str]:
+        """The ``keys`` of records this spool accepted and still knows of: waiting, dead-lettered, or in the
+        delivery ledger (while its retention keeps them). For a command resuming after a crash: did the
+        records it was handing over go in? (A scan of the tables: for a few hundred keys, once.)"""
+        found: set[str] = set()
+        tables = (("records", "key"), ("dead_letters", "record_key"), ("ledger", "record_key"))
+        with self.read() as conn:
+            for start in range(0, len(keys), 500):
+                part = list(keys[start:start + 500])
+                marks = ",".join("?" * len(part))
+                for table, column in tables:
+                    try:
+                        rows = conn.execute(f"SELECT {column} FROM {table} WHERE {column} IN ({marks})", part)
+                        found.update(row[0] for row in rows)
+                    except sqlite3.OperationalError:  # no delivery ledger attached (ledger.retention 0)
+                        continue
+        return found
+
     def close(self) -> None:
         """Close every connection this spool opened; idempotent."""
         self._pool.close()

@@ -33,6 +33,7 @@ from traceexport.records.parse import NODE_ROW_REASON, Record, is_node_row, reco
 
 _CHUNK = 1 << 20
 _BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # little-endian, big-endian (UTF-32's start with these too)
 _WHITESPACE = b" \t\n\r\x0b\x0c"
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 # How far from the end of what was read a parse error may be and still mean "read more" (the longest
@@ -88,8 +89,13 @@ def piece_record(piece: Piece, source: str = "", type_name: str | None = None) -
 
 
 def stream_pieces(stream: BinaryIO) -> Iterator[Piece]:
-    """The input cut into pieces of one record each, as it is read (see the module's docstring)."""
+    """The input cut into pieces of one record each, as it is read (see the module's docstring). Input that
+    starts with a UTF-16 byte order mark (what Windows tools write as "Unicode") is one piece saying so."""
     head, eof = _read_head(stream)
+    if head.startswith(_UTF16_BOMS):
+        yield Piece("", RecordError("input is UTF-16 (it starts with a UTF-16 byte order mark), not UTF-8: "
+                                    "save it as UTF-8"))
+        return
     start = head.lstrip(_WHITESPACE)
     if not start:
         return

@@ -1,84 +1,133 @@
 """Replay / backfill from files: JSON, JSON arrays or JSON lines, or Dify's ``ops_trace/{app_id}/*.json`` tree.
 
-:func:`replay_files` lists the input files; :func:`read_file` turns one file into records and one-line
-problems; :class:`Ledger` remembers which record keys were already handed to which sinks, so a second
-run (or a resumed one) does not send them again. Nothing here sends anything: the ``replay`` command
-feeds the records to the pipeline.
+:func:`replay_files` lists the input files (and what in a directory could not be listed); :func:`read_file`
+reads one file as it streams into records and one-line problems; :class:`Ledger` remembers which record
+keys were already handed to which sinks, so a second run (or a resumed one) does not send them again.
+Nothing here sends anything: the ``replay`` command feeds the records to the pipeline.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from traceexport.errors import ConfigError, Problem, RecordError
-from traceexport.records import Record, parse_records
+from traceexport.records import Record
+from traceexport.records.stream import stream_records
+from traceexport.shown import shown
 
 SUFFIXES = frozenset({".json", ".jsonl", ".ndjson"})
 STDIN = "-"
 
 
-def replay_files(paths: Sequence[str | Path]) -> Iterator[Path]:
-    """Every input file: named files as given (``-`` is standard input), directories walked (sorted) for
-    .json/.jsonl/.ndjson files."""
+@dataclass(frozen=True, slots=True)
+class Unlisted:
+    """Something in a directory that the walk could not follow (a directory it may not read, a link to
+    nothing, a link back up the tree) or a directory with no record file: the replay says so. ``lost`` is
+    False where nothing is missed: a link back up the tree (its files are read once, where the walk found
+    them first), a directory with nothing to read."""
+
+    path: Path
+    reason: str
+    lost: bool = True
+
+    def __str__(self) -> str:
+        return f"{shown(self.path)}: {self.reason}"
+
+
+def replay_files(paths: Sequence[str | Path]) -> Iterator[Path | Unlisted]:
+    """Every input file: named files as given (``-`` is standard input), directories walked (sorted, symbolic
+    links followed) for .json/.jsonl/.ndjson files. What a walk cannot read is an :class:`Unlisted`, never
+    skipped in silence."""
     for raw in paths:
         path = Path(raw)
         if str(raw) == STDIN:
             yield path  # standard input, read by read_file
         elif path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+            found = False
+            for item in _walk(path, set()):
+                found = found or isinstance(item, Path)
+                yield item
+            if not found:  # a wrong path, or a tree Dify has emptied: worth a line
+                yield Unlisted(path, "no *.json, *.jsonl or *.ndjson file under it", lost=False)
         else:
             yield path  # a missing file is reported by read_file
 
 
-@dataclass(slots=True)
-class FileResult:
-    """What one input file held: its records, and a one-line reason for each bad part."""
+def _walk(directory: Path, visited: set[tuple[int, int]]) -> Iterator[Path | Unlisted]:
+    """The record files under ``directory``, sorted by name; ``visited`` (device, inode) stops link loops."""
+    try:
+        identity = directory.stat()
+        entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+    except OSError as exc:
+        yield Unlisted(directory, f"cannot list the directory: {exc.strerror or exc}")
+        return
+    visited = visited | {(identity.st_dev, identity.st_ino)}
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            is_dir = entry.is_dir()
+            is_file = not is_dir and entry.is_file()
+        except OSError as exc:
+            yield Unlisted(path, f"cannot read: {exc.strerror or exc}")
+            continue
+        if is_dir:
+            try:
+                target = path.stat()
+            except OSError as exc:
+                yield Unlisted(path, f"cannot read: {exc.strerror or exc}")
+                continue
+            if (target.st_dev, target.st_ino) in visited:
+                yield Unlisted(path, "a link back to a directory above it: not followed (its files are read "
+                               "once, from there)", lost=False)
+            else:
+                yield from _walk(path, visited)
+        elif path.suffix.lower() in SUFFIXES:
+            if is_file:
+                yield path
+            elif entry.is_symlink() and not path.exists():
+                yield Unlisted(path, "a symbolic link to nothing")
 
-    path: Path
-    records: list[Record] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    size: int = 0
 
-    @property
-    def broken(self) -> bool:
-        """True when nothing in the file could be read."""
-        return not self.records and bool(self.problems)
-
-
-def read_file(path: Path, label: str | None = None) -> FileResult:
-    """Read and parse one file; never raises for bad content."""
+def read_file(path: Path, label: str | None = None) -> Iterator[Record | RecordError]:
+    """The records of one file, read as it streams (memory bounded by the largest record, not the file), and
+    a one-line RecordError naming the file (and line or item) for each bad part: a file that cannot be read
+    (or stops being readable part-way), a part that is not JSON or not a record, an empty file. Never raises
+    for bad content."""
     stdin = str(path) == STDIN
     label = label or ("<stdin>" if stdin else str(path))
-    result = FileResult(path)
+    found = False
     try:
-        data = sys.stdin.buffer.read() if stdin else path.read_bytes()
+        opened: nullcontext[BinaryIO] | BinaryIO = nullcontext(sys.stdin.buffer) if stdin else path.open("rb")
+        with opened as stream:
+            for item in stream_records(stream, source=label):
+                found = True
+                yield item
     except OSError as exc:
-        result.problems.append(f"{label}: cannot read: {exc.strerror or exc}")
-        return result
-    result.size = len(data)
-    try:
-        for item in parse_records(data, source=label):
-            if isinstance(item, RecordError):
-                result.problems.append(str(item))
-            else:
-                result.records.append(item)
+        yield RecordError(f"cannot read: {exc.strerror or exc}", source=label)
+        return
     except Exception as exc:  # a parser bug must cost one file, not the replay
-        result.problems.append(f"{label}: could not read ({type(exc).__name__}: {exc})")
-    if not result.records and not result.problems:
-        result.problems.append(f"{label}: no records (empty file)")
-    return result
+        yield RecordError(f"could not read ({type(exc).__name__}: {exc})", source=label)
+        return
+    if not found:
+        yield RecordError("no records (empty file)", source=label)
 
 
 class Ledger:
     """Record keys already handed to each sink, in a small SQLite file beside the spool.
 
-    A key is written only after the pipeline's ``accept`` returned (the record is durable in the spool),
-    so a run interrupted at any point loses nothing: the spool still delivers what the ledger names.
+    Handing a batch over is three steps: :meth:`begin` notes its keys as in hand, the pipeline's ``accept``
+    stores the records durably in the spool (its own database), and :meth:`settle` moves the keys that went
+    in to ``sent``. A run killed between the spool's commit and the ledger's leaves keys in hand: the next
+    run settles them against the spool (:meth:`in_hand`, ``Spool.known_keys``) before reading, so it neither
+    loses them nor sends them twice.
     """
 
     def __init__(self, path: Path) -> None:
@@ -89,6 +138,8 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS sent (sink TEXT NOT NULL, key TEXT NOT NULL, "
                              "at REAL NOT NULL, PRIMARY KEY (sink, key)) WITHOUT ROWID")
+            self._db.execute("CREATE TABLE IF NOT EXISTS in_hand (sink TEXT NOT NULL, key TEXT NOT NULL, "
+                             "PRIMARY KEY (sink, key)) WITHOUT ROWID")
             self._db.commit()
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError([Problem(str(path), f"cannot open the replay ledger: {exc}")],
@@ -102,12 +153,26 @@ class Ledger:
         done = {row[0] for row in rows}
         return [s for s in wanted if s not in done]
 
-    def add(self, keys: Iterable[str], sinks: Iterable[str]) -> None:
-        """Remember that ``keys`` were handed to ``sinks``; committed on return."""
-        now = time.time()
+    def begin(self, keys: Iterable[str], sinks: Iterable[str]) -> None:
+        """Note ``keys`` as being handed to ``sinks`` (before the spool's ``accept``); committed on return."""
         sink_list = list(sinks)
+        self._db.executemany("INSERT OR IGNORE INTO in_hand (sink, key) VALUES (?, ?)",
+                             [(s, k) for k in keys for s in sink_list])
+        self._db.commit()
+
+    def in_hand(self) -> list[str]:
+        """The keys noted by :meth:`begin` and not settled: a run ended between the spool's commit and ours."""
+        return [row[0] for row in self._db.execute("SELECT DISTINCT key FROM in_hand")]
+
+    def settle(self, accepted: Iterable[str]) -> None:
+        """The keys in hand that ``accepted`` names went into the spool: they are sent, to the sinks they were
+        handed to; the others did not and are forgotten (a later run sends them). Committed on return."""
+        went_in = set(accepted)
+        now = time.time()
+        rows = self._db.execute("SELECT sink, key FROM in_hand").fetchall()
         self._db.executemany("INSERT OR IGNORE INTO sent (sink, key, at) VALUES (?, ?, ?)",
-                             [(s, k, now) for k in keys for s in sink_list])
+                             [(sink, key, now) for sink, key in rows if key in went_in])
+        self._db.execute("DELETE FROM in_hand")
         self._db.commit()
 
     def count(self) -> int:
@@ -143,4 +208,4 @@ class ReplayStats:
         return text
 
 
-__all__ = ["STDIN", "SUFFIXES", "FileResult", "Ledger", "ReplayStats", "read_file", "replay_files"]
+__all__ = ["STDIN", "SUFFIXES", "Ledger", "ReplayStats", "Unlisted", "read_file", "replay_files"]

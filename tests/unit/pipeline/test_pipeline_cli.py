@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pipeline_helpers import SAMPLES, ScriptedSink, StandInMapping, fail_first, make_records
 
-from traceexport.cli import main
+from traceexport.cli import build_parser, main
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter
 from traceexport.pipeline.owner import DaemonLock
 from traceexport.pipeline.spool import Spool
@@ -433,6 +433,30 @@ def test_export_exit_zero_when_everything_is_delivered(tmp_path: Path, monkeypat
                  str(SAMPLES / "05-message-chat.json")]) == 0
 
 
+def test_export_reads_its_files_as_they_stream(tmp_path: Path) -> None:
+    """`export`'s inputs hand over records as the files are read, never a whole file in memory (a 57 MB
+    JSON lines file took 500 MB), naming a file that cannot be read in one line and going on."""
+    import tracemalloc
+
+    from traceexport.cli.export_cmd import Inputs
+
+    line = json.dumps(json.loads((SAMPLES / "07-tool-call.json").read_text(encoding="utf-8")))
+    big = tmp_path / "big.jsonl"
+    with big.open("w", encoding="utf-8") as handle:
+        for index in range(3000):
+            handle.write(line.replace("74edd9ad", f"{index:08x}") + "\n")
+    assert big.stat().st_size > 8_000_000
+    inputs = Inputs([str(tmp_path / "missing.json"), str(big)], None)
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in inputs)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (count, inputs.problems) == (3000, 1)
+    assert peak < 4_000_000, peak
+
+
 def test_export_unknown_sink_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An unknown --to sink exits 2 with the list of known sinks, never a traceback."""
     assert main(["export", "--to", "nowhere", "--spool", str(tmp_path), str(SAMPLES / "05-message-chat.json")]) == 2
@@ -555,6 +579,17 @@ def test_every_numeric_flag_is_checked_for_range(argv: list[str], message: str,
         main(argv)
     err = capsys.readouterr().err
     assert exited.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_export_type_that_is_no_record_type_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """`export --type NAME` with a name that is no record type is one usage error naming the known types,
+    exit 2, before any input is read (it was one line per record of the input); a Dify class name is one."""
+    with pytest.raises(SystemExit) as exited:
+        main(["export", "--to", "file", "--type", "nonsense", "-"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "argument --type: unknown record type 'nonsense' (known: workflow, message, tool," in err
+    assert build_parser().parse_args(["export", "--to", "file", "--type", "ToolTraceInfo"]).type_name == "ToolTraceInfo"
 
 
 def test_dlq_commands_name_a_sink_the_spool_never_had(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

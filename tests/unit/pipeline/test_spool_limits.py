@@ -188,6 +188,52 @@ def test_a_batch_larger_than_the_spool_says_which_records_it_stored_before_the_s
     pipe.close()
 
 
+def _padded_batch(count: int) -> list[Record]:
+    """``count`` records of about 200 KB each: a batch of 12 is more than a 1.5 MB spool can ever hold."""
+    padding = "x" * 200_000
+    batch = []
+    for index, record in enumerate(make_records(count, start=100)):
+        record.raw = record.envelope_text()[:-1] + f', "padding": "{padding}{index}"}}'
+        batch.append(record)
+    return batch
+
+
+def test_waiting_for_room_stores_each_record_of_a_batch_once(tmp_path: Path) -> None:
+    """accept_waiting (replay, backfill, export) retries after a full spool with only the records that did
+    not go in: a batch stored a record at a time until the spool filled is delivered once per record (the
+    whole batch used to be sent again, its first records stored twice: 3,000 records replayed into a small
+    spool were delivered 8,041 times)."""
+    sink = ScriptedSink("a")
+    pipe = _pipe(tmp_path, sink, max_bytes=1_500_000)
+    batch = _padded_batch(12)
+    pauses: list[float] = []
+
+    def deliver_meanwhile(seconds: float) -> None:  # while the command waits, delivery makes room
+        if not pauses:
+            pipe.start()
+        pauses.append(seconds)
+        assert wait_for(lambda: pipe.pending().get("a", 0) == 0)
+
+    assert pipe.accept_waiting(batch, sleep=deliver_meanwhile) == []
+    assert pauses
+    assert pipe.flush(10)
+    assert sorted(sink.delivered) == sorted(record.key for record in batch)
+    pipe.close()
+
+
+def test_waiting_for_room_gives_up_after_its_patience_naming_what_went_in(tmp_path: Path) -> None:
+    """With patience, a spool that stays full raises SpoolFullError whose ``stored`` names every record of
+    the call that went in, so a resumable command records those as sent and nothing twice."""
+    pipe = _pipe(tmp_path, ScriptedSink("a"), max_bytes=1_500_000)
+    batch = _padded_batch(12)
+    with pytest.raises(SpoolFullError) as err:
+        pipe.accept_waiting(batch, patience=0.0, sleep=lambda seconds: None)
+    stored = err.value.stored
+    assert stored == list(range(len(stored))) and 0 < len(stored) < len(batch)
+    assert pipe.pending() == {"a": len(stored)}
+    pipe.close()
+
+
 def test_a_sent_batch_whose_outcome_cannot_be_saved_is_saved_later_and_never_sent_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """While committing fails (a full disk), the worker retries the commit with backoff, not the export."""

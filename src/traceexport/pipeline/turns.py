@@ -1,0 +1,62 @@
+"""Turns at delivering: one command at a time delivers from a spool to a sink.
+
+A command that delivers from a spool itself (``export``, ``replay``, ``backfill``, ``audit --fix``, ``dlq
+replay``: no daemon delivers its sinks) holds an flock on ``<spool>/deliver.<sink>.lock`` for each of its
+sinks while its workers run. Two such commands on one spool would otherwise both send everything pending
+for a sink, each record twice; the second one waits for its turn instead, saying for whom. The kernel drops
+a lock when its process ends, even on ``kill -9``, so a stale file never counts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+
+def turn_file(spool_dir: Path, sink: str) -> Path:
+    """The lock file of ``sink``'s turn (sink names are letters, digits, ``_``, ``-`` and ``.``)."""
+    return Path(spool_dir) / f"deliver.{sink}.lock"
+
+
+class DeliveryTurn:
+    """This process's turn at delivering to ``sinks`` from ``spool_dir``: waits (saying so once through
+    ``say``) while another command has it; ``release`` when delivery has stopped."""
+
+    def __init__(self, spool_dir: Path, sinks: Iterable[str], say: Callable[[str], None]) -> None:
+        self._fds: list[int] = []
+        try:
+            for sink in sorted(set(sinks)):  # one order for every process: no two wait for each other
+                self._fds.append(self._take(turn_file(spool_dir, sink), sink, spool_dir, say))
+        except BaseException:
+            self.release()
+            raise
+
+    @staticmethod
+    def _take(path: Path, sink: str, spool_dir: Path, say: Callable[[str], None]) -> int:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                who = f"pid {holder}" if holder.isdigit() else "another command"
+                say(f"waiting for {who}, which is delivering to {sink} from spool {spool_dir}: one command at "
+                    "a time delivers to a sink")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def release(self) -> None:
+        """Give the turn up (idempotent); the files stay, unlocked, and so count for nothing."""
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            os.close(fd)  # closing the only descriptor releases the flock
+
+
+__all__ = ["DeliveryTurn", "turn_file"]

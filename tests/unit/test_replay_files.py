@@ -1,0 +1,208 @@
+"""`traceexport replay`'s inputs: the directory walk, files read as they stream, one line per problem."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from tests.conftest import SAMPLE_FILES, SAMPLES
+
+from traceexport.cli import main
+from traceexport.errors import RecordError
+from traceexport.sources.replay import Unlisted, read_file, replay_files
+
+TOOL = SAMPLES / "07-tool-call.json"
+
+
+def replay(tmp_path: Path, *args: str) -> int:
+    return main(["replay", *args, "--to", "file", "--spool", str(tmp_path / "spool"), "--no-progress",
+                 "--timeout", "60"])
+
+
+def test_an_unreadable_directory_in_the_tree_is_named_not_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A directory the walk may not list is one 'broken file' line naming it, and the replay exits 2; the
+    files beside it are delivered."""
+    tree = tmp_path / "ops_trace"
+    (tree / "app-1").mkdir(parents=True)
+    (tree / "app-2").mkdir()
+    shutil.copy(TOOL, tree / "app-1" / "a.json")
+    shutil.copy(TOOL, tree / "app-2" / "b.json")
+    real_scandir = os.scandir
+
+    def scandir(path: str | os.PathLike[str]) -> object:
+        if Path(path).name == "app-2":
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    assert replay(tmp_path, str(tree)) == 2
+    err = capsys.readouterr().err
+    assert f"broken file: {tree / 'app-2'}: cannot list the directory: Permission denied" in err.splitlines()
+    assert "(1 broken)" in err and "1 sent to the spool" in err
+
+
+def test_linked_directories_are_walked_and_a_loop_is_noted_once(tmp_path: Path) -> None:
+    """A symbolic link to a directory is followed (Python's rglob skips it), a link back up the tree is a
+    note that loses nothing, and a link to nothing is named."""
+    tree, elsewhere = tmp_path / "tree", tmp_path / "elsewhere"
+    tree.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(TOOL, elsewhere / "linked.json")
+    (tree / "app").symlink_to(elsewhere)
+    (tree / "up").symlink_to(tree)
+    (tree / "gone.json").symlink_to(tmp_path / "missing.json")
+    found = list(replay_files([tree]))
+    assert tree / "app" / "linked.json" in found
+    assert Unlisted(tree / "gone.json", "a symbolic link to nothing") in found
+    (loop,) = [item for item in found if isinstance(item, Unlisted) and item.path == tree / "up"]
+    assert not loop.lost
+
+
+def test_a_directory_with_no_record_file_is_noted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A directory holding no *.json/*.jsonl/*.ndjson file (a wrong path, a tree Dify has emptied) gets a note
+    naming it, and the replay exits 0 (it said nothing)."""
+    (tmp_path / "empty" / "app").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("x", encoding="utf-8")
+    assert replay(tmp_path, str(tmp_path / "empty")) == 0
+    err = capsys.readouterr().err
+    assert f"note: {tmp_path / 'empty'}: no *.json, *.jsonl or *.ndjson file under it" in err.splitlines()
+
+
+def test_a_file_is_read_as_it_streams(tmp_path: Path) -> None:
+    """read_file hands over records as it reads: a large JSON lines file never sits in memory whole."""
+    line = json.dumps(json.loads(TOOL.read_text(encoding="utf-8")))
+    big = tmp_path / "big.jsonl"
+    with big.open("w", encoding="utf-8") as handle:
+        for index in range(3000):
+            handle.write(line.replace("74edd9ad", f"{index:08x}") + "\n")
+    assert big.stat().st_size > 8_000_000
+    tracemalloc.start()
+    try:
+        count = sum(1 for item in read_file(big) if not isinstance(item, RecordError))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 3000
+    assert peak < 4_000_000, peak
+
+
+def test_a_file_name_with_a_newline_stays_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken file whose name holds a newline and a byte that is not UTF-8 is reported on one line, the
+    name escaped, and the good file beside it is delivered."""
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    odd = os.fsdecode(os.fsencode(str(folder)) + b"/bad\nname\xff.json")
+    Path(odd).write_text("not json", encoding="utf-8")
+    shutil.copy(TOOL, folder / "good.json")
+    assert replay(tmp_path, str(folder)) == 2
+    err = capsys.readouterr().err
+    assert f"broken file: {folder}/bad\\nname\\xff.json:line 1: not valid JSON" in err
+    assert "1 sent to the spool" in err
+    assert all(line.startswith(("broken file:", "replay:")) for line in err.splitlines())
+
+
+def test_problems_of_a_file_with_good_records_are_bad_records(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad line before and after the good ones is a 'bad record' (not a 'broken file'), each on one line
+    with its line number, and the good records go on."""
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    lines = [json.dumps(json.loads(path.read_text(encoding="utf-8"))) for path in SAMPLE_FILES[:3]]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("\n".join(["nope", *lines, lines[0][:50]]) + "\n", encoding="utf-8")
+    assert replay(tmp_path, str(mixed)) == 2
+    err = capsys.readouterr().err
+    assert f"bad record: {mixed}:line 1: not valid JSON" in err
+    assert f"bad record: {mixed}:line 5: not valid JSON" in err
+    assert "(0 broken), 3 record(s) read, 2 bad" in err and "3 sent to the spool" in err
+
+
+def test_a_dry_run_names_the_file_of_a_record_its_mapping_refuses(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`replay --dry-run` names a record the mapping refuses by its file and key, on one line; the other
+    records are counted."""
+    from unittest.mock import patch
+
+    from traceexport.mapping import Mapping
+
+    real_map = Mapping.map
+
+    def refuse_tools(self: Mapping, record: object) -> object:
+        if getattr(record, "type", None) == "tool":
+            raise RecordError("the otlp mapping failed for tool: boom")
+        return real_map(self, record)
+
+    with patch.object(Mapping, "map", refuse_tools):
+        assert replay(tmp_path, str(SAMPLES), "--dry-run") == 2
+    err = capsys.readouterr().err
+    (line,) = [text for text in err.splitlines() if text.startswith("bad record:")]
+    assert line.startswith(f"bad record: {TOOL}: record tool:") and line.endswith("boom")
+    assert f"{len(SAMPLE_FILES) - 1} would send" in err
+
+
+def test_a_spool_that_stays_full_stops_the_replay_at_its_timeout(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """While the spool stays full (its sink is down) replay waits --timeout, then stops reading with exit 1
+    and says to run it again; what went in is in its ledger, so that run sends none of it twice (it used
+    to wait forever)."""
+    import sqlite3
+
+    padding = "x" * 200_000
+    lines = []
+    for index in range(12):
+        envelope = json.loads(TOOL.read_text(encoding="utf-8"))
+        envelope["trace_info"]["message_id"] = f"{index:08x}-0e1b-4cb9-b5d2-494f70be2dbd"
+        envelope["trace_info"]["padding"] = padding
+        lines.append(json.dumps(envelope))
+    big = tmp_path / "big.jsonl"
+    big.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = tmp_path / "traceexport.yaml"
+    config.write_text("spool:\n  max_bytes: 1500000\nsinks:\n  down:\n    type: otlp\n"
+                      "    endpoint: http://127.0.0.1:1\n", encoding="utf-8")
+    spool = tmp_path / "spool"
+    code = main(["replay", str(big), "--config", str(config), "--spool", str(spool), "--timeout", "1",
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "replay: stopped reading the input after waiting 1s for room: spool" in err
+    with sqlite3.connect(spool / "replay-ledger.sqlite") as ledger, sqlite3.connect(spool / "spool.db") as db:
+        sent = ledger.execute("SELECT count(*) FROM sent").fetchone()[0]
+        kept = db.execute("SELECT count(*), count(DISTINCT key) FROM records").fetchone()
+    assert 0 < sent < 12 and kept == (sent, sent)
+
+
+def test_a_replay_killed_between_the_spool_and_its_ledger_sends_nothing_twice(tmp_path: Path) -> None:
+    """A replay killed after the spool stored a batch but before its ledger noted it: the next run finds
+    those records in the spool, counts them as already sent and delivers each once (it accepted the whole
+    batch again, up to 500 records delivered twice)."""
+    import subprocess
+    import sys
+
+    from tests.support.processes import python_env
+
+    args = ["replay", *map(str, SAMPLE_FILES[:3]), "--to", "file", "--spool", str(tmp_path / "spool"),
+            "--no-progress", "--timeout", "60"]
+    killed = ("import os, sys\n"
+              "from traceexport.sources import replay\n"
+              "def killed(self, accepted):\n"
+              "    os._exit(9)  # as kill -9 would: after the spool's commit, before the ledger's\n"
+              "replay.Ledger.settle = killed\n"
+              "from traceexport.cli import main\n"
+              f"sys.exit(main({args!r}))\n")
+    env = python_env({"TRACEEXPORT_FILE_SINK_DIR": str(tmp_path / "out")})
+    first = subprocess.run([sys.executable, "-c", killed], env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 9, first.stderr
+    again = subprocess.run([sys.executable, "-m", "traceexport", *args], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "3 already sent" in again.stderr and "0 sent to the spool" in again.stderr
+    keys = [json.loads(line)["key"] for line in (tmp_path / "out" / "otlp.jsonl").read_text().splitlines()]
+    assert keys and len(keys) == len(set(keys))
