@@ -29,6 +29,7 @@ from traceexport.errors import ConfigError, Problem
 from traceexport.logs import add_secrets, log_event, secrets_in
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route
 from traceexport.pipeline.owner import DaemonLock
+from traceexport.pipeline.turns import DeliveryTurn
 from traceexport.sources.http import INGEST_PATH, IngestServer, IngestSettings
 
 log = logging.getLogger("traceexport.daemon")
@@ -95,6 +96,7 @@ class Daemon:
         self.console: Any = None  # the ConsoleServer, when console.listen is set
         self.audit: periodic.AuditScheduler | None = None
         self.lock: DaemonLock | None = None
+        self.turns: DeliveryTurn | None = None
         self._stop_requested = threading.Event()
         self._running = False
         self._next_respawn = 0.0
@@ -121,6 +123,8 @@ class Daemon:
         spool_dir = Path(self.config.spool.dir)
         # Held for the daemon's life: one daemon per spool, and other commands see who delivers from it.
         self.lock = DaemonLock(spool_dir, [r.sink.name for r in routes])
+        # and the turns of its sinks: a command delivering to one of them by itself would send what it sends
+        self.turns = DeliveryTurn(spool_dir, [r.sink.name for r in routes], say=None)
         prepare = build_prepare(self.config, self.env)
         env = dict(self.env)  # picklable: a delivery process rebuilds sinks and enricher from config + env
         self.pipeline = Pipeline(spool_dir, routes, pipeline_settings(self.config), prepare=prepare,
@@ -225,6 +229,9 @@ class Daemon:
             if self._running:
                 log_event(log, "serve.stopped", pending_in_spool=pending, requests_cut=cut)
             self._running = False
+        if self.turns is not None:
+            self.turns.release()
+            self.turns = None
         if self.lock is not None:
             self.lock.release()
             self.lock = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from pathlib import Path
@@ -59,3 +60,39 @@ def test_a_file_it_may_not_open_is_named_not_blamed_on_the_listener(tmp_path: Pa
                                "Address already in use")
     other = start_problem(OSError(errno.EMFILE, "Too many open files"), config)
     assert other.render() == "cannot start: Too many open files"
+
+
+def test_it_does_not_start_while_a_command_delivers_to_one_of_its_sinks(tmp_path: Path) -> None:
+    """A command delivering to a sink by itself (export, replay, backfill with no daemon) holds that sink's turn: a
+    daemon started then would send what the command sends, each record twice, so it refuses with one line naming
+    the command's pid, and starts once the turn is free (holding it, so a later command waits)."""
+    from traceexport.pipeline.turns import DeliveryTurn
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    config = Config.model_validate({
+        "spool": {"dir": str(spool), "delivery_process": False},
+        "sinks": {"out": {"type": "file", "path": str(tmp_path / "out")}}, "console": "off"})
+    command = DeliveryTurn(spool, ["out"], say=lambda line: None)
+    daemon = Daemon(config, env={})
+    try:
+        daemon.start()
+    except ConfigError as exc:
+        assert exc.render() == (f"cannot start: spool.dir: pid {os.getpid()} (a traceexport command) is delivering "
+                                f"to out from spool {spool}: let it finish or stop it, then start again")
+    else:
+        raise AssertionError("the daemon started beside a command delivering to its sink")
+    assert daemon.pipeline is None and daemon.lock is None and daemon.turns is None
+    command.release()
+    daemon.start()
+    try:
+        said: list[str] = []
+        waiting = threading.Thread(target=lambda: DeliveryTurn(spool, ["out"], say=said.append).release(),
+                                   daemon=True)
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive() and said and said[0].startswith(f"waiting for pid {os.getpid()}")
+    finally:
+        daemon.stop()
+    waiting.join(10)
+    assert not waiting.is_alive()

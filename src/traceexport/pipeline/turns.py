@@ -3,8 +3,9 @@
 A command that delivers from a spool itself (``export``, ``replay``, ``backfill``, ``audit --fix``, ``dlq
 replay``: no daemon delivers its sinks) holds an flock on ``<spool>/deliver.<sink>.lock`` for each of its
 sinks while its workers run. Two such commands on one spool would otherwise both send everything pending
-for a sink, each record twice; the second one waits for its turn instead, saying for whom. The kernel drops
-a lock when its process ends, even on ``kill -9``, so a stale file never counts.
+for a sink, each record twice; the second one waits for its turn instead, saying for whom. A daemon takes
+the turns of its sinks when it starts and holds them for its life; it does not start while a command has one.
+The kernel drops a lock when its process ends, even on ``kill -9``, so a stale file never counts.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from traceexport.errors import ConfigError, Problem
+
 
 def turn_file(spool_dir: Path, sink: str) -> Path:
     """The lock file of ``sink``'s turn (sink names are letters, digits, ``_``, ``-`` and ``.``)."""
@@ -22,9 +25,10 @@ def turn_file(spool_dir: Path, sink: str) -> Path:
 
 class DeliveryTurn:
     """This process's turn at delivering to ``sinks`` from ``spool_dir``: waits (saying so once through
-    ``say``) while another command has it; ``release`` when delivery has stopped."""
+    ``say``) while another command has it, or, with ``say`` None (the daemon, which must not sit waiting
+    unseen), raises ConfigError naming who has it; ``release`` when delivery has stopped."""
 
-    def __init__(self, spool_dir: Path, sinks: Iterable[str], say: Callable[[str], None]) -> None:
+    def __init__(self, spool_dir: Path, sinks: Iterable[str], say: Callable[[str], None] | None) -> None:
         self._fds: list[int] = []
         try:
             for sink in sorted(set(sinks)):  # one order for every process: no two wait for each other
@@ -34,7 +38,7 @@ class DeliveryTurn:
             raise
 
     @staticmethod
-    def _take(path: Path, sink: str, spool_dir: Path, say: Callable[[str], None]) -> int:
+    def _take(path: Path, sink: str, spool_dir: Path, say: Callable[[str], None] | None) -> int:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             try:
@@ -42,6 +46,11 @@ class DeliveryTurn:
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
                 who = f"pid {holder}" if holder.isdigit() else "another command"
+                if say is None:
+                    raise ConfigError([Problem("spool.dir", f"{who} (a traceexport command) is delivering to "
+                                                            f"{sink} from spool {spool_dir}: let it finish or stop "
+                                                            "it, then start again")],
+                                      title="cannot start") from None
                 say(f"waiting for {who}, which is delivering to {sink} from spool {spool_dir}: one command at "
                     "a time delivers to a sink")
                 fcntl.flock(fd, fcntl.LOCK_EX)
