@@ -194,6 +194,25 @@ def test_token_is_required_when_configured(pipeline: StandIn) -> None:
     assert right.status_code == 202
 
 
+def test_without_a_token_a_web_page_cannot_post_records(server: IngestServer, pipeline: StandIn) -> None:
+    """A page the operator opens can POST to a tokenless loopback listener without a preflight (a body with no
+    Content-Type), cross-site or after DNS rebinding; browsers always add Origin to a POST and programs do not:
+    such a post is 403 and nothing is stored. With a token, the token decides."""
+    for origin in ("https://elsewhere.example", "null", f"http://127.0.0.1:{server.address[1]}"):
+        answer = httpx.post(url(server), content=json.dumps(sample("05-message-chat.json")), timeout=10,
+                            headers={"Origin": origin})
+        assert answer.status_code == 403 and "sources.http.token" in answer.json()["error"], origin
+    assert not pipeline.records
+    assert httpx.post(url(server), content=json.dumps(sample("05-message-chat.json")), timeout=10).status_code == 202
+    guarded = start(pipeline, token=TOKEN)
+    try:
+        answer = post(guarded, sample("05-message-chat.json"),
+                      headers={"Origin": "https://traces.example", "Authorization": f"Bearer {TOKEN}"})
+    finally:
+        guarded.stop(1.0)
+    assert answer.status_code == 202
+
+
 def test_spool_full_is_503_with_retry_after(server: IngestServer, pipeline: StandIn) -> None:
     """Back-pressure from the spool becomes 503 with a Retry-After in whole seconds."""
     pipeline.error = SpoolFullError("spool is full", retry_after=2.5)

@@ -202,6 +202,13 @@ class _Handler(JsonRequestHandler):
             self.close_connection = True
             self._error(503, "shutting down; retry shortly", {"Retry-After": "5"})
             return
+        if not ingest.settings.token and self.headers.get("Origin") is not None:
+            # Browsers send Origin with every POST, same-site, cross-site or after DNS rebinding; programs
+            # (Dify's hook, Celery, curl) do not. A tokenless listener would take any web page's records.
+            self.close_connection = True
+            self._error(403, "records from a web page (the request carries Origin) are not taken without a "
+                             "token: set sources.http.token to post from a browser")
+            return
         if not self._authorised(ingest.settings.token):
             self.close_connection = True
             self._error(401, "missing or wrong bearer token", BEARER_CHALLENGE)
