@@ -46,6 +46,7 @@ def test_dlq_ids_beyond_64_bits_are_unknown_ids_not_a_traceback(tmp_path: Path,
     """`dlq show` and `dlq replay` take an id SQLite cannot hold as any unknown id; text that is no id is a usage
     error; the storage functions find nothing for such ids (and a purge by them deletes nothing)."""
     _spool_with_dead_letters(tmp_path, 2)
+    capsys.readouterr()  # what making them logged (the dead-letter summary), not what the commands say
     huge = str(10**23)
     for entry_id in (huge, "-5", "0"):
         assert main(["dlq", "show", "--spool", str(tmp_path), entry_id]) == 2
