@@ -38,6 +38,9 @@ PIPELINE_STOP_TIMEOUT = 15.0
 STOP_MARGIN = 1.0
 DUPLICATE_SIGNAL_WINDOW = 1.0  # seconds within which a second SIGTERM/SIGINT repeats the first
 MIN_STEP = 0.2
+SUPERVISE_EVERY = 0.5  # seconds between the daemon's looks at its delivery process
+DELIVERY_STABLE_AFTER = 30.0  # a delivery process that ran this long before exiting is restarted at once
+DELIVERY_BACKOFF_MAX = 60.0  # the longest wait before restarting one that keeps exiting right after its start
 
 
 def pipeline_settings(config: Config) -> PipelineSettings:
@@ -133,6 +136,7 @@ class Daemon:
                                      ready=self.not_ready_reason, metrics_text=self.metrics_text)
         self.console = self._console(self.pipeline)
         self.pipeline.start()
+        self._delivery_started_at = time.monotonic()
         self._running = True
         self.audit = self._audit(self.pipeline)
         if self.config.sources.celery is not None:
@@ -236,13 +240,36 @@ class Daemon:
         try:
             self.start()
             print(self.banner(), file=sys.stderr, flush=True)
-            self._stop_requested.wait()
+            while not self._stop_requested.wait(SUPERVISE_EVERY):
+                self._replace_exited_delivery()
             log_event(log, "serve.stopping")
         finally:
             self.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 0
+
+    _delivery_started_at = 0.0
+    _delivery_backoff = 0.0
+
+    def _replace_exited_delivery(self) -> None:
+        """Start a new delivery process when the one running exited on its own (the OOM killer, a crash): else
+        the daemon would go on answering 202 while nothing delivers. One that keeps dying right after its start
+        is started again after a wait doubling up to :data:`DELIVERY_BACKOFF_MAX`."""
+        delivery = self.pipeline.delivery if self.pipeline is not None else None
+        if delivery is None or not self._running or delivery.alive():
+            return
+        now = time.monotonic()
+        if now - self._delivery_started_at < self._delivery_backoff:
+            return
+        code = delivery.replace_if_exited()
+        if code is None:
+            return
+        quick = now - self._delivery_started_at < DELIVERY_STABLE_AFTER
+        self._delivery_backoff = min(max(self._delivery_backoff * 2, 1.0), DELIVERY_BACKOFF_MAX) if quick else 0.0
+        self._delivery_started_at = now
+        log_event(log, "delivery.restarted", logging.ERROR, exitcode=code, pid=delivery.pid,
+                  hint="the delivery process exited on its own; a new one resumes from the spool")
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         now = time.monotonic()

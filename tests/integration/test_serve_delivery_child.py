@@ -180,3 +180,23 @@ def test_the_child_s_log_lines_are_json_and_masked_like_the_daemon_s(tmp_path: P
     retries = [json.loads(line) for line in lines if "after a failed attempt" in line]
     assert len(retries) >= 2 and all(r["level"] == "warning" for r in retries)
     assert TOKEN not in served.log(), "the ingest token reached the log"
+
+
+def test_a_delivery_child_killed_on_its_own_is_replaced_and_what_was_accepted_meanwhile_is_delivered(
+        tmp_path: Path) -> None:
+    """``kill -9`` of the delivery child alone (the OOM killer's pick): the daemon logs it, starts a new child
+    within seconds, and a record accepted after the kill reaches the sink without a restart of the daemon."""
+    with Served(tmp_path, _file_config(tmp_path)) as served:
+        (child,) = _delivery_children(served.proc.pid)
+        assert served.post(_message(1)).status_code == 202
+        wait_until(lambda: served.metric("traceexport_records_exported_total", "out") == 1, timeout=30,
+                   what="the first record delivered")
+        os.kill(child, signal.SIGKILL)
+        wait_until(lambda: _gone(child), timeout=10, what="the child killed")
+        assert served.post(_message(2)).status_code == 202
+        wait_until(lambda: served.metric("traceexport_records_exported_total", "out") == 2, timeout=30,
+                   what="the record accepted after the kill delivered by a new child")
+        (replacement,) = _delivery_children(served.proc.pid)
+        assert replacement != child
+        assert httpx.get(f"{served.base}/readyz", timeout=10).status_code == 200
+        assert "delivery.restarted" in served.log()

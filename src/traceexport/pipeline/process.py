@@ -147,6 +147,21 @@ class DeliveryProcess:
         """True while the child runs."""
         return self._process is not None and self._process.is_alive()
 
+    def replace_if_exited(self) -> int | None:
+        """Start a new child in place of one that exited on its own (killed, crashed); the old one's exit code,
+        or None when the child runs (or was never started). The new child resumes from the spool: the batch the
+        old one had in flight is sent again, as after a ``kill -9`` of the daemon."""
+        old = self._process
+        if old is None or old.is_alive():
+            return None
+        old.join(0)  # reap it
+        code = old.exitcode
+        atexit.unregister(self._hang_up)
+        self._hang_up()
+        self._process = None
+        self.start()
+        return code if code is not None else -1
+
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the child to finish its current batches and exit; kill it past ``timeout``."""
         if self._process is None:
