@@ -44,11 +44,14 @@ from pathlib import Path
 
 from traceexport.errors import ConfigError, DiskFullError, RecordTooLargeError, SpoolFullError, SpoolUnavailableError
 from traceexport.pipeline.capacity import (
-    DISK_READY_BYTES,
     SHM_BYTES,
+    delivery_reserve,
     disk_full_cause,
+    disk_shortfall,
+    disk_size_bytes,
     file_size,
     free_disk_bytes,
+    margin_bytes,
     sidecar,
     wal_budget,
 )
@@ -152,7 +155,7 @@ class Spool:
         create_ledger(self.conn())  # both IF NOT EXISTS: also brings older spools up to date
         self._upgrade()
         self.page_size = int(self.conn().execute("PRAGMA page_size").fetchone()[0])
-        self.wal_budget = wal_budget(self.settings.max_bytes, self.page_size)
+        self.wal_budget = wal_budget(self.settings.max_bytes, self.page_size, disk_size_bytes(self.dir))
         # Pages no record can use: one per table and index, plus the schema's own.
         objects = int(self.conn().execute("SELECT count(*) FROM sqlite_master").fetchone()[0])
         self.fixed_bytes = (objects + 1) * self.page_size
@@ -318,6 +321,21 @@ class Spool:
         wal = file_size(sidecar(self.path, "-wal"))
         return self._pages_in_use(conn) + max(wal, self.wal_budget) + SHM_BYTES
 
+    def _disk_short_of(self, conn: sqlite3.Connection, incoming: int) -> int:
+        """Bytes the spool's filesystem lacks to take ``incoming`` bytes of records and keep delivery's reserve
+        (:func:`traceexport.pipeline.capacity.delivery_reserve`) free; 0 when it has room."""
+        free_pages = int(conn.execute("PRAGMA freelist_count").fetchone()[0]) * self.page_size
+        pages = int(conn.execute("PRAGMA page_count").fetchone()[0]) * self.page_size
+        ledger_rows = 0
+        if self.settings.ledger_retention > 0:
+            held = conn.execute("SELECT ifnull(max(seq) - min(seq) + 1, 0) FROM records").fetchone()[0]
+            sinks = conn.execute("SELECT count(*) FROM sinks").fetchone()[0]
+            ledger_rows = int(held) * int(sinks)
+        wal = file_size(sidecar(self.path, "-wal"))
+        log_growth = max(self.wal_budget + margin_bytes(self.page_size) - wal, 0)
+        reserve = delivery_reserve(max(pages - file_size(self.path), 0), ledger_rows, log_growth)
+        return disk_shortfall(free_disk_bytes(self.dir), free_pages, incoming, reserve)
+
     def record_room(self) -> int:
         """The most bytes of records this spool could ever hold at once (an empty spool's room)."""
         return self.settings.max_bytes - self.wal_budget - SHM_BYTES - self.fixed_bytes
@@ -379,6 +397,12 @@ class Spool:
 
     def _insert(self, rows: Sequence[SpoolRow], incoming: int, now: float) -> None:
         with self.transaction() as conn:
+            short = self._disk_short_of(conn, incoming)
+            if short:
+                raise DiskFullError(f"the disk holding spool {self.dir} is nearly full: {short} bytes more are "
+                                    "needed to take these records and keep the room delivery needs to go on; "
+                                    "retry later, or free space there (or lower spool.max_bytes to fit the disk)",
+                                    retry_after=self.settings.full_retry_after)
             over = self._reserved_bytes(conn) + incoming - self.settings.max_bytes
             if over > 0:
                 if self.settings.on_full != "drop_oldest":
@@ -479,15 +503,15 @@ class Spool:
         """Why ingest would be refused now, or None; cheap enough for a readiness probe.
 
         A full disk stays the reason until a write succeeds or the filesystem (with the spool's free
-        pages) has :data:`DISK_READY_BYTES` and the refused request's size free again. With on_full=refuse,
-        a spool with less room than the last refused request (or a small one) is full.
+        pages) can take the refused request again while keeping the room delivery needs
+        (:meth:`_disk_short_of`). With on_full=refuse, a spool with less room than the last refused request
+        (or a small one) is full.
         """
         refusal = self._refusal
         conn = self.conn()
         self.checkpoint_if_large()  # a log left large (no write since, or readers then) is no reason
         if refusal is not None and refusal.disk:
-            free_pages = int(conn.execute("PRAGMA freelist_count").fetchone()[0]) * self.page_size
-            if free_disk_bytes(self.dir) + free_pages < max(DISK_READY_BYTES, refusal.need):
+            if self._disk_short_of(conn, refusal.need):
                 return refusal.reason
             self._refusal = refusal = None
         if self.settings.on_full == "drop_oldest":
