@@ -91,12 +91,13 @@ def on_disk_bytes(db_path: Path) -> int:
     return sum(file_size(p) for p in (db_path, sidecar(db_path, "-wal"), sidecar(db_path, "-shm")))
 
 
-def free_disk_bytes(directory: Path) -> int:
-    """Bytes an unprivileged writer may still use on the filesystem holding ``directory``."""
+def free_disk_bytes(directory: Path, unknown: int = 0) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem holding ``directory`` (``unknown`` when
+    the filesystem cannot tell)."""
     try:
         stat = os.statvfs(directory)
     except OSError:
-        return 0
+        return unknown
     return int(stat.f_bavail * stat.f_frsize)
 
 

@@ -79,6 +79,8 @@ _READY_ROOM = 16 * 1024
 _CHECKPOINT_WAIT_MS = 200
 # How often a write gives its lock back to truncate a log over its budget before it writes on anyway.
 _BUDGET_TRIES = 3
+# Retries counted for the ledger rows delivery will write (a bound on what each accept reads of that table).
+_RETRIES_COUNTED = 65_536
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records(
@@ -323,18 +325,23 @@ class Spool:
 
     def _disk_short_of(self, conn: sqlite3.Connection, incoming: int) -> int:
         """Bytes the spool's filesystem lacks to take ``incoming`` bytes of records and keep delivery's reserve
-        (:func:`traceexport.pipeline.capacity.delivery_reserve`) free; 0 when it has room."""
+        (:func:`traceexport.pipeline.capacity.delivery_reserve`) free; 0 when it has room, or when the
+        filesystem cannot tell its free space (a real full disk is still caught as SQLite's error)."""
+        free_disk = free_disk_bytes(self.dir, unknown=-1)
+        if free_disk < 0:
+            return 0
         free_pages = int(conn.execute("PRAGMA freelist_count").fetchone()[0]) * self.page_size
         pages = int(conn.execute("PRAGMA page_count").fetchone()[0]) * self.page_size
         ledger_rows = 0
-        if self.settings.ledger_retention > 0:
-            held = conn.execute("SELECT ifnull(max(seq) - min(seq) + 1, 0) FROM records").fetchone()[0]
-            sinks = conn.execute("SELECT count(*) FROM sinks").fetchone()[0]
-            ledger_rows = int(held) * int(sinks)
+        if self.settings.ledger_retention > 0:  # each sink's fresh range, and its retries (counted up to a bound)
+            fresh = conn.execute("SELECT ifnull(sum(max(last_seq - cursor, 0)), 0) FROM sinks").fetchone()[0]
+            retries = conn.execute("SELECT count(*) FROM (SELECT 1 FROM retries LIMIT ?)",
+                                   (_RETRIES_COUNTED,)).fetchone()[0]
+            ledger_rows = int(fresh) + int(retries)
         wal = file_size(sidecar(self.path, "-wal"))
         log_growth = max(self.wal_budget + margin_bytes(self.page_size) - wal, 0)
         reserve = delivery_reserve(max(pages - file_size(self.path), 0), ledger_rows, log_growth)
-        return disk_shortfall(free_disk_bytes(self.dir), free_pages, incoming, reserve)
+        return disk_shortfall(free_disk, free_pages, incoming, reserve)
 
     def record_room(self) -> int:
         """The most bytes of records this spool could ever hold at once (an empty spool's room)."""

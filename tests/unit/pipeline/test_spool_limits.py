@@ -264,7 +264,8 @@ def test_a_full_disk_is_a_retryable_refusal_that_readiness_reports_until_a_write
         yield spool.conn()
 
     monkeypatch.setattr(spool, "write", full)
-    monkeypatch.setattr("traceexport.pipeline.spool.free_disk_bytes", lambda directory: 0, raising=False)
+    monkeypatch.setattr("traceexport.pipeline.spool.free_disk_bytes", lambda directory, unknown=0: 0,
+                        raising=False)
     with pytest.raises(DiskFullError) as err:
         pipe.accept(make_records(1))
     assert err.value.retry_after == 7.0 and "disk" in str(err.value)
