@@ -205,3 +205,31 @@ def test_an_outcome_whose_ledger_part_the_full_disk_refused_is_saved_again_witho
     assert state() == (19, 1, 1, 19)
     assert conn.execute("SELECT cursor FROM sinks WHERE name = 'out'").fetchone()[0] == items[-1].seq
     spool.close()
+
+
+def test_a_spool_that_fills_its_own_disk_still_delivers_everything_once_the_backend_is_back(
+        tmp_path: Path, tiny_disk: Path, receiver: SwitchableOtlp) -> None:
+    """The spool itself fills the disk (max_bytes above the disk's size) while the backend is down: ingest gets
+    503 + Retry-After, and once the backend is back every accepted record is delivered without freeing a byte
+    (delivery's commits and checkpoints keep the room they need)."""
+    receiver.down = True
+    served = Served(tmp_path, config(tiny_disk / "spool", receiver.traces_url, max_bytes="1GiB"))
+    try:
+        accepted, batch = 0, 0
+        while True:
+            lines = b"\n".join(json.dumps(message(batch * 50 + i)).encode() for i in range(50))
+            response = served.post(lines, content_type="application/x-ndjson")
+            batch += 1
+            if response.status_code != 202:
+                break
+            accepted += 50
+        assert response.status_code == 503 and "disk" in response.json()["error"], response.text
+        accepted += response.json().get("accepted", 0)
+        receiver.down = False
+        wait_until(lambda: served.metric("traceexport_records_exported_total", "out") == accepted, timeout=90,
+                   what=f"all {accepted} accepted records exported from a spool that filled its disk")
+        wait_until(lambda: readyz(served).status_code == 200, timeout=30, what="ready again once delivered")
+        assert served.post(message(10**6)).status_code == 202
+    finally:
+        assert served.stop() == 0
+    assert "Traceback" not in served.log()

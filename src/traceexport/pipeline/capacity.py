@@ -24,15 +24,48 @@ WAL_BUDGET_MAX = 32 * 1024**2
 SHM_BYTES = 32 * 1024
 # Pages one write transaction adds to the log (records in and out, their tree, sinks, counters, free list).
 TRANSACTION_PAGES = 16
-# A filesystem with less free space than this (spool free pages included) is still "full" for readiness.
-DISK_READY_BYTES = 1024**2
+# A delivery ledger row on disk (about 81 bytes with its index) and its share of the ledger's log, rounded up.
+LEDGER_ROW_BYTES = 128
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 
 
-def wal_budget(max_bytes: int, page_size: int) -> int:
+def wal_budget(max_bytes: int, page_size: int, disk_bytes: int = 0) -> int:
     """Bytes the write-ahead log may reach before it is checkpointed and truncated: 1/8 of the limit,
-    at least 4 pages, at most :data:`WAL_BUDGET_MAX`."""
-    return max(min(max_bytes // 8, WAL_BUDGET_MAX), 4 * page_size)
+    at least 4 pages, at most :data:`WAL_BUDGET_MAX`, and at most 1/16 of the filesystem's size
+    (``disk_bytes``, when known): a log a checkpoint could never copy into the database for want of room
+    would keep every record in it and the spool could no longer save a delivery once the disk filled."""
+    budget = min(max_bytes // 8, WAL_BUDGET_MAX)
+    if disk_bytes > 0:
+        budget = min(budget, disk_bytes // 16)
+    return max(budget, 4 * page_size)
+
+
+def disk_size_bytes(directory: Path) -> int:
+    """The size of the filesystem holding ``directory`` in bytes (0 when it cannot be told)."""
+    try:
+        stat = os.statvfs(directory)
+    except OSError:
+        return 0
+    return int(stat.f_blocks * stat.f_frsize)
+
+
+def delivery_reserve(checkpoint_growth: int, ledger_rows: int, log_growth: int) -> int:
+    """Bytes of the spool's filesystem that ingest leaves free so delivery can always commit.
+
+    A spool allowed more than its disk holds would otherwise fill the disk with pending records, and then
+    no outcome could be saved (pages the log holds past the database's end need room to be checkpointed, the
+    log and the ledger grow with each delivery): delivery would stall for good, the backend up or not. Kept
+    free: what a checkpoint of the log as it is now adds to the database (``checkpoint_growth``), a ledger row
+    for each record and sink still owed (``ledger_rows``), and what the log may still grow by before it is
+    cut back to its budget (``log_growth``).
+    """
+    return checkpoint_growth + ledger_rows * LEDGER_ROW_BYTES + log_growth
+
+
+def disk_shortfall(free_disk: int, free_pages: int, incoming: int, reserve: int) -> int:
+    """Bytes the filesystem lacks to take ``incoming`` bytes of records and still keep ``reserve`` free (0: it
+    has room); records that fit in the database's free pages take none of it."""
+    return max(max(incoming - free_pages, 0) + reserve - free_disk, 0)
 
 
 def margin_bytes(page_size: int) -> int:
@@ -58,12 +91,13 @@ def on_disk_bytes(db_path: Path) -> int:
     return sum(file_size(p) for p in (db_path, sidecar(db_path, "-wal"), sidecar(db_path, "-shm")))
 
 
-def free_disk_bytes(directory: Path) -> int:
-    """Bytes an unprivileged writer may still use on the filesystem holding ``directory``."""
+def free_disk_bytes(directory: Path, unknown: int = 0) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem holding ``directory`` (``unknown`` when
+    the filesystem cannot tell)."""
     try:
         stat = os.statvfs(directory)
     except OSError:
-        return 0
+        return unknown
     return int(stat.f_bavail * stat.f_frsize)
 
 

@@ -44,11 +44,14 @@ from pathlib import Path
 
 from traceexport.errors import ConfigError, DiskFullError, RecordTooLargeError, SpoolFullError, SpoolUnavailableError
 from traceexport.pipeline.capacity import (
-    DISK_READY_BYTES,
     SHM_BYTES,
+    delivery_reserve,
     disk_full_cause,
+    disk_shortfall,
+    disk_size_bytes,
     file_size,
     free_disk_bytes,
+    margin_bytes,
     sidecar,
     wal_budget,
 )
@@ -76,6 +79,8 @@ _READY_ROOM = 16 * 1024
 _CHECKPOINT_WAIT_MS = 200
 # How often a write gives its lock back to truncate a log over its budget before it writes on anyway.
 _BUDGET_TRIES = 3
+# Retries counted for the ledger rows delivery will write (a bound on what each accept reads of that table).
+_RETRIES_COUNTED = 65_536
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records(
@@ -152,7 +157,7 @@ class Spool:
         create_ledger(self.conn())  # both IF NOT EXISTS: also brings older spools up to date
         self._upgrade()
         self.page_size = int(self.conn().execute("PRAGMA page_size").fetchone()[0])
-        self.wal_budget = wal_budget(self.settings.max_bytes, self.page_size)
+        self.wal_budget = wal_budget(self.settings.max_bytes, self.page_size, disk_size_bytes(self.dir))
         # Pages no record can use: one per table and index, plus the schema's own.
         objects = int(self.conn().execute("SELECT count(*) FROM sqlite_master").fetchone()[0])
         self.fixed_bytes = (objects + 1) * self.page_size
@@ -344,6 +349,26 @@ class Spool:
         wal = file_size(sidecar(self.path, "-wal"))
         return self._pages_in_use(conn) + max(wal, self.wal_budget) + SHM_BYTES
 
+    def _disk_short_of(self, conn: sqlite3.Connection, incoming: int) -> int:
+        """Bytes the spool's filesystem lacks to take ``incoming`` bytes of records and keep delivery's reserve
+        (:func:`traceexport.pipeline.capacity.delivery_reserve`) free; 0 when it has room, or when the
+        filesystem cannot tell its free space (a real full disk is still caught as SQLite's error)."""
+        free_disk = free_disk_bytes(self.dir, unknown=-1)
+        if free_disk < 0:
+            return 0
+        free_pages = int(conn.execute("PRAGMA freelist_count").fetchone()[0]) * self.page_size
+        pages = int(conn.execute("PRAGMA page_count").fetchone()[0]) * self.page_size
+        ledger_rows = 0
+        if self.settings.ledger_retention > 0:  # each sink's fresh range, and its retries (counted up to a bound)
+            fresh = conn.execute("SELECT ifnull(sum(max(last_seq - cursor, 0)), 0) FROM sinks").fetchone()[0]
+            retries = conn.execute("SELECT count(*) FROM (SELECT 1 FROM retries LIMIT ?)",
+                                   (_RETRIES_COUNTED,)).fetchone()[0]
+            ledger_rows = int(fresh) + int(retries)
+        wal = file_size(sidecar(self.path, "-wal"))
+        log_growth = max(self.wal_budget + margin_bytes(self.page_size) - wal, 0)
+        reserve = delivery_reserve(max(pages - file_size(self.path), 0), ledger_rows, log_growth)
+        return disk_shortfall(free_disk, free_pages, incoming, reserve)
+
     def record_room(self) -> int:
         """The most bytes of records this spool could ever hold at once (an empty spool's room)."""
         return self.settings.max_bytes - self.wal_budget - SHM_BYTES - self.fixed_bytes
@@ -405,6 +430,12 @@ class Spool:
 
     def _insert(self, rows: Sequence[SpoolRow], incoming: int, now: float) -> None:
         with self.transaction() as conn:
+            short = self._disk_short_of(conn, incoming)
+            if short:
+                raise DiskFullError(f"the disk holding spool {self.dir} is nearly full: {short} bytes more are "
+                                    "needed to take these records and keep the room delivery needs to go on; "
+                                    "retry later, or free space there (or lower spool.max_bytes to fit the disk)",
+                                    retry_after=self.settings.full_retry_after)
             over = self._reserved_bytes(conn) + incoming - self.settings.max_bytes
             if over > 0:
                 if self.settings.on_full != "drop_oldest":
@@ -505,15 +536,15 @@ class Spool:
         """Why ingest would be refused now, or None; cheap enough for a readiness probe.
 
         A full disk stays the reason until a write succeeds or the filesystem (with the spool's free
-        pages) has :data:`DISK_READY_BYTES` and the refused request's size free again. With on_full=refuse,
-        a spool with less room than the last refused request (or a small one) is full.
+        pages) can take the refused request again while keeping the room delivery needs
+        (:meth:`_disk_short_of`). With on_full=refuse, a spool with less room than the last refused request
+        (or a small one) is full.
         """
         refusal = self._refusal
         conn = self.conn()
         self.checkpoint_if_large()  # a log left large (no write since, or readers then) is no reason
         if refusal is not None and refusal.disk:
-            free_pages = int(conn.execute("PRAGMA freelist_count").fetchone()[0]) * self.page_size
-            if free_disk_bytes(self.dir) + free_pages < max(DISK_READY_BYTES, refusal.need):
+            if self._disk_short_of(conn, refusal.need):
                 return refusal.reason
             self._refusal = refusal = None
         if self.settings.on_full == "drop_oldest":

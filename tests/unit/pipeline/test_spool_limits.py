@@ -16,7 +16,16 @@ from pipeline_helpers import ScriptedSink, StandInMapping, fail_first, make_reco
 from traceexport.errors import DiskFullError, RecordTooLargeError, SpoolFullError
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route
 from traceexport.pipeline import spool as spool_module
-from traceexport.pipeline.capacity import file_size, margin_bytes, on_disk_bytes, sidecar
+from traceexport.pipeline.capacity import (
+    LEDGER_ROW_BYTES,
+    delivery_reserve,
+    disk_shortfall,
+    file_size,
+    margin_bytes,
+    on_disk_bytes,
+    sidecar,
+    wal_budget,
+)
 from traceexport.pipeline.queue import Outcome
 from traceexport.records import Record
 from traceexport.sinks.base import ExportResult, ItemFailure, Payload
@@ -301,7 +310,8 @@ def test_a_full_disk_is_a_retryable_refusal_that_readiness_reports_until_a_write
         yield spool.conn()
 
     monkeypatch.setattr(spool, "write", full)
-    monkeypatch.setattr("traceexport.pipeline.spool.free_disk_bytes", lambda directory: 0, raising=False)
+    monkeypatch.setattr("traceexport.pipeline.spool.free_disk_bytes", lambda directory, unknown=0: 0,
+                        raising=False)
     with pytest.raises(DiskFullError) as err:
         pipe.accept(make_records(1))
     assert err.value.retry_after == 7.0 and "disk" in str(err.value)
@@ -326,3 +336,21 @@ def test_readiness_reports_a_spool_at_its_limit_until_delivery_makes_room(tmp_pa
     pipe.start()
     assert wait_for(lambda: pipe.spool.refusal() is None, timeout=30)
     pipe.close()
+
+
+def test_the_log_s_budget_is_a_sixteenth_of_a_disk_smaller_than_the_spool_limit() -> None:
+    """A 1 GiB spool on an 8 MiB filesystem checkpoints its log past 512 KiB, not past 32 MiB: a log larger
+    than the disk's free room could never be copied into the database, and every record would stay in it."""
+    page = 32 * 1024
+    assert wal_budget(1024**3, page) == 32 * 1024**2
+    assert wal_budget(1024**3, page, 8 * 1024**2) == 512 * 1024
+    assert wal_budget(1024**3, page, 1024**2) == 4 * page  # never under four pages
+
+
+def test_ingest_keeps_the_room_delivery_needs_free_on_the_disk() -> None:
+    """Records that fit in the database's free pages take no disk; others must leave the reserve free."""
+    reserve = delivery_reserve(checkpoint_growth=100, ledger_rows=2, log_growth=50)
+    assert reserve == 100 + 2 * LEDGER_ROW_BYTES + 50
+    assert disk_shortfall(free_disk=reserve, free_pages=1000, incoming=1000, reserve=reserve) == 0
+    assert disk_shortfall(free_disk=reserve, free_pages=400, incoming=1000, reserve=reserve) == 600
+    assert disk_shortfall(free_disk=reserve - 1, free_pages=0, incoming=0, reserve=reserve) == 1
