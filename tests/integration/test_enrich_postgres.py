@@ -20,7 +20,7 @@ from tests.support.postgres_server import (
     running_or_skip,
 )
 
-from traceexport.enrich import ENV_DATABASE_URL, build_enricher, enrich_settings
+from traceexport.enrich import ENV_DATABASE_URL, build_enricher, enrich_settings, postgres
 from traceexport.enrich.postgres import PostgresEnricher, enriched
 from traceexport.errors import ConfigError
 from traceexport.records import Record, record_from_obj
@@ -248,6 +248,30 @@ def test_a_batch_reads_its_runs_in_one_query(db: PostgresServer) -> None:
     assert records[1].data["derived"]["nodes"] == lone.data["derived"]["nodes"]
     assert {n["id"] for n in records[2].data["derived"]["nodes"]}.isdisjoint(
         n["id"] for n in records[1].data["derived"]["nodes"])
+
+
+@pytest.mark.integration
+def test_the_cache_holds_a_bounded_number_of_nodes(db: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node lists kept for the other sinks are bounded by their nodes, not only by their runs (a run of a
+    long agent has thousands): past the bound the oldest run's nodes are read again, the newest are not."""
+    monkeypatch.setattr(postgres, "_CACHE_NODES", 12)  # two runs of the sample's five nodes, not three
+    rows, records = [], []
+    for _ in range(3):
+        run_id = str(uuid.uuid4())
+        rows += [r | {"id": str(uuid.uuid4()), "workflow_run_id": run_id} for r in _sample_rows()]
+        record = _sample_record()
+        record.data["workflow_run_id"] = run_id
+        records.append(record)
+    with db.admin() as conn:
+        insert_rows(conn, rows)
+    enricher = _enricher(db.url(), FakeClock(), records[0])
+    assert all(enricher(record) is None for record in records) and enricher.metrics()["queries"] == 3
+    newest, oldest = _sample_record(), _sample_record()
+    newest.data["workflow_run_id"] = records[2].data["workflow_run_id"]
+    oldest.data["workflow_run_id"] = records[0].data["workflow_run_id"]
+    assert enricher(newest) is None and enricher.metrics()["queries"] == 3
+    assert enricher(oldest) is None and enricher.metrics()["queries"] == 4
+    assert len(oldest.data["derived"]["nodes"]) == 5
 
 
 @pytest.mark.integration

@@ -5,6 +5,11 @@ records, and a tool record per tool an agent message used). A page's few related
 messages of chatflow runs, node outputs for the token split, files, agent thoughts, conversation modes,
 tenants) are fetched by id for the whole page, so each page costs a fixed number of queries whatever its
 size, and memory holds one page.
+
+A page of workflow runs is also bounded by the node rows its runs have (which the backfill reads for them
+next: a run of a long agent or iteration has thousands): the runs read at once are split into pages that
+stay within ``page_nodes`` node rows and ``page_node_bytes`` of their text, each holding at least one run.
+One query counts them for all the runs read (by Dify's node index); ordinary runs never reach the bounds.
 """
 
 from __future__ import annotations
@@ -51,6 +56,12 @@ _UUID_COLUMNS = frozenset({"id", "tenant_id", "app_id", "workflow_id", "created_
 _UNBUILDABLE = (RecordError, KeyError, TypeError, ValueError, OverflowError)
 # Runs still going have no trace yet (Dify queues it when the run ends).
 _UNFINISHED_RUN = ("running", "pending")
+# What one page of workflow runs may bring of node rows (which the backfill then reads and turns into spans),
+# in rows and in bytes of their JSON text: about 100-150 MB of the reading process's memory at most (a node
+# row of 2 KB of text is about 6 KB there, read, parsed, rebuilt and staged).
+PAGE_NODES = 10_000
+PAGE_NODE_BYTES = 24 * 1024**2
+_NODE_TEXT = ("inputs", "process_data", "outputs", "execution_metadata")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +115,14 @@ class DifyReader:
     """Reads a window of Dify's database, page by page, as rebuilt records."""
 
     def __init__(self, conn: Any, schema: Schema, *, files_url: str = rebuild.FILES_URL_DEFAULT,
-                 page_size: int = 500, max_rate: float | None = None) -> None:
+                 page_size: int = 500, max_rate: float | None = None, page_nodes: int = PAGE_NODES,
+                 page_node_bytes: int = PAGE_NODE_BYTES) -> None:
         self._conn = conn
         self._schema = schema
         self._files_url = files_url.rstrip("/") if files_url else files_url
         self._page_size = page_size
+        self._page_nodes = page_nodes
+        self._page_node_bytes = page_node_bytes
         self._max_rate = max_rate
         self._started = time.monotonic()
         self._rows_read = 0
@@ -166,25 +180,27 @@ class DifyReader:
         for stream in window.streams():
             after = positions.get(stream)
             while True:
-                page = self._runs(window, after) if stream == "workflow_runs" else self._messages(window, after)
-                if page.rows == 0:
+                runs = stream == "workflow_runs"
+                rows = self._run_rows(window, after) if runs else self._message_rows(window, after)
+                if not rows:
                     break
-                after = page.position
-                yield page
-                self._throttle(page.rows)
-                if page.rows < self._page_size:
+                for part in self._within_node_bounds(rows) if runs else [rows]:
+                    page = self._runs(part) if runs else self._messages(part, window)
+                    after = page.position
+                    yield page
+                    self._throttle(page.rows)
+                if len(rows) < self._page_size:
                     break
 
-    def _runs(self, window: Window, after: Position | None) -> Page:
+    def _run_rows(self, window: Window, after: Position | None) -> list[dict[str, Any]]:
         where, params = self._window_sql("workflow_runs", window, after)
-        rows = self._query(
+        return self._query(
             f"SELECT {', '.join(_RUN_COLUMNS)} FROM workflow_runs WHERE {where} "
             f"AND workflow_runs.status NOT IN {_UNFINISHED_RUN!r} "
             "ORDER BY workflow_runs.created_at, workflow_runs.id LIMIT %s", [*params, self._page_size])
-        page = Page("workflow_runs", len(rows))
-        if not rows:
-            return page
-        page.position = Position(rows[-1]["created_at"], rows[-1]["id"])
+
+    def _runs(self, rows: list[dict[str, Any]]) -> Page:
+        page = Page("workflow_runs", len(rows), position=Position(rows[-1]["created_at"], rows[-1]["id"]))
         ids = [r["id"] for r in rows]
         logs = {r["workflow_run_id"]: r["id"] for r in self._query(
             "SELECT DISTINCT ON (workflow_run_id) workflow_run_id, id, tenant_id, app_id FROM workflow_app_logs "
@@ -199,6 +215,27 @@ class DifyReader:
             except _UNBUILDABLE as exc:
                 page.problems.append(f"workflow run {run['id']}: {_reason(exc)}")
         return page
+
+    def _within_node_bounds(self, runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """``runs`` in pages whose node rows stay within the bounds (at least one run each), in their order:
+        one query counts them for all of ``runs``."""
+        sizes = {r["workflow_run_id"]: (int(r["nodes"]), int(r["bytes"] or 0)) for r in self._query(
+            "SELECT workflow_run_id, count(*) AS nodes, "
+            f"sum({' + '.join(f'coalesce(octet_length({c}), 0)' for c in _NODE_TEXT)}) AS bytes "
+            "FROM workflow_node_executions WHERE workflow_run_id = ANY(%s::uuid[]) "
+            "AND tenant_id = ANY(%s::uuid[]) AND app_id = ANY(%s::uuid[]) AND workflow_id = ANY(%s::uuid[]) "
+            "AND triggered_from = 'workflow-run' GROUP BY workflow_run_id",
+            [[r["id"] for r in runs], *(sorted({r[c] for r in runs}) for c in ("tenant_id", "app_id", "workflow_id"))])}
+        parts: list[list[dict[str, Any]]] = [[]]
+        nodes = text = 0
+        for run in runs:
+            more, size = sizes.get(run["id"], (0, 0))
+            if parts[-1] and (nodes + more > self._page_nodes or text + size > self._page_node_bytes):
+                parts.append([])
+                nodes = text = 0
+            parts[-1].append(run)
+            nodes, text = nodes + more, text + size
+        return parts
 
     def _chat_messages(self, runs: list[dict[str, Any]]) -> dict[str, str]:
         """The message of each chatflow run (by the run's ``sys.conversation_id``, as Dify finds it)."""
@@ -224,18 +261,17 @@ class DifyReader:
             by_run.setdefault(row["workflow_run_id"], []).append(row["outputs"])
         return {run: rebuild.token_split(outputs) for run, outputs in by_run.items()}
 
-    def _messages(self, window: Window, after: Position | None) -> Page:
+    def _message_rows(self, window: Window, after: Position | None) -> list[dict[str, Any]]:
         where, params = self._window_sql("messages", window, after)
-        rows = self._query(
+        return self._query(
             f"SELECT {', '.join('m.' + c for c in _MESSAGE_COLUMNS)}, c.mode AS conversation_mode, "
             "a.tenant_id AS app_tenant_id "
             f"FROM messages m JOIN conversations c ON c.id = m.conversation_id LEFT JOIN apps a ON a.id = m.app_id "
             f"WHERE {where.replace('messages.', 'm.')} AND m.workflow_run_id IS NULL "
             "ORDER BY m.created_at, m.id LIMIT %s", [*params, self._page_size])
-        page = Page("messages", len(rows))
-        if not rows:
-            return page
-        page.position = Position(rows[-1]["created_at"], rows[-1]["id"])
+
+    def _messages(self, rows: list[dict[str, Any]], window: Window) -> Page:
+        page = Page("messages", len(rows), position=Position(rows[-1]["created_at"], rows[-1]["id"]))
         ids = [r["id"] for r in rows]
         files: dict[str, dict[str, Any]] = {}
         for file in self._query(f"SELECT {', '.join(_FILE_COLUMNS)} FROM message_files "

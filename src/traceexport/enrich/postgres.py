@@ -49,6 +49,8 @@ _TERMINAL_TYPES = frozenset({"end", "answer"})
 _UNFINISHED = frozenset({"running", "pending"})
 _PENDING_LIMIT = 10_000
 _CACHE_LIMIT = 512
+# Node lists the cache holds at most in all (a run of a long agent has thousands): beyond it the oldest go.
+_CACHE_NODES = 10_000
 _PREFETCH_LIMIT = 4096
 COUNTER_NAMES = (
     "queries",
@@ -229,6 +231,7 @@ class PostgresEnricher:
         self._lock = threading.Lock()
         self._pending: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._cache: OrderedDict[str, tuple[float, list[dict[str, Any]]]] = OrderedDict()
+        self._cached_nodes = 0  # the nodes of every list in _cache
         self._prefetched: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()  # run id -> rows read ahead
         self._counters = dict.fromkeys(COUNTER_NAMES, 0)
         self._db_log = _RateLimitedLog(settings.log_interval, clock)
@@ -356,10 +359,12 @@ class PostgresEnricher:
 
     def _remember(self, run_id: str, nodes: list[dict[str, Any]]) -> None:
         with self._lock:
+            old = self._cache.pop(run_id, None)
+            self._cached_nodes -= len(old[1]) if old is not None else 0
             self._cache[run_id] = (self._clock() + self.settings.cache_ttl, [dict(node) for node in nodes])
-            self._cache.move_to_end(run_id)
-            while len(self._cache) > _CACHE_LIMIT:
-                self._cache.popitem(last=False)
+            self._cached_nodes += len(nodes)
+            while self._cache and (len(self._cache) > _CACHE_LIMIT or self._cached_nodes > _CACHE_NODES):
+                self._cached_nodes -= len(self._cache.popitem(last=False)[1][1])
 
     def _count(self, name: str, amount: int = 1) -> None:
         with self._lock:

@@ -42,6 +42,10 @@ class Item:
     received: float = 0.0  # when the spool accepted it (epoch seconds)
     end: float | None = None  # the record's end time in Dify (epoch seconds), set by the worker once parsed
 
+    def stored_bytes(self) -> int:
+        """The record's stored text (envelope and compact form): what holding it parsed grows with."""
+        return len(self.envelope) + len(self.compact or b"")
+
 
 @dataclass(slots=True)
 class DeadLetter:
@@ -81,23 +85,32 @@ class SinkQueue:
         row = spool.conn().execute("SELECT cursor FROM sinks WHERE name = ?", (name,)).fetchone()
         self.cursor: int = int(row[0]) if row else 0
         self.read_pos = self.cursor  # how far fresh records have been read (ahead of cursor in a batch)
+        self.stopped_at_bytes = False  # the last fetch_fresh left records out for its max_bytes
         self._last_cursor_write = 0.0
 
-    def fetch_due(self, limit: int, now: float, exclude: set[int]) -> list[Item]:
-        """Items whose retry time has come, oldest due first."""
+    def fetch_due(self, limit: int, now: float, exclude: set[int], max_bytes: int | None = None) -> list[Item]:
+        """Items whose retry time has come, oldest due first; with ``max_bytes``, only those whose stored
+        text stays within it (at least one)."""
         rows = self.spool.conn().execute(
             "SELECT r.seq, rec.key, rec.type, rec.app_id, rec.envelope, r.attempts, r.first_attempt, rec.compact, "
             "rec.received FROM retries r JOIN records rec USING(seq) WHERE r.sink = ? AND r.not_before <= ? "
             "ORDER BY r.not_before LIMIT ?", (self.name, now, limit + len(exclude))).fetchall()
         items = [Item(s, k, t, a, e, n, f, True, c, received=r) for s, k, t, a, e, n, f, c, r in rows
-                 if s not in exclude]
-        return items[:limit]
+                 if s not in exclude][:limit]
+        if max_bytes is not None:
+            total = 0
+            for count, item in enumerate(items):
+                total += item.stored_bytes()
+                if total > max_bytes and count:
+                    return items[:count]
+        return items
 
     def fetch_fresh(self, limit: int, max_bytes: int | None = None, min_items: int = 1) -> list[Item]:
         """The next records routed to this sink after :attr:`read_pos`; advances it.
 
-        With ``max_bytes``, stops once the records' stored text (envelope and compact form) passes it, after
-        at least ``min_items`` of them: the rest are read next time.
+        With ``max_bytes``, stops before the record whose stored text (envelope and compact form) would take
+        the records' total past it, once it has ``min_items`` of them (0: possibly none), and says so in
+        :attr:`stopped_at_bytes`: the rest are read next time.
         """
         with self.spool.read() as conn:
             rows = conn.execute(
@@ -105,9 +118,11 @@ class SinkQueue:
                 "AND (mask >> ?) & 1 "
                 "ORDER BY seq LIMIT ?", (self.read_pos, self.bit, limit)).fetchall()
             kept = _within(rows, max_bytes, min_items) if max_bytes is not None else len(rows)
+            self.stopped_at_bytes = kept < len(rows)
             if kept < len(rows):
                 rows = rows[:kept]
-                self.read_pos = int(rows[-1][0])
+                if rows:
+                    self.read_pos = int(rows[-1][0])
             elif len(rows) < limit:
                 top = conn.execute("SELECT max(seq) FROM records").fetchone()[0]
                 self.read_pos = max(self.read_pos, int(top or 0))
@@ -193,8 +208,8 @@ class SinkQueue:
 
 def _within(rows: list[tuple[Any, ...]], max_bytes: int, min_items: int) -> int:
     """How many of ``rows`` (seq, key, type, app_id, envelope, compact, ...) fit in ``max_bytes`` of stored
-    text, never fewer than ``min_items`` (and at least one)."""
-    least, total = max(min_items, 1), 0
+    text, never fewer than ``min_items``."""
+    least, total = max(min_items, 0), 0
     for count, row in enumerate(rows):
         total += len(row[4]) + len(row[5] or b"")
         if total > max_bytes and count >= least:

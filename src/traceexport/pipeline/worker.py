@@ -1,8 +1,9 @@
 """One delivery thread per sink: gather a batch, map it, make one export attempt, record the outcome.
 
-A batch is bounded by ``sink.limits.max_items`` records and ``sink.limits.linger_seconds`` of waiting
-for more, a wait that ends early once no record came for :data:`LINGER_QUIET` seconds (the burst is over:
-its last records need not wait out the whole linger), and never while the pipeline is flushing. Records
+A batch is bounded by ``sink.limits.max_items`` records, by :data:`BATCH_BYTES` of their stored text (at
+least one record: its records are held parsed, with all their payloads), and by ``sink.limits.linger_seconds``
+of waiting for more, a wait that ends early once no record came for :data:`LINGER_QUIET` seconds (the burst is
+over: its last records need not wait out the whole linger), and never while the pipeline is flushing. Records
 already waiting (a backlog) go out at once, up to :data:`BACKLOG_REQUESTS` requests' worth in one batch:
 sent one request after another, saved in one commit (each commit waits for the spool's lock and the disk);
 once a request of it fails as a whole and may be retried, the rest of the batch is not sent. Each
@@ -46,13 +47,15 @@ SAVE_RETRY_MAX = 30.0
 # A batch lingering for more is sent once no record arrived for this long (seconds).
 LINGER_QUIET = 0.2
 # Requests' worth of records (``max_items`` each) one batch takes when that many are already waiting: one
-# commit instead of four (bench_e2e, 30,000 records: 6,494-6,698 -> 7,426-8,166 records/s end to end). A
-# batch's records are held in memory parsed, so beyond the first request's worth it takes at most
-# BACKLOG_BYTES of their stored text in all: records of tens of KB (long LLM answers) stay at one request's
-# worth, as before. Peak RSS of the delivery process, 100,000 records: e2e 77 -> 100 MB, backfill 95 -> 133 MB
-# (with 8 MiB: 111 MB, but e2e back to 7,636-8,204 records/s).
+# commit instead of four (bench_e2e, 30,000 records: 6,494-6,698 -> 7,426-8,166 records/s end to end).
 BACKLOG_REQUESTS = 4
-BACKLOG_BYTES = 16 * 1024**2
+# A batch's records are held in memory parsed, with all their payloads, so a batch takes at most this much of
+# their stored text (envelope and compact form) in all, and at least one record. Ordinary records (a few KB)
+# never reach it within a request's worth; workflow runs with thousands of node spans (a backfill stores
+# them with the record) do after a few records: 300 such runs in one batch held 1.0-1.5 GB.
+# Peak RSS of the delivery process, 100,000 records: e2e 77 -> 100 MB, backfill 95 -> 133 MB (with 8 MiB:
+# 111 MB, but e2e back to 7,636-8,204 records/s).
+BATCH_BYTES = 16 * 1024**2
 # At most one log line per sink this often (seconds) about the records it dead-lettered since the last one.
 DEAD_LETTER_LOG_EVERY = 10.0
 
@@ -218,13 +221,15 @@ class SinkWorker:
     def _collect(self, now: float) -> list[Item]:
         limit = max(self.sink.limits.max_items, 1)
         self._wake.clear()
-        items = self.queue.fetch_due(limit, now, set())
-        if len(items) >= limit:
+        items = self.queue.fetch_due(limit, now, set(), max_bytes=BATCH_BYTES)
+        room = BATCH_BYTES - sum(item.stored_bytes() for item in items)
+        if len(items) >= limit or room <= 0:
             return items
-        fresh = self.queue.fetch_fresh(limit * BACKLOG_REQUESTS - len(items), max_bytes=BACKLOG_BYTES,
-                                       min_items=limit - len(items))
+        fresh = self.queue.fetch_fresh(limit * BACKLOG_REQUESTS - len(items), max_bytes=room,
+                                       min_items=0 if items else 1)
         items += fresh
-        if len(items) >= limit:  # a backlog: no waiting for more
+        room -= sum(item.stored_bytes() for item in fresh)
+        if len(items) >= limit or self.queue.stopped_at_bytes:  # a backlog, or a batch full: no waiting for more
             return items
         arrived = time.monotonic()
         deadline = arrived + self.sink.limits.linger_seconds
@@ -235,10 +240,13 @@ class SinkWorker:
                 break
             self._wake.wait(wait)
             self._wake.clear()
-            more = self.queue.fetch_fresh(limit - len(items))
+            more = self.queue.fetch_fresh(limit - len(items), max_bytes=room, min_items=0)
             if more:
                 items += more
+                room -= sum(item.stored_bytes() for item in more)
                 arrived = time.monotonic()
+            if self.queue.stopped_at_bytes:
+                break
         return items
 
     def deliver(self, batch: Sequence[Item]) -> Outcome:

@@ -376,11 +376,11 @@ def test_flush_sends_a_partial_batch_without_waiting_out_the_linger(tmp_path: Pa
         assert not pipe._flushing.is_set()  # lingering resumes for whatever comes next
 
 
-def test_a_backlog_batch_is_bounded_by_the_bytes_of_its_records(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past the first request's worth, a backlog batch takes records only while their stored text stays
-    within BACKLOG_BYTES (they are held parsed in memory); the rest go in the next batch."""
-    monkeypatch.setattr(worker, "BACKLOG_BYTES", 1)
+def test_a_batch_is_bounded_by_the_bytes_of_its_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch takes records only while their stored text stays within BATCH_BYTES (they are held parsed in
+    memory, with all their payloads), even within its first request's worth, and at least one record; the
+    rest go in the next batch."""
+    monkeypatch.setattr(worker, "BATCH_BYTES", 1)
     sink, enricher = ScriptedSink("a", max_items=3), ReadAheadEnricher(fail=False)
     records = make_records(7)
     with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST, prepare=enricher) as pipe:
@@ -388,4 +388,18 @@ def test_a_backlog_batch_is_bounded_by_the_bytes_of_its_records(tmp_path: Path,
         pipe.start()
         assert pipe.flush(30)
     assert sink.delivered == [r.key for r in records]
-    assert [len(batch) for batch in enricher.batches] == [3, 3, 1]
+    assert [len(batch) for batch in enricher.batches] == [1] * 7
+
+
+def test_a_batch_of_retries_is_bounded_by_the_bytes_of_its_records(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records due again after a failure are taken only while their stored text stays within BATCH_BYTES
+    (at least one), as fresh ones are: retrying large records holds no more of them at once."""
+    sink = ScriptedSink("a", plan=fail_first(1, ItemFailure("down", permanent=False)))
+    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe:
+        pipe.accept(make_records(5))
+        pipe.workers[0].step()  # the five fail together and wait for their retry
+        assert len(sink.calls) == 1 and not sink.delivered
+        monkeypatch.setattr(worker, "BATCH_BYTES", 1)
+        batch = pipe.workers[0]._collect(time.time() + 60)  # every retry is due
+        assert len(batch) == 1 and batch[0].from_retry

@@ -1,0 +1,78 @@
+"""``traceexport backfill`` of workflow runs with thousands of node rows each, from a real PostgreSQL: memory
+stays bounded by the page's and the batch's size, not by how many nodes the runs have."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from tests.support.dify_tables import add_wide_runs, create_dify_tables
+from tests.support.postgres_server import PostgresServer, running_or_skip
+from tests.support.processes import python_env, run_measuring_peak_rss
+
+from traceexport.difydb import DifyReader, inspect
+from traceexport.difydb.reader import Window
+
+pytestmark = pytest.mark.integration
+
+RUNS, NODES = 60, 2000  # 120,000 node rows, about 2 KB of text each: 1 GB per process before the bounds
+PEAK_LIMIT_MB = 500  # measured after them: about 180 MB (the command) and 130 MB (its delivery process)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[PostgresServer, str]]:
+    """A PostgreSQL with the tables backfill reads and one app of wide workflow runs; the app's id."""
+    with running_or_skip() as pg:
+        with pg.admin() as conn:
+            create_dify_tables(conn)
+            app = add_wide_runs(conn, runs=RUNS, nodes=NODES)
+        yield pg, app
+
+
+def test_wide_runs_are_backfilled_in_bounded_memory(server: tuple[PostgresServer, str], tmp_path: Path) -> None:
+    """Sixty runs of 2,000 node rows each are all delivered while neither the command nor its delivery
+    process grows past a few hundred MB (before, the whole page's nodes were read at once and a delivery
+    batch held every record: about 1 GB each)."""
+    pg, app = server
+    argv = [sys.executable, "-m", "traceexport", "backfill", "--dify-db", pg.url(), "--apps", app, "--since",
+            "2026-10-01", "--until", "2026-12-01", "--to", "file", "--spool", str(tmp_path / "spool"),
+            "--no-progress"]
+    code, peak, errors = run_measuring_peak_rss(
+        argv, env=python_env({"TRACEEXPORT_FILE_SINK_DIR": str(tmp_path / "out")}))
+    assert code == 0, errors
+    assert f"backfill: {RUNS} records accepted" in errors
+    assert peak < PEAK_LIMIT_MB * 1024**2, f"peak RSS {peak / 1024**2:.0f} MB"
+
+
+@pytest.mark.parametrize(("page_nodes", "sizes"), [(4500, [2] * (RUNS // 2)), (1000, [1] * RUNS),
+                                                   (10**9, [RUNS])])
+def test_a_page_of_runs_stays_within_its_node_rows(server: tuple[PostgresServer, str], page_nodes: int,
+                                                    sizes: list[int]) -> None:
+    """The reader ends a page of workflow runs before the run that would take it past its node-row bound,
+    a run above the bound alone makes a page, and every run is read once, in order."""
+    pg, app = server
+    with psycopg.connect(pg.url(), autocommit=True) as conn:
+        reader = DifyReader(conn, inspect(conn), page_nodes=page_nodes, page_node_bytes=10**12)
+        pages = list(reader.pages(Window(apps=(app,), types=frozenset({"workflow"}))))
+        ids = [r[0] for r in conn.execute("SELECT id::text FROM workflow_runs WHERE app_id = %s "
+                                          "ORDER BY created_at, id", [app]).fetchall()]
+    assert [page.rows for page in pages] == sizes
+    assert [record.data["workflow_run_id"] for page in pages for record in page.records] == ids
+    assert [page.position.id for page in pages if page.position] == [ids[sum(sizes[:i + 1]) - 1]
+                                                                      for i in range(len(sizes))]
+
+
+def test_a_page_of_runs_stays_within_the_bytes_of_its_node_rows(server: tuple[PostgresServer, str]) -> None:
+    """The same bound holds for the bytes of the node rows' text: a page ends before it passes them."""
+    pg, app = server
+    with psycopg.connect(pg.url(), autocommit=True) as conn:
+        per_run = conn.execute(
+            "SELECT sum(octet_length(inputs) + octet_length(outputs) + octet_length(execution_metadata)) "
+            "FROM workflow_node_executions WHERE workflow_run_id = (SELECT id FROM workflow_runs WHERE app_id = %s "
+            "ORDER BY created_at, id LIMIT 1)", [app]).fetchone()[0]
+        reader = DifyReader(conn, inspect(conn), page_node_bytes=int(per_run * 3.5))
+        pages = list(reader.pages(Window(apps=(app,), types=frozenset({"workflow"}))))
+    assert [page.rows for page in pages] == [3] * (RUNS // 3)
