@@ -225,7 +225,8 @@ class DifyReader:
             "FROM workflow_node_executions WHERE workflow_run_id = ANY(%s::uuid[]) "
             "AND tenant_id = ANY(%s::uuid[]) AND app_id = ANY(%s::uuid[]) AND workflow_id = ANY(%s::uuid[]) "
             "AND triggered_from = 'workflow-run' GROUP BY workflow_run_id",
-            [[r["id"] for r in runs], *(sorted({r[c] for r in runs}) for c in ("tenant_id", "app_id", "workflow_id"))])}
+            [[r["id"] for r in runs], *(sorted({r[c] for r in runs if r[c] is not None})
+                                       for c in ("tenant_id", "app_id", "workflow_id"))])}
         parts: list[list[dict[str, Any]]] = [[]]
         nodes = text = 0
         for run in runs:
