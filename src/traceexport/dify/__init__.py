@@ -33,9 +33,10 @@ def __getattr__(name: str) -> Any:
 
 def stats() -> dict[str, Any]:
     """The hook's counters (traced, queued, dropped, accepted, errors, ...) and per-exporter metrics."""
-    from traceexport.dify.counters import stats as snapshot
+    from traceexport.dify.counters import STATS
+    from traceexport.dify.runtime import runtime_metrics
 
-    return snapshot()
+    return {**STATS.snapshot(), "exporters": runtime_metrics()}
 
 
 def flush(timeout: float = 5.0) -> bool:

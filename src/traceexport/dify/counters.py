@@ -105,12 +105,4 @@ class RateLimitedLog:
 STATS = Stats()
 RATE_LOG = RateLimitedLog()
 
-
-def stats() -> dict[str, Any]:
-    """The hook's counters plus, per running exporter, its queue depth and pipeline metrics."""
-    from traceexport.dify.runtime import runtime_metrics
-
-    return {**STATS.snapshot(), "exporters": runtime_metrics()}
-
-
-__all__ = ["RATE_LOG", "STATS", "RateLimitedLog", "Stats", "stats"]
+__all__ = ["RATE_LOG", "STATS", "RateLimitedLog", "Stats"]

@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from traceexport.errors import RecordTooLargeError, SpoolFullError
+from traceexport.logs import LogSettings, apply_settings, log_event
 from traceexport.pipeline.metrics import label_value, prometheus_text, snapshot
 from traceexport.pipeline.premapped import premapped_bytes
 from traceexport.pipeline.prepared import Prepare, PreparedRecords
-from traceexport.pipeline.process import DeliveryProcess, PrepareFactory, RouteFactory
+from traceexport.pipeline.process import (
+    ORPHAN_GRACE,
+    DeliveryProcess,
+    PrepareFactory,
+    RouteFactory,
+    SharedFlag,
+    exit_after,
+    follow_doorbell,
+)
+from traceexport.pipeline.process import log as delivery_log
 from traceexport.pipeline.queue import SinkQueue
 from traceexport.pipeline.rate_board import RateBoard, rate_limit_lines, watch_all
 from traceexport.pipeline.routing import check_routes, mask_for
@@ -103,8 +116,8 @@ class Pipeline:
         self.spool = Spool(Path(spool_dir), self.settings)
         self.bits = self.spool.register_sinks([r.sink.name for r in self.routes])
         # With a delivery process, this process only accepts: the child rebuilds the routes and delivers.
-        self.delivery = (DeliveryProcess(Path(spool_dir), route_factory, self.settings, prepare_factory,
-                                         self.sink_names)
+        self.delivery = (DeliveryProcess(run_delivery, Path(spool_dir), route_factory, self.settings,
+                                         prepare_factory, self.sink_names)
                          if self.settings.delivery_process and route_factory is not None else None)
         if rates is not None:  # a delivery process: show the parent this process's rate limits
             watch_all(rates, [(r.sink.name, limiter) for r in self.routes if (limiter := limiter_of(r.sink))])
@@ -361,3 +374,36 @@ class Pipeline:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def run_delivery(spool_dir: Path, route_factory: RouteFactory, settings: PipelineSettings,
+                 prepare_factory: PrepareFactory | None, reader: Connection, flushing: SharedFlag,
+                 parent_pid: int, log_settings: LogSettings, rates: RateBoard | None = None) -> None:
+    """The child's main: deliver from the spool until told to stop or orphaned."""
+    # The parent owns this process's life: a SIGTERM or Ctrl-C sent to the whole process group (GNU timeout,
+    # systemd's default KillMode, a terminal) reaches the parent, which stops the child within its grace.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+    apply_settings(log_settings)
+    from traceexport._gc import tune_for_throughput
+
+    local = dataclasses.replace(settings, delivery_process=False)
+    try:
+        pipe = Pipeline(spool_dir, route_factory(), local, prepare_factory() if prepare_factory else None,
+                        flushing=flushing, rates=rates)
+    except Exception as exc:  # the parent built the same routes; say why in one line, not a traceback
+        log_event(delivery_log, "delivery.failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
+        raise SystemExit(1) from None
+    tune_for_throughput()  # after the imports and the compiled mappings: frozen out of the collector's sight
+    pipe.start()
+    orphaned = True  # until the parent says stop: then it also waits for this process, and kills it if need be
+    try:
+        orphaned = follow_doorbell(reader, pipe.wake, parent_pid)
+        if orphaned:
+            log_event(delivery_log, "delivery.orphaned", logging.WARNING, parent_pid=parent_pid,
+                      hint="the daemon is gone; delivery stops, undelivered records stay in the spool")
+    finally:
+        if orphaned:
+            exit_after(ORPHAN_GRACE)  # nobody else will end this process if the batches in flight hang
+        with contextlib.suppress(Exception):
+            pipe.close()

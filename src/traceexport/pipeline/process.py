@@ -20,14 +20,11 @@ parent's ``/metrics`` the same way, through a :class:`~traceexport.pipeline.rate
 from __future__ import annotations
 
 import atexit
-import contextlib
 import ctypes
-import dataclasses
 import logging
 import multiprocessing
 import os
 import selectors
-import signal
 import threading
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
@@ -35,12 +32,15 @@ from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
 from typing import Any
 
-from traceexport.logs import LogSettings, apply_settings, current_settings, log_event
+from traceexport.logs import current_settings
 from traceexport.pipeline.rate_board import RateBoard
 from traceexport.pipeline.settings import PipelineSettings, Route
 
 RouteFactory = Callable[[], list[Route]]
 PrepareFactory = Callable[[], Any]
+# The child's main (``pipeline.run_delivery``, a module-level function spawn can name): spool dir, route factory,
+# settings, prepare factory, doorbell reader, flushing flag, parent pid, log settings, rate board.
+DeliveryMain = Callable[..., None]
 log = logging.getLogger(__name__)
 
 WAKE = b"w"  # records were committed
@@ -95,8 +95,9 @@ class Doorbell:
 class DeliveryProcess:
     """A child process running every sink worker for one spool."""
 
-    def __init__(self, spool_dir: Path, route_factory: RouteFactory, settings: PipelineSettings,
+    def __init__(self, main: DeliveryMain, spool_dir: Path, route_factory: RouteFactory, settings: PipelineSettings,
                  prepare_factory: PrepareFactory | None = None, sinks: Sequence[str] = ()) -> None:
+        self.main = main
         self.spool_dir = Path(spool_dir)
         self.route_factory = route_factory
         self.settings = settings
@@ -115,7 +116,7 @@ class DeliveryProcess:
         self._stopping = False
         reader, writer = self._context.Pipe(duplex=False)
         self._process = self._context.Process(
-            target=run_delivery, name="traceexport-delivery", daemon=True,
+            target=self.main, name="traceexport-delivery", daemon=True,
             args=(self.spool_dir, self.route_factory, self.settings, self.prepare_factory, reader,
                   self._flushing, os.getpid(), current_settings(), self.rates))
         self._doorbell = Doorbell(writer)
@@ -175,7 +176,7 @@ class DeliveryProcess:
             self._process.join(timeout)
         if self._process.is_alive():
             log.warning("delivery process did not stop within %.0fs; killing it (nothing is lost)", timeout)
-            self._process.kill()  # it ignores SIGTERM (see run_delivery)
+            self._process.kill()  # it ignores SIGTERM (see pipeline.run_delivery)
             self._process.join(5.0)
 
 
@@ -208,37 +209,3 @@ def exit_after(seconds: float) -> None:
     timer = threading.Timer(seconds, os._exit, args=(0,))
     timer.daemon = True
     timer.start()
-
-
-def run_delivery(spool_dir: Path, route_factory: RouteFactory, settings: PipelineSettings,
-                 prepare_factory: PrepareFactory | None, reader: Connection, flushing: SharedFlag,
-                 parent_pid: int, log_settings: LogSettings, rates: RateBoard | None = None) -> None:
-    """The child's main: deliver from the spool until told to stop or orphaned."""
-    # The parent owns this process's life: a SIGTERM or Ctrl-C sent to the whole process group (GNU timeout,
-    # systemd's default KillMode, a terminal) reaches the parent, which stops the child within its grace.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, signal.SIG_IGN)
-    apply_settings(log_settings)
-    from traceexport._gc import tune_for_throughput
-    from traceexport.pipeline.pipeline import Pipeline  # the child imports on its own
-
-    local = dataclasses.replace(settings, delivery_process=False)
-    try:
-        pipe = Pipeline(spool_dir, route_factory(), local, prepare_factory() if prepare_factory else None,
-                        flushing=flushing, rates=rates)
-    except Exception as exc:  # the parent built the same routes; say why in one line, not a traceback
-        log_event(log, "delivery.failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
-        raise SystemExit(1) from None
-    tune_for_throughput()  # after the imports and the compiled mappings: frozen out of the collector's sight
-    pipe.start()
-    orphaned = True  # until the parent says stop: then it also waits for this process, and kills it if need be
-    try:
-        orphaned = follow_doorbell(reader, pipe.wake, parent_pid)
-        if orphaned:
-            log_event(log, "delivery.orphaned", logging.WARNING, parent_pid=parent_pid,
-                      hint="the daemon is gone; delivery stops, undelivered records stay in the spool")
-    finally:
-        if orphaned:
-            exit_after(ORPHAN_GRACE)  # nobody else will end this process if the batches in flight hang
-        with contextlib.suppress(Exception):
-            pipe.close()
