@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 
-from traceexport.enrich import EnrichSettings
+from traceexport.enrich.settings import EnrichSettings
 from traceexport.errors import ConfigError, Problem
 from traceexport.records.nodes import nodes_from_rows
 from traceexport.records.parse import Record
