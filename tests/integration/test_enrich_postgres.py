@@ -225,9 +225,8 @@ def test_other_sinks_reuse_the_read(db: PostgresServer) -> None:
     assert enricher(message) is None and "nodes" not in message.data["derived"]
 
 
-@pytest.mark.integration
-def test_a_batch_reads_its_runs_in_one_query(db: PostgresServer) -> None:
-    """Read-ahead fetches three runs' rows in one query; each run then gets exactly the nodes a lone read gives."""
+def _three_runs_stored(db: PostgresServer) -> list[Any]:
+    """Three workflow-run records, each with the sample's node rows stored under its own run id."""
     rows, records = [], []
     for _ in range(3):
         run_id = str(uuid.uuid4())
@@ -237,6 +236,13 @@ def test_a_batch_reads_its_runs_in_one_query(db: PostgresServer) -> None:
         records.append(record)
     with db.admin() as conn:
         insert_rows(conn, rows)
+    return records
+
+
+@pytest.mark.integration
+def test_a_batch_reads_its_runs_in_one_query(db: PostgresServer) -> None:
+    """Read-ahead fetches three runs' rows in one query; each run then gets exactly the nodes a lone read gives."""
+    records = _three_runs_stored(db)
     enricher = _enricher(db.url(RO_ROLE, RO_PASSWORD), FakeClock(), records[0])
     enricher.prefetch([*records, _sample_record()])  # the sample's own run has no rows: read ahead as none
     assert enricher.metrics()["queries"] == 1
@@ -255,15 +261,7 @@ def test_the_cache_holds_a_bounded_number_of_nodes(db: PostgresServer, monkeypat
     """Node lists kept for the other sinks are bounded by their nodes, not only by their runs (a run of a
     long agent has thousands): past the bound the oldest run's nodes are read again, the newest are not."""
     monkeypatch.setattr(postgres, "_CACHE_NODES", 12)  # two runs of the sample's five nodes, not three
-    rows, records = [], []
-    for _ in range(3):
-        run_id = str(uuid.uuid4())
-        rows += [r | {"id": str(uuid.uuid4()), "workflow_run_id": run_id} for r in _sample_rows()]
-        record = _sample_record()
-        record.data["workflow_run_id"] = run_id
-        records.append(record)
-    with db.admin() as conn:
-        insert_rows(conn, rows)
+    records = _three_runs_stored(db)
     enricher = _enricher(db.url(), FakeClock(), records[0])
     assert all(enricher(record) is None for record in records) and enricher.metrics()["queries"] == 3
     newest, oldest = _sample_record(), _sample_record()
