@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,21 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} not found: the shared reference documents are only beside the CI checkout")
     return SHARED
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """The root logger's handlers and levels as before the test: a command run in-process (``main([...])``)
+    points them at that test's captured stderr, which is closed once the test ends, and a later test's log line
+    would print "--- Logging error ---" into whatever that test captures."""
+    root, ours = logging.getLogger(), logging.getLogger("traceexport")
+    handlers, levels = list(root.handlers), (root.level, ours.level)
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(levels[0])
+    ours.setLevel(levels[1])

@@ -14,10 +14,12 @@ reports (missing or mismatched). Per (sink, app, type, day) a :class:`Group` cou
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
+
+from traceexport.chunked import chunked
 
 CHUNK = 500  # expected records looked up together (the ledger reader's chunk size)
 EXIT_OK = 0
@@ -108,7 +110,7 @@ def reconcile(expected: Iterable[Expected], ledger: Ledger, *, since: datetime |
     """Compare ``expected`` (streamed; each record once) with ``ledger``; ``since``/``until`` are only
     carried into the report, for its reader."""
     report = AuditReport(since=since, until=until)
-    for chunk in _chunks(expected):
+    for chunk in chunked(expected, CHUNK):
         for sink in sorted({sink for record in chunk for sink in record.hashes}):
             _check(report, sink, [r for r in chunk if sink in r.hashes], ledger)
     report.groups = dict(sorted(report.groups.items(), key=lambda item: _order(item[0])))
@@ -137,14 +139,3 @@ def _check(report: AuditReport, sink: str, records: list[Expected], ledger: Ledg
 def _order(key: GroupKey) -> tuple[str, str, str, str]:
     sink, app_id, kind, day = key
     return sink, app_id or "", kind, day
-
-
-def _chunks(records: Iterable[Expected], size: int = CHUNK) -> Iterator[list[Expected]]:
-    chunk: list[Expected] = []
-    for record in records:
-        chunk.append(record)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from traceexport.chunked import chunked
 from traceexport.cli.common import iter_records, number, seconds_to_wait, spool_option, whole_number
 from traceexport.cli.status_cmd import add_spool_argument
 from traceexport.config.models import SINK_TYPES
@@ -221,20 +222,8 @@ def deliver(spool_dir: Path, routes: list[Route], records: Iterable[Record], set
         pipe.close()
 
 
-def _chunks(records: Iterable[Record]) -> Iterator[list[Record]]:
-    """``records`` in lists of ``_CHUNK``, taken as they come."""
-    chunk: list[Record] = []
-    for record in records:
-        chunk.append(record)
-        if len(chunk) >= _CHUNK:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def _accept_all(pipe: Pipeline, records: Iterable[Record], deadline: float) -> bool:
-    for chunk in _chunks(records):
+    for chunk in chunked(records, _CHUNK):
         try:  # waits while the spool is full (what went in is never stored twice), until the deadline
             refused = pipe.accept_waiting(chunk, patience=max(deadline - time.monotonic(), 0.0))
         except SpoolFullError as exc:

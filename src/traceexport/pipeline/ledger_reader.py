@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
+from traceexport.chunked import chunked
 from traceexport.pipeline.ledger import LEDGER_FILE
 
 LOOKUP_CHUNK = 500  # keys per query: bounded statements and memory, however many records an audit covers
@@ -61,7 +62,7 @@ class LedgerReader:
         if bit is None:
             return found
         conn = self._window()
-        for chunk in _chunks(keys):
+        for chunk in chunked(keys, LOOKUP_CHUNK):
             rows = conn.execute(f"SELECT record_key, hash, acked FROM temp.acks WHERE sink = ? AND record_key IN "
                                 f"({', '.join('?' * len(chunk))})", (bit, *chunk)).fetchall()
             found.update((key, (bytes(digest).hex(), int(acked))) for key, digest, acked in rows)
@@ -70,7 +71,7 @@ class LedgerReader:
     def dead_letters(self, sink_name: str, keys: Iterable[str]) -> dict[str, str]:
         """``{record_key: reason}`` for the ``keys`` in sink ``sink_name``'s dead letter (its latest entry)."""
         found: dict[str, str] = {}
-        for chunk in _chunks(keys):
+        for chunk in chunked(keys, LOOKUP_CHUNK):
             with self.spool.read() as conn:
                 rows = conn.execute(
                     f"SELECT record_key, reason FROM dead_letters WHERE record_key IN "
@@ -117,12 +118,3 @@ class LedgerReader:
         return conn
 
 
-def _chunks(keys: Iterable[str], size: int = LOOKUP_CHUNK) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for key in keys:
-        chunk.append(key)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
