@@ -177,14 +177,16 @@ class Exporter:
             self._drop_queued()
 
     def _drop_queued(self) -> None:
-        dropped = 0
+        """Count what is queued as dropped, then release its callers (who may read the counters at once)."""
+        dropped: list[Item] = []
         with contextlib.suppress(queue.Empty):
             while True:
-                _settle(self.queue.get_nowait())
-                self.queue.task_done()
-                dropped += 1
+                dropped.append(self.queue.get_nowait())
         if dropped:
-            STATS.incr("dropped_unconfigured", dropped)
+            STATS.incr("dropped_unconfigured", len(dropped))
+        for item in dropped:
+            _settle(item)
+            self.queue.task_done()
 
     def _drain_once(self, timeout: float, until_empty: bool = False) -> None:
         while True:
