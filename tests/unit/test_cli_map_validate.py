@@ -241,6 +241,23 @@ def test_a_file_that_cannot_be_read_is_one_line_and_the_next_goes_on(tmp_path: P
     assert f"{tmp_path}: cannot read: Is a directory" in err
 
 
+def test_an_empty_file_is_named_as_replay_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`map`, `validate --records` and `export` name an empty file in one line, as `replay` does (they read
+    it as no records in silence), and map the good file after it; empty standard input stays no records."""
+    empty = tmp_path / "empty.json"
+    empty.write_bytes(b"")
+    assert main(["map", "--to", "otlp", str(empty), str(SAMPLE_FILES[0])]) == 2
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"rejected: {empty}: no records (empty file)"]
+    assert _lines(out)
+    assert main(["validate", "--records", str(empty)]) == 2
+    assert f"{empty}: no records (empty file)" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdin", open(empty))  # noqa: SIM115 - closed with the test's tmp_path
+    assert main(["map", "--to", "otlp", "-"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def _undocumented(parser: argparse.ArgumentParser, prefix: str) -> list[str]:
     missing = []
     for action in parser._actions:

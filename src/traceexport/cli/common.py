@@ -20,19 +20,24 @@ from traceexport.records.stream import Piece, piece_record, stream_pieces
 def iter_pieces(files: Sequence[str]) -> Iterator[tuple[str, Piece]]:
     """``(source, piece)`` for every record's piece of the named files (``-``: standard input), in order,
     each file read as it streams (JSON lines line by line, a JSON array item by item). A file that cannot
-    be read (missing, a directory, no permission, a read error part-way) is one piece holding that
-    RecordError, and the next file goes on."""
+    be read (missing, a directory, no permission, a read error part-way) or holds no record is one piece
+    holding that RecordError, and the next file goes on; empty standard input is no records, as in a pipe."""
     for name in files:
         if name == "-":
             for piece in stream_pieces(sys.stdin.buffer):
                 yield "<stdin>", piece
             continue
+        found = False
         try:
             with open(name, "rb") as handle:
                 for piece in stream_pieces(handle):
+                    found = True
                     yield name, piece
         except OSError as exc:
             yield name, Piece("", RecordError(f"cannot read: {exc.strerror or exc}"))
+            continue
+        if not found:  # as replay says it: a named file with nothing in it is a mistake worth one line
+            yield name, Piece("", RecordError("no records (empty file)"))
 
 
 def refused_record(source: str, piece: Piece, key: str, reason: str) -> RecordError:
