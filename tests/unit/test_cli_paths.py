@@ -113,3 +113,29 @@ def test_replay_reads_standard_input(tmp_path: Path, capsys: pytest.CaptureFixtu
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO((SAMPLES / "07-tool-call.json").read_bytes())))
     assert main(["replay", "-", "--to", "file", "--spool", str(tmp_path / "spool"), "--no-progress"]) == 0
     assert "1 sent to the spool" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_where_the_work_stands(tmp_path: Path) -> None:
+    """Ctrl-C on a replay waiting for an unreachable backend exits 130 with one line saying the accepted
+    records stay in the spool and how to resume, not in silence and not with a traceback."""
+    import signal
+    import time
+
+    (tmp_path / "in.json").write_bytes((SAMPLES / "05-message-chat.json").read_bytes())
+    env = python_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})  # nothing listens on port 9
+    proc = subprocess.Popen([sys.executable, "-m", "traceexport", "replay", "--to", "otlp", "--no-progress",
+                             "--spool", str(tmp_path / "spool"), "--timeout", "60", str(tmp_path / "in.json")],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "spool" / "replay-ledger.sqlite").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # into the wait for delivery
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == ("traceexport replay: interrupted; what it accepted stays in the spool; run the "
+                                    "same replay again to resume (it skips what was handed over)")

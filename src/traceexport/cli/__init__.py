@@ -1,6 +1,7 @@
 """The ``traceexport`` command line: one module per command, each with ``register(subparsers)``.
 
-A command module's ``register`` adds its sub-parser and sets ``func`` (``args -> exit code``) as default.
+A command module's ``register`` adds its sub-parser and sets ``func`` (``args -> exit code``) as default, and
+``interrupted`` (what a Ctrl-C leaves behind and how to go on) when a command stopped part-way leaves work behind.
 Exit codes everywhere: 0 success, 1 could not finish (e.g. backend unreachable), 2 bad input or usage.
 """
 
@@ -64,7 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         code: int = args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # one line saying where things stand, never a traceback
+        hint = getattr(args, "interrupted", None)
+        print(f"traceexport {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
     return code
 

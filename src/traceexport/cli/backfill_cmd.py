@@ -55,7 +55,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar with rate and ETA on stderr (default: when stderr is a terminal)")
     parser.add_argument("--page-size", type=whole_number(1, 100_000), default=500, help=argparse.SUPPRESS)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run,
+                        interrupted="its checkpoint keeps its place; run the same backfill again to resume")
 
 
 def add_dify_db_flags(parser: argparse.ArgumentParser, *, since_required: bool = False) -> None:

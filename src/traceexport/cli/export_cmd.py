@@ -81,7 +81,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--timeout", type=seconds_to_wait(), default=300.0, metavar="SECONDS",
                         help="stop waiting for delivery after this long; what is left stays in the spool "
                              "(default: 300)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run,
+                        interrupted="what it accepted stays in the spool and goes out with "
+                                    "the next run delivering to the same sinks from it")
 
 
 def _record_type(text: str) -> str:

@@ -54,7 +54,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: when stderr is a terminal)")
     parser.add_argument("--batch", type=whole_number(1, 100_000), default=500, help=argparse.SUPPRESS)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run,
+                        interrupted="what it accepted stays in the spool; run the same "
+                                    "replay again to resume (it skips what was handed over)")
 
 
 class _Out(Progress):
