@@ -29,6 +29,13 @@ def test_each_tool_is_one_call_at_the_last_thought_that_used_it() -> None:
     assert [(name, t["position"]) for name, t in calls] == [("search", 1), ("weather", 3), ("calc", 4)]
 
 
+def test_an_empty_tool_name_between_separators_is_no_call() -> None:
+    """A tool column of ``;;`` or with a trailing ``;`` yields no tool with an empty name (Dify's agent traces
+    the tools it ran, each by its name)."""
+    calls = tool_calls([thought(1, ";;"), thought(2, "search;"), thought(3, ";calc")])
+    assert [(name, t["position"]) for name, t in calls] == [("search", 2), ("calc", 3)]
+
+
 def test_token_split_sums_usage_of_node_outputs_and_ignores_the_rest() -> None:
     """Prompt and completion tokens add up over node outputs; broken JSON, booleans and missing usage count 0."""
     outputs = ['{"usage": {"prompt_tokens": 250, "completion_tokens": 50}}', '{"usage": {"prompt_tokens": 5}}',

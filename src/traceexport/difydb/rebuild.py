@@ -218,6 +218,8 @@ def tool_calls(thoughts: Iterable[Mapping[str, Any]]) -> list[tuple[str, Mapping
     last: dict[str, Mapping[str, Any]] = {}
     for thought in sorted(thoughts, key=lambda t: t["position"] or 0):
         for name in (thought["tool"] or "").split(";") if thought["tool"] else []:
+            if not name:  # "a;;b" or a trailing ";": no tool by that name ever ran, so Dify traced none
+                continue
             last.pop(name, None)
             last[name] = thought
     order = sorted(last.items(), key=lambda kv: (kv[1]["position"] or 0, list(last).index(kv[0])))
