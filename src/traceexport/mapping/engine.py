@@ -27,8 +27,7 @@ from traceexport.mapping.loader import (
     LineDict,
     builtin_mapping_path,
     is_selector,
-    merge_override,
-    read_yaml,
+    overlay,
     resolve,
 )
 from traceexport.records.normalize import DERIVED_KEYS
@@ -239,20 +238,17 @@ def _optional(compiler: Compiler, spec: LineDict, key: str, path: str, scope: Sc
 
 
 def load_mapping(backend_or_path: str | Path, extra_files: Sequence[str | Path] = (),
-                 options: dict[str, Any] | None = None) -> Mapping:
+                 options: dict[str, Any] | None = None, *, follow_extends: bool = True) -> Mapping:
     """The built-in mapping for a backend (or a mapping file), extended by ``extra_files`` in order.
 
-    Each extra file must say ``extends: builtin`` (or extend another file); its overrides win.
+    Each extra file says ``extends: builtin`` (implied when absent) or extends another file, whose chain is
+    followed (see :func:`~traceexport.mapping.loader.overlay`); its overrides win.
     """
     text = str(backend_or_path)
     base_path = builtin_mapping_path(text) if text in BACKENDS else Path(text)
     document = resolve(base_path)
     files = [str(base_path)]
     for extra in extra_files:
-        override = read_yaml(Path(extra))
-        if not isinstance(override, LineDict):
-            raise ConfigError([Problem(str(extra), "a mapping file must be a YAML mapping")], title="invalid mapping")
-        override.pop("extends", None)
-        document = merge_override(document, override)
+        document = overlay(document, Path(extra), follow_extends=follow_extends)
         files.append(str(extra))
     return compile_document(document, files, options)

@@ -212,9 +212,7 @@ def resolve(path: Path, _seen: tuple[Path, ...] = ()) -> LineDict:
     if path in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path))
         raise ConfigError([Problem(str(path), f"extends cycle: {chain}")], title="invalid mapping")
-    document = read_yaml(path)
-    if not isinstance(document, LineDict):
-        raise ConfigError([Problem(str(path), "a mapping file must be a YAML mapping")], title="invalid mapping")
+    document = _read_mapping_file(path)
     base_ref = document.pop("extends", None)
     if base_ref is None:
         return document
@@ -226,12 +224,61 @@ def resolve(path: Path, _seen: tuple[Path, ...] = ()) -> LineDict:
                               title="invalid mapping")
         base_path = builtin_mapping_path(str(backend))
     else:
-        where = f"{path}:{document.lines.get('extends', ('', document.line))[1]}: extends"
-        if not isinstance(base_ref, str):
-            raise ConfigError([Problem(where, "extends must be 'builtin' or a file path")], title="invalid mapping")
-        base_path = (path.parent / base_ref) if not Path(base_ref).is_absolute() else Path(base_ref)
-        if not base_path.is_file():
-            raise ConfigError([Problem(where, f"no mapping file {base_path} (a built-in mapping is "
-                                              f"'extends: builtin' with 'backend:' one of {', '.join(BACKENDS)})")],
-                              title="invalid mapping")
+        base_path = _extended_file(path, document, base_ref)
     return merge_override(resolve(base_path, (*_seen, path)), document)
+
+
+def _read_mapping_file(path: Path) -> LineDict:
+    document = read_yaml(path)
+    if not isinstance(document, LineDict):
+        raise ConfigError([Problem(str(path), "a mapping file must be a YAML mapping")], title="invalid mapping")
+    return document
+
+
+def _extended_file(path: Path, document: LineDict, base_ref: Any) -> Path:
+    """The file ``extends: base_ref`` names in ``path`` (relative to ``path``'s folder); ConfigError at its line."""
+    where = f"{path}:{document.lines.get('extends', ('', document.line))[1]}: extends"
+    if not isinstance(base_ref, str):
+        raise ConfigError([Problem(where, "extends must be 'builtin' or a file path")], title="invalid mapping")
+    base_path = (path.parent / base_ref) if not Path(base_ref).is_absolute() else Path(base_ref)
+    if not base_path.is_file():
+        raise ConfigError([Problem(where, f"no mapping file {base_path} (a built-in mapping is "
+                                          f"'extends: builtin' with 'backend:' one of {', '.join(BACKENDS)})")],
+                          title="invalid mapping")
+    return base_path
+
+
+def overlay(document: LineDict, path: Path, *, follow_extends: bool = True) -> LineDict:
+    """The mapping file ``path`` laid over ``document`` (a built-in mapping, perhaps extended already).
+
+    ``path``'s ``extends`` chain is followed down to the file that says ``extends: builtin`` (or nothing:
+    the built-in mapping is implied), and each file of the chain is laid over ``document`` in turn, the one
+    it extends first. A file naming another ``backend:`` than ``document``'s is a ConfigError at that line:
+    laid over the wrong mapping it would compile as a mapping of the other backend. Without
+    ``follow_extends`` (a text typed into the console) ``extends`` is ignored.
+    """
+    layers: list[LineDict] = []
+    seen: list[Path] = []
+    current = path
+    while True:
+        resolved = current.resolve()
+        if resolved in seen:
+            chain = " -> ".join(str(p) for p in (*seen, resolved))
+            raise ConfigError([Problem(str(resolved), f"extends cycle: {chain}")], title="invalid mapping")
+        seen.append(resolved)
+        layer = _read_mapping_file(current)
+        base_ref = layer.pop("extends", None)
+        layers.append(layer)
+        if base_ref is None or base_ref == "builtin" or not follow_extends:
+            break
+        current = _extended_file(current, layer, base_ref)
+    backend = document.get("backend")
+    problems = [Problem(_at(layer, "backend", "backend"),
+                        f"{layer['backend']!r}, but this file is laid over the {backend} mapping (a --mapping or "
+                        f"mapping_files file must name the backend it extends)")
+                for layer in layers if layer.get("backend", backend) != backend]
+    if problems:
+        raise ConfigError(problems, title="invalid mapping")
+    for layer in reversed(layers):
+        document = merge_override(document, layer)
+    return document
