@@ -21,7 +21,7 @@ from traceexport.mapping.expressions import (
     parse_expression,
     split_template,
 )
-from traceexport.mapping.functions import REGISTRY
+from traceexport.mapping.functions import REGISTRY, as_text
 
 Getter = Callable[[dict[str, Any]], Any]
 
@@ -41,7 +41,7 @@ class Where:
         """The place of ``key`` inside ``container`` (a LineDict knows each key's own line)."""
         lines = getattr(container, "lines", None)
         file, line = lines[key] if lines and key in lines else (self.file, self.line)
-        suffix = f"[{key}]" if isinstance(key, int) else f".{key}"
+        suffix = f"[{key}]" if isinstance(key, int) and not isinstance(key, bool) else f".{key}"
         return Where(file, line, f"{self.path}{suffix}" if self.path else str(key))
 
 
@@ -68,11 +68,12 @@ Compiled = Getter | Const | Path
 
 
 class MappingRuntimeError(Exception):
-    """A registry function failed on one record; carries the key path for the one-line reason."""
+    """A registry function failed on one record; carries the file, line and key path for the one-line reason."""
 
     def __init__(self, where: Where, function: str, exc: Exception) -> None:
         self.where = where
-        super().__init__(f"{where.path}: {function} failed: {type(exc).__name__}: {exc}")
+        detail = " ".join(str(exc).split())  # one line, whatever the exception's text holds
+        super().__init__(f"{where}: {function} failed: {type(exc).__name__}: {detail}")
 
 
 def as_getter(compiled: Compiled) -> Getter:
@@ -150,7 +151,7 @@ class Compiler:
                     out.append(str(text))
                 else:
                     value = getter(ctx)
-                    out.append("" if value is None else str(value))
+                    out.append("" if value is None else as_text(value))
             return "".join(out)
 
         return template
@@ -176,6 +177,11 @@ class Compiler:
         merges: list[Getter] = []
         for key, sub in spec.items():
             sub_where = where.child(key, spec)
+            if not isinstance(key, str | int) or isinstance(key, bool):
+                shown = "null" if key is None else str(key).lower() if isinstance(key, bool) else str(key)
+                self.problem(sub_where, f"the key {shown} is not text: YAML reads unquoted on/off/yes/no/true/false, "
+                                        "null/~, decimals and dates as values; quote it (e.g. 'on':)")
+                continue
             if key == "$merge":
                 for i, merge_spec in enumerate(sub if isinstance(sub, list) else [sub]):
                     merges.append(as_getter(self.value(merge_spec, sub_where.child(i), scope)))

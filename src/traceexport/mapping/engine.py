@@ -143,12 +143,18 @@ def compile_document(document: LineDict, files: Sequence[str], options: dict[str
     if not isinstance(declared, dict):
         problems.append(Problem(_where(document, "options", "options"), "must map option names to values"))
         declared = {}
-    for name in options or {}:
+    declared = {name: _switch(value) for name, value in declared.items()}
+    given: dict[str, Any] = {}
+    for name, value in (options or {}).items():
         if name not in declared:
             known = ", ".join(sorted(declared)) or "none"
             message = f"not an option of the {backend} mapping (options: {known})"
             problems.append(Problem(f"mapping option {name!r}", message))
-    compiler = Compiler(tables, {**declared, **(options or {})})
+            continue
+        given[name] = _switch(value)
+        if isinstance(declared[name], bool) and not isinstance(given[name], bool):
+            problems.append(Problem(f"mapping option {name!r}", f"must be true or false, got {value!r}"))
+    compiler = Compiler(tables, {**declared, **given})
     entities: dict[str, list[Entity]] = {}
     records = document.get("records")
     if not isinstance(records, LineDict):
@@ -177,10 +183,31 @@ def compile_document(document: LineDict, files: Sequence[str], options: dict[str
     return Mapping(str(backend), entities, files, document, _fingerprint(document, options))
 
 
+_SWITCH_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _switch(value: Any) -> Any:
+    """An option's value, with the text of a YAML boolean (``"false"``, from a quoted value or an environment
+    variable) read as that boolean: as text it would be truthy and turn a switch on."""
+    if isinstance(value, str):
+        return _SWITCH_WORDS.get(value.strip().lower(), value)
+    return value
+
+
 def _fingerprint(document: LineDict, options: dict[str, Any] | None) -> str:
     """A hash of the merged document and the options: equal for equal mappings (file names and lines left out)."""
-    text = json.dumps([document, options or {}], sort_keys=True, default=str, separators=(",", ":"))
+    text = json.dumps(_sortable([document, options or {}]), sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _sortable(value: Any) -> Any:
+    """``value`` with every key text, so keys sort: a YAML key that is not text (``1``, ``true``, ``~`` in a table)
+    becomes its type and value, kept apart from the text key that looks the same (``lookup`` tells them apart)."""
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else f"\u0000{type(k).__name__}:{k!r}": _sortable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_sortable(item) for item in value]
+    return value
 
 
 def _compile_entities(section: LineDict, path: str, backend: str, fields: frozenset[str], compiler: Compiler,

@@ -9,9 +9,11 @@ kinds are checked when the mapping compiles: ``table`` arguments must name an en
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from traceexport import _json as fastjson
@@ -58,6 +60,20 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds") + "Z"
 
 
+def as_text(value: Any) -> str:
+    """``value`` as text the way every text function and template prints it: text as is, ``true``/``false``,
+    numbers as digits, times as RFC 3339 UTC, lists and objects as JSON (never Python's ``True`` or ``{'a': None}``)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, datetime):
+        return _iso(value)
+    return _dump(value)
+
+
 # --- identity --------------------------------------------------------------------------------------
 @_register("trace_id", "32-hex OTLP trace id: the Dify UUID's digits, else SHA-256 of the value")
 def _trace_id(value: Any) -> str:
@@ -71,7 +87,7 @@ def _span_id(value: Any, role: Any = "") -> str:
 
 @_register("uuid7", "UUIDv7 with the timestamp of the argument (a time) and bits from the value: uuid7($t)", 1, 2)
 def _uuid7(value: Any, moment: Any, role: Any = "") -> str | None:
-    if not isinstance(moment, datetime | int | float):
+    if not isinstance(moment, datetime | int | float) or (isinstance(moment, float) and not math.isfinite(moment)):
         return None
     return ids.uuid7_from(str(value), moment, str(role))
 
@@ -111,7 +127,10 @@ def _unix_ms(value: Any) -> int | None:
 def _add_seconds(value: Any, seconds: Any) -> Any:
     if not isinstance(value, datetime) or not isinstance(seconds, int | float):
         return None
-    return value + timedelta(seconds=seconds)
+    try:
+        return value + timedelta(seconds=seconds)
+    except (OverflowError, ValueError):  # NaN, infinity or a time past the calendar's end: no time
+        return None
 
 
 # --- encoding and text -----------------------------------------------------------------------------
@@ -132,9 +151,9 @@ def _parse_json(value: Any) -> Any:
     return value
 
 
-@_register("str", "the value as text (non-text values as JSON)")
+@_register("str", "the value as text: true/false, numbers as digits, times as RFC 3339, lists and objects as JSON")
 def _str(value: Any) -> str:
-    return value if isinstance(value, str) else _dump(value)
+    return as_text(value)
 
 
 @_register("truncate", "at most N characters of text (non-text is JSON-encoded first), with … when cut", 1,
@@ -146,32 +165,32 @@ def _truncate(value: Any, limit: int) -> str:
 
 @_register("lower", "lower-case text")
 def _lower(value: Any) -> str:
-    return str(value).lower()
+    return as_text(value).lower()
 
 
 @_register("upper", "upper-case text")
 def _upper(value: Any) -> str:
-    return str(value).upper()
+    return as_text(value).upper()
 
 
 @_register("prefix", "text with a prefix: prefix('dify.')", 1)
 def _prefix(value: Any, text: Any) -> str:
-    return f"{text}{value}"
+    return f"{as_text(text)}{as_text(value)}"
 
 
 @_register("replace", "text with every OLD replaced by NEW: replace('-', '_')", 2)
 def _replace(value: Any, old: Any, new: Any) -> str:
-    return str(value).replace(str(old), str(new))
+    return as_text(value).replace(as_text(old), as_text(new))
 
 
 @_register("split", "list of parts of text: split('/')", 1)
 def _split(value: Any, sep: Any) -> list[str]:
-    return str(value).split(str(sep))
+    return as_text(value).split(as_text(sep))
 
 
 @_register("join", "text of list items joined by a separator: join(',')", 1)
 def _join(value: Any, sep: Any) -> str:
-    return str(sep).join(str(v) for v in value) if isinstance(value, list) else str(value)
+    return as_text(sep).join(as_text(v) for v in value) if isinstance(value, list) else as_text(value)
 
 
 @_register("length", "number of characters of text, items of a list or keys of an object")
@@ -180,12 +199,24 @@ def _length(value: Any) -> int:
 
 
 # --- numbers ---------------------------------------------------------------------------------------
+_MAX_INT_DIGITS = 4000  # past this an integer cannot be printed (Python's limit is 4,300 digits): not a number to send
+
+
 @_register("int", "the value as an integer (null when not numeric)")
 def _int(value: Any) -> int | None:
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
+    if isinstance(value, int):  # exact, whatever its size (through a float 2**63-1 became 2**63)
+        return int(value)
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) else None
+    if not isinstance(value, str | Decimal):
         return None
+    try:
+        number = Decimal(value.strip() if isinstance(value, str) else value)
+    except InvalidOperation:
+        return None
+    if not number.is_finite() or number.adjusted() > _MAX_INT_DIGITS:
+        return None
+    return int(number)
 
 
 @_register("float", "the value as a number (Decimal text such as '0.0001' included)")
@@ -198,7 +229,7 @@ def _float(value: Any) -> float | None:
 
 @_register("round", "a number rounded to N decimals: round(3)", 0, 1, arg_kinds=("int",))
 def _round(value: Any, digits: int = 0) -> float | int | None:
-    if not isinstance(value, int | float):
+    if not isinstance(value, int | float) or (isinstance(value, float) and not math.isfinite(value)):
         return None
     return round(value, digits) if digits else round(value)
 
@@ -277,7 +308,7 @@ def _lookup(value: Any, table: dict[Any, Any], fallback: Any = None) -> Any:
 @_register("get", "the item at a key or index of the value: get('usage')", 1)
 def _get(value: Any, key: Any) -> Any:
     if isinstance(value, dict):
-        return value.get(key)
+        return value.get(key) if _hashable(key) else None
     if isinstance(value, list) and isinstance(key, int) and -len(value) <= key < len(value):
         return value[key]
     return None
@@ -288,7 +319,14 @@ def _get(value: Any, key: Any) -> Any:
 def _where_in(value: Any, key: Any, table: dict[Any, Any]) -> Any:
     if not isinstance(value, list):
         return None
-    return [item for item in value if isinstance(item, dict) and table.get(item.get(key))]
+    if not _hashable(key):
+        return []
+    return [item for item in value if isinstance(item, dict) and _hashable(item.get(key)) and table.get(item.get(key))]
+
+
+def _hashable(value: Any) -> bool:
+    """True when ``value`` can be a key (a list or object read from a record cannot: no entry has it)."""
+    return not isinstance(value, list | dict)
 
 
 @_register("first", "the first item of a list")
@@ -321,15 +359,21 @@ def _compact(value: Any) -> Any:
     return {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
 
 
-@_register("unique", "a list without repeated items, in first-seen order, nulls and empty text dropped")
+@_register("unique", "a list without repeated items (lists and objects compared by content), in first-seen order, "
+           "nulls and empty text dropped")
 def _unique(value: Any) -> Any:
     if not isinstance(value, list):
         return value
-    seen: dict[Any, None] = {}
+    seen: set[Any] = set()
+    out: list[Any] = []
     for item in value:
-        if item is not None and item != "":
-            seen.setdefault(item, None)
-    return list(seen)
+        if item is None or item == "":
+            continue
+        marker = ("json", _dump(item)) if isinstance(item, dict | list) else item  # lists and objects by content
+        if marker not in seen:
+            seen.add(marker)
+            out.append(item)
+    return out
 
 
 @_register("flatten_indexed", "an object to merge: a list of objects as PREFIX.N.SUBKEY.field keys "
