@@ -189,3 +189,27 @@ def test_an_extends_cycle_between_extra_files_is_a_load_error(tmp_path: Path) ->
     """Two files extending each other are one problem naming the cycle, not endless recursion."""
     (tmp_path / "other.yaml").write_text("extends: override.yaml\n", encoding="utf-8")
     assert "extends cycle:" in _load_error(tmp_path, "extends: other.yaml\n", backend="otlp")
+
+
+def test_override_problems_and_expression_problems_are_listed_at_once(tmp_path: Path) -> None:
+    """A selector that reaches nothing no longer hides the file's other problems: every one is listed, each
+    at its own line (they used to appear one fix at a time)."""
+    text = _load_error(tmp_path, """\
+extends: builtin
+backend: otlp
+records:
+  "*":
+    "kind:bogus": {body: {}}
+  message:
+    span:
+      body: {name: "$derived.modle"}
+    nosuch: {body: {}}
+  tool:
+    span: 5
+""", backend="otlp")
+    path = tmp_path / "override.yaml"
+    for fragment in (f"{path}:5: records.\"*\".kind:bogus: unknown entity kind 'bogus'",
+                     f"{path}:8: records.message.span.body.name: $derived.modle: unknown derived field",
+                     f"{path}:9: records.message.nosuch: no entity named 'nosuch'",
+                     f"{path}:11: records.tool.span: an override must be an object"):
+        assert fragment in text, f"missing {fragment!r} in:\n{text}"

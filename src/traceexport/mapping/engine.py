@@ -121,12 +121,14 @@ def _where(doc: LineDict, key: Any, path: str) -> str:
     return f"{file}:{line}: {path}" if file else path
 
 
-def compile_document(document: LineDict, files: Sequence[str], options: dict[str, Any] | None = None) -> Mapping:
+def compile_document(document: LineDict, files: Sequence[str], options: dict[str, Any] | None = None,
+                     earlier: Sequence[Problem] = ()) -> Mapping:
     """Compile a resolved mapping document, collecting every problem before raising ConfigError.
 
-    ``options`` override the document's ``options`` section (switches such as Amplitude node events).
+    ``options`` override the document's ``options`` section (switches such as Amplitude node events);
+    ``earlier`` are the problems found while merging its files, reported with the rest.
     """
-    problems: list[Problem] = []
+    problems: list[Problem] = list(earlier)
     backend = document.get("backend")
     if backend not in BACKENDS:
         problems.append(Problem(_where(document, "backend", "backend"), f"must be one of {', '.join(BACKENDS)}"))
@@ -273,9 +275,10 @@ def load_mapping(backend_or_path: str | Path, extra_files: Sequence[str | Path] 
     """
     text = str(backend_or_path)
     base_path = builtin_mapping_path(text) if text in BACKENDS else Path(text)
-    document = resolve(base_path)
+    problems: list[Problem] = []  # an override that reaches nothing: reported with the compiler's problems
+    document = resolve(base_path, problems=problems)
     files = [str(base_path)]
     for extra in extra_files:
-        document = overlay(document, Path(extra), follow_extends=follow_extends)
+        document = overlay(document, Path(extra), follow_extends=follow_extends, problems=problems)
         files.append(str(extra))
-    return compile_document(document, files, options)
+    return compile_document(document, files, options, problems)
