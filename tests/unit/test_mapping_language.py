@@ -303,12 +303,25 @@ def test_an_unclosed_template_is_a_load_error(tmp_path: Path) -> None:
     ("$metadata.v | unique", [{"a": 1}, {"a": 1}, [2], [2], 3], [{"a": 1}, [2], 3]),
     ("$metadata.v | where_in('kind', kinds)", [{"kind": ["llm"]}, {"kind": "llm"}], [{"kind": "llm"}]),
     ("$metadata.v | get($metadata.v)", {"a": 1}, None),
+    ("$metadata.v | split('')", "ab", ["a", "b"]),  # Python's split('') failed every record
+    ("$metadata.v | truncate(0)", "abc", ""),  # at most 0 characters, not the 1 of '…'
+    ("$metadata.v | truncate(2)", "abc", "a…"),
 ])
 def test_functions_give_null_for_values_outside_their_domain(tmp_path: Path, expression: str, value: object,
                                                              expected: object) -> None:
     """Numbers at 64-bit edges, NaN, infinity, unhashable items: each function answers as documented (an exact
     integer, or null) instead of failing the whole record with an OverflowError or TypeError."""
     assert _field(tmp_path, expression, _with_value(value)) == expected
+
+
+def test_a_negative_length_is_a_load_error(tmp_path: Path) -> None:
+    """truncate(-3) and sha256(-1) (which gave '…' and 63 digits) are load problems, like a non-integer."""
+    path = _write(tmp_path, "backend: otlp\nrecords:\n  message:\n    s:\n      kind: span\n      body:\n"
+                            "        a: \"$message_id | truncate(-3)\"\n        b: \"$message_id | sha256(-1)\"\n")
+    with pytest.raises(ConfigError) as caught:
+        load_mapping(path)
+    assert f"{path}:7: records.message.s.body.a: truncate: argument must be 0 or more, got -3" in str(caught.value)
+    assert f"{path}:8: records.message.s.body.b: sha256: argument must be 0 or more, got -1" in str(caught.value)
 
 
 def test_text_functions_and_templates_print_values_as_json_not_python(tmp_path: Path) -> None:

@@ -269,8 +269,10 @@ class Compiler:
                 known = ", ".join(sorted(self.tables)) or "none defined"
                 return self.problem(where, f"{name}: unknown table {arg.value!r} (tables: {known})")
             return Const(self.tables[arg.value])
-        if kind == "int" and not isinstance(arg.value, int):
+        if kind in ("int", "count") and (not isinstance(arg.value, int) or isinstance(arg.value, bool)):
             return self.problem(where, f"{name}: argument must be an integer, got {arg.value!r}")
+        if kind == "count" and arg.value < 0:
+            return self.problem(where, f"{name}: argument must be 0 or more, got {arg.value!r}")
         return Const(arg.value)
 
     def _path(self, ref: PathRef, where: Where, scope: Scope) -> Compiled:

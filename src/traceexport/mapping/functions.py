@@ -32,7 +32,7 @@ class Function:
     min_args: int
     max_args: int
     doc: str
-    arg_kinds: tuple[str, ...] = ()  # per position: "any", "table", "int"; missing = "any"
+    arg_kinds: tuple[str, ...] = ()  # per position: "any", "table", "int", "count" (an int >= 0); missing = "any"
     null_aware: bool = False  # called even when the input is null
     head: bool = False  # may start an expression without a piped value: coalesce($a, $b)
 
@@ -93,7 +93,7 @@ def _uuid7(value: Any, moment: Any, role: Any = "") -> str | None:
 
 
 @_register("sha256", "hex SHA-256 of the value (for pseudonymising ids); optional length: sha256(16)", 0, 1,
-           arg_kinds=("int",))
+           arg_kinds=("count",))
 def _sha256(value: Any, length: int = 64) -> str:
     return hashlib.sha256(str(value).encode("utf-8")).hexdigest()[: int(length)]
 
@@ -157,10 +157,12 @@ def _str(value: Any) -> str:
 
 
 @_register("truncate", "at most N characters of text (non-text is JSON-encoded first), with … when cut", 1,
-           arg_kinds=("int",))
+           arg_kinds=("count",))
 def _truncate(value: Any, limit: int) -> str:
     text = value if isinstance(value, str) else _dump(value)
-    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…" if limit else ""
 
 
 @_register("lower", "lower-case text")
@@ -183,9 +185,10 @@ def _replace(value: Any, old: Any, new: Any) -> str:
     return as_text(value).replace(as_text(old), as_text(new))
 
 
-@_register("split", "list of parts of text: split('/')", 1)
+@_register("split", "list of parts of text: split('/'); split('') the characters", 1)
 def _split(value: Any, sep: Any) -> list[str]:
-    return as_text(value).split(as_text(sep))
+    text, separator = as_text(value), as_text(sep)
+    return text.split(separator) if separator else list(text)  # split(''): the characters
 
 
 @_register("join", "text of list items joined by a separator: join(',')", 1)
