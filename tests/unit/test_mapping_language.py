@@ -365,3 +365,17 @@ def test_a_switch_option_given_as_text_is_read_as_a_boolean_or_refused(backend: 
     assert load_mapping(backend, options={"send_content": " OFF "}).map(_message()) == off
     with pytest.raises(ConfigError, match="mapping option 'send_content': must be true or false, got 'flase'"):
         load_mapping(backend, options={"send_content": "flase"})
+
+
+def test_a_double_dollar_key_is_a_literal_key_and_a_directive_key_in_a_body_is_a_load_error(tmp_path: Path) -> None:
+    """'$$set:' gives the key '$set' (Amplitude's user property operations, which had no way to be written: every
+    '$' key was a directive); '$if:' among an entity body's fields is a load problem, not a key sent as is."""
+    record = _message()
+    path = _write(tmp_path, "backend: amplitude\nrecords:\n  message:\n    e:\n      kind: event\n      body:\n"
+                            "        user_properties: {$$set: {mode: $conversation_mode}}\n")
+    assert load_mapping(path).map(record)[0].body["user_properties"] == {"$set": {"mode": "chat"}}
+    path = _write(tmp_path, "backend: otlp\nrecords:\n  message:\n    s:\n      kind: span\n      body:\n"
+                            "        $if: $derived.failed\n        then: 1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_mapping(path)
+    assert f"{path}:7: records.message.s.body.$if: '$if' is a directive, not a key: write '$$if'" in str(caught.value)
