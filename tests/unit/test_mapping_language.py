@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -311,6 +312,23 @@ def test_functions_give_null_for_values_outside_their_domain(tmp_path: Path, exp
                                                              expected: object) -> None:
     """Numbers at 64-bit edges, NaN, infinity, unhashable items: each function answers as documented (an exact
     integer, or null) instead of failing the whole record with an OverflowError or TypeError."""
+    assert _field(tmp_path, expression, _with_value(value)) == expected
+
+
+@pytest.mark.parametrize(("expression", "value", "expected"), [
+    ("$metadata.v | iso8601", "2026-03-14T13:05:44.771902", "2026-03-14T13:05:44.771902Z"),  # Dify: no zone, UTC
+    ("$metadata.v | iso8601", "2026-03-14T13:05:44+05:30", "2026-03-14T07:35:44.000000Z"),
+    ("$metadata.v | unix_ms", "2026-03-14T13:05:44.771902Z", 1773493544771),
+    ("$metadata.v | unix_nano", "2026-03-14 13:05:44.771902", 1773493544771902000),
+    ("$metadata.v | add_seconds(1) | iso8601", "2026-03-14T13:05:44Z", "2026-03-14T13:05:45.000000Z"),
+    ("$message_id | uuid7($metadata.v)", "2026-03-14T13:05:44.771902",
+     uuid7_from("34f376f0-0dc2-4eff-8e89-6381f0f4ed94", datetime(2026, 3, 14, 13, 5, 44, 771902, tzinfo=UTC))),
+    ("$metadata.v | iso8601", "not a time", None),
+])
+def test_time_functions_read_iso_text_as_dify_nests_it(tmp_path: Path, expression: str, value: object,
+                                                       expected: object) -> None:
+    """A time nested in a record ($message_data.created_at) is ISO 8601 text: the time functions read it (without
+    a zone as UTC) instead of giving null in silence; text that is no time still gives null."""
     assert _field(tmp_path, expression, _with_value(value)) == expected
 
 

@@ -87,6 +87,8 @@ def _span_id(value: Any, role: Any = "") -> str:
 
 @_register("uuid7", "UUIDv7 with the timestamp of the argument (a time) and bits from the value: uuid7($t)", 1, 2)
 def _uuid7(value: Any, moment: Any, role: Any = "") -> str | None:
+    if isinstance(moment, str | datetime):
+        moment = _moment(moment)
     if not isinstance(moment, datetime | int | float) or (isinstance(moment, float) and not math.isfinite(moment)):
         return None
     return ids.uuid7_from(str(value), moment, str(role))
@@ -104,28 +106,45 @@ def _redact(value: Any, marker: Any = "[redacted]") -> Any:
 
 
 # --- time ------------------------------------------------------------------------------------------
+def _moment(value: Any) -> datetime | None:
+    """A time: a datetime, or ISO 8601 text such as a nested ``$message_data.created_at`` (Dify writes those
+    without a zone: UTC, as the record's own times; a datetime without one too, whatever the machine's zone)."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 @_register("iso8601", "RFC 3339 UTC text with microseconds and Z: 2026-03-14T09:21:07.418225Z")
 def _iso8601(value: Any) -> str | None:
-    return _iso(value) if isinstance(value, datetime) else None
+    moment = _moment(value)
+    return _iso(moment) if moment is not None else None
 
 
 @_register("unix_nano", "integer nanoseconds since the epoch")
 def _unix_nano(value: Any) -> int | None:
-    if isinstance(value, datetime):
-        return int(value.timestamp()) * 1_000_000_000 + value.microsecond * 1000
-    return None
+    moment = value if isinstance(value, datetime) and value.tzinfo is not None else _moment(value)
+    if moment is None:
+        return None
+    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
 
 
 @_register("unix_ms", "integer milliseconds since the epoch")
 def _unix_ms(value: Any) -> int | None:
-    if isinstance(value, datetime):
-        return int(value.timestamp()) * 1000 + value.microsecond // 1000
-    return None
+    moment = value if isinstance(value, datetime) and value.tzinfo is not None else _moment(value)
+    if moment is None:
+        return None
+    return int(moment.timestamp()) * 1000 + moment.microsecond // 1000
 
 
 @_register("add_seconds", "a time plus N seconds (N may be a path): add_seconds($latency)", 1)
 def _add_seconds(value: Any, seconds: Any) -> Any:
-    if not isinstance(value, datetime) or not isinstance(seconds, int | float):
+    value = _moment(value)
+    if value is None or not isinstance(seconds, int | float):
         return None
     try:
         return value + timedelta(seconds=seconds)
