@@ -283,3 +283,23 @@ def test_map_loads_neither_the_other_commands_nor_the_http_transport() -> None:
             "print(code, loaded, file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert done.stderr.strip().splitlines()[-1] == "0 []", done.stderr
+
+
+def test_a_number_too_long_to_read_is_a_rejection_not_a_traceback(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A record holding a 5,000-digit number (past Python's 4,300-digit limit) in a pretty-printed file, an
+    array or JSON lines is a one-line rejection and exit 2 (it was a ValueError traceback); the records beside
+    it still map."""
+    record = json.loads(SAMPLE_FILES[0].read_text(encoding="utf-8"))
+    huge = json.dumps(record, indent=2).replace("{", '{"n": ' + "9" * 5000 + ",", 1)
+    good = json.dumps(json.loads((SAMPLES / "07-tool-call.json").read_text(encoding="utf-8")))
+    files = {"pretty.json": huge, "array.json": f"[{huge}, {good}]",
+             "lines.jsonl": " ".join(huge.split()) + "\n" + good + "\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        code = main(["map", "--to", "otlp", "--payloads", str(tmp_path / name)])
+        out, err = capsys.readouterr()
+        assert code == 2, name
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert "not valid JSON" in err
+        assert len(_lines(out)) == (0 if name == "pretty.json" else 1), name

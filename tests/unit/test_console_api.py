@@ -369,3 +369,16 @@ def test_history_rates_and_latency_are_over_their_window() -> None:
     points = history.points()
     assert [p["sinks"]["s"]["rate"] for p in points] == [2.5, 10.0]
     assert 2.5 < points[0]["sinks"]["s"]["delivery_p95_seconds"] <= 5.0  # within the 2.5-5 s bucket
+
+
+def test_provenance_names_a_double_dollar_key_as_the_body_has_it(tmp_path: Path) -> None:
+    """A '$$set:' key gives the body key '$set', and the playground's provenance lists it under '$set' at its line."""
+    from traceexport.console.provenance import field_sources
+    from traceexport.mapping import load_mapping
+
+    override = tmp_path / "o.yaml"
+    override.write_text("extends: builtin\nbackend: amplitude\nrecords:\n  message:\n    event:\n      body:\n"
+                        "        user_properties: {$$set: {mode: $conversation_mode}}\n", encoding="utf-8")
+    sources = field_sources(load_mapping("amplitude", [override]).document, "message", "event")
+    entry = next(s for s in sources if s["path"] == ["user_properties", "$set"])
+    assert (entry["file"], entry["line"]) == (str(override), 7)

@@ -159,3 +159,57 @@ def test_extends_naming_a_missing_file_points_at_the_line_and_the_builtin_form(t
     assert str(info.value).endswith(
         f"{path}:2: extends: no mapping file {tmp_path / 'otlp'} (a built-in mapping is 'extends: builtin' with "
         "'backend:' one of opik, langfuse, otlp, amplitude)")
+
+
+def test_an_extra_file_extending_another_file_brings_that_files_overrides(tmp_path: Path) -> None:
+    """`--mapping child.yaml` (and a sink's mapping_files) follow child's `extends: base.yaml` down to
+    `extends: builtin`, laying base then child over the built-in mapping; base's overrides were silently dropped."""
+    (tmp_path / "base.yaml").write_text('extends: builtin\nbackend: otlp\nrecords:\n  "*":\n    "kind:span":\n'
+                                        "      body: {attributes: {from_base: 1, both: base}}\n", encoding="utf-8")
+    child = tmp_path / "child.yaml"
+    child.write_text('extends: base.yaml\nbackend: otlp\nrecords:\n  "*":\n    "kind:span":\n'
+                     "      body: {attributes: {from_child: 2, both: child}}\n", encoding="utf-8")
+    for payload in load_mapping("otlp", [child]).map(_message()):
+        attributes = payload.body["attributes"]
+        assert (attributes["from_base"], attributes["from_child"], attributes["both"]) == (1, 2, "child")
+
+
+def test_an_extra_file_naming_another_backend_is_a_load_error(tmp_path: Path) -> None:
+    """An Opik override laid over the OTLP mapping (`map --to otlp --mapping opik-file.yaml`) is refused at its
+    backend line; it used to compile as an Opik mapping of OTLP spans, and every record then failed in the sink."""
+    text = _load_error(tmp_path, 'extends: builtin\nbackend: opik\nrecords:\n  "*":\n    "*": {body: {tags: [x]}}\n',
+                       backend="otlp")
+    assert f"{tmp_path / 'override.yaml'}:2: backend: 'opik', but this file is laid over the otlp mapping" in text
+    (tmp_path / "base.yaml").write_text("extends: builtin\nbackend: langfuse\n", encoding="utf-8")
+    text = _load_error(tmp_path, "extends: base.yaml\n", backend="otlp")
+    assert f"{tmp_path / 'base.yaml'}:2: backend: 'langfuse', but this file is laid over the otlp mapping" in text
+
+
+def test_an_extends_cycle_between_extra_files_is_a_load_error(tmp_path: Path) -> None:
+    """Two files extending each other are one problem naming the cycle, not endless recursion."""
+    (tmp_path / "other.yaml").write_text("extends: override.yaml\n", encoding="utf-8")
+    assert "extends cycle:" in _load_error(tmp_path, "extends: other.yaml\n", backend="otlp")
+
+
+def test_override_problems_and_expression_problems_are_listed_at_once(tmp_path: Path) -> None:
+    """A selector that reaches nothing no longer hides the file's other problems: every one is listed, each
+    at its own line (they used to appear one fix at a time)."""
+    text = _load_error(tmp_path, """\
+extends: builtin
+backend: otlp
+records:
+  "*":
+    "kind:bogus": {body: {}}
+  message:
+    span:
+      body: {name: "$derived.modle"}
+    nosuch: {body: {}}
+  tool:
+    span: 5
+""", backend="otlp")
+    path = tmp_path / "override.yaml"
+    for fragment in (f"{path}:5: records.\"*\".kind:bogus: unknown entity kind 'bogus'",
+                     f"{path}:8: records.message.span.body.name: $derived.modle: unknown derived field",
+                     f"{path}:9: records.message.nosuch: no entity named 'nosuch'",
+                     f"{path}:11: records.tool.span: an override must be an object"):
+        assert fragment in text, f"missing {fragment!r} in:\n{text}"

@@ -143,7 +143,8 @@ def add_mapping_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="FILE",
         default=[],
-        help="a mapping file extending the built-in one ('extends: builtin'); repeat to layer several",
+        help="a mapping file laid over the built-in one ('extends: builtin', implied when absent; a file it "
+        "extends is laid on first); its 'backend:' must be the backend's; repeat to layer several",
     )
     parser.add_argument(
         "--option",

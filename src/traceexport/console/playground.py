@@ -112,7 +112,7 @@ class Playground:
             path = Path(folder) / OVERRIDE_NAME
             path.write_text(override, encoding="utf-8")
             try:
-                return load_mapping(backend, [path])
+                return load_mapping(backend, [path], follow_extends=False)
             except ConfigError as exc:
                 raise ConfigError([Problem(p.where.replace(folder + "/", ""), p.message) for p in exc.problems],
                                   title=exc.title) from None

@@ -28,7 +28,7 @@ def _walk(spec: LineDict, path: list[str], out: list[dict[str, Any]]) -> None:
         if key == "$merge":
             continue
         file, line = spec.lines.get(key, (spec.file, spec.line))
-        field_path = [*path, str(key)]
+        field_path = [*path, str(key)[1:] if str(key).startswith("$$") else str(key)]  # '$$set' makes '$set'
         nested = isinstance(sub, LineDict) and not any(k in sub for k in _DIRECTIVES)
         out.append({"path": field_path, "file": file, "line": line, "spec": "{…}" if nested else _spec_text(sub)})
         if nested:

@@ -21,7 +21,7 @@ from traceexport.mapping.expressions import (
     parse_expression,
     split_template,
 )
-from traceexport.mapping.functions import REGISTRY
+from traceexport.mapping.functions import REGISTRY, as_text
 
 Getter = Callable[[dict[str, Any]], Any]
 
@@ -41,7 +41,7 @@ class Where:
         """The place of ``key`` inside ``container`` (a LineDict knows each key's own line)."""
         lines = getattr(container, "lines", None)
         file, line = lines[key] if lines and key in lines else (self.file, self.line)
-        suffix = f"[{key}]" if isinstance(key, int) else f".{key}"
+        suffix = f"[{key}]" if isinstance(key, int) and not isinstance(key, bool) else f".{key}"
         return Where(file, line, f"{self.path}{suffix}" if self.path else str(key))
 
 
@@ -68,11 +68,12 @@ Compiled = Getter | Const | Path
 
 
 class MappingRuntimeError(Exception):
-    """A registry function failed on one record; carries the key path for the one-line reason."""
+    """A registry function failed on one record; carries the file, line and key path for the one-line reason."""
 
     def __init__(self, where: Where, function: str, exc: Exception) -> None:
         self.where = where
-        super().__init__(f"{where.path}: {function} failed: {type(exc).__name__}: {exc}")
+        detail = " ".join(str(exc).split())  # one line, whatever the exception's text holds
+        super().__init__(f"{where}: {function} failed: {type(exc).__name__}: {detail}")
 
 
 def as_getter(compiled: Compiled) -> Getter:
@@ -150,7 +151,7 @@ class Compiler:
                     out.append(str(text))
                 else:
                     value = getter(ctx)
-                    out.append("" if value is None else str(value))
+                    out.append("" if value is None else as_text(value))
             return "".join(out)
 
         return template
@@ -164,7 +165,7 @@ class Compiler:
         return build_list
 
     def _mapping(self, spec: dict[Any, Any], where: Where, scope: Scope) -> Compiled:
-        directives = [k for k in spec if isinstance(k, str) and k.startswith("$") and k != "$merge"]
+        directives = [k for k in spec if _is_directive(k)]
         if directives:
             return self._directive(spec, directives, where, scope)
         return self.object(spec, where, scope)
@@ -176,10 +177,21 @@ class Compiler:
         merges: list[Getter] = []
         for key, sub in spec.items():
             sub_where = where.child(key, spec)
+            if not isinstance(key, str | int) or isinstance(key, bool):
+                shown = "null" if key is None else str(key).lower() if isinstance(key, bool) else str(key)
+                self.problem(sub_where, f"the key {shown} is not text: YAML reads unquoted on/off/yes/no/true/false, "
+                                        "null/~, decimals and dates as values; quote it (e.g. 'on':)")
+                continue
             if key == "$merge":
                 for i, merge_spec in enumerate(sub if isinstance(sub, list) else [sub]):
                     merges.append(as_getter(self.value(merge_spec, sub_where.child(i), scope)))
                 continue
+            if _is_directive(key):  # an entity's body: the whole value can be no directive
+                self.problem(sub_where, f"{key!r} is a directive, not a key: "
+                                        f"write '${key}' for a key starting with '$'")
+                continue
+            if isinstance(key, str) and key.startswith("$$"):
+                key = key[1:]  # '$$set': the key '$set' (Amplitude's user property operations)
             compiled = self.value(sub, sub_where, scope)
             if isinstance(compiled, Const):
                 if compiled.value is not None:
@@ -201,7 +213,8 @@ class Compiler:
             otherwise = as_getter(self.value(spec.get("else"), where.child("else", spec), scope))
             return lambda ctx: then(ctx) if cond(ctx) else otherwise(ctx)
         allowed = "'$literal' alone, or '$if' with 'then'/'else'"
-        return self.problem(where, f"bad directive {name!r}: use {allowed}, or '$merge' inside an object")
+        return self.problem(where, f"bad directive {name!r}: use {allowed}, or '$merge' inside an object "
+                                   f"('${name}' is a key starting with '$')")
 
     # --- expressions ---------------------------------------------------------------------------------
     def _expression(self, expr: Expression, where: Where, scope: Scope) -> Compiled:
@@ -263,8 +276,10 @@ class Compiler:
                 known = ", ".join(sorted(self.tables)) or "none defined"
                 return self.problem(where, f"{name}: unknown table {arg.value!r} (tables: {known})")
             return Const(self.tables[arg.value])
-        if kind == "int" and not isinstance(arg.value, int):
+        if kind in ("int", "count") and (not isinstance(arg.value, int) or isinstance(arg.value, bool)):
             return self.problem(where, f"{name}: argument must be an integer, got {arg.value!r}")
+        if kind == "count" and arg.value < 0:
+            return self.problem(where, f"{name}: argument must be 0 or more, got {arg.value!r}")
         return Const(arg.value)
 
     def _path(self, ref: PathRef, where: Where, scope: Scope) -> Compiled:
@@ -289,6 +304,11 @@ def _fold_condition(name: str, args: list[Compiled]) -> object:
         return None
     truthy = bool(args[0].value)
     return _KEEP if truthy == (name == "when") else _DROP
+
+
+def _is_directive(key: Any) -> bool:
+    """``$if``, ``$literal`` (and any other ``$word``, reported as unknown): not ``$merge``, not ``$$word``."""
+    return isinstance(key, str) and key.startswith("$") and key != "$merge" and not key.startswith("$$")
 
 
 def _looks_like_call(text: str) -> bool:

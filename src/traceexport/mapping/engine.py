@@ -27,8 +27,7 @@ from traceexport.mapping.loader import (
     LineDict,
     builtin_mapping_path,
     is_selector,
-    merge_override,
-    read_yaml,
+    overlay,
     resolve,
 )
 from traceexport.records.normalize import DERIVED_KEYS
@@ -122,12 +121,14 @@ def _where(doc: LineDict, key: Any, path: str) -> str:
     return f"{file}:{line}: {path}" if file else path
 
 
-def compile_document(document: LineDict, files: Sequence[str], options: dict[str, Any] | None = None) -> Mapping:
+def compile_document(document: LineDict, files: Sequence[str], options: dict[str, Any] | None = None,
+                     earlier: Sequence[Problem] = ()) -> Mapping:
     """Compile a resolved mapping document, collecting every problem before raising ConfigError.
 
-    ``options`` override the document's ``options`` section (switches such as Amplitude node events).
+    ``options`` override the document's ``options`` section (switches such as Amplitude node events);
+    ``earlier`` are the problems found while merging its files, reported with the rest.
     """
-    problems: list[Problem] = []
+    problems: list[Problem] = list(earlier)
     backend = document.get("backend")
     if backend not in BACKENDS:
         problems.append(Problem(_where(document, "backend", "backend"), f"must be one of {', '.join(BACKENDS)}"))
@@ -144,12 +145,18 @@ def compile_document(document: LineDict, files: Sequence[str], options: dict[str
     if not isinstance(declared, dict):
         problems.append(Problem(_where(document, "options", "options"), "must map option names to values"))
         declared = {}
-    for name in options or {}:
+    declared = {name: _switch(value) for name, value in declared.items()}
+    given: dict[str, Any] = {}
+    for name, value in (options or {}).items():
         if name not in declared:
             known = ", ".join(sorted(declared)) or "none"
             message = f"not an option of the {backend} mapping (options: {known})"
             problems.append(Problem(f"mapping option {name!r}", message))
-    compiler = Compiler(tables, {**declared, **(options or {})})
+            continue
+        given[name] = _switch(value)
+        if isinstance(declared[name], bool) and not isinstance(given[name], bool):
+            problems.append(Problem(f"mapping option {name!r}", f"must be true or false, got {value!r}"))
+    compiler = Compiler(tables, {**declared, **given})
     entities: dict[str, list[Entity]] = {}
     records = document.get("records")
     if not isinstance(records, LineDict):
@@ -178,10 +185,31 @@ def compile_document(document: LineDict, files: Sequence[str], options: dict[str
     return Mapping(str(backend), entities, files, document, _fingerprint(document, options))
 
 
+_SWITCH_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _switch(value: Any) -> Any:
+    """An option's value, with the text of a YAML boolean (``"false"``, from a quoted value or an environment
+    variable) read as that boolean: as text it would be truthy and turn a switch on."""
+    if isinstance(value, str):
+        return _SWITCH_WORDS.get(value.strip().lower(), value)
+    return value
+
+
 def _fingerprint(document: LineDict, options: dict[str, Any] | None) -> str:
     """A hash of the merged document and the options: equal for equal mappings (file names and lines left out)."""
-    text = json.dumps([document, options or {}], sort_keys=True, default=str, separators=(",", ":"))
+    text = json.dumps(_sortable([document, options or {}]), sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _sortable(value: Any) -> Any:
+    """``value`` with every key text, so keys sort: a YAML key that is not text (``1``, ``true``, ``~`` in a table)
+    becomes its type and value, kept apart from the text key that looks the same (``lookup`` tells them apart)."""
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else f"\u0000{type(k).__name__}:{k!r}": _sortable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_sortable(item) for item in value]
+    return value
 
 
 def _compile_entities(section: LineDict, path: str, backend: str, fields: frozenset[str], compiler: Compiler,
@@ -239,20 +267,18 @@ def _optional(compiler: Compiler, spec: LineDict, key: str, path: str, scope: Sc
 
 
 def load_mapping(backend_or_path: str | Path, extra_files: Sequence[str | Path] = (),
-                 options: dict[str, Any] | None = None) -> Mapping:
+                 options: dict[str, Any] | None = None, *, follow_extends: bool = True) -> Mapping:
     """The built-in mapping for a backend (or a mapping file), extended by ``extra_files`` in order.
 
-    Each extra file must say ``extends: builtin`` (or extend another file); its overrides win.
+    Each extra file says ``extends: builtin`` (implied when absent) or extends another file, whose chain is
+    followed (see :func:`~traceexport.mapping.loader.overlay`); its overrides win.
     """
     text = str(backend_or_path)
     base_path = builtin_mapping_path(text) if text in BACKENDS else Path(text)
-    document = resolve(base_path)
+    problems: list[Problem] = []  # an override that reaches nothing: reported with the compiler's problems
+    document = resolve(base_path, problems=problems)
     files = [str(base_path)]
     for extra in extra_files:
-        override = read_yaml(Path(extra))
-        if not isinstance(override, LineDict):
-            raise ConfigError([Problem(str(extra), "a mapping file must be a YAML mapping")], title="invalid mapping")
-        override.pop("extends", None)
-        document = merge_override(document, override)
+        document = overlay(document, Path(extra), follow_extends=follow_extends, problems=problems)
         files.append(str(extra))
-    return compile_document(document, files, options)
+    return compile_document(document, files, options, problems)

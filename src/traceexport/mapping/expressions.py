@@ -28,6 +28,8 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 _TEMPLATE = re.compile(r"\{\{(.*?)\}\}")
+_ESCAPE = re.compile(r"\\(u[0-9A-Fa-f]{4}|.)", re.DOTALL)
+_ESCAPED = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t", "r": "\r"}
 
 
 class ExpressionSyntaxError(ValueError):
@@ -95,8 +97,23 @@ def _literal(kind: str, value: str) -> Literal:
     if kind == "number":
         return Literal(float(value) if any(c in value for c in ".eE") else int(value))
     if kind == "string":
-        return Literal(bytes(value[1:-1], "utf-8").decode("unicode_escape") if "\\" in value else value[1:-1])
+        return Literal(_unescape(value[1:-1]) if "\\" in value else value[1:-1])
     return Literal({"true": True, "false": False, "null": None}.get(value, value))
+
+
+def _unescape(text: str) -> str:
+    """Quoted text with its escapes read (any other character, non-ASCII included, stays as written)."""
+
+    def one(match: re.Match[str]) -> str:
+        code = match.group(1)
+        if len(code) == 5:
+            return chr(int(code[1:], 16))
+        if code not in _ESCAPED:
+            raise ExpressionSyntaxError(f"unknown escape '\\{code}' in quoted text (known: \\\\ \\' \\\" \\n \\t "
+                                        "\\r \\uXXXX)")
+        return _ESCAPED[code]
+
+    return _ESCAPE.sub(one, text)
 
 
 class _Parser:
@@ -182,6 +199,8 @@ def split_template(text: str) -> list[str | Expression]:
             raise ExpressionSyntaxError("empty {{ }} in template")
         parts.append(parse_expression(inner))
         pos = match.end()
+    if "{{" in text[pos:]:
+        raise ExpressionSyntaxError("'{{' without its closing '}}' in template")
     if pos < len(text):
         parts.append(text[pos:])
     return parts

@@ -9,9 +9,11 @@ kinds are checked when the mapping compiles: ``table`` arguments must name an en
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from traceexport import _json as fastjson
@@ -30,7 +32,7 @@ class Function:
     min_args: int
     max_args: int
     doc: str
-    arg_kinds: tuple[str, ...] = ()  # per position: "any", "table", "int"; missing = "any"
+    arg_kinds: tuple[str, ...] = ()  # per position: "any", "table", "int", "count" (an int >= 0); missing = "any"
     null_aware: bool = False  # called even when the input is null
     head: bool = False  # may start an expression without a piped value: coalesce($a, $b)
 
@@ -58,6 +60,20 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds") + "Z"
 
 
+def as_text(value: Any) -> str:
+    """``value`` as text the way every text function and template prints it: text as is, ``true``/``false``,
+    numbers as digits, times as RFC 3339 UTC, lists and objects as JSON (never Python's ``True`` or ``{'a': None}``)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, datetime):
+        return _iso(value)
+    return _dump(value)
+
+
 # --- identity --------------------------------------------------------------------------------------
 @_register("trace_id", "32-hex OTLP trace id: the Dify UUID's digits, else SHA-256 of the value")
 def _trace_id(value: Any) -> str:
@@ -71,13 +87,15 @@ def _span_id(value: Any, role: Any = "") -> str:
 
 @_register("uuid7", "UUIDv7 with the timestamp of the argument (a time) and bits from the value: uuid7($t)", 1, 2)
 def _uuid7(value: Any, moment: Any, role: Any = "") -> str | None:
-    if not isinstance(moment, datetime | int | float):
+    if isinstance(moment, str | datetime):
+        moment = _moment(moment)
+    if not isinstance(moment, datetime | int | float) or (isinstance(moment, float) and not math.isfinite(moment)):
         return None
     return ids.uuid7_from(str(value), moment, str(role))
 
 
 @_register("sha256", "hex SHA-256 of the value (for pseudonymising ids); optional length: sha256(16)", 0, 1,
-           arg_kinds=("int",))
+           arg_kinds=("count",))
 def _sha256(value: Any, length: int = 64) -> str:
     return hashlib.sha256(str(value).encode("utf-8")).hexdigest()[: int(length)]
 
@@ -88,30 +106,50 @@ def _redact(value: Any, marker: Any = "[redacted]") -> Any:
 
 
 # --- time ------------------------------------------------------------------------------------------
+def _moment(value: Any) -> datetime | None:
+    """A time: a datetime, or ISO 8601 text such as a nested ``$message_data.created_at`` (Dify writes those
+    without a zone: UTC, as the record's own times; a datetime without one too, whatever the machine's zone)."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 @_register("iso8601", "RFC 3339 UTC text with microseconds and Z: 2026-03-14T09:21:07.418225Z")
 def _iso8601(value: Any) -> str | None:
-    return _iso(value) if isinstance(value, datetime) else None
+    moment = _moment(value)
+    return _iso(moment) if moment is not None else None
 
 
 @_register("unix_nano", "integer nanoseconds since the epoch")
 def _unix_nano(value: Any) -> int | None:
-    if isinstance(value, datetime):
-        return int(value.timestamp()) * 1_000_000_000 + value.microsecond * 1000
-    return None
+    moment = value if isinstance(value, datetime) and value.tzinfo is not None else _moment(value)
+    if moment is None:
+        return None
+    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
 
 
 @_register("unix_ms", "integer milliseconds since the epoch")
 def _unix_ms(value: Any) -> int | None:
-    if isinstance(value, datetime):
-        return int(value.timestamp()) * 1000 + value.microsecond // 1000
-    return None
+    moment = value if isinstance(value, datetime) and value.tzinfo is not None else _moment(value)
+    if moment is None:
+        return None
+    return int(moment.timestamp()) * 1000 + moment.microsecond // 1000
 
 
 @_register("add_seconds", "a time plus N seconds (N may be a path): add_seconds($latency)", 1)
 def _add_seconds(value: Any, seconds: Any) -> Any:
-    if not isinstance(value, datetime) or not isinstance(seconds, int | float):
+    value = _moment(value)
+    if value is None or not isinstance(seconds, int | float):
         return None
-    return value + timedelta(seconds=seconds)
+    try:
+        return value + timedelta(seconds=seconds)
+    except (OverflowError, ValueError):  # NaN, infinity or a time past the calendar's end: no time
+        return None
 
 
 # --- encoding and text -----------------------------------------------------------------------------
@@ -132,46 +170,49 @@ def _parse_json(value: Any) -> Any:
     return value
 
 
-@_register("str", "the value as text (non-text values as JSON)")
+@_register("str", "the value as text: true/false, numbers as digits, times as RFC 3339, lists and objects as JSON")
 def _str(value: Any) -> str:
-    return value if isinstance(value, str) else _dump(value)
+    return as_text(value)
 
 
 @_register("truncate", "at most N characters of text (non-text is JSON-encoded first), with … when cut", 1,
-           arg_kinds=("int",))
+           arg_kinds=("count",))
 def _truncate(value: Any, limit: int) -> str:
     text = value if isinstance(value, str) else _dump(value)
-    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…" if limit else ""
 
 
 @_register("lower", "lower-case text")
 def _lower(value: Any) -> str:
-    return str(value).lower()
+    return as_text(value).lower()
 
 
 @_register("upper", "upper-case text")
 def _upper(value: Any) -> str:
-    return str(value).upper()
+    return as_text(value).upper()
 
 
 @_register("prefix", "text with a prefix: prefix('dify.')", 1)
 def _prefix(value: Any, text: Any) -> str:
-    return f"{text}{value}"
+    return f"{as_text(text)}{as_text(value)}"
 
 
 @_register("replace", "text with every OLD replaced by NEW: replace('-', '_')", 2)
 def _replace(value: Any, old: Any, new: Any) -> str:
-    return str(value).replace(str(old), str(new))
+    return as_text(value).replace(as_text(old), as_text(new))
 
 
-@_register("split", "list of parts of text: split('/')", 1)
+@_register("split", "list of parts of text: split('/'); split('') the characters", 1)
 def _split(value: Any, sep: Any) -> list[str]:
-    return str(value).split(str(sep))
+    text, separator = as_text(value), as_text(sep)
+    return text.split(separator) if separator else list(text)  # split(''): the characters
 
 
 @_register("join", "text of list items joined by a separator: join(',')", 1)
 def _join(value: Any, sep: Any) -> str:
-    return str(sep).join(str(v) for v in value) if isinstance(value, list) else str(value)
+    return as_text(sep).join(as_text(v) for v in value) if isinstance(value, list) else as_text(value)
 
 
 @_register("length", "number of characters of text, items of a list or keys of an object")
@@ -180,12 +221,24 @@ def _length(value: Any) -> int:
 
 
 # --- numbers ---------------------------------------------------------------------------------------
+_MAX_INT_DIGITS = 4000  # past this an integer cannot be printed (Python's limit is 4,300 digits): not a number to send
+
+
 @_register("int", "the value as an integer (null when not numeric)")
 def _int(value: Any) -> int | None:
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
+    if isinstance(value, int):  # exact, whatever its size (through a float 2**63-1 became 2**63)
+        return int(value)
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) else None
+    if not isinstance(value, str | Decimal):
         return None
+    try:
+        number = Decimal(value.strip() if isinstance(value, str) else value)
+    except InvalidOperation:
+        return None
+    if not number.is_finite() or number.adjusted() > _MAX_INT_DIGITS:
+        return None
+    return int(number)
 
 
 @_register("float", "the value as a number (Decimal text such as '0.0001' included)")
@@ -198,7 +251,7 @@ def _float(value: Any) -> float | None:
 
 @_register("round", "a number rounded to N decimals: round(3)", 0, 1, arg_kinds=("int",))
 def _round(value: Any, digits: int = 0) -> float | int | None:
-    if not isinstance(value, int | float):
+    if not isinstance(value, int | float) or (isinstance(value, float) and not math.isfinite(value)):
         return None
     return round(value, digits) if digits else round(value)
 
@@ -277,7 +330,7 @@ def _lookup(value: Any, table: dict[Any, Any], fallback: Any = None) -> Any:
 @_register("get", "the item at a key or index of the value: get('usage')", 1)
 def _get(value: Any, key: Any) -> Any:
     if isinstance(value, dict):
-        return value.get(key)
+        return value.get(key) if _hashable(key) else None
     if isinstance(value, list) and isinstance(key, int) and -len(value) <= key < len(value):
         return value[key]
     return None
@@ -288,7 +341,14 @@ def _get(value: Any, key: Any) -> Any:
 def _where_in(value: Any, key: Any, table: dict[Any, Any]) -> Any:
     if not isinstance(value, list):
         return None
-    return [item for item in value if isinstance(item, dict) and table.get(item.get(key))]
+    if not _hashable(key):
+        return []
+    return [item for item in value if isinstance(item, dict) and _hashable(item.get(key)) and table.get(item.get(key))]
+
+
+def _hashable(value: Any) -> bool:
+    """True when ``value`` can be a key (a list or object read from a record cannot: no entry has it)."""
+    return not isinstance(value, list | dict)
 
 
 @_register("first", "the first item of a list")
@@ -321,15 +381,21 @@ def _compact(value: Any) -> Any:
     return {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
 
 
-@_register("unique", "a list without repeated items, in first-seen order, nulls and empty text dropped")
+@_register("unique", "a list without repeated items (lists and objects compared by content), in first-seen order, "
+           "nulls and empty text dropped")
 def _unique(value: Any) -> Any:
     if not isinstance(value, list):
         return value
-    seen: dict[Any, None] = {}
+    seen: set[Any] = set()
+    out: list[Any] = []
     for item in value:
-        if item is not None and item != "":
-            seen.setdefault(item, None)
-    return list(seen)
+        if item is None or item == "":
+            continue
+        marker = ("json", _dump(item)) if isinstance(item, dict | list) else item  # lists and objects by content
+        if marker not in seen:
+            seen.add(marker)
+            out.append(item)
+    return out
 
 
 @_register("flatten_indexed", "an object to merge: a list of objects as PREFIX.N.SUBKEY.field keys "

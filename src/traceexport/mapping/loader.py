@@ -127,19 +127,23 @@ def _at(doc: Any, key: Any, path: str) -> str:
     return f"{file}:{line}: {path}" if file else path
 
 
-def merge_override(base: LineDict, override: LineDict) -> LineDict:
+def merge_override(base: LineDict, override: LineDict, problems: list[Problem] | None = None) -> LineDict:
     """``override`` laid over ``base``, selectors (``"*"``, ``"kind:K"``) expanded over ``base``'s entities.
 
-    Raises ConfigError (every problem with file:line) for a selector or entity name that reaches nothing.
+    A selector or entity name that reaches nothing is a problem (with file:line): appended to ``problems``
+    when given, the rest merged all the same (so the mapping's other problems are found too), else raised
+    as a ConfigError.
     """
     records = override.get("records")
     base_records = base.get("records")
     if isinstance(records, dict) and isinstance(base_records, dict):
         backend = str(override.get("backend") or base.get("backend"))
-        problems: list[Problem] = []
-        _expand_selectors(base_records, records, BACKEND_KINDS.get(backend, frozenset()), backend, problems)
-        if problems:
-            raise ConfigError(problems, title="invalid mapping")
+        found: list[Problem] = []
+        _expand_selectors(base_records, records, BACKEND_KINDS.get(backend, frozenset()), backend, found)
+        if found and problems is None:
+            raise ConfigError(found, title="invalid mapping")
+        if problems is not None:
+            problems.extend(found)
     merged = deep_merge(base, override)
     assert isinstance(merged, LineDict)
     return merged
@@ -147,7 +151,9 @@ def merge_override(base: LineDict, override: LineDict) -> LineDict:
 
 def _expand_selectors(base_records: dict[Any, Any], records: dict[Any, Any], kinds: frozenset[str], backend: str,
                       problems: list[Problem]) -> None:
-    """Lay every selector layer over the matching base entities, in place; leave only named overrides."""
+    """Lay every selector layer over the matching base entities, in place; leave only named overrides.
+
+    A layer that is a problem is reported and left out, so what remains still merges."""
     star = records.pop(ALL, None) if ALL in records else {}
     if not isinstance(star, dict):
         problems.append(Problem(_at(records, ALL, 'records."*"'), "must be an object of entities (or selectors)"))
@@ -175,8 +181,9 @@ def _expand_selectors(base_records: dict[Any, Any], records: dict[Any, Any], kin
                 problems.append(Problem(_at(section, name, f"{path}.{name}"),
                                         f"no entity named {name!r} to override (entities: {entities}); "
                                         "a new entity needs kind and body"))
-    if problems:
-        return
+        for name in [n for n, spec in section.items() if n not in base_section
+                     and not (isinstance(spec, dict) and "kind" in spec)]:
+            section.pop(name)
     for record_type, base_section in base_records.items():
         if not isinstance(base_section, dict):
             continue
@@ -197,24 +204,26 @@ def _expand_selectors(base_records: dict[Any, Any], records: dict[Any, Any], kin
 
 def _check_selectors(section: dict[Any, Any], path: str, kinds: frozenset[str], backend: str,
                      problems: list[Problem]) -> None:
-    for name, layer in section.items():
+    """A problem for each unknown kind and each override that is not an object; those are left out of ``section``."""
+    for name, layer in list(section.items()):
         where = _at(section, name, f"{path}.{name}")
         if isinstance(name, str) and name.startswith(KIND_PREFIX) and name[len(KIND_PREFIX):] not in kinds:
             problems.append(Problem(where, f"unknown entity kind {name[len(KIND_PREFIX):]!r} for {backend} "
                                            f"(kinds: {', '.join(sorted(kinds)) or 'none'})"))
+            section.pop(name)
         elif layer is not None and not isinstance(layer, dict):
             problems.append(Problem(where, "an override must be an object (or ~ to drop)"))
+            section.pop(name)
 
 
-def resolve(path: Path, _seen: tuple[Path, ...] = ()) -> LineDict:
-    """The fully merged mapping document for ``path``, following its ``extends`` chain."""
+def resolve(path: Path, _seen: tuple[Path, ...] = (), problems: list[Problem] | None = None) -> LineDict:
+    """The fully merged mapping document for ``path``, following its ``extends`` chain (override problems
+    appended to ``problems`` when given, see :func:`merge_override`)."""
     path = path.resolve()
     if path in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path))
         raise ConfigError([Problem(str(path), f"extends cycle: {chain}")], title="invalid mapping")
-    document = read_yaml(path)
-    if not isinstance(document, LineDict):
-        raise ConfigError([Problem(str(path), "a mapping file must be a YAML mapping")], title="invalid mapping")
+    document = _read_mapping_file(path)
     base_ref = document.pop("extends", None)
     if base_ref is None:
         return document
@@ -226,12 +235,63 @@ def resolve(path: Path, _seen: tuple[Path, ...] = ()) -> LineDict:
                               title="invalid mapping")
         base_path = builtin_mapping_path(str(backend))
     else:
-        where = f"{path}:{document.lines.get('extends', ('', document.line))[1]}: extends"
-        if not isinstance(base_ref, str):
-            raise ConfigError([Problem(where, "extends must be 'builtin' or a file path")], title="invalid mapping")
-        base_path = (path.parent / base_ref) if not Path(base_ref).is_absolute() else Path(base_ref)
-        if not base_path.is_file():
-            raise ConfigError([Problem(where, f"no mapping file {base_path} (a built-in mapping is "
-                                              f"'extends: builtin' with 'backend:' one of {', '.join(BACKENDS)})")],
-                              title="invalid mapping")
-    return merge_override(resolve(base_path, (*_seen, path)), document)
+        base_path = _extended_file(path, document, base_ref)
+    return merge_override(resolve(base_path, (*_seen, path), problems), document, problems)
+
+
+def _read_mapping_file(path: Path) -> LineDict:
+    document = read_yaml(path)
+    if not isinstance(document, LineDict):
+        raise ConfigError([Problem(str(path), "a mapping file must be a YAML mapping")], title="invalid mapping")
+    return document
+
+
+def _extended_file(path: Path, document: LineDict, base_ref: Any) -> Path:
+    """The file ``extends: base_ref`` names in ``path`` (relative to ``path``'s folder); ConfigError at its line."""
+    where = f"{path}:{document.lines.get('extends', ('', document.line))[1]}: extends"
+    if not isinstance(base_ref, str):
+        raise ConfigError([Problem(where, "extends must be 'builtin' or a file path")], title="invalid mapping")
+    base_path = (path.parent / base_ref) if not Path(base_ref).is_absolute() else Path(base_ref)
+    if not base_path.is_file():
+        raise ConfigError([Problem(where, f"no mapping file {base_path} (a built-in mapping is "
+                                          f"'extends: builtin' with 'backend:' one of {', '.join(BACKENDS)})")],
+                          title="invalid mapping")
+    return base_path
+
+
+def overlay(document: LineDict, path: Path, *, follow_extends: bool = True,
+            problems: list[Problem] | None = None) -> LineDict:
+    """The mapping file ``path`` laid over ``document`` (a built-in mapping, perhaps extended already).
+
+    ``path``'s ``extends`` chain is followed down to the file that says ``extends: builtin`` (or nothing:
+    the built-in mapping is implied), and each file of the chain is laid over ``document`` in turn, the one
+    it extends first. A file naming another ``backend:`` than ``document``'s is a ConfigError at that line:
+    laid over the wrong mapping it would compile as a mapping of the other backend. Without
+    ``follow_extends`` (a text typed into the console) ``extends`` is ignored. Override problems are
+    appended to ``problems`` when given (see :func:`merge_override`).
+    """
+    layers: list[LineDict] = []
+    seen: list[Path] = []
+    current = path
+    while True:
+        resolved = current.resolve()
+        if resolved in seen:
+            chain = " -> ".join(str(p) for p in (*seen, resolved))
+            raise ConfigError([Problem(str(resolved), f"extends cycle: {chain}")], title="invalid mapping")
+        seen.append(resolved)
+        layer = _read_mapping_file(current)
+        base_ref = layer.pop("extends", None)
+        layers.append(layer)
+        if base_ref is None or base_ref == "builtin" or not follow_extends:
+            break
+        current = _extended_file(current, layer, base_ref)
+    backend = document.get("backend")
+    mismatched = [Problem(_at(layer, "backend", "backend"),
+                        f"{layer['backend']!r}, but this file is laid over the {backend} mapping (a --mapping or "
+                        f"mapping_files file must name the backend it extends)")
+                  for layer in layers if layer.get("backend", backend) != backend]
+    if mismatched:
+        raise ConfigError(mismatched, title="invalid mapping")
+    for layer in reversed(layers):
+        document = merge_override(document, layer, problems)
+    return document

@@ -40,6 +40,18 @@ _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 # token a chunk can cut short without the parser noticing sooner: -Infinity, \uXXXX, a number's exponent).
 _CUT_TOKEN = 16
 _DECODER = json.JSONDecoder()
+# Python reads no integer of over 4,300 digits: where one stands, the value is found by a decoder that reads such
+# an integer as a stand-in (the piece's text is what is parsed, and rejected, as its record).
+_LONG_NUMBER_DECODER = json.JSONDecoder(parse_int=lambda digits: int(digits) if len(digits) <= 4300 else None)
+
+
+def _raw_decode(text: str, start: int) -> tuple[Any, int]:
+    try:
+        return _DECODER.raw_decode(text, start)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # Python's limit on an integer's digits, not a JSON error
+        return _LONG_NUMBER_DECODER.raw_decode(text, start)
 
 
 class _Invalid(Exception):
@@ -329,7 +341,7 @@ class _Text:
         start = self.pos
         while True:
             try:
-                value, end = _DECODER.raw_decode(self.buf, start)
+                value, end = _raw_decode(self.buf, start)
             except json.JSONDecodeError as exc:
                 if self.eof or self._certain(exc):
                     raise _Invalid(f"not valid JSON: {exc.msg} at character {self._dropped + exc.pos}") from None
