@@ -455,7 +455,8 @@ def test_a_stalled_spool_holds_trace_no_longer_than_the_wait(monkeypatch: pytest
 def test_trace_does_not_wait_for_an_exporter_that_cannot_start(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A spool root that cannot be created fails the exporter's start: the records are counted as dropped, and
-    trace() does not wait out TRACEEXPORT_HOOK_WAIT for each of them."""
+    trace() does not wait out TRACEEXPORT_HOOK_WAIT for each of them; once the start has failed, a record is
+    counted as it is traced (it waited unseen in memory for the next start attempt)."""
     (tmp_path / "not-a-directory").write_text("")
     monkeypatch.setenv("TRACEEXPORT_SPOOL", str(tmp_path / "not-a-directory"))
     monkeypatch.setenv("TRACEEXPORT_HOOK_WAIT", "30")
@@ -463,9 +464,11 @@ def test_trace_does_not_wait_for_an_exporter_that_cannot_start(tmp_path: Path,
     with activate("dictmap"):
         for trace_info in trace_info_objects():
             instance.trace(trace_info)
-    counts = STATS.snapshot()
-    assert counts["store_wait_timeouts"] == 0 and counts["accepted"] == 0
-    assert counts["dropped_unconfigured"] >= 1 and counts["errors"] == 1
+        counts = STATS.snapshot()
+        assert counts["store_wait_timeouts"] == 0 and counts["accepted"] == 0
+        assert counts["dropped_unconfigured"] >= 1 and counts["errors"] == 1
+        instance.trace(trace_info_objects()[0])  # the start has failed by now: counted at once, not held unseen
+        assert STATS.snapshot()["dropped_unconfigured"] == counts["dropped_unconfigured"] + 1
 
 
 def test_unusable_hook_numbers_are_reported_and_their_defaults_used() -> None:

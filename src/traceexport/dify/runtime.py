@@ -95,10 +95,15 @@ class Exporter:
     # -- the caller's side -----------------------------------------------------------------------
     def submit(self, item: Item, wait: float = 0.0) -> None:
         """Put ``item`` into the hand-off queue without blocking (a full queue drops and counts it), then wait at
-        most ``wait`` seconds until it is stored; a record still queued then is stored later, and counted."""
+        most ``wait`` seconds until it is stored; a record still queued then is stored later, and counted. While
+        the last start of the pipeline failed, the record is counted as dropped at once (it used to wait in the
+        queue, uncounted, for the next start attempt, which drops it)."""
         if self._thread is None or self._pid != os.getpid():
             self._start()
-        waiting = wait > 0 and not self._pipeline_failed
+        if self._pipeline_failed:  # no spool until the next start attempt: counted at once, not held unseen
+            STATS.incr("dropped_unconfigured")
+            return
+        waiting = wait > 0
         if waiting:
             item = Item(item.type_name, item.data, item.app_id, threading.Event())
         try:
