@@ -1,8 +1,9 @@
 """The one HTTP outcome classifier every sink shares, and secret-safe error text (through :mod:`traceexport.redaction`).
 
 2xx ok; 408, 429 and 5xx retryable (honouring ``Retry-After`` in seconds or as an HTTP date);
-other 4xx permanent; transport errors retryable. Sinks with per-item error bodies (Amplitude 400/429,
-Opik 400, OTLP partial success) refine this for their own items.
+3xx permanent, naming where it points (redirects are never followed: they would carry the sink's
+credentials to wherever the answer says); other 4xx permanent; transport errors retryable. Sinks with
+per-item error bodies (Amplitude 400/429, Opik 400, OTLP partial success) refine this for their own items.
 """
 
 from __future__ import annotations
@@ -63,6 +64,21 @@ def excerpt(response: httpx.Response, secrets: Iterable[str] = ()) -> str:
     return text[:_EXCERPT] + "..." if len(text) > _EXCERPT else text
 
 
+def redirect_target(response: httpx.Response, secrets: Iterable[str] = ()) -> str:
+    """Where a 3xx answer points, as one secret-free line: scheme, host, port and path, never the query or
+    a ``user:password@``; relative locations resolved against the request's URL."""
+    location = response.headers.get("location", "").strip()
+    if not location:
+        return "no Location given"
+    try:
+        target = response.request.url.join(location)
+    except (httpx.InvalidURL, RuntimeError):  # RuntimeError: a response built without its request
+        return "an unreadable Location"
+    port = f":{target.port}" if target.port else ""
+    where = " ".join(f"{target.scheme}://{target.host}{port}{target.path}".split())
+    return redact(where[:200], secrets)
+
+
 def classify_response(
     response: httpx.Response, *, backend: str, secrets: Iterable[str] = (), auth_hint: str = ""
 ) -> ItemFailure | None:
@@ -73,17 +89,28 @@ def classify_response(
     body = excerpt(response, secrets)
     if status in RETRYABLE_STATUS:
         return ItemFailure(
-            reason=f"{backend} answered {status}: {body}".strip(),
+            reason=_with_body(f"{backend} answered {status}", body),
             permanent=False,
             status_code=status,
             retry_after=retry_after_from(response.headers),
         )
+    if 300 <= status < 400:
+        return ItemFailure(
+            reason=f"{backend} redirected the request ({status}) to {redirect_target(response, secrets)}; "
+                   "redirects are not followed (they would carry the credentials along): "
+                   "set the sink's URL to the address it points to",
+            permanent=True, status_code=status)
     if status in (401, 403):
         hint = f"; check {auth_hint}" if auth_hint else ""
         return ItemFailure(reason=f"{backend} refused the credentials ({status}){hint}", permanent=True,
                            status_code=status)
-    return ItemFailure(reason=f"{backend} rejected the request ({status}): {body}".strip(), permanent=True,
+    return ItemFailure(reason=_with_body(f"{backend} rejected the request ({status})", body), permanent=True,
                        status_code=status)
+
+
+def _with_body(what: str, body: str) -> str:
+    """``what: body``, or ``what`` alone for an empty body."""
+    return f"{what}: {body}" if body else what
 
 
 def classify_transport_error(exc: Exception, *, backend: str, secrets: Iterable[str] = ()) -> ItemFailure:
@@ -101,4 +128,4 @@ def classify_transport_error(exc: Exception, *, backend: str, secrets: Iterable[
 
 
 __all__ = ["MAX_RETRY_AFTER", "classify_response", "classify_transport_error", "excerpt", "parse_retry_after",
-           "redact", "retry_after_from"]
+           "redact", "redirect_target", "retry_after_from"]

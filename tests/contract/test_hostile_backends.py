@@ -1,0 +1,114 @@
+"""The Opik, Amplitude and Langfuse sinks against answers no real backend should give but a proxy or a
+hostile host can: a body that never ends, a redirect to another host, a wait given as an HTTP date.
+Each export ends promptly with every item classified, in one line, without the key."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.fakes.raw_server import RawServer, reply
+
+from traceexport.sinks import create_sink
+from traceexport.sinks.base import ExportResult, Payload, Sink
+
+KEY = "hostile-test-secret-7c1d9e"
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
+BACKENDS = ("opik", "amplitude", "langfuse")
+
+
+@pytest.fixture
+def server() -> Iterator[RawServer]:
+    """A raw-socket server on 127.0.0.1, stopped after the test."""
+    with RawServer() as raw:
+        yield raw
+
+
+def _sink(backend: str, url: str, timeout: float = 10.0) -> Sink:
+    options: dict[str, dict[str, Any]] = {
+        "opik": {"url": f"{url}/api", "api_key": KEY},
+        "amplitude": {"api_key": KEY, "server_url": f"{url}/2/httpapi"},
+        "langfuse": {"public_key": "pk-lf-hostile-1234", "secret_key": KEY, "host": url},
+    }
+    return create_sink(backend, backend, {**options[backend], "timeout": timeout}, {})
+
+
+def _payloads(backend: str) -> list[Payload]:
+    """Two sample records mapped for ``backend`` by its built-in mapping."""
+    from traceexport.mapping import load_mapping
+    from traceexport.records import record_from_obj
+
+    mapping = load_mapping(backend)
+    files = [SAMPLES / "05-message-chat.json", SAMPLES / "07-tool-call.json"]
+    return [p for f in files for p in mapping.map(record_from_obj(json.loads(f.read_text(encoding="utf-8"))))]
+
+
+def _export(backend: str, url: str, timeout: float = 10.0) -> tuple[ExportResult, int, float]:
+    """(result, payload count, seconds taken) of one export of the sample payloads."""
+    sink = _sink(backend, url, timeout)
+    payloads = _payloads(backend)
+    started = time.monotonic()
+    try:
+        result = sink.export(payloads)
+    finally:
+        sink.shutdown()
+    return result, len(payloads), time.monotonic() - started
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_endless_error_body_is_read_only_up_to_a_cap(backend: str, server: RawServer) -> None:
+    """A 502 whose body never ends is classified at once from its status and first bytes (before: the sink
+    read it into memory, about a gigabyte a second, until its timeout, and reported it too slow)."""
+    server.answer(server.endless_body(502))
+    result, count, seconds = _export(backend, server.url, timeout=8.0)
+    assert seconds < 5, f"the sink read the endless body for {seconds:.1f} s"
+    assert set(result.failures) == set(range(count))
+    for failure in result.failures.values():
+        assert not failure.permanent and failure.status_code == 502
+        assert failure.reason.startswith(f"{backend} answered 502: <html>xxx") and "\n" not in failure.reason
+    assert server.bytes_sent < 64 * 1024 * 1024
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_redirect_is_not_followed_and_the_reason_names_its_target(backend: str, status: int,
+                                                                     server: RawServer) -> None:
+    """A redirect to another host is not followed (the other host receives nothing, so no credential
+    travels there); every item fails permanently naming where it pointed, without the query or the key."""
+    with RawServer() as elsewhere:
+        server.answer(reply(status, headers={"Location": f"{elsewhere.url}/steal?token={KEY}"}))
+        result, count, _ = _export(backend, server.url)
+        assert elsewhere.requests == []
+    assert len(server.requests) == 1
+    assert set(result.failures) == set(range(count))
+    for failure in result.failures.values():
+        assert failure.permanent and failure.status_code == status
+        assert f"redirected the request ({status}) to {elsewhere.url}/steal;" in failure.reason
+        assert KEY not in failure.reason and "token" not in failure.reason
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_empty_error_body_leaves_no_dangling_colon(backend: str, server: RawServer) -> None:
+    """A 503 without a body reads "<backend> answered 503", not "<backend> answered 503:"."""
+    server.answer(reply(503))
+    result, _, _ = _export(backend, server.url)
+    assert {f.reason for f in result.failures.values()} == {f"{backend} answered 503"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_retry_after_is_honoured_in_seconds_and_as_an_http_date(backend: str, server: RawServer) -> None:
+    """A 429's Retry-After given in seconds or as an HTTP date becomes every item's wait."""
+    when = email.utils.formatdate(time.time() + 120, usegmt=True)
+    server.answer(reply(429, headers={"Retry-After": "7"}))
+    result, _, _ = _export(backend, server.url)
+    assert {f.retry_after for f in result.failures.values()} == {7.0}
+    server.answer(reply(429, headers={"Retry-After": when}))
+    result, _, _ = _export(backend, server.url)
+    waits = {f.retry_after for f in result.failures.values()}
+    assert len(waits) == 1 and 100 < (waits.pop() or 0) <= 120
+    assert all(not f.permanent and f.status_code == 429 for f in result.failures.values())
