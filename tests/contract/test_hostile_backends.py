@@ -1,6 +1,7 @@
 """The Opik, Amplitude and Langfuse sinks against answers no real backend should give but a proxy or a
-hostile host can: a body that never ends, a redirect to another host, a wait given as an HTTP date.
-Each export ends promptly with every item classified, in one line, without the key."""
+hostile host can: a body that never ends, a redirect to another host, a wait given as an HTTP date, messages
+with newlines and thousands of characters. Each export ends promptly with every item classified, in one
+short line, without the key."""
 
 from __future__ import annotations
 
@@ -112,3 +113,34 @@ def test_retry_after_is_honoured_in_seconds_and_as_an_http_date(backend: str, se
     waits = {f.retry_after for f in result.failures.values()}
     assert len(waits) == 1 and 100 < (waits.pop() or 0) <= 120
     assert all(not f.permanent and f.status_code == 429 for f in result.failures.values())
+
+
+@pytest.mark.parametrize("answer", [
+    {"code": 400, "error": "Invalid field values\non some events\r\n" + "E" * 5000,
+     "events_with_invalid_fields": {"time\nTraceback (most recent call last):": [0]}},
+    {"code": 400, "error": "Invalid field values on some events",
+     "events_with_invalid_fields": {f"field_{n}\n{KEY}": [0] for n in range(300)}},
+    {"code": 400, "error": "Request missing required field", "missing_field": "api\nkey" + "k" * 3000},
+])
+def test_amplitude_reasons_from_its_answer_stay_one_short_line(answer: dict[str, Any], server: RawServer) -> None:
+    """Amplitude's ``error``, field names and ``missing_field`` reach a dead-letter reason as one line of a few
+    hundred characters without the key (before: their newlines and every one of their characters were kept)."""
+    server.answer(reply(400, json.dumps(answer).encode(), {"Content-Type": "application/json"}), reply(200))
+    result, _, _ = _export("amplitude", server.url)
+    assert result.failures
+    for failure in result.failures.values():
+        assert failure.permanent and failure.status_code == 400
+        assert "\n" not in failure.reason and "\r" not in failure.reason
+        assert len(failure.reason) < 600 and KEY not in failure.reason
+
+
+def test_a_partial_success_message_stays_one_short_line(server: RawServer) -> None:
+    """Langfuse's (any OTLP receiver's) partial_success message becomes one short line in every reason and
+    warning (before: its newlines and all of its text were kept)."""
+    message = "span refused:\nTraceback (most recent call last):\n" + "x" * 5000
+    answer = {"partialSuccess": {"rejectedSpans": 1, "errorMessage": message}}
+    server.answer(reply(200, json.dumps(answer).encode(), {"Content-Type": "application/json"}))
+    result, count, _ = _export("langfuse", server.url)
+    assert set(result.failures) == set(range(count)) and result.warnings
+    for text in [*(f.reason for f in result.failures.values()), *result.warnings]:
+        assert "\n" not in text and len(text) < 600

@@ -53,15 +53,21 @@ def retry_after_from(headers: Mapping[str, str]) -> float | None:
     return None
 
 
+def one_line(text: str, secrets: Iterable[str] = (), limit: int = _EXCERPT) -> str:
+    """``text`` from a backend's answer (a message, a field name) as one short, secret-free line: every run of
+    whitespace (newlines included) one space, at most ``limit`` characters, then ``...``."""
+    # Masked before it is cut: a secret straddling the cut would otherwise leave its first part behind.
+    text = redact(" ".join(text[:_REDACT_WINDOW].split()), secrets)
+    return text[:limit] + "..." if len(text) > limit else text
+
+
 def excerpt(response: httpx.Response, secrets: Iterable[str] = ()) -> str:
     """A short, one-line, secret-free excerpt of a response body for error messages."""
     try:
         text = response.text
     except Exception:  # undecodable body: say so rather than fail while reporting a failure
         text = "<undecodable body>"
-    # Masked before it is cut: a secret straddling the cut would otherwise leave its first part behind.
-    text = redact(" ".join(text[:_REDACT_WINDOW].split()), secrets)
-    return text[:_EXCERPT] + "..." if len(text) > _EXCERPT else text
+    return one_line(text, secrets)
 
 
 def redirect_target(response: httpx.Response, secrets: Iterable[str] = ()) -> str:
@@ -127,5 +133,5 @@ def classify_transport_error(exc: Exception, *, backend: str, secrets: Iterable[
     return ItemFailure(reason=f"{backend} unreachable ({kind}): {describe_error(exc, secrets)}", permanent=False)
 
 
-__all__ = ["MAX_RETRY_AFTER", "classify_response", "classify_transport_error", "excerpt", "parse_retry_after",
-           "redact", "redirect_target", "retry_after_from"]
+__all__ = ["MAX_RETRY_AFTER", "classify_response", "classify_transport_error", "excerpt", "one_line",
+           "parse_retry_after", "redact", "redirect_target", "retry_after_from"]
