@@ -224,6 +224,39 @@ def test_amplitude_lists_each_bad_event_by_field(amplitude_fake: AmplitudeFake) 
     assert amplitude_fake.events == []
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth - 1):
+        value = {"n": value}
+    return value
+
+
+@pytest.mark.parametrize(("event", "field"), [
+    (_event(session_id="34f376f0-0dc2-4eff-8e89-6381f0f4ed94"), "session_id"),
+    (_event(time=2**63), "time"),
+    (_event(event_id=1.5), "event_id"),
+    (_event(revenue="9.99"), "revenue"),
+    (_event(location_lat=True), "location_lat"),
+    (_event(event_properties=["a", "b"]), "event_properties"),
+    (_event(user_properties="plan=pro"), "user_properties"),
+    (_event(event_properties=_nested(41)), "event_properties"),
+])
+def test_amplitude_refuses_the_field_types_the_docs_require(amplitude_fake: AmplitudeFake, event: dict[str, Any],
+                                                            field: str) -> None:
+    """A non-integer session_id, event_id or out-of-range time, a non-number revenue or location, properties
+    that are not an object or nest deeper than 40 are listed as invalid (before: only ``time`` was checked)."""
+    response = _amp(amplitude_fake, [_event(), event])
+    assert response.status_code == 400
+    assert response.json()["events_with_invalid_fields"] == {field: [1]}
+    assert amplitude_fake.events == []
+
+
+def test_amplitude_takes_documented_values_at_their_edges(amplitude_fake: AmplitudeFake) -> None:
+    """session_id -1 (no session), the largest 64-bit time, a float revenue and properties 40 deep are taken."""
+    event = _event(session_id=-1, time=2**63 - 1, revenue=9.99, event_properties=_nested(40))
+    assert _amp(amplitude_fake, [event]).status_code == 200
+
+
 def test_amplitude_min_id_length_option_allows_short_ids(amplitude_fake: AmplitudeFake) -> None:
     """options.min_id_length lowers the id length check."""
     assert _amp(amplitude_fake, [_event(user_id="abc")], options={"min_id_length": 3}).status_code == 200
