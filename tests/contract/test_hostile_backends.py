@@ -144,3 +144,31 @@ def test_a_partial_success_message_stays_one_short_line(server: RawServer) -> No
     assert set(result.failures) == set(range(count)) and result.warnings
     for text in [*(f.reason for f in result.failures.values()), *result.warnings]:
         assert "\n" not in text and len(text) < 600
+
+
+@pytest.mark.parametrize("value", ["in a while", "Mon, 99 Foo 2026 25:00:00 GMT", "nan", "inf"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_unreadable_retry_after_leaves_the_wait_to_the_backoff(backend: str, value: str,
+                                                                  server: RawServer) -> None:
+    """A Retry-After that is neither seconds nor a date gives no wait (Amplitude: its documented 30 s), and the
+    export still classifies every item (before: a value with a space raised ValueError out of export, and
+    "nan" became a NaN wait)."""
+    server.answer(reply(429, headers={"Retry-After": value}))
+    result, count, _ = _export(backend, server.url)
+    assert set(result.failures) == set(range(count))
+    expected = 30.0 if backend == "amplitude" else None
+    assert {(f.permanent, f.status_code, f.retry_after) for f in result.failures.values()} == {
+        (False, 429, expected)}
+
+
+@pytest.mark.parametrize("scale", [1, 1000])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_rate_limit_reset_given_as_a_unix_time_is_read_as_one(backend: str, scale: int,
+                                                                 server: RawServer) -> None:
+    """X-RateLimit-Reset as a Unix time (seconds or milliseconds), its usual form, waits until then (before: the
+    timestamp was read as seconds to wait and held the sink for the hour-long cap)."""
+    reset = int((time.time() + 90) * scale)
+    server.answer(reply(429, headers={"X-RateLimit-Reset": str(reset)}))
+    result, _, _ = _export(backend, server.url)
+    waits = {f.retry_after for f in result.failures.values()}
+    assert len(waits) == 1 and 60 < (waits.pop() or 0) <= 90

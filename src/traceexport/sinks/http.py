@@ -9,6 +9,7 @@ per-item error bodies (Amplitude 400/429, Opik 400, OTLP partial success) refine
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from collections.abc import Iterable, Mapping
 
@@ -25,20 +26,35 @@ _EXCERPT = 300
 _REDACT_WINDOW = 8192  # characters of a body masked for an excerpt: far more than any secret past the cut
 
 
+EPOCH_SECONDS = 1e9  # a wait this long (31 years) is a Unix time (X-RateLimit-Reset's usual form), not a delay
+EPOCH_MILLISECONDS = 1e12
+
+
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` (or ``RateLimit-Reset``) header value; None if absent/invalid."""
+    """Seconds to wait from a ``Retry-After`` (or ``RateLimit-Reset``) header value: delay seconds, an HTTP date,
+    or a Unix time in seconds or milliseconds; None if absent or unreadable (never an exception)."""
     if value is None:
         return None
     value = value.strip()
     if not value:
         return None
+    clock = time.time() if now is None else now
     try:
         seconds = float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if "," in value or " " in value else None
+        try:
+            parsed = email.utils.parsedate_to_datetime(value) if "," in value or " " in value else None
+        except (TypeError, ValueError, OverflowError):  # "a b", "Mon, 99 Foo 2026": not a date after all
+            return None
         if parsed is None:
             return None
-        seconds = parsed.timestamp() - (time.time() if now is None else now)
+        seconds = parsed.timestamp() - clock
+    if not math.isfinite(seconds):
+        return None
+    if seconds >= EPOCH_MILLISECONDS:
+        seconds = seconds / 1000 - clock
+    elif seconds >= EPOCH_SECONDS:
+        seconds -= clock
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
