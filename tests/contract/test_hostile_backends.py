@@ -89,7 +89,7 @@ def test_a_redirect_is_not_followed_and_the_reason_names_its_target(backend: str
     assert set(result.failures) == set(range(count))
     for failure in result.failures.values():
         assert failure.permanent and failure.status_code == status
-        assert f"redirected the request ({status}) to {elsewhere.url}/steal;" in failure.reason
+        assert f"redirected the request ({status}) to {elsewhere.url}/steal: not followed" in failure.reason
         assert KEY not in failure.reason and "token" not in failure.reason
 
 

@@ -118,9 +118,8 @@ def classify_response(
         )
     if 300 <= status < 400:
         return ItemFailure(
-            reason=f"{backend} redirected the request ({status}) to {redirect_target(response, secrets)}; "
-                   "redirects are not followed (they would carry the credentials along): "
-                   "set the sink's URL to the address it points to",
+            reason=f"{backend} redirected the request ({status}) to {redirect_target(response, secrets)}: "
+                   "not followed (it would carry the credentials); set the sink's URL to that address",
             permanent=True, status_code=status)
     if status in (401, 403):
         hint = f"; check {auth_hint}" if auth_hint else ""
