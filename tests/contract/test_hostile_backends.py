@@ -172,3 +172,21 @@ def test_a_rate_limit_reset_given_as_a_unix_time_is_read_as_one(backend: str, sc
     result, _, _ = _export(backend, server.url)
     waits = {f.retry_after for f in result.failures.values()}
     assert len(waits) == 1 and 60 < (waits.pop() or 0) <= 90
+
+
+@pytest.mark.parametrize("body", [
+    b"\x1b[2J\x1b[31mbackend on fire\x1b[0m\x00\x07",
+    b'{"errors": ["bad \\u001b[31mspan\\u0000"], "code": 400, "error": "Invalid \\u001b]0;title\\u0007 key",'
+    b' "events_with_invalid_fields": {"time\\u001b[1m": [0]}}',
+])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_control_characters_in_an_answer_are_escaped(backend: str, body: bytes, server: RawServer) -> None:
+    """Terminal escapes and NULs in an error body (or in Opik's errors, Amplitude's error and field names) reach
+    a reason escaped, so a log line or ``dlq list`` cannot be driven by the backend (before: kept as sent)."""
+    server.answer(reply(400, body, {"Content-Type": "application/json"}))
+    result, count, _ = _export(backend, server.url)
+    assert set(result.failures) == set(range(count))
+    for failure in result.failures.values():
+        assert failure.reason.isprintable(), failure.reason
+    shown_as = ("\\x1b", "\\u001b")  # escaped by the sink, or JSON's escape of a body shown as text
+    assert any(form in failure.reason for failure in result.failures.values() for form in shown_as)

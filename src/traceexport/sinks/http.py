@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 import httpx
 
 from traceexport.redaction import describe_error, redact
+from traceexport.shown import shown
 from traceexport.sinks.base import ItemFailure
 from traceexport.sinks.http_client import deadline_exceeded
 from traceexport.sinks.ratelimit import SendCancelled
@@ -70,10 +71,12 @@ def retry_after_from(headers: Mapping[str, str]) -> float | None:
 
 
 def one_line(text: str, secrets: Iterable[str] = (), limit: int = _EXCERPT) -> str:
-    """``text`` from a backend's answer (a message, a field name) as one short, secret-free line: every run of
-    whitespace (newlines included) one space, at most ``limit`` characters, then ``...``."""
+    """``text`` from a backend's answer (a message, a field name) as one short, secret-free, printable line:
+    every run of whitespace (newlines included) one space, any other control character escaped (``\\x00``,
+    ``\\x1b``: an answer cannot drive the terminal showing a log or ``dlq list``), at most ``limit``
+    characters, then ``...``."""
     # Masked before it is cut: a secret straddling the cut would otherwise leave its first part behind.
-    text = redact(" ".join(text[:_REDACT_WINDOW].split()), secrets)
+    text = shown(redact(" ".join(text[:_REDACT_WINDOW].split()), secrets))
     return text[:limit] + "..." if len(text) > limit else text
 
 

@@ -35,7 +35,7 @@ from traceexport.sinks.base import (
 )
 from traceexport.sinks.bisect import Budget, send_halves
 from traceexport.sinks.headers import url_secrets, value_problem
-from traceexport.sinks.http import classify_response, classify_transport_error, excerpt, redact
+from traceexport.sinks.http import classify_response, classify_transport_error, excerpt, one_line
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.ratelimit import ITEMS_EXTENSION
 from traceexport.sinks.settings import load_settings
@@ -244,7 +244,7 @@ class OpikSink:
         except (ValueError, AttributeError):
             errors = None
         if isinstance(errors, list) and errors:
-            return redact(" ".join("; ".join(str(e) for e in errors).split()), self.secrets)[:300]
+            return one_line("; ".join(str(e) for e in errors), self.secrets)
         return excerpt(response, self.secrets) or "(empty body)"
 
     def _get_client(self) -> httpx.Client | None:
