@@ -1,6 +1,6 @@
 """The one HTTP outcome classifier every sink shares, and secret-safe error text (through :mod:`traceexport.redaction`).
 
-2xx ok; 408, 429 and 5xx retryable (honouring ``Retry-After`` in seconds or as an HTTP date);
+2xx ok; 408, 425, 429 and every 5xx retryable (honouring ``Retry-After`` in seconds or as an HTTP date);
 3xx permanent, naming where it points (redirects are never followed: they would carry the sink's
 credentials to wherever the answer says); other 4xx permanent; transport errors retryable. Sinks with
 per-item error bodies (Amplitude 400/429, Opik 400, OTLP partial success) refine this for their own items.
@@ -20,7 +20,7 @@ from traceexport.shown import shown
 from traceexport.sinks.base import ItemFailure
 from traceexport.sinks.http_client import deadline_exceeded
 from traceexport.sinks.ratelimit import SendCancelled
-from traceexport.sinks.request_meter import RETRYABLE_STATUS
+from traceexport.sinks.request_meter import retryable_status
 
 MAX_RETRY_AFTER = 3600.0
 _EXCERPT = 300
@@ -112,7 +112,7 @@ def classify_response(
     if 200 <= status < 300:
         return None
     body = excerpt(response, secrets)
-    if status in RETRYABLE_STATUS:
+    if retryable_status(status):
         return ItemFailure(
             reason=_with_body(f"{backend} answered {status}", body),
             permanent=False,
