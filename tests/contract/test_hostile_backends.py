@@ -201,3 +201,17 @@ def test_every_5xx_is_retried(backend: str, status: int, server: RawServer) -> N
     result, count, _ = _export(backend, server.url)
     assert set(result.failures) == set(range(count))
     assert all(not f.permanent and f.status_code == status for f in result.failures.values())
+
+
+@pytest.mark.parametrize("status", [400, 429])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_json_answer_nested_too_deeply_is_shown_not_raised(backend: str, status: int,
+                                                             server: RawServer) -> None:
+    """An error body nested 200,000 deep (which Python's JSON parser refuses with RecursionError) is classified
+    by its status and shown as an excerpt (before: Opik's and Amplitude's export raised RecursionError)."""
+    body = b'{"errors": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    server.answer(reply(status, body, {"Content-Type": "application/json"}))
+    result, count, _ = _export(backend, server.url)
+    assert set(result.failures) == set(range(count))
+    assert {f.permanent for f in result.failures.values()} == {status == 400}
+    assert all('{"errors": [[[' in f.reason for f in result.failures.values())

@@ -43,7 +43,13 @@ from traceexport.sinks.base import (
 )
 from traceexport.sinks.bisect import send_halves
 from traceexport.sinks.headers import url_secrets
-from traceexport.sinks.http import classify_response, classify_transport_error, one_line, retry_after_from
+from traceexport.sinks.http import (
+    answer_object,
+    classify_response,
+    classify_transport_error,
+    one_line,
+    retry_after_from,
+)
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.ratelimit import ITEMS_EXTENSION
 from traceexport.sinks.settings import load_settings
@@ -203,7 +209,7 @@ class AmplitudeSink:
         status = response.status_code
         if 200 <= status < 300:
             return None
-        body = _json_object(response)
+        body = answer_object(response)
         if status == 413:
             return self._split(client, chunk, result, resend=resend)
         if status == 400:
@@ -324,14 +330,6 @@ def _encode(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError):  # NaN, Infinity, a datetime: as every JSON the project writes carries them
         return _json.dumps_bytes(value)
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def _positions(value: Any, size: int) -> list[int]:

@@ -12,6 +12,7 @@ import email.utils
 import math
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import httpx
 
@@ -78,6 +79,16 @@ def one_line(text: str, secrets: Iterable[str] = (), limit: int = _EXCERPT) -> s
     # Masked before it is cut: a secret straddling the cut would otherwise leave its first part behind.
     text = shown(redact(" ".join(text[:_REDACT_WINDOW].split()), secrets))
     return text[:limit] + "..." if len(text) > limit else text
+
+
+def answer_object(response: httpx.Response) -> dict[str, Any]:
+    """An answer's body as a JSON object; ``{}`` when it is not JSON, not an object, or nested too deeply for
+    Python's parser (``[[[[...`` a megabyte deep raises RecursionError, not ValueError)."""
+    try:
+        body = response.json()
+    except (ValueError, RecursionError):
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def excerpt(response: httpx.Response, secrets: Iterable[str] = ()) -> str:
@@ -151,5 +162,5 @@ def classify_transport_error(exc: Exception, *, backend: str, secrets: Iterable[
     return ItemFailure(reason=f"{backend} unreachable ({kind}): {describe_error(exc, secrets)}", permanent=False)
 
 
-__all__ = ["MAX_RETRY_AFTER", "classify_response", "classify_transport_error", "excerpt", "one_line",
+__all__ = ["MAX_RETRY_AFTER", "answer_object", "classify_response", "classify_transport_error", "excerpt", "one_line",
            "parse_retry_after", "redact", "redirect_target", "retry_after_from"]
