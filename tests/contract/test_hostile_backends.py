@@ -215,3 +215,15 @@ def test_a_json_answer_nested_too_deeply_is_shown_not_raised(backend: str, statu
     assert set(result.failures) == set(range(count))
     assert {f.permanent for f in result.failures.values()} == {status == 400}
     assert all('{"errors": [[[' in f.reason for f in result.failures.values())
+
+
+@pytest.mark.parametrize("quota", [7, "user", [{"id": 1}], None])
+def test_amplitude_reads_a_malformed_daily_quota_as_none(quota: Any, server: RawServer) -> None:
+    """A 429 whose exceeded_daily_quota_users is not a map of ids (a number, a text, a list of objects) throttles
+    its events for 30 s instead of raising TypeError out of export (before: ``id in 7`` raised)."""
+    answer = {"code": 429, "error": "Too many requests for some devices and users", "throttled_events": [0],
+              "exceeded_daily_quota_users": quota}
+    server.answer(reply(429, json.dumps(answer).encode(), {"Content-Type": "application/json"}), reply(200))
+    result, _, _ = _export("amplitude", server.url)
+    assert set(result.failures) == {0}
+    assert not result.failures[0].permanent and result.failures[0].retry_after == 30.0

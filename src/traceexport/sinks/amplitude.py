@@ -269,12 +269,12 @@ class AmplitudeSink:
     def _throttle(self, chunk: list[Item], positions: set[int], body: dict[str, Any], result: ExportResult,
                   header_wait: float | None = None) -> None:
         """Throttled events: permanent when over a daily quota, else retryable after 30 s."""
-        quota_users = body.get("exceeded_daily_quota_users") or {}
-        quota_devices = body.get("exceeded_daily_quota_devices") or {}
+        quota_users = _ids(body.get("exceeded_daily_quota_users"))
+        quota_devices = _ids(body.get("exceeded_daily_quota_devices"))
         wait = max(THROTTLE_WAIT, header_wait or 0.0)
         for position in positions:
             index, event, _ = chunk[position]
-            if event.get("user_id") in quota_users or event.get("device_id") in quota_devices:
+            if _ids([event.get("user_id")]) & quota_users or _ids([event.get("device_id")]) & quota_devices:
                 result.failures[index] = ItemFailure(
                     "amplitude refused the event: its user or device is over the daily event quota (429)",
                     permanent=True, status_code=429)
@@ -330,6 +330,13 @@ def _encode(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError):  # NaN, Infinity, a datetime: as every JSON the project writes carries them
         return _json.dumps_bytes(value)
+
+
+def _ids(value: Any) -> frozenset[str]:
+    """The ids an Amplitude quota map (id -> count) or list names; none for anything else it may hold."""
+    if not isinstance(value, dict | list):
+        return frozenset()
+    return frozenset(item for item in value if isinstance(item, str))
 
 
 def _positions(value: Any, size: int) -> list[int]:
