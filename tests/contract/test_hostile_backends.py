@@ -227,3 +227,18 @@ def test_amplitude_reads_a_malformed_daily_quota_as_none(quota: Any, server: Raw
     result, _, _ = _export("amplitude", server.url)
     assert set(result.failures) == {0}
     assert not result.failures[0].permanent and result.failures[0].retry_after == 30.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_refusal_of_the_credentials_quotes_the_answer_without_the_key(backend: str, server: RawServer) -> None:
+    """A 403 saying why (Langfuse: ingestion suspended over a usage threshold) keeps that in the reason beside
+    the settings to check, the key masked (before: only "check the keys", which misled for a quota)."""
+    body = {"error": "ForbiddenError", "message": f"Ingestion suspended: Usage threshold exceeded ({KEY})"}
+    server.answer(reply(403, json.dumps(body).encode(), {"Content-Type": "application/json"}))
+    result, count, _ = _export(backend, server.url)
+    assert set(result.failures) == set(range(count))
+    for failure in result.failures.values():
+        assert failure.permanent and failure.status_code == 403
+        assert f"{backend} refused the credentials (403): " in failure.reason
+        assert "Usage threshold exceeded (***)" in failure.reason and "; check " in failure.reason
+        assert KEY not in failure.reason

@@ -136,9 +136,9 @@ def classify_response(
                    "not followed (it would carry the credentials); set the sink's URL to that address",
             permanent=True, status_code=status)
     if status in (401, 403):
-        hint = f"; check {auth_hint}" if auth_hint else ""
-        return ItemFailure(reason=f"{backend} refused the credentials ({status}){hint}", permanent=True,
-                           status_code=status)
+        hint = f"; check {auth_hint}" if auth_hint else ""  # after the answer, which may say more (a quota)
+        return ItemFailure(reason=_with_body(f"{backend} refused the credentials ({status})", body) + hint,
+                           permanent=True, status_code=status)
     return ItemFailure(reason=_with_body(f"{backend} rejected the request ({status})", body), permanent=True,
                        status_code=status)
 
