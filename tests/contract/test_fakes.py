@@ -128,6 +128,39 @@ def test_opik_bean_validation_answers_422(opik_fake: OpikFake, collection: str, 
     assert any(fragment in e for e in response.json()["errors"])
 
 
+@pytest.mark.parametrize(("collection", "item", "fragment"), [
+    ("spans", _span(environment="e" * 151), "spans[0].environment breaks maxLength 150"),
+    ("traces", _trace(environment="e" * 151), "traces[0].environment breaks maxLength 150"),
+    ("spans", _span(total_estimated_cost=-0.5), "spans[0].total_estimated_cost breaks minimum"),
+    ("traces", _trace(tags=["dify", "dify"]), "traces[0].tags breaks uniqueItems"),
+    ("spans", _span(tags=["dify", 7]), "spans[0].tags[1] breaks type"),
+    ("traces", _trace(input=5), "traces[0].input breaks anyOf"),
+    ("spans", _span(output=["a", "b"]), "spans[0].output breaks anyOf"),
+    ("traces", _trace(source="dify"), "traces[0].source breaks enum"),
+    ("spans", _span(model={"name": "gpt"}), "spans[0].model breaks type"),
+    ("traces", _trace(thread_id=12), "traces[0].thread_id breaks type"),
+    ("spans", _span(ttft="fast"), "spans[0].ttft breaks type"),
+])
+def test_opik_refuses_what_the_published_schema_refuses(opik_fake: OpikFake, collection: str,
+                                                        item: dict[str, Any], fragment: str) -> None:
+    """Everything Trace_Write / Span_Write of Opik's spec forbid answers 422 naming the field (before: only the
+    hand-picked rules were checked, so an over-long environment or a number as input was stored)."""
+    response = httpx.post(f"{opik_fake.url}/v1/private/{collection}/batch", json={collection: [item]})
+    assert response.status_code == 422, response.text
+    assert any(fragment in e for e in response.json()["errors"]), response.json()
+    assert not opik_fake.traces and not opik_fake.spans
+
+
+def test_opik_takes_what_the_server_takes_beside_the_schema(opik_fake: OpikFake) -> None:
+    """A field sent as null counts as absent and a cost of 0 is allowed (``exclusiveMinimum: false``), as the
+    server reads them; a string, an object and a list of objects are all valid input."""
+    items = [_span(ttft=None, model=None, total_estimated_cost=0, input="text", output={"a": 1},
+                   metadata=[{"k": "v"}])]
+    response = httpx.post(f"{opik_fake.url}/v1/private/spans/batch", json={"spans": items})
+    assert response.status_code == 204, response.text
+    assert len(opik_fake.spans) == 1
+
+
 def test_opik_malformed_json_answers_400(opik_fake: OpikFake) -> None:
     """A body that is not JSON answers 400 {"errors": [...]}."""
     response = httpx.post(f"{opik_fake.url}/v1/private/traces/batch", content=b"{nope",
@@ -189,6 +222,39 @@ def test_amplitude_lists_each_bad_event_by_field(amplitude_fake: AmplitudeFake) 
         "events_with_invalid_fields": {"time": [4, 5]},
     }
     assert amplitude_fake.events == []
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth - 1):
+        value = {"n": value}
+    return value
+
+
+@pytest.mark.parametrize(("event", "field"), [
+    (_event(session_id="34f376f0-0dc2-4eff-8e89-6381f0f4ed94"), "session_id"),
+    (_event(time=2**63), "time"),
+    (_event(event_id=1.5), "event_id"),
+    (_event(revenue="9.99"), "revenue"),
+    (_event(location_lat=True), "location_lat"),
+    (_event(event_properties=["a", "b"]), "event_properties"),
+    (_event(user_properties="plan=pro"), "user_properties"),
+    (_event(event_properties=_nested(41)), "event_properties"),
+])
+def test_amplitude_refuses_the_field_types_the_docs_require(amplitude_fake: AmplitudeFake, event: dict[str, Any],
+                                                            field: str) -> None:
+    """A non-integer session_id, event_id or out-of-range time, a non-number revenue or location, properties
+    that are not an object or nest deeper than 40 are listed as invalid (before: only ``time`` was checked)."""
+    response = _amp(amplitude_fake, [_event(), event])
+    assert response.status_code == 400
+    assert response.json()["events_with_invalid_fields"] == {field: [1]}
+    assert amplitude_fake.events == []
+
+
+def test_amplitude_takes_documented_values_at_their_edges(amplitude_fake: AmplitudeFake) -> None:
+    """session_id -1 (no session), the largest 64-bit time, a float revenue and properties 40 deep are taken."""
+    event = _event(session_id=-1, time=2**63 - 1, revenue=9.99, event_properties=_nested(40))
+    assert _amp(amplitude_fake, [event]).status_code == 200
 
 
 def test_amplitude_min_id_length_option_allows_short_ids(amplitude_fake: AmplitudeFake) -> None:

@@ -7,7 +7,9 @@
 * bad JSON -> 400 ``Invalid JSON request body``; no ``api_key`` / ``events`` -> 400 with ``missing_field``;
   a key other than the configured one -> 400 ``Invalid API key: ...`` (the key is never echoed);
 * per event: ``event_type`` required; ``user_id`` or ``device_id`` of at least ``options.min_id_length``
-  (default 5) and not in Amplitude's never-accepted list; ``time`` an int (ms). Offenders -> 400
+  (default 5) and not in Amplitude's never-accepted list; ``time``, ``session_id`` and ``event_id`` 64-bit
+  integers; ``price``, ``quantity``, ``revenue``, ``location_lat`` / ``_lng`` numbers; ``event_properties``,
+  ``user_properties``, ``groups`` and ``group_properties`` objects nested at most 40 deep. Offenders -> 400
   ``Invalid field values on some events`` with ``events_with_missing_fields`` / ``events_with_invalid_fields``
   / ``events_with_invalid_id_lengths`` (field -> event indexes); nothing of that request is stored;
 * ``throttle_users`` / ``throttle_devices`` -> 429 listing ``throttled_users`` / ``throttled_events``;
@@ -30,6 +32,10 @@ INVALID_IDS = frozenset({"anonymous", "nil", "none", "null", "n/a", "na", "undef
                          "00000000-0000-0000-0000-000000000000", "{}", "lmy47d", "0", "-1"})
 LIMITS = {"/2/httpapi": 1_000_000, "/batch": 20_000_000}
 MAX_EVENTS = 2000
+INTEGER_FIELDS = ("time", "session_id", "event_id")  # longs: ms since the epoch, the session's start, a counter
+NUMBER_FIELDS = ("price", "quantity", "revenue", "location_lat", "location_lng")
+OBJECT_FIELDS = ("event_properties", "user_properties", "groups", "group_properties")
+MAX_DEPTH = 40  # how deeply those objects may nest
 
 
 def _valid_id(value: Any, min_len: int) -> tuple[bool, bool]:
@@ -65,10 +71,31 @@ def event_problems(events: list[Any], min_len: int) -> dict[str, dict[str, list[
                 add("events_with_invalid_id_lengths", short[0], i)
             else:
                 add("events_with_missing_fields", "user_id", i)
-        t = event.get("time")
-        if t is not None and (not isinstance(t, int) or isinstance(t, bool)):
-            add("events_with_invalid_fields", "time", i)
+        for field in INTEGER_FIELDS:
+            if event.get(field) is not None and not _is_long(event[field]):
+                add("events_with_invalid_fields", field, i)
+        for field in NUMBER_FIELDS:
+            value = event.get(field)
+            if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+                add("events_with_invalid_fields", field, i)
+        for field in OBJECT_FIELDS:
+            value = event.get(field)
+            if value is not None and (not isinstance(value, dict) or _depth(value) > MAX_DEPTH):
+                add("events_with_invalid_fields", field, i)
     return {k: v for k, v in maps.items() if v}
+
+
+def _is_long(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63
+
+
+def _depth(value: Any) -> int:
+    """How deeply objects and lists nest in ``value`` (a scalar: 0)."""
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
 
 
 class AmplitudeFake(FakeServer):

@@ -7,8 +7,12 @@ Checks what the real server checks and answers the way it answers:
 * ``POST /v1/private/{traces,spans}/batch``: malformed JSON -> 400 ``{"errors":["Unable to process JSON"]}``;
   bean validation (1..1000 items, ``start_time`` present and a date-time, non-blank ``project_name``, span
   ``type`` in general/tool/llm/guardrail, integer ``usage`` values, ``error_info`` with ``exception_type``
-  and ``traceback``) -> 422 ``{"errors":[...]}``; every supplied ``id`` / ``trace_id`` / ``parent_span_id``
-  must be a UUID version 7 -> 400 ``{"errors":["Span id must be a version 7 UUID"]}``. One bad item fails
+  and ``traceback``, and everything else ``Trace_Write`` / ``Span_Write`` of the published spec say, from
+  the extract in ``tests/data/contracts``: string fields, unique string ``tags``, ``environment`` of at most
+  150 characters, ``source`` and ``type`` enums, ``total_estimated_cost`` >= 0, ``input`` / ``output`` /
+  ``metadata`` an object, a list of objects or a string) -> 422 ``{"errors":[...]}``; every supplied ``id`` /
+  ``trace_id`` / ``parent_span_id`` must be a UUID version 7 -> 400
+  ``{"errors":["Span id must be a version 7 UUID"]}``. One bad item fails
   the whole request, as on the real server. Otherwise 204, stored by id (greatest ``last_updated_at`` wins).
 * ``PUT /v1/private/{traces,spans}/feedback-scores``: recorded, 204.
 
@@ -18,10 +22,13 @@ Run out of process: ``python -m tests.fakes.opik_server --port 0 [--api-key K --
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 import uuid
 from datetime import datetime
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from tests.fakes._server import FakeServer, RecordedRequest, Response, run_main
@@ -29,6 +36,9 @@ from tests.fakes._server import FakeServer, RecordedRequest, Response, run_main
 SPAN_TYPES = frozenset({"general", "tool", "llm", "guardrail"})
 ENTITIES = {"traces": "Trace", "spans": "Span"}
 MAX_ITEMS = 1000
+# Trace_Write, Span_Write and what they reference, unchanged from Opik's published OpenAPI spec.
+SCHEMA_EXTRACT = Path(__file__).resolve().parents[1] / "data" / "contracts" / "opik-write-schemas.json"
+SCHEMAS = {"traces": "Trace_Write", "spans": "Span_Write"}
 
 
 def uuid7(unix_ms: int | None = None) -> str:
@@ -84,6 +94,37 @@ def bean_violations(collection: str, items: Any) -> list[str]:
         if info is not None and not (isinstance(info, dict) and info.get("exception_type")
                                      and info.get("traceback")):
             errors.append(f"{where}.errorInfo needs non-blank exception_type and traceback")
+        errors += schema_violations(collection, where, item)
+    return errors
+
+
+@cache
+def _validator(collection: str) -> Any:
+    import jsonschema
+
+    schemas = json.loads(SCHEMA_EXTRACT.read_text(encoding="utf-8"))["schemas"]
+    # Read as the server behaves: the generated JsonListString_Write says type: object beside anyOf [object,
+    # array, string], and the server takes all three; `exclusiveMinimum: false` is OpenAPI 3.0's way of
+    # saying "minimum is inclusive", which JSON Schema 2020-12 would read as "greater than 0".
+    schemas["JsonListString_Write"].pop("type", None)
+    for schema in schemas.values():
+        for field in schema.get("properties", {}).values():
+            if isinstance(field.get("exclusiveMinimum"), bool):
+                del field["exclusiveMinimum"]
+    root = {"$ref": f"#/components/schemas/{SCHEMAS[collection]}", "components": {"schemas": schemas}}
+    return jsonschema.Draft202012Validator(root)
+
+
+def schema_violations(collection: str, where: str, item: dict[str, Any]) -> list[str]:
+    """What the published ``Trace_Write`` / ``Span_Write`` schema refuses in ``item`` (ids and times aside: their
+    format is checked above and by :func:`id_violations`; a field given as null counts as absent, as Jackson
+    reads it), one short line each, never quoting the value."""
+    errors = []
+    present = {key: value for key, value in item.items() if value is not None}  # Jackson: null is absent
+    for error in _validator(collection).iter_errors(present):
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        rule = json.dumps(error.validator_value) if error.validator != "$ref" else ""
+        errors.append(f"{where}{path} breaks {error.validator} {rule[:80]}".rstrip())
     return errors
 
 

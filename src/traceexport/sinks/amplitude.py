@@ -17,7 +17,8 @@ Outcomes, per the Amplitude docs and the official SDK's processor:
 * 5xx, 408 and transport errors: retryable (``Retry-After`` honoured).
 
 The API key travels inside the body, so :meth:`AmplitudeSink.request_bodies` shows it as ``***`` and every
-failure reason is passed through :func:`~traceexport.sinks.http.redact` with the key.
+failure reason is passed through :func:`~traceexport.sinks.http.redact` with the key; what the answer says (its
+``error``, field names) through :func:`~traceexport.sinks.http.one_line`, so a reason stays one short line.
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ from traceexport.sinks.base import (
 )
 from traceexport.sinks.bisect import send_halves
 from traceexport.sinks.headers import url_secrets
-from traceexport.sinks.http import classify_response, classify_transport_error, redact, retry_after_from
+from traceexport.sinks.http import (
+    answer_object,
+    classify_response,
+    classify_transport_error,
+    one_line,
+    retry_after_from,
+)
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.ratelimit import ITEMS_EXTENSION
 from traceexport.sinks.settings import load_settings
@@ -55,6 +62,7 @@ ENV = {"api_key": "AMPLITUDE_API_KEY", "server_url": "AMPLITUDE_SERVER_URL", "re
 INDEX_LISTS = (("events_with_invalid_fields", "invalid"), ("events_with_missing_fields", "missing"),
                ("events_with_invalid_id_lengths", "too short"))
 REDACTED = "***"
+NAMED_FIELDS = 10  # an event's refused fields named in its reason; the rest are counted
 
 
 class AmplitudeSettings(BaseModel):
@@ -201,7 +209,7 @@ class AmplitudeSink:
         status = response.status_code
         if 200 <= status < 300:
             return None
-        body = _json_object(response)
+        body = answer_object(response)
         if status == 413:
             return self._split(client, chunk, result, resend=resend)
         if status == 400:
@@ -227,13 +235,13 @@ class AmplitudeSink:
 
     def _on_400(self, client: httpx.Client, chunk: list[Item], body: dict[str, Any], response: httpx.Response,
                 result: ExportResult, *, resend: bool) -> ItemFailure | None:
-        error = redact(str(body.get("error") or ""), self.secrets)
+        error = one_line(str(body.get("error") or ""), self.secrets, limit=200)
         reasons: dict[int, list[str]] = {}
         for key, label in INDEX_LISTS:
             fields = body.get(key)
             for field, positions in (fields.items() if isinstance(fields, dict) else ()):
                 for position in _positions(positions, len(chunk)):
-                    reasons.setdefault(position, []).append(f"{label} {redact(str(field), self.secrets)}")
+                    reasons.setdefault(position, []).append(f"{label} {one_line(str(field), self.secrets, 80)}")
         for position in _positions(body.get("silenced_events"), len(chunk)):
             reasons.setdefault(position, []).append("device silenced by Amplitude")
         if body.get("missing_field") or error.startswith("Invalid API key") or not reasons:
@@ -241,7 +249,9 @@ class AmplitudeSink:
             result.failures.update({index: failure for index, _, _ in chunk})
             return failure if (body.get("missing_field") or error.startswith("Invalid API key")) else None
         for position, why in reasons.items():
-            reason = f"amplitude rejected the event (400 {error}): {', '.join(why)}"
+            listed = ", ".join(why[:NAMED_FIELDS]) + (f" and {len(why) - NAMED_FIELDS} more"
+                                                       if len(why) > NAMED_FIELDS else "")
+            reason = f"amplitude rejected the event (400 {error}): {listed}"
             result.failures[chunk[position][0]] = ItemFailure(reason, permanent=True, status_code=400)
         throttled = set(_positions(body.get("throttled_events"), len(chunk))) - reasons.keys()
         self._throttle(chunk, throttled, body, result)
@@ -259,12 +269,12 @@ class AmplitudeSink:
     def _throttle(self, chunk: list[Item], positions: set[int], body: dict[str, Any], result: ExportResult,
                   header_wait: float | None = None) -> None:
         """Throttled events: permanent when over a daily quota, else retryable after 30 s."""
-        quota_users = body.get("exceeded_daily_quota_users") or {}
-        quota_devices = body.get("exceeded_daily_quota_devices") or {}
+        quota_users = _ids(body.get("exceeded_daily_quota_users"))
+        quota_devices = _ids(body.get("exceeded_daily_quota_devices"))
         wait = max(THROTTLE_WAIT, header_wait or 0.0)
         for position in positions:
             index, event, _ = chunk[position]
-            if event.get("user_id") in quota_users or event.get("device_id") in quota_devices:
+            if _ids([event.get("user_id")]) & quota_users or _ids([event.get("device_id")]) & quota_devices:
                 result.failures[index] = ItemFailure(
                     "amplitude refused the event: its user or device is over the daily event quota (429)",
                     permanent=True, status_code=429)
@@ -290,7 +300,7 @@ class AmplitudeSink:
             reason = ("amplitude rejected the API key (400); "
                       f"check AMPLITUDE_API_KEY (sinks.{self.name}.api_key)")
         elif body.get("missing_field"):
-            missing = redact(str(body["missing_field"]), self.secrets)
+            missing = one_line(str(body["missing_field"]), self.secrets, limit=80)
             reason = f"amplitude rejected the request (400): missing field {missing!r}"
         else:
             failure = classify_response(response, backend="amplitude", secrets=self.secrets)
@@ -322,12 +332,11 @@ def _encode(value: Any) -> bytes:
         return _json.dumps_bytes(value)
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
+def _ids(value: Any) -> frozenset[str]:
+    """The ids an Amplitude quota map (id -> count) or list names; none for anything else it may hold."""
+    if not isinstance(value, dict | list):
+        return frozenset()
+    return frozenset(item for item in value if isinstance(item, str))
 
 
 def _positions(value: Any, size: int) -> list[int]:

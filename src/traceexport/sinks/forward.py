@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
 from traceexport.sinks.headers import url_secrets, value_problem
-from traceexport.sinks.http import classify_response, classify_transport_error, redact
+from traceexport.sinks.http import answer_object, classify_response, classify_transport_error, redact
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.ratelimit import ITEMS_EXTENSION
 from traceexport.sinks.settings import load_settings
@@ -118,11 +118,7 @@ class ForwardSink:
 
     def _rejections(self, response: httpx.Response, count: int) -> ExportResult:
         """Per-envelope failures from a ``rejected`` list; a 400 without one fails every envelope."""
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
-        rejected = answer.get("rejected") if isinstance(answer, dict) else None
+        rejected = answer_object(response).get("rejected")
         result = ExportResult()
         for item in rejected if isinstance(rejected, list) else []:
             if not isinstance(item, dict):

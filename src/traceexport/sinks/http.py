@@ -1,43 +1,62 @@
 """The one HTTP outcome classifier every sink shares, and secret-safe error text (through :mod:`traceexport.redaction`).
 
-2xx ok; 408, 429 and 5xx retryable (honouring ``Retry-After`` in seconds or as an HTTP date);
-other 4xx permanent; transport errors retryable. Sinks with per-item error bodies (Amplitude 400/429,
-Opik 400, OTLP partial success) refine this for their own items.
+2xx ok; 408, 425, 429 and every 5xx retryable (honouring ``Retry-After`` in seconds or as an HTTP date);
+3xx permanent, naming where it points (redirects are never followed: they would carry the sink's
+credentials to wherever the answer says); other 4xx permanent; transport errors retryable. Sinks with
+per-item error bodies (Amplitude 400/429, Opik 400, OTLP partial success) refine this for their own items.
 """
 
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import httpx
 
 from traceexport.redaction import describe_error, redact
+from traceexport.shown import shown
 from traceexport.sinks.base import ItemFailure
 from traceexport.sinks.http_client import deadline_exceeded
 from traceexport.sinks.ratelimit import SendCancelled
-from traceexport.sinks.request_meter import RETRYABLE_STATUS
+from traceexport.sinks.request_meter import retryable_status
 
 MAX_RETRY_AFTER = 3600.0
 _EXCERPT = 300
 _REDACT_WINDOW = 8192  # characters of a body masked for an excerpt: far more than any secret past the cut
 
 
+EPOCH_SECONDS = 1e9  # a wait this long (31 years) is a Unix time (X-RateLimit-Reset's usual form), not a delay
+EPOCH_MILLISECONDS = 1e12
+
+
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` (or ``RateLimit-Reset``) header value; None if absent/invalid."""
+    """Seconds to wait from a ``Retry-After`` (or ``RateLimit-Reset``) header value: delay seconds, an HTTP date,
+    or a Unix time in seconds or milliseconds; None if absent or unreadable (never an exception)."""
     if value is None:
         return None
     value = value.strip()
     if not value:
         return None
+    clock = time.time() if now is None else now
     try:
         seconds = float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if "," in value or " " in value else None
+        try:
+            parsed = email.utils.parsedate_to_datetime(value) if "," in value or " " in value else None
+        except (TypeError, ValueError, OverflowError):  # "a b", "Mon, 99 Foo 2026": not a date after all
+            return None
         if parsed is None:
             return None
-        seconds = parsed.timestamp() - (time.time() if now is None else now)
+        seconds = parsed.timestamp() - clock
+    if not math.isfinite(seconds):
+        return None
+    if seconds >= EPOCH_MILLISECONDS:
+        seconds = seconds / 1000 - clock
+    elif seconds >= EPOCH_SECONDS:
+        seconds -= clock
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
@@ -52,15 +71,48 @@ def retry_after_from(headers: Mapping[str, str]) -> float | None:
     return None
 
 
+def one_line(text: str, secrets: Iterable[str] = (), limit: int = _EXCERPT) -> str:
+    """``text`` from a backend's answer (a message, a field name) as one short, secret-free, printable line:
+    every run of whitespace (newlines included) one space, any other control character escaped (``\\x00``,
+    ``\\x1b``: an answer cannot drive the terminal showing a log or ``dlq list``), at most ``limit``
+    characters, then ``...``."""
+    # Masked before it is cut: a secret straddling the cut would otherwise leave its first part behind.
+    text = shown(redact(" ".join(text[:_REDACT_WINDOW].split()), secrets))
+    return text[:limit] + "..." if len(text) > limit else text
+
+
+def answer_object(response: httpx.Response) -> dict[str, Any]:
+    """An answer's body as a JSON object; ``{}`` when it is not JSON, not an object, or nested too deeply for
+    Python's parser (``[[[[...`` a megabyte deep raises RecursionError, not ValueError)."""
+    try:
+        body = response.json()
+    except (ValueError, RecursionError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 def excerpt(response: httpx.Response, secrets: Iterable[str] = ()) -> str:
     """A short, one-line, secret-free excerpt of a response body for error messages."""
     try:
         text = response.text
     except Exception:  # undecodable body: say so rather than fail while reporting a failure
         text = "<undecodable body>"
-    # Masked before it is cut: a secret straddling the cut would otherwise leave its first part behind.
-    text = redact(" ".join(text[:_REDACT_WINDOW].split()), secrets)
-    return text[:_EXCERPT] + "..." if len(text) > _EXCERPT else text
+    return one_line(text, secrets)
+
+
+def redirect_target(response: httpx.Response, secrets: Iterable[str] = ()) -> str:
+    """Where a 3xx answer points, as one secret-free line: scheme, host, port and path, never the query or
+    a ``user:password@``; relative locations resolved against the request's URL."""
+    location = response.headers.get("location", "").strip()
+    if not location:
+        return "no Location given"
+    try:
+        target = response.request.url.join(location)
+    except (httpx.InvalidURL, RuntimeError):  # RuntimeError: a response built without its request
+        return "an unreadable Location"
+    port = f":{target.port}" if target.port else ""
+    where = " ".join(f"{target.scheme}://{target.host}{port}{target.path}".split())
+    return redact(where[:200], secrets)
 
 
 def classify_response(
@@ -71,19 +123,29 @@ def classify_response(
     if 200 <= status < 300:
         return None
     body = excerpt(response, secrets)
-    if status in RETRYABLE_STATUS:
+    if retryable_status(status):
         return ItemFailure(
-            reason=f"{backend} answered {status}: {body}".strip(),
+            reason=_with_body(f"{backend} answered {status}", body),
             permanent=False,
             status_code=status,
             retry_after=retry_after_from(response.headers),
         )
+    if 300 <= status < 400:
+        return ItemFailure(
+            reason=f"{backend} redirected the request ({status}) to {redirect_target(response, secrets)}: "
+                   "not followed (it would carry the credentials); set the sink's URL to that address",
+            permanent=True, status_code=status)
     if status in (401, 403):
-        hint = f"; check {auth_hint}" if auth_hint else ""
-        return ItemFailure(reason=f"{backend} refused the credentials ({status}){hint}", permanent=True,
-                           status_code=status)
-    return ItemFailure(reason=f"{backend} rejected the request ({status}): {body}".strip(), permanent=True,
+        hint = f"; check {auth_hint}" if auth_hint else ""  # after the answer, which may say more (a quota)
+        return ItemFailure(reason=_with_body(f"{backend} refused the credentials ({status})", body) + hint,
+                           permanent=True, status_code=status)
+    return ItemFailure(reason=_with_body(f"{backend} rejected the request ({status})", body), permanent=True,
                        status_code=status)
+
+
+def _with_body(what: str, body: str) -> str:
+    """``what: body``, or ``what`` alone for an empty body."""
+    return f"{what}: {body}" if body else what
 
 
 def classify_transport_error(exc: Exception, *, backend: str, secrets: Iterable[str] = ()) -> ItemFailure:
@@ -100,5 +162,5 @@ def classify_transport_error(exc: Exception, *, backend: str, secrets: Iterable[
     return ItemFailure(reason=f"{backend} unreachable ({kind}): {describe_error(exc, secrets)}", permanent=False)
 
 
-__all__ = ["MAX_RETRY_AFTER", "classify_response", "classify_transport_error", "excerpt", "parse_retry_after",
-           "redact", "retry_after_from"]
+__all__ = ["MAX_RETRY_AFTER", "answer_object", "classify_response", "classify_transport_error", "excerpt", "one_line",
+           "parse_retry_after", "redact", "redirect_target", "retry_after_from"]

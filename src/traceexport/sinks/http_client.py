@@ -11,6 +11,11 @@ The deadline lives in httpcore's network layer, the documented ``network_backend
 pools; httpx does not expose that option, so :func:`_install` sets it on the pool of each transport the
 client creates (proxies from the environment included) and fails loudly if httpx changes that shape.
 
+An answer is read up to :data:`MAX_ANSWER_BYTES` (decoded) and its connection closed there: a receiver that
+streams an endless body (or a gzip bomb) as fast as loopback goes would otherwise fill the memory of the
+delivery process, a gigabyte a second, until the deadline. The status stands and the body keeps its first
+``MAX_ANSWER_BYTES``, far more than any backend's answer or error.
+
 :func:`make_client` returns a :class:`RateLimitedClient`: inside a rate-limited sink's export each request
 first waits for that sink's :class:`~traceexport.sinks.ratelimit.RateLimiter` (before its deadline starts).
 """
@@ -26,6 +31,8 @@ import httpcore
 import httpx
 
 from traceexport.sinks import ratelimit, request_meter
+
+MAX_ANSWER_BYTES = 1024 * 1024  # of an answer's (decoded) body kept; the rest is never read
 
 # (monotonic deadline, the whole allowance in seconds) of the request the current thread is sending
 _DEADLINE: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar(
@@ -153,30 +160,43 @@ class DeadlineClient(httpx.Client):
         return _install(super()._init_proxy_transport(*args, **kwargs))
 
     def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        stream = bool(kwargs.pop("stream", False))
         started = time.monotonic()
         token = _DEADLINE.set((started + self.deadline, self.deadline))
         try:
-            response = super().send(request, **kwargs)
+            response = super().send(request, stream=True, **kwargs)
+            if not stream:
+                _read_bounded(response)
         except Exception:  # a transport failure (or a bug): retryable, as the sinks classify it
             request_meter.observe(time.monotonic() - started, "retryable")
             raise
         finally:
             _DEADLINE.reset(token)
         request_meter.observe(time.monotonic() - started, request_meter.status_outcome(response.status_code))
-        if not kwargs.get("stream"):
-            _release_cycle(response)
         return response
 
 
-def _release_cycle(response: httpx.Response) -> None:
-    """Let reference counting free a read response, its request and the request's body right away.
+def _read_bounded(response: httpx.Response, limit: int = MAX_ANSWER_BYTES) -> None:
+    """Read an answer's body, decoded, up to ``limit`` bytes, then close it (and, cut short, its connection).
 
-    httpx's response and its ``BoundSyncStream`` refer to each other: a cycle only the garbage collector
-    frees, so every request body (up to ``max_bytes``) lived until the next full collection and a
-    delivery process grew by tens of MB between them. The content is read by now: a plain stream
-    over it replaces the bound one.
+    The response then holds what was read, over a plain stream: httpx's response and its ``BoundSyncStream``
+    refer to each other, a cycle only the garbage collector frees, so every request body (up to
+    ``max_bytes``) lived until the next full collection and a delivery process grew by tens of MB between
+    them; without it reference counting frees a response, its request and the request's body right away.
     """
-    response.stream = httpx.ByteStream(response.content)
+    parts: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_bytes():
+            parts.append(chunk)
+            size += len(chunk)
+            if size >= limit:
+                break
+    finally:
+        response.close()
+    content = b"".join(parts)[:limit]
+    response._content = content  # what httpx's read() leaves; it has no bounded read of its own
+    response.stream = httpx.ByteStream(content)
 
 
 class RateLimitedClient(DeadlineClient):

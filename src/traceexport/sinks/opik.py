@@ -35,7 +35,7 @@ from traceexport.sinks.base import (
 )
 from traceexport.sinks.bisect import Budget, send_halves
 from traceexport.sinks.headers import url_secrets, value_problem
-from traceexport.sinks.http import classify_response, classify_transport_error, excerpt, redact
+from traceexport.sinks.http import answer_object, classify_response, classify_transport_error, excerpt, one_line
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.ratelimit import ITEMS_EXTENSION
 from traceexport.sinks.settings import load_settings
@@ -239,12 +239,9 @@ class OpikSink:
 
     def _errors(self, response: httpx.Response) -> str:
         """Opik's ``{"errors": [...]}`` joined into one secret-free line, else a body excerpt."""
-        try:
-            errors = response.json().get("errors")
-        except (ValueError, AttributeError):
-            errors = None
+        errors = answer_object(response).get("errors")
         if isinstance(errors, list) and errors:
-            return redact(" ".join("; ".join(str(e) for e in errors).split()), self.secrets)[:300]
+            return one_line("; ".join(str(e) for e in errors), self.secrets)
         return excerpt(response, self.secrets) or "(empty body)"
 
     def _get_client(self) -> httpx.Client | None:

@@ -6,7 +6,7 @@ client (:class:`traceexport.sinks.http_client.DeadlineClient`) and the OTLP/gRPC
 metered block (``traceexport map``, tests) :func:`observe` does nothing.
 
 Outcomes follow the shared classifier (``sinks/http.py``): ``ok`` for 2xx, ``retryable`` for 408, 425,
-429, 5xx and transport failures, ``permanent`` for every other answer.
+429, every 5xx (a CDN's 520-524 too) and transport failures, ``permanent`` for every other answer.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 OUTCOMES = ("ok", "retryable", "permanent")
-RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+RETRYABLE_4XX = frozenset({408, 425, 429})
 
 Meter = Callable[[float, str], None]
 _METER: contextvars.ContextVar[Meter | None] = contextvars.ContextVar("traceexport_request_meter", default=None)
@@ -39,8 +39,13 @@ def observe(seconds: float, outcome: str) -> None:
         meter(seconds, outcome)
 
 
+def retryable_status(status: int) -> bool:
+    """Whether an answer with this status may succeed later: 408, 425, 429 and every 5xx."""
+    return status in RETRYABLE_4XX or 500 <= status <= 599
+
+
 def status_outcome(status: int) -> str:
     """The outcome of an HTTP answer with this status code."""
     if 200 <= status < 300:
         return "ok"
-    return "retryable" if status in RETRYABLE_STATUS else "permanent"
+    return "retryable" if retryable_status(status) else "permanent"

@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from traceexport.sinks import ratelimit, request_meter
 from traceexport.sinks.base import ItemFailure
 from traceexport.sinks.headers import merge_headers
-from traceexport.sinks.http import classify_response, classify_transport_error, redact
+from traceexport.sinks.http import classify_response, classify_transport_error, one_line
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.otlp.config import OtlpSettings
 from traceexport.sinks.otlp_encoding import decode_partial_success, serialize
@@ -79,7 +79,7 @@ class HttpTransport:
         if failure is not None:
             return SendOutcome(failure, divisible=response.status_code in DIVISIBLE_STATUS)
         rejected, message = decode_partial_success(response.content, response.headers.get("content-type", ""))
-        return SendOutcome(None, rejected, redact(message, self._settings.secrets))
+        return SendOutcome(None, rejected, one_line(message, self._settings.secrets))
 
     def close(self) -> None:
         self._client.close()
@@ -128,14 +128,14 @@ class GrpcTransport:
             return SendOutcome(failure, divisible=getattr(code, "name", "") in DIVISIBLE_GRPC)
         request_meter.observe(time.monotonic() - started, "ok")
         partial = response.partial_success
-        message = redact(partial.error_message, self._settings.secrets)
+        message = one_line(partial.error_message, self._settings.secrets)
         return SendOutcome(None, int(partial.rejected_spans), message)
 
     def _classify(self, exc: Any) -> ItemFailure:
         code = exc.code() if callable(getattr(exc, "code", None)) else None
         code_name = getattr(code, "name", "UNKNOWN")
         details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
-        reason = redact(f"{self._backend} answered gRPC {code_name}: {details}", self._settings.secrets)
+        reason = f"{self._backend} answered gRPC {code_name}: {one_line(str(details), self._settings.secrets)}"
         if code_name in RETRYABLE_GRPC:
             return ItemFailure(reason=reason, permanent=False, retry_after=_grpc_retry_after(exc))
         if code_name == "UNAUTHENTICATED" and self._settings.auth_hint:
