@@ -87,7 +87,8 @@ class Stager:
     def _premapped(self, record: Record, mask: int) -> bytes | None:
         if self.enriches is not None and self.enriches(record):
             return None  # the delivery process enriches it before mapping
-        return premapped_bytes(record, [r.mapping for r in self.routes if mask >> self.bits[r.sink.name] & 1])
+        return premapped_bytes(record, [r.mapping for r in self.routes if mask >> self.bits[r.sink.name] & 1],
+                               enricher=self.enriches is not None)
 
 
 def enriches_of(prepare: Prepare | None) -> Callable[[Record], bool] | None:
