@@ -381,9 +381,9 @@ def run_delivery(spool_dir: Path, route_factory: RouteFactory, settings: Pipelin
                  prepare_factory: PrepareFactory | None, reader: Connection, flushing: SharedFlag,
                  parent_pid: int, log_settings: LogSettings, rates: RateBoard | None = None) -> None:
     """The child's main: deliver from the spool until told to stop or orphaned."""
-    # The parent owns this process's life: a SIGTERM or Ctrl-C sent to the whole process group (GNU timeout,
-    # systemd's default KillMode, a terminal) reaches the parent, which stops the child within its grace.
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    # The parent owns this process's life: a SIGTERM, Ctrl-C or hang-up sent to the whole process group (GNU
+    # timeout, systemd's default KillMode, a terminal) reaches the parent, which stops the child within its grace.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     apply_settings(log_settings)
     from traceexport._gc import tune_for_throughput
