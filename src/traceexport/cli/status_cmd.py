@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from traceexport.cli.common import spool_option
 from traceexport.errors import ConfigError, Problem
 from traceexport.pipeline.metrics import snapshot
+from traceexport.pipeline.owner import owner
 from traceexport.pipeline.spool import Spool, spool_dir_default
 from traceexport.pipeline.spool_dir import SPOOL_FILE, check_spool_dir
 
@@ -111,7 +112,21 @@ def run(args: argparse.Namespace) -> int:
           "its histogram")
     if any(snap["dead_letters"].values()):
         print(f"dead letters kept: run 'traceexport dlq list{spool_option(snap['spool'])}' to see them")
+    _name_undelivered(snap)
     return 0
+
+
+def _name_undelivered(snap: dict[str, Any]) -> None:
+    """A line for each sink holding pending records that the daemon running on the spool does not deliver to
+    (taken out of its config, or renamed): they wait there for good unless it comes back or is retired."""
+    daemon = owner(Path(snap["spool"]))
+    if daemon is None:
+        return
+    for name, figures in snap["sinks"].items():
+        if figures["queue_depth"] and not daemon.delivers(name):
+            print(f"{name}: {figures['queue_depth']} records pending, but {daemon.describe()} on this spool does "
+                  f"not deliver to it (not in its config): add it back and restart, or run "
+                  f"'traceexport dlq retire{spool_option(snap['spool'])} {name}' to move them to its dead letter")
 
 
 def _age(seconds: float) -> str:

@@ -301,9 +301,14 @@ class Pipeline:
 
     def orphaned(self) -> dict[str, int]:
         """Records still owed to sinks this spool knows but this pipeline does not deliver to."""
-        others = set(self.spool.sink_bits()) - set(self.sink_names)
-        owed = {name: self.spool.backlog(name)[0] for name in sorted(others)}
+        owed = {name: self.spool.backlog(name)[0] for name in self._orphans()}
         return {name: n for name, n in owed.items() if n}
+
+    def _orphans(self) -> list[str]:
+        """The sinks this spool still holds records for that this pipeline does not deliver to (taken out of
+        the config, or renamed)."""
+        others = set(self.spool.sink_bits()) - set(self.sink_names)
+        return [name for name in sorted(others) if self.spool.has_pending(name)]
 
     def pending(self) -> dict[str, int]:
         """Records still owed to each sink of this pipeline (fresh plus waiting for retry)."""
@@ -346,10 +351,12 @@ class Pipeline:
         for worker in self.workers:
             worker.wake()
 
-    def metrics(self, *, with_histograms: bool = False) -> dict[str, Any]:
+    def metrics(self, *, with_histograms: bool = False, orphans: bool = False) -> dict[str, Any]:
         """Counters per sink (accepted, exported, retried, ...), queue depth, oldest pending age, requests by
-        outcome and latency percentiles; the spool's size and its limit."""
-        snap = snapshot(self.spool, self.sink_names, with_histograms=with_histograms)
+        outcome and latency percentiles; the spool's size and its limit. ``orphans``: also for the sinks this
+        pipeline does not deliver to that the spool still holds records for (see :meth:`orphaned`)."""
+        names = [*self.sink_names, *self._orphans()] if orphans else self.sink_names
+        snap = snapshot(self.spool, names, with_histograms=with_histograms)
         snap["spool_max_bytes"] = self.settings.max_bytes
         return snap
 
@@ -366,8 +373,10 @@ class Pipeline:
         return out
 
     def prometheus_text(self) -> str:
-        """:meth:`metrics` with the histograms in the Prometheus text exposition format, for /metrics."""
-        return (prometheus_text(self.metrics(with_histograms=True))
+        """:meth:`metrics` with the histograms in the Prometheus text exposition format, for /metrics; with the
+        sinks taken out of the config that are still owed records, so their queue depth and oldest pending age
+        stay in sight (and alerted on) until they are added back or retired."""
+        return (prometheus_text(self.metrics(with_histograms=True, orphans=True))
                 + "\n".join(rate_limit_lines(self.rate_limits(), label_value)) + "\n")
 
     def __enter__(self) -> Pipeline:
