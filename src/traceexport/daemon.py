@@ -42,7 +42,8 @@ MIN_STEP = 0.2
 DELIVERY_WATCH_INTERVAL = 1.0  # seconds between the daemon's looks at its delivery process
 DELIVERY_RESPAWN_INTERVAL = 5.0  # at least this long between two restarts of a delivery process that keeps dying
 # Each stops the daemon cleanly. SIGHUP too: a closed terminal sends it, and so does `kill -HUP` meant as a reload
-# (the config is read only at start); its default action killed the daemon outright, without a line.
+# (the config is read only at start); its default action killed the daemon outright, without a line. A SIGHUP
+# ignored when serve starts (nohup) stays ignored.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -246,7 +247,8 @@ class Daemon:
 
     def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT, stop; the exit code."""
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS
+                    if not (sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN)}  # nohup: ignored
         try:
             self.start()
             print(self.banner(), file=sys.stderr, flush=True)
