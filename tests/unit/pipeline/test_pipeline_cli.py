@@ -14,6 +14,7 @@ from traceexport.cli import build_parser, main
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter
 from traceexport.pipeline.owner import DaemonLock
 from traceexport.pipeline.spool import Spool
+from traceexport.pipeline.turns import DeliveryTurn
 from traceexport.sinks.base import ItemFailure
 
 FAST = PipelineSettings(fsync=False, poll_interval=0.01, retry=RetryPolicy(max_attempts=1))
@@ -206,6 +207,29 @@ def test_dlq_retire_refuses_a_sink_the_running_daemon_still_delivers_to(tmp_path
         assert "2 records still owed to other moved" in capsys.readouterr().out
     finally:
         lock.release()
+
+
+def test_dlq_retire_refuses_a_sink_a_command_is_delivering_to(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`dlq retire` is refused (exit 2, nothing moved, one line naming the command's pid) while a command such as
+    `export` or `replay` holds the sink's delivery turn: its worker would go on from its own queue position and
+    send records retire dead-lettered, as a daemon's would. Once the command is done, retire goes ahead."""
+    failing = ScriptedSink("old", fail_first(99, ItemFailure("503", permanent=False, status_code=503)))
+    with Pipeline(tmp_path, [Route(failing, StandInMapping())], FAST) as pipe:
+        pipe.accept(make_records(2))
+    turn = DeliveryTurn(tmp_path, ["old"], say=None)  # a command delivering to "old" from this spool
+    try:
+        assert main(["dlq", "retire", "--spool", str(tmp_path), "old"]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {os.getpid()}" in err and "nothing was moved" in err and err.count("\n") == 1, err
+        assert main(["dlq", "list", "--spool", str(tmp_path), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == []
+    finally:
+        turn.release()
+    assert main(["dlq", "retire", "--spool", str(tmp_path), "old"]) == 0
+    assert "2 records still owed to old moved" in capsys.readouterr().out
+    assert main(["dlq", "retire", "--spool", str(tmp_path), "nope"]) == 2
+    assert not (tmp_path / "deliver.nope.lock").exists()  # no turn file for a sink the spool never had
 
 
 def test_dlq_list_shows_a_reason_s_control_characters_escaped(tmp_path: Path,
