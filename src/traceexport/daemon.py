@@ -357,9 +357,21 @@ class Daemon:
         if not os.access(self.config.spool.dir, os.W_OK):
             return f"spool directory {self.config.spool.dir} is not writable"
         try:
-            return self.pipeline.spool.refusal()
+            refusal = self.pipeline.spool.refusal()
+            return refusal + self._held_for_others() if refusal is not None else None
         except Exception as exc:  # a spool that cannot even be read is not ready either
             return f"spool {self.config.spool.dir} cannot be read: {type(exc).__name__}: {exc}"
+
+    def _held_for_others(self) -> str:
+        """For a refusing spool: the records in it owed to sinks no longer in the config, which no delivery here
+        will free (``""`` when there are none)."""
+        owed = self.pipeline.orphaned() if self.pipeline is not None else {}
+        if not owed:
+            return ""
+        sinks = ", ".join(f"{name} ({count})" for name, count in owed.items())
+        return (f"; it holds records for sinks not in the config, which nothing here delivers: {sinks}; add them "
+                f"back, or 'traceexport dlq retire{spool_option(Path(self.config.spool.dir))} SINK' and then "
+                "purge their dead letters")
 
 
 def start_problem(exc: OSError, config: Config) -> ConfigError:
