@@ -8,7 +8,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -72,8 +72,12 @@ class Stager:
         self.premap, self.enriches = premap, enriches
         self.full = compact or local
 
-    def __call__(self, record: Record | RecordHead) -> Staged:
+    def __call__(self, record: Record | RecordHead, only: Collection[str] | None = None) -> Staged:
+        """The record's row; ``only``: routed to those of these sinks alone (a command resuming: the others
+        already have it)."""
         mask = mask_for(record, self.routes, self.bits)
+        if only is not None:
+            mask &= sum(1 << self.bits[name] for name in set(only) if name in self.bits)
         if not mask:
             return Staged(None)
         compact = None
