@@ -463,8 +463,8 @@ def test_prometheus_text_keeps_a_sink_taken_out_of_the_config_while_it_is_owed_r
 def test_status_names_a_sink_the_running_daemon_does_not_deliver_to(tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """With a daemon on the spool, `status` names each sink holding pending records that the daemon does not
-    deliver to (taken out of its config, or renamed), and the command that retires them; without a daemon, or
-    for a sink it delivers to, it says nothing more."""
+    deliver to (taken out of its config, or renamed), and the command that retires them; without a daemon, for
+    a sink it delivers to, or one a command is delivering to, it says nothing more."""
     failing = ScriptedSink("old", fail_first(99, ItemFailure("503", permanent=False, status_code=503)))
     with Pipeline(tmp_path, [Route(failing, StandInMapping()), Route(ScriptedSink("new"), StandInMapping())],
                   FAST) as pipe:
@@ -474,9 +474,15 @@ def test_status_names_a_sink_the_running_daemon_does_not_deliver_to(tmp_path: Pa
     lock = DaemonLock(tmp_path, ["new"])
     try:
         assert main(["status", "--spool", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        turn = DeliveryTurn(tmp_path, ["old"], say=None)  # a command delivering to "old" meanwhile
+        try:
+            assert main(["status", "--spool", str(tmp_path)]) == 0
+            assert "does not deliver" not in capsys.readouterr().out
+        finally:
+            turn.release()
     finally:
         lock.release()
-    out = capsys.readouterr().out
     notes = [line for line in out.splitlines() if "does not deliver" in line]
     assert len(notes) == 1 and notes[0].startswith("old: 2 records pending"), out
     assert f"pid {os.getpid()}" in notes[0] and f"'traceexport dlq retire --spool {tmp_path} old'" in notes[0]
