@@ -1,4 +1,4 @@
-"""The sidecar daemon: sources feed the durable pipeline until SIGTERM/SIGINT.
+"""The sidecar daemon: sources feed the durable pipeline until SIGTERM, SIGINT or SIGHUP.
 
 Start order: pipeline (spool + delivery workers), then inputs (HTTP ingest, Celery). Stop order is the
 reverse: inputs stop taking work first (HTTP answers 503 while in-flight requests finish within a
@@ -246,7 +246,7 @@ class Daemon:
         self._stop_requested.set()
 
     def run(self) -> int:
-        """Start, serve until SIGTERM/SIGINT, stop; the exit code."""
+        """Start, serve until SIGTERM, SIGINT or SIGHUP, stop; the exit code."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS
                     if not (sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN)}  # nohup: ignored
         try:
