@@ -1,4 +1,4 @@
-"""The sidecar daemon: sources feed the durable pipeline until SIGTERM/SIGINT.
+"""The sidecar daemon: sources feed the durable pipeline until SIGTERM, SIGINT or SIGHUP.
 
 Start order: pipeline (spool + delivery workers), then inputs (HTTP ingest, Celery). Stop order is the
 reverse: inputs stop taking work first (HTTP answers 503 while in-flight requests finish within a
@@ -41,6 +41,10 @@ DUPLICATE_SIGNAL_WINDOW = 1.0  # seconds within which a second SIGTERM/SIGINT re
 MIN_STEP = 0.2
 DELIVERY_WATCH_INTERVAL = 1.0  # seconds between the daemon's looks at its delivery process
 DELIVERY_RESPAWN_INTERVAL = 5.0  # at least this long between two restarts of a delivery process that keeps dying
+# Each stops the daemon cleanly. SIGHUP too: a closed terminal sends it, and so does `kill -HUP` meant as a reload
+# (the config is read only at start); its default action killed the daemon outright, without a line. A SIGHUP
+# ignored when serve starts (nohup) stays ignored.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def pipeline_settings(config: Config) -> PipelineSettings:
@@ -192,6 +196,7 @@ class Daemon:
         return CelerySource(settings, pipeline.accept)
 
     _first_signal_at = 0.0
+    _stop_signal: int | None = None
 
     def stop(self) -> None:
         """Stop inputs, then delivery, all within ``shutdown_grace`` plus :data:`STOP_MARGIN`; idempotent.
@@ -241,19 +246,31 @@ class Daemon:
         self._stop_requested.set()
 
     def run(self) -> int:
-        """Start, serve until SIGTERM/SIGINT, stop; the exit code."""
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        """Start, serve until SIGTERM, SIGINT or SIGHUP, stop; the exit code."""
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS
+                    if not (sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN)}  # nohup: ignored
         try:
             self.start()
             print(self.banner(), file=sys.stderr, flush=True)
             while not self._stop_requested.wait(DELIVERY_WATCH_INTERVAL):
                 self.watch_delivery()
-            log_event(log, "serve.stopping")
+            self._log_stopping()
         finally:
             self.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 0
+
+    def _log_stopping(self) -> None:
+        """The ``serve.stopping`` line, naming the signal; after SIGHUP (often meant as "reload"), that the config
+        is read only at start."""
+        if self._stop_signal is None:
+            log_event(log, "serve.stopping")
+        elif self._stop_signal == signal.SIGHUP:
+            log_event(log, "serve.stopping", logging.WARNING, signal="SIGHUP",
+                      hint="the config is read only at start: start serve again to apply a change")
+        else:
+            log_event(log, "serve.stopping", signal=signal.Signals(self._stop_signal).name)
 
     def watch_delivery(self) -> None:
         """Start a new delivery process when the one running has died on its own (killed, out of memory): one
@@ -284,6 +301,7 @@ class Daemon:
             log_event(log, "serve.forced_exit", logging.WARNING, signal=signal.Signals(signum).name)
             os._exit(130)
         self._first_signal_at = now
+        self._stop_signal = signum
         self._stop_requested.set()
 
     # -- state -----------------------------------------------------------------------------------
@@ -339,9 +357,21 @@ class Daemon:
         if not os.access(self.config.spool.dir, os.W_OK):
             return f"spool directory {self.config.spool.dir} is not writable"
         try:
-            return self.pipeline.spool.refusal()
+            refusal = self.pipeline.spool.refusal()
+            return refusal + self._held_for_others() if refusal is not None else None
         except Exception as exc:  # a spool that cannot even be read is not ready either
             return f"spool {self.config.spool.dir} cannot be read: {type(exc).__name__}: {exc}"
+
+    def _held_for_others(self) -> str:
+        """For a refusing spool: the records in it owed to sinks no longer in the config, which no delivery here
+        will free (``""`` when there are none)."""
+        owed = self.pipeline.orphaned() if self.pipeline is not None else {}
+        if not owed:
+            return ""
+        sinks = ", ".join(f"{name} ({count})" for name, count in owed.items())
+        return (f"; it holds records for sinks not in the config, which nothing here delivers: {sinks}; add them "
+                f"back, or 'traceexport dlq retire{spool_option(Path(self.config.spool.dir))} SINK' and then "
+                "purge their dead letters")
 
 
 def start_problem(exc: OSError, config: Config) -> ConfigError:

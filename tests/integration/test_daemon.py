@@ -293,3 +293,54 @@ def test_sigterm_to_the_whole_process_group_stops_cleanly(tmp_path: Path) -> Non
             os.killpg(proc.pid, signal.SIGKILL)
     log = log_path.read_text(errors="replace")
     assert "event=serve.stopped" in log and "forced_exit" not in log, log[-1500:]
+
+
+def test_sighup_stops_cleanly_and_says_the_config_is_read_at_start(tmp_path: Path) -> None:
+    """SIGHUP to the process group (a closed terminal, or `kill -HUP` meant as a reload) stops the daemon and
+    its delivery process as SIGTERM does (it killed the daemon outright, with no line), saying that the
+    config is read only at start."""
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "traceexport", "serve", "--listen", "127.0.0.1:0",
+                                 "--console", "off", "--spool", str(tmp_path / "spool")],
+                                cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=log_file, env=python_env({"TRACEEXPORT_FILE_SINK_DIR": str(tmp_path / "out")}),
+                                start_new_session=True)
+    try:
+        wait_until(lambda: BANNER.search(log_path.read_text(errors="replace")) is not None, timeout=60,
+                   what="the daemon's start-up line")
+        os.killpg(proc.pid, signal.SIGHUP)
+        assert proc.wait(timeout=13) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = log_path.read_text(errors="replace")
+    assert "event=serve.stopped" in log and "forced_exit" not in log, log[-1500:]
+    stopping = next(line for line in log.splitlines() if "event=serve.stopping" in line)
+    assert "signal=SIGHUP" in stopping and "read only at start" in stopping, stopping
+
+
+def test_a_daemon_started_with_sighup_ignored_keeps_running_through_one(tmp_path: Path) -> None:
+    """Under nohup (SIGHUP ignored when serve starts) a hang-up leaves the daemon running, as it always did;
+    SIGTERM then stops it."""
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(["nohup", sys.executable, "-m", "traceexport", "serve", "--listen", "127.0.0.1:0",
+                                 "--console", "off", "--spool", str(tmp_path / "spool")],
+                                cwd=tmp_path, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                stderr=log_file, env=python_env({"TRACEEXPORT_FILE_SINK_DIR": str(tmp_path / "out")}),
+                                start_new_session=True)
+    try:
+        wait_until(lambda: BANNER.search(log_path.read_text(errors="replace")) is not None, timeout=60,
+                   what="the daemon's start-up line")
+        match = BANNER.search(log_path.read_text(errors="replace"))
+        assert match is not None
+        os.killpg(proc.pid, signal.SIGHUP)
+        time.sleep(1.5)  # the stimulus's time to act, were it not ignored
+        assert proc.poll() is None and httpx.get(f"{match.group(1)}/healthz", timeout=10).status_code == 200
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=13) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "event=serve.stopped" in log_path.read_text(errors="replace")

@@ -7,6 +7,8 @@ import socket
 import threading
 from pathlib import Path
 
+import pytest
+
 from traceexport.config import Config
 from traceexport.daemon import Daemon
 from traceexport.errors import ConfigError
@@ -96,3 +98,37 @@ def test_it_does_not_start_while_a_command_delivers_to_one_of_its_sinks(tmp_path
         daemon.stop()
     waiting.join(10)
     assert not waiting.is_alive()
+
+
+def test_a_spool_full_of_records_for_a_sink_no_longer_configured_says_so_in_readiness(tmp_path: Path) -> None:
+    """A spool filled with records still owed to a sink the config dropped is not "waiting for delivery to make
+    room": nothing here delivers them. /readyz names that sink, how many it is owed, and what frees them."""
+    from traceexport.errors import SpoolFullError
+    from traceexport.pipeline import PipelineSettings
+    from traceexport.pipeline.spool import Spool, SpoolRow
+
+    spool = Spool(tmp_path / "spool", PipelineSettings(max_bytes=1024**2, fsync=False))
+    bit = spool.register_sinks(["gone"])["gone"]
+    stored = 0
+    try:
+        while True:
+            spool.accept([SpoolRow(1 << bit, f"k{stored}", "message", None, None, "x" * 20_000)])
+            stored += 1
+    except SpoolFullError:
+        pass
+    spool.close()
+    config = Config.model_validate({
+        "spool": {"dir": str(tmp_path / "spool"), "delivery_process": False, "max_bytes": 1024**2},
+        "sinks": {"file": {"type": "file", "path": str(tmp_path / "out")}},
+        "sources": {"http": {"listen": "127.0.0.1:0", "shutdown_grace": "1s"}}, "console": None})
+    daemon = Daemon(config, env={})
+    daemon.start()
+    try:
+        assert daemon.pipeline is not None
+        with pytest.raises(SpoolFullError):  # a post refused: what readiness then reports
+            daemon.pipeline.spool.accept([SpoolRow(1, "more", "message", None, None, "y" * 20_000)])
+        reason = daemon.not_ready_reason()
+    finally:
+        daemon.stop()
+    assert reason is not None and "is full" in reason
+    assert f"gone ({stored})" in reason and "dlq retire" in reason and "\n" not in reason, reason

@@ -206,3 +206,30 @@ def test_a_replay_killed_between_the_spool_and_its_ledger_sends_nothing_twice(tm
     assert "3 already sent" in again.stderr and "0 sent to the spool" in again.stderr
     keys = [json.loads(line)["key"] for line in (tmp_path / "out" / "otlp.jsonl").read_text().splitlines()]
     assert keys and len(keys) == len(set(keys))
+
+
+def test_a_sink_added_to_the_config_gets_the_records_the_others_already_have_only_once(tmp_path: Path) -> None:
+    """Replay's ledger remembers which records each sink was handed: run again after a sink was added to its
+    config, it sends them to the new sink only (it sent every record to every sink again: a whole backfill twice
+    to the sinks that had it, counted twice by an analytics backend past its deduplication window)."""
+    spool = tmp_path / "spool"
+    sinks = {"fa": f"  fa: {{type: file, path: {tmp_path / 'a'}}}\n",
+             "fb": f"  fb: {{type: file, path: {tmp_path / 'b'}}}\n"}
+
+    def run(*names: str) -> int:
+        config = tmp_path / f"{'-'.join(names)}.yaml"
+        config.write_text(f"spool: {{dir: {spool}}}\nsinks:\n" + "".join(sinks[n] for n in names), encoding="utf-8")
+        return main(["replay", *map(str, SAMPLE_FILES), "--config", str(config), "--no-progress", "--timeout", "60"])
+
+    def keys(sink: str) -> tuple[list[str], int]:
+        """The payload keys written to ``sink``'s file, and how many lines."""
+        lines = (tmp_path / sink / "otlp.jsonl").read_text(encoding="utf-8").splitlines()
+        return sorted({json.loads(line)["key"] for line in lines}), len(lines)
+
+    assert run("fa") == 0
+    first_a = keys("a")
+    assert run("fa", "fb") == 0
+    assert keys("a") == first_a  # nothing sent to fa again
+    assert keys("b") == first_a
+    assert run("fa", "fb") == 0  # and a third run sends nothing
+    assert keys("a") == first_a and keys("b") == first_a

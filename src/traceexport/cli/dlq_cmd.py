@@ -21,6 +21,7 @@ from traceexport.errors import ConfigError
 from traceexport.pipeline import deadletter
 from traceexport.pipeline.owner import Owner, owner
 from traceexport.pipeline.spool import Spool
+from traceexport.pipeline.turns import turn_holder
 from traceexport.shown import shown
 
 T = TypeVar("T")
@@ -97,7 +98,8 @@ def register(sub: Any) -> None:
         description="A sink taken out of the config keeps its undelivered records in the spool (nothing is "
                     "dropped silently). Retire moves them to its dead letter with a reason, so the spool can "
                     "free them: then 'dlq purge --sink SINK --yes' deletes them, or, if the sink comes back, "
-                    "'dlq replay --sink SINK' queues them again. Meant for sinks no daemon delivers to.")
+                    "'dlq replay --sink SINK' queues them again. Refused while a daemon or another command (export, "
+                    "replay, ...) delivers to SINK from the spool.")
     add_spool_argument(retire)
     retire.add_argument("sink", metavar="SINK", help="the sink's name, as 'traceexport status' lists it")
     retire.set_defaults(func=run_retire)
@@ -344,7 +346,7 @@ def run_purge(args: argparse.Namespace) -> int:
 
 
 def run_retire(args: argparse.Namespace) -> int:
-    """Dead-letter every record still owed to one sink; refused while a daemon still delivers to it."""
+    """Dead-letter every record still owed to one sink; refused while a daemon or a command delivers to it."""
     daemon = owner(spool_path(args))
     if daemon is not None and daemon.delivers(args.sink):
         # Its worker would go on sending what was just dead-lettered (its queue position is in its memory):
@@ -352,6 +354,12 @@ def run_retire(args: argparse.Namespace) -> int:
         print(f"error: {daemon.describe()} delivering from spool {spool_path(args)} still delivers to "
               f"{args.sink}: take {args.sink} out of its config and restart it, then retire it; nothing was "
               "moved", file=sys.stderr)
+        return 2
+    command = turn_holder(spool_path(args), args.sink)
+    if command is not None:  # a command delivering by itself (export, replay, ...): the same, from its own position
+        print(f"error: {command} (a traceexport command) is delivering to {args.sink} from spool "
+              f"{spool_path(args)}: let it finish or stop it, then retire {args.sink}; nothing was moved",
+              file=sys.stderr)
         return 2
     moved = _query_one(args, lambda spool: deadletter.retire(spool, args.sink),
                        f"this spool has no sink named {args.sink!r} "

@@ -222,13 +222,14 @@ def _replay(config: Config, files: Sequence[Path | Unlisted], sizes: dict[Path |
     stats = ReplayStats()
     seen: set[str] = set()
     batch: list[Record] = []
+    missing: list[list[str]] = []  # per record of the batch: the sinks it goes to (the others have it)
 
     def flush() -> None:
         if not batch:
             return
         ledger.begin([r.key for r in batch], delivery.sinks)
         try:
-            too_large = delivery.accept(batch, patience=args.timeout)
+            too_large = delivery.accept(batch, patience=args.timeout, only=missing)
         except SpoolFullError as exc:  # full for --timeout: what went in is in the ledger, the rest is not
             ledger.settle(batch[i].key for i in exc.stored)
             stats.accepted += len(exc.stored)
@@ -240,15 +241,18 @@ def _replay(config: Config, files: Sequence[Path | Unlisted], sizes: dict[Path |
         ledger.settle(r.key for i, r in enumerate(batch) if i not in refused)
         stats.accepted += len(batch) - len(refused)
         batch.clear()
+        missing.clear()
 
     def handle(path: Path, records: list[Record]) -> None:
         for record in records:
+            lacking = [] if record.key in seen else ledger.missing_sinks(record.key, delivery.sinks)
             if record.key in seen:
                 stats.duplicates += 1
-            elif not ledger.missing_sinks(record.key, delivery.sinks):
+            elif not lacking:
                 stats.skipped += 1
             else:
                 batch.append(record)
+                missing.append(lacking)
             seen.add(record.key)
             if len(batch) >= args.batch:
                 flush()

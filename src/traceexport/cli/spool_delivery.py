@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +63,19 @@ class SpoolDelivery:
             for route in routes:
                 route.sink.shutdown(1.0)
 
-    def accept(self, records: Sequence[Record], patience: float | None = None) -> list[tuple[int, str]]:
+    def accept(self, records: Sequence[Record], patience: float | None = None,
+               only: Sequence[Collection[str]] | None = None) -> list[tuple[int, str]]:
         """Accept ``records`` (durably), waiting while the spool is full (each record stored once); the ones
         that can never fit. With ``patience``: SpoolFullError once the spool stayed full that many seconds,
-        ``.stored`` the indexes of the records that went in (see ``Pipeline.accept_waiting``)."""
+        ``.stored`` the indexes of the records that went in (see ``Pipeline.accept_waiting``). ``only``: per
+        record, the sinks it goes to (those of this run's that do not have it yet), else all it is routed to."""
         if self._enrich_ahead:
             self._attach_nodes(records)
-        return self.pipeline.accept_waiting(records, patience)
+        if only is None:
+            return self.pipeline.accept_waiting(records, patience)
+        stage = self.pipeline.stager()
+        return self.pipeline.accept_waiting([stage(record, sinks) for record, sinks in zip(records, only, strict=True)],
+                                            patience)
 
     def _attach_nodes(self, records: Sequence[Record]) -> None:
         """Run the node enricher on the workflow records here, one read for the batch, so the delivery

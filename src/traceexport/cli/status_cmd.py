@@ -14,8 +14,10 @@ from typing import Any, TypeVar
 from traceexport.cli.common import spool_option
 from traceexport.errors import ConfigError, Problem
 from traceexport.pipeline.metrics import snapshot
+from traceexport.pipeline.owner import owner
 from traceexport.pipeline.spool import Spool, spool_dir_default
 from traceexport.pipeline.spool_dir import SPOOL_FILE, check_spool_dir
+from traceexport.pipeline.turns import turn_holder
 
 T = TypeVar("T")
 _TOTALS = ("accepted", "exported", "retried", "dropped")  # counters: totals since the spool began, only rise
@@ -111,7 +113,24 @@ def run(args: argparse.Namespace) -> int:
           "its histogram")
     if any(snap["dead_letters"].values()):
         print(f"dead letters kept: run 'traceexport dlq list{spool_option(snap['spool'])}' to see them")
+    _name_undelivered(snap)
     return 0
+
+
+def _name_undelivered(snap: dict[str, Any]) -> None:
+    """A line for each sink holding pending records that neither the daemon running on the spool nor a command
+    delivers to (taken out of the daemon's config or renamed, or left by an interrupted command): they wait
+    there for good unless something delivers them or they are retired."""
+    spool_dir = Path(snap["spool"])
+    daemon = owner(spool_dir)
+    if daemon is None:
+        return
+    for name, figures in snap["sinks"].items():
+        if figures["queue_depth"] and not daemon.delivers(name) and turn_holder(spool_dir, name) is None:
+            print(f"{name}: {figures['queue_depth']} records pending, but {daemon.describe()} on this spool does "
+                  f"not deliver to it (not in its config): add it back and restart, run again the command that "
+                  f"left them (export, replay, ...), or run 'traceexport dlq retire{spool_option(spool_dir)} "
+                  f"{name}' to move them to its dead letter")
 
 
 def _age(seconds: float) -> str:

@@ -106,6 +106,17 @@ def create(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('started', ?)", (int(time.time()),))
 
 
+def forget_earlier_spool(conn: sqlite3.Connection) -> int:
+    """For a spool registering its first sinks, in that transaction: the rows this ledger still holds came from
+    an earlier ``spool.db`` (deleted beside it), whose sink numbers now name other sinks. Delete them and note
+    the ledger as started now; how many were deleted."""
+    if conn.execute("SELECT 1 FROM ledger LIMIT 1").fetchone() is None:
+        return 0
+    deleted = int(conn.execute("DELETE FROM ledger").rowcount)
+    conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('started', ?)", (int(time.time()),))
+    return deleted
+
+
 def _keyed(conn: sqlite3.Connection) -> bool:
     """Whether the ledger has its first layout: one row per sink and record, keyed by them."""
     found = conn.execute(f"SELECT sql FROM {SCHEMA_NAME}.sqlite_master WHERE type = 'table' AND name = 'ledger'")

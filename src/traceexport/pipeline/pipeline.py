@@ -8,7 +8,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -72,8 +72,12 @@ class Stager:
         self.premap, self.enriches = premap, enriches
         self.full = compact or local
 
-    def __call__(self, record: Record | RecordHead) -> Staged:
+    def __call__(self, record: Record | RecordHead, only: Collection[str] | None = None) -> Staged:
+        """The record's row; ``only``: routed to those of these sinks alone (a command resuming: the others
+        already have it)."""
         mask = mask_for(record, self.routes, self.bits)
+        if only is not None:
+            mask &= sum(1 << self.bits[name] for name in set(only) if name in self.bits)
         if not mask:
             return Staged(None)
         compact = None
@@ -87,7 +91,8 @@ class Stager:
     def _premapped(self, record: Record, mask: int) -> bytes | None:
         if self.enriches is not None and self.enriches(record):
             return None  # the delivery process enriches it before mapping
-        return premapped_bytes(record, [r.mapping for r in self.routes if mask >> self.bits[r.sink.name] & 1])
+        return premapped_bytes(record, [r.mapping for r in self.routes if mask >> self.bits[r.sink.name] & 1],
+                               enricher=self.enriches is not None)
 
 
 def enriches_of(prepare: Prepare | None) -> Callable[[Record], bool] | None:
@@ -300,9 +305,14 @@ class Pipeline:
 
     def orphaned(self) -> dict[str, int]:
         """Records still owed to sinks this spool knows but this pipeline does not deliver to."""
-        others = set(self.spool.sink_bits()) - set(self.sink_names)
-        owed = {name: self.spool.backlog(name)[0] for name in sorted(others)}
+        owed = {name: self.spool.backlog(name)[0] for name in self._orphans()}
         return {name: n for name, n in owed.items() if n}
+
+    def _orphans(self) -> list[str]:
+        """The sinks this spool still holds records for that this pipeline does not deliver to (taken out of
+        the config, or renamed)."""
+        others = set(self.spool.sink_bits()) - set(self.sink_names)
+        return [name for name in sorted(others) if self.spool.has_pending(name)]
 
     def pending(self) -> dict[str, int]:
         """Records still owed to each sink of this pipeline (fresh plus waiting for retry)."""
@@ -345,10 +355,12 @@ class Pipeline:
         for worker in self.workers:
             worker.wake()
 
-    def metrics(self, *, with_histograms: bool = False) -> dict[str, Any]:
+    def metrics(self, *, with_histograms: bool = False, orphans: bool = False) -> dict[str, Any]:
         """Counters per sink (accepted, exported, retried, ...), queue depth, oldest pending age, requests by
-        outcome and latency percentiles; the spool's size and its limit."""
-        snap = snapshot(self.spool, self.sink_names, with_histograms=with_histograms)
+        outcome and latency percentiles; the spool's size and its limit. ``orphans``: also for the sinks this
+        pipeline does not deliver to that the spool still holds records for (see :meth:`orphaned`)."""
+        names = [*self.sink_names, *self._orphans()] if orphans else self.sink_names
+        snap = snapshot(self.spool, names, with_histograms=with_histograms)
         snap["spool_max_bytes"] = self.settings.max_bytes
         return snap
 
@@ -365,8 +377,10 @@ class Pipeline:
         return out
 
     def prometheus_text(self) -> str:
-        """:meth:`metrics` with the histograms in the Prometheus text exposition format, for /metrics."""
-        return (prometheus_text(self.metrics(with_histograms=True))
+        """:meth:`metrics` with the histograms in the Prometheus text exposition format, for /metrics; with the
+        sinks taken out of the config that are still owed records, so their queue depth and oldest pending age
+        stay in sight (and alerted on) until they are added back or retired."""
+        return (prometheus_text(self.metrics(with_histograms=True, orphans=True))
                 + "\n".join(rate_limit_lines(self.rate_limits(), label_value)) + "\n")
 
     def __enter__(self) -> Pipeline:
@@ -380,9 +394,9 @@ def run_delivery(spool_dir: Path, route_factory: RouteFactory, settings: Pipelin
                  prepare_factory: PrepareFactory | None, reader: Connection, flushing: SharedFlag,
                  parent_pid: int, log_settings: LogSettings, rates: RateBoard | None = None) -> None:
     """The child's main: deliver from the spool until told to stop or orphaned."""
-    # The parent owns this process's life: a SIGTERM or Ctrl-C sent to the whole process group (GNU timeout,
-    # systemd's default KillMode, a terminal) reaches the parent, which stops the child within its grace.
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    # The parent owns this process's life: a SIGTERM, Ctrl-C or hang-up sent to the whole process group (GNU
+    # timeout, systemd's default KillMode, a terminal) reaches the parent, which stops the child within its grace.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     apply_settings(log_settings)
     from traceexport._gc import tune_for_throughput

@@ -9,7 +9,10 @@ size, and reading it is a quarter of the work of reading that form and mapping i
 It is written only for a record no enricher will change (a delivery process's enricher runs before
 mapping), and read only by a mapping with the same fingerprint (the same configuration); a record whose
 mapping fails, and any reader this form does not serve (another version, another mapping), falls back
-to the envelope, which stays the source of truth.
+to the envelope, which stays the source of truth. The form says whether the writer had an enricher (that
+passed the record over): a reader with an enricher uses only such a form, since one mapped where no
+enricher ran lacks what its enricher adds (a backlog written before ``enrich`` was configured, or a
+command without it handing records to a daemon with it).
 """
 
 from __future__ import annotations
@@ -44,9 +47,10 @@ def end_seconds(data: dict[str, object]) -> float | None:
     return end_ns / 1e9 if isinstance(end_ns, int) else None
 
 
-def premapped_bytes(record: Record, mappings: Iterable[Mapping]) -> bytes | None:
+def premapped_bytes(record: Record, mappings: Iterable[Mapping], *, enricher: bool = False) -> bytes | None:
     """The record mapped by each of ``mappings``, as stored; None when one cannot map it (or has no
-    fingerprint): the delivery process then maps it itself and reports what went wrong."""
+    fingerprint): the delivery process then maps it itself and reports what went wrong. ``enricher``: this
+    process has an enricher, and it would not change the record."""
     mapped: dict[str, list[list[Any]]] = {}
     for mapping in mappings:
         if mapping.fingerprint is None:
@@ -59,7 +63,7 @@ def premapped_bytes(record: Record, mappings: Iterable[Mapping]) -> bytes | None
             return None
         mapped[mapping.fingerprint] = [[p.kind, p.key, p.body] for p in payloads]
     try:
-        return to_json({"format": FORMAT, "end": end_seconds(record.data), "mapped": mapped},
+        return to_json({"format": FORMAT, "end": end_seconds(record.data), "enricher": enricher, "mapped": mapped},
                        inf_nan_mode="constants")
     except ValueError:  # a value JSON cannot carry as it is: left to the delivery process
         return None
@@ -70,12 +74,15 @@ def is_premapped(blob: bytes | None) -> bool:
     return blob is not None and blob.startswith(_PREFIX)
 
 
-def read_premapped(blob: bytes, fingerprint: str | None) -> Premapped | None:
-    """The payloads ``blob`` holds for the mapping with ``fingerprint``, or None if it holds none usable."""
+def read_premapped(blob: bytes, fingerprint: str | None, *, enricher: bool = False) -> Premapped | None:
+    """The payloads ``blob`` holds for the mapping with ``fingerprint``, or None if it holds none usable
+    (for a reader with an ``enricher``, none mapped where no enricher ran)."""
     if fingerprint is None or not is_premapped(blob):
         return None
     try:
         stored = from_json(blob, cache_strings="keys")
+        if enricher and stored.get("enricher") is not True:
+            return None
         found = stored["mapped"].get(fingerprint)
         if found is None:
             return None

@@ -47,6 +47,11 @@ class PreparedRecords:
         self._lock = threading.Lock()
         self._prepare_lock = threading.Lock()  # prepare runs once per record, never concurrently on one
 
+    @property
+    def enriches(self) -> bool:
+        """Whether records pass through an enricher here before they are mapped."""
+        return self._prepare is not None
+
     def seed(self, records: Sequence[Record], fanout: Sequence[int] | None = None) -> None:
         """Remember freshly accepted records (routed to ``fanout[i]`` sinks) so delivery needs no re-parse."""
         for index, record in enumerate(records):

@@ -33,6 +33,7 @@ be refused now.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -56,12 +57,13 @@ from traceexport.pipeline.capacity import (
     wal_budget,
 )
 from traceexport.pipeline.connections import ConnectionPool
-from traceexport.pipeline.ledger import LEDGER_FILE, RetentionSweep, attach
+from traceexport.pipeline.ledger import LEDGER_FILE, RetentionSweep, attach, forget_earlier_spool
 from traceexport.pipeline.ledger import create as create_ledger
 from traceexport.pipeline.settings import PipelineSettings
 from traceexport.pipeline.spool_dir import SPOOL_FILE, check_spool_dir
 from traceexport.pipeline.write_lock import BUSY_TIMEOUT, begin_immediate
 
+log = logging.getLogger(__name__)
 MAX_SINKS = 62
 COUNTER_NAMES = (
     "accepted", "exported", "retried", "deferred", "dead_lettered", "dropped", "skipped", "replayed",
@@ -271,6 +273,10 @@ class Spool:
         """The bit of every named sink, allocating bits for sinks this spool has not seen."""
         with self.write() as conn:
             known = dict(conn.execute("SELECT name, bit FROM sinks").fetchall())
+            if not known and names and (stale := forget_earlier_spool(conn)):
+                log.warning("spool %s: %s held %d delivery rows of an earlier spool.db, whose sink numbers "
+                            "name other sinks now: deleted; the audit counts deliveries from now", self.dir,
+                            LEDGER_FILE, stale)
             for name in names:
                 if name in known:
                     continue

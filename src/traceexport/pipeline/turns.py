@@ -44,8 +44,7 @@ class DeliveryTurn:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-                who = f"pid {holder}" if holder.isdigit() else "another command"
+                who = _holder(fd)
                 if say is None:
                     raise ConfigError([Problem("spool.dir", f"{who} (a traceexport command) is delivering to "
                                                             f"{sink} from spool {spool_dir}: let it finish or stop "
@@ -68,4 +67,28 @@ class DeliveryTurn:
             os.close(fd)  # closing the only descriptor releases the flock
 
 
-__all__ = ["DeliveryTurn", "turn_file"]
+def turn_holder(spool_dir: Path, sink: str) -> str | None:
+    """Who has ``sink``'s turn at delivering from ``spool_dir`` now (``pid N``, or ``another command``), or None;
+    looking creates nothing."""
+    try:
+        fd = os.open(turn_file(spool_dir, sink), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # no turn file: no one has ever delivered to that sink from here
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    """The holder a turn file names: the pid its process wrote there."""
+    holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return f"pid {holder}" if holder.isdigit() else "another command"
+
+
+__all__ = ["DeliveryTurn", "turn_file", "turn_holder"]

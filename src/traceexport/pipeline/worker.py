@@ -256,7 +256,9 @@ class SinkWorker:
         payloads: list[Payload] = []
         owners: list[int] = []
         fingerprint = self.route.mapping.fingerprint
-        premapped = [read_premapped(item.compact, fingerprint) if item.compact else None for item in batch]
+        enricher = self.records.enriches
+        premapped = [read_premapped(item.compact, fingerprint, enricher=enricher) if item.compact else None
+                     for item in batch]
         self.records.prefetch([(item.key, item.envelope, item.compact)
                                for item, ready in zip(batch, premapped, strict=True) if ready is None], now)
         for index, item in enumerate(batch):

@@ -197,6 +197,34 @@ def test_a_spool_made_without_the_ledger_gains_it(tmp_path: Path) -> None:
     again.close()
 
 
+def test_a_ledger_that_outlived_its_spool_file_is_not_read_as_the_new_spool_s(tmp_path: Path) -> None:
+    """spool.db deleted (a spool reset by hand) while ledger.db stays: the new spool numbers its sinks afresh, so
+    the old rows would read as another sink's acknowledgements (the audit would call records delivered that
+    never were). The first sinks registered clear them and restart the ledger's clock; a spool that already
+    has sinks keeps its rows."""
+    spool_dir = tmp_path / "spool"
+    pipe = _pipe(tmp_path, ScriptedSink("old"))
+    records = make_records(3)
+    pipe.accept(records)
+    pipe.workers[0].step()
+    pipe.close()
+    for name in ("spool.db", "spool.db-wal", "spool.db-shm"):
+        (spool_dir / name).unlink(missing_ok=True)
+    before = int(time.time())
+    pipe = _pipe(tmp_path, ScriptedSink("new"))
+    assert pipe.bits["new"] == 0  # the number "old" had
+    with LedgerReader(pipe.spool) as reader:
+        assert reader.acknowledged("new", [r.key for r in records]) == {}
+        assert reader.started_at() >= before
+    pipe.accept(records[:1])
+    pipe.workers[0].step()
+    pipe.close()
+    pipe = _pipe(tmp_path, ScriptedSink("new"), ScriptedSink("added"))
+    with LedgerReader(pipe.spool) as reader:
+        assert set(reader.acknowledged("new", [r.key for r in records])) == {records[0].key}
+    pipe.close()
+
+
 def _tables(path: Path) -> set[str]:
     conn = sqlite3.connect(path)
     try:
@@ -330,6 +358,11 @@ def test_a_ledger_keyed_by_record_becomes_rows_in_delivery_order(tmp_path: Path)
                  "acked INTEGER NOT NULL, PRIMARY KEY(sink, record_key)) WITHOUT ROWID")
     record = make_records(1)[0]
     conn.execute("INSERT INTO ledger VALUES (0, ?, ?, 5)", (record.key, b"\x01" * 8))
+    conn.commit()
+    conn.close()
+    conn = sqlite3.connect(spool_dir / "spool.db")  # its spool, which numbered "a" 0 (a ledger alone is stale)
+    conn.executescript(_SCHEMA)
+    conn.execute("INSERT INTO sinks(name, bit) VALUES ('a', 0)")
     conn.commit()
     conn.close()
     pipe = _pipe(tmp_path, ScriptedSink("a"))

@@ -14,6 +14,7 @@ from traceexport.cli import build_parser, main
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter
 from traceexport.pipeline.owner import DaemonLock
 from traceexport.pipeline.spool import Spool
+from traceexport.pipeline.turns import DeliveryTurn
 from traceexport.sinks.base import ItemFailure
 
 FAST = PipelineSettings(fsync=False, poll_interval=0.01, retry=RetryPolicy(max_attempts=1))
@@ -206,6 +207,29 @@ def test_dlq_retire_refuses_a_sink_the_running_daemon_still_delivers_to(tmp_path
         assert "2 records still owed to other moved" in capsys.readouterr().out
     finally:
         lock.release()
+
+
+def test_dlq_retire_refuses_a_sink_a_command_is_delivering_to(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`dlq retire` is refused (exit 2, nothing moved, one line naming the command's pid) while a command such as
+    `export` or `replay` holds the sink's delivery turn: its worker would go on from its own queue position and
+    send records retire dead-lettered, as a daemon's would. Once the command is done, retire goes ahead."""
+    failing = ScriptedSink("old", fail_first(99, ItemFailure("503", permanent=False, status_code=503)))
+    with Pipeline(tmp_path, [Route(failing, StandInMapping())], FAST) as pipe:
+        pipe.accept(make_records(2))
+    turn = DeliveryTurn(tmp_path, ["old"], say=None)  # a command delivering to "old" from this spool
+    try:
+        assert main(["dlq", "retire", "--spool", str(tmp_path), "old"]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {os.getpid()}" in err and "nothing was moved" in err and err.count("\n") == 1, err
+        assert main(["dlq", "list", "--spool", str(tmp_path), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == []
+    finally:
+        turn.release()
+    assert main(["dlq", "retire", "--spool", str(tmp_path), "old"]) == 0
+    assert "2 records still owed to old moved" in capsys.readouterr().out
+    assert main(["dlq", "retire", "--spool", str(tmp_path), "nope"]) == 2
+    assert not (tmp_path / "deliver.nope.lock").exists()  # no turn file for a sink the spool never had
 
 
 def test_dlq_list_shows_a_reason_s_control_characters_escaped(tmp_path: Path,
@@ -409,6 +433,59 @@ def test_prometheus_text_has_a_series_per_sink(tmp_path: Path) -> None:
     assert 'traceexport_records_accepted_total{sink="opik"} 2' in text
     assert 'traceexport_queue_depth{sink="opik"} 2' in text
     assert "# TYPE traceexport_records_exported_total counter" in text
+
+
+def test_prometheus_text_keeps_a_sink_taken_out_of_the_config_while_it_is_owed_records(tmp_path: Path) -> None:
+    """A sink taken out of the config (or renamed) while records are still owed to it keeps its queue depth and
+    oldest pending age in /metrics, so the oldest-pending alert fires for records that would otherwise wait
+    unseen; once `dlq retire` moved them, only its dead letters are counted; a removed sink owed nothing has none."""
+    failing = ScriptedSink("old", fail_first(99, ItemFailure("503", permanent=False, status_code=503)))
+    settings = PipelineSettings(fsync=False, poll_interval=0.01, retry=RetryPolicy(initial_backoff=600))
+    with Pipeline(tmp_path, [Route(ScriptedSink("new"), StandInMapping()), Route(failing, StandInMapping()),
+                             Route(ScriptedSink("idle"), StandInMapping(), record_types=frozenset({"tool"}))],
+                  settings) as pipe:
+        pipe.accept(make_records(2))
+        pipe.workers[1].step()  # both wait for a retry in 10 minutes
+        pipe.accept(make_records(1, start=10))  # never tried
+    with Pipeline(tmp_path, [Route(ScriptedSink("new"), StandInMapping())], FAST) as pipe:
+        text = pipe.prometheus_text()
+        assert 'traceexport_queue_depth{sink="old"} 3' in text
+        assert re.search(r'^traceexport_oldest_pending_age_seconds\{sink="old"\} [0-9.]+$', text, re.MULTILINE)
+        assert 'sink="idle"' not in text
+        assert 'traceexport_queue_depth{sink="new"} 3' in text
+        assert set(pipe.metrics()["sinks"]) == {"new"}  # the console and the commands show their own sinks
+    assert main(["dlq", "retire", "--spool", str(tmp_path), "old"]) == 0
+    with Pipeline(tmp_path, [Route(ScriptedSink("new"), StandInMapping())], FAST) as pipe:
+        text = pipe.prometheus_text()
+    assert 'traceexport_queue_depth{sink="old"}' not in text and 'traceexport_dead_letters{sink="old"} 3' in text
+
+
+def test_status_names_a_sink_the_running_daemon_does_not_deliver_to(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """With a daemon on the spool, `status` names each sink holding pending records that the daemon does not
+    deliver to (taken out of its config, or renamed), and the command that retires them; without a daemon, for
+    a sink it delivers to, or one a command is delivering to, it says nothing more."""
+    failing = ScriptedSink("old", fail_first(99, ItemFailure("503", permanent=False, status_code=503)))
+    with Pipeline(tmp_path, [Route(failing, StandInMapping()), Route(ScriptedSink("new"), StandInMapping())],
+                  FAST) as pipe:
+        pipe.accept(make_records(2))
+    assert main(["status", "--spool", str(tmp_path)]) == 0
+    assert "does not deliver" not in capsys.readouterr().out
+    lock = DaemonLock(tmp_path, ["new"])
+    try:
+        assert main(["status", "--spool", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        turn = DeliveryTurn(tmp_path, ["old"], say=None)  # a command delivering to "old" meanwhile
+        try:
+            assert main(["status", "--spool", str(tmp_path)]) == 0
+            assert "does not deliver" not in capsys.readouterr().out
+        finally:
+            turn.release()
+    finally:
+        lock.release()
+    notes = [line for line in out.splitlines() if "does not deliver" in line]
+    assert len(notes) == 1 and notes[0].startswith("old: 2 records pending"), out
+    assert f"pid {os.getpid()}" in notes[0] and f"'traceexport dlq retire --spool {tmp_path} old'" in notes[0]
 
 
 def test_export_to_file_sink_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pipeline_helpers import ScriptedSink, StandInMapping, make_records
 
 from traceexport.errors import ConfigError
-from traceexport.pipeline import Route
+from traceexport.pipeline import Pipeline, PipelineSettings, Route
 from traceexport.pipeline.routing import check_routes, mask_for, route_matches, sampled
 
 
@@ -49,3 +51,20 @@ def test_duplicate_sinks_and_bad_rates_are_config_errors() -> None:
     with pytest.raises(ConfigError) as err:
         check_routes(routes)
     assert len(err.value.problems) == 2
+
+
+def test_routing_is_decided_when_a_record_is_accepted(tmp_path: Path) -> None:
+    """As the README says: across a restart with another config, a sink added later gets only the records
+    accepted after it, and records already routed to a sink stay owed to it though its filter now leaves their
+    type out (the filter applies to what is accepted next)."""
+    settings = PipelineSettings(fsync=False, poll_interval=0.01)
+    with Pipeline(tmp_path, [Route(ScriptedSink("a"), StandInMapping())], settings) as pipe:
+        pipe.accept(make_records(2))
+    a, b = ScriptedSink("a"), ScriptedSink("b")
+    only_workflows = frozenset({"workflow"})
+    with Pipeline(tmp_path, [Route(a, StandInMapping(), record_types=only_workflows),
+                             Route(b, StandInMapping())], settings) as pipe:
+        pipe.accept(make_records(1, start=10))
+        pipe.start()
+        assert pipe.wait_idle(10)
+    assert len(a.delivered) == 2 and len(b.delivered) == 1

@@ -210,3 +210,38 @@ def test_values_json_has_no_type_for_go_out_alike_from_stored_payloads(tmp_path:
     assert payload_digest(found.payloads) == payload_digest(direct)
     start = next(p for p in direct if "my.start" in p.body["attributes"]).body["attributes"]["my.start"]
     assert json_form(start) == start.isoformat().replace("+00:00", "Z")
+
+
+class CountingEnricher(Enricher):
+    """:class:`Enricher`, keeping the key of every record it was asked to enrich."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def __call__(self, record: Record) -> None:
+        self.asked.append(record.key)
+
+
+def test_payloads_mapped_where_no_enricher_ran_are_not_sent_by_a_worker_that_enriches(tmp_path: Path) -> None:
+    """A workflow run mapped ahead by a process without an enricher (a spool written before `enrich` was
+    configured, or a command without it handing records to a daemon with it) is enriched and mapped again by
+    a worker with an enricher, not sent without its node spans; one mapped by a process whose enricher passed
+    it over is sent as stored."""
+    record = _samples()["workflow"]
+    mapping = load_mapping("otlp")
+    for name, writer, expect_asked in (("unenriched", None, True), ("passed_over", Enricher(), False)):
+        row = Stager([Route(ScriptedSink(name), mapping)], {name: 0}, compact=True, local=False,
+                     enriches=enriches_of(writer))(record).row
+        assert row is not None and row.compact is not None
+        if writer is not None:  # what an enricher that does not want the record stores: the payloads
+            row = SpoolRow(row.mask, row.key, row.type, row.app_id, row.trace_key, row.envelope,
+                           premapped_bytes(record, [mapping], enricher=True))
+        assert read_premapped(row.compact or b"", mapping.fingerprint) is not None  # a reader without one uses it
+        enricher = CountingEnricher()
+        pipe = Pipeline(tmp_path / name, [Route(KeepingSink(name), mapping)], FAST, prepare=enricher)
+        pipe.spool.accept([row])
+        worker = pipe.workers[0]
+        outcome = worker.deliver(worker._collect(time.time()))
+        pipe.close()
+        assert [item.key for item in outcome.delivered] == [record.key], name
+        assert enricher.asked == ([record.key] if expect_asked else []), name
