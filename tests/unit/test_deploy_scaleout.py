@@ -14,10 +14,10 @@ ENV = {"TRACEEXPORT_TOKEN": "t" * 24, "TRACEEXPORT_CELERY_BROKER_URL": "redis://
        "CELERY_BROKER_URL": "redis://redis:6379/1", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
 
 
-def _valid(config_text: str, tmp_path: Path) -> list[Any]:
+def _valid(config_text: str, tmp_path: Path, env: dict[str, str] = ENV) -> list[Any]:
     path = tmp_path / "traceexport.yaml"
-    path.write_text(config_text)
-    return validate_config_file(path, env=ENV)
+    path.write_text(config_text.replace("/var/lib/traceexport/spool", str(tmp_path / "spool")))
+    return validate_config_file(path, env=env)
 
 
 def test_compose_replicas_each_have_their_own_spool_and_share_difys_storage(tmp_path: Path) -> None:
@@ -31,8 +31,21 @@ def test_compose_replicas_each_have_their_own_spool_and_share_difys_storage(tmp_
     assert all("./volumes/app/storage:/app/api/storage" in s["volumes"] for s in sidecars.values())
     assert compose["services"]["worker"] == single["services"]["worker"]
     text = compose["configs"]["traceexport_config"]["content"].replace("$$", "$")
-    text = text.replace("listen: 0.0.0.0:4319", "listen: 0.0.0.0:4319\n    token: ${TRACEEXPORT_TOKEN}")
-    assert _valid(text + "sinks:\n  otlp:\n    type: otlp\n", tmp_path) == []  # serve gets them from TRACEEXPORT_TO
+    assert _valid(text, tmp_path, {**ENV, "TRACEEXPORT_TO": "otlp"}) == []  # the token and sinks as serve gets them
+
+
+def test_the_compose_files_config_validates_with_the_environment_compose_gives_it(tmp_path: Path) -> None:
+    """The sidecar's config, as compose mounts it, passes `validate --config` with the environment compose
+    sets (token in TRACEEXPORT_TOKEN, sinks from TRACEEXPORT_TO), as serve takes it; without the token it does not."""
+    compose = yaml.safe_load((DEPLOY / "docker-compose.traceexport.yaml").read_text())
+    environment = compose["services"]["traceexport"]["environment"]
+    assert {"TRACEEXPORT_TOKEN", "TRACEEXPORT_TO", "TRACEEXPORT_CELERY_BROKER_URL"} <= set(environment)
+    text = compose["configs"]["traceexport_config"]["content"].replace("$$", "$")
+    env = {**ENV, "TRACEEXPORT_TO": "otlp", "REDIS_KEY_PREFIX": ""}
+    assert _valid(text, tmp_path, env) == []
+    problems = [str(p) for p in _valid(text, tmp_path, {k: v for k, v in env.items() if k != "TRACEEXPORT_TOKEN"})]
+    assert problems == ["sources.http.token: a token is required to listen on 0.0.0.0:4319 (beyond loopback): "
+                        "set --token / TRACEEXPORT_TOKEN, or listen on 127.0.0.1 (line 5)"]
 
 
 def test_the_statefulset_claims_one_spool_volume_per_replica(tmp_path: Path) -> None:

@@ -205,6 +205,21 @@ def resolve_config(flags: Overrides | None = None, env: Mapping[str, str] | None
     return config
 
 
+def with_environment(config: Config, env: Mapping[str, str]) -> tuple[Config | None, list[Problem]]:
+    """``config`` (read from a file) with the ``TRACEEXPORT_*`` variables ``serve`` lays over it (sinks, spool,
+    listeners and their tokens, log level), and the problems they bring; None when the result is invalid.
+
+    ``validate --config`` checks this, so a config whose token comes from ``TRACEEXPORT_TOKEN`` (the image's
+    and the compose files' way) is judged as the daemon will run it.
+    """
+    o = Overrides().with_env(env)
+    data = config.model_dump(exclude_unset=False)
+    problems: list[Problem] = []
+    _apply(data, o, True, problems)
+    merged, more = parse_config(data)
+    return merged, problems + more
+
+
 def build_routes(config: Config, env: Mapping[str, str] | None = None) -> list[Route]:
     """One pipeline route per configured sink; ConfigError lists every sink or mapping problem."""
     from traceexport.mapping import load_mapping
