@@ -368,3 +368,19 @@ def test_ledger_and_audit_sections_take_durations_and_report_bad_keys_by_path(tm
     where = {p.where: p.message for p in validate_config_file(path, env={})}
     assert set(where) == {"ledger.retention", "audit.interval", "audit.windw"}
     assert "line 2" in where["ledger.retention"] and "line 5" in where["audit.windw"]
+
+
+@pytest.mark.parametrize("sink_type", ["opik", "amplitude", "otlp", "langfuse", "file"])
+def test_every_sink_takes_linger_seconds_as_the_readme_says(sink_type: str, tmp_path: Path) -> None:
+    """The README's batching rule ("up to its max_items records, lingering at most its linger_seconds") holds
+    for every sink type: the option is accepted and bounds that sink's batches."""
+    import traceexport.sinks
+
+    credentials = {"opik": {"api_key": "k"}, "amplitude": {"api_key": "k"}, "file": {"path": str(tmp_path)},
+                   "langfuse": {"public_key": "pk-lf-1", "secret_key": "sk-lf-1"}}
+    sink = traceexport.sinks.create_sink(sink_type, sink_type,
+                                         {**credentials.get(sink_type, {}), "linger_seconds": 0.25}, env={})
+    try:
+        assert sink.limits.linger_seconds == 0.25
+    finally:
+        sink.shutdown(1.0)

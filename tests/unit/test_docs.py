@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path, PurePosixPath
+
+import pytest
+
+from traceexport.config import validate_config_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,3 +36,100 @@ def test_the_dockerfile_copies_everything_the_wheel_build_includes() -> None:
     readme = pyproject["project"]["readme"]
     assert PurePosixPath(readme) in copied
 
+
+
+def _yaml_blocks(doc: Path, first_line: str) -> list[str]:
+    """The ```yaml blocks of ``doc`` whose first line is ``first_line``."""
+    blocks = re.findall(r"```yaml\n(.*?)```", doc.read_text(), re.S)
+    return [block for block in blocks if block.splitlines()[0] == first_line]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/console-api.md"])
+def test_the_console_snippet_validates_as_written_on_loopback(doc: str, tmp_path: Path) -> None:
+    """The console section as the docs show it passes `validate --config` with no variable set: on loopback the
+    token is optional, so copying the snippet must not demand TRACEEXPORT_CONSOLE_TOKEN."""
+    (block,) = _yaml_blocks(ROOT / doc, "console:")
+    path = tmp_path / "traceexport.yaml"
+    path.write_text(f"spool: {{dir: {tmp_path / 'spool'}}}\nsinks: {{out: {{type: file, path: {tmp_path}}}}}\n"
+                    + block)
+    assert validate_config_file(path, env={}) == []
+
+
+def _names_read_by_the_code() -> set[str]:
+    """Every TRACEEXPORT_* environment variable name written as a string in the package's source."""
+    names: set[str] = set()
+    for source in (ROOT / "src" / "traceexport").rglob("*.py"):
+        names |= set(re.findall(r"[\"'](TRACEEXPORT_[A-Z_]*[A-Z])[\"']", source.read_text()))
+    return names
+
+
+def test_every_traceexport_variable_the_code_reads_is_in_the_readme() -> None:
+    """A TRACEEXPORT_* variable the code reads but the README never names is a setting nobody can find."""
+    readme = (ROOT / "README.md").read_text()
+    names = _names_read_by_the_code()
+    assert "TRACEEXPORT_TOKEN" in names and "TRACEEXPORT_LOG_FORMAT" in names
+    assert sorted(name for name in names if name not in readme) == []
+
+
+def _option_names() -> dict[str, list[str]]:
+    """Each sink type's options, as its settings model (or the file sink's list) accepts them."""
+    from traceexport.sinks.amplitude import AmplitudeSettings
+    from traceexport.sinks.langfuse import LangfuseOptions
+    from traceexport.sinks.opik import OpikSettings
+    from traceexport.sinks.otlp.config import OtlpOptions
+
+    return {"opik": list(OpikSettings.model_fields), "amplitude": list(AmplitudeSettings.model_fields),
+            "otlp": list(OtlpOptions.model_fields), "langfuse": list(LangfuseOptions.model_fields),
+            "file": ["path", "mapping", "max_file_bytes", "fsync", "max_items", "linger_seconds"]}
+
+
+def test_every_sink_option_is_in_the_readme() -> None:
+    """Every option a sink section accepts is named in the README (in backticks), so none is a secret."""
+    readme = (ROOT / "README.md").read_text()
+    missing = {kind: [name for name in names if f"`{name}`" not in readme] for kind, names in _option_names().items()}
+    assert {kind: names for kind, names in missing.items() if names} == {}
+
+
+def test_every_config_section_key_is_in_the_readme() -> None:
+    """Every key of the config file's fixed sections (spool, retry, ledger, audit, sources.http, console,
+    dify_hook and the top level) appears in the README."""
+    from pydantic import BaseModel
+
+    from traceexport.config.models import Config
+
+    readme = (ROOT / "README.md").read_text()
+    missing = []
+    models: list[tuple[str, type[BaseModel]]] = [("", Config)]
+    while models:
+        prefix, model = models.pop()
+        for key, field in model.model_fields.items():
+            if not re.search(rf"(^|\W){re.escape(key)}(:|`)", readme, re.M):
+                missing.append(prefix + key)
+            nested = [t for t in getattr(field.annotation, "__args__", (field.annotation,))
+                      if isinstance(t, type) and issubclass(t, BaseModel)]
+            models += [(f"{prefix}{key}.", t) for t in nested if t.__name__ != "SinkConfig"]
+    assert missing == []
+
+
+def test_the_celery_and_enrich_keys_are_in_the_readme() -> None:
+    """Every key sources.celery and enrich accept appears in the README's examples for them."""
+    from dataclasses import fields
+
+    from traceexport.enrich.settings import EnrichSettings
+    from traceexport.sources.celery.settings import CelerySourceSettings
+
+    readme = (ROOT / "README.md").read_text()
+    keys = [*CelerySourceSettings.model_fields, *(f.name for f in fields(EnrichSettings))]
+    assert [key for key in keys if not re.search(rf"^ +{key}:", readme, re.M)] == []
+
+
+@pytest.mark.parametrize("first_line", ["sources:", "enrich:"])
+def test_the_celery_and_enrich_examples_validate(first_line: str, tmp_path: Path) -> None:
+    """The README's sources.celery and enrich examples pass `validate --config` once their variables are set."""
+    env = {"CELERY_BROKER_URL": "redis://127.0.0.1:6379/1", "REDIS_KEY_PREFIX": "",
+           "TRACEEXPORT_DIFY_DATABASE_URL": "postgresql://ro:pw@127.0.0.1:5432/dify"}
+    for block in _yaml_blocks(ROOT / "README.md", first_line):
+        path = tmp_path / "traceexport.yaml"
+        path.write_text(f"spool: {{dir: {tmp_path / 'spool'}}}\nsinks: {{out: {{type: file, path: {tmp_path}}}}}\n"
+                        + block)
+        assert validate_config_file(path, env=env) == [], block

@@ -1,8 +1,9 @@
 """``validate_config_file``: everything the daemon would check at start, without starting anything.
 
 Besides the schema it builds every sink and compiles every mapping (no network I/O), checks the serve
-rules (token beyond loopback) on the file with the ``TRACEEXPORT_*`` variables serve lays over it, the spool directory's kind (creating nothing) and, when the Celery extra is
-installed, the ``sources.celery`` section.
+rules (token beyond loopback) on the file with the ``TRACEEXPORT_*`` variables serve lays over it, the
+spool directory's kind (creating nothing) and, when the Celery extra is installed, the ``sources.celery``
+section.
 """
 
 from __future__ import annotations

@@ -70,6 +70,7 @@ class AmplitudeSettings(BaseModel):
     timeout: float = Field(30.0, gt=0)
     max_events: int = Field(1000, ge=1, le=1999)
     max_bytes: int | None = Field(None, ge=1024)
+    linger_seconds: float = Field(1.0, ge=0)  # how long a batch waits for more records while they keep coming
 
     @field_validator("region", "endpoint", mode="before")
     @classmethod
@@ -106,7 +107,8 @@ class AmplitudeSink:
                  transport: httpx.BaseTransport | None = None) -> None:
         self.name = name
         self.settings = settings
-        self.limits = BatchLimits(max_items=settings.max_events, max_bytes=settings.byte_limit)
+        self.limits = BatchLimits(max_items=settings.max_events, max_bytes=settings.byte_limit,
+                                  linger_seconds=settings.linger_seconds)
         self._key = settings.api_key.get_secret_value()
         self.secrets = (self._key, *url_secrets(settings.url))  # what it sends, never shown
         self._transport = transport

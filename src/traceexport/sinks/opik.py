@@ -60,6 +60,7 @@ class OpikSettings(BaseModel):
     timeout: float = Field(30.0, gt=0)
     max_items: int = Field(1000, ge=1, le=1000)
     max_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    linger_seconds: float = Field(1.0, ge=0)  # how long a batch waits for more records while they keep coming
     max_bisect_requests: int = Field(64, ge=0)
 
     @field_validator("url")
@@ -119,7 +120,8 @@ class OpikSink:
     def __init__(self, name: str, settings: OpikSettings, *, transport: httpx.BaseTransport | None = None):
         self.name = name
         self.settings = settings
-        self.limits = BatchLimits(max_items=settings.max_items, max_bytes=settings.max_bytes)
+        self.limits = BatchLimits(max_items=settings.max_items, max_bytes=settings.max_bytes,
+                                  linger_seconds=settings.linger_seconds)
         self._transport = transport
         self._client: httpx.Client | None = None
         self._closed = False
