@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import tomllib
 from pathlib import Path, PurePosixPath
@@ -133,3 +134,52 @@ def test_the_celery_and_enrich_examples_validate(first_line: str, tmp_path: Path
         path.write_text(f"spool: {{dir: {tmp_path / 'spool'}}}\nsinks: {{out: {{type: file, path: {tmp_path}}}}}\n"
                         + block)
         assert validate_config_file(path, env=env) == [], block
+
+
+def _dify_parser(monkeypatch: pytest.MonkeyPatch) -> argparse.ArgumentParser:
+    """``python -m traceexport.dify``'s parser, which its main() builds: caught where it parses."""
+    from traceexport.dify.__main__ import main
+
+    built: list[argparse.ArgumentParser] = []
+
+    def keep(parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        built.append(parser)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", keep)
+    with pytest.raises(SystemExit):
+        main([])
+    monkeypatch.undo()
+    return built[0]
+
+
+def _parsers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every command's and subcommand's parser: traceexport's and ``python -m traceexport.dify``'s."""
+    from traceexport.cli import build_parser
+
+    roots = [("traceexport", build_parser()), ("python -m traceexport.dify", _dify_parser(monkeypatch))]
+    found: list[tuple[str, argparse.ArgumentParser]] = []
+    while roots:
+        name, parser = roots.pop()
+        found.append((name, parser))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                roots += [(f"{name} {sub}", subparser) for sub, subparser in action.choices.items()]
+    return found
+
+
+def test_every_help_is_plain_text_and_describes_its_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each command's and subcommand's --help says what it does (a description) in plain text: no reST
+    markup (``double backticks``) copied from a docstring, and every option has its help line."""
+    parsers = _parsers(monkeypatch)
+    names = {name for name, _ in parsers}
+    assert {"traceexport serve", "traceexport dlq replay", "python -m traceexport.dify check"} <= names
+    problems = []
+    for name, parser in parsers:
+        if "``" in parser.format_help():
+            problems.append(f"{name}: reST markup in --help")
+        if not parser.description:
+            problems.append(f"{name}: no description")
+        problems += [f"{name}: {action.option_strings} has no help" for action in parser._actions
+                     if action.option_strings and not action.help]
+    assert problems == []
