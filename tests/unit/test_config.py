@@ -384,3 +384,14 @@ def test_every_sink_takes_linger_seconds_as_the_readme_says(sink_type: str, tmp_
         assert sink.limits.linger_seconds == 0.25
     finally:
         sink.shutdown(1.0)
+
+
+def test_a_missing_relative_mapping_file_is_named_as_a_file_not_a_key_path(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mapping_files: [my-amplitude.yaml]` (relative, as the README's example) that cannot be read is reported
+    under the file's name with its sink, not as a key `sinks.amp.my-amplitude.yaml` the config never had."""
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, "sinks:\n  amp:\n    type: amplitude\n    api_key: k\n"
+                           "    mapping_files: [my-amplitude.yaml]\n")
+    assert [str(p) for p in validate_config_file(path, env={})] == [
+        "my-amplitude.yaml: sinks.amp: cannot read mapping file: No such file or directory"]

@@ -280,6 +280,12 @@ def _prefixed(prefix: str, problem: Problem) -> Problem:
         return Problem(prefix, problem.message)
     if problem.where == prefix or problem.where.startswith(f"{prefix}."):
         return problem  # already a full key path
-    if problem.where.startswith(("/", ".")) or ":" in problem.where:  # a file location: keep it, add the sink
+    if _is_file_location(problem.where):  # keep it, add the sink
         return Problem(problem.where, f"{prefix}: {problem.message}")
     return Problem(f"{prefix}.{problem.where}", problem.message)
+
+
+def _is_file_location(where: str) -> bool:
+    """``/a/b.yaml:3``, ``./x.yaml``, ``mine.yaml`` (a relative mapping file): a file, not a sink's key path."""
+    return (where.startswith(("/", ".")) or ":" in where or "/" in where
+            or where.lower().endswith((".yaml", ".yml")))
