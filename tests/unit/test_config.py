@@ -395,3 +395,14 @@ def test_a_missing_relative_mapping_file_is_named_as_a_file_not_a_key_path(tmp_p
                            "    mapping_files: [my-amplitude.yaml]\n")
     assert [str(p) for p in validate_config_file(path, env={})] == [
         "my-amplitude.yaml: sinks.amp: cannot read mapping file: No such file or directory"]
+
+
+def test_enrich_durations_read_as_the_configs_other_durations(tmp_path: Path) -> None:
+    """`enrich` takes the duration forms the README gives for the config (7d included) and refuses an
+    infinite one, which would hold a workflow record back for ever waiting for its node rows."""
+    head = f"sinks: {{out: {{type: file, path: {tmp_path}}}}}\nenrich:\n  database_url: postgresql://ro:pw@127.0.0.1/dify\n"
+    assert validate_config_file(write(tmp_path, head + "  max_wait: 1d\n  retry_max: 30s\n"), env={}) == []
+    assert [str(p) for p in validate_config_file(write(tmp_path, head + "  max_wait: .inf\n  cache_ttl: inf\n"),
+                                                 env={})] == [
+        "enrich.max_wait: must be seconds: a number, or like '30s', '500ms', '1d' (line 4)",
+        "enrich.cache_ttl: must be seconds: a number, or like '30s', '500ms', '1d' (line 5)"]
