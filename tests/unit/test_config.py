@@ -406,3 +406,36 @@ def test_enrich_durations_read_as_the_configs_other_durations(tmp_path: Path) ->
                                                  env={})] == [
         "enrich.max_wait: must be seconds: a number, or like '30s', '500ms', '1d' (line 4)",
         "enrich.cache_ttl: must be seconds: a number, or like '30s', '500ms', '1d' (line 5)"]
+
+
+def test_an_infinite_duration_is_refused_with_its_key_path(tmp_path: Path) -> None:
+    """`.inf` where the config takes a duration is a problem at validate and start-up, not a daemon whose
+    delivery loop then fails on it every half second (ledger.retention: .inf did)."""
+    path = write(tmp_path, f"sinks: {{out: {{type: file, path: {tmp_path}}}}}\nledger: {{retention: .inf}}\n"
+                           "retry:\n  max_age: .inf\nsources:\n  http: {shutdown_grace: .inf}\n")
+    problems = [str(p) for p in validate_config_file(path, env={})]
+    assert sorted(p.split(":")[0] for p in problems) == ["ledger.retention", "retry.max_age",
+                                                   "sources.http.shutdown_grace"]
+    assert all("finite" in p for p in problems)
+
+
+@pytest.mark.parametrize(("sink", "option"), [("opik", "timeout"), ("amplitude", "linger_seconds"),
+                                              ("otlp", "timeout"), ("otlp", "linger_seconds"),
+                                              ("file", "linger_seconds")])
+def test_an_infinite_sink_timeout_or_linger_is_refused(sink: str, option: str, tmp_path: Path) -> None:
+    """A sink's `timeout: .inf` failed every request (OverflowError) until its records were dead-lettered;
+    such values are refused at validate with the key path instead."""
+    extra = {"opik": "api_key: k, ", "amplitude": "api_key: k, ", "file": f"path: {tmp_path}, "}.get(sink, "")
+    path = write(tmp_path, f"sinks:\n  s: {{type: {sink}, {extra}{option}: .inf}}\n")
+    problems = [str(p) for p in validate_config_file(path, env={})]
+    assert len(problems) == 1 and problems[0].startswith(f"sinks.s.{option}: ") and "finite" in problems[0]
+
+
+def test_an_infinite_or_nan_otlp_timeout_variable_is_refused() -> None:
+    """OTEL_EXPORTER_OTLP_TIMEOUT=inf or nan is a problem naming the variable, as a negative one is."""
+    import traceexport.sinks
+
+    for value in ("inf", "nan"):
+        with pytest.raises(ConfigError) as info:
+            traceexport.sinks.create_sink("otlp", "o", {}, env={"OTEL_EXPORTER_OTLP_TIMEOUT": value})
+        assert "OTEL_EXPORTER_OTLP_TIMEOUT" in problem_text(info.value)[0]

@@ -67,10 +67,10 @@ class AmplitudeSettings(BaseModel):
     endpoint: Literal["httpapi", "batch"] = "httpapi"
     server_url: str | None = None
     min_id_length: int | None = Field(None, ge=1)
-    timeout: float = Field(30.0, gt=0)
+    timeout: float = Field(30.0, gt=0, allow_inf_nan=False)
     max_events: int = Field(1000, ge=1, le=1999)
     max_bytes: int | None = Field(None, ge=1024)
-    linger_seconds: float = Field(1.0, ge=0)  # how long a batch waits for more records while they keep coming
+    linger_seconds: float = Field(1.0, ge=0, allow_inf_nan=False)  # a batch waits this long for more records
 
     @field_validator("region", "endpoint", mode="before")
     @classmethod

@@ -57,10 +57,10 @@ class OpikSettings(BaseModel):
     api_key: SecretStr | None = None
     workspace: str | None = None
     project_name: str | None = None
-    timeout: float = Field(30.0, gt=0)
+    timeout: float = Field(30.0, gt=0, allow_inf_nan=False)
     max_items: int = Field(1000, ge=1, le=1000)
     max_bytes: int = Field(5 * 1024 * 1024, ge=1024)
-    linger_seconds: float = Field(1.0, ge=0)  # how long a batch waits for more records while they keep coming
+    linger_seconds: float = Field(1.0, ge=0, allow_inf_nan=False)  # a batch waits this long for more records
     max_bisect_requests: int = Field(64, ge=0)
 
     @field_validator("url")
