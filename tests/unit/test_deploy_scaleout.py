@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from traceexport.config import validate_config_file
@@ -58,3 +60,35 @@ def test_the_statefulset_claims_one_spool_volume_per_replica(tmp_path: Path) -> 
     assert mounts["spool"] == "/var/lib/traceexport" and mounts["dify-storage"] == "/app/api/storage"
     config = docs["ConfigMap"]["data"]["traceexport.yaml"]
     assert "dir: /var/lib/traceexport/spool" in config and _valid(config, tmp_path) == []
+
+
+def _difys_uid() -> int:
+    """The uid Dify's api and worker images run as (`ARG dify_uid` in Dify's own api/Dockerfile), or skip."""
+    dockerfile = DEPLOY.parent.parent / "shared" / "dify" / "real" / "dify-1.14.1" / "api" / "Dockerfile"
+    if not dockerfile.is_file():
+        pytest.skip(f"no Dify source at {dockerfile.parent} (../shared/dify/real is absent in a plain clone)")
+    match = re.search(r"^ARG dify_uid=(\d+)$", dockerfile.read_text(), re.M)
+    assert match, "Dify's api/Dockerfile no longer says its uid"
+    return int(match.group(1))
+
+
+@pytest.mark.parametrize("name", ["docker-compose.traceexport.yaml", "docker-compose.traceexport-replicas.yaml"])
+def test_sidecars_run_as_difys_user_and_own_their_spools(name: str) -> None:
+    """The sidecars run as the uid Dify's api and worker write their trace files with (so they may delete them),
+    and wait for a one-shot service that gives that uid the spool directories Docker creates owned by root."""
+    uid = _difys_uid()
+    compose = yaml.safe_load((DEPLOY / name).read_text())
+    services = compose["services"]
+    init = services["init_traceexport"]
+    sidecars = {n: s for n, s in services.items() if n == "traceexport" or n.startswith("traceexport-")}
+    assert sidecars
+    for sidecar in sidecars.values():
+        assert sidecar["user"] == f"{uid}:{uid}"
+        assert sidecar["depends_on"]["init_traceexport"] == {"condition": "service_completed_successfully"}
+        spool = next(v.split(":")[0] for v in sidecar["volumes"] if v.endswith(":/var/lib/traceexport"))
+        mounted = {v.split(":")[0]: v.split(":")[1] for v in init["volumes"]}
+        assert mounted[spool] in init["command"] and init["command"][:2] == ["chown", f"{uid}:{uid}"]
+    statefulset = next(d for d in yaml.safe_load_all((DEPLOY / "kubernetes" / "traceexport-statefulset.yaml")
+                                                     .read_text()) if d["kind"] == "StatefulSet")
+    context = statefulset["spec"]["template"]["spec"]["securityContext"]
+    assert context == {"runAsUser": uid, "runAsGroup": uid, "fsGroup": uid}
