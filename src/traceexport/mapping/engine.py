@@ -144,11 +144,14 @@ def compile_document(document: LineDict, files: Sequence[str], options: dict[str
     if not isinstance(declared, dict):
         problems.append(Problem(_where(document, "options", "options"), "must map option names to values"))
         declared = {}
-    for name in options or {}:
+    for name, value in (options or {}).items():
         if name not in declared:
             known = ", ".join(sorted(declared)) or "none"
             message = f"not an option of the {backend} mapping (options: {known})"
             problems.append(Problem(f"mapping option {name!r}", message))
+        elif isinstance(declared[name], bool) and not isinstance(value, bool):
+            # a switch given anything but true/false (send_content=flase) must not read as "on"
+            problems.append(Problem(f"mapping option {name!r}", f"must be true or false, got {value!r}"))
     compiler = Compiler(tables, {**declared, **(options or {})})
     entities: dict[str, list[Entity]] = {}
     records = document.get("records")
