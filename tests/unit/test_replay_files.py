@@ -206,3 +206,13 @@ def test_a_replay_killed_between_the_spool_and_its_ledger_sends_nothing_twice(tm
     assert "3 already sent" in again.stderr and "0 sent to the spool" in again.stderr
     keys = [json.loads(line)["key"] for line in (tmp_path / "out" / "otlp.jsonl").read_text().splitlines()]
     assert keys and len(keys) == len(set(keys))
+
+
+def test_a_dry_run_maps_with_each_sinks_mapping_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`replay --dry-run` maps as the sinks will: with their `mapping_options`, so an option the mapping does not
+    have fails the dry run as it fails the real one, instead of a clean dry run of a config that cannot start."""
+    config = tmp_path / "traceexport.yaml"
+    config.write_text(f"spool: {{dir: {tmp_path / 'spool'}}}\nsinks:\n  amp:\n    type: amplitude\n    api_key: k\n"
+                      "    mapping_options: {nodes_events: true}\n")
+    assert main(["replay", "--config", str(config), "--dry-run", "--no-progress", str(TOOL)]) == 2
+    assert "mapping option 'nodes_events': not an option of the amplitude mapping" in capsys.readouterr().err

@@ -209,10 +209,9 @@ def _progress(job: Job, reader: Any, args: argparse.Namespace) -> Progress:
 
 
 def _dry_run(config: Config, job: Job, reader: Any, args: argparse.Namespace) -> int:
-    from traceexport.mapping import load_mapping
+    from traceexport.config.resolve import load_sink_mapping
 
-    mappings = {name: load_mapping(sc.mapping_backend, extra_files=tuple(sc.mapping_files))
-                for name, sc in config.sinks.items()}
+    mappings = {name: load_sink_mapping(sc) for name, sc in config.sinks.items()}
     counts: dict[str, int] = {}
     payloads = dict.fromkeys(mappings, 0)
     problems = 0

@@ -169,10 +169,9 @@ def _read_all(files: Sequence[Path | Unlisted], sizes: dict[Path | Unlisted, int
 
 def _dry_run(config: Config, files: Sequence[Path | Unlisted], sizes: dict[Path | Unlisted, int], state: Path,
              out: _Out, chunk: int) -> int:
-    from traceexport.mapping import load_mapping
+    from traceexport.config.resolve import load_sink_mapping
 
-    mappings = {name: load_mapping(sc.mapping_backend, extra_files=tuple(sc.mapping_files))
-                for name, sc in config.sinks.items()}
+    mappings = {name: load_sink_mapping(sc) for name, sc in config.sinks.items()}
     ledger = Ledger(state) if state.exists() else None
     stats = ReplayStats(payloads=dict.fromkeys(mappings, 0))
 

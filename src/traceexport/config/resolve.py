@@ -14,10 +14,18 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from traceexport.config.loader import load_config, parse_config
-from traceexport.config.models import SINK_TYPES, Config, EnrichConfig, RateLimitConfig, split_host_port
+from traceexport.config.models import (
+    SINK_TYPES,
+    Config,
+    EnrichConfig,
+    RateLimitConfig,
+    SinkConfig,
+    split_host_port,
+)
 from traceexport.errors import ConfigError, Problem
 
 if TYPE_CHECKING:
+    from traceexport.mapping import Mapping as CompiledMapping
     from traceexport.pipeline import Route
     from traceexport.sinks import Sink
 
@@ -220,9 +228,17 @@ def with_environment(config: Config, env: Mapping[str, str]) -> tuple[Config | N
     return merged, problems + more
 
 
+def load_sink_mapping(sink_config: SinkConfig) -> CompiledMapping:
+    """The mapping a sink maps its records with: its built-in one, its ``mapping_files`` over it, its
+    ``mapping_options`` set (every command that maps for a sink, dry runs included, uses this)."""
+    from traceexport.mapping import load_mapping
+
+    return load_mapping(sink_config.mapping_backend, extra_files=tuple(sink_config.mapping_files),
+                        options=dict(sink_config.mapping_options) or None)
+
+
 def build_routes(config: Config, env: Mapping[str, str] | None = None) -> list[Route]:
     """One pipeline route per configured sink; ConfigError lists every sink or mapping problem."""
-    from traceexport.mapping import load_mapping
     from traceexport.pipeline import Route
     from traceexport.sinks import create_sink
 
@@ -232,8 +248,7 @@ def build_routes(config: Config, env: Mapping[str, str] | None = None) -> list[R
     names: dict[str, str] = {}  # the sink's own name -> its key in sinks (the pipeline needs them distinct)
     for name, sink_config in config.sinks.items():
         try:
-            mapping = load_mapping(sink_config.mapping_backend, extra_files=tuple(sink_config.mapping_files),
-                                   options=dict(sink_config.mapping_options) or None)
+            mapping = load_sink_mapping(sink_config)
             options = sink_config.options()
             if sink_config.type == "file":  # the file sink names its output after the mapping it holds
                 options["mapping"] = sink_config.mapping_backend
