@@ -439,3 +439,17 @@ def test_an_infinite_or_nan_otlp_timeout_variable_is_refused() -> None:
         with pytest.raises(ConfigError) as info:
             traceexport.sinks.create_sink("otlp", "o", {}, env={"OTEL_EXPORTER_OTLP_TIMEOUT": value})
         assert "OTEL_EXPORTER_OTLP_TIMEOUT" in problem_text(info.value)[0]
+
+
+def test_traceexport_log_format_is_checked_and_read_in_any_case(tmp_path: Path) -> None:
+    """TRACEEXPORT_LOG_FORMAT=JSON gives JSON lines (as TRACEEXPORT_LOG_LEVEL=DEBUG gives debug); a value that is
+    neither format is a problem naming the variable, not a silent fall back to logfmt."""
+    assert resolve_config(Overrides(), env={"TRACEEXPORT_LOG_FORMAT": "JSON"}).log_format == "json"
+    path = write(tmp_path, f"sinks: {{out: {{type: file, path: {tmp_path}}}}}\nlog_format: json\n")
+    assert resolve_config(Overrides(config=str(path)), env={}).log_format == "json"
+    assert resolve_config(Overrides(config=str(path)), env={"TRACEEXPORT_LOG_FORMAT": "logfmt"}).log_format == "logfmt"
+    with pytest.raises(ConfigError) as info:
+        resolve_config(Overrides(), env={"TRACEEXPORT_LOG_FORMAT": "jsonl"})
+    assert problem_text(info.value) == ["TRACEEXPORT_LOG_FORMAT: 'jsonl' is not one of logfmt, json"]
+    assert [str(p) for p in validate_config_file(path, env={"TRACEEXPORT_LOG_FORMAT": "yaml"})] == [
+        "TRACEEXPORT_LOG_FORMAT: 'yaml' is not one of logfmt, json"]

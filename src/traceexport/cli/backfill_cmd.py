@@ -178,7 +178,7 @@ def resolve_with_database(args: argparse.Namespace) -> tuple[Config, str]:
     if args.dify_db and args.dify_db.strip():
         env[DATABASE_URL_ENV] = args.dify_db  # the flag wins over the variable, which wins over the file
     config = resolve_config(overrides_from(args), env, serve=False)
-    setup_logging(config.log_level, os.environ.get("TRACEEXPORT_LOG_FORMAT") or config.log_format)
+    setup_logging(config.log_level, config.log_format)
     url = config.enrich.database_url.get_secret_value() if config.enrich.database_url is not None else ""
     if not url.strip():
         raise SourceError(f"no Dify database: pass --dify-db URL, set {DATABASE_URL_ENV}, or set "

@@ -16,7 +16,6 @@ input (broken files or records, records a backend refused permanently) or bad us
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -75,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return 2
-    setup_logging(config.log_level, os.environ.get("TRACEEXPORT_LOG_FORMAT") or config.log_format)
+    setup_logging(config.log_level, config.log_format)
     spool_dir = Path(config.spool.dir)  # the one spool: flag, then env, then config file, then default
     state = Path(args.state) if args.state else spool_dir / LEDGER_FILE
     files = list(replay_files(args.paths))

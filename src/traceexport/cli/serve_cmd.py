@@ -7,7 +7,6 @@ no ``--to`` it listens on 127.0.0.1:4319 and writes mapped OTLP spans to ./trace
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
@@ -65,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return 2
-    setup_logging(config.log_level, os.environ.get("TRACEEXPORT_LOG_FORMAT") or config.log_format)
+    setup_logging(config.log_level, config.log_format)
     daemon = Daemon(config)
     try:
         return daemon.run()

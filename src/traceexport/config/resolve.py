@@ -40,7 +40,9 @@ ENV_NAMES = {
     "console_token": "TRACEEXPORT_CONSOLE_TOKEN",
 }
 DATABASE_URL_ENV = "TRACEEXPORT_DIFY_DATABASE_URL"
+LOG_FORMAT_ENV = "TRACEEXPORT_LOG_FORMAT"  # no flag: the variable, else the config's log_format
 _LEVELS = ("debug", "info", "warning", "error")
+_FORMATS = ("logfmt", "json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,17 @@ def _apply(data: dict[str, Any], o: Overrides, has_file: bool, problems: list[Pr
         else:
             message = f"{o.log_level!r} is not one of {', '.join(_LEVELS)}"
             problems.append(Problem(o.source("log_level"), message))
+
+
+def _apply_log_format(data: dict[str, Any], env: Mapping[str, str], problems: list[Problem]) -> None:
+    """``TRACEEXPORT_LOG_FORMAT`` over the file's ``log_format`` (in place), checked as the log level is."""
+    value = (env.get(LOG_FORMAT_ENV) or "").strip()
+    if not value:
+        return
+    if value.lower() in _FORMATS:
+        data["log_format"] = value.lower()
+    else:
+        problems.append(Problem(LOG_FORMAT_ENV, f"{value!r} is not one of {', '.join(_FORMATS)}"))
 
 
 def _apply_console(data: dict[str, Any], o: Overrides, problems: list[Problem]) -> None:
@@ -202,6 +215,7 @@ def resolve_config(flags: Overrides | None = None, env: Mapping[str, str] | None
     data = base.model_dump(exclude_unset=False)
     problems: list[Problem] = []
     _apply(data, o, o.config is not None, problems)
+    _apply_log_format(data, env, problems)
     if env.get(DATABASE_URL_ENV):
         data["enrich"] = {**(data.get("enrich") or {}), "database_url": env[DATABASE_URL_ENV]}
     config, more = parse_config(data)
@@ -224,6 +238,7 @@ def with_environment(config: Config, env: Mapping[str, str]) -> tuple[Config | N
     data = config.model_dump(exclude_unset=False)
     problems: list[Problem] = []
     _apply(data, o, True, problems)
+    _apply_log_format(data, env, problems)
     merged, more = parse_config(data)
     return merged, problems + more
 
