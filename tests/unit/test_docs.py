@@ -183,3 +183,16 @@ def test_every_help_is_plain_text_and_describes_its_command(monkeypatch: pytest.
         problems += [f"{name}: {action.option_strings} has no help" for action in parser._actions
                      if action.option_strings and not action.help]
     assert problems == []
+
+
+def test_the_readmes_full_config_example_validates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's config file example passes `validate --config` as written, given its variables and the
+    override file it names (my-amplitude.yaml), with the spool moved to a writable place."""
+    (block,) = _yaml_blocks(ROOT / "README.md", "spool:")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my-amplitude.yaml").write_text("extends: builtin\nbackend: amplitude\n")
+    path = tmp_path / "traceexport.yaml"
+    path.write_text(block.replace("/var/lib/traceexport/spool", str(tmp_path / "spool")))
+    env = {"OPIK_API_KEY": "k", "AMPLITUDE_API_KEY": "k", "CELERY_BROKER_URL": "redis://127.0.0.1:6379/1",
+           "TRACEEXPORT_DIFY_DATABASE_URL": "postgresql://ro:pw@127.0.0.1:5432/dify"}
+    assert validate_config_file(path, env=env) == []
