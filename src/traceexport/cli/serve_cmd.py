@@ -22,7 +22,8 @@ def add_common_flags(parser: argparse.ArgumentParser, *, serve: bool) -> None:
     parser.add_argument("--to", metavar="SINK[,SINK...]",
                         help="sinks to send to: names from the config, or a sink type (opik, langfuse, otlp, "
                              f"amplitude, file) set up by its usual environment variables (env {env['to']})")
-    parser.add_argument("--spool", metavar="DIR", help=f"spool directory (env {env['spool']})")
+    parser.add_argument("--spool", metavar="DIR", help=f"spool directory (env {env['spool']}; default: the config "
+                                                       "file's spool.dir, else ./traceexport-spool)")
     if serve:
         parser.add_argument("--listen", metavar="HOST:PORT",
                             help=f"HTTP ingest address, default 127.0.0.1:4319 (env {env['listen']})")
