@@ -453,3 +453,14 @@ def test_traceexport_log_format_is_checked_and_read_in_any_case(tmp_path: Path) 
     assert problem_text(info.value) == ["TRACEEXPORT_LOG_FORMAT: 'jsonl' is not one of logfmt, json"]
     assert [str(p) for p in validate_config_file(path, env={"TRACEEXPORT_LOG_FORMAT": "yaml"})] == [
         "TRACEEXPORT_LOG_FORMAT: 'yaml' is not one of logfmt, json"]
+
+
+def test_a_token_variable_does_not_turn_on_ingest_the_config_turned_off(tmp_path: Path) -> None:
+    """`sources.http: null` stays off when TRACEEXPORT_TOKEN is set (compose files and secrets set it for every
+    sidecar): the variable gave a listener on 127.0.0.1:4319 the config had turned off. --listen still does."""
+    path = write(tmp_path, f"sinks: {{out: {{type: file, path: {tmp_path}}}}}\nsources:\n  http: null\n"
+                           "  celery: {broker_url: 'redis://127.0.0.1:6379/1'}\n")
+    env = {"TRACEEXPORT_TOKEN": "t" * 24}
+    assert resolve_config(Overrides(config=str(path)), env=env).sources.http is None
+    listening = resolve_config(Overrides(config=str(path), listen="127.0.0.1:4399"), env=env).sources.http
+    assert listening is not None and listening.listen == "127.0.0.1:4399"

@@ -105,8 +105,9 @@ def _apply(data: dict[str, Any], o: Overrides, has_file: bool, problems: list[Pr
             data["sinks"] = {"file": {"type": "file"}}
     if o.spool:
         data["spool"] = {**(data.get("spool") or {}), "dir": o.spool}
-    if o.listen or o.token:
-        http = _listener(data["sources"].get("http"), o.listen, o.token, o.source("listen"), problems)
+    http = data["sources"].get("http")
+    if o.listen or (o.token and http is not None):  # a token alone never turns on ingest the file turned off
+        http = _listener(http, o.listen, o.token, o.source("listen"), problems)
         data["sources"] = {**data["sources"], "http": http}
     _apply_console(data, o, problems)
     if o.log_level:
