@@ -457,10 +457,14 @@ def test_traceexport_log_format_is_checked_and_read_in_any_case(tmp_path: Path) 
 
 def test_a_token_variable_does_not_turn_on_ingest_the_config_turned_off(tmp_path: Path) -> None:
     """`sources.http: null` stays off when TRACEEXPORT_TOKEN is set (compose files and secrets set it for every
-    sidecar): the variable gave a listener on 127.0.0.1:4319 the config had turned off. --listen still does."""
+    sidecar): the variable gave a listener on 127.0.0.1:4319 the config had turned off. --listen still does.
+    The same for `console: off` and TRACEEXPORT_CONSOLE_TOKEN."""
     path = write(tmp_path, f"sinks: {{out: {{type: file, path: {tmp_path}}}}}\nsources:\n  http: null\n"
                            "  celery: {broker_url: 'redis://127.0.0.1:6379/1'}\n")
     env = {"TRACEEXPORT_TOKEN": "t" * 24}
     assert resolve_config(Overrides(config=str(path)), env=env).sources.http is None
     listening = resolve_config(Overrides(config=str(path), listen="127.0.0.1:4399"), env=env).sources.http
     assert listening is not None and listening.listen == "127.0.0.1:4399"
+    console_off = write(tmp_path, f"sinks: {{out: {{type: file, path: {tmp_path}}}}}\nconsole: off\n")
+    console_env = {"TRACEEXPORT_CONSOLE_TOKEN": "c" * 24}
+    assert resolve_config(Overrides(config=str(console_off)), env=console_env).console is None

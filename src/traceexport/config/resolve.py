@@ -134,7 +134,7 @@ def _apply_console(data: dict[str, Any], o: Overrides, problems: list[Problem]) 
     if o.console is not None and o.console.strip().lower() == "off":
         data["console"] = None
         return
-    if o.console or o.console_token:
+    if o.console or (o.console_token and data.get("console") is not None):  # a token alone: not off -> on
         data["console"] = _listener(data.get("console"), o.console, o.console_token, o.source("console"), problems)
 
 
