@@ -13,6 +13,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ARCHITECTURE.md ./
 COPY src ./src
 COPY mappings ./mappings
+# The console playground's sample records, which the wheel includes (pyproject's force-include).
+COPY tests/data/samples ./tests/data/samples
 RUN pip install '.[celery,postgres]' && rm -rf /src
 
 RUN useradd --system --uid 10001 --home-dir /var/lib/traceexport --create-home traceexport

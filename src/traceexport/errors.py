@@ -86,10 +86,11 @@ class RecordTooLargeError(RecordError):
 
 class RequestError(TraceExportError):
     """A call to the console's JSON API cannot be answered as asked: ``status`` is the HTTP status to send
-    (400 malformed, 404 no such entry), the message one line."""
+    (400 malformed, 404 no such entry, 405 with ``allow``: the methods the path takes), the message one line."""
 
-    def __init__(self, message: str, *, status: int = 400) -> None:
+    def __init__(self, message: str, *, status: int = 400, allow: str | None = None) -> None:
         self.status = status
+        self.allow = allow
         super().__init__(" ".join(message.split()))
 
 

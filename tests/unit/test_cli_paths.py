@@ -100,7 +100,7 @@ def test_validate_config_gives_a_line_for_every_located_problem(tmp_path: Path,
     err = capsys.readouterr().err
     assert "sinks.opik.url: must be an http:// or https:// URL, e.g. http://localhost:5173/api (line 5)" in err
     assert "sinks.opik.colour: unknown key (line 6)" in err
-    assert "enrich.max_wait: must be seconds: a number, or like '30s', '500ms' (line 9)" in err
+    assert "enrich.max_wait: must be seconds: a number, or like '30s', '500ms', '1d' (line 9)" in err
     assert "secret" not in err
 
 

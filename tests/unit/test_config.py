@@ -368,3 +368,103 @@ def test_ledger_and_audit_sections_take_durations_and_report_bad_keys_by_path(tm
     where = {p.where: p.message for p in validate_config_file(path, env={})}
     assert set(where) == {"ledger.retention", "audit.interval", "audit.windw"}
     assert "line 2" in where["ledger.retention"] and "line 5" in where["audit.windw"]
+
+
+@pytest.mark.parametrize("sink_type", ["opik", "amplitude", "otlp", "langfuse", "file"])
+def test_every_sink_takes_linger_seconds_as_the_readme_says(sink_type: str, tmp_path: Path) -> None:
+    """The README's batching rule ("up to its max_items records, lingering at most its linger_seconds") holds
+    for every sink type: the option is accepted and bounds that sink's batches."""
+    import traceexport.sinks
+
+    credentials = {"opik": {"api_key": "k"}, "amplitude": {"api_key": "k"}, "file": {"path": str(tmp_path)},
+                   "langfuse": {"public_key": "pk-lf-1", "secret_key": "sk-lf-1"}}
+    sink = traceexport.sinks.create_sink(sink_type, sink_type,
+                                         {**credentials.get(sink_type, {}), "linger_seconds": 0.25}, env={})
+    try:
+        assert sink.limits.linger_seconds == 0.25
+    finally:
+        sink.shutdown(1.0)
+
+
+def test_a_missing_relative_mapping_file_is_named_as_a_file_not_a_key_path(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mapping_files: [my-amplitude.yaml]` (relative, as the README's example) that cannot be read is reported
+    under the file's name with its sink, not as a key `sinks.amp.my-amplitude.yaml` the config never had."""
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, "sinks:\n  amp:\n    type: amplitude\n    api_key: k\n"
+                           "    mapping_files: [my-amplitude.yaml]\n")
+    assert [str(p) for p in validate_config_file(path, env={})] == [
+        "my-amplitude.yaml: sinks.amp: cannot read mapping file: No such file or directory"]
+
+
+def test_enrich_durations_read_as_the_configs_other_durations(tmp_path: Path) -> None:
+    """`enrich` takes the duration forms the README gives for the config (7d included) and refuses an
+    infinite one, which would hold a workflow record back for ever waiting for its node rows."""
+    head = f"sinks: {{out: {{type: file, path: {tmp_path}}}}}\nenrich:\n  database_url: postgresql://ro:pw@127.0.0.1/dify\n"
+    assert validate_config_file(write(tmp_path, head + "  max_wait: 1d\n  retry_max: 30s\n"), env={}) == []
+    assert [str(p) for p in validate_config_file(write(tmp_path, head + "  max_wait: .inf\n  cache_ttl: inf\n"),
+                                                 env={})] == [
+        "enrich.max_wait: must be seconds: a number, or like '30s', '500ms', '1d' (line 4)",
+        "enrich.cache_ttl: must be seconds: a number, or like '30s', '500ms', '1d' (line 5)"]
+
+
+def test_an_infinite_duration_is_refused_with_its_key_path(tmp_path: Path) -> None:
+    """`.inf` where the config takes a duration is a problem at validate and start-up, not a daemon whose
+    delivery loop then fails on it every half second (ledger.retention: .inf did)."""
+    path = write(tmp_path, f"sinks: {{out: {{type: file, path: {tmp_path}}}}}\nledger: {{retention: .inf}}\n"
+                           "retry:\n  max_age: .inf\nsources:\n  http: {shutdown_grace: .inf}\n")
+    problems = [str(p) for p in validate_config_file(path, env={})]
+    assert sorted(p.split(":")[0] for p in problems) == ["ledger.retention", "retry.max_age",
+                                                   "sources.http.shutdown_grace"]
+    assert all("finite" in p for p in problems)
+
+
+@pytest.mark.parametrize(("sink", "option"), [("opik", "timeout"), ("amplitude", "linger_seconds"),
+                                              ("otlp", "timeout"), ("otlp", "linger_seconds"),
+                                              ("file", "linger_seconds")])
+def test_an_infinite_sink_timeout_or_linger_is_refused(sink: str, option: str, tmp_path: Path) -> None:
+    """A sink's `timeout: .inf` failed every request (OverflowError) until its records were dead-lettered;
+    such values are refused at validate with the key path instead."""
+    extra = {"opik": "api_key: k, ", "amplitude": "api_key: k, ", "file": f"path: {tmp_path}, "}.get(sink, "")
+    path = write(tmp_path, f"sinks:\n  s: {{type: {sink}, {extra}{option}: .inf}}\n")
+    problems = [str(p) for p in validate_config_file(path, env={})]
+    assert len(problems) == 1 and problems[0].startswith(f"sinks.s.{option}: ") and "finite" in problems[0]
+
+
+def test_an_infinite_or_nan_otlp_timeout_variable_is_refused() -> None:
+    """OTEL_EXPORTER_OTLP_TIMEOUT=inf or nan is a problem naming the variable, as a negative one is."""
+    import traceexport.sinks
+
+    for value in ("inf", "nan"):
+        with pytest.raises(ConfigError) as info:
+            traceexport.sinks.create_sink("otlp", "o", {}, env={"OTEL_EXPORTER_OTLP_TIMEOUT": value})
+        assert "OTEL_EXPORTER_OTLP_TIMEOUT" in problem_text(info.value)[0]
+
+
+def test_traceexport_log_format_is_checked_and_read_in_any_case(tmp_path: Path) -> None:
+    """TRACEEXPORT_LOG_FORMAT=JSON gives JSON lines (as TRACEEXPORT_LOG_LEVEL=DEBUG gives debug); a value that is
+    neither format is a problem naming the variable, not a silent fall back to logfmt."""
+    assert resolve_config(Overrides(), env={"TRACEEXPORT_LOG_FORMAT": "JSON"}).log_format == "json"
+    path = write(tmp_path, f"sinks: {{out: {{type: file, path: {tmp_path}}}}}\nlog_format: json\n")
+    assert resolve_config(Overrides(config=str(path)), env={}).log_format == "json"
+    assert resolve_config(Overrides(config=str(path)), env={"TRACEEXPORT_LOG_FORMAT": "logfmt"}).log_format == "logfmt"
+    with pytest.raises(ConfigError) as info:
+        resolve_config(Overrides(), env={"TRACEEXPORT_LOG_FORMAT": "jsonl"})
+    assert problem_text(info.value) == ["TRACEEXPORT_LOG_FORMAT: 'jsonl' is not one of logfmt, json"]
+    assert [str(p) for p in validate_config_file(path, env={"TRACEEXPORT_LOG_FORMAT": "yaml"})] == [
+        "TRACEEXPORT_LOG_FORMAT: 'yaml' is not one of logfmt, json"]
+
+
+def test_a_token_variable_does_not_turn_on_ingest_the_config_turned_off(tmp_path: Path) -> None:
+    """`sources.http: null` stays off when TRACEEXPORT_TOKEN is set (compose files and secrets set it for every
+    sidecar): the variable gave a listener on 127.0.0.1:4319 the config had turned off. --listen still does.
+    The same for `console: off` and TRACEEXPORT_CONSOLE_TOKEN."""
+    path = write(tmp_path, f"sinks: {{out: {{type: file, path: {tmp_path}}}}}\nsources:\n  http: null\n"
+                           "  celery: {broker_url: 'redis://127.0.0.1:6379/1'}\n")
+    env = {"TRACEEXPORT_TOKEN": "t" * 24}
+    assert resolve_config(Overrides(config=str(path)), env=env).sources.http is None
+    listening = resolve_config(Overrides(config=str(path), listen="127.0.0.1:4399"), env=env).sources.http
+    assert listening is not None and listening.listen == "127.0.0.1:4399"
+    console_off = write(tmp_path, f"sinks: {{out: {{type: file, path: {tmp_path}}}}}\nconsole: off\n")
+    console_env = {"TRACEEXPORT_CONSOLE_TOKEN": "c" * 24}
+    assert resolve_config(Overrides(config=str(console_off)), env=console_env).console is None

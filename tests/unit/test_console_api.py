@@ -141,6 +141,24 @@ def test_without_a_token_the_api_answers_only_requests_addressed_to_loopback(tmp
         guarded.close()
 
 
+def test_a_405_allows_what_the_path_takes(console: Console) -> None:
+    """A wrong method's 405 lists in Allow the methods that path answers (RFC 9110), not every method the
+    console knows: POST for the actions, GET and HEAD for what is read."""
+    def allow(method: str, path: str) -> str:
+        answer = httpx.request(method, console.base + path, headers={**console.headers,
+                                                                     "Content-Type": "application/json"},
+                               content=b"{}", timeout=10)
+        assert answer.status_code == 405
+        return answer.headers["Allow"]
+
+    assert allow("POST", "/api/status") == "GET, HEAD"
+    assert allow("DELETE", "/api/status") == "GET, HEAD"
+    assert allow("GET", "/api/dead-letters/replay") == "POST"
+    assert allow("PUT", "/api/dead-letters/purge") == "POST"
+    assert allow("POST", "/api/dead-letters/7") == "GET, HEAD"
+    assert allow("PUT", "/ui/") == "GET, HEAD"
+
+
 def test_bad_calls_get_one_line_json_errors(console: Console) -> None:
     """Unknown paths 404, wrong methods 405 with Allow, bad JSON and bad fields 400: never a traceback."""
     assert console.get("/api/nope").status_code == 404

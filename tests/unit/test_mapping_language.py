@@ -206,6 +206,15 @@ def test_options_switch_content_off_and_node_events_on() -> None:
         load_mapping("amplitude", options={"nodes_events": True})
 
 
+@pytest.mark.parametrize("value", ["flase", "maybe", 0, ""])
+def test_a_switch_option_that_is_not_true_or_false_is_refused(value: object) -> None:
+    """`--option send_content=flase` (a typo) used to read as true and send prompts and answers; a switch given
+    anything but true or false is refused, naming the option and the value."""
+    with pytest.raises(ConfigError) as info:
+        load_mapping("otlp", options={"send_content": value})
+    assert str(info.value.problems[0]) == f"mapping option 'send_content': must be true or false, got {value!r}"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_same_record_always_maps_to_same_ids(backend: str, sample_records: list[Record]) -> None:
     """Mapping the same records twice (freshly parsed) yields identical keys and bodies."""

@@ -233,3 +233,14 @@ def test_a_sink_added_to_the_config_gets_the_records_the_others_already_have_onl
     assert keys("b") == first_a
     assert run("fa", "fb") == 0  # and a third run sends nothing
     assert keys("a") == first_a and keys("b") == first_a
+
+
+def test_a_dry_run_maps_with_each_sinks_mapping_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`replay --dry-run` maps as the sinks will: with their `mapping_options`, so an option the mapping does not
+    have fails the dry run as it fails the real one, instead of a clean dry run of a config that cannot start."""
+    config = tmp_path / "traceexport.yaml"
+    config.write_text(f"spool: {{dir: {tmp_path / 'spool'}}}\nsinks:\n  amp:\n    type: amplitude\n    api_key: k\n"
+                      "    mapping_options: {nodes_events: true}\n")
+    assert main(["replay", "--config", str(config), "--dry-run", "--no-progress", str(TOOL)]) == 2
+    assert "mapping option 'nodes_events': not an option of the amplitude mapping" in capsys.readouterr().err
+

@@ -179,7 +179,7 @@ def resolve_with_database(args: argparse.Namespace) -> tuple[Config, str]:
     if args.dify_db and args.dify_db.strip():
         env[DATABASE_URL_ENV] = args.dify_db  # the flag wins over the variable, which wins over the file
     config = resolve_config(overrides_from(args), env, serve=False)
-    setup_logging(config.log_level, os.environ.get("TRACEEXPORT_LOG_FORMAT") or config.log_format)
+    setup_logging(config.log_level, config.log_format)
     url = config.enrich.database_url.get_secret_value() if config.enrich.database_url is not None else ""
     if not url.strip():
         raise SourceError(f"no Dify database: pass --dify-db URL, set {DATABASE_URL_ENV}, or set "
@@ -210,10 +210,9 @@ def _progress(job: Job, reader: Any, args: argparse.Namespace) -> Progress:
 
 
 def _dry_run(config: Config, job: Job, reader: Any, args: argparse.Namespace) -> int:
-    from traceexport.mapping import load_mapping
+    from traceexport.config.resolve import load_sink_mapping
 
-    mappings = {name: load_mapping(sc.mapping_backend, extra_files=tuple(sc.mapping_files))
-                for name, sc in config.sinks.items()}
+    mappings = {name: load_sink_mapping(sc) for name, sc in config.sinks.items()}
     counts: dict[str, int] = {}
     payloads = dict.fromkeys(mappings, 0)
     problems = 0

@@ -16,7 +16,6 @@ input (broken files or records, records a backend refused permanently) or bad us
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -77,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return 2
-    setup_logging(config.log_level, os.environ.get("TRACEEXPORT_LOG_FORMAT") or config.log_format)
+    setup_logging(config.log_level, config.log_format)
     spool_dir = Path(config.spool.dir)  # the one spool: flag, then env, then config file, then default
     state = Path(args.state) if args.state else spool_dir / LEDGER_FILE
     files = list(replay_files(args.paths))
@@ -171,10 +170,9 @@ def _read_all(files: Sequence[Path | Unlisted], sizes: dict[Path | Unlisted, int
 
 def _dry_run(config: Config, files: Sequence[Path | Unlisted], sizes: dict[Path | Unlisted, int], state: Path,
              out: _Out, chunk: int) -> int:
-    from traceexport.mapping import load_mapping
+    from traceexport.config.resolve import load_sink_mapping
 
-    mappings = {name: load_mapping(sc.mapping_backend, extra_files=tuple(sc.mapping_files))
-                for name, sc in config.sinks.items()}
+    mappings = {name: load_sink_mapping(sc) for name, sc in config.sinks.items()}
     ledger = Ledger(state) if state.exists() else None
     stats = ReplayStats(payloads=dict.fromkeys(mappings, 0))
 

@@ -7,7 +7,6 @@ no ``--to`` it listens on 127.0.0.1:4319 and writes mapped OTLP spans to ./trace
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
@@ -23,7 +22,8 @@ def add_common_flags(parser: argparse.ArgumentParser, *, serve: bool) -> None:
     parser.add_argument("--to", metavar="SINK[,SINK...]",
                         help="sinks to send to: names from the config, or a sink type (opik, langfuse, otlp, "
                              f"amplitude, file) set up by its usual environment variables (env {env['to']})")
-    parser.add_argument("--spool", metavar="DIR", help=f"spool directory (env {env['spool']})")
+    parser.add_argument("--spool", metavar="DIR", help=f"spool directory (env {env['spool']}; default: the config "
+                                                       "file's spool.dir, else ./traceexport-spool)")
     if serve:
         parser.add_argument("--listen", metavar="HOST:PORT",
                             help=f"HTTP ingest address, default 127.0.0.1:4319 (env {env['listen']})")
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return 2
-    setup_logging(config.log_level, os.environ.get("TRACEEXPORT_LOG_FORMAT") or config.log_format)
+    setup_logging(config.log_level, config.log_format)
     daemon = Daemon(config)
     try:
         return daemon.run()

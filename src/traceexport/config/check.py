@@ -1,8 +1,9 @@
 """``validate_config_file``: everything the daemon would check at start, without starting anything.
 
 Besides the schema it builds every sink and compiles every mapping (no network I/O), checks the serve
-rules (token beyond loopback), the spool directory's kind (creating nothing) and, when the Celery extra is
-installed, the ``sources.celery`` section.
+rules (token beyond loopback) on the file with the ``TRACEEXPORT_*`` variables serve lays over it, the
+spool directory's kind (creating nothing) and, when the Celery extra is installed, the ``sources.celery``
+section.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from traceexport.config.loader import parse_config, read_config_data
 from traceexport.config.models import Config, SinkConfig, check_sink_name
-from traceexport.config.resolve import DATABASE_URL_ENV, build_routes, serve_problems
+from traceexport.config.resolve import DATABASE_URL_ENV, build_routes, serve_problems, with_environment
 from traceexport.errors import ConfigError, Problem
 
 CELERY_HINT = "the Celery source needs its extra: pip install 'traceexport[celery]'"
@@ -53,8 +54,10 @@ def validate_config_file(path: str | Path, env: Mapping[str, str] | None = None)
         return problems + _located(_route_problems(_sinks_only(data), env), lines)
     if not config.sinks and not env.get("TRACEEXPORT_TO"):
         problems.append(Problem("sinks", "no sink configured: add a sinks section (or pass --to to serve)"))
-    later = (serve_problems(config) + _spool_problems(config) + celery_problems(config.sources.celery)
-             + _enrich_problems(config, env) + _route_problems(config, env))
+    effective, later = with_environment(config, env)  # what serve lays over the file: TRACEEXPORT_TOKEN, ...
+    if effective is not None:
+        later += (serve_problems(effective) + _spool_problems(effective) + celery_problems(effective.sources.celery)
+                  + _enrich_problems(effective, env) + _route_problems(effective, env))
     reported = {p.where for p in problems if p.where}  # e.g. an unset ${VAR}: its consequence adds nothing
     return problems + _located([p for p in later if not p.where or p.where not in reported], lines)
 

@@ -47,7 +47,8 @@ def _parse_duration(value: Any) -> Any:
     return value
 
 
-Duration = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0)]
+# Finite: an infinite retention, wait or interval is no setting (the ledger's pruning failed on one in a loop).
+Duration = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0, allow_inf_nan=False)]
 
 
 def split_host_port(value: str) -> tuple[str, int]:

@@ -14,10 +14,18 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from traceexport.config.loader import load_config, parse_config
-from traceexport.config.models import SINK_TYPES, Config, EnrichConfig, RateLimitConfig, split_host_port
+from traceexport.config.models import (
+    SINK_TYPES,
+    Config,
+    EnrichConfig,
+    RateLimitConfig,
+    SinkConfig,
+    split_host_port,
+)
 from traceexport.errors import ConfigError, Problem
 
 if TYPE_CHECKING:
+    from traceexport.mapping import Mapping as CompiledMapping
     from traceexport.pipeline import Route
     from traceexport.sinks import Sink
 
@@ -32,7 +40,9 @@ ENV_NAMES = {
     "console_token": "TRACEEXPORT_CONSOLE_TOKEN",
 }
 DATABASE_URL_ENV = "TRACEEXPORT_DIFY_DATABASE_URL"
+LOG_FORMAT_ENV = "TRACEEXPORT_LOG_FORMAT"  # no flag: the variable, else the config's log_format
 _LEVELS = ("debug", "info", "warning", "error")
+_FORMATS = ("logfmt", "json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +105,9 @@ def _apply(data: dict[str, Any], o: Overrides, has_file: bool, problems: list[Pr
             data["sinks"] = {"file": {"type": "file"}}
     if o.spool:
         data["spool"] = {**(data.get("spool") or {}), "dir": o.spool}
-    if o.listen or o.token:
-        http = _listener(data["sources"].get("http"), o.listen, o.token, o.source("listen"), problems)
+    http = data["sources"].get("http")
+    if o.listen or (o.token and http is not None):  # a token alone never turns on ingest the file turned off
+        http = _listener(http, o.listen, o.token, o.source("listen"), problems)
         data["sources"] = {**data["sources"], "http": http}
     _apply_console(data, o, problems)
     if o.log_level:
@@ -107,12 +118,23 @@ def _apply(data: dict[str, Any], o: Overrides, has_file: bool, problems: list[Pr
             problems.append(Problem(o.source("log_level"), message))
 
 
+def _apply_log_format(data: dict[str, Any], env: Mapping[str, str], problems: list[Problem]) -> None:
+    """``TRACEEXPORT_LOG_FORMAT`` over the file's ``log_format`` (in place), checked as the log level is."""
+    value = (env.get(LOG_FORMAT_ENV) or "").strip()
+    if not value:
+        return
+    if value.lower() in _FORMATS:
+        data["log_format"] = value.lower()
+    else:
+        problems.append(Problem(LOG_FORMAT_ENV, f"{value!r} is not one of {', '.join(_FORMATS)}"))
+
+
 def _apply_console(data: dict[str, Any], o: Overrides, problems: list[Problem]) -> None:
     """``--console HOST:PORT|off`` and ``--console-token`` over the file's ``console`` section (in place)."""
     if o.console is not None and o.console.strip().lower() == "off":
         data["console"] = None
         return
-    if o.console or o.console_token:
+    if o.console or (o.console_token and data.get("console") is not None):  # a token alone: not off -> on
         data["console"] = _listener(data.get("console"), o.console, o.console_token, o.source("console"), problems)
 
 
@@ -194,6 +216,7 @@ def resolve_config(flags: Overrides | None = None, env: Mapping[str, str] | None
     data = base.model_dump(exclude_unset=False)
     problems: list[Problem] = []
     _apply(data, o, o.config is not None, problems)
+    _apply_log_format(data, env, problems)
     if env.get(DATABASE_URL_ENV):
         data["enrich"] = {**(data.get("enrich") or {}), "database_url": env[DATABASE_URL_ENV]}
     config, more = parse_config(data)
@@ -205,9 +228,33 @@ def resolve_config(flags: Overrides | None = None, env: Mapping[str, str] | None
     return config
 
 
+def with_environment(config: Config, env: Mapping[str, str]) -> tuple[Config | None, list[Problem]]:
+    """``config`` (read from a file) with the ``TRACEEXPORT_*`` variables ``serve`` lays over it (sinks, spool,
+    listeners and their tokens, log level), and the problems they bring; None when the result is invalid.
+
+    ``validate --config`` checks this, so a config whose token comes from ``TRACEEXPORT_TOKEN`` (the image's
+    and the compose files' way) is judged as the daemon will run it.
+    """
+    o = Overrides().with_env(env)
+    data = config.model_dump(exclude_unset=False)
+    problems: list[Problem] = []
+    _apply(data, o, True, problems)
+    _apply_log_format(data, env, problems)
+    merged, more = parse_config(data)
+    return merged, problems + more
+
+
+def load_sink_mapping(sink_config: SinkConfig) -> CompiledMapping:
+    """The mapping a sink maps its records with: its built-in one, its ``mapping_files`` over it, its
+    ``mapping_options`` set (every command that maps for a sink, dry runs included, uses this)."""
+    from traceexport.mapping import load_mapping
+
+    return load_mapping(sink_config.mapping_backend, extra_files=tuple(sink_config.mapping_files),
+                        options=dict(sink_config.mapping_options) or None)
+
+
 def build_routes(config: Config, env: Mapping[str, str] | None = None) -> list[Route]:
     """One pipeline route per configured sink; ConfigError lists every sink or mapping problem."""
-    from traceexport.mapping import load_mapping
     from traceexport.pipeline import Route
     from traceexport.sinks import create_sink
 
@@ -217,8 +264,7 @@ def build_routes(config: Config, env: Mapping[str, str] | None = None) -> list[R
     names: dict[str, str] = {}  # the sink's own name -> its key in sinks (the pipeline needs them distinct)
     for name, sink_config in config.sinks.items():
         try:
-            mapping = load_mapping(sink_config.mapping_backend, extra_files=tuple(sink_config.mapping_files),
-                                   options=dict(sink_config.mapping_options) or None)
+            mapping = load_sink_mapping(sink_config)
             options = sink_config.options()
             if sink_config.type == "file":  # the file sink names its output after the mapping it holds
                 options["mapping"] = sink_config.mapping_backend
@@ -265,6 +311,12 @@ def _prefixed(prefix: str, problem: Problem) -> Problem:
         return Problem(prefix, problem.message)
     if problem.where == prefix or problem.where.startswith(f"{prefix}."):
         return problem  # already a full key path
-    if problem.where.startswith(("/", ".")) or ":" in problem.where:  # a file location: keep it, add the sink
+    if _is_file_location(problem.where):  # keep it, add the sink
         return Problem(problem.where, f"{prefix}: {problem.message}")
     return Problem(f"{prefix}.{problem.where}", problem.message)
+
+
+def _is_file_location(where: str) -> bool:
+    """``/a/b.yaml:3``, ``./x.yaml``, ``mine.yaml`` (a relative mapping file): a file, not a sink's key path."""
+    return (where.startswith(("/", ".")) or ":" in where or "/" in where
+            or where.lower().endswith((".yaml", ".yml")))

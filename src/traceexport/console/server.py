@@ -155,7 +155,7 @@ class _Handler(JsonRequestHandler):
 
     def _not_allowed(self) -> None:
         self.close_connection = True
-        self._error(405, f"{self.command} is not allowed here", {"Allow": "GET, HEAD, POST"})
+        self._error(405, f"{self.command} is not allowed here", {"Allow": _allowed(urlsplit(self.path).path)})
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
 
@@ -191,7 +191,7 @@ class _Handler(JsonRequestHandler):
                 body = _json_body(raw)
             self._send(200, route(console.api, parse_qs(url.query), body if args is None else args))
         except RequestError as exc:
-            self._error(exc.status, str(exc), {"Allow": "GET, HEAD, POST"} if exc.status == 405 else None)
+            self._error(exc.status, str(exc), {"Allow": exc.allow} if exc.allow else None)
         except Exception as exc:
             log_event(log, "console.internal_error", logging.ERROR, path=url.path,
                       error=f"{type(exc).__name__}: {exc}")
@@ -229,9 +229,18 @@ class _Handler(JsonRequestHandler):
         if entry is not None and entry.group(1) not in ("replay", "purge") and routes is _GET:
             return (lambda api, query, entry_id: api.dead_letter(entry_id)), entry.group(1)
         if path in _GET or path in _POST or entry is not None:
-            allowed = "POST" if path in _POST else "GET, HEAD"
-            raise RequestError(f"use {allowed} for {path}", status=405)
+            allowed = _allowed(path)
+            raise RequestError(f"use {allowed} for {path}", status=405, allow=allowed)
         raise RequestError(f"no such API endpoint: {path} (see docs/console-api.md)", status=404)
+
+
+def _allowed(path: str) -> str:
+    """The methods ``path`` takes, for a 405's ``Allow``: the API's actions POST, everything else GET."""
+    if path in _POST:
+        return "POST"
+    if path in _GET or _ENTRY.match(path) is not None or not path.startswith("/api/"):
+        return "GET, HEAD"
+    return "GET, HEAD, POST"
 
 
 def _json_body(raw: bytes) -> Any:

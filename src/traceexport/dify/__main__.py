@@ -17,6 +17,14 @@ from pathlib import Path
 
 from traceexport.dify.autoload import PTH_LINE, PTH_NAME
 
+DESCRIPTION = "Install the Dify hook's start-up file, or check that the hook would work here."
+INSTALL_HELP = (f"Write {PTH_NAME} into site-packages (a wheel install already places it; this is for editable "
+                "installs and images that copy environments around).")
+CHECK_HELP = ("Run where Dify runs (cd /app/api, with Dify's environment): one line per check (start-up file, "
+              "TRACEEXPORT_DIFY_HOOK, Dify's registry patched, the provider resolvable, stored configs readable, a "
+              "config round-tripped through Dify's own encrypt/decrypt). Exit 0 when the hook would work, 1 with "
+              "the reason when it would not.")
+
 
 def site_packages() -> Path:
     """The running interpreter's site-packages (purelib) directory."""
@@ -24,12 +32,15 @@ def site_packages() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m traceexport.dify", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m traceexport.dify", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
-    install = sub.add_parser("install-pth", help=f"write {PTH_NAME} into site-packages")
-    install.add_argument("--site-packages", type=Path, default=None, help="target directory")
-    check = sub.add_parser("check", help="would the hook work in this Dify? (run in Dify's api directory)")
-    check.add_argument("--site-packages", type=Path, default=None, help="where the start-up file should be")
+    install = sub.add_parser("install-pth", help=f"write {PTH_NAME} into site-packages", description=INSTALL_HELP)
+    install.add_argument("--site-packages", type=Path, default=None, metavar="DIR",
+                         help="target directory (default: this interpreter's site-packages)")
+    check = sub.add_parser("check", help="would the hook work in this Dify? (run in Dify's api directory)",
+                           description=CHECK_HELP)
+    check.add_argument("--site-packages", type=Path, default=None, metavar="DIR",
+                       help="where the start-up file should be (default: this interpreter's site-packages)")
     args = parser.parse_args(argv)
     target = (args.site_packages or site_packages()) / PTH_NAME
     if args.command == "install-pth":

@@ -8,6 +8,7 @@ that builds it.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from traceexport.errors import ConfigError, Problem
 
 ENV_DATABASE_URL = "TRACEEXPORT_DIFY_DATABASE_URL"
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}  # as the config's other durations
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +54,10 @@ class EnrichSettings:
 
 
 def _seconds(value: Any) -> float | None:
+    """Seconds from a number or ``"500ms"`` .. ``"7d"``; None unless finite and >= 0 (an infinite wait for
+    node rows would hold a workflow record back for ever)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value) if value >= 0 else None
+        return float(value) if math.isfinite(value) and value >= 0 else None
     if isinstance(value, str):
         text = value.strip().lower()
         for unit in sorted(_DURATION_UNITS, key=len, reverse=True):
@@ -67,7 +70,7 @@ def _seconds(value: Any) -> float | None:
             seconds = float(number) * scale
         except ValueError:
             return None
-        return seconds if seconds >= 0 else None
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
     return None
 
 
@@ -102,7 +105,7 @@ def enrich_settings(source: Any, environ: Mapping[str, str]) -> EnrichSettings:
         elif key != "database_url" and value is not None:
             seconds = _seconds(value)
             if seconds is None:
-                problems.append(Problem(f"enrich.{key}", "must be seconds: a number, or like '30s', '500ms'"))
+                problems.append(Problem(f"enrich.{key}", "must be seconds: a number, or like '30s', '500ms', '1d'"))
             values[key] = seconds
     url = environ.get(ENV_DATABASE_URL) or section.get("database_url") or ""  # the variable wins, as in config
     if not str(url).strip():

@@ -75,9 +75,10 @@ class AmplitudeSettings(BaseModel):
     endpoint: Literal["httpapi", "batch"] = "httpapi"
     server_url: str | None = None
     min_id_length: int | None = Field(None, ge=1)
-    timeout: float = Field(30.0, gt=0)
+    timeout: float = Field(30.0, gt=0, allow_inf_nan=False)
     max_events: int = Field(1000, ge=1, le=1999)
     max_bytes: int | None = Field(None, ge=1024)
+    linger_seconds: float = Field(1.0, ge=0, allow_inf_nan=False)  # a batch waits this long for more records
 
     @field_validator("region", "endpoint", mode="before")
     @classmethod
@@ -114,7 +115,8 @@ class AmplitudeSink:
                  transport: httpx.BaseTransport | None = None) -> None:
         self.name = name
         self.settings = settings
-        self.limits = BatchLimits(max_items=settings.max_events, max_bytes=settings.byte_limit)
+        self.limits = BatchLimits(max_items=settings.max_events, max_bytes=settings.byte_limit,
+                                  linger_seconds=settings.linger_seconds)
         self._key = settings.api_key.get_secret_value()
         self.secrets = (self._key, *url_secrets(settings.url))  # what it sends, never shown
         self._transport = transport

@@ -15,6 +15,7 @@ be cleaned up), so the pipeline keeps the records.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -107,8 +108,8 @@ def from_config(name: str, options: Mapping[str, Any], env: Mapping[str, str]) -
     max_file_bytes = _positive_int(options, "max_file_bytes", 64 * 1024**2, name, problems)
     max_items = _positive_int(options, "max_items", 1000, name, problems)
     linger = options.get("linger_seconds", 0.2)
-    if not isinstance(linger, int | float) or isinstance(linger, bool) or linger < 0:
-        problems.append(f"sinks.{name}.linger_seconds: must be a number >= 0, got {linger!r}")
+    if not isinstance(linger, int | float) or isinstance(linger, bool) or not 0 <= linger < math.inf:
+        problems.append(f"sinks.{name}.linger_seconds: must be a finite number >= 0, got {linger!r}")
         linger = 0.2
     if problems:
         raise ConfigError(problems)

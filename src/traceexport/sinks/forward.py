@@ -39,7 +39,7 @@ class ForwardSettings(BaseModel):
 
     url: str
     token: SecretStr | None = None
-    timeout: float = Field(30.0, gt=0)
+    timeout: float = Field(30.0, gt=0, allow_inf_nan=False)
     format: Literal["json", "ndjson"] = "json"
     max_items: int = Field(500, ge=1)
     max_bytes: int = Field(4 * 1024 * 1024, ge=1024)

@@ -57,9 +57,10 @@ class OpikSettings(BaseModel):
     api_key: SecretStr | None = None
     workspace: str | None = None
     project_name: str | None = None
-    timeout: float = Field(30.0, gt=0)
+    timeout: float = Field(30.0, gt=0, allow_inf_nan=False)
     max_items: int = Field(1000, ge=1, le=1000)
     max_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    linger_seconds: float = Field(1.0, ge=0, allow_inf_nan=False)  # a batch waits this long for more records
     max_bisect_requests: int = Field(64, ge=0)
 
     @field_validator("url")
@@ -119,7 +120,8 @@ class OpikSink:
     def __init__(self, name: str, settings: OpikSettings, *, transport: httpx.BaseTransport | None = None):
         self.name = name
         self.settings = settings
-        self.limits = BatchLimits(max_items=settings.max_items, max_bytes=settings.max_bytes)
+        self.limits = BatchLimits(max_items=settings.max_items, max_bytes=settings.max_bytes,
+                                  linger_seconds=settings.linger_seconds)
         self._transport = transport
         self._client: httpx.Client | None = None
         self._closed = False

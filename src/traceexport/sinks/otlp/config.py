@@ -7,6 +7,7 @@ Config-file options win over the environment; ``OTEL_EXPORTER_OTLP_TRACES_*`` wi
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,12 +32,12 @@ class CommonOptions(BaseModel):
 
     headers: dict[str, SecretStr] | None = None
     compression: Literal["gzip", "none"] | None = None
-    timeout: float | None = Field(None, gt=0, description="seconds per request")
+    timeout: float | None = Field(None, gt=0, description="seconds per request", allow_inf_nan=False)
     service_name: str | None = None
     resource_attributes: dict[str, AttributeValue] | None = None
     max_spans: int = Field(512, ge=1, le=100_000)
     max_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    linger_seconds: float = Field(1.0, ge=0)
+    linger_seconds: float = Field(1.0, ge=0, allow_inf_nan=False)
     max_bisect_requests: int = Field(64, ge=0, description="extra requests per export to isolate refused spans")
 
 
@@ -153,7 +154,7 @@ def resolve_timeout(options: CommonOptions, env: Mapping[str, str], problems: li
         return 10.0
     try:
         millis = float(found[1])
-        if millis <= 0:
+        if not math.isfinite(millis) or millis <= 0:
             raise ValueError
     except ValueError:
         problems.append(Problem(found[0], "must be a positive number of milliseconds"))
