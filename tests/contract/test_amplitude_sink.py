@@ -115,6 +115,15 @@ def test_invalid_fields_dead_letter_exactly_those_events(amplitude_fake: Amplitu
     assert len(amplitude_fake.requests) == 2
 
 
+def test_a_too_short_id_says_which_setting_lowers_the_minimum(amplitude_fake: AmplitudeFake) -> None:
+    """An event refused for a user id under Amplitude's 5 characters (Dify's API takes any `user` string)
+    names the sink's `min_id_length` in its dead letter, and with `min_id_length: 2` the same event goes in."""
+    result = _sink(amplitude_fake).export([_event(0, user_id="u1")])
+    assert "too short user_id (ids need 5 characters: the sink's min_id_length sets it)" in result.failures[0].reason
+    assert not _sink(amplitude_fake, min_id_length=2).export([_event(0, user_id="u1")]).failures
+    assert [e["user_id"] for e in amplitude_fake.events] == ["u1"]
+
+
 def test_missing_field_and_invalid_key_fail_every_event_permanently(amplitude_fake: AmplitudeFake) -> None:
     """A 400 "Invalid API key" fails all events permanently, names AMPLITUDE_API_KEY and hides the key."""
     wrong = "amp-wrong-key-5555555"

@@ -253,6 +253,8 @@ class AmplitudeSink:
         for position, why in reasons.items():
             listed = ", ".join(why[:NAMED_FIELDS]) + (f" and {len(why) - NAMED_FIELDS} more"
                                                        if len(why) > NAMED_FIELDS else "")
+            if any(text.startswith("too short") for text in why):  # Amplitude's minimum is a sink setting
+                listed += f" (ids need {self.settings.min_id_length or 5} characters: the sink's min_id_length sets it)"
             reason = f"amplitude rejected the event (400 {error}): {listed}"
             result.failures[chunk[position][0]] = ItemFailure(reason, permanent=True, status_code=400)
         throttled = set(_positions(body.get("throttled_events"), len(chunk))) - reasons.keys()
