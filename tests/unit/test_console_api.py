@@ -175,6 +175,19 @@ def test_bodies_nested_too_deeply_are_400_not_500(console: Console) -> None:
                                           "message": "YAML nested too deeply to read"}]
 
 
+def test_a_playground_override_of_nested_aliases_is_a_problem_not_a_daemon_out_of_memory(console: Console) -> None:
+    """An override of a few hundred bytes whose nested YAML aliases expand to a billion values ("billion laughs")
+    is one problem of override.yaml, answered at once: it used to make the daemon compile it until memory ran out."""
+    lines = ['definitions:', '  l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"  l{n}: &l{n} [" + ", ".join([f"*l{n - 1}"] * 10) + "]" for n in range(1, 9)]
+    lines += ["records:", "  workflow:", "    span:", "      body:", "        attributes: {bomb: {const: *l8}}"]
+    record = (SAMPLES / "01-workflow-ok.json").read_text()
+    answer = console.post("/api/playground/map", {"backend": "otlp", "record": record, "override": "\n".join(lines)})
+    assert answer.status_code == 200 and not answer.json()["ok"]
+    [problem] = answer.json()["problems"]
+    assert problem["file"] == "override.yaml" and "YAML aliases expand the file by" in problem["message"]
+
+
 def test_ids_beyond_64_bits_or_below_one_are_404_or_400_not_500(console: Console) -> None:
     """Dead-letter ids SQLite cannot hold (beyond 64 bits, negative, zero) are an unknown entry (404) or a bad
     request (400) naming the range, never a 500; other numbers of the query too."""
