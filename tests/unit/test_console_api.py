@@ -17,6 +17,7 @@ from traceexport.console import ConsoleServer, build_console
 from traceexport.console.history import History
 from traceexport.console.server import SECURITY_HEADERS
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route
+from traceexport.records import Record, parse_records
 from traceexport.sinks.base import ExportResult, ItemFailure
 
 FAST = PipelineSettings(fsync=False, poll_interval=0.01, retry=RetryPolicy(max_attempts=1))
@@ -272,6 +273,21 @@ def test_dead_letters_are_listed_filtered_shown_replayed_and_purged(console: Con
     assert console.get(f"/api/dead-letters/{ids[0]}").status_code == 404
     status = {s["name"]: s for s in console.get("/api/status").json()["sinks"]}
     assert status["refused"]["dead_letters"] == 1
+
+
+def test_a_dead_letter_whose_record_holds_a_lone_surrogate_is_shown_not_a_500(console: Console) -> None:
+    """A record carrying a lone surrogate escape ("\\ud800", valid JSON that ingest accepts) is shown with the
+    escape as it came, where the entry view was a 500 (UTF-8 cannot encode it) and the record could not be read."""
+    envelope = json.loads((SAMPLES / "05-message-chat.json").read_text())
+    envelope["trace_info"]["inputs"] = {"query": "LONE"}
+    [record] = parse_records(json.dumps(envelope).replace("LONE", "\\ud800 and é"))
+    assert isinstance(record, Record)
+    console.pipeline.accept([record])
+    assert console.pipeline.wait_idle(10)
+    [entry] = console.get("/api/dead-letters").json()["entries"]
+    answer = console.get(f"/api/dead-letters/{entry['id']}")
+    assert answer.status_code == 200
+    assert answer.json()["record"]["trace_info"]["inputs"] == {"query": "\ud800 and é"}
 
 
 def test_replay_refuses_dead_letters_of_a_sink_the_daemon_does_not_deliver_to(tmp_path: Path) -> None:
