@@ -10,6 +10,7 @@ import copy
 import json
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -369,3 +370,58 @@ def test_the_page_says_when_the_daemon_is_unreachable(tmp_path: Path, otlp: Otlp
                 env={"CONSOLE_TOKEN": CONSOLE_TOKEN}):
         wait(lambda: not css(browser, "#banner").is_displayed(), timeout=15, what="the banner to clear")
         assert sink_field(browser, "otlp", "counts") == "0 / 0"
+
+
+def test_a_token_a_header_cannot_carry_is_refused_in_the_form_not_taken_for_an_outage(
+        tmp_path: Path, otlp: OtlpFake, browser: Any) -> None:
+    """A token typed with a character beyond ASCII is refused in the token form with a reason, and one already in
+    the tab's storage is dropped for the form: fetch() cannot send it, and the page used to say "the daemon is
+    unreachable" for good, with no way to type the token again short of a new tab."""
+    with serve(tmp_path, otlp) as served:
+        browser.get(f"{served.console}/ui/#status")
+        give_token(browser, "tök€n-0123")
+        wait(lambda: "printable ASCII" in visible_text(browser, "#token-message"), what="the token form's reason")
+        assert css(browser, "#token-dialog").is_displayed() and not css(browser, "#banner").is_displayed()
+        assert browser.execute_script("return sessionStorage.getItem('traceexport.console.token')") is None
+
+        browser.execute_script("sessionStorage.setItem('traceexport.console.token', 'tök€n-0123')")
+        browser.refresh()
+        give_token(browser, CONSOLE_TOKEN)
+        wait(lambda: sink_field(browser, "otlp", "counts"), what="the status page after the token")
+        assert not css(browser, "#banner").is_displayed()
+        assert_not_pwned(browser)
+
+
+def _post_distinct(served: Served, n: int) -> None:
+    """``n`` workflow records with their own run ids, in one NDJSON body."""
+    records = []
+    for _ in range(n):
+        record = fresh(sample())
+        record["trace_info"]["workflow_run_id"] = str(uuid.uuid4())
+        records.append(json.dumps(record))
+    answer = served.post("\n".join(records).encode(), content_type="application/x-ndjson")
+    assert answer.status_code == 202, answer.text
+
+
+def test_pages_shown_with_more_stay_while_dead_letters_keep_arriving(tmp_path: Path, otlp: OtlpFake,
+                                                                     browser: Any) -> None:
+    """With a sink refusing everything the list follows the count, and the entries "More" added stay: the list
+    used to fall back to its first hundred at every new dead letter (each status poll), so nobody could page."""
+    otlp.fail_next(100_000, 400, body={"code": 3, "message": "refused"})
+    with serve(tmp_path, otlp) as served:
+        _post_distinct(served, 230)
+        wait(lambda: api(served, "/api/dead-letters").json()["total"] == 230, what="230 dead letters")
+        open_console(browser, served, "dead-letters")
+        wait(lambda: "Showing 100 of 230" in css(browser, "#dl-count").text, what="the first page")
+        css(browser, "#dl-more").click()
+        wait(lambda: "Showing 200 of 230" in css(browser, "#dl-count").text, what="the second page")
+        css(browser, "#dl-more").click()
+        wait(lambda: "Showing 230 of 230" in css(browser, "#dl-count").text, what="the third page")
+
+        _post_distinct(served, 5)
+        wait(lambda: "of 235" in css(browser, "#dl-count").text, what="the list to follow the count")
+        time.sleep(2.5)  # another status poll
+        assert "Showing 230 of 235" in css(browser, "#dl-count").text
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#dl-rows tr")) == 230
+        assert not css(browser, "#dl-more").get_attribute("hidden")
+        assert_not_pwned(browser)

@@ -67,8 +67,13 @@
   // 401 brings up the token form and 0/503 the banner: neither needs its own message in a view.
   function shown(e) { return !(e instanceof ApiError) || ![0, 401, 503].includes(e.status); }
 
+  // A console token is printable ASCII (the daemon refuses any other); a header cannot carry more, and fetch()
+  // throws on a character beyond Latin-1, which would read as "unreachable" with no way to type it again.
+  const SENDABLE_TOKEN = /^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$/;
+
   async function api(path, options = {}) {
-    const token = sessionStorage.getItem(TOKEN_KEY);
+    let token = sessionStorage.getItem(TOKEN_KEY);
+    if (token && !SENDABLE_TOKEN.test(token)) { sessionStorage.removeItem(TOKEN_KEY); token = null; }
     const headers = { Accept: "application/json" };
     if (token) headers.Authorization = "Bearer " + token;
     if (options.body !== undefined) headers["Content-Type"] = "application/json";
@@ -119,6 +124,12 @@
     ev.preventDefault();
     let value = $("token-input").value.trim();
     if (!value) return;
+    if (!SENDABLE_TOKEN.test(value)) {
+      let msg = $("token-message");
+      msg.textContent = "A console token is printable ASCII (letters, digits, punctuation); this one is not.";
+      msg.hidden = false;
+      return;
+    }
     sessionStorage.setItem(TOKEN_KEY, value);
     $("token-dialog").close();
     refreshAll();
@@ -204,7 +215,7 @@
       // The open dead-letter list follows the counts (unless the user is in the middle of a selection).
       if (totalDl !== DL.countSeen && DL.loaded && !$("view-dead-letters").hidden && !DL.selectedIds().length) {
         DL.countSeen = totalDl;
-        DL.reload();
+        DL.reload(true);
       }
       Status.sinkNames = (s.sinks || []).map(k => k.name);
       let box = $("sinks");
@@ -345,6 +356,7 @@
   }
 
   // ---- Dead letters ------------------------------------------------------------------------
+  const PAGE = 100, MAX_PAGE = 1000;
   let DL = {
     entries: [],
     total: 0,
@@ -352,6 +364,7 @@
     openId: null,
     loaded: false,
     countSeen: null,
+    seq: 0,  // the latest list request: an answer to an older one is dropped
 
     open(params) {
       if (params.has("sink")) {
@@ -370,7 +383,7 @@
       if (!exists && name) select.appendChild(el("option", { value: name, text: name }));
     },
 
-    query(afterId) {
+    query(afterId, limit) {
       let q = new URLSearchParams();
       let sink = $("dl-sink").value, reason = $("dl-reason").value.trim();
       let minAge = $("dl-min-age").value, maxAge = $("dl-max-age").value;
@@ -378,15 +391,20 @@
       if (reason) q.set("reason", reason);
       if (minAge !== "") q.set("min_age", String(Number(minAge) * 60));
       if (maxAge !== "") q.set("max_age", String(Number(maxAge) * 60));
-      q.set("limit", "100");
+      q.set("limit", String(limit || PAGE));
       if (afterId != null) q.set("after_id", String(afterId));
       return "/api/dead-letters?" + q.toString();
     },
 
-    reload() {
+    // The list from its start: a page, or with keep as many entries as are shown (the pages "More" added stay
+    // while dead letters keep arriving, as they do when a sink is down and the list follows the counts).
+    reload(keep) {
       DL.loaded = true;
-      return api(DL.query(null)).then(data => {
-        DL.entries = data.entries || [];
+      let seq = ++DL.seq;
+      let want = keep === true ? Math.max(PAGE, DL.entries.length) : PAGE;
+      return DL.read(want).then(data => {
+        if (seq !== DL.seq) return;
+        DL.entries = data.entries;
         DL.total = data.total || 0;
         DL.selected = {};
         (data.sinks || []).forEach(DL.ensureSinkOption);
@@ -394,9 +412,23 @@
       }).catch(e => { if (shown(e)) DL.showResult(e.message, true); });
     },
 
+    // The first `want` entries the filters match, a request per thousand (the API's largest page).
+    async read(want) {
+      let entries = [], data = null;
+      while (entries.length < want) {
+        let limit = Math.min(MAX_PAGE, want - entries.length);
+        data = await api(DL.query(entries.length ? entries[entries.length - 1].id : null, limit));
+        entries = entries.concat(data.entries || []);
+        if ((data.entries || []).length < limit) break;
+      }
+      return { entries: entries, total: data.total, sinks: data.sinks };
+    },
+
     more() {
+      let seq = DL.seq;
       let last = DL.entries.length ? DL.entries[DL.entries.length - 1].id : null;
       api(DL.query(last)).then(data => {
+        if (seq !== DL.seq) return;
         DL.entries = DL.entries.concat(data.entries || []);
         DL.render();
       }).catch(e => { if (shown(e)) DL.showResult(e.message, true); });
@@ -492,7 +524,7 @@
             DL.showResult("Purged " + r.purged, false);
           }
           if (DL.openId != null && ids.includes(DL.openId)) DL.closeEntry();
-          DL.reload();
+          DL.reload(true);
         }).catch(e => { DL.showResult(action + " failed: " + e.message, true); });
       });
     },
