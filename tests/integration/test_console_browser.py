@@ -425,3 +425,31 @@ def test_pages_shown_with_more_stay_while_dead_letters_keep_arriving(tmp_path: P
         assert len(browser.find_elements(By.CSS_SELECTOR, "#dl-rows tr")) == 230
         assert not css(browser, "#dl-more").get_attribute("hidden")
         assert_not_pwned(browser)
+
+
+def test_a_payload_of_thousands_of_fields_is_built_as_opened_and_the_page_stays_usable(
+        tmp_path: Path, otlp: OtlpFake, browser: Any) -> None:
+    """An object of more fields than the tree opens at once (a run with 3,000 inputs, the Opik trace's input)
+    starts closed and is built when opened, its fields' provenance as before: the tree used to build every
+    field of a payload at once, and a few hundred KB of record froze the page for many seconds."""
+    record = fresh(sample())
+    record["trace_info"]["workflow_run_inputs"] = {f"k{i}": i for i in range(3000)}
+    with serve(tmp_path, otlp) as served:
+        open_console(browser, served, "playground")
+        wait(lambda: len(Select(css(browser, "#pg-backend")).options) > 1, what="the backends")
+        Select(css(browser, "#pg-backend")).select_by_value("opik")
+        paste(browser, "#pg-record", json.dumps(record))
+        field = '#pg-payloads [data-entity="trace"] .field[data-path=\'["input"]\']'
+        inputs = wait(lambda: browser.find_elements(By.CSS_SELECTOR, field), what="the trace's input field")[0]
+        line = inputs.find_element(By.XPATH, "..")
+        assert line.find_element(By.CSS_SELECTOR, ".toggle").text == "▸"
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#pg-payloads .node")) < 2500
+
+        line.find_element(By.CSS_SELECTOR, ".toggle").click()
+        last = wait(lambda: browser.find_elements(By.CSS_SELECTOR, '.field[data-path=\'["input","k2999"]\']'),
+                    what="the opened input's fields")[0]
+        assert line.find_element(By.CSS_SELECTOR, ".toggle").text == "▾"
+        browser.execute_script("arguments[0].scrollIntoView()", last)
+        last.click()
+        wait(lambda: css(browser, '#prov-fields [data-field="file"]').text == "opik.yaml", what="its provenance")
+        assert_not_pwned(browser)

@@ -712,8 +712,13 @@
     return path.length ? path.map(p => typeof p === "number" ? "[" + p + "]" : p).join(".").replace(/\.\[/g, "[") : "(body)";
   }
 
-  // A collapsible JSON tree; every field is clickable and carries its path as data-path (JSON).
+  // A collapsible JSON tree; every field is clickable and carries its path as data-path (JSON). An object's
+  // fields are built open while the tree holds fewer than TREE_OPEN of them; a larger one starts closed and is
+  // built when opened (a record with thousands of inputs froze the page for many seconds building them all).
+  const TREE_OPEN = 2000;
+
   function jsonTree(value, path, onSelect) {
+    let budget = TREE_OPEN;
     let root = el("div", { cls: "tree" });
     root.appendChild(node(null, value, path));
     return root;
@@ -740,10 +745,22 @@
       row.appendChild(line);
       if (isObj) {
         let kids = el("div", { cls: "children" });
-        if (Array.isArray(v)) v.forEach((item, i) => { kids.appendChild(node(i, item, p.concat([i]))); });
-        else Object.keys(v).forEach(k => { kids.appendChild(node(k, v[k], p.concat([k]))); });
+        let keys = Array.isArray(v) ? v.map((_, i) => i) : Object.keys(v);
+        let built = false;
+        function build() {
+          built = true;
+          keys.forEach(k => { kids.appendChild(node(k, v[k], p.concat([k]))); });
+        }
+        if (keys.length <= budget) {
+          budget -= keys.length;
+          build();
+        } else {
+          kids.hidden = true;
+          toggle.textContent = "▸";
+        }
         row.appendChild(kids);
         toggle.addEventListener("click", () => {
+          if (!built) { budget = TREE_OPEN; build(); }
           let closed = kids.hidden = !kids.hidden;
           toggle.textContent = closed ? "▸" : "▾";
         });
