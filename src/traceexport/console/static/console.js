@@ -364,7 +364,8 @@
     openId: null,
     loaded: false,
     countSeen: null,
-    seq: 0,  // the latest list request: an answer to an older one is dropped
+    queue: Promise.resolve(),  // list requests run one after another, each on the list the one before left
+    following: false,  // a reload that follows the counts is queued and not started yet
 
     open(params) {
       if (params.has("sink")) {
@@ -400,16 +401,24 @@
     // while dead letters keep arriving, as they do when a sink is down and the list follows the counts).
     reload(keep) {
       DL.loaded = true;
-      let seq = ++DL.seq;
-      let want = keep === true ? Math.max(PAGE, DL.entries.length) : PAGE;
-      return DL.read(want).then(data => {
-        if (seq !== DL.seq) return;
-        DL.entries = data.entries;
-        DL.total = data.total || 0;
-        DL.selected = {};
-        (data.sinks || []).forEach(DL.ensureSinkOption);
-        DL.render();
-      }).catch(e => { if (shown(e)) DL.showResult(e.message, true); });
+      keep = keep === true;
+      if (keep && DL.following) return DL.queue;
+      DL.following = DL.following || keep;
+      return DL.enqueue(() => {
+        if (keep) DL.following = false;
+        return DL.read(keep ? Math.max(PAGE, DL.entries.length) : PAGE).then(data => {
+          DL.entries = data.entries;
+          DL.total = data.total || 0;
+          DL.selected = {};
+          (data.sinks || []).forEach(DL.ensureSinkOption);
+          DL.render();
+        });
+      });
+    },
+
+    enqueue(task) {
+      DL.queue = DL.queue.then(task).catch(e => { if (shown(e)) DL.showResult(e.message, true); });
+      return DL.queue;
     },
 
     // The first `want` entries the filters match, a request per thousand (the API's largest page).
@@ -425,13 +434,14 @@
     },
 
     more() {
-      let seq = DL.seq;
-      let last = DL.entries.length ? DL.entries[DL.entries.length - 1].id : null;
-      api(DL.query(last)).then(data => {
-        if (seq !== DL.seq) return;
-        DL.entries = DL.entries.concat(data.entries || []);
-        DL.render();
-      }).catch(e => { if (shown(e)) DL.showResult(e.message, true); });
+      return DL.enqueue(() => {
+        let last = DL.entries.length ? DL.entries[DL.entries.length - 1].id : null;
+        return api(DL.query(last)).then(data => {
+          DL.entries = DL.entries.concat(data.entries || []);
+          DL.total = data.total || 0;
+          DL.render();
+        });
+      });
     },
 
     render() {
