@@ -453,3 +453,34 @@ def test_a_payload_of_thousands_of_fields_is_built_as_opened_and_the_page_stays_
         last.click()
         wait(lambda: css(browser, '#prov-fields [data-field="file"]').text == "opik.yaml", what="its provenance")
         assert_not_pwned(browser)
+
+
+def test_characters_that_reorder_or_hide_text_show_as_escapes(tmp_path: Path, otlp: OtlpFake, browser: Any) -> None:
+    """A bidirectional override or a zero-width space in a backend's reason or a record's field shows as its
+    \\uXXXX escape in the list, the entry and the playground: shown raw, "bad \\u202egnp.exe" read "bad exe.png"
+    and a zero-width space hid inside an id; other scripts' letters and emoji show as they are."""
+    trick = "bad \u202egnp.exe\u202c"
+    otlp.fail_next(1, 400, body={"code": 3, "message": trick})
+    record = fresh(sample())
+    record["trace_info"]["workflow_run_inputs"] = {"q": f"id\u200b42 {trick} שלום 👩‍💻"}
+    shown_trick = "bad \\u202egnp.exe\\u202c"
+    with serve(tmp_path, otlp) as served:
+        assert served.post(record).status_code == 202
+        open_console(browser, served, "dead-letters")
+        row = wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#dl-rows tr"), timeout=60, what="the dead letter")[0]
+        reason = row.find_element(By.CSS_SELECTOR, "td.reason")
+        assert shown_trick in reason.get_attribute("textContent") and "\u202e" not in reason.get_attribute("title")
+        row.click()
+        wait(lambda: css(browser, "#dl-entry-record").text, what="the entry's record")
+        assert shown_trick in css(browser, '#dl-entry-fields [data-field="reason"]').text
+        record_text = css(browser, "#dl-entry-record").text
+        assert f"id\\u200b42 {shown_trick} שלום 👩‍💻" in record_text and "\u202e" not in record_text
+
+        browser.get(f"{served.console}/ui/#playground")
+        wait(lambda: len(Select(css(browser, "#pg-backend")).options) > 0, what="the backends")
+        Select(css(browser, "#pg-backend")).select_by_value("opik")
+        paste(browser, "#pg-record", json.dumps(record))
+        field = wait(lambda: browser.find_elements(By.CSS_SELECTOR, '.field[data-path=\'["input","q"]\']'),
+                     what="the input's field")[0]
+        assert shown_trick in field.text and "\u202e" not in css(browser, "#pg-payloads").text
+        assert_not_pwned(browser)

@@ -10,11 +10,22 @@
   // ---- small helpers ------------------------------------------------------------------------
   function $(id) { return document.getElementById(id); }
 
-  // An element with attributes ("text": textContent, "cls": className) and children (nodes or text).
+  // Characters that reorder or hide the text around them: bidirectional embeddings, overrides and isolates
+  // (a backend's "bad \u202egnp.exe" reads "bad exe.png"), zero-width spaces and joiners between words, BOM.
+  const HIDDEN = /[\u202a-\u202e\u2066-\u2069\u200b\u2060-\u2064\ufeff]/g;
+
+  // Text from outside (records, reasons, errors) with those characters shown as the \uXXXX escape JSON uses.
+  function visible(text) {
+    return String(text).replace(HIDDEN, c => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
+  }
+
+  // An element with attributes ("text": textContent, "cls": className) and children (nodes or text); text and
+  // a title are shown through visible().
   function el(tag, attrs = {}, children = []) {
     const node = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
-      if (k === "text") node.textContent = v;
+      if (k === "text") node.textContent = visible(v);
+      else if (k === "title") node.title = visible(v);
       else if (k === "cls") node.className = v;
       else node.setAttribute(k, v);
     }
@@ -99,7 +110,7 @@
   function setUnreachable(reason) {
     let banner = $("banner");
     if (reason) {
-      banner.textContent = "The daemon is unreachable (" + reason + "); retrying";
+      banner.textContent = visible("The daemon is unreachable (" + reason + "); retrying");
       banner.hidden = false;
       document.body.classList.add("stale");
     } else {
@@ -200,14 +211,14 @@
       ready.textContent = s.ready ? "ready" : "not ready";
       ready.className = "pill " + (s.ready ? "ok" : "bad");
       ready.setAttribute("data-ready", String(!!s.ready));
-      $("not-ready-reason").textContent = s.ready ? "" : (s.not_ready_reason || "");
+      $("not-ready-reason").textContent = s.ready ? "" : visible(s.not_ready_reason || "");
       let sp = s.spool || {};
       $("spool-text").textContent = fmtBytes(sp.bytes) + " of " + fmtBytes(sp.max_bytes);
       let frac = sp.max_bytes ? Math.min(1, (sp.bytes || 0) / sp.max_bytes) : 0;
       let bar = $("spool-bar");
       bar.style.width = (frac * 100).toFixed(1) + "%";
       bar.classList.toggle("warn", frac > 0.8);
-      $("spool-records").textContent = fmtNum(sp.records, 0) + " records" + (sp.dir ? " in " + sp.dir : "");
+      $("spool-records").textContent = fmtNum(sp.records, 0) + " records" + (sp.dir ? " in " + visible(sp.dir) : "");
       $("updated").textContent = new Date(s.time * 1000).toLocaleTimeString();
       let totalDl = 0;
       (s.sinks || []).forEach(k => { totalDl += k.dead_letters || 0; });
@@ -504,7 +515,7 @@
           fields.appendChild(el("dt", { text: k.replace(/_/g, " ") }));
           fields.appendChild(el("dd", { "data-field": k, text: v == null ? "—" : String(v) }));
         });
-        $("dl-entry-record").textContent = JSON.stringify(e.record, null, 2);
+        $("dl-entry-record").textContent = visible(JSON.stringify(e.record, null, 2));
         $("dl-entry").hidden = false;
         Array.from($("dl-rows").children).forEach(tr => {
           tr.classList.toggle("open", tr.getAttribute("data-id") === String(e.id));
@@ -541,7 +552,7 @@
 
     showResult(text, bad) {
       let r = $("dl-result");
-      r.textContent = text;
+      r.textContent = visible(text);
       r.classList.toggle("bad-text", !!bad);
     },
 
@@ -603,12 +614,12 @@
       api("/api/playground/mapping?backend=" + encodeURIComponent(backend)).then(m => {
         $("pg-builtin-file").textContent = m.file;
         $("pg-builtin-text").textContent = m.text;
-      }).catch(e => { $("pg-builtin-text").textContent = e.message; });
+      }).catch(e => { $("pg-builtin-text").textContent = visible(e.message); });
     },
 
     state(text, bad) {
       let s = $("pg-state");
-      s.textContent = text;
+      s.textContent = visible(text);
       s.classList.toggle("bad-text", !!bad);
     },
 
@@ -636,7 +647,7 @@
       PG.result = r;
       let err = $("pg-error"), problems = $("pg-problems");
       err.hidden = !r.error;
-      err.textContent = r.error || "";
+      err.textContent = visible(r.error || "");
       clear(problems);
       (r.problems || []).forEach(p => {
         let where = (p.file || "override.yaml") + (p.line != null ? " line " + p.line : "");
