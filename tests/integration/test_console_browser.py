@@ -484,3 +484,24 @@ def test_characters_that_reorder_or_hide_text_show_as_escapes(tmp_path: Path, ot
                      what="the input's field")[0]
         assert shown_trick in field.text and "\u202e" not in css(browser, "#pg-payloads").text
         assert_not_pwned(browser)
+
+
+def test_the_status_page_shows_latency_since_the_spool_began_beside_the_last_five_minutes(
+        tmp_path: Path, otlp: OtlpFake, browser: Any) -> None:
+    """After a restart nothing was acknowledged in the last five minutes, and the page says so ("— / —") beside
+    the p50/p95 since the spool began, the figures `traceexport status` prints: the page showed one unlabelled
+    pair, and the README's "since the spool began" nowhere."""
+    with serve(tmp_path, otlp) as served:
+        assert served.post(fresh(sample())).status_code == 202
+        wait(lambda: served.metric("traceexport_records_exported_total", "otlp") == 1, what="the delivery")
+    with Served(tmp_path, config(tmp_path, otlp), "again", env={"CONSOLE_TOKEN": CONSOLE_TOKEN}) as again:
+        open_console(browser, again)
+        wait(lambda: sink_field(browser, "otlp", "counts") == "1 / 1", what="the status page")
+        assert sink_field(browser, "otlp", "delivery") == "— / —"
+        total = api(again, "/api/status").json()["sinks"][0]["latency_total"]["delivery"]
+        assert total["count"] == 1 and total["p95_seconds"] is not None
+        assert "—" not in sink_field(browser, "otlp", "delivery_total")
+        assert "—" not in sink_field(browser, "otlp", "e2e_total")
+        labels = [dt.text for dt in browser.find_elements(By.CSS_SELECTOR, '[data-sink="otlp"] dt')]
+        assert "Delivery p50 / p95, 5 min" in labels and "Delivery p50 / p95, all time" in labels
+        assert_not_pwned(browser)

@@ -256,8 +256,10 @@
         dl.appendChild(el("dt", { text: label }));
         dl.appendChild(el("dd", null, [node || el("span", { "data-field": field })]));
       }
-      row("Delivery p50 / p95", "delivery");
-      row("End to end p50 / p95", "e2e");
+      row("Delivery p50 / p95, 5 min", "delivery");
+      row("End to end p50 / p95, 5 min", "e2e");
+      row("Delivery p50 / p95, all time", "delivery_total");  // since the spool began: what `status` shows
+      row("End to end p50 / p95, all time", "e2e_total");
       row("Accepted / exported", "counts");
       row("Retries", "retried");
       let dlLink = el("a", { "data-field": "dead_letters", href: "#dead-letters?sink=" + encodeURIComponent(sink.name) });
@@ -282,6 +284,9 @@
       function pair(l) { return l ? fmtDuration(l.p50_seconds) + " / " + fmtDuration(l.p95_seconds) : "—"; }
       set("delivery", pair(lat.delivery));
       set("e2e", pair(lat.e2e));
+      let total = k.latency_total || {};
+      set("delivery_total", pair(total.delivery));
+      set("e2e_total", pair(total.e2e));
       set("counts", fmtNum(k.accepted, 0) + " / " + fmtNum(k.exported, 0));
       set("retried", fmtNum(k.retried, 0));
       set("dead_letters", fmtNum(k.dead_letters, 0));
