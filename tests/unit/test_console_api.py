@@ -189,6 +189,17 @@ def test_a_playground_override_of_nested_aliases_is_a_problem_not_a_daemon_out_o
     assert problem["file"] == "override.yaml" and "YAML aliases expand the file by" in problem["message"]
 
 
+def test_a_playground_override_holding_a_character_yaml_refuses_is_a_problem_not_a_500(console: Console) -> None:
+    """An override with a NUL in it is one problem of override.yaml at its line: PyYAML's reader refused it
+    before the loader's error handling, and the answer was a 500 'internal error'."""
+    record = (SAMPLES / "01-workflow-ok.json").read_text()
+    answer = console.post("/api/playground/map", {"backend": "otlp", "record": record,
+                                                  "override": "records:\n  workflow: {}\n\x00"})
+    assert answer.status_code == 200 and not answer.json()["ok"]
+    assert answer.json()["problems"] == [{"file": "override.yaml", "line": 3, "path": None, "message": (
+        "YAML syntax: unacceptable character #x0000: special characters are not allowed")}]
+
+
 def test_ids_beyond_64_bits_or_below_one_are_404_or_400_not_500(console: Console) -> None:
     """Dead-letter ids SQLite cannot hold (beyond 64 bits, negative, zero) are an unknown entry (404) or a bad
     request (400) naming the range, never a 500; other numbers of the query too."""
