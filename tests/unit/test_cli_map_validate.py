@@ -284,3 +284,17 @@ def test_map_loads_neither_the_other_commands_nor_the_http_transport() -> None:
             "print(code, loaded, file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert done.stderr.strip().splitlines()[-1] == "0 []", done.stderr
+
+
+def test_a_config_of_nested_aliases_is_one_line_not_a_memory_error(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A config whose nested YAML aliases stand for ten million values ("billion laughs") is one problem line and
+    exit 2 at once: the ${ENV} substitution walked every value until a MemoryError traceback."""
+    lines = ["x-defs:", '  l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"  l{n}: &l{n} [" + ", ".join([f"*l{n - 1}"] * 10) + "]" for n in range(1, 7)]
+    config = tmp_path / "c.yaml"
+    config.write_text("\n".join([*lines, "sinks:", "  out:", "    type: file", "    path: /tmp/x", "    extra: *l6"]),
+                      encoding="utf-8")
+    assert main(["validate", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: not valid YAML: YAML aliases expand the file by" in err and "Traceback" not in err

@@ -17,7 +17,7 @@ import yaml
 
 from traceexport.errors import ConfigError, Problem
 from traceexport.textfile import read_text
-from traceexport.yaml_errors import yaml_error
+from traceexport.yaml_checks import alias_problem, yaml_error
 
 BACKENDS = ("opik", "langfuse", "otlp", "amplitude")
 BACKEND_KINDS: dict[str, frozenset[str]] = {
@@ -28,10 +28,6 @@ BACKEND_KINDS: dict[str, frozenset[str]] = {
 }
 ALL = "*"  # as a record type: every record type; as an entity name: every entity
 KIND_PREFIX = "kind:"  # entity selector "kind:span": every entity of that kind
-# Values YAML aliases may add to a document (each ``*name`` copies its anchor's whole subtree): the shipped
-# mappings add under 1,000. A few hundred bytes of nested aliases ("billion laughs") expand to billions,
-# which the compiler would walk until memory ran out (a playground override, typed by anyone with console access).
-MAX_ALIAS_VALUES = 100_000
 
 
 class LineDict(dict[Any, Any]):
@@ -83,7 +79,9 @@ def read_yaml(path: Path) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        _check_aliases(node, path)
+        too_many = alias_problem(node)
+        if too_many is not None:
+            raise ConfigError([Problem(str(path), too_many)], title="invalid mapping")
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
         line, reason = yaml_error(exc, text)
@@ -94,32 +92,6 @@ def read_yaml(path: Path) -> Any:
     finally:
         if loader is not None:
             loader.dispose()
-
-
-def _check_aliases(root: yaml.Node, path: Path) -> None:
-    """ConfigError when the document's aliases add more than :data:`MAX_ALIAS_VALUES` values to it: the values
-    it holds once every alias is replaced by a copy of its anchor, less the values written out."""
-    expanded: dict[int, int] = {}  # node id -> values in its subtree with aliases expanded
-    written: set[int] = set()
-
-    def size(node: yaml.Node) -> int:
-        known = expanded.get(id(node))
-        if known is not None:
-            return known
-        written.add(id(node))
-        total = 1
-        if isinstance(node, yaml.SequenceNode):
-            total += sum(size(item) for item in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            total += sum(size(key) + size(value) for key, value in node.value)
-        expanded[id(node)] = total
-        return total
-
-    added = size(root) - len(written)
-    if added > MAX_ALIAS_VALUES:
-        raise ConfigError([Problem(str(path), f"YAML aliases expand the file by {added:,} values (at most "
-                                              f"{MAX_ALIAS_VALUES:,}): write the values out or use fewer "
-                                              "nested aliases")], title="invalid mapping")
 
 
 def builtin_mapping_path(backend: str) -> Path:
