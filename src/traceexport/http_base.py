@@ -26,6 +26,16 @@ BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="traceexport"'}
 _DIGITS = re.compile(r"[0-9]{1,18}")
 
 
+def _json_bytes(body: Any) -> bytes:
+    """``body`` as UTF-8 JSON; with every non-ASCII character escaped when it holds a lone surrogate (a record
+    may carry ``"\\ud800"``, valid JSON that UTF-8 cannot encode), which JSON readers take back as it was."""
+    text = json.dumps(body, ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body).encode("ascii")
+
+
 class JsonServer(ThreadingHTTPServer):
     """A threading server whose connection errors are one log line each."""
 
@@ -78,7 +88,7 @@ class JsonRequestHandler(BaseHTTPRequestHandler):
         if isinstance(body, str):
             self._send_bytes(status, body.encode("utf-8"), self.text_type, headers)
         else:
-            self._send_bytes(status, json.dumps(body, ensure_ascii=False).encode("utf-8"), JSON_TYPE, headers)
+            self._send_bytes(status, _json_bytes(body), JSON_TYPE, headers)
 
     def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         self._send(status, {"error": message}, headers)

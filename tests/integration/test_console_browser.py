@@ -10,6 +10,7 @@ import copy
 import json
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -369,3 +370,138 @@ def test_the_page_says_when_the_daemon_is_unreachable(tmp_path: Path, otlp: Otlp
                 env={"CONSOLE_TOKEN": CONSOLE_TOKEN}):
         wait(lambda: not css(browser, "#banner").is_displayed(), timeout=15, what="the banner to clear")
         assert sink_field(browser, "otlp", "counts") == "0 / 0"
+
+
+def test_a_token_a_header_cannot_carry_is_refused_in_the_form_not_taken_for_an_outage(
+        tmp_path: Path, otlp: OtlpFake, browser: Any) -> None:
+    """A token typed with a character beyond ASCII is refused in the token form with a reason, and one already in
+    the tab's storage is dropped for the form: fetch() cannot send it, and the page used to say "the daemon is
+    unreachable" for good, with no way to type the token again short of a new tab."""
+    with serve(tmp_path, otlp) as served:
+        browser.get(f"{served.console}/ui/#status")
+        give_token(browser, "tök€n-0123")
+        wait(lambda: "printable ASCII" in visible_text(browser, "#token-message"), what="the token form's reason")
+        assert css(browser, "#token-dialog").is_displayed() and not css(browser, "#banner").is_displayed()
+        assert browser.execute_script("return sessionStorage.getItem('traceexport.console.token')") is None
+
+        browser.execute_script("sessionStorage.setItem('traceexport.console.token', 'tök€n-0123')")
+        browser.refresh()
+        give_token(browser, CONSOLE_TOKEN)
+        wait(lambda: sink_field(browser, "otlp", "counts"), what="the status page after the token")
+        assert not css(browser, "#banner").is_displayed()
+        assert_not_pwned(browser)
+
+
+def _post_distinct(served: Served, n: int) -> None:
+    """``n`` workflow records with their own run ids, in one NDJSON body."""
+    records = []
+    for _ in range(n):
+        record = fresh(sample())
+        record["trace_info"]["workflow_run_id"] = str(uuid.uuid4())
+        records.append(json.dumps(record))
+    answer = served.post("\n".join(records).encode(), content_type="application/x-ndjson")
+    assert answer.status_code == 202, answer.text
+
+
+def test_pages_shown_with_more_stay_while_dead_letters_keep_arriving(tmp_path: Path, otlp: OtlpFake,
+                                                                     browser: Any) -> None:
+    """With a sink refusing everything the list follows the count, and the entries "More" added stay: the list
+    used to fall back to its first hundred at every new dead letter (each status poll), so nobody could page."""
+    otlp.fail_next(100_000, 400, body={"code": 3, "message": "refused"})
+    with serve(tmp_path, otlp) as served:
+        _post_distinct(served, 230)
+        wait(lambda: api(served, "/api/dead-letters").json()["total"] == 230, what="230 dead letters")
+        open_console(browser, served, "dead-letters")
+        wait(lambda: "Showing 100 of 230" in css(browser, "#dl-count").text, what="the first page")
+        css(browser, "#dl-more").click()
+        wait(lambda: "Showing 200 of 230" in css(browser, "#dl-count").text, what="the second page")
+        css(browser, "#dl-more").click()
+        wait(lambda: "Showing 230 of 230" in css(browser, "#dl-count").text, what="the third page")
+
+        _post_distinct(served, 5)
+        wait(lambda: "of 235" in css(browser, "#dl-count").text, what="the list to follow the count")
+        time.sleep(2.5)  # another status poll
+        assert "Showing 230 of 235" in css(browser, "#dl-count").text
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#dl-rows tr")) == 230
+        assert not css(browser, "#dl-more").get_attribute("hidden")
+        assert_not_pwned(browser)
+
+
+def test_a_payload_of_thousands_of_fields_is_built_as_opened_and_the_page_stays_usable(
+        tmp_path: Path, otlp: OtlpFake, browser: Any) -> None:
+    """An object of more fields than the tree opens at once (a run with 3,000 inputs, the Opik trace's input)
+    starts closed and is built when opened, its fields' provenance as before: the tree used to build every
+    field of a payload at once, and a few hundred KB of record froze the page for many seconds."""
+    record = fresh(sample())
+    record["trace_info"]["workflow_run_inputs"] = {f"k{i}": i for i in range(3000)}
+    with serve(tmp_path, otlp) as served:
+        open_console(browser, served, "playground")
+        wait(lambda: len(Select(css(browser, "#pg-backend")).options) > 1, what="the backends")
+        Select(css(browser, "#pg-backend")).select_by_value("opik")
+        paste(browser, "#pg-record", json.dumps(record))
+        field = '#pg-payloads [data-entity="trace"] .field[data-path=\'["input"]\']'
+        inputs = wait(lambda: browser.find_elements(By.CSS_SELECTOR, field), what="the trace's input field")[0]
+        line = inputs.find_element(By.XPATH, "..")
+        assert line.find_element(By.CSS_SELECTOR, ".toggle").text == "▸"
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#pg-payloads .node")) < 2500
+
+        line.find_element(By.CSS_SELECTOR, ".toggle").click()
+        last = wait(lambda: browser.find_elements(By.CSS_SELECTOR, '.field[data-path=\'["input","k2999"]\']'),
+                    what="the opened input's fields")[0]
+        assert line.find_element(By.CSS_SELECTOR, ".toggle").text == "▾"
+        browser.execute_script("arguments[0].scrollIntoView()", last)
+        last.click()
+        wait(lambda: css(browser, '#prov-fields [data-field="file"]').text == "opik.yaml", what="its provenance")
+        assert_not_pwned(browser)
+
+
+def test_characters_that_reorder_or_hide_text_show_as_escapes(tmp_path: Path, otlp: OtlpFake, browser: Any) -> None:
+    """A bidirectional override or a zero-width space in a backend's reason or a record's field shows as its
+    \\uXXXX escape in the list, the entry and the playground: shown raw, "bad \\u202egnp.exe" read "bad exe.png"
+    and a zero-width space hid inside an id; other scripts' letters and emoji show as they are."""
+    trick = "bad \u202egnp.exe\u202c"
+    otlp.fail_next(1, 400, body={"code": 3, "message": trick})
+    record = fresh(sample())
+    record["trace_info"]["workflow_run_inputs"] = {"q": f"id\u200b42 {trick} שלום 👩‍💻"}
+    shown_trick = "bad \\u202egnp.exe\\u202c"
+    with serve(tmp_path, otlp) as served:
+        assert served.post(record).status_code == 202
+        open_console(browser, served, "dead-letters")
+        row = wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#dl-rows tr"), timeout=60, what="the dead letter")[0]
+        reason = row.find_element(By.CSS_SELECTOR, "td.reason")
+        assert shown_trick in reason.get_attribute("textContent") and "\u202e" not in reason.get_attribute("title")
+        row.click()
+        wait(lambda: css(browser, "#dl-entry-record").text, what="the entry's record")
+        assert shown_trick in css(browser, '#dl-entry-fields [data-field="reason"]').text
+        record_text = css(browser, "#dl-entry-record").text
+        assert f"id\\u200b42 {shown_trick} שלום 👩‍💻" in record_text and "\u202e" not in record_text
+
+        browser.get(f"{served.console}/ui/#playground")
+        wait(lambda: len(Select(css(browser, "#pg-backend")).options) > 0, what="the backends")
+        Select(css(browser, "#pg-backend")).select_by_value("opik")
+        paste(browser, "#pg-record", json.dumps(record))
+        field = wait(lambda: browser.find_elements(By.CSS_SELECTOR, '.field[data-path=\'["input","q"]\']'),
+                     what="the input's field")[0]
+        assert shown_trick in field.text and "\u202e" not in css(browser, "#pg-payloads").text
+        assert_not_pwned(browser)
+
+
+def test_the_status_page_shows_latency_since_the_spool_began_beside_the_last_five_minutes(
+        tmp_path: Path, otlp: OtlpFake, browser: Any) -> None:
+    """After a restart nothing was acknowledged in the last five minutes, and the page says so ("— / —") beside
+    the p50/p95 since the spool began, the figures `traceexport status` prints: the page showed one unlabelled
+    pair, and the README's "since the spool began" nowhere."""
+    with serve(tmp_path, otlp) as served:
+        assert served.post(fresh(sample())).status_code == 202
+        wait(lambda: served.metric("traceexport_records_exported_total", "otlp") == 1, what="the delivery")
+    with Served(tmp_path, config(tmp_path, otlp), "again", env={"CONSOLE_TOKEN": CONSOLE_TOKEN}) as again:
+        open_console(browser, again)
+        wait(lambda: sink_field(browser, "otlp", "counts") == "1 / 1", what="the status page")
+        assert sink_field(browser, "otlp", "delivery") == "— / —"
+        total = api(again, "/api/status").json()["sinks"][0]["latency_total"]["delivery"]
+        assert total["count"] == 1 and total["p95_seconds"] is not None
+        assert "—" not in sink_field(browser, "otlp", "delivery_total")
+        assert "—" not in sink_field(browser, "otlp", "e2e_total")
+        labels = [dt.text for dt in browser.find_elements(By.CSS_SELECTOR, '[data-sink="otlp"] dt')]
+        assert "Delivery p50 / p95, 5 min" in labels and "Delivery p50 / p95, all time" in labels
+        assert_not_pwned(browser)

@@ -224,6 +224,24 @@ def test_yaml_nested_too_deeply_is_one_line(tmp_path: Path, capsys: pytest.Captu
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_a_character_yaml_refuses_is_one_line_with_its_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A NUL or BEL in a mapping or config file (a control character YAML does not allow) is one problem naming
+    file:line and exit 2: a mapping's was a ReaderError traceback, a config's a reason over two lines."""
+    config, mapping = tmp_path / "c.yaml", tmp_path / "m.yaml"
+    config.write_text("sinks:\n  out:\n    type: file\n    path: /tmp/x\x00\n", encoding="utf-8")
+    mapping.write_text("extends: builtin\nbackend: otlp\ndescription: \"\x07\"\n", encoding="utf-8")
+    assert main(["validate", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}:4: not valid YAML: unacceptable character #x0000: special characters are not allowed\n" in err
+    assert "position" not in err
+    assert main(["validate", "--mapping", str(mapping)]) == 2
+    err = capsys.readouterr().err
+    assert f"{mapping}:3: YAML syntax: unacceptable character #x0007: special characters are not allowed" in err
+    assert "Traceback" not in err
+    assert main(["map", "--to", "otlp", "--mapping", str(mapping), str(SAMPLE_FILES[0])]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_a_file_that_cannot_be_read_is_one_line_and_the_next_goes_on(tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """`map` and `validate --records` name a missing file and a directory one line each, map the good file
@@ -303,3 +321,17 @@ def test_a_number_too_long_to_read_is_a_rejection_not_a_traceback(tmp_path: Path
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
         assert "not valid JSON" in err
         assert len(_lines(out)) == (0 if name == "pretty.json" else 1), name
+
+
+def test_a_config_of_nested_aliases_is_one_line_not_a_memory_error(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A config whose nested YAML aliases stand for ten million values ("billion laughs") is one problem line and
+    exit 2 at once: the ${ENV} substitution walked every value until a MemoryError traceback."""
+    lines = ["x-defs:", '  l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"  l{n}: &l{n} [" + ", ".join([f"*l{n - 1}"] * 10) + "]" for n in range(1, 7)]
+    config = tmp_path / "c.yaml"
+    config.write_text("\n".join([*lines, "sinks:", "  out:", "    type: file", "    path: /tmp/x", "    extra: *l6"]),
+                      encoding="utf-8")
+    assert main(["validate", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: not valid YAML: YAML aliases expand the file by" in err and "Traceback" not in err

@@ -17,6 +17,7 @@ from traceexport.console import ConsoleServer, build_console
 from traceexport.console.history import History
 from traceexport.console.server import SECURITY_HEADERS
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route
+from traceexport.records import Record, parse_records
 from traceexport.sinks.base import ExportResult, ItemFailure
 
 FAST = PipelineSettings(fsync=False, poll_interval=0.01, retry=RetryPolicy(max_attempts=1))
@@ -193,6 +194,30 @@ def test_bodies_nested_too_deeply_are_400_not_500(console: Console) -> None:
                                           "message": "YAML nested too deeply to read"}]
 
 
+def test_a_playground_override_of_nested_aliases_is_a_problem_not_a_daemon_out_of_memory(console: Console) -> None:
+    """An override of a few hundred bytes whose nested YAML aliases expand to a billion values ("billion laughs")
+    is one problem of override.yaml, answered at once: it used to make the daemon compile it until memory ran out."""
+    lines = ['definitions:', '  l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"  l{n}: &l{n} [" + ", ".join([f"*l{n - 1}"] * 10) + "]" for n in range(1, 9)]
+    lines += ["records:", "  workflow:", "    span:", "      body:", "        attributes: {bomb: {const: *l8}}"]
+    record = (SAMPLES / "01-workflow-ok.json").read_text()
+    answer = console.post("/api/playground/map", {"backend": "otlp", "record": record, "override": "\n".join(lines)})
+    assert answer.status_code == 200 and not answer.json()["ok"]
+    [problem] = answer.json()["problems"]
+    assert problem["file"] == "override.yaml" and "YAML aliases expand the file by" in problem["message"]
+
+
+def test_a_playground_override_holding_a_character_yaml_refuses_is_a_problem_not_a_500(console: Console) -> None:
+    """An override with a NUL in it is one problem of override.yaml at its line: PyYAML's reader refused it
+    before the loader's error handling, and the answer was a 500 'internal error'."""
+    record = (SAMPLES / "01-workflow-ok.json").read_text()
+    answer = console.post("/api/playground/map", {"backend": "otlp", "record": record,
+                                                  "override": "records:\n  workflow: {}\n\x00"})
+    assert answer.status_code == 200 and not answer.json()["ok"]
+    assert answer.json()["problems"] == [{"file": "override.yaml", "line": 3, "path": None, "message": (
+        "YAML syntax: unacceptable character #x0000: special characters are not allowed")}]
+
+
 def test_ids_beyond_64_bits_or_below_one_are_404_or_400_not_500(console: Console) -> None:
     """Dead-letter ids SQLite cannot hold (beyond 64 bits, negative, zero) are an unknown entry (404) or a bad
     request (400) naming the range, never a 500; other numbers of the query too."""
@@ -277,6 +302,21 @@ def test_dead_letters_are_listed_filtered_shown_replayed_and_purged(console: Con
     assert console.get(f"/api/dead-letters/{ids[0]}").status_code == 404
     status = {s["name"]: s for s in console.get("/api/status").json()["sinks"]}
     assert status["refused"]["dead_letters"] == 1
+
+
+def test_a_dead_letter_whose_record_holds_a_lone_surrogate_is_shown_not_a_500(console: Console) -> None:
+    """A record carrying a lone surrogate escape ("\\ud800", valid JSON that ingest accepts) is shown with the
+    escape as it came, where the entry view was a 500 (UTF-8 cannot encode it) and the record could not be read."""
+    envelope = json.loads((SAMPLES / "05-message-chat.json").read_text())
+    envelope["trace_info"]["inputs"] = {"query": "LONE"}
+    [record] = parse_records(json.dumps(envelope).replace("LONE", "\\ud800 and é"))
+    assert isinstance(record, Record)
+    console.pipeline.accept([record])
+    assert console.pipeline.wait_idle(10)
+    [entry] = console.get("/api/dead-letters").json()["entries"]
+    answer = console.get(f"/api/dead-letters/{entry['id']}")
+    assert answer.status_code == 200
+    assert answer.json()["record"]["trace_info"]["inputs"] == {"query": "\ud800 and é"}
 
 
 def test_replay_refuses_dead_letters_of_a_sink_the_daemon_does_not_deliver_to(tmp_path: Path) -> None:

@@ -213,3 +213,21 @@ records:
                      f"{path}:9: records.message.nosuch: no entity named 'nosuch'",
                      f"{path}:11: records.tool.span: an override must be an object"):
         assert fragment in text, f"missing {fragment!r} in:\n{text}"
+
+
+def _alias_bomb(levels: int) -> str:
+    """An override whose nested aliases hold ten to the power ``levels`` values in a few hundred bytes."""
+    lines = ['definitions:', '  l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for level in range(1, levels):
+        lines.append(f"  l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * 10) + "]")
+    lines += ["records:", "  message:", "    trace:", "      body:", f"        bomb: {{const: *l{levels - 1}}}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_aliases_expanding_past_the_bound_are_one_problem_not_a_hung_load(tmp_path: Path) -> None:
+    """A few hundred bytes of nested YAML aliases ("billion laughs") are refused as one problem naming the file
+    at once, instead of a compiler walking billions of values until memory runs out; a few aliases still load."""
+    assert load_mapping("opik", [_write(tmp_path, _alias_bomb(3))]).map(_message())
+    text = _load_error(tmp_path, _alias_bomb(9))
+    assert "YAML aliases expand the file by" in text and "at most 100,000" in text
+    assert str(tmp_path / "override.yaml") in text

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from traceexport.config.models import Config
 from traceexport.errors import ConfigError, Problem
 from traceexport.textfile import read_text
+from traceexport.yaml_checks import alias_problem, yaml_error
 
 _VAR = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(:?-([^}]*))?\}")
 Path_ = tuple[str | int, ...]
@@ -117,12 +118,16 @@ def read_config_data(
     except ConfigError as exc:
         return {}, {}, exc.problems
     try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        too_many = None if node is None else alias_problem(node)
+        if too_many is not None:
+            return {}, {}, [Problem(str(path), f"not valid YAML: {too_many}")]
         raw = yaml.safe_load(text)
-        lines = _line_index(yaml.compose(text, Loader=yaml.SafeLoader))
+        lines = _line_index(node)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        return {}, {}, [Problem(where, f"not valid YAML: {getattr(exc, 'problem', None) or exc}")]
+        line, reason = yaml_error(exc, text)
+        where = f"{path}:{line}" if line is not None else str(path)
+        return {}, {}, [Problem(where, f"not valid YAML: {reason}")]
     except RecursionError:  # PyYAML composes and builds recursively: ten thousand '[' exhaust the stack
         return {}, {}, [Problem(str(path), "not valid YAML: nested too deeply to read")]
     if raw is None:

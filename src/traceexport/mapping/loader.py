@@ -17,6 +17,7 @@ import yaml
 
 from traceexport.errors import ConfigError, Problem
 from traceexport.textfile import read_text
+from traceexport.yaml_checks import alias_problem, yaml_error
 
 BACKENDS = ("opik", "langfuse", "otlp", "amplitude")
 BACKEND_KINDS: dict[str, frozenset[str]] = {
@@ -71,19 +72,26 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _con
 def read_yaml(path: Path) -> Any:
     """Parse one YAML file with line numbers; a syntax error is a ConfigError naming file and line."""
     text = read_text(path, what="mapping file", title="invalid mapping")
-    loader = _LineLoader(text)
-    loader.source = str(path)
+    loader: _LineLoader | None = None
     try:
-        return loader.get_single_data()
+        loader = _LineLoader(text)  # its reader refuses a character YAML does not allow (NUL) here already
+        loader.source = str(path)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        too_many = alias_problem(node)
+        if too_many is not None:
+            raise ConfigError([Problem(str(path), too_many)], title="invalid mapping")
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([Problem(where, f"YAML syntax: {problem}")], title="invalid mapping") from exc
+        line, reason = yaml_error(exc, text)
+        where = f"{path}:{line}" if line is not None else str(path)
+        raise ConfigError([Problem(where, f"YAML syntax: {reason}")], title="invalid mapping") from None
     except RecursionError:  # PyYAML composes and builds recursively: ten thousand '[' exhaust the stack
         raise ConfigError([Problem(str(path), "YAML nested too deeply to read")], title="invalid mapping") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def builtin_mapping_path(backend: str) -> Path:

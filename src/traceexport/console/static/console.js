@@ -10,11 +10,22 @@
   // ---- small helpers ------------------------------------------------------------------------
   function $(id) { return document.getElementById(id); }
 
-  // An element with attributes ("text": textContent, "cls": className) and children (nodes or text).
+  // Characters that reorder or hide the text around them: bidirectional embeddings, overrides and isolates
+  // (a backend's "bad \u202egnp.exe" reads "bad exe.png"), zero-width spaces and joiners between words, BOM.
+  const HIDDEN = /[\u202a-\u202e\u2066-\u2069\u200b\u2060-\u2064\ufeff]/g;
+
+  // Text from outside (records, reasons, errors) with those characters shown as the \uXXXX escape JSON uses.
+  function visible(text) {
+    return String(text).replace(HIDDEN, c => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
+  }
+
+  // An element with attributes ("text": textContent, "cls": className) and children (nodes or text); text and
+  // a title are shown through visible().
   function el(tag, attrs = {}, children = []) {
     const node = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
-      if (k === "text") node.textContent = v;
+      if (k === "text") node.textContent = visible(v);
+      else if (k === "title") node.title = visible(v);
       else if (k === "cls") node.className = v;
       else node.setAttribute(k, v);
     }
@@ -67,8 +78,13 @@
   // 401 brings up the token form and 0/503 the banner: neither needs its own message in a view.
   function shown(e) { return !(e instanceof ApiError) || ![0, 401, 503].includes(e.status); }
 
+  // A console token is printable ASCII (the daemon refuses any other); a header cannot carry more, and fetch()
+  // throws on a character beyond Latin-1, which would read as "unreachable" with no way to type it again.
+  const SENDABLE_TOKEN = /^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$/;
+
   async function api(path, options = {}) {
-    const token = sessionStorage.getItem(TOKEN_KEY);
+    let token = sessionStorage.getItem(TOKEN_KEY);
+    if (token && !SENDABLE_TOKEN.test(token)) { sessionStorage.removeItem(TOKEN_KEY); token = null; }
     const headers = { Accept: "application/json" };
     if (token) headers.Authorization = "Bearer " + token;
     if (options.body !== undefined) headers["Content-Type"] = "application/json";
@@ -94,7 +110,7 @@
   function setUnreachable(reason) {
     let banner = $("banner");
     if (reason) {
-      banner.textContent = "The daemon is unreachable (" + reason + "); retrying";
+      banner.textContent = visible("The daemon is unreachable (" + reason + "); retrying");
       banner.hidden = false;
       document.body.classList.add("stale");
     } else {
@@ -119,6 +135,12 @@
     ev.preventDefault();
     let value = $("token-input").value.trim();
     if (!value) return;
+    if (!SENDABLE_TOKEN.test(value)) {
+      let msg = $("token-message");
+      msg.textContent = "A console token is printable ASCII (letters, digits, punctuation); this one is not.";
+      msg.hidden = false;
+      return;
+    }
     sessionStorage.setItem(TOKEN_KEY, value);
     $("token-dialog").close();
     refreshAll();
@@ -189,14 +211,14 @@
       ready.textContent = s.ready ? "ready" : "not ready";
       ready.className = "pill " + (s.ready ? "ok" : "bad");
       ready.setAttribute("data-ready", String(!!s.ready));
-      $("not-ready-reason").textContent = s.ready ? "" : (s.not_ready_reason || "");
+      $("not-ready-reason").textContent = s.ready ? "" : visible(s.not_ready_reason || "");
       let sp = s.spool || {};
       $("spool-text").textContent = fmtBytes(sp.bytes) + " of " + fmtBytes(sp.max_bytes);
       let frac = sp.max_bytes ? Math.min(1, (sp.bytes || 0) / sp.max_bytes) : 0;
       let bar = $("spool-bar");
       bar.style.width = (frac * 100).toFixed(1) + "%";
       bar.classList.toggle("warn", frac > 0.8);
-      $("spool-records").textContent = fmtNum(sp.records, 0) + " records" + (sp.dir ? " in " + sp.dir : "");
+      $("spool-records").textContent = fmtNum(sp.records, 0) + " records" + (sp.dir ? " in " + visible(sp.dir) : "");
       $("updated").textContent = new Date(s.time * 1000).toLocaleTimeString();
       let totalDl = 0;
       (s.sinks || []).forEach(k => { totalDl += k.dead_letters || 0; });
@@ -204,7 +226,7 @@
       // The open dead-letter list follows the counts (unless the user is in the middle of a selection).
       if (totalDl !== DL.countSeen && DL.loaded && !$("view-dead-letters").hidden && !DL.selectedIds().length) {
         DL.countSeen = totalDl;
-        DL.reload();
+        DL.reload(true);
       }
       Status.sinkNames = (s.sinks || []).map(k => k.name);
       let box = $("sinks");
@@ -234,8 +256,10 @@
         dl.appendChild(el("dt", { text: label }));
         dl.appendChild(el("dd", null, [node || el("span", { "data-field": field })]));
       }
-      row("Delivery p50 / p95", "delivery");
-      row("End to end p50 / p95", "e2e");
+      row("Delivery p50 / p95, 5 min", "delivery");
+      row("End to end p50 / p95, 5 min", "e2e");
+      row("Delivery p50 / p95, all time", "delivery_total");  // since the spool began: what `status` shows
+      row("End to end p50 / p95, all time", "e2e_total");
       row("Accepted / exported", "counts");
       row("Retries", "retried");
       let dlLink = el("a", { "data-field": "dead_letters", href: "#dead-letters?sink=" + encodeURIComponent(sink.name) });
@@ -260,6 +284,9 @@
       function pair(l) { return l ? fmtDuration(l.p50_seconds) + " / " + fmtDuration(l.p95_seconds) : "—"; }
       set("delivery", pair(lat.delivery));
       set("e2e", pair(lat.e2e));
+      let total = k.latency_total || {};
+      set("delivery_total", pair(total.delivery));
+      set("e2e_total", pair(total.e2e));
       set("counts", fmtNum(k.accepted, 0) + " / " + fmtNum(k.exported, 0));
       set("retried", fmtNum(k.retried, 0));
       set("dead_letters", fmtNum(k.dead_letters, 0));
@@ -345,6 +372,7 @@
   }
 
   // ---- Dead letters ------------------------------------------------------------------------
+  const PAGE = 100, MAX_PAGE = 1000;
   let DL = {
     entries: [],
     total: 0,
@@ -352,6 +380,8 @@
     openId: null,
     loaded: false,
     countSeen: null,
+    queue: Promise.resolve(),  // list requests run one after another, each on the list the one before left
+    following: false,  // a reload that follows the counts is queued and not started yet
 
     open(params) {
       if (params.has("sink")) {
@@ -370,7 +400,7 @@
       if (!exists && name) select.appendChild(el("option", { value: name, text: name }));
     },
 
-    query(afterId) {
+    query(afterId, limit) {
       let q = new URLSearchParams();
       let sink = $("dl-sink").value, reason = $("dl-reason").value.trim();
       let minAge = $("dl-min-age").value, maxAge = $("dl-max-age").value;
@@ -378,28 +408,56 @@
       if (reason) q.set("reason", reason);
       if (minAge !== "") q.set("min_age", String(Number(minAge) * 60));
       if (maxAge !== "") q.set("max_age", String(Number(maxAge) * 60));
-      q.set("limit", "100");
+      q.set("limit", String(limit || PAGE));
       if (afterId != null) q.set("after_id", String(afterId));
       return "/api/dead-letters?" + q.toString();
     },
 
-    reload() {
+    // The list from its start: a page, or with keep as many entries as are shown (the pages "More" added stay
+    // while dead letters keep arriving, as they do when a sink is down and the list follows the counts).
+    reload(keep) {
       DL.loaded = true;
-      return api(DL.query(null)).then(data => {
-        DL.entries = data.entries || [];
-        DL.total = data.total || 0;
-        DL.selected = {};
-        (data.sinks || []).forEach(DL.ensureSinkOption);
-        DL.render();
-      }).catch(e => { if (shown(e)) DL.showResult(e.message, true); });
+      keep = keep === true;
+      if (keep && DL.following) return DL.queue;
+      DL.following = DL.following || keep;
+      return DL.enqueue(() => {
+        if (keep) DL.following = false;
+        return DL.read(keep ? Math.max(PAGE, DL.entries.length) : PAGE).then(data => {
+          DL.entries = data.entries;
+          DL.total = data.total || 0;
+          DL.selected = {};
+          (data.sinks || []).forEach(DL.ensureSinkOption);
+          DL.render();
+        });
+      });
+    },
+
+    enqueue(task) {
+      DL.queue = DL.queue.then(task).catch(e => { if (shown(e)) DL.showResult(e.message, true); });
+      return DL.queue;
+    },
+
+    // The first `want` entries the filters match, a request per thousand (the API's largest page).
+    async read(want) {
+      let entries = [], data = null;
+      while (entries.length < want) {
+        let limit = Math.min(MAX_PAGE, want - entries.length);
+        data = await api(DL.query(entries.length ? entries[entries.length - 1].id : null, limit));
+        entries = entries.concat(data.entries || []);
+        if ((data.entries || []).length < limit) break;
+      }
+      return { entries: entries, total: data.total, sinks: data.sinks };
     },
 
     more() {
-      let last = DL.entries.length ? DL.entries[DL.entries.length - 1].id : null;
-      api(DL.query(last)).then(data => {
-        DL.entries = DL.entries.concat(data.entries || []);
-        DL.render();
-      }).catch(e => { if (shown(e)) DL.showResult(e.message, true); });
+      return DL.enqueue(() => {
+        let last = DL.entries.length ? DL.entries[DL.entries.length - 1].id : null;
+        return api(DL.query(last)).then(data => {
+          DL.entries = DL.entries.concat(data.entries || []);
+          DL.total = data.total || 0;
+          DL.render();
+        });
+      });
     },
 
     render() {
@@ -462,7 +520,7 @@
           fields.appendChild(el("dt", { text: k.replace(/_/g, " ") }));
           fields.appendChild(el("dd", { "data-field": k, text: v == null ? "—" : String(v) }));
         });
-        $("dl-entry-record").textContent = JSON.stringify(e.record, null, 2);
+        $("dl-entry-record").textContent = visible(JSON.stringify(e.record, null, 2));
         $("dl-entry").hidden = false;
         Array.from($("dl-rows").children).forEach(tr => {
           tr.classList.toggle("open", tr.getAttribute("data-id") === String(e.id));
@@ -492,14 +550,14 @@
             DL.showResult("Purged " + r.purged, false);
           }
           if (DL.openId != null && ids.includes(DL.openId)) DL.closeEntry();
-          DL.reload();
+          DL.reload(true);
         }).catch(e => { DL.showResult(action + " failed: " + e.message, true); });
       });
     },
 
     showResult(text, bad) {
       let r = $("dl-result");
-      r.textContent = text;
+      r.textContent = visible(text);
       r.classList.toggle("bad-text", !!bad);
     },
 
@@ -561,12 +619,12 @@
       api("/api/playground/mapping?backend=" + encodeURIComponent(backend)).then(m => {
         $("pg-builtin-file").textContent = m.file;
         $("pg-builtin-text").textContent = m.text;
-      }).catch(e => { $("pg-builtin-text").textContent = e.message; });
+      }).catch(e => { $("pg-builtin-text").textContent = visible(e.message); });
     },
 
     state(text, bad) {
       let s = $("pg-state");
-      s.textContent = text;
+      s.textContent = visible(text);
       s.classList.toggle("bad-text", !!bad);
     },
 
@@ -594,7 +652,7 @@
       PG.result = r;
       let err = $("pg-error"), problems = $("pg-problems");
       err.hidden = !r.error;
-      err.textContent = r.error || "";
+      err.textContent = visible(r.error || "");
       clear(problems);
       (r.problems || []).forEach(p => {
         let where = (p.file || "override.yaml") + (p.line != null ? " line " + p.line : "");
@@ -680,8 +738,13 @@
     return path.length ? path.map(p => typeof p === "number" ? "[" + p + "]" : p).join(".").replace(/\.\[/g, "[") : "(body)";
   }
 
-  // A collapsible JSON tree; every field is clickable and carries its path as data-path (JSON).
+  // A collapsible JSON tree; every field is clickable and carries its path as data-path (JSON). An object's
+  // fields are built open while the tree holds fewer than TREE_OPEN of them; a larger one starts closed and is
+  // built when opened (a record with thousands of inputs froze the page for many seconds building them all).
+  const TREE_OPEN = 2000;
+
   function jsonTree(value, path, onSelect) {
+    let budget = TREE_OPEN;
     let root = el("div", { cls: "tree" });
     root.appendChild(node(null, value, path));
     return root;
@@ -708,10 +771,22 @@
       row.appendChild(line);
       if (isObj) {
         let kids = el("div", { cls: "children" });
-        if (Array.isArray(v)) v.forEach((item, i) => { kids.appendChild(node(i, item, p.concat([i]))); });
-        else Object.keys(v).forEach(k => { kids.appendChild(node(k, v[k], p.concat([k]))); });
+        let keys = Array.isArray(v) ? v.map((_, i) => i) : Object.keys(v);
+        let built = false;
+        function build() {
+          built = true;
+          keys.forEach(k => { kids.appendChild(node(k, v[k], p.concat([k]))); });
+        }
+        if (keys.length <= budget) {
+          budget -= keys.length;
+          build();
+        } else {
+          kids.hidden = true;
+          toggle.textContent = "▸";
+        }
         row.appendChild(kids);
         toggle.addEventListener("click", () => {
+          if (!built) { budget = TREE_OPEN; build(); }
           let closed = kids.hidden = !kids.hidden;
           toggle.textContent = closed ? "▸" : "▾";
         });
