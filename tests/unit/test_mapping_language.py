@@ -151,6 +151,25 @@ def test_a_record_that_cannot_be_mapped_fails_alone(tmp_path: Path, monkeypatch:
     assert mapping.map(good)  # the mapping goes on
 
 
+def test_text_grown_past_the_bound_fails_its_record_not_the_process(tmp_path: Path) -> None:
+    """Chained replace() calls that would grow one record's text to billions of characters (a playground override
+    or a mapping typo) fail that record with a one-line reason at once; ordinary replace and join still work."""
+    blow_up = "replace('', '" + "x" * 100 + "')"
+    path = _write(tmp_path, "backend: opik\nrecords:\n  message:\n    s:\n      kind: span\n      body:\n"
+                            f"        big: \"$message_id | {blow_up} | {blow_up} | {blow_up}\"\n"
+                            "        ok: \"$message_id | replace('-', '__') | split('_') | join('--')\"\n")
+    mapping = load_mapping(path)
+    with pytest.raises(RecordError) as caught:
+        mapping.map(_message())
+    reason = caught.value.reason
+    assert f"{path}:7: records.message.s.body.big: replace failed: ValueError: replace would make" in reason
+    assert "at most 33,554,432" in reason
+    text = _write(tmp_path, "backend: opik\nrecords:\n  message:\n    s:\n      kind: span\n      body:\n"
+                            "        ok: \"$message_id | replace('-', '__') | split('_') | join('--')\"\n", "ok.yaml")
+    message_id = _message().data["message_id"]
+    assert load_mapping(text).map(_message())[0].body["ok"] == "----".join(message_id.split("-"))
+
+
 def test_record_type_without_section_is_a_record_error(tmp_path: Path) -> None:
     """A record type the mapping does not mention is rejected with a reason, not dropped silently."""
     mapping = load_mapping(_write(tmp_path, MINIMAL))

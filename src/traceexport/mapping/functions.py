@@ -199,9 +199,23 @@ def _prefix(value: Any, text: Any) -> str:
     return f"{as_text(text)}{as_text(value)}"
 
 
+MAX_MADE_TEXT = 2**25  # characters a function may make from a record's text: far past any sink's request size
+
+
+def _bounded(size: int, function: str) -> None:
+    """Refuse (one record) text a function would grow past MAX_MADE_TEXT: chained replace() calls multiply,
+    and a few in one mapping or playground override would allocate gigabytes from one record."""
+    if size > MAX_MADE_TEXT:
+        raise ValueError(f"{function} would make {size:,} characters (at most {MAX_MADE_TEXT:,})")
+
+
 @_register("replace", "text with every OLD replaced by NEW: replace('-', '_')", 2)
 def _replace(value: Any, old: Any, new: Any) -> str:
-    return as_text(value).replace(as_text(old), as_text(new))
+    text, old_text, new_text = as_text(value), as_text(old), as_text(new)
+    if len(new_text) > len(old_text):
+        found = text.count(old_text)  # '' is found between every character and at both ends
+        _bounded(len(text) + found * (len(new_text) - len(old_text)), "replace")
+    return text.replace(old_text, new_text)
 
 
 @_register("split", "list of parts of text: split('/'); split('') the characters", 1)
@@ -212,7 +226,11 @@ def _split(value: Any, sep: Any) -> list[str]:
 
 @_register("join", "text of list items joined by a separator: join(',')", 1)
 def _join(value: Any, sep: Any) -> str:
-    return as_text(sep).join(as_text(v) for v in value) if isinstance(value, list) else as_text(value)
+    if not isinstance(value, list):
+        return as_text(value)
+    separator, parts = as_text(sep), [as_text(v) for v in value]
+    _bounded(sum(map(len, parts)) + len(separator) * max(len(parts) - 1, 0), "join")
+    return separator.join(parts)
 
 
 @_register("length", "number of characters of text, items of a list or keys of an object")
