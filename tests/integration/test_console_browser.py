@@ -222,7 +222,8 @@ def test_dead_letter_is_replayed_from_the_page_after_the_backend_is_fixed(tmp_pa
         row.find_element(By.CSS_SELECTOR, "input[type=checkbox]").click()
         css(browser, "#dl-replay-selected").click()
         wait(lambda: css(browser, "#confirm-dialog").is_displayed(), what="the confirmation")
-        assert "1 entry" in css(browser, "#confirm-text").text
+        assert "1 entry" in css(browser, "#confirm-text").text and "It goes back" in css(browser, "#confirm-text").text
+        assert browser.switch_to.active_element.get_attribute("id") == "confirm-cancel"  # Enter does not act
         screenshot(browser, tmp_path, "dead-letters-confirm")
         css(browser, "#confirm-ok").click()
         wait(lambda: "Replayed 1" in css(browser, "#dl-result").text, what="the replay's result")

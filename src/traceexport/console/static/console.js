@@ -164,7 +164,7 @@
       $("confirm-cancel").addEventListener("click", cancel);
       dialog.addEventListener("cancel", cancel);
       dialog.showModal();
-      $("confirm-ok").focus();
+      $("confirm-cancel").focus();  // Enter on a dialog just opened must not purge or replay
     });
   }
 
@@ -536,10 +536,12 @@
 
     act(action, ids) {
       if (!ids.length) return;
-      let what = ids.length === 1 ? "1 entry" : ids.length + " entries";
+      let one = ids.length === 1;
+      let what = one ? "1 entry" : ids.length + " entries";
       let text = action === "replay"
-        ? "Replay " + what + "? They go back to their sink's queue and are sent again."
-        : "Purge " + what + "? They are deleted for good.";
+        ? "Replay " + what + "? " + (one ? "It goes back to its sink's queue and is sent again."
+                                          : "They go back to their sinks' queues and are sent again.")
+        : "Purge " + what + "? " + (one ? "It is deleted for good." : "They are deleted for good.");
       confirmAction(text).then(ok => {
         if (!ok) return;
         api("/api/dead-letters/" + action, { method: "POST", body: { ids: ids } }).then(r => {
