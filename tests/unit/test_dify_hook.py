@@ -325,6 +325,55 @@ def test_saving_a_forward_config_checks_the_token_with_the_sidecar() -> None:
         assert sidecar.records == []
 
 
+def test_saving_an_endpoint_that_is_not_the_sidecars_ingest_is_refused() -> None:
+    """An endpoint answering 200 to everything (a web app, a proxy's page) passed the save, and every record was then
+    counted delivered; the save now says what answered instead of the sidecar's 400 to an empty post."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class CatchAll(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CatchAll)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with activate("dictmap"):
+            dify.install()
+            instance = _entry({"mode": "forward", "endpoint": f"http://127.0.0.1:{server.server_address[1]}"})
+            with pytest.raises(ValueError, match="answered 200 to an empty post"):
+                instance.api_check()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_password_in_the_endpoint_is_shown_nowhere(caplog: pytest.LogCaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """An endpoint written with user:password@ is masked in the console's refusal, the log line and the project URL
+    (they quoted it whole)."""
+    from traceexport.dify.counters import RateLimitedLog
+
+    monkeypatch.setattr(provider, "RATE_LOG", RateLimitedLog())  # an earlier test's line must not hold this one back
+    caplog.set_level(logging.WARNING, logger="traceexport.dify")
+    with activate("dictmap"):
+        dify.install()
+        instance = _entry({"mode": "forward", "endpoint": f"http://ops:hunter2-pass@127.0.0.1:{free_port()}"})
+        with pytest.raises(ValueError, match="unreachable") as refused:
+            instance.api_check()
+        shown = [str(refused.value), instance.get_project_url(),
+                 *(str(r.__dict__) for r in caplog.records)]
+    assert caplog.records and not [text for text in shown if "hunter2-pass" in text], shown
+
+
 def test_a_sidecar_that_trickles_cannot_hold_the_save(monkeypatch: pytest.MonkeyPatch) -> None:
     """An endpoint answering a byte at a time is given CHECK_SECONDS in all, not a timeout per read."""
     listener = socket.socket()
@@ -560,24 +609,52 @@ def test_forward_sink_posts_a_json_array_with_the_bearer_token() -> None:
 
 
 def test_forward_sink_classifies_rejections_throttling_and_auth() -> None:
-    """400 rejects only the listed envelopes; 503 is retryable with Retry-After; 401 is permanent."""
+    """400 rejects only the listed envelopes; 503 is retryable with Retry-After; a refused token is retried too (the
+    records wait in Dify's spool for the fix: dead letters there could never be replayed)."""
     rejected = _sink(lambda r: httpx.Response(400, json={"accepted": 2, "rejected": [{"index": 1, "reason": "bad"}]}))
     result = rejected.export(_payloads(3))
     assert list(result.failures) == [1] and result.failures[1].permanent and "bad" in result.failures[1].reason
     busy = _sink(lambda r: httpx.Response(503, headers={"Retry-After": "7"}, json={"error": "full"}))
     failure = busy.export(_payloads(2)).failures[0]
     assert not failure.permanent and failure.retry_after == 7.0
-    denied = _sink(lambda r: httpx.Response(401, json={"error": "missing or wrong bearer token"}))
-    failures = denied.export(_payloads(2)).failures
-    assert all(f.permanent for f in failures.values()) and "tok-123456" not in failures[0].reason
+    for status in (401, 403, 404, 405):
+        denied = _sink(lambda r, s=status: httpx.Response(s, json={"error": "missing or wrong bearer token"}))
+        failures = denied.export(_payloads(2)).failures
+        assert len(failures) == 2 and not any(f.permanent for f in failures.values()), status
+        assert "tok-123456" not in failures[0].reason and "wait in the spool" in failures[0].reason
+
+
+@pytest.mark.parametrize("answer", [httpx.Response(200, text="<html>welcome</html>"), httpx.Response(204),
+                                    httpx.Response(202, text="queued"), httpx.Response(200, json={"accepted": 2})],
+                         ids=["200-html", "204", "202-text", "200-json"])
+def test_forward_sink_never_counts_an_answer_that_is_not_the_sidecars_as_delivered(answer: httpx.Response) -> None:
+    """A catch-all web server, a proxy's page or the sidecar's console answering 2xx without the sidecar's 202
+    {"accepted": n} leaves every record to be sent again (it used to count them delivered: lost without a word)."""
+    failures = _sink(lambda r: answer).export(_payloads(2)).failures
+    assert len(failures) == 2 and not failures[0].permanent
+    assert "is it the sidecar's ingest address" in failures[0].reason and "tok-123456" not in failures[0].reason
+
+
+def test_forward_sink_sends_again_what_the_sidecar_rejected_without_listing_it() -> None:
+    """The sidecar lists only its first 100 rejections: the records past the last one listed are sent again, never
+    counted as delivered, until each refused one is named."""
+    listed = [{"index": i, "reason": "bad"} for i in range(100)]
+    answer = {"accepted": 0, "rejected": listed, "rejected_total": 150}
+    result = _sink(lambda r: httpx.Response(400, json=answer)).export(_payloads(150))
+    assert len(result.failures) == 150
+    assert all(result.failures[i].permanent for i in range(100))
+    assert not any(result.failures[i].permanent for i in range(100, 150))
 
 
 def test_forward_sink_splits_a_batch_the_sidecar_finds_too_large() -> None:
     """413 halves the batch within the call until each part fits."""
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(413 if len(json.loads(request.content)) > 1 else 202)
+        count = len(json.loads(request.content))
+        return httpx.Response(413) if count > 1 else httpx.Response(202, json={"accepted": count})
 
     assert _sink(handler).export(_payloads(4)).ok
+    single = _sink(lambda r: httpx.Response(413, json={"error": "too large"})).export(_payloads(1)).failures[0]
+    assert single.permanent  # a record larger than the sidecar ever takes: the dead letter, with the reason
 
 
 def test_in_process_mode_with_a_real_config_file_writes_mapped_spans(tmp_path: Path,
@@ -610,3 +687,19 @@ def test_forward_mode_keeps_no_delivery_ledger_in_difys_process() -> None:
     assert settings.ledger_retention == 0
     for route in routes:
         route.sink.shutdown(1.0)
+
+
+def test_forward_mode_records_wait_for_the_sidecar_however_long_it_is_down() -> None:
+    """The README's promise, "while the sidecar is down they wait in a local spool and are delivered once it is
+    back": no attempt count or age sends them to a dead letter (20 tries, about half an hour, used to), and a
+    sidecar back up is tried again within a minute."""
+    from traceexport.dify.config import HookSettings
+    from traceexport.dify.wiring import build_plan
+    from traceexport.pipeline.retry import backoff, gives_up
+
+    routes, settings = build_plan(HookSettings(mode="forward", endpoint="http://127.0.0.1:9"), env={})
+    for route in routes:
+        route.sink.shutdown(1.0)
+    a_week = 7 * 86400.0
+    assert not gives_up(settings.retry, attempts=10_000, first_attempt=0.0, now=a_week)
+    assert backoff(settings.retry, 10_000, 0.999999) <= 60.0
