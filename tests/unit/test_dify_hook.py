@@ -374,6 +374,16 @@ def test_a_password_in_the_endpoint_is_shown_nowhere(caplog: pytest.LogCaptureFi
     assert caplog.records and not [text for text in shown if "hunter2-pass" in text], shown
 
 
+@pytest.mark.parametrize("host", ["a..b", "a" * 64 + ".example"], ids=["empty-label", "long-label"])
+def test_saving_an_endpoint_whose_host_name_cannot_be_looked_up_says_so(host: str) -> None:
+    """A host name the name lookup cannot encode is refused with a reason naming the endpoint (Dify's console showed
+    Python's bare "UnicodeError: label empty or too long")."""
+    with activate("dictmap"):
+        dify.install()
+        with pytest.raises(ValueError, match=r"^traceexport: endpoint http://.*host name cannot be looked up"):
+            _entry({"mode": "forward", "endpoint": f"http://{host}:4319"}).api_check()
+
+
 def test_a_sidecar_that_trickles_cannot_hold_the_save(monkeypatch: pytest.MonkeyPatch) -> None:
     """An endpoint answering a byte at a time is given CHECK_SECONDS in all, not a timeout per read."""
     listener = socket.socket()

@@ -126,6 +126,8 @@ class TraceExportTrace:
                     ingest = response.status_code
         except httpx.HTTPError as exc:
             return f"sidecar {endpoint} unreachable ({type(exc).__name__})"
+        except UnicodeError:  # raised by the name lookup, past httpx's checks: "a..b", a label over 63 characters
+            return f"endpoint {endpoint}: its host name cannot be looked up (an empty label, or one over 63 characters)"
         if ingest in (401, 403):
             return (f"sidecar {endpoint} refused the token ({ingest}): check tracing_config.token or "
                     "TRACEEXPORT_FORWARD_TOKEN")
