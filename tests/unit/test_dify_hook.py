@@ -433,6 +433,25 @@ def test_down_sidecar_loses_nothing_once_it_is_back() -> None:
     assert {r.type for r in sidecar.records} == SEVEN
 
 
+def test_check_shows_what_the_hooks_spools_still_owe(tmp_path: Path) -> None:
+    """`python -m traceexport.dify check` notes the records the hook's spools still owe a sink, its dead letters and
+    what was dropped (it said nothing about them: only a /metrics nobody scraped could show them)."""
+    from traceexport.dify.check import _spools
+
+    root = tmp_path / "spool"
+    assert _spools(env={"TRACEEXPORT_SPOOL": str(root)}).detail == ""  # no spool yet: nothing to say
+    with activate("dictmap"):
+        dify.install()
+        instance = _entry({"mode": "forward", "endpoint": f"http://127.0.0.1:{free_port()}"})
+        for trace_info in trace_info_objects():
+            instance.trace(trace_info)
+        STATS.incr("dropped_queue_full", 2)
+    runtime.shutdown_all(5.0)  # the counters are saved into the slot as the exporter stops
+    outcome = _spools(env={"TRACEEXPORT_SPOOL": str(root)})
+    assert outcome.ok and f"{root}: 1 read" in outcome.detail, outcome.detail
+    assert "forward: 0 delivered, 7 pending (oldest" in outcome.detail and "dropped_queue_full 2" in outcome.detail
+
+
 # -- never raising --------------------------------------------------------------------------------
 
 class _Exploding:
