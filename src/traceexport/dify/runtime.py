@@ -98,7 +98,10 @@ class Exporter:
         most ``wait`` seconds until it is stored; a record still queued then is stored later, and counted."""
         if self._thread is None or self._pid != os.getpid():
             self._start()
-        waiting = wait > 0 and not self._pipeline_failed
+        if self._pipeline_failed:  # nothing can store it before the next start attempt: counted now, not once
+            STATS.incr("dropped_unconfigured")  # that comes (a Celery child may have ended by then, uncounted)
+            return
+        waiting = wait > 0
         if waiting:
             item = Item(item.type_name, item.data, item.app_id, threading.Event())
         try:
