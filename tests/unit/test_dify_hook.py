@@ -433,6 +433,26 @@ def test_down_sidecar_loses_nothing_once_it_is_back() -> None:
     assert {r.type for r in sidecar.records} == SEVEN
 
 
+def test_a_slot_no_process_claims_again_is_delivered_by_a_live_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that ended in slot 1 with records owed (a worker scale-down, a rolling deploy whose new process took
+    slot 0) left them where no restarted process looks; the live exporter of the same configuration delivers them."""
+    monkeypatch.setattr(runtime, "ADOPT_EVERY", 0.2)
+    port = free_port()
+    with activate("dictmap"):
+        dify.install()
+        instance = _entry({"mode": "forward", "endpoint": f"http://127.0.0.1:{port}"})
+        first, *others = trace_info_objects()
+        instance.trace(first)  # this process's exporter holds slot 0
+        gone = runtime.Exporter(instance.settings, dict(os.environ))  # another process's, in slot 1
+        for trace_info in others:
+            gone.submit(runtime.Item(type(trace_info).__name__, trace_info.model_dump(), APP), wait=5.0)
+        assert gone.slot is not None and gone.slot.name == "slot-1"
+        gone.stop()  # that process ends with its records in slot 1
+        with Sidecar(port=port) as sidecar:
+            assert wait_for(lambda: len(sidecar.records) >= 7, timeout=30.0), len(sidecar.records)
+    assert {r.type for r in sidecar.records} == SEVEN
+
+
 def test_check_shows_what_the_hooks_spools_still_owe(tmp_path: Path) -> None:
     """`python -m traceexport.dify check` notes the records the hook's spools still owe a sink, its dead letters and
     what was dropped (it said nothing about them: only a /metrics nobody scraped could show them)."""
