@@ -356,17 +356,30 @@ def test_saving_an_endpoint_that_is_not_the_sidecars_ingest_is_refused() -> None
         server.server_close()
 
 
+def test_an_apps_endpoint_with_a_password_is_refused_when_saved() -> None:
+    """Dify stores an app's endpoint in plain text and shows it in the console: a user:password@ in it is refused at
+    save (and not quoted); the server's TRACEEXPORT_FORWARD_URL may carry one."""
+    with activate("dictmap"):
+        dify.install()
+        with pytest.raises(ValueError, match="endpoint has a password") as refused:
+            _entry({"mode": "forward", "endpoint": "http://ops:hunter2-pass@127.0.0.1:9"}).api_check()
+        assert "hunter2-pass" not in str(refused.value)
+    env = {"TRACEEXPORT_FORWARD_URL": "http://ops:hunter2-pass@sidecar:4319"}
+    assert resolve_settings({"mode": "forward"}, env).problems() == []
+
+
 def test_a_password_in_the_endpoint_is_shown_nowhere(caplog: pytest.LogCaptureFixture,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """An endpoint written with user:password@ is masked in the console's refusal, the log line and the project URL
     (they quoted it whole)."""
     from traceexport.dify.counters import RateLimitedLog
 
+    monkeypatch.setenv("TRACEEXPORT_FORWARD_URL", f"http://ops:hunter2-pass@127.0.0.1:{free_port()}")
     monkeypatch.setattr(provider, "RATE_LOG", RateLimitedLog())  # an earlier test's line must not hold this one back
     caplog.set_level(logging.WARNING, logger="traceexport.dify")
     with activate("dictmap"):
         dify.install()
-        instance = _entry({"mode": "forward", "endpoint": f"http://ops:hunter2-pass@127.0.0.1:{free_port()}"})
+        instance = _entry({"mode": "forward"})  # the server's endpoint (TRACEEXPORT_FORWARD_URL) may carry one
         with pytest.raises(ValueError, match="unreachable") as refused:
             instance.api_check()
         shown = [str(refused.value), instance.get_project_url(),

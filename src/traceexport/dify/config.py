@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, field_validator, model_serializer
 
 from traceexport.dify.names import OTHER_KEYS, PROVIDER_NAME, SECRET_KEYS
-from traceexport.sinks.headers import value_problem
+from traceexport.sinks.headers import url_secrets, value_problem
 
 MODES = ("in_process", "forward")
 DEFAULT_SPOOL = "/app/api/storage/traceexport-spool"
@@ -81,6 +81,7 @@ class HookSettings:
     config_file: str | None = None
     stored_config_file: str = ""  # what the app's tracing_config named: never used, reported by problems()
     endpoint: str | None = None
+    endpoint_stored: bool = False  # the endpoint is the app's (Dify stores and shows it in plain text)
     token: str | None = None
     tee: str | None = None
     spool_dir: Path = Path(DEFAULT_SPOOL)
@@ -111,6 +112,9 @@ class HookSettings:
                 found.append("forward mode needs an endpoint (tracing_config.endpoint or TRACEEXPORT_FORWARD_URL)")
             elif not self.endpoint.startswith(("http://", "https://")):
                 found.append(f"endpoint must start with http:// or https:// (got {self.endpoint!r})")
+            if self.endpoint_stored and url_secrets(self.endpoint or ""):
+                found.append("endpoint has a password (user:password@), which Dify stores and shows in plain text: "
+                             "give the sidecar's token as token instead (Dify encrypts it)")
         elif not self.sinks and not self.config_file:
             found.append("in-process mode needs sinks (tracing_config.sinks or TRACEEXPORT_TO) "
                          "or a config file (tracing_config.config_file or TRACEEXPORT_CONFIG)")
@@ -156,6 +160,7 @@ def resolve_settings(config: Any, env: Mapping[str, str] | None = None) -> HookS
         config_file=env.get("TRACEEXPORT_CONFIG") or None,
         stored_config_file=stored.config_file,
         endpoint=endpoint or None,
+        endpoint_stored=bool(stored.endpoint),
         # The server's token goes only to the server's sidecar: never to an endpoint a console user typed.
         token=stored.token or (env.get("TRACEEXPORT_FORWARD_TOKEN") if endpoint == env_endpoint else None) or None,
         tee=(stored.tee or env.get("TRACEEXPORT_TEE", "")).strip().lower() or None,
