@@ -521,6 +521,17 @@ def _stall_exporter_start() -> threading.Event:
     return release
 
 
+def test_a_record_the_hook_could_not_store_is_counted_in_its_spool_before_trace_returns(
+        recording: RecordingSink) -> None:
+    """A Celery child may end (os._exit) the moment trace() returns: a record the hook could not store (invalid here)
+    is counted in the slot's spool by then, where the sidecar's /metrics and check read it (it waited up to 10 s
+    for the next save, and a child's last tasks went uncounted)."""
+    instance = provider.TraceExportTrace(TraceExportConfig(sinks="recording"))
+    instance.trace({"trace_info_type": "NoSuchTraceInfo", "x": 1})
+    totals = hook_metrics.read(Path(os.environ["TRACEEXPORT_SPOOL"]))
+    assert totals.spools == 1 and totals.events.get("invalid_records") == 1, totals.events
+
+
 def test_full_hand_off_queue_drops_and_counts(monkeypatch: pytest.MonkeyPatch, recording: RecordingSink) -> None:
     """When the exporter cannot keep up (and trace() is told not to wait), trace() returns at once and counts the
     drops."""

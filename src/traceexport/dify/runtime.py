@@ -35,6 +35,8 @@ from traceexport.records import Record, record_from_trace_info
 MAX_SLOTS = 512
 BATCH = 200
 RESTART_AFTER = 30.0  # seconds before an exporter whose pipeline could not start tries again
+# Records of a batch the spool did not store: their counts are saved with the batch, not up to SAVE_EVERY later.
+UNSTORED = ("invalid_records", "dropped_too_large", "dropped_unconfigured", "errors")
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +208,8 @@ class Exporter:
                 return
             try:
                 self._accept([r for r in map(self._convert, batch) if r is not None])
+                if STATS.grew(UNSTORED):  # saved before trace() returns: its process may end right after
+                    self._save_counters()
             finally:
                 for item in batch:
                     _settle(item)
