@@ -195,6 +195,21 @@ def test_the_servers_forward_token_goes_only_to_the_servers_sidecar() -> None:
     assert own.token == "app-1"
 
 
+def test_the_sidecars_ingest_url_works_as_its_endpoint() -> None:
+    """The URL the sidecar prints ("listening on http://...:4319/v1/dify/traces") given as the endpoint is taken as
+    its base (records were posted to .../v1/dify/traces/v1/dify/traces and refused 404), by app or environment."""
+    from traceexport.dify import config
+    from traceexport.sinks.forward import INGEST_PATH
+
+    assert config.INGEST_PATH == INGEST_PATH
+    env = {"TRACEEXPORT_FORWARD_URL": "http://sidecar:4319/v1/dify/traces/", "TRACEEXPORT_FORWARD_TOKEN": "tok-1"}
+    by_env = resolve_settings({"mode": "forward"}, env)
+    assert (by_env.endpoint, by_env.token) == ("http://sidecar:4319", "tok-1")
+    by_app = resolve_settings({"mode": "forward", "endpoint": "http://sidecar:4319/v1/dify/traces"}, env)
+    assert (by_app.endpoint, by_app.token) == ("http://sidecar:4319", "tok-1")
+    assert by_app.slug == resolve_settings({"mode": "forward", "endpoint": "http://sidecar:4319"}).slug
+
+
 def test_a_token_that_cannot_be_a_header_is_refused_when_saved() -> None:
     """A token with a line break would fail every request (and its tail would reach the logs):
     saving it is refused with a reason that does not quote it."""

@@ -32,6 +32,7 @@ DEFAULT_SPOOL = "/app/api/storage/traceexport-spool"
 DEFAULT_QUEUE_SIZE = 10_000
 DEFAULT_STORE_WAIT = 2.0  # seconds trace() waits for its record to be in the spool (Dify deletes its file then)
 MAX_STORE_WAIT = 60.0
+INGEST_PATH = "/v1/dify/traces"  # the sidecar's (sinks.forward.INGEST_PATH; importing it here would load httpx)
 _MODE_ALIASES = {"": "", "in_process": "in_process", "in-process": "in_process", "inprocess": "in_process",
                  "local": "in_process", "forward": "forward", "sidecar": "forward"}
 
@@ -146,8 +147,8 @@ def resolve_settings(config: Any, env: Mapping[str, str] | None = None) -> HookS
     else:
         stored = TraceExportConfig.model_validate(dict(config or {}))
     given = stored.mode or env.get("TRACEEXPORT_MODE", "").strip()
-    env_endpoint = (env.get("TRACEEXPORT_FORWARD_URL") or "").strip().rstrip("/")
-    endpoint = stored.endpoint.rstrip("/") or env_endpoint
+    env_endpoint = _base_url(env.get("TRACEEXPORT_FORWARD_URL") or "")
+    endpoint = _base_url(stored.endpoint) or env_endpoint
     mode = _MODE_ALIASES.get(given.lower())
     env_problems: list[str] = []
     queue_size = int(_env_number(env, "TRACEEXPORT_HOOK_QUEUE_SIZE", DEFAULT_QUEUE_SIZE, 1, None, env_problems,
@@ -169,6 +170,12 @@ def resolve_settings(config: Any, env: Mapping[str, str] | None = None) -> HookS
         store_wait=store_wait,
         env_problems=tuple(env_problems),
     )
+
+
+def _base_url(url: str) -> str:
+    """The sidecar's base URL, also when given as its ingest URL (``.../v1/dify/traces``, what the sidecar prints)."""
+    base = url.strip().rstrip("/")
+    return base.removesuffix(INGEST_PATH).rstrip("/") if base.endswith(INGEST_PATH) else base
 
 
 def _env_number(env: Mapping[str, str], name: str, default: float, low: float, high: float | None,
