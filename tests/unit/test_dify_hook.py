@@ -129,6 +129,16 @@ def test_autoload_is_a_no_op_without_the_environment_flag() -> None:
     assert sys.meta_path == finders
 
 
+def test_the_provider_loads_neither_the_pipeline_nor_httpx() -> None:
+    """What Dify's every process imports for the provider stays light: the pipeline and the HTTP client load only once
+    an exporter runs or a config is checked."""
+    probe = ("import sys, traceexport.dify.provider; "
+             "print(sorted(m for m in ('httpx', 'traceexport.pipeline', 'traceexport.dify.hook_metrics') "
+             "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def test_pth_line_imports_the_autoload_only_when_enabled(tmp_path: Path) -> None:
     """The .pth line costs an env lookup when off and imports the autoload when TRACEEXPORT_DIFY_HOOK=1."""
     line = (Path(dify.__file__).parent / "traceexport_dify_hook.pth").read_text().strip()

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from traceexport.dify.counters import RATE_LOG
-from traceexport.pipeline.spool_dir import SPOOL_FILE
 
 ADOPT_EVERY = 60.0  # seconds between looks for slots left behind
 _OWES = ("SELECT EXISTS(SELECT 1 FROM records r JOIN sinks s ON r.seq > s.cursor AND (r.mask >> s.bit) & 1) "
@@ -40,6 +39,8 @@ def lock_slot(slot: Path) -> int | None:
 
 def owes_records(slot: Path) -> bool:
     """Whether the slot's spool still owes a sink a record (its lock held by the caller)."""
+    from traceexport.pipeline.spool_dir import SPOOL_FILE  # with the pipeline: only once an exporter runs
+
     try:
         conn = sqlite3.connect(slot / SPOOL_FILE, timeout=5.0)
     except sqlite3.Error:
@@ -78,6 +79,8 @@ class Adopter:
             RATE_LOG("dify.hook.adoption_failed", error=f"{type(exc).__name__}: {exc}", root=str(self.own.parent))
 
     def _adopt(self) -> None:
+        from traceexport.pipeline.spool_dir import SPOOL_FILE
+
         held = {a.slot for a in self.held}
         for slot in sorted(self.own.parent.glob("slot-*")):
             if slot == self.own or slot in held or not (slot / SPOOL_FILE).is_file():
