@@ -9,6 +9,7 @@ from pathlib import Path
 from tests.realdify.conftest import Backends, DifyStack
 from tests.realdify.sidecar import TOKEN, sidecar
 from tests.realdify.test_hook import assert_delivered_as_mapped, configure_both_apps, hook_env
+from tests.support.net import free_port
 from tests.support.processes import python_env, wait_until
 
 PREFIX = "dify-test"
@@ -26,6 +27,25 @@ def test_forward_mode_delivers_through_the_sidecar(stack: DifyStack, backends: B
         assert results[3]["console_config"]["token"] != TOKEN and "*" in results[3]["console_config"]["token"]
         assert results[6]["undelivered"] == 0 and results[6]["stats"]["accepted"] == 8, results[6]
         assert_delivered_as_mapped(results[4]["files"], backends)
+
+
+def test_forward_mode_records_of_a_worker_that_ran_while_the_sidecar_was_down_arrive(
+        stack: DifyStack, backends: Backends, tmp_path: Path) -> None:
+    """Dify's worker runs every task while the sidecar is down and ends (``os._exit``, as a Celery child does); the next
+    worker process, with the sidecar up, delivers those records beside its own (the sidecar set by environment)."""
+    port = free_port()
+    env = hook_env(tmp_path, TRACEEXPORT_FORWARD_URL=f"http://127.0.0.1:{port}", TRACEEXPORT_FORWARD_TOKEN=TOKEN)
+    forward_apps = [{"op": "store_config", "app_id": app, "provider": "traceexport", "config": {"mode": "forward"}}
+                    for app in ("$chat_app", "$workflow_app")]
+    steps = [{"op": "seed"}, *forward_apps, {"op": "produce", "archive": str(tmp_path / "archive-1")}, {"op": "work"}]
+    first = stack.run(steps, **env)
+    assert {r["state"] for r in first[4]["ran"]} == {"SUCCESS"} and len(first[3]["files"]) == 8
+    with sidecar(tmp_path / "sidecar", backends.env(), port=port):
+        steps = [{"op": "seed"}, *forward_apps, {"op": "produce", "archive": str(tmp_path / "archive-2")},
+                 {"op": "work"}, {"op": "flush", "timeout": 60}]
+        second = stack.run(steps, **env)
+        assert second[5]["undelivered"] == 0, second[5]
+        assert_delivered_as_mapped(first[3]["files"] + second[3]["files"], backends)
 
 
 def test_celery_source_consumes_difys_queue(stack: DifyStack, backends: Backends, tmp_path: Path) -> None:

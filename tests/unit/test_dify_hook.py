@@ -129,6 +129,16 @@ def test_autoload_is_a_no_op_without_the_environment_flag() -> None:
     assert sys.meta_path == finders
 
 
+def test_the_provider_loads_neither_the_pipeline_nor_httpx() -> None:
+    """What Dify's every process imports for the provider stays light: the pipeline and the HTTP client load only once
+    an exporter runs or a config is checked."""
+    probe = ("import sys, traceexport.dify.provider; "
+             "print(sorted(m for m in ('httpx', 'traceexport.pipeline', 'traceexport.dify.hook_metrics') "
+             "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def test_pth_line_imports_the_autoload_only_when_enabled(tmp_path: Path) -> None:
     """The .pth line costs an env lookup when off and imports the autoload when TRACEEXPORT_DIFY_HOOK=1."""
     line = (Path(dify.__file__).parent / "traceexport_dify_hook.pth").read_text().strip()
@@ -193,6 +203,21 @@ def test_the_servers_forward_token_goes_only_to_the_servers_sidecar() -> None:
     assert resolve_settings({"mode": "forward", "endpoint": "https://elsewhere.example"}, env).token is None
     own = resolve_settings({"mode": "forward", "endpoint": "https://elsewhere.example", "token": "app-1"}, env)
     assert own.token == "app-1"
+
+
+def test_the_sidecars_ingest_url_works_as_its_endpoint() -> None:
+    """The URL the sidecar prints ("listening on http://...:4319/v1/dify/traces") given as the endpoint is taken as
+    its base (records were posted to .../v1/dify/traces/v1/dify/traces and refused 404), by app or environment."""
+    from traceexport.dify import config
+    from traceexport.sinks.forward import INGEST_PATH
+
+    assert config.INGEST_PATH == INGEST_PATH
+    env = {"TRACEEXPORT_FORWARD_URL": "http://sidecar:4319/v1/dify/traces/", "TRACEEXPORT_FORWARD_TOKEN": "tok-1"}
+    by_env = resolve_settings({"mode": "forward"}, env)
+    assert (by_env.endpoint, by_env.token) == ("http://sidecar:4319", "tok-1")
+    by_app = resolve_settings({"mode": "forward", "endpoint": "http://sidecar:4319/v1/dify/traces"}, env)
+    assert (by_app.endpoint, by_app.token) == ("http://sidecar:4319", "tok-1")
+    assert by_app.slug == resolve_settings({"mode": "forward", "endpoint": "http://sidecar:4319"}).slug
 
 
 def test_a_token_that_cannot_be_a_header_is_refused_when_saved() -> None:
@@ -325,6 +350,78 @@ def test_saving_a_forward_config_checks_the_token_with_the_sidecar() -> None:
         assert sidecar.records == []
 
 
+def test_saving_an_endpoint_that_is_not_the_sidecars_ingest_is_refused() -> None:
+    """An endpoint answering 200 to everything (a web app, a proxy's page) passed the save, and every record was then
+    counted delivered; the save now says what answered instead of the sidecar's 400 to an empty post."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class CatchAll(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CatchAll)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with activate("dictmap"):
+            dify.install()
+            instance = _entry({"mode": "forward", "endpoint": f"http://127.0.0.1:{server.server_address[1]}"})
+            with pytest.raises(ValueError, match="answered 200 to an empty post"):
+                instance.api_check()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_apps_endpoint_with_a_password_is_refused_when_saved() -> None:
+    """Dify stores an app's endpoint in plain text and shows it in the console: a user:password@ in it is refused at
+    save (and not quoted); the server's TRACEEXPORT_FORWARD_URL may carry one."""
+    with activate("dictmap"):
+        dify.install()
+        with pytest.raises(ValueError, match="endpoint has a password") as refused:
+            _entry({"mode": "forward", "endpoint": "http://ops:hunter2-pass@127.0.0.1:9"}).api_check()
+        assert "hunter2-pass" not in str(refused.value)
+    env = {"TRACEEXPORT_FORWARD_URL": "http://ops:hunter2-pass@sidecar:4319"}
+    assert resolve_settings({"mode": "forward"}, env).problems() == []
+
+
+def test_a_password_in_the_endpoint_is_shown_nowhere(caplog: pytest.LogCaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """An endpoint written with user:password@ is masked in the console's refusal, the log line and the project URL
+    (they quoted it whole)."""
+    from traceexport.dify.counters import RateLimitedLog
+
+    monkeypatch.setenv("TRACEEXPORT_FORWARD_URL", f"http://ops:hunter2-pass@127.0.0.1:{free_port()}")
+    monkeypatch.setattr(provider, "RATE_LOG", RateLimitedLog())  # an earlier test's line must not hold this one back
+    caplog.set_level(logging.WARNING, logger="traceexport.dify")
+    with activate("dictmap"):
+        dify.install()
+        instance = _entry({"mode": "forward"})  # the server's endpoint (TRACEEXPORT_FORWARD_URL) may carry one
+        with pytest.raises(ValueError, match="unreachable") as refused:
+            instance.api_check()
+        shown = [str(refused.value), instance.get_project_url(),
+                 *(str(r.__dict__) for r in caplog.records)]
+    assert caplog.records and not [text for text in shown if "hunter2-pass" in text], shown
+
+
+@pytest.mark.parametrize("host", ["a..b", "a" * 64 + ".example"], ids=["empty-label", "long-label"])
+def test_saving_an_endpoint_whose_host_name_cannot_be_looked_up_says_so(host: str) -> None:
+    """A host name the name lookup cannot encode is refused with a reason naming the endpoint (Dify's console showed
+    Python's bare "UnicodeError: label empty or too long")."""
+    with activate("dictmap"):
+        dify.install()
+        with pytest.raises(ValueError, match=r"^traceexport: endpoint http://.*host name cannot be looked up"):
+            _entry({"mode": "forward", "endpoint": f"http://{host}:4319"}).api_check()
+
+
 def test_a_sidecar_that_trickles_cannot_hold_the_save(monkeypatch: pytest.MonkeyPatch) -> None:
     """An endpoint answering a byte at a time is given CHECK_SECONDS in all, not a timeout per read."""
     listener = socket.socket()
@@ -374,6 +471,45 @@ def test_down_sidecar_loses_nothing_once_it_is_back() -> None:
     assert {r.type for r in sidecar.records} == SEVEN
 
 
+def test_a_slot_no_process_claims_again_is_delivered_by_a_live_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that ended in slot 1 with records owed (a worker scale-down, a rolling deploy whose new process took
+    slot 0) left them where no restarted process looks; the live exporter of the same configuration delivers them."""
+    monkeypatch.setattr(runtime, "ADOPT_EVERY", 0.2)
+    port = free_port()
+    with activate("dictmap"):
+        dify.install()
+        instance = _entry({"mode": "forward", "endpoint": f"http://127.0.0.1:{port}"})
+        first, *others = trace_info_objects()
+        instance.trace(first)  # this process's exporter holds slot 0
+        gone = runtime.Exporter(instance.settings, dict(os.environ))  # another process's, in slot 1
+        for trace_info in others:
+            gone.submit(runtime.Item(type(trace_info).__name__, trace_info.model_dump(), APP), wait=5.0)
+        assert gone.slot is not None and gone.slot.name == "slot-1"
+        gone.stop()  # that process ends with its records in slot 1
+        with Sidecar(port=port) as sidecar:
+            assert wait_for(lambda: len(sidecar.records) >= 7, timeout=30.0), len(sidecar.records)
+    assert {r.type for r in sidecar.records} == SEVEN
+
+
+def test_check_shows_what_the_hooks_spools_still_owe(tmp_path: Path) -> None:
+    """`python -m traceexport.dify check` notes the records the hook's spools still owe a sink, its dead letters and
+    what was dropped (it said nothing about them: only a /metrics nobody scraped could show them)."""
+    from traceexport.dify.check import _spools
+
+    root = tmp_path / "spool"
+    assert _spools(env={"TRACEEXPORT_SPOOL": str(root)}).detail == ""  # no spool yet: nothing to say
+    with activate("dictmap"):
+        dify.install()
+        instance = _entry({"mode": "forward", "endpoint": f"http://127.0.0.1:{free_port()}"})
+        for trace_info in trace_info_objects():
+            instance.trace(trace_info)
+        STATS.incr("dropped_queue_full", 2)
+    runtime.shutdown_all(5.0)  # the counters are saved into the slot as the exporter stops
+    outcome = _spools(env={"TRACEEXPORT_SPOOL": str(root)})
+    assert outcome.ok and f"{root}: 1 read" in outcome.detail, outcome.detail
+    assert "forward: 0 delivered, 7 pending (oldest" in outcome.detail and "dropped_queue_full 2" in outcome.detail
+
+
 # -- never raising --------------------------------------------------------------------------------
 
 class _Exploding:
@@ -408,6 +544,17 @@ def _stall_exporter_start() -> threading.Event:
 
     wiring.ROUTE_FACTORY = stalled_factory
     return release
+
+
+def test_a_record_the_hook_could_not_store_is_counted_in_its_spool_before_trace_returns(
+        recording: RecordingSink) -> None:
+    """A Celery child may end (os._exit) the moment trace() returns: a record the hook could not store (invalid here)
+    is counted in the slot's spool by then, where the sidecar's /metrics and check read it (it waited up to 10 s
+    for the next save, and a child's last tasks went uncounted)."""
+    instance = provider.TraceExportTrace(TraceExportConfig(sinks="recording"))
+    instance.trace({"trace_info_type": "NoSuchTraceInfo", "x": 1})
+    totals = hook_metrics.read(Path(os.environ["TRACEEXPORT_SPOOL"]))
+    assert totals.spools == 1 and totals.events.get("invalid_records") == 1, totals.events
 
 
 def test_full_hand_off_queue_drops_and_counts(monkeypatch: pytest.MonkeyPatch, recording: RecordingSink) -> None:
@@ -454,9 +601,9 @@ def test_a_stalled_spool_holds_trace_no_longer_than_the_wait(monkeypatch: pytest
 
 def test_trace_does_not_wait_for_an_exporter_that_cannot_start(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """A spool root that cannot be created fails the exporter's start: the records are counted as dropped, and
-    trace() does not wait out TRACEEXPORT_HOOK_WAIT for each of them; once the start has failed, a record is
-    counted as it is traced (it waited unseen in memory for the next start attempt)."""
+    """A spool root that cannot be created fails the exporter's start: the records are counted as dropped as trace()
+    returns (not 30 s later, when a Celery child may have ended uncounted), and trace() does not wait out
+    TRACEEXPORT_HOOK_WAIT for each of them."""
     (tmp_path / "not-a-directory").write_text("")
     monkeypatch.setenv("TRACEEXPORT_SPOOL", str(tmp_path / "not-a-directory"))
     monkeypatch.setenv("TRACEEXPORT_HOOK_WAIT", "30")
@@ -464,11 +611,9 @@ def test_trace_does_not_wait_for_an_exporter_that_cannot_start(tmp_path: Path,
     with activate("dictmap"):
         for trace_info in trace_info_objects():
             instance.trace(trace_info)
-        counts = STATS.snapshot()
-        assert counts["store_wait_timeouts"] == 0 and counts["accepted"] == 0
-        assert counts["dropped_unconfigured"] >= 1 and counts["errors"] == 1
-        instance.trace(trace_info_objects()[0])  # the start has failed by now: counted at once, not held unseen
-        assert STATS.snapshot()["dropped_unconfigured"] == counts["dropped_unconfigured"] + 1
+    counts = STATS.snapshot()
+    assert counts["store_wait_timeouts"] == 0 and counts["accepted"] == 0
+    assert counts["dropped_unconfigured"] == 7 and counts["errors"] == 1
 
 
 def test_unusable_hook_numbers_are_reported_and_their_defaults_used() -> None:
@@ -563,24 +708,52 @@ def test_forward_sink_posts_a_json_array_with_the_bearer_token() -> None:
 
 
 def test_forward_sink_classifies_rejections_throttling_and_auth() -> None:
-    """400 rejects only the listed envelopes; 503 is retryable with Retry-After; 401 is permanent."""
+    """400 rejects only the listed envelopes; 503 is retryable with Retry-After; a refused token is retried too (the
+    records wait in Dify's spool for the fix: dead letters there could never be replayed)."""
     rejected = _sink(lambda r: httpx.Response(400, json={"accepted": 2, "rejected": [{"index": 1, "reason": "bad"}]}))
     result = rejected.export(_payloads(3))
     assert list(result.failures) == [1] and result.failures[1].permanent and "bad" in result.failures[1].reason
     busy = _sink(lambda r: httpx.Response(503, headers={"Retry-After": "7"}, json={"error": "full"}))
     failure = busy.export(_payloads(2)).failures[0]
     assert not failure.permanent and failure.retry_after == 7.0
-    denied = _sink(lambda r: httpx.Response(401, json={"error": "missing or wrong bearer token"}))
-    failures = denied.export(_payloads(2)).failures
-    assert all(f.permanent for f in failures.values()) and "tok-123456" not in failures[0].reason
+    for status in (401, 403, 404, 405):
+        denied = _sink(lambda r, s=status: httpx.Response(s, json={"error": "missing or wrong bearer token"}))
+        failures = denied.export(_payloads(2)).failures
+        assert len(failures) == 2 and not any(f.permanent for f in failures.values()), status
+        assert "tok-123456" not in failures[0].reason and "wait in the spool" in failures[0].reason
+
+
+@pytest.mark.parametrize("answer", [httpx.Response(200, text="<html>welcome</html>"), httpx.Response(204),
+                                    httpx.Response(202, text="queued"), httpx.Response(200, json={"accepted": 2})],
+                         ids=["200-html", "204", "202-text", "200-json"])
+def test_forward_sink_never_counts_an_answer_that_is_not_the_sidecars_as_delivered(answer: httpx.Response) -> None:
+    """A catch-all web server, a proxy's page or the sidecar's console answering 2xx without the sidecar's 202
+    {"accepted": n} leaves every record to be sent again (it used to count them delivered: lost without a word)."""
+    failures = _sink(lambda r: answer).export(_payloads(2)).failures
+    assert len(failures) == 2 and not failures[0].permanent
+    assert "is it the sidecar's ingest address" in failures[0].reason and "tok-123456" not in failures[0].reason
+
+
+def test_forward_sink_sends_again_what_the_sidecar_rejected_without_listing_it() -> None:
+    """The sidecar lists only its first 100 rejections: the records past the last one listed are sent again, never
+    counted as delivered, until each refused one is named."""
+    listed = [{"index": i, "reason": "bad"} for i in range(100)]
+    answer = {"accepted": 0, "rejected": listed, "rejected_total": 150}
+    result = _sink(lambda r: httpx.Response(400, json=answer)).export(_payloads(150))
+    assert len(result.failures) == 150
+    assert all(result.failures[i].permanent for i in range(100))
+    assert not any(result.failures[i].permanent for i in range(100, 150))
 
 
 def test_forward_sink_splits_a_batch_the_sidecar_finds_too_large() -> None:
     """413 halves the batch within the call until each part fits."""
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(413 if len(json.loads(request.content)) > 1 else 202)
+        count = len(json.loads(request.content))
+        return httpx.Response(413) if count > 1 else httpx.Response(202, json={"accepted": count})
 
     assert _sink(handler).export(_payloads(4)).ok
+    single = _sink(lambda r: httpx.Response(413, json={"error": "too large"})).export(_payloads(1)).failures[0]
+    assert single.permanent  # a record larger than the sidecar ever takes: the dead letter, with the reason
 
 
 def test_in_process_mode_with_a_real_config_file_writes_mapped_spans(tmp_path: Path,
@@ -613,3 +786,19 @@ def test_forward_mode_keeps_no_delivery_ledger_in_difys_process() -> None:
     assert settings.ledger_retention == 0
     for route in routes:
         route.sink.shutdown(1.0)
+
+
+def test_forward_mode_records_wait_for_the_sidecar_however_long_it_is_down() -> None:
+    """The README's promise, "while the sidecar is down they wait in a local spool and are delivered once it is
+    back": no attempt count or age sends them to a dead letter (20 tries, about half an hour, used to), and a
+    sidecar back up is tried again within a minute."""
+    from traceexport.dify.config import HookSettings
+    from traceexport.dify.wiring import build_plan
+    from traceexport.pipeline.retry import backoff, gives_up
+
+    routes, settings = build_plan(HookSettings(mode="forward", endpoint="http://127.0.0.1:9"), env={})
+    for route in routes:
+        route.sink.shutdown(1.0)
+    a_week = 7 * 86400.0
+    assert not gives_up(settings.retry, attempts=10_000, first_attempt=0.0, now=a_week)
+    assert backoff(settings.retry, 10_000, 0.999999) <= 60.0

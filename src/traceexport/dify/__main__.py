@@ -5,7 +5,8 @@
 * ``check`` runs where Dify runs (``cd /app/api``, with Dify's environment) and says, one line per check,
   whether the hook would work: start-up file and ``TRACEEXPORT_DIFY_HOOK``, Dify's registry patched, the
   provider resolvable, stored configs readable, a config round-tripped through Dify's own
-  encrypt/decrypt. Exit 0 when it would work, 1 with the reason when it would not.
+  encrypt/decrypt; and notes what the hook's spools still owe, dead-lettered or dropped. Exit 0 when it would
+  work, 1 with the reason when it would not.
 """
 
 from __future__ import annotations

@@ -9,7 +9,10 @@ Run it where Dify runs (``cd /app/api`` in Dify's image, with the api and worker
 5. configs round-trip through Dify's own ``encrypt_tracing_config`` / ``decrypt_tracing_config`` — with
    none of the optional keys, with a token — the RSA step replaced by a reversible stand-in, since this
    check has no tenant key to use; Dify's own key selection and storage shape are what is checked;
-6. the provider's settings from this environment are usable (sinks, or a sidecar URL).
+6. the provider's settings from this environment are usable (sinks, or a sidecar URL);
+7. what the hook's spools under ``TRACEEXPORT_SPOOL`` hold (a note, never a failure): records still owed to
+   each sink and since when, dead letters, and what was dropped, so nothing the hook could not deliver is
+   seen only by a ``/metrics`` nobody scrapes.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import contextlib
 import os
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +62,7 @@ def run_checks(pth_file: Path) -> list[Outcome]:
     outcomes.append(Outcome("Dify's tracing registry imports", module is not None, problem))
     if module is None:
         return outcomes
-    for check in (_patched, _resolves, _guarded, _round_trips, _settings):
+    for check in (_patched, _resolves, _guarded, _round_trips, _settings, _spools):
         outcome = check(module)
         outcomes.append(outcome)
         if not outcome.ok:
@@ -164,6 +167,38 @@ def _settings(module: Any) -> Outcome:
     # Not a failure: each app's tracing_config may supply what the environment leaves out.
     return Outcome("provider settings from the environment", True,
                    "; ".join(problems) + " (each app's tracing_config must then supply it)" if problems else "")
+
+
+LOSS_EVENTS = ("dropped_queue_full", "dropped_unconfigured", "dropped_shutdown", "dropped_too_large",
+               "invalid_records", "store_wait_timeouts", "errors")
+
+
+def _spools(module: Any = None, env: Mapping[str, str] | None = None, now: float | None = None) -> Outcome:
+    """What the slot spools under the hook's spool root hold, summed as the sidecar's /metrics sums them."""
+    import time
+
+    from traceexport.dify import hook_metrics
+    from traceexport.dify.config import resolve_settings
+
+    root = resolve_settings({}, env).spool_dir
+    try:
+        totals = hook_metrics.read(root)
+    except OSError as exc:
+        return Outcome("hook spools", True, f"{root}: cannot be read ({exc.strerror})")
+    lost = [f"{name} {totals.events[name]}" for name in LOSS_EVENTS if totals.events.get(name)]
+    owed = any(totals.pending.values()) or any(r["dead_lettered"] for r in totals.records.values())
+    if not (owed or lost or totals.unreadable):
+        return Outcome("hook spools", True)  # none yet, or every record delivered
+    now = time.time() if now is None else now
+    parts = [f"{root}: {totals.spools} read" + (f", {totals.unreadable} unreadable" if totals.unreadable else "")]
+    for sink in sorted(totals.records):
+        pending, dead = totals.pending.get(sink, 0), totals.records[sink]["dead_lettered"]
+        since = f" (oldest {now - totals.oldest[sink]:.0f}s)" if pending and sink in totals.oldest else ""
+        parts.append(f"{sink}: {totals.records[sink]['exported']} delivered, {pending} pending{since}, "
+                     f"{dead} dead-lettered" + (" (traceexport dlq list --spool <slot>)" if dead else ""))
+    if lost:
+        parts.append("counted: " + ", ".join(lost))
+    return Outcome("hook spools", True, "; ".join(parts))
 
 
 def render(outcomes: list[Outcome]) -> tuple[str, int]:

@@ -25,13 +25,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, field_validator, model_serializer
 
 from traceexport.dify.names import OTHER_KEYS, PROVIDER_NAME, SECRET_KEYS
-from traceexport.sinks.headers import value_problem
+from traceexport.sinks.headers import url_secrets, value_problem
 
 MODES = ("in_process", "forward")
 DEFAULT_SPOOL = "/app/api/storage/traceexport-spool"
 DEFAULT_QUEUE_SIZE = 10_000
 DEFAULT_STORE_WAIT = 2.0  # seconds trace() waits for its record to be in the spool (Dify deletes its file then)
 MAX_STORE_WAIT = 60.0
+INGEST_PATH = "/v1/dify/traces"  # the sidecar's (sinks.forward.INGEST_PATH; importing it here would load httpx)
 _MODE_ALIASES = {"": "", "in_process": "in_process", "in-process": "in_process", "inprocess": "in_process",
                  "local": "in_process", "forward": "forward", "sidecar": "forward"}
 
@@ -81,6 +82,7 @@ class HookSettings:
     config_file: str | None = None
     stored_config_file: str = ""  # what the app's tracing_config named: never used, reported by problems()
     endpoint: str | None = None
+    endpoint_stored: bool = False  # the endpoint is the app's (Dify stores and shows it in plain text)
     token: str | None = None
     tee: str | None = None
     spool_dir: Path = Path(DEFAULT_SPOOL)
@@ -111,6 +113,9 @@ class HookSettings:
                 found.append("forward mode needs an endpoint (tracing_config.endpoint or TRACEEXPORT_FORWARD_URL)")
             elif not self.endpoint.startswith(("http://", "https://")):
                 found.append(f"endpoint must start with http:// or https:// (got {self.endpoint!r})")
+            if self.endpoint_stored and url_secrets(self.endpoint or ""):
+                found.append("endpoint has a password (user:password@), which Dify stores and shows in plain text: "
+                             "give the sidecar's token as token instead (Dify encrypts it)")
         elif not self.sinks and not self.config_file:
             found.append("in-process mode needs sinks (tracing_config.sinks or TRACEEXPORT_TO) "
                          "or a config file (tracing_config.config_file or TRACEEXPORT_CONFIG)")
@@ -142,8 +147,8 @@ def resolve_settings(config: Any, env: Mapping[str, str] | None = None) -> HookS
     else:
         stored = TraceExportConfig.model_validate(dict(config or {}))
     given = stored.mode or env.get("TRACEEXPORT_MODE", "").strip()
-    env_endpoint = (env.get("TRACEEXPORT_FORWARD_URL") or "").strip().rstrip("/")
-    endpoint = stored.endpoint.rstrip("/") or env_endpoint
+    env_endpoint = _base_url(env.get("TRACEEXPORT_FORWARD_URL") or "")
+    endpoint = _base_url(stored.endpoint) or env_endpoint
     mode = _MODE_ALIASES.get(given.lower())
     env_problems: list[str] = []
     queue_size = int(_env_number(env, "TRACEEXPORT_HOOK_QUEUE_SIZE", DEFAULT_QUEUE_SIZE, 1, None, env_problems,
@@ -156,6 +161,7 @@ def resolve_settings(config: Any, env: Mapping[str, str] | None = None) -> HookS
         config_file=env.get("TRACEEXPORT_CONFIG") or None,
         stored_config_file=stored.config_file,
         endpoint=endpoint or None,
+        endpoint_stored=bool(stored.endpoint),
         # The server's token goes only to the server's sidecar: never to an endpoint a console user typed.
         token=stored.token or (env.get("TRACEEXPORT_FORWARD_TOKEN") if endpoint == env_endpoint else None) or None,
         tee=(stored.tee or env.get("TRACEEXPORT_TEE", "")).strip().lower() or None,
@@ -164,6 +170,12 @@ def resolve_settings(config: Any, env: Mapping[str, str] | None = None) -> HookS
         store_wait=store_wait,
         env_problems=tuple(env_problems),
     )
+
+
+def _base_url(url: str) -> str:
+    """The sidecar's base URL, also when given as its ingest URL (``.../v1/dify/traces``, what the sidecar prints)."""
+    base = url.strip().rstrip("/")
+    return base.removesuffix(INGEST_PATH).rstrip("/") if base.endswith(INGEST_PATH) else base
 
 
 def _env_number(env: Mapping[str, str], name: str, default: float, low: float, high: float | None,

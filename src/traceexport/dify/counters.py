@@ -50,6 +50,11 @@ class Stats:
         with self._lock:
             return dict(self._counts)
 
+    def grew(self, names: tuple[str, ...]) -> bool:
+        """Whether any of the counters ``names`` grew since the last :meth:`take_unsaved`."""
+        with self._lock:
+            return any(self._counts.get(name, 0) > self._saved.get(name, 0) for name in names)
+
     def take_unsaved(self) -> dict[str, int]:
         """What the counters grew by since the last call (the caller saves it, or gives it back)."""
         with self._lock:

@@ -16,6 +16,8 @@ from traceexport.dify.counters import RATE_LOG, STATS
 from traceexport.dify.origin import app_id_of
 from traceexport.dify.runtime import Item, exporter_for
 from traceexport.dify.tee import call_tee
+from traceexport.redaction import redact
+from traceexport.sinks.headers import url_secrets
 
 HOMEPAGE = "https://github.com/traceexport/traceexport"
 _URL_VARIABLES = ("LANGFUSE_HOST", "LANGFUSE_BASE_URL", "OPIK_URL_OVERRIDE", "OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -68,9 +70,17 @@ class TraceExportTrace:
         """
         problem = self._check()
         if problem:
+            problem = redact(problem, self._secrets())
             RATE_LOG("dify.hook.api_check_failed", logging.WARNING, reason=problem)
             raise ValueError(f"traceexport: {problem}")
         return True
+
+    def _secrets(self) -> tuple[str, ...]:
+        """What this config sends that must never be shown: the token, an endpoint's ``user:password@``."""
+        if self.settings is None:
+            return ()
+        token = (self.settings.token,) if self.settings.token else ()
+        return token + url_secrets(self.settings.endpoint or "")
 
     def _check(self) -> str | None:
         if self.settings is None:
@@ -116,16 +126,21 @@ class TraceExportTrace:
                     ingest = response.status_code
         except httpx.HTTPError as exc:
             return f"sidecar {endpoint} unreachable ({type(exc).__name__})"
-        if ingest == 401:
-            return (f"sidecar {endpoint} refused the token (401): check tracing_config.token or "
+        except UnicodeError:  # raised by the name lookup, past httpx's checks: "a..b", a label over 63 characters
+            return f"endpoint {endpoint}: its host name cannot be looked up (an empty label, or one over 63 characters)"
+        if ingest in (401, 403):
+            return (f"sidecar {endpoint} refused the token ({ingest}): check tracing_config.token or "
                     "TRACEEXPORT_FORWARD_TOKEN")
+        if ingest != 400 and ingest < 500 and ingest != 429:  # a sidecar answers an empty post 400 "no records"
+            return (f"{endpoint}{INGEST_PATH} answered {ingest} to an empty post, where a traceexport sidecar answers "
+                    "400: is the endpoint the sidecar's ingest address (not its console or another service)?")
         return None
 
     def get_project_url(self) -> str:
         """Where the traces can be looked at: the sidecar, a configured backend URL, or the project page."""
         settings = self.settings
         if settings is not None and settings.mode == "forward" and settings.endpoint:
-            return settings.endpoint
+            return redact(settings.endpoint, self._secrets())
         for name in _URL_VARIABLES:
             if os.environ.get(name):
                 return os.environ[name]

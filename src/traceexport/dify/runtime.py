@@ -7,15 +7,15 @@ returns, and a Celery prefork child ends with ``os._exit`` after its last task, 
 would be lost without a trace. The pipeline's sink workers deliver. One
 exporter exists per distinct configuration and process. Each claims a *slot* directory under the spool
 root with an exclusive ``flock``, so processes never share a spool and a restarted process adopts (and
-delivers) what a dead one left behind. After ``fork`` the child starts with fresh state and a slot of its
-own; the parent's pipeline and SQLite connection are left untouched in the child.
+delivers) what a dead one left behind; slots that no process claims again are adopted by a live exporter
+of the same configuration (:mod:`traceexport.dify.adoption`). After ``fork`` the child starts with fresh
+state and a slot of its own; the parent's pipelines and SQLite connections are left untouched in the child.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import os
 import queue
 import threading
@@ -25,6 +25,7 @@ from time import monotonic
 from typing import Any
 
 from traceexport.dify import tee
+from traceexport.dify.adoption import ADOPT_EVERY, Adopter, lock_slot
 from traceexport.dify.config import HookSettings
 from traceexport.dify.counters import RATE_LOG, STATS
 from traceexport.dify.serialize import json_safe
@@ -34,6 +35,8 @@ from traceexport.records import Record, record_from_trace_info
 MAX_SLOTS = 512
 BATCH = 200
 RESTART_AFTER = 30.0  # seconds before an exporter whose pipeline could not start tries again
+# Records of a batch the spool did not store: their counts are saved with the batch, not up to SAVE_EVERY later.
+UNSTORED = ("invalid_records", "dropped_too_large", "dropped_unconfigured", "errors")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,13 +66,9 @@ def claim_slot(root: Path) -> tuple[Path, int]:
     for index in range(MAX_SLOTS):
         slot = root / f"slot-{index}"
         slot.mkdir(exist_ok=True)
-        fd = os.open(slot / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue
-        return slot, fd
+        fd = lock_slot(slot)
+        if fd is not None:
+            return slot, fd
     raise OSError(f"all {MAX_SLOTS} spool slots under {root} are in use")
 
 
@@ -84,6 +83,7 @@ class Exporter:
     def _reset(self) -> None:
         self.queue: queue.Queue[Item] = queue.Queue(maxsize=self.settings.queue_size)
         self.pipeline: Any = None
+        self.adopter: Adopter | None = None  # the slots of dead processes this one delivers too
         self.slot: Path | None = None
         self._slot_fd: int | None = None
         self._lock = threading.Lock()
@@ -100,8 +100,8 @@ class Exporter:
         queue, uncounted, for the next start attempt, which drops it)."""
         if self._thread is None or self._pid != os.getpid():
             self._start()
-        if self._pipeline_failed:  # no spool until the next start attempt: counted at once, not held unseen
-            STATS.incr("dropped_unconfigured")
+        if self._pipeline_failed:  # nothing can store it before the next start attempt: counted now, not once
+            STATS.incr("dropped_unconfigured")  # that comes (a Celery child may have ended by then, uncounted)
             return
         waiting = wait > 0
         if waiting:
@@ -132,6 +132,7 @@ class Exporter:
         from traceexport.dify import hook_metrics  # with the pipeline: only once an exporter runs
 
         saved_at = monotonic()
+        looked_at = -ADOPT_EVERY
         while not self._stopping.is_set():
             if self.pipeline is None and not self._open():
                 self._pipeline_failed = True  # from now on nobody waits for a pipeline that is not there
@@ -142,6 +143,9 @@ class Exporter:
             if monotonic() - saved_at >= hook_metrics.SAVE_EVERY:
                 saved_at = monotonic()
                 self._save_counters()
+            if self.adopter is not None and monotonic() - looked_at >= ADOPT_EVERY:
+                looked_at = monotonic()
+                self.adopter.look()
         self._drain_once(timeout=0.0, until_empty=True)
         self._save_counters()
 
@@ -157,22 +161,28 @@ class Exporter:
             RATE_LOG("dify.hook.counters_not_saved", error=f"{type(exc).__name__}: {exc}", slot=str(self.slot))
 
     def _open(self) -> bool:
-        from traceexport.dify.wiring import build_plan
-        from traceexport.pipeline import Pipeline
-
         try:
             if self.slot is None:
                 self.slot, self._slot_fd = claim_slot(self.settings.spool_dir / self.settings.slug)
-            routes, pipeline_settings = build_plan(self.settings, self.env)
-            pipeline = Pipeline(self.slot, routes, pipeline_settings)
-            pipeline.start()
+            pipeline = self._start_pipeline(self.slot)
         except Exception as exc:
             STATS.incr("errors")
             RATE_LOG("dify.hook.exporter_not_started", error=f"{type(exc).__name__}: {exc}".splitlines()[0],
                      mode=self.settings.mode, retry_in=f"{RESTART_AFTER:.0f}s")
             return False
         self.pipeline = pipeline
+        self.adopter = Adopter(self.slot, self._start_pipeline)
         return True
+
+    def _start_pipeline(self, slot: Path) -> Any:
+        """A started pipeline on ``slot`` with this configuration's routes."""
+        from traceexport.dify.wiring import build_plan
+        from traceexport.pipeline import Pipeline
+
+        routes, pipeline_settings = build_plan(self.settings, self.env)
+        pipeline = Pipeline(slot, routes, pipeline_settings)
+        pipeline.start()
+        return pipeline
 
     def _discard_until_restart(self) -> None:
         """Without a pipeline nothing can be kept: count what is queued and what arrives until the next start
@@ -200,6 +210,8 @@ class Exporter:
                 return
             try:
                 self._accept([r for r in map(self._convert, batch) if r is not None])
+                if STATS.grew(UNSTORED):  # saved before trace() returns: its process may end right after
+                    self._save_counters()
             finally:
                 for item in batch:
                     _settle(item)
@@ -298,6 +310,8 @@ class Exporter:
         self._stopping.set()
         if self._thread is not None and self._pid == os.getpid():
             self._thread.join(timeout)
+        if self.adopter is not None:
+            self.adopter.stop()
         if self.pipeline is not None:
             with contextlib.suppress(Exception):
                 self.pipeline.close()
@@ -306,18 +320,21 @@ class Exporter:
                 os.close(self._slot_fd)
         self._thread = None
         self.pipeline = None
+        self.adopter = None
         self._slot_fd = None
         self.slot = None
 
     def after_fork(self) -> None:
         """In a forked child: keep the parent's objects alive but unused, start over with fresh state."""
-        _FORK_ORPHANS.append((self.pipeline, self._slot_fd, self.queue))
+        _FORK_ORPHANS.append((self.pipeline, self._slot_fd, self.queue, self.adopter))
         self._reset()
 
     def metrics(self) -> dict[str, Any]:
         """Queue depth, slot and (when running) the pipeline's own metrics."""
         out: dict[str, Any] = {"mode": self.settings.mode, "sinks": list(self.settings.sinks),
                                "queued": self.queue.qsize(), "slot": str(self.slot) if self.slot else None}
+        if self.adopter is not None and self.adopter.held:
+            out["adopted_slots"] = [str(adopted.slot) for adopted in self.adopter.held]
         if self.pipeline is not None:
             with contextlib.suppress(Exception):
                 out["pipeline"] = self.pipeline.metrics()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 
@@ -21,6 +22,11 @@ from traceexport.sinks.base import Payload, WrappedSink
 # Tests (and embedders) may replace how routes are built; None means the built-in wiring below.
 RouteFactory = Callable[[HookSettings, Mapping[str, str]], list[Route]]
 ROUTE_FACTORY: RouteFactory | None = None
+
+# Forward mode's one hop, to the deployment's own sidecar: a record waits for it however long it is down (the
+# spool's size bounds the wait) instead of going to a dead letter after 20 tries, about half an hour, inside
+# Dify's container. At most a minute between tries, so a sidecar back up gets the backlog within a minute.
+SIDECAR_RETRY = RetryPolicy(max_attempts=2**62, max_age=math.inf, max_backoff=60.0)
 
 
 class EnvelopeMapping:
@@ -93,7 +99,7 @@ def build_plan(settings: HookSettings, env: Mapping[str, str]) -> tuple[list[Rou
         routes = [Route(create_sink("forward", "forward", options, env), EnvelopeMapping())]
         # The sidecar it forwards to keeps the delivery ledger the audit reads; one here would cost Dify's
         # process a hash per record for hand-overs nobody audits.
-        pipeline_settings = PipelineSettings(ledger_retention=0)
+        pipeline_settings = PipelineSettings(ledger_retention=0, retry=SIDECAR_RETRY)
     else:
         routes, pipeline_settings = _configured_routes(settings, env)
     quiet = [Route(QuietSink(r.sink), r.mapping, r.record_types, r.app_ids, r.sample) for r in routes]
@@ -117,4 +123,4 @@ def _configured_routes(settings: HookSettings, env: Mapping[str, str]) -> tuple[
     return build_routes(config, env), pipeline_settings
 
 
-__all__ = ["ROUTE_FACTORY", "EnvelopeMapping", "QuietSink", "build_plan", "suppressed_instrumentation"]
+__all__ = ["ROUTE_FACTORY", "SIDECAR_RETRY", "EnvelopeMapping", "QuietSink", "build_plan", "suppressed_instrumentation"]

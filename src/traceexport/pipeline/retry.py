@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 from traceexport.pipeline.settings import RetryPolicy
@@ -13,7 +14,11 @@ def backoff(policy: RetryPolicy, attempts: int, jitter: float, retry_after: floa
     ``jitter`` in [0, 1) scales the exponential ceiling ("full jitter"); one draw is shared by a batch
     so its items come back together. ``retry_after`` is a floor: a throttled backend is never retried sooner.
     """
-    ceiling = min(policy.max_backoff, policy.initial_backoff * policy.multiplier ** max(attempts - 1, 0))
+    try:
+        grown = policy.initial_backoff * policy.multiplier ** max(attempts - 1, 0)
+    except OverflowError:  # 2.0 ** 1024 and beyond: a record retried that often waits the longest backoff
+        grown = math.inf
+    ceiling = min(policy.max_backoff, grown)
     delay = jitter * ceiling
     if retry_after is not None:
         delay = max(delay, retry_after)

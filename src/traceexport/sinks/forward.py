@@ -8,11 +8,17 @@ sidecar's contract (``traceexport.sources.http``):
 * 400 ``{"accepted": n, "rejected": [{"index": i, "reason": ...}]}``: the listed envelopes fail
   permanently with the sidecar's reason, the others were accepted. A 400 without such a list fails all.
 * 413: the batch is split in halves and re-sent within the call; a single envelope too large fails.
-* 401/403 permanent (check the token); 408/429/5xx and transport errors retryable (``Retry-After`` honoured).
+* Everything else is retryable (``Retry-After`` honoured): transport errors, 408/429/5xx, and also a refused
+  token (401/403), a wrong address (404, 405, a 400 without a ``rejected`` list) and any 2xx other than a 202
+  with ``{"accepted": n}`` (a catch-all web server, a proxy's page, the sidecar's console port), never counted
+  as delivered. The sidecar is the deployment's own: what it refuses as a whole is fixed there or in the
+  hook's settings, and the records wait in the hook's spool meanwhile. Only a record the sidecar refuses
+  itself goes to the dead letter: its dead letters live in Dify's spool, where nothing could replay them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Mapping, Sequence
@@ -100,8 +106,17 @@ class ForwardSink:
         failure = classify_response(response, backend="traceexport sidecar", secrets=self.secrets,
                                     auth_hint="the token (tracing_config.token / TRACEEXPORT_FORWARD_TOKEN)")
         if failure is not None:
-            return ExportResult.all_failed(len(payloads), failure)
-        return self._rejections(response, len(payloads)) if response.status_code != 202 else ExportResult()
+            one_too_large = response.status_code == 413  # a single envelope: larger than the sidecar ever takes
+            return ExportResult.all_failed(len(payloads), failure if one_too_large else _waiting(failure))
+        if response.status_code != 202 or not _acknowledges(response):
+            return ExportResult.all_failed(len(payloads), ItemFailure(
+                reason=f"{self._shown_url()} answered {response.status_code} without a traceexport sidecar's "
+                       '{"accepted": n}: is it the sidecar\'s ingest address (not its console or another service)?',
+                permanent=False, status_code=response.status_code))
+        return ExportResult()
+
+    def _shown_url(self) -> str:
+        return redact(self.settings.url + INGEST_PATH, self.secrets)
 
     def _encode(self, payloads: Sequence[Payload]) -> tuple[bytes, str]:
         bodies = [p.body for p in payloads]
@@ -118,7 +133,8 @@ class ForwardSink:
 
     def _rejections(self, response: httpx.Response, count: int) -> ExportResult:
         """Per-envelope failures from a ``rejected`` list; a 400 without one fails every envelope."""
-        rejected = answer_object(response).get("rejected")
+        answer = answer_object(response)
+        rejected = answer.get("rejected")
         result = ExportResult()
         for item in rejected if isinstance(rejected, list) else []:
             if not isinstance(item, dict):
@@ -127,9 +143,17 @@ class ForwardSink:
             if isinstance(index, int) and 0 <= index < count:
                 reason = redact(f"sidecar rejected the record: {item.get('reason', 'no reason given')}", self.secrets)
                 result.failures[index] = ItemFailure(reason=reason, permanent=True, status_code=response.status_code)
-        if not result.failures and response.status_code == 400:
+        total = answer.get("rejected_total")
+        if result.failures and isinstance(total, int) and total > len(result.failures):
+            # The sidecar lists the first 100 rejections only: those past the last one listed are sent again
+            # (the accepted among them harmlessly twice) until each refused record is named with its reason.
+            unlisted = ItemFailure("the sidecar rejected more records than it listed; sent again to learn which",
+                                   permanent=False, status_code=response.status_code)
+            for index in range(max(result.failures) + 1, count):
+                result.failures[index] = unlisted
+        if not result.failures:  # no record named: the request as a whole was refused
             failure = classify_response(response, backend="traceexport sidecar", secrets=self.secrets)
-            return ExportResult.all_failed(count, failure or ItemFailure("sidecar answered 400", permanent=True))
+            return ExportResult.all_failed(count, _waiting(failure or ItemFailure("sidecar answered 400", True)))
         return result
 
     def shutdown(self, timeout: float = 30.0) -> None:
@@ -139,6 +163,23 @@ class ForwardSink:
                 return
             self._closed = True
         self._client.close()
+
+
+def _waiting(failure: ItemFailure) -> ItemFailure:
+    """A refusal of the whole request, retried: nothing in it is about one record."""
+    if not failure.permanent:
+        return failure
+    return dataclasses.replace(failure, permanent=False,
+                               reason=f"{failure.reason}; the records wait in the spool until that is fixed")
+
+
+def _acknowledges(response: httpx.Response) -> bool:
+    """Whether a 202 carries the sidecar's ``{"accepted": n}``."""
+    try:
+        answer = response.json()
+    except ValueError:
+        return False
+    return isinstance(answer, dict) and type(answer.get("accepted")) is int
 
 
 def from_config(name: str, options: Mapping[str, Any], env: Mapping[str, str], *,

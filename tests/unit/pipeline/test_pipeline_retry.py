@@ -31,3 +31,12 @@ def test_gives_up_on_attempts_or_age() -> None:
     assert not gives_up(POLICY, 4, first_attempt=100.0, now=110.0)
     assert gives_up(POLICY, 5, first_attempt=100.0, now=110.0)
     assert gives_up(POLICY, 1, first_attempt=100.0, now=160.0)
+
+
+def test_a_record_retried_a_thousand_times_and_more_waits_the_longest_backoff() -> None:
+    """Past 1,024 attempts (a config's large max_attempts, the hook's endless retries to its sidecar) the doubling
+    overflows a float: the wait is max_backoff, it used to raise OverflowError in the sink's worker."""
+    many = RetryPolicy(max_attempts=10**9, max_age=float("inf"), initial_backoff=1.0, max_backoff=60.0)
+    assert backoff(many, 1100, 0.5) == 30.0
+    assert backoff(many, 10**8, 0.999999) > 59.9
+    assert not gives_up(many, 10**8, first_attempt=0.0, now=10**9)
