@@ -271,19 +271,31 @@ def test_one_daemon_per_spool_and_dlq_replay_leaves_records_to_it(tmp_path: Path
     assert status.returncode == 0 and "out" in status.stdout
 
 
-def test_sigterm_to_the_whole_process_group_stops_cleanly(tmp_path: Path) -> None:
-    """SIGTERM sent to the process and then its group (GNU timeout, systemd) stops the daemon and its delivery
-    process cleanly within the grace period, not with a forced exit or a hang."""
+def _serve_in_its_own_group(tmp_path: Path, *, console: str,
+                            prefix: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], Path]:
+    """``serve`` as the leader of a new process group (as a terminal or systemd starts it), file sink, its log
+    in ``serve.log``; returned once its start-up line is there."""
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "traceexport", "serve", "--listen", "127.0.0.1:0",
-                                 "--console", "127.0.0.1:0", "--spool", str(tmp_path / "spool")],
-                                cwd=tmp_path, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen([*prefix, sys.executable, "-m", "traceexport", "serve", "--listen", "127.0.0.1:0",
+                                 "--console", console, "--spool", str(tmp_path / "spool")],
+                                cwd=tmp_path, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                                 stderr=log_file, env=python_env({"TRACEEXPORT_FILE_SINK_DIR": str(tmp_path / "out")}),
                                 start_new_session=True)
     try:
         wait_until(lambda: BANNER.search(log_path.read_text(errors="replace")) is not None, timeout=60,
                    what="the daemon's start-up line")
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc, log_path
+
+
+def test_sigterm_to_the_whole_process_group_stops_cleanly(tmp_path: Path) -> None:
+    """SIGTERM sent to the process and then its group (GNU timeout, systemd) stops the daemon and its delivery
+    process cleanly within the grace period, not with a forced exit or a hang."""
+    proc, log_path = _serve_in_its_own_group(tmp_path, console="127.0.0.1:0")
+    try:
         os.kill(proc.pid, signal.SIGTERM)
         time.sleep(0.2)  # the stimulus, not a wait: the group's copy arrives as a separate signal
         os.killpg(proc.pid, signal.SIGTERM)
@@ -299,16 +311,8 @@ def test_sighup_stops_cleanly_and_says_the_config_is_read_at_start(tmp_path: Pat
     """SIGHUP to the process group (a closed terminal, or `kill -HUP` meant as a reload) stops the daemon and
     its delivery process as SIGTERM does (it killed the daemon outright, with no line), saying that the
     config is read only at start."""
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "traceexport", "serve", "--listen", "127.0.0.1:0",
-                                 "--console", "off", "--spool", str(tmp_path / "spool")],
-                                cwd=tmp_path, stdout=subprocess.DEVNULL,
-                                stderr=log_file, env=python_env({"TRACEEXPORT_FILE_SINK_DIR": str(tmp_path / "out")}),
-                                start_new_session=True)
+    proc, log_path = _serve_in_its_own_group(tmp_path, console="off")
     try:
-        wait_until(lambda: BANNER.search(log_path.read_text(errors="replace")) is not None, timeout=60,
-                   what="the daemon's start-up line")
         os.killpg(proc.pid, signal.SIGHUP)
         assert proc.wait(timeout=13) == 0
     finally:
@@ -323,16 +327,8 @@ def test_sighup_stops_cleanly_and_says_the_config_is_read_at_start(tmp_path: Pat
 def test_a_daemon_started_with_sighup_ignored_keeps_running_through_one(tmp_path: Path) -> None:
     """Under nohup (SIGHUP ignored when serve starts) a hang-up leaves the daemon running, as it always did;
     SIGTERM then stops it."""
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(["nohup", sys.executable, "-m", "traceexport", "serve", "--listen", "127.0.0.1:0",
-                                 "--console", "off", "--spool", str(tmp_path / "spool")],
-                                cwd=tmp_path, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                stderr=log_file, env=python_env({"TRACEEXPORT_FILE_SINK_DIR": str(tmp_path / "out")}),
-                                start_new_session=True)
+    proc, log_path = _serve_in_its_own_group(tmp_path, console="off", prefix=("nohup",))
     try:
-        wait_until(lambda: BANNER.search(log_path.read_text(errors="replace")) is not None, timeout=60,
-                   what="the daemon's start-up line")
         match = BANNER.search(log_path.read_text(errors="replace"))
         assert match is not None
         os.killpg(proc.pid, signal.SIGHUP)

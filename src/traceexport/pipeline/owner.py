@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from traceexport.errors import ConfigError, DaemonConflictError, Problem
+from traceexport.pipeline.lock_peek import held_by
 from traceexport.pipeline.spool_dir import LOCK_FILE, check_spool_dir
 
 
@@ -67,20 +68,7 @@ class DaemonLock:
 
 def owner(spool_dir: Path) -> Owner | None:
     """The daemon holding ``spool_dir``'s lock, or None when no daemon delivers from it."""
-    path = Path(spool_dir) / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None  # no lock file (or unreadable): no daemon has ever held it
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _read(fd)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+    return held_by(Path(spool_dir) / LOCK_FILE, _read)
 
 
 def delivering_daemon(spool_dir: Path, sinks: Iterable[str]) -> Owner | None:

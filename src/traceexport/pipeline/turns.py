@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from traceexport.errors import ConfigError, Problem
+from traceexport.pipeline.lock_peek import held_by
 
 
 def turn_file(spool_dir: Path, sink: str) -> Path:
@@ -70,19 +71,7 @@ class DeliveryTurn:
 def turn_holder(spool_dir: Path, sink: str) -> str | None:
     """Who has ``sink``'s turn at delivering from ``spool_dir`` now (``pid N``, or ``another command``), or None;
     looking creates nothing."""
-    try:
-        fd = os.open(turn_file(spool_dir, sink), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None  # no turn file: no one has ever delivered to that sink from here
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _holder(fd)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+    return held_by(turn_file(spool_dir, sink), _holder)
 
 
 def _holder(fd: int) -> str:
