@@ -19,8 +19,9 @@ option                 environment                                              
 ``max_bisect_requests`` (extra requests per batch to isolate refused records)     64
 =====================  =========================================================  ============================
 
-Outcomes: a 400/413/422 (gRPC ``INVALID_ARGUMENT``) refuses the request for its content, so the sink
-bisects it by record until the refused records stand alone. A ``partial_success`` that rejected spans
+Outcomes: a 400/413/422 (gRPC ``INVALID_ARGUMENT``, or ``RESOURCE_EXHAUSTED`` for a message over the
+receiver's size limit) refuses the request for its content, so the sink bisects it by record until the
+refused records stand alone. A ``partial_success`` that rejected spans
 fails every payload of its request permanently, with the counts (see :meth:`OtlpSink.export`).
 """
 

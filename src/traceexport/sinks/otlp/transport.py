@@ -18,18 +18,24 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from traceexport.sinks import ratelimit, request_meter
 from traceexport.sinks.base import ItemFailure
 from traceexport.sinks.headers import merge_headers
-from traceexport.sinks.http import classify_response, classify_transport_error, one_line
+from traceexport.sinks.http import MAX_RETRY_AFTER, classify_response, classify_transport_error, one_line
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.otlp.config import OtlpSettings
 from traceexport.sinks.otlp_encoding import decode_partial_success, serialize
 from traceexport.sinks.ratelimit import ITEMS_EXTENSION
 
 USER_AGENT = "traceexport-otlp"
-# gRPC status codes (names) that may succeed on a later attempt; every other code is permanent.
-RETRYABLE_GRPC = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED"})
+# gRPC status codes (names) that may succeed on a later attempt, those the OTLP specification lists as
+# retryable ("OTLP/gRPC Throttling"/"Failures"); every other code is permanent.
+RETRYABLE_GRPC = frozenset({"CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "OUT_OF_RANGE",
+                            "UNAVAILABLE", "DATA_LOSS"})
 # Refusals of a request's content (nothing of it accepted): halves of the request may pass.
 DIVISIBLE_STATUS = frozenset({400, 413, 422})
 DIVISIBLE_GRPC = frozenset({"INVALID_ARGUMENT"})
+# How gRPC (the C core, on either side) words RESOURCE_EXHAUSTED for a message over the receiver's
+# max_receive_message_length ("Received message larger than max (N vs. M)", "Decompressed message larger
+# than max"): a refusal of the request's size, like HTTP 413, never a throttle that waiting relieves.
+_TOO_LARGE = "larger than max"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,28 +125,30 @@ class GrpcTransport:
             response = self._stub.Export(message, metadata=self._metadata, timeout=self._settings.timeout,
                                          compression=self._compression)
         except self._grpc.RpcError as exc:
-            code = exc.code() if callable(getattr(exc, "code", None)) else None
-            failure = self._classify(exc)
+            failure, divisible = self._classify(exc)
             request_meter.observe(time.monotonic() - started, "permanent" if failure.permanent else "retryable")
-            if limiter is not None and (getattr(code, "name", "") == "RESOURCE_EXHAUSTED"
-                                        or failure.retry_after is not None):
+            if limiter is not None and not failure.permanent and (
+                    _code_name(exc) == "RESOURCE_EXHAUSTED" or failure.retry_after is not None):
                 limiter.throttled()
-            return SendOutcome(failure, divisible=getattr(code, "name", "") in DIVISIBLE_GRPC)
+            return SendOutcome(failure, divisible=divisible)
         request_meter.observe(time.monotonic() - started, "ok")
         partial = response.partial_success
         message = one_line(partial.error_message, self._settings.secrets)
         return SendOutcome(None, int(partial.rejected_spans), message)
 
-    def _classify(self, exc: Any) -> ItemFailure:
-        code = exc.code() if callable(getattr(exc, "code", None)) else None
-        code_name = getattr(code, "name", "UNKNOWN")
-        details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
-        reason = f"{self._backend} answered gRPC {code_name}: {one_line(str(details), self._settings.secrets)}"
+    def _classify(self, exc: Any) -> tuple[ItemFailure, bool]:
+        """The failure an RpcError means, and whether it refused the request's content (halves may pass)."""
+        code_name = _code_name(exc)
+        details = str(exc.details() if callable(getattr(exc, "details", None)) else exc)
+        reason = f"{self._backend} answered gRPC {code_name}: {one_line(details, self._settings.secrets)}"
+        if code_name == "RESOURCE_EXHAUSTED" and _TOO_LARGE in details:
+            reason += "; the request is over the receiver's message size limit (lower the sink's max_bytes)"
+            return ItemFailure(reason=reason, permanent=True), True
         if code_name in RETRYABLE_GRPC:
-            return ItemFailure(reason=reason, permanent=False, retry_after=_grpc_retry_after(exc))
+            return ItemFailure(reason=reason, permanent=False, retry_after=_grpc_retry_after(exc)), False
         if code_name == "UNAUTHENTICATED" and self._settings.auth_hint:
             reason += f"; check {self._settings.auth_hint}"
-        return ItemFailure(reason=reason, permanent=True)
+        return ItemFailure(reason=reason, permanent=True), code_name in DIVISIBLE_GRPC
 
     def close(self) -> None:
         if not self._closed:
@@ -148,8 +156,15 @@ class GrpcTransport:
             self._channel.close()
 
 
+def _code_name(exc: Any) -> str:
+    """The name of an RpcError's status code (``UNKNOWN`` when it has none)."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else None
+    return str(getattr(code, "name", "UNKNOWN"))
+
+
 def _grpc_retry_after(exc: Any) -> float | None:
-    """Seconds from a ``google.rpc.RetryInfo`` in the error's trailing metadata, if present."""
+    """Seconds from a ``google.rpc.RetryInfo`` in the error's trailing metadata, if present, held to
+    ``[0, MAX_RETRY_AFTER]`` as an HTTP ``Retry-After`` is (a delay of years would park the records for good)."""
     try:
         from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
@@ -160,7 +175,8 @@ def _grpc_retry_after(exc: Any) -> float | None:
                     if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
                         info = error_details_pb2.RetryInfo()
                         detail.Unpack(info)
-                        return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
+                        seconds = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+                        return min(max(float(seconds), 0.0), MAX_RETRY_AFTER)
     except Exception:  # best effort: a malformed detail only loses the hint
         return None
     return None

@@ -1,0 +1,66 @@
+"""The ``otlp`` sink against gRPC receivers that answer as the OTLP specification allows but the happy path
+never shows: every retryable status code, a request over the receiver's message size limit, a RetryInfo
+delay, an endpoint written with a path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from tests.contract.test_otlp_sink import span
+from tests.fakes.otlp_server import OtlpGrpcFake
+
+from traceexport.sinks.http import MAX_RETRY_AFTER
+from traceexport.sinks.otlp import from_config
+
+pytest.importorskip("grpc", reason="grpc extra not installed")
+
+
+@pytest.fixture
+def grpc_fake() -> Iterator[OtlpGrpcFake]:
+    with OtlpGrpcFake() as server:
+        yield server
+
+
+def grpc_sink(url: str, **options: Any) -> Any:
+    return from_config("g", {"protocol": "grpc", "endpoint": url, "timeout": 5, **options}, {})
+
+
+@pytest.mark.parametrize("code", ["CANCELLED", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "DATA_LOSS"])
+def test_every_code_the_spec_calls_retryable_is_retried(grpc_fake: OtlpGrpcFake, code: str) -> None:
+    """The OTLP specification's retryable gRPC codes are retried (before: CANCELLED, OUT_OF_RANGE and DATA_LOSS,
+    a receiver going away or a transient read error, sent every record of that request to the dead letter)."""
+    grpc_fake.fail_next(1, code)
+    sink = grpc_sink(grpc_fake.url)
+    failure = sink.export([span(0)]).failures[0]
+    assert not failure.permanent and code in failure.reason
+    assert sink.export([span(0)]).ok
+    sink.shutdown()
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_a_request_over_the_receivers_size_limit_is_split_until_it_fits(compression: str) -> None:
+    """A request over the receiver's max_receive_message_length (gRPC's RESOURCE_EXHAUSTED "larger than max")
+    is halved until it fits, and a record too large alone goes to the dead letter saying so (before: it was a
+    throttle, retried whole until every record of it was dead-lettered, the good ones too)."""
+    with OtlpGrpcFake(max_receive_bytes=100_000) as fake:
+        sink = grpc_sink(fake.url, compression=compression)
+        fitting = [span(i, attributes={"blob": f"{i}" * 30_000}) for i in range(6)]
+        result = sink.export([*fitting, span(6, attributes={"blob": "z" * 200_000})])
+        sink.shutdown()
+    assert list(result.failures) == [6]
+    failure = result.failures[6]
+    assert failure.permanent and "RESOURCE_EXHAUSTED" in failure.reason and "message size limit" in failure.reason
+    assert sorted(s["spanId"] for s in fake.spans) == [f"{i + 1:016x}" for i in range(6)]
+
+
+@pytest.mark.parametrize(("delay", "expected"), [(7, 7.0), (10**9, MAX_RETRY_AFTER)])
+def test_a_retry_info_delay_is_the_wait_up_to_the_cap(grpc_fake: OtlpGrpcFake, delay: int, expected: float) -> None:
+    """RESOURCE_EXHAUSTED with a google.rpc.RetryInfo waits its delay, held to the hour an HTTP Retry-After is
+    held to (before: a delay of years parked the records, neither delivered nor dead-lettered)."""
+    grpc_fake.fail_next(1, "RESOURCE_EXHAUSTED", "slow down", retry_delay=delay)
+    sink = grpc_sink(grpc_fake.url)
+    failure = sink.export([span(0)]).failures[0]
+    sink.shutdown()
+    assert not failure.permanent and failure.retry_after == expected
