@@ -11,6 +11,7 @@ import pytest
 from tests.contract.test_otlp_sink import span
 from tests.fakes.otlp_server import OtlpGrpcFake
 
+from traceexport.errors import ConfigError
 from traceexport.sinks.http import MAX_RETRY_AFTER
 from traceexport.sinks.otlp import from_config
 
@@ -64,3 +65,32 @@ def test_a_retry_info_delay_is_the_wait_up_to_the_cap(grpc_fake: OtlpGrpcFake, d
     failure = sink.export([span(0)]).failures[0]
     sink.shutdown()
     assert not failure.permanent and failure.retry_after == expected
+
+
+@pytest.mark.parametrize("path", ["/", "/v1/traces"])
+def test_a_grpc_endpoint_written_with_a_path_dials_its_host_and_port(grpc_fake: OtlpGrpcFake, path: str) -> None:
+    """OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://collector:4317/v1/traces with protocol grpc delivers to
+    collector:4317, as the OpenTelemetry SDKs do (before: gRPC was asked to resolve "host:port/v1/traces", and
+    every record was retried as UNAVAILABLE until the dead letter)."""
+    env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": grpc_fake.url + path}
+    sink = from_config("g", {}, env)
+    result = sink.export([span(0)])
+    sink.shutdown()
+    assert result.ok and len(grpc_fake.spans) == 1
+
+
+@pytest.mark.parametrize(("endpoint", "says"), [
+    ("grpc://collector:4317", "no other scheme"),
+    ("not a url", "no host"),
+    ("http://collector:99999", "port"),
+    ("http://ingest:hunter2-secret@collector:4317", "user:password@"),
+])
+def test_a_grpc_endpoint_grpc_cannot_dial_is_a_config_error(endpoint: str, says: str) -> None:
+    """A gRPC endpoint with another scheme, no host, a bad port or a user:password@ (which gRPC never sends) is a
+    ConfigError naming the variable, never quoting a password (before: accepted, then retried until the dead
+    letter, or sent without the credentials)."""
+    env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}
+    with pytest.raises(ConfigError) as caught:
+        from_config("g", {}, env)
+    message = str(caught.value)
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in message and says in message and "hunter2" not in message

@@ -20,7 +20,7 @@ from traceexport.sinks.base import ItemFailure
 from traceexport.sinks.headers import merge_headers
 from traceexport.sinks.http import MAX_RETRY_AFTER, classify_response, classify_transport_error, one_line
 from traceexport.sinks.http_client import make_client
-from traceexport.sinks.otlp.config import OtlpSettings
+from traceexport.sinks.otlp.config import OtlpSettings, grpc_target
 from traceexport.sinks.otlp_encoding import decode_partial_success, serialize
 from traceexport.sinks.ratelimit import ITEMS_EXTENSION
 
@@ -101,7 +101,7 @@ class GrpcTransport:
         self._grpc: Any = grpc
         self._settings = settings
         self._backend = backend
-        target = settings.endpoint.split("://", 1)[-1].rstrip("/")
+        target = grpc_target(settings.endpoint).address
         options = [("grpc.primary_user_agent", USER_AGENT)]
         if settings.insecure:
             self._channel = grpc.insecure_channel(target, options=options)
