@@ -175,9 +175,12 @@ class OtlpFake(FakeServer, _Spans):
 
 class OtlpGrpcFake(_Spans):
     """OTLP/gRPC receiver (``TraceService/Export``) on 127.0.0.1, with a fail-next-N status plan; with
-    ``max_receive_bytes`` it refuses larger requests as a real server does (gRPC's own RESOURCE_EXHAUSTED)."""
+    ``max_receive_bytes`` it refuses larger requests as a real server does (gRPC's own RESOURCE_EXHAUSTED);
+    with ``tls`` (PEM key, certificate, and the CA client certificates must chain to, or None) it serves TLS
+    (mutual TLS with a CA) at an ``https://`` url."""
 
-    def __init__(self, max_receive_bytes: int | None = None) -> None:
+    def __init__(self, max_receive_bytes: int | None = None,
+                 tls: tuple[bytes, bytes, bytes | None] | None = None) -> None:
         import grpc
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
@@ -210,8 +213,15 @@ class OtlpGrpcFake(_Spans):
         options = [] if max_receive_bytes is None else [("grpc.max_receive_message_length", max_receive_bytes)]
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=options)
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self._server)
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
-        self.url = f"http://127.0.0.1:{self.port}"
+        if tls is None:
+            self.port = self._server.add_insecure_port("127.0.0.1:0")
+            self.url = f"http://127.0.0.1:{self.port}"
+        else:
+            key, cert, client_ca = tls
+            credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                                      require_client_auth=client_ca is not None)
+            self.port = self._server.add_secure_port("127.0.0.1:0", credentials)
+            self.url = f"https://127.0.0.1:{self.port}"
 
     def fail_next(self, count: int, code_name: str, details: str = "injected", *,
                   retry_delay: float | None = None) -> None:

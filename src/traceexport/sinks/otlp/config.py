@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from traceexport.errors import ConfigError, Problem
 from traceexport.sinks.headers import header_problems, header_secrets, merge_headers, url_secrets
+from traceexport.sinks.otlp.tls import TlsFiles, tls_problems
 
 Protocol = Literal["http/protobuf", "http/json", "grpc"]
 PROTOCOLS: tuple[str, ...] = ("http/protobuf", "http/json", "grpc")
@@ -49,6 +50,9 @@ class OtlpOptions(CommonOptions):
     protocol: Protocol | None = None
     insecure: bool | None = None
     project_name: str | None = Field(None, description="resource attribute openinference.project.name")
+    certificate: str | None = Field(None, description="PEM file of the certificates trusted for the receiver")
+    client_certificate: str | None = Field(None, description="PEM file of the client's certificate (mutual TLS)")
+    client_key: str | None = Field(None, description="PEM file of the client's private key (mutual TLS)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,7 @@ class OtlpSettings:
     max_bisect_requests: int = 64
     auth_hint: str = ""
     secrets: tuple[str, ...] = ()
+    tls: TlsFiles = field(default_factory=TlsFiles)
 
 
 def validate_options(model: type[CommonOptions], name: str,
@@ -271,6 +276,21 @@ def _resolve_insecure(options: OtlpOptions, env: Mapping[str, str], endpoint: st
     return bool(found and found[1].lower() == "true")
 
 
+def _resolve_tls(options: OtlpOptions, env: Mapping[str, str], problems: list[Problem], name: str) -> TlsFiles:
+    """The TLS files, each from its option or else ``OTEL_EXPORTER_OTLP_[TRACES_]<CERTIFICATE|CLIENT_…>``;
+    a file that cannot be read or loaded is a problem at where it was set."""
+    paths: dict[str, str] = {}
+    where: dict[str, str] = {}
+    for option in ("certificate", "client_certificate", "client_key"):
+        configured = getattr(options, option)
+        found = None if configured else otel_env(env, option.upper())
+        paths[option] = configured or (found[1] if found else "")
+        where[option] = found[0] if found else f"sinks.{name}.{option}"
+    files = TlsFiles(**paths)
+    problems += tls_problems(files, where)
+    return files
+
+
 def otlp_settings(name: str, options: Mapping[str, Any], env: Mapping[str, str]) -> OtlpSettings:
     """Validate the ``otlp`` sink's options and environment; raises ConfigError listing every problem."""
     parsed, problems = validate_options(OtlpOptions, name, options)
@@ -301,6 +321,7 @@ def otlp_settings(name: str, options: Mapping[str, Any], env: Mapping[str, str])
         linger_seconds=opts.linger_seconds,
         max_bisect_requests=opts.max_bisect_requests,
         secrets=header_secrets(headers) + url_secrets(endpoint),
+        tls=_resolve_tls(opts, env, problems, name),
     )
     if problems:
         raise ConfigError(problems, title=f"invalid options for sink {name!r}")

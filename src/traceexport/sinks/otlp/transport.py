@@ -21,6 +21,7 @@ from traceexport.sinks.headers import merge_headers
 from traceexport.sinks.http import MAX_RETRY_AFTER, classify_response, classify_transport_error, one_line
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.otlp.config import OtlpSettings, grpc_target
+from traceexport.sinks.otlp.tls import grpc_credentials, ssl_context
 from traceexport.sinks.otlp_encoding import decode_partial_success, serialize
 from traceexport.sinks.ratelimit import ITEMS_EXTENSION
 
@@ -70,7 +71,8 @@ class HttpTransport:
         self._backend = backend
         self._json = settings.protocol == "http/json"
         headers = merge_headers({"User-Agent": USER_AGENT}, settings.headers)
-        self._client = make_client(timeout=settings.timeout, headers=headers, transport=client_transport)
+        self._client = make_client(timeout=settings.timeout, headers=headers, transport=client_transport,
+                                   verify=ssl_context(settings.tls))
 
     def send(self, request: bytes, spans: int = 0, /) -> SendOutcome:
         body, headers = serialize(request, json_body=self._json, compress=self._settings.compression)
@@ -106,7 +108,7 @@ class GrpcTransport:
         if settings.insecure:
             self._channel = grpc.insecure_channel(target, options=options)
         else:
-            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
+            self._channel = grpc.secure_channel(target, grpc_credentials(grpc, settings.tls), options=options)
         self._stub = TraceServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._metadata = tuple((k.lower(), v) for k, v in settings.headers.items())
         self._compression = grpc.Compression.Gzip if settings.compression else grpc.Compression.NoCompression
