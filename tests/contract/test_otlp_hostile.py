@@ -102,3 +102,12 @@ def test_the_sink_s_repr_hides_an_endpoint_password() -> None:
     sink = from_config("o", {}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://ingest:hunter2-secret@127.0.0.1:9"})
     assert "hunter2" not in repr(sink) and "127.0.0.1:9/v1/traces" in repr(sink)
     sink.shutdown()
+
+
+def test_a_binary_grpc_metadata_key_is_a_config_error() -> None:
+    """A header named ``…-bin`` for gRPC (a binary metadata key, which grpcio wants as bytes) is a ConfigError
+    naming the setting (before: accepted, then every export raised TypeError, retried until the dead letter)."""
+    env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_HEADERS": "x-token-bin=abc"}
+    with pytest.raises(ConfigError) as caught:
+        from_config("g", {}, env)
+    assert "OTEL_EXPORTER_OTLP_HEADERS" in str(caught.value) and "-bin" in str(caught.value)
