@@ -4,6 +4,8 @@ delay, an endpoint written with a path."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -111,3 +113,18 @@ def test_a_binary_grpc_metadata_key_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as caught:
         from_config("g", {}, env)
     assert "OTEL_EXPORTER_OTLP_HEADERS" in str(caught.value) and "-bin" in str(caught.value)
+
+
+def test_a_shutdown_during_a_hung_export_leaves_its_records_retryable(grpc_fake: OtlpGrpcFake) -> None:
+    """Stopping the sink while a gRPC export waits on a receiver that does not answer ends it as CANCELLED, a
+    retryable failure (before: permanent, so a daemon stopped then sent that batch to the dead letter)."""
+    grpc_fake.delay = 5
+    sink = grpc_sink(grpc_fake.url, timeout=10)
+    results: list[Any] = []
+    exporting = threading.Thread(target=lambda: results.append(sink.export([span(0)])))
+    exporting.start()
+    time.sleep(0.5)
+    sink.shutdown()
+    exporting.join(timeout=10)
+    failure = results[0].failures[0]
+    assert not failure.permanent and "CANCELLED" in failure.reason
