@@ -1,6 +1,7 @@
-"""The ``otlp`` sink against gRPC receivers that answer as the OTLP specification allows but the happy path
-never shows: every retryable status code, a request over the receiver's message size limit, a RetryInfo
-delay, an endpoint written with a path."""
+"""The ``otlp`` sink against receivers that answer as the OTLP specification allows but the happy path never
+shows: every retryable gRPC status code, a request over the receiver's message size limit, a RetryInfo delay,
+a hung receiver at shutdown, an OTLP/HTTP failure answered with a protobuf Status; and gRPC settings it
+cannot use (an endpoint with a path or a password, a binary metadata key)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,24 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from google.protobuf import any_pb2
 from tests.contract.test_otlp_sink import span
 from tests.fakes.otlp_server import OtlpGrpcFake
+from tests.fakes.raw_server import RawServer, reply
 
 from traceexport.errors import ConfigError
 from traceexport.sinks.http import MAX_RETRY_AFTER
 from traceexport.sinks.otlp import from_config
 
-pytest.importorskip("grpc", reason="grpc extra not installed")
+
+def require_grpc() -> None:
+    """Skip the calling test when the grpc extra is not installed."""
+    pytest.importorskip("grpc", reason="grpc extra not installed")
 
 
 @pytest.fixture
 def grpc_fake() -> Iterator[OtlpGrpcFake]:
+    require_grpc()
     with OtlpGrpcFake() as server:
         yield server
 
@@ -47,6 +54,7 @@ def test_a_request_over_the_receivers_size_limit_is_split_until_it_fits(compress
     """A request over the receiver's max_receive_message_length (gRPC's RESOURCE_EXHAUSTED "larger than max")
     is halved until it fits, and a record too large alone goes to the dead letter saying so (before: it was a
     throttle, retried whole until every record of it was dead-lettered, the good ones too)."""
+    require_grpc()
     with OtlpGrpcFake(max_receive_bytes=100_000) as fake:
         sink = grpc_sink(fake.url, compression=compression)
         fitting = [span(i, attributes={"blob": f"{i}" * 30_000}) for i in range(6)]
@@ -128,3 +136,20 @@ def test_a_shutdown_during_a_hung_export_leaves_its_records_retryable(grpc_fake:
     exporting.join(timeout=10)
     failure = results[0].failures[0]
     assert not failure.permanent and "CANCELLED" in failure.reason
+
+
+@pytest.mark.parametrize(("status", "permanent"), [(400, True), (503, False)])
+def test_an_otlp_http_protobuf_status_answer_is_quoted_by_its_message(status: int, permanent: bool) -> None:
+    """A failure answered, as OTLP/HTTP specifies, with a protobuf google.rpc.Status quotes its message, the key
+    masked (before: the raw bytes, escaped: ``\\x08\\x03\\x12'span ...``)."""
+    # google.rpc.Status {code = 1; message = 2; details = 3} written by hand: googleapis-common-protos is optional
+    message = b"span 0000000000000001 refused for key sk-hostile-key-123456"
+    detail = any_pb2.Any(type_url="type.googleapis.com/google.rpc.BadRequest", value=b"\x0a\x00").SerializeToString()
+    body = b"\x08\x03\x12" + bytes([len(message)]) + message + b"\x1a" + bytes([len(detail)]) + detail
+    with RawServer() as server:
+        server.answer(reply(status, body, {"Content-Type": "application/x-protobuf"}))
+        sink = from_config("o", {"endpoint": server.url, "headers": {"X-Api-Key": "sk-hostile-key-123456"}}, {})
+        failure = sink.export([span(0)]).failures[0]
+        sink.shutdown()
+    assert failure.permanent is permanent
+    assert failure.reason.endswith(": span 0000000000000001 refused for key ***"), failure.reason

@@ -22,7 +22,7 @@ from traceexport.sinks.http import MAX_RETRY_AFTER, classify_response, classify_
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.otlp.config import OtlpSettings, grpc_target
 from traceexport.sinks.otlp.tls import grpc_credentials, ssl_context
-from traceexport.sinks.otlp_encoding import decode_partial_success, serialize
+from traceexport.sinks.otlp_encoding import decode_partial_success, serialize, status_message
 from traceexport.sinks.ratelimit import ITEMS_EXTENSION
 
 USER_AGENT = "traceexport-otlp"
@@ -83,7 +83,8 @@ class HttpTransport:
             return SendOutcome(classify_transport_error(exc, backend=self._backend,
                                                         secrets=self._settings.secrets))
         failure = classify_response(response, backend=self._backend, secrets=self._settings.secrets,
-                                    auth_hint=self._settings.auth_hint)
+                                    auth_hint=self._settings.auth_hint,
+                                    answer=status_message(response.content, response.headers.get("content-type", "")))
         if failure is not None:
             return SendOutcome(failure, divisible=response.status_code in DIVISIBLE_STATUS)
         rejected, message = decode_partial_success(response.content, response.headers.get("content-type", ""))
