@@ -153,3 +153,18 @@ def test_an_otlp_http_protobuf_status_answer_is_quoted_by_its_message(status: in
         sink.shutdown()
     assert failure.permanent is permanent
     assert failure.reason.endswith(": span 0000000000000001 refused for key ***"), failure.reason
+
+
+def test_a_long_grpc_status_message_keeps_its_code(grpc_fake: OtlpGrpcFake) -> None:
+    """An INVALID_ARGUMENT whose message is 100 KB (a receiver listing every bad span) stays INVALID_ARGUMENT,
+    quoted in one short line, and its request is bisected (before: over gRPC's 16 KiB metadata limit it arrived
+    as RESOURCE_EXHAUSTED, retried whole until every record of it was dead-lettered)."""
+    long_message = "span refused; " * 7000
+    grpc_fake.fail_next(1, "INVALID_ARGUMENT", long_message)
+    sink = grpc_sink(grpc_fake.url)
+    assert sink.export([span(0), span(1)]).ok  # the halves pass: the refusal was read as one
+    grpc_fake.fail_next(1, "INVALID_ARGUMENT", long_message)
+    failure = sink.export([span(2)]).failures[0]
+    sink.shutdown()
+    assert failure.permanent and "INVALID_ARGUMENT" in failure.reason and len(failure.reason) < 400
+    assert len(grpc_fake.spans) == 2

@@ -19,7 +19,7 @@ from traceexport.sinks import ratelimit, request_meter
 from traceexport.sinks.base import ItemFailure
 from traceexport.sinks.headers import merge_headers
 from traceexport.sinks.http import MAX_RETRY_AFTER, classify_response, classify_transport_error, one_line
-from traceexport.sinks.http_client import make_client
+from traceexport.sinks.http_client import MAX_ANSWER_BYTES, make_client
 from traceexport.sinks.otlp.config import OtlpSettings, grpc_target
 from traceexport.sinks.otlp.tls import grpc_credentials, ssl_context
 from traceexport.sinks.otlp_encoding import decode_partial_success, serialize, status_message
@@ -105,7 +105,11 @@ class GrpcTransport:
         self._settings = settings
         self._backend = backend
         target = grpc_target(settings.endpoint).address
-        options = [("grpc.primary_user_agent", USER_AGENT)]
+        # An answer's status and trailers may be as long as an HTTP answer's body is read (gRPC's own limit, 16
+        # KiB, turned a receiver's long INVALID_ARGUMENT message into RESOURCE_EXHAUSTED, retried until the dead
+        # letter instead of bisected).
+        options = [("grpc.primary_user_agent", USER_AGENT), ("grpc.max_metadata_size", MAX_ANSWER_BYTES),
+                   ("grpc.absolute_max_metadata_size", MAX_ANSWER_BYTES)]
         if settings.insecure:
             self._channel = grpc.insecure_channel(target, options=options)
         else:
