@@ -82,12 +82,13 @@ class HttpTransport:
         except httpx.HTTPError as exc:
             return SendOutcome(classify_transport_error(exc, backend=self._backend,
                                                         secrets=self._settings.secrets))
+        content_type = response.headers.get("content-type", "")
+        answer = None if response.is_success else status_message(response.content, content_type)
         failure = classify_response(response, backend=self._backend, secrets=self._settings.secrets,
-                                    auth_hint=self._settings.auth_hint,
-                                    answer=status_message(response.content, response.headers.get("content-type", "")))
+                                    auth_hint=self._settings.auth_hint, answer=answer)
         if failure is not None:
             return SendOutcome(failure, divisible=response.status_code in DIVISIBLE_STATUS)
-        rejected, message = decode_partial_success(response.content, response.headers.get("content-type", ""))
+        rejected, message = decode_partial_success(response.content, content_type)
         return SendOutcome(None, rejected, one_line(message, self._settings.secrets))
 
     def close(self) -> None:
