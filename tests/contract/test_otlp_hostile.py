@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from google.protobuf import any_pb2
 from tests.contract.test_otlp_sink import span
-from tests.fakes.otlp_server import OtlpGrpcFake
+from tests.fakes.otlp_server import OtlpFake, OtlpGrpcFake
 from tests.fakes.raw_server import RawServer, reply
 
 from traceexport.errors import ConfigError
@@ -168,3 +168,15 @@ def test_a_long_grpc_status_message_keeps_its_code(grpc_fake: OtlpGrpcFake) -> N
     sink.shutdown()
     assert failure.permanent and "INVALID_ARGUMENT" in failure.reason and len(failure.reason) < 400
     assert len(grpc_fake.spans) == 2
+
+
+def test_a_404_from_a_doubled_signal_path_says_how_to_write_the_endpoint() -> None:
+    """OTEL_EXPORTER_OTLP_ENDPOINT given with /v1/traces gets /v1/traces appended again, as the specification
+    says; the receiver's 404 then says so and how to write it, in the dead letter's one line (before: only
+    "rejected the request (404)")."""
+    with OtlpFake() as fake:
+        sink = from_config("o", {}, {"OTEL_EXPORTER_OTLP_ENDPOINT": fake.traces_url})
+        failure = sink.export([span(0)]).failures[0]
+        sink.shutdown()
+    assert failure.permanent and "(404)" in failure.reason
+    assert "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" in failure.reason and "\n" not in failure.reason

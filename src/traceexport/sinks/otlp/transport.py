@@ -9,7 +9,7 @@ request without the offending spans may pass.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import httpx
@@ -26,6 +26,11 @@ from traceexport.sinks.otlp_encoding import decode_partial_success, serialize, s
 from traceexport.sinks.ratelimit import ITEMS_EXTENSION
 
 USER_AGENT = "traceexport-otlp"
+# What a 404 from an endpoint whose path ends so most likely means (the signal path appended to a base that had it).
+DOUBLED_PATH = "/v1/traces/v1/traces"
+DOUBLED_PATH_HINT = ("; the URL ends in /v1/traces/v1/traces: OTEL_EXPORTER_OTLP_ENDPOINT and the option endpoint "
+                     "are base URLs that /v1/traces is appended to, so give the base, or the full URL as "
+                     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or traces_endpoint")
 # gRPC status codes (names) that may succeed on a later attempt, those the OTLP specification lists as
 # retryable ("OTLP/gRPC Throttling"/"Failures"); every other code is permanent.
 RETRYABLE_GRPC = frozenset({"CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "OUT_OF_RANGE",
@@ -87,6 +92,8 @@ class HttpTransport:
         failure = classify_response(response, backend=self._backend, secrets=self._settings.secrets,
                                     auth_hint=self._settings.auth_hint, answer=answer)
         if failure is not None:
+            if response.status_code == 404 and response.request.url.path.endswith(DOUBLED_PATH):
+                failure = replace(failure, reason=failure.reason + DOUBLED_PATH_HINT)
             return SendOutcome(failure, divisible=response.status_code in DIVISIBLE_STATUS)
         rejected, message = decode_partial_success(response.content, content_type)
         return SendOutcome(None, rejected, one_line(message, self._settings.secrets))
