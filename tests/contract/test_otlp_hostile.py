@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 from google.protobuf import any_pb2
-from tests.contract.test_otlp_sink import span
+from tests.contract.test_otlp_sink import T0, span
 from tests.fakes.otlp_server import OtlpFake, OtlpGrpcFake
 from tests.fakes.raw_server import RawServer, reply
 
-from traceexport.errors import ConfigError
+from traceexport.errors import ConfigError, RecordError
+from traceexport.sinks.base import Payload
 from traceexport.sinks.http import MAX_RETRY_AFTER
 from traceexport.sinks.otlp import from_config
 
@@ -180,3 +181,31 @@ def test_a_404_from_a_doubled_signal_path_says_how_to_write_the_endpoint() -> No
         sink.shutdown()
     assert failure.permanent and "(404)" in failure.reason
     assert "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" in failure.reason and "\n" not in failure.reason
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "http/json"])
+@pytest.mark.parametrize(("change", "says"), [
+    ({"attributes": ["a", "b"]}, "span attributes must be an object, got list"),
+    ({"events": 7}, "span events must be a list, got int"),
+    ({"events": ["boom"]}, "span events must be objects, got str"),
+    ({"events": [{"timeUnixNano": T0, "attributes": "x=1"}]}, "span event attributes must be an object, got str"),
+])
+def test_a_misshapen_span_fails_alone_with_a_reason(protocol: str, change: dict[str, Any], says: str) -> None:
+    """A span a custom mapping shaped wrongly (attributes or events not objects) fails alone and permanently with
+    a one-line reason, its neighbours delivered (before: AttributeError or TypeError out of export, the whole
+    batch retried until every record of it was dead-lettered)."""
+    with OtlpFake() as fake:
+        sink = from_config("o", {"endpoint": fake.url, "protocol": protocol}, {})
+        bad = Payload("span", {**span(1).body, **change}, key="bad")
+        result = sink.export([span(0), bad, span(2)])
+        sink.shutdown()
+    assert list(result.failures) == [1] and result.failures[1].permanent
+    assert result.failures[1].reason == f"otlp: invalid span: {says}"
+    assert [s["name"] for s in fake.spans] == ["span-0", "span-2"]
+
+
+def test_a_span_that_is_not_an_object_fails_alone() -> None:
+    """A ``span`` payload whose body is not an object is a RecordError, not an AttributeError."""
+    sink = from_config("o", {}, {})
+    with pytest.raises(RecordError, match="a span must be an object, got list"):
+        sink.request_bodies([Payload("span", [1, 2])])  # type: ignore[arg-type]

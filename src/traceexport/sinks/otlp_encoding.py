@@ -70,6 +70,29 @@ def nanos(body: Mapping[str, Any], field: str) -> int:
     return value
 
 
+def attributes_of(owner: Mapping[str, Any], what: str) -> Mapping[str, Any]:
+    """The ``attributes`` of a span or event dict (``what``): an object, or nothing; RecordError otherwise."""
+    attributes = owner.get("attributes")
+    if not attributes:  # absent, null, or empty in any form
+        return {}
+    if not isinstance(attributes, Mapping):
+        raise RecordError(f"{what} attributes must be an object, got {type(attributes).__name__}")
+    return attributes
+
+
+def events_of(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A span dict's ``events``: a list of objects, or nothing; RecordError otherwise."""
+    events = body.get("events")
+    if not events:  # absent, null, or empty in any form
+        return []
+    if not isinstance(events, list | tuple):
+        raise RecordError(f"span events must be a list, got {type(events).__name__}")
+    for event in events:
+        if not isinstance(event, Mapping):
+            raise RecordError(f"span events must be objects, got {type(event).__name__}")
+    return list(events)
+
+
 def status_and_times(body: Mapping[str, Any]) -> tuple[Mapping[str, Any], int, int]:
     """A span dict's status object and its start and end in nanoseconds; RecordError when one is invalid."""
     status = body.get("status") or {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +60,8 @@ def encode_payload(payload: Payload, *, json: bool = False) -> bytes:
     RecordError for another kind or an invalid body."""
     if payload.kind != "span":
         raise RecordError(f"the OTLP sink only sends 'span' payloads, got {payload.kind!r}")
+    if not isinstance(payload.body, Mapping):
+        raise RecordError(f"a span must be an object, got {type(payload.body).__name__}")
     try:
         return span_json(payload.body) if json else span_bytes(payload.body)
     except UnicodeEncodeError as exc:
