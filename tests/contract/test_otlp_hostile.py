@@ -209,3 +209,20 @@ def test_a_span_that_is_not_an_object_fails_alone() -> None:
     sink = from_config("o", {}, {})
     with pytest.raises(RecordError, match="a span must be an object, got list"):
         sink.request_bodies([Payload("span", [1, 2])])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "http/json"])
+def test_an_attribute_nested_too_deeply_fails_its_span_alone(protocol: str) -> None:
+    """A list attribute nested thousands deep (a record's field copied into tag.tags) fails its span with a reason
+    while the others are delivered (before: RecursionError out of export, the whole batch retried until every
+    record of it was dead-lettered)."""
+    deep: Any = "x"
+    for _ in range(5000):
+        deep = [deep]
+    with OtlpFake() as fake:
+        sink = from_config("o", {"endpoint": fake.url, "protocol": protocol}, {})
+        result = sink.export([span(0), span(1, attributes={"tag.tags": ["workflow", deep]}), span(2)])
+        sink.shutdown()
+    assert list(result.failures) == [1] and result.failures[1].permanent
+    assert result.failures[1].reason == "otlp: invalid span: a span attribute is nested too deeply to encode"
+    assert [s["name"] for s in fake.spans] == ["span-0", "span-2"]

@@ -66,6 +66,8 @@ def encode_payload(payload: Payload, *, json: bool = False) -> bytes:
         return span_json(payload.body) if json else span_bytes(payload.body)
     except UnicodeEncodeError as exc:
         raise RecordError(encoding_failure(exc)) from exc
+    except RecursionError:  # both encoders recurse into lists (and JSON into objects): a record can nest deeper
+        raise RecordError("a span attribute is nested too deeply to encode") from None
 
 
 class OtlpSink:
