@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -113,13 +114,21 @@ class FakeServer:
         self._thread: threading.Thread | None = None
         self._serving = False
         self._stopped = False
+        self._scheme = "http"
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
     def url(self) -> str:
         """Base URL, e.g. ``http://127.0.0.1:43121`` (no trailing slash)."""
         host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{self._scheme}://{host!s}:{port}"
+
+    def use_tls(self, context: ssl.SSLContext) -> Self:
+        """Answer over TLS from now on (call before :meth:`start`): :attr:`url` becomes ``https://``; a client
+        whose handshake fails (an untrusted server, no client certificate) gets no answer."""
+        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+        self._scheme = "https"
+        return self
 
     def start(self) -> Self:
         """Serve in a daemon thread; returns self."""

@@ -174,15 +174,19 @@ class OtlpFake(FakeServer, _Spans):
 
 
 class OtlpGrpcFake(_Spans):
-    """OTLP/gRPC receiver (``TraceService/Export``) on 127.0.0.1, with a fail-next-N status plan."""
+    """OTLP/gRPC receiver (``TraceService/Export``) on 127.0.0.1, with a fail-next-N status plan; with
+    ``max_receive_bytes`` it refuses larger requests as a real server does (gRPC's own RESOURCE_EXHAUSTED);
+    with ``tls`` (PEM key, certificate, and the CA client certificates must chain to, or None) it serves TLS
+    (mutual TLS with a CA) at an ``https://`` url."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_receive_bytes: int | None = None,
+                 tls: tuple[bytes, bytes, bytes | None] | None = None) -> None:
         import grpc
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
         super().__init__()
         self.metadata: list[dict[str, str]] = []
-        self._failures: list[tuple[Any, str]] = []
+        self._failures: list[tuple[Any, str, float | None]] = []
         self.delay = 0.0  # seconds each export stalls before answering (a hung receiver)
         self._stopped = threading.Event()
         fake = self
@@ -193,7 +197,9 @@ class OtlpGrpcFake(_Spans):
                 if fake.delay:
                     fake._stopped.wait(fake.delay)
                 if fake._failures:
-                    code, details = fake._failures.pop(0)
+                    code, details, retry_delay = fake._failures.pop(0)
+                    if retry_delay is not None:
+                        context.set_trailing_metadata([("grpc-status-details-bin", _retry_info(retry_delay))])
                     context.abort(code, details)
                 try:
                     rejected, message = fake.record(request)
@@ -204,16 +210,26 @@ class OtlpGrpcFake(_Spans):
                 answer.partial_success.error_message = message
                 return answer
 
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        options = [] if max_receive_bytes is None else [("grpc.max_receive_message_length", max_receive_bytes)]
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=options)
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self._server)
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
-        self.url = f"http://127.0.0.1:{self.port}"
+        if tls is None:
+            self.port = self._server.add_insecure_port("127.0.0.1:0")
+            self.url = f"http://127.0.0.1:{self.port}"
+        else:
+            key, cert, client_ca = tls
+            credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                                      require_client_auth=client_ca is not None)
+            self.port = self._server.add_secure_port("127.0.0.1:0", credentials)
+            self.url = f"https://127.0.0.1:{self.port}"
 
-    def fail_next(self, count: int, code_name: str, details: str = "injected") -> None:
-        """The next ``count`` exports end with gRPC status ``code_name`` (e.g. ``UNAVAILABLE``)."""
+    def fail_next(self, count: int, code_name: str, details: str = "injected", *,
+                  retry_delay: float | None = None) -> None:
+        """The next ``count`` exports end with gRPC status ``code_name`` (e.g. ``UNAVAILABLE``), with a
+        ``google.rpc.RetryInfo`` of ``retry_delay`` seconds in the status details when given."""
         import grpc
 
-        self._failures.extend([(grpc.StatusCode[code_name], details)] * count)
+        self._failures.extend([(grpc.StatusCode[code_name], details, retry_delay)] * count)
 
     def __enter__(self) -> OtlpGrpcFake:
         self._server.start()
@@ -222,6 +238,17 @@ class OtlpGrpcFake(_Spans):
     def __exit__(self, *exc: object) -> None:
         self._stopped.set()
         self._server.stop(grace=None)
+
+
+def _retry_info(seconds: float) -> bytes:
+    """A serialized ``google.rpc.Status`` carrying a ``RetryInfo`` of ``seconds`` (its trailer's value)."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    info = error_details_pb2.RetryInfo()
+    info.retry_delay.seconds = int(seconds)
+    status = status_pb2.Status(code=8, message="throttled")
+    status.details.add().Pack(info)
+    return bytes(status.SerializeToString())
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:

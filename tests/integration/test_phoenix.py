@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.phoenix import phoenix_server, require_phoenix
+from tests.support.phoenix import PhoenixServer, phoenix_server, require_phoenix
 
 from traceexport.records import Record, record_from_obj
 from traceexport.sinks.base import ExportResult, Payload
@@ -82,6 +82,7 @@ class Exported:
     payloads: dict[str, list[Payload]]  # by record name
     result: ExportResult
     stored: dict[str, dict[str, Any]]  # Phoenix spans by span id
+    phoenix: PhoenixServer  # still running while the module's tests do
 
     def span(self, name: str, index: int = 0) -> dict[str, Any]:
         """The Phoenix span of the ``index``-th payload of record ``name``."""
@@ -106,7 +107,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
         result = sink.export(flat)
         sink.shutdown()
         stored = phoenix.wait_for_spans(PROJECT, len(flat), timeout=120) if result.ok else []
-        yield Exported(records, payloads, result, {s["context"]["span_id"]: s for s in stored})
+        yield Exported(records, payloads, result, {s["context"]["span_id"]: s for s in stored}, phoenix)
 
 
 def test_every_span_is_stored(exported: Exported) -> None:
@@ -188,3 +189,21 @@ def test_failed_workflow_has_error_status(exported: Exported) -> None:
     assert failed["status_code"] == "ERROR"
     assert FAILED_ERROR in failed["status_message"]
     assert exported.span("01-workflow-ok")["status_code"] == "OK"
+
+
+def test_grpc_set_up_by_the_environment_alone(exported: Exported) -> None:
+    """OTLP/gRPC configured only by OTEL_EXPORTER_OTLP_* variables, as an SDK user writes them (the traces
+    endpoint with its /v1/traces path, gzip, the project as a resource attribute), delivers to Phoenix's gRPC
+    port (before: gRPC was asked to resolve "host:port/v1/traces" and every record was retried)."""
+    pytest.importorskip("grpc", reason="grpc extra not installed")
+    from tests.contract.test_otlp_sink import span
+
+    env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+           "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{exported.phoenix.grpc_port}/v1/traces",
+           "OTEL_RESOURCE_ATTRIBUTES": "openinference.project.name=traceexport-grpc"}
+    sink = from_config("otlp", {}, env)
+    result = sink.export([span(i, trace="5e0a1c3b9d7f4e2a8b6c0d1e2f3a4b5c") for i in range(3)])
+    sink.shutdown()
+    assert result.ok, result.failures
+    stored = exported.phoenix.wait_for_spans("traceexport-grpc", 3, timeout=120)
+    assert sorted(s["context"]["span_id"] for s in stored) == [f"{i + 1:016x}" for i in range(3)]

@@ -44,6 +44,8 @@ def name_problem(name: str, *, grpc: bool = False) -> str | None:
     """Why ``name`` cannot be sent as a header name (never quoting it), or None if it can."""
     if grpc and not _GRPC_NAME.fullmatch(name):
         return "is not a valid gRPC metadata key: use letters, digits, '-', '_' and '.' only"
+    if grpc and name.lower().endswith("-bin"):
+        return "ends in -bin, which makes it a binary gRPC metadata key; a header carries text, so rename it"
     if not _TOKEN.fullmatch(name):
         return "is not a valid HTTP header name: use letters, digits and !#$%&'*+-.^_`|~ only"
     return None

@@ -116,13 +116,15 @@ def redirect_target(response: httpx.Response, secrets: Iterable[str] = ()) -> st
 
 
 def classify_response(
-    response: httpx.Response, *, backend: str, secrets: Iterable[str] = (), auth_hint: str = ""
+    response: httpx.Response, *, backend: str, secrets: Iterable[str] = (), auth_hint: str = "",
+    answer: str | None = None,
 ) -> ItemFailure | None:
-    """None for 2xx; otherwise the failure every item of the request shares."""
+    """None for 2xx; otherwise the failure every item of the request shares, quoting ``answer`` (what the
+    caller read from the body, such as OTLP's protobuf Status message) or else an excerpt of the body."""
     status = response.status_code
     if 200 <= status < 300:
         return None
-    body = excerpt(response, secrets)
+    body = excerpt(response, secrets) if answer is None else one_line(answer, secrets)
     if retryable_status(status):
         return ItemFailure(
             reason=_with_body(f"{backend} answered {status}", body),

@@ -23,6 +23,7 @@ first waits for that sink's :class:`~traceexport.sinks.ratelimit.RateLimiter` (b
 from __future__ import annotations
 
 import contextvars
+import ssl
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -222,8 +223,10 @@ class RateLimitedClient(DeadlineClient):
 
 
 def make_client(*, timeout: float, headers: Mapping[str, str] | None = None, base_url: str = "",
-                transport: httpx.BaseTransport | None = None) -> httpx.Client:
+                transport: httpx.BaseTransport | None = None,
+                verify: ssl.SSLContext | bool = True) -> httpx.Client:
     """The client a sink sends with: ``timeout`` seconds per socket operation and per request overall,
-    paced by the sink's rate limiter when it has one."""
+    paced by the sink's rate limiter when it has one; ``verify`` as httpx takes it (a context holding a
+    sink's own trusted certificates and client certificate)."""
     return RateLimitedClient(deadline=timeout, timeout=timeout, headers=dict(headers or {}), base_url=base_url,
-                             transport=transport)
+                             transport=transport, verify=verify)

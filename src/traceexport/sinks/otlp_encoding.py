@@ -17,6 +17,7 @@ from typing import Any
 
 from google.protobuf import json_format  # type: ignore[import-untyped]  # no stubs in the test extra
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTracePartialSuccess,
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
@@ -69,6 +70,29 @@ def nanos(body: Mapping[str, Any], field: str) -> int:
     return value
 
 
+def attributes_of(owner: Mapping[str, Any], what: str) -> Mapping[str, Any]:
+    """The ``attributes`` of a span or event dict (``what``): an object, or nothing; RecordError otherwise."""
+    attributes = owner.get("attributes")
+    if not attributes:  # absent, null, or empty in any form
+        return {}
+    if not isinstance(attributes, Mapping):
+        raise RecordError(f"{what} attributes must be an object, got {type(attributes).__name__}")
+    return attributes
+
+
+def events_of(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A span dict's ``events``: a list of objects, or nothing; RecordError otherwise."""
+    events = body.get("events")
+    if not events:  # absent, null, or empty in any form
+        return []
+    if not isinstance(events, list | tuple):
+        raise RecordError(f"span events must be a list, got {type(events).__name__}")
+    for event in events:
+        if not isinstance(event, Mapping):
+            raise RecordError(f"span events must be objects, got {type(event).__name__}")
+    return list(events)
+
+
 def status_and_times(body: Mapping[str, Any]) -> tuple[Mapping[str, Any], int, int]:
     """A span dict's status object and its start and end in nanoseconds; RecordError when one is invalid."""
     status = body.get("status") or {}
@@ -105,6 +129,23 @@ def decode_partial_success(content: bytes, content_type: str) -> tuple[int, str]
     except Exception:  # a receiver's odd success body must not turn a delivered batch into a failure
         return 0, ""
     return int(response.partial_success.rejected_spans), response.partial_success.error_message
+
+
+def status_message(content: bytes, content_type: str) -> str | None:
+    """The ``message`` of a protobuf ``google.rpc.Status``, the body OTLP/HTTP answers a failure with; None when
+    the body is not protobuf or holds no message.
+
+    ``google.rpc.Status`` (``int32 code = 1; string message = 2; repeated Any details = 3``) is not in the core
+    install, and ``ExportTracePartialSuccess`` (``int64 rejected_spans = 1; string error_message = 2``) has
+    the same wire layout for its first two fields, so it reads the message (``details`` kept as unknown fields).
+    """
+    if not content or "protobuf" not in content_type.lower():
+        return None
+    try:
+        message: str = ExportTracePartialSuccess.FromString(content).error_message
+    except Exception:  # protobuf's DecodeError (or invalid UTF-8): show the body as it came
+        return None
+    return message or None
 
 
 def from_wire(body: bytes, content_type: str, content_encoding: str = "") -> ExportTraceServiceRequest:

@@ -22,7 +22,16 @@ from pydantic_core import PydanticSerializationError, to_json
 
 from traceexport._json import json_form
 from traceexport.errors import RecordError
-from traceexport.sinks.otlp_encoding import KINDS, STATUS_CODES, enum_value, hex_id, nanos, status_and_times
+from traceexport.sinks.otlp_encoding import (
+    KINDS,
+    STATUS_CODES,
+    attributes_of,
+    enum_value,
+    events_of,
+    hex_id,
+    nanos,
+    status_and_times,
+)
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
@@ -87,24 +96,22 @@ def span_object(body: Mapping[str, Any]) -> dict[str, Any]:
         span["kind"] = kind
     span["startTimeUnixNano"] = str(start)
     span["endTimeUnixNano"] = str(end)
-    attributes = key_values(body.get("attributes"))
+    attributes = key_values(attributes_of(body, "span"))
     if attributes:
         span["attributes"] = attributes
-    events = [_event(event) for event in body.get("events") or ()]
+    events = [_event(event) for event in events_of(body)]
     if events:
         span["events"] = events
     span["status"] = _status(status)
     return span
 
 
-def _event(event: Any) -> dict[str, Any]:
-    if not isinstance(event, Mapping):
-        raise RecordError(f"span events must be objects, got {event!r}")
+def _event(event: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"timeUnixNano": str(nanos(event, "timeUnixNano"))}
     name = str(event.get("name", "event"))
     if name:
         out["name"] = name
-    attributes = key_values(event.get("attributes"))
+    attributes = key_values(attributes_of(event, "span event"))
     if attributes:
         out["attributes"] = attributes
     return out

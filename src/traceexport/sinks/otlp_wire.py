@@ -14,7 +14,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from traceexport._json import json_form
-from traceexport.sinks.otlp_encoding import KINDS, STATUS_CODES, enum_value, hex_id, nanos, status_and_times
+from traceexport.sinks.otlp_encoding import (
+    KINDS,
+    STATUS_CODES,
+    attributes_of,
+    enum_value,
+    events_of,
+    hex_id,
+    nanos,
+    status_and_times,
+)
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _DOUBLE = struct.Struct("<d")
@@ -128,13 +137,13 @@ def span_bytes(body: Mapping[str, Any]) -> bytes:
         parts.append(b"\x30" + _varint(kind))
     parts.append(b"\x39" + _FIXED64.pack(start))
     parts.append(b"\x41" + _FIXED64.pack(end))
-    parts.append(key_values(b"\x4a", body.get("attributes")))
-    for event in body.get("events") or ():
+    parts.append(key_values(b"\x4a", attributes_of(body, "span")))
+    for event in events_of(body):
         event_parts = [b"\x09" + _FIXED64.pack(nanos(event, "timeUnixNano"))]
         event_name = str(event.get("name", "event")).encode("utf-8")
         if event_name:
             event_parts.append(_field(b"\x12", event_name))
-        event_parts.append(key_values(b"\x1a", event.get("attributes")))
+        event_parts.append(key_values(b"\x1a", attributes_of(event, "span event")))
         parts.append(_field(b"\x5a", b"".join(event_parts)))
     parts.append(_field(b"\x7a", _status(status)))
     return b"".join(parts)

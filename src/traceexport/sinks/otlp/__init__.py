@@ -9,18 +9,21 @@ option                 environment                                              
 ``traces_endpoint``    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (used as is)
 ``protocol``           ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL``                   ``http/protobuf``
 ``headers``            ``OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`` (``k=v,k=v``)
-``compression``        ``OTEL_EXPORTER_OTLP_[TRACES_]COMPRESSION``                ``gzip`` (HTTP), none (gRPC)
+``compression``        ``OTEL_EXPORTER_OTLP_[TRACES_]COMPRESSION``                none (the OTLP default)
 ``timeout`` (s)        ``OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT`` (ms)               10 s
 ``insecure``           ``OTEL_EXPORTER_OTLP_[TRACES_]INSECURE`` (gRPC, no scheme) false
 ``service_name``       ``OTEL_SERVICE_NAME``                                       ``dify``
 ``resource_attributes``  ``OTEL_RESOURCE_ATTRIBUTES``
 ``project_name``       (resource ``openinference.project.name``, Phoenix)
+``certificate``        ``OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`` (PEM)           the default roots
+``client_certificate``, ``client_key``  ``..._CLIENT_CERTIFICATE``, ``..._CLIENT_KEY`` (PEM, mutual TLS)
 ``max_spans``, ``max_bytes``, ``linger_seconds``                                  512, 4 MiB, 1 s
 ``max_bisect_requests`` (extra requests per batch to isolate refused records)     64
 =====================  =========================================================  ============================
 
-Outcomes: a 400/413/422 (gRPC ``INVALID_ARGUMENT``) refuses the request for its content, so the sink
-bisects it by record until the refused records stand alone. A ``partial_success`` that rejected spans
+Outcomes: a 400/413/422 (gRPC ``INVALID_ARGUMENT``, or ``RESOURCE_EXHAUSTED`` for a message over the
+receiver's size limit) refuses the request for its content, so the sink bisects it by record until the
+refused records stand alone. A ``partial_success`` that rejected spans
 fails every payload of its request permanently, with the counts (see :meth:`OtlpSink.export`).
 """
 

@@ -11,12 +11,13 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from traceexport.errors import ConfigError, Problem
 from traceexport.sinks.headers import header_problems, header_secrets, merge_headers, url_secrets
+from traceexport.sinks.otlp.tls import TlsFiles, tls_problems
 
 Protocol = Literal["http/protobuf", "http/json", "grpc"]
 PROTOCOLS: tuple[str, ...] = ("http/protobuf", "http/json", "grpc")
@@ -49,6 +50,9 @@ class OtlpOptions(CommonOptions):
     protocol: Protocol | None = None
     insecure: bool | None = None
     project_name: str | None = Field(None, description="resource attribute openinference.project.name")
+    certificate: str | None = Field(None, description="PEM file of the certificates trusted for the receiver")
+    client_certificate: str | None = Field(None, description="PEM file of the client's certificate (mutual TLS)")
+    client_key: str | None = Field(None, description="PEM file of the client's private key (mutual TLS)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,7 @@ class OtlpSettings:
     max_bisect_requests: int = 64
     auth_hint: str = ""
     secrets: tuple[str, ...] = ()
+    tls: TlsFiles = field(default_factory=TlsFiles)
 
 
 def validate_options(model: type[CommonOptions], name: str,
@@ -189,6 +194,42 @@ def check_http_url(url: str, where: str, problems: list[Problem], typed: str | N
         problems.append(Problem(where, f"must be an http:// or https:// URL, got {url if typed is None else typed!r}"))
 
 
+@dataclass(frozen=True, slots=True)
+class GrpcTarget:
+    """Where a gRPC endpoint dials: ``host:port`` (the form gRPC resolves), and TLS as its scheme says
+    (``http://`` plaintext, ``https://`` TLS, None for a bare ``host:port``: the ``insecure`` setting)."""
+
+    address: str
+    tls: bool | None
+
+
+def grpc_target(endpoint: str) -> GrpcTarget:
+    """The ``host:port`` of an OTLP/gRPC endpoint; a path is ignored, as the OpenTelemetry SDKs' gRPC exporters
+    ignore it (``http://collector:4317/v1/traces`` dials ``collector:4317``). Raises ValueError saying what is
+    wrong (never quoting the endpoint) for another scheme, no host, a bad port, or a ``user:password@``."""
+    scheme, has_scheme, _ = endpoint.partition("://")
+    if has_scheme and scheme.lower() not in ("http", "https"):
+        raise ValueError("must be http://host:port, https://host:port or host:port (gRPC takes no other scheme)")
+    parts = urlsplit(endpoint if has_scheme else "//" + endpoint)
+    if "@" in parts.netloc:
+        raise ValueError("must not hold a user:password@, which gRPC does not send; put credentials in headers")
+    try:
+        parts.port  # noqa: B018  # raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise ValueError("has a port that is not a number from 0 to 65535") from None
+    if not parts.hostname or any(c.isspace() for c in parts.netloc):
+        raise ValueError("must be http://host:port, https://host:port or host:port (no host found)")
+    return GrpcTarget(parts.netloc, (scheme.lower() == "https") if has_scheme else None)
+
+
+def check_grpc_endpoint(endpoint: str, where: str, problems: list[Problem]) -> None:
+    """Add a problem unless ``endpoint`` is a gRPC endpoint :func:`grpc_target` can dial."""
+    try:
+        grpc_target(endpoint)
+    except ValueError as exc:
+        problems.append(Problem(where, str(exc)))
+
+
 def _resolve_protocol(options: OtlpOptions, env: Mapping[str, str], problems: list[Problem]) -> str:
     if options.protocol:
         return options.protocol
@@ -223,14 +264,31 @@ def _resolve_endpoint(options: OtlpOptions, env: Mapping[str, str], protocol: st
 
 def _resolve_insecure(options: OtlpOptions, env: Mapping[str, str], endpoint: str) -> bool:
     """gRPC only: ``http://`` means plaintext, ``https://`` TLS; a bare ``host:port`` uses ``insecure``."""
-    if endpoint.startswith("http://"):
-        return True
-    if endpoint.startswith("https://"):
-        return False
+    try:
+        tls = grpc_target(endpoint).tls
+    except ValueError:  # reported by check_grpc_endpoint
+        tls = None
+    if tls is not None:
+        return not tls
     if options.insecure is not None:
         return options.insecure
     found = otel_env(env, "INSECURE")
     return bool(found and found[1].lower() == "true")
+
+
+def _resolve_tls(options: OtlpOptions, env: Mapping[str, str], problems: list[Problem], name: str) -> TlsFiles:
+    """The TLS files, each from its option or else ``OTEL_EXPORTER_OTLP_[TRACES_]<CERTIFICATE|CLIENT_…>``;
+    a file that cannot be read or loaded is a problem at where it was set."""
+    paths: dict[str, str] = {}
+    where: dict[str, str] = {}
+    for option in ("certificate", "client_certificate", "client_key"):
+        configured = getattr(options, option)
+        found = None if configured else otel_env(env, option.upper())
+        paths[option] = configured or (found[1] if found else "")
+        where[option] = found[0] if found else f"sinks.{name}.{option}"
+    files = TlsFiles(**paths)
+    problems += tls_problems(files, where)
+    return files
 
 
 def otlp_settings(name: str, options: Mapping[str, Any], env: Mapping[str, str]) -> OtlpSettings:
@@ -243,7 +301,9 @@ def otlp_settings(name: str, options: Mapping[str, Any], env: Mapping[str, str])
     endpoint, where, typed = _resolve_endpoint(opts, env, protocol, name)
     if protocol != "grpc":
         check_http_url(endpoint, where, problems, typed)
-    elif importlib.util.find_spec("grpc") is None:
+    else:
+        check_grpc_endpoint(endpoint, where, problems)
+    if protocol == "grpc" and importlib.util.find_spec("grpc") is None:
         problems.append(Problem(f"sinks.{name}.protocol",
                                 "grpc needs the grpc extra: pip install 'traceexport[grpc]'"))
     headers = resolve_headers(opts, env, problems, name=name, grpc=protocol == "grpc")
@@ -261,6 +321,7 @@ def otlp_settings(name: str, options: Mapping[str, Any], env: Mapping[str, str])
         linger_seconds=opts.linger_seconds,
         max_bisect_requests=opts.max_bisect_requests,
         secrets=header_secrets(headers) + url_secrets(endpoint),
+        tls=_resolve_tls(opts, env, problems, name),
     )
     if problems:
         raise ConfigError(problems, title=f"invalid options for sink {name!r}")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from traceexport import _json
 from traceexport.errors import RecordError
+from traceexport.redaction import redact
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload, encoding_failure, request_groups
 from traceexport.sinks.bisect import Budget, send_halves
 from traceexport.sinks.otlp.config import OtlpSettings
@@ -59,10 +60,14 @@ def encode_payload(payload: Payload, *, json: bool = False) -> bytes:
     RecordError for another kind or an invalid body."""
     if payload.kind != "span":
         raise RecordError(f"the OTLP sink only sends 'span' payloads, got {payload.kind!r}")
+    if not isinstance(payload.body, Mapping):
+        raise RecordError(f"a span must be an object, got {type(payload.body).__name__}")
     try:
         return span_json(payload.body) if json else span_bytes(payload.body)
     except UnicodeEncodeError as exc:
         raise RecordError(encoding_failure(exc)) from exc
+    except RecursionError:  # both encoders recurse into lists (and JSON into objects): a record can nest deeper
+        raise RecordError("a span attribute is nested too deeply to encode") from None
 
 
 class OtlpSink:
@@ -92,8 +97,8 @@ class OtlpSink:
         self._transport: Transport | None = None
         self._closed = False
 
-    def __repr__(self) -> str:  # never shows headers (they may hold credentials)
-        return (f"OtlpSink(name={self.name!r}, endpoint={self.settings.endpoint!r}, "
+    def __repr__(self) -> str:  # never shows headers, nor an endpoint's user:password@ (credentials)
+        return (f"OtlpSink(name={self.name!r}, endpoint={redact(self.settings.endpoint, self.secrets)!r}, "
                 f"protocol={self.settings.protocol!r})")
 
     # -- pure ------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ request without the offending spans may pass.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import httpx
@@ -18,18 +18,30 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from traceexport.sinks import ratelimit, request_meter
 from traceexport.sinks.base import ItemFailure
 from traceexport.sinks.headers import merge_headers
-from traceexport.sinks.http import classify_response, classify_transport_error, one_line
-from traceexport.sinks.http_client import make_client
-from traceexport.sinks.otlp.config import OtlpSettings
-from traceexport.sinks.otlp_encoding import decode_partial_success, serialize
+from traceexport.sinks.http import MAX_RETRY_AFTER, classify_response, classify_transport_error, one_line
+from traceexport.sinks.http_client import MAX_ANSWER_BYTES, make_client
+from traceexport.sinks.otlp.config import OtlpSettings, grpc_target
+from traceexport.sinks.otlp.tls import grpc_credentials, ssl_context
+from traceexport.sinks.otlp_encoding import decode_partial_success, serialize, status_message
 from traceexport.sinks.ratelimit import ITEMS_EXTENSION
 
 USER_AGENT = "traceexport-otlp"
-# gRPC status codes (names) that may succeed on a later attempt; every other code is permanent.
-RETRYABLE_GRPC = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED"})
+# What a 404 from an endpoint whose path ends so most likely means (the signal path appended to a base that had it).
+DOUBLED_PATH = "/v1/traces/v1/traces"
+DOUBLED_PATH_HINT = ("; the URL ends in /v1/traces/v1/traces: OTEL_EXPORTER_OTLP_ENDPOINT and the option endpoint "
+                     "are base URLs that /v1/traces is appended to, so give the base, or the full URL as "
+                     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or traces_endpoint")
+# gRPC status codes (names) that may succeed on a later attempt, those the OTLP specification lists as
+# retryable ("OTLP/gRPC Throttling"/"Failures"); every other code is permanent.
+RETRYABLE_GRPC = frozenset({"CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "OUT_OF_RANGE",
+                            "UNAVAILABLE", "DATA_LOSS"})
 # Refusals of a request's content (nothing of it accepted): halves of the request may pass.
 DIVISIBLE_STATUS = frozenset({400, 413, 422})
 DIVISIBLE_GRPC = frozenset({"INVALID_ARGUMENT"})
+# How gRPC (the C core, on either side) words RESOURCE_EXHAUSTED for a message over the receiver's
+# max_receive_message_length ("Received message larger than max (N vs. M)", "Decompressed message larger
+# than max"): a refusal of the request's size, like HTTP 413, never a throttle that waiting relieves.
+_TOO_LARGE = "larger than max"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +76,8 @@ class HttpTransport:
         self._backend = backend
         self._json = settings.protocol == "http/json"
         headers = merge_headers({"User-Agent": USER_AGENT}, settings.headers)
-        self._client = make_client(timeout=settings.timeout, headers=headers, transport=client_transport)
+        self._client = make_client(timeout=settings.timeout, headers=headers, transport=client_transport,
+                                   verify=ssl_context(settings.tls))
 
     def send(self, request: bytes, spans: int = 0, /) -> SendOutcome:
         body, headers = serialize(request, json_body=self._json, compress=self._settings.compression)
@@ -74,11 +87,15 @@ class HttpTransport:
         except httpx.HTTPError as exc:
             return SendOutcome(classify_transport_error(exc, backend=self._backend,
                                                         secrets=self._settings.secrets))
+        content_type = response.headers.get("content-type", "")
+        answer = None if response.is_success else status_message(response.content, content_type)
         failure = classify_response(response, backend=self._backend, secrets=self._settings.secrets,
-                                    auth_hint=self._settings.auth_hint)
+                                    auth_hint=self._settings.auth_hint, answer=answer)
         if failure is not None:
+            if response.status_code == 404 and response.request.url.path.endswith(DOUBLED_PATH):
+                failure = replace(failure, reason=failure.reason + DOUBLED_PATH_HINT)
             return SendOutcome(failure, divisible=response.status_code in DIVISIBLE_STATUS)
-        rejected, message = decode_partial_success(response.content, response.headers.get("content-type", ""))
+        rejected, message = decode_partial_success(response.content, content_type)
         return SendOutcome(None, rejected, one_line(message, self._settings.secrets))
 
     def close(self) -> None:
@@ -95,12 +112,16 @@ class GrpcTransport:
         self._grpc: Any = grpc
         self._settings = settings
         self._backend = backend
-        target = settings.endpoint.split("://", 1)[-1].rstrip("/")
-        options = [("grpc.primary_user_agent", USER_AGENT)]
+        target = grpc_target(settings.endpoint).address
+        # An answer's status and trailers may be as long as an HTTP answer's body is read (gRPC's own limit, 16
+        # KiB, turned a receiver's long INVALID_ARGUMENT message into RESOURCE_EXHAUSTED, retried until the dead
+        # letter instead of bisected).
+        options = [("grpc.primary_user_agent", USER_AGENT), ("grpc.max_metadata_size", MAX_ANSWER_BYTES),
+                   ("grpc.absolute_max_metadata_size", MAX_ANSWER_BYTES)]
         if settings.insecure:
             self._channel = grpc.insecure_channel(target, options=options)
         else:
-            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
+            self._channel = grpc.secure_channel(target, grpc_credentials(grpc, settings.tls), options=options)
         self._stub = TraceServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._metadata = tuple((k.lower(), v) for k, v in settings.headers.items())
         self._compression = grpc.Compression.Gzip if settings.compression else grpc.Compression.NoCompression
@@ -119,28 +140,30 @@ class GrpcTransport:
             response = self._stub.Export(message, metadata=self._metadata, timeout=self._settings.timeout,
                                          compression=self._compression)
         except self._grpc.RpcError as exc:
-            code = exc.code() if callable(getattr(exc, "code", None)) else None
-            failure = self._classify(exc)
+            failure, divisible = self._classify(exc)
             request_meter.observe(time.monotonic() - started, "permanent" if failure.permanent else "retryable")
-            if limiter is not None and (getattr(code, "name", "") == "RESOURCE_EXHAUSTED"
-                                        or failure.retry_after is not None):
+            if limiter is not None and not failure.permanent and (
+                    _code_name(exc) == "RESOURCE_EXHAUSTED" or failure.retry_after is not None):
                 limiter.throttled()
-            return SendOutcome(failure, divisible=getattr(code, "name", "") in DIVISIBLE_GRPC)
+            return SendOutcome(failure, divisible=divisible)
         request_meter.observe(time.monotonic() - started, "ok")
         partial = response.partial_success
         message = one_line(partial.error_message, self._settings.secrets)
         return SendOutcome(None, int(partial.rejected_spans), message)
 
-    def _classify(self, exc: Any) -> ItemFailure:
-        code = exc.code() if callable(getattr(exc, "code", None)) else None
-        code_name = getattr(code, "name", "UNKNOWN")
-        details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
-        reason = f"{self._backend} answered gRPC {code_name}: {one_line(str(details), self._settings.secrets)}"
+    def _classify(self, exc: Any) -> tuple[ItemFailure, bool]:
+        """The failure an RpcError means, and whether it refused the request's content (halves may pass)."""
+        code_name = _code_name(exc)
+        details = str(exc.details() if callable(getattr(exc, "details", None)) else exc)
+        reason = f"{self._backend} answered gRPC {code_name}: {one_line(details, self._settings.secrets)}"
+        if code_name == "RESOURCE_EXHAUSTED" and _TOO_LARGE in details:
+            reason += "; the request is over the receiver's message size limit (lower the sink's max_bytes)"
+            return ItemFailure(reason=reason, permanent=True), True
         if code_name in RETRYABLE_GRPC:
-            return ItemFailure(reason=reason, permanent=False, retry_after=_grpc_retry_after(exc))
+            return ItemFailure(reason=reason, permanent=False, retry_after=_grpc_retry_after(exc)), False
         if code_name == "UNAUTHENTICATED" and self._settings.auth_hint:
             reason += f"; check {self._settings.auth_hint}"
-        return ItemFailure(reason=reason, permanent=True)
+        return ItemFailure(reason=reason, permanent=True), code_name in DIVISIBLE_GRPC
 
     def close(self) -> None:
         if not self._closed:
@@ -148,8 +171,15 @@ class GrpcTransport:
             self._channel.close()
 
 
+def _code_name(exc: Any) -> str:
+    """The name of an RpcError's status code (``UNKNOWN`` when it has none)."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else None
+    return str(getattr(code, "name", "UNKNOWN"))
+
+
 def _grpc_retry_after(exc: Any) -> float | None:
-    """Seconds from a ``google.rpc.RetryInfo`` in the error's trailing metadata, if present."""
+    """Seconds from a ``google.rpc.RetryInfo`` in the error's trailing metadata, if present, held to
+    ``[0, MAX_RETRY_AFTER]`` as an HTTP ``Retry-After`` is (a delay of years would park the records for good)."""
     try:
         from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
@@ -160,7 +190,8 @@ def _grpc_retry_after(exc: Any) -> float | None:
                     if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
                         info = error_details_pb2.RetryInfo()
                         detail.Unpack(info)
-                        return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
+                        seconds = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+                        return min(max(float(seconds), 0.0), MAX_RETRY_AFTER)
     except Exception:  # best effort: a malformed detail only loses the hint
         return None
     return None
