@@ -613,3 +613,18 @@ def test_forward_mode_keeps_no_delivery_ledger_in_difys_process() -> None:
     assert settings.ledger_retention == 0
     for route in routes:
         route.sink.shutdown(1.0)
+
+
+def test_the_endpoint_s_password_never_reaches_dify_s_console() -> None:
+    """Dify shows api_check's reason and the project URL to the app's editors: an endpoint's user:password@ is
+    masked in every reason (a bad scheme, an unreachable sidecar) and dropped from the project URL."""
+    bad_scheme = provider.TraceExportTrace(TraceExportConfig(mode="forward", endpoint="ftp://u:hook-pw-5150@sidecar"))
+    with pytest.raises(ValueError, match="must start with http") as refused:
+        bad_scheme.api_check()
+    assert "5150" not in str(refused.value)
+    endpoint = f"http://u:hook-pw-5150@127.0.0.1:{free_port()}"
+    down = provider.TraceExportTrace(TraceExportConfig(mode="forward", endpoint=endpoint, token="hook-token-5151"))
+    with pytest.raises(ValueError, match="unreachable") as refused:
+        down.api_check()
+    assert "5150" not in str(refused.value) and "5151" not in str(refused.value)
+    assert down.get_project_url() == endpoint.replace("u:hook-pw-5150@", "")

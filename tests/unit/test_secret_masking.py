@@ -9,10 +9,18 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from traceexport.errors import ConfigError
 from traceexport.logs import secrets_in
-from traceexport.redaction import add_secrets, describe_error, redact, registered_secrets
+from traceexport.redaction import (
+    add_secrets,
+    describe_error,
+    masked_url,
+    redact,
+    registered_secrets,
+    url_without_userinfo,
+)
 from traceexport.sinks import create_sink
-from traceexport.sinks.headers import header_secrets
+from traceexport.sinks.headers import header_secrets, url_secrets
 from traceexport.sinks.http import excerpt
 from traceexport.sinks.otlp.config import otlp_settings
 from traceexport.sinks.otlp.transport import HttpTransport
@@ -126,3 +134,57 @@ def test_describe_error_never_quotes_the_value_it_failed_on() -> None:
     protocol = httpx.LocalProtocolError("Illegal header value b'Bearer SECRETNL333\\nX-Evil: 1'")
     text = describe_error(protocol)
     assert "Illegal header value" in text and "SECRETNL333" not in text and "Evil" not in text
+
+
+@pytest.mark.parametrize("options, env", [
+    ({"endpoint": "http://u:url#pw-91bd@127.0.0.1:4318"}, {}),
+    ({}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://u:url#pw-91bd@127.0.0.1:4318"}),
+])
+def test_a_bad_otlp_endpoint_is_quoted_with_its_password_masked(options: dict[str, str], env: dict[str, str]) -> None:
+    """A refused OTLP endpoint is quoted as written but with its user:password@ password as ***, never in clear."""
+    with pytest.raises(ConfigError) as refused:
+        otlp_settings("o", options, env)
+    assert "91bd" not in str(refused.value) and "u:***@127.0.0.1" in str(refused.value)
+    assert "%23" in str(refused.value)  # says how to write the password
+
+
+def test_a_bad_langfuse_host_is_quoted_with_its_password_masked() -> None:
+    """Langfuse's host goes through the same check: its password is masked where the problem quotes it."""
+    with pytest.raises(ConfigError) as refused:
+        create_sink("langfuse", "lf", {"host": "http://u:host?pw-91bd@127.0.0.1:3000", "public_key": "pk-lf-1",
+                                       "secret_key": "sk-lf-2"}, {})
+    assert "91bd" not in str(refused.value) and "***" in str(refused.value)
+
+
+@pytest.mark.parametrize("sink_type, options", [
+    ("opik", {"url": "http://u:opik#pw-91bd@127.0.0.1:9/api", "api_key": "k-123456"}),
+    ("amplitude", {"server_url": "http://u:amp/pw#91bd@127.0.0.1:9/2/httpapi", "api_key": "k-123456"}),
+])
+def test_a_password_httpx_cannot_send_is_refused_when_configured(sink_type: str, options: dict[str, str]) -> None:
+    """A URL password with an unencoded # ? or / is a ConfigError naming how to fix it, never quoting it; it used to
+    pass, and every request then failed with httpx's "Invalid port: '<start of the password>'" in its dead letter."""
+    with pytest.raises(ConfigError) as refused:
+        create_sink(sink_type, sink_type, options, {})
+    assert "pw" not in str(refused.value).replace("password", "") and "%23" in str(refused.value)
+
+
+def test_url_secrets_never_raises_on_a_url_python_cannot_split() -> None:
+    """An unclosed IPv6 bracket made urlsplit raise inside the sink's constructor (a traceback from validate,
+    export and serve); the password is still found and the sink builds (httpx reports the host when it sends)."""
+    assert "pw-91bd" in url_secrets("http://u:pw-91bd@[bad/api")
+    sink = create_sink("opik", "opik", {"url": "http://u:pw-91bd@[bad/api", "api_key": "k-123456"}, {})
+    try:
+        assert "pw-91bd" in registered_secrets()
+    finally:
+        sink.shutdown(1.0)
+
+
+def test_masked_url_and_url_without_userinfo() -> None:
+    """A URL quoted in a message keeps its user and host but not its password (also one with an unencoded # or
+    /); a URL shown as a link loses its user info whole."""
+    assert masked_url("http://u:p%2Fw@h:1/x") == "http://u:***@h:1/x"
+    assert masked_url("http://u:pa#ss/w@h/x") == "http://u:***@h/x"
+    assert masked_url("http://h:1/x") == "http://h:1/x"
+    assert url_without_userinfo("https://u:pw-91bd@h:1/x?q=1") == "https://h:1/x?q=1"
+    assert "91bd" not in url_without_userinfo("http://u:pw#91bd@h/x")
+    assert "91bd" not in url_without_userinfo("http://u:pw-91bd@[bad/x")

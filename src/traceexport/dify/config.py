@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, field_validator, model_serializer
 
 from traceexport.dify.names import OTHER_KEYS, PROVIDER_NAME, SECRET_KEYS
+from traceexport.redaction import masked_url
 from traceexport.sinks.headers import value_problem
 
 MODES = ("in_process", "forward")
@@ -110,7 +111,7 @@ class HookSettings:
             if not self.endpoint:
                 found.append("forward mode needs an endpoint (tracing_config.endpoint or TRACEEXPORT_FORWARD_URL)")
             elif not self.endpoint.startswith(("http://", "https://")):
-                found.append(f"endpoint must start with http:// or https:// (got {self.endpoint!r})")
+                found.append(f"endpoint must start with http:// or https:// (got {masked_url(self.endpoint)!r})")
         elif not self.sinks and not self.config_file:
             found.append("in-process mode needs sinks (tracing_config.sinks or TRACEEXPORT_TO) "
                          "or a config file (tracing_config.config_file or TRACEEXPORT_CONFIG)")
