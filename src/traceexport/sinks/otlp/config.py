@@ -252,6 +252,11 @@ def otlp_settings(name: str, options: Mapping[str, Any], env: Mapping[str, str])
     elif importlib.util.find_spec("grpc") is None:
         problems.append(Problem(f"sinks.{name}.protocol",
                                 "grpc needs the grpc extra: pip install 'traceexport[grpc]'"))
+    if protocol == "grpc" and "@" in endpoint.split("://", 1)[-1]:
+        # gRPC takes no user info: the channel would resolve "user:password@host" as a host name and quote it in
+        # every failure. Never quoted here either.
+        problems.append(Problem(where, "a gRPC endpoint cannot carry user:password@ (it is not sent as Basic auth): "
+                                       "remove it and send the credential as a header (authorization=Basic ...)"))
     headers = resolve_headers(opts, env, problems, name=name, grpc=protocol == "grpc")
     settings = OtlpSettings(
         endpoint=endpoint,
