@@ -5,7 +5,8 @@ the daemon for its own tokens and by :func:`traceexport.sinks.create_sink` for w
 :func:`redact` masks them, plus any ``secrets`` it is given and secret-looking tokens, in any text: log
 lines, failure reasons, dead letters. A secret is masked as sent and in the forms an echo or a setting can
 give it: percent-encoded (as written in ``OTEL_EXPORTER_OTLP_HEADERS``), escaped in JSON or in a Python
-``repr`` of text or bytes. Longer forms are masked first, so no tail of a secret outlives a shorter one.
+``repr`` of text or bytes, with its whitespace runs collapsed as one-line messages collapse them. Longer forms
+are masked first, so no tail of a secret outlives a shorter one.
 :func:`describe_error` is an exception as one line that never quotes the values it failed on.
 :func:`masked_url` is a URL to quote in a message, its ``user:password@`` password as ``***`` (also one written
 with an unencoded ``#``, ``?``, ``/`` or ``@``, which a URL parser would take for the end of the user info);
@@ -56,7 +57,8 @@ def registered_secrets() -> frozenset[str]:
 
 @functools.lru_cache(maxsize=4096)
 def secret_forms(secret: str) -> tuple[str, ...]:
-    """``secret`` as sent and as it reads percent-encoded, JSON-escaped or inside a ``repr``."""
+    """``secret`` as sent and as it reads percent-encoded, JSON-escaped or inside a ``repr``; and with each run of
+    whitespace as one space, as a one-line message shows it (a tab or two spaces in a key)."""
     forms = {
         secret,
         quote(secret, safe=""),
@@ -66,6 +68,7 @@ def secret_forms(secret: str) -> tuple[str, ...]:
         json.dumps(secret)[1:-1].replace("/", "\\/"),
         repr(secret)[1:-1],
         repr(secret.encode("utf-8", "backslashreplace"))[2:-1],
+        " ".join(secret.split()),
     }
     return tuple(f for f in forms if len(f) >= MIN_LENGTH)
 

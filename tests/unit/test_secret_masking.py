@@ -198,3 +198,12 @@ def test_a_grpc_endpoint_with_user_info_is_refused_without_quoting_it(endpoint: 
     with pytest.raises(ConfigError) as refused:
         otlp_settings("o", {"endpoint": endpoint, "protocol": "grpc"}, {})
     assert "91bd" not in str(refused.value) and "cannot carry user:password@" in str(refused.value)
+
+
+def test_a_secret_with_a_tab_or_two_spaces_is_masked_where_a_line_collapses_them() -> None:
+    """One-line messages turn each whitespace run into one space (logfmt values, failure excerpts, described
+    errors); a key with a tab in it (HTTP allows one inside a header) then no longer matched and was shown."""
+    add_secrets(["tabbed\tkey-91bd", "two  spaces-91be"])
+    assert "91bd" not in describe_error(ValueError("refused tabbed\tkey-91bd"))
+    assert "91be" not in excerpt(httpx.Response(401, text="bad key two  spaces-91be"), [])
+    assert "91bd" not in redact("logfmt: v=\"tabbed key-91bd\"")
