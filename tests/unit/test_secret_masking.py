@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from urllib.parse import quote
 
 import httpx
@@ -22,6 +23,7 @@ from traceexport.redaction import (
 from traceexport.sinks import create_sink
 from traceexport.sinks.headers import header_secrets, url_secrets
 from traceexport.sinks.http import excerpt
+from traceexport.sinks.http_client import make_client
 from traceexport.sinks.otlp.config import otlp_settings
 from traceexport.sinks.otlp.transport import HttpTransport
 
@@ -207,3 +209,22 @@ def test_a_secret_with_a_tab_or_two_spaces_is_masked_where_a_line_collapses_them
     assert "91bd" not in describe_error(ValueError("refused tabbed\tkey-91bd"))
     assert "91be" not in excerpt(httpx.Response(401, text="bad key two  spaces-91be"), [])
     assert "91bd" not in redact("logfmt: v=\"tabbed key-91bd\"")
+
+
+def test_a_url_password_is_sent_as_basic_auth_but_never_in_the_url_httpx_logs(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """httpx logs every request's URL at INFO, and Dify's processes (where the hook's sinks send) log at INFO: the
+    user:password@ used to be in that line. It now goes only into the Authorization header, as httpx made it."""
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204)
+
+    client = make_client(timeout=5.0, transport=httpx.MockTransport(answer))
+    with caplog.at_level(logging.INFO, logger="httpx"):
+        client.post("http://us%40er:pw%2F91bd@127.0.0.1:9/v1/traces", content=b"")
+    client.close()
+    assert seen[0].headers["authorization"] == "Basic " + base64.b64encode(b"us@er:pw/91bd").decode()
+    assert "91bd" not in str(seen[0].url) and "127.0.0.1:9/v1/traces" in caplog.text
+    assert "91bd" not in caplog.text
