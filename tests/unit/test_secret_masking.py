@@ -26,6 +26,8 @@ from traceexport.sinks.http import excerpt
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.otlp.config import otlp_settings
 from traceexport.sinks.otlp.transport import HttpTransport
+from traceexport.sources.celery.settings import CelerySourceSettings
+from traceexport.sources.storage import S3Storage, S3StorageSettings
 
 DECODED = "SECRET+PLUS888/slash"
 ENV = {"OTEL_EXPORTER_OTLP_HEADERS": "x-custom=SECRET%2BPLUS888%2Fslash", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
@@ -228,3 +230,14 @@ def test_a_url_password_is_sent_as_basic_auth_but_never_in_the_url_httpx_logs(
     assert seen[0].headers["authorization"] == "Basic " + base64.b64encode(b"us@er:pw/91bd").decode()
     assert "91bd" not in str(seen[0].url) and "127.0.0.1:9/v1/traces" in caplog.text
     assert "91bd" not in caplog.text
+
+
+def test_an_s3_endpoint_s_password_is_masked_in_the_storage_description() -> None:
+    """The Celery source logs where it reads Dify's files ("storage s3://bucket/ (endpoint)") at start: an endpoint
+    with a user:password@ was logged whole; it shows ***, and the source registers that password for its logs."""
+    endpoint = "http://ak:s3-pw%2F91bd@127.0.0.1:9000"
+    storage = S3Storage(S3StorageSettings(type="s3", bucket="dify", endpoint_url=endpoint), client=object())
+    assert "91bd" not in storage.describe() and "ak:***@127.0.0.1:9000" in storage.describe()
+    settings = CelerySourceSettings.from_config({"broker_url": "redis://127.0.0.1:6379/1", "storage": {
+        "type": "s3", "bucket": "dify", "endpoint_url": endpoint}}, env={})
+    assert {"s3-pw%2F91bd", "s3-pw/91bd"} <= set(settings.secrets())
