@@ -183,6 +183,15 @@ def test_url_secrets_never_raises_on_a_url_python_cannot_split() -> None:
         sink.shutdown(1.0)
 
 
+def test_an_otlp_sink_s_repr_masks_its_endpoint_password() -> None:
+    """The sink's repr (in a debugger, a traceback's locals, an f-string) showed the endpoint with its password."""
+    sink = create_sink("otlp", "o", {"endpoint": "http://u:repr-pw-91bd@127.0.0.1:9"}, {})
+    try:
+        assert "91bd" not in repr(sink) and "u:***@127.0.0.1:9" in repr(sink)
+    finally:
+        sink.shutdown(1.0)
+
+
 def test_masked_url_and_url_without_userinfo() -> None:
     """A URL quoted in a message keeps its user and host but not its password (also one with an unencoded # or
     /); a URL shown as a link loses its user info whole."""
