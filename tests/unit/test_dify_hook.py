@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
@@ -623,8 +624,21 @@ def test_the_endpoint_s_password_never_reaches_dify_s_console() -> None:
         bad_scheme.api_check()
     assert "5150" not in str(refused.value)
     endpoint = f"http://u:hook-pw-5150@127.0.0.1:{free_port()}"
-    down = provider.TraceExportTrace(TraceExportConfig(mode="forward", endpoint=endpoint, token="hook-token-5151"))
-    with pytest.raises(ValueError, match="unreachable") as refused:
-        down.api_check()
-    assert "5150" not in str(refused.value) and "5151" not in str(refused.value)
-    assert down.get_project_url() == endpoint.replace("u:hook-pw-5150@", "")
+    with mock.patch.dict(os.environ, {"TRACEEXPORT_FORWARD_URL": endpoint, "TRACEEXPORT_FORWARD_TOKEN": "hook-5151"}):
+        down = provider.TraceExportTrace(TraceExportConfig(mode="forward"))
+        with pytest.raises(ValueError, match="unreachable") as refused:
+            down.api_check()
+        assert "5150" not in str(refused.value) and "5151" not in str(refused.value)
+        assert down.get_project_url() == endpoint.replace("u:hook-pw-5150@", "")
+
+
+def test_an_app_s_endpoint_with_a_password_is_refused_when_saved() -> None:
+    """Dify stores an app's endpoint unencrypted and shows it to every editor: one with a user:password@ is refused
+    when saved (saying to use the token, which Dify encrypts), without quoting it; the server's own
+    TRACEEXPORT_FORWARD_URL may hold one."""
+    stored = provider.TraceExportTrace(TraceExportConfig(mode="forward", endpoint="http://u:hook-pw-5152@sidecar:4319"))
+    with pytest.raises(ValueError, match="must not hold a user:password@") as refused:
+        stored.api_check()
+    assert "5152" not in str(refused.value)
+    served = resolve_settings({"mode": "forward"}, {"TRACEEXPORT_FORWARD_URL": "http://u:hook-pw-5152@sidecar:4319"})
+    assert not any("user:password" in p for p in served.problems())

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, field_validator, model_serializer
 
 from traceexport.dify.names import OTHER_KEYS, PROVIDER_NAME, SECRET_KEYS
-from traceexport.redaction import masked_url
+from traceexport.redaction import USERINFO_PASSWORD, masked_url
 from traceexport.sinks.headers import value_problem
 
 MODES = ("in_process", "forward")
@@ -88,6 +88,7 @@ class HookSettings:
     queue_size: int = DEFAULT_QUEUE_SIZE
     store_wait: float = DEFAULT_STORE_WAIT
     env_problems: tuple[str, ...] = ()  # environment values that were unusable (their defaults apply)
+    stored_endpoint_password: bool = False  # the app's endpoint holds a user:password@ (refused by problems())
 
     @property
     def runtime_key(self) -> tuple[str, ...]:
@@ -115,6 +116,9 @@ class HookSettings:
         elif not self.sinks and not self.config_file:
             found.append("in-process mode needs sinks (tracing_config.sinks or TRACEEXPORT_TO) "
                          "or a config file (tracing_config.config_file or TRACEEXPORT_CONFIG)")
+        if self.stored_endpoint_password:
+            found.append("endpoint must not hold a user:password@: Dify stores the endpoint unencrypted and shows it "
+                         "to every editor of the app; put the sidecar's credential in token")
         if self.stored_config_file:
             found.append("config_file cannot be set per app: set TRACEEXPORT_CONFIG on the server (a console user "
                          "must not choose files on it)")
@@ -164,6 +168,7 @@ def resolve_settings(config: Any, env: Mapping[str, str] | None = None) -> HookS
         queue_size=queue_size,
         store_wait=store_wait,
         env_problems=tuple(env_problems),
+        stored_endpoint_password=USERINFO_PASSWORD.match(stored.endpoint) is not None,
     )
 
 
