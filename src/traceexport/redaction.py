@@ -5,8 +5,12 @@ the daemon for its own tokens and by :func:`traceexport.sinks.create_sink` for w
 :func:`redact` masks them, plus any ``secrets`` it is given and secret-looking tokens, in any text: log
 lines, failure reasons, dead letters. A secret is masked as sent and in the forms an echo or a setting can
 give it: percent-encoded (as written in ``OTEL_EXPORTER_OTLP_HEADERS``), escaped in JSON or in a Python
-``repr`` of text or bytes. Longer forms are masked first, so no tail of a secret outlives a shorter one.
+``repr`` of text or bytes, with its whitespace runs collapsed as one-line messages collapse them. Longer forms
+are masked first, so no tail of a secret outlives a shorter one.
 :func:`describe_error` is an exception as one line that never quotes the values it failed on.
+:func:`masked_url` is a URL to quote in a message, its ``user:password@`` password as ``***`` (also one written
+with an unencoded ``#``, ``?``, ``/`` or ``@``, which a URL parser would take for the end of the user info);
+:func:`url_without_userinfo` one to show as a link.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import functools
 import json
 import re
 from collections.abc import Iterable
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
 MIN_LENGTH = 4  # shorter values are masked nowhere: "***" for every "true" would hide the message instead
 
@@ -30,6 +34,9 @@ _SECRET_PATTERNS = [
     re.compile(r"(?i)\b(basic|bearer)\s+[A-Za-z0-9+/=._-]{6,}"),
     re.compile(r"\b(sk|pk)-lf-[A-Za-z0-9-]+"),
 ]
+# A URL's password: after "scheme://user:" up to the last "@", so a password with an unencoded "/", "?", "#" or "@"
+# in it is still all of it (over-masking a URL whose query holds an "@" hides nothing secret).
+USERINFO_PASSWORD = re.compile(r"^(\s*[A-Za-z][\w+.-]*://[^:/?#@\s]*:)(.*)@", re.DOTALL)
 # A value quoted in a protocol library's error (h11: "Illegal header value b'...'"): never shown.
 _QUOTED_BYTES = re.compile(r"""b(['"]).*\1""", re.DOTALL)
 
@@ -50,7 +57,8 @@ def registered_secrets() -> frozenset[str]:
 
 @functools.lru_cache(maxsize=4096)
 def secret_forms(secret: str) -> tuple[str, ...]:
-    """``secret`` as sent and as it reads percent-encoded, JSON-escaped or inside a ``repr``."""
+    """``secret`` as sent and as it reads percent-encoded, JSON-escaped or inside a ``repr``; and with each run of
+    whitespace as one space, as a one-line message shows it (a tab or two spaces in a key)."""
     forms = {
         secret,
         quote(secret, safe=""),
@@ -60,6 +68,7 @@ def secret_forms(secret: str) -> tuple[str, ...]:
         json.dumps(secret)[1:-1].replace("/", "\\/"),
         repr(secret)[1:-1],
         repr(secret.encode("utf-8", "backslashreplace"))[2:-1],
+        " ".join(secret.split()),
     }
     return tuple(f for f in forms if len(f) >= MIN_LENGTH)
 
@@ -91,6 +100,23 @@ def _mask(match: re.Match[str]) -> str:
     return "***"
 
 
+def masked_url(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` replaced by ``***`` (user, host, port and path stay
+    readable); a URL without one unchanged."""
+    return USERINFO_PASSWORD.sub(r"\1***@", url, count=1)
+
+
+def url_without_userinfo(url: str) -> str:
+    """``url`` without its ``user:password@`` (a link shown to others); one that cannot be parsed as a URL, or whose
+    password has an unencoded ``#``, ``?`` or ``/``, with the password masked instead."""
+    try:
+        parts = urlsplit(url)
+        url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    except ValueError:
+        pass
+    return masked_url(url)
+
+
 def describe_error(exc: BaseException, secrets: Iterable[str] = ()) -> str:
     """``exc`` as one secret-free line: a text it could not encode or decode is not quoted, nor is a
     value a protocol library quotes in its message (h11's illegal header value), and the rest is redacted."""
@@ -102,4 +128,5 @@ def describe_error(exc: BaseException, secrets: Iterable[str] = ()) -> str:
     return redact(" ".join(text.split()), secrets)
 
 
-__all__ = ["add_secrets", "describe_error", "redact", "registered_secrets", "secret_forms"]
+__all__ = ["USERINFO_PASSWORD", "add_secrets", "describe_error", "masked_url", "redact", "registered_secrets",
+           "secret_forms", "url_without_userinfo"]

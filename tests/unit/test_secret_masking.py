@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from urllib.parse import quote
 
 import httpx
 import pytest
 
+from traceexport.errors import ConfigError
 from traceexport.logs import secrets_in
-from traceexport.redaction import add_secrets, describe_error, redact, registered_secrets
+from traceexport.redaction import (
+    add_secrets,
+    describe_error,
+    masked_url,
+    redact,
+    registered_secrets,
+    url_without_userinfo,
+)
 from traceexport.sinks import create_sink
-from traceexport.sinks.headers import header_secrets
+from traceexport.sinks.headers import header_secrets, url_secrets
 from traceexport.sinks.http import excerpt
+from traceexport.sinks.http_client import make_client
 from traceexport.sinks.otlp.config import otlp_settings
 from traceexport.sinks.otlp.transport import HttpTransport
+from traceexport.sources.celery.settings import CelerySourceSettings
+from traceexport.sources.storage import S3Storage, S3StorageSettings
 
 DECODED = "SECRET+PLUS888/slash"
 ENV = {"OTEL_EXPORTER_OTLP_HEADERS": "x-custom=SECRET%2BPLUS888%2Fslash", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
@@ -126,3 +138,115 @@ def test_describe_error_never_quotes_the_value_it_failed_on() -> None:
     protocol = httpx.LocalProtocolError("Illegal header value b'Bearer SECRETNL333\\nX-Evil: 1'")
     text = describe_error(protocol)
     assert "Illegal header value" in text and "SECRETNL333" not in text and "Evil" not in text
+
+
+@pytest.mark.parametrize("options, env", [
+    ({"endpoint": "http://u:url#pw-91bd@127.0.0.1:4318"}, {}),
+    ({}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://u:url#pw-91bd@127.0.0.1:4318"}),
+])
+def test_a_bad_otlp_endpoint_is_quoted_with_its_password_masked(options: dict[str, str], env: dict[str, str]) -> None:
+    """A refused OTLP endpoint is quoted as written but with its user:password@ password as ***, never in clear."""
+    with pytest.raises(ConfigError) as refused:
+        otlp_settings("o", options, env)
+    assert "91bd" not in str(refused.value) and "u:***@127.0.0.1" in str(refused.value)
+    assert "%23" in str(refused.value)  # says how to write the password
+
+
+def test_a_bad_langfuse_host_is_quoted_with_its_password_masked() -> None:
+    """Langfuse's host goes through the same check: its password is masked where the problem quotes it."""
+    with pytest.raises(ConfigError) as refused:
+        create_sink("langfuse", "lf", {"host": "http://u:host?pw-91bd@127.0.0.1:3000", "public_key": "pk-lf-1",
+                                       "secret_key": "sk-lf-2"}, {})
+    assert "91bd" not in str(refused.value) and "***" in str(refused.value)
+
+
+@pytest.mark.parametrize("sink_type, options", [
+    ("opik", {"url": "http://u:opik#pw-91bd@127.0.0.1:9/api", "api_key": "k-123456"}),
+    ("amplitude", {"server_url": "http://u:amp/pw#91bd@127.0.0.1:9/2/httpapi", "api_key": "k-123456"}),
+])
+def test_a_password_httpx_cannot_send_is_refused_when_configured(sink_type: str, options: dict[str, str]) -> None:
+    """A URL password with an unencoded # ? or / is a ConfigError naming how to fix it, never quoting it; it used to
+    pass, and every request then failed with httpx's "Invalid port: '<start of the password>'" in its dead letter."""
+    with pytest.raises(ConfigError) as refused:
+        create_sink(sink_type, sink_type, options, {})
+    assert "pw" not in str(refused.value).replace("password", "") and "%23" in str(refused.value)
+
+
+def test_url_secrets_never_raises_on_a_url_python_cannot_split() -> None:
+    """An unclosed IPv6 bracket made urlsplit raise inside the sink's constructor (a traceback from validate,
+    export and serve); the password is still found and the sink builds (httpx reports the host when it sends)."""
+    assert "pw-91bd" in url_secrets("http://u:pw-91bd@[bad/api")
+    sink = create_sink("opik", "opik", {"url": "http://u:pw-91bd@[bad/api", "api_key": "k-123456"}, {})
+    try:
+        assert "pw-91bd" in registered_secrets()
+    finally:
+        sink.shutdown(1.0)
+
+
+def test_an_otlp_sink_s_repr_masks_its_endpoint_password() -> None:
+    """The sink's repr (in a debugger, a traceback's locals, an f-string) showed the endpoint with its password."""
+    sink = create_sink("otlp", "o", {"endpoint": "http://u:repr-pw-91bd@127.0.0.1:9"}, {})
+    try:
+        assert "91bd" not in repr(sink) and "u:***@127.0.0.1:9" in repr(sink)
+    finally:
+        sink.shutdown(1.0)
+
+
+def test_masked_url_and_url_without_userinfo() -> None:
+    """A URL quoted in a message keeps its user and host but not its password (also one with an unencoded # or
+    /); a URL shown as a link loses its user info whole."""
+    assert masked_url("http://u:p%2Fw@h:1/x") == "http://u:***@h:1/x"
+    assert masked_url("http://u:pa#ss/w@h/x") == "http://u:***@h/x"
+    assert masked_url("http://h:1/x") == "http://h:1/x"
+    assert url_without_userinfo("https://u:pw-91bd@h:1/x?q=1") == "https://h:1/x?q=1"
+    assert "91bd" not in url_without_userinfo("http://u:pw#91bd@h/x")
+    assert "91bd" not in url_without_userinfo("http://u:pw-91bd@[bad/x")
+
+
+@pytest.mark.parametrize("endpoint", ["u:grpc-pw-91bd@collector:4317", "http://u:grpc-pw-91bd@collector:4317"])
+def test_a_grpc_endpoint_with_user_info_is_refused_without_quoting_it(endpoint: str) -> None:
+    """gRPC sends no Basic auth: a user:password@ in its endpoint became part of the host name, quoted in every
+    "errors resolving ..." dead letter (in clear for a bare host:port); it is a ConfigError naming no value."""
+    pytest.importorskip("grpc")
+    with pytest.raises(ConfigError) as refused:
+        otlp_settings("o", {"endpoint": endpoint, "protocol": "grpc"}, {})
+    assert "91bd" not in str(refused.value) and "must not hold a user:password@" in str(refused.value)
+
+
+def test_a_secret_with_a_tab_or_two_spaces_is_masked_where_a_line_collapses_them() -> None:
+    """One-line messages turn each whitespace run into one space (logfmt values, failure excerpts, described
+    errors); a key with a tab in it (HTTP allows one inside a header) then no longer matched and was shown."""
+    add_secrets(["tabbed\tkey-91bd", "two  spaces-91be"])
+    assert "91bd" not in describe_error(ValueError("refused tabbed\tkey-91bd"))
+    assert "91be" not in excerpt(httpx.Response(401, text="bad key two  spaces-91be"), [])
+    assert "91bd" not in redact("logfmt: v=\"tabbed key-91bd\"")
+
+
+def test_a_url_password_is_sent_as_basic_auth_but_never_in_the_url_httpx_logs(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """httpx logs every request's URL at INFO, and Dify's processes (where the hook's sinks send) log at INFO: the
+    user:password@ used to be in that line. It now goes only into the Authorization header, as httpx made it."""
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204)
+
+    client = make_client(timeout=5.0, transport=httpx.MockTransport(answer))
+    with caplog.at_level(logging.INFO, logger="httpx"):
+        client.post("http://us%40er:pw%2F91bd@127.0.0.1:9/v1/traces", content=b"")
+    client.close()
+    assert seen[0].headers["authorization"] == "Basic " + base64.b64encode(b"us@er:pw/91bd").decode()
+    assert "91bd" not in str(seen[0].url) and "127.0.0.1:9/v1/traces" in caplog.text
+    assert "91bd" not in caplog.text
+
+
+def test_an_s3_endpoint_s_password_is_masked_in_the_storage_description() -> None:
+    """The Celery source logs where it reads Dify's files ("storage s3://bucket/ (endpoint)") at start: an endpoint
+    with a user:password@ was logged whole; it shows ***, and the source registers that password for its logs."""
+    endpoint = "http://ak:s3-pw%2F91bd@127.0.0.1:9000"
+    storage = S3Storage(S3StorageSettings(type="s3", bucket="dify", endpoint_url=endpoint), client=object())
+    assert "91bd" not in storage.describe() and "ak:***@127.0.0.1:9000" in storage.describe()
+    settings = CelerySourceSettings.from_config({"broker_url": "redis://127.0.0.1:6379/1", "storage": {
+        "type": "s3", "bucket": "dify", "endpoint_url": endpoint}}, env={})
+    assert {"s3-pw%2F91bd", "s3-pw/91bd"} <= set(settings.secrets())

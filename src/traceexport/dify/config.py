@@ -25,7 +25,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, field_validator, model_serializer
 
 from traceexport.dify.names import OTHER_KEYS, PROVIDER_NAME, SECRET_KEYS
-from traceexport.sinks.headers import url_secrets, value_problem
+from traceexport.redaction import USERINFO_PASSWORD, masked_url
+from traceexport.sinks.headers import value_problem
 
 MODES = ("in_process", "forward")
 DEFAULT_SPOOL = "/app/api/storage/traceexport-spool"
@@ -82,13 +83,13 @@ class HookSettings:
     config_file: str | None = None
     stored_config_file: str = ""  # what the app's tracing_config named: never used, reported by problems()
     endpoint: str | None = None
-    endpoint_stored: bool = False  # the endpoint is the app's (Dify stores and shows it in plain text)
     token: str | None = None
     tee: str | None = None
     spool_dir: Path = Path(DEFAULT_SPOOL)
     queue_size: int = DEFAULT_QUEUE_SIZE
     store_wait: float = DEFAULT_STORE_WAIT
     env_problems: tuple[str, ...] = ()  # environment values that were unusable (their defaults apply)
+    stored_endpoint_password: bool = False  # the app's endpoint holds a user:password@ (refused by problems())
 
     @property
     def runtime_key(self) -> tuple[str, ...]:
@@ -112,13 +113,13 @@ class HookSettings:
             if not self.endpoint:
                 found.append("forward mode needs an endpoint (tracing_config.endpoint or TRACEEXPORT_FORWARD_URL)")
             elif not self.endpoint.startswith(("http://", "https://")):
-                found.append(f"endpoint must start with http:// or https:// (got {self.endpoint!r})")
-            if self.endpoint_stored and url_secrets(self.endpoint or ""):
-                found.append("endpoint has a password (user:password@), which Dify stores and shows in plain text: "
-                             "give the sidecar's token as token instead (Dify encrypts it)")
+                found.append(f"endpoint must start with http:// or https:// (got {masked_url(self.endpoint)!r})")
         elif not self.sinks and not self.config_file:
             found.append("in-process mode needs sinks (tracing_config.sinks or TRACEEXPORT_TO) "
                          "or a config file (tracing_config.config_file or TRACEEXPORT_CONFIG)")
+        if self.stored_endpoint_password:
+            found.append("endpoint must not hold a user:password@: Dify stores the endpoint unencrypted and shows it "
+                         "to every editor of the app; put the sidecar's credential in token")
         if self.stored_config_file:
             found.append("config_file cannot be set per app: set TRACEEXPORT_CONFIG on the server (a console user "
                          "must not choose files on it)")
@@ -161,7 +162,6 @@ def resolve_settings(config: Any, env: Mapping[str, str] | None = None) -> HookS
         config_file=env.get("TRACEEXPORT_CONFIG") or None,
         stored_config_file=stored.config_file,
         endpoint=endpoint or None,
-        endpoint_stored=bool(stored.endpoint),
         # The server's token goes only to the server's sidecar: never to an endpoint a console user typed.
         token=stored.token or (env.get("TRACEEXPORT_FORWARD_TOKEN") if endpoint == env_endpoint else None) or None,
         tee=(stored.tee or env.get("TRACEEXPORT_TEE", "")).strip().lower() or None,
@@ -169,6 +169,7 @@ def resolve_settings(config: Any, env: Mapping[str, str] | None = None) -> HookS
         queue_size=queue_size,
         store_wait=store_wait,
         env_problems=tuple(env_problems),
+        stored_endpoint_password=USERINFO_PASSWORD.match(stored.endpoint) is not None,
     )
 
 

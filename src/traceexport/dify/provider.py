@@ -16,8 +16,7 @@ from traceexport.dify.counters import RATE_LOG, STATS
 from traceexport.dify.origin import app_id_of
 from traceexport.dify.runtime import Item, exporter_for
 from traceexport.dify.tee import call_tee
-from traceexport.redaction import redact
-from traceexport.sinks.headers import url_secrets
+from traceexport.redaction import masked_url, redact, url_without_userinfo
 
 HOMEPAGE = "https://github.com/traceexport/traceexport"
 _URL_VARIABLES = ("LANGFUSE_HOST", "LANGFUSE_BASE_URL", "OPIK_URL_OVERRIDE", "OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -70,17 +69,19 @@ class TraceExportTrace:
         """
         problem = self._check()
         if problem:
-            problem = redact(problem, self._secrets())
+            problem = redact(problem, self._secrets())  # Dify's console shows it to every editor of the app
             RATE_LOG("dify.hook.api_check_failed", logging.WARNING, reason=problem)
             raise ValueError(f"traceexport: {problem}")
         return True
 
     def _secrets(self) -> tuple[str, ...]:
-        """What this config sends that must never be shown: the token, an endpoint's ``user:password@``."""
-        if self.settings is None:
+        """The token and what the endpoint's ``user:password@`` sends: never in a message to Dify's console."""
+        from traceexport.sinks.headers import url_secrets
+
+        settings = self.settings
+        if settings is None:
             return ()
-        token = (self.settings.token,) if self.settings.token else ()
-        return token + url_secrets(self.settings.endpoint or "")
+        return ((settings.token,) if settings.token else ()) + url_secrets(settings.endpoint or "")
 
     def _check(self) -> str | None:
         if self.settings is None:
@@ -113,37 +114,39 @@ class TraceExportTrace:
 
         assert self.settings is not None and self.settings.endpoint is not None
         endpoint, token = self.settings.endpoint, self.settings.token
+        shown = masked_url(endpoint)
         auth = {"Authorization": f"Bearer {token}"} if token else {}
         try:
             with suppressed_instrumentation(), DeadlineClient(deadline=CHECK_SECONDS, timeout=CHECK_SECONDS) as client:
                 with client.stream("GET", f"{endpoint}/healthz") as response:
                     health = response.status_code
                 if health != 200:
-                    return f"sidecar {endpoint}/healthz answered {health}"
+                    return f"sidecar {shown}/healthz answered {health}"
                 # An empty post: 400 ("no records") once the token is taken, 401 when it is not; nothing stored.
                 with client.stream("POST", f"{endpoint}{INGEST_PATH}", content=b"",
                                    headers={"Content-Type": "application/x-ndjson", **auth}) as response:
                     ingest = response.status_code
         except httpx.HTTPError as exc:
-            return f"sidecar {endpoint} unreachable ({type(exc).__name__})"
+            return f"sidecar {shown} unreachable ({type(exc).__name__})"
         except UnicodeError:  # raised by the name lookup, past httpx's checks: "a..b", a label over 63 characters
-            return f"endpoint {endpoint}: its host name cannot be looked up (an empty label, or one over 63 characters)"
+            return f"endpoint {shown}: its host name cannot be looked up (an empty label, or one over 63 characters)"
         if ingest in (401, 403):
-            return (f"sidecar {endpoint} refused the token ({ingest}): check tracing_config.token or "
+            return (f"sidecar {shown} refused the token ({ingest}): check tracing_config.token or "
                     "TRACEEXPORT_FORWARD_TOKEN")
         if ingest != 400 and ingest < 500 and ingest != 429:  # a sidecar answers an empty post 400 "no records"
-            return (f"{endpoint}{INGEST_PATH} answered {ingest} to an empty post, where a traceexport sidecar answers "
+            return (f"{shown}{INGEST_PATH} answered {ingest} to an empty post, where a traceexport sidecar answers "
                     "400: is the endpoint the sidecar's ingest address (not its console or another service)?")
         return None
 
     def get_project_url(self) -> str:
-        """Where the traces can be looked at: the sidecar, a configured backend URL, or the project page."""
+        """Where the traces can be looked at: the sidecar, a configured backend URL, or the project page; never
+        with a ``user:password@`` (Dify's console shows it as a link)."""
         settings = self.settings
         if settings is not None and settings.mode == "forward" and settings.endpoint:
-            return redact(settings.endpoint, self._secrets())
+            return url_without_userinfo(settings.endpoint)
         for name in _URL_VARIABLES:
             if os.environ.get(name):
-                return os.environ[name]
+                return url_without_userinfo(os.environ[name])
         return HOMEPAGE
 
     def get_project_key(self) -> str:

@@ -17,27 +17,26 @@ from urllib.parse import unquote
 
 from traceexport import _json
 from traceexport.errors import SourceError
-from traceexport.redaction import redact
+from traceexport.redaction import USERINFO_PASSWORD, redact
 
 DEFAULT_STATEMENT_TIMEOUT = 60.0
 
 
-# The password of a URL's user info: after "scheme://user:" up to the last "@" (a password written with an
-# unencoded "/", "?", "#" or "@" in it is still all of it), and any "password=" value (a URL's query parameter
-# or a keyword connection string, quoted or not; sslpassword too).
-_USERINFO_PASSWORD = re.compile(r"^(\s*[A-Za-z][\w+.-]*://[^:/?#@\s]*:)(.*)@", re.DOTALL)
+# The password of a URL's user info (redaction.USERINFO_PASSWORD: a password written with an unencoded "/", "?",
+# "#" or "@" in it is still all of it), and any "password=" value (a URL's query parameter or a keyword connection
+# string, quoted or not; sslpassword too).
 _PASSWORD_VALUE = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)")
 
 
 def masked_url(url: str) -> str:
     """The URL (or keyword connection string) with every password replaced by ``***`` (safe for errors and
     logs); user, host, port and database stay readable."""
-    return _PASSWORD_VALUE.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1***@", url, count=1))
+    return _PASSWORD_VALUE.sub(r"\1***", USERINFO_PASSWORD.sub(r"\1***@", url, count=1))
 
 
 def passwords(url: str) -> list[str]:
     """Every password ``url`` carries, as written and percent-decoded (to mask where a message echoes it)."""
-    found = [m.group(2) for m in _USERINFO_PASSWORD.finditer(url)]
+    found = [m.group(2) for m in USERINFO_PASSWORD.finditer(url)]
     found += [m.group(2).strip("'") for m in _PASSWORD_VALUE.finditer(url)]
     return [form for value in found if value for form in dict.fromkeys((value, unquote(value)))]
 

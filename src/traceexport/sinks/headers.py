@@ -3,7 +3,9 @@
 httpx encodes a header given as text in ASCII and h11 refuses a value with a line break, NUL or whitespace
 at either end; gRPC metadata takes printable ASCII only. A value that breaks these rules would fail every
 request at send time, so sinks check their headers and credentials when they are configured (``validate``,
-start-up) with :func:`header_problems` and :func:`value_problem`, whose messages never quote the value.
+start-up) with :func:`header_problems` and :func:`value_problem`, whose messages never quote the value, and
+:func:`url_problem` a URL to send to (its user info becomes the Basic credential: a password with an unencoded
+``#``, ``?`` or ``/`` would end it early, and httpx would quote its start in every failure).
 :func:`header_secrets` and :func:`url_secrets` list what a sink's configured headers and a URL's
 ``user:password@`` send that must be masked wherever it could show (:mod:`traceexport.redaction`).
 """
@@ -17,12 +19,14 @@ from collections.abc import Mapping
 from urllib.parse import unquote, urlsplit
 
 from traceexport.errors import Problem
+from traceexport.redaction import USERINFO_PASSWORD
 
 _TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")  # an HTTP field name (RFC 9110 token)
 _GRPC_NAME = re.compile(r"[-_.0-9A-Za-z]+")  # gRPC metadata keys (sent lowercased)
 _SECRET_NAME = re.compile(r"(?i)auth|key|token|secret|password|cookie|signature|credential")
 SHORTEST_SECRET = 8  # a value under another header name is a setting below this length ("gzip", "v4")
 FIX = "fix it (it is not shown)"
+ENCODE_PASSWORD = "percent-encode # ? / @ in a password as %23 %3F %2F %40"
 
 
 def value_problem(value: str, *, grpc: bool = False) -> str | None:
@@ -100,10 +104,28 @@ def header_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(v for v in found if v))
 
 
+def url_problem(url: str) -> str | None:
+    """Why httpx cannot send to ``url`` as an http(s) URL (one line, never quoting it), or None if it can."""
+    import httpx  # here, not at the top: `map` builds a sink's settings but never sends
+
+    try:
+        parsed = httpx.URL(url)
+    except Exception:  # httpx raises several types for malformed URLs
+        parsed = None
+    if parsed is not None and parsed.scheme in ("http", "https") and parsed.host:
+        return None
+    return "is not an http:// or https:// URL" + (f" ({ENCODE_PASSWORD})" if "@" in url else "")
+
+
 def url_secrets(url: str) -> tuple[str, ...]:
     """What a URL's ``user:password@`` sends: httpx turns it into ``Authorization: Basic <token>``, so the
-    password (as written and decoded), the decoded pair and the token; nothing for a URL without one."""
-    userinfo = urlsplit(url).netloc.rpartition("@")[0] if "@" in url else ""
+    password (as written and decoded), the decoded pair and the token; nothing for a URL without one. Never
+    raises: a URL that cannot be split has its password taken as all up to the last ``@``."""
+    try:
+        userinfo = urlsplit(url).netloc.rpartition("@")[0]
+    except ValueError:
+        found = USERINFO_PASSWORD.match(url)
+        userinfo = found.group(0).split("://", 1)[1][:-1] if found else ""
     written_user, sep, written = userinfo.partition(":")
     if not sep or not written:
         return ()
@@ -121,4 +143,5 @@ def _basic_parts(credential: str) -> list[str]:
     return [pair, user, password]
 
 
-__all__ = ["header_problems", "header_secrets", "merge_headers", "name_problem", "url_secrets", "value_problem"]
+__all__ = ["ENCODE_PASSWORD", "header_problems", "header_secrets", "merge_headers", "name_problem", "url_problem",
+           "url_secrets", "value_problem"]

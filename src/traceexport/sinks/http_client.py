@@ -16,12 +16,16 @@ streams an endless body (or a gzip bomb) as fast as loopback goes would otherwis
 delivery process, a gigabyte a second, until the deadline. The status stands and the body keeps its first
 ``MAX_ANSWER_BYTES``, far more than any backend's answer or error.
 
+A URL's ``user:password@`` is sent as the Basic ``Authorization`` header httpx makes of it, but never as part
+of the request's URL, which httpx logs at INFO (a host process such as Dify logs at INFO by default).
+
 :func:`make_client` returns a :class:`RateLimitedClient`: inside a rate-limited sink's export each request
 first waits for that sink's :class:`~traceexport.sinks.ratelimit.RateLimiter` (before its deadline starts).
 """
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import ssl
 import time
@@ -161,6 +165,7 @@ class DeadlineClient(httpx.Client):
         return _install(super()._init_proxy_transport(*args, **kwargs))
 
     def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        _credentials_out_of_url(request)
         stream = bool(kwargs.pop("stream", False))
         started = time.monotonic()
         token = _DEADLINE.set((started + self.deadline, self.deadline))
@@ -175,6 +180,17 @@ class DeadlineClient(httpx.Client):
             _DEADLINE.reset(token)
         request_meter.observe(time.monotonic() - started, request_meter.status_outcome(response.status_code))
         return response
+
+
+def _credentials_out_of_url(request: httpx.Request) -> None:
+    """Move a URL's ``user:password@`` into the ``Authorization: Basic`` header httpx would make of it (replacing
+    any other, as httpx does), so the request's URL carries no credential: httpx logs every request's URL at
+    INFO, which a host process logging at INFO (Dify's api and worker, by default) would write out."""
+    url = request.url
+    if url.userinfo:
+        pair = f"{url.username}:{url.password}".encode()
+        request.headers["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
+        request.url = url.copy_with(userinfo=b"")
 
 
 def _read_bounded(response: httpx.Response, limit: int = MAX_ANSWER_BYTES) -> None:

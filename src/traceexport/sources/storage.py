@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from traceexport.errors import ConfigError, TraceExportError
+from traceexport.redaction import masked_url
 
 _BUCKET = re.compile(r"[A-Za-z0-9._-]{1,255}|arn:\S+")  # botocore's own check: a bucket name or an access point ARN
 _ENDPOINT = re.compile(r"https?://[^\s/?#]+[^\s]*", re.IGNORECASE)
@@ -242,8 +243,8 @@ class S3Storage:
             raise StorageError(f"cannot delete {key} from s3://{self.bucket}: {_describe(exc)}") from exc
 
     def describe(self) -> str:
-        """``s3://bucket/prefix (endpoint)`` without credentials."""
-        return f"s3://{self.bucket}/{self.prefix} ({self._endpoint})"
+        """``s3://bucket/prefix (endpoint)`` without credentials (an endpoint's password as ``***``)."""
+        return f"s3://{self.bucket}/{self.prefix} ({masked_url(self._endpoint)})"
 
 
 def _error_code(exc: Exception) -> str:

@@ -16,7 +16,15 @@ from urllib.parse import unquote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from traceexport.errors import ConfigError, Problem
-from traceexport.sinks.headers import header_problems, header_secrets, merge_headers, url_secrets
+from traceexport.redaction import masked_url
+from traceexport.sinks.headers import (
+    ENCODE_PASSWORD,
+    header_problems,
+    header_secrets,
+    merge_headers,
+    url_problem,
+    url_secrets,
+)
 from traceexport.sinks.otlp.tls import TlsFiles, tls_problems
 
 Protocol = Literal["http/protobuf", "http/json", "grpc"]
@@ -183,15 +191,13 @@ def resolve_compression(options: CommonOptions, env: Mapping[str, str], problems
 
 def check_http_url(url: str, where: str, problems: list[Problem], typed: str | None = None) -> None:
     """Add a problem unless ``url`` is an absolute http(s) URL (as httpx, which will send to it, reads it);
-    the problem quotes ``typed``, what the user wrote, when ``url`` was made from it (a path appended)."""
-    import httpx  # here, not at the top: `map` builds a sink's settings but never sends
-
-    try:
-        parsed = httpx.URL(url)
-    except Exception:  # httpx raises several types for malformed URLs
-        parsed = None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
-        problems.append(Problem(where, f"must be an http:// or https:// URL, got {url if typed is None else typed!r}"))
+    the problem quotes ``typed``, what the user wrote, when ``url`` was made from it (a path appended), with the
+    password of its ``user:password@`` masked."""
+    problem = url_problem(url)
+    if problem is not None:
+        shown = masked_url(url if typed is None else typed)
+        hint = f" ({ENCODE_PASSWORD})" if "@" in url else ""
+        problems.append(Problem(where, f"must be an http:// or https:// URL, got {shown!r}{hint}"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from traceexport import _json
 from traceexport.errors import RecordError
-from traceexport.redaction import redact
+from traceexport.redaction import masked_url
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload, encoding_failure, request_groups
 from traceexport.sinks.bisect import Budget, send_halves
 from traceexport.sinks.otlp.config import OtlpSettings
@@ -97,8 +97,8 @@ class OtlpSink:
         self._transport: Transport | None = None
         self._closed = False
 
-    def __repr__(self) -> str:  # never shows headers, nor an endpoint's user:password@ (credentials)
-        return (f"OtlpSink(name={self.name!r}, endpoint={redact(self.settings.endpoint, self.secrets)!r}, "
+    def __repr__(self) -> str:  # never shows headers or the endpoint's password (they may hold credentials)
+        return (f"OtlpSink(name={self.name!r}, endpoint={masked_url(self.settings.endpoint)!r}, "
                 f"protocol={self.settings.protocol!r})")
 
     # -- pure ------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from traceexport.errors import ConfigError, Problem
+from traceexport.redaction import USERINFO_PASSWORD
 from traceexport.sources.celery.broker_url import broker_url_problem, mask_url
 from traceexport.sources.storage import LocalStorageSettings, S3StorageSettings, StorageSettings
 
@@ -174,7 +175,7 @@ class CelerySourceSettings(BaseModel):
 
     def secrets(self) -> list[str]:
         """The values to mask wherever this source's text may end up: the broker URL's passwords (as written and
-        decoded), S3's keys."""
+        decoded), S3's keys and its endpoint's password."""
         found: list[str] = []
         for part in self.broker_url.get_secret_value().split(";"):
             with contextlib.suppress(ValueError):
@@ -182,6 +183,8 @@ class CelerySourceSettings(BaseModel):
                 found += [password, unquote(password)]
         if isinstance(self.storage, S3StorageSettings):
             found += [key.get_secret_value() for key in (self.storage.access_key, self.storage.secret_key) if key]
+            endpoint = USERINFO_PASSWORD.match(self.storage.endpoint_url or "")
+            found += [endpoint.group(2), unquote(endpoint.group(2))] if endpoint else []
         return [value for value in found if value]
 
     def masked_broker_url(self) -> str:
