@@ -66,6 +66,32 @@ def test_wide_runs_are_delivered_in_bounded_memory_in_one_process(server: tuple[
     assert peak < PEAK_LIMIT_MB * 1024**2, f"peak RSS {peak / 1024**2:.0f} MB"
 
 
+def test_wide_live_records_are_delivered_in_bounded_memory(server: tuple[PostgresServer, str],
+                                                          tmp_path: Path) -> None:
+    """Records of wide runs as Dify sends them live (no nodes: ``replay`` of their files, as ``serve`` gets
+    them) are enriched by the delivery process, which reads and sends a batch's runs a part at a time: every
+    node span is delivered and no process passes a few hundred MB (before, about 900 MB in the delivery
+    process)."""
+    pg, app = server
+    with psycopg.connect(pg.url(), autocommit=True) as conn:
+        reader = DifyReader(conn, inspect(conn))
+        lines = [record.envelope_text() for page in reader.pages(Window(apps=(app,), types=frozenset({"workflow"})))
+                 for record in page.records]
+    records = tmp_path / "records.jsonl"
+    records.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"spool:\n  dir: {tmp_path / 'spool'}\n  delivery_process: true\n"
+                      f"enrich:\n  database_url: {pg.url()}\n", encoding="utf-8")
+    argv = [sys.executable, "-m", "traceexport", "replay", "--config", str(config), "--to", "file", "--no-progress",
+            str(records)]
+    code, peak, errors = run_measuring_peak_rss(
+        argv, env=python_env({"TRACEEXPORT_FILE_SINK_DIR": str(tmp_path / "out")}))
+    assert code == 0, errors
+    assert f"{RUNS} sent to the spool" in errors
+    assert sum(len(f.read_bytes().splitlines()) for f in (tmp_path / "out").iterdir()) == RUNS * (NODES + 1)
+    assert peak < PEAK_LIMIT_MB * 1024**2, f"peak RSS {peak / 1024**2:.0f} MB"
+
+
 @pytest.mark.parametrize(("page_nodes", "sizes"), [(4500, [2] * (RUNS // 2)), (1000, [1] * RUNS),
                                                    (10**9, [RUNS])])
 def test_a_page_of_runs_stays_within_its_node_rows(server: tuple[PostgresServer, str], page_nodes: int,
