@@ -1,5 +1,6 @@
 """``traceexport backfill`` of workflow runs with thousands of node rows each, from a real PostgreSQL: memory
-stays bounded by the page's and the batch's size, not by how many nodes the runs have."""
+stays bounded by the page's and the batch's size, not by how many nodes the runs have, with delivery in a
+second process and in the command's own."""
 
 from __future__ import annotations
 
@@ -44,6 +45,50 @@ def test_wide_runs_are_backfilled_in_bounded_memory(server: tuple[PostgresServer
         argv, env=python_env({"TRACEEXPORT_FILE_SINK_DIR": str(tmp_path / "out")}))
     assert code == 0, errors
     assert f"backfill: {RUNS} records accepted" in errors
+    assert peak < PEAK_LIMIT_MB * 1024**2, f"peak RSS {peak / 1024**2:.0f} MB"
+
+
+def test_wide_runs_are_delivered_in_bounded_memory_in_one_process(server: tuple[PostgresServer, str],
+                                                                   tmp_path: Path) -> None:
+    """With ``spool.delivery_process: false`` the delivery threads read the node rows themselves: the sixty
+    wide runs are all delivered, every node span, while the one process stays within a few hundred MB (before,
+    a batch read every run's rows at once and held all their spans until it sent them: about 900 MB)."""
+    pg, app = server
+    config = tmp_path / "config.yaml"
+    config.write_text(f"spool:\n  dir: {tmp_path / 'spool'}\n  delivery_process: false\n", encoding="utf-8")
+    argv = [sys.executable, "-m", "traceexport", "backfill", "--config", str(config), "--dify-db", pg.url(),
+            "--apps", app, "--since", "2026-10-01", "--until", "2026-12-01", "--to", "file", "--no-progress"]
+    code, peak, errors = run_measuring_peak_rss(
+        argv, env=python_env({"TRACEEXPORT_FILE_SINK_DIR": str(tmp_path / "out")}))
+    assert code == 0, errors
+    assert f"backfill: {RUNS} records accepted" in errors
+    assert sum(len(f.read_bytes().splitlines()) for f in (tmp_path / "out").iterdir()) == RUNS * (NODES + 1)
+    assert peak < PEAK_LIMIT_MB * 1024**2, f"peak RSS {peak / 1024**2:.0f} MB"
+
+
+def test_wide_live_records_are_delivered_in_bounded_memory(server: tuple[PostgresServer, str],
+                                                          tmp_path: Path) -> None:
+    """Records of wide runs as Dify sends them live (no nodes: ``replay`` of their files, as ``serve`` gets
+    them) are enriched by the delivery process, which reads and sends a batch's runs a part at a time: every
+    node span is delivered and no process passes a few hundred MB (before, about 900 MB in the delivery
+    process)."""
+    pg, app = server
+    with psycopg.connect(pg.url(), autocommit=True) as conn:
+        reader = DifyReader(conn, inspect(conn))
+        lines = [record.envelope_text() for page in reader.pages(Window(apps=(app,), types=frozenset({"workflow"})))
+                 for record in page.records]
+    records = tmp_path / "records.jsonl"
+    records.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"spool:\n  dir: {tmp_path / 'spool'}\n  delivery_process: true\n"
+                      f"enrich:\n  database_url: {pg.url()}\n", encoding="utf-8")
+    argv = [sys.executable, "-m", "traceexport", "replay", "--config", str(config), "--to", "file", "--no-progress",
+            str(records)]
+    code, peak, errors = run_measuring_peak_rss(
+        argv, env=python_env({"TRACEEXPORT_FILE_SINK_DIR": str(tmp_path / "out")}))
+    assert code == 0, errors
+    assert f"{RUNS} sent to the spool" in errors
+    assert sum(len(f.read_bytes().splitlines()) for f in (tmp_path / "out").iterdir()) == RUNS * (NODES + 1)
     assert peak < PEAK_LIMIT_MB * 1024**2, f"peak RSS {peak / 1024**2:.0f} MB"
 
 

@@ -257,6 +257,33 @@ def test_a_batch_reads_its_runs_in_one_query(db: PostgresServer) -> None:
 
 
 @pytest.mark.integration
+def test_a_batch_is_cut_into_parts_bounded_by_the_node_rows_of_its_runs(db: PostgresServer,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``parts`` counts the batch's node rows in one query and ends a part before the run that would take it past
+    the rows (or bytes) read ahead at once, at least one run a part; a record with nothing to read (a message, a
+    run without rows) joins the part before it, and the parts cover the batch in order."""
+    records = _three_runs_stored(db)
+    message = record_from_obj(json.loads((SAMPLES / "05-message-chat.json").read_text(encoding="utf-8")))
+    batch = [records[0], message, records[1], records[2], _sample_record()]
+    monkeypatch.setattr(postgres, "PART_NODES", 12)  # two runs of the sample's five nodes, not three
+    enricher = _enricher(db.url(RO_ROLE, RO_PASSWORD), FakeClock(), records[0])
+    assert enricher.parts(batch) == [3, 2] and enricher.metrics()["queries"] == 1
+    monkeypatch.setattr(postgres, "PART_NODE_BYTES", 1)  # every run's text is past it: a run a part
+    assert enricher.parts(batch) == [2, 1, 2]
+    assert enricher.parts(batch[:2]) == [2] and enricher.metrics()["queries"] == 2  # one run: nothing to count
+
+
+@pytest.mark.integration
+def test_a_batch_whose_rows_cannot_be_counted_is_read_a_record_at_a_time() -> None:
+    """With the database down, ``parts`` leaves one record a part (each then asks on its own, as when the
+    read-ahead fails), so a batch is never read whole unbounded."""
+    records = [_sample_record(), _sample_record()]
+    records[1].data["workflow_run_id"] = str(uuid.uuid4())
+    url = f"postgresql://traceexport_ro:{RO_PASSWORD}@127.0.0.1:{_closed_port()}/dify"
+    assert _enricher(url, FakeClock(), records[0]).parts(records) == [1, 1]
+
+
+@pytest.mark.integration
 def test_the_cache_holds_a_bounded_number_of_nodes(db: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """Node lists kept for the other sinks are bounded by their nodes, not only by their runs (a run of a
     long agent has thousands): past the bound the oldest run's nodes are read again, the newest are not."""

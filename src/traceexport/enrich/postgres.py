@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
@@ -45,6 +45,15 @@ FROM workflow_node_executions
 WHERE workflow_run_id = ANY(%s) AND triggered_from = 'workflow-run'{filters}
 ORDER BY created_at, index
 """
+# The node rows and bytes of their text each of those runs has, to read a batch's runs a bounded part at a time.
+_SIZES_QUERY = """
+SELECT workflow_run_id, count(*) AS nodes,
+       sum(coalesce(octet_length(inputs), 0) + coalesce(octet_length(process_data), 0)
+           + coalesce(octet_length(outputs), 0) + coalesce(octet_length(execution_metadata), 0)) AS bytes
+FROM workflow_node_executions
+WHERE workflow_run_id = ANY(%s) AND triggered_from = 'workflow-run'{filters}
+GROUP BY workflow_run_id
+"""
 _TERMINAL_TYPES = frozenset({"end", "answer"})
 _UNFINISHED = frozenset({"running", "pending"})
 _PENDING_LIMIT = 10_000
@@ -52,6 +61,11 @@ _CACHE_LIMIT = 512
 # Node lists the cache holds at most in all (a run of a long agent has thousands): beyond it the oldest go.
 _CACHE_NODES = 10_000
 _PREFETCH_LIMIT = 4096
+# What one part of a batch read ahead may bring of node rows, in rows and in bytes of their text (at least one
+# run a part): the bound a backfill page has (difydb/reader.py), so a delivery batch of runs with thousands of
+# nodes each is read, mapped and sent a few runs at a time. Ordinary runs never reach it within a batch.
+PART_NODES = 10_000
+PART_NODE_BYTES = 24 * 1024**2
 COUNTER_NAMES = (
     "queries",
     "database_errors",
@@ -109,6 +123,13 @@ class NodeReader:
         for row in self._query(_MANY_QUERY, run_ids, tenant_id, app_id, workflow_id):
             found.setdefault(str(row.pop("workflow_run_id")), []).append(row)
         return found
+
+    def sizes(self, run_ids: list[uuid.UUID], tenant_id: str | None, app_id: str | None,
+              workflow_id: str | None = None) -> dict[str, tuple[int, int]]:
+        """The node rows of several runs of one app (and workflow) counted, by run id: (rows, bytes of their
+        text); a run without rows is absent. Raise as ``fetch``."""
+        return {str(row["workflow_run_id"]): (int(row["nodes"]), int(row["bytes"] or 0))
+                for row in self._query(_SIZES_QUERY, run_ids, tenant_id, app_id, workflow_id)}
 
     def _query(self, query: str, runs: Any, tenant_id: str | None, app_id: str | None,
                workflow_id: str | None) -> list[dict[str, Any]]:
@@ -285,6 +306,53 @@ class PostgresEnricher:
         already cached, read ahead, or whose id is not a UUID are left to ``__call__``; so is every run
         of a query that fails (it asks again on its own, with its own error handling).
         """
+        for (tenant_id, app_id, workflow_id), runs in self._runs_to_read(records).items():
+            try:
+                found = self._reader.fetch_many(runs, tenant_id, app_id, workflow_id)
+            except (DatabaseUnavailable, QueryRejected):
+                continue
+            finally:
+                self._count("queries")
+            with self._lock:
+                for run in runs:
+                    self._prefetched[str(run)] = found.get(str(run), [])
+                while len(self._prefetched) > _PREFETCH_LIMIT:
+                    self._prefetched.popitem(last=False)
+
+    def parts(self, records: Sequence[Record]) -> list[int]:
+        """How many of ``records``, in their order, to read ahead (:meth:`prefetch`) and map at a time: parts
+        whose runs' node rows stay within :data:`PART_NODES` rows and :data:`PART_NODE_BYTES` of their text (at
+        least one record a part; a record with no rows to read joins the part before it), so a batch of runs
+        with thousands of nodes each is never held at once.
+
+        One query counts the rows, per app and workflow, when two or more runs are to be read; a count that
+        fails leaves one record a part (each read on its own, as when the read-ahead fails).
+        """
+        groups = self._runs_to_read(records)
+        if sum(len(runs) for runs in groups.values()) < 2:
+            return [len(records)] if records else []
+        sizes: dict[str, tuple[int, int]] = {}
+        for (tenant_id, app_id, workflow_id), runs in groups.items():
+            try:
+                sizes.update(self._reader.sizes(runs, tenant_id, app_id, workflow_id))
+            except (DatabaseUnavailable, QueryRejected):
+                return [1] * len(records)
+            finally:
+                self._count("queries")
+        parts: list[int] = []
+        taken = rows = text = 0
+        for record in records:
+            more, size = sizes.get(str(record.data.get("workflow_run_id") or ""), (0, 0))
+            if taken and more and (rows + more > PART_NODES or text + size > PART_NODE_BYTES):
+                parts.append(taken)
+                taken = rows = text = 0
+            taken, rows, text = taken + 1, rows + more, text + size
+        return [*parts, taken]
+
+    def _runs_to_read(self, records: Iterable[Record]) -> dict[tuple[str | None, str | None, str | None],
+                                                                list[uuid.UUID]]:
+        """The runs of ``records`` a read-ahead would query, per (tenant, app, workflow): those this enricher
+        wants, with a UUID for an id, neither cached nor read ahead already."""
         groups: dict[tuple[str | None, str | None, str | None], list[uuid.UUID]] = {}
         with self._lock:
             for record in records:
@@ -297,18 +365,7 @@ class PostgresEnricher:
                     continue
                 app = (_text(record.data.get("tenant_id")), _text(record.app_id), _text(record.data.get("workflow_id")))
                 groups.setdefault(app, []).append(run)
-        for (tenant_id, app_id, workflow_id), runs in groups.items():
-            try:
-                found = self._reader.fetch_many(runs, tenant_id, app_id, workflow_id)
-            except (DatabaseUnavailable, QueryRejected):
-                continue
-            finally:
-                self._count("queries")
-            with self._lock:
-                for run in runs:
-                    self._prefetched[str(run)] = found.get(str(run), [])
-                while len(self._prefetched) > _PREFETCH_LIMIT:
-                    self._prefetched.popitem(last=False)
+        return groups
 
     def _retry_or_give_up(self, record: Record, nodes: list[dict[str, Any]]) -> float | None:
         now = self._clock()

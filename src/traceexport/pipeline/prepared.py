@@ -6,7 +6,10 @@ enricher's ``prepare`` hook. A small LRU keyed by record key holds the prepared 
 the time until which the enricher asked to wait, so several sinks neither re-parse nor re-enrich it.
 Records accepted by this process are seeded into it with the number of sinks they are routed to; an
 entry leaves the cache once that many sinks have taken it, so the cache holds only records still on
-their way, and in steady state a record is parsed once.
+their way, and in steady state a record is parsed once. The cache is bounded by its records and by the
+workflow nodes they carry (:data:`CACHE_NODES`): a record kept for the other sinks holds its run's node spans,
+thousands for a long agent. A batch's records are read ahead a part at a time (:meth:`PreparedRecords.read_ahead`),
+as the enricher cuts them by the node rows it will read.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from traceexport import _json
 from traceexport.errors import RecordError
@@ -24,16 +27,20 @@ from traceexport.records.compact import record_from_compact
 
 Prepare = Callable[[Record], float | None]
 log = logging.getLogger(__name__)
+# Workflow nodes the cache's records may carry in all (beyond it the oldest records go, at least one stays):
+# records prepared for one sink and kept for the others would otherwise hold a whole batch of wide runs.
+CACHE_NODES = 20_000
 
 
 class _Entry:
-    __slots__ = ("not_before", "prepared", "record", "remaining")
+    __slots__ = ("nodes", "not_before", "prepared", "record", "remaining")
 
     def __init__(self, record: Record | None, prepared: bool, not_before: float = 0.0, remaining: int = 0) -> None:
         self.record = record
         self.prepared = prepared
         self.not_before = not_before
         self.remaining = remaining  # sinks still to take this record; 0: unknown (kept until evicted)
+        self.nodes = _nodes_of(record)
 
 
 class PreparedRecords:
@@ -44,6 +51,7 @@ class PreparedRecords:
         self._size = size
         self._sinks = sinks  # records not seeded here (read back from the spool) may go to every sink
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._nodes = 0  # the nodes of every record in _cache
         self._lock = threading.Lock()
         self._prepare_lock = threading.Lock()  # prepare runs once per record, never concurrently on one
 
@@ -88,35 +96,72 @@ class PreparedRecords:
             self._keep_for_others(key, record, entry)
         return record
 
-    def prefetch(self, items: Sequence[tuple[str, str, bytes | None]], now: float) -> None:
-        """Parse the batch's records not yet at hand and let the enricher read what they all need at once.
+    def read_ahead(self, items: Sequence[tuple[str, str, bytes | None] | None], now: float) -> Iterator[int]:
+        """Let the enricher read what a batch's records need a part at a time; yield the end of each part.
 
-        ``items`` are (key, envelope, compact form). Only for an enricher with a ``prefetch`` method and a
-        cache to keep the parsed records in; a record that does not parse is left for ``get`` to report,
-        and a failing read-ahead only means each record asks on its own.
+        ``items`` are a batch's (key, envelope, compact form), None for one that needs no preparing (mapped
+        ahead). Its records not yet at hand are parsed, the enricher's ``parts`` (if it has one) cuts them
+        into parts bounded by what it will read for them (the node rows of wide workflow runs), and each part
+        is read ahead (``prefetch``) before its end (an index into ``items``, exclusive) is yielded: the
+        caller maps ``items`` up to there, then asks for the next. Only for an enricher with a ``prefetch``
+        method and a cache to keep the parsed records in (else one part, nothing read); a record that does
+        not parse is left for ``get`` to report, and a failing read-ahead only means each record asks on
+        its own.
         """
-        read_ahead = getattr(self._prepare, "prefetch", None)
-        if read_ahead is None or not self._size:
+        read = getattr(self._prepare, "prefetch", None)
+        if read is None or not self._size:
+            yield len(items)
             return
-        records: list[Record] = []
-        for key, envelope, compact in items:
-            entry = self._lookup(key)
-            if entry is not None and (entry.prepared or (entry.record is None and entry.not_before > now)):
-                continue
-            if entry is not None and entry.record is not None:
-                records.append(entry.record)
-                continue
+        positions: list[int] = []
+        records: list[Record | None] = []
+        for position, item in enumerate(items):
+            record = self._unprepared(item, now) if item is not None else None
+            if record is not None:
+                positions.append(position)
+                records.append(record)
+        start = 0
+        for size in self._parts(records):
+            part = [record for record in records[start:start + size] if record is not None]
+            records[start:start + size] = [None] * size  # a part's records are let go once it is mapped
+            start += size
             try:
-                record = _parse(envelope, compact)
-            except RecordError:
-                continue
-            self._put(key, _Entry(record, prepared=False, remaining=self._sinks))
-            records.append(record)
+                read(part)
+            except Exception as exc:  # an optimisation only: never stops delivery
+                log.warning("enricher read-ahead failed (%s: %s); each record is enriched on its own",
+                            type(exc).__name__, exc)
+            del part
+            yield positions[start - 1] + 1 if start < len(records) else len(items)
+        if not records:
+            yield len(items)
+
+    def _unprepared(self, item: tuple[str, str, bytes | None], now: float) -> Record | None:
+        """The record of ``item`` still to prepare (parsed now if not at hand), or None: prepared already,
+        deferred, or not parsing."""
+        key, envelope, compact = item
+        entry = self._lookup(key)
+        if entry is not None and (entry.prepared or (entry.record is None and entry.not_before > now)):
+            return None
+        if entry is not None and entry.record is not None:
+            return entry.record
         try:
-            read_ahead(records)
-        except Exception as exc:  # an optimisation only: never stops delivery
+            record = _parse(envelope, compact)
+        except RecordError:
+            return None
+        self._put(key, _Entry(record, prepared=False, remaining=self._sinks))
+        return record
+
+    def _parts(self, records: Sequence[Record | None]) -> list[int]:
+        """The enricher's parts of ``records`` (every size at least one, covering them all), or one part."""
+        cut = getattr(self._prepare, "parts", None)
+        if cut is None or not records:
+            return [len(records)] if records else []
+        try:
+            sizes = [size for size in cut(records) if size > 0]
+        except Exception as exc:  # as a failing read-ahead: each record is then enriched on its own
             log.warning("enricher read-ahead failed (%s: %s); each record is enriched on its own",
                         type(exc).__name__, exc)
+            return [1] * len(records)
+        return sizes if sum(sizes) == len(records) else [len(records)]
 
     def _keep_for_others(self, key: str, record: Record, entry: _Entry | None) -> None:
         """This sink took the prepared record; keep it only if other routed sinks still need it."""
@@ -130,13 +175,19 @@ class PreparedRecords:
         """One more sink has the record: forget it once every routed sink has."""
         with self._lock:
             if entry.remaining == 1:
-                self._cache.pop(key, None)
+                self._remove(key)
             elif entry.remaining > 1:
                 entry.remaining -= 1
 
     def _drop(self, key: str) -> None:
         with self._lock:
-            self._cache.pop(key, None)
+            self._remove(key)
+
+    def _remove(self, key: str) -> None:
+        """Forget ``key`` (the lock held)."""
+        entry = self._cache.pop(key, None)
+        if entry is not None:
+            self._nodes -= entry.nodes
 
     def _lookup(self, key: str) -> _Entry | None:
         with self._lock:
@@ -160,10 +211,18 @@ class PreparedRecords:
         if not self._size:
             return
         with self._lock:
+            self._remove(key)
             self._cache[key] = entry
-            self._cache.move_to_end(key)
-            while len(self._cache) > self._size:
-                self._cache.popitem(last=False)
+            self._nodes += entry.nodes
+            while len(self._cache) > self._size or (self._nodes > CACHE_NODES and len(self._cache) > 1):
+                self._nodes -= self._cache.popitem(last=False)[1].nodes
+
+
+def _nodes_of(record: Record | None) -> int:
+    """The workflow nodes ``record`` carries (attached by the enricher, or stored with a backfilled record)."""
+    derived = record.data.get("derived") if record is not None else None
+    nodes = derived.get("nodes") if isinstance(derived, dict) else None
+    return len(nodes) if isinstance(nodes, list) else 0
 
 
 def _parse(envelope: str, compact: bytes | None = None) -> Record:

@@ -1,12 +1,15 @@
 """One delivery thread per sink: gather a batch, map it, make one export attempt, record the outcome.
 
 A batch is bounded by ``sink.limits.max_items`` records, by :data:`BATCH_BYTES` of their stored text (at
-least one record: its records are held parsed, with all their payloads), and by ``sink.limits.linger_seconds``
+least one record: its records are held parsed), and by ``sink.limits.linger_seconds``
 of waiting for more, a wait that ends early once no record came for :data:`LINGER_QUIET` seconds (the burst is
 over: its last records need not wait out the whole linger), and never while the pipeline is flushing. Records
 already waiting (a backlog) go out at once, up to :data:`BACKLOG_REQUESTS` requests' worth in one batch:
 sent one request after another, saved in one commit (each commit waits for the spool's lock and the disk);
-once a request of it fails as a whole and may be retried, the rest of the batch is not sent. Each
+once a request of it fails as a whole and may be retried, the rest of the batch is not sent. A batch is
+mapped as it is sent: its records in the parts the enricher reads ahead (bounded by the node rows of their
+workflow runs), each request going out as soon as it is full (:mod:`~traceexport.pipeline.outgoing`), so a
+batch of runs with thousands of node spans each never holds all their rows or spans at once. Each
 record's payloads are delivered together: a record is done when all of them were accepted, dead-lettered
 when one was refused permanently (or its retries ran out), and retried otherwise.
 When a whole batch fails, or the backend sends ``Retry-After``, the sink pauses: no request reaches
@@ -30,6 +33,7 @@ from typing import Protocol
 
 from traceexport.errors import RecordError
 from traceexport.pipeline.ledger import payload_digest
+from traceexport.pipeline.outgoing import OutgoingRequests
 from traceexport.pipeline.premapped import Premapped, end_seconds, read_premapped
 from traceexport.pipeline.prepared import PreparedRecords
 from traceexport.pipeline.queue import DeadLetter, Item, Outcome, SinkQueue
@@ -49,10 +53,11 @@ LINGER_QUIET = 0.2
 # Requests' worth of records (``max_items`` each) one batch takes when that many are already waiting: one
 # commit instead of four (bench_e2e, 30,000 records: 6,494-6,698 -> 7,426-8,166 records/s end to end).
 BACKLOG_REQUESTS = 4
-# A batch's records are held in memory parsed, with all their payloads, so a batch takes at most this much of
-# their stored text (envelope and compact form) in all, and at least one record. Ordinary records (a few KB)
-# never reach it within a request's worth; workflow runs with thousands of node spans (a backfill stores
-# them with the record) do after a few records: 300 such runs in one batch held 1.0-1.5 GB.
+# A batch's records are held in memory parsed, so a batch takes at most this much of their stored text
+# (envelope and compact form) in all, and at least one record. Ordinary records (a few KB) never reach it
+# within a request's worth; workflow runs with thousands of node spans (a backfill stores them with the
+# record) do after a few records: 300 such runs in one batch held 1.0-1.5 GB. (Runs whose nodes are read
+# here, by the enricher, are small when stored: parts of the batch bound those, see ``deliver``.)
 # Peak RSS of the delivery process, 100,000 records: e2e 77 -> 100 MB, backfill 95 -> 133 MB (with 8 MiB:
 # 111 MB, but e2e back to 7,636-8,204 records/s).
 BATCH_BYTES = 16 * 1024**2
@@ -250,34 +255,39 @@ class SinkWorker:
         return items
 
     def deliver(self, batch: Sequence[Item]) -> Outcome:
-        """Map and export ``batch`` once; classify every item (no spool writes here)."""
+        """Map and export ``batch`` once; classify every item (no spool writes here).
+
+        Records are mapped in the parts the enricher reads ahead (bounded by their node rows) and their
+        payloads go out a request's worth at a time as they come (:mod:`~traceexport.pipeline.outgoing`), so
+        neither a batch's node rows nor its payloads are all held at once."""
         now = time.time()
         out = Outcome()
-        payloads: list[Payload] = []
-        owners: list[int] = []
         fingerprint = self.route.mapping.fingerprint
         enricher = self.records.enriches
         premapped = [read_premapped(item.compact, fingerprint, enricher=enricher) if item.compact else None
                      for item in batch]
-        self.records.prefetch([(item.key, item.envelope, item.compact)
-                               for item, ready in zip(batch, premapped, strict=True) if ready is None], now)
-        for index, item in enumerate(batch):
-            ready = premapped[index]
-            mapped = self._map(item, now, out) if ready is None else self._take(item, ready)
-            if mapped is None:
-                continue
-            if not mapped:
-                out.skipped.append(item)
-            # record_ref ties each payload to its record, so a sink can keep a record's payloads together.
-            payloads.extend(p if p.record_ref == index else Payload(p.kind, p.body, p.key, index) for p in mapped)
-            owners.extend([index] * len(mapped))
-        if payloads:
-            with metered(out.observed.request):  # the sink's requests, counted with their outcome and time
-                result = self._export(payloads)
-            for warning in result.warnings:  # e.g. an OTLP partial success: one line per request
-                log.warning("sink %s: %s", self.sink.name, redact(warning))
+        wanted = [(item.key, item.envelope, item.compact) if ready is None else None
+                  for item, ready in zip(batch, premapped, strict=True)]
+        outgoing = OutgoingRequests(self._send, self.sink.limits.max_items)
+        start = 0
+        with metered(out.observed.request):  # the sink's requests, counted with their outcome and time
+            for end in self.records.read_ahead(wanted, now):
+                for index in range(start, end):
+                    item, ready = batch[index], premapped[index]
+                    premapped[index] = None
+                    mapped = self._map(item, now, out) if ready is None else self._take(item, ready)
+                    if mapped is None:
+                        continue
+                    if not mapped:
+                        out.skipped.append(item)
+                    outgoing.add(index, mapped)
+                start = end
+            result = outgoing.finish()
+        for warning in result.warnings:  # e.g. an OTLP partial success: one line per request
+            log.warning("sink %s: %s", self.sink.name, redact(warning))
+        if outgoing.owners:
             # Waits (Retry-After, backoff) count from the answer, not from when the batch was built.
-            self._classify(batch, owners, result, time.time(), out)
+            self._classify(batch, outgoing.owners, result, time.time(), out)
         return out
 
     def _map(self, item: Item, now: float, out: Outcome) -> list[Payload] | None:
@@ -301,23 +311,13 @@ class SinkWorker:
             item.payload_hash = payload_digest(mapped.payloads)
         return mapped.payloads
 
-    def _export(self, payloads: list[Payload]) -> ExportResult:
-        result = ExportResult()
-        size = max(self.sink.limits.max_items, 1)
-        for offset in range(0, len(payloads), size):
-            chunk = payloads[offset:offset + size]
-            try:
-                part = self.sink.export(chunk)
-            except Exception as exc:  # sinks should not raise; if one does, it is a retryable failure
-                reason = f"{self.sink.name} export raised {type(exc).__name__}: {describe_error(exc)}"
-                part = ExportResult.all_failed(len(chunk), ItemFailure(reason, permanent=False))
-            result.merge(part, offset)
-            down = _whole_request_retryable(part, len(chunk))
-            if down is not None:  # the backend is down or throttling: the rest waits with the same reason
-                rest = len(payloads) - offset - len(chunk)
-                result.merge(ExportResult.all_failed(rest, down), offset + len(chunk))
-                break
-        return result
+    def _send(self, chunk: list[Payload]) -> ExportResult:
+        """One request; a sink that raises (it should not) failed it, retryably."""
+        try:
+            return self.sink.export(chunk)
+        except Exception as exc:
+            reason = f"{self.sink.name} export raised {type(exc).__name__}: {describe_error(exc)}"
+            return ExportResult.all_failed(len(chunk), ItemFailure(reason, permanent=False))
 
     def _classify(self, batch: Sequence[Item], owners: list[int], result: ExportResult, now: float,
                   out: Outcome) -> None:
@@ -371,10 +371,3 @@ class SinkWorker:
                         redact(reason))
         self.paused_until = until
 
-
-def _whole_request_retryable(result: ExportResult, count: int) -> ItemFailure | None:
-    """The failure when every one of a request's ``count`` payloads failed and may be retried, else None."""
-    if count == 0 or len(result.failures) < count:
-        return None
-    failures = list(result.failures.values())
-    return None if any(f.permanent for f in failures) else failures[0]

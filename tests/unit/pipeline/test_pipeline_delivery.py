@@ -11,6 +11,7 @@ import pytest
 from pipeline_helpers import ScriptedSink, StandInMapping, fail_first, make_records, wait_for
 
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter, worker
+from traceexport.pipeline.prepared import CACHE_NODES, PreparedRecords
 from traceexport.pipeline.worker import BACKLOG_REQUESTS, LINGER_QUIET
 from traceexport.records import Record
 from traceexport.sinks.base import ExportResult, ItemFailure, Payload
@@ -330,6 +331,86 @@ def test_a_backlog_goes_in_batches_of_several_requests_each_within_max_items(tmp
     assert sink.delivered == [r.key for r in records]
     assert [len(batch) for batch in enricher.batches] == [3 * BACKLOG_REQUESTS, 3 * BACKLOG_REQUESTS, 1]
     assert [len(keys) for _, keys in sink.calls] == [3] * (2 * BACKLOG_REQUESTS) + [1]
+
+
+class PartsEnricher(ReadAheadEnricher):
+    """A read-ahead enricher that cuts every batch into parts of two records; its reads and the sink's requests
+    are noted in one list, in the order they happen."""
+
+    def __init__(self, events: list[tuple[str, list[str]]]) -> None:
+        super().__init__(fail=False)
+        self.events = events
+
+    def parts(self, records: Sequence[Record]) -> list[int]:
+        return [2] * (len(records) // 2) + [1] * (len(records) % 2)
+
+    def prefetch(self, records: Sequence[Record]) -> None:
+        self.events.append(("read", [r.key for r in records]))
+
+
+def test_a_batch_is_read_ahead_and_sent_a_part_at_a_time(tmp_path: Path) -> None:
+    """A batch is read ahead in the parts its enricher cuts (for wide workflow runs: bounded by their node rows),
+    and each part's payloads are sent before the next part is read, so a batch never holds all its node rows
+    and spans at once."""
+    events: list[tuple[str, list[str]]] = []
+
+    def noted(payloads: Sequence[Payload], number: int) -> ExportResult:
+        events.append(("sent", [p.key for p in payloads]))
+        return ExportResult.success()
+
+    sink, enricher = ScriptedSink("a", noted, max_items=2), PartsEnricher(events)
+    keys = [r.key for r in make_records(2 * BACKLOG_REQUESTS)]
+    with Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST, prepare=enricher) as pipe:
+        pipe.accept(make_records(2 * BACKLOG_REQUESTS))
+        pipe.start()
+        assert pipe.flush(30)
+    assert events == [(what, keys[i:i + 2]) for i in range(0, len(keys), 2) for what in ("read", "sent")]
+
+
+class NotingMapping(StandInMapping):
+    """The stand-in mapping, noting how many requests its sink had received when each record was mapped."""
+
+    def __init__(self, sink: ScriptedSink) -> None:
+        super().__init__()
+        self.sink = sink
+        self.sent_before: list[int] = []
+
+    def map(self, record: Record) -> list[Payload]:
+        self.sent_before.append(len(self.sink.calls))
+        return super().map(record)
+
+
+def test_a_request_goes_out_once_full_while_the_rest_of_its_batch_is_mapped(tmp_path: Path) -> None:
+    """A batch's payloads go out a request's worth at a time as its records are mapped, not once all are: a
+    batch holds one request's payloads, however many spans its records make."""
+    sink = ScriptedSink("a", max_items=2)
+    mapping = NotingMapping(sink)
+    with Pipeline(tmp_path, [Route(sink, mapping)], FAST) as pipe:
+        pipe.accept(make_records(2 * BACKLOG_REQUESTS))
+        pipe.start()
+        assert pipe.flush(30)
+    assert mapping.sent_before == [i // 2 for i in range(2 * BACKLOG_REQUESTS)]
+    assert [len(keys) for _, keys in sink.calls] == [2] * BACKLOG_REQUESTS
+
+
+def test_records_kept_for_the_other_sinks_are_bounded_by_their_nodes() -> None:
+    """Records prepared for one sink and kept for another hold at most CACHE_NODES workflow nodes in all (a wide
+    run has thousands): past it the oldest are let go and prepared again for the other sink (taking the newest
+    first here), the newest are not."""
+    calls: dict[str, int] = {}
+
+    def prepare(record: Record) -> None:
+        calls[record.key] = calls.get(record.key, 0) + 1
+        record.data.setdefault("derived", {})["nodes"] = [{"n": i} for i in range(CACHE_NODES // 4)]
+
+    records = make_records(10)
+    cache = PreparedRecords(prepare, 8192, sinks=2)
+    cache.seed(records, [2] * len(records))
+    for taken_by in (records, records[::-1]):
+        for record in taken_by:
+            got = cache.get(record.key, record.envelope_text())
+            assert isinstance(got, Record) and len(got.data["derived"]["nodes"]) == CACHE_NODES // 4
+    assert [calls[r.key] for r in records] == [2] * 6 + [1] * 4
 
 
 def test_a_batch_stops_sending_once_a_request_fails_whole_and_retryable(tmp_path: Path) -> None:
