@@ -40,7 +40,7 @@ from traceexport.sources.celery import (
     parse_task,
 )
 from traceexport.sources.celery.probe import hint_for
-from traceexport.sources.storage import LocalStorage, StorageError
+from traceexport.sources.storage import LocalStorage, StorageError, UnreadableFileError
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "tests" / "data" / "samples"
@@ -260,6 +260,61 @@ def test_a_record_the_spool_can_never_hold_is_kept_aside_and_the_others_are_acce
     outcomes = processor.process_batch([(r, r.file_id) for r in refs], acks.append, lambda _: None)
     assert outcomes == ["accepted", "invalid", "accepted"] and calls == [3, 2]
     assert acks == [["f1", "big", "f3"]] and (tmp_path / "failed" / refs[1].storage_key).exists()
+
+
+def test_a_file_that_is_no_regular_file_is_retried_for_a_bounded_time_then_its_message_set_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A directory where a trace file should be is retried (one line naming the file, when first seen) for
+    ``unreadable_timeout``, then the message as the queue held it is kept under failed/messages/, counted as
+    unreadable and acknowledged; the directory stays and the good record beside it goes on at once."""
+    storage = LocalStorage(tmp_path)
+    good = _refs(storage, ["f1"], _samples()["12-generate-name.json"])[0]
+    odd = parse_task({"task": DIFY_TASK_NAME, "id": "t-odd"}, [[{"file_id": "odd", "app_id": "a1"}], {}, {}])
+    (tmp_path / odd.storage_key).mkdir()
+    stats, recorder = Stats(), Recorder()
+    processor = TraceFileProcessor(storage, recorder, failed_prefix="failed/", retry_delay=0,
+                                   stopping=threading.Event(), stats=stats, unreadable_timeout=0.3)
+    caplog.set_level(logging.INFO, logger="traceexport.sources.celery")
+    acks: list[list[str]] = []
+    requeues: list[list[str]] = []
+    content = {"f1": b"message f1", "odd": b"message odd"}.__getitem__
+    assert processor.process_batch([(good, "f1"), (odd, "odd")], acks.append, requeues.append,
+                                   content=content) == ["accepted", "retry"]
+    assert processor.process_batch([(odd, "odd")], acks.append, requeues.append, content=content) == ["retry"]
+    time.sleep(0.35)
+    assert processor.process_batch([(odd, "odd")], acks.append, requeues.append, content=content) == ["unreadable"]
+    assert acks == [["f1"], ["odd"]] and requeues == [["odd"], ["odd"]] and len(recorder.records) == 1
+    assert (tmp_path / "failed" / "messages" / "odd.msg").read_bytes() == b"message odd"
+    assert (tmp_path / odd.storage_key).is_dir() and stats.snapshot()["unreadable"] == 1
+    assert 'traceexport_celery_events_total{event="unreadable"} 1' in stats.prometheus_text()
+    lines = [r.getMessage() for r in caplog.records if "ops_trace/a1/odd.json" in r.getMessage()]
+    assert len(lines) == 2 and all("\n" not in line and "a directory, not a regular file" in line for line in lines)
+    assert "kept as failed/messages/odd.msg and acknowledged" in lines[1]
+    assert not any("unavailable" in r.getMessage() for r in caplog.records)  # the storage itself is fine
+
+
+def test_a_file_denied_to_this_process_is_set_aside_only_while_other_files_can_be_read(tmp_path: Path) -> None:
+    """Permission denied may be the whole storage's trouble (the sidecar running as another user): its message
+    waits, however long, until some other file is read after its first failure; then it is set aside."""
+
+    class Denying(LocalStorage):
+        def load(self, key: str) -> bytes | None:
+            if key.endswith("/denied.json"):
+                raise UnreadableFileError(key, "Permission denied", certain=False)
+            return super().load(key)
+
+    storage = Denying(tmp_path)
+    denied = parse_task({"task": DIFY_TASK_NAME, "id": "t-d"}, [[{"file_id": "denied", "app_id": "a1"}], {}, {}])
+    processor = TraceFileProcessor(storage, Recorder(), failed_prefix="failed/", retry_delay=0,
+                                   stopping=threading.Event(), stats=Stats(), unreadable_timeout=0)
+    for _ in range(3):
+        assert processor.process(denied, lambda: None, lambda: None) == "retry"
+    good = _refs(storage, ["f1"], _samples()["12-generate-name.json"])[0]
+    outcomes = processor.process_batch([(good, 1), (denied, 2)], lambda _: None, lambda _: None)
+    assert outcomes == ["accepted", "unreadable"]
+    kept = json.loads((tmp_path / "failed" / "messages" / "denied.msg").read_bytes())
+    assert kept == {"task": DIFY_TASK_NAME, "id": "t-d", "file_info": {"file_id": "denied", "app_id": "a1"}}
 
 
 def test_plain_json_messages_are_read_without_kombu_and_anything_else_is_left_to_it() -> None:
@@ -609,6 +664,39 @@ def test_a_missing_file_is_acknowledged_and_counted(
     text = source.stats.prometheus_text()
     assert 'traceexport_celery_events_total{event="missing"} 1\n' in text
     assert 'traceexport_celery_events_total{event="taken"} 1\n' in text
+
+
+@pytest.mark.integration
+def test_a_fifo_or_a_directory_in_place_of_a_file_neither_hangs_the_consumer_nor_comes_back_for_ever(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer
+) -> None:
+    """Someone who can write Dify's storage puts a FIFO (which a plain read would wait on for ever) and a directory
+    where trace files should be: the good record beside them is delivered at once, and after unreadable_timeout
+    their messages (each as the queue last held it) are kept under failed/messages/ and acknowledged: the queue
+    drains."""
+    app = "83d767f2-49a5-4a3f-89fd-fdebaf4cfca1"
+    (storage_root / "ops_trace" / app).mkdir(parents=True)
+    os.mkfifo(storage_root / "ops_trace" / app / "fifo.json")
+    (storage_root / "ops_trace" / app / "folder.json").mkdir()
+    producer.enqueue(app, "fifo")
+    producer.enqueue(app, "folder")
+    queued = sorted(redis.client(1).lrange("ops_trace", 0, -1))
+    producer.send(_samples()["12-generate-name.json"])
+    recorder = Recorder()
+    source = CelerySource(_settings(redis, storage_root, unreadable_timeout=1), recorder)
+    source.start()
+    try:
+        _wait_for(lambda: len(recorder.records) == 1, timeout=5, what="the good record, not held by the FIFO")
+        _wait_for(lambda: source.stats.snapshot()["unreadable"] == 2 and _drained(redis),
+                  what="the unreadable files' messages set aside")  # (llen, then hlen: a requeue between fools one)
+    finally:
+        source.stop(10)
+    kept = storage_root / "traceexport" / "failed" / "messages"
+    def task(entry: bytes) -> tuple[str, str]:
+        message = json.loads(entry)
+        return message["headers"]["id"], message["body"]
+
+    assert sorted(task(p.read_bytes()) for p in kept.iterdir()) == sorted(task(m) for m in queued)
 
 
 @pytest.mark.integration

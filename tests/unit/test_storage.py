@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from traceexport.sources.storage import (
     S3Storage,
     S3StorageSettings,
     StorageError,
+    UnreadableFileError,
     check_key,
     open_storage,
 )
@@ -52,6 +56,43 @@ def test_local_io_failure_is_a_storage_error(tmp_path: Path) -> None:
         storage.load(KEY)
     with pytest.raises(StorageError, match="cannot write"):
         storage.save(KEY, b"x")
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda path: path.mkdir(), "a directory"),
+        (lambda path: os.mkfifo(path), "a FIFO"),
+        (lambda path: path.symlink_to("/etc/hostname"), "a symbolic link"),
+        (lambda path: path.symlink_to(path.parent / "elsewhere"), "a symbolic link"),
+    ],
+)
+def test_only_a_regular_file_is_read_never_a_directory_a_fifo_or_a_link(
+    tmp_path: Path, make: Callable[[Path], Any], kind: str
+) -> None:
+    """What is not a regular file at a key (a directory, a FIFO nobody writes to, a symbolic link, even to a
+    readable file) is refused at once as UnreadableFileError naming what it is: a FIFO no longer blocks the read
+    for ever, and a link never brings a file from outside Dify's storage in."""
+    path = tmp_path / KEY
+    path.parent.mkdir(parents=True)
+    (path.parent / "elsewhere").write_bytes(b"{}")
+    make(path)
+    outcome: list[BaseException] = []
+    reader = threading.Thread(target=_load_into, args=(LocalStorage(tmp_path), outcome), daemon=True)
+    reader.start()
+    reader.join(5)
+    assert not reader.is_alive(), "the read blocked"
+    assert isinstance(outcome[0], UnreadableFileError) and outcome[0].certain
+    assert str(outcome[0]) == f"cannot read {KEY}: {kind}, not a regular file"
+
+
+def _load_into(storage: LocalStorage, outcome: list[BaseException]) -> None:
+    try:
+        storage.load(KEY)
+    except BaseException as exc:  # the test inspects whatever it was
+        outcome.append(exc)
+    else:
+        outcome.append(AssertionError("loaded"))
 
 
 def test_a_missing_file_in_a_root_without_difys_folder_is_a_storage_error(tmp_path: Path) -> None:

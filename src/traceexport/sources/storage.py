@@ -10,13 +10,18 @@ Two backends, chosen by ``storage.type`` in the config:
 Keys are Dify's object keys (``/``-separated, relative); a key that would leave the storage root is
 refused. ``load`` returns ``None`` for a missing object (already consumed by another sidecar), except
 in a local root without the key's top folder (not Dify's storage: nothing was ever there to consume);
-every other failure is a :class:`StorageError`, which callers treat as transient.
+every other failure is a :class:`StorageError`, which callers treat as transient, or its subclass
+:class:`UnreadableFileError` when the failure is this one file's own (not a regular file, no permission to read
+it). A local read opens only a regular file, never through a symbolic link, and never blocks: a FIFO or a device
+someone put in Dify's storage is refused, not read (nor waited on for ever).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
@@ -33,6 +38,20 @@ _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(?:/[A-Za-z0-9_][A-Za-z0-9._-]*)*
 
 class StorageError(TraceExportError):
     """Dify's storage could not be read or written right now (I/O error, S3 unavailable); retry later."""
+
+
+class UnreadableFileError(StorageError):
+    """This one file cannot be read, whatever the rest of the storage does: ``why`` says what it is.
+
+    ``certain`` is True when it cannot be a trace file at all (a directory, a FIFO, a symbolic link, a device: not
+    a regular file), False when it might still be the whole storage's trouble (permission denied: a sidecar running
+    as the wrong user cannot read any file)."""
+
+    def __init__(self, key: str, why: str, *, certain: bool) -> None:
+        self.key = key
+        self.why = why
+        self.certain = certain
+        super().__init__(f"cannot read {key}: {why}")
 
 
 def check_key(key: str) -> str:
@@ -133,6 +152,8 @@ class LocalStorage:
         """
         try:
             return _read(self._path(key))
+        except _NotRegularFile as exc:
+            raise UnreadableFileError(key, f"{exc.kind}, not a regular file", certain=True) from None
         except FileNotFoundError:
             top = key.split("/", 1)[0]
             if "/" in key and not os.path.isdir(os.path.join(self._root, top)):
@@ -141,6 +162,10 @@ class LocalStorage:
                 ) from None
             return None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
+                raise UnreadableFileError(key, "a symbolic link, not a regular file", certain=True) from None
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise UnreadableFileError(key, exc.strerror or "permission denied", certain=False) from None
             raise StorageError(f"cannot read {key} from {self.root}: {exc.strerror or exc}") from exc
 
     def save(self, key: str, data: bytes) -> None:
@@ -173,10 +198,29 @@ class LocalStorage:
         return f"local:{self.root}"
 
 
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+class _NotRegularFile(OSError):
+    """What ``_read`` found at a path instead of a regular file (``kind``: "a directory", "a FIFO", ...)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        super().__init__(kind)
+
+
 def _read(path: str) -> bytes:
-    """The bytes of the file at ``path``, with as few system calls as a read can take (no buffering)."""
-    fd = os.open(path, os.O_RDONLY)
+    """The bytes of the regular file at ``path``, with as few system calls as a read can take (no buffering).
+
+    Opened without following a symbolic link (ELOOP) and without blocking (a FIFO without a writer would hold the
+    open for ever), then refused unless it is a regular file (``_NotRegularFile``)."""
+    fd = os.open(path, _READ_FLAGS)
     try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _NotRegularFile(next((kind for test, kind in _KINDS if test(mode)), "not a file"))
         chunks = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
@@ -306,6 +350,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "StorageSettings",
+    "UnreadableFileError",
     "check_key",
     "open_storage",
 ]

@@ -77,6 +77,7 @@ class CelerySource:
             retry_delay=settings.retry_delay,
             stopping=self.stopping,
             stats=self.stats,
+            unreadable_timeout=settings.unreadable_timeout,
         )
         self.dispatcher = MessageDispatcher(settings, self.processor, self.stats, self._kombu)
         self.empty_queue_hint_after = empty_queue_hint_after

@@ -54,7 +54,7 @@ class MessageDispatcher:
             if ref is not None:
                 tasks.append((ref, item))
         if tasks:
-            self.processor.process_batch(tasks, broker.queue.ack, broker.queue.requeue)
+            self.processor.process_batch(tasks, broker.queue.ack, broker.queue.requeue, content=_raw)
 
     def _task_of(self, item: Taken, broker: BrokerSession) -> TaskRef | None:
         """The TaskRef of a Dify trace task; anything else is set aside or dropped (and acknowledged) here."""
@@ -127,6 +127,11 @@ class MessageDispatcher:
             return
         broker.queue.ack([item])
         log.warning("%s (no Celery worker can run it); kept as %s and acknowledged", where, kept)
+
+
+def _raw(item: Taken) -> bytes:
+    """A taken message as the queue held it."""
+    return item.raw
 
 
 def _why(exc: Exception) -> str:

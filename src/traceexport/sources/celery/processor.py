@@ -11,7 +11,10 @@ before taking anything, so the records are not stored twice. Outcomes, per messa
 * the file is not a valid record (e.g. Dify's ``trace_info: null``), or one the spool could never hold → copy
   it to ``failed_prefix + key`` (kept for a human), acknowledge, delete, log one line with the reason;
 * the spool is full, or storage / the pipeline fail → wait, then put the message back on the queue
-  (never acknowledged), so it is retried later by this or another consumer.
+  (never acknowledged), so it is retried later by this or another consumer;
+* the file is there but cannot be read (not a regular file, no permission) → retried the same way for
+  ``unreadable_timeout`` seconds (:mod:`unreadable`), then the message itself is kept as
+  ``failed_prefix + messages/<file_id>.msg``, acknowledged, one line names the file and why; the file stays.
 """
 
 from __future__ import annotations
@@ -27,20 +30,24 @@ from traceexport.errors import RecordError, RecordTooLargeError, SpoolFullError
 from traceexport.records import Record, record_from_obj
 from traceexport.redaction import redact
 from traceexport.sources.celery.message import TaskRef
-from traceexport.sources.storage import Storage, StorageError
+from traceexport.sources.celery.unreadable import UnreadableFiles
+from traceexport.sources.storage import Storage, StorageError, UnreadableFileError
 
 log = logging.getLogger("traceexport.sources.celery")
 
 Accept = Callable[[Sequence[Record]], None]
 H = TypeVar("H")  # whatever identifies a message to the caller's ack and requeue
 
-ACCEPTED, MISSING, INVALID, RETRY = "accepted", "missing", "invalid", "retry"
+ACCEPTED, MISSING, INVALID, UNREADABLE, RETRY = "accepted", "missing", "invalid", "unreadable", "retry"
+DONE = (ACCEPTED, MISSING, INVALID, UNREADABLE)  # the outcomes a message is acknowledged for
+UNREADABLE_TIMEOUT = 600.0  # seconds a file that is there but cannot be read is retried before its message goes
 
 
 class Stats:
     """Thread-safe counters of what the source did (for metrics and tests)."""
 
-    NAMES = ("taken", "accepted", "missing", "invalid", "retry", "bad_message", "unknown_task", "delete_failed")
+    NAMES = ("taken", "accepted", "missing", "invalid", "unreadable", "retry", "bad_message", "unknown_task",
+             "delete_failed")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -61,7 +68,8 @@ class Stats:
         metric = "traceexport_celery_events_total"
         lines = [f"# HELP {metric} What the Celery source did since the daemon started: taken (messages taken off the "
                  "queue), accepted (records stored), missing (files another consumer handled), invalid (files kept "
-                 "under failed/), retry (batches put back), bad_message (entries kept under failed/messages/), "
+                 "under failed/), unreadable (messages of files that could not be read, kept under failed/messages/), "
+                 "retry (batches put back), bad_message (entries kept under failed/messages/), "
                  "unknown_task (foreign tasks moved), delete_failed (handled files left in storage).",
                  f"# TYPE {metric} counter"]
         lines += [f'{metric}{{event="{name}"}} {count}' for name, count in sorted(self.snapshot().items())]
@@ -102,6 +110,7 @@ class TraceFileProcessor:
         retry_delay: float,
         stopping: threading.Event,
         stats: Stats,
+        unreadable_timeout: float = UNREADABLE_TIMEOUT,
     ) -> None:
         self.storage = storage
         self.accept = accept
@@ -116,6 +125,7 @@ class TraceFileProcessor:
             "handled files cannot be deleted",
             "their records are stored and acknowledged, the files stay (counted in delete_failed)",
         )
+        self._unreadable = UnreadableFiles(unreadable_timeout)
         self._owed: list[_Owed] = []  # acknowledgements the broker did not take: sent again once it is back
         self._owed_lock = threading.Lock()
 
@@ -128,20 +138,26 @@ class TraceFileProcessor:
         items: Sequence[tuple[TaskRef, H]],
         ack: Callable[[Sequence[H]], None],
         requeue: Callable[[Sequence[H]], None],
+        content: Callable[[H], bytes] | None = None,
     ) -> list[str]:
         """Handle every ``(ref, handle)``: the records go to ``accept`` in one call, then ``ack`` gets the handles
         of every message done with (at most one call), then the files are deleted, then, after a wait, ``requeue``
-        gets those to try again (at most one call). Returns each item's outcome name."""
+        gets those to try again (at most one call). Returns each item's outcome name. ``content(handle)`` is the
+        message as the queue held it, kept when its file cannot be read (without it, the task's ids as JSON)."""
         batch: _Batch[H] = _Batch(items)
         loaded: list[tuple[int, Record, bytes]] = []
-        for index, (ref, _) in enumerate(items):
+        for index, (ref, handle) in enumerate(items):
             try:
                 raw = self.storage.load(ref.storage_key)
+            except UnreadableFileError as exc:
+                self._cannot_read(batch, index, exc, content(handle) if content is not None else None)
+                continue
             except StorageError as exc:
                 self._storage.fail(str(exc))
                 batch.retry(index, self.retry_delay)
                 continue
             self._storage.ok()
+            self._unreadable.read(ref.storage_key)
             if raw is None:
                 batch.settle(index, MISSING)
                 log.info("%s: file not found (handled by another consumer?); acknowledged", ref.describe())
@@ -151,8 +167,8 @@ class TraceFileProcessor:
             except RecordError as exc:
                 self._invalid(batch, index, raw, exc.reason)
         self._accept(batch, loaded)
-        owed = _Owed(batch.handles(ACCEPTED, MISSING, INVALID), [items[i][0] for i in batch.indexes(ACCEPTED, INVALID)],
-                     {name: batch.count(name) for name in (ACCEPTED, MISSING, INVALID) if batch.count(name)})
+        owed = _Owed(batch.handles(*DONE), [items[i][0] for i in batch.indexes(ACCEPTED, INVALID)],
+                     {name: batch.count(name) for name in DONE if batch.count(name)})
         if owed.handles:
             try:
                 ack(owed.handles)
@@ -245,6 +261,33 @@ class TraceFileProcessor:
         batch.settle(index, INVALID)
         log.warning("%s: not a valid record, kept as %s: %s", ref.describe(), kept, reason)
 
+    def _cannot_read(self, batch: _Batch[Any], index: int, error: UnreadableFileError, message: bytes | None) -> None:
+        """A file that is there but cannot be read: retried (one line when first seen) until
+        :class:`UnreadableFiles` gives up on it; then its message is kept under ``messages/`` and acknowledged."""
+        ref = batch.items[index][0]
+        first, give_up = self._unreadable.failed(error)
+        if not give_up:
+            if first:
+                log.warning("%s: %s; retried for up to %g s, then its message is set aside", ref.describe(),
+                            error.why, self._unreadable.timeout)
+            batch.retry(index, self.retry_delay)
+            return
+        kept = f"{self.failed_prefix}messages/{ref.file_id}.msg"
+        if message is None:
+            message = _json.dumps({"task": ref.task_name, "id": ref.task_id,
+                                   "file_info": {"file_id": ref.file_id, "app_id": ref.app_id}}).encode()
+        try:
+            self.storage.save(kept, message)
+        except StorageError as exc:
+            self._storage.fail(str(exc))
+            batch.retry(index, self.retry_delay)
+            return
+        self._unreadable.forget(ref.storage_key)
+        batch.settle(index, UNREADABLE)
+        log.warning("%s: could not be read for %g s (%s); its message kept as %s and acknowledged, the file left "
+                    "in place (fix it, then traceexport replay it)", ref.describe(), self._unreadable.timeout,
+                    error.why, kept)
+
     def _delete(self, ref: TaskRef) -> None:
         try:
             self.storage.delete(ref.storage_key)
@@ -305,4 +348,5 @@ def parse_file(raw: bytes) -> Record:
     return record_from_obj(obj, raw=text)
 
 
-__all__ = ["ACCEPTED", "INVALID", "MISSING", "RETRY", "Accept", "Stats", "TraceFileProcessor", "parse_file"]
+__all__ = ["ACCEPTED", "INVALID", "MISSING", "RETRY", "UNREADABLE", "Accept", "Stats", "TraceFileProcessor",
+           "parse_file"]

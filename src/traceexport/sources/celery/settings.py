@@ -50,7 +50,9 @@ class CelerySourceSettings(BaseModel):
     consumer crash). Keep it well above the longest time one batch can take, including waiting on a full
     spool. ``unacked_prefix`` keeps this source's
     in-flight bookkeeping apart from Dify's own workers, so a short timeout here never re-delivers
-    Dify's other tasks. Messages on the queue for any other task are moved unchanged to
+    Dify's other tasks. A trace file that is there but cannot be read (a directory, a FIFO, a link, no
+    permission) is retried for ``unreadable_timeout`` seconds, then its message is kept under ``failed_prefix``
+    ``messages/`` and acknowledged. Messages on the queue for any other task are moved unchanged to
     ``other_tasks_queue`` (null: dropped with a warning). ``redis_key_prefix`` is the value of Dify's
     ``REDIS_KEY_PREFIX`` (Dify >= 1.14), turned into kombu's ``global_keyprefix`` by Dify's own rule, so
     this consumer sees the keys Dify's producer writes: the queue, the other-tasks queue, and this
@@ -69,6 +71,7 @@ class CelerySourceSettings(BaseModel):
     prefetch: int = Field(default=200, ge=1, le=1000)
     visibility_timeout: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
     retry_delay: float = Field(default=5.0, ge=0, allow_inf_nan=False)
+    unreadable_timeout: float = Field(default=600.0, ge=0, allow_inf_nan=False)
     failed_prefix: str = Field(default="traceexport/failed/", pattern=r"^[A-Za-z0-9_][A-Za-z0-9._/-]*/$")
     other_tasks_queue: str | None = Field(default="ops_trace_other", min_length=1)
     unacked_prefix: str = Field(default="traceexport.", pattern=r"^[A-Za-z0-9_.:-]+$")
