@@ -813,6 +813,60 @@ def test_another_task_on_the_queue_is_moved_unchanged_for_difys_worker(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("lost", ["before", "after"])
+def test_a_foreign_task_is_moved_once_when_the_broker_is_lost_around_the_move(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer, monkeypatch: pytest.MonkeyPatch, lost: str
+) -> None:
+    """The broker is lost (restarted, failed over) just before or just after moving a foreign task: moving and
+    acknowledging are one step, so the task is moved exactly once, never left moved but still in flight to come back
+    after visibility_timeout and be moved again; and it is moved as kombu's own producer would publish it."""
+    import redis as redis_py
+
+    from traceexport.sources.celery.unacked import UnackedQueue
+
+    producer.app.send_task("tasks.something_else", args=[{"x": 1}], queue="ops_trace", priority=5, reply_to="rq")
+    client = redis.client(1)
+    original = json.loads(client.lrange("ops_trace\x06\x163", 0, -1)[0])
+    move, failures = UnackedQueue.move, [1]
+
+    def lossy_move(self: UnackedQueue, message: Any, key: str, text: bytes) -> bool:
+        if failures:
+            failures.pop()
+            if lost == "after":
+                move(self, message, key, text)
+            raise redis_py.exceptions.ConnectionError("Connection closed by server.")
+        return move(self, message, key, text)
+
+    monkeypatch.setattr(UnackedQueue, "move", lossy_move)
+    source = CelerySource(_settings(redis, storage_root, visibility_timeout=1), Recorder())
+    source.start()
+    try:
+        _wait_for(lambda: not failures and _drained(redis) and client.llen("ops_trace_other\x06\x163") == 1,
+                  what="the task moved")
+        time.sleep(2.5)  # past visibility_timeout: nothing comes back to be moved again
+    finally:
+        source.stop(10)
+    moved = [json.loads(m) for m in client.lrange("ops_trace_other\x06\x163", 0, -1)]
+    assert len(moved) == 1 and client.llen("ops_trace_other") == 0 and _drained(redis)
+
+    import kombu
+
+    with kombu.Connection(redis.url(1)) as connection:  # the oracle: kombu's producer publishing the same message
+        channel = connection.channel()
+        message = channel.Message(original, channel=channel)
+        kombu.Producer(channel).publish(
+            message.body, exchange="", routing_key="oracle", headers=message.headers,
+            content_type=message.content_type, content_encoding=message.content_encoding, serializer=None,
+            priority=5, reply_to="rq", correlation_id=message.properties["correlation_id"], delivery_mode=2)
+    oracle = json.loads(client.lindex("oracle\x06\x163", 0))
+    for entry in (moved[0], oracle):
+        entry["properties"].pop("delivery_tag")
+        entry["properties"]["delivery_info"].pop("routing_key")
+        entry["headers"].pop("redelivered", None)  # put back on the queue after the loss: marked, as kombu does
+    assert moved[0] == oracle
+
+
+@pytest.mark.integration
 def test_entries_no_celery_worker_can_read_are_kept_in_storage_not_moved_to_its_queue(
     redis: RedisServer, storage_root: Path, producer: DifyProducer, caplog: pytest.LogCaptureFixture
 ) -> None:
