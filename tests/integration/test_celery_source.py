@@ -375,6 +375,10 @@ def test_broker_password_is_masked_in_logged_urls() -> None:
         ("redis://127.0.0.1:6379/1?password=Secretpart", "password query parameter"),
         ("http://:Secretpart@127.0.0.1:6379/1", "must start with redis://"),
         ("sentinel://:Secretpart@h1:26379;sentinel://:Secretpart@h2:x/1", "port is not a number"),
+        ("socket://:Secretpart@/run/redis.sock", "redis+socket:///path/to/redis.sock"),
+        ("unix://:Secretpart@/run/redis.sock?db=1", "redis+socket:///path/to/redis.sock"),
+        ("rediss+socket://:Secretpart@/run/redis.sock", "TLS over a Unix socket"),
+        ("redis+socket://:Secretpart@", "names no socket"),
     ],
 )
 def test_a_broker_url_kombu_cannot_read_is_one_problem_that_never_quotes_it(url: str, why: str) -> None:
@@ -395,6 +399,7 @@ def test_urls_kombu_reads_are_accepted_and_every_password_is_masked() -> None:
         "rediss://user:pa%23ss1234@h:6380/0?ssl_cert_reqs=required": "rediss://user:***@h:6380/0?ssl_cert_reqs=required",
         "sentinel://:sentinelpw@h1:26379;sentinel://:sentinelpw@h2:26379": "sentinel://:***@h1:26379;sentinel://:***@h2:26379",
         "redis+socket:///run/redis.sock": "redis+socket:///run/redis.sock",
+        "redis+socket://:sockpw1234@/run/redis.sock?virtual_host=1": "redis+socket://:***@/run/redis.sock?virtual_host=1",
         "redis://redis:6379": "redis://redis:6379",
     }
     for url, masked in cases.items():
