@@ -229,6 +229,26 @@ def test_a_batch_is_accepted_in_one_call_then_acknowledged_in_one_call(tmp_path:
     assert not list((tmp_path / "ops_trace").rglob("*.json")) and (tmp_path / "failed" / broken[0].storage_key).exists()
 
 
+def test_a_batch_of_large_files_is_read_stored_and_acknowledged_a_part_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files of more than PART_BYTES in all (200 workflow runs of a megabyte each would need about 750 MB at once)
+    are read, stored and acknowledged a part at a time, so no more than a part's records are ever in memory."""
+    from traceexport.sources.celery import processor as processor_module
+
+    data = _samples()["12-generate-name.json"]
+    monkeypatch.setattr(processor_module, "PART_BYTES", 2 * len(data))
+    storage = LocalStorage(tmp_path)
+    refs = _refs(storage, ["f1", "f2", "f3", "f4", "f5"], data)
+    events: list[str] = []
+    processor = TraceFileProcessor(storage, lambda records: events.append(f"accept {len(records)}"),
+                                   failed_prefix="failed/", retry_delay=0, stopping=threading.Event(), stats=Stats())
+    outcomes = processor.process_batch([(r, r.file_id) for r in refs], lambda h: events.append(f"ack {h}"),
+                                       lambda h: events.append(f"requeue {h}"))
+    assert outcomes == ["accepted"] * 5 and processor.stats.snapshot()["accepted"] == 5
+    assert events == ["accept 2", "ack ['f1', 'f2']", "accept 2", "ack ['f3', 'f4']", "accept 1", "ack ['f5']"]
+
+
 def test_a_full_spool_puts_the_whole_batch_back_after_one_wait(tmp_path: Path) -> None:
     """SpoolFullError leaves every message of the batch unacknowledged: one requeue call, files kept."""
     storage = LocalStorage(tmp_path)

@@ -1,7 +1,8 @@
 """Handle ``process_trace_tasks`` calls in batches: load the files, hand the records to the pipeline, ack, delete.
 
 The order is what makes it lossless: ``accept()`` (durable on return; one spool transaction for the whole
-batch) → acknowledge the messages → delete the files. A crash before the acknowledgement leaves the messages
+batch, or for each part of at most ``PART_BYTES`` of files: a batch of large workflow runs is never held in memory
+at once) → acknowledge the messages → delete the files. A crash before the acknowledgement leaves the messages
 unacknowledged, so the broker hands them out again after the visibility timeout and the files are still
 there; a crash after it leaves at worst files behind (never a lost record). A broker lost at the moment of
 the acknowledgement leaves the batch owed: the consumer acknowledges it (and deletes its files) once reconnected,
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -40,6 +42,7 @@ H = TypeVar("H")  # whatever identifies a message to the caller's ack and requeu
 
 ACCEPTED, MISSING, INVALID, UNREADABLE, RETRY = "accepted", "missing", "invalid", "unreadable", "retry"
 DONE = (ACCEPTED, MISSING, INVALID, UNREADABLE)  # the outcomes a message is acknowledged for
+PART_BYTES = 16 << 20  # bytes of files read into memory before their records go to the spool (16 MiB)
 UNREADABLE_TIMEOUT = 600.0  # seconds a file that is there but cannot be read is retried before its message goes
 
 
@@ -141,12 +144,36 @@ class TraceFileProcessor:
         content: Callable[[H], bytes] | None = None,
     ) -> list[str]:
         """Handle every ``(ref, handle)``: the records go to ``accept`` in one call, then ``ack`` gets the handles
-        of every message done with (at most one call), then the files are deleted, then, after a wait, ``requeue``
-        gets those to try again (at most one call). Returns each item's outcome name. ``content(handle)`` is the
-        message as the queue held it, kept when its file cannot be read (without it, the task's ids as JSON)."""
+        of every message done with (one call), then the files are deleted; files of more than ``PART_BYTES`` in all
+        go in parts of that size, each part so (a batch of large workflow runs is never held in memory at once).
+        Then, after a wait, ``requeue`` gets those to try again (at most one call). Returns each item's outcome
+        name. ``content(handle)`` is the message as the queue held it, kept when its file cannot be read (without
+        it, the task's ids as JSON)."""
         batch: _Batch[H] = _Batch(items)
+        start = 0
+        while start < len(items):
+            loaded, end = self._load(batch, start, content)
+            self._accept(batch, loaded)
+            del loaded  # the part's records are in the spool: their memory goes before the next part is read
+            self._acknowledge(batch, range(start, end), ack)
+            start = end
+        again = batch.handles(RETRY)
+        if again:
+            self.stopping.wait(max(batch.delay, 0.0))  # cut short by stop()
+            requeue(again)
+            self.stats.add(RETRY, len(again))
+        return batch.outcomes
+
+    def _load(self, batch: _Batch[H], start: int, content: Callable[[H], bytes] | None,
+              ) -> tuple[list[tuple[int, Record, bytes]], int]:
+        """Read and parse the files of the batch from ``start`` on, until ``PART_BYTES`` of them are read; the
+        loaded records, and where the next part starts. Files missing, invalid or unreadable are settled here."""
         loaded: list[tuple[int, Record, bytes]] = []
-        for index, (ref, handle) in enumerate(items):
+        size = 0
+        for index in range(start, len(batch.items)):
+            if size >= PART_BYTES:
+                return loaded, index
+            ref, handle = batch.items[index]
             try:
                 raw = self.storage.load(ref.storage_key)
             except UnreadableFileError as exc:
@@ -162,27 +189,29 @@ class TraceFileProcessor:
                 batch.settle(index, MISSING)
                 log.info("%s: file not found (handled by another consumer?); acknowledged", ref.describe())
                 continue
+            size += len(raw)
             try:
                 loaded.append((index, parse_file(raw), raw))
             except RecordError as exc:
                 self._invalid(batch, index, raw, exc.reason)
-        self._accept(batch, loaded)
-        owed = _Owed(batch.handles(*DONE), [items[i][0] for i in batch.indexes(ACCEPTED, INVALID)],
-                     {name: batch.count(name) for name in DONE if batch.count(name)})
-        if owed.handles:
-            try:
-                ack(owed.handles)
-            except Exception:  # the broker went away: the records are stored; acknowledge them once it is back
-                with self._owed_lock:
-                    self._owed.append(owed)
-                raise
+        return loaded, len(batch.items)
+
+    def _acknowledge(self, batch: _Batch[H], part: range, ack: Callable[[Sequence[H]], None]) -> None:
+        """``ack`` the messages of ``part`` done with, then count them and delete their files. A broker lost at that
+        moment leaves them owed (:meth:`settle_owed`) and the error raised."""
+        done = [i for i in part if batch.outcomes[i] in DONE]
+        if not done:
+            return
+        owed = _Owed([batch.items[i][1] for i in done],
+                     [batch.items[i][0] for i in done if batch.outcomes[i] in (ACCEPTED, INVALID)],
+                     dict(Counter(batch.outcomes[i] for i in done)))
+        try:
+            ack(owed.handles)
+        except Exception:  # the broker went away: the records are stored; acknowledge them once it is back
+            with self._owed_lock:
+                self._owed.append(owed)
+            raise
         self._settled(owed)
-        again = batch.handles(RETRY)
-        if again:
-            self.stopping.wait(max(batch.delay, 0.0))  # cut short by stop()
-            requeue(again)
-            self.stats.add(RETRY, len(again))
-        return batch.outcomes
 
     def settle_owed(self, ack: Callable[[Sequence[Any]], None]) -> int:
         """Acknowledge the messages whose records went into the spool but whose acknowledgement failed (the broker
@@ -331,9 +360,6 @@ class _Batch(Generic[H]):
 
     def handles(self, *outcomes: str) -> list[H]:
         return [self.items[i][1] for i in self.indexes(*outcomes)]
-
-    def count(self, outcome: str) -> int:
-        return self.outcomes.count(outcome)
 
 
 def parse_file(raw: bytes) -> Record:
