@@ -314,27 +314,36 @@ def test_a_file_that_is_no_regular_file_is_retried_for_a_bounded_time_then_its_m
     assert not any("unavailable" in r.getMessage() for r in caplog.records)  # the storage itself is fine
 
 
-def test_a_file_denied_to_this_process_is_set_aside_only_while_other_files_can_be_read(tmp_path: Path) -> None:
-    """Permission denied may be the whole storage's trouble (the sidecar running as another user): its message
-    waits, however long, until some other file is read after its first failure; then it is set aside."""
+def test_a_file_denied_to_this_process_is_set_aside_only_while_other_files_can_be_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Permission denied may be the whole storage's trouble (the sidecar running as another user): then every
+    message waits, however long, with one line for them all; once another file is read after a file's first
+    failure, that file's trouble is its own: one line naming it, and its message is set aside."""
 
     class Denying(LocalStorage):
         def load(self, key: str) -> bytes | None:
-            if key.endswith("/denied.json"):
+            if "/denied" in key:
                 raise UnreadableFileError(key, "Permission denied", certain=False)
             return super().load(key)
 
     storage = Denying(tmp_path)
-    denied = parse_task({"task": DIFY_TASK_NAME, "id": "t-d"}, [[{"file_id": "denied", "app_id": "a1"}], {}, {}])
+    denied = [parse_task({"task": DIFY_TASK_NAME, "id": f"t-d{n}"}, [[{"file_id": f"denied{n}", "app_id": "a1"}],
+                                                                     {}, {}]) for n in range(5)]
     processor = TraceFileProcessor(storage, Recorder(), failed_prefix="failed/", retry_delay=0,
                                    stopping=threading.Event(), stats=Stats(), unreadable_timeout=0)
+    caplog.set_level(logging.INFO, logger="traceexport.sources.celery")
     for _ in range(3):
-        assert processor.process(denied, lambda: None, lambda: None) == "retry"
+        outcomes = processor.process_batch([(ref, n) for n, ref in enumerate(denied)], lambda _: None, lambda _: None)
+        assert outcomes == ["retry"] * 5
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "unavailable" in lines[0] and "Permission denied" in lines[0], lines
     good = _refs(storage, ["f1"], _samples()["12-generate-name.json"])[0]
-    outcomes = processor.process_batch([(good, 1), (denied, 2)], lambda _: None, lambda _: None)
+    outcomes = processor.process_batch([(good, 9), (denied[0], 0)], lambda _: None, lambda _: None)
     assert outcomes == ["accepted", "unreadable"]
-    kept = json.loads((tmp_path / "failed" / "messages" / "denied.msg").read_bytes())
-    assert kept == {"task": DIFY_TASK_NAME, "id": "t-d", "file_info": {"file_id": "denied", "app_id": "a1"}}
+    kept = json.loads((tmp_path / "failed" / "messages" / "denied0.msg").read_bytes())
+    assert kept == {"task": DIFY_TASK_NAME, "id": "t-d0", "file_info": {"file_id": "denied0", "app_id": "a1"}}
+    assert "kept as failed/messages/denied0.msg" in caplog.records[-1].getMessage()
 
 
 def test_plain_json_messages_are_read_without_kombu_and_anything_else_is_left_to_it() -> None:

@@ -291,14 +291,17 @@ class TraceFileProcessor:
         log.warning("%s: not a valid record, kept as %s: %s", ref.describe(), kept, reason)
 
     def _cannot_read(self, batch: _Batch[Any], index: int, error: UnreadableFileError, message: bytes | None) -> None:
-        """A file that is there but cannot be read: retried (one line when first seen) until
-        :class:`UnreadableFiles` gives up on it; then its message is kept under ``messages/`` and acknowledged."""
+        """A file that is there but cannot be read: retried until :class:`UnreadableFiles` gives up on it (one line
+        once the trouble is known to be the file's own; until then, as the storage's: one line for all), then its
+        message is kept under ``messages/`` and acknowledged."""
         ref = batch.items[index][0]
-        first, give_up = self._unreadable.failed(error)
-        if not give_up:
-            if first:
+        verdict = self._unreadable.failed(error)
+        if not verdict.give_up:
+            if verdict.tell:
                 log.warning("%s: %s; retried for up to %g s, then its message is set aside", ref.describe(),
                             error.why, self._unreadable.timeout)
+            elif not error.certain:
+                self._storage.fail(str(error))  # "permission denied" on every file: the storage's trouble
             batch.retry(index, self.retry_delay)
             return
         kept = f"{self.failed_prefix}messages/{ref.file_id}.msg"

@@ -26,6 +26,15 @@ FORGET_AFTER = 3600.0  # seconds without another failure after which a key is fo
 class _Failing:
     first: float  # monotonic time of the first failure
     last: float  # and of the latest
+    told: bool = False  # whether the file's own trouble was logged
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do about a file that failed to be read once more."""
+
+    give_up: bool  # set its message aside now
+    tell: bool  # log, once, that this file (not the storage) cannot be read: known to be its own trouble only now
 
 
 class UnreadableFiles:
@@ -37,19 +46,18 @@ class UnreadableFiles:
         self._failing: dict[str, _Failing] = {}
         self._last_read = float("-inf")  # monotonic time of the latest read that worked (a file, or none there)
 
-    def failed(self, error: UnreadableFileError) -> tuple[bool, bool]:
-        """Note that ``error.key`` could not be read; returns (first failure seen, time to give up on it)."""
+    def failed(self, error: UnreadableFileError) -> Verdict:
+        """Note that ``error.key`` could not be read once more, and say what to do about it."""
         now = time.monotonic()
         with self._lock:
             self._forget_stale(now)
             entry = self._failing.get(error.key)
-            first = entry is None
             if entry is None:
                 entry = self._failing[error.key] = _Failing(now, now)
             entry.last = now
-            expired = now - entry.first >= self.timeout
-            storage_works = self._last_read > entry.first
-        return first, expired and (error.certain or storage_works)
+            its_own = error.certain or self._last_read > entry.first
+            tell, entry.told = its_own and not entry.told, entry.told or its_own
+            return Verdict(give_up=its_own and now - entry.first >= self.timeout, tell=tell)
 
     def read(self, key: str) -> None:
         """``key`` was read (or found missing): the storage works, and the key is no longer failing."""
@@ -68,4 +76,4 @@ class UnreadableFiles:
             del self._failing[key]
 
 
-__all__ = ["UnreadableFiles"]
+__all__ = ["UnreadableFiles", "Verdict"]
