@@ -432,10 +432,24 @@ def test_urls_kombu_reads_are_accepted_and_every_password_is_masked() -> None:
         "redis://redis:6379": "redis://redis:6379",
     }
     for url, masked in cases.items():
-        settings = CelerySourceSettings.from_config({"broker_url": url}, env={})
+        options = {"master_name": "mymaster"} if url.startswith("sentinel") else {}
+        settings = CelerySourceSettings.from_config({"broker_url": url, "transport_options": options}, env={})
         assert settings.masked_broker_url() == masked
     assert "pa#ss1234" in CelerySourceSettings.from_config(
         {"broker_url": "rediss://user:pa%23ss1234@h:6380/0"}, env={}).secrets()
+
+
+def test_a_sentinel_url_without_its_master_name_is_a_config_problem_and_the_sentinels_password_is_masked() -> None:
+    """kombu cannot use sentinel:// without transport_options.master_name: validate and serve say so in one line
+    (before, serve retried for ever); the sentinels' own password (Dify's CELERY_SENTINEL_PASSWORD, in
+    sentinel_kwargs) is registered for masking like the broker URL's."""
+    with pytest.raises(ConfigError) as info:
+        CelerySourceSettings.from_config({"broker_url": "sentinel://:pw@h1:26379;sentinel://:pw@h2:26379"}, env={})
+    assert "\n" not in str(info.value) and "transport_options.master_name" in str(info.value)
+    settings = CelerySourceSettings.from_config(
+        {"broker_url": "sentinel://h1:26379", "transport_options": {
+            "master_name": "mymaster", "sentinel_kwargs": {"password": "Sentinel-pw-1"}}}, env={})
+    assert "Sentinel-pw-1" in settings.secrets()
 
 
 def test_missing_celery_extra_is_a_config_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

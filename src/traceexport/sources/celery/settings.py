@@ -17,6 +17,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from traceexport.errors import ConfigError, Problem
@@ -94,6 +95,16 @@ class CelerySourceSettings(BaseModel):
         if not isinstance(value.get("global_keyprefix", ""), str):
             raise ValueError("global_keyprefix must be a string")
         return value
+
+    @model_validator(mode="after")
+    def _sentinel_names_its_master(self) -> CelerySourceSettings:
+        parts = self.broker_url.get_secret_value().split(";")
+        if any(part.strip().lower().startswith("sentinel://") for part in parts) and not self.transport_options.get(
+                "master_name"):
+            raise ValueError("a sentinel:// broker_url needs transport_options.master_name (Dify's "
+                             "CELERY_SENTINEL_MASTER_NAME), and transport_options.sentinel_kwargs: {password: ...} "
+                             "when the sentinels have one (CELERY_SENTINEL_PASSWORD)")
+        return self
 
     @field_validator("other_tasks_queue")
     @classmethod
@@ -177,12 +188,16 @@ class CelerySourceSettings(BaseModel):
 
     def secrets(self) -> list[str]:
         """The values to mask wherever this source's text may end up: the broker URL's passwords (as written and
-        decoded), S3's keys."""
+        decoded), a password in ``transport_options`` or its ``sentinel_kwargs`` (the sentinels'), S3's keys."""
         found: list[str] = []
         for part in self.broker_url.get_secret_value().split(";"):
             with contextlib.suppress(ValueError):
                 password = urlsplit(part.strip()).password or ""
                 found += [password, unquote(password)]
+        sentinel = self.transport_options.get("sentinel_kwargs")
+        for options in (self.transport_options, sentinel if isinstance(sentinel, Mapping) else {}):
+            if isinstance(options.get("password"), str):
+                found.append(options["password"])
         if isinstance(self.storage, S3StorageSettings):
             found += [key.get_secret_value() for key in (self.storage.access_key, self.storage.secret_key) if key]
         return [value for value in found if value]
