@@ -314,6 +314,21 @@ def test_a_file_that_is_no_regular_file_is_retried_for_a_bounded_time_then_its_m
     assert not any("unavailable" in r.getMessage() for r in caplog.records)  # the storage itself is fine
 
 
+def test_a_file_larger_than_max_file_bytes_is_never_read_and_its_message_is_set_aside(tmp_path: Path) -> None:
+    """A trace file larger than max_file_bytes (one that would take the sidecar's memory, and take it down again
+    on every redelivery) is not read: its message is set aside like an unreadable file's, the others go on."""
+    storage = LocalStorage(tmp_path)
+    data = _samples()["12-generate-name.json"]
+    small, large = _refs(storage, ["small"], data)[0], _refs(storage, ["large"], data + b" " * 1000)[0]
+    recorder = Recorder()
+    processor = TraceFileProcessor(storage, recorder, failed_prefix="failed/", retry_delay=0,
+                                   stopping=threading.Event(), stats=Stats(), unreadable_timeout=0,
+                                   max_file_bytes=len(data) + 10)
+    outcomes = processor.process_batch([(small, 1), (large, 2)], lambda _: None, lambda _: None)
+    assert outcomes == ["accepted", "unreadable"] and len(recorder.records) == 1
+    assert (tmp_path / "failed" / "messages" / "large.msg").exists() and (tmp_path / large.storage_key).exists()
+
+
 def test_a_file_denied_to_this_process_is_set_aside_only_while_other_files_can_be_read(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -322,10 +337,10 @@ def test_a_file_denied_to_this_process_is_set_aside_only_while_other_files_can_b
     failure, that file's trouble is its own: one line naming it, and its message is set aside."""
 
     class Denying(LocalStorage):
-        def load(self, key: str) -> bytes | None:
+        def load(self, key: str, max_bytes: int | None = None) -> bytes | None:
             if "/denied" in key:
                 raise UnreadableFileError(key, "Permission denied", certain=False)
-            return super().load(key)
+            return super().load(key, max_bytes)
 
     storage = Denying(tmp_path)
     denied = [parse_task({"task": DIFY_TASK_NAME, "id": f"t-d{n}"}, [[{"file_id": f"denied{n}", "app_id": "a1"}],

@@ -86,6 +86,18 @@ def test_only_a_regular_file_is_read_never_a_directory_a_fifo_or_a_link(
     assert str(outcome[0]) == f"cannot read {KEY}: {kind}, not a regular file"
 
 
+def test_a_file_larger_than_max_bytes_is_refused_without_being_read(tmp_path: Path) -> None:
+    """A file of more than ``max_bytes`` is UnreadableFileError saying how large it is and the limit (one line);
+    one of exactly ``max_bytes`` loads."""
+    storage = LocalStorage(tmp_path)
+    storage.save(KEY, b"x" * 100)
+    assert storage.load(KEY, max_bytes=100) == b"x" * 100
+    with pytest.raises(UnreadableFileError) as info:
+        storage.load(KEY, max_bytes=99)
+    assert info.value.certain and str(info.value) == (
+        f"cannot read {KEY}: 100 bytes or more, larger than the 99 bytes a trace file may have (max_file_bytes)")
+
+
 def _load_into(storage: LocalStorage, outcome: list[BaseException]) -> None:
     try:
         storage.load(KEY)
@@ -128,6 +140,7 @@ class FakeS3:
     def __init__(self, error_factory: Any) -> None:
         self.objects: dict[tuple[str, str], bytes] = {}
         self.fail: str | None = None
+        self.content_length = False  # whether get_object's answer says the object's size, as S3's does
         self.error_factory = error_factory
 
     def _check(self) -> None:
@@ -138,7 +151,8 @@ class FakeS3:
         self._check()
         if (Bucket, Key) not in self.objects:
             raise self.error_factory("NoSuchKey")
-        return {"Body": io.BytesIO(self.objects[(Bucket, Key)])}
+        data = self.objects[(Bucket, Key)]
+        return {"Body": io.BytesIO(data), **({"ContentLength": len(data)} if self.content_length else {})}
 
     def put_object(self, Bucket: str, Key: str, Body: bytes) -> None:
         self._check()
@@ -192,6 +206,19 @@ def test_s3_keys_live_under_the_prefix_and_a_bucket_without_difys_folder_is_an_e
     assert ("dify", f"dify-root/{KEY}") not in fake_s3.objects
     right.save("ops_trace/app/another.json", b"{}")
     assert right.load(KEY) is None and right.describe().startswith("s3://dify/dify-root/")
+
+
+def test_an_s3_object_larger_than_max_bytes_is_refused_without_being_read_whole(fake_s3: FakeS3) -> None:
+    """An object of more than ``max_bytes`` (by its ContentLength, or by reading one byte past the limit when the
+    answer has none) is UnreadableFileError; one of exactly ``max_bytes`` loads."""
+    storage = S3Storage(S3StorageSettings(type="s3", bucket="b"), client=fake_s3)
+    storage.save(KEY, b"y" * 50)
+    assert storage.load(KEY, max_bytes=50) == b"y" * 50
+    with pytest.raises(UnreadableFileError, match="50 bytes or more, larger than the 49 bytes"):
+        storage.load(KEY, max_bytes=49)
+    fake_s3.content_length = True
+    with pytest.raises(UnreadableFileError, match="50 bytes or more, larger than the 10 bytes"):
+        storage.load(KEY, max_bytes=10)
 
 
 def test_s3_errors_are_storage_errors_without_credentials(fake_s3: FakeS3) -> None:

@@ -18,6 +18,7 @@ someone put in Dify's storage is refused, not read (nor waited on for ever).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -64,8 +65,9 @@ def check_key(key: str) -> str:
 class Storage(Protocol):
     """The three operations the Celery source needs from Dify's storage."""
 
-    def load(self, key: str) -> bytes | None:
-        """The object's bytes, or None when it does not exist; StorageError on any other failure."""
+    def load(self, key: str, max_bytes: int | None = None) -> bytes | None:
+        """The object's bytes, or None when it does not exist; StorageError on any other failure, and
+        UnreadableFileError for an object of more than ``max_bytes`` (never read into memory whole)."""
         ...
 
     def save(self, key: str, data: bytes) -> None:
@@ -142,8 +144,8 @@ class LocalStorage:
     def _path(self, key: str) -> str:
         return os.path.join(self._root, check_key(key))  # "/" separates the parts on every POSIX system
 
-    def load(self, key: str) -> bytes | None:
-        """The file's bytes, or None when it does not exist.
+    def load(self, key: str, max_bytes: int | None = None) -> bytes | None:
+        """The file's bytes, or None when it does not exist; a file of more than ``max_bytes`` is not read.
 
         A file is missing for good (another sidecar handled it) only while the key's top folder (Dify's
         ``ops_trace``) is there: without it the root is not Dify's storage (a volume not mounted, the wrong
@@ -151,9 +153,11 @@ class LocalStorage:
         That is a StorageError, retried like any other, so the messages wait until the storage is right.
         """
         try:
-            return _read(self._path(key))
+            return _read(self._path(key), max_bytes)
         except _NotRegularFile as exc:
             raise UnreadableFileError(key, f"{exc.kind}, not a regular file", certain=True) from None
+        except _TooLarge as exc:
+            raise UnreadableFileError(key, _too_large(exc.size, exc.limit), certain=True) from None
         except FileNotFoundError:
             top = key.split("/", 1)[0]
             if "/" in key and not os.path.isdir(os.path.join(self._root, top)):
@@ -203,6 +207,19 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSO
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
+def _too_large(size: int, limit: int) -> str:
+    return f"{size} bytes or more, larger than the {limit} bytes a trace file may have (max_file_bytes)"
+
+
+class _TooLarge(OSError):
+    """A file of ``size`` bytes (at least), more than ``limit``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(_too_large(size, limit))
+
+
 class _NotRegularFile(OSError):
     """What ``_read`` found at a path instead of a regular file (``kind``: "a directory", "a FIFO", ...)."""
 
@@ -211,19 +228,26 @@ class _NotRegularFile(OSError):
         super().__init__(kind)
 
 
-def _read(path: str) -> bytes:
+def _read(path: str, max_bytes: int | None = None) -> bytes:
     """The bytes of the regular file at ``path``, with as few system calls as a read can take (no buffering).
 
     Opened without following a symbolic link (ELOOP) and without blocking (a FIFO without a writer would hold the
-    open for ever), then refused unless it is a regular file (``_NotRegularFile``)."""
+    open for ever), then refused unless it is a regular file (``_NotRegularFile``) of at most ``max_bytes``
+    (``_TooLarge``: not read, nor read on past that while it grows)."""
     fd = os.open(path, _READ_FLAGS)
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise _NotRegularFile(next((kind for test, kind in _KINDS if test(mode)), "not a file"))
-        chunks = []
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise _NotRegularFile(next((kind for test, kind in _KINDS if test(status.st_mode)), "not a file"))
+        limit = max_bytes if max_bytes is not None else -1
+        if limit >= 0 and status.st_size > limit:
+            raise _TooLarge(status.st_size, limit)
+        chunks, size = [], 0
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
+            size += len(chunk)
+            if limit >= 0 and size > limit:
+                raise _TooLarge(size, limit)
         return b"".join(chunks)
     finally:
         os.close(fd)
@@ -239,19 +263,32 @@ class S3Storage:
         self._client = client if client is not None else _s3_client(settings)
         self._client_error: type[Exception] = _client_error_class()
 
-    def load(self, key: str) -> bytes | None:
+    def load(self, key: str, max_bytes: int | None = None) -> bytes | None:
         """The object's bytes, or None for NoSuchKey / 404 while the key's top folder (Dify's ``ops_trace``) holds
         any object; with nothing under it the bucket or prefix is not Dify's storage, and a StorageError (retried)
-        keeps the messages waiting instead of acknowledging records never read (as :meth:`LocalStorage.load`)."""
+        keeps the messages waiting instead of acknowledging records never read (as :meth:`LocalStorage.load`).
+        An object of more than ``max_bytes`` is not read (UnreadableFileError)."""
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-            data: bytes = response["Body"].read()
-            return data
+            body = response["Body"]
+            length = response.get("ContentLength")
+            if max_bytes is None:
+                data: bytes = body.read()
+                return data
+            if not (isinstance(length, int) and length > max_bytes):
+                data = body.read(max_bytes + 1)
+                if len(data) <= max_bytes:
+                    return data
+                length = len(data)
+            with contextlib.suppress(Exception):  # the rest of a large body is not wanted
+                body.close()
         except self._client_error as exc:
             if _error_code(exc) not in {"NoSuchKey", "404", "NotFound"}:
                 raise StorageError(f"cannot read {key} from s3://{self.bucket}: {_error_code(exc)}") from exc
         except Exception as exc:  # botocore transport errors have no common base worth importing
             raise StorageError(f"cannot read {key} from s3://{self.bucket}: {type(exc).__name__}") from exc
+        else:
+            raise UnreadableFileError(key, _too_large(length, max_bytes), certain=True)
         top = key.split("/", 1)[0]
         if "/" in key and not self._holds_any(f"{self.prefix}{top}/"):
             raise StorageError(f"cannot read {key}: nothing under s3://{self.bucket}/{self.prefix}{top}/ (is this "

@@ -78,6 +78,7 @@ class CelerySource:
             stopping=self.stopping,
             stats=self.stats,
             unreadable_timeout=settings.unreadable_timeout,
+            max_file_bytes=int(settings.max_file_bytes),
         )
         self.dispatcher = MessageDispatcher(settings, self.processor, self.stats, self._kombu)
         self.empty_queue_hint_after = empty_queue_hint_after

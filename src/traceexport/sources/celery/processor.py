@@ -13,9 +13,9 @@ before taking anything, so the records are not stored twice. Outcomes, per messa
   it to ``failed_prefix + key`` (kept for a human), acknowledge, delete, log one line with the reason;
 * the spool is full, or storage / the pipeline fail → wait, then put the message back on the queue
   (never acknowledged), so it is retried later by this or another consumer;
-* the file is there but cannot be read (not a regular file, no permission) → retried the same way for
-  ``unreadable_timeout`` seconds (:mod:`unreadable`), then the message itself is kept as
-  ``failed_prefix + messages/<file_id>.msg``, acknowledged, one line names the file and why; the file stays.
+* the file is there but cannot be read (not a regular file, no permission, larger than ``max_file_bytes``)
+  → retried the same way for ``unreadable_timeout`` seconds (:mod:`unreadable`), then the message itself is kept
+  as ``failed_prefix + messages/<file_id>.msg``, acknowledged, one line names the file and why; the file stays.
 """
 
 from __future__ import annotations
@@ -114,6 +114,7 @@ class TraceFileProcessor:
         stopping: threading.Event,
         stats: Stats,
         unreadable_timeout: float = UNREADABLE_TIMEOUT,
+        max_file_bytes: int | None = None,
     ) -> None:
         self.storage = storage
         self.accept = accept
@@ -129,6 +130,7 @@ class TraceFileProcessor:
             "their records are stored and acknowledged, the files stay (counted in delete_failed)",
         )
         self._unreadable = UnreadableFiles(unreadable_timeout)
+        self.max_file_bytes = max_file_bytes
         self._owed: list[_Owed] = []  # acknowledgements the broker did not take: sent again once it is back
         self._owed_lock = threading.Lock()
 
@@ -175,7 +177,7 @@ class TraceFileProcessor:
                 return loaded, index
             ref, handle = batch.items[index]
             try:
-                raw = self.storage.load(ref.storage_key)
+                raw = self.storage.load(ref.storage_key, max_bytes=self.max_file_bytes)
             except UnreadableFileError as exc:
                 self._cannot_read(batch, index, exc, content(handle) if content is not None else None)
                 continue

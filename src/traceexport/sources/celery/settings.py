@@ -10,6 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     BaseModel,
+    ByteSize,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -52,9 +53,10 @@ class CelerySourceSettings(BaseModel):
     spool. ``unacked_prefix`` keeps this source's
     in-flight bookkeeping apart from Dify's own workers, so a short timeout here never re-delivers
     Dify's other tasks. A trace file that is there but cannot be read (a directory, a FIFO, a link, no
-    permission) is retried for ``unreadable_timeout`` seconds, then its message is kept under ``failed_prefix``
-    ``messages/`` and acknowledged. Messages on the queue for any other task are moved unchanged to
-    ``other_tasks_queue`` (null: dropped with a warning). ``redis_key_prefix`` is the value of Dify's
+    permission, larger than ``max_file_bytes``: never read into memory) is retried for ``unreadable_timeout``
+    seconds, then its message is kept under ``failed_prefix`` ``messages/`` and acknowledged. Messages on the
+    queue for any other task are moved unchanged to ``other_tasks_queue`` (null: dropped with a warning).
+    ``redis_key_prefix`` is the value of Dify's
     ``REDIS_KEY_PREFIX`` (Dify >= 1.14), turned into kombu's ``global_keyprefix`` by Dify's own rule, so
     this consumer sees the keys Dify's producer writes: the queue, the other-tasks queue, and this
     source's unacked bookkeeping all carry the prefix. Absent from the config, it falls back to the
@@ -73,6 +75,7 @@ class CelerySourceSettings(BaseModel):
     visibility_timeout: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
     retry_delay: float = Field(default=5.0, ge=0, allow_inf_nan=False)
     unreadable_timeout: float = Field(default=600.0, ge=0, allow_inf_nan=False)
+    max_file_bytes: ByteSize = Field(default=ByteSize(64 * 1024 * 1024), ge=1)
     failed_prefix: str = Field(default="traceexport/failed/", pattern=r"^[A-Za-z0-9_][A-Za-z0-9._/-]*/$")
     other_tasks_queue: str | None = Field(default="ops_trace_other", min_length=1)
     unacked_prefix: str = Field(default="traceexport.", pattern=r"^[A-Za-z0-9_.:-]+$")
