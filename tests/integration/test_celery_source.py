@@ -935,7 +935,8 @@ def test_entries_no_celery_worker_can_read_are_kept_in_storage_not_moved_to_its_
 ) -> None:
     """Entries that are not kombu messages (not JSON, a JSON list, a body that is not base64) would make a Dify
     worker on ops_trace_other exit; each is kept byte for byte under traceexport/failed/messages/ with one
-    warning and acknowledged, and the trace task beside them is delivered."""
+    warning and acknowledged, and the trace task beside them is delivered. An entry kept again (its
+    acknowledgement lost) is the same file, not a second copy."""
     producer.send(_samples()["12-generate-name.json"])
     client = redis.client(1)
     message = json.loads(client.lindex("ops_trace", 0))
@@ -956,6 +957,15 @@ def test_entries_no_celery_worker_can_read_are_kept_in_storage_not_moved_to_its_
     lines = [r.getMessage() for r in caplog.records if "no Celery worker can run it" in r.getMessage()]
     assert len(lines) == 3 and all("kept as traceexport/failed/messages/" in line for line in lines)
     assert any("Invalid base64-encoded string" in line for line in lines)  # what kombu said, not just "Error"
+
+    client.lpush("ops_trace", garbage[0])  # the same entry again (kept, then its acknowledgement lost): one file
+    source = CelerySource(_settings(redis, storage_root), recorder)
+    source.start()
+    try:
+        _wait_for(lambda: source.stats.snapshot()["bad_message"] == 1 and _drained(redis), what="kept again")
+    finally:
+        source.stop(10)
+    assert len(list((storage_root / "traceexport" / "failed" / "messages").iterdir())) == 3
 
 
 @pytest.mark.integration

@@ -18,6 +18,7 @@ human, with one warning, then acknowledged; when storage refuses it, it stays in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
@@ -131,7 +132,8 @@ class MessageDispatcher:
 
         Not moved to ``other_tasks_queue``: no Celery worker can read it, and one that tries exits."""
         where = f"an entry of {len(item.raw)} bytes on queue {self.settings.queue!r} {why}"
-        kept = f"{self.settings.failed_prefix}messages/{uuid.uuid4().hex}.msg"
+        # Named by its content: kept again after a lost acknowledgement, it is the same file, not a second one.
+        kept = f"{self.settings.failed_prefix}messages/{hashlib.sha256(item.raw).hexdigest()[:32]}.msg"
         try:
             self.processor.storage.save(kept, item.raw)
         except StorageError as exc:
