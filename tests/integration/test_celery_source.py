@@ -829,6 +829,30 @@ def test_stop_while_the_spool_is_full_puts_the_message_back(
 
 
 @pytest.mark.integration
+def test_a_batch_that_outlasts_visibility_timeout_is_one_warning_saying_what_it_risks(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch held longer than visibility_timeout (a slow spool) may be put back and stored again by another
+    consumer: nothing is lost, but records may be sent twice, so one line says so and what to raise."""
+    producer.send(_samples()["12-generate-name.json"])
+    recorder = Recorder()
+
+    def slow_accept(records: Sequence[Record]) -> None:
+        time.sleep(1.2)
+        recorder(records)
+
+    source = CelerySource(_settings(redis, storage_root, visibility_timeout=1), slow_accept)
+    caplog.set_level(logging.WARNING, logger="traceexport.sources.celery")
+    source.start()
+    try:
+        _wait_for(lambda: len(recorder.records) == 1 and _drained(redis), what="the record, late")
+    finally:
+        source.stop(10)
+    lines = [r.getMessage() for r in caplog.records if "longer than visibility_timeout" in r.getMessage()]
+    assert len(lines) == 1 and "raise visibility_timeout" in lines[0] and "\n" not in lines[0]
+
+
+@pytest.mark.integration
 def test_two_consumers_on_one_queue_lose_nothing(
     redis: RedisServer, storage_root: Path, producer: DifyProducer
 ) -> None:
