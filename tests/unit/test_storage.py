@@ -98,6 +98,31 @@ def test_a_file_larger_than_max_bytes_is_refused_without_being_read(tmp_path: Pa
         f"cannot read {KEY}: 100 bytes or more, larger than the 99 bytes a trace file may have (max_file_bytes)")
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc/self/fd")
+def test_a_folder_linked_out_of_the_storage_is_not_followed_but_a_link_inside_it_and_a_linked_root_are(
+    tmp_path: Path,
+) -> None:
+    """An app folder that is a symbolic link to outside the storage root would let whoever writes Dify's storage
+    have the sidecar read (and keep, and delete) files elsewhere: refused, as permission denied is (it may be the
+    whole storage's layout). A link that stays inside the root, and a root that is itself a link, are fine."""
+    real_root = tmp_path / "real-storage"
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "0f1e2d3c4b5a.json").write_bytes(b'{"secret": 1}')
+    (real_root / "ops_trace").mkdir(parents=True)
+    (real_root / "ops_trace" / "83d767f2-49a5-4a3f-89fd-fdebaf4cfca1").symlink_to(outside)
+    (tmp_path / "root-link").symlink_to(real_root)
+    storage = LocalStorage(tmp_path / "root-link")
+    with pytest.raises(UnreadableFileError, match="reached through a symbolic link to outside") as info:
+        storage.load(KEY)
+    assert not info.value.certain
+    (real_root / "ops_trace" / "inside").mkdir()
+    (real_root / "ops_trace" / "inside" / "0f1e2d3c4b5a.json").write_bytes(b"{}")
+    (real_root / "ops_trace" / "83d767f2-49a5-4a3f-89fd-fdebaf4cfca1").unlink()
+    (real_root / "ops_trace" / "83d767f2-49a5-4a3f-89fd-fdebaf4cfca1").symlink_to(real_root / "ops_trace" / "inside")
+    assert storage.load(KEY) == b"{}"
+
+
 def _load_into(storage: LocalStorage, outcome: list[BaseException]) -> None:
     try:
         storage.load(KEY)

@@ -12,8 +12,9 @@ refused. ``load`` returns ``None`` for a missing object (already consumed by ano
 in a local root without the key's top folder (not Dify's storage: nothing was ever there to consume);
 every other failure is a :class:`StorageError`, which callers treat as transient, or its subclass
 :class:`UnreadableFileError` when the failure is this one file's own (not a regular file, no permission to read
-it). A local read opens only a regular file, never through a symbolic link, and never blocks: a FIFO or a device
-someone put in Dify's storage is refused, not read (nor waited on for ever).
+it). A local read opens only a regular file inside the root, never through a symbolic link to it or to outside the
+root, and never blocks: a FIFO or a device someone put in Dify's storage is refused, not read (nor waited on for
+ever).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 import re
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
@@ -140,9 +142,19 @@ class LocalStorage:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self._root = str(self.root)
+        self._real_root: str | None = None  # the root with its links resolved, once known
 
     def _path(self, key: str) -> str:
         return os.path.join(self._root, check_key(key))  # "/" separates the parts on every POSIX system
+
+    def _inside(self, real: str) -> bool:
+        """Whether the resolved path ``real`` lies inside the root (itself resolved again once, if it moved)."""
+        for fresh in (self._real_root is None, True):
+            if fresh:
+                self._real_root = os.path.realpath(self._root)
+            if real.startswith(str(self._real_root).rstrip("/") + "/"):
+                return True
+        return False
 
     def load(self, key: str, max_bytes: int | None = None) -> bytes | None:
         """The file's bytes, or None when it does not exist; a file of more than ``max_bytes`` is not read.
@@ -153,7 +165,10 @@ class LocalStorage:
         That is a StorageError, retried like any other, so the messages wait until the storage is right.
         """
         try:
-            return _read(self._path(key), max_bytes)
+            return _read(self._path(key), max_bytes, self._inside)
+        except _Outside:
+            raise UnreadableFileError(key, f"reached through a symbolic link to outside {self.root} (not followed)",
+                                      certain=False) from None
         except _NotRegularFile as exc:
             raise UnreadableFileError(key, f"{exc.kind}, not a regular file", certain=True) from None
         except _TooLarge as exc:
@@ -220,6 +235,10 @@ class _TooLarge(OSError):
         super().__init__(_too_large(size, limit))
 
 
+class _Outside(OSError):
+    """The file opened lies outside the storage root: a folder on its way is a symbolic link out of it."""
+
+
 class _NotRegularFile(OSError):
     """What ``_read`` found at a path instead of a regular file (``kind``: "a directory", "a FIFO", ...)."""
 
@@ -228,17 +247,23 @@ class _NotRegularFile(OSError):
         super().__init__(kind)
 
 
-def _read(path: str, max_bytes: int | None = None) -> bytes:
+def _read(path: str, max_bytes: int | None = None, inside: Callable[[str], bool] | None = None) -> bytes:
     """The bytes of the regular file at ``path``, with as few system calls as a read can take (no buffering).
 
     Opened without following a symbolic link (ELOOP) and without blocking (a FIFO without a writer would hold the
     open for ever), then refused unless it is a regular file (``_NotRegularFile``) of at most ``max_bytes``
-    (``_TooLarge``: not read, nor read on past that while it grows)."""
+    (``_TooLarge``: not read, nor read on past that while it grows), and, where the system says where an open file
+    is (Linux's ``/proc/self/fd``), one ``inside(real path)`` accepts (``_Outside``: a folder on the way was a link
+    out of the storage)."""
     fd = os.open(path, _READ_FLAGS)
     try:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
             raise _NotRegularFile(next((kind for test, kind in _KINDS if test(status.st_mode)), "not a file"))
+        if inside is not None:
+            real = _where(fd)
+            if real is not None and not inside(real):
+                raise _Outside()
         limit = max_bytes if max_bytes is not None else -1
         if limit >= 0 and status.st_size > limit:
             raise _TooLarge(status.st_size, limit)
@@ -251,6 +276,14 @@ def _read(path: str, max_bytes: int | None = None) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _where(fd: int) -> str | None:
+    """The resolved path of the open file ``fd``; None where the system does not say (no ``/proc``)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
 
 
 class S3Storage:
