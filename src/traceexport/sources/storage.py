@@ -12,9 +12,9 @@ refused. ``load`` returns ``None`` for a missing object (already consumed by ano
 in a local root without the key's top folder (not Dify's storage: nothing was ever there to consume);
 every other failure is a :class:`StorageError`, which callers treat as transient, or its subclass
 :class:`UnreadableFileError` when the failure is this one file's own (not a regular file, no permission to read
-it). A local read opens only a regular file inside the root, never through a symbolic link to it or to outside the
-root, and never blocks: a FIFO or a device someone put in Dify's storage is refused, not read (nor waited on for
-ever).
+it, larger than the limit). A local read opens only a regular file inside the root, never through a symbolic link
+to it or to outside the root, and never blocks: a FIFO or a device someone put in Dify's storage is refused, not
+read (nor waited on for ever).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ class UnreadableFileError(StorageError):
     """This one file cannot be read, whatever the rest of the storage does: ``why`` says what it is.
 
     ``certain`` is True when it cannot be a trace file at all (a directory, a FIFO, a symbolic link, a device: not
-    a regular file), False when it might still be the whole storage's trouble (permission denied: a sidecar running
-    as the wrong user cannot read any file)."""
+    a regular file; larger than the limit), False when it might still be the whole storage's trouble (permission
+    denied: a sidecar running as the wrong user cannot read any file; a folder linked out of the root)."""
 
     def __init__(self, key: str, why: str, *, certain: bool) -> None:
         self.key = key

@@ -318,8 +318,8 @@ class TraceFileProcessor:
             return
         self._unreadable.forget(ref.storage_key)
         batch.settle(index, UNREADABLE)
-        log.warning("%s: could not be read for %g s (%s); its message kept as %s and acknowledged, the file left "
-                    "in place (fix it, then traceexport replay it)", ref.describe(), self._unreadable.timeout,
+        log.warning("%s: could not be read for %g s or more (%s); its message kept as %s and acknowledged, the file "
+                    "left in place (fix it, then traceexport replay it)", ref.describe(), self._unreadable.timeout,
                     error.why, kept)
 
     def _delete(self, ref: TaskRef) -> None:

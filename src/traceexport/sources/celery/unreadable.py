@@ -1,12 +1,13 @@
 """When to give up on a trace file that is there but cannot be read, so its message does not come back for ever.
 
 A file Dify's storage holds at a message's key but that cannot be read (:class:`UnreadableFileError`: a directory,
-a FIFO, a symbolic link, a file this process may not read) is retried like any storage failure, for at most
-``timeout`` seconds from the first failure this process saw. Then its message is set aside (kept under
-``failed/messages/``, acknowledged; the file stays where it is). A file that is not a regular file can never be
-read, so the time alone decides. "Permission denied" can also be the whole storage's trouble (a sidecar running as
-another user than Dify), so it is given up on only when some read succeeded after its first failure: a storage
-nothing can be read from keeps every message waiting, as in any outage.
+a FIFO, a symbolic link, a file too large, a file this process may not read) is retried like any storage failure,
+for at most ``timeout`` seconds from the first failure this process saw. Then its message is set aside (kept under
+``failed/messages/``, acknowledged; the file stays where it is). A file that is not a regular file, or too large,
+can never be read, so the time alone decides. "Permission denied" (or a folder linked out of the storage) can also
+be the whole storage's trouble (a sidecar running as another user than Dify), so it is given up on only when some
+read succeeded after its first failure: a storage nothing can be read from keeps every message waiting, as in any
+outage.
 
 Only this process's own reads count: with several sidecars each keeps its own clock, so the bound holds in each.
 """
