@@ -8,6 +8,8 @@
     │   └── RecordTooLargeError     .indexes: records that can never fit in the spool (permanent)
     ├── RequestError                .status: a call to the console's JSON API is malformed (400, 404, 413)
     ├── SourceError                 a source cannot be read (Dify's database: unreachable, refused, unknown schema)
+    ├── StorageError                Dify's storage cannot be read or written now (sources/storage.py; retried)
+    │   └── UnreadableFileError     this one file cannot be read: not a regular file, too large, no permission
     ├── DaemonConflictError         a daemon delivers from the spool to some of a command's sinks, not all
     ├── SpoolFullError              back-pressure: the spool refuses new input (retryable)
     │   ├── SpoolUnavailableError   the spool cannot take input now (no descriptor left for a connection)

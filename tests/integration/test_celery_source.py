@@ -40,7 +40,7 @@ from traceexport.sources.celery import (
     parse_task,
 )
 from traceexport.sources.celery.probe import hint_for
-from traceexport.sources.storage import LocalStorage, StorageError
+from traceexport.sources.storage import LocalStorage, StorageError, UnreadableFileError
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "tests" / "data" / "samples"
@@ -229,6 +229,26 @@ def test_a_batch_is_accepted_in_one_call_then_acknowledged_in_one_call(tmp_path:
     assert not list((tmp_path / "ops_trace").rglob("*.json")) and (tmp_path / "failed" / broken[0].storage_key).exists()
 
 
+def test_a_batch_of_large_files_is_read_stored_and_acknowledged_a_part_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files of more than PART_BYTES in all (200 workflow runs of a megabyte each would need about 750 MB at once)
+    are read, stored and acknowledged a part at a time, so no more than a part's records are ever in memory."""
+    from traceexport.sources.celery import processor as processor_module
+
+    data = _samples()["12-generate-name.json"]
+    monkeypatch.setattr(processor_module, "PART_BYTES", 2 * len(data))
+    storage = LocalStorage(tmp_path)
+    refs = _refs(storage, ["f1", "f2", "f3", "f4", "f5"], data)
+    events: list[str] = []
+    processor = TraceFileProcessor(storage, lambda records: events.append(f"accept {len(records)}"),
+                                   failed_prefix="failed/", retry_delay=0, stopping=threading.Event(), stats=Stats())
+    outcomes = processor.process_batch([(r, r.file_id) for r in refs], lambda h: events.append(f"ack {h}"),
+                                       lambda h: events.append(f"requeue {h}"))
+    assert outcomes == ["accepted"] * 5 and processor.stats.snapshot()["accepted"] == 5
+    assert events == ["accept 2", "ack ['f1', 'f2']", "accept 2", "ack ['f3', 'f4']", "accept 1", "ack ['f5']"]
+
+
 def test_a_full_spool_puts_the_whole_batch_back_after_one_wait(tmp_path: Path) -> None:
     """SpoolFullError leaves every message of the batch unacknowledged: one requeue call, files kept."""
     storage = LocalStorage(tmp_path)
@@ -260,6 +280,85 @@ def test_a_record_the_spool_can_never_hold_is_kept_aside_and_the_others_are_acce
     outcomes = processor.process_batch([(r, r.file_id) for r in refs], acks.append, lambda _: None)
     assert outcomes == ["accepted", "invalid", "accepted"] and calls == [3, 2]
     assert acks == [["f1", "big", "f3"]] and (tmp_path / "failed" / refs[1].storage_key).exists()
+
+
+def test_a_file_that_is_no_regular_file_is_retried_for_a_bounded_time_then_its_message_set_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A directory where a trace file should be is retried (one line naming the file, when first seen) for
+    ``unreadable_timeout``, then the message as the queue held it is kept under failed/messages/, counted as
+    unreadable and acknowledged; the directory stays and the good record beside it goes on at once."""
+    storage = LocalStorage(tmp_path)
+    good = _refs(storage, ["f1"], _samples()["12-generate-name.json"])[0]
+    odd = parse_task({"task": DIFY_TASK_NAME, "id": "t-odd"}, [[{"file_id": "odd", "app_id": "a1"}], {}, {}])
+    (tmp_path / odd.storage_key).mkdir()
+    stats, recorder = Stats(), Recorder()
+    processor = TraceFileProcessor(storage, recorder, failed_prefix="failed/", retry_delay=0,
+                                   stopping=threading.Event(), stats=stats, unreadable_timeout=0.3)
+    caplog.set_level(logging.INFO, logger="traceexport.sources.celery")
+    acks: list[list[str]] = []
+    requeues: list[list[str]] = []
+    content = {"f1": b"message f1", "odd": b"message odd"}.__getitem__
+    assert processor.process_batch([(good, "f1"), (odd, "odd")], acks.append, requeues.append,
+                                   content=content) == ["accepted", "retry"]
+    assert processor.process_batch([(odd, "odd")], acks.append, requeues.append, content=content) == ["retry"]
+    time.sleep(0.35)
+    assert processor.process_batch([(odd, "odd")], acks.append, requeues.append, content=content) == ["unreadable"]
+    assert acks == [["f1"], ["odd"]] and requeues == [["odd"], ["odd"]] and len(recorder.records) == 1
+    assert (tmp_path / "failed" / "messages" / "odd.msg").read_bytes() == b"message odd"
+    assert (tmp_path / odd.storage_key).is_dir() and stats.snapshot()["unreadable"] == 1
+    assert 'traceexport_celery_events_total{event="unreadable"} 1' in stats.prometheus_text()
+    lines = [r.getMessage() for r in caplog.records if "ops_trace/a1/odd.json" in r.getMessage()]
+    assert len(lines) == 2 and all("\n" not in line and "a directory, not a regular file" in line for line in lines)
+    assert "kept as failed/messages/odd.msg and acknowledged" in lines[1]
+    assert not any("unavailable" in r.getMessage() for r in caplog.records)  # the storage itself is fine
+
+
+def test_a_file_larger_than_max_file_bytes_is_never_read_and_its_message_is_set_aside(tmp_path: Path) -> None:
+    """A trace file larger than max_file_bytes (one that would take the sidecar's memory, and take it down again
+    on every redelivery) is not read: its message is set aside like an unreadable file's, the others go on."""
+    storage = LocalStorage(tmp_path)
+    data = _samples()["12-generate-name.json"]
+    small, large = _refs(storage, ["small"], data)[0], _refs(storage, ["large"], data + b" " * 1000)[0]
+    recorder = Recorder()
+    processor = TraceFileProcessor(storage, recorder, failed_prefix="failed/", retry_delay=0,
+                                   stopping=threading.Event(), stats=Stats(), unreadable_timeout=0,
+                                   max_file_bytes=len(data) + 10)
+    outcomes = processor.process_batch([(small, 1), (large, 2)], lambda _: None, lambda _: None)
+    assert outcomes == ["accepted", "unreadable"] and len(recorder.records) == 1
+    assert (tmp_path / "failed" / "messages" / "large.msg").exists() and (tmp_path / large.storage_key).exists()
+
+
+def test_a_file_denied_to_this_process_is_set_aside_only_while_other_files_can_be_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Permission denied may be the whole storage's trouble (the sidecar running as another user): then every
+    message waits, however long, with one line for them all; once another file is read after a file's first
+    failure, that file's trouble is its own: one line naming it, and its message is set aside."""
+
+    class Denying(LocalStorage):
+        def load(self, key: str, max_bytes: int | None = None) -> bytes | None:
+            if "/denied" in key:
+                raise UnreadableFileError(key, "Permission denied", certain=False)
+            return super().load(key, max_bytes)
+
+    storage = Denying(tmp_path)
+    denied = [parse_task({"task": DIFY_TASK_NAME, "id": f"t-d{n}"}, [[{"file_id": f"denied{n}", "app_id": "a1"}],
+                                                                     {}, {}]) for n in range(5)]
+    processor = TraceFileProcessor(storage, Recorder(), failed_prefix="failed/", retry_delay=0,
+                                   stopping=threading.Event(), stats=Stats(), unreadable_timeout=0)
+    caplog.set_level(logging.INFO, logger="traceexport.sources.celery")
+    for _ in range(3):
+        outcomes = processor.process_batch([(ref, n) for n, ref in enumerate(denied)], lambda _: None, lambda _: None)
+        assert outcomes == ["retry"] * 5
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "unavailable" in lines[0] and "Permission denied" in lines[0], lines
+    good = _refs(storage, ["f1"], _samples()["12-generate-name.json"])[0]
+    outcomes = processor.process_batch([(good, 9), (denied[0], 0)], lambda _: None, lambda _: None)
+    assert outcomes == ["accepted", "unreadable"]
+    kept = json.loads((tmp_path / "failed" / "messages" / "denied0.msg").read_bytes())
+    assert kept == {"task": DIFY_TASK_NAME, "id": "t-d0", "file_info": {"file_id": "denied0", "app_id": "a1"}}
+    assert "kept as failed/messages/denied0.msg" in caplog.records[-1].getMessage()
 
 
 def test_plain_json_messages_are_read_without_kombu_and_anything_else_is_left_to_it() -> None:
@@ -320,6 +419,10 @@ def test_broker_password_is_masked_in_logged_urls() -> None:
         ("redis://127.0.0.1:6379/1?password=Secretpart", "password query parameter"),
         ("http://:Secretpart@127.0.0.1:6379/1", "must start with redis://"),
         ("sentinel://:Secretpart@h1:26379;sentinel://:Secretpart@h2:x/1", "port is not a number"),
+        ("socket://:Secretpart@/run/redis.sock", "redis+socket:///path/to/redis.sock"),
+        ("unix://:Secretpart@/run/redis.sock?db=1", "redis+socket:///path/to/redis.sock"),
+        ("rediss+socket://:Secretpart@/run/redis.sock", "TLS over a Unix socket"),
+        ("redis+socket://:Secretpart@", "names no socket"),
     ],
 )
 def test_a_broker_url_kombu_cannot_read_is_one_problem_that_never_quotes_it(url: str, why: str) -> None:
@@ -340,13 +443,28 @@ def test_urls_kombu_reads_are_accepted_and_every_password_is_masked() -> None:
         "rediss://user:pa%23ss1234@h:6380/0?ssl_cert_reqs=required": "rediss://user:***@h:6380/0?ssl_cert_reqs=required",
         "sentinel://:sentinelpw@h1:26379;sentinel://:sentinelpw@h2:26379": "sentinel://:***@h1:26379;sentinel://:***@h2:26379",
         "redis+socket:///run/redis.sock": "redis+socket:///run/redis.sock",
+        "redis+socket://:sockpw1234@/run/redis.sock?virtual_host=1": "redis+socket://:***@/run/redis.sock?virtual_host=1",
         "redis://redis:6379": "redis://redis:6379",
     }
     for url, masked in cases.items():
-        settings = CelerySourceSettings.from_config({"broker_url": url}, env={})
+        options = {"master_name": "mymaster"} if url.startswith("sentinel") else {}
+        settings = CelerySourceSettings.from_config({"broker_url": url, "transport_options": options}, env={})
         assert settings.masked_broker_url() == masked
     assert "pa#ss1234" in CelerySourceSettings.from_config(
         {"broker_url": "rediss://user:pa%23ss1234@h:6380/0"}, env={}).secrets()
+
+
+def test_a_sentinel_url_without_its_master_name_is_a_config_problem_and_the_sentinels_password_is_masked() -> None:
+    """kombu cannot use sentinel:// without transport_options.master_name: validate and serve say so in one line
+    (before, serve retried for ever); the sentinels' own password (Dify's CELERY_SENTINEL_PASSWORD, in
+    sentinel_kwargs) is registered for masking like the broker URL's."""
+    with pytest.raises(ConfigError) as info:
+        CelerySourceSettings.from_config({"broker_url": "sentinel://:pw@h1:26379;sentinel://:pw@h2:26379"}, env={})
+    assert "\n" not in str(info.value) and "transport_options.master_name" in str(info.value)
+    settings = CelerySourceSettings.from_config(
+        {"broker_url": "sentinel://h1:26379", "transport_options": {
+            "master_name": "mymaster", "sentinel_kwargs": {"password": "Sentinel-pw-1"}}}, env={})
+    assert "Sentinel-pw-1" in settings.secrets()
 
 
 def test_missing_celery_extra_is_a_config_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -612,6 +730,39 @@ def test_a_missing_file_is_acknowledged_and_counted(
 
 
 @pytest.mark.integration
+def test_a_fifo_or_a_directory_in_place_of_a_file_neither_hangs_the_consumer_nor_comes_back_for_ever(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer
+) -> None:
+    """Someone who can write Dify's storage puts a FIFO (which a plain read would wait on for ever) and a directory
+    where trace files should be: the good record beside them is delivered at once, and after unreadable_timeout
+    their messages (each as the queue last held it) are kept under failed/messages/ and acknowledged: the queue
+    drains."""
+    app = "83d767f2-49a5-4a3f-89fd-fdebaf4cfca1"
+    (storage_root / "ops_trace" / app).mkdir(parents=True)
+    os.mkfifo(storage_root / "ops_trace" / app / "fifo.json")
+    (storage_root / "ops_trace" / app / "folder.json").mkdir()
+    producer.enqueue(app, "fifo")
+    producer.enqueue(app, "folder")
+    queued = sorted(redis.client(1).lrange("ops_trace", 0, -1))
+    producer.send(_samples()["12-generate-name.json"])
+    recorder = Recorder()
+    source = CelerySource(_settings(redis, storage_root, unreadable_timeout=1), recorder)
+    source.start()
+    try:
+        _wait_for(lambda: len(recorder.records) == 1, timeout=5, what="the good record, not held by the FIFO")
+        _wait_for(lambda: source.stats.snapshot()["unreadable"] == 2 and _drained(redis),
+                  what="the unreadable files' messages set aside")  # (llen, then hlen: a requeue between fools one)
+    finally:
+        source.stop(10)
+    kept = storage_root / "traceexport" / "failed" / "messages"
+    def task(entry: bytes) -> tuple[str, str]:
+        message = json.loads(entry)
+        return message["headers"]["id"], message["body"]
+
+    assert sorted(task(p.read_bytes()) for p in kept.iterdir()) == sorted(task(m) for m in queued)
+
+
+@pytest.mark.integration
 def test_storage_that_is_not_difys_leaves_the_messages_on_the_queue(
     redis: RedisServer, storage_root: Path, tmp_path: Path, producer: DifyProducer,
     caplog: pytest.LogCaptureFixture,
@@ -678,6 +829,30 @@ def test_stop_while_the_spool_is_full_puts_the_message_back(
 
 
 @pytest.mark.integration
+def test_a_batch_that_outlasts_visibility_timeout_is_one_warning_saying_what_it_risks(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch held longer than visibility_timeout (a slow spool) may be put back and stored again by another
+    consumer: nothing is lost, but records may be sent twice, so one line says so and what to raise."""
+    producer.send(_samples()["12-generate-name.json"])
+    recorder = Recorder()
+
+    def slow_accept(records: Sequence[Record]) -> None:
+        time.sleep(1.2)
+        recorder(records)
+
+    source = CelerySource(_settings(redis, storage_root, visibility_timeout=1), slow_accept)
+    caplog.set_level(logging.WARNING, logger="traceexport.sources.celery")
+    source.start()
+    try:
+        _wait_for(lambda: len(recorder.records) == 1 and _drained(redis), what="the record, late")
+    finally:
+        source.stop(10)
+    lines = [r.getMessage() for r in caplog.records if "longer than visibility_timeout" in r.getMessage()]
+    assert len(lines) == 1 and "raise visibility_timeout" in lines[0] and "\n" not in lines[0]
+
+
+@pytest.mark.integration
 def test_two_consumers_on_one_queue_lose_nothing(
     redis: RedisServer, storage_root: Path, producer: DifyProducer
 ) -> None:
@@ -725,12 +900,67 @@ def test_another_task_on_the_queue_is_moved_unchanged_for_difys_worker(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("lost", ["before", "after"])
+def test_a_foreign_task_is_moved_once_when_the_broker_is_lost_around_the_move(
+    redis: RedisServer, storage_root: Path, producer: DifyProducer, monkeypatch: pytest.MonkeyPatch, lost: str
+) -> None:
+    """The broker is lost (restarted, failed over) just before or just after moving a foreign task: moving and
+    acknowledging are one step, so the task is moved exactly once, never left moved but still in flight to come back
+    after visibility_timeout and be moved again; and it is moved as kombu's own producer would publish it."""
+    import redis as redis_py
+
+    from traceexport.sources.celery.unacked import UnackedQueue
+
+    producer.app.send_task("tasks.something_else", args=[{"x": 1}], queue="ops_trace", priority=5, reply_to="rq")
+    client = redis.client(1)
+    original = json.loads(client.lrange("ops_trace\x06\x163", 0, -1)[0])
+    move, failures = UnackedQueue.move, [1]
+
+    def lossy_move(self: UnackedQueue, message: Any, key: str, text: bytes) -> bool:
+        if failures:
+            failures.pop()
+            if lost == "after":
+                move(self, message, key, text)
+            raise redis_py.exceptions.ConnectionError("Connection closed by server.")
+        return move(self, message, key, text)
+
+    monkeypatch.setattr(UnackedQueue, "move", lossy_move)
+    source = CelerySource(_settings(redis, storage_root, visibility_timeout=1), Recorder())
+    source.start()
+    try:
+        _wait_for(lambda: not failures and _drained(redis) and client.llen("ops_trace_other\x06\x163") == 1,
+                  what="the task moved")
+        time.sleep(2.5)  # past visibility_timeout: nothing comes back to be moved again
+    finally:
+        source.stop(10)
+    moved = [json.loads(m) for m in client.lrange("ops_trace_other\x06\x163", 0, -1)]
+    assert len(moved) == 1 and client.llen("ops_trace_other") == 0 and _drained(redis)
+
+    import kombu
+
+    with kombu.Connection(redis.url(1)) as connection:  # the oracle: kombu's producer publishing the same message
+        channel = connection.channel()
+        message = channel.Message(original, channel=channel)
+        kombu.Producer(channel).publish(
+            message.body, exchange="", routing_key="oracle", headers=message.headers,
+            content_type=message.content_type, content_encoding=message.content_encoding, serializer=None,
+            priority=5, reply_to="rq", correlation_id=message.properties["correlation_id"], delivery_mode=2)
+    oracle = json.loads(client.lindex("oracle\x06\x163", 0))
+    for entry in (moved[0], oracle):
+        entry["properties"].pop("delivery_tag")
+        entry["properties"]["delivery_info"].pop("routing_key")
+        entry["headers"].pop("redelivered", None)  # put back on the queue after the loss: marked, as kombu does
+    assert moved[0] == oracle
+
+
+@pytest.mark.integration
 def test_entries_no_celery_worker_can_read_are_kept_in_storage_not_moved_to_its_queue(
     redis: RedisServer, storage_root: Path, producer: DifyProducer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Entries that are not kombu messages (not JSON, a JSON list, a body that is not base64) would make a Dify
     worker on ops_trace_other exit; each is kept byte for byte under traceexport/failed/messages/ with one
-    warning and acknowledged, and the trace task beside them is delivered."""
+    warning and acknowledged, and the trace task beside them is delivered. An entry kept again (its
+    acknowledgement lost) is the same file, not a second copy."""
     producer.send(_samples()["12-generate-name.json"])
     client = redis.client(1)
     message = json.loads(client.lindex("ops_trace", 0))
@@ -751,6 +981,15 @@ def test_entries_no_celery_worker_can_read_are_kept_in_storage_not_moved_to_its_
     lines = [r.getMessage() for r in caplog.records if "no Celery worker can run it" in r.getMessage()]
     assert len(lines) == 3 and all("kept as traceexport/failed/messages/" in line for line in lines)
     assert any("Invalid base64-encoded string" in line for line in lines)  # what kombu said, not just "Error"
+
+    client.lpush("ops_trace", garbage[0])  # the same entry again (kept, then its acknowledgement lost): one file
+    source = CelerySource(_settings(redis, storage_root), recorder)
+    source.start()
+    try:
+        _wait_for(lambda: source.stats.snapshot()["bad_message"] == 1 and _drained(redis), what="kept again")
+    finally:
+        source.stop(10)
+    assert len(list((storage_root / "traceexport" / "failed" / "messages").iterdir())) == 3
 
 
 @pytest.mark.integration

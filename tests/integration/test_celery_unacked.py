@@ -89,6 +89,22 @@ def test_requeue_puts_messages_back_once_marked_redelivered(
     assert back["headers"]["redelivered"] is True and back["properties"]["delivery_info"]["redelivered"] is True
 
 
+def test_move_acknowledges_and_pushes_in_one_step_and_only_while_the_message_is_in_flight(
+    redis: RedisServer, tmp_path: Path, session: BrokerSession
+) -> None:
+    """move() forgets the message and pushes its new form in one step; moving it again (a retry after a lost
+    reply) or after it went back on the queue pushes nothing."""
+    fill(redis, tmp_path / "storage", 2)
+    first, second = session.queue.take(2)
+    client = redis.client(1)
+    assert session.queue.move(first, "elsewhere", b"moved") is True
+    assert session.queue.move(first, "elsewhere", b"moved") is False
+    session.queue.requeue([second])
+    assert session.queue.move(second, "elsewhere", b"moved too") is False
+    assert client.lrange("elsewhere", 0, -1) == [b"moved"] and client.llen("ops_trace") == 1
+    assert client.hlen("traceexport.unacked") == 0 and client.zcard("traceexport.unacked_index") == 0
+
+
 def test_restore_puts_back_only_messages_in_flight_past_the_visibility_timeout(
     redis: RedisServer, tmp_path: Path, session: BrokerSession
 ) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from traceexport.sources.storage import (
     S3Storage,
     S3StorageSettings,
     StorageError,
+    UnreadableFileError,
     check_key,
     open_storage,
 )
@@ -54,6 +58,80 @@ def test_local_io_failure_is_a_storage_error(tmp_path: Path) -> None:
         storage.save(KEY, b"x")
 
 
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda path: path.mkdir(), "a directory"),
+        (lambda path: os.mkfifo(path), "a FIFO"),
+        (lambda path: path.symlink_to("/etc/hostname"), "a symbolic link"),
+        (lambda path: path.symlink_to(path.parent / "elsewhere"), "a symbolic link"),
+    ],
+)
+def test_only_a_regular_file_is_read_never_a_directory_a_fifo_or_a_link(
+    tmp_path: Path, make: Callable[[Path], Any], kind: str
+) -> None:
+    """What is not a regular file at a key (a directory, a FIFO nobody writes to, a symbolic link, even to a
+    readable file) is refused at once as UnreadableFileError naming what it is: a FIFO no longer blocks the read
+    for ever, and a link never brings a file from outside Dify's storage in."""
+    path = tmp_path / KEY
+    path.parent.mkdir(parents=True)
+    (path.parent / "elsewhere").write_bytes(b"{}")
+    make(path)
+    outcome: list[BaseException] = []
+    reader = threading.Thread(target=_load_into, args=(LocalStorage(tmp_path), outcome), daemon=True)
+    reader.start()
+    reader.join(5)
+    assert not reader.is_alive(), "the read blocked"
+    assert isinstance(outcome[0], UnreadableFileError) and outcome[0].certain
+    assert str(outcome[0]) == f"cannot read {KEY}: {kind}, not a regular file"
+
+
+def test_a_file_larger_than_max_bytes_is_refused_without_being_read(tmp_path: Path) -> None:
+    """A file of more than ``max_bytes`` is UnreadableFileError saying how large it is and the limit (one line);
+    one of exactly ``max_bytes`` loads."""
+    storage = LocalStorage(tmp_path)
+    storage.save(KEY, b"x" * 100)
+    assert storage.load(KEY, max_bytes=100) == b"x" * 100
+    with pytest.raises(UnreadableFileError) as info:
+        storage.load(KEY, max_bytes=99)
+    assert info.value.certain and str(info.value) == (
+        f"cannot read {KEY}: 100 bytes or more, larger than the 99 bytes a trace file may have (max_file_bytes)")
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc/self/fd")
+def test_a_folder_linked_out_of_the_storage_is_not_followed_but_a_link_inside_it_and_a_linked_root_are(
+    tmp_path: Path,
+) -> None:
+    """An app folder that is a symbolic link to outside the storage root would let whoever writes Dify's storage
+    have the sidecar read (and keep, and delete) files elsewhere: refused, as permission denied is (it may be the
+    whole storage's layout). A link that stays inside the root, and a root that is itself a link, are fine."""
+    real_root = tmp_path / "real-storage"
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "0f1e2d3c4b5a.json").write_bytes(b'{"secret": 1}')
+    (real_root / "ops_trace").mkdir(parents=True)
+    (real_root / "ops_trace" / "83d767f2-49a5-4a3f-89fd-fdebaf4cfca1").symlink_to(outside)
+    (tmp_path / "root-link").symlink_to(real_root)
+    storage = LocalStorage(tmp_path / "root-link")
+    with pytest.raises(UnreadableFileError, match="reached through a symbolic link to outside") as info:
+        storage.load(KEY)
+    assert not info.value.certain
+    (real_root / "ops_trace" / "inside").mkdir()
+    (real_root / "ops_trace" / "inside" / "0f1e2d3c4b5a.json").write_bytes(b"{}")
+    (real_root / "ops_trace" / "83d767f2-49a5-4a3f-89fd-fdebaf4cfca1").unlink()
+    (real_root / "ops_trace" / "83d767f2-49a5-4a3f-89fd-fdebaf4cfca1").symlink_to(real_root / "ops_trace" / "inside")
+    assert storage.load(KEY) == b"{}"
+
+
+def _load_into(storage: LocalStorage, outcome: list[BaseException]) -> None:
+    try:
+        storage.load(KEY)
+    except BaseException as exc:  # the test inspects whatever it was
+        outcome.append(exc)
+    else:
+        outcome.append(AssertionError("loaded"))
+
+
 def test_a_missing_file_in_a_root_without_difys_folder_is_a_storage_error(tmp_path: Path) -> None:
     """A root without ``ops_trace/`` is not Dify's storage (not mounted, wrong path): a missing file there is a
     StorageError naming the folder, not "already handled"; once the folder exists it loads as None."""
@@ -87,6 +165,7 @@ class FakeS3:
     def __init__(self, error_factory: Any) -> None:
         self.objects: dict[tuple[str, str], bytes] = {}
         self.fail: str | None = None
+        self.content_length = False  # whether get_object's answer says the object's size, as S3's does
         self.error_factory = error_factory
 
     def _check(self) -> None:
@@ -97,7 +176,8 @@ class FakeS3:
         self._check()
         if (Bucket, Key) not in self.objects:
             raise self.error_factory("NoSuchKey")
-        return {"Body": io.BytesIO(self.objects[(Bucket, Key)])}
+        data = self.objects[(Bucket, Key)]
+        return {"Body": io.BytesIO(data), **({"ContentLength": len(data)} if self.content_length else {})}
 
     def put_object(self, Bucket: str, Key: str, Body: bytes) -> None:
         self._check()
@@ -151,6 +231,19 @@ def test_s3_keys_live_under_the_prefix_and_a_bucket_without_difys_folder_is_an_e
     assert ("dify", f"dify-root/{KEY}") not in fake_s3.objects
     right.save("ops_trace/app/another.json", b"{}")
     assert right.load(KEY) is None and right.describe().startswith("s3://dify/dify-root/")
+
+
+def test_an_s3_object_larger_than_max_bytes_is_refused_without_being_read_whole(fake_s3: FakeS3) -> None:
+    """An object of more than ``max_bytes`` (by its ContentLength, or by reading one byte past the limit when the
+    answer has none) is UnreadableFileError; one of exactly ``max_bytes`` loads."""
+    storage = S3Storage(S3StorageSettings(type="s3", bucket="b"), client=fake_s3)
+    storage.save(KEY, b"y" * 50)
+    assert storage.load(KEY, max_bytes=50) == b"y" * 50
+    with pytest.raises(UnreadableFileError, match="50 bytes or more, larger than the 49 bytes"):
+        storage.load(KEY, max_bytes=49)
+    fake_s3.content_length = True
+    with pytest.raises(UnreadableFileError, match="50 bytes or more, larger than the 10 bytes"):
+        storage.load(KEY, max_bytes=10)
 
 
 def test_s3_errors_are_storage_errors_without_credentials(fake_s3: FakeS3) -> None:

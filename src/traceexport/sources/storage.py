@@ -10,14 +10,22 @@ Two backends, chosen by ``storage.type`` in the config:
 Keys are Dify's object keys (``/``-separated, relative); a key that would leave the storage root is
 refused. ``load`` returns ``None`` for a missing object (already consumed by another sidecar), except
 in a local root without the key's top folder (not Dify's storage: nothing was ever there to consume);
-every other failure is a :class:`StorageError`, which callers treat as transient.
+every other failure is a :class:`StorageError`, which callers treat as transient, or its subclass
+:class:`UnreadableFileError` when the failure is this one file's own (not a regular file, no permission to read
+it, larger than the limit). A local read opens only a regular file inside the root, never through a symbolic link
+to it or to outside the root, and never blocks: a FIFO or a device someone put in Dify's storage is refused, not
+read (nor waited on for ever).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
+import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
@@ -36,6 +44,20 @@ class StorageError(TraceExportError):
     """Dify's storage could not be read or written right now (I/O error, S3 unavailable); retry later."""
 
 
+class UnreadableFileError(StorageError):
+    """This one file cannot be read, whatever the rest of the storage does: ``why`` says what it is.
+
+    ``certain`` is True when it cannot be a trace file at all (a directory, a FIFO, a symbolic link, a device: not
+    a regular file; larger than the limit), False when it might still be the whole storage's trouble (permission
+    denied: a sidecar running as the wrong user cannot read any file; a folder linked out of the root)."""
+
+    def __init__(self, key: str, why: str, *, certain: bool) -> None:
+        self.key = key
+        self.why = why
+        self.certain = certain
+        super().__init__(f"cannot read {key}: {why}")
+
+
 def check_key(key: str) -> str:
     """``key`` if it is a safe relative object key (``[A-Za-z0-9._-]`` parts, no ``..``); else ValueError."""
     if not _KEY.fullmatch(key):
@@ -46,8 +68,9 @@ def check_key(key: str) -> str:
 class Storage(Protocol):
     """The three operations the Celery source needs from Dify's storage."""
 
-    def load(self, key: str) -> bytes | None:
-        """The object's bytes, or None when it does not exist; StorageError on any other failure."""
+    def load(self, key: str, max_bytes: int | None = None) -> bytes | None:
+        """The object's bytes, or None when it does not exist; StorageError on any other failure, and
+        UnreadableFileError for an object of more than ``max_bytes`` (never read into memory whole)."""
         ...
 
     def save(self, key: str, data: bytes) -> None:
@@ -120,12 +143,22 @@ class LocalStorage:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self._root = str(self.root)
+        self._real_root: str | None = None  # the root with its links resolved, once known
 
     def _path(self, key: str) -> str:
         return os.path.join(self._root, check_key(key))  # "/" separates the parts on every POSIX system
 
-    def load(self, key: str) -> bytes | None:
-        """The file's bytes, or None when it does not exist.
+    def _inside(self, real: str) -> bool:
+        """Whether the resolved path ``real`` lies inside the root (itself resolved again once, if it moved)."""
+        for fresh in (self._real_root is None, True):
+            if fresh:
+                self._real_root = os.path.realpath(self._root)
+            if real.startswith(str(self._real_root).rstrip("/") + "/"):
+                return True
+        return False
+
+    def load(self, key: str, max_bytes: int | None = None) -> bytes | None:
+        """The file's bytes, or None when it does not exist; a file of more than ``max_bytes`` is not read.
 
         A file is missing for good (another sidecar handled it) only while the key's top folder (Dify's
         ``ops_trace``) is there: without it the root is not Dify's storage (a volume not mounted, the wrong
@@ -133,7 +166,14 @@ class LocalStorage:
         That is a StorageError, retried like any other, so the messages wait until the storage is right.
         """
         try:
-            return _read(self._path(key))
+            return _read(self._path(key), max_bytes, self._inside)
+        except _Outside:
+            raise UnreadableFileError(key, f"reached through a symbolic link to outside {self.root} (not followed)",
+                                      certain=False) from None
+        except _NotRegularFile as exc:
+            raise UnreadableFileError(key, f"{exc.kind}, not a regular file", certain=True) from None
+        except _TooLarge as exc:
+            raise UnreadableFileError(key, _too_large(exc.size, exc.limit), certain=True) from None
         except FileNotFoundError:
             top = key.split("/", 1)[0]
             if "/" in key and not os.path.isdir(os.path.join(self._root, top)):
@@ -142,6 +182,10 @@ class LocalStorage:
                 ) from None
             return None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
+                raise UnreadableFileError(key, "a symbolic link, not a regular file", certain=True) from None
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise UnreadableFileError(key, exc.strerror or "permission denied", certain=False) from None
             raise StorageError(f"cannot read {key} from {self.root}: {exc.strerror or exc}") from exc
 
     def save(self, key: str, data: bytes) -> None:
@@ -174,16 +218,73 @@ class LocalStorage:
         return f"local:{self.root}"
 
 
-def _read(path: str) -> bytes:
-    """The bytes of the file at ``path``, with as few system calls as a read can take (no buffering)."""
-    fd = os.open(path, os.O_RDONLY)
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"{size} bytes or more, larger than the {limit} bytes a trace file may have (max_file_bytes)"
+
+
+class _TooLarge(OSError):
+    """A file of ``size`` bytes (at least), more than ``limit``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(_too_large(size, limit))
+
+
+class _Outside(OSError):
+    """The file opened lies outside the storage root: a folder on its way is a symbolic link out of it."""
+
+
+class _NotRegularFile(OSError):
+    """What ``_read`` found at a path instead of a regular file (``kind``: "a directory", "a FIFO", ...)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        super().__init__(kind)
+
+
+def _read(path: str, max_bytes: int | None = None, inside: Callable[[str], bool] | None = None) -> bytes:
+    """The bytes of the regular file at ``path``, with as few system calls as a read can take (no buffering).
+
+    Opened without following a symbolic link (ELOOP) and without blocking (a FIFO without a writer would hold the
+    open for ever), then refused unless it is a regular file (``_NotRegularFile``) of at most ``max_bytes``
+    (``_TooLarge``: not read, nor read on past that while it grows), and, where the system says where an open file
+    is (Linux's ``/proc/self/fd``), one ``inside(real path)`` accepts (``_Outside``: a folder on the way was a link
+    out of the storage)."""
+    fd = os.open(path, _READ_FLAGS)
     try:
-        chunks = []
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise _NotRegularFile(next((kind for test, kind in _KINDS if test(status.st_mode)), "not a file"))
+        if inside is not None:
+            real = _where(fd)
+            if real is not None and not inside(real):
+                raise _Outside()
+        limit = max_bytes if max_bytes is not None else -1
+        if limit >= 0 and status.st_size > limit:
+            raise _TooLarge(status.st_size, limit)
+        chunks, size = [], 0
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
+            size += len(chunk)
+            if limit >= 0 and size > limit:
+                raise _TooLarge(size, limit)
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _where(fd: int) -> str | None:
+    """The resolved path of the open file ``fd``; None where the system does not say (no ``/proc``)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
 
 
 class S3Storage:
@@ -196,19 +297,32 @@ class S3Storage:
         self._client = client if client is not None else _s3_client(settings)
         self._client_error: type[Exception] = _client_error_class()
 
-    def load(self, key: str) -> bytes | None:
+    def load(self, key: str, max_bytes: int | None = None) -> bytes | None:
         """The object's bytes, or None for NoSuchKey / 404 while the key's top folder (Dify's ``ops_trace``) holds
         any object; with nothing under it the bucket or prefix is not Dify's storage, and a StorageError (retried)
-        keeps the messages waiting instead of acknowledging records never read (as :meth:`LocalStorage.load`)."""
+        keeps the messages waiting instead of acknowledging records never read (as :meth:`LocalStorage.load`).
+        An object of more than ``max_bytes`` is not read (UnreadableFileError)."""
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-            data: bytes = response["Body"].read()
-            return data
+            body = response["Body"]
+            length = response.get("ContentLength")
+            if max_bytes is None:
+                data: bytes = body.read()
+                return data
+            if not (isinstance(length, int) and length > max_bytes):
+                data = body.read(max_bytes + 1)
+                if len(data) <= max_bytes:
+                    return data
+                length = len(data)
+            with contextlib.suppress(Exception):  # the rest of a large body is not wanted
+                body.close()
         except self._client_error as exc:
             if _error_code(exc) not in {"NoSuchKey", "404", "NotFound"}:
                 raise StorageError(f"cannot read {key} from s3://{self.bucket}: {_error_code(exc)}") from exc
         except Exception as exc:  # botocore transport errors have no common base worth importing
             raise StorageError(f"cannot read {key} from s3://{self.bucket}: {type(exc).__name__}") from exc
+        else:
+            raise UnreadableFileError(key, _too_large(length, max_bytes), certain=True)
         top = key.split("/", 1)[0]
         if "/" in key and not self._holds_any(f"{self.prefix}{top}/"):
             raise StorageError(f"cannot read {key}: nothing under s3://{self.bucket}/{self.prefix}{top}/ (is this "
@@ -307,6 +421,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "StorageSettings",
+    "UnreadableFileError",
     "check_key",
     "open_storage",
 ]

@@ -11,7 +11,8 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 SCHEMES = ("redis", "rediss", "sentinel")  # kombu's Redis transports
-SOCKET_SCHEMES = ("redis+socket", "rediss+socket", "socket", "unix")  # a Unix socket path instead of host:port
+SOCKET_SCHEME = "redis+socket"  # a Unix socket path instead of host:port: redis+socket:///path/to/redis.sock
+_SOCKET_FORM = "write a Unix socket as redis+socket:///path/to/redis.sock"
 _ENCODE_HINT = "percent-encode # ? / @ in the password as %23 %3F %2F %40"
 
 
@@ -31,8 +32,12 @@ def _part_problem(url: str) -> str | None:
     except ValueError:
         return f"is not a URL kombu can read: its port is not a number from 0 to 65535 ({_ENCODE_HINT})"
     scheme = parts.scheme.lower()
-    if scheme in SOCKET_SCHEMES:
-        return None
+    if scheme == SOCKET_SCHEME:
+        return None if _socket_path(url) else f"names no socket: {_SOCKET_FORM}"
+    if scheme in ("socket", "unix"):
+        return f"starts with {scheme}://, which kombu has no transport for: {_SOCKET_FORM}"
+    if scheme == "rediss+socket":
+        return f"asks for TLS over a Unix socket, which kombu cannot open: {_SOCKET_FORM}"
     if scheme not in SCHEMES:
         return "must start with redis://, rediss:// or sentinel:// (Dify's CELERY_BROKER_URL)"
     if parts.fragment or "#" in url:
@@ -43,6 +48,12 @@ def _part_problem(url: str) -> str | None:
     if "password" in parse_qs(parts.query):
         return "has a password query parameter, which kombu refuses: write redis://:PASSWORD@host:port/db"
     return None
+
+
+def _socket_path(url: str) -> str:
+    """The socket path of a ``redis+socket://`` URL, as kombu reads it (what follows the host part)."""
+    rest = url.split("://", 1)[1].split("?", 1)[0]
+    return rest.rsplit("@", 1)[-1]
 
 
 def mask_url(url: str) -> str:

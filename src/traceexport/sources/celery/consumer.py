@@ -77,6 +77,8 @@ class CelerySource:
             retry_delay=settings.retry_delay,
             stopping=self.stopping,
             stats=self.stats,
+            unreadable_timeout=settings.unreadable_timeout,
+            max_file_bytes=int(settings.max_file_bytes),
         )
         self.dispatcher = MessageDispatcher(settings, self.processor, self.stats, self._kombu)
         self.empty_queue_hint_after = empty_queue_hint_after
@@ -175,7 +177,13 @@ class CelerySource:
                 self.stopping.wait(IDLE_POLL)
                 continue
             self.stats.add("taken", len(taken))
+            started = time.monotonic()
             self.dispatcher.handle(taken, session)
+            took = time.monotonic() - started
+            if took > self.settings.visibility_timeout:
+                log.warning("a batch of %d message(s) took %.0f s, longer than visibility_timeout (%g s): another "
+                            "consumer may have put them back and stored their records again (sent twice, same ids); "
+                            "raise visibility_timeout", len(taken), took, self.settings.visibility_timeout)
 
     def _nothing_arrived(self) -> bool:
         """True while no message of any kind has reached this source."""

@@ -2,8 +2,10 @@
 
 A message on the ``ops_trace`` queue that is not ``process_trace_tasks`` (another Dify version's task,
 or a body this source cannot decode) is not ours to judge: it is moved, unchanged (same body, headers
-and properties), to ``other_tasks_queue`` (default ``ops_trace_other``) where a Dify worker started
-with ``-Q ops_trace_other`` runs it as usual, then acknowledged here. With ``other_tasks_queue: null``
+and properties, as kombu's producer would publish it), to ``other_tasks_queue`` (default ``ops_trace_other``)
+where a Dify worker started with ``-Q ops_trace_other`` runs it as usual. Moving it and acknowledging it here are
+one atomic step in Redis (:meth:`UnackedQueue.move`): a broker lost in the middle never leaves it moved but still
+in flight, to come back after ``visibility_timeout`` and be moved a second time. With ``other_tasks_queue: null``
 it is acknowledged and dropped with a warning. A ``process_trace_tasks`` message whose argument is
 malformed cannot be run by anyone; it is dropped with a warning.
 
@@ -16,6 +18,7 @@ human, with one warning, then acknowledged; when storage refuses it, it stays in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
@@ -23,11 +26,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from traceexport.redaction import describe_error
-from traceexport.sources.celery.broker import BrokerSession
+from traceexport.sources.celery.broker import BrokerSession, keys_of
 from traceexport.sources.celery.message import BadMessage, TaskRef, parse_task, plain_json_message, task_name_of
 from traceexport.sources.celery.processor import Stats, TraceFileProcessor
 from traceexport.sources.celery.settings import CelerySourceSettings
-from traceexport.sources.celery.unacked import Taken
+from traceexport.sources.celery.unacked import MAX_PRIORITY, MIN_PRIORITY, Taken
 from traceexport.sources.storage import StorageError
 
 log = logging.getLogger("traceexport.sources.celery")
@@ -54,7 +57,7 @@ class MessageDispatcher:
             if ref is not None:
                 tasks.append((ref, item))
         if tasks:
-            self.processor.process_batch(tasks, broker.queue.ack, broker.queue.requeue)
+            self.processor.process_batch(tasks, broker.queue.ack, broker.queue.requeue, content=_raw)
 
     def _task_of(self, item: Taken, broker: BrokerSession) -> TaskRef | None:
         """The TaskRef of a Dify trace task; anything else is set aside or dropped (and acknowledged) here."""
@@ -97,28 +100,40 @@ class MessageDispatcher:
             log.warning("%s; acknowledged and dropped (other_tasks_queue is null)", where)
             broker.queue.ack([item])
             return
+        self.kombu.Queue(target, self.kombu.Exchange(target, type="direct"), routing_key=target)(
+            broker.channel).declare()
+        text, priority = self._republished(message, broker.channel, target)
+        if broker.queue.move(item, keys_of(broker.channel, target).list_for(priority), text):
+            log.warning("%s; moved unchanged to queue %r (run a Dify worker with -Q %s)", where, target, target)
+
+    def _republished(self, message: Any, channel: Any, target: str) -> tuple[bytes, int]:
+        """``message`` as kombu's ``Producer.publish`` to queue ``target`` puts it in Redis (a fresh delivery tag,
+        the delivery info naming ``target``), and its priority."""
         properties = {k: message.properties[k] for k in _KEPT_PROPERTIES if message.properties.get(k) is not None}
-        producer = self.kombu.Producer(broker.channel)
-        producer.publish(
-            message.body,
-            exchange="",
-            routing_key=target,
-            headers=message.headers,
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            serializer=None,
-            declare=[self.kombu.Queue(target, self.kombu.Exchange(target, type="direct"), routing_key=target)],
-            **properties,
-        )
-        broker.queue.ack([item])
-        log.warning("%s; moved unchanged to queue %r (run a Dify worker with -Q %s)", where, target, target)
+        priority = properties.pop("priority", 0)
+        properties["delivery_mode"] = self.kombu.entity.maybe_delivery_mode(properties.get("delivery_mode"))
+        body = message.body
+        encoding = message.content_encoding or ("binary" if isinstance(body, bytes) else "utf-8")
+        if isinstance(body, str):
+            body = body.encode(encoding)
+        prepared = channel.prepare_message(body, priority, message.content_type, encoding, message.headers,
+                                           properties)
+        prepared["body"], body_encoding = channel.encode_body(prepared["body"], channel.body_encoding)
+        prepared["properties"].update(body_encoding=body_encoding, delivery_tag=str(uuid.uuid4()))
+        prepared["properties"]["delivery_info"].update(exchange="", routing_key=target)
+        try:
+            level = max(min(int(prepared["properties"]["priority"]), MAX_PRIORITY), MIN_PRIORITY)
+        except (TypeError, ValueError):
+            level = MIN_PRIORITY
+        return json.dumps(prepared).encode("utf-8"), level
 
     def _set_aside_raw(self, item: Taken, broker: BrokerSession, why: str) -> None:
         """A queue entry that is not even a kombu message: kept in storage as it is, then acknowledged.
 
         Not moved to ``other_tasks_queue``: no Celery worker can read it, and one that tries exits."""
         where = f"an entry of {len(item.raw)} bytes on queue {self.settings.queue!r} {why}"
-        kept = f"{self.settings.failed_prefix}messages/{uuid.uuid4().hex}.msg"
+        # Named by its content: kept again after a lost acknowledgement, it is the same file, not a second one.
+        kept = f"{self.settings.failed_prefix}messages/{hashlib.sha256(item.raw).hexdigest()[:32]}.msg"
         try:
             self.processor.storage.save(kept, item.raw)
         except StorageError as exc:
@@ -127,6 +142,11 @@ class MessageDispatcher:
             return
         broker.queue.ack([item])
         log.warning("%s (no Celery worker can run it); kept as %s and acknowledged", where, kept)
+
+
+def _raw(item: Taken) -> bytes:
+    """A taken message as the queue held it."""
+    return item.raw
 
 
 def _why(exc: Exception) -> str:

@@ -1,7 +1,8 @@
 """Handle ``process_trace_tasks`` calls in batches: load the files, hand the records to the pipeline, ack, delete.
 
 The order is what makes it lossless: ``accept()`` (durable on return; one spool transaction for the whole
-batch) → acknowledge the messages → delete the files. A crash before the acknowledgement leaves the messages
+batch, or for each part of at most ``PART_BYTES`` of files: a batch of large workflow runs is never held in memory
+at once) → acknowledge the messages → delete the files. A crash before the acknowledgement leaves the messages
 unacknowledged, so the broker hands them out again after the visibility timeout and the files are still
 there; a crash after it leaves at worst files behind (never a lost record). A broker lost at the moment of
 the acknowledgement leaves the batch owed: the consumer acknowledges it (and deletes its files) once reconnected,
@@ -11,13 +12,17 @@ before taking anything, so the records are not stored twice. Outcomes, per messa
 * the file is not a valid record (e.g. Dify's ``trace_info: null``), or one the spool could never hold → copy
   it to ``failed_prefix + key`` (kept for a human), acknowledge, delete, log one line with the reason;
 * the spool is full, or storage / the pipeline fail → wait, then put the message back on the queue
-  (never acknowledged), so it is retried later by this or another consumer.
+  (never acknowledged), so it is retried later by this or another consumer;
+* the file is there but cannot be read (not a regular file, no permission, larger than ``max_file_bytes``)
+  → retried the same way for ``unreadable_timeout`` seconds (:mod:`unreadable`), then the message itself is kept
+  as ``failed_prefix + messages/<file_id>.msg``, acknowledged, one line names the file and why; the file stays.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -27,20 +32,25 @@ from traceexport.errors import RecordError, RecordTooLargeError, SpoolFullError
 from traceexport.records import Record, record_from_obj
 from traceexport.redaction import redact
 from traceexport.sources.celery.message import TaskRef
-from traceexport.sources.storage import Storage, StorageError
+from traceexport.sources.celery.unreadable import UnreadableFiles
+from traceexport.sources.storage import Storage, StorageError, UnreadableFileError
 
 log = logging.getLogger("traceexport.sources.celery")
 
 Accept = Callable[[Sequence[Record]], None]
 H = TypeVar("H")  # whatever identifies a message to the caller's ack and requeue
 
-ACCEPTED, MISSING, INVALID, RETRY = "accepted", "missing", "invalid", "retry"
+ACCEPTED, MISSING, INVALID, UNREADABLE, RETRY = "accepted", "missing", "invalid", "unreadable", "retry"
+DONE = (ACCEPTED, MISSING, INVALID, UNREADABLE)  # the outcomes a message is acknowledged for
+PART_BYTES = 16 << 20  # bytes of files read into memory before their records go to the spool (16 MiB)
+UNREADABLE_TIMEOUT = 600.0  # seconds a file that is there but cannot be read is retried before its message goes
 
 
 class Stats:
     """Thread-safe counters of what the source did (for metrics and tests)."""
 
-    NAMES = ("taken", "accepted", "missing", "invalid", "retry", "bad_message", "unknown_task", "delete_failed")
+    NAMES = ("taken", "accepted", "missing", "invalid", "unreadable", "retry", "bad_message", "unknown_task",
+             "delete_failed")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -61,7 +71,8 @@ class Stats:
         metric = "traceexport_celery_events_total"
         lines = [f"# HELP {metric} What the Celery source did since the daemon started: taken (messages taken off the "
                  "queue), accepted (records stored), missing (files another consumer handled), invalid (files kept "
-                 "under failed/), retry (batches put back), bad_message (entries kept under failed/messages/), "
+                 "under failed/), unreadable (messages of files that could not be read, kept under failed/messages/), "
+                 "retry (batches put back), bad_message (entries kept under failed/messages/), "
                  "unknown_task (foreign tasks moved), delete_failed (handled files left in storage).",
                  f"# TYPE {metric} counter"]
         lines += [f'{metric}{{event="{name}"}} {count}' for name, count in sorted(self.snapshot().items())]
@@ -102,6 +113,8 @@ class TraceFileProcessor:
         retry_delay: float,
         stopping: threading.Event,
         stats: Stats,
+        unreadable_timeout: float = UNREADABLE_TIMEOUT,
+        max_file_bytes: int | None = None,
     ) -> None:
         self.storage = storage
         self.accept = accept
@@ -116,6 +129,8 @@ class TraceFileProcessor:
             "handled files cannot be deleted",
             "their records are stored and acknowledged, the files stay (counted in delete_failed)",
         )
+        self._unreadable = UnreadableFiles(unreadable_timeout)
+        self.max_file_bytes = max_file_bytes
         self._owed: list[_Owed] = []  # acknowledgements the broker did not take: sent again once it is back
         self._owed_lock = threading.Lock()
 
@@ -128,45 +143,77 @@ class TraceFileProcessor:
         items: Sequence[tuple[TaskRef, H]],
         ack: Callable[[Sequence[H]], None],
         requeue: Callable[[Sequence[H]], None],
+        content: Callable[[H], bytes] | None = None,
     ) -> list[str]:
         """Handle every ``(ref, handle)``: the records go to ``accept`` in one call, then ``ack`` gets the handles
-        of every message done with (at most one call), then the files are deleted, then, after a wait, ``requeue``
-        gets those to try again (at most one call). Returns each item's outcome name."""
+        of every message done with (one call), then the files are deleted; files of more than ``PART_BYTES`` in all
+        go in parts of that size, each part so (a batch of large workflow runs is never held in memory at once).
+        Then, after a wait, ``requeue`` gets those to try again (at most one call). Returns each item's outcome
+        name. ``content(handle)`` is the message as the queue held it, kept when its file cannot be read (without
+        it, the task's ids as JSON)."""
         batch: _Batch[H] = _Batch(items)
-        loaded: list[tuple[int, Record, bytes]] = []
-        for index, (ref, _) in enumerate(items):
-            try:
-                raw = self.storage.load(ref.storage_key)
-            except StorageError as exc:
-                self._storage.fail(str(exc))
-                batch.retry(index, self.retry_delay)
-                continue
-            self._storage.ok()
-            if raw is None:
-                batch.settle(index, MISSING)
-                log.info("%s: file not found (handled by another consumer?); acknowledged", ref.describe())
-                continue
-            try:
-                loaded.append((index, parse_file(raw), raw))
-            except RecordError as exc:
-                self._invalid(batch, index, raw, exc.reason)
-        self._accept(batch, loaded)
-        owed = _Owed(batch.handles(ACCEPTED, MISSING, INVALID), [items[i][0] for i in batch.indexes(ACCEPTED, INVALID)],
-                     {name: batch.count(name) for name in (ACCEPTED, MISSING, INVALID) if batch.count(name)})
-        if owed.handles:
-            try:
-                ack(owed.handles)
-            except Exception:  # the broker went away: the records are stored; acknowledge them once it is back
-                with self._owed_lock:
-                    self._owed.append(owed)
-                raise
-        self._settled(owed)
+        start = 0
+        while start < len(items):
+            loaded, end = self._load(batch, start, content)
+            self._accept(batch, loaded)
+            del loaded  # the part's records are in the spool: their memory goes before the next part is read
+            self._acknowledge(batch, range(start, end), ack)
+            start = end
         again = batch.handles(RETRY)
         if again:
             self.stopping.wait(max(batch.delay, 0.0))  # cut short by stop()
             requeue(again)
             self.stats.add(RETRY, len(again))
         return batch.outcomes
+
+    def _load(self, batch: _Batch[H], start: int, content: Callable[[H], bytes] | None,
+              ) -> tuple[list[tuple[int, Record, bytes]], int]:
+        """Read and parse the files of the batch from ``start`` on, until ``PART_BYTES`` of them are read; the
+        loaded records, and where the next part starts. Files missing, invalid or unreadable are settled here."""
+        loaded: list[tuple[int, Record, bytes]] = []
+        size = 0
+        for index in range(start, len(batch.items)):
+            if size >= PART_BYTES:
+                return loaded, index
+            ref, handle = batch.items[index]
+            try:
+                raw = self.storage.load(ref.storage_key, max_bytes=self.max_file_bytes)
+            except UnreadableFileError as exc:
+                self._cannot_read(batch, index, exc, content(handle) if content is not None else None)
+                continue
+            except StorageError as exc:
+                self._storage.fail(str(exc))
+                batch.retry(index, self.retry_delay)
+                continue
+            self._storage.ok()
+            self._unreadable.read(ref.storage_key)
+            if raw is None:
+                batch.settle(index, MISSING)
+                log.info("%s: file not found (handled by another consumer?); acknowledged", ref.describe())
+                continue
+            size += len(raw)
+            try:
+                loaded.append((index, parse_file(raw), raw))
+            except RecordError as exc:
+                self._invalid(batch, index, raw, exc.reason)
+        return loaded, len(batch.items)
+
+    def _acknowledge(self, batch: _Batch[H], part: range, ack: Callable[[Sequence[H]], None]) -> None:
+        """``ack`` the messages of ``part`` done with, then count them and delete their files. A broker lost at that
+        moment leaves them owed (:meth:`settle_owed`) and the error raised."""
+        done = [i for i in part if batch.outcomes[i] in DONE]
+        if not done:
+            return
+        owed = _Owed([batch.items[i][1] for i in done],
+                     [batch.items[i][0] for i in done if batch.outcomes[i] in (ACCEPTED, INVALID)],
+                     dict(Counter(batch.outcomes[i] for i in done)))
+        try:
+            ack(owed.handles)
+        except Exception:  # the broker went away: the records are stored; acknowledge them once it is back
+            with self._owed_lock:
+                self._owed.append(owed)
+            raise
+        self._settled(owed)
 
     def settle_owed(self, ack: Callable[[Sequence[Any]], None]) -> int:
         """Acknowledge the messages whose records went into the spool but whose acknowledgement failed (the broker
@@ -245,6 +292,36 @@ class TraceFileProcessor:
         batch.settle(index, INVALID)
         log.warning("%s: not a valid record, kept as %s: %s", ref.describe(), kept, reason)
 
+    def _cannot_read(self, batch: _Batch[Any], index: int, error: UnreadableFileError, message: bytes | None) -> None:
+        """A file that is there but cannot be read: retried until :class:`UnreadableFiles` gives up on it (one line
+        once the trouble is known to be the file's own; until then, as the storage's: one line for all), then its
+        message is kept under ``messages/`` and acknowledged."""
+        ref = batch.items[index][0]
+        verdict = self._unreadable.failed(error)
+        if not verdict.give_up:
+            if verdict.tell:
+                log.warning("%s: %s; retried for up to %g s, then its message is set aside", ref.describe(),
+                            error.why, self._unreadable.timeout)
+            elif not error.certain:
+                self._storage.fail(str(error))  # "permission denied" on every file: the storage's trouble
+            batch.retry(index, self.retry_delay)
+            return
+        kept = f"{self.failed_prefix}messages/{ref.file_id}.msg"
+        if message is None:
+            message = _json.dumps({"task": ref.task_name, "id": ref.task_id,
+                                   "file_info": {"file_id": ref.file_id, "app_id": ref.app_id}}).encode()
+        try:
+            self.storage.save(kept, message)
+        except StorageError as exc:
+            self._storage.fail(str(exc))
+            batch.retry(index, self.retry_delay)
+            return
+        self._unreadable.forget(ref.storage_key)
+        batch.settle(index, UNREADABLE)
+        log.warning("%s: could not be read for %g s or more (%s); its message kept as %s and acknowledged, the file "
+                    "left in place (fix it, then traceexport replay it)", ref.describe(), self._unreadable.timeout,
+                    error.why, kept)
+
     def _delete(self, ref: TaskRef) -> None:
         try:
             self.storage.delete(ref.storage_key)
@@ -289,9 +366,6 @@ class _Batch(Generic[H]):
     def handles(self, *outcomes: str) -> list[H]:
         return [self.items[i][1] for i in self.indexes(*outcomes)]
 
-    def count(self, outcome: str) -> int:
-        return self.outcomes.count(outcome)
-
 
 def parse_file(raw: bytes) -> Record:
     """The Record in a stored TaskData file; RecordError with a one-line reason otherwise."""
@@ -305,4 +379,5 @@ def parse_file(raw: bytes) -> Record:
     return record_from_obj(obj, raw=text)
 
 
-__all__ = ["ACCEPTED", "INVALID", "MISSING", "RETRY", "Accept", "Stats", "TraceFileProcessor", "parse_file"]
+__all__ = ["ACCEPTED", "INVALID", "MISSING", "RETRY", "UNREADABLE", "Accept", "Stats", "TraceFileProcessor",
+           "parse_file"]

@@ -10,6 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     BaseModel,
+    ByteSize,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -17,6 +18,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from traceexport.errors import ConfigError, Problem
@@ -51,8 +53,11 @@ class CelerySourceSettings(BaseModel):
     consumer crash). Keep it well above the longest time one batch can take, including waiting on a full
     spool. ``unacked_prefix`` keeps this source's
     in-flight bookkeeping apart from Dify's own workers, so a short timeout here never re-delivers
-    Dify's other tasks. Messages on the queue for any other task are moved unchanged to
-    ``other_tasks_queue`` (null: dropped with a warning). ``redis_key_prefix`` is the value of Dify's
+    Dify's other tasks. A trace file that is there but cannot be read (a directory, a FIFO, a link, no
+    permission, larger than ``max_file_bytes``: never read into memory) is retried for ``unreadable_timeout``
+    seconds, then its message is kept under ``failed_prefix`` ``messages/`` and acknowledged. Messages on the
+    queue for any other task are moved unchanged to ``other_tasks_queue`` (null: dropped with a warning).
+    ``redis_key_prefix`` is the value of Dify's
     ``REDIS_KEY_PREFIX`` (Dify >= 1.14), turned into kombu's ``global_keyprefix`` by Dify's own rule, so
     this consumer sees the keys Dify's producer writes: the queue, the other-tasks queue, and this
     source's unacked bookkeeping all carry the prefix. Absent from the config, it falls back to the
@@ -70,6 +75,8 @@ class CelerySourceSettings(BaseModel):
     prefetch: int = Field(default=200, ge=1, le=1000)
     visibility_timeout: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
     retry_delay: float = Field(default=5.0, ge=0, allow_inf_nan=False)
+    unreadable_timeout: float = Field(default=600.0, ge=0, allow_inf_nan=False)
+    max_file_bytes: ByteSize = Field(default=ByteSize(64 * 1024 * 1024), ge=1)
     failed_prefix: str = Field(default="traceexport/failed/", pattern=r"^[A-Za-z0-9_][A-Za-z0-9._/-]*/$")
     other_tasks_queue: str | None = Field(default="ops_trace_other", min_length=1)
     unacked_prefix: str = Field(default="traceexport.", pattern=r"^[A-Za-z0-9_.:-]+$")
@@ -92,6 +99,16 @@ class CelerySourceSettings(BaseModel):
         if not isinstance(value.get("global_keyprefix", ""), str):
             raise ValueError("global_keyprefix must be a string")
         return value
+
+    @model_validator(mode="after")
+    def _sentinel_names_its_master(self) -> CelerySourceSettings:
+        parts = self.broker_url.get_secret_value().split(";")
+        if any(part.strip().lower().startswith("sentinel://") for part in parts) and not self.transport_options.get(
+                "master_name"):
+            raise ValueError("a sentinel:// broker_url needs transport_options.master_name (Dify's "
+                             "CELERY_SENTINEL_MASTER_NAME), and transport_options.sentinel_kwargs: {password: ...} "
+                             "when the sentinels have one (CELERY_SENTINEL_PASSWORD)")
+        return self
 
     @field_validator("other_tasks_queue")
     @classmethod
@@ -175,12 +192,17 @@ class CelerySourceSettings(BaseModel):
 
     def secrets(self) -> list[str]:
         """The values to mask wherever this source's text may end up: the broker URL's passwords (as written and
-        decoded), S3's keys and its endpoint's password."""
+        decoded), a password in ``transport_options`` or its ``sentinel_kwargs`` (the sentinels'), S3's keys and its
+        endpoint's password."""
         found: list[str] = []
         for part in self.broker_url.get_secret_value().split(";"):
             with contextlib.suppress(ValueError):
                 password = urlsplit(part.strip()).password or ""
                 found += [password, unquote(password)]
+        sentinel = self.transport_options.get("sentinel_kwargs")
+        for options in (self.transport_options, sentinel if isinstance(sentinel, Mapping) else {}):
+            if isinstance(options.get("password"), str):
+                found.append(options["password"])
         if isinstance(self.storage, S3StorageSettings):
             found += [key.get_secret_value() for key in (self.storage.access_key, self.storage.secret_key) if key]
             endpoint = USERINFO_PASSWORD.match(self.storage.endpoint_url or "")

@@ -86,6 +86,16 @@ end
 return n
 """
 
+# KEYS: the unacked hash, its index, the list to move the message to. ARGV: its tag, the message to push there.
+# Acknowledges and pushes in one step, and pushes only if the message was still in flight: a move whose reply was
+# lost (the broker restarted, failed over) leaves nothing to move again, so the message is never pushed twice.
+_MOVE = """
+local moved = redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if moved == 1 then redis.call('LPUSH', KEYS[3], ARGV[2]) end
+return moved
+"""
+
 MIN_PRIORITY, MAX_PRIORITY = 0, 9  # kombu's virtual transport clamps message priorities to these
 
 
@@ -129,6 +139,7 @@ class UnackedQueue:
         self.keys = keys
         self._take = client.register_script(_TAKE)
         self._put_back = client.register_script(_PUT_BACK)
+        self._move = client.register_script(_MOVE)
 
     def take(self, limit: int) -> list[Taken]:
         """Up to ``limit`` messages, moved atomically from the queue into ``unacked``; [] when it is empty."""
@@ -145,6 +156,11 @@ class UnackedQueue:
             pipe.zrem(self.keys.index, *tags)
             pipe.hdel(self.keys.unacked, *tags)
             pipe.execute()
+
+    def move(self, message: Taken, key: str, text: bytes) -> bool:
+        """Acknowledge ``message`` and push ``text`` (its new form) onto the list ``key``, in one atomic step, only
+        while ``message`` is still in flight; False when it was not (already moved, acknowledged or put back)."""
+        return bool(self._move(keys=[self.keys.unacked, self.keys.index, key], args=[message.tag, text]))
 
     def requeue(self, messages: Sequence[Taken]) -> None:
         """Put ``messages`` back at the end of the queue, marked redelivered (kombu's ``requeue``)."""
