@@ -178,11 +178,7 @@ def _waiting(failure: ItemFailure) -> ItemFailure:
 
 def _acknowledges(response: httpx.Response) -> bool:
     """Whether a 202 carries the sidecar's ``{"accepted": n}``."""
-    try:
-        answer = response.json()
-    except ValueError:
-        return False
-    return isinstance(answer, dict) and type(answer.get("accepted")) is int
+    return type(answer_object(response).get("accepted")) is int
 
 
 def from_config(name: str, options: Mapping[str, Any], env: Mapping[str, str], *,
