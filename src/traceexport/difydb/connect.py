@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import unquote
 
-from traceexport import _json
+from traceexport import _json, redaction
 from traceexport.errors import SourceError
 from traceexport.redaction import USERINFO_PASSWORD, redact
 
@@ -31,7 +31,7 @@ _PASSWORD_VALUE = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)"
 def masked_url(url: str) -> str:
     """The URL (or keyword connection string) with every password replaced by ``***`` (safe for errors and
     logs); user, host, port and database stay readable."""
-    return _PASSWORD_VALUE.sub(r"\1***", USERINFO_PASSWORD.sub(r"\1***@", url, count=1))
+    return _PASSWORD_VALUE.sub(r"\1***", redaction.masked_url(url))
 
 
 def passwords(url: str) -> list[str]:
