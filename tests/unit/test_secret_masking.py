@@ -184,10 +184,16 @@ def test_url_secrets_never_raises_on_a_url_python_cannot_split() -> None:
 
 
 def test_an_otlp_sink_s_repr_masks_its_endpoint_password() -> None:
-    """The sink's repr (in a debugger, a traceback's locals, an f-string) showed the endpoint with its password."""
+    """The sink's repr (in a debugger, a traceback's locals, an f-string) showed the endpoint with its password,
+    whether the endpoint came from the options or from OTEL_EXPORTER_OTLP_ENDPOINT (sent as Basic auth)."""
     sink = create_sink("otlp", "o", {"endpoint": "http://u:repr-pw-91bd@127.0.0.1:9"}, {})
     try:
         assert "91bd" not in repr(sink) and "u:***@127.0.0.1:9" in repr(sink)
+    finally:
+        sink.shutdown(1.0)
+    sink = create_sink("otlp", "o", {}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://ingest:hunter2-secret@127.0.0.1:9"})
+    try:
+        assert "hunter2" not in repr(sink) and "127.0.0.1:9/v1/traces" in repr(sink)
     finally:
         sink.shutdown(1.0)
 
