@@ -94,7 +94,8 @@ def test_a_grpc_endpoint_written_with_a_path_dials_its_host_and_port(grpc_fake: 
     ("grpc://collector:4317", "no other scheme"),
     ("not a url", "no host"),
     ("http://collector:99999", "port"),
-    ("http://ingest:hunter2-secret@collector:4317", "user:password@"),
+    ("http://ingest:hunter2-secret@collector:4317", "must not hold a user:password@"),
+    ("ingest:hunter2-secret@collector:4317", "must not hold a user:password@"),  # a bare host:port too
 ])
 def test_a_grpc_endpoint_grpc_cannot_dial_is_a_config_error(endpoint: str, says: str) -> None:
     """A gRPC endpoint with another scheme, no host, a bad port or a user:password@ (which gRPC never sends) is a

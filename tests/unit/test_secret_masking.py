@@ -209,16 +209,6 @@ def test_masked_url_and_url_without_userinfo() -> None:
     assert "91bd" not in url_without_userinfo("http://u:pw-91bd@[bad/x")
 
 
-@pytest.mark.parametrize("endpoint", ["u:grpc-pw-91bd@collector:4317", "http://u:grpc-pw-91bd@collector:4317"])
-def test_a_grpc_endpoint_with_user_info_is_refused_without_quoting_it(endpoint: str) -> None:
-    """gRPC sends no Basic auth: a user:password@ in its endpoint became part of the host name, quoted in every
-    "errors resolving ..." dead letter (in clear for a bare host:port); it is a ConfigError naming no value."""
-    pytest.importorskip("grpc")
-    with pytest.raises(ConfigError) as refused:
-        otlp_settings("o", {"endpoint": endpoint, "protocol": "grpc"}, {})
-    assert "91bd" not in str(refused.value) and "must not hold a user:password@" in str(refused.value)
-
-
 def test_a_secret_with_a_tab_or_two_spaces_is_masked_where_a_line_collapses_them() -> None:
     """One-line messages turn each whitespace run into one space (logfmt values, failure excerpts, described
     errors); a key with a tab in it (HTTP allows one inside a header) then no longer matched and was shown."""
