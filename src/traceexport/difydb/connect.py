@@ -17,7 +17,7 @@ from urllib.parse import unquote
 
 from traceexport import _json, redaction
 from traceexport.errors import SourceError
-from traceexport.redaction import USERINFO_PASSWORD, redact
+from traceexport.redaction import redact
 
 DEFAULT_STATEMENT_TIMEOUT = 60.0
 
@@ -36,9 +36,9 @@ def masked_url(url: str) -> str:
 
 def passwords(url: str) -> list[str]:
     """Every password ``url`` carries, as written and percent-decoded (to mask where a message echoes it)."""
-    found = [m.group(2) for m in USERINFO_PASSWORD.finditer(url)]
-    found += [m.group(2).strip("'") for m in _PASSWORD_VALUE.finditer(url)]
-    return [form for value in found if value for form in dict.fromkeys((value, unquote(value)))]
+    found = [m.group(2).strip("'") for m in _PASSWORD_VALUE.finditer(url)]
+    return redaction.url_passwords(url) + [form for value in found if value
+                                           for form in dict.fromkeys((value, unquote(value)))]
 
 
 def _psycopg() -> ModuleType:
