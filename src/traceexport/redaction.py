@@ -10,7 +10,7 @@ are masked first, so no tail of a secret outlives a shorter one.
 :func:`describe_error` is an exception as one line that never quotes the values it failed on.
 :func:`masked_url` is a URL to quote in a message, its ``user:password@`` password as ``***`` (also one written
 with an unencoded ``#``, ``?``, ``/`` or ``@``, which a URL parser would take for the end of the user info);
-:func:`url_without_userinfo` one to show as a link.
+:func:`url_without_userinfo` one to show as a link; :func:`url_passwords` the password it carries, to mask.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import functools
 import json
 import re
 from collections.abc import Iterable
-from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
 MIN_LENGTH = 4  # shorter values are masked nowhere: "***" for every "true" would hide the message instead
 
@@ -106,6 +106,14 @@ def masked_url(url: str) -> str:
     return USERINFO_PASSWORD.sub(r"\1***@", url, count=1)
 
 
+def url_passwords(url: str) -> list[str]:
+    """The password of ``url``'s ``user:password@``, as written and percent-decoded (to mask where a message
+    echoes it); none for a URL without one."""
+    found = USERINFO_PASSWORD.match(url)
+    password = found.group(2) if found else ""
+    return list(dict.fromkeys((password, unquote(password)))) if password else []
+
+
 def url_without_userinfo(url: str) -> str:
     """``url`` without its ``user:password@`` (a link shown to others); one that cannot be parsed as a URL, or whose
     password has an unencoded ``#``, ``?`` or ``/``, with the password masked instead."""
@@ -129,4 +137,4 @@ def describe_error(exc: BaseException, secrets: Iterable[str] = ()) -> str:
 
 
 __all__ = ["USERINFO_PASSWORD", "add_secrets", "describe_error", "masked_url", "redact", "registered_secrets",
-           "secret_forms", "url_without_userinfo"]
+           "secret_forms", "url_passwords", "url_without_userinfo"]

@@ -33,6 +33,21 @@ def server() -> Iterator[tuple[PostgresServer, str]]:
         yield pg, app
 
 
+def _run_within_the_limit(argv: list[str], tmp_path: Path) -> str:
+    """Run ``argv`` (its file sink writing under ``tmp_path/out``); its standard error, once it exited 0 without
+    passing :data:`PEAK_LIMIT_MB` in any of its processes."""
+    code, peak, errors = run_measuring_peak_rss(
+        argv, env=python_env({"TRACEEXPORT_FILE_SINK_DIR": str(tmp_path / "out")}))
+    assert code == 0, errors
+    assert peak < PEAK_LIMIT_MB * 1024**2, f"peak RSS {peak / 1024**2:.0f} MB"
+    return errors
+
+
+def _lines_written(tmp_path: Path) -> int:
+    """The payloads the file sink wrote under ``tmp_path/out``."""
+    return sum(len(f.read_bytes().splitlines()) for f in (tmp_path / "out").iterdir())
+
+
 def test_wide_runs_are_backfilled_in_bounded_memory(server: tuple[PostgresServer, str], tmp_path: Path) -> None:
     """Sixty runs of 2,000 node rows each are all delivered while neither the command nor its delivery
     process grows past a few hundred MB (before, the whole page's nodes were read at once and a delivery
@@ -41,11 +56,8 @@ def test_wide_runs_are_backfilled_in_bounded_memory(server: tuple[PostgresServer
     argv = [sys.executable, "-m", "traceexport", "backfill", "--dify-db", pg.url(), "--apps", app, "--since",
             "2026-10-01", "--until", "2026-12-01", "--to", "file", "--spool", str(tmp_path / "spool"),
             "--no-progress"]
-    code, peak, errors = run_measuring_peak_rss(
-        argv, env=python_env({"TRACEEXPORT_FILE_SINK_DIR": str(tmp_path / "out")}))
-    assert code == 0, errors
+    errors = _run_within_the_limit(argv, tmp_path)
     assert f"backfill: {RUNS} records accepted" in errors
-    assert peak < PEAK_LIMIT_MB * 1024**2, f"peak RSS {peak / 1024**2:.0f} MB"
 
 
 def test_wide_runs_are_delivered_in_bounded_memory_in_one_process(server: tuple[PostgresServer, str],
@@ -58,12 +70,9 @@ def test_wide_runs_are_delivered_in_bounded_memory_in_one_process(server: tuple[
     config.write_text(f"spool:\n  dir: {tmp_path / 'spool'}\n  delivery_process: false\n", encoding="utf-8")
     argv = [sys.executable, "-m", "traceexport", "backfill", "--config", str(config), "--dify-db", pg.url(),
             "--apps", app, "--since", "2026-10-01", "--until", "2026-12-01", "--to", "file", "--no-progress"]
-    code, peak, errors = run_measuring_peak_rss(
-        argv, env=python_env({"TRACEEXPORT_FILE_SINK_DIR": str(tmp_path / "out")}))
-    assert code == 0, errors
+    errors = _run_within_the_limit(argv, tmp_path)
     assert f"backfill: {RUNS} records accepted" in errors
-    assert sum(len(f.read_bytes().splitlines()) for f in (tmp_path / "out").iterdir()) == RUNS * (NODES + 1)
-    assert peak < PEAK_LIMIT_MB * 1024**2, f"peak RSS {peak / 1024**2:.0f} MB"
+    assert _lines_written(tmp_path) == RUNS * (NODES + 1)
 
 
 def test_wide_live_records_are_delivered_in_bounded_memory(server: tuple[PostgresServer, str],
@@ -84,12 +93,9 @@ def test_wide_live_records_are_delivered_in_bounded_memory(server: tuple[Postgre
                       f"enrich:\n  database_url: {pg.url()}\n", encoding="utf-8")
     argv = [sys.executable, "-m", "traceexport", "replay", "--config", str(config), "--to", "file", "--no-progress",
             str(records)]
-    code, peak, errors = run_measuring_peak_rss(
-        argv, env=python_env({"TRACEEXPORT_FILE_SINK_DIR": str(tmp_path / "out")}))
-    assert code == 0, errors
+    errors = _run_within_the_limit(argv, tmp_path)
     assert f"{RUNS} sent to the spool" in errors
-    assert sum(len(f.read_bytes().splitlines()) for f in (tmp_path / "out").iterdir()) == RUNS * (NODES + 1)
-    assert peak < PEAK_LIMIT_MB * 1024**2, f"peak RSS {peak / 1024**2:.0f} MB"
+    assert _lines_written(tmp_path) == RUNS * (NODES + 1)
 
 
 @pytest.mark.parametrize(("page_nodes", "sizes"), [(4500, [2] * (RUNS // 2)), (1000, [1] * RUNS),

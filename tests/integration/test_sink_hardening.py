@@ -8,7 +8,6 @@ import json
 import logging
 import re
 import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from tests.fakes.otlp_server import OtlpFake, OtlpGrpcFake, request_spans
+from tests.fakes.raw_server import RawServer
 
 from traceexport.mapping import load_mapping
 from traceexport.pipeline import Pipeline, PipelineSettings, RetryPolicy, Route, deadletter
@@ -133,54 +133,26 @@ ANSWER = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 
 BODY = b'{"accepted": 1, "padding": "..........."}'
 
 
-class TrickleServer:
-    """A socket server on 127.0.0.1 that reads a request, then answers one byte every ``interval`` seconds:
+class TrickleServer(RawServer):
+    """A raw server on 127.0.0.1 that reads a request, then answers one byte every ``interval`` seconds:
     the status line and headers (``part="head"``) or, after prompt headers, the body (``part="body"``).
     It gives up after ``limit`` seconds and closes the connection."""
 
     def __init__(self, part: str, interval: float = 2.0, limit: float = 30.0) -> None:
+        super().__init__()
         self.part, self.interval, self.limit = part, interval, limit
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._stop = threading.Event()
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
+        prompt, slow = (ANSWER, BODY) if part == "body" else (b"", ANSWER + BODY)
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
-            while len(body) < length:
-                body += conn.recv(65536)
-            slow = ANSWER + BODY
-            if self.part == "body":
-                conn.sendall(ANSWER)
-                slow = BODY
+        def trickle(conn: socket.socket) -> bool:
+            conn.sendall(prompt)
             started = time.monotonic()
             for byte in slow:
-                if self._stop.wait(self.interval) or time.monotonic() - started > self.limit:
-                    return
-                try:
-                    conn.sendall(bytes([byte]))
-                except OSError:
-                    return
+                if self._stopped.wait(interval) or time.monotonic() - started > limit:
+                    break
+                conn.sendall(bytes([byte]))
+            return False
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._listener.close()
+        self.answer(trickle)
 
 
 @pytest.fixture(params=["head", "body"])

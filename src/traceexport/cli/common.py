@@ -14,7 +14,7 @@ import yaml
 
 from traceexport.errors import ConfigError, DaemonConflictError, RecordError, SourceError
 from traceexport.records import Record
-from traceexport.records.stream import Piece, piece_record, stream_pieces
+from traceexport.records.stream import EMPTY_FILE, Piece, piece_record, stream_pieces
 
 
 def iter_pieces(files: Sequence[str]) -> Iterator[tuple[str, Piece]]:
@@ -36,8 +36,8 @@ def iter_pieces(files: Sequence[str]) -> Iterator[tuple[str, Piece]]:
         except OSError as exc:
             yield name, Piece("", RecordError(f"cannot read: {exc.strerror or exc}"))
             continue
-        if not found:  # as replay says it: a named file with nothing in it is a mistake worth one line
-            yield name, Piece("", RecordError("no records (empty file)"))
+        if not found:  # as replay says it
+            yield name, Piece("", RecordError(EMPTY_FILE))
 
 
 def refused_record(source: str, piece: Piece, key: str, reason: str) -> RecordError:

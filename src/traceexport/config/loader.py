@@ -117,12 +117,14 @@ def read_config_data(
         text = read_text(path, what="config file")
     except ConfigError as exc:
         return {}, {}, exc.problems
+    loader: yaml.SafeLoader | None = None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = yaml.SafeLoader(text)  # composed once: the aliases checked, then built, and its lines read
+        node = loader.get_single_node()
         too_many = None if node is None else alias_problem(node)
         if too_many is not None:
             return {}, {}, [Problem(str(path), f"not valid YAML: {too_many}")]
-        raw = yaml.safe_load(text)
+        raw = None if node is None else loader.construct_document(node)
         lines = _line_index(node)
     except yaml.YAMLError as exc:
         line, reason = yaml_error(exc, text)
@@ -130,6 +132,9 @@ def read_config_data(
         return {}, {}, [Problem(where, f"not valid YAML: {reason}")]
     except RecursionError:  # PyYAML composes and builds recursively: ten thousand '[' exhaust the stack
         return {}, {}, [Problem(str(path), "not valid YAML: nested too deeply to read")]
+    finally:
+        if loader is not None:
+            loader.dispose()
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

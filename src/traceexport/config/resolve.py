@@ -38,16 +38,18 @@ ENV_NAMES = {
     "log_level": "TRACEEXPORT_LOG_LEVEL",
     "console": "TRACEEXPORT_CONSOLE",
     "console_token": "TRACEEXPORT_CONSOLE_TOKEN",
+    "log_format": "TRACEEXPORT_LOG_FORMAT",  # no flag: the variable, else the config's log_format
 }
 DATABASE_URL_ENV = "TRACEEXPORT_DIFY_DATABASE_URL"
-LOG_FORMAT_ENV = "TRACEEXPORT_LOG_FORMAT"  # no flag: the variable, else the config's log_format
+LOG_FORMAT_ENV = ENV_NAMES["log_format"]
 _LEVELS = ("debug", "info", "warning", "error")
 _FORMATS = ("logfmt", "json")
 
 
 @dataclass(frozen=True, slots=True)
 class Overrides:
-    """The common settings given as flags (None: not given); each has a ``TRACEEXPORT_*`` twin."""
+    """The common settings given as flags (None: not given); each has a ``TRACEEXPORT_*`` twin (``log_format``
+    has only the variable)."""
 
     config: str | None = None
     listen: str | None = None
@@ -57,6 +59,7 @@ class Overrides:
     log_level: str | None = None
     console: str | None = None  # the console's HOST:PORT, or "off"
     console_token: str | None = None
+    log_format: str | None = None
 
     def with_env(self, env: Mapping[str, str]) -> Overrides:
         """Flags first, then their environment variables (empty variables count as unset)."""
@@ -116,17 +119,12 @@ def _apply(data: dict[str, Any], o: Overrides, has_file: bool, problems: list[Pr
         else:
             message = f"{o.log_level!r} is not one of {', '.join(_LEVELS)}"
             problems.append(Problem(o.source("log_level"), message))
-
-
-def _apply_log_format(data: dict[str, Any], env: Mapping[str, str], problems: list[Problem]) -> None:
-    """``TRACEEXPORT_LOG_FORMAT`` over the file's ``log_format`` (in place), checked as the log level is."""
-    value = (env.get(LOG_FORMAT_ENV) or "").strip()
-    if not value:
-        return
-    if value.lower() in _FORMATS:
-        data["log_format"] = value.lower()
-    else:
-        problems.append(Problem(LOG_FORMAT_ENV, f"{value!r} is not one of {', '.join(_FORMATS)}"))
+    log_format = (o.log_format or "").strip()
+    if log_format:  # checked as the log level is
+        if log_format.lower() in _FORMATS:
+            data["log_format"] = log_format.lower()
+        else:
+            problems.append(Problem(LOG_FORMAT_ENV, f"{log_format!r} is not one of {', '.join(_FORMATS)}"))
 
 
 def _apply_console(data: dict[str, Any], o: Overrides, problems: list[Problem]) -> None:
@@ -216,7 +214,6 @@ def resolve_config(flags: Overrides | None = None, env: Mapping[str, str] | None
     data = base.model_dump(exclude_unset=False)
     problems: list[Problem] = []
     _apply(data, o, o.config is not None, problems)
-    _apply_log_format(data, env, problems)
     if env.get(DATABASE_URL_ENV):
         data["enrich"] = {**(data.get("enrich") or {}), "database_url": env[DATABASE_URL_ENV]}
     config, more = parse_config(data)
@@ -239,7 +236,6 @@ def with_environment(config: Config, env: Mapping[str, str]) -> tuple[Config | N
     data = config.model_dump(exclude_unset=False)
     problems: list[Problem] = []
     _apply(data, o, True, problems)
-    _apply_log_format(data, env, problems)
     merged, more = parse_config(data)
     return merged, problems + more
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from traceexport.mapping.compiler import body_key, is_directive
 from traceexport.mapping.loader import LineDict
 
-_DIRECTIVES = ("$if", "$literal")
 _MAX_SPEC = 200  # characters of a spec shown
 
 
@@ -28,8 +28,8 @@ def _walk(spec: LineDict, path: list[str], out: list[dict[str, Any]]) -> None:
         if key == "$merge":
             continue
         file, line = spec.lines.get(key, (spec.file, spec.line))
-        field_path = [*path, str(key)[1:] if str(key).startswith("$$") else str(key)]  # '$$set' makes '$set'
-        nested = isinstance(sub, LineDict) and not any(k in sub for k in _DIRECTIVES)
+        field_path = [*path, str(body_key(key))]  # '$$set' makes '$set'
+        nested = isinstance(sub, LineDict) and not any(is_directive(k) for k in sub)
         out.append({"path": field_path, "file": file, "line": line, "spec": "{…}" if nested else _spec_text(sub)})
         if nested:
             _walk(sub, field_path, out)

@@ -15,9 +15,9 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import unquote
 
-from traceexport import _json
+from traceexport import _json, redaction
 from traceexport.errors import SourceError
-from traceexport.redaction import USERINFO_PASSWORD, redact
+from traceexport.redaction import redact
 
 DEFAULT_STATEMENT_TIMEOUT = 60.0
 
@@ -31,14 +31,14 @@ _PASSWORD_VALUE = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)"
 def masked_url(url: str) -> str:
     """The URL (or keyword connection string) with every password replaced by ``***`` (safe for errors and
     logs); user, host, port and database stay readable."""
-    return _PASSWORD_VALUE.sub(r"\1***", USERINFO_PASSWORD.sub(r"\1***@", url, count=1))
+    return _PASSWORD_VALUE.sub(r"\1***", redaction.masked_url(url))
 
 
 def passwords(url: str) -> list[str]:
     """Every password ``url`` carries, as written and percent-decoded (to mask where a message echoes it)."""
-    found = [m.group(2) for m in USERINFO_PASSWORD.finditer(url)]
-    found += [m.group(2).strip("'") for m in _PASSWORD_VALUE.finditer(url)]
-    return [form for value in found if value for form in dict.fromkeys((value, unquote(value)))]
+    found = [m.group(2).strip("'") for m in _PASSWORD_VALUE.finditer(url)]
+    return redaction.url_passwords(url) + [form for value in found if value
+                                           for form in dict.fromkeys((value, unquote(value)))]
 
 
 def _psycopg() -> ModuleType:

@@ -25,6 +25,7 @@ from traceexport.difydb.connect import read_error
 from traceexport.difydb.schema import Schema
 from traceexport.errors import RecordError
 from traceexport.records import Record
+from traceexport.records.nodes import NODE_TEXT_BYTES, PART_NODE_BYTES, PART_NODES, node_parts
 from traceexport.records.parse import record_from_obj
 
 STREAMS = ("workflow_runs", "messages")
@@ -57,11 +58,9 @@ _UNBUILDABLE = (RecordError, KeyError, TypeError, ValueError, OverflowError)
 # Runs still going have no trace yet (Dify queues it when the run ends).
 _UNFINISHED_RUN = ("running", "pending")
 # What one page of workflow runs may bring of node rows (which the backfill then reads and turns into spans),
-# in rows and in bytes of their JSON text: about 100-150 MB of the reading process's memory at most (a node
-# row of 2 KB of text is about 6 KB there, read, parsed, rebuilt and staged).
-PAGE_NODES = 10_000
-PAGE_NODE_BYTES = 24 * 1024**2
-_NODE_TEXT = ("inputs", "process_data", "outputs", "execution_metadata")
+# in rows and in bytes of their JSON text (records/nodes.py's bound for a part of runs).
+PAGE_NODES = PART_NODES
+PAGE_NODE_BYTES = PART_NODE_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,23 +219,18 @@ class DifyReader:
         """``runs`` in pages whose node rows stay within the bounds (at least one run each), in their order:
         one query counts them for all of ``runs``."""
         sizes = {r["workflow_run_id"]: (int(r["nodes"]), int(r["bytes"] or 0)) for r in self._query(
-            "SELECT workflow_run_id, count(*) AS nodes, "
-            f"sum({' + '.join(f'coalesce(octet_length({c}), 0)' for c in _NODE_TEXT)}) AS bytes "
+            f"SELECT workflow_run_id, count(*) AS nodes, {NODE_TEXT_BYTES} AS bytes "
             "FROM workflow_node_executions WHERE workflow_run_id = ANY(%s::uuid[]) "
             "AND tenant_id = ANY(%s::uuid[]) AND app_id = ANY(%s::uuid[]) AND workflow_id = ANY(%s::uuid[]) "
             "AND triggered_from = 'workflow-run' GROUP BY workflow_run_id",
             [[r["id"] for r in runs], *(sorted({r[c] for r in runs if r[c] is not None})
                                        for c in ("tenant_id", "app_id", "workflow_id"))])}
-        parts: list[list[dict[str, Any]]] = [[]]
-        nodes = text = 0
-        for run in runs:
-            more, size = sizes.get(run["id"], (0, 0))
-            if parts[-1] and (nodes + more > self._page_nodes or text + size > self._page_node_bytes):
-                parts.append([])
-                nodes = text = 0
-            parts[-1].append(run)
-            nodes, text = nodes + more, text + size
-        return parts
+        pages, start = [], 0
+        for count in node_parts((sizes.get(run["id"], (0, 0)) for run in runs), self._page_nodes,
+                                self._page_node_bytes):
+            pages.append(runs[start:start + count])
+            start += count
+        return pages
 
     def _chat_messages(self, runs: list[dict[str, Any]]) -> dict[str, str]:
         """The message of each chatflow run (by the run's ``sys.conversation_id``, as Dify finds it)."""

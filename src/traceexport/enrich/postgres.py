@@ -24,7 +24,7 @@ from typing import Any
 
 from traceexport.enrich.settings import EnrichSettings
 from traceexport.errors import ConfigError, Problem
-from traceexport.records.nodes import nodes_from_rows
+from traceexport.records.nodes import NODE_TEXT_BYTES, PART_NODE_BYTES, PART_NODES, node_parts, nodes_from_rows
 from traceexport.records.parse import Record
 from traceexport.redaction import redact
 
@@ -46,12 +46,10 @@ WHERE workflow_run_id = ANY(%s) AND triggered_from = 'workflow-run'{filters}
 ORDER BY created_at, index
 """
 # The node rows and bytes of their text each of those runs has, to read a batch's runs a bounded part at a time.
-_SIZES_QUERY = """
-SELECT workflow_run_id, count(*) AS nodes,
-       sum(coalesce(octet_length(inputs), 0) + coalesce(octet_length(process_data), 0)
-           + coalesce(octet_length(outputs), 0) + coalesce(octet_length(execution_metadata), 0)) AS bytes
+_SIZES_QUERY = f"""
+SELECT workflow_run_id, count(*) AS nodes, {NODE_TEXT_BYTES} AS bytes
 FROM workflow_node_executions
-WHERE workflow_run_id = ANY(%s) AND triggered_from = 'workflow-run'{filters}
+WHERE workflow_run_id = ANY(%s) AND triggered_from = 'workflow-run'{{filters}}
 GROUP BY workflow_run_id
 """
 _TERMINAL_TYPES = frozenset({"end", "answer"})
@@ -61,11 +59,6 @@ _CACHE_LIMIT = 512
 # Node lists the cache holds at most in all (a run of a long agent has thousands): beyond it the oldest go.
 _CACHE_NODES = 10_000
 _PREFETCH_LIMIT = 4096
-# What one part of a batch read ahead may bring of node rows, in rows and in bytes of their text (at least one
-# run a part): the bound a backfill page has (difydb/reader.py), so a delivery batch of runs with thousands of
-# nodes each is read, mapped and sent a few runs at a time. Ordinary runs never reach it within a batch.
-PART_NODES = 10_000
-PART_NODE_BYTES = 24 * 1024**2
 COUNTER_NAMES = (
     "queries",
     "database_errors",
@@ -339,15 +332,8 @@ class PostgresEnricher:
                 return [1] * len(records)
             finally:
                 self._count("queries")
-        parts: list[int] = []
-        taken = rows = text = 0
-        for record in records:
-            more, size = sizes.get(str(record.data.get("workflow_run_id") or ""), (0, 0))
-            if taken and more and (rows + more > PART_NODES or text + size > PART_NODE_BYTES):
-                parts.append(taken)
-                taken = rows = text = 0
-            taken, rows, text = taken + 1, rows + more, text + size
-        return [*parts, taken]
+        return node_parts((sizes.get(str(record.data.get("workflow_run_id") or ""), (0, 0)) for record in records),
+                          PART_NODES, PART_NODE_BYTES)
 
     def _runs_to_read(self, records: Iterable[Record]) -> dict[tuple[str | None, str | None, str | None],
                                                                 list[uuid.UUID]]:

@@ -165,7 +165,7 @@ class Compiler:
         return build_list
 
     def _mapping(self, spec: dict[Any, Any], where: Where, scope: Scope) -> Compiled:
-        directives = [k for k in spec if _is_directive(k)]
+        directives = [k for k in spec if is_directive(k)]
         if directives:
             return self._directive(spec, directives, where, scope)
         return self.object(spec, where, scope)
@@ -186,12 +186,11 @@ class Compiler:
                 for i, merge_spec in enumerate(sub if isinstance(sub, list) else [sub]):
                     merges.append(as_getter(self.value(merge_spec, sub_where.child(i), scope)))
                 continue
-            if _is_directive(key):  # an entity's body: the whole value can be no directive
+            if is_directive(key):  # an entity's body: the whole value can be no directive
                 self.problem(sub_where, f"{key!r} is a directive, not a key: "
                                         f"write '${key}' for a key starting with '$'")
                 continue
-            if isinstance(key, str) and key.startswith("$$"):
-                key = key[1:]  # '$$set': the key '$set' (Amplitude's user property operations)
+            key = body_key(key)  # '$$set': the key '$set' (Amplitude's user property operations)
             compiled = self.value(sub, sub_where, scope)
             if isinstance(compiled, Const):
                 if compiled.value is not None:
@@ -306,9 +305,14 @@ def _fold_condition(name: str, args: list[Compiled]) -> object:
     return _KEEP if truthy == (name == "when") else _DROP
 
 
-def _is_directive(key: Any) -> bool:
+def is_directive(key: Any) -> bool:
     """``$if``, ``$literal`` (and any other ``$word``, reported as unknown): not ``$merge``, not ``$$word``."""
     return isinstance(key, str) and key.startswith("$") and key != "$merge" and not key.startswith("$$")
+
+
+def body_key(key: Any) -> Any:
+    """The key a body spec's ``key`` writes: ``'$$name'`` the literal key ``'$name'``, any other as it is."""
+    return key[1:] if isinstance(key, str) and key.startswith("$$") else key
 
 
 def _looks_like_call(text: str) -> bool:

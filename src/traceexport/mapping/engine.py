@@ -182,7 +182,7 @@ def compile_document(document: LineDict, files: Sequence[str], options: dict[str
         problems.append(Problem(where, message))
     if problems:
         raise ConfigError(problems, title="invalid mapping")
-    return Mapping(str(backend), entities, files, document, _fingerprint(document, options))
+    return Mapping(str(backend), entities, files, document, _fingerprint(document, given))
 
 
 _SWITCH_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}

@@ -305,14 +305,17 @@ class Pipeline:
 
     def orphaned(self) -> dict[str, int]:
         """Records still owed to sinks this spool knows but this pipeline does not deliver to."""
-        owed = {name: self.spool.backlog(name)[0] for name in self._orphans()}
+        owed = {name: self.spool.backlog(name)[0] for name in self._others()}
         return {name: n for name, n in owed.items() if n}
 
     def _orphans(self) -> list[str]:
         """The sinks this spool still holds records for that this pipeline does not deliver to (taken out of
         the config, or renamed)."""
-        others = set(self.spool.sink_bits()) - set(self.sink_names)
-        return [name for name in sorted(others) if self.spool.has_pending(name)]
+        return [name for name in self._others() if self.spool.has_pending(name)]
+
+    def _others(self) -> list[str]:
+        """The sinks this spool knows that this pipeline does not deliver to, by name."""
+        return sorted(set(self.spool.sink_bits()) - set(self.sink_names))
 
     def pending(self) -> dict[str, int]:
         """Records still owed to each sink of this pipeline (fresh plus waiting for retry)."""

@@ -24,6 +24,15 @@ from traceexport import _json
 from traceexport.records.values import EPOCH, as_utc, in_range, shifted, short_provider, timing, to_number
 
 FAILED_NODE_STATUSES = frozenset({"failed", "exception", "stopped"})
+# What one part of workflow runs may bring of node rows, in rows and in bytes of their JSON text (at least one
+# run a part): a backfill page (difydb/reader.py) and a delivery batch read ahead (enrich/postgres.py) alike,
+# about 100-150 MB of the reading process's memory at most (a node row of 2 KB of text is about 6 KB there,
+# read, parsed, rebuilt and staged). Ordinary runs never reach it.
+PART_NODES = 10_000
+PART_NODE_BYTES = 24 * 1024**2
+# The text columns of a ``workflow_node_executions`` row, and SQL summing their bytes over a group of rows.
+NODE_TEXT_COLUMNS = ("inputs", "process_data", "outputs", "execution_metadata")
+NODE_TEXT_BYTES = f"sum({' + '.join(f'coalesce(octet_length({c}), 0)' for c in NODE_TEXT_COLUMNS)})"
 _TOOL_TYPES = frozenset({"tool", "http-request", "code", "agent"})
 _RETRIEVER_TYPES = frozenset({"knowledge-retrieval"})
 _CONTAINER_KEYS = ("iteration_id", "loop_id")
@@ -232,6 +241,21 @@ def nodes_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Node dicts ordered by start then index, with iteration/loop children linked to their parent."""
     nodes = sorted((node_from_row(row) for row in rows), key=_sort_key)
     return link_parents(nodes)
+
+
+def node_parts(sizes: Iterable[tuple[int, int]], max_rows: int = PART_NODES,
+               max_bytes: int = PART_NODE_BYTES) -> list[int]:
+    """How many runs, in their order, go into each part, given each run's (node rows, bytes of their text): a
+    part ends before the run that would take it past ``max_rows`` or ``max_bytes``; at least one run a part,
+    and a run without rows never starts one (it joins the part before it). Empty for no runs."""
+    parts: list[int] = []
+    taken = rows = text = 0
+    for more, size in sizes:
+        if taken and more and (rows + more > max_rows or text + size > max_bytes):
+            parts.append(taken)
+            taken = rows = text = 0
+        taken, rows, text = taken + 1, rows + more, text + size
+    return [*parts, taken] if taken else parts
 
 
 def node_from_ee_record(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -39,6 +39,8 @@ _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 # How far from the end of what was read a parse error may be and still mean "read more" (the longest
 # token a chunk can cut short without the parser noticing sooner: -Infinity, \uXXXX, a number's exponent).
 _CUT_TOKEN = 16
+# What a named file with no record in it is, for every command reading files (one line: a mistake worth naming).
+EMPTY_FILE = "no records (empty file)"
 _DECODER = json.JSONDecoder()
 # Python reads no integer of over 4,300 digits: where one stands, the value is found by a decoder that reads such
 # an integer as a stand-in (the piece's text is what is parsed, and rejected, as its record).

@@ -42,7 +42,7 @@ from traceexport.sinks.base import (
     request_groups,
 )
 from traceexport.sinks.bisect import send_halves
-from traceexport.sinks.headers import url_problem, url_secrets
+from traceexport.sinks.headers import checked_http_url, url_secrets
 from traceexport.sinks.http import (
     answer_object,
     classify_response,
@@ -88,12 +88,9 @@ class AmplitudeSettings(BaseModel):
     @field_validator("server_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must be a full http:// or https:// URL, e.g. https://api2.amplitude.com/2/httpapi")
-        problem = url_problem(value) if value is not None else None
-        if problem:
-            raise ValueError(problem)
-        return value
+        if value is None:
+            return None
+        return checked_http_url(value, "must be a full http:// or https:// URL, e.g. https://api2.amplitude.com/2/httpapi")
 
     @property
     def url(self) -> str:

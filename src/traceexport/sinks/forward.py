@@ -28,7 +28,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from traceexport.sinks.base import BatchLimits, ExportResult, ItemFailure, Payload
-from traceexport.sinks.headers import url_problem, url_secrets, value_problem
+from traceexport.sinks.headers import checked_http_url, url_secrets, value_problem
 from traceexport.sinks.http import answer_object, classify_response, classify_transport_error, redact
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.ratelimit import ITEMS_EXTENSION
@@ -62,12 +62,7 @@ class ForwardSettings(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https:// (the sidecar's base URL)")
-        problem = url_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value.rstrip("/")
+        return checked_http_url(value, "must start with http:// or https:// (the sidecar's base URL)").rstrip("/")
 
 
 class ForwardSink:
@@ -178,11 +173,7 @@ def _waiting(failure: ItemFailure) -> ItemFailure:
 
 def _acknowledges(response: httpx.Response) -> bool:
     """Whether a 202 carries the sidecar's ``{"accepted": n}``."""
-    try:
-        answer = response.json()
-    except ValueError:
-        return False
-    return isinstance(answer, dict) and type(answer.get("accepted")) is int
+    return type(answer_object(response).get("accepted")) is int
 
 
 def from_config(name: str, options: Mapping[str, Any], env: Mapping[str, str], *,

@@ -5,7 +5,8 @@ at either end; gRPC metadata takes printable ASCII only. A value that breaks the
 request at send time, so sinks check their headers and credentials when they are configured (``validate``,
 start-up) with :func:`header_problems` and :func:`value_problem`, whose messages never quote the value, and
 :func:`url_problem` a URL to send to (its user info becomes the Basic credential: a password with an unencoded
-``#``, ``?`` or ``/`` would end it early, and httpx would quote its start in every failure).
+``#``, ``?`` or ``/`` would end it early, and httpx would quote its start in every failure;
+:func:`checked_http_url` the same for a sink setting's validator).
 :func:`header_secrets` and :func:`url_secrets` list what a sink's configured headers and a URL's
 ``user:password@`` send that must be masked wherever it could show (:mod:`traceexport.redaction`).
 """
@@ -117,6 +118,17 @@ def url_problem(url: str) -> str | None:
     return "is not an http:// or https:// URL" + (f" ({ENCODE_PASSWORD})" if "@" in url else "")
 
 
+def checked_http_url(url: str, wrong_scheme: str) -> str:
+    """``url`` when it starts with http:// or https:// and httpx can send to it (a sink setting's validator);
+    ValueError otherwise: ``wrong_scheme`` (saying what to write) or :func:`url_problem`'s reason."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(wrong_scheme)
+    problem = url_problem(url)
+    if problem:
+        raise ValueError(problem)
+    return url
+
+
 def url_secrets(url: str) -> tuple[str, ...]:
     """What a URL's ``user:password@`` sends: httpx turns it into ``Authorization: Basic <token>``, so the
     password (as written and decoded), the decoded pair and the token; nothing for a URL without one. Never
@@ -143,5 +155,5 @@ def _basic_parts(credential: str) -> list[str]:
     return [pair, user, password]
 
 
-__all__ = ["ENCODE_PASSWORD", "header_problems", "header_secrets", "merge_headers", "name_problem", "url_problem",
-           "url_secrets", "value_problem"]
+__all__ = ["ENCODE_PASSWORD", "checked_http_url", "header_problems", "header_secrets", "merge_headers", "name_problem",
+           "url_problem", "url_secrets", "value_problem"]

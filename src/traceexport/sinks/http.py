@@ -111,8 +111,7 @@ def redirect_target(response: httpx.Response, secrets: Iterable[str] = ()) -> st
     except (httpx.InvalidURL, RuntimeError):  # RuntimeError: a response built without its request
         return "an unreadable Location"
     port = f":{target.port}" if target.port else ""
-    where = " ".join(f"{target.scheme}://{target.host}{port}{target.path}".split())
-    return redact(where[:200], secrets)
+    return one_line(f"{target.scheme}://{target.host}{port}{target.path}", secrets, limit=200)
 
 
 def classify_response(

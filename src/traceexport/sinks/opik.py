@@ -34,7 +34,7 @@ from traceexport.sinks.base import (
     request_groups,
 )
 from traceexport.sinks.bisect import Budget, send_halves
-from traceexport.sinks.headers import url_problem, url_secrets, value_problem
+from traceexport.sinks.headers import checked_http_url, url_secrets, value_problem
 from traceexport.sinks.http import answer_object, classify_response, classify_transport_error, excerpt, one_line
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.ratelimit import ITEMS_EXTENSION
@@ -66,12 +66,7 @@ class OpikSettings(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL, e.g. http://localhost:5173/api")
-        problem = url_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value.rstrip("/")
+        return checked_http_url(value, "must be an http:// or https:// URL, e.g. http://localhost:5173/api").rstrip("/")
 
     @field_validator("workspace", "project_name")
     @classmethod

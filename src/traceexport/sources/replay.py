@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 from traceexport.errors import ConfigError, Problem, RecordError
 from traceexport.records import Record
-from traceexport.records.stream import stream_records
+from traceexport.records.stream import EMPTY_FILE, stream_records
 from traceexport.shown import shown
 
 SUFFIXES = frozenset({".json", ".jsonl", ".ndjson"})
@@ -117,7 +117,7 @@ def read_file(path: Path, label: str | None = None) -> Iterator[Record | RecordE
         yield RecordError(f"could not read ({type(exc).__name__}: {exc})", source=label)
         return
     if not found:
-        yield RecordError("no records (empty file)", source=label)
+        yield RecordError(EMPTY_FILE, source=label)
 
 
 class Ledger:

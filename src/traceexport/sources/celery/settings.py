@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from traceexport.errors import ConfigError, Problem
-from traceexport.redaction import USERINFO_PASSWORD
+from traceexport.redaction import url_passwords
 from traceexport.sources.celery.broker_url import broker_url_problem, mask_url
 from traceexport.sources.storage import LocalStorageSettings, S3StorageSettings, StorageSettings
 
@@ -205,8 +205,7 @@ class CelerySourceSettings(BaseModel):
                 found.append(options["password"])
         if isinstance(self.storage, S3StorageSettings):
             found += [key.get_secret_value() for key in (self.storage.access_key, self.storage.secret_key) if key]
-            endpoint = USERINFO_PASSWORD.match(self.storage.endpoint_url or "")
-            found += [endpoint.group(2), unquote(endpoint.group(2))] if endpoint else []
+            found += url_passwords(self.storage.endpoint_url or "")
         return [value for value in found if value]
 
     def masked_broker_url(self) -> str:
