@@ -749,3 +749,37 @@ def test_status_shows_the_dead_letter_as_it_is_now(tmp_path: Path, capsys: pytes
         spool.close()
     assert 'traceexport_records_dead_lettered_total{sink="file"} 3' in text
     assert 'traceexport_dead_letters{sink="file"} 0' in text
+
+
+def test_dlq_list_holds_one_page_at_a_time(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dlq list` and `dlq list --json` read thousands of dead letters a page at a time (memory stays flat on
+    any number) and still print every one, the JSON as one array."""
+    _spool_with_dead_letters(tmp_path, 1)
+    spool = Spool(tmp_path, create=False)
+    try:
+        with spool.write() as conn:
+            conn.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) "
+                         "INSERT INTO dead_letters(sink, record_key, record_type, app_id, reason, status_code, "
+                         "permanent, attempts, first_attempt, last_attempt, envelope) SELECT sink, record_key || i, "
+                         "record_type, app_id, reason, status_code, permanent, attempts, first_attempt, last_attempt, "
+                         "envelope FROM dead_letters, n")
+    finally:
+        spool.close()
+    read = deadletter.list_entries
+    held: list[int] = []
+
+    def counted(*args: object, **kwargs: object) -> list[deadletter.DeadLetterEntry]:
+        entries = read(*args, **kwargs)  # type: ignore[arg-type]
+        held.append(len(entries))
+        return entries
+
+    monkeypatch.setattr(deadletter, "list_entries", counted)
+    capsys.readouterr()
+    assert main(["dlq", "list", "--spool", str(tmp_path), "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert [e["id"] for e in entries] == list(range(1, 2502))
+    assert main(["dlq", "list", "--spool", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2503 and out[-1].startswith("2501 entries; ")
+    assert held and max(held) <= 1000
