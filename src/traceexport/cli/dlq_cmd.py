@@ -279,7 +279,7 @@ def run_replay(args: argparse.Namespace) -> int:
         return 2
     if not matching:
         ids = f": no dead letter matches id {', '.join(map(str, args.ids))}" if args.ids else ""
-        empty = "" if spool_exists(spool_dir) else f" (nothing accepted yet in {spool_dir})"
+        empty = "" if spool_exists(spool_dir) else f" (nothing accepted yet in {shown(spool_dir)})"
         print(f"nothing to replay{ids}{empty}")
         return 0
     daemon = owner(spool_dir)
@@ -298,7 +298,7 @@ def run_replay(args: argparse.Namespace) -> int:
     by_daemon = sorted(set(moved) - set(here))
     if daemon is not None and by_daemon:
         which = f"those for {', '.join(by_daemon)}" if here else "them"
-        print(f"{daemon.describe()} is delivering from spool {spool_dir}: it sends {which} now "
+        print(f"{daemon.describe()} is delivering from spool {shown(spool_dir)}: it sends {which} now "
               f"('traceexport status{spool_option(spool_dir)}' shows progress)")
     if not here:
         return 0
@@ -316,8 +316,9 @@ def _cannot_deliver(args: argparse.Namespace, config: Config | None, spool_dir: 
     from traceexport.config.models import SINK_TYPES
 
     if config is None:
-        nobody = (f"no daemon is delivering from spool {spool_dir}" if daemon is None else
-                  f"{daemon.describe()} delivering from spool {spool_dir} does not deliver to {', '.join(sinks)}")
+        nobody = (f"no daemon is delivering from spool {shown(spool_dir)}" if daemon is None else
+                  f"{daemon.describe()} delivering from spool {shown(spool_dir)} does not deliver to "
+                  f"{', '.join(sinks)}")
         where = f"{nobody}, so 'dlq replay' delivers the records itself"
         if all(name in SINK_TYPES for name in sinks):
             command = "traceexport dlq replay" + spool_option(spool_dir) + _filters(args) + f" --to {','.join(sinks)}"
@@ -387,14 +388,14 @@ def run_retire(args: argparse.Namespace) -> int:
     if daemon is not None and daemon.delivers(args.sink):
         # Its worker would go on sending what was just dead-lettered (its queue position is in its memory):
         # the records would be both delivered and in the dead letter, and a replay would send them twice.
-        print(f"error: {daemon.describe()} delivering from spool {spool_path(args)} still delivers to "
+        print(f"error: {daemon.describe()} delivering from spool {shown(spool_path(args))} still delivers to "
               f"{args.sink}: take {args.sink} out of its config and restart it, then retire it; nothing was "
               "moved", file=sys.stderr)
         return 2
     command = turn_holder(spool_path(args), args.sink)
     if command is not None:  # a command delivering by itself (export, replay, ...): the same, from its own position
         print(f"error: {command} (a traceexport command) is delivering to {args.sink} from spool "
-              f"{spool_path(args)}: let it finish or stop it, then retire {args.sink}; nothing was moved",
+              f"{shown(spool_path(args))}: let it finish or stop it, then retire {args.sink}; nothing was moved",
               file=sys.stderr)
         return 2
     moved = _query_one(args, lambda spool: deadletter.retire(spool, args.sink),

@@ -174,14 +174,14 @@ def deliver(spool_dir: Path, routes: list[Route], records: Iterable[Record], set
         pipe.close()
         return 2
     if daemon is not None:
-        print(f"{daemon.describe()} is delivering from spool {spool_dir}: it sends these records "
+        print(f"{daemon.describe()} is delivering from spool {shown(spool_dir)}: it sends these records "
               "(with its own retry settings)", file=sys.stderr)
     turn = None
     if daemon is None:
         other = owner(spool_dir)
         if other is not None:
-            print(f"{other.describe()} delivering from spool {spool_dir} does not deliver to {', '.join(names)}; "
-                  "delivering them here", file=sys.stderr)
+            print(f"{other.describe()} delivering from spool {shown(spool_dir)} does not deliver to "
+                  f"{', '.join(names)}; delivering them here", file=sys.stderr)
         try:
             turn = DeliveryTurn(spool_dir, names, lambda text: print(text, file=sys.stderr))
         except BaseException:
@@ -215,7 +215,7 @@ def deliver(spool_dir: Path, routes: list[Route], records: Iterable[Record], set
         if gave_up:
             only = f" --sink {gave_up[0]}" if len(gave_up) == 1 else ""
             print(f"error: delivery to {', '.join(gave_up)} did not succeed within the retry limit; the records "
-                  f"are kept in the dead letter of spool {spool_dir}. To send them again: traceexport dlq "
+                  f"are kept in the dead letter of spool {shown(spool_dir)}. To send them again: traceexport dlq "
                   f"replay{spool_option(spool_dir)}{only} --since {started.isoformat()} {sinks_flag}",
                   file=sys.stderr)
             return 1
@@ -243,5 +243,5 @@ def _report_stuck(pipe: Pipeline, spool_dir: Path, sinks_flag: str, accepted_all
     # export delivers what the spool holds for sink types; sinks of a config file: the daemon does.
     command = "export" if sinks_flag.startswith("--to") else "serve"
     print(f"error: delivery did not finish before --timeout ({left}){note}; the undelivered records are kept "
-          f"in spool {spool_dir}. To resume: traceexport {command}{spool_option(spool_dir)} {sinks_flag}",
+          f"in spool {shown(spool_dir)}. To resume: traceexport {command}{spool_option(spool_dir)} {sinks_flag}",
           file=sys.stderr)
