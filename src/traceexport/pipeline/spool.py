@@ -132,6 +132,15 @@ class Refusal:
     reason: str
 
 
+def _read_only_note(spool_dir: Path) -> str:
+    """Why SQLite cannot open a spool in a directory this process may not write (a read-only mount, another
+    user's spool), or ``""``."""
+    if os.access(spool_dir, os.W_OK):
+        return ""
+    return (" (the spool directory is not writable by this process: SQLite creates spool.db-wal and spool.db-shm "
+            "beside spool.db, even to read it)")
+
+
 class Spool:
     """The SQLite spool file; safe to share between threads (connections from a pool, see ``connections``)."""
 
@@ -209,7 +218,7 @@ class Spool:
     def _cannot_open(self, path: Path, exc: sqlite3.Error) -> ConfigError | SpoolUnavailableError:
         """What a connection that could not be opened on ``path`` (the spool or its ledger) means."""
         if not self._opened:  # at start-up: the file itself is unusable
-            return ConfigError([f"{shown(path)}: {exc}"], title="cannot open spool")
+            return ConfigError([f"{shown(path)}: {exc}{_read_only_note(self.dir)}"], title="cannot open spool")
         # Later: the process is out of something (descriptors, memory); the spool is fine.
         return SpoolUnavailableError(f"spool {shown(self.dir)} cannot open a connection now ({exc}): retry later",
                                      retry_after=self.settings.full_retry_after)

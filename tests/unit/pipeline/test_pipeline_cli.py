@@ -783,3 +783,25 @@ def test_dlq_list_holds_one_page_at_a_time(tmp_path: Path, capsys: pytest.Captur
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2503 and out[-1].startswith("2501 entries; ")
     assert held and max(held) <= 1000
+
+
+def test_a_spool_in_a_read_only_directory_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`status` on a spool whose directory this process may not write (a read-only mount, another user's spool)
+    names that, not SQLite's 'unable to open database file' alone."""
+    import sqlite3
+
+    from traceexport.pipeline import spool as spool_module
+
+    _spool_with_dead_letters(tmp_path, 1)
+    capsys.readouterr()
+
+    def refused(*args: object, **kwargs: object) -> sqlite3.Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(spool_module.sqlite3, "connect", refused)
+    monkeypatch.setattr(spool_module.os, "access", lambda path, mode: mode != os.W_OK)
+    assert main(["status", "--spool", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path}/spool.db: unable to open database file (the spool directory is not writable by this "
+        "process: SQLite creates spool.db-wal and spool.db-shm beside spool.db, even to read it)\n")
