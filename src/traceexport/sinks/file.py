@@ -214,6 +214,7 @@ def from_config(name: str, options: Mapping[str, Any], env: Mapping[str, str]) -
         problems.append(f"sinks.{name}.mapping: must be one of {', '.join(MAPPINGS)}, got {mapping!r}")
     max_file_bytes = _positive_int(options, "max_file_bytes", 64 * 1024**2, name, problems)
     max_items = _positive_int(options, "max_items", 1000, name, problems)
+    fsync = _boolean(options, "fsync", True, name, problems)
     linger = options.get("linger_seconds", 0.2)
     if not isinstance(linger, int | float) or isinstance(linger, bool) or not 0 <= linger < math.inf:
         problems.append(f"sinks.{name}.linger_seconds: must be a finite number >= 0, got {linger!r}")
@@ -222,8 +223,7 @@ def from_config(name: str, options: Mapping[str, Any], env: Mapping[str, str]) -
         raise ConfigError(problems)
     directory = Path(str(options.get("path") or env.get("TRACEEXPORT_FILE_SINK_DIR") or DEFAULT_DIR))
     limits = BatchLimits(max_items=max_items, max_bytes=16 * 1024**2, linger_seconds=float(linger))
-    return FileSink(name, directory, mapping, max_file_bytes=max_file_bytes,
-                    fsync=bool(options.get("fsync", True)), limits=limits)
+    return FileSink(name, directory, mapping, max_file_bytes=max_file_bytes, fsync=fsync, limits=limits)
 
 
 def _positive_int(options: Mapping[str, Any], key: str, default: int, name: str, problems: list[str]) -> int:
@@ -232,3 +232,20 @@ def _positive_int(options: Mapping[str, Any], key: str, default: int, name: str,
         problems.append(f"sinks.{name}.{key}: must be a positive integer, got {value!r}")
         return default
     return value
+
+
+_TRUE = {"true", "yes", "on", "1", "t", "y"}
+_FALSE = {"false", "no", "off", "0", "f", "n"}
+
+
+def _boolean(options: Mapping[str, Any], key: str, default: bool, name: str, problems: list[str]) -> bool:
+    """A yes/no option: a YAML boolean, or its text as ``${ENV}`` substitution leaves it (``false``, ``no``,
+    ``0``, ...), read as the config's other boolean options are."""
+    value = options.get(key, default)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, str | int) else ""
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    problems.append(f"sinks.{name}.{key}: must be true or false, got {value!r}")
+    return default

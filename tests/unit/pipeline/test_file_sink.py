@@ -137,3 +137,17 @@ def test_two_processes_writing_one_file_lose_nothing(tmp_path: Path) -> None:
     assert [w.wait(timeout=120) for w in writers] == [0, 0]
     keys = _keys(tmp_path)
     assert len(keys) == len(set(keys)) == 2 * batches * 3
+
+
+@pytest.mark.parametrize(("value", "fsync"), [(False, False), ("false", False), ("no", False), ("0", False),
+                                              (True, True), ("True", True), ("on", True)])
+def test_fsync_as_yaml_or_environment_text(value: object, fsync: bool) -> None:
+    """`fsync: ${VAR}` arrives as text: 'false' or 'no' turns fsync off, as a YAML false does (it was true)."""
+    assert from_config("file", {"fsync": value}, {}).fsync is fsync
+
+
+def test_fsync_that_is_no_yes_or_no_is_a_config_error() -> None:
+    """An fsync value that says neither yes nor no is named, not taken as true."""
+    with pytest.raises(ConfigError) as err:
+        from_config("out", {"fsync": "sometimes"}, {})
+    assert [p.message for p in err.value.problems] == ["sinks.out.fsync: must be true or false, got 'sometimes'"]
