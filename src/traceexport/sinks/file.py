@@ -26,6 +26,7 @@ import errno
 import fcntl
 import math
 import os
+import stat
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -144,7 +145,14 @@ class FileSink:
             self.directory.mkdir(parents=True, exist_ok=True)
         except FileExistsError:  # what mkdir says of a file in the directory's place
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(self.directory)) from None
-        fd = os.open(self.current_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:  # non-blocking: a FIFO in the file's place would otherwise hang the sink until a reader comes
+            fd = os.open(self.current_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK,
+                         0o666)
+        except OSError as exc:
+            raise _not_a_file(self.current_path) if exc.errno == errno.ENXIO else exc from None
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):  # one with a reader: it cannot be appended to (or rotated)
+            os.close(fd)
+            raise _not_a_file(self.current_path)
         if self.fsync:  # the file's name on disk too, when it was just made (here or by a rotation)
             try:
                 _fsync_directory(self.directory)
@@ -183,6 +191,10 @@ class FileSink:
         """Close the file; idempotent."""
         with self._lock:
             self._close()
+
+
+def _not_a_file(path: Path) -> OSError:
+    return OSError(errno.EINVAL, "not a regular file", str(path))
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,15 @@ def test_fsync_that_is_no_yes_or_no_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as err:
         from_config("out", {"fsync": "sometimes"}, {})
     assert [p.message for p in err.value.problems] == ["sinks.out.fsync: must be true or false, got 'sometimes'"]
+
+
+def test_a_fifo_in_the_files_place_fails_at_once(tmp_path: Path) -> None:
+    """A FIFO where the file should be is a retryable failure naming it, not a sink hung until a reader comes
+    (export's --timeout and serve's stop waited on it for good)."""
+    os.mkfifo(tmp_path / "otlp.jsonl")
+    done = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                           "from traceexport.sinks.base import Payload; from traceexport.sinks.file import FileSink; "
+                           "r = FileSink('file', Path(sys.argv[1])).export([Payload('span', {}, 'k')]); "
+                           "print(r.failures[0].reason, r.failures[0].permanent)", str(tmp_path)],
+                          capture_output=True, text=True, timeout=20, check=True)
+    assert done.stdout == f"file sink file: cannot write {tmp_path}/otlp.jsonl: not a regular file False\n"
