@@ -239,9 +239,13 @@ def _accept_all(pipe: Pipeline, records: Iterable[Record], deadline: float) -> b
 def _report_stuck(pipe: Pipeline, spool_dir: Path, sinks_flag: str, accepted_all: bool) -> None:
     pending = {n: c for n, c in pipe.pending().items() if c}
     left = ", ".join(f"{c} for {n}" for n, c in pending.items()) or "none pending"
-    note = "" if accepted_all else " (not every input record was accepted: run the export again)"
+    if not accepted_all:  # a command without the input files would never read the records left out
+        print(f"error: the spool did not take every input record before --timeout; what it took stays in spool "
+              f"{shown(spool_dir)} ({left}). To resume: run the same export command again (the records it "
+              "took are sent once more, with the same ids)", file=sys.stderr)
+        return
     # export delivers what the spool holds for sink types; sinks of a config file: the daemon does.
     command = "export" if sinks_flag.startswith("--to") else "serve"
-    print(f"error: delivery did not finish before --timeout ({left}){note}; the undelivered records are kept "
+    print(f"error: delivery did not finish before --timeout ({left}); the undelivered records are kept "
           f"in spool {shown(spool_dir)}. To resume: traceexport {command}{spool_option(spool_dir)} {sinks_flag}",
           file=sys.stderr)

@@ -805,3 +805,24 @@ def test_a_spool_in_a_read_only_directory_says_so(tmp_path: Path, capsys: pytest
     assert capsys.readouterr().err == (
         f"error: {tmp_path}/spool.db: unable to open database file (the spool directory is not writable by this "
         "process: SQLite creates spool.db-wal and spool.db-shm beside spool.db, even to read it)\n")
+
+
+def test_export_that_could_not_store_its_input_says_to_run_it_again(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the spool stays full, `export` exits 1 telling to run the same command again: the resume command it
+    printed named no input files, so it would never have read the records left out."""
+    from traceexport.errors import SpoolFullError
+
+    def full(*args: object, **kwargs: object) -> list[tuple[int, str]]:
+        raise SpoolFullError("spool x is full")
+
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    monkeypatch.setattr(Pipeline, "accept_waiting", full)
+    assert main(["export", "--to", "file", "--spool", str(tmp_path / "spool"), "--timeout", "0",
+                 str(SAMPLES / "05-message-chat.json")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "error: spool x is full"
+    assert err[-1].endswith("To resume: run the same export command again (the records it took are sent once "
+                            "more, with the same ids)")
+    assert "traceexport export" not in err[-1]
