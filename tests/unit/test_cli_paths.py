@@ -139,3 +139,21 @@ def test_ctrl_c_says_where_the_work_stands(tmp_path: Path) -> None:
     assert "Traceback" not in err
     assert err.splitlines()[-1] == ("traceexport replay: interrupted; what it accepted stays in the spool; run the "
                                     "same replay again to resume (it skips what was handed over)")
+
+
+def test_a_spool_path_with_a_newline_stays_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A spool path holding a newline is shown escaped (`\\n`) by status, dlq and export, so each message stays one
+    line; a command printed to run next quotes it as bash's $'...', which names the same directory."""
+    spool = tmp_path / "a\nit's"
+    assert main(["status", "--spool", str(spool)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"spool {tmp_path}/a\\nit's: 0 records, 0.0 MB"
+    blocker = tmp_path / "b\nc"
+    blocker.write_text("")
+    for argv in (["status"], ["dlq", "list"], ["export", "--to", "file", "-"]):
+        assert main([*argv, "--spool", str(blocker / "s")]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+    from traceexport.cli.common import pasteable
+    named = subprocess.run(["bash", "-c", f"printf %s {pasteable(spool)}"], capture_output=True, text=True,
+                           check=True).stdout
+    assert named == str(spool) and "\n" not in pasteable(spool)

@@ -29,6 +29,7 @@ from traceexport.cli.common import exit_2_on_bad_input, seconds_to_wait
 from traceexport.cli.serve_cmd import add_common_flags, overrides_from
 from traceexport.config import Config
 from traceexport.errors import SourceError
+from traceexport.shown import shown
 
 EXIT_MISSING = 3
 MAX_PROBLEMS = 20  # rows that cannot be rebuilt listed one per line
@@ -105,12 +106,12 @@ def _sinks_from_spool(args: argparse.Namespace) -> None:
     wanted = _names(args.sink) or recorded
     unknown = [name for name in wanted if name not in recorded]
     if unknown:
-        raise SourceError(f"--sink {unknown[0]}: spool {spool_dir} never delivered to a sink of that name "
+        raise SourceError(f"--sink {unknown[0]}: spool {shown(spool_dir)} never delivered to a sink of that name "
                           f"(it has: {', '.join(recorded) or 'none'})")
     typed = [name for name in wanted if name in SINK_TYPES]
     by_file = [name for name in wanted if name not in SINK_TYPES]
     if by_file and (args.sink or not typed):
-        raise SourceError(f"sink {', '.join(by_file)} of spool {spool_dir} is defined by a config file (its "
+        raise SourceError(f"sink {', '.join(by_file)} of spool {shown(spool_dir)} is defined by a config file (its "
                           "type and mapping are not in the spool): pass --config with the file serve uses")
     if by_file:
         print(f"audit: not auditing {', '.join(by_file)} (defined by a config file: pass --config to audit them)",
@@ -143,7 +144,7 @@ def audit(config: Config, job: Job) -> Any:
     spool_dir = Path(config.spool.dir)
     try:
         if not spool_exists(spool_dir):
-            print(f"audit: no spool at {spool_dir}: nothing was delivered from it (give the --spool serve uses)",
+            print(f"audit: no spool at {shown(spool_dir)}: nothing was delivered from it (give the --spool serve uses)",
                   file=sys.stderr)
             return audit_window(config, _NoLedger(), job.source(), job.window, unbuildable)
         spool = Spool(spool_dir, create=False)

@@ -15,6 +15,7 @@ import yaml
 from traceexport.errors import ConfigError, DaemonConflictError, RecordError, SourceError
 from traceexport.records import Record
 from traceexport.records.stream import EMPTY_FILE, Piece, piece_record, stream_pieces
+from traceexport.shown import shown
 
 
 def iter_pieces(files: Sequence[str]) -> Iterator[tuple[str, Piece]]:
@@ -64,7 +65,17 @@ def spool_option(spool_dir: str | os.PathLike[str]) -> str:
     default = os.environ.get("TRACEEXPORT_SPOOL") or "traceexport-spool"
     if os.path.abspath(spool_dir) == os.path.abspath(default):
         return ""
-    return f" --spool {shlex.quote(str(spool_dir))}"
+    return f" --spool {pasteable(spool_dir)}"
+
+
+def pasteable(path: str | os.PathLike[str]) -> str:
+    """``path`` quoted for a shell command printed on one line: as ``shlex.quote`` does, or, for a name holding
+    a newline, a control character or a byte that is not UTF-8, as bash's ``$'...'`` with those escaped
+    (``$'a\\nb'``), the way :func:`~traceexport.shown.shown` shows them."""
+    text = os.fspath(path)
+    if text.isprintable():
+        return shlex.quote(text)
+    return "$'" + shown(text.replace("\\", "\\\\").replace("'", "\\'")) + "'"
 
 
 def report_bad(error: RecordError) -> None:

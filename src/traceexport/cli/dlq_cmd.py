@@ -8,7 +8,8 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Callable
+import textwrap
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ from traceexport.pipeline.turns import turn_holder
 from traceexport.shown import shown
 
 T = TypeVar("T")
+_PAGE = 1000  # dead letters 'dlq list' reads at a time
 
 
 def parse_when(text: str, now: float | None = None) -> float:
@@ -159,29 +161,63 @@ def _readable(entry: deadletter.DeadLetterEntry) -> dict[str, Any]:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    """Print dead letters as a table or JSON."""
+    """Print dead letters as a table or JSON, read a page at a time (memory stays flat on any number)."""
     if _unknown_sink(args):
         return 2
-    none: list[deadletter.DeadLetterEntry] = []
-    entries = query_spool(args, lambda spool: deadletter.list_entries(spool, args.sink), none)
-    if entries is None:
+
+    def show(pages: Iterable[list[deadletter.DeadLetterEntry]]) -> bool:
+        if args.json:
+            _print_json(pages)
+        else:
+            _print_table(args, pages)
+        return True
+
+    shown_all = query_spool(args, lambda spool: show(_pages(spool, args.sink)), False)
+    if shown_all is None:
         return 2
-    if args.json:
-        print(json.dumps([_readable(e) for e in entries], indent=2))
-        return 0
-    if not entries:
-        print("the dead letter is empty" + (f" for sink {args.sink}" if args.sink else ""))
-        return 0
-    print(f"{'ID':>6}  {'SINK':<12} {'TYPE':<18} {'ATTEMPTS':>8}  {'LAST ATTEMPT':<20}  REASON")
-    for e in entries:
-        kind = "permanent" if e.permanent else "gave up"
-        print(f"{e.id:>6}  {e.sink:<12} {e.record_type:<18} {e.attempts:>8}  {_stamp(e.last_attempt):<20}  "
-              f"[{kind}] {shown(e.reason[:160])}")
-    print(f"{len(entries)} entr{'ies' if len(entries) != 1 else 'y'}; " + _list_hint(args, entries))
+    if not shown_all:  # no spool yet: an empty dead letter
+        show(())
     return 0
 
 
-def _list_hint(args: argparse.Namespace, entries: list[deadletter.DeadLetterEntry]) -> str:
+def _pages(spool: Spool, sink: str | None) -> Iterator[list[deadletter.DeadLetterEntry]]:
+    """The dead letters, oldest first, :data:`_PAGE` at a time."""
+    after = 0
+    while page := deadletter.list_entries(spool, sink, after_id=after, limit=_PAGE):
+        yield page
+        after = page[-1].id
+
+
+def _print_json(pages: Iterable[list[deadletter.DeadLetterEntry]]) -> None:
+    """The entries as one JSON array (as ``json.dumps(..., indent=2)`` writes it), printed as they are read."""
+    opening = "[\n"
+    for page in pages:
+        for entry in page:
+            sys.stdout.write(opening + textwrap.indent(json.dumps(_readable(entry), indent=2), "  "))
+            opening = ",\n"
+    print("[]" if opening == "[\n" else "\n]")
+
+
+def _print_table(args: argparse.Namespace, pages: Iterable[list[deadletter.DeadLetterEntry]]) -> None:
+    """The entries as a table, printed as they are read, then their count and what to run next."""
+    count, first_id, sinks = 0, 0, set()
+    for page in pages:
+        if not count:
+            first_id = page[0].id
+            print(f"{'ID':>6}  {'SINK':<12} {'TYPE':<18} {'ATTEMPTS':>8}  {'LAST ATTEMPT':<20}  REASON")
+        for e in page:
+            kind = "permanent" if e.permanent else "gave up"
+            print(f"{e.id:>6}  {e.sink:<12} {e.record_type:<18} {e.attempts:>8}  {_stamp(e.last_attempt):<20}  "
+                  f"[{kind}] {shown(e.reason[:160])}")
+            sinks.add(e.sink)
+        count += len(page)
+    if not count:
+        print("the dead letter is empty" + (f" for sink {args.sink}" if args.sink else ""))
+        return
+    print(f"{count} entr{'ies' if count != 1 else 'y'}; " + _list_hint(args, first_id, sorted(sinks)))
+
+
+def _list_hint(args: argparse.Namespace, first_id: int, sinks: list[str]) -> str:
     """The commands to look closer and to send again, as they can be pasted: a replay command that can
     deliver every sink listed (the daemon's sinks through it, the others here, which needs their sinks)."""
     from traceexport.config.models import SINK_TYPES
@@ -189,7 +225,7 @@ def _list_hint(args: argparse.Namespace, entries: list[deadletter.DeadLetterEntr
     spool_dir = spool_path(args)
     where = spool_option(spool_dir)
     replay = f"traceexport dlq replay{where}" + (f" --sink {shlex.quote(args.sink)}" if args.sink else "")
-    here = _not_by_daemon(owner(spool_dir), sorted({e.sink for e in entries}))
+    here = _not_by_daemon(owner(spool_dir), sinks)
     note = ""
     if here and all(name in SINK_TYPES for name in here):
         replay += f" --to {','.join(here)}"
@@ -197,7 +233,7 @@ def _list_hint(args: argparse.Namespace, entries: list[deadletter.DeadLetterEntr
         replay += " --config FILE"
         note = (f" (FILE: the config file defining {', '.join(here)}, which no daemon delivers to; "
                 f"{_purge_hint(spool_dir, here)} instead)")
-    return (f"'traceexport dlq show{where} {entries[0].id}' shows one with its record, '{replay}' sends them "
+    return (f"'traceexport dlq show{where} {first_id}' shows one with its record, '{replay}' sends them "
             f"again{note}")
 
 
@@ -243,7 +279,7 @@ def run_replay(args: argparse.Namespace) -> int:
         return 2
     if not matching:
         ids = f": no dead letter matches id {', '.join(map(str, args.ids))}" if args.ids else ""
-        empty = "" if spool_exists(spool_dir) else f" (nothing accepted yet in {spool_dir})"
+        empty = "" if spool_exists(spool_dir) else f" (nothing accepted yet in {shown(spool_dir)})"
         print(f"nothing to replay{ids}{empty}")
         return 0
     daemon = owner(spool_dir)
@@ -262,7 +298,7 @@ def run_replay(args: argparse.Namespace) -> int:
     by_daemon = sorted(set(moved) - set(here))
     if daemon is not None and by_daemon:
         which = f"those for {', '.join(by_daemon)}" if here else "them"
-        print(f"{daemon.describe()} is delivering from spool {spool_dir}: it sends {which} now "
+        print(f"{daemon.describe()} is delivering from spool {shown(spool_dir)}: it sends {which} now "
               f"('traceexport status{spool_option(spool_dir)}' shows progress)")
     if not here:
         return 0
@@ -280,8 +316,9 @@ def _cannot_deliver(args: argparse.Namespace, config: Config | None, spool_dir: 
     from traceexport.config.models import SINK_TYPES
 
     if config is None:
-        nobody = (f"no daemon is delivering from spool {spool_dir}" if daemon is None else
-                  f"{daemon.describe()} delivering from spool {spool_dir} does not deliver to {', '.join(sinks)}")
+        nobody = (f"no daemon is delivering from spool {shown(spool_dir)}" if daemon is None else
+                  f"{daemon.describe()} delivering from spool {shown(spool_dir)} does not deliver to "
+                  f"{', '.join(sinks)}")
         where = f"{nobody}, so 'dlq replay' delivers the records itself"
         if all(name in SINK_TYPES for name in sinks):
             command = "traceexport dlq replay" + spool_option(spool_dir) + _filters(args) + f" --to {','.join(sinks)}"
@@ -351,14 +388,14 @@ def run_retire(args: argparse.Namespace) -> int:
     if daemon is not None and daemon.delivers(args.sink):
         # Its worker would go on sending what was just dead-lettered (its queue position is in its memory):
         # the records would be both delivered and in the dead letter, and a replay would send them twice.
-        print(f"error: {daemon.describe()} delivering from spool {spool_path(args)} still delivers to "
+        print(f"error: {daemon.describe()} delivering from spool {shown(spool_path(args))} still delivers to "
               f"{args.sink}: take {args.sink} out of its config and restart it, then retire it; nothing was "
               "moved", file=sys.stderr)
         return 2
     command = turn_holder(spool_path(args), args.sink)
     if command is not None:  # a command delivering by itself (export, replay, ...): the same, from its own position
         print(f"error: {command} (a traceexport command) is delivering to {args.sink} from spool "
-              f"{spool_path(args)}: let it finish or stop it, then retire {args.sink}; nothing was moved",
+              f"{shown(spool_path(args))}: let it finish or stop it, then retire {args.sink}; nothing was moved",
               file=sys.stderr)
         return 2
     moved = _query_one(args, lambda spool: deadletter.retire(spool, args.sink),

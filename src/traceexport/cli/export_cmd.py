@@ -174,14 +174,14 @@ def deliver(spool_dir: Path, routes: list[Route], records: Iterable[Record], set
         pipe.close()
         return 2
     if daemon is not None:
-        print(f"{daemon.describe()} is delivering from spool {spool_dir}: it sends these records "
+        print(f"{daemon.describe()} is delivering from spool {shown(spool_dir)}: it sends these records "
               "(with its own retry settings)", file=sys.stderr)
     turn = None
     if daemon is None:
         other = owner(spool_dir)
         if other is not None:
-            print(f"{other.describe()} delivering from spool {spool_dir} does not deliver to {', '.join(names)}; "
-                  "delivering them here", file=sys.stderr)
+            print(f"{other.describe()} delivering from spool {shown(spool_dir)} does not deliver to "
+                  f"{', '.join(names)}; delivering them here", file=sys.stderr)
         try:
             turn = DeliveryTurn(spool_dir, names, lambda text: print(text, file=sys.stderr))
         except BaseException:
@@ -215,7 +215,7 @@ def deliver(spool_dir: Path, routes: list[Route], records: Iterable[Record], set
         if gave_up:
             only = f" --sink {gave_up[0]}" if len(gave_up) == 1 else ""
             print(f"error: delivery to {', '.join(gave_up)} did not succeed within the retry limit; the records "
-                  f"are kept in the dead letter of spool {spool_dir}. To send them again: traceexport dlq "
+                  f"are kept in the dead letter of spool {shown(spool_dir)}. To send them again: traceexport dlq "
                   f"replay{spool_option(spool_dir)}{only} --since {started.isoformat()} {sinks_flag}",
                   file=sys.stderr)
             return 1
@@ -239,9 +239,13 @@ def _accept_all(pipe: Pipeline, records: Iterable[Record], deadline: float) -> b
 def _report_stuck(pipe: Pipeline, spool_dir: Path, sinks_flag: str, accepted_all: bool) -> None:
     pending = {n: c for n, c in pipe.pending().items() if c}
     left = ", ".join(f"{c} for {n}" for n, c in pending.items()) or "none pending"
-    note = "" if accepted_all else " (not every input record was accepted: run the export again)"
+    if not accepted_all:  # a command without the input files would never read the records left out
+        print(f"error: the spool did not take every input record before --timeout; what it took stays in spool "
+              f"{shown(spool_dir)} ({left}). To resume: run the same export command again (the records it "
+              "took are sent once more, with the same ids)", file=sys.stderr)
+        return
     # export delivers what the spool holds for sink types; sinks of a config file: the daemon does.
     command = "export" if sinks_flag.startswith("--to") else "serve"
-    print(f"error: delivery did not finish before --timeout ({left}){note}; the undelivered records are kept "
-          f"in spool {spool_dir}. To resume: traceexport {command}{spool_option(spool_dir)} {sinks_flag}",
+    print(f"error: delivery did not finish before --timeout ({left}); the undelivered records are kept "
+          f"in spool {shown(spool_dir)}. To resume: traceexport {command}{spool_option(spool_dir)} {sinks_flag}",
           file=sys.stderr)

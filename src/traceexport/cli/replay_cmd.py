@@ -295,7 +295,7 @@ def report(summary: str, metrics: dict[str, Any], idle: bool, dead: Sequence[Dea
         pending = sum(s["queue_depth"] for s in metrics["sinks"].values())
         then = ("the daemon delivering from it sends them; 'traceexport status" + spool_option(spool_dir)
                 + "' shows progress") if daemon else again
-        print(f"{summary.split(':')[0]}: {pending} record(s) still pending in spool {spool_dir}; {then}",
+        print(f"{summary.split(':')[0]}: {pending} record(s) still pending in spool {shown(spool_dir)}; {then}",
               file=sys.stderr)
         code = 1
     return code

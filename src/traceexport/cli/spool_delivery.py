@@ -21,6 +21,7 @@ from traceexport.config import Config, build_routes
 from traceexport.pipeline.deadletter import DeadLetterEntry
 from traceexport.pipeline.turns import DeliveryTurn
 from traceexport.records import Record
+from traceexport.shown import shown
 
 
 class SpoolDelivery:
@@ -37,7 +38,7 @@ class SpoolDelivery:
         daemon = delivering_daemon(spool_dir, config.sinks)  # DaemonConflictError: it delivers to some only
         other = owner(spool_dir) if daemon is None else None
         if other is not None:
-            line(f"{what}: {other.describe()} delivering from spool {spool_dir} does not deliver to "
+            line(f"{what}: {other.describe()} delivering from spool {shown(spool_dir)} does not deliver to "
                  f"{', '.join(config.sinks)}; delivering them here")
         routes = build_routes(config)
         env = dict(os.environ)  # picklable: a delivery process rebuilds sinks and enricher from config + env
@@ -59,7 +60,7 @@ class SpoolDelivery:
         if daemon is None:
             self.pipeline.start()
         else:  # the daemon delivers what this command accepts
-            line(f"{what}: {daemon.describe()} is delivering from spool {spool_dir}; handing the records to it")
+            line(f"{what}: {daemon.describe()} is delivering from spool {shown(spool_dir)}; handing the records to it")
             for route in routes:
                 route.sink.shutdown(1.0)
 

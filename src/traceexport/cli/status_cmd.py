@@ -18,6 +18,7 @@ from traceexport.pipeline.owner import owner
 from traceexport.pipeline.spool import Spool, spool_dir_default
 from traceexport.pipeline.spool_dir import SPOOL_FILE, check_spool_dir
 from traceexport.pipeline.turns import turn_holder
+from traceexport.shown import shown
 
 T = TypeVar("T")
 _TOTALS = ("accepted", "exported", "retried", "dropped")  # counters: totals since the spool began, only rise
@@ -42,7 +43,7 @@ def spool_exists(spool_dir: Path) -> bool:
     try:
         return (spool_dir / SPOOL_FILE).is_file()
     except OSError as exc:
-        raise ConfigError([Problem("", f"spool {spool_dir}: {exc.strerror or exc}")],
+        raise ConfigError([Problem("", f"spool {shown(spool_dir)}: {exc.strerror or exc}")],
                           title="cannot open spool") from exc
 
 
@@ -61,7 +62,7 @@ def query_spool(args: argparse.Namespace, query: Callable[[Spool], T], empty: T)
     try:
         return query(spool)
     except sqlite3.Error as exc:
-        print(f"error: spool {spool_dir}: {exc}", file=sys.stderr)
+        print(f"error: spool {shown(spool_dir)}: {exc}", file=sys.stderr)
         return None
     finally:
         spool.close()
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(snap, indent=2, sort_keys=True))
         return 0
-    print(f"spool {snap['spool']}: {snap['records']} records, {snap['spool_bytes'] / 1e6:.1f} MB")
+    print(f"spool {shown(snap['spool'])}: {snap['records']} records, {snap['spool_bytes'] / 1e6:.1f} MB")
     if not snap["sinks"]:
         print("nothing accepted yet: no sink has used this spool")
         return 0

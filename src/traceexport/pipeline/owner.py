@@ -19,6 +19,7 @@ from pathlib import Path
 from traceexport.errors import ConfigError, DaemonConflictError, Problem
 from traceexport.pipeline.lock_peek import held_by
 from traceexport.pipeline.spool_dir import LOCK_FILE, check_spool_dir
+from traceexport.shown import shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,7 @@ class DaemonLock:
             os.close(fd)
             other = owner(Path(spool_dir))
             who = other.describe() if other else "another daemon"
-            raise ConfigError([Problem("spool.dir", f"{who} is already delivering from spool {spool_dir}: "
+            raise ConfigError([Problem("spool.dir", f"{who} is already delivering from spool {shown(spool_dir)}: "
                                                     "stop it first, or give this one its own --spool")],
                               title="cannot start") from None
         os.ftruncate(fd, 0)
@@ -90,7 +91,7 @@ def delivering_daemon(spool_dir: Path, sinks: Iterable[str]) -> Owner | None:
         return daemon
     others = ", ".join(name for name in names if name not in covered)
     raise DaemonConflictError(
-        f"{daemon.describe()} is delivering from spool {spool_dir} to {', '.join(daemon.sinks)}, not to "
+        f"{daemon.describe()} is delivering from spool {shown(spool_dir)} to {', '.join(daemon.sinks)}, not to "
         f"{others}: deliver to {', '.join(covered)} and to {others} in separate runs, or use a spool of your "
         "own (--spool)")
 

@@ -62,6 +62,7 @@ from traceexport.pipeline.ledger import create as create_ledger
 from traceexport.pipeline.settings import PipelineSettings
 from traceexport.pipeline.spool_dir import SPOOL_FILE, check_spool_dir
 from traceexport.pipeline.write_lock import BUSY_TIMEOUT, begin_immediate
+from traceexport.shown import shown
 
 log = logging.getLogger(__name__)
 MAX_SINKS = 62
@@ -131,6 +132,15 @@ class Refusal:
     reason: str
 
 
+def _read_only_note(spool_dir: Path) -> str:
+    """Why SQLite cannot open a spool in a directory this process may not write (a read-only mount, another
+    user's spool), or ``""``."""
+    if os.access(spool_dir, os.W_OK):
+        return ""
+    return (" (the spool directory is not writable by this process: SQLite creates spool.db-wal and spool.db-shm "
+            "beside spool.db, even to read it)")
+
+
 class Spool:
     """The SQLite spool file; safe to share between threads (connections from a pool, see ``connections``)."""
 
@@ -140,12 +150,12 @@ class Spool:
         self.path = self.dir / SPOOL_FILE
         check_spool_dir(self.dir)
         if not create and not self.path.exists():
-            raise ConfigError([f"no spool at {self.dir}: nothing was accepted there yet"],
+            raise ConfigError([f"no spool at {shown(self.dir)}: nothing was accepted there yet"],
                               title="spool not found")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError([f"spool directory {self.dir}: {exc.strerror}"],
+            raise ConfigError([f"spool directory {shown(self.dir)}: {exc.strerror}"],
                               title="cannot open spool") from exc
         self._opened = False
         self._pool = ConnectionPool(self._open)
@@ -208,9 +218,9 @@ class Spool:
     def _cannot_open(self, path: Path, exc: sqlite3.Error) -> ConfigError | SpoolUnavailableError:
         """What a connection that could not be opened on ``path`` (the spool or its ledger) means."""
         if not self._opened:  # at start-up: the file itself is unusable
-            return ConfigError([f"{path}: {exc}"], title="cannot open spool")
+            return ConfigError([f"{shown(path)}: {exc}{_read_only_note(self.dir)}"], title="cannot open spool")
         # Later: the process is out of something (descriptors, memory); the spool is fine.
-        return SpoolUnavailableError(f"spool {self.dir} cannot open a connection now ({exc}): retry later",
+        return SpoolUnavailableError(f"spool {shown(self.dir)} cannot open a connection now ({exc}): retry later",
                                      retry_after=self.settings.full_retry_after)
 
     def conn(self) -> sqlite3.Connection:
@@ -282,7 +292,7 @@ class Spool:
                     continue
                 free = sorted(set(range(MAX_SINKS)) - set(known.values()))
                 if not free:
-                    raise ConfigError([f"spool {self.dir} already tracks {MAX_SINKS} sinks"])
+                    raise ConfigError([f"spool {shown(self.dir)} already tracks {MAX_SINKS} sinks"])
                 known[name] = free[0]
                 conn.execute("INSERT INTO sinks(name, bit, cursor) VALUES (?, ?, 0)", (name, free[0]))
         return {name: known[name] for name in names}
@@ -399,7 +409,7 @@ class Spool:
             cause = disk_full_cause(exc, self.dir)
             if cause is None:
                 raise
-            reason = (f"the disk holding spool {self.dir} is full ({_one_line(cause)}): retry later, or free "
+            reason = (f"the disk holding spool {shown(self.dir)} is full ({_one_line(cause)}): retry later, or free "
                       "space there")
             self._refusal = Refusal(True, incoming, reason)
             raise DiskFullError(reason, retry_after=self.settings.full_retry_after) from exc
@@ -438,7 +448,7 @@ class Spool:
         with self.transaction() as conn:
             short = self._disk_short_of(conn, incoming)
             if short:
-                raise DiskFullError(f"the disk holding spool {self.dir} is nearly full: {short} bytes more are "
+                raise DiskFullError(f"the disk holding spool {shown(self.dir)} is nearly full: {short} bytes more are "
                                     "needed to take these records and keep the room delivery needs to go on; "
                                     "retry later, or free space there (or lower spool.max_bytes to fit the disk)",
                                     retry_after=self.settings.full_retry_after)
@@ -446,7 +456,7 @@ class Spool:
             if over > 0:
                 if self.settings.on_full != "drop_oldest":
                     raise SpoolFullError(
-                        f"spool {self.dir} is full ({self.settings.max_bytes} bytes): retry later, or raise "
+                        f"spool {shown(self.dir)} is full ({self.settings.max_bytes} bytes): retry later, or raise "
                         "the spool size limit", retry_after=self.settings.full_retry_after)
                 self._drop_oldest(conn, over, now)
             conn.executemany(
@@ -484,7 +494,7 @@ class Spool:
             if freed >= over:
                 break
         if last is None:
-            raise SpoolFullError(f"spool {self.dir} is full and holds no records to drop (the dead letter or "
+            raise SpoolFullError(f"spool {shown(self.dir)} is full and holds no records to drop (the dead letter or "
                                  "the delivery ledger takes the room?): purge the dead letter, shorten "
                                  "ledger.retention, or raise spool.max_bytes",
                                  retry_after=self.settings.full_retry_after)
@@ -558,7 +568,7 @@ class Spool:
         room = self.settings.max_bytes - self._reserved_bytes(conn)
         need = max(_READY_ROOM, refusal.need if refusal is not None else 0)
         if room < need:
-            return (f"spool {self.dir} is full ({room if room > 0 else 0} of {self.settings.max_bytes} bytes "
+            return (f"spool {shown(self.dir)} is full ({room if room > 0 else 0} of {self.settings.max_bytes} bytes "
                     "free): waiting for delivery to make room")
         return None
 

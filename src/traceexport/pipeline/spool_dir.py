@@ -14,6 +14,7 @@ from pathlib import Path
 
 from traceexport.errors import ConfigError, Problem
 from traceexport.pipeline.ledger import LEDGER_FILE
+from traceexport.shown import shown
 
 SPOOL_FILE = "spool.db"
 LOCK_FILE = "daemon.lock"
@@ -35,7 +36,7 @@ def spool_dir_problem(spool_dir: str | os.PathLike[str]) -> str | None:
         except OSError:
             return None
         if not stat.S_ISDIR(mode):
-            return f"spool {path}: {'' if candidate == path else f'{candidate} is '}not a directory"
+            return f"spool {shown(path)}: {'' if candidate == path else f'{shown(candidate)} is '}not a directory"
         return _file_problem(path) if candidate == path else None
     return None
 
@@ -48,7 +49,7 @@ def _file_problem(path: Path) -> str | None:
         except OSError:
             continue  # absent (created when needed) or unreadable (the open says so)
         if not stat.S_ISREG(mode):
-            return f"spool {path}: {name} is not a file"
+            return f"spool {shown(path)}: {name} is not a file"
     return None
 
 

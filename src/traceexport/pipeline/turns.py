@@ -17,6 +17,7 @@ from pathlib import Path
 
 from traceexport.errors import ConfigError, Problem
 from traceexport.pipeline.lock_peek import held_by
+from traceexport.shown import shown
 
 
 def turn_file(spool_dir: Path, sink: str) -> Path:
@@ -48,10 +49,10 @@ class DeliveryTurn:
                 who = _holder(fd)
                 if say is None:
                     raise ConfigError([Problem("spool.dir", f"{who} (a traceexport command) is delivering to "
-                                                            f"{sink} from spool {spool_dir}: let it finish or stop "
-                                                            "it, then start again")],
+                                                            f"{sink} from spool {shown(spool_dir)}: let it finish "
+                                                            "or stop it, then start again")],
                                       title="cannot start") from None
-                say(f"waiting for {who}, which is delivering to {sink} from spool {spool_dir}: one command at "
+                say(f"waiting for {who}, which is delivering to {sink} from spool {shown(spool_dir)}: one command at "
                     "a time delivers to a sink")
                 fcntl.flock(fd, fcntl.LOCK_EX)
             os.ftruncate(fd, 0)

@@ -749,3 +749,80 @@ def test_status_shows_the_dead_letter_as_it_is_now(tmp_path: Path, capsys: pytes
         spool.close()
     assert 'traceexport_records_dead_lettered_total{sink="file"} 3' in text
     assert 'traceexport_dead_letters{sink="file"} 0' in text
+
+
+def test_dlq_list_holds_one_page_at_a_time(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dlq list` and `dlq list --json` read thousands of dead letters a page at a time (memory stays flat on
+    any number) and still print every one, the JSON as one array."""
+    _spool_with_dead_letters(tmp_path, 1)
+    spool = Spool(tmp_path, create=False)
+    try:
+        with spool.write() as conn:
+            conn.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) "
+                         "INSERT INTO dead_letters(sink, record_key, record_type, app_id, reason, status_code, "
+                         "permanent, attempts, first_attempt, last_attempt, envelope) SELECT sink, record_key || i, "
+                         "record_type, app_id, reason, status_code, permanent, attempts, first_attempt, last_attempt, "
+                         "envelope FROM dead_letters, n")
+    finally:
+        spool.close()
+    read = deadletter.list_entries
+    held: list[int] = []
+
+    def counted(*args: object, **kwargs: object) -> list[deadletter.DeadLetterEntry]:
+        entries = read(*args, **kwargs)  # type: ignore[arg-type]
+        held.append(len(entries))
+        return entries
+
+    monkeypatch.setattr(deadletter, "list_entries", counted)
+    capsys.readouterr()
+    assert main(["dlq", "list", "--spool", str(tmp_path), "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert [e["id"] for e in entries] == list(range(1, 2502))
+    assert main(["dlq", "list", "--spool", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2503 and out[-1].startswith("2501 entries; ")
+    assert held and max(held) <= 1000
+
+
+def test_a_spool_in_a_read_only_directory_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`status` on a spool whose directory this process may not write (a read-only mount, another user's spool)
+    names that, not SQLite's 'unable to open database file' alone."""
+    import sqlite3
+
+    from traceexport.pipeline import spool as spool_module
+
+    _spool_with_dead_letters(tmp_path, 1)
+    capsys.readouterr()
+
+    def refused(*args: object, **kwargs: object) -> sqlite3.Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(spool_module.sqlite3, "connect", refused)
+    monkeypatch.setattr(spool_module.os, "access", lambda path, mode: mode != os.W_OK)
+    assert main(["status", "--spool", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path}/spool.db: unable to open database file (the spool directory is not writable by this "
+        "process: SQLite creates spool.db-wal and spool.db-shm beside spool.db, even to read it)\n")
+
+
+def test_export_that_could_not_store_its_input_says_to_run_it_again(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the spool stays full, `export` exits 1 telling to run the same command again: the resume command it
+    printed named no input files, so it would never have read the records left out."""
+    from traceexport.errors import SpoolFullError
+
+    def full(*args: object, **kwargs: object) -> list[tuple[int, str]]:
+        raise SpoolFullError("spool x is full")
+
+    monkeypatch.setenv("TRACEEXPORT_FILE_SINK_DIR", str(tmp_path / "out"))
+    monkeypatch.setattr(Pipeline, "accept_waiting", full)
+    assert main(["export", "--to", "file", "--spool", str(tmp_path / "spool"), "--timeout", "0",
+                 str(SAMPLES / "05-message-chat.json")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "error: spool x is full"
+    assert err[-1].endswith("To resume: run the same export command again (the records it took are sent once "
+                            "more, with the same ids)")
+    assert "traceexport export" not in err[-1]
