@@ -326,6 +326,7 @@ def main() -> int:
     parser.add_argument("--poison-every", type=int, default=37)
     parser.add_argument("--max-attempts", type=int, default=30)
     parser.add_argument("--pause", type=float, nargs=2, default=(2.0, 6.0), help="seconds between kills")
+    parser.add_argument("--restart-gap", type=float, default=1.0, help="at most this many seconds after a kill")
     parser.add_argument("--drain-cycles", type=int, default=3, help="kill cycles after the posts stop")
     parser.add_argument("--chaos-drain", type=float, default=20.0, help="seconds of faults after the posts stop")
     parser.add_argument("--fault-scale", type=float, default=1.0, help="multiplies every fault's weight")
@@ -399,7 +400,7 @@ def main() -> int:
             os.kill(served.proc.pid, signal.SIGKILL)
             served.proc.wait(10)
             kills.append(f"cycle {cycle}: serve {served.proc.pid}")
-            time.sleep(rng.uniform(0.0, 1.0))
+            time.sleep(rng.uniform(0.0, args.restart_gap))
             served = Served(root, config(spool, fakes, args.max_attempts), name=f"serve-{cycle + 1}")
             logs.append(served.log_path)
             clients.base = served.base
