@@ -187,10 +187,11 @@ def received_ids(fakes: dict[str, Any]) -> dict[str, Counter[str]]:
     return {"opik": opik, "amplitude": amplitude, "otlp": otlp, "langfuse": langfuse}
 
 
-def config(spool: Path, fakes: dict[str, Any], max_attempts: int) -> str:
+def config(spool: Path, fakes: dict[str, Any], max_attempts: int, max_bytes: str = "1GiB") -> str:
     return f"""spool:
   dir: {spool}
   delivery_process: true
+  max_bytes: {max_bytes}
 retry:
   max_attempts: {max_attempts}
   max_age: 10m
@@ -326,6 +327,7 @@ def main() -> int:
     parser.add_argument("--poison-every", type=int, default=37)
     parser.add_argument("--max-attempts", type=int, default=30)
     parser.add_argument("--pause", type=float, nargs=2, default=(2.0, 6.0), help="seconds between kills")
+    parser.add_argument("--max-bytes", default="1GiB", help="spool.max_bytes (small: back-pressure as well)")
     parser.add_argument("--restart-gap", type=float, default=1.0, help="at most this many seconds after a kill")
     parser.add_argument("--drain-cycles", type=int, default=3, help="kill cycles after the posts stop")
     parser.add_argument("--chaos-drain", type=float, default=20.0, help="seconds of faults after the posts stop")
@@ -366,11 +368,12 @@ def main() -> int:
 
     poison_for(20_000)
     served: Served | None = None
+    settings = config(spool, fakes, args.max_attempts, args.max_bytes)
     kills: list[str] = []
     slow_stops: list[str] = []
     logs: list[Path] = []
     try:
-        served = Served(root, config(spool, fakes, args.max_attempts), name="serve-0")
+        served = Served(root, settings, name="serve-0")
         logs.append(served.log_path)
         clients.base = served.base
         clients.start()
@@ -386,7 +389,7 @@ def main() -> int:
                 kills.append(f"cycle {cycle}: SIGTERM serve {served.proc.pid}: exit {code} after {took:.1f}s")
                 if took > 12:
                     slow_stops.append(f"cycle {cycle}: serve took {took:.1f}s to stop on SIGTERM")
-                served = Served(root, config(spool, fakes, args.max_attempts), name=f"serve-{cycle + 1}")
+                served = Served(root, settings, name=f"serve-{cycle + 1}")
                 logs.append(served.log_path)
                 clients.base = served.base
                 continue
@@ -401,7 +404,7 @@ def main() -> int:
             served.proc.wait(10)
             kills.append(f"cycle {cycle}: serve {served.proc.pid}")
             time.sleep(rng.uniform(0.0, args.restart_gap))
-            served = Served(root, config(spool, fakes, args.max_attempts), name=f"serve-{cycle + 1}")
+            served = Served(root, settings, name=f"serve-{cycle + 1}")
             logs.append(served.log_path)
             clients.base = served.base
         clients.stop()
