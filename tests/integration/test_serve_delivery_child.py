@@ -18,8 +18,11 @@ from typing import Any
 import httpx
 import pytest
 from tests.conftest import SAMPLE_FILES
+from tests.fakes import RecordedRequest, Response
+from tests.fakes.opik_server import OpikFake
 from tests.fakes.otlp_server import OtlpFake
 from tests.support.daemon import TOKEN, Served
+from tests.support.net import free_port
 from tests.support.processes import kill_hard, wait_until
 
 pytestmark = pytest.mark.integration
@@ -203,3 +206,54 @@ def test_the_child_s_log_lines_are_json_and_masked_like_the_daemon_s(tmp_path: P
     retries = [json.loads(line) for line in lines if "after a failed attempt" in line]
     assert len(retries) >= 2 and all(r["level"] == "warning" for r in retries)
     assert TOKEN not in served.log(), "the ingest token reached the log"
+
+
+class LateWhileSlow(OpikFake):
+    """The Opik fake that, while :attr:`slow` is set, answers each request ``delay`` seconds late (stored meanwhile)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.slow = threading.Event()
+        self.slow.set()
+        self.arrived = threading.Event()
+
+    def handle(self, request: RecordedRequest) -> Response:
+        self.arrived.set()
+        if self.slow.is_set():
+            time.sleep(self.delay)
+        return super().handle(request)
+
+
+def test_a_restart_right_after_kill_9_waits_for_the_old_child_instead_of_sending_its_batch_again(
+        tmp_path: Path) -> None:
+    """kill -9 of the daemon while its child waits on a slow answer, and a restart at once: the new child waits
+    for the old one to finish (one delivery.waiting line), so the counters match what was accepted; before, both
+    children sent the same batch and the old one's late commit queued what the new one had delivered as "not
+    sent", to be sent and counted again (300 records accepted, 340 to 380 exported)."""
+    fake = LateWhileSlow(delay=2.5).start()
+    try:
+        config = (f"spool:\n  dir: {tmp_path / 'spool'}\n  delivery_process: true\n"
+                  f"sources:\n  http:\n    token: ${{TEST_TOKEN}}\n"
+                  f"sinks:\n  opik:\n    type: opik\n    url: {fake.url}\n    timeout: 10\n    max_items: 20\n"
+                  # down throughout: the records stay in the spool (not swept) when the old child's commit lands
+                  f"  down:\n    type: opik\n    url: http://127.0.0.1:{free_port()}/api\n")
+        first = Served(tmp_path, config, name="daemon-killed")
+        assert first.post([_message(i) for i in range(300)]).status_code == 202
+        wait_until(fake.arrived.is_set, timeout=30, what="the first request")
+        time.sleep(0.2)
+        kill_hard(first.proc)
+        first.stop()
+        with Served(tmp_path, config, name="daemon-restarted") as served:
+            fake.slow.clear()  # the old child's request is still waiting for its answer
+            wait_until(lambda: served.metric("traceexport_queue_depth", "opik") == 0, timeout=90,
+                       what="the backlog delivered after the restart")
+            time.sleep(1.0)  # a late commit, if any, has landed
+            exported = served.metric("traceexport_records_exported_total", "opik")
+            depth = served.metric("traceexport_queue_depth", "opik")
+            log = served.log()
+    finally:
+        fake.stop()
+    assert len(fake.traces) == 300
+    assert exported == 300 and depth == 0, f"300 accepted, {exported:.0f} exported, {depth:.0f} still queued"
+    assert log.count("event=delivery.waiting") == 1

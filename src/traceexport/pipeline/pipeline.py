@@ -32,6 +32,7 @@ from traceexport.pipeline.process import log as delivery_log
 from traceexport.pipeline.queue import SinkQueue
 from traceexport.pipeline.rate_board import RateBoard, rate_limit_lines, watch_all
 from traceexport.pipeline.routing import check_routes, mask_for
+from traceexport.pipeline.sender_lock import SenderLock
 from traceexport.pipeline.settings import PipelineSettings, Route
 from traceexport.pipeline.spool import Spool, SpoolRow
 from traceexport.pipeline.worker import SinkWorker
@@ -406,7 +407,10 @@ def run_delivery(spool_dir: Path, route_factory: RouteFactory, settings: Pipelin
 
     local = dataclasses.replace(settings, delivery_process=False)
     try:
-        pipe = Pipeline(spool_dir, route_factory(), local, prepare_factory() if prepare_factory else None,
+        routes = route_factory()
+        # Before any cursor is read: a delivery process its killed daemon left finishing a batch ends first.
+        sending = SenderLock(spool_dir, [r.sink.name for r in routes], _say_waiting)
+        pipe = Pipeline(spool_dir, routes, local, prepare_factory() if prepare_factory else None,
                         flushing=flushing, rates=rates)
     except Exception as exc:  # the parent built the same routes; say why in one line, not a traceback
         log_event(delivery_log, "delivery.failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
@@ -424,3 +428,10 @@ def run_delivery(spool_dir: Path, route_factory: RouteFactory, settings: Pipelin
             exit_after(ORPHAN_GRACE)  # nobody else will end this process if the batches in flight hang
         with contextlib.suppress(Exception):
             pipe.close()
+        sending.release()
+
+
+def _say_waiting(sink: str, pid: str) -> None:
+    log_event(delivery_log, "delivery.waiting", logging.WARNING, sink=sink, pid=pid,
+              hint=f"the delivery process of a daemon that was killed is finishing its batches (within "
+                   f"{ORPHAN_GRACE:g} s); delivery starts when it has ended, so no record is sent by both")

@@ -366,8 +366,17 @@ class SinkWorker:
         if out.retry:
             until = max(until, min(nb for _, nb, *_ in out.retry))
         if until > now:
-            reason = next(iter(result.failures.values())).reason
+            reason = _pause_cause(result).reason
             log.warning("sink %s: pausing %.1fs after a failed attempt: %s", self.sink.name, until - now,
                         redact(reason))
         self.paused_until = until
+
+
+def _pause_cause(result: ExportResult) -> ItemFailure:
+    """The failure a pause is for: the retryable one asking the longest wait (a record refused for good beside it
+    waits for nothing), else the first."""
+    retryable = [f for f in result.failures.values() if not f.permanent]
+    if not retryable:
+        return next(iter(result.failures.values()))
+    return max(retryable, key=lambda f: f.retry_after or 0.0)
 

@@ -484,3 +484,26 @@ def test_a_batch_of_retries_is_bounded_by_the_bytes_of_its_records(tmp_path: Pat
         monkeypatch.setattr(worker, "BATCH_BYTES", 1)
         batch = pipe.workers[0]._collect(time.time() + 60)  # every retry is due
         assert len(batch) == 1 and batch[0].from_retry
+
+
+def test_a_pause_names_the_failure_it_waits_for_not_a_record_refused_beside_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A batch with one record refused for good and the others throttled (429, Retry-After) pauses the sink for
+    the throttle, and its log line says so; it used to quote the refused record's reason (found with Amplitude:
+    "pausing 1.0s after a failed attempt: amplitude rejected the event (400 ...)")."""
+    refused = ItemFailure("backend refused the event (400): bad field", permanent=True, status_code=400)
+    throttled = ItemFailure("backend answered 429: slow down", permanent=False, status_code=429, retry_after=1.0)
+
+    def plan(payloads: Sequence[Payload], number: int) -> ExportResult:
+        if number == 0:
+            return ExportResult({0: refused, **{i: throttled for i in range(1, len(payloads))}})
+        return ExportResult.success()
+
+    sink = ScriptedSink("a", plan)
+    with (caplog.at_level("WARNING", logger="traceexport.pipeline.worker"),
+          Pipeline(tmp_path, [Route(sink, StandInMapping())], FAST) as pipe):
+        pipe.accept(make_records(3))
+        pipe.start()
+        assert pipe.wait_idle(10)
+    pauses = [r.getMessage() for r in caplog.records if "pausing" in r.getMessage()]
+    assert len(pauses) == 1 and pauses[0].endswith("after a failed attempt: backend answered 429: slow down")
