@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from traceexport.errors import ConfigError, DaemonConflictError, Problem
-from traceexport.pipeline.lock_peek import held_by
+from traceexport.pipeline.pid_locks import held_by
 from traceexport.pipeline.spool_dir import LOCK_FILE, check_spool_dir
 from traceexport.shown import shown
 

@@ -12,10 +12,10 @@ process ends, so a stale file never counts.
 
 from __future__ import annotations
 
-import fcntl
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from traceexport.pipeline.pid_locks import PidLocks
 
 
 def sender_file(spool_dir: Path, sink: str) -> Path:
@@ -23,41 +23,13 @@ def sender_file(spool_dir: Path, sink: str) -> Path:
     return Path(spool_dir) / f"sending.{sink}.lock"
 
 
-class SenderLock:
+class SenderLock(PidLocks):
     """This process's hold on sending to ``sinks`` from ``spool_dir``: waits for a process that still holds
     one (saying so once through ``say`` with that process's pid); ``release`` when delivery has stopped."""
 
     def __init__(self, spool_dir: Path, sinks: Iterable[str], say: Callable[[str, str], None]) -> None:
-        self._fds: list[int] = []
-        try:
-            for sink in sorted(set(sinks)):  # one order for every process: no two wait for each other
-                self._fds.append(_take(sender_file(spool_dir, sink), sink, say))
-        except BaseException:
-            self.release()
-            raise
-
-    def release(self) -> None:
-        """Let the sinks go (idempotent); the files stay, unlocked, and so count for nothing."""
-        fds, self._fds = self._fds, []
-        for fd in fds:
-            os.close(fd)  # closing the only descriptor releases the flock
-
-
-def _take(path: Path, sink: str, say: Callable[[str, str], None]) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            say(sink, holder if holder.isdigit() else "unknown")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        names = {sender_file(spool_dir, sink): sink for sink in sinks}
+        super().__init__(names, lambda path, pid: say(names[path], pid or "unknown"))
 
 
 __all__ = ["SenderLock", "sender_file"]

@@ -10,13 +10,11 @@ The kernel drops a lock when its process ends, even on ``kill -9``, so a stale f
 
 from __future__ import annotations
 
-import fcntl
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from traceexport.errors import ConfigError, Problem
-from traceexport.pipeline.lock_peek import held_by
+from traceexport.pipeline.pid_locks import PidLocks, held_by, pid_written
 from traceexport.shown import shown
 
 
@@ -25,48 +23,25 @@ def turn_file(spool_dir: Path, sink: str) -> Path:
     return Path(spool_dir) / f"deliver.{sink}.lock"
 
 
-class DeliveryTurn:
+class DeliveryTurn(PidLocks):
     """This process's turn at delivering to ``sinks`` from ``spool_dir``: waits (saying so once through
     ``say``) while another command has it, or, with ``say`` None (the daemon, which must not sit waiting
     unseen), raises ConfigError naming who has it; ``release`` when delivery has stopped."""
 
     def __init__(self, spool_dir: Path, sinks: Iterable[str], say: Callable[[str], None] | None) -> None:
-        self._fds: list[int] = []
-        try:
-            for sink in sorted(set(sinks)):  # one order for every process: no two wait for each other
-                self._fds.append(self._take(turn_file(spool_dir, sink), sink, spool_dir, say))
-        except BaseException:
-            self.release()
-            raise
+        names = {turn_file(spool_dir, sink): sink for sink in sinks}
 
-    @staticmethod
-    def _take(path: Path, sink: str, spool_dir: Path, say: Callable[[str], None] | None) -> int:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                who = _holder(fd)
-                if say is None:
-                    raise ConfigError([Problem("spool.dir", f"{who} (a traceexport command) is delivering to "
-                                                            f"{sink} from spool {shown(spool_dir)}: let it finish "
-                                                            "or stop it, then start again")],
-                                      title="cannot start") from None
-                say(f"waiting for {who}, which is delivering to {sink} from spool {shown(spool_dir)}: one command at "
-                    "a time delivers to a sink")
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        def busy(path: Path, pid: str | None) -> None:
+            who, sink = _named(pid), names[path]
+            if say is None:
+                raise ConfigError([Problem("spool.dir", f"{who} (a traceexport command) is delivering to "
+                                                        f"{sink} from spool {shown(spool_dir)}: let it finish "
+                                                        "or stop it, then start again")],
+                                  title="cannot start") from None
+            say(f"waiting for {who}, which is delivering to {sink} from spool {shown(spool_dir)}: one command at "
+                "a time delivers to a sink")
 
-    def release(self) -> None:
-        """Give the turn up (idempotent); the files stay, unlocked, and so count for nothing."""
-        fds, self._fds = self._fds, []
-        for fd in fds:
-            os.close(fd)  # closing the only descriptor releases the flock
+        super().__init__(names, busy)
 
 
 def turn_holder(spool_dir: Path, sink: str) -> str | None:
@@ -77,8 +52,11 @@ def turn_holder(spool_dir: Path, sink: str) -> str | None:
 
 def _holder(fd: int) -> str:
     """The holder a turn file names: the pid its process wrote there."""
-    holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-    return f"pid {holder}" if holder.isdigit() else "another command"
+    return _named(pid_written(fd))
+
+
+def _named(pid: str | None) -> str:
+    return f"pid {pid}" if pid else "another command"
 
 
 __all__ = ["DeliveryTurn", "turn_file", "turn_holder"]
