@@ -36,7 +36,7 @@ from tests.fakes.langfuse_server import OTEL_PATH, LangfuseFake
 from tests.fakes.opik_server import OpikFake
 from tests.fakes.otlp_server import OtlpFake, request_spans
 from tests.support.daemon import TOKEN, Served
-from tests.support.processes import python_env
+from tests.support.processes import delivery_children, python_env
 
 from traceexport.mapping import load_mapping
 from traceexport.records import Record, record_from_obj
@@ -291,19 +291,8 @@ class Clients:
 
 
 def delivery_child(parent: int) -> int | None:
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
-                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as cmd:
-                cmdline = cmd.read()
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == parent and b"spawn_main" in cmdline:
-            return int(entry)
-    return None
+    children = delivery_children(parent)
+    return children[0] if children else None
 
 
 def metrics(base: str) -> dict[str, dict[str, float]]:

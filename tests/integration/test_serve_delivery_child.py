@@ -23,7 +23,7 @@ from tests.fakes.opik_server import OpikFake
 from tests.fakes.otlp_server import OtlpFake
 from tests.support.daemon import TOKEN, Served
 from tests.support.net import free_port
-from tests.support.processes import kill_hard, wait_until
+from tests.support.processes import delivery_children, kill_hard, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -37,24 +37,6 @@ def _message(i: int) -> dict[str, Any]:
     envelope = json.loads(json.dumps(MESSAGE))
     envelope["trace_info"]["message_id"] = f"00000000-0000-4000-8000-{i:012d}"
     return envelope
-
-
-def _delivery_children(parent: int) -> list[int]:
-    """Pids of ``parent``'s multiprocessing children that run the delivery (not the resource tracker)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
-                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as cmd:
-                cmdline = cmd.read()
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == parent and b"spawn_main" in cmdline:
-            found.append(int(entry))
-    return found
 
 
 def _gone(pid: int) -> bool:
@@ -118,7 +100,7 @@ def test_the_child_exits_within_seconds_of_every_kill_9_and_nothing_is_delivered
     survivors: list[int] = []
     for trial in range(TRIALS):
         served = Served(tmp_path, _file_config(tmp_path), name=f"daemon-{trial}")
-        children = _delivery_children(served.proc.pid)
+        children = delivery_children(served.proc.pid)
         assert len(children) == 1, f"expected one delivery child of {served.proc.pid}, found {children}"
         with Load(served.base, counter) as load:
             wait_until(lambda: len(load.accepted) >= 400, timeout=60, what="posts accepted under load")
@@ -156,12 +138,12 @@ def test_a_delivery_child_killed_on_its_own_is_replaced_and_delivers_what_was_ac
     ERROR line and starts a new child within seconds, which delivers what was accepted meanwhile; before,
     the daemon went on answering 202 with nothing delivering until someone restarted it."""
     with Served(tmp_path, _file_config(tmp_path)) as served:
-        first = _delivery_children(served.proc.pid)
+        first = delivery_children(served.proc.pid)
         assert len(first) == 1
         os.kill(first[0], signal.SIGKILL)
         wait_until(lambda: _gone(first[0]), timeout=10, what="the killed child gone")
         assert served.post(_message(1)).status_code == 202
-        wait_until(lambda: len([c for c in _delivery_children(served.proc.pid) if c != first[0]]) == 1,
+        wait_until(lambda: len([c for c in delivery_children(served.proc.pid) if c != first[0]]) == 1,
                    timeout=15, what="a new delivery child")
         wait_until(lambda: served.metric("traceexport_queue_depth", "out") == 0, timeout=30,
                    what="the record accepted meanwhile delivered")

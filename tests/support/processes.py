@@ -146,3 +146,21 @@ def run_measuring_peak_rss(argv: Sequence[str], *, stdout: int | Path = subproce
         raise RuntimeError(f"peak-RSS launcher failed ({launcher.returncode}): {errors.decode(errors='replace')}")
     code, peak_kib = (int(field) for field in report.split())
     return code, peak_kib * 1024, errors.decode("utf-8", "replace")
+
+
+def delivery_children(parent: int) -> list[int]:
+    """Pids of ``parent``'s multiprocessing children that run the delivery (not the resource tracker)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as cmd:
+                cmdline = cmd.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"spawn_main" in cmdline:
+            found.append(int(entry))
+    return found
