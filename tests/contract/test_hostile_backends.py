@@ -192,6 +192,24 @@ def test_control_characters_in_an_answer_are_escaped(backend: str, body: bytes, 
     assert any(form in failure.reason for failure in result.failures.values() for form in shown_as)
 
 
+@pytest.mark.parametrize("backend", (*BACKENDS, "otlp"))
+def test_a_web_page_answering_200_is_not_taken_for_delivery(backend: str, server: RawServer) -> None:
+    """A 200 carrying an HTML page (a login portal, a web app answering every path at a mistyped URL) fails
+    every record retryably, naming the URL as the thing to check: it used to count them all delivered."""
+    server.answer(reply(200, b"<!doctype html><title>Sign in</title>", {"Content-Type": "text/html; charset=utf-8"}))
+    if backend == "otlp":
+        sink = create_sink("otlp", "otlp", {"endpoint": f"{server.url}/v1/traces", "protocol": "http/protobuf"}, {})
+        payloads = _payloads("otlp")
+        try:
+            result, count = sink.export(payloads), len(payloads)
+        finally:
+            sink.shutdown()
+    else:
+        result, count, _ = _export(backend, server.url)
+    assert set(result.failures) == set(range(count))
+    assert all(not f.permanent and "with a web page" in f.reason for f in result.failures.values())
+
+
 @pytest.mark.parametrize("status", [505, 507, 520, 522, 524, 599])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_5xx_is_retried(backend: str, status: int, server: RawServer) -> None:

@@ -49,6 +49,7 @@ from traceexport.sinks.http import (
     classify_transport_error,
     one_line,
     retry_after_from,
+    web_page_answer,
 )
 from traceexport.sinks.http_client import make_client
 from traceexport.sinks.ratelimit import ITEMS_EXTENSION
@@ -210,7 +211,10 @@ class AmplitudeSink:
             return failure
         status = response.status_code
         if 200 <= status < 300:
-            return None
+            page = web_page_answer(response, "amplitude")
+            if page is not None:
+                result.failures.update({index: page for index, _, _ in chunk})
+            return page
         body = answer_object(response)
         if status == 413:
             return self._split(client, chunk, result, resend=resend)

@@ -118,11 +118,12 @@ def classify_response(
     response: httpx.Response, *, backend: str, secrets: Iterable[str] = (), auth_hint: str = "",
     answer: str | None = None,
 ) -> ItemFailure | None:
-    """None for 2xx; otherwise the failure every item of the request shares, quoting ``answer`` (what the
-    caller read from the body, such as OTLP's protobuf Status message) or else an excerpt of the body."""
+    """None for 2xx (but an HTML page: :func:`web_page_answer`); otherwise the failure every item of the request
+    shares, quoting ``answer`` (what the caller read from the body, such as OTLP's protobuf Status message) or
+    else an excerpt of the body."""
     status = response.status_code
     if 200 <= status < 300:
-        return None
+        return web_page_answer(response, backend)
     body = excerpt(response, secrets) if answer is None else one_line(answer, secrets)
     if retryable_status(status):
         return ItemFailure(
@@ -142,6 +143,16 @@ def classify_response(
                            permanent=True, status_code=status)
     return ItemFailure(reason=_with_body(f"{backend} rejected the request ({status})", body), permanent=True,
                        status_code=status)
+
+
+def web_page_answer(response: httpx.Response, backend: str) -> ItemFailure | None:
+    """A retryable failure for a 2xx that is an HTML page (a login portal, a web app answering every path):
+    no ingestion API answers so, and taking it for success would count records delivered that went nowhere."""
+    if response.headers.get("content-type", "").split(";")[0].strip().lower() != "text/html":
+        return None
+    return ItemFailure(reason=f"{backend} answered {response.status_code} with a web page, not its API's answer: "
+                              "is the sink's URL the API's address (not a web page or a login portal)?",
+                       permanent=False, status_code=response.status_code)
 
 
 def _with_body(what: str, body: str) -> str:
