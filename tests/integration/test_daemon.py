@@ -291,6 +291,14 @@ def _serve_in_its_own_group(tmp_path: Path, *, console: str,
     return proc, log_path
 
 
+def _stopped_cleanly(proc: subprocess.Popen[bytes], log_path: Path) -> str:
+    """The log of a daemon that exited 0 within its grace period, stopped rather than forced out."""
+    assert proc.wait(timeout=13) == 0
+    log = log_path.read_text(errors="replace")
+    assert "event=serve.stopped" in log and "forced_exit" not in log, log[-1500:]
+    return log
+
+
 def test_sigterm_to_the_whole_process_group_stops_cleanly(tmp_path: Path) -> None:
     """SIGTERM sent to the process and then its group (GNU timeout, systemd) stops the daemon and its delivery
     process cleanly within the grace period, not with a forced exit or a hang."""
@@ -299,12 +307,10 @@ def test_sigterm_to_the_whole_process_group_stops_cleanly(tmp_path: Path) -> Non
         os.kill(proc.pid, signal.SIGTERM)
         time.sleep(0.2)  # the stimulus, not a wait: the group's copy arrives as a separate signal
         os.killpg(proc.pid, signal.SIGTERM)
-        assert proc.wait(timeout=13) == 0
+        _stopped_cleanly(proc, log_path)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    log = log_path.read_text(errors="replace")
-    assert "event=serve.stopped" in log and "forced_exit" not in log, log[-1500:]
 
 
 def test_sighup_stops_cleanly_and_says_the_config_is_read_at_start(tmp_path: Path) -> None:
@@ -314,12 +320,10 @@ def test_sighup_stops_cleanly_and_says_the_config_is_read_at_start(tmp_path: Pat
     proc, log_path = _serve_in_its_own_group(tmp_path, console="off")
     try:
         os.killpg(proc.pid, signal.SIGHUP)
-        assert proc.wait(timeout=13) == 0
+        log = _stopped_cleanly(proc, log_path)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    log = log_path.read_text(errors="replace")
-    assert "event=serve.stopped" in log and "forced_exit" not in log, log[-1500:]
     stopping = next(line for line in log.splitlines() if "event=serve.stopping" in line)
     assert "signal=SIGHUP" in stopping and "read only at start" in stopping, stopping
 
