@@ -127,8 +127,7 @@ class PreparedRecords:
             try:
                 read(part)
             except Exception as exc:  # an optimisation only: never stops delivery
-                log.warning("enricher read-ahead failed (%s: %s); each record is enriched on its own",
-                            type(exc).__name__, exc)
+                _read_ahead_failed(exc)
             del part
             yield positions[start - 1] + 1 if start < len(records) else len(items)
         if not records:
@@ -158,8 +157,7 @@ class PreparedRecords:
         try:
             sizes = [size for size in cut(records) if size > 0]
         except Exception as exc:  # as a failing read-ahead: each record is then enriched on its own
-            log.warning("enricher read-ahead failed (%s: %s); each record is enriched on its own",
-                        type(exc).__name__, exc)
+            _read_ahead_failed(exc)
             return [1] * len(records)
         return sizes if sum(sizes) == len(records) else [len(records)]
 
@@ -235,3 +233,9 @@ def _parse(envelope: str, compact: bytes | None = None) -> Record:
     except ValueError as exc:
         raise RecordError(f"stored envelope is not JSON: {exc}") from exc
     return record_from_obj(obj)
+
+
+def _read_ahead_failed(exc: Exception) -> None:
+    """One line for a read-ahead (or its cutting into parts) that failed: an optimisation only."""
+    log.warning("enricher read-ahead failed (%s: %s); each record is enriched on its own", type(exc).__name__, exc)
+

@@ -280,14 +280,21 @@ class TraceFileProcessor:
         for index, _, _ in loaded:
             batch.settle(index, ACCEPTED)
 
-    def _invalid(self, batch: _Batch[Any], index: int, raw: bytes, reason: str) -> None:
-        ref = batch.items[index][0]
-        kept = self.failed_prefix + ref.storage_key
+    def _set_aside(self, batch: _Batch[Any], index: int, kept: str, data: bytes) -> bool:
+        """Keep ``data`` under ``failed/`` as ``kept``; False (the item retried, the storage's trouble noted)
+        when storage refuses it, so nothing is acknowledged that was not kept."""
         try:
-            self.storage.save(kept, raw)
+            self.storage.save(kept, data)
         except StorageError as exc:
             self._storage.fail(str(exc))
             batch.retry(index, self.retry_delay)
+            return False
+        return True
+
+    def _invalid(self, batch: _Batch[Any], index: int, raw: bytes, reason: str) -> None:
+        ref = batch.items[index][0]
+        kept = self.failed_prefix + ref.storage_key
+        if not self._set_aside(batch, index, kept, raw):
             return
         batch.settle(index, INVALID)
         log.warning("%s: not a valid record, kept as %s: %s", ref.describe(), kept, reason)
@@ -310,11 +317,7 @@ class TraceFileProcessor:
         if message is None:
             message = _json.dumps({"task": ref.task_name, "id": ref.task_id,
                                    "file_info": {"file_id": ref.file_id, "app_id": ref.app_id}}).encode()
-        try:
-            self.storage.save(kept, message)
-        except StorageError as exc:
-            self._storage.fail(str(exc))
-            batch.retry(index, self.retry_delay)
+        if not self._set_aside(batch, index, kept, message):
             return
         self._unreadable.forget(ref.storage_key)
         batch.settle(index, UNREADABLE)
